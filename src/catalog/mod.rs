@@ -1,0 +1,192 @@
+//! The catalog: which tables and materialized views exist, their schemas and
+//! how they depend on each other.
+//!
+//! The catalog holds metadata and table data; the runtime holds the state of
+//! materialized views and publishes it per epoch. [`Catalog::snapshot`] puts
+//! the two together into the relations one query sees: tables as they are
+//! now, and every view as of the same completed epoch.
+//!
+//! Relation ids are never reused, so a change in flight for a dropped table
+//! can never reach a new table of the same name.
+
+mod provider;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use datafusion::arrow::datatypes::SchemaRef;
+
+pub use provider::RelationProvider;
+
+use crate::connectors::table::TableData;
+use crate::error::{EddyError, Result};
+use crate::runtime::PublishedEpoch;
+
+pub type RelationId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationKind {
+    Table,
+    MaterializedView,
+}
+
+impl RelationKind {
+    pub fn noun(self) -> &'static str {
+        match self {
+            RelationKind::Table => "table",
+            RelationKind::MaterializedView => "materialized view",
+        }
+    }
+}
+
+/// A table: rows written by INSERT/UPDATE/DELETE.
+#[derive(Debug)]
+pub struct TableEntry {
+    pub id: RelationId,
+    pub name: String,
+    pub schema: SchemaRef,
+    /// The current rows. Held only briefly (never across an await).
+    pub data: Mutex<TableData>,
+    /// Serializes writers of this table from computing a change until it is
+    /// handed to the runtime, so changes reach the runtime in the order they
+    /// were applied here. CREATE MATERIALIZED VIEW holds it while it takes the
+    /// backfill snapshot.
+    pub write_lock: tokio::sync::Mutex<()>,
+}
+
+/// A materialized view's definition (its state lives in the runtime).
+#[derive(Debug)]
+pub struct ViewEntry {
+    pub id: RelationId,
+    pub name: String,
+    pub schema: SchemaRef,
+    pub definition: String,
+    /// The relations the view reads directly.
+    pub inputs: Vec<RelationId>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Relation {
+    Table(Arc<TableEntry>),
+    View(Arc<ViewEntry>),
+}
+
+impl Relation {
+    pub fn id(&self) -> RelationId {
+        match self {
+            Relation::Table(t) => t.id,
+            Relation::View(v) => v.id,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Relation::Table(t) => &t.name,
+            Relation::View(v) => &v.name,
+        }
+    }
+
+    pub fn kind(&self) -> RelationKind {
+        match self {
+            Relation::Table(_) => RelationKind::Table,
+            Relation::View(_) => RelationKind::MaterializedView,
+        }
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        match self {
+            Relation::Table(t) => &t.schema,
+            Relation::View(v) => &v.schema,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    relations: RwLock<BTreeMap<String, Relation>>,
+    next_id: AtomicU64,
+}
+
+impl Catalog {
+    pub fn new() -> Self {
+        Self { relations: RwLock::default(), next_id: AtomicU64::new(1) }
+    }
+
+    pub fn allocate_id(&self) -> RelationId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Relation>> {
+        self.relations.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Relation>> {
+        self.relations.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Relation> {
+        self.read().get(name).cloned()
+    }
+
+    /// The relation called `name`, or the Postgres error for a missing one.
+    pub fn require(&self, name: &str) -> Result<Relation> {
+        self.get(name)
+            .ok_or_else(|| EddyError::UndefinedRelation(format!("relation \"{name}\" does not exist")))
+    }
+
+    pub fn by_id(&self, id: RelationId) -> Option<Relation> {
+        self.read().values().find(|r| r.id() == id).cloned()
+    }
+
+    /// All relations, ordered by name.
+    pub fn list(&self) -> Vec<Relation> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Adds a relation; fails if the name is taken.
+    pub fn insert(&self, relation: Relation) -> Result<()> {
+        let mut relations = self.write();
+        if relations.contains_key(relation.name()) {
+            return Err(EddyError::DuplicateRelation(format!(
+                "relation \"{}\" already exists",
+                relation.name()
+            )));
+        }
+        relations.insert(relation.name().to_string(), relation);
+        Ok(())
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.write().remove(name);
+    }
+
+    /// Views that read `id` directly, oldest first.
+    pub fn dependents(&self, id: RelationId) -> Vec<Arc<ViewEntry>> {
+        let mut views: Vec<Arc<ViewEntry>> = self
+            .read()
+            .values()
+            .filter_map(|r| match r {
+                Relation::View(v) if v.inputs.contains(&id) => Some(v.clone()),
+                _ => None,
+            })
+            .collect();
+        views.sort_by_key(|v| v.id);
+        views
+    }
+
+    /// Every relation as one query sees it: tables as of now, views as of
+    /// `epoch`. A view not yet in `epoch` is left out.
+    pub fn snapshot(&self, epoch: &PublishedEpoch) -> Vec<RelationProvider> {
+        self.list()
+            .into_iter()
+            .filter_map(|relation| {
+                let rows = match &relation {
+                    Relation::Table(t) => t.data.lock().unwrap_or_else(|p| p.into_inner()).rows.clone(),
+                    Relation::View(v) => epoch.views.get(&v.id)?.clone(),
+                };
+                Some(RelationProvider::new(relation.id(), relation.name().to_string(), relation.kind(), rows))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,157 @@
+//! Tables: rows written with INSERT, UPDATE and DELETE, kept in memory.
+//!
+//! A write is computed against the current [`TableData`] into a new
+//! `TableData` plus the [`ChangeBatch`] that describes it; the caller installs
+//! the new data and hands the change to the runtime. A write that violates a
+//! constraint (NOT NULL, PRIMARY KEY) fails as a whole and changes nothing.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+
+use crate::error::{EddyError, Result};
+use crate::sql::types::is_json_field;
+use crate::state::{RowCodec, RowSet};
+use crate::stream::ChangeBatch;
+
+/// A table's rows and, with a primary key, the index that enforces it.
+#[derive(Debug, Clone)]
+pub struct TableData {
+    pub rows: RowSet,
+    table_name: String,
+    primary_key: Option<PrimaryKey>,
+}
+
+#[derive(Debug, Clone)]
+struct PrimaryKey {
+    columns: Vec<usize>,
+    codec: Arc<RowCodec>,
+    /// Encoded key -> encoded row.
+    index: imbl::HashMap<Arc<[u8]>, Arc<[u8]>>,
+}
+
+impl TableData {
+    pub fn try_new(table_name: &str, schema: SchemaRef, primary_key: Vec<usize>) -> Result<Self> {
+        let primary_key = if primary_key.is_empty() {
+            None
+        } else {
+            let codec = Arc::new(RowCodec::try_new(Arc::new(schema.project(&primary_key)?))?);
+            Some(PrimaryKey { columns: primary_key, codec, index: imbl::HashMap::new() })
+        };
+        Ok(Self {
+            rows: RowSet::new(Arc::new(RowCodec::try_new(schema)?)),
+            table_name: table_name.to_string(),
+            primary_key,
+        })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        self.rows.schema()
+    }
+
+    pub fn primary_key_columns(&self) -> &[usize] {
+        self.primary_key.as_ref().map(|pk| pk.columns.as_slice()).unwrap_or(&[])
+    }
+
+    /// The table after inserting `rows`, and the change.
+    pub fn insert(&self, rows: RecordBatch) -> Result<(TableData, ChangeBatch)> {
+        self.check_values(&rows)?;
+        let mut next = self.clone();
+        next.add_rows(&rows)?;
+        Ok((next, ChangeBatch::inserts(rows)))
+    }
+
+    /// The table after deleting `rows` (each must be present), and the change.
+    pub fn delete(&self, rows: RecordBatch) -> Result<(TableData, ChangeBatch)> {
+        let mut next = self.clone();
+        next.remove_rows(&rows)?;
+        Ok((next, ChangeBatch::deletes(rows)))
+    }
+
+    /// The table after replacing `old` rows by `new` rows (same order), and
+    /// the change: the old rows retracted, the new inserted.
+    pub fn update(&self, old: RecordBatch, new: RecordBatch) -> Result<(TableData, ChangeBatch)> {
+        self.check_values(&new)?;
+        let mut next = self.clone();
+        next.remove_rows(&old)?;
+        next.add_rows(&new)?;
+        let weights: Vec<i64> =
+            std::iter::repeat_n(-1, old.num_rows()).chain(std::iter::repeat_n(1, new.num_rows())).collect();
+        let rows = concat_batches(self.schema(), [&old, &new])?;
+        Ok((next, ChangeBatch::new(rows, Int64Array::from(weights))?))
+    }
+
+    fn check_values(&self, rows: &RecordBatch) -> Result<()> {
+        for (field, column) in self.schema().fields().iter().zip(rows.columns()) {
+            if !field.is_nullable() && column.null_count() > 0 {
+                return Err(EddyError::NotNullViolation(format!(
+                    "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                    field.name(),
+                    self.table_name
+                )));
+            }
+            if is_json_field(field) {
+                let strings = column.as_string_opt::<i32>().ok_or_else(|| crate::internal!("json column is not text"))?;
+                for value in strings.iter().flatten() {
+                    if serde_json::from_str::<serde_json::Value>(value).is_err() {
+                        return Err(EddyError::InvalidValue(format!(
+                            "invalid input syntax for type json: \"{value}\""
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_rows(&mut self, rows: &RecordBatch) -> Result<()> {
+        let encoded = self.rows.codec().encode(rows)?;
+        if let Some(pk) = &mut self.primary_key {
+            let keys = pk.codec.encode(&rows.project(&pk.columns)?)?;
+            for (i, (key, row)) in keys.into_iter().zip(&encoded).enumerate() {
+                if pk.index.contains_key(&key) {
+                    let key_columns = rows.project(&pk.columns)?;
+                    return Err(duplicate_key(&self.table_name, &key_columns, i));
+                }
+                pk.index.insert(key, row.clone());
+            }
+        }
+        for row in encoded {
+            self.rows.add_encoded(row, 1)?;
+        }
+        Ok(())
+    }
+
+    fn remove_rows(&mut self, rows: &RecordBatch) -> Result<()> {
+        let encoded = self.rows.codec().encode(rows)?;
+        if let Some(pk) = &mut self.primary_key {
+            for key in pk.codec.encode(&rows.project(&pk.columns)?)? {
+                pk.index.remove(&key);
+            }
+        }
+        for row in encoded {
+            self.rows.add_encoded(row, -1)?;
+        }
+        Ok(())
+    }
+}
+
+fn duplicate_key(table: &str, key_columns: &RecordBatch, row: usize) -> EddyError {
+    let names: Vec<&str> = key_columns.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+    let values: Vec<String> = key_columns
+        .columns()
+        .iter()
+        .map(|c| {
+            ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default())
+                .map(|f| f.value(row).to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    EddyError::UniqueViolation {
+        message: format!("duplicate key value violates unique constraint \"{table}_pkey\""),
+        detail: format!("Key ({})=({}) already exists.", names.join(", "), values.join(", ")),
+    }
+}

@@ -1,0 +1,237 @@
+//! Lowering a DataFusion `LogicalPlan` into a streaming graph.
+//!
+//! The plan comes from DataFusion already analyzed (types coerced) and
+//! optimized. Each node becomes an incremental operator; expressions become
+//! DataFusion `PhysicalExpr`s evaluated over changelog batches. A node that
+//! cannot be maintained incrementally is refused here, at CREATE time, with
+//! an error that names the construct — never a view that silently differs
+//! from the batch answer.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::common::DFSchema;
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, Volatility};
+use datafusion::physical_expr::create_physical_expr;
+use datafusion::physical_plan::PhysicalExpr;
+
+use crate::catalog::RelationProvider;
+use crate::error::{EddyError, Result};
+use crate::stream::aggregate::{AggregateCall, AggregateOperator};
+use crate::stream::filter::FilterOperator;
+use crate::stream::graph::{NodeIndex, StreamGraph};
+use crate::stream::project::ProjectOperator;
+use crate::stream::source::{ConstantOperator, ScanOperator};
+use crate::stream::union::UnionOperator;
+use crate::stream::accumulator::{AggregateFolder, AggregateKind};
+
+/// Refuses expressions whose value can change between the insertion and the
+/// retraction of the same row (`random()`, `now()`, ...): a view over them
+/// could never retract what it inserted.
+pub fn check_deterministic(plan: &LogicalPlan) -> Result<()> {
+    let mut offending: Option<String> = None;
+    plan.apply_with_subqueries(|node| {
+        for expr in node.expressions() {
+            expr.apply(|e| {
+                if let Expr::ScalarFunction(f) = e {
+                    if f.func.signature().volatility != Volatility::Immutable {
+                        offending = Some(f.func.name().to_string());
+                        return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(if offending.is_some() {
+            datafusion::common::tree_node::TreeNodeRecursion::Stop
+        } else {
+            datafusion::common::tree_node::TreeNodeRecursion::Continue
+        })
+    })?;
+    match offending {
+        Some(name) => Err(EddyError::NotIncremental(format!(
+            "function {name}() is not deterministic, so a materialized view over it could not \
+             retract the rows it produced; materialized views accept only immutable functions"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Lowers an optimized plan into a streaming graph whose root produces the
+/// plan's result as a changelog.
+pub fn lower(plan: &LogicalPlan) -> Result<StreamGraph> {
+    let mut graph = StreamGraph::new();
+    lower_node(plan, &mut graph)?;
+    Ok(graph)
+}
+
+fn lower_node(plan: &LogicalPlan, graph: &mut StreamGraph) -> Result<NodeIndex> {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            if scan.fetch.is_some() {
+                return Err(not_incremental("LIMIT"));
+            }
+            if !scan.filters.is_empty() {
+                return Err(crate::internal!("filters were pushed into a scan that does not take them"));
+            }
+            let provider = source_as_provider(&scan.source)?;
+            let relation = provider
+                .downcast_ref::<RelationProvider>()
+                .ok_or_else(|| crate::not_supported!("materialized views over {} are not supported", scan.table_name))?;
+            let op = ScanOperator::new(relation.id, relation.name.clone(), scan.projection.clone());
+            Ok(graph.add_scan(relation.id, Box::new(op)))
+        }
+        LogicalPlan::Projection(projection) => {
+            let input = lower_node(&projection.input, graph)?;
+            let exprs = physical_exprs(&projection.expr, projection.input.schema())?;
+            let op = ProjectOperator::new(exprs, arrow_schema(&projection.schema));
+            Ok(graph.add(Box::new(op), vec![input]))
+        }
+        LogicalPlan::Filter(filter) => {
+            let input = lower_node(&filter.input, graph)?;
+            let predicate = physical_expr(&filter.predicate, filter.input.schema())?;
+            Ok(graph.add(Box::new(FilterOperator::new(predicate)), vec![input]))
+        }
+        LogicalPlan::Aggregate(aggregate) => {
+            if aggregate.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+                return Err(not_incremental("GROUPING SETS, ROLLUP and CUBE"));
+            }
+            let input = lower_node(&aggregate.input, graph)?;
+            let input_schema = aggregate.input.schema();
+            let group_exprs = physical_exprs(&aggregate.group_expr, input_schema)?;
+            let output_schema = arrow_schema(&aggregate.schema);
+            let calls = aggregate
+                .aggr_expr
+                .iter()
+                .enumerate()
+                .map(|(i, expr)| {
+                    let output_type = output_schema.field(group_exprs.len() + i).data_type().clone();
+                    aggregate_call(expr, input_schema, output_type)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let op = AggregateOperator::try_new(group_exprs, calls, output_schema)?;
+            Ok(graph.add(Box::new(op), vec![input]))
+        }
+        LogicalPlan::Union(union) => {
+            let inputs = union.inputs.iter().map(|i| lower_node(i, graph)).collect::<Result<Vec<_>>>()?;
+            let op = UnionOperator::new(arrow_schema(&union.schema), inputs.len());
+            Ok(graph.add(Box::new(op), inputs))
+        }
+        LogicalPlan::SubqueryAlias(alias) => lower_node(&alias.input, graph),
+        LogicalPlan::Values(values) => {
+            let schema = arrow_schema(&values.schema);
+            let empty = DFSchema::empty();
+            let one_row = RecordBatch::try_new_with_options(
+                Arc::new(Schema::empty()),
+                vec![],
+                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
+            )?;
+            let mut columns = Vec::with_capacity(schema.fields().len());
+            for (column, field) in schema.fields().iter().enumerate() {
+                let mut cells = Vec::with_capacity(values.values.len());
+                for row in &values.values {
+                    let cell = physical_expr(&row[column], &empty)?.evaluate(&one_row)?.into_array(1)?;
+                    cells.push(datafusion::arrow::compute::cast(&cell, field.data_type())?);
+                }
+                let refs: Vec<&dyn datafusion::arrow::array::Array> = cells.iter().map(|c| c.as_ref()).collect();
+                columns.push(concat(&refs)?);
+            }
+            let rows = RecordBatch::try_new(schema, columns)?;
+            Ok(graph.add(Box::new(ConstantOperator::new(rows)), vec![]))
+        }
+        LogicalPlan::EmptyRelation(empty) => {
+            let row_count = usize::from(empty.produce_one_row);
+            let rows = RecordBatch::try_new_with_options(
+                arrow_schema(&empty.schema),
+                vec![],
+                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(row_count)),
+            )?;
+            Ok(graph.add(Box::new(ConstantOperator::new(rows)), vec![]))
+        }
+        LogicalPlan::Distinct(Distinct::On(_)) => Err(not_incremental("DISTINCT ON")),
+        LogicalPlan::Join(_) => Err(not_incremental("JOIN (and subqueries that become joins)")),
+        LogicalPlan::Sort(_) => Err(EddyError::NotIncremental(
+            "ORDER BY cannot be maintained in a materialized view yet (top-N is planned); \
+             order the SELECT that reads the view instead"
+                .into(),
+        )),
+        LogicalPlan::Limit(_) => Err(not_incremental("LIMIT")),
+        LogicalPlan::Window(_) => Err(not_incremental("window functions (OVER ...)")),
+        LogicalPlan::Unnest(_) => Err(not_incremental("UNNEST")),
+        LogicalPlan::RecursiveQuery(_) => Err(not_incremental("WITH RECURSIVE")),
+        other => Err(EddyError::NotIncremental(format!(
+            "{} cannot be maintained incrementally yet",
+            other.display()
+        ))),
+    }
+}
+
+fn not_incremental(construct: &str) -> EddyError {
+    EddyError::NotIncremental(format!(
+        "{construct} is not supported in materialized views yet: eddy cannot maintain it incrementally"
+    ))
+}
+
+fn aggregate_call(expr: &Expr, input_schema: &DFSchema, output_type: datafusion::arrow::datatypes::DataType) -> Result<AggregateCall> {
+    let unaliased = match expr {
+        Expr::Alias(alias) => alias.expr.as_ref(),
+        other => other,
+    };
+    let Expr::AggregateFunction(AggregateFunction { func, params }) = unaliased else {
+        return Err(crate::internal!("aggregate expression is not an aggregate function: {expr}"));
+    };
+    let AggregateFunctionParams { args, distinct, filter, .. } = params;
+    let kind = AggregateKind::from_function(func.name(), *distinct)?;
+    let argument = match args.as_slice() {
+        [] => Expr::Literal(datafusion::common::ScalarValue::Int64(Some(1)), None),
+        [single] => single.clone(),
+        _ => {
+            return Err(EddyError::NotIncremental(format!(
+                "aggregate {}() with {} arguments is not supported in materialized views yet",
+                func.name(),
+                args.len()
+            )))
+        }
+    };
+    let argument = physical_expr(&argument, input_schema)?;
+    let argument_type = argument.data_type(input_schema.as_arrow())?;
+    let filter = filter.as_ref().map(|f| physical_expr(f, input_schema)).transpose()?;
+    Ok(AggregateCall {
+        folder: AggregateFolder::try_new(kind, &argument_type, output_type)?,
+        argument,
+        filter,
+        display: unaliased.schema_name().to_string(),
+    })
+}
+
+fn physical_expr(expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+    create_physical_expr(expr, schema, &ExecutionProps::new(), &PhysicalPlanningContext::default()).map_err(|e| {
+        let message = e.to_string();
+        if message.contains("ubquer") {
+            not_incremental("this subquery")
+        } else {
+            EddyError::from(e)
+        }
+    })
+}
+
+fn physical_exprs(exprs: &[Expr], schema: &DFSchema) -> Result<Vec<Arc<dyn PhysicalExpr>>> {
+    exprs.iter().map(|e| physical_expr(e, schema)).collect()
+}
+
+fn arrow_schema(schema: &DFSchema) -> SchemaRef {
+    Arc::new(schema.as_arrow().clone())
+}
+
+/// A view's streaming graph and the schema of the rows it maintains.
+pub struct PlannedView {
+    pub graph: StreamGraph,
+    pub schema: SchemaRef,
+}

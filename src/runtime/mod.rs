@@ -1,0 +1,316 @@
+//! The runtime: runs every materialized view's streaming graph and publishes
+//! their results per epoch.
+//!
+//! One worker thread owns all view graphs and view state. Commands arrive on
+//! one bounded channel (writers wait when it is full: backpressure, never an
+//! unbounded queue) and are handled strictly in order, which gives:
+//! - a change is applied to every view before any later command is handled;
+//! - `FLUSH` (a command like any other) returns only after every change sent
+//!   before it is visible;
+//! - a new view's backfill sees exactly the changes sent before it.
+//!
+//! When the channel is empty (or `EPOCH_MAX_MS` has passed under load) the
+//! worker closes an epoch: it publishes the state of every view at once as a
+//! [`PublishedEpoch`], so readers see all views as of the same point.
+//! Publishing is O(number of views): view state is a persistent map.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog::RelationId;
+use crate::error::{EddyError, Result};
+use crate::state::{RowCodec, RowSet};
+use crate::stream::graph::{GraphStats, StreamGraph};
+use crate::stream::ChangeBatch;
+
+/// Commands queued to the worker (bounded).
+const COMMAND_QUEUE_CAPACITY: usize = 1024;
+/// Longest an epoch stays open while commands keep arriving.
+const EPOCH_MAX_MS: u64 = 100;
+
+/// The state of every view as of one completed epoch.
+#[derive(Debug, Default)]
+pub struct PublishedEpoch {
+    pub epoch: u64,
+    pub views: HashMap<RelationId, RowSet>,
+}
+
+/// A view to start: its graph and the rows it starts from.
+pub struct ViewSpec {
+    pub id: RelationId,
+    pub name: String,
+    pub schema: SchemaRef,
+    pub graph: StreamGraph,
+    /// The current rows of each input *table*; input views are read from the
+    /// runtime's own state.
+    pub table_snapshots: Vec<(RelationId, ChangeBatch)>,
+}
+
+/// What the runtime reports about one view.
+#[derive(Debug, Clone)]
+pub struct ViewStatus {
+    pub id: RelationId,
+    pub name: String,
+    pub rows: u64,
+    pub rows_failed: u64,
+    pub last_error: Option<String>,
+    /// Set when the view stopped because of an internal error.
+    pub failed: Option<String>,
+    pub operators: GraphStats,
+}
+
+enum Command {
+    Changes { relation: RelationId, batch: ChangeBatch },
+    CreateView { spec: Box<ViewSpec>, reply: oneshot::Sender<Result<()>> },
+    DropView { id: RelationId, reply: oneshot::Sender<()> },
+    Flush { reply: oneshot::Sender<u64> },
+    Status { reply: oneshot::Sender<(u64, Vec<ViewStatus>)> },
+}
+
+/// The handle sessions use to talk to the runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    commands: mpsc::Sender<Command>,
+    published: Arc<RwLock<Arc<PublishedEpoch>>>,
+}
+
+impl std::fmt::Debug for RuntimeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RuntimeHandle")
+    }
+}
+
+impl RuntimeHandle {
+    /// Starts the worker thread.
+    pub fn start() -> Result<Self> {
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE_CAPACITY);
+        let published = Arc::new(RwLock::new(Arc::new(PublishedEpoch::default())));
+        let worker = Worker {
+            views: BTreeMap::new(),
+            readers: HashMap::new(),
+            epoch: 0,
+            dirty: false,
+            published: published.clone(),
+        };
+        std::thread::Builder::new()
+            .name("eddy-runtime".into())
+            .spawn(move || worker.run(receiver))
+            .map_err(|e| crate::internal!("cannot start the runtime thread: {e}"))?;
+        Ok(Self { commands, published })
+    }
+
+    /// The state of every view as of the last completed epoch.
+    pub fn published(&self) -> Arc<PublishedEpoch> {
+        self.published.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn send(&self, command: Command) -> Result<()> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+    }
+
+    /// Queues a change of `relation`; returns once it is queued (in order).
+    pub async fn send_changes(&self, relation: RelationId, batch: ChangeBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.send(Command::Changes { relation, batch }).await
+    }
+
+    /// Starts a view: backfills it and publishes its first state.
+    pub async fn create_view(&self, spec: ViewSpec) -> Result<()> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::CreateView { spec: Box::new(spec), reply }).await?;
+        response.await.map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))?
+    }
+
+    pub async fn drop_view(&self, id: RelationId) -> Result<()> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::DropView { id, reply }).await?;
+        response.await.map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+    }
+
+    /// Returns the epoch in which every change sent before is visible.
+    pub async fn flush(&self) -> Result<u64> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Flush { reply }).await?;
+        response.await.map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+    }
+
+    /// The status of every view, after every change sent before.
+    pub async fn status(&self) -> Result<(u64, Vec<ViewStatus>)> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::Status { reply }).await?;
+        response.await.map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+    }
+}
+
+struct RunningView {
+    name: String,
+    graph: StreamGraph,
+    state: RowSet,
+    failed: Option<String>,
+}
+
+struct Worker {
+    /// Ordered by id, which is creation order: a view comes after its inputs.
+    views: BTreeMap<RelationId, RunningView>,
+    /// relation -> views that read it.
+    readers: HashMap<RelationId, Vec<RelationId>>,
+    epoch: u64,
+    /// Whether anything changed since the last published epoch.
+    dirty: bool,
+    published: Arc<RwLock<Arc<PublishedEpoch>>>,
+}
+
+impl Worker {
+    fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut epoch_opened = Instant::now();
+        while let Some(command) = commands.blocking_recv() {
+            self.handle(command);
+            // Drain what is queued, closing the epoch when idle or when it has
+            // been open too long.
+            loop {
+                if epoch_opened.elapsed() >= Duration::from_millis(EPOCH_MAX_MS) {
+                    self.publish();
+                    epoch_opened = Instant::now();
+                }
+                match commands.try_recv() {
+                    Ok(command) => self.handle(command),
+                    Err(_) => break,
+                }
+            }
+            self.publish();
+            epoch_opened = Instant::now();
+        }
+        tracing::info!("runtime stopped");
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Changes { relation, batch } => self.propagate(relation, batch),
+            Command::CreateView { spec, reply } => {
+                let result = self.create_view(*spec);
+                self.publish();
+                let _ = reply.send(result);
+            }
+            Command::DropView { id, reply } => {
+                self.views.remove(&id);
+                for readers in self.readers.values_mut() {
+                    readers.retain(|v| *v != id);
+                }
+                self.readers.remove(&id);
+                self.dirty = true;
+                self.publish();
+                let _ = reply.send(());
+            }
+            Command::Flush { reply } => {
+                self.publish();
+                let _ = reply.send(self.epoch);
+            }
+            Command::Status { reply } => {
+                let _ = reply.send((self.epoch, self.status()));
+            }
+        }
+    }
+
+    fn create_view(&mut self, spec: ViewSpec) -> Result<()> {
+        let ViewSpec { id, name, schema, mut graph, table_snapshots } = spec;
+        let mut state = RowSet::new(Arc::new(RowCodec::try_new(schema)?));
+        for change in graph.start()? {
+            state.apply(&change)?;
+        }
+        let mut snapshots: HashMap<RelationId, ChangeBatch> = table_snapshots.into_iter().collect();
+        for input in graph.input_relations() {
+            let rows = match (snapshots.remove(&input), self.views.get(&input)) {
+                (Some(rows), _) => rows,
+                (None, Some(view)) => view.state.to_change_batch()?,
+                (None, None) => return Err(crate::internal!("view {name} reads unknown relation {input}")),
+            };
+            if rows.is_empty() {
+                continue;
+            }
+            for change in graph.push_relation(input, &rows)? {
+                state.apply(&change)?;
+            }
+        }
+        for input in graph.input_relations() {
+            self.readers.entry(input).or_default().push(id);
+        }
+        tracing::info!(view = %name, rows = state.len(), "materialized view started");
+        self.views.insert(id, RunningView { name, graph, state, failed: None });
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Pushes a change through every view that reads `relation`, and the
+    /// views' own changes on to the views that read them.
+    fn propagate(&mut self, relation: RelationId, batch: ChangeBatch) {
+        let mut pending = VecDeque::from([(relation, batch)]);
+        while let Some((relation, batch)) = pending.pop_front() {
+            let Some(readers) = self.readers.get(&relation) else { continue };
+            for view_id in readers.clone() {
+                let Some(view) = self.views.get_mut(&view_id) else { continue };
+                if view.failed.is_some() {
+                    continue;
+                }
+                match Self::apply_to_view(view, relation, &batch) {
+                    Ok(changes) => {
+                        self.dirty = true;
+                        pending.extend(changes.into_iter().map(|c| (view_id, c)));
+                    }
+                    Err(e) => {
+                        tracing::error!(view = %view.name, error = %e, "materialized view stopped");
+                        view.failed = Some(e.to_string());
+                        self.dirty = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_to_view(view: &mut RunningView, relation: RelationId, batch: &ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        let changes = view.graph.push_relation(relation, batch)?;
+        let mut next = view.state.clone();
+        for change in &changes {
+            next.apply(change)?;
+        }
+        view.state = next;
+        Ok(changes)
+    }
+
+    fn publish(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.epoch += 1;
+        let views = self.views.iter().map(|(id, v)| (*id, v.state.clone())).collect();
+        let epoch = Arc::new(PublishedEpoch { epoch: self.epoch, views });
+        *self.published.write().unwrap_or_else(|p| p.into_inner()) = epoch;
+        self.dirty = false;
+    }
+
+    fn status(&self) -> Vec<ViewStatus> {
+        self.views
+            .iter()
+            .map(|(id, v)| {
+                let operators = v.graph.stats();
+                ViewStatus {
+                    id: *id,
+                    name: v.name.clone(),
+                    rows: v.state.len(),
+                    rows_failed: operators.iter().map(|(_, _, s)| s.rows_failed).sum(),
+                    last_error: v.graph.last_error(),
+                    failed: v.failed.clone(),
+                    operators,
+                }
+            })
+            .collect()
+    }
+}

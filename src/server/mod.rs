@@ -1,0 +1,264 @@
+//! The Postgres wire protocol server (pgwire): simple and extended query
+//! protocol, one task per connection, all sessions sharing one [`Engine`].
+//!
+//! A failing statement sends an ErrorResponse with the statement's SQLSTATE
+//! and leaves the connection usable; a client that disconnects mid-query only
+//! ends its own task.
+
+mod encode;
+mod params;
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
+use futures::{stream, Sink};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+use crate::error::EddyError;
+use crate::sql::execute::{Description, Engine, Session, StatementResult};
+use crate::sql::{parse_statement, split_statements, EddyStatement};
+
+pub use encode::pg_type;
+
+/// Accepts connections on `listener` until `shutdown` resolves.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let handlers = Arc::new(Handlers { handler: Arc::new(EddyHandler { engine: engine.clone(), parser: Arc::new(EddyParser { engine }) }) });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(connection) => connection,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let handlers = handlers.clone();
+                tokio::spawn(async move {
+                    tracing::debug!(%peer, "client connected");
+                    if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+/// Binds `addr` (port 0 picks a free port) and returns the listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+struct Handlers {
+    handler: Arc<EddyHandler>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.handler.clone()
+    }
+}
+
+struct EddyHandler {
+    engine: Arc<Engine>,
+    parser: Arc<EddyParser>,
+}
+
+impl NoopStartupHandler for EddyHandler {}
+
+fn session_of<C: ClientInfo>(client: &C) -> Arc<Mutex<Session>> {
+    client.session_extensions().get_or_insert_with(|| Mutex::new(Session::default()))
+}
+
+fn to_pgwire(error: EddyError) -> PgWireError {
+    let mut info = ErrorInfo::new("ERROR".into(), error.sqlstate().into(), error.to_string());
+    info.detail = error.detail().map(str::to_string);
+    info.hint = error.hint().map(str::to_string);
+    if matches!(error, EddyError::Internal(_)) {
+        tracing::error!(error = %error, "internal error");
+    }
+    PgWireError::UserError(Box::new(info))
+}
+
+fn field_infos(schema: &SchemaRef, format: &Format) -> Vec<FieldInfo> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| FieldInfo::new(f.name().clone(), None, None, pg_type(f), format.format_for(i)))
+        .collect()
+}
+
+fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Response> {
+    match result {
+        StatementResult::Command(tag) => Ok(Response::Execution(Tag::new(&tag))),
+        StatementResult::Rows { schema, batches } => {
+            let fields = Arc::new(field_infos(&schema, format));
+            let mut encoder = DataRowEncoder::new(fields.clone());
+            let mut rows = Vec::new();
+            for batch in &batches {
+                for row in 0..batch.num_rows() {
+                    for column in batch.columns() {
+                        encoder.encode_field(&encode::Cell { array: column, row })?;
+                    }
+                    rows.push(Ok(encoder.take_row()));
+                }
+            }
+            Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows))))
+        }
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for EddyHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client);
+        let mut session = session.lock().await;
+        let mut responses = Vec::new();
+        for sql in split_statements(query) {
+            let outcome = match parse_statement(sql) {
+                Ok(statement) => self.engine.execute(&mut session, statement, vec![]).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(result) => responses.push(into_response(result, &Format::UnifiedText)?),
+                Err(e) => {
+                    // Like Postgres: the first error ends the query string.
+                    let PgWireError::UserError(info) = to_pgwire(e) else { unreachable!() };
+                    responses.push(Response::Error(info));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// A parsed statement with what it takes and returns.
+#[derive(Debug, Clone)]
+pub struct PreparedStatement {
+    statement: EddyStatement,
+    description: Description,
+}
+
+struct EddyParser {
+    engine: Arc<Engine>,
+}
+
+#[async_trait]
+impl QueryParser for EddyParser {
+    type Statement = PreparedStatement;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<PreparedStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let statements = split_statements(sql);
+        let sql = match statements.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            _ => {
+                return Err(to_pgwire(EddyError::Syntax(
+                    "cannot insert multiple commands into a prepared statement".into(),
+                )))
+            }
+        };
+        let statement = parse_statement(sql).map_err(to_pgwire)?;
+        let description = self.engine.describe(&statement).await.map_err(to_pgwire)?;
+        Ok(Some(PreparedStatement { statement, description }))
+    }
+
+    fn get_parameter_types(&self, stmt: &PreparedStatement) -> PgWireResult<Vec<Type>> {
+        Ok(stmt
+            .description
+            .parameters
+            .iter()
+            .map(|t| match t {
+                Some(data_type) => pg_type(&Field::new("", data_type.clone(), true)),
+                None => Type::TEXT,
+            })
+            .collect())
+    }
+
+    fn get_result_schema(&self, stmt: &PreparedStatement, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(match &stmt.description.result {
+            Some(schema) => field_infos(schema, format.unwrap_or(&Format::UnifiedText)),
+            None => vec![],
+        })
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for EddyHandler {
+    type Statement = PreparedStatement;
+    type QueryParser = EddyParser;
+
+    fn query_parser(&self) -> Arc<EddyParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<PreparedStatement>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PreparedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stored = &portal.statement;
+        let prepared = &stored.statement;
+        let mut values = Vec::with_capacity(portal.parameter_len());
+        for (i, raw) in portal.parameters.iter().enumerate() {
+            let inferred: Option<&DataType> = prepared.description.parameters.get(i).and_then(|t| t.as_ref());
+            let declared = stored.parameter_types.get(i).cloned().flatten();
+            let wire_type = declared.unwrap_or_else(|| match inferred {
+                Some(t) => pg_type(&Field::new("", t.clone(), true)),
+                None => Type::TEXT,
+            });
+            let value = params::decode_parameter(raw.as_ref(), &wire_type, portal.parameter_format.format_for(i), inferred)
+                .map_err(to_pgwire)?;
+            values.push(value);
+        }
+        let session = session_of(client);
+        let mut session = session.lock().await;
+        let result = self
+            .engine
+            .execute(&mut session, prepared.statement.clone(), values)
+            .await
+            .map_err(to_pgwire)?;
+        into_response(result, &portal.result_column_format)
+    }
+}

@@ -1,0 +1,562 @@
+//! The engine: executes statements against the catalog, the tables and the
+//! runtime. It is shared by all sessions; per-connection settings live in
+//! [`Session`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider, SchemaProvider};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, WriteOp};
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{self, Statement};
+
+use super::system::{views_batch, SystemSchema};
+use super::types::column_field;
+use super::{normalize_ident, CreateView, EddyStatement, WriteKind};
+use crate::catalog::{Catalog, Relation, RelationKind, TableEntry, ViewEntry};
+use crate::connectors::table::TableData;
+use crate::error::{EddyError, Result};
+use crate::plan;
+use crate::runtime::{RuntimeHandle, ViewSpec};
+
+/// The result of one statement.
+#[derive(Debug)]
+pub enum StatementResult {
+    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    /// A command tag such as `INSERT 0 3` or `CREATE TABLE`.
+    Command(String),
+}
+
+/// Per-connection settings (`SET` / `SHOW`).
+#[derive(Debug, Clone)]
+pub struct Session {
+    settings: BTreeMap<String, String>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        let settings = [
+            ("server_version", "15.0"),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("datestyle", "ISO, MDY"),
+            ("timezone", "UTC"),
+            ("search_path", "public"),
+            ("standard_conforming_strings", "on"),
+            ("integer_datetimes", "on"),
+            ("transaction isolation level", "read committed"),
+            ("transaction_isolation", "read committed"),
+        ];
+        Self { settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+}
+
+/// What a prepared statement will take and return.
+#[derive(Debug, Clone)]
+pub struct Description {
+    pub parameters: Vec<Option<DataType>>,
+    pub result: Option<SchemaRef>,
+}
+
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    runtime: RuntimeHandle,
+    base_state: SessionState,
+    /// Serializes DDL so that name checks and dependency checks hold.
+    ddl_lock: tokio::sync::Mutex<()>,
+}
+
+impl Engine {
+    pub fn new(runtime: RuntimeHandle) -> Self {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema("eddy", "public")
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(false);
+        let base_state = SessionStateBuilder::new().with_config(config).with_default_features().build();
+        Self { catalog: Arc::new(Catalog::new()), runtime, base_state, ddl_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// A DataFusion session over one consistent snapshot: tables as of now,
+    /// all views as of the last completed epoch.
+    fn query_state(&self) -> Result<SessionState> {
+        let epoch = self.runtime.published();
+        let public = Arc::new(MemorySchemaProvider::new());
+        for relation in self.catalog.snapshot(&epoch) {
+            let name = relation.name.clone();
+            public.register_table(name, Arc::new(relation))?;
+        }
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        catalog.register_schema("public", public)?;
+        catalog.register_schema("eddy_catalog", Arc::new(SystemSchema::new(self.runtime.clone())))?;
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        catalogs.register_catalog("eddy".into(), catalog as Arc<dyn CatalogProvider>);
+        Ok(SessionStateBuilder::new_from_existing(self.base_state.clone())
+            .with_catalog_list(catalogs as Arc<dyn CatalogProviderList>)
+            .build())
+    }
+
+    async fn plan(&self, state: &SessionState, statement: &Statement) -> Result<LogicalPlan> {
+        Ok(state.statement_to_plan(DFStatement::Statement(Box::new(statement.clone()))).await?)
+    }
+
+    /// Parameter and result types of a statement, for the extended protocol.
+    pub async fn describe(&self, statement: &EddyStatement) -> Result<Description> {
+        let none = |result: Option<SchemaRef>| Description { parameters: vec![], result };
+        Ok(match statement {
+            EddyStatement::Query(query) | EddyStatement::Write { statement: query, .. } => {
+                let plan = self.plan(&self.query_state()?, query).await?;
+                let types = plan.get_parameter_types()?;
+                let mut parameters = vec![None; types.len()];
+                for (name, field) in types {
+                    let index: usize = name.trim_start_matches('$').parse().unwrap_or(0);
+                    if (1..=parameters.len()).contains(&index) {
+                        parameters[index - 1] = field;
+                    }
+                }
+                let result = matches!(statement, EddyStatement::Query(_))
+                    .then(|| Arc::new(plan.schema().as_arrow().clone()));
+                Description { parameters, result }
+            }
+            EddyStatement::ShowTables => none(Some(show_tables_schema())),
+            EddyStatement::ShowViews => none(Some(views_batch(&[])?.schema())),
+            EddyStatement::ExplainCreateView(_) => none(Some(explain_schema())),
+            EddyStatement::ShowVariable(name) => none(Some(show_variable_schema(name))),
+            _ => none(None),
+        })
+    }
+
+    /// Executes one statement with positional parameters `$1, $2, ...`.
+    pub async fn execute(
+        &self,
+        session: &mut Session,
+        statement: EddyStatement,
+        params: Vec<ScalarValue>,
+    ) -> Result<StatementResult> {
+        match statement {
+            EddyStatement::Query(query) => self.query(&query, params).await,
+            EddyStatement::CreateTable(create) => self.create_table(*create).await,
+            EddyStatement::CreateView(view) => self.create_view(*view).await,
+            EddyStatement::ExplainCreateView(view) => self.explain_view(&view).await,
+            EddyStatement::Write { table, kind, statement } => self.write(&table, kind, &statement, params).await,
+            EddyStatement::Drop { kind, names, if_exists, cascade } => {
+                self.drop(kind, &names, if_exists, cascade).await
+            }
+            EddyStatement::Flush => {
+                self.runtime.flush().await?;
+                Ok(StatementResult::Command("FLUSH".into()))
+            }
+            EddyStatement::ShowTables => {
+                let names: Vec<String> = self
+                    .catalog
+                    .list()
+                    .into_iter()
+                    .filter(|r| r.kind() == RelationKind::Table)
+                    .map(|r| r.name().to_string())
+                    .collect();
+                let batch = RecordBatch::try_new(
+                    show_tables_schema(),
+                    vec![Arc::new(StringArray::from(names)) as ArrayRef],
+                )?;
+                Ok(rows(batch))
+            }
+            EddyStatement::ShowViews => {
+                let (_, views) = self.runtime.status().await?;
+                Ok(rows(views_batch(&views)?))
+            }
+            EddyStatement::Set { name, value } => {
+                if !name.is_empty() {
+                    session.settings.insert(name, value);
+                }
+                Ok(StatementResult::Command("SET".into()))
+            }
+            EddyStatement::ShowVariable(name) => {
+                let value = session.settings.get(&name).cloned().ok_or_else(|| {
+                    EddyError::Planning {
+                        sqlstate: "42704",
+                        message: format!("unrecognized configuration parameter \"{name}\""),
+                    }
+                })?;
+                let batch = RecordBatch::try_new(
+                    show_variable_schema(&name),
+                    vec![Arc::new(StringArray::from(vec![value])) as ArrayRef],
+                )?;
+                Ok(rows(batch))
+            }
+        }
+    }
+
+    async fn query(&self, statement: &Statement, params: Vec<ScalarValue>) -> Result<StatementResult> {
+        let state = self.query_state()?;
+        let mut plan = self.plan(&state, statement).await?;
+        if !params.is_empty() {
+            plan = plan.with_param_values(ParamValues::from(params))?;
+        }
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let batches = DataFrame::new(state, plan).collect().await?;
+        Ok(StatementResult::Rows { schema, batches })
+    }
+
+    async fn create_table(&self, create: ast::CreateTable) -> Result<StatementResult> {
+        let name = super::relation_name(&create.name)?;
+        let mut primary_key: Vec<String> = Vec::new();
+        let mut not_null: Vec<bool> = Vec::new();
+        for column in &create.columns {
+            let mut required = false;
+            for option in &column.options {
+                match &option.option {
+                    ast::ColumnOption::NotNull => required = true,
+                    ast::ColumnOption::Null => {}
+                    ast::ColumnOption::PrimaryKey(_) => {
+                        required = true;
+                        primary_key.push(normalize_ident(&column.name));
+                    }
+                    other => return Err(crate::not_supported!("column option {other} is not supported yet")),
+                }
+            }
+            not_null.push(required);
+        }
+        for constraint in &create.constraints {
+            match constraint {
+                ast::TableConstraint::PrimaryKey(pk) => {
+                    if !primary_key.is_empty() {
+                        return Err(EddyError::Planning {
+                            sqlstate: "42P16",
+                            message: format!("multiple primary keys for table \"{name}\" are not allowed"),
+                        });
+                    }
+                    for column in &pk.columns {
+                        match &column.column.expr {
+                            ast::Expr::Identifier(ident) => primary_key.push(normalize_ident(ident)),
+                            other => return Err(crate::not_supported!("primary key on expression {other}")),
+                        }
+                    }
+                }
+                other => return Err(crate::not_supported!("table constraint {other} is not supported yet")),
+            }
+        }
+        let mut fields = Vec::with_capacity(create.columns.len());
+        for (column, required) in create.columns.iter().zip(&not_null) {
+            let column_name = normalize_ident(&column.name);
+            if fields.iter().any(|f: &Field| f.name() == &column_name) {
+                return Err(EddyError::Planning {
+                    sqlstate: "42701",
+                    message: format!("column \"{column_name}\" specified more than once"),
+                });
+            }
+            let in_key = primary_key.contains(&column_name);
+            fields.push(column_field(&column_name, &column.data_type, !(*required || in_key))?);
+        }
+        let mut key_indices = Vec::with_capacity(primary_key.len());
+        for key in &primary_key {
+            let index = fields.iter().position(|f| f.name() == key).ok_or_else(|| {
+                EddyError::UndefinedColumn(format!("column \"{key}\" named in key does not exist"))
+            })?;
+            key_indices.push(index);
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let _ddl = self.ddl_lock.lock().await;
+        if self.catalog.get(&name).is_some() && create.if_not_exists {
+            return Ok(StatementResult::Command("CREATE TABLE".into()));
+        }
+        let data = TableData::try_new(&name, schema.clone(), key_indices)?;
+        self.catalog.insert(Relation::Table(Arc::new(TableEntry {
+            id: self.catalog.allocate_id(),
+            name,
+            schema,
+            data: std::sync::Mutex::new(data),
+            write_lock: tokio::sync::Mutex::new(()),
+        })))?;
+        Ok(StatementResult::Command("CREATE TABLE".into()))
+    }
+
+    /// Plans a view's query into a streaming graph and its output schema.
+    async fn plan_view(&self, view: &CreateView) -> Result<(plan::PlannedView, LogicalPlan)> {
+        let state = self.query_state()?;
+        let logical = self.plan(&state, &Statement::Query(view.query.clone())).await?;
+        if !logical.get_parameter_types()?.is_empty() {
+            return Err(crate::not_supported!("parameters ($1) in CREATE MATERIALIZED VIEW"));
+        }
+        plan::check_deterministic(&logical)?;
+        let optimized = state.optimize(&logical)?;
+        let graph = plan::lower(&optimized)?;
+        let mut fields: Vec<Field> =
+            logical.schema().as_arrow().fields().iter().map(|f| f.as_ref().clone()).collect();
+        if !view.columns.is_empty() {
+            if view.columns.len() > fields.len() {
+                return Err(EddyError::Syntax(
+                    "CREATE MATERIALIZED VIEW specifies more column names than columns".into(),
+                ));
+            }
+            for (field, name) in fields.iter_mut().zip(&view.columns) {
+                *field = field.clone().with_name(name);
+            }
+        }
+        for (i, field) in fields.iter().enumerate() {
+            if fields[..i].iter().any(|f| f.name() == field.name()) {
+                return Err(EddyError::Planning {
+                    sqlstate: "42701",
+                    message: format!(
+                        "column \"{}\" specified more than once; give the columns of the view distinct names with AS",
+                        field.name()
+                    ),
+                });
+            }
+        }
+        // The optimized plan may have narrowed types or nullability; the
+        // view stores what its root operator produces.
+        let optimized_schema = optimized.schema().as_arrow();
+        for (field, produced) in fields.iter_mut().zip(optimized_schema.fields()) {
+            *field = field.clone().with_data_type(produced.data_type().clone()).with_nullable(true);
+        }
+        let schema = Arc::new(Schema::new(fields));
+        Ok((plan::PlannedView { graph, schema }, optimized))
+    }
+
+    async fn create_view(&self, view: CreateView) -> Result<StatementResult> {
+        let _ddl = self.ddl_lock.lock().await;
+        if self.catalog.get(&view.name).is_some() {
+            if view.if_not_exists {
+                return Ok(StatementResult::Command("CREATE MATERIALIZED VIEW".into()));
+            }
+            return Err(EddyError::DuplicateRelation(format!("relation \"{}\" already exists", view.name)));
+        }
+        let (planned, _) = self.plan_view(&view).await?;
+        let inputs = planned.graph.input_relations();
+        // Hold the write locks of the input tables while the backfill
+        // snapshot is taken and the view is handed to the runtime, so the
+        // view sees each table change exactly once: in the snapshot or after.
+        let mut tables: Vec<Arc<TableEntry>> = inputs
+            .iter()
+            .filter_map(|id| match self.catalog.by_id(*id) {
+                Some(Relation::Table(t)) => Some(t),
+                _ => None,
+            })
+            .collect();
+        tables.sort_by_key(|t| t.id);
+        let mut guards = Vec::with_capacity(tables.len());
+        for table in &tables {
+            guards.push(table.write_lock.lock().await);
+        }
+        let mut table_snapshots = Vec::with_capacity(tables.len());
+        for table in &tables {
+            let rows = table.data.lock().unwrap_or_else(|p| p.into_inner()).rows.to_change_batch()?;
+            table_snapshots.push((table.id, rows));
+        }
+        let id = self.catalog.allocate_id();
+        self.runtime
+            .create_view(ViewSpec {
+                id,
+                name: view.name.clone(),
+                schema: planned.schema.clone(),
+                graph: planned.graph,
+                table_snapshots,
+            })
+            .await?;
+        drop(guards);
+        self.catalog.insert(Relation::View(Arc::new(ViewEntry {
+            id,
+            name: view.name,
+            schema: planned.schema,
+            definition: view.definition,
+            inputs,
+        })))?;
+        Ok(StatementResult::Command("CREATE MATERIALIZED VIEW".into()))
+    }
+
+    async fn explain_view(&self, view: &CreateView) -> Result<StatementResult> {
+        let (planned, _) = self.plan_view(view).await?;
+        let mut lines = vec![format!("MaterializedView: {}", view.name)];
+        lines.extend(planned.graph.explain().into_iter().map(|l| format!("  {l}")));
+        let batch = RecordBatch::try_new(explain_schema(), vec![Arc::new(StringArray::from(lines)) as ArrayRef])?;
+        Ok(rows(batch))
+    }
+
+    async fn write(
+        &self,
+        table_name: &str,
+        kind: WriteKind,
+        statement: &Statement,
+        params: Vec<ScalarValue>,
+    ) -> Result<StatementResult> {
+        let table = match self.catalog.require(table_name)? {
+            Relation::Table(t) => t,
+            Relation::View(v) => {
+                return Err(EddyError::WrongObjectType(format!("cannot change materialized view \"{}\"", v.name)))
+            }
+        };
+        // Plan and evaluate against the table as it is under the write lock.
+        let _write = table.write_lock.lock().await;
+        let state = self.query_state()?;
+        let mut plan = self.plan(&state, statement).await?;
+        if !params.is_empty() {
+            plan = plan.with_param_values(ParamValues::from(params))?;
+        }
+        let LogicalPlan::Dml(dml) = plan else {
+            return Err(crate::internal!("{kind:?} did not plan as DML"));
+        };
+        let schema = table.schema.clone();
+        let width = schema.fields().len();
+        let (tag, change) = match (kind, &dml.op) {
+            (WriteKind::Insert, WriteOp::Insert(_)) => {
+                let new = collect_rows(&state, (*dml.input).clone(), &schema).await?;
+                let count = new.num_rows();
+                let (next, change) = table.data.lock().unwrap_or_else(|p| p.into_inner()).insert(new)?;
+                *table.data.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                (format!("INSERT 0 {count}"), change)
+            }
+            (WriteKind::Delete, WriteOp::Delete) => {
+                let old = collect_rows(&state, (*dml.input).clone(), &schema).await?;
+                let count = old.num_rows();
+                let (next, change) = table.data.lock().unwrap_or_else(|p| p.into_inner()).delete(old)?;
+                *table.data.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                (format!("DELETE {count}"), change)
+            }
+            (WriteKind::Update, WriteOp::Update) => {
+                let LogicalPlan::Projection(projection) = dml.input.as_ref() else {
+                    return Err(crate::internal!("UPDATE did not plan as a projection"));
+                };
+                // Evaluate the old and the new row side by side.
+                let source = projection.input.as_ref().clone();
+                let mut exprs: Vec<Expr> =
+                    source.schema().columns().into_iter().take(width).map(Expr::Column).collect();
+                exprs.extend(
+                    projection.expr.iter().enumerate().map(|(i, e)| e.clone().unalias().alias(format!("__eddy_new_{i}"))),
+                );
+                let both = LogicalPlanBuilder::from(source).project(exprs)?.build()?;
+                let batch = collect_batch(&state, both).await?;
+                let old = conform(&batch.project(&(0..width).collect::<Vec<_>>())?, &schema)?;
+                let new = conform(&batch.project(&(width..2 * width).collect::<Vec<_>>())?, &schema)?;
+                let count = old.num_rows();
+                let (next, change) = table.data.lock().unwrap_or_else(|p| p.into_inner()).update(old, new)?;
+                *table.data.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                (format!("UPDATE {count}"), change)
+            }
+            (kind, op) => return Err(crate::internal!("{kind:?} planned as {op}")),
+        };
+        self.runtime.send_changes(table.id, change).await?;
+        Ok(StatementResult::Command(tag))
+    }
+
+    async fn drop(&self, kind: RelationKind, names: &[String], if_exists: bool, cascade: bool) -> Result<StatementResult> {
+        let _ddl = self.ddl_lock.lock().await;
+        let tag = match kind {
+            RelationKind::Table => "DROP TABLE",
+            RelationKind::MaterializedView => "DROP MATERIALIZED VIEW",
+        };
+        // Check everything before dropping anything.
+        let mut targets = Vec::with_capacity(names.len());
+        for name in names {
+            match self.catalog.get(name) {
+                None if if_exists => continue,
+                None => return Err(EddyError::UndefinedRelation(format!("{} \"{name}\" does not exist", kind.noun()))),
+                Some(r) if r.kind() != kind => {
+                    return Err(EddyError::WrongObjectType(format!(
+                        "\"{name}\" is not a {}; use DROP {}",
+                        kind.noun(),
+                        r.kind().noun().to_uppercase()
+                    )))
+                }
+                Some(r) => targets.push(r),
+            }
+        }
+        for target in &targets {
+            let dependents = self.catalog.dependents(target.id());
+            if let (false, Some(first)) = (cascade, dependents.first()) {
+                return Err(EddyError::DependentObjects {
+                    message: format!(
+                        "cannot drop {} {} because other objects depend on it",
+                        kind.noun(),
+                        target.name()
+                    ),
+                    detail: format!("materialized view {} depends on {} {}", first.name, kind.noun(), target.name()),
+                });
+            }
+        }
+        for target in targets {
+            self.drop_with_dependents(target).await?;
+        }
+        Ok(StatementResult::Command(tag.into()))
+    }
+
+    /// Drops `relation` and, first, every view that depends on it.
+    async fn drop_with_dependents(&self, relation: Relation) -> Result<()> {
+        let mut order = vec![relation];
+        let mut i = 0;
+        while i < order.len() {
+            for dependent in self.catalog.dependents(order[i].id()) {
+                if !order.iter().any(|r| r.id() == dependent.id) {
+                    order.push(Relation::View(dependent));
+                }
+            }
+            i += 1;
+        }
+        // Newest first: a view is dropped before the views it reads.
+        order.sort_by_key(|r| std::cmp::Reverse(r.id()));
+        for relation in order {
+            match &relation {
+                Relation::View(v) => self.runtime.drop_view(v.id).await?,
+                Relation::Table(t) => {
+                    let _write = t.write_lock.lock().await;
+                }
+            }
+            self.catalog.remove(relation.name());
+        }
+        Ok(())
+    }
+}
+
+/// Runs `plan` and returns its rows as one batch shaped like `schema`.
+async fn collect_rows(state: &SessionState, plan: LogicalPlan, schema: &SchemaRef) -> Result<RecordBatch> {
+    conform(&collect_batch(state, plan).await?, schema)
+}
+
+async fn collect_batch(state: &SessionState, plan: LogicalPlan) -> Result<RecordBatch> {
+    let plan_schema = Arc::new(plan.schema().as_arrow().clone());
+    let batches = DataFrame::new(state.clone(), plan).collect().await?;
+    Ok(concat_batches(&plan_schema, &batches)?)
+}
+
+/// Casts the columns of `batch` to the types of `schema` and relabels them.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| Ok(cast(column, field.data_type())?))
+        .collect::<Result<Vec<_>>>()?;
+    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    // Nullability is checked by the table with a Postgres error, not here.
+    let relaxed = Arc::new(Schema::new(
+        schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+    ));
+    let relaxed_batch = RecordBatch::try_new_with_options(relaxed, columns, &options)?;
+    Ok(RecordBatch::try_new_with_options(schema.clone(), relaxed_batch.columns().to_vec(), &options)
+        .unwrap_or(relaxed_batch))
+}
+
+fn rows(batch: RecordBatch) -> StatementResult {
+    StatementResult::Rows { schema: batch.schema(), batches: vec![batch] }
+}
+
+fn show_tables_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, false)]))
+}
+
+fn explain_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("QUERY PLAN", DataType::Utf8, false)]))
+}
+
+fn show_variable_schema(name: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]))
+}

@@ -1,0 +1,324 @@
+//! SQL: parsing eddy's statements and executing them.
+//!
+//! Statements are split at top-level semicolons, eddy's own statements
+//! (`FLUSH`, `SHOW MATERIALIZED VIEWS`, `EXPLAIN CREATE MATERIALIZED VIEW`)
+//! are recognised, and everything else is parsed by sqlparser (the parser
+//! DataFusion uses). Queries are handed to DataFusion; DDL and DML are
+//! executed by [`execute::Engine`].
+
+pub mod execute;
+mod system;
+pub mod types;
+
+use datafusion::sql::sqlparser::ast::{self, ObjectName, ObjectType, Statement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::catalog::RelationKind;
+use crate::error::{EddyError, Result};
+
+/// One statement, classified by what eddy does with it.
+#[derive(Debug, Clone)]
+pub enum EddyStatement {
+    /// SELECT, VALUES, EXPLAIN SELECT: planned and run by DataFusion.
+    Query(Box<Statement>),
+    CreateTable(Box<ast::CreateTable>),
+    CreateView(Box<CreateView>),
+    ExplainCreateView(Box<CreateView>),
+    /// INSERT, UPDATE, DELETE on the named table.
+    Write { table: String, kind: WriteKind, statement: Box<Statement> },
+    Drop { kind: RelationKind, names: Vec<String>, if_exists: bool, cascade: bool },
+    Flush,
+    ShowTables,
+    ShowViews,
+    /// `SET name = value` (session settings; accepted and remembered).
+    Set { name: String, value: String },
+    ShowVariable(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateView {
+    pub name: String,
+    pub columns: Vec<String>,
+    pub query: Box<ast::Query>,
+    pub if_not_exists: bool,
+    /// The statement as written, kept for SHOW and the catalog.
+    pub definition: String,
+}
+
+/// Splits `sql` into statements at semicolons outside quotes, dollar quotes
+/// and comments. Empty statements are dropped.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let mut statements = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            quote @ (b'\'' | b'"') => {
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == quote {
+                        if bytes.get(i + 1) == Some(&quote) {
+                            i += 1; // doubled quote escapes itself
+                        } else {
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'$' => {
+                // $tag$ ... $tag$ (but not a $1 placeholder)
+                if let Some(end) = sql[i + 1..].find('$') {
+                    let tag = &sql[i..i + end + 2];
+                    if tag[1..tag.len() - 1].chars().all(|c| c.is_alphanumeric() || c == '_')
+                        && !tag[1..].starts_with(|c: char| c.is_ascii_digit())
+                    {
+                        if let Some(close) = sql[i + tag.len()..].find(tag) {
+                            i += tag.len() + close + tag.len() - 1;
+                        }
+                    }
+                }
+            }
+            b';' => {
+                statements.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    statements.push(&sql[start.min(sql.len())..]);
+    statements.into_iter().filter(|s| !is_blank(s)).collect()
+}
+
+/// Whether `sql` holds nothing but whitespace and comments.
+fn is_blank(sql: &str) -> bool {
+    leading_words(sql, 1).is_empty()
+}
+
+/// The first `n` words of `sql`, uppercased, skipping comments.
+fn leading_words(sql: &str, n: usize) -> Vec<String> {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map(|(_, r)| r).unwrap_or("");
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map(|(_, r)| r).unwrap_or("");
+        } else {
+            break;
+        }
+    }
+    rest.split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+        .filter(|w| !w.is_empty())
+        .take(n)
+        .map(str::to_uppercase)
+        .collect()
+}
+
+/// Parses one statement (as returned by [`split_statements`]).
+pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
+    let words = leading_words(sql, 4);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["FLUSH"] => return Ok(EddyStatement::Flush),
+        ["SHOW", "TABLES", ..] => return Ok(EddyStatement::ShowTables),
+        ["SHOW", "MATERIALIZED", "VIEWS", ..] => return Ok(EddyStatement::ShowViews),
+        ["EXPLAIN", "CREATE", "MATERIALIZED", "VIEW"] => {
+            let body = sql.trim_start();
+            let create = &body["EXPLAIN".len()..];
+            return match parse_statement(create)? {
+                EddyStatement::CreateView(view) => Ok(EddyStatement::ExplainCreateView(view)),
+                _ => Err(crate::internal!("EXPLAIN CREATE MATERIALIZED VIEW did not parse as one")),
+            };
+        }
+        _ => {}
+    }
+    let mut parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
+        EddyError::Syntax(e.to_string().trim_start_matches("sql parser error: ").to_string())
+    })?;
+    if parsed.len() != 1 {
+        return Err(EddyError::Syntax(format!("expected one statement, found {}", parsed.len())));
+    }
+    classify(parsed.remove(0), sql)
+}
+
+fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
+    Ok(match statement {
+        Statement::Query(_) => EddyStatement::Query(Box::new(statement)),
+        Statement::Explain { statement: ref inner, .. } if matches!(inner.as_ref(), Statement::Query(_)) => {
+            EddyStatement::Query(Box::new(statement))
+        }
+        Statement::CreateTable(create) => {
+            if create.query.is_some() {
+                return Err(crate::not_supported!("CREATE TABLE ... AS SELECT is not supported; use CREATE MATERIALIZED VIEW"));
+            }
+            EddyStatement::CreateTable(Box::new(create))
+        }
+        Statement::CreateView(view) => {
+            if !view.materialized {
+                return Err(crate::not_supported!(
+                    "plain views are not supported yet; use CREATE MATERIALIZED VIEW"
+                ));
+            }
+            if view.or_replace || view.or_alter {
+                return Err(crate::not_supported!("CREATE OR REPLACE MATERIALIZED VIEW is not supported yet"));
+            }
+            EddyStatement::CreateView(Box::new(CreateView {
+                name: relation_name(&view.name)?,
+                columns: view.columns.iter().map(|c| normalize_ident(&c.name)).collect(),
+                query: view.query,
+                if_not_exists: view.if_not_exists,
+                definition: sql.trim().to_string(),
+            }))
+        }
+        Statement::Insert(ref insert) => {
+            if insert.on.is_some() {
+                return Err(crate::not_supported!("INSERT ... ON CONFLICT is not supported yet"));
+            }
+            if insert.returning.is_some() {
+                return Err(crate::not_supported!("INSERT ... RETURNING is not supported yet"));
+            }
+            let table = match &insert.table {
+                ast::TableObject::TableName(name) => relation_name(name)?,
+                other => return Err(crate::not_supported!("INSERT INTO {other} is not supported")),
+            };
+            EddyStatement::Write { table, kind: WriteKind::Insert, statement: Box::new(statement) }
+        }
+        Statement::Update(ref update) => {
+            if update.from.is_some() {
+                return Err(crate::not_supported!("UPDATE ... FROM is not supported yet"));
+            }
+            if update.returning.is_some() {
+                return Err(crate::not_supported!("UPDATE ... RETURNING is not supported yet"));
+            }
+            let table = table_factor_name(&update.table.relation)?;
+            EddyStatement::Write { table, kind: WriteKind::Update, statement: Box::new(statement) }
+        }
+        Statement::Delete(ref delete) => {
+            if delete.using.is_some() {
+                return Err(crate::not_supported!("DELETE ... USING is not supported yet"));
+            }
+            if delete.returning.is_some() {
+                return Err(crate::not_supported!("DELETE ... RETURNING is not supported yet"));
+            }
+            let tables = match &delete.from {
+                ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
+            };
+            let [table] = tables.as_slice() else {
+                return Err(crate::not_supported!("DELETE from several tables is not supported"));
+            };
+            let table = table_factor_name(&table.relation)?;
+            EddyStatement::Write { table, kind: WriteKind::Delete, statement: Box::new(statement) }
+        }
+        Statement::Drop { object_type, if_exists, names, cascade, .. } => {
+            let kind = match object_type {
+                ObjectType::Table => RelationKind::Table,
+                ObjectType::MaterializedView => RelationKind::MaterializedView,
+                other => return Err(crate::not_supported!("DROP {other} is not supported")),
+            };
+            let names = names.iter().map(relation_name).collect::<Result<Vec<_>>>()?;
+            EddyStatement::Drop { kind, names, if_exists, cascade }
+        }
+        Statement::Set(ast::Set::SingleAssignment { variable, values, .. }) => EddyStatement::Set {
+            name: variable.to_string().to_lowercase(),
+            value: values.iter().map(|v| v.to_string().trim_matches('\'').to_string()).collect::<Vec<_>>().join(", "),
+        },
+        Statement::Set(_) => EddyStatement::Set { name: String::new(), value: String::new() },
+        Statement::ShowVariable { variable } => EddyStatement::ShowVariable(
+            variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" "),
+        ),
+        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. } => {
+            return Err(crate::not_supported!(
+                "transactions (BEGIN/COMMIT/ROLLBACK) are not supported yet: every statement commits on its own"
+            ))
+        }
+        other => {
+            let text = other.to_string();
+            let words: Vec<&str> = text.split_whitespace().take(2).collect();
+            return Err(crate::not_supported!("{} is not supported", words.join(" ")));
+        }
+    })
+}
+
+fn table_factor_name(factor: &ast::TableFactor) -> Result<String> {
+    match factor {
+        ast::TableFactor::Table { name, .. } => relation_name(name),
+        other => Err(crate::not_supported!("writing to {other} is not supported")),
+    }
+}
+
+/// A Postgres identifier: unquoted names fold to lower case.
+pub fn normalize_ident(ident: &ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+/// The name of a relation in eddy's single schema (`public`).
+pub fn relation_name(name: &ObjectName) -> Result<String> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| p.as_ident().map(normalize_ident).ok_or_else(|| EddyError::Syntax(format!("invalid name {name}"))))
+        .collect::<Result<_>>()?;
+    match parts.as_slice() {
+        [relation] => Ok(relation.clone()),
+        [schema, relation] if schema == "public" => Ok(relation.clone()),
+        _ => Err(EddyError::UndefinedRelation(format!(
+            "relation \"{name}\" does not exist (eddy has one schema, public)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_outside_quotes_and_comments() {
+        let sql = "SELECT 'a;b'; -- c;d\nSELECT \"x;\" FROM t; /* ; */ ; SELECT $$;$$, $1;";
+        let parts = split_statements(sql);
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        assert_eq!(parts[0], "SELECT 'a;b'");
+        assert!(parts[2].contains("$$;$$"));
+    }
+
+    #[test]
+    fn recognises_eddy_statements() {
+        assert!(matches!(parse_statement("flush").unwrap(), EddyStatement::Flush));
+        assert!(matches!(parse_statement("SHOW MATERIALIZED VIEWS").unwrap(), EddyStatement::ShowViews));
+        let explain = parse_statement("EXPLAIN CREATE MATERIALIZED VIEW v AS SELECT 1").unwrap();
+        assert!(matches!(explain, EddyStatement::ExplainCreateView(v) if v.name == "v"));
+    }
+
+    #[test]
+    fn folds_unquoted_names() {
+        let statement = parse_statement("DROP TABLE Public.\"MiXed\", Other CASCADE").unwrap();
+        let EddyStatement::Drop { names, cascade, .. } = statement else { panic!("not a drop") };
+        assert_eq!(names, vec!["MiXed".to_string(), "other".to_string()]);
+        assert!(cascade);
+    }
+}

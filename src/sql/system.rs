@@ -1,0 +1,97 @@
+//! System tables in schema `eddy_catalog`, built when a query reads them:
+//! - `materialized_views`: each view's row count, failed rows and status;
+//! - `operator_stats`: rows in/out and state keys of every operator, the
+//!   figures that show a view is maintained incrementally.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::datasource::MemTable;
+use datafusion::error::{DataFusionError, Result as DFResult};
+
+use crate::runtime::{RuntimeHandle, ViewStatus};
+
+const TABLES: [&str; 2] = ["materialized_views", "operator_stats"];
+
+#[derive(Debug)]
+pub struct SystemSchema {
+    runtime: RuntimeHandle,
+}
+
+impl SystemSchema {
+    pub fn new(runtime: RuntimeHandle) -> Self {
+        Self { runtime }
+    }
+}
+
+/// The rows of `SHOW MATERIALIZED VIEWS` and `eddy_catalog.materialized_views`.
+pub fn views_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("failed_rows", DataType::UInt64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("last_error", DataType::Utf8, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(views.iter().map(|v| v.name.as_str()))),
+        Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| v.rows))),
+        Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| v.rows_failed))),
+        Arc::new(StringArray::from_iter_values(views.iter().map(|v| match &v.failed {
+            Some(e) => format!("failed: {e}"),
+            None => "running".to_string(),
+        }))),
+        Arc::new(StringArray::from_iter(views.iter().map(|v| v.last_error.clone()))),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+fn operators_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("operator_id", DataType::Utf8, false),
+        Field::new("operator", DataType::Utf8, false),
+        Field::new("rows_in", DataType::UInt64, false),
+        Field::new("rows_out", DataType::UInt64, false),
+        Field::new("rows_failed", DataType::UInt64, false),
+        Field::new("state_keys", DataType::UInt64, false),
+    ]));
+    let rows: Vec<(&str, &(u64, String, crate::stream::OperatorStats))> =
+        views.iter().flat_map(|v| v.operators.iter().map(move |o| (v.name.as_str(), o))).collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|(v, _)| *v))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, o)| format!("{:016x}", o.0)))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, o)| o.1.as_str()))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, o)| o.2.rows_in))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, o)| o.2.rows_out))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, o)| o.2.rows_failed))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, o)| o.2.state_keys))),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        TABLES.iter().map(|t| t.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        if !TABLES.contains(&name) {
+            return Ok(None);
+        }
+        let (_, views) = self.runtime.status().await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let batch = match name {
+            "materialized_views" => views_batch(&views)?,
+            _ => operators_batch(&views)?,
+        };
+        Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        TABLES.contains(&name)
+    }
+}

@@ -1,0 +1,145 @@
+//! Relation state: the rows of a table or of a materialized view's result.
+//!
+//! A [`RowSet`] is a multiset of rows, each row encoded with `arrow-row` (so
+//! equal rows have equal bytes and the map's order is the rows' sort order),
+//! mapped to its multiplicity. It is a persistent map (`imbl`): cloning is
+//! O(1) and shares structure, so a reader can hold the state of one epoch
+//! while the runtime goes on changing the next. That is how every SELECT sees
+//! one consistent snapshot without copying.
+//!
+//! Invariant: every multiplicity is positive. Applying a change that would
+//! make one negative is refused (it means a retraction of a row that is not
+//! there, which is a bug upstream).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+
+use crate::error::Result;
+use crate::stream::ChangeBatch;
+
+/// Encodes rows of one schema to bytes and back.
+#[derive(Debug)]
+pub struct RowCodec {
+    schema: SchemaRef,
+    converter: RowConverter,
+}
+
+impl RowCodec {
+    pub fn try_new(schema: SchemaRef) -> Result<Self> {
+        let fields = schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        Ok(Self { converter: RowConverter::new(fields)?, schema })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The encoded rows of `batch`, in order.
+    pub fn encode(&self, batch: &RecordBatch) -> Result<Vec<Arc<[u8]>>> {
+        if self.schema.fields().is_empty() {
+            return Ok(vec![Arc::from(&[][..]); batch.num_rows()]);
+        }
+        let rows = self.converter.convert_columns(batch.columns())?;
+        Ok(rows.iter().map(|r| Arc::from(r.data())).collect())
+    }
+
+    /// A batch holding `rows`, in order.
+    pub fn decode<'a>(&self, rows: impl Iterator<Item = &'a [u8]>) -> Result<RecordBatch> {
+        if self.schema.fields().is_empty() {
+            let options = RecordBatchOptions::new().with_row_count(Some(rows.count()));
+            return Ok(RecordBatch::try_new_with_options(self.schema.clone(), vec![], &options)?);
+        }
+        let parser = self.converter.parser();
+        let columns = self.converter.convert_rows(rows.map(|r| parser.parse(r)))?;
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+/// A multiset of rows with cheap snapshots.
+#[derive(Debug, Clone)]
+pub struct RowSet {
+    codec: Arc<RowCodec>,
+    rows: imbl::OrdMap<Arc<[u8]>, i64>,
+    /// Total multiplicity, i.e. the number of rows a scan returns.
+    len: u64,
+}
+
+impl RowSet {
+    pub fn new(codec: Arc<RowCodec>) -> Self {
+        Self { codec, rows: imbl::OrdMap::new(), len: 0 }
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        self.codec.schema()
+    }
+
+    pub fn codec(&self) -> &Arc<RowCodec> {
+        &self.codec
+    }
+
+    /// Number of rows, counting duplicates.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of distinct rows held.
+    pub fn distinct_rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn multiplicity(&self, row: &[u8]) -> i64 {
+        self.rows.get(row).copied().unwrap_or(0)
+    }
+
+    /// Adds `weight` copies of an encoded row (negative removes).
+    pub fn add_encoded(&mut self, row: Arc<[u8]>, weight: i64) -> Result<()> {
+        let current = self.multiplicity(&row);
+        let next = current + weight;
+        if next < 0 {
+            return Err(crate::internal!(
+                "row multiplicity would become {next}: a retraction of a row that is not there"
+            ));
+        }
+        if next == 0 {
+            self.rows.remove(&row);
+        } else {
+            self.rows.insert(row, next);
+        }
+        self.len = (self.len as i64 + weight) as u64;
+        Ok(())
+    }
+
+    /// Applies a changelog. All or nothing: on error the set is unchanged.
+    pub fn apply(&mut self, change: &ChangeBatch) -> Result<()> {
+        let encoded = self.codec.encode(&change.rows)?;
+        let mut next = self.clone();
+        for (row, weight) in encoded.into_iter().zip(change.weights.values().iter()) {
+            next.add_encoded(row, *weight)?;
+        }
+        *self = next;
+        Ok(())
+    }
+
+    /// All rows as one batch, each repeated by its multiplicity.
+    pub fn to_batch(&self) -> Result<RecordBatch> {
+        let rows = self
+            .rows
+            .iter()
+            .flat_map(|(row, n)| std::iter::repeat_n(row.as_ref(), *n as usize));
+        self.codec.decode(rows)
+    }
+
+    /// The whole set as a changelog of insertions (for backfill).
+    pub fn to_change_batch(&self) -> Result<ChangeBatch> {
+        let rows = self.codec.decode(self.rows.keys().map(|r| r.as_ref()))?;
+        let weights = Int64Array::from(self.rows.values().copied().collect::<Vec<_>>());
+        ChangeBatch::new(rows, weights)
+    }
+}

@@ -1,0 +1,310 @@
+//! Incremental aggregate state that supports retraction.
+//!
+//! Each aggregate keeps exactly what it needs to produce its value after any
+//! sequence of insertions and retractions:
+//! - `count`, `sum`, `avg`: running totals plus the count of non-null inputs
+//!   (a sum over no non-null rows is NULL). Integer sums wrap like DataFusion's,
+//!   which keeps them exactly invertible.
+//! - `min`, `max`, `count(DISTINCT)`: a multiset of the values (row-encoded, so
+//!   the map's order is the values' order); retracting the current minimum
+//!   exposes the next one.
+//! - `bool_and`, `bool_or`: counts of true and false inputs.
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::ScalarValue;
+
+use crate::error::{EddyError, Result};
+
+/// Which aggregate function, as eddy maintains it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateKind {
+    Count,
+    CountDistinct,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    BoolAnd,
+    BoolOr,
+}
+
+impl AggregateKind {
+    /// Maps a DataFusion aggregate function name (and DISTINCT) to the kind
+    /// eddy can maintain, or names why not.
+    pub fn from_function(name: &str, distinct: bool) -> Result<Self> {
+        let kind = match (name, distinct) {
+            ("count", false) => AggregateKind::Count,
+            ("count", true) => AggregateKind::CountDistinct,
+            ("sum", false) => AggregateKind::Sum,
+            ("avg" | "mean", false) => AggregateKind::Avg,
+            ("min", _) => AggregateKind::Min,
+            ("max", _) => AggregateKind::Max,
+            ("bool_and", _) => AggregateKind::BoolAnd,
+            ("bool_or", _) => AggregateKind::BoolOr,
+            (other, true) => {
+                return Err(EddyError::NotIncremental(format!(
+                    "aggregate {other}(DISTINCT ...) is not supported in materialized views yet \
+                     (count(DISTINCT ...), min and max are)"
+                )))
+            }
+            (other, false) => {
+                return Err(EddyError::NotIncremental(format!(
+                    "aggregate function {other}() cannot be maintained incrementally yet; \
+                     supported: count, sum, avg, min, max, count(DISTINCT), bool_and, bool_or"
+                )))
+            }
+        };
+        Ok(kind)
+    }
+}
+
+/// How sums are accumulated, chosen from the argument type.
+#[derive(Debug, Clone, Copy)]
+enum NumericDomain {
+    Int,
+    Float,
+    Decimal { precision: u8, scale: i8 },
+}
+
+/// One aggregate of an aggregate operator, ready to fold inputs.
+#[derive(Debug)]
+pub struct AggregateFolder {
+    kind: AggregateKind,
+    domain: Option<NumericDomain>,
+    /// Row encoding of single values, for min/max/count(DISTINCT).
+    value_codec: Option<RowConverter>,
+    output_type: DataType,
+}
+
+/// One aggregate's input for one batch, converted to the accumulation domain.
+pub enum PreparedInput {
+    /// count: only whether the value is non-null matters.
+    Validity(ArrayRef),
+    Int(Int64Array),
+    Float(Float64Array),
+    Decimal(Decimal128Array),
+    /// min/max/distinct: row-encoded values, with the original for nulls.
+    Encoded(Rows, ArrayRef),
+    Bool(BooleanArray),
+}
+
+/// The running state of one aggregate in one group.
+#[derive(Debug, Clone)]
+pub enum AccumulatorState {
+    Count(i64),
+    IntSum { sum: i64, count: i64 },
+    FloatSum { sum: f64, count: i64 },
+    DecimalSum { sum: i128, count: i64 },
+    Values(BTreeMap<Box<[u8]>, i64>),
+    Bools { trues: i64, falses: i64 },
+}
+
+impl AggregateFolder {
+    pub fn try_new(kind: AggregateKind, arg_type: &DataType, output_type: DataType) -> Result<Self> {
+        let domain = match kind {
+            AggregateKind::Sum | AggregateKind::Avg => Some(match arg_type {
+                t if t.is_integer() => NumericDomain::Int,
+                t if t.is_floating() => NumericDomain::Float,
+                DataType::Decimal128(precision, scale) => {
+                    NumericDomain::Decimal { precision: *precision, scale: *scale }
+                }
+                DataType::Null => NumericDomain::Int,
+                other => {
+                    return Err(EddyError::NotIncremental(format!(
+                        "{kind:?} over {other} is not supported in materialized views yet"
+                    )))
+                }
+            }),
+            _ => None,
+        };
+        let value_codec = match kind {
+            AggregateKind::Min | AggregateKind::Max | AggregateKind::CountDistinct => {
+                Some(RowConverter::new(vec![SortField::new(arg_type.clone())])?)
+            }
+            _ => None,
+        };
+        Ok(Self { kind, domain, value_codec, output_type })
+    }
+
+    pub fn kind(&self) -> AggregateKind {
+        self.kind
+    }
+
+    pub fn new_state(&self) -> AccumulatorState {
+        match (self.kind, self.domain) {
+            (AggregateKind::Count, _) => AccumulatorState::Count(0),
+            (_, Some(NumericDomain::Int)) => AccumulatorState::IntSum { sum: 0, count: 0 },
+            (_, Some(NumericDomain::Float)) => AccumulatorState::FloatSum { sum: 0.0, count: 0 },
+            (_, Some(NumericDomain::Decimal { .. })) => {
+                AccumulatorState::DecimalSum { sum: 0, count: 0 }
+            }
+            (AggregateKind::BoolAnd | AggregateKind::BoolOr, _) => {
+                AccumulatorState::Bools { trues: 0, falses: 0 }
+            }
+            _ => AccumulatorState::Values(BTreeMap::new()),
+        }
+    }
+
+    /// Converts a batch of argument values to this aggregate's domain.
+    pub fn prepare(&self, values: &ArrayRef) -> Result<PreparedInput> {
+        Ok(match (self.kind, self.domain) {
+            (AggregateKind::Count, _) => PreparedInput::Validity(values.clone()),
+            (_, Some(NumericDomain::Int)) => {
+                PreparedInput::Int(cast(values, &DataType::Int64)?.as_primitive::<Int64Type>().clone())
+            }
+            (_, Some(NumericDomain::Float)) => PreparedInput::Float(
+                cast(values, &DataType::Float64)?.as_primitive::<Float64Type>().clone(),
+            ),
+            (_, Some(NumericDomain::Decimal { .. })) => PreparedInput::Decimal(
+                values.as_primitive::<Decimal128Type>().clone(),
+            ),
+            (AggregateKind::BoolAnd | AggregateKind::BoolOr, _) => {
+                PreparedInput::Bool(cast(values, &DataType::Boolean)?.as_boolean().clone())
+            }
+            _ => {
+                let codec = self.codec()?;
+                PreparedInput::Encoded(codec.convert_columns(&[values.clone()])?, values.clone())
+            }
+        })
+    }
+
+    fn codec(&self) -> Result<&RowConverter> {
+        self.value_codec.as_ref().ok_or_else(|| crate::internal!("aggregate without value codec"))
+    }
+
+    /// Folds row `row` of `input` with `weight` (+n inserts, -n retracts).
+    pub fn update(
+        &self,
+        state: &mut AccumulatorState,
+        input: &PreparedInput,
+        row: usize,
+        weight: i64,
+    ) -> Result<()> {
+        match (state, input) {
+            (AccumulatorState::Count(count), PreparedInput::Validity(values)) => {
+                if values.is_valid(row) {
+                    *count += weight;
+                }
+            }
+            (AccumulatorState::IntSum { sum, count }, PreparedInput::Int(values)) => {
+                if values.is_valid(row) {
+                    *sum = sum.wrapping_add(values.value(row).wrapping_mul(weight));
+                    *count += weight;
+                }
+            }
+            (AccumulatorState::FloatSum { sum, count }, PreparedInput::Float(values)) => {
+                if values.is_valid(row) {
+                    *count += weight;
+                    // Reset at zero rows so float rounding residue of
+                    // retracted values cannot linger.
+                    *sum = if *count == 0 { 0.0 } else { *sum + values.value(row) * weight as f64 };
+                }
+            }
+            (AccumulatorState::DecimalSum { sum, count }, PreparedInput::Decimal(values)) => {
+                if values.is_valid(row) {
+                    *sum = sum.wrapping_add(values.value(row).wrapping_mul(i128::from(weight)));
+                    *count += weight;
+                }
+            }
+            (AccumulatorState::Values(multiset), PreparedInput::Encoded(rows, original)) => {
+                if original.is_valid(row) {
+                    let key = rows.row(row);
+                    let remove = match multiset.get_mut(key.as_ref()) {
+                        Some(n) => {
+                            *n += weight;
+                            *n == 0
+                        }
+                        None => {
+                            multiset.insert(key.as_ref().into(), weight);
+                            false
+                        }
+                    };
+                    if remove {
+                        multiset.remove(key.as_ref());
+                    }
+                }
+            }
+            (AccumulatorState::Bools { trues, falses }, PreparedInput::Bool(values)) => {
+                if values.is_valid(row) {
+                    if values.value(row) {
+                        *trues += weight;
+                    } else {
+                        *falses += weight;
+                    }
+                }
+            }
+            _ => return Err(crate::internal!("aggregate state and input do not match")),
+        }
+        Ok(())
+    }
+
+    /// The aggregate's current value, in the plan's output type.
+    pub fn value(&self, state: &AccumulatorState) -> Result<ScalarValue> {
+        let value = match state {
+            AccumulatorState::Count(count) => ScalarValue::Int64(Some(*count)),
+            AccumulatorState::IntSum { count: 0, .. }
+            | AccumulatorState::FloatSum { count: 0, .. }
+            | AccumulatorState::DecimalSum { count: 0, .. } => ScalarValue::Null,
+            AccumulatorState::IntSum { sum, count } => match self.kind {
+                AggregateKind::Avg => ScalarValue::Float64(Some(*sum as f64 / *count as f64)),
+                _ => ScalarValue::Int64(Some(*sum)),
+            },
+            AccumulatorState::FloatSum { sum, count } => match self.kind {
+                AggregateKind::Avg => ScalarValue::Float64(Some(sum / *count as f64)),
+                _ => ScalarValue::Float64(Some(*sum)),
+            },
+            AccumulatorState::DecimalSum { sum, count } => {
+                let Some(NumericDomain::Decimal { precision, scale }) = self.domain else {
+                    return Err(crate::internal!("decimal sum without decimal domain"));
+                };
+                match (self.kind, &self.output_type) {
+                    (AggregateKind::Avg, DataType::Decimal128(out_precision, out_scale)) => {
+                        let shift = 10i128.pow((*out_scale - scale).max(0) as u32);
+                        let avg = sum.wrapping_mul(shift) / i128::from(*count);
+                        ScalarValue::Decimal128(Some(avg), *out_precision, *out_scale)
+                    }
+                    _ => ScalarValue::Decimal128(Some(*sum), precision.max(38).min(38), scale),
+                }
+            }
+            AccumulatorState::Values(multiset) => match self.kind {
+                AggregateKind::CountDistinct => ScalarValue::Int64(Some(multiset.len() as i64)),
+                AggregateKind::Min => self.decode(multiset.keys().next())?,
+                AggregateKind::Max => self.decode(multiset.keys().next_back())?,
+                other => return Err(crate::internal!("{other:?} kept a value multiset")),
+            },
+            AccumulatorState::Bools { trues, falses } => {
+                if trues + falses == 0 {
+                    ScalarValue::Null
+                } else if self.kind == AggregateKind::BoolAnd {
+                    ScalarValue::Boolean(Some(*falses == 0))
+                } else {
+                    ScalarValue::Boolean(Some(*trues > 0))
+                }
+            }
+        };
+        Ok(value.cast_to(&self.output_type)?)
+    }
+
+    fn decode(&self, key: Option<&Box<[u8]>>) -> Result<ScalarValue> {
+        let Some(key) = key else { return Ok(ScalarValue::Null) };
+        let codec = self.codec()?;
+        let parser = codec.parser();
+        let columns = codec.convert_rows(std::iter::once(parser.parse(key)))?;
+        Ok(ScalarValue::try_from_array(&columns[0], 0)?)
+    }
+
+    /// Keys held as state, for the state-size figures.
+    pub fn state_keys(state: &AccumulatorState) -> u64 {
+        match state {
+            AccumulatorState::Values(multiset) => multiset.len() as u64,
+            _ => 0,
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Updating aggregate: GROUP BY with incrementally maintained aggregates.
+//!
+//! State is one entry per group, keyed by the row-encoded group key
+//! (`arrow-row`), holding the number of input rows in the group and each
+//! aggregate's [`AccumulatorState`]. For each input batch the operator folds
+//! every change into its group, then emits, for each group the batch touched
+//! and whose output changed, a retraction of the old output row and an
+//! insertion of the new one. A group whose row count returns to zero is
+//! removed (its output retracted), except the single group of an aggregate
+//! without GROUP BY, which always has a row, as in batch SQL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::physical_plan::PhysicalExpr;
+
+use super::accumulator::{AccumulatorState, AggregateFolder, PreparedInput};
+use super::{ChangeBatch, Operator, RowErrorPolicy};
+use crate::error::Result;
+
+/// One aggregate call: how to fold it, its argument and optional FILTER.
+pub struct AggregateCall {
+    pub folder: AggregateFolder,
+    pub argument: Arc<dyn PhysicalExpr>,
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    pub display: String,
+}
+
+struct Group {
+    rows: i64,
+    accumulators: Vec<AccumulatorState>,
+}
+
+pub struct AggregateOperator {
+    group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    calls: Vec<AggregateCall>,
+    /// Row encoding of group keys; `None` for an aggregate without GROUP BY.
+    key_codec: Option<RowConverter>,
+    groups: HashMap<Box<[u8]>, Group>,
+    schema: SchemaRef,
+    errors: RowErrorPolicy,
+}
+
+impl AggregateOperator {
+    pub fn try_new(
+        group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+        calls: Vec<AggregateCall>,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        let key_codec = if group_exprs.is_empty() {
+            None
+        } else {
+            let fields = schema.fields()[..group_exprs.len()]
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect();
+            Some(RowConverter::new(fields)?)
+        };
+        Ok(Self {
+            group_exprs,
+            calls,
+            key_codec,
+            groups: HashMap::new(),
+            schema,
+            errors: RowErrorPolicy::default(),
+        })
+    }
+
+    fn new_group(&self) -> Group {
+        Group { rows: 0, accumulators: self.calls.iter().map(|c| c.folder.new_state()).collect() }
+    }
+
+    fn outputs(&self, group: &Group) -> Result<Vec<ScalarValue>> {
+        self.calls
+            .iter()
+            .zip(&group.accumulators)
+            .map(|(call, state)| call.folder.value(state))
+            .collect()
+    }
+
+    /// Builds a changelog from `(group key, aggregate values, weight)` rows.
+    fn build_output(&self, changes: Vec<(&[u8], Vec<ScalarValue>, i64)>) -> Result<ChangeBatch> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        if let Some(codec) = &self.key_codec {
+            let parser = codec.parser();
+            columns.extend(codec.convert_rows(changes.iter().map(|(k, _, _)| parser.parse(k)))?);
+        }
+        for (position, call) in self.calls.iter().enumerate() {
+            debug_assert!(!changes.is_empty(), "{} emitted an empty change", call.display);
+            columns.push(ScalarValue::iter_to_array(changes.iter().map(|(_, v, _)| v[position].clone()))?);
+        }
+        let weights = Int64Array::from(changes.iter().map(|(_, _, w)| *w).collect::<Vec<_>>());
+        let options = datafusion::arrow::array::RecordBatchOptions::new()
+            .with_row_count(Some(changes.len()));
+        let rows = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        ChangeBatch::new(rows, weights)
+    }
+}
+
+impl Operator for AggregateOperator {
+    fn describe(&self) -> String {
+        let groups: Vec<String> = self.group_exprs.iter().map(|e| e.to_string()).collect();
+        let calls: Vec<&str> = self.calls.iter().map(|c| c.display.as_str()).collect();
+        format!("UpdatingAggregate: group_by=[{}], aggregates=[{}]", groups.join(", "), calls.join(", "))
+    }
+
+    fn start(&mut self) -> Result<Vec<ChangeBatch>> {
+        if self.key_codec.is_some() {
+            return Ok(vec![]);
+        }
+        // Without GROUP BY there is always exactly one output row.
+        let group = self.new_group();
+        let values = self.outputs(&group)?;
+        self.groups.insert(Box::default(), group);
+        Ok(vec![self.build_output(vec![(&[], values, 1)])?])
+    }
+
+    fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        // Evaluate group keys, arguments and filters in one pass so that a row
+        // failing any of them is skipped from all.
+        let mut exprs = self.group_exprs.clone();
+        for call in &self.calls {
+            exprs.push(call.argument.clone());
+            if let Some(filter) = &call.filter {
+                exprs.push(filter.clone());
+            }
+        }
+        let (batch, columns) = self.errors.evaluate(&exprs, &batch)?;
+        let mut columns = columns.into_iter();
+        let key_columns: Vec<ArrayRef> = columns.by_ref().take(self.group_exprs.len()).collect();
+        let mut inputs: Vec<(PreparedInput, Option<BooleanArray>)> = Vec::with_capacity(self.calls.len());
+        for call in &self.calls {
+            let argument = columns.next().ok_or_else(|| crate::internal!("missing argument"))?;
+            let filter = match &call.filter {
+                Some(_) => {
+                    let mask = columns.next().ok_or_else(|| crate::internal!("missing filter"))?;
+                    Some(datafusion::arrow::array::AsArray::as_boolean(&mask).clone())
+                }
+                None => None,
+            };
+            inputs.push((call.folder.prepare(&argument)?, filter));
+        }
+        let keys = match &self.key_codec {
+            Some(codec) => Some(codec.convert_columns(&key_columns)?),
+            None => None,
+        };
+
+        // Fold every change; remember each touched group's output before.
+        let mut touched: Vec<Box<[u8]>> = Vec::new();
+        let mut before: HashMap<Box<[u8]>, Option<Vec<ScalarValue>>> = HashMap::new();
+        for row in 0..batch.num_rows() {
+            let key: &[u8] = keys.as_ref().map(|k| k.row(row).data()).unwrap_or(&[]);
+            if !before.contains_key(key) {
+                let old = self.groups.get(key).map(|g| self.outputs(g)).transpose()?;
+                before.insert(key.into(), old);
+                touched.push(key.into());
+            }
+            if !self.groups.contains_key(key) {
+                let group = self.new_group();
+                self.groups.insert(key.into(), group);
+            }
+            let weight = batch.weights.value(row);
+            let group = self.groups.get_mut(key).ok_or_else(|| crate::internal!("group vanished"))?;
+            group.rows += weight;
+            for ((call, state), (input, filter)) in
+                self.calls.iter().zip(group.accumulators.iter_mut()).zip(&inputs)
+            {
+                let selected = filter.as_ref().is_none_or(|f| f.is_valid(row) && f.value(row));
+                if selected {
+                    call.folder.update(state, input, row, weight)?;
+                }
+            }
+        }
+
+        // Emit -old +new for groups whose output changed.
+        let global = self.key_codec.is_none();
+        let mut changes: Vec<(&[u8], Vec<ScalarValue>, i64)> = Vec::new();
+        let mut after: Vec<Option<Vec<ScalarValue>>> = Vec::with_capacity(touched.len());
+        let mut emptied: Vec<&[u8]> = Vec::new();
+        for key in &touched {
+            let group = self.groups.get(key).ok_or_else(|| crate::internal!("group vanished"))?;
+            if group.rows < 0 {
+                return Err(crate::internal!(
+                    "group has {} rows: a retraction arrived for a row never inserted",
+                    group.rows
+                ));
+            }
+            if group.rows == 0 && !global {
+                emptied.push(key);
+            }
+            after.push(if group.rows > 0 || global { Some(self.outputs(group)?) } else { None });
+        }
+        for (key, new) in touched.iter().zip(after) {
+            let old = before.remove(key).flatten();
+            if old == new {
+                continue;
+            }
+            if let Some(old) = old {
+                changes.push((key, old, -1));
+            }
+            if let Some(new) = new {
+                changes.push((key, new, 1));
+            }
+        }
+        let output = if changes.is_empty() { vec![] } else { vec![self.build_output(changes)?] };
+        for key in emptied {
+            self.groups.remove(key);
+        }
+        Ok(output)
+    }
+
+    /// Groups plus the values kept by min/max/count(DISTINCT); walks all
+    /// state, so it is only computed when someone asks for the figures.
+    fn state_keys(&self) -> u64 {
+        let values: u64 = self
+            .groups
+            .values()
+            .flat_map(|g| g.accumulators.iter())
+            .map(AggregateFolder::state_keys)
+            .sum();
+        self.groups.len() as u64 + values
+    }
+
+    fn rows_failed(&self) -> u64 {
+        self.errors.rows_failed
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.errors.last_error.clone()
+    }
+}

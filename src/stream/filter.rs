@@ -1,0 +1,46 @@
+//! Filter: keeps the changes whose row satisfies the predicate. Stateless: a
+//! retraction of a row is kept exactly when its insertion was, because the
+//! predicate is deterministic.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, BooleanArray};
+use datafusion::physical_plan::PhysicalExpr;
+
+use super::{ChangeBatch, Operator, RowErrorPolicy};
+use crate::error::Result;
+
+pub struct FilterOperator {
+    predicate: Arc<dyn PhysicalExpr>,
+    errors: RowErrorPolicy,
+}
+
+impl FilterOperator {
+    pub fn new(predicate: Arc<dyn PhysicalExpr>) -> Self {
+        Self { predicate, errors: RowErrorPolicy::default() }
+    }
+}
+
+impl Operator for FilterOperator {
+    fn describe(&self) -> String {
+        format!("Filter: {}", self.predicate)
+    }
+
+    fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        let (kept, columns) = self.errors.evaluate(std::slice::from_ref(&self.predicate), &batch)?;
+        let mask = columns[0]
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| crate::internal!("filter predicate is not boolean"))?;
+        let out = kept.filter(mask)?;
+        Ok(if out.is_empty() { vec![] } else { vec![out] })
+    }
+
+    fn rows_failed(&self) -> u64 {
+        self.errors.rows_failed
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.errors.last_error.clone()
+    }
+}

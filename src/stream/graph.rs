@@ -1,0 +1,182 @@
+//! A streaming graph: the operators of one materialized view, as a tree whose
+//! leaves are scans (or constants) and whose root produces the view's changelog.
+//!
+//! Nodes are stored in topological order (every node after its inputs), so the
+//! root is the last node. Each node has a stable id derived from what it does
+//! and the ids of its inputs: the same query planned again gets the same ids,
+//! which is what lets a later `ALTER MATERIALIZED VIEW` keep the state of the
+//! operators it did not change.
+
+use super::{ChangeBatch, Operator, OperatorStats};
+use crate::catalog::RelationId;
+use crate::error::Result;
+
+pub type NodeIndex = usize;
+
+struct GraphNode {
+    id: u64,
+    op: Box<dyn Operator>,
+    inputs: Vec<NodeIndex>,
+    /// The node this one feeds, and which of its inputs it is.
+    parent: Option<(NodeIndex, usize)>,
+    rows_in: u64,
+    rows_out: u64,
+}
+
+/// Per-operator figures, root first, as `(stable id, description, stats)`.
+pub type GraphStats = Vec<(u64, String, OperatorStats)>;
+
+#[derive(Default)]
+pub struct StreamGraph {
+    nodes: Vec<GraphNode>,
+    /// Scan leaves and the relation each reads.
+    scans: Vec<(NodeIndex, RelationId)>,
+}
+
+impl StreamGraph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an operator reading from `inputs` (already in the graph).
+    pub fn add(&mut self, op: Box<dyn Operator>, inputs: Vec<NodeIndex>) -> NodeIndex {
+        let index = self.nodes.len();
+        let mut identity = op.describe();
+        for (position, &input) in inputs.iter().enumerate() {
+            debug_assert!(self.nodes[input].parent.is_none(), "a node feeds one parent");
+            self.nodes[input].parent = Some((index, position));
+            identity.push_str(&format!("|{:016x}", self.nodes[input].id));
+        }
+        self.nodes.push(GraphNode {
+            id: fnv1a64(identity.as_bytes()),
+            op,
+            inputs,
+            parent: None,
+            rows_in: 0,
+            rows_out: 0,
+        });
+        index
+    }
+
+    /// Adds a scan leaf of `relation`.
+    pub fn add_scan(&mut self, relation: RelationId, op: Box<dyn Operator>) -> NodeIndex {
+        let index = self.add(op, vec![]);
+        self.scans.push((index, relation));
+        index
+    }
+
+    /// The relations this graph reads, without repeats.
+    pub fn input_relations(&self) -> Vec<RelationId> {
+        let mut relations: Vec<RelationId> = self.scans.iter().map(|(_, r)| *r).collect();
+        relations.sort_unstable();
+        relations.dedup();
+        relations
+    }
+
+    /// Runs every operator's `start` hook, leaves first, and returns what
+    /// reaches the root.
+    pub fn start(&mut self) -> Result<Vec<ChangeBatch>> {
+        let mut output = Vec::new();
+        for index in 0..self.nodes.len() {
+            for batch in self.nodes[index].op.start()? {
+                self.emit(index, batch, &mut output)?;
+            }
+        }
+        Ok(output)
+    }
+
+    /// Pushes a change of `relation` into every scan of it and returns the
+    /// changes that reach the root.
+    pub fn push_relation(
+        &mut self,
+        relation: RelationId,
+        batch: &ChangeBatch,
+    ) -> Result<Vec<ChangeBatch>> {
+        let mut output = Vec::new();
+        let leaves: Vec<NodeIndex> =
+            self.scans.iter().filter(|(_, r)| *r == relation).map(|(n, _)| *n).collect();
+        for leaf in leaves {
+            self.push(leaf, 0, batch.clone(), &mut output)?;
+        }
+        Ok(output)
+    }
+
+    fn push(
+        &mut self,
+        index: NodeIndex,
+        input: usize,
+        batch: ChangeBatch,
+        output: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
+        let node = &mut self.nodes[index];
+        node.rows_in += batch.num_rows() as u64;
+        for out in node.op.process(input, batch)? {
+            self.emit(index, out, output)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, index: NodeIndex, batch: ChangeBatch, output: &mut Vec<ChangeBatch>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let node = &mut self.nodes[index];
+        node.rows_out += batch.num_rows() as u64;
+        match node.parent {
+            Some((parent, position)) => self.push(parent, position, batch, output),
+            None => {
+                output.push(batch);
+                Ok(())
+            }
+        }
+    }
+
+    /// The operator tree, root first, one operator a line.
+    pub fn explain(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(root) = self.nodes.len().checked_sub(1) {
+            self.explain_node(root, 0, &mut lines);
+        }
+        lines
+    }
+
+    fn explain_node(&self, index: NodeIndex, depth: usize, lines: &mut Vec<String>) {
+        let node = &self.nodes[index];
+        lines.push(format!("{}{} [id={:016x}]", "  ".repeat(depth), node.op.describe(), node.id));
+        for &input in &node.inputs {
+            self.explain_node(input, depth + 1, lines);
+        }
+    }
+
+    pub fn stats(&self) -> GraphStats {
+        self.nodes
+            .iter()
+            .rev()
+            .map(|n| {
+                let stats = OperatorStats {
+                    rows_in: n.rows_in,
+                    rows_out: n.rows_out,
+                    rows_failed: n.op.rows_failed(),
+                    state_keys: n.op.state_keys(),
+                };
+                (n.id, n.op.describe(), stats)
+            })
+            .collect()
+    }
+
+    /// The most recent evaluation error of any operator.
+    pub fn last_error(&self) -> Option<String> {
+        self.nodes.iter().rev().find_map(|n| n.op.last_error())
+    }
+}
+
+/// FNV-1a: a small hash that is stable across builds and platforms, unlike
+/// `std`'s `DefaultHasher`.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}

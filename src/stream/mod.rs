@@ -1,0 +1,213 @@
+//! Incremental operators and the changelog data they exchange.
+//!
+//! Everything that flows between operators is a [`ChangeBatch`]: an Arrow
+//! `RecordBatch` plus a signed weight per row (+1 insert, -1 retract; an update
+//! is a retraction followed by an insertion). Operators implement
+//! [`Operator`]: one required method, `process`, that turns an input changelog
+//! into output changelogs, and lifecycle hooks with defaults.
+//!
+//! Invariant: an operator's output is a changelog whose *consolidated* sum is
+//! the change of its batch result. Operators never see rows of other epochs
+//! out of order, and never emit a row with weight 0.
+
+pub mod accumulator;
+pub mod aggregate;
+pub mod filter;
+pub mod graph;
+pub mod project;
+pub mod source;
+pub mod union;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
+use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::physical_plan::PhysicalExpr;
+
+use crate::error::{EddyError, Result};
+
+/// A batch of changes: rows and their signed weights.
+#[derive(Debug, Clone)]
+pub struct ChangeBatch {
+    pub rows: RecordBatch,
+    pub weights: Int64Array,
+}
+
+impl ChangeBatch {
+    pub fn new(rows: RecordBatch, weights: Int64Array) -> Result<Self> {
+        if rows.num_rows() != weights.len() || weights.null_count() != 0 {
+            return Err(crate::internal!(
+                "change batch has {} rows but {} weights ({} null)",
+                rows.num_rows(),
+                weights.len(),
+                weights.null_count()
+            ));
+        }
+        Ok(Self { rows, weights })
+    }
+
+    /// All rows inserted once.
+    pub fn inserts(rows: RecordBatch) -> Self {
+        let weights = Int64Array::from(vec![1; rows.num_rows()]);
+        Self { rows, weights }
+    }
+
+    /// All rows retracted once.
+    pub fn deletes(rows: RecordBatch) -> Self {
+        let weights = Int64Array::from(vec![-1; rows.num_rows()]);
+        Self { rows, weights }
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.rows.num_rows()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.num_rows() == 0
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.rows.schema()
+    }
+
+    /// Keeps the rows where `mask` is true (null counts as false).
+    pub fn filter(&self, mask: &BooleanArray) -> Result<Self> {
+        let rows = filter_record_batch(&self.rows, mask)?;
+        let weights = datafusion::arrow::compute::filter(&self.weights, mask)?;
+        let weights = weights
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| crate::internal!("filtered weights are not Int64"))?
+            .clone();
+        Ok(Self { rows, weights })
+    }
+
+    /// The rows at `indices`, in that order.
+    pub fn take(&self, indices: &[u32]) -> Result<Self> {
+        let indices = datafusion::arrow::array::UInt32Array::from(indices.to_vec());
+        let rows = take_record_batch(&self.rows, &indices)?;
+        let weights: Vec<i64> = indices
+            .values()
+            .iter()
+            .map(|&i| self.weights.value(i as usize))
+            .collect();
+        Ok(Self { rows, weights: Int64Array::from(weights) })
+    }
+
+    /// The same weights over new columns (e.g. after a projection).
+    pub fn with_columns(&self, schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<Self> {
+        let options = datafusion::arrow::array::RecordBatchOptions::new()
+            .with_row_count(Some(self.num_rows()));
+        let rows = RecordBatch::try_new_with_options(schema, columns, &options)?;
+        Ok(Self { rows, weights: self.weights.clone() })
+    }
+}
+
+/// What an operator reports about its work, for `eddy_catalog.operator_stats`
+/// and for the test that shows maintenance is incremental.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorStats {
+    pub rows_in: u64,
+    pub rows_out: u64,
+    /// Rows skipped because evaluating an expression on them failed.
+    pub rows_failed: u64,
+    /// Keys (groups, distinct values) held as state.
+    pub state_keys: u64,
+}
+
+/// An incremental operator.
+///
+/// Construction (in `plan/`) is separate from running (in `runtime/`): an
+/// operator is built with everything it needs and then only sees changelogs.
+pub trait Operator: Send {
+    /// A one-line description for EXPLAIN, e.g. `Filter: v > 10`.
+    fn describe(&self) -> String;
+
+    /// Consumes a changelog arriving on input `input` and returns the
+    /// changelog of this operator's output.
+    fn process(&mut self, input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>>;
+
+    /// Output produced before any input arrives (a constant relation, or the
+    /// single row of an aggregate without GROUP BY).
+    fn start(&mut self) -> Result<Vec<ChangeBatch>> {
+        Ok(vec![])
+    }
+
+    /// Keys held as state (0 for stateless operators).
+    fn state_keys(&self) -> u64 {
+        0
+    }
+
+    /// Rows this operator skipped because an expression failed on them.
+    fn rows_failed(&self) -> u64 {
+        0
+    }
+
+    /// The last evaluation error, if any, for status displays.
+    fn last_error(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Evaluates expressions over a batch; when a batch fails (division by zero,
+/// a failed cast, ...) it retries row by row so that only the failing rows are
+/// skipped. Expressions are deterministic (volatile functions are refused at
+/// CREATE time), so a row that fails on insert also fails on retraction: the
+/// skipped rows never leave a half-retracted result behind.
+#[derive(Debug, Default)]
+pub struct RowErrorPolicy {
+    pub rows_failed: u64,
+    pub last_error: Option<String>,
+}
+
+impl RowErrorPolicy {
+    /// Evaluates `exprs` over `batch.rows`; returns the batch restricted to the
+    /// rows that evaluated, and the evaluated columns for them.
+    pub fn evaluate(
+        &mut self,
+        exprs: &[Arc<dyn PhysicalExpr>],
+        batch: &ChangeBatch,
+    ) -> Result<(ChangeBatch, Vec<ArrayRef>)> {
+        match evaluate_all(exprs, &batch.rows) {
+            Ok(columns) => Ok((batch.clone(), columns)),
+            Err(batch_error) => {
+                let mut good_rows = Vec::with_capacity(batch.num_rows());
+                for row in 0..batch.num_rows() {
+                    let single = batch.rows.slice(row, 1);
+                    match evaluate_all(exprs, &single) {
+                        Ok(_) => good_rows.push(row as u32),
+                        Err(e) => {
+                            self.rows_failed += 1;
+                            self.last_error = Some(e.to_string());
+                        }
+                    }
+                }
+                if good_rows.len() == batch.num_rows() {
+                    // The batch failed as a whole but every row alone passed:
+                    // not a row error, report it.
+                    return Err(batch_error);
+                }
+                tracing::warn!(
+                    failed_rows = batch.num_rows() - good_rows.len(),
+                    error = self.last_error.as_deref().unwrap_or(""),
+                    "skipping rows whose evaluation failed"
+                );
+                let kept = batch.take(&good_rows)?;
+                let columns = evaluate_all(exprs, &kept.rows)?;
+                Ok((kept, columns))
+            }
+        }
+    }
+}
+
+fn evaluate_all(exprs: &[Arc<dyn PhysicalExpr>], rows: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    exprs
+        .iter()
+        .map(|e| {
+            e.evaluate(rows)
+                .and_then(|v| v.into_array(rows.num_rows()))
+                .map_err(EddyError::from)
+        })
+        .collect()
+}
