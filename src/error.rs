@@ -202,6 +202,9 @@ fn classify_plan_message(m: &str) -> EddyError {
     if m.contains("No field named") {
         return EddyError::UndefinedColumn(m.to_string());
     }
+    if m.contains("require unique expression names") {
+        return EddyError::Planning { sqlstate: "42701", message: m.to_string() };
+    }
     if m.contains("Cannot infer common") || m.contains("There isn't a common type") || m.contains("Cannot coerce")
     {
         return EddyError::TypeMismatch(m.to_string());

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
@@ -21,11 +22,18 @@ pub struct RelationProvider {
     pub name: String,
     pub kind: RelationKind,
     rows: RowSet,
+    /// The relation's schema with every column nullable: NOT NULL is
+    /// enforced by the table on write (with Postgres' error), not by
+    /// DataFusion while it evaluates an INSERT.
+    schema: SchemaRef,
 }
 
 impl RelationProvider {
     pub fn new(id: RelationId, name: String, kind: RelationKind, rows: RowSet) -> Self {
-        Self { id, name, kind, rows }
+        let fields: Vec<Field> =
+            rows.schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        let schema = Arc::new(Schema::new(fields));
+        Self { id, name, kind, rows, schema }
     }
 
     pub fn rows(&self) -> &RowSet {
@@ -36,7 +44,7 @@ impl RelationProvider {
 #[async_trait]
 impl TableProvider for RelationProvider {
     fn schema(&self) -> SchemaRef {
-        self.rows.schema().clone()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -53,7 +61,8 @@ impl TableProvider for RelationProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let batch = self.rows.to_batch().map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let stored = self.rows.to_batch().map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let batch = RecordBatch::try_new(self.schema.clone(), stored.columns().to_vec())?;
         let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?;
         Ok(exec)
     }

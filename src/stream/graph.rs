@@ -5,7 +5,8 @@
 //! root is the last node. Each node has a stable id derived from what it does
 //! and the ids of its inputs: the same query planned again gets the same ids,
 //! which is what lets a later `ALTER MATERIALIZED VIEW` keep the state of the
-//! operators it did not change.
+//! operators it did not change. An id depends on the operator and its inputs,
+//! never on what consumes it.
 
 use super::{ChangeBatch, Operator, OperatorStats};
 use crate::catalog::RelationId;
@@ -47,8 +48,16 @@ impl StreamGraph {
             self.nodes[input].parent = Some((index, position));
             identity.push_str(&format!("|{:016x}", self.nodes[input].id));
         }
+        // Identical subtrees (a table scanned twice) get distinct ids by
+        // their order of appearance, which is deterministic for a plan.
+        let mut id = fnv1a64(identity.as_bytes());
+        let mut occurrence = 1;
+        while self.nodes.iter().any(|n| n.id == id) {
+            occurrence += 1;
+            id = fnv1a64(format!("{identity}#{occurrence}").as_bytes());
+        }
         self.nodes.push(GraphNode {
-            id: fnv1a64(identity.as_bytes()),
+            id,
             op,
             inputs,
             parent: None,
