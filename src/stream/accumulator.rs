@@ -5,9 +5,10 @@
 //! - `count`, `sum`, `avg`: running totals plus the count of non-null inputs
 //!   (a sum over no non-null rows is NULL). Integer sums wrap like DataFusion's,
 //!   which keeps them exactly invertible.
-//! - `min`, `max`, `count(DISTINCT)`: a multiset of the values (row-encoded, so
-//!   the map's order is the values' order); retracting the current minimum
-//!   exposes the next one.
+//! - `min`, `max`, `count/sum/avg(DISTINCT)`: a multiset of the values
+//!   (row-encoded, so the map's order is the values' order); retracting the
+//!   current minimum exposes the next one. A DISTINCT sum is recomputed from
+//!   the distinct values of the group when the group changes.
 //! - `bool_and`, `bool_or`: counts of true and false inputs.
 
 use std::collections::BTreeMap;
@@ -28,6 +29,8 @@ pub enum AggregateKind {
     Count,
     CountDistinct,
     Sum,
+    SumDistinct,
+    AvgDistinct,
     Avg,
     Min,
     Max,
@@ -43,7 +46,9 @@ impl AggregateKind {
             ("count", false) => AggregateKind::Count,
             ("count", true) => AggregateKind::CountDistinct,
             ("sum", false) => AggregateKind::Sum,
+            ("sum", true) => AggregateKind::SumDistinct,
             ("avg" | "mean", false) => AggregateKind::Avg,
+            ("avg" | "mean", true) => AggregateKind::AvgDistinct,
             ("min", _) => AggregateKind::Min,
             ("max", _) => AggregateKind::Max,
             ("bool_and", _) => AggregateKind::BoolAnd,
@@ -51,7 +56,7 @@ impl AggregateKind {
             (other, true) => {
                 return Err(EddyError::NotIncremental(format!(
                     "aggregate {other}(DISTINCT ...) is not supported in materialized views yet \
-                     (count(DISTINCT ...), min and max are)"
+                     (count, sum, avg, min and max with DISTINCT are)"
                 )))
             }
             (other, false) => {
@@ -125,9 +130,11 @@ impl AggregateFolder {
             _ => None,
         };
         let value_codec = match kind {
-            AggregateKind::Min | AggregateKind::Max | AggregateKind::CountDistinct => {
-                Some(RowConverter::new(vec![SortField::new(arg_type.clone())])?)
-            }
+            AggregateKind::Min
+            | AggregateKind::Max
+            | AggregateKind::CountDistinct
+            | AggregateKind::SumDistinct
+            | AggregateKind::AvgDistinct => Some(RowConverter::new(vec![SortField::new(arg_type.clone())])?),
             _ => None,
         };
         Ok(Self { kind, domain, value_codec, output_type })
@@ -277,6 +284,7 @@ impl AggregateFolder {
                 AggregateKind::CountDistinct => ScalarValue::Int64(Some(multiset.len() as i64)),
                 AggregateKind::Min => self.decode(multiset.keys().next())?,
                 AggregateKind::Max => self.decode(multiset.keys().next_back())?,
+                AggregateKind::SumDistinct | AggregateKind::AvgDistinct => self.distinct_sum(multiset)?,
                 other => return Err(crate::internal!("{other:?} kept a value multiset")),
             },
             AccumulatorState::Bools { trues, falses } => {
@@ -290,6 +298,36 @@ impl AggregateFolder {
             }
         };
         Ok(value.cast_to(&self.output_type)?)
+    }
+
+    /// sum or avg over the distinct values of a group.
+    fn distinct_sum(&self, multiset: &BTreeMap<Box<[u8]>, i64>) -> Result<ScalarValue> {
+        if multiset.is_empty() {
+            return Ok(ScalarValue::Null);
+        }
+        let codec = self.codec()?;
+        let parser = codec.parser();
+        let values = codec.convert_rows(multiset.keys().map(|k| parser.parse(k)))?;
+        let values = &values[0];
+        let as_f64 = || -> Result<Vec<f64>> {
+            let floats = cast(values, &DataType::Float64)?;
+            Ok(floats.as_primitive::<Float64Type>().values().to_vec())
+        };
+        Ok(match (self.kind, values.data_type()) {
+            (AggregateKind::SumDistinct, t) if t.is_integer() => {
+                let ints = cast(values, &DataType::Int64)?;
+                ScalarValue::Int64(Some(ints.as_primitive::<Int64Type>().values().iter().fold(0i64, |a, b| a.wrapping_add(*b))))
+            }
+            (AggregateKind::SumDistinct, DataType::Decimal128(_, scale)) => {
+                let sum = values.as_primitive::<Decimal128Type>().values().iter().fold(0i128, |a, b| a.wrapping_add(*b));
+                ScalarValue::Decimal128(Some(sum), 38, *scale)
+            }
+            (AggregateKind::SumDistinct, _) => ScalarValue::Float64(Some(as_f64()?.iter().sum())),
+            _ => {
+                let floats = as_f64()?;
+                ScalarValue::Float64(Some(floats.iter().sum::<f64>() / floats.len() as f64))
+            }
+        })
     }
 
     fn decode(&self, key: Option<&Box<[u8]>>) -> Result<ScalarValue> {

@@ -1,0 +1,62 @@
+//! Shared helpers for integration tests: an in-process eddy server and a
+//! connected client.
+
+#![allow(dead_code)]
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+pub struct TestServer {
+    pub server: eddy::Server,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let server = eddy::Server::start("127.0.0.1:0".parse().expect("address")).await.expect("eddy starts");
+        Self { server }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.local_addr.port()
+    }
+
+    pub fn connection_string(&self) -> String {
+        format!("host=127.0.0.1 port={} user=eddy dbname=eddy", self.port())
+    }
+
+    pub async fn connect(&self) -> Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.connection_string(), NoTls).await.expect("connects to eddy");
+        tokio::spawn(connection);
+        client
+    }
+
+    pub async fn stop(self) {
+        self.server.stop().await
+    }
+}
+
+/// Runs `sql` with the simple protocol; returns the rows as text (NULL as
+/// "NULL"), panicking with the server's message on error.
+pub async fn query_text(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => {
+                Some((0..row.len()).map(|i| row.get(i).unwrap_or("NULL").to_string()).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+pub async fn execute(client: &Client, sql: &str) {
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+}
+
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
