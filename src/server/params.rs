@@ -67,6 +67,7 @@ fn decode_binary(bytes: &[u8], pg_type: &Type) -> Result<ScalarValue> {
         }
         Type::JSONB => ScalarValue::Utf8(Some(String::from_utf8_lossy(bytes.get(1..).unwrap_or_default()).into())),
         Type::BYTEA => ScalarValue::Binary(Some(bytes.to_vec())),
+        Type::NUMERIC => ScalarValue::Utf8(Some(decode_numeric(bytes)?)),
         Type::DATE => {
             let days = i32::from_be_bytes(fixed(4)?.try_into().unwrap_or_default());
             ScalarValue::Date32(Some(days + 10_957))
@@ -82,6 +83,50 @@ fn decode_binary(bytes: &[u8], pg_type: &Type) -> Result<ScalarValue> {
             ))
         }
     })
+}
+
+/// Postgres' binary NUMERIC (base-10000 digits with weight, sign and display
+/// scale) as decimal text.
+fn decode_numeric(bytes: &[u8]) -> Result<String> {
+    let word = |i: usize| -> Result<u16> {
+        bytes
+            .get(2 * i..2 * i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| EddyError::InvalidParameter("truncated binary numeric parameter".into()))
+    };
+    let (count, weight, sign, scale) = (usize::from(word(0)?), word(1)? as i16, word(2)?, usize::from(word(3)?));
+    if sign == 0xC000 {
+        return Err(EddyError::InvalidValue("NaN is not a valid numeric value here".into()));
+    }
+    let digits: Vec<u16> = (0..count).map(|i| word(4 + i)).collect::<Result<_>>()?;
+    // Group i is worth digits[i] * 10000^(weight - i).
+    let group = |exponent: i64| -> u16 {
+        let index = i64::from(weight) - exponent;
+        usize::try_from(index).ok().and_then(|i| digits.get(i).copied()).unwrap_or(0)
+    };
+    let mut integer = String::new();
+    for exponent in (0..=i64::from(weight)).rev() {
+        let digit = group(exponent);
+        if integer.is_empty() {
+            if digit != 0 {
+                integer = digit.to_string();
+            }
+        } else {
+            integer.push_str(&format!("{digit:04}"));
+        }
+    }
+    if integer.is_empty() {
+        integer.push('0');
+    }
+    let mut fraction = String::new();
+    let mut exponent = -1;
+    while fraction.len() < scale {
+        fraction.push_str(&format!("{:04}", group(exponent)));
+        exponent -= 1;
+    }
+    fraction.truncate(scale);
+    let sign = if sign == 0x4000 { "-" } else { "" };
+    Ok(if scale > 0 { format!("{sign}{integer}.{fraction}") } else { format!("{sign}{integer}") })
 }
 
 /// Postgres' bytea text input: `\x0a0b` hex, or the bytes as written.
@@ -116,5 +161,23 @@ pub fn data_type_of(pg_type: &Type) -> DataType {
         Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
         Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
         _ => DataType::Utf8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numeric(words: &[i16]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_be_bytes()).collect()
+    }
+
+    #[test]
+    fn binary_numeric_decodes() {
+        assert_eq!(decode_numeric(&numeric(&[3, 1, 0, 3, 1, 2345, 6780])).unwrap(), "12345.678");
+        assert_eq!(decode_numeric(&numeric(&[1, -1, 0x4000, 2, 500])).unwrap(), "-0.05");
+        assert_eq!(decode_numeric(&numeric(&[1, -2, 0, 6, 1200])).unwrap(), "0.000012");
+        assert_eq!(decode_numeric(&numeric(&[1, 1, 0, 0, 1])).unwrap(), "10000");
+        assert_eq!(decode_numeric(&numeric(&[0, 0, 0, 2])).unwrap(), "0.00");
     }
 }

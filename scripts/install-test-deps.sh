@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs, idempotently, what eddy's tests need beyond Rust itself:
+#  - a C toolchain (gcc, make, pkg-config) and zlib for native crates;
+#  - psql (postgresql-client), to test eddy with the real psql;
+#  - Java 17 and Maven, and the PostgreSQL JDBC driver from Maven Central,
+#    to test eddy with a real JDBC client.
+# Safe to run again: each step checks first.
+set -euo pipefail
+
+PGJDBC_VERSION="${PGJDBC_VERSION:-42.7.14}"
+EDDY_CACHE="${EDDY_CACHE:-$HOME/.cache/eddy}"
+export EDDY_PGJDBC_JAR="${EDDY_PGJDBC_JAR:-$EDDY_CACHE/jdbc/postgresql-$PGJDBC_VERSION.jar}"
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-test-deps: cargo is missing; install Rust (rustup) first" >&2
+  exit 1
+fi
+
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+[ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-test-deps: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
+fi
+
+if [ ! -s "$EDDY_PGJDBC_JAR" ]; then
+  echo "install-test-deps: fetching the PostgreSQL JDBC driver $PGJDBC_VERSION"
+  mkdir -p "$(dirname "$EDDY_PGJDBC_JAR")"
+  mvn -q -B dependency:copy -Dartifact="org.postgresql:postgresql:$PGJDBC_VERSION" \
+    -DoutputDirectory="$(dirname "$EDDY_PGJDBC_JAR")"
+fi
+echo "install-test-deps: ready (JDBC driver at $EDDY_PGJDBC_JAR)"

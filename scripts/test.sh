@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs every test
+# (unit tests, the sql-tests/*.slt contract, the oracle property test,
+# protocol, psql and JDBC tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export EDDY_CACHE="${EDDY_CACHE:-$HOME/.cache/eddy}"
+# Outside the clone, so that a fresh clone on the same machine reuses builds.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$EDDY_CACHE/target}"
+export PGJDBC_VERSION="${PGJDBC_VERSION:-42.7.14}"
+export EDDY_PGJDBC_JAR="${EDDY_PGJDBC_JAR:-$EDDY_CACHE/jdbc/postgresql-$PGJDBC_VERSION.jar}"
+
+scripts/install-test-deps.sh
+cargo test "$@"
