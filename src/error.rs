@@ -65,7 +65,10 @@ pub enum EddyError {
     Internal(String),
     /// Anything else DataFusion reported, kept with its class (42000 unless classified).
     #[error("{message}")]
-    Planning { sqlstate: &'static str, message: String },
+    Planning {
+        sqlstate: &'static str,
+        message: String,
+    },
 }
 
 impl EddyError {
@@ -95,9 +98,8 @@ impl EddyError {
     /// Secondary detail, sent as the DETAIL field.
     pub fn detail(&self) -> Option<&str> {
         match self {
-            EddyError::UniqueViolation { detail, .. } | EddyError::DependentObjects { detail, .. } => {
-                Some(detail)
-            }
+            EddyError::UniqueViolation { detail, .. }
+            | EddyError::DependentObjects { detail, .. } => Some(detail),
             _ => None,
         }
     }
@@ -162,7 +164,10 @@ impl From<DataFusionError> for EddyError {
                 if m.contains("No field named") {
                     EddyError::UndefinedColumn(m)
                 } else {
-                    EddyError::Planning { sqlstate: "42000", message: m }
+                    EddyError::Planning {
+                        sqlstate: "42000",
+                        message: m,
+                    }
                 }
             }
             DataFusionError::Plan(m) => classify_plan_message(m),
@@ -181,7 +186,10 @@ impl From<DataFusionError> for EddyError {
                 } else if m.contains("overflow") {
                     EddyError::OutOfRange(m)
                 } else {
-                    EddyError::Planning { sqlstate: "XX000", message: m }
+                    EddyError::Planning {
+                        sqlstate: "XX000",
+                        message: m,
+                    }
                 }
             }
         }
@@ -189,7 +197,10 @@ impl From<DataFusionError> for EddyError {
 }
 
 fn strip_prefix(m: &str) -> String {
-    m.split_once(": ").map(|(_, rest)| rest).unwrap_or(m).to_string()
+    m.split_once(": ")
+        .map(|(_, rest)| rest)
+        .unwrap_or(m)
+        .to_string()
 }
 
 fn classify_plan_message(m: &str) -> EddyError {
@@ -203,17 +214,31 @@ fn classify_plan_message(m: &str) -> EddyError {
         return EddyError::UndefinedColumn(m.to_string());
     }
     if m.contains("require unique expression names") {
-        return EddyError::Planning { sqlstate: "42701", message: m.to_string() };
+        return EddyError::Planning {
+            sqlstate: "42701",
+            message: m.to_string(),
+        };
     }
-    if m.contains("Cannot infer common") || m.contains("There isn't a common type") || m.contains("Cannot coerce")
+    if m.contains("Cannot infer common")
+        || m.contains("There isn't a common type")
+        || m.contains("Cannot coerce")
     {
         return EddyError::TypeMismatch(m.to_string());
     }
     if m.contains("not supported") || m.contains("Unsupported") {
         return EddyError::NotSupported(m.to_string());
     }
-    if m.contains("does not support") || m.contains("No function matches") || m.contains("Invalid function") {
-        return EddyError::Planning { sqlstate: "42883", message: m.to_string() };
+    if m.contains("does not support")
+        || m.contains("No function matches")
+        || m.contains("Invalid function")
+    {
+        return EddyError::Planning {
+            sqlstate: "42883",
+            message: m.to_string(),
+        };
     }
-    EddyError::Planning { sqlstate: "42000", message: m.to_string() }
+    EddyError::Planning {
+        sqlstate: "42000",
+        message: m.to_string(),
+    }
 }

@@ -63,12 +63,18 @@ impl Server {
         let listener = server::bind(listen)
             .await
             .map_err(|e| EddyError::InvalidParameter(format!("cannot listen on {listen}: {e}")))?;
-        let local_addr = listener.local_addr().map_err(|e| internal!("no local address: {e}"))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| internal!("no local address: {e}"))?;
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(engine, listener, async {
             let _ = stopped.await;
         }));
-        Ok(Server { local_addr, shutdown, task })
+        Ok(Server {
+            local_addr,
+            shutdown,
+            task,
+        })
     }
 
     /// Stops accepting connections and waits for the listener to close.

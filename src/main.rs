@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "eddy", version, about = "A streaming SQL engine for materialized views")]
+#[command(
+    name = "eddy",
+    version,
+    about = "A streaming SQL engine for materialized views"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,7 +38,9 @@ struct ServeArgs {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     let cli = Cli::parse();
     let args = match cli.command {
@@ -52,7 +58,10 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(args: ServeArgs) -> eddy::Result<()> {
     std::fs::create_dir_all(&args.data_dir).map_err(|e| {
-        eddy::EddyError::InvalidParameter(format!("cannot create data dir {}: {e}", args.data_dir.display()))
+        eddy::EddyError::InvalidParameter(format!(
+            "cannot create data dir {}: {e}",
+            args.data_dir.display()
+        ))
     })?;
     let server = eddy::Server::start(args.listen).await?;
     tracing::info!(
@@ -76,13 +85,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = terminate.recv() => {}

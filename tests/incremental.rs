@@ -21,7 +21,11 @@ async fn rows_processed(client: &tokio_postgres::Client, view: &str) -> u64 {
 async fn work_for_one_row_changes(table_rows: u64) -> Vec<u64> {
     let server = TestServer::start().await;
     let client = server.connect().await;
-    execute(&client, "CREATE TABLE t (id BIGINT PRIMARY KEY, k BIGINT, v BIGINT)").await;
+    execute(
+        &client,
+        "CREATE TABLE t (id BIGINT PRIMARY KEY, k BIGINT, v BIGINT)",
+    )
+    .await;
     execute(
         &client,
         &format!("INSERT INTO t SELECT value AS id, value % 10 AS k, value AS v FROM generate_series(1, {table_rows})"),
@@ -62,9 +66,18 @@ async fn work_for_one_row_changes(table_rows: u64) -> Vec<u64> {
 async fn work_per_change_does_not_grow_with_table_size() {
     let small = work_for_one_row_changes(1_000).await;
     let large = work_for_one_row_changes(50_000).await;
-    assert_eq!(small, large, "operator work for the same one-row changes: 1k rows {small:?}, 50k rows {large:?}");
+    assert_eq!(
+        small, large,
+        "operator work for the same one-row changes: 1k rows {small:?}, 50k rows {large:?}"
+    );
     // An update is one retraction and one insertion: a handful of rows per
     // operator, never a rescan.
-    assert!(large.iter().all(|&rows| rows <= 12), "per-view rows processed: {large:?}");
-    assert!(large.iter().any(|&rows| rows > 0), "the changes reached the views: {large:?}");
+    assert!(
+        large.iter().all(|&rows| rows <= 12),
+        "per-view rows processed: {large:?}"
+    );
+    assert!(
+        large.iter().any(|&rows| rows > 0),
+        "the changes reached the views: {large:?}"
+    );
 }

@@ -23,14 +23,19 @@ async fn jdbc_prepared_statements_and_views() {
     let port = server.port().to_string();
     let source = format!("{}/tests/jdbc/JdbcSmoke.java", env!("CARGO_MANIFEST_DIR"));
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("java").args(["-cp", &jar, &source, &port]).output()
+        Command::new("java")
+            .args(["-cp", &jar, &source, &port])
+            .output()
     })
     .await
     .expect("java task")
     .expect("java is installed (scripts/install-test-deps.sh installs it)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "JDBC client failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "JDBC client failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("jdbc ok"), "{stdout}");
     server.stop().await;
 }

@@ -24,18 +24,40 @@ const VIEW_QUERIES: &[&str] = &[
     "SELECT coalesce(s, 'none') AS s, k + v AS kv FROM t WHERE k = {c} OR v IS NULL",
     "SELECT k, count(DISTINCT v) AS dv, sum(DISTINCT v) AS sdv FROM u GROUP BY k",
     "SELECT s, max(k) AS mk FROM (SELECT s, k FROM t UNION ALL SELECT s, k FROM u) x GROUP BY s",
+    "SELECT k, sum(d) AS sd, avg(d) AS ad, min(d) AS lo, max(d) AS hi, sum(d * v) AS dv FROM t GROUP BY k",
+    "SELECT s, avg(DISTINCT d) AS ad, count(*) FILTER (WHERE d > {c}) AS n FROM t GROUP BY s",
 ];
 
 /// A view over the first view (created with it), to exercise view-on-view.
 const STACKED_QUERY: &str = "SELECT n, count(*) AS groups, sum(total) AS total FROM v0 GROUP BY n";
 
+/// (k, v, s, d in hundredths)
+type Row = (Option<i32>, Option<i32>, Option<&'static str>, Option<i32>);
+
 #[derive(Debug, Clone)]
 enum Change {
-    Insert { table: &'static str, rows: Vec<(Option<i32>, Option<i32>, Option<&'static str>)> },
-    Update { table: &'static str, delta: i32, k: i32 },
-    UpdateKey { table: &'static str, from: i32, to: i32 },
-    Delete { table: &'static str, above: i32 },
-    DeleteKey { table: &'static str, k: i32 },
+    Insert {
+        table: &'static str,
+        rows: Vec<Row>,
+    },
+    Update {
+        table: &'static str,
+        delta: i32,
+        k: i32,
+    },
+    UpdateKey {
+        table: &'static str,
+        from: i32,
+        to: i32,
+    },
+    Delete {
+        table: &'static str,
+        above: i32,
+    },
+    DeleteKey {
+        table: &'static str,
+        k: i32,
+    },
 }
 
 fn sql_value<T: ToString>(value: &Option<T>, quote: bool) -> String {
@@ -52,14 +74,29 @@ impl Change {
             Change::Insert { table, rows } => {
                 let values: Vec<String> = rows
                     .iter()
-                    .map(|(k, v, s)| format!("({}, {}, {})", sql_value(k, false), sql_value(v, false), sql_value(s, true)))
+                    .map(|(k, v, s, d)| {
+                        let d = d.map(|d| format!("{}.{:02}", d / 100, d % 100));
+                        format!(
+                            "({}, {}, {}, {})",
+                            sql_value(k, false),
+                            sql_value(v, false),
+                            sql_value(s, true),
+                            sql_value(&d, false)
+                        )
+                    })
                     .collect();
                 format!("INSERT INTO {table} VALUES {}", values.join(", "))
             }
-            Change::Update { table, delta, k } => format!("UPDATE {table} SET v = v + {delta} WHERE k = {k}"),
-            Change::UpdateKey { table, from, to } => format!("UPDATE {table} SET k = {to}, s = 'c' WHERE k = {from}"),
+            Change::Update { table, delta, k } => {
+                format!("UPDATE {table} SET v = v + {delta} WHERE k = {k}")
+            }
+            Change::UpdateKey { table, from, to } => {
+                format!("UPDATE {table} SET k = {to}, s = 'c' WHERE k = {from}")
+            }
             Change::Delete { table, above } => format!("DELETE FROM {table} WHERE v > {above}"),
-            Change::DeleteKey { table, k } => format!("DELETE FROM {table} WHERE k = {k} OR k IS NULL"),
+            Change::DeleteKey { table, k } => {
+                format!("DELETE FROM {table} WHERE k = {k} OR k IS NULL")
+            }
         }
     }
 }
@@ -68,11 +105,12 @@ fn table() -> impl Strategy<Value = &'static str> {
     prop_oneof![3 => Just("t"), 1 => Just("u")]
 }
 
-fn row() -> impl Strategy<Value = (Option<i32>, Option<i32>, Option<&'static str>)> {
+fn row() -> impl Strategy<Value = Row> {
     (
         prop::option::weighted(0.9, 0..5i32),
         prop::option::weighted(0.9, -5..20i32),
         prop::option::weighted(0.85, prop_oneof![Just("a"), Just("b"), Just("c")]),
+        prop::option::weighted(0.85, 0..2000i32),
     )
 }
 
@@ -113,7 +151,11 @@ fn sorted(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
 async fn check(scenario: Scenario) -> Result<(), TestCaseError> {
     let server = TestServer::start().await;
     let client = server.connect().await;
-    execute(&client, "CREATE TABLE t (k INT, v INT, s TEXT); CREATE TABLE u (k INT, v INT, s TEXT)").await;
+    execute(
+        &client,
+        "CREATE TABLE t (k INT, v INT, s TEXT, d NUMERIC(8, 2)); CREATE TABLE u (k INT, v INT, s TEXT, d NUMERIC(8, 2))",
+    )
+    .await;
     let queries: Vec<String> = scenario
         .views
         .iter()
@@ -125,7 +167,11 @@ async fn check(scenario: Scenario) -> Result<(), TestCaseError> {
             if *at == step {
                 execute(&client, &create(i)).await;
                 if i == 0 {
-                    execute(&client, &format!("CREATE MATERIALIZED VIEW stacked AS {STACKED_QUERY}")).await;
+                    execute(
+                        &client,
+                        &format!("CREATE MATERIALIZED VIEW stacked AS {STACKED_QUERY}"),
+                    )
+                    .await;
                 }
             }
         }
@@ -141,7 +187,14 @@ async fn check(scenario: Scenario) -> Result<(), TestCaseError> {
     }
     let stacked = sorted(query_text(&client, "SELECT * FROM stacked").await);
     let stacked_batch = sorted(
-        query_text(&client, &format!("SELECT * FROM ({}) AS batch", STACKED_QUERY.replace("FROM v0", &format!("FROM ({}) v0", queries[0])))).await,
+        query_text(
+            &client,
+            &format!(
+                "SELECT * FROM ({}) AS batch",
+                STACKED_QUERY.replace("FROM v0", &format!("FROM ({}) v0", queries[0]))
+            ),
+        )
+        .await,
     );
     prop_assert_eq!(stacked, stacked_batch, "stacked view over v0");
     drop(client);

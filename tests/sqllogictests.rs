@@ -39,7 +39,10 @@ impl From<tokio_postgres::Error> for StatementError {
             },
             None => error.to_string(),
         };
-        Self { message, sqlstate: error.code().map(|c| c.code().to_string()) }
+        Self {
+            message,
+            sqlstate: error.code().map(|c| c.code().to_string()),
+        }
     }
 }
 
@@ -78,7 +81,10 @@ impl AsyncDB for EddyConnection {
             }
         }
         if returned_rows {
-            Ok(DBOutput::Rows { types: vec![DefaultColumnType::Any; columns], rows })
+            Ok(DBOutput::Rows {
+                types: vec![DefaultColumnType::Any; columns],
+                rows,
+            })
         } else {
             Ok(DBOutput::StatementComplete(affected))
         }
@@ -106,28 +112,46 @@ async fn run_file(path: &PathBuf) -> Result<(), String> {
     let port = server.local_addr.port();
     let mut runner = Runner::new(move || async move {
         let config = format!("host=127.0.0.1 port={port} user=eddy dbname=eddy");
-        let (client, connection) = tokio_postgres::connect(&config, NoTls).await.map_err(StatementError::from)?;
+        let (client, connection) = tokio_postgres::connect(&config, NoTls)
+            .await
+            .map_err(StatementError::from)?;
         tokio::spawn(connection);
         Ok(EddyConnection { client })
     });
-    let result = runner.run_file_async(path).await.map_err(|e| e.display(true).to_string());
+    let result = runner
+        .run_file_async(path)
+        .await
+        .map_err(|e| e.display(true).to_string());
     server.stop().await;
     result
 }
 
 fn main() {
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql-tests"))
-        .expect("sql-tests directory")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "slt"))
-        .filter(|p| filter.is_empty() || filter.iter().any(|f| p.to_string_lossy().contains(f.as_str())))
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
         .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql-tests"))
+            .expect("sql-tests directory")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "slt"))
+            .filter(|p| {
+                filter.is_empty()
+                    || filter
+                        .iter()
+                        .any(|f| p.to_string_lossy().contains(f.as_str()))
+            })
+            .collect();
     files.sort();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let (mut passed, mut failed) = (0, 0);
     for file in &files {
-        let name = file.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let name = file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         match runtime.block_on(run_file(file)) {
             Ok(()) => {
                 passed += 1;

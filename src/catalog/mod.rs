@@ -110,7 +110,10 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new() -> Self {
-        Self { relations: RwLock::default(), next_id: AtomicU64::new(1) }
+        Self {
+            relations: RwLock::default(),
+            next_id: AtomicU64::new(1),
+        }
     }
 
     pub fn allocate_id(&self) -> RelationId {
@@ -118,11 +121,15 @@ impl Catalog {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Relation>> {
-        self.relations.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.relations
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Relation>> {
-        self.relations.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.relations
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn get(&self, name: &str) -> Option<Relation> {
@@ -131,8 +138,9 @@ impl Catalog {
 
     /// The relation called `name`, or the Postgres error for a missing one.
     pub fn require(&self, name: &str) -> Result<Relation> {
-        self.get(name)
-            .ok_or_else(|| EddyError::UndefinedRelation(format!("relation \"{name}\" does not exist")))
+        self.get(name).ok_or_else(|| {
+            EddyError::UndefinedRelation(format!("relation \"{name}\" does not exist"))
+        })
     }
 
     pub fn by_id(&self, id: RelationId) -> Option<Relation> {
@@ -182,10 +190,20 @@ impl Catalog {
             .into_iter()
             .filter_map(|relation| {
                 let rows = match &relation {
-                    Relation::Table(t) => t.data.lock().unwrap_or_else(|p| p.into_inner()).rows.clone(),
+                    Relation::Table(t) => t
+                        .data
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .rows
+                        .clone(),
                     Relation::View(v) => epoch.views.get(&v.id)?.clone(),
                 };
-                Some(RelationProvider::new(relation.id(), relation.name().to_string(), relation.kind(), rows))
+                Some(RelationProvider::new(
+                    relation.id(),
+                    relation.name().to_string(),
+                    relation.kind(),
+                    rows,
+                ))
             })
             .collect()
     }

@@ -30,10 +30,20 @@ pub struct RelationProvider {
 
 impl RelationProvider {
     pub fn new(id: RelationId, name: String, kind: RelationKind, rows: RowSet) -> Self {
-        let fields: Vec<Field> =
-            rows.schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        let fields: Vec<Field> = rows
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
         let schema = Arc::new(Schema::new(fields));
-        Self { id, name, kind, rows, schema }
+        Self {
+            id,
+            name,
+            kind,
+            rows,
+            schema,
+        }
     }
 
     pub fn rows(&self) -> &RowSet {
@@ -61,9 +71,13 @@ impl TableProvider for RelationProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let stored = self.rows.to_batch().map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let stored = self
+            .rows
+            .to_batch()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let batch = RecordBatch::try_new(self.schema.clone(), stored.columns().to_vec())?;
-        let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?;
+        let exec =
+            MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?;
         Ok(exec)
     }
 }

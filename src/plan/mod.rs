@@ -24,13 +24,13 @@ use datafusion::physical_plan::PhysicalExpr;
 
 use crate::catalog::RelationProvider;
 use crate::error::{EddyError, Result};
+use crate::stream::accumulator::{AggregateFolder, AggregateKind};
 use crate::stream::aggregate::{AggregateCall, AggregateOperator};
 use crate::stream::filter::FilterOperator;
 use crate::stream::graph::{NodeIndex, StreamGraph};
 use crate::stream::project::ProjectOperator;
 use crate::stream::source::{ConstantOperator, ScanOperator};
 use crate::stream::union::UnionOperator;
-use crate::stream::accumulator::{AggregateFolder, AggregateKind};
 
 /// Refuses expressions whose value can change between the insertion and the
 /// retraction of the same row (`random()`, `now()`, ...): a view over them
@@ -79,12 +79,17 @@ fn lower_node(plan: &LogicalPlan, graph: &mut StreamGraph) -> Result<NodeIndex> 
                 return Err(not_incremental("LIMIT"));
             }
             if !scan.filters.is_empty() {
-                return Err(crate::internal!("filters were pushed into a scan that does not take them"));
+                return Err(crate::internal!(
+                    "filters were pushed into a scan that does not take them"
+                ));
             }
             let provider = source_as_provider(&scan.source)?;
-            let relation = provider
-                .downcast_ref::<RelationProvider>()
-                .ok_or_else(|| crate::not_supported!("materialized views over {} are not supported", scan.table_name))?;
+            let relation = provider.downcast_ref::<RelationProvider>().ok_or_else(|| {
+                crate::not_supported!(
+                    "materialized views over {} are not supported",
+                    scan.table_name
+                )
+            })?;
             let op = ScanOperator::new(relation.id, relation.name.clone(), scan.projection.clone());
             Ok(graph.add_scan(relation.id, Box::new(op)))
         }
@@ -100,7 +105,11 @@ fn lower_node(plan: &LogicalPlan, graph: &mut StreamGraph) -> Result<NodeIndex> 
             Ok(graph.add(Box::new(FilterOperator::new(predicate)), vec![input]))
         }
         LogicalPlan::Aggregate(aggregate) => {
-            if aggregate.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+            if aggregate
+                .group_expr
+                .iter()
+                .any(|e| matches!(e, Expr::GroupingSet(_)))
+            {
                 return Err(not_incremental("GROUPING SETS, ROLLUP and CUBE"));
             }
             let input = lower_node(&aggregate.input, graph)?;
@@ -112,7 +121,10 @@ fn lower_node(plan: &LogicalPlan, graph: &mut StreamGraph) -> Result<NodeIndex> 
                 .iter()
                 .enumerate()
                 .map(|(i, expr)| {
-                    let output_type = output_schema.field(group_exprs.len() + i).data_type().clone();
+                    let output_type = output_schema
+                        .field(group_exprs.len() + i)
+                        .data_type()
+                        .clone();
                     aggregate_call(expr, input_schema, output_type)
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -120,7 +132,11 @@ fn lower_node(plan: &LogicalPlan, graph: &mut StreamGraph) -> Result<NodeIndex> 
             Ok(graph.add(Box::new(op), vec![input]))
         }
         LogicalPlan::Union(union) => {
-            let inputs = union.inputs.iter().map(|i| lower_node(i, graph)).collect::<Result<Vec<_>>>()?;
+            let inputs = union
+                .inputs
+                .iter()
+                .map(|i| lower_node(i, graph))
+                .collect::<Result<Vec<_>>>()?;
             let op = UnionOperator::new(arrow_schema(&union.schema), inputs.len());
             Ok(graph.add(Box::new(op), inputs))
         }
@@ -137,10 +153,13 @@ fn lower_node(plan: &LogicalPlan, graph: &mut StreamGraph) -> Result<NodeIndex> 
             for (column, field) in schema.fields().iter().enumerate() {
                 let mut cells = Vec::with_capacity(values.values.len());
                 for row in &values.values {
-                    let cell = physical_expr(&row[column], &empty)?.evaluate(&one_row)?.into_array(1)?;
+                    let cell = physical_expr(&row[column], &empty)?
+                        .evaluate(&one_row)?
+                        .into_array(1)?;
                     cells.push(datafusion::arrow::compute::cast(&cell, field.data_type())?);
                 }
-                let refs: Vec<&dyn datafusion::arrow::array::Array> = cells.iter().map(|c| c.as_ref()).collect();
+                let refs: Vec<&dyn datafusion::arrow::array::Array> =
+                    cells.iter().map(|c| c.as_ref()).collect();
                 columns.push(concat(&refs)?);
             }
             let rows = RecordBatch::try_new(schema, columns)?;
@@ -151,7 +170,8 @@ fn lower_node(plan: &LogicalPlan, graph: &mut StreamGraph) -> Result<NodeIndex> 
             let rows = RecordBatch::try_new_with_options(
                 arrow_schema(&empty.schema),
                 vec![],
-                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(row_count)),
+                &datafusion::arrow::array::RecordBatchOptions::new()
+                    .with_row_count(Some(row_count)),
             )?;
             Ok(graph.add(Box::new(ConstantOperator::new(rows)), vec![]))
         }
@@ -179,15 +199,26 @@ fn not_incremental(construct: &str) -> EddyError {
     ))
 }
 
-fn aggregate_call(expr: &Expr, input_schema: &DFSchema, output_type: datafusion::arrow::datatypes::DataType) -> Result<AggregateCall> {
+fn aggregate_call(
+    expr: &Expr,
+    input_schema: &DFSchema,
+    output_type: datafusion::arrow::datatypes::DataType,
+) -> Result<AggregateCall> {
     let unaliased = match expr {
         Expr::Alias(alias) => alias.expr.as_ref(),
         other => other,
     };
     let Expr::AggregateFunction(AggregateFunction { func, params }) = unaliased else {
-        return Err(crate::internal!("aggregate expression is not an aggregate function: {expr}"));
+        return Err(crate::internal!(
+            "aggregate expression is not an aggregate function: {expr}"
+        ));
     };
-    let AggregateFunctionParams { args, distinct, filter, .. } = params;
+    let AggregateFunctionParams {
+        args,
+        distinct,
+        filter,
+        ..
+    } = params;
     let kind = AggregateKind::from_function(func.name(), *distinct)?;
     let argument = match args.as_slice() {
         [] => Expr::Literal(datafusion::common::ScalarValue::Int64(Some(1)), None),
@@ -202,7 +233,10 @@ fn aggregate_call(expr: &Expr, input_schema: &DFSchema, output_type: datafusion:
     };
     let argument = physical_expr(&argument, input_schema)?;
     let argument_type = argument.data_type(input_schema.as_arrow())?;
-    let filter = filter.as_ref().map(|f| physical_expr(f, input_schema)).transpose()?;
+    let filter = filter
+        .as_ref()
+        .map(|f| physical_expr(f, input_schema))
+        .transpose()?;
     Ok(AggregateCall {
         folder: AggregateFolder::try_new(kind, &argument_type, output_type)?,
         argument,
@@ -212,7 +246,13 @@ fn aggregate_call(expr: &Expr, input_schema: &DFSchema, output_type: datafusion:
 }
 
 fn physical_expr(expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
-    create_physical_expr(expr, schema, &ExecutionProps::new(), &PhysicalPlanningContext::default()).map_err(|e| {
+    create_physical_expr(
+        expr,
+        schema,
+        &ExecutionProps::new(),
+        &PhysicalPlanningContext::default(),
+    )
+    .map_err(|e| {
         let message = e.to_string();
         if message.contains("ubquer") {
             not_incremental("this subquery")

@@ -64,11 +64,24 @@ pub struct ViewStatus {
 }
 
 enum Command {
-    Changes { relation: RelationId, batch: ChangeBatch },
-    CreateView { spec: Box<ViewSpec>, reply: oneshot::Sender<Result<()>> },
-    DropView { id: RelationId, reply: oneshot::Sender<()> },
-    Flush { reply: oneshot::Sender<u64> },
-    Status { reply: oneshot::Sender<(u64, Vec<ViewStatus>)> },
+    Changes {
+        relation: RelationId,
+        batch: ChangeBatch,
+    },
+    CreateView {
+        spec: Box<ViewSpec>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    DropView {
+        id: RelationId,
+        reply: oneshot::Sender<()>,
+    },
+    Flush {
+        reply: oneshot::Sender<u64>,
+    },
+    Status {
+        reply: oneshot::Sender<(u64, Vec<ViewStatus>)>,
+    },
 }
 
 /// The handle sessions use to talk to the runtime. Cheap to clone.
@@ -100,12 +113,18 @@ impl RuntimeHandle {
             .name("eddy-runtime".into())
             .spawn(move || worker.run(receiver))
             .map_err(|e| crate::internal!("cannot start the runtime thread: {e}"))?;
-        Ok(Self { commands, published })
+        Ok(Self {
+            commands,
+            published,
+        })
     }
 
     /// The state of every view as of the last completed epoch.
     pub fn published(&self) -> Arc<PublishedEpoch> {
-        self.published.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn send(&self, command: Command) -> Result<()> {
@@ -126,28 +145,40 @@ impl RuntimeHandle {
     /// Starts a view: backfills it and publishes its first state.
     pub async fn create_view(&self, spec: ViewSpec) -> Result<()> {
         let (reply, response) = oneshot::channel();
-        self.send(Command::CreateView { spec: Box::new(spec), reply }).await?;
-        response.await.map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))?
+        self.send(Command::CreateView {
+            spec: Box::new(spec),
+            reply,
+        })
+        .await?;
+        response
+            .await
+            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))?
     }
 
     pub async fn drop_view(&self, id: RelationId) -> Result<()> {
         let (reply, response) = oneshot::channel();
         self.send(Command::DropView { id, reply }).await?;
-        response.await.map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+        response
+            .await
+            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
     }
 
     /// Returns the epoch in which every change sent before is visible.
     pub async fn flush(&self) -> Result<u64> {
         let (reply, response) = oneshot::channel();
         self.send(Command::Flush { reply }).await?;
-        response.await.map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+        response
+            .await
+            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
     }
 
     /// The status of every view, after every change sent before.
     pub async fn status(&self) -> Result<(u64, Vec<ViewStatus>)> {
         let (reply, response) = oneshot::channel();
         self.send(Command::Status { reply }).await?;
-        response.await.map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+        response
+            .await
+            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
     }
 }
 
@@ -221,7 +252,13 @@ impl Worker {
     }
 
     fn create_view(&mut self, spec: ViewSpec) -> Result<()> {
-        let ViewSpec { id, name, schema, mut graph, table_snapshots } = spec;
+        let ViewSpec {
+            id,
+            name,
+            schema,
+            mut graph,
+            table_snapshots,
+        } = spec;
         let mut state = RowSet::new(Arc::new(RowCodec::try_new(schema)?));
         for change in graph.start()? {
             state.apply(&change)?;
@@ -231,7 +268,11 @@ impl Worker {
             let rows = match (snapshots.remove(&input), self.views.get(&input)) {
                 (Some(rows), _) => rows,
                 (None, Some(view)) => view.state.to_change_batch()?,
-                (None, None) => return Err(crate::internal!("view {name} reads unknown relation {input}")),
+                (None, None) => {
+                    return Err(crate::internal!(
+                        "view {name} reads unknown relation {input}"
+                    ))
+                }
             };
             if rows.is_empty() {
                 continue;
@@ -244,7 +285,15 @@ impl Worker {
             self.readers.entry(input).or_default().push(id);
         }
         tracing::info!(view = %name, rows = state.len(), "materialized view started");
-        self.views.insert(id, RunningView { name, graph, state, failed: None });
+        self.views.insert(
+            id,
+            RunningView {
+                name,
+                graph,
+                state,
+                failed: None,
+            },
+        );
         self.dirty = true;
         Ok(())
     }
@@ -254,9 +303,13 @@ impl Worker {
     fn propagate(&mut self, relation: RelationId, batch: ChangeBatch) {
         let mut pending = VecDeque::from([(relation, batch)]);
         while let Some((relation, batch)) = pending.pop_front() {
-            let Some(readers) = self.readers.get(&relation) else { continue };
+            let Some(readers) = self.readers.get(&relation) else {
+                continue;
+            };
             for view_id in readers.clone() {
-                let Some(view) = self.views.get_mut(&view_id) else { continue };
+                let Some(view) = self.views.get_mut(&view_id) else {
+                    continue;
+                };
                 if view.failed.is_some() {
                     continue;
                 }
@@ -275,7 +328,11 @@ impl Worker {
         }
     }
 
-    fn apply_to_view(view: &mut RunningView, relation: RelationId, batch: &ChangeBatch) -> Result<Vec<ChangeBatch>> {
+    fn apply_to_view(
+        view: &mut RunningView,
+        relation: RelationId,
+        batch: &ChangeBatch,
+    ) -> Result<Vec<ChangeBatch>> {
         let changes = view.graph.push_relation(relation, batch)?;
         let mut next = view.state.clone();
         for change in &changes {
@@ -290,8 +347,15 @@ impl Worker {
             return;
         }
         self.epoch += 1;
-        let views = self.views.iter().map(|(id, v)| (*id, v.state.clone())).collect();
-        let epoch = Arc::new(PublishedEpoch { epoch: self.epoch, views });
+        let views = self
+            .views
+            .iter()
+            .map(|(id, v)| (*id, v.state.clone()))
+            .collect();
+        let epoch = Arc::new(PublishedEpoch {
+            epoch: self.epoch,
+            views,
+        });
         *self.published.write().unwrap_or_else(|p| p.into_inner()) = epoch;
         self.dirty = false;
     }

@@ -10,13 +10,13 @@ use std::fmt::Write as _;
 
 use bytes::{BufMut, BytesMut};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
-    IntervalMonthDayNanoType, IntervalUnit, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt64Type,
-    UInt8Type,
-};
 use datafusion::arrow::datatypes::Field;
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    Int64Type, Int8Type, IntervalMonthDayNanoType, IntervalUnit, Time64MicrosecondType, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use pgwire::types::format::FormatOptions as PgFormatOptions;
 use pgwire::types::ToSqlText;
@@ -32,7 +32,11 @@ const PG_EPOCH_OFFSET_DAYS: i32 = 10_957;
 
 /// The Postgres type a column is sent as.
 pub fn pg_type(field: &Field) -> Type {
-    match field.metadata().get(PG_TYPE_METADATA_KEY).map(String::as_str) {
+    match field
+        .metadata()
+        .get(PG_TYPE_METADATA_KEY)
+        .map(String::as_str)
+    {
         Some("jsonb") => return Type::JSONB,
         Some("json") => return Type::JSON,
         Some("uuid") => return Type::TEXT,
@@ -47,9 +51,10 @@ pub fn pg_type(field: &Field) -> Type {
         DataType::Float16 | DataType::Float32 => Type::FLOAT4,
         DataType::Float64 => Type::FLOAT8,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Type::TEXT,
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
-            Type::BYTEA
-        }
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => Type::BYTEA,
         DataType::Date32 | DataType::Date64 => Type::DATE,
         DataType::Timestamp(_, None) => Type::TIMESTAMP,
         DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
@@ -67,7 +72,12 @@ pub struct Cell<'a> {
 }
 
 impl ToSqlText for Cell<'_> {
-    fn to_sql_text(&self, _ty: &Type, out: &mut BytesMut, _options: &PgFormatOptions) -> Result<IsNull, BoxError> {
+    fn to_sql_text(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+        _options: &PgFormatOptions,
+    ) -> Result<IsNull, BoxError> {
         if self.array.is_null(self.row) {
             return Ok(IsNull::Yes);
         }
@@ -89,19 +99,33 @@ impl ToSql for Cell<'_> {
             DataType::Int16 => out.put_i16(array.as_primitive::<Int16Type>().value(row)),
             DataType::UInt8 => out.put_i16(i16::from(array.as_primitive::<UInt8Type>().value(row))),
             DataType::Int32 => out.put_i32(array.as_primitive::<Int32Type>().value(row)),
-            DataType::UInt16 => out.put_i32(i32::from(array.as_primitive::<UInt16Type>().value(row))),
+            DataType::UInt16 => {
+                out.put_i32(i32::from(array.as_primitive::<UInt16Type>().value(row)))
+            }
             DataType::Int64 => out.put_i64(array.as_primitive::<Int64Type>().value(row)),
-            DataType::UInt32 => out.put_i64(i64::from(array.as_primitive::<UInt32Type>().value(row))),
-            DataType::UInt64 => put_numeric(out, i128::from(array.as_primitive::<UInt64Type>().value(row)), 0),
+            DataType::UInt32 => {
+                out.put_i64(i64::from(array.as_primitive::<UInt32Type>().value(row)))
+            }
+            DataType::UInt64 => put_numeric(
+                out,
+                i128::from(array.as_primitive::<UInt64Type>().value(row)),
+                0,
+            ),
             DataType::Float32 => out.put_f32(array.as_primitive::<Float32Type>().value(row)),
             DataType::Float64 => out.put_f64(array.as_primitive::<Float64Type>().value(row)),
-            DataType::Decimal128(_, scale) => {
-                put_numeric(out, array.as_primitive::<Decimal128Type>().value(row), *scale)
-            }
+            DataType::Decimal128(_, scale) => put_numeric(
+                out,
+                array.as_primitive::<Decimal128Type>().value(row),
+                *scale,
+            ),
             DataType::Binary => out.put_slice(array.as_binary::<i32>().value(row)),
             DataType::LargeBinary => out.put_slice(array.as_binary::<i64>().value(row)),
-            DataType::Date32 => out.put_i32(array.as_primitive::<Date32Type>().value(row) - PG_EPOCH_OFFSET_DAYS),
-            DataType::Timestamp(unit, _) => out.put_i64(timestamp_micros(array, row, unit) - PG_EPOCH_OFFSET_MICROS),
+            DataType::Date32 => {
+                out.put_i32(array.as_primitive::<Date32Type>().value(row) - PG_EPOCH_OFFSET_DAYS)
+            }
+            DataType::Timestamp(unit, _) => {
+                out.put_i64(timestamp_micros(array, row, unit) - PG_EPOCH_OFFSET_MICROS)
+            }
             DataType::Time64(TimeUnit::Microsecond) => {
                 out.put_i64(array.as_primitive::<Time64MicrosecondType>().value(row))
             }
@@ -133,15 +157,26 @@ fn timestamp_micros(array: &ArrayRef, row: usize, unit: &TimeUnit) -> i64 {
         TimeUnit::Second => array.as_primitive::<TimestampSecondType>().value(row) * 1_000_000,
         TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(row) * 1000,
         TimeUnit::Microsecond => array.as_primitive::<TimestampMicrosecondType>().value(row),
-        TimeUnit::Nanosecond => array.as_primitive::<TimestampNanosecondType>().value(row).div_euclid(1000),
+        TimeUnit::Nanosecond => array
+            .as_primitive::<TimestampNanosecondType>()
+            .value(row)
+            .div_euclid(1000),
     }
 }
 
 /// The Postgres text form of one non-null value.
 pub fn text_value(array: &ArrayRef, row: usize) -> Result<String, BoxError> {
     Ok(match array.data_type() {
-        DataType::Boolean => (if array.as_boolean().value(row) { "t" } else { "f" }).to_string(),
-        DataType::Float32 => format_float(f64::from(array.as_primitive::<Float32Type>().value(row)), true),
+        DataType::Boolean => (if array.as_boolean().value(row) {
+            "t"
+        } else {
+            "f"
+        })
+        .to_string(),
+        DataType::Float32 => format_float(
+            f64::from(array.as_primitive::<Float32Type>().value(row)),
+            true,
+        ),
         DataType::Float64 => format_float(array.as_primitive::<Float64Type>().value(row), false),
         DataType::Binary | DataType::LargeBinary => {
             let bytes = match array.data_type() {
@@ -162,7 +197,9 @@ pub fn text_value(array: &ArrayRef, row: usize) -> Result<String, BoxError> {
             let v = array.as_primitive::<IntervalMonthDayNanoType>().value(row);
             format_interval(v.months, v.days, v.nanoseconds / 1000)
         }
-        _ => ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())?.value(row).to_string(),
+        _ => ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())?
+            .value(row)
+            .to_string(),
     })
 }
 
@@ -173,9 +210,17 @@ fn format_float(value: f64, single: bool) -> String {
         return "NaN".into();
     }
     if value.is_infinite() {
-        return if value > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if value > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
-    let shortest = if single { format!("{:e}", value as f32) } else { format!("{value:e}") };
+    let shortest = if single {
+        format!("{:e}", value as f32)
+    } else {
+        format!("{value:e}")
+    };
     let (mantissa, exponent) = shortest.split_once('e').unwrap_or((&shortest, "0"));
     let exponent: i32 = exponent.parse().unwrap_or(0);
     let limit = if single { 6 } else { 15 };
@@ -210,7 +255,9 @@ fn format_timestamp(micros: i64, with_zone: bool) -> String {
 fn format_interval(months: i32, days: i32, micros: i64) -> String {
     let mut parts: Vec<String> = Vec::new();
     let (years, months) = (months / 12, months % 12);
-    let plural = |n: i64, unit: &str, units: &str| format!("{n} {}", if n.abs() == 1 { unit } else { units });
+    let plural = |n: i64, unit: &str, units: &str| {
+        format!("{n} {}", if n.abs() == 1 { unit } else { units })
+    };
     if years != 0 {
         parts.push(plural(i64::from(years), "year", "years"));
     }
@@ -258,7 +305,11 @@ fn put_numeric(out: &mut BytesMut, unscaled: i128, scale: i8) {
         *slot = (fraction % 10_000) as i16;
         fraction /= 10_000;
     }
-    let mut digits: Vec<i16> = integer_groups.iter().chain(&fraction_groups).copied().collect();
+    let mut digits: Vec<i16> = integer_groups
+        .iter()
+        .chain(&fraction_groups)
+        .copied()
+        .collect();
     let mut weight = integer_groups.len() as i16 - 1;
     // Strip leading and trailing zero groups (weight follows the leading ones).
     while digits.first() == Some(&0) {
@@ -273,7 +324,11 @@ fn put_numeric(out: &mut BytesMut, unscaled: i128, scale: i8) {
     }
     out.put_i16(digits.len() as i16);
     out.put_i16(weight);
-    out.put_u16(if negative && !digits.is_empty() { 0x4000 } else { 0 });
+    out.put_u16(if negative && !digits.is_empty() {
+        0x4000
+    } else {
+        0
+    });
     out.put_u16(scale as u16);
     for d in digits {
         out.put_i16(d);
@@ -295,7 +350,10 @@ mod tests {
 
     #[test]
     fn intervals_print_like_postgres() {
-        assert_eq!(format_interval(14, 3, 4 * 3_600_000_000 + 500_000), "1 year 2 mons 3 days 04:00:00.5");
+        assert_eq!(
+            format_interval(14, 3, 4 * 3_600_000_000 + 500_000),
+            "1 year 2 mons 3 days 04:00:00.5"
+        );
         assert_eq!(format_interval(0, 0, 0), "00:00:00");
         assert_eq!(format_interval(0, 1, 0), "1 day");
     }
@@ -305,11 +363,17 @@ mod tests {
         // 12345.678 = digits [1, 2345, 6780], weight 1, dscale 3
         let mut out = BytesMut::new();
         put_numeric(&mut out, 12_345_678, 3);
-        let words: Vec<i16> = out.chunks(2).map(|c| i16::from_be_bytes([c[0], c[1]])).collect();
+        let words: Vec<i16> = out
+            .chunks(2)
+            .map(|c| i16::from_be_bytes([c[0], c[1]]))
+            .collect();
         assert_eq!(words, vec![3, 1, 0, 3, 1, 2345, 6780]);
         let mut out = BytesMut::new();
         put_numeric(&mut out, -5, 2); // -0.05 = digits [500], weight -1
-        let words: Vec<i16> = out.chunks(2).map(|c| i16::from_be_bytes([c[0], c[1]])).collect();
+        let words: Vec<i16> = out
+            .chunks(2)
+            .map(|c| i16::from_be_bytes([c[0], c[1]]))
+            .collect();
         assert_eq!(words, vec![1, -1, 0x4000, 2, 500]);
     }
 }

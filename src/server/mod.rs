@@ -39,7 +39,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let handlers = Arc::new(Handlers { handler: Arc::new(EddyHandler { engine: engine.clone(), parser: Arc::new(EddyParser { engine }) }) });
+    let handlers = Arc::new(Handlers {
+        handler: Arc::new(EddyHandler {
+            engine: engine.clone(),
+            parser: Arc::new(EddyParser { engine }),
+        }),
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -95,7 +100,9 @@ struct EddyHandler {
 impl NoopStartupHandler for EddyHandler {}
 
 fn session_of<C: ClientInfo>(client: &C) -> Arc<Mutex<Session>> {
-    client.session_extensions().get_or_insert_with(|| Mutex::new(Session::default()))
+    client
+        .session_extensions()
+        .get_or_insert_with(|| Mutex::new(Session::default()))
 }
 
 fn to_pgwire(error: EddyError) -> PgWireError {
@@ -113,7 +120,15 @@ fn field_infos(schema: &SchemaRef, format: &Format) -> Vec<FieldInfo> {
         .fields()
         .iter()
         .enumerate()
-        .map(|(i, f)| FieldInfo::new(f.name().clone(), None, None, pg_type(f), format.format_for(i)))
+        .map(|(i, f)| {
+            FieldInfo::new(
+                f.name().clone(),
+                None,
+                None,
+                pg_type(f),
+                format.format_for(i),
+            )
+        })
         .collect()
 }
 
@@ -132,7 +147,10 @@ fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Respo
                     rows.push(Ok(encoder.take_row()));
                 }
             }
-            Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows))))
+            Ok(Response::Query(QueryResponse::new(
+                fields,
+                stream::iter(rows),
+            )))
         }
     }
 }
@@ -158,7 +176,9 @@ impl SimpleQueryHandler for EddyHandler {
                 Ok(result) => responses.push(into_response(result, &Format::UnifiedText)?),
                 Err(e) => {
                     // Like Postgres: the first error ends the query string.
-                    let PgWireError::UserError(info) = to_pgwire(e) else { unreachable!() };
+                    let PgWireError::UserError(info) = to_pgwire(e) else {
+                        unreachable!()
+                    };
                     responses.push(Response::Error(info));
                     break;
                 }
@@ -183,7 +203,12 @@ struct EddyParser {
 impl QueryParser for EddyParser {
     type Statement = PreparedStatement;
 
-    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<PreparedStatement>>
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<PreparedStatement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -199,7 +224,10 @@ impl QueryParser for EddyParser {
         };
         let statement = parse_statement(sql).map_err(to_pgwire)?;
         let description = self.engine.describe(&statement).await.map_err(to_pgwire)?;
-        Ok(Some(PreparedStatement { statement, description }))
+        Ok(Some(PreparedStatement {
+            statement,
+            description,
+        }))
     }
 
     fn get_parameter_types(&self, stmt: &PreparedStatement) -> PgWireResult<Vec<Type>> {
@@ -214,7 +242,11 @@ impl QueryParser for EddyParser {
             .collect())
     }
 
-    fn get_result_schema(&self, stmt: &PreparedStatement, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &PreparedStatement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         Ok(match &stmt.description.result {
             Some(schema) => field_infos(schema, format.unwrap_or(&Format::UnifiedText)),
             None => vec![],
@@ -231,7 +263,12 @@ impl ExtendedQueryHandler for EddyHandler {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<PreparedStatement>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<PreparedStatement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = PreparedStatement>,
@@ -242,14 +279,23 @@ impl ExtendedQueryHandler for EddyHandler {
         let prepared = &stored.statement;
         let mut values = Vec::with_capacity(portal.parameter_len());
         for (i, raw) in portal.parameters.iter().enumerate() {
-            let inferred: Option<&DataType> = prepared.description.parameters.get(i).and_then(|t| t.as_ref());
+            let inferred: Option<&DataType> = prepared
+                .description
+                .parameters
+                .get(i)
+                .and_then(|t| t.as_ref());
             let declared = stored.parameter_types.get(i).cloned().flatten();
             let wire_type = declared.unwrap_or_else(|| match inferred {
                 Some(t) => pg_type(&Field::new("", t.clone(), true)),
                 None => Type::TEXT,
             });
-            let value = params::decode_parameter(raw.as_ref(), &wire_type, portal.parameter_format.format_for(i), inferred)
-                .map_err(to_pgwire)?;
+            let value = params::decode_parameter(
+                raw.as_ref(),
+                &wire_type,
+                portal.parameter_format.format_for(i),
+                inferred,
+            )
+            .map_err(to_pgwire)?;
             values.push(value);
         }
         let session = session_of(client);

@@ -55,17 +55,22 @@ fn decode_binary(bytes: &[u8], pg_type: &Type) -> Result<ScalarValue> {
     Ok(match *pg_type {
         Type::BOOL => ScalarValue::Boolean(Some(fixed(1)?[0] != 0)),
         Type::INT2 => ScalarValue::Int16(Some(i16::from_be_bytes([fixed(2)?[0], bytes[1]]))),
-        Type::INT4 => ScalarValue::Int32(Some(i32::from_be_bytes(fixed(4)?.try_into().unwrap_or_default()))),
+        Type::INT4 => ScalarValue::Int32(Some(i32::from_be_bytes(
+            fixed(4)?.try_into().unwrap_or_default(),
+        ))),
         Type::INT8 => ScalarValue::Int64(Some(i64::from_be_bytes(be(fixed(8)?)))),
-        Type::FLOAT4 => ScalarValue::Float32(Some(f32::from_be_bytes(fixed(4)?.try_into().unwrap_or_default()))),
+        Type::FLOAT4 => ScalarValue::Float32(Some(f32::from_be_bytes(
+            fixed(4)?.try_into().unwrap_or_default(),
+        ))),
         Type::FLOAT8 => ScalarValue::Float64(Some(f64::from_be_bytes(be(fixed(8)?)))),
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::JSON => {
-            ScalarValue::Utf8(Some(
-                String::from_utf8(bytes.to_vec())
-                    .map_err(|_| EddyError::InvalidParameter("text parameter is not valid UTF-8".into()))?,
-            ))
+            ScalarValue::Utf8(Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                EddyError::InvalidParameter("text parameter is not valid UTF-8".into())
+            })?))
         }
-        Type::JSONB => ScalarValue::Utf8(Some(String::from_utf8_lossy(bytes.get(1..).unwrap_or_default()).into())),
+        Type::JSONB => ScalarValue::Utf8(Some(
+            String::from_utf8_lossy(bytes.get(1..).unwrap_or_default()).into(),
+        )),
         Type::BYTEA => ScalarValue::Binary(Some(bytes.to_vec())),
         Type::NUMERIC => ScalarValue::Utf8(Some(decode_numeric(bytes)?)),
         Type::DATE => {
@@ -94,15 +99,25 @@ fn decode_numeric(bytes: &[u8]) -> Result<String> {
             .map(|b| u16::from_be_bytes([b[0], b[1]]))
             .ok_or_else(|| EddyError::InvalidParameter("truncated binary numeric parameter".into()))
     };
-    let (count, weight, sign, scale) = (usize::from(word(0)?), word(1)? as i16, word(2)?, usize::from(word(3)?));
+    let (count, weight, sign, scale) = (
+        usize::from(word(0)?),
+        word(1)? as i16,
+        word(2)?,
+        usize::from(word(3)?),
+    );
     if sign == 0xC000 {
-        return Err(EddyError::InvalidValue("NaN is not a valid numeric value here".into()));
+        return Err(EddyError::InvalidValue(
+            "NaN is not a valid numeric value here".into(),
+        ));
     }
     let digits: Vec<u16> = (0..count).map(|i| word(4 + i)).collect::<Result<_>>()?;
     // Group i is worth digits[i] * 10000^(weight - i).
     let group = |exponent: i64| -> u16 {
         let index = i64::from(weight) - exponent;
-        usize::try_from(index).ok().and_then(|i| digits.get(i).copied()).unwrap_or(0)
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| digits.get(i).copied())
+            .unwrap_or(0)
     };
     let mut integer = String::new();
     for exponent in (0..=i64::from(weight)).rev() {
@@ -126,7 +141,11 @@ fn decode_numeric(bytes: &[u8]) -> Result<String> {
     }
     fraction.truncate(scale);
     let sign = if sign == 0x4000 { "-" } else { "" };
-    Ok(if scale > 0 { format!("{sign}{integer}.{fraction}") } else { format!("{sign}{integer}") })
+    Ok(if scale > 0 {
+        format!("{sign}{integer}.{fraction}")
+    } else {
+        format!("{sign}{integer}")
+    })
 }
 
 /// Postgres' bytea text input: `\x0a0b` hex, or the bytes as written.
@@ -135,13 +154,16 @@ fn decode_bytea_text(text: &str) -> Result<Vec<u8>> {
         return Ok(text.as_bytes().to_vec());
     };
     if hex.len() % 2 != 0 {
-        return Err(EddyError::InvalidValue("invalid hexadecimal data: odd number of digits".into()));
+        return Err(EddyError::InvalidValue(
+            "invalid hexadecimal data: odd number of digits".into(),
+        ));
     }
     (0..hex.len())
         .step_by(2)
         .map(|i| {
-            u8::from_str_radix(&hex[i..i + 2], 16)
-                .map_err(|_| EddyError::InvalidValue(format!("invalid hexadecimal digit in \"{text}\"")))
+            u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| {
+                EddyError::InvalidValue(format!("invalid hexadecimal digit in \"{text}\""))
+            })
         })
         .collect()
 }
@@ -174,9 +196,18 @@ mod tests {
 
     #[test]
     fn binary_numeric_decodes() {
-        assert_eq!(decode_numeric(&numeric(&[3, 1, 0, 3, 1, 2345, 6780])).unwrap(), "12345.678");
-        assert_eq!(decode_numeric(&numeric(&[1, -1, 0x4000, 2, 500])).unwrap(), "-0.05");
-        assert_eq!(decode_numeric(&numeric(&[1, -2, 0, 6, 1200])).unwrap(), "0.000012");
+        assert_eq!(
+            decode_numeric(&numeric(&[3, 1, 0, 3, 1, 2345, 6780])).unwrap(),
+            "12345.678"
+        );
+        assert_eq!(
+            decode_numeric(&numeric(&[1, -1, 0x4000, 2, 500])).unwrap(),
+            "-0.05"
+        );
+        assert_eq!(
+            decode_numeric(&numeric(&[1, -2, 0, 6, 1200])).unwrap(),
+            "0.000012"
+        );
         assert_eq!(decode_numeric(&numeric(&[1, 1, 0, 0, 1])).unwrap(), "10000");
         assert_eq!(decode_numeric(&numeric(&[0, 0, 0, 2])).unwrap(), "0.00");
     }

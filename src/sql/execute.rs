@@ -8,7 +8,10 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider, SchemaProvider};
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+    MemorySchemaProvider, SchemaProvider,
+};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
@@ -29,7 +32,10 @@ use crate::runtime::{RuntimeHandle, ViewSpec};
 /// The result of one statement.
 #[derive(Debug)]
 pub enum StatementResult {
-    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
     /// A command tag such as `INSERT 0 3` or `CREATE TABLE`.
     Command(String),
 }
@@ -54,7 +60,12 @@ impl Default for Session {
             ("transaction isolation level", "read committed"),
             ("transaction_isolation", "read committed"),
         ];
-        Self { settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+        Self {
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
     }
 }
 
@@ -79,8 +90,16 @@ impl Engine {
             .with_default_catalog_and_schema("eddy", "public")
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(false);
-        let base_state = SessionStateBuilder::new().with_config(config).with_default_features().build();
-        Self { catalog: Arc::new(Catalog::new()), runtime, base_state, ddl_lock: tokio::sync::Mutex::new(()) }
+        let base_state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        Self {
+            catalog: Arc::new(Catalog::new()),
+            runtime,
+            base_state,
+            ddl_lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -98,23 +117,36 @@ impl Engine {
         }
         let catalog = Arc::new(MemoryCatalogProvider::new());
         catalog.register_schema("public", public)?;
-        catalog.register_schema("eddy_catalog", Arc::new(SystemSchema::new(self.runtime.clone())))?;
+        catalog.register_schema(
+            "eddy_catalog",
+            Arc::new(SystemSchema::new(self.runtime.clone())),
+        )?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog("eddy".into(), catalog as Arc<dyn CatalogProvider>);
-        Ok(SessionStateBuilder::new_from_existing(self.base_state.clone())
-            .with_catalog_list(catalogs as Arc<dyn CatalogProviderList>)
-            .build())
+        Ok(
+            SessionStateBuilder::new_from_existing(self.base_state.clone())
+                .with_catalog_list(catalogs as Arc<dyn CatalogProviderList>)
+                .build(),
+        )
     }
 
     async fn plan(&self, state: &SessionState, statement: &Statement) -> Result<LogicalPlan> {
-        Ok(state.statement_to_plan(DFStatement::Statement(Box::new(statement.clone()))).await?)
+        Ok(state
+            .statement_to_plan(DFStatement::Statement(Box::new(statement.clone())))
+            .await?)
     }
 
     /// Parameter and result types of a statement, for the extended protocol.
     pub async fn describe(&self, statement: &EddyStatement) -> Result<Description> {
-        let none = |result: Option<SchemaRef>| Description { parameters: vec![], result };
+        let none = |result: Option<SchemaRef>| Description {
+            parameters: vec![],
+            result,
+        };
         Ok(match statement {
-            EddyStatement::Query(query) | EddyStatement::Write { statement: query, .. } => {
+            EddyStatement::Query(query)
+            | EddyStatement::Write {
+                statement: query, ..
+            } => {
                 let plan = self.plan(&self.query_state()?, query).await?;
                 let types = plan.get_parameter_types()?;
                 let mut parameters = vec![None; types.len()];
@@ -148,10 +180,17 @@ impl Engine {
             EddyStatement::CreateTable(create) => self.create_table(*create).await,
             EddyStatement::CreateView(view) => self.create_view(*view).await,
             EddyStatement::ExplainCreateView(view) => self.explain_view(&view).await,
-            EddyStatement::Write { table, kind, statement } => self.write(&table, kind, &statement, params).await,
-            EddyStatement::Drop { kind, names, if_exists, cascade } => {
-                self.drop(kind, &names, if_exists, cascade).await
-            }
+            EddyStatement::Write {
+                table,
+                kind,
+                statement,
+            } => self.write(&table, kind, &statement, params).await,
+            EddyStatement::Drop {
+                kind,
+                names,
+                if_exists,
+                cascade,
+            } => self.drop(kind, &names, if_exists, cascade).await,
             EddyStatement::Flush => {
                 self.runtime.flush().await?;
                 Ok(StatementResult::Command("FLUSH".into()))
@@ -181,12 +220,15 @@ impl Engine {
                 Ok(StatementResult::Command("SET".into()))
             }
             EddyStatement::ShowVariable(name) => {
-                let value = session.settings.get(&name).cloned().ok_or_else(|| {
-                    EddyError::Planning {
-                        sqlstate: "42704",
-                        message: format!("unrecognized configuration parameter \"{name}\""),
-                    }
-                })?;
+                let value =
+                    session
+                        .settings
+                        .get(&name)
+                        .cloned()
+                        .ok_or_else(|| EddyError::Planning {
+                            sqlstate: "42704",
+                            message: format!("unrecognized configuration parameter \"{name}\""),
+                        })?;
                 let batch = RecordBatch::try_new(
                     show_variable_schema(&name),
                     vec![Arc::new(StringArray::from(vec![value])) as ArrayRef],
@@ -196,7 +238,11 @@ impl Engine {
         }
     }
 
-    async fn query(&self, statement: &Statement, params: Vec<ScalarValue>) -> Result<StatementResult> {
+    async fn query(
+        &self,
+        statement: &Statement,
+        params: Vec<ScalarValue>,
+    ) -> Result<StatementResult> {
         let state = self.query_state()?;
         let mut plan = self.plan(&state, statement).await?;
         if !params.is_empty() {
@@ -221,7 +267,11 @@ impl Engine {
                         required = true;
                         primary_key.push(normalize_ident(&column.name));
                     }
-                    other => return Err(crate::not_supported!("column option {other} is not supported yet")),
+                    other => {
+                        return Err(crate::not_supported!(
+                            "column option {other} is not supported yet"
+                        ))
+                    }
                 }
             }
             not_null.push(required);
@@ -232,17 +282,29 @@ impl Engine {
                     if !primary_key.is_empty() {
                         return Err(EddyError::Planning {
                             sqlstate: "42P16",
-                            message: format!("multiple primary keys for table \"{name}\" are not allowed"),
+                            message: format!(
+                                "multiple primary keys for table \"{name}\" are not allowed"
+                            ),
                         });
                     }
                     for column in &pk.columns {
                         match &column.column.expr {
-                            ast::Expr::Identifier(ident) => primary_key.push(normalize_ident(ident)),
-                            other => return Err(crate::not_supported!("primary key on expression {other}")),
+                            ast::Expr::Identifier(ident) => {
+                                primary_key.push(normalize_ident(ident))
+                            }
+                            other => {
+                                return Err(crate::not_supported!(
+                                    "primary key on expression {other}"
+                                ))
+                            }
                         }
                     }
                 }
-                other => return Err(crate::not_supported!("table constraint {other} is not supported yet")),
+                other => {
+                    return Err(crate::not_supported!(
+                        "table constraint {other} is not supported yet"
+                    ))
+                }
             }
         }
         let mut fields = Vec::with_capacity(create.columns.len());
@@ -255,7 +317,11 @@ impl Engine {
                 });
             }
             let in_key = primary_key.contains(&column_name);
-            fields.push(column_field(&column_name, &column.data_type, !(*required || in_key))?);
+            fields.push(column_field(
+                &column_name,
+                &column.data_type,
+                !(*required || in_key),
+            )?);
         }
         let mut key_indices = Vec::with_capacity(primary_key.len());
         for key in &primary_key {
@@ -283,15 +349,24 @@ impl Engine {
     /// Plans a view's query into a streaming graph and its output schema.
     async fn plan_view(&self, view: &CreateView) -> Result<(plan::PlannedView, LogicalPlan)> {
         let state = self.query_state()?;
-        let logical = self.plan(&state, &Statement::Query(view.query.clone())).await?;
+        let logical = self
+            .plan(&state, &Statement::Query(view.query.clone()))
+            .await?;
         if !logical.get_parameter_types()?.is_empty() {
-            return Err(crate::not_supported!("parameters ($1) in CREATE MATERIALIZED VIEW"));
+            return Err(crate::not_supported!(
+                "parameters ($1) in CREATE MATERIALIZED VIEW"
+            ));
         }
         plan::check_deterministic(&logical)?;
         let optimized = state.optimize(&logical)?;
         let graph = plan::lower(&optimized)?;
-        let mut fields: Vec<Field> =
-            logical.schema().as_arrow().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = logical
+            .schema()
+            .as_arrow()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         if !view.columns.is_empty() {
             if view.columns.len() > fields.len() {
                 return Err(EddyError::Syntax(
@@ -317,7 +392,10 @@ impl Engine {
         // view stores what its root operator produces.
         let optimized_schema = optimized.schema().as_arrow();
         for (field, produced) in fields.iter_mut().zip(optimized_schema.fields()) {
-            *field = field.clone().with_data_type(produced.data_type().clone()).with_nullable(true);
+            *field = field
+                .clone()
+                .with_data_type(produced.data_type().clone())
+                .with_nullable(true);
         }
         let schema = Arc::new(Schema::new(fields));
         Ok((plan::PlannedView { graph, schema }, optimized))
@@ -329,7 +407,10 @@ impl Engine {
             if view.if_not_exists {
                 return Ok(StatementResult::Command("CREATE MATERIALIZED VIEW".into()));
             }
-            return Err(EddyError::DuplicateRelation(format!("relation \"{}\" already exists", view.name)));
+            return Err(EddyError::DuplicateRelation(format!(
+                "relation \"{}\" already exists",
+                view.name
+            )));
         }
         let (planned, _) = self.plan_view(&view).await?;
         let inputs = planned.graph.input_relations();
@@ -350,7 +431,12 @@ impl Engine {
         }
         let mut table_snapshots = Vec::with_capacity(tables.len());
         for table in &tables {
-            let rows = table.data.lock().unwrap_or_else(|p| p.into_inner()).rows.to_change_batch()?;
+            let rows = table
+                .data
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .rows
+                .to_change_batch()?;
             table_snapshots.push((table.id, rows));
         }
         let id = self.catalog.allocate_id();
@@ -377,8 +463,17 @@ impl Engine {
     async fn explain_view(&self, view: &CreateView) -> Result<StatementResult> {
         let (planned, _) = self.plan_view(view).await?;
         let mut lines = vec![format!("MaterializedView: {}", view.name)];
-        lines.extend(planned.graph.explain().into_iter().map(|l| format!("  {l}")));
-        let batch = RecordBatch::try_new(explain_schema(), vec![Arc::new(StringArray::from(lines)) as ArrayRef])?;
+        lines.extend(
+            planned
+                .graph
+                .explain()
+                .into_iter()
+                .map(|l| format!("  {l}")),
+        );
+        let batch = RecordBatch::try_new(
+            explain_schema(),
+            vec![Arc::new(StringArray::from(lines)) as ArrayRef],
+        )?;
         Ok(rows(batch))
     }
 
@@ -392,7 +487,10 @@ impl Engine {
         let table = match self.catalog.require(table_name)? {
             Relation::Table(t) => t,
             Relation::View(v) => {
-                return Err(EddyError::WrongObjectType(format!("cannot change materialized view \"{}\"", v.name)))
+                return Err(EddyError::WrongObjectType(format!(
+                    "cannot change materialized view \"{}\"",
+                    v.name
+                )))
             }
         };
         // Plan and evaluate against the table as it is under the write lock.
@@ -411,14 +509,22 @@ impl Engine {
             (WriteKind::Insert, WriteOp::Insert(_)) => {
                 let new = collect_rows(&state, (*dml.input).clone(), &schema).await?;
                 let count = new.num_rows();
-                let (next, change) = table.data.lock().unwrap_or_else(|p| p.into_inner()).insert(new)?;
+                let (next, change) = table
+                    .data
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(new)?;
                 *table.data.lock().unwrap_or_else(|p| p.into_inner()) = next;
                 (format!("INSERT 0 {count}"), change)
             }
             (WriteKind::Delete, WriteOp::Delete) => {
                 let old = collect_rows(&state, (*dml.input).clone(), &schema).await?;
                 let count = old.num_rows();
-                let (next, change) = table.data.lock().unwrap_or_else(|p| p.into_inner()).delete(old)?;
+                let (next, change) = table
+                    .data
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .delete(old)?;
                 *table.data.lock().unwrap_or_else(|p| p.into_inner()) = next;
                 (format!("DELETE {count}"), change)
             }
@@ -428,17 +534,33 @@ impl Engine {
                 };
                 // Evaluate the old and the new row side by side.
                 let source = projection.input.as_ref().clone();
-                let mut exprs: Vec<Expr> =
-                    source.schema().columns().into_iter().take(width).map(Expr::Column).collect();
+                let mut exprs: Vec<Expr> = source
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .take(width)
+                    .map(Expr::Column)
+                    .collect();
                 exprs.extend(
-                    projection.expr.iter().enumerate().map(|(i, e)| e.clone().unalias().alias(format!("__eddy_new_{i}"))),
+                    projection
+                        .expr
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| e.clone().unalias().alias(format!("__eddy_new_{i}"))),
                 );
                 let both = LogicalPlanBuilder::from(source).project(exprs)?.build()?;
                 let batch = collect_batch(&state, both).await?;
                 let old = conform(&batch.project(&(0..width).collect::<Vec<_>>())?, &schema)?;
-                let new = conform(&batch.project(&(width..2 * width).collect::<Vec<_>>())?, &schema)?;
+                let new = conform(
+                    &batch.project(&(width..2 * width).collect::<Vec<_>>())?,
+                    &schema,
+                )?;
                 let count = old.num_rows();
-                let (next, change) = table.data.lock().unwrap_or_else(|p| p.into_inner()).update(old, new)?;
+                let (next, change) = table
+                    .data
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .update(old, new)?;
                 *table.data.lock().unwrap_or_else(|p| p.into_inner()) = next;
                 (format!("UPDATE {count}"), change)
             }
@@ -448,7 +570,13 @@ impl Engine {
         Ok(StatementResult::Command(tag))
     }
 
-    async fn drop(&self, kind: RelationKind, names: &[String], if_exists: bool, cascade: bool) -> Result<StatementResult> {
+    async fn drop(
+        &self,
+        kind: RelationKind,
+        names: &[String],
+        if_exists: bool,
+        cascade: bool,
+    ) -> Result<StatementResult> {
         let _ddl = self.ddl_lock.lock().await;
         let tag = match kind {
             RelationKind::Table => "DROP TABLE",
@@ -459,7 +587,12 @@ impl Engine {
         for name in names {
             match self.catalog.get(name) {
                 None if if_exists => continue,
-                None => return Err(EddyError::UndefinedRelation(format!("{} \"{name}\" does not exist", kind.noun()))),
+                None => {
+                    return Err(EddyError::UndefinedRelation(format!(
+                        "{} \"{name}\" does not exist",
+                        kind.noun()
+                    )))
+                }
                 Some(r) if r.kind() != kind => {
                     return Err(EddyError::WrongObjectType(format!(
                         "\"{name}\" is not a {}; use DROP {}",
@@ -479,7 +612,12 @@ impl Engine {
                         kind.noun(),
                         target.name()
                     ),
-                    detail: format!("materialized view {} depends on {} {}", first.name, kind.noun(), target.name()),
+                    detail: format!(
+                        "materialized view {} depends on {} {}",
+                        first.name,
+                        kind.noun(),
+                        target.name()
+                    ),
                 });
             }
         }
@@ -517,7 +655,11 @@ impl Engine {
 }
 
 /// Runs `plan` and returns its rows as one batch shaped like `schema`.
-async fn collect_rows(state: &SessionState, plan: LogicalPlan, schema: &SchemaRef) -> Result<RecordBatch> {
+async fn collect_rows(
+    state: &SessionState,
+    plan: LogicalPlan,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
     conform(&collect_batch(state, plan).await?, schema)
 }
 
@@ -535,18 +677,30 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         .zip(schema.fields())
         .map(|(column, field)| Ok(cast(column, field.data_type())?))
         .collect::<Result<Vec<_>>>()?;
-    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    let options =
+        datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     // Nullability is checked by the table with a Postgres error, not here.
     let relaxed = Arc::new(Schema::new(
-        schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
     ));
     let relaxed_batch = RecordBatch::try_new_with_options(relaxed, columns, &options)?;
-    Ok(RecordBatch::try_new_with_options(schema.clone(), relaxed_batch.columns().to_vec(), &options)
-        .unwrap_or(relaxed_batch))
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        relaxed_batch.columns().to_vec(),
+        &options,
+    )
+    .unwrap_or(relaxed_batch))
 }
 
 fn rows(batch: RecordBatch) -> StatementResult {
-    StatementResult::Rows { schema: batch.schema(), batches: vec![batch] }
+    StatementResult::Rows {
+        schema: batch.schema(),
+        batches: vec![batch],
+    }
 }
 
 fn show_tables_schema() -> SchemaRef {
@@ -554,7 +708,11 @@ fn show_tables_schema() -> SchemaRef {
 }
 
 fn explain_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("QUERY PLAN", DataType::Utf8, false)]))
+    Arc::new(Schema::new(vec![Field::new(
+        "QUERY PLAN",
+        DataType::Utf8,
+        false,
+    )]))
 }
 
 fn show_variable_schema(name: &str) -> SchemaRef {

@@ -26,13 +26,25 @@ pub enum EddyStatement {
     CreateView(Box<CreateView>),
     ExplainCreateView(Box<CreateView>),
     /// INSERT, UPDATE, DELETE on the named table.
-    Write { table: String, kind: WriteKind, statement: Box<Statement> },
-    Drop { kind: RelationKind, names: Vec<String>, if_exists: bool, cascade: bool },
+    Write {
+        table: String,
+        kind: WriteKind,
+        statement: Box<Statement>,
+    },
+    Drop {
+        kind: RelationKind,
+        names: Vec<String>,
+        if_exists: bool,
+        cascade: bool,
+    },
     Flush,
     ShowTables,
     ShowViews,
     /// `SET name = value` (session settings; accepted and remembered).
-    Set { name: String, value: String },
+    Set {
+        name: String,
+        value: String,
+    },
     ShowVariable(String),
 }
 
@@ -91,7 +103,9 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
                 // $tag$ ... $tag$ (but not a $1 placeholder)
                 if let Some(end) = sql[i + 1..].find('$') {
                     let tag = &sql[i..i + end + 2];
-                    if tag[1..tag.len() - 1].chars().all(|c| c.is_alphanumeric() || c == '_')
+                    if tag[1..tag.len() - 1]
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || c == '_')
                         && !tag[1..].starts_with(|c: char| c.is_ascii_digit())
                     {
                         if let Some(close) = sql[i + tag.len()..].find(tag) {
@@ -150,16 +164,25 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
             let create = &body["EXPLAIN".len()..];
             return match parse_statement(create)? {
                 EddyStatement::CreateView(view) => Ok(EddyStatement::ExplainCreateView(view)),
-                _ => Err(crate::internal!("EXPLAIN CREATE MATERIALIZED VIEW did not parse as one")),
+                _ => Err(crate::internal!(
+                    "EXPLAIN CREATE MATERIALIZED VIEW did not parse as one"
+                )),
             };
         }
         _ => {}
     }
     let mut parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
-        EddyError::Syntax(e.to_string().trim_start_matches("sql parser error: ").to_string())
+        EddyError::Syntax(
+            e.to_string()
+                .trim_start_matches("sql parser error: ")
+                .to_string(),
+        )
     })?;
     if parsed.len() != 1 {
-        return Err(EddyError::Syntax(format!("expected one statement, found {}", parsed.len())));
+        return Err(EddyError::Syntax(format!(
+            "expected one statement, found {}",
+            parsed.len()
+        )));
     }
     classify(parsed.remove(0), sql)
 }
@@ -282,7 +305,11 @@ pub fn relation_name(name: &ObjectName) -> Result<String> {
     let parts: Vec<String> = name
         .0
         .iter()
-        .map(|p| p.as_ident().map(normalize_ident).ok_or_else(|| EddyError::Syntax(format!("invalid name {name}"))))
+        .map(|p| {
+            p.as_ident()
+                .map(normalize_ident)
+                .ok_or_else(|| EddyError::Syntax(format!("invalid name {name}")))
+        })
         .collect::<Result<_>>()?;
     match parts.as_slice() {
         [relation] => Ok(relation.clone()),
@@ -308,8 +335,14 @@ mod tests {
 
     #[test]
     fn recognises_eddy_statements() {
-        assert!(matches!(parse_statement("flush").unwrap(), EddyStatement::Flush));
-        assert!(matches!(parse_statement("SHOW MATERIALIZED VIEWS").unwrap(), EddyStatement::ShowViews));
+        assert!(matches!(
+            parse_statement("flush").unwrap(),
+            EddyStatement::Flush
+        ));
+        assert!(matches!(
+            parse_statement("SHOW MATERIALIZED VIEWS").unwrap(),
+            EddyStatement::ShowViews
+        ));
         let explain = parse_statement("EXPLAIN CREATE MATERIALIZED VIEW v AS SELECT 1").unwrap();
         assert!(matches!(explain, EddyStatement::ExplainCreateView(v) if v.name == "v"));
     }
@@ -317,7 +350,9 @@ mod tests {
     #[test]
     fn folds_unquoted_names() {
         let statement = parse_statement("DROP TABLE Public.\"MiXed\", Other CASCADE").unwrap();
-        let EddyStatement::Drop { names, cascade, .. } = statement else { panic!("not a drop") };
+        let EddyStatement::Drop { names, cascade, .. } = statement else {
+            panic!("not a drop")
+        };
         assert_eq!(names, vec!["MiXed".to_string(), "other".to_string()]);
         assert!(cascade);
     }

@@ -37,14 +37,22 @@ pub fn views_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
         Field::new("last_error", DataType::Utf8, true),
     ]));
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(views.iter().map(|v| v.name.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            views.iter().map(|v| v.name.as_str()),
+        )),
         Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| v.rows))),
-        Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| v.rows_failed))),
-        Arc::new(StringArray::from_iter_values(views.iter().map(|v| match &v.failed {
-            Some(e) => format!("failed: {e}"),
-            None => "running".to_string(),
-        }))),
-        Arc::new(StringArray::from_iter(views.iter().map(|v| v.last_error.clone()))),
+        Arc::new(UInt64Array::from_iter_values(
+            views.iter().map(|v| v.rows_failed),
+        )),
+        Arc::new(StringArray::from_iter_values(views.iter().map(
+            |v| match &v.failed {
+                Some(e) => format!("failed: {e}"),
+                None => "running".to_string(),
+            },
+        ))),
+        Arc::new(StringArray::from_iter(
+            views.iter().map(|v| v.last_error.clone()),
+        )),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
 }
@@ -59,16 +67,30 @@ fn operators_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
         Field::new("rows_failed", DataType::UInt64, false),
         Field::new("state_keys", DataType::UInt64, false),
     ]));
-    let rows: Vec<(&str, &(u64, String, crate::stream::OperatorStats))> =
-        views.iter().flat_map(|v| v.operators.iter().map(move |o| (v.name.as_str(), o))).collect();
+    let rows: Vec<(&str, &(u64, String, crate::stream::OperatorStats))> = views
+        .iter()
+        .flat_map(|v| v.operators.iter().map(move |o| (v.name.as_str(), o)))
+        .collect();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(rows.iter().map(|(v, _)| *v))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, o)| format!("{:016x}", o.0)))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, o)| o.1.as_str()))),
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, o)| o.2.rows_in))),
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, o)| o.2.rows_out))),
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, o)| o.2.rows_failed))),
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, o)| o.2.state_keys))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|(_, o)| format!("{:016x}", o.0)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|(_, o)| o.1.as_str()),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|(_, o)| o.2.rows_in),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|(_, o)| o.2.rows_out),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|(_, o)| o.2.rows_failed),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|(_, o)| o.2.state_keys),
+        )),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
 }
@@ -83,12 +105,19 @@ impl SchemaProvider for SystemSchema {
         if !TABLES.contains(&name) {
             return Ok(None);
         }
-        let (_, views) = self.runtime.status().await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let (_, views) = self
+            .runtime
+            .status()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let batch = match name {
             "materialized_views" => views_batch(&views)?,
             _ => operators_batch(&views)?,
         };
-        Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
+        Ok(Some(Arc::new(MemTable::try_new(
+            batch.schema(),
+            vec![vec![batch]],
+        )?)))
     }
 
     fn table_exist(&self, name: &str) -> bool {

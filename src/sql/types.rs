@@ -23,16 +23,23 @@ pub fn column_field(name: &str, sql_type: &ast::DataType, nullable: bool) -> Res
     let (data_type, pg_type) = arrow_type(sql_type)?;
     let field = Field::new(name, data_type, nullable);
     Ok(match pg_type {
-        Some(pg_type) => {
-            field.with_metadata(HashMap::from([(PG_TYPE_METADATA_KEY.to_string(), pg_type.to_string())]))
-        }
+        Some(pg_type) => field.with_metadata(HashMap::from([(
+            PG_TYPE_METADATA_KEY.to_string(),
+            pg_type.to_string(),
+        )])),
         None => field,
     })
 }
 
 /// Whether values of `field` must be valid JSON.
 pub fn is_json_field(field: &Field) -> bool {
-    matches!(field.metadata().get(PG_TYPE_METADATA_KEY).map(String::as_str), Some("json" | "jsonb"))
+    matches!(
+        field
+            .metadata()
+            .get(PG_TYPE_METADATA_KEY)
+            .map(String::as_str),
+        Some("json" | "jsonb")
+    )
 }
 
 fn arrow_type(sql_type: &ast::DataType) -> Result<(DataType, Option<&'static str>)> {
@@ -47,9 +54,12 @@ fn arrow_type(sql_type: &ast::DataType) -> Result<(DataType, Option<&'static str
         S::Float(ExactNumberInfo::Precision(p)) if *p <= 24 => DataType::Float32,
         S::Float(_) => DataType::Float64,
         S::Numeric(info) | S::Decimal(info) | S::Dec(info) => decimal_type(info)?,
-        S::Text | S::String(_) | S::Varchar(_) | S::CharacterVarying(_) | S::Char(_) | S::Character(_) => {
-            DataType::Utf8
-        }
+        S::Text
+        | S::String(_)
+        | S::Varchar(_)
+        | S::CharacterVarying(_)
+        | S::Char(_)
+        | S::Character(_) => DataType::Utf8,
         S::Uuid => return Ok((DataType::Utf8, Some("uuid"))),
         S::Date => DataType::Date32,
         S::Timestamp(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => {
@@ -71,7 +81,11 @@ fn arrow_type(sql_type: &ast::DataType) -> Result<(DataType, Option<&'static str
         S::Custom(name, _) if name.to_string().eq_ignore_ascii_case("timestamptz") => {
             DataType::Timestamp(TIMESTAMP_UNIT, Some("+00:00".into()))
         }
-        other => return Err(crate::not_supported!("column type {other} is not supported")),
+        other => {
+            return Err(crate::not_supported!(
+                "column type {other} is not supported"
+            ))
+        }
     };
     Ok((t, None))
 }

@@ -29,8 +29,15 @@ pub struct RowCodec {
 
 impl RowCodec {
     pub fn try_new(schema: SchemaRef) -> Result<Self> {
-        let fields = schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
-        Ok(Self { converter: RowConverter::new(fields)?, schema })
+        let fields = schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(Self {
+            converter: RowConverter::new(fields)?,
+            schema,
+        })
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -50,7 +57,11 @@ impl RowCodec {
     pub fn decode<'a>(&self, rows: impl Iterator<Item = &'a [u8]>) -> Result<RecordBatch> {
         if self.schema.fields().is_empty() {
             let options = RecordBatchOptions::new().with_row_count(Some(rows.count()));
-            return Ok(RecordBatch::try_new_with_options(self.schema.clone(), vec![], &options)?);
+            return Ok(RecordBatch::try_new_with_options(
+                self.schema.clone(),
+                vec![],
+                &options,
+            )?);
         }
         let parser = self.converter.parser();
         let columns = self.converter.convert_rows(rows.map(|r| parser.parse(r)))?;
@@ -69,7 +80,11 @@ pub struct RowSet {
 
 impl RowSet {
     pub fn new(codec: Arc<RowCodec>) -> Self {
-        Self { codec, rows: imbl::OrdMap::new(), len: 0 }
+        Self {
+            codec,
+            rows: imbl::OrdMap::new(),
+            len: 0,
+        }
     }
 
     pub fn schema(&self) -> &SchemaRef {

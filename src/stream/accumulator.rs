@@ -75,7 +75,7 @@ impl AggregateKind {
 enum NumericDomain {
     Int,
     Float,
-    Decimal { precision: u8, scale: i8 },
+    Decimal { scale: i8 },
 }
 
 /// One aggregate of an aggregate operator, ready to fold inputs.
@@ -112,14 +112,16 @@ pub enum AccumulatorState {
 }
 
 impl AggregateFolder {
-    pub fn try_new(kind: AggregateKind, arg_type: &DataType, output_type: DataType) -> Result<Self> {
+    pub fn try_new(
+        kind: AggregateKind,
+        arg_type: &DataType,
+        output_type: DataType,
+    ) -> Result<Self> {
         let domain = match kind {
             AggregateKind::Sum | AggregateKind::Avg => Some(match arg_type {
                 t if t.is_integer() => NumericDomain::Int,
                 t if t.is_floating() => NumericDomain::Float,
-                DataType::Decimal128(precision, scale) => {
-                    NumericDomain::Decimal { precision: *precision, scale: *scale }
-                }
+                DataType::Decimal128(_, scale) => NumericDomain::Decimal { scale: *scale },
                 DataType::Null => NumericDomain::Int,
                 other => {
                     return Err(EddyError::NotIncremental(format!(
@@ -134,10 +136,17 @@ impl AggregateFolder {
             | AggregateKind::Max
             | AggregateKind::CountDistinct
             | AggregateKind::SumDistinct
-            | AggregateKind::AvgDistinct => Some(RowConverter::new(vec![SortField::new(arg_type.clone())])?),
+            | AggregateKind::AvgDistinct => {
+                Some(RowConverter::new(vec![SortField::new(arg_type.clone())])?)
+            }
             _ => None,
         };
-        Ok(Self { kind, domain, value_codec, output_type })
+        Ok(Self {
+            kind,
+            domain,
+            value_codec,
+            output_type,
+        })
     }
 
     pub fn kind(&self) -> AggregateKind {
@@ -152,9 +161,10 @@ impl AggregateFolder {
             (_, Some(NumericDomain::Decimal { .. })) => {
                 AccumulatorState::DecimalSum { sum: 0, count: 0 }
             }
-            (AggregateKind::BoolAnd | AggregateKind::BoolOr, _) => {
-                AccumulatorState::Bools { trues: 0, falses: 0 }
-            }
+            (AggregateKind::BoolAnd | AggregateKind::BoolOr, _) => AccumulatorState::Bools {
+                trues: 0,
+                falses: 0,
+            },
             _ => AccumulatorState::Values(BTreeMap::new()),
         }
     }
@@ -163,27 +173,36 @@ impl AggregateFolder {
     pub fn prepare(&self, values: &ArrayRef) -> Result<PreparedInput> {
         Ok(match (self.kind, self.domain) {
             (AggregateKind::Count, _) => PreparedInput::Validity(values.clone()),
-            (_, Some(NumericDomain::Int)) => {
-                PreparedInput::Int(cast(values, &DataType::Int64)?.as_primitive::<Int64Type>().clone())
-            }
+            (_, Some(NumericDomain::Int)) => PreparedInput::Int(
+                cast(values, &DataType::Int64)?
+                    .as_primitive::<Int64Type>()
+                    .clone(),
+            ),
             (_, Some(NumericDomain::Float)) => PreparedInput::Float(
-                cast(values, &DataType::Float64)?.as_primitive::<Float64Type>().clone(),
+                cast(values, &DataType::Float64)?
+                    .as_primitive::<Float64Type>()
+                    .clone(),
             ),
-            (_, Some(NumericDomain::Decimal { .. })) => PreparedInput::Decimal(
-                values.as_primitive::<Decimal128Type>().clone(),
-            ),
+            (_, Some(NumericDomain::Decimal { .. })) => {
+                PreparedInput::Decimal(values.as_primitive::<Decimal128Type>().clone())
+            }
             (AggregateKind::BoolAnd | AggregateKind::BoolOr, _) => {
                 PreparedInput::Bool(cast(values, &DataType::Boolean)?.as_boolean().clone())
             }
             _ => {
                 let codec = self.codec()?;
-                PreparedInput::Encoded(codec.convert_columns(&[values.clone()])?, values.clone())
+                PreparedInput::Encoded(
+                    codec.convert_columns(std::slice::from_ref(values))?,
+                    values.clone(),
+                )
             }
         })
     }
 
     fn codec(&self) -> Result<&RowConverter> {
-        self.value_codec.as_ref().ok_or_else(|| crate::internal!("aggregate without value codec"))
+        self.value_codec
+            .as_ref()
+            .ok_or_else(|| crate::internal!("aggregate without value codec"))
     }
 
     /// Folds row `row` of `input` with `weight` (+n inserts, -n retracts).
@@ -211,7 +230,11 @@ impl AggregateFolder {
                     *count += weight;
                     // Reset at zero rows so float rounding residue of
                     // retracted values cannot linger.
-                    *sum = if *count == 0 { 0.0 } else { *sum + values.value(row) * weight as f64 };
+                    *sum = if *count == 0 {
+                        0.0
+                    } else {
+                        *sum + values.value(row) * weight as f64
+                    };
                 }
             }
             (AccumulatorState::DecimalSum { sum, count }, PreparedInput::Decimal(values)) => {
@@ -268,23 +291,24 @@ impl AggregateFolder {
                 _ => ScalarValue::Float64(Some(*sum)),
             },
             AccumulatorState::DecimalSum { sum, count } => {
-                let Some(NumericDomain::Decimal { precision, scale }) = self.domain else {
+                let Some(NumericDomain::Decimal { scale }) = self.domain else {
                     return Err(crate::internal!("decimal sum without decimal domain"));
                 };
-                match (self.kind, &self.output_type) {
-                    (AggregateKind::Avg, DataType::Decimal128(out_precision, out_scale)) => {
-                        let shift = 10i128.pow((*out_scale - scale).max(0) as u32);
-                        let avg = sum.wrapping_mul(shift) / i128::from(*count);
-                        ScalarValue::Decimal128(Some(avg), *out_precision, *out_scale)
-                    }
-                    _ => ScalarValue::Decimal128(Some(*sum), precision.max(38).min(38), scale),
+                match self.kind {
+                    AggregateKind::Avg => self.decimal_average(*sum, *count, scale)?,
+                    // Widest precision here; cast to the plan's type below.
+                    _ => ScalarValue::Decimal128(Some(*sum), 38, scale),
                 }
             }
             AccumulatorState::Values(multiset) => match self.kind {
                 AggregateKind::CountDistinct => ScalarValue::Int64(Some(multiset.len() as i64)),
-                AggregateKind::Min => self.decode(multiset.keys().next())?,
-                AggregateKind::Max => self.decode(multiset.keys().next_back())?,
-                AggregateKind::SumDistinct | AggregateKind::AvgDistinct => self.distinct_sum(multiset)?,
+                AggregateKind::Min => self.decode(multiset.keys().next().map(|k| k.as_ref()))?,
+                AggregateKind::Max => {
+                    self.decode(multiset.keys().next_back().map(|k| k.as_ref()))?
+                }
+                AggregateKind::SumDistinct | AggregateKind::AvgDistinct => {
+                    self.distinct_sum(multiset)?
+                }
                 other => return Err(crate::internal!("{other:?} kept a value multiset")),
             },
             AccumulatorState::Bools { trues, falses } => {
@@ -298,6 +322,20 @@ impl AggregateFolder {
             }
         };
         Ok(value.cast_to(&self.output_type)?)
+    }
+
+    /// A decimal average in the plan's output scale, truncated like
+    /// DataFusion's: `sum * 10^(output scale - input scale) / count`.
+    fn decimal_average(&self, sum: i128, count: i64, scale: i8) -> Result<ScalarValue> {
+        let DataType::Decimal128(out_precision, out_scale) = self.output_type else {
+            return Err(crate::internal!(
+                "decimal avg with output type {}",
+                self.output_type
+            ));
+        };
+        let shift = 10i128.pow((out_scale - scale).max(0) as u32);
+        let avg = sum.wrapping_mul(shift) / i128::from(count);
+        Ok(ScalarValue::Decimal128(Some(avg), out_precision, out_scale))
     }
 
     /// sum or avg over the distinct values of a group.
@@ -316,13 +354,30 @@ impl AggregateFolder {
         Ok(match (self.kind, values.data_type()) {
             (AggregateKind::SumDistinct, t) if t.is_integer() => {
                 let ints = cast(values, &DataType::Int64)?;
-                ScalarValue::Int64(Some(ints.as_primitive::<Int64Type>().values().iter().fold(0i64, |a, b| a.wrapping_add(*b))))
+                ScalarValue::Int64(Some(
+                    ints.as_primitive::<Int64Type>()
+                        .values()
+                        .iter()
+                        .fold(0i64, |a, b| a.wrapping_add(*b)),
+                ))
             }
             (AggregateKind::SumDistinct, DataType::Decimal128(_, scale)) => {
-                let sum = values.as_primitive::<Decimal128Type>().values().iter().fold(0i128, |a, b| a.wrapping_add(*b));
+                let sum = values
+                    .as_primitive::<Decimal128Type>()
+                    .values()
+                    .iter()
+                    .fold(0i128, |a, b| a.wrapping_add(*b));
                 ScalarValue::Decimal128(Some(sum), 38, *scale)
             }
             (AggregateKind::SumDistinct, _) => ScalarValue::Float64(Some(as_f64()?.iter().sum())),
+            (AggregateKind::AvgDistinct, DataType::Decimal128(_, scale)) => {
+                let sum = values
+                    .as_primitive::<Decimal128Type>()
+                    .values()
+                    .iter()
+                    .fold(0i128, |a, b| a.wrapping_add(*b));
+                self.decimal_average(sum, values.len() as i64, *scale)?
+            }
             _ => {
                 let floats = as_f64()?;
                 ScalarValue::Float64(Some(floats.iter().sum::<f64>() / floats.len() as f64))
@@ -330,8 +385,10 @@ impl AggregateFolder {
         })
     }
 
-    fn decode(&self, key: Option<&Box<[u8]>>) -> Result<ScalarValue> {
-        let Some(key) = key else { return Ok(ScalarValue::Null) };
+    fn decode(&self, key: Option<&[u8]>) -> Result<ScalarValue> {
+        let Some(key) = key else {
+            return Ok(ScalarValue::Null);
+        };
         let codec = self.codec()?;
         let parser = codec.parser();
         let columns = codec.convert_rows(std::iter::once(parser.parse(key)))?;

@@ -71,7 +71,10 @@ impl AggregateOperator {
     }
 
     fn new_group(&self) -> Group {
-        Group { rows: 0, accumulators: self.calls.iter().map(|c| c.folder.new_state()).collect() }
+        Group {
+            rows: 0,
+            accumulators: self.calls.iter().map(|c| c.folder.new_state()).collect(),
+        }
     }
 
     fn outputs(&self, group: &Group) -> Result<Vec<ScalarValue>> {
@@ -90,12 +93,18 @@ impl AggregateOperator {
             columns.extend(codec.convert_rows(changes.iter().map(|(k, _, _)| parser.parse(k)))?);
         }
         for (position, call) in self.calls.iter().enumerate() {
-            debug_assert!(!changes.is_empty(), "{} emitted an empty change", call.display);
-            columns.push(ScalarValue::iter_to_array(changes.iter().map(|(_, v, _)| v[position].clone()))?);
+            debug_assert!(
+                !changes.is_empty(),
+                "{} emitted an empty change",
+                call.display
+            );
+            columns.push(ScalarValue::iter_to_array(
+                changes.iter().map(|(_, v, _)| v[position].clone()),
+            )?);
         }
         let weights = Int64Array::from(changes.iter().map(|(_, _, w)| *w).collect::<Vec<_>>());
-        let options = datafusion::arrow::array::RecordBatchOptions::new()
-            .with_row_count(Some(changes.len()));
+        let options =
+            datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(changes.len()));
         let rows = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
         ChangeBatch::new(rows, weights)
     }
@@ -105,7 +114,11 @@ impl Operator for AggregateOperator {
     fn describe(&self) -> String {
         let groups: Vec<String> = self.group_exprs.iter().map(|e| e.to_string()).collect();
         let calls: Vec<&str> = self.calls.iter().map(|c| c.display.as_str()).collect();
-        format!("UpdatingAggregate: group_by=[{}], aggregates=[{}]", groups.join(", "), calls.join(", "))
+        format!(
+            "UpdatingAggregate: group_by=[{}], aggregates=[{}]",
+            groups.join(", "),
+            calls.join(", ")
+        )
     }
 
     fn start(&mut self) -> Result<Vec<ChangeBatch>> {
@@ -132,12 +145,17 @@ impl Operator for AggregateOperator {
         let (batch, columns) = self.errors.evaluate(&exprs, &batch)?;
         let mut columns = columns.into_iter();
         let key_columns: Vec<ArrayRef> = columns.by_ref().take(self.group_exprs.len()).collect();
-        let mut inputs: Vec<(PreparedInput, Option<BooleanArray>)> = Vec::with_capacity(self.calls.len());
+        let mut inputs: Vec<(PreparedInput, Option<BooleanArray>)> =
+            Vec::with_capacity(self.calls.len());
         for call in &self.calls {
-            let argument = columns.next().ok_or_else(|| crate::internal!("missing argument"))?;
+            let argument = columns
+                .next()
+                .ok_or_else(|| crate::internal!("missing argument"))?;
             let filter = match &call.filter {
                 Some(_) => {
-                    let mask = columns.next().ok_or_else(|| crate::internal!("missing filter"))?;
+                    let mask = columns
+                        .next()
+                        .ok_or_else(|| crate::internal!("missing filter"))?;
                     Some(datafusion::arrow::array::AsArray::as_boolean(&mask).clone())
                 }
                 None => None,
@@ -164,12 +182,20 @@ impl Operator for AggregateOperator {
                 self.groups.insert(key.into(), group);
             }
             let weight = batch.weights.value(row);
-            let group = self.groups.get_mut(key).ok_or_else(|| crate::internal!("group vanished"))?;
+            let group = self
+                .groups
+                .get_mut(key)
+                .ok_or_else(|| crate::internal!("group vanished"))?;
             group.rows += weight;
-            for ((call, state), (input, filter)) in
-                self.calls.iter().zip(group.accumulators.iter_mut()).zip(&inputs)
+            for ((call, state), (input, filter)) in self
+                .calls
+                .iter()
+                .zip(group.accumulators.iter_mut())
+                .zip(&inputs)
             {
-                let selected = filter.as_ref().is_none_or(|f| f.is_valid(row) && f.value(row));
+                let selected = filter
+                    .as_ref()
+                    .is_none_or(|f| f.is_valid(row) && f.value(row));
                 if selected {
                     call.folder.update(state, input, row, weight)?;
                 }
@@ -182,7 +208,10 @@ impl Operator for AggregateOperator {
         let mut after: Vec<Option<Vec<ScalarValue>>> = Vec::with_capacity(touched.len());
         let mut emptied: Vec<&[u8]> = Vec::new();
         for key in &touched {
-            let group = self.groups.get(key).ok_or_else(|| crate::internal!("group vanished"))?;
+            let group = self
+                .groups
+                .get(key)
+                .ok_or_else(|| crate::internal!("group vanished"))?;
             if group.rows < 0 {
                 return Err(crate::internal!(
                     "group has {} rows: a retraction arrived for a row never inserted",
@@ -192,7 +221,11 @@ impl Operator for AggregateOperator {
             if group.rows == 0 && !global {
                 emptied.push(key);
             }
-            after.push(if group.rows > 0 || global { Some(self.outputs(group)?) } else { None });
+            after.push(if group.rows > 0 || global {
+                Some(self.outputs(group)?)
+            } else {
+                None
+            });
         }
         for (key, new) in touched.iter().zip(after) {
             let old = before.remove(key).flatten();
@@ -206,7 +239,11 @@ impl Operator for AggregateOperator {
                 changes.push((key, new, 1));
             }
         }
-        let output = if changes.is_empty() { vec![] } else { vec![self.build_output(changes)?] };
+        let output = if changes.is_empty() {
+            vec![]
+        } else {
+            vec![self.build_output(changes)?]
+        };
         for key in emptied {
             self.groups.remove(key);
         }

@@ -17,7 +17,10 @@ pub struct FilterOperator {
 
 impl FilterOperator {
     pub fn new(predicate: Arc<dyn PhysicalExpr>) -> Self {
-        Self { predicate, errors: RowErrorPolicy::default() }
+        Self {
+            predicate,
+            errors: RowErrorPolicy::default(),
+        }
     }
 }
 
@@ -27,7 +30,9 @@ impl Operator for FilterOperator {
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
-        let (kept, columns) = self.errors.evaluate(std::slice::from_ref(&self.predicate), &batch)?;
+        let (kept, columns) = self
+            .errors
+            .evaluate(std::slice::from_ref(&self.predicate), &batch)?;
         let mask = columns[0]
             .as_any()
             .downcast_ref::<BooleanArray>()

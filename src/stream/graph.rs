@@ -44,7 +44,10 @@ impl StreamGraph {
         let index = self.nodes.len();
         let mut identity = op.describe();
         for (position, &input) in inputs.iter().enumerate() {
-            debug_assert!(self.nodes[input].parent.is_none(), "a node feeds one parent");
+            debug_assert!(
+                self.nodes[input].parent.is_none(),
+                "a node feeds one parent"
+            );
             self.nodes[input].parent = Some((index, position));
             identity.push_str(&format!("|{:016x}", self.nodes[input].id));
         }
@@ -102,8 +105,12 @@ impl StreamGraph {
         batch: &ChangeBatch,
     ) -> Result<Vec<ChangeBatch>> {
         let mut output = Vec::new();
-        let leaves: Vec<NodeIndex> =
-            self.scans.iter().filter(|(_, r)| *r == relation).map(|(n, _)| *n).collect();
+        let leaves: Vec<NodeIndex> = self
+            .scans
+            .iter()
+            .filter(|(_, r)| *r == relation)
+            .map(|(n, _)| *n)
+            .collect();
         for leaf in leaves {
             self.push(leaf, 0, batch.clone(), &mut output)?;
         }
@@ -125,7 +132,12 @@ impl StreamGraph {
         Ok(())
     }
 
-    fn emit(&mut self, index: NodeIndex, batch: ChangeBatch, output: &mut Vec<ChangeBatch>) -> Result<()> {
+    fn emit(
+        &mut self,
+        index: NodeIndex,
+        batch: ChangeBatch,
+        output: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -151,7 +163,12 @@ impl StreamGraph {
 
     fn explain_node(&self, index: NodeIndex, depth: usize, lines: &mut Vec<String>) {
         let node = &self.nodes[index];
-        lines.push(format!("{}{} [id={:016x}]", "  ".repeat(depth), node.op.describe(), node.id));
+        lines.push(format!(
+            "{}{} [id={:016x}]",
+            "  ".repeat(depth),
+            node.op.describe(),
+            node.id
+        ));
         for &input in &node.inputs {
             self.explain_node(input, depth + 1, lines);
         }

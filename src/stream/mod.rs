@@ -92,7 +92,10 @@ impl ChangeBatch {
             .iter()
             .map(|&i| self.weights.value(i as usize))
             .collect();
-        Ok(Self { rows, weights: Int64Array::from(weights) })
+        Ok(Self {
+            rows,
+            weights: Int64Array::from(weights),
+        })
     }
 
     /// The same weights over new columns (e.g. after a projection).
@@ -100,7 +103,10 @@ impl ChangeBatch {
         let options = datafusion::arrow::array::RecordBatchOptions::new()
             .with_row_count(Some(self.num_rows()));
         let rows = RecordBatch::try_new_with_options(schema, columns, &options)?;
-        Ok(Self { rows, weights: self.weights.clone() })
+        Ok(Self {
+            rows,
+            weights: self.weights.clone(),
+        })
     }
 }
 

@@ -18,7 +18,11 @@ pub struct ProjectOperator {
 
 impl ProjectOperator {
     pub fn new(exprs: Vec<Arc<dyn PhysicalExpr>>, schema: SchemaRef) -> Self {
-        Self { exprs, schema, errors: RowErrorPolicy::default() }
+        Self {
+            exprs,
+            schema,
+            errors: RowErrorPolicy::default(),
+        }
     }
 }
 

@@ -16,8 +16,16 @@ pub struct ScanOperator {
 }
 
 impl ScanOperator {
-    pub fn new(relation: RelationId, relation_name: String, projection: Option<Vec<usize>>) -> Self {
-        Self { relation, relation_name, projection }
+    pub fn new(
+        relation: RelationId,
+        relation_name: String,
+        projection: Option<Vec<usize>>,
+    ) -> Self {
+        Self {
+            relation,
+            relation_name,
+            projection,
+        }
     }
 }
 
@@ -34,7 +42,11 @@ impl Operator for ScanOperator {
             Some(p) => ChangeBatch::new(batch.rows.project(p)?, batch.weights)?,
             None => batch,
         };
-        Ok(if batch.is_empty() { vec![] } else { vec![batch] })
+        Ok(if batch.is_empty() {
+            vec![]
+        } else {
+            vec![batch]
+        })
     }
 }
 

@@ -11,7 +11,9 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
-        let server = eddy::Server::start("127.0.0.1:0".parse().expect("address")).await.expect("eddy starts");
+        let server = eddy::Server::start("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("eddy starts");
         Self { server }
     }
 
@@ -24,8 +26,9 @@ impl TestServer {
     }
 
     pub async fn connect(&self) -> Client {
-        let (client, connection) =
-            tokio_postgres::connect(&self.connection_string(), NoTls).await.expect("connects to eddy");
+        let (client, connection) = tokio_postgres::connect(&self.connection_string(), NoTls)
+            .await
+            .expect("connects to eddy");
         tokio::spawn(connection);
         client
     }
@@ -38,20 +41,28 @@ impl TestServer {
 /// Runs `sql` with the simple protocol; returns the rows as text (NULL as
 /// "NULL"), panicking with the server's message on error.
 pub async fn query_text(client: &Client, sql: &str) -> Vec<Vec<String>> {
-    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
     messages
         .into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => {
-                Some((0..row.len()).map(|i| row.get(i).unwrap_or("NULL").to_string()).collect())
-            }
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            ),
             _ => None,
         })
         .collect()
 }
 
 pub async fn execute(client: &Client, sql: &str) {
-    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
 }
 
 pub fn describe(error: &tokio_postgres::Error) -> String {

@@ -39,7 +39,11 @@ impl TableData {
             None
         } else {
             let codec = Arc::new(RowCodec::try_new(Arc::new(schema.project(&primary_key)?))?);
-            Some(PrimaryKey { columns: primary_key, codec, index: imbl::HashMap::new() })
+            Some(PrimaryKey {
+                columns: primary_key,
+                codec,
+                index: imbl::HashMap::new(),
+            })
         };
         Ok(Self {
             rows: RowSet::new(Arc::new(RowCodec::try_new(schema)?)),
@@ -53,7 +57,10 @@ impl TableData {
     }
 
     pub fn primary_key_columns(&self) -> &[usize] {
-        self.primary_key.as_ref().map(|pk| pk.columns.as_slice()).unwrap_or(&[])
+        self.primary_key
+            .as_ref()
+            .map(|pk| pk.columns.as_slice())
+            .unwrap_or(&[])
     }
 
     /// The table after inserting `rows`, and the change.
@@ -78,8 +85,9 @@ impl TableData {
         let mut next = self.clone();
         next.remove_rows(&old)?;
         next.add_rows(&new)?;
-        let weights: Vec<i64> =
-            std::iter::repeat_n(-1, old.num_rows()).chain(std::iter::repeat_n(1, new.num_rows())).collect();
+        let weights: Vec<i64> = std::iter::repeat_n(-1, old.num_rows())
+            .chain(std::iter::repeat_n(1, new.num_rows()))
+            .collect();
         let rows = concat_batches(self.schema(), [&old, &new])?;
         Ok((next, ChangeBatch::new(rows, Int64Array::from(weights))?))
     }
@@ -94,7 +102,9 @@ impl TableData {
                 )));
             }
             if is_json_field(field) {
-                let strings = column.as_string_opt::<i32>().ok_or_else(|| crate::internal!("json column is not text"))?;
+                let strings = column
+                    .as_string_opt::<i32>()
+                    .ok_or_else(|| crate::internal!("json column is not text"))?;
                 for value in strings.iter().flatten() {
                     if serde_json::from_str::<serde_json::Value>(value).is_err() {
                         return Err(EddyError::InvalidValue(format!(
@@ -140,7 +150,12 @@ impl TableData {
 }
 
 fn duplicate_key(table: &str, key_columns: &RecordBatch, row: usize) -> EddyError {
-    let names: Vec<&str> = key_columns.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+    let names: Vec<&str> = key_columns
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
     let values: Vec<String> = key_columns
         .columns()
         .iter()
@@ -152,6 +167,10 @@ fn duplicate_key(table: &str, key_columns: &RecordBatch, row: usize) -> EddyErro
         .collect();
     EddyError::UniqueViolation {
         message: format!("duplicate key value violates unique constraint \"{table}_pkey\""),
-        detail: format!("Key ({})=({}) already exists.", names.join(", "), values.join(", ")),
+        detail: format!(
+            "Key ({})=({}) already exists.",
+            names.join(", "),
+            values.join(", ")
+        ),
     }
 }
