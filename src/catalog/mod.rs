@@ -22,6 +22,7 @@ pub use provider::RelationProvider;
 use crate::connectors::table::TableData;
 use crate::error::{EddyError, Result};
 use crate::runtime::PublishedEpoch;
+use crate::stream::ChangeBatch;
 
 pub type RelationId = u64;
 
@@ -53,6 +54,27 @@ pub struct TableEntry {
     /// were applied here. CREATE MATERIALIZED VIEW holds it while it takes the
     /// backfill snapshot.
     pub write_lock: tokio::sync::Mutex<()>,
+}
+
+impl TableEntry {
+    /// The current rows (held briefly; never across an await).
+    pub fn data(&self) -> std::sync::MutexGuard<'_, TableData> {
+        self.data
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Computes a write against the current rows and installs the result,
+    /// in one critical section; returns the change. On error nothing changes.
+    pub fn write(
+        &self,
+        compute: impl FnOnce(&TableData) -> Result<(TableData, ChangeBatch)>,
+    ) -> Result<ChangeBatch> {
+        let mut data = self.data();
+        let (next, change) = compute(&data)?;
+        *data = next;
+        Ok(change)
+    }
 }
 
 /// A materialized view's definition (its state lives in the runtime).

@@ -431,12 +431,7 @@ impl Engine {
         }
         let mut table_snapshots = Vec::with_capacity(tables.len());
         for table in &tables {
-            let rows = table
-                .data
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .rows
-                .to_change_batch()?;
+            let rows = table.data().rows.to_change_batch()?;
             table_snapshots.push((table.id, rows));
         }
         let id = self.catalog.allocate_id();
@@ -509,23 +504,13 @@ impl Engine {
             (WriteKind::Insert, WriteOp::Insert(_)) => {
                 let new = collect_rows(&state, (*dml.input).clone(), &schema).await?;
                 let count = new.num_rows();
-                let (next, change) = table
-                    .data
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(new)?;
-                *table.data.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                let change = table.write(|data| data.insert(new))?;
                 (format!("INSERT 0 {count}"), change)
             }
             (WriteKind::Delete, WriteOp::Delete) => {
                 let old = collect_rows(&state, (*dml.input).clone(), &schema).await?;
                 let count = old.num_rows();
-                let (next, change) = table
-                    .data
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .delete(old)?;
-                *table.data.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                let change = table.write(|data| data.delete(old))?;
                 (format!("DELETE {count}"), change)
             }
             (WriteKind::Update, WriteOp::Update) => {
@@ -556,12 +541,7 @@ impl Engine {
                     &schema,
                 )?;
                 let count = old.num_rows();
-                let (next, change) = table
-                    .data
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .update(old, new)?;
-                *table.data.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                let change = table.write(|data| data.update(old, new))?;
                 (format!("UPDATE {count}"), change)
             }
             (kind, op) => return Err(crate::internal!("{kind:?} planned as {op}")),

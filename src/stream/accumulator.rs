@@ -347,6 +347,10 @@ impl AggregateFolder {
         let parser = codec.parser();
         let values = codec.convert_rows(multiset.keys().map(|k| parser.parse(k)))?;
         let values = &values[0];
+        let decimal_sum = || {
+            let decimals = values.as_primitive::<Decimal128Type>().values();
+            decimals.iter().fold(0i128, |a, b| a.wrapping_add(*b))
+        };
         let as_f64 = || -> Result<Vec<f64>> {
             let floats = cast(values, &DataType::Float64)?;
             Ok(floats.as_primitive::<Float64Type>().values().to_vec())
@@ -362,21 +366,11 @@ impl AggregateFolder {
                 ))
             }
             (AggregateKind::SumDistinct, DataType::Decimal128(_, scale)) => {
-                let sum = values
-                    .as_primitive::<Decimal128Type>()
-                    .values()
-                    .iter()
-                    .fold(0i128, |a, b| a.wrapping_add(*b));
-                ScalarValue::Decimal128(Some(sum), 38, *scale)
+                ScalarValue::Decimal128(Some(decimal_sum()), 38, *scale)
             }
             (AggregateKind::SumDistinct, _) => ScalarValue::Float64(Some(as_f64()?.iter().sum())),
             (AggregateKind::AvgDistinct, DataType::Decimal128(_, scale)) => {
-                let sum = values
-                    .as_primitive::<Decimal128Type>()
-                    .values()
-                    .iter()
-                    .fold(0i128, |a, b| a.wrapping_add(*b));
-                self.decimal_average(sum, values.len() as i64, *scale)?
+                self.decimal_average(decimal_sum(), values.len() as i64, *scale)?
             }
             _ => {
                 let floats = as_f64()?;
