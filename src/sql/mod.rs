@@ -67,6 +67,11 @@ pub struct CreateView {
 
 /// Splits `sql` into statements at semicolons outside quotes, dollar quotes
 /// and comments. Empty statements are dropped.
+///
+/// ```
+/// let parts = eddy::sql::split_statements("INSERT INTO t VALUES ('a;b'); -- done;\nFLUSH;");
+/// assert_eq!(parts, vec!["INSERT INTO t VALUES ('a;b')", " -- done;\nFLUSH"]);
+/// ```
 pub fn split_statements(sql: &str) -> Vec<&str> {
     let bytes = sql.as_bytes();
     let mut statements = Vec::new();

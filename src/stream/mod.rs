@@ -28,6 +28,20 @@ use datafusion::physical_plan::PhysicalExpr;
 use crate::error::{EddyError, Result};
 
 /// A batch of changes: rows and their signed weights.
+///
+/// ```
+/// use std::sync::Arc;
+/// use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch};
+/// use eddy::stream::ChangeBatch;
+///
+/// let rows = RecordBatch::try_from_iter([("x", Arc::new(Int32Array::from(vec![1, 2])) as _)]).unwrap();
+/// // An update of x = 1 to x = 2: retract the old row, insert the new one.
+/// let update = ChangeBatch::new(rows, Int64Array::from(vec![-1, 1])).unwrap();
+/// assert_eq!(update.num_rows(), 2);
+/// // Weights must match the rows.
+/// let rows = RecordBatch::try_from_iter([("x", Arc::new(Int32Array::from(vec![1])) as _)]).unwrap();
+/// assert!(ChangeBatch::new(rows, Int64Array::from(vec![1, 1])).is_err());
+/// ```
 #[derive(Debug, Clone)]
 pub struct ChangeBatch {
     pub rows: RecordBatch,
