@@ -36,6 +36,7 @@
 pub mod catalog;
 pub mod connectors;
 pub mod error;
+pub mod pg_types;
 pub mod plan;
 pub mod runtime;
 pub mod server;

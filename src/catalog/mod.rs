@@ -54,6 +54,9 @@ pub struct TableEntry {
     /// were applied here. CREATE MATERIALIZED VIEW holds it while it takes the
     /// backfill snapshot.
     pub write_lock: tokio::sync::Mutex<()>,
+    /// Only INSERT is allowed (`WITH (append_only = true)`), so views over
+    /// it can feed append-only sinks.
+    pub append_only: bool,
 }
 
 impl TableEntry {
@@ -86,6 +89,26 @@ pub struct ViewEntry {
     pub definition: String,
     /// The relations the view reads directly.
     pub inputs: Vec<RelationId>,
+    /// Columns that identify a row (the GROUP BY columns of an aggregate),
+    /// when the view has such a key.
+    pub key: Option<Vec<usize>>,
+    /// Whether the view only ever inserts rows.
+    pub append_only: bool,
+    /// A view owned by a sink (`CREATE SINK ... AS SELECT`): not listed, not
+    /// queryable, dropped with its sink.
+    pub owner_sink: Option<String>,
+}
+
+/// A sink: where a view's changes are written.
+#[derive(Debug)]
+pub struct SinkEntry {
+    pub id: u64,
+    pub name: String,
+    pub view: RelationId,
+    pub view_name: String,
+    pub target: String,
+    pub mode: crate::connectors::postgres::SinkMode,
+    pub status: Arc<crate::connectors::postgres::SinkStatus>,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +150,7 @@ impl Relation {
 #[derive(Debug, Default)]
 pub struct Catalog {
     relations: RwLock<BTreeMap<String, Relation>>,
+    sinks: RwLock<BTreeMap<String, Arc<SinkEntry>>>,
     next_id: AtomicU64,
 }
 
@@ -134,8 +158,48 @@ impl Catalog {
     pub fn new() -> Self {
         Self {
             relations: RwLock::default(),
+            sinks: RwLock::default(),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    fn sinks(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<SinkEntry>>> {
+        self.sinks
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn sink(&self, name: &str) -> Option<Arc<SinkEntry>> {
+        self.sinks().get(name).cloned()
+    }
+
+    pub fn list_sinks(&self) -> Vec<Arc<SinkEntry>> {
+        self.sinks().values().cloned().collect()
+    }
+
+    pub fn insert_sink(&self, sink: Arc<SinkEntry>) -> Result<()> {
+        let mut sinks = self.sinks();
+        if sinks.contains_key(&sink.name) {
+            return Err(EddyError::DuplicateRelation(format!(
+                "sink \"{}\" already exists",
+                sink.name
+            )));
+        }
+        sinks.insert(sink.name.clone(), sink);
+        Ok(())
+    }
+
+    pub fn remove_sink(&self, name: &str) {
+        self.sinks().remove(name);
+    }
+
+    /// Sinks that read view `id`.
+    pub fn sinks_on(&self, id: RelationId) -> Vec<Arc<SinkEntry>> {
+        self.sinks()
+            .values()
+            .filter(|s| s.view == id)
+            .cloned()
+            .collect()
     }
 
     pub fn allocate_id(&self) -> RelationId {

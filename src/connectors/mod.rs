@@ -2,5 +2,7 @@
 //! (or changelogs into the outside world).
 //!
 //! - `table`: tables written with INSERT/UPDATE/DELETE.
+//! - `postgres`: a sink that upserts a view into a real PostgreSQL table.
 
+pub mod postgres;
 pub mod table;

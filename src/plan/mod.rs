@@ -274,4 +274,67 @@ fn arrow_schema(schema: &DFSchema) -> SchemaRef {
 pub struct PlannedView {
     pub graph: StreamGraph,
     pub schema: SchemaRef,
+    /// See [`derive_key`].
+    pub key: Option<Vec<usize>>,
+    /// See [`is_append_only`].
+    pub append_only: bool,
+}
+
+/// The output columns that identify a row of `plan`'s result, if there are
+/// such: the GROUP BY columns of an aggregate, followed through filters and
+/// projections that keep them as plain columns.
+pub fn derive_key(plan: &LogicalPlan) -> Option<Vec<usize>> {
+    match plan {
+        LogicalPlan::Aggregate(aggregate) if !aggregate.group_expr.is_empty() => {
+            Some((0..aggregate.group_expr.len()).collect())
+        }
+        LogicalPlan::Filter(filter) => derive_key(&filter.input),
+        LogicalPlan::SubqueryAlias(alias) => derive_key(&alias.input),
+        LogicalPlan::Projection(projection) => {
+            let input_key = derive_key(&projection.input)?;
+            let input_schema = projection.input.schema();
+            input_key
+                .iter()
+                .map(|&k| {
+                    projection
+                        .expr
+                        .iter()
+                        .position(|e| match e.clone().unalias() {
+                            Expr::Column(column) => {
+                                input_schema.index_of_column(&column).ok() == Some(k)
+                            }
+                            _ => false,
+                        })
+                })
+                .collect()
+        }
+        _ => None,
+    }
+}
+
+/// Whether `plan`'s result only ever grows (no retractions), given which
+/// relations do.
+pub fn is_append_only(
+    plan: &LogicalPlan,
+    relation_is_append_only: &dyn Fn(&RelationProvider) -> bool,
+) -> bool {
+    match plan {
+        LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)
+            .ok()
+            .and_then(|p| {
+                p.downcast_ref::<RelationProvider>()
+                    .map(relation_is_append_only)
+            })
+            .unwrap_or(false),
+        LogicalPlan::Projection(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::Union(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Values(_)
+        | LogicalPlan::EmptyRelation(_) => plan
+            .inputs()
+            .iter()
+            .all(|input| is_append_only(input, relation_is_append_only)),
+        _ => false,
+    }
 }

@@ -22,6 +22,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::RelationId;
+use crate::connectors::postgres::SinkEpoch;
 use crate::error::{EddyError, Result};
 use crate::state::{RowCodec, RowSet};
 use crate::stream::graph::{GraphStats, StreamGraph};
@@ -29,6 +30,8 @@ use crate::stream::ChangeBatch;
 
 /// Commands queued to the worker (bounded).
 const COMMAND_QUEUE_CAPACITY: usize = 1024;
+/// Epochs queued to one sink before the runtime waits for it (backpressure).
+pub const SINK_QUEUE_EPOCHS: usize = 16;
 /// Longest an epoch stays open while commands keep arriving.
 const EPOCH_MAX_MS: u64 = 100;
 
@@ -64,6 +67,16 @@ pub struct ViewStatus {
 }
 
 enum Command {
+    CreateSink {
+        id: u64,
+        view: RelationId,
+        epochs: mpsc::Sender<SinkEpoch>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    DropSink {
+        id: u64,
+        reply: oneshot::Sender<()>,
+    },
     Changes {
         relation: RelationId,
         batch: ChangeBatch,
@@ -104,6 +117,7 @@ impl RuntimeHandle {
         let published = Arc::new(RwLock::new(Arc::new(PublishedEpoch::default())));
         let worker = Worker {
             views: BTreeMap::new(),
+            sinks: BTreeMap::new(),
             readers: HashMap::new(),
             epoch: 0,
             dirty: false,
@@ -163,6 +177,35 @@ impl RuntimeHandle {
             .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
     }
 
+    /// Starts feeding `view`'s changes to a sink, one [`SinkEpoch`] per
+    /// published epoch, starting with the view's current rows.
+    pub async fn create_sink(
+        &self,
+        id: u64,
+        view: RelationId,
+        epochs: mpsc::Sender<SinkEpoch>,
+    ) -> Result<()> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::CreateSink {
+            id,
+            view,
+            epochs,
+            reply,
+        })
+        .await?;
+        response
+            .await
+            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))?
+    }
+
+    pub async fn drop_sink(&self, id: u64) -> Result<()> {
+        let (reply, response) = oneshot::channel();
+        self.send(Command::DropSink { id, reply }).await?;
+        response
+            .await
+            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+    }
+
     /// Returns the epoch in which every change sent before is visible.
     pub async fn flush(&self) -> Result<u64> {
         let (reply, response) = oneshot::channel();
@@ -189,9 +232,17 @@ struct RunningView {
     failed: Option<String>,
 }
 
+struct RunningSink {
+    view: RelationId,
+    /// The view's changes in the open epoch.
+    pending: Vec<ChangeBatch>,
+    epochs: mpsc::Sender<SinkEpoch>,
+}
+
 struct Worker {
     /// Ordered by id, which is creation order: a view comes after its inputs.
     views: BTreeMap<RelationId, RunningView>,
+    sinks: BTreeMap<u64, RunningSink>,
     /// relation -> views that read it.
     readers: HashMap<RelationId, Vec<RelationId>>,
     epoch: u64,
@@ -244,6 +295,38 @@ impl Worker {
             Command::Flush { reply } => {
                 self.publish();
                 let _ = reply.send(self.epoch);
+            }
+            Command::CreateSink {
+                id,
+                view,
+                epochs,
+                reply,
+            } => {
+                let result = match self.views.get(&view) {
+                    Some(running) => running.state.to_change_batch().map(|snapshot| {
+                        let pending = if snapshot.is_empty() {
+                            vec![]
+                        } else {
+                            vec![snapshot]
+                        };
+                        self.sinks.insert(
+                            id,
+                            RunningSink {
+                                view,
+                                pending,
+                                epochs,
+                            },
+                        );
+                        self.dirty = true;
+                    }),
+                    None => Err(crate::internal!("sink {id} reads unknown view {view}")),
+                };
+                self.publish();
+                let _ = reply.send(result);
+            }
+            Command::DropSink { id, reply } => {
+                self.sinks.remove(&id);
+                let _ = reply.send(());
             }
             Command::Status { reply } => {
                 let _ = reply.send((self.epoch, self.status()));
@@ -316,6 +399,9 @@ impl Worker {
                 match Self::apply_to_view(view, relation, &batch) {
                     Ok(changes) => {
                         self.dirty = true;
+                        for sink in self.sinks.values_mut().filter(|s| s.view == view_id) {
+                            sink.pending.extend(changes.iter().cloned());
+                        }
                         pending.extend(changes.into_iter().map(|c| (view_id, c)));
                     }
                     Err(e) => {
@@ -358,6 +444,25 @@ impl Worker {
         });
         *self.published.write().unwrap_or_else(|p| p.into_inner()) = epoch;
         self.dirty = false;
+        // Every sink gets every epoch (empty ones too, so FLUSH can wait for
+        // it). A sink that is behind makes this wait: backpressure.
+        let mut gone = Vec::new();
+        for (id, sink) in &mut self.sinks {
+            let changes = std::mem::take(&mut sink.pending);
+            if sink
+                .epochs
+                .blocking_send(SinkEpoch {
+                    epoch: self.epoch,
+                    changes,
+                })
+                .is_err()
+            {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            self.sinks.remove(&id);
+        }
     }
 
     fn status(&self) -> Vec<ViewStatus> {

@@ -5,7 +5,6 @@
 //! and leaves the connection usable; a client that disconnects mid-query only
 //! ends its own task.
 
-mod encode;
 mod params;
 
 use std::fmt::Debug;
@@ -31,7 +30,7 @@ use crate::error::EddyError;
 use crate::sql::execute::{Description, Engine, Session, StatementResult};
 use crate::sql::{parse_statement, split_statements, EddyStatement};
 
-pub use encode::pg_type;
+use crate::pg_types::{pg_type, Cell};
 
 /// Accepts connections on `listener` until `shutdown` resolves.
 pub async fn serve(
@@ -142,7 +141,7 @@ fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Respo
             for batch in &batches {
                 for row in 0..batch.num_rows() {
                     for column in batch.columns() {
-                        encoder.encode_field(&encode::Cell { array: column, row })?;
+                        encoder.encode_field(&Cell { array: column, row })?;
                     }
                     rows.push(Ok(encoder.take_row()));
                 }

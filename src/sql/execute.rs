@@ -20,14 +20,16 @@ use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{self, Statement};
 
+use super::sink::{CreateSink, SinkInput};
 use super::system::{views_batch, SystemSchema};
 use super::types::column_field;
 use super::{normalize_ident, CreateView, EddyStatement, WriteKind};
-use crate::catalog::{Catalog, Relation, RelationKind, TableEntry, ViewEntry};
+use crate::catalog::{Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry};
+use crate::connectors::postgres::{self, PostgresSinkConfig, SinkMode, SinkStatus};
 use crate::connectors::table::TableData;
 use crate::error::{EddyError, Result};
 use crate::plan;
-use crate::runtime::{RuntimeHandle, ViewSpec};
+use crate::runtime::{RuntimeHandle, ViewSpec, SINK_QUEUE_EPOCHS};
 
 /// The result of one statement.
 #[derive(Debug)]
@@ -162,6 +164,7 @@ impl Engine {
             }
             EddyStatement::ShowTables => none(Some(show_tables_schema())),
             EddyStatement::ShowViews => none(Some(views_batch(&[])?.schema())),
+            EddyStatement::ShowSinks => none(Some(self.sinks_batch()?.schema())),
             EddyStatement::ExplainCreateView(_) => none(Some(explain_schema())),
             EddyStatement::ShowVariable(name) => none(Some(show_variable_schema(name))),
             _ => none(None),
@@ -191,8 +194,16 @@ impl Engine {
                 if_exists,
                 cascade,
             } => self.drop(kind, &names, if_exists, cascade).await,
+            EddyStatement::CreateSink(sink) => self.create_sink(*sink).await,
+            EddyStatement::DropSink { name, if_exists } => self.drop_sink(&name, if_exists).await,
+            EddyStatement::ShowSinks => Ok(rows(self.sinks_batch()?)),
             EddyStatement::Flush => {
-                self.runtime.flush().await?;
+                let epoch = self.runtime.flush().await?;
+                // Changes are visible in sinks too: wait for every sink that
+                // has not failed to make this epoch durable.
+                for sink in self.catalog.list_sinks() {
+                    sink.status.wait_for(epoch).await;
+                }
                 Ok(StatementResult::Command("FLUSH".into()))
             }
             EddyStatement::ShowTables => {
@@ -210,7 +221,8 @@ impl Engine {
                 Ok(rows(batch))
             }
             EddyStatement::ShowViews => {
-                let (_, views) = self.runtime.status().await?;
+                let (_, mut views) = self.runtime.status().await?;
+                views.retain(|v| matches!(self.catalog.get(&v.name), Some(Relation::View(e)) if e.owner_sink.is_none()));
                 Ok(rows(views_batch(&views)?))
             }
             EddyStatement::Set { name, value } => {
@@ -330,6 +342,7 @@ impl Engine {
             })?;
             key_indices.push(index);
         }
+        let append_only = table_append_only(&create.table_options)?;
         let schema = Arc::new(Schema::new(fields));
         let _ddl = self.ddl_lock.lock().await;
         if self.catalog.get(&name).is_some() && create.if_not_exists {
@@ -342,6 +355,7 @@ impl Engine {
             schema,
             data: std::sync::Mutex::new(data),
             write_lock: tokio::sync::Mutex::new(()),
+            append_only,
         })))?;
         Ok(StatementResult::Command("CREATE TABLE".into()))
     }
@@ -398,7 +412,24 @@ impl Engine {
                 .with_nullable(true);
         }
         let schema = Arc::new(Schema::new(fields));
-        Ok((plan::PlannedView { graph, schema }, optimized))
+        let key = plan::derive_key(&optimized);
+        let append_only = plan::is_append_only(&optimized, &|relation| match self
+            .catalog
+            .by_id(relation.id)
+        {
+            Some(Relation::Table(t)) => t.append_only,
+            Some(Relation::View(v)) => v.append_only,
+            None => false,
+        });
+        Ok((
+            plan::PlannedView {
+                graph,
+                schema,
+                key,
+                append_only,
+            },
+            optimized,
+        ))
     }
 
     async fn create_view(&self, view: CreateView) -> Result<StatementResult> {
@@ -412,6 +443,17 @@ impl Engine {
                 view.name
             )));
         }
+        self.start_view(view, None).await?;
+        Ok(StatementResult::Command("CREATE MATERIALIZED VIEW".into()))
+    }
+
+    /// Plans a view, backfills it in the runtime and registers it. Callers
+    /// hold the DDL lock.
+    async fn start_view(
+        &self,
+        view: CreateView,
+        owner_sink: Option<String>,
+    ) -> Result<Arc<ViewEntry>> {
         let (planned, _) = self.plan_view(&view).await?;
         let inputs = planned.graph.input_relations();
         // Hold the write locks of the input tables while the backfill
@@ -445,14 +487,208 @@ impl Engine {
             })
             .await?;
         drop(guards);
-        self.catalog.insert(Relation::View(Arc::new(ViewEntry {
+        let entry = Arc::new(ViewEntry {
             id,
             name: view.name,
             schema: planned.schema,
             definition: view.definition,
             inputs,
-        })))?;
-        Ok(StatementResult::Command("CREATE MATERIALIZED VIEW".into()))
+            key: planned.key,
+            append_only: planned.append_only,
+            owner_sink,
+        });
+        self.catalog.insert(Relation::View(entry.clone()))?;
+        Ok(entry)
+    }
+
+    async fn create_sink(&self, create: CreateSink) -> Result<StatementResult> {
+        let _ddl = self.ddl_lock.lock().await;
+        if self.catalog.sink(&create.name).is_some() {
+            if create.if_not_exists {
+                return Ok(StatementResult::Command("CREATE SINK".into()));
+            }
+            return Err(EddyError::DuplicateRelation(format!(
+                "sink \"{}\" already exists",
+                create.name
+            )));
+        }
+        match create
+            .options
+            .get("connector")
+            .map(|c| c.to_lowercase())
+            .as_deref()
+        {
+            Some("postgres") => {}
+            Some("kafka") => {
+                return Err(crate::not_supported!("Kafka sinks are not implemented yet"))
+            }
+            Some(other) => {
+                return Err(crate::not_supported!(
+                    "sink connector '{other}' is not supported; use 'postgres'"
+                ))
+            }
+            None => {
+                return Err(EddyError::InvalidParameter(
+                    "CREATE SINK needs WITH (connector = 'postgres', ...)".into(),
+                ))
+            }
+        }
+        // The view the sink reads: a named one, or one of its own.
+        let (view, owned) = match &create.input {
+            SinkInput::View(name) => match self.catalog.require(name)? {
+                Relation::View(v) if v.owner_sink.is_none() => (v, false),
+                _ => {
+                    return Err(EddyError::WrongObjectType(format!(
+                        "\"{name}\" is not a materialized view; sinks read materialized views \
+                         (or use CREATE SINK ... AS SELECT)"
+                    )))
+                }
+            },
+            SinkInput::Query(query) => {
+                let definition = CreateView {
+                    name: format!("__sink_{}", create.name),
+                    columns: vec![],
+                    query: query.clone(),
+                    if_not_exists: false,
+                    definition: query.to_string(),
+                };
+                // Check the target before starting anything.
+                let (planned, _) = self.plan_view(&definition).await?;
+                let config = PostgresSinkConfig::from_options(
+                    &create.name,
+                    &create.options,
+                    planned.schema.clone(),
+                    planned.key.clone(),
+                )?;
+                Self::check_sink_mode(&config, planned.append_only)?;
+                postgres::validate_target(&config).await?;
+                (
+                    self.start_view(definition, Some(create.name.clone()))
+                        .await?,
+                    true,
+                )
+            }
+        };
+        let result = self.attach_sink(&create, &view).await;
+        if result.is_err() && owned {
+            self.runtime.drop_view(view.id).await?;
+            self.catalog.remove(&view.name);
+        }
+        result
+    }
+
+    fn check_sink_mode(config: &PostgresSinkConfig, append_only: bool) -> Result<()> {
+        if config.mode == SinkMode::AppendOnly && !append_only {
+            return Err(EddyError::NotSupported(format!(
+                "sink {} is append-only but its input updates and deletes rows (aggregates, tables that \
+                 allow UPDATE/DELETE); use type = 'upsert' with a primary_key",
+                config.sink_name
+            )));
+        }
+        Ok(())
+    }
+
+    async fn attach_sink(
+        &self,
+        create: &CreateSink,
+        view: &Arc<ViewEntry>,
+    ) -> Result<StatementResult> {
+        let config = PostgresSinkConfig::from_options(
+            &create.name,
+            &create.options,
+            view.schema.clone(),
+            view.key.clone(),
+        )?;
+        Self::check_sink_mode(&config, view.append_only)?;
+        postgres::validate_target(&config).await?;
+        let id = self.catalog.allocate_id();
+        let status = SinkStatus::new(0);
+        let (sender, receiver) = tokio::sync::mpsc::channel(SINK_QUEUE_EPOCHS);
+        let target = format!("{}.{}", config.table.0, config.table.1);
+        let mode = config.mode;
+        postgres::spawn_sink(config, receiver, status.clone());
+        self.runtime.create_sink(id, view.id, sender).await?;
+        self.catalog.insert_sink(Arc::new(SinkEntry {
+            id,
+            name: create.name.clone(),
+            view: view.id,
+            view_name: view.name.clone(),
+            target,
+            mode,
+            status,
+        }))?;
+        Ok(StatementResult::Command("CREATE SINK".into()))
+    }
+
+    async fn drop_sink(&self, name: &str, if_exists: bool) -> Result<StatementResult> {
+        let _ddl = self.ddl_lock.lock().await;
+        match self.catalog.sink(name) {
+            Some(sink) => self.remove_sink(&sink).await?,
+            None if if_exists => {}
+            None => {
+                return Err(EddyError::UndefinedRelation(format!(
+                    "sink \"{name}\" does not exist"
+                )))
+            }
+        }
+        Ok(StatementResult::Command("DROP SINK".into()))
+    }
+
+    /// Stops a sink, and drops the view it owns if it has one.
+    async fn remove_sink(&self, sink: &SinkEntry) -> Result<()> {
+        sink.status.mark_dropped();
+        self.runtime.drop_sink(sink.id).await?;
+        self.catalog.remove_sink(&sink.name);
+        if let Some(Relation::View(view)) = self.catalog.by_id(sink.view) {
+            if view.owner_sink.as_deref() == Some(sink.name.as_str()) {
+                self.runtime.drop_view(view.id).await?;
+                self.catalog.remove(&view.name);
+            }
+        }
+        Ok(())
+    }
+
+    fn sinks_batch(&self) -> Result<RecordBatch> {
+        let sinks = self.catalog.list_sinks();
+        let epoch = self.runtime.published().epoch;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("from", DataType::Utf8, false),
+            Field::new("target", DataType::Utf8, false),
+            Field::new("type", DataType::Utf8, false),
+            Field::new("status", DataType::Utf8, false),
+            Field::new("committed_epoch", DataType::UInt64, false),
+            Field::new("lag_epochs", DataType::UInt64, false),
+            Field::new("rows_written", DataType::UInt64, false),
+        ]));
+        let text = |f: &dyn Fn(&SinkEntry) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(sinks.iter().map(|s| f(s))))
+        };
+        let number = |f: &dyn Fn(&SinkEntry) -> u64| -> ArrayRef {
+            Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(
+                sinks.iter().map(|s| f(s)),
+            ))
+        };
+        let columns = vec![
+            text(&|s| s.name.clone()),
+            text(&|s| {
+                if s.view_name.starts_with("__sink_") {
+                    "(query)".into()
+                } else {
+                    s.view_name.clone()
+                }
+            }),
+            text(&|s| s.target.clone()),
+            text(&|s| match s.mode {
+                SinkMode::Upsert => "upsert".into(),
+                SinkMode::AppendOnly => "append-only".into(),
+            }),
+            text(&|s| s.status.describe()),
+            number(&|s| s.status.committed_epoch()),
+            number(&|s| epoch.saturating_sub(s.status.committed_epoch())),
+            number(&|s| s.status.rows_written()),
+        ];
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
 
     async fn explain_view(&self, view: &CreateView) -> Result<StatementResult> {
@@ -488,6 +724,12 @@ impl Engine {
                 )))
             }
         };
+        if table.append_only && kind != WriteKind::Insert {
+            return Err(crate::not_supported!(
+                "table \"{}\" is append-only (WITH (append_only = true)): only INSERT is allowed",
+                table.name
+            ));
+        }
         // Plan and evaluate against the table as it is under the write lock.
         let _write = table.write_lock.lock().await;
         let state = self.query_state()?;
@@ -584,8 +826,25 @@ impl Engine {
             }
         }
         for target in &targets {
+            if let (false, Some(sink)) = (cascade, self.catalog.sinks_on(target.id()).first()) {
+                return Err(EddyError::DependentObjects {
+                    message: format!(
+                        "cannot drop {} {} because other objects depend on it",
+                        kind.noun(),
+                        target.name()
+                    ),
+                    detail: format!(
+                        "sink {} depends on {} {}",
+                        sink.name,
+                        kind.noun(),
+                        target.name()
+                    ),
+                });
+            }
             let dependents = self.catalog.dependents(target.id());
-            if let (false, Some(first)) = (cascade, dependents.first()) {
+            if let (false, Some(first)) =
+                (cascade, dependents.iter().find(|v| v.owner_sink.is_none()))
+            {
                 return Err(EddyError::DependentObjects {
                     message: format!(
                         "cannot drop {} {} because other objects depend on it",
@@ -622,6 +881,12 @@ impl Engine {
         // Newest first: a view is dropped before the views it reads.
         order.sort_by_key(|r| std::cmp::Reverse(r.id()));
         for relation in order {
+            for sink in self.catalog.sinks_on(relation.id()) {
+                self.remove_sink(&sink).await?;
+            }
+            if self.catalog.get(relation.name()).is_none() {
+                continue; // a sink's own view, gone with its sink
+            }
             match &relation {
                 Relation::View(v) => self.runtime.drop_view(v.id).await?,
                 Relation::Table(t) => {
@@ -674,6 +939,36 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         &options,
     )
     .unwrap_or(relaxed_batch))
+}
+
+/// `CREATE TABLE ... WITH (append_only = true)`.
+fn table_append_only(options: &ast::CreateTableOptions) -> Result<bool> {
+    let ast::CreateTableOptions::With(options) = options else {
+        return match options {
+            ast::CreateTableOptions::None => Ok(false),
+            other => Err(crate::not_supported!("table options {other}")),
+        };
+    };
+    let mut append_only = false;
+    for option in options {
+        match option {
+            ast::SqlOption::KeyValue { key, value }
+                if key.value.eq_ignore_ascii_case("append_only") =>
+            {
+                append_only = match value.to_string().trim_matches('\'').to_lowercase().as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(EddyError::InvalidParameter(format!(
+                            "append_only must be true or false, not {other}"
+                        )))
+                    }
+                };
+            }
+            other => return Err(crate::not_supported!("table option {other}")),
+        }
+    }
+    Ok(append_only)
 }
 
 fn rows(batch: RecordBatch) -> StatementResult {

@@ -7,6 +7,7 @@
 //! executed by [`execute::Engine`].
 
 pub mod execute;
+pub mod sink;
 mod system;
 pub mod types;
 
@@ -37,9 +38,15 @@ pub enum EddyStatement {
         if_exists: bool,
         cascade: bool,
     },
+    CreateSink(Box<sink::CreateSink>),
+    DropSink {
+        name: String,
+        if_exists: bool,
+    },
     Flush,
     ShowTables,
     ShowViews,
+    ShowSinks,
     /// `SET name = value` (session settings; accepted and remembered).
     Set {
         name: String,
@@ -164,6 +171,16 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         ["FLUSH"] => return Ok(EddyStatement::Flush),
         ["SHOW", "TABLES", ..] => return Ok(EddyStatement::ShowTables),
         ["SHOW", "MATERIALIZED", "VIEWS", ..] => return Ok(EddyStatement::ShowViews),
+        ["SHOW", "SINKS", ..] => return Ok(EddyStatement::ShowSinks),
+        ["CREATE", "SINK", ..] => {
+            return Ok(EddyStatement::CreateSink(Box::new(
+                sink::parse_create_sink(sql)?,
+            )))
+        }
+        ["DROP", "SINK", ..] => {
+            let (name, if_exists) = sink::parse_drop_sink(sql)?;
+            return Ok(EddyStatement::DropSink { name, if_exists });
+        }
         ["EXPLAIN", "CREATE", "MATERIALIZED", "VIEW"] => {
             let body = sql.trim_start();
             let create = &body["EXPLAIN".len()..];

@@ -1,4 +1,6 @@
-//! Arrow values to Postgres wire values, text and binary.
+//! Arrow values as Postgres values: the Postgres type of each Arrow type,
+//! and each value's text and binary encoding. Shared by the wire protocol
+//! server and the Postgres sink (whose binary COPY uses the same encoding).
 //!
 //! Text output follows Postgres' own output functions (`t`/`f` booleans,
 //! `2024-01-02 03:04:05.5` timestamps, `1 day 02:00:00` intervals, `\x..`
@@ -24,13 +26,31 @@ use postgres_types::{IsNull, ToSql, Type};
 
 use crate::sql::types::PG_TYPE_METADATA_KEY;
 
+/// The SQL spelling of a column's Postgres type, for CREATE TABLE.
+pub fn pg_type_sql(field: &Field) -> String {
+    match field.data_type() {
+        DataType::Decimal128(precision, scale) => format!("numeric({precision}, {scale})"),
+        _ => match pg_type(field) {
+            Type::BOOL => "boolean".into(),
+            Type::INT2 => "smallint".into(),
+            Type::INT4 => "integer".into(),
+            Type::INT8 => "bigint".into(),
+            Type::FLOAT4 => "real".into(),
+            Type::FLOAT8 => "double precision".into(),
+            Type::TIMESTAMP => "timestamp".into(),
+            Type::TIMESTAMPTZ => "timestamptz".into(),
+            other => other.name().to_string(),
+        },
+    }
+}
+
 type BoxError = Box<dyn Error + Sync + Send>;
 
 /// Microseconds between 1970-01-01 and 2000-01-01 (Postgres' epoch).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 const PG_EPOCH_OFFSET_DAYS: i32 = 10_957;
 
-/// The Postgres type a column is sent as.
+/// The Postgres type a column is sent as (and created as by the sink).
 pub fn pg_type(field: &Field) -> Type {
     match field
         .metadata()

@@ -1,0 +1,787 @@
+//! The Postgres sink task, its configuration and its status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::interleave_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use futures::pin_mut;
+use postgres_types::ToSql;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::{EddyError, Result};
+use crate::pg_types::{pg_type, pg_type_sql, Cell};
+use crate::state::RowCodec;
+use crate::stream::ChangeBatch;
+
+/// The table that records, per sink, the last epoch written.
+const PROGRESS_TABLE: &str = "eddy_sink_progress";
+const BACKOFF_START_MS: u64 = 100;
+const BACKOFF_MAX_MS: u64 = 5_000;
+
+/// A view's changes in one epoch, for one sink.
+#[derive(Debug)]
+pub struct SinkEpoch {
+    pub epoch: u64,
+    pub changes: Vec<ChangeBatch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkMode {
+    Upsert,
+    AppendOnly,
+}
+
+/// `WITH (...)` options of a Postgres sink, checked.
+#[derive(Debug, Clone)]
+pub struct PostgresSinkConfig {
+    pub sink_name: String,
+    pub connection: tokio_postgres::Config,
+    /// `schema.table`, each part as written (unquoted names as given).
+    pub table: (String, String),
+    pub mode: SinkMode,
+    pub create_table: bool,
+    /// Key column indices in the view's schema (upsert mode).
+    pub key: Vec<usize>,
+    pub schema: SchemaRef,
+}
+
+fn option_error(message: String) -> EddyError {
+    EddyError::InvalidParameter(message)
+}
+
+impl PostgresSinkConfig {
+    /// Reads the options. `derived_key` is the view's own key, if it has one
+    /// (the GROUP BY columns of an aggregate).
+    pub fn from_options(
+        sink_name: &str,
+        options: &BTreeMap<String, String>,
+        schema: SchemaRef,
+        derived_key: Option<Vec<usize>>,
+    ) -> Result<Self> {
+        const KNOWN: [&str; 11] = [
+            "connector",
+            "url",
+            "host",
+            "port",
+            "user",
+            "password",
+            "dbname",
+            "table",
+            "primary_key",
+            "type",
+            "create_table",
+        ];
+        if let Some(unknown) = options.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(option_error(format!(
+                "unknown option {unknown} for a postgres sink; known: {}",
+                KNOWN.join(", ")
+            )));
+        }
+        let mut connection = match options.get("url") {
+            Some(url) => url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| option_error(format!("invalid url for sink {sink_name}: {e}")))?,
+            None => tokio_postgres::Config::new(),
+        };
+        if let Some(host) = options.get("host") {
+            connection.host(host);
+        }
+        if let Some(port) = options.get("port") {
+            connection.port(
+                port.parse()
+                    .map_err(|_| option_error(format!("invalid port {port}")))?,
+            );
+        }
+        if let Some(user) = options.get("user") {
+            connection.user(user);
+        }
+        if let Some(password) = options.get("password") {
+            connection.password(password);
+        }
+        if let Some(dbname) = options.get("dbname") {
+            connection.dbname(dbname);
+        }
+        if connection.get_hosts().is_empty() {
+            return Err(option_error(
+                "a postgres sink needs url = 'postgres://...' or host = '...'".into(),
+            ));
+        }
+        if connection.get_user().is_none() {
+            connection.user("postgres");
+        }
+        connection.connect_timeout(Duration::from_secs(10));
+        let table = options
+            .get("table")
+            .ok_or_else(|| option_error("a postgres sink needs table = '[schema.]table'".into()))?;
+        let table = match table.split_once('.') {
+            Some((schema, name)) => (schema.to_string(), name.to_string()),
+            None => ("public".to_string(), table.clone()),
+        };
+        let mode = match options.get("type").map(|t| t.to_lowercase()).as_deref() {
+            None | Some("upsert") => SinkMode::Upsert,
+            Some("append-only" | "append_only") => SinkMode::AppendOnly,
+            Some(other) => {
+                return Err(option_error(format!(
+                    "type must be 'upsert' or 'append-only', not '{other}'"
+                )))
+            }
+        };
+        let create_table = match options
+            .get("create_table")
+            .map(|v| v.to_lowercase())
+            .as_deref()
+        {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(option_error(format!(
+                    "create_table must be 'true' or 'false', not '{other}'"
+                )))
+            }
+        };
+        let key = match (options.get("primary_key"), mode) {
+            (Some(columns), _) => columns
+                .split(',')
+                .map(|c| {
+                    let c = c.trim();
+                    schema.index_of(c).map_err(|_| {
+                        EddyError::UndefinedColumn(format!("primary_key column \"{c}\" is not a column of the view"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            (None, SinkMode::AppendOnly) => vec![],
+            (None, SinkMode::Upsert) => match derived_key {
+                Some(key) if !key.is_empty() => key,
+                _ => {
+                    return Err(option_error(format!(
+                        "sink {sink_name} needs primary_key = 'col,...': the view has no key of its own \
+                         (only GROUP BY views do)"
+                    )))
+                }
+            },
+        };
+        Ok(Self {
+            sink_name: sink_name.to_string(),
+            connection,
+            table,
+            mode,
+            create_table,
+            key,
+            schema,
+        })
+    }
+
+    fn qualified_table(&self) -> String {
+        format!("{}.{}", quote(&self.table.0), quote(&self.table.1))
+    }
+
+    fn columns(&self) -> Vec<String> {
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| quote(f.name()))
+            .collect()
+    }
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// What the sink reports; shared with SHOW SINKS and FLUSH.
+#[derive(Debug)]
+pub struct SinkStatus {
+    state: Mutex<SinkState>,
+    last_failure: Mutex<Option<String>>,
+    progress: watch::Sender<Progress>,
+    dropped: AtomicBool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SinkState {
+    retrying: Option<String>,
+    rows_written: u64,
+}
+
+/// The last epoch the sink has made durable, and whether it has failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub committed_epoch: u64,
+    pub failed: bool,
+}
+
+impl SinkStatus {
+    pub fn new(start_epoch: u64) -> Arc<Self> {
+        let (progress, _) = watch::channel(Progress {
+            committed_epoch: start_epoch,
+            failed: false,
+        });
+        Arc::new(Self {
+            state: Mutex::default(),
+            last_failure: Mutex::default(),
+            progress,
+            dropped: AtomicBool::new(false),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `running`, `retrying: <reason>` or `failed: <reason>`.
+    pub fn describe(&self) -> String {
+        if let Some(error) = self.failure() {
+            return format!("failed: {error}");
+        }
+        match &self.state().retrying {
+            Some(reason) => format!("retrying: {reason}"),
+            None => "running".into(),
+        }
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn committed_epoch(&self) -> u64 {
+        self.progress.borrow().committed_epoch
+    }
+
+    pub fn rows_written(&self) -> u64 {
+        self.state().rows_written
+    }
+
+    /// Waits until `epoch` is durable in Postgres, or the sink has failed.
+    pub async fn wait_for(&self, epoch: u64) {
+        let mut progress = self.progress.subscribe();
+        let _ = progress
+            .wait_for(|p| p.failed || p.committed_epoch >= epoch)
+            .await;
+    }
+
+    /// Tells the task to stop retrying and discard what it holds.
+    pub fn mark_dropped(&self) {
+        self.dropped.store(true, Ordering::SeqCst);
+    }
+
+    fn fail(&self, error: String) {
+        tracing::error!(error = %error, "postgres sink failed");
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+        self.state().retrying = None;
+        self.progress.send_modify(|p| p.failed = true);
+    }
+
+    fn committed(&self, epoch: u64, rows: u64) {
+        let mut state = self.state();
+        state.retrying = None;
+        state.rows_written += rows;
+        drop(state);
+        self.progress.send_modify(|p| p.committed_epoch = epoch);
+    }
+}
+
+async fn connect(config: &PostgresSinkConfig) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connection.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres sink connection ended");
+        }
+    });
+    Ok(client)
+}
+
+fn pg_error(context: &str, e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{context}: {} ({})", db.message(), db.code().code()),
+        None => format!("{context}: {e}"),
+    }
+}
+
+/// Checks (or creates) the target table and the progress table, and resets
+/// this sink's progress: a new sink starts at its first epoch. Runs at
+/// CREATE SINK, so mistakes are reported to the user there.
+pub async fn validate_target(config: &PostgresSinkConfig) -> Result<()> {
+    let client = connect(config).await.map_err(|e| {
+        EddyError::InvalidParameter(pg_error(
+            &format!("cannot connect to Postgres for sink {}", config.sink_name),
+            &e,
+        ))
+    })?;
+    let user_error =
+        |e: tokio_postgres::Error| EddyError::InvalidParameter(pg_error("Postgres", &e));
+    if config.create_table {
+        let columns: Vec<String> = config
+            .schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", quote(f.name()), pg_type_sql(f)))
+            .collect();
+        let key: Vec<String> = config
+            .key
+            .iter()
+            .map(|&i| quote(config.schema.field(i).name()))
+            .collect();
+        let primary_key = if key.is_empty() {
+            String::new()
+        } else {
+            format!(", PRIMARY KEY ({})", key.join(", "))
+        };
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}{primary_key})",
+                config.qualified_table(),
+                columns.join(", ")
+            ))
+            .await
+            .map_err(user_error)?;
+    }
+    check_columns(&client, config).await?;
+    if let Err(e) = client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (sink TEXT PRIMARY KEY, epoch BIGINT NOT NULL, \
+             updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        ))
+        .await
+    {
+        // Two sinks creating it at once: one wins, the other sees it exist.
+        let raced = matches!(e.code().map(|c| c.code()), Some("23505" | "42P07"));
+        if !raced {
+            return Err(user_error(e));
+        }
+    }
+    client
+        .execute(
+            &format!("DELETE FROM {PROGRESS_TABLE} WHERE sink = $1"),
+            &[&config.sink_name],
+        )
+        .await
+        .map_err(user_error)?;
+    Ok(())
+}
+
+/// The target's columns must match the view's, by name and type; upsert
+/// sinks need a unique index on exactly the key columns.
+async fn check_columns(client: &Client, config: &PostgresSinkConfig) -> Result<()> {
+    let table = config.qualified_table();
+    let rows = client
+        .query(
+            "SELECT a.attname::text, t.typname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table],
+        )
+        .await
+        .map_err(|e| EddyError::InvalidParameter(pg_error("Postgres", &e)))?;
+    if rows.is_empty() {
+        return Err(EddyError::UndefinedRelation(format!(
+            "the Postgres table {table} does not exist: create it, or set create_table = 'true'"
+        )));
+    }
+    let target: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for field in config.schema.fields() {
+        let expected = pg_type(field).name().to_string();
+        let Some(actual) = target.get(field.name()) else {
+            return Err(EddyError::UndefinedColumn(format!(
+                "column \"{}\" of the view is missing from the Postgres table {table}",
+                field.name()
+            )));
+        };
+        let text_like = |t: &str| matches!(t, "text" | "varchar" | "bpchar");
+        if *actual != expected && !(text_like(actual) && text_like(&expected)) {
+            return Err(EddyError::TypeMismatch(format!(
+                "column \"{}\" is {expected} in the view but {actual} in the Postgres table {table}",
+                field.name()
+            )));
+        }
+    }
+    if config.mode == SinkMode::Upsert {
+        let mut key: Vec<String> = config
+            .key
+            .iter()
+            .map(|&i| config.schema.field(i).name().clone())
+            .collect();
+        key.sort();
+        let indexes = client
+            .query(
+                "SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_index i \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 WHERE i.indrelid = to_regclass($1) AND i.indisunique GROUP BY i.indexrelid",
+                &[&table],
+            )
+            .await
+            .map_err(|e| EddyError::InvalidParameter(pg_error("Postgres", &e)))?;
+        if !indexes.iter().any(|r| r.get::<_, Vec<String>>(0) == key) {
+            return Err(EddyError::InvalidParameter(format!(
+                "upsert into {table} needs a primary key or unique index on ({}) in Postgres",
+                key.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One epoch's writes after coalescing per key.
+struct EpochWrite {
+    /// Rows to insert or update.
+    upserts: Option<RecordBatch>,
+    /// Key columns of rows to delete.
+    deletes: Option<RecordBatch>,
+}
+
+impl EpochWrite {
+    fn rows(&self) -> u64 {
+        (self.upserts.as_ref().map_or(0, |b| b.num_rows())
+            + self.deletes.as_ref().map_or(0, |b| b.num_rows())) as u64
+    }
+}
+
+/// The last state of each key wins; a key that did not exist before the
+/// epoch and does not exist after it writes nothing.
+fn coalesce(config: &PostgresSinkConfig, changes: &[ChangeBatch]) -> Result<EpochWrite> {
+    let batches: Vec<&RecordBatch> = changes.iter().map(|c| &c.rows).collect();
+    if config.mode == SinkMode::AppendOnly {
+        let mut rows = Vec::new();
+        for (b, change) in changes.iter().enumerate() {
+            for (r, weight) in change.weights.values().iter().enumerate() {
+                if *weight < 0 {
+                    return Err(EddyError::NotSupported(
+                        "an append-only sink received a retraction: its view is not append-only"
+                            .into(),
+                    ));
+                }
+                rows.extend(std::iter::repeat_n((b, r), *weight as usize));
+            }
+        }
+        let upserts = (!rows.is_empty())
+            .then(|| interleave_record_batch(&batches, &rows))
+            .transpose()?;
+        return Ok(EpochWrite {
+            upserts,
+            deletes: None,
+        });
+    }
+    let key_schema = Arc::new(config.schema.project(&config.key)?);
+    let codec = RowCodec::try_new(key_schema)?;
+    // key -> (existed before the epoch, last row if it exists after)
+    let mut last: HashMap<Arc<[u8]>, (bool, Option<(usize, usize)>)> = HashMap::new();
+    let mut order: Vec<Arc<[u8]>> = Vec::new();
+    for (b, change) in changes.iter().enumerate() {
+        let keys = codec.encode(&change.rows.project(&config.key)?)?;
+        for (r, (key, weight)) in keys.into_iter().zip(change.weights.values()).enumerate() {
+            let state = last.entry(key.clone()).or_insert_with(|| {
+                order.push(key);
+                (*weight < 0, None)
+            });
+            state.1 = if *weight > 0 { Some((b, r)) } else { None };
+        }
+    }
+    let mut upserts = Vec::new();
+    let mut deleted_keys: Vec<&[u8]> = Vec::new();
+    for key in &order {
+        match last[key] {
+            (_, Some(row)) => upserts.push(row),
+            (true, None) => deleted_keys.push(key),
+            (false, None) => {}
+        }
+    }
+    let upserts = (!upserts.is_empty())
+        .then(|| interleave_record_batch(&batches, &upserts))
+        .transpose()?;
+    let deletes = (!deleted_keys.is_empty())
+        .then(|| codec.decode(deleted_keys.into_iter()))
+        .transpose()?;
+    Ok(EpochWrite { upserts, deletes })
+}
+
+/// COPYs `rows` in binary into `table` (columns in order).
+async fn copy_rows(
+    transaction: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    rows: &RecordBatch,
+) -> Result<(), tokio_postgres::Error> {
+    let schema = rows.schema();
+    let columns: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
+    let types: Vec<postgres_types::Type> = schema.fields().iter().map(|f| pg_type(f)).collect();
+    let sink = transaction
+        .copy_in(&format!(
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            columns.join(", ")
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    let mut cells: Vec<Cell<'_>> = Vec::with_capacity(columns.len());
+    for row in 0..rows.num_rows() {
+        cells.clear();
+        cells.extend(rows.columns().iter().map(|array| Cell { array, row }));
+        let values: Vec<&(dyn ToSql + Sync)> =
+            cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Applies one epoch in one transaction; returns false if Postgres had
+/// already recorded it (a replay).
+async fn write_epoch(
+    client: &mut Client,
+    config: &PostgresSinkConfig,
+    epoch: u64,
+    write: &EpochWrite,
+) -> Result<bool, tokio_postgres::Error> {
+    let transaction = client.transaction().await?;
+    let recorded: Option<i64> = transaction
+        .query_opt(
+            &format!("SELECT epoch FROM {PROGRESS_TABLE} WHERE sink = $1 FOR UPDATE"),
+            &[&config.sink_name],
+        )
+        .await?
+        .map(|row| row.get(0));
+    if recorded.is_some_and(|recorded| recorded as u64 >= epoch) {
+        return Ok(false);
+    }
+    let table = config.qualified_table();
+    if let Some(upserts) = &write.upserts {
+        transaction
+            .batch_execute(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS eddy_stage_upserts (LIKE {table}) ON COMMIT DELETE ROWS"
+            ))
+            .await?;
+        copy_rows(&transaction, "eddy_stage_upserts", upserts).await?;
+        let columns = config.columns().join(", ");
+        let statement = match config.mode {
+            SinkMode::AppendOnly => {
+                format!("INSERT INTO {table} ({columns}) SELECT {columns} FROM eddy_stage_upserts")
+            }
+            SinkMode::Upsert => {
+                let key: Vec<String> = config
+                    .key
+                    .iter()
+                    .map(|&i| quote(config.schema.field(i).name()))
+                    .collect();
+                let updates: Vec<String> = config
+                    .schema
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !config.key.contains(i))
+                    .map(|(_, f)| format!("{0} = EXCLUDED.{0}", quote(f.name())))
+                    .collect();
+                let action = if updates.is_empty() {
+                    "NOTHING".to_string()
+                } else {
+                    format!("UPDATE SET {}", updates.join(", "))
+                };
+                format!(
+                    "INSERT INTO {table} ({columns}) SELECT {columns} FROM eddy_stage_upserts ON CONFLICT ({}) DO {action}",
+                    key.join(", ")
+                )
+            }
+        };
+        transaction.batch_execute(&statement).await?;
+    }
+    if let Some(deletes) = &write.deletes {
+        let key: Vec<String> = deletes
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| quote(f.name()))
+            .collect();
+        transaction
+            .batch_execute(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS eddy_stage_deletes ON COMMIT DELETE ROWS AS SELECT {} FROM {table} WITH NO DATA",
+                key.join(", ")
+            ))
+            .await?;
+        copy_rows(&transaction, "eddy_stage_deletes", deletes).await?;
+        let matches: Vec<String> = key.iter().map(|k| format!("t.{k} = d.{k}")).collect();
+        transaction
+            .batch_execute(&format!(
+                "DELETE FROM {table} t USING eddy_stage_deletes d WHERE {}",
+                matches.join(" AND ")
+            ))
+            .await?;
+    }
+    transaction
+        .execute(
+            &format!(
+                "INSERT INTO {PROGRESS_TABLE} (sink, epoch) VALUES ($1, $2) \
+                 ON CONFLICT (sink) DO UPDATE SET epoch = EXCLUDED.epoch, updated_at = now()"
+            ),
+            &[&config.sink_name, &(epoch as i64)],
+        )
+        .await?;
+    transaction.commit().await?;
+    Ok(true)
+}
+
+/// Whether retrying can help: lost connections, a server starting or
+/// stopping, resource shortage, serialization failures.
+fn is_transient(error: &tokio_postgres::Error) -> bool {
+    match error.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code.starts_with("58")
+                || code == "40001"
+                || code == "40P01"
+        }
+    }
+}
+
+/// Starts the sink task; it runs until the runtime drops the epoch channel.
+pub fn spawn_sink(
+    config: PostgresSinkConfig,
+    mut epochs: mpsc::Receiver<SinkEpoch>,
+    status: Arc<SinkStatus>,
+) {
+    tokio::spawn(async move {
+        let mut client: Option<Client> = None;
+        while let Some(SinkEpoch { epoch, changes }) = epochs.recv().await {
+            if status.progress.borrow().failed || status.dropped.load(Ordering::SeqCst) {
+                continue; // keep draining so the runtime never waits on us
+            }
+            let write = match coalesce(&config, &changes) {
+                Ok(write) => write,
+                Err(e) => {
+                    status.fail(e.to_string());
+                    continue;
+                }
+            };
+            if write.upserts.is_none() && write.deletes.is_none() {
+                status.committed(epoch, 0);
+                continue;
+            }
+            let mut backoff_ms = BACKOFF_START_MS;
+            loop {
+                if status.dropped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let result = match client.as_mut() {
+                    Some(c) => write_epoch(c, &config, epoch, &write).await,
+                    None => match connect(&config).await {
+                        Ok(c) => {
+                            client = Some(c);
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match result {
+                    Ok(_) => {
+                        status.committed(epoch, write.rows());
+                        break;
+                    }
+                    Err(e) if is_transient(&e) => {
+                        let reason = pg_error("Postgres unavailable", &e);
+                        tracing::warn!(sink = %config.sink_name, epoch, retry_in_ms = backoff_ms, "{reason}");
+                        status.state().retrying = Some(reason);
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+                    }
+                    Err(e) => {
+                        status.fail(pg_error(
+                            &format!("writing epoch {epoch} to {}", config.qualified_table()),
+                            &e,
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!(sink = %config.sink_name, "postgres sink stopped");
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Array;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn config(schema: SchemaRef) -> PostgresSinkConfig {
+        let options = BTreeMap::from([
+            ("connector".to_string(), "postgres".to_string()),
+            ("url".to_string(), "postgres://u@localhost/db".to_string()),
+            ("table".to_string(), "t".to_string()),
+            ("primary_key".to_string(), "k".to_string()),
+        ]);
+        PostgresSinkConfig::from_options("s", &options, schema, None).unwrap()
+    }
+
+    fn changes(schema: &SchemaRef, rows: &[(i64, &str, i64)]) -> ChangeBatch {
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap();
+        ChangeBatch::new(
+            batch,
+            Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn last_state_of_a_key_wins() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        let config = config(schema.clone());
+        let epoch = vec![
+            // key 1 existed: updated twice -> one upsert with the last value
+            changes(&schema, &[(1, "a", -1), (1, "b", 1)]),
+            changes(
+                &schema,
+                &[(1, "b", -1), (1, "c", 1), (2, "x", 1), (3, "old", -1)],
+            ),
+            // key 2 inserted and deleted within the epoch -> nothing
+            changes(&schema, &[(2, "x", -1)]),
+        ];
+        let write = coalesce(&config, &epoch).unwrap();
+        let upserts = write.upserts.unwrap();
+        assert_eq!(upserts.num_rows(), 1);
+        assert_eq!(
+            upserts
+                .column(1)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .value(0),
+            "c"
+        );
+        let deletes = write.deletes.unwrap();
+        assert_eq!(deletes.num_rows(), 1);
+        assert_eq!(
+            deletes
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            3
+        );
+    }
+}

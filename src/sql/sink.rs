@@ -1,0 +1,165 @@
+//! Parsing `CREATE SINK`, eddy's own statement:
+//!
+//! ```sql
+//! CREATE SINK name FROM view | AS SELECT ...
+//! WITH (connector = 'postgres', url = '...', table = '...', key.with.dots = 'value', ...)
+//! ```
+
+use std::collections::BTreeMap;
+
+use datafusion::sql::sqlparser::ast::Query;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use super::relation_name;
+use crate::error::{EddyError, Result};
+
+/// What a sink reads.
+#[derive(Debug, Clone)]
+pub enum SinkInput {
+    View(String),
+    Query(Box<Query>),
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateSink {
+    pub name: String,
+    pub input: SinkInput,
+    /// Option names are lower-cased; values are kept as written.
+    pub options: BTreeMap<String, String>,
+    pub if_not_exists: bool,
+}
+
+fn syntax(e: impl std::fmt::Display) -> EddyError {
+    EddyError::Syntax(
+        e.to_string()
+            .trim_start_matches("sql parser error: ")
+            .to_string(),
+    )
+}
+
+pub fn parse_create_sink(sql: &str) -> Result<CreateSink> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql).map_err(syntax)?;
+    parser.expect_keyword(Keyword::CREATE).map_err(syntax)?;
+    expect_word(&mut parser, "SINK")?;
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = relation_name(&parser.parse_object_name(false).map_err(syntax)?)?;
+    let input = if parser.parse_keyword(Keyword::FROM) {
+        SinkInput::View(relation_name(
+            &parser.parse_object_name(false).map_err(syntax)?,
+        )?)
+    } else if parser.parse_keyword(Keyword::AS) {
+        SinkInput::Query(parser.parse_query().map_err(syntax)?)
+    } else {
+        return Err(EddyError::Syntax(format!(
+            "expected FROM <materialized view> or AS SELECT ... after CREATE SINK {name}"
+        )));
+    };
+    parser.expect_keyword(Keyword::WITH).map_err(syntax)?;
+    let options = parse_options(&mut parser)?;
+    let _ = parser.consume_token(&Token::SemiColon);
+    if parser.peek_token().token != Token::EOF {
+        return Err(EddyError::Syntax(format!(
+            "unexpected {} after the WITH options",
+            parser.peek_token().token
+        )));
+    }
+    Ok(CreateSink {
+        name,
+        input,
+        options,
+        if_not_exists,
+    })
+}
+
+/// `DROP SINK [IF EXISTS] name`: the name and whether IF EXISTS was given.
+pub fn parse_drop_sink(sql: &str) -> Result<(String, bool)> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql).map_err(syntax)?;
+    parser.expect_keyword(Keyword::DROP).map_err(syntax)?;
+    expect_word(&mut parser, "SINK")?;
+    let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+    let name = relation_name(&parser.parse_object_name(false).map_err(syntax)?)?;
+    let _ = parser.consume_token(&Token::SemiColon);
+    if parser.peek_token().token != Token::EOF {
+        return Err(EddyError::Syntax(format!(
+            "unexpected {} after DROP SINK {name}",
+            parser.peek_token().token
+        )));
+    }
+    Ok((name, if_exists))
+}
+
+fn expect_word(parser: &mut Parser, word: &str) -> Result<()> {
+    match parser.next_token().token {
+        Token::Word(w) if w.value.eq_ignore_ascii_case(word) => Ok(()),
+        other => Err(EddyError::Syntax(format!("expected {word}, found {other}"))),
+    }
+}
+
+/// `( name = value, ... )` where a name may contain dots.
+fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>> {
+    parser.expect_token(&Token::LParen).map_err(syntax)?;
+    let mut options = BTreeMap::new();
+    loop {
+        let mut key = String::new();
+        loop {
+            match parser.next_token().token {
+                Token::Word(w) => key.push_str(&w.value.to_lowercase()),
+                other => {
+                    return Err(EddyError::Syntax(format!(
+                        "expected an option name, found {other}"
+                    )))
+                }
+            }
+            if !parser.consume_token(&Token::Period) {
+                break;
+            }
+            key.push('.');
+        }
+        parser.expect_token(&Token::Eq).map_err(syntax)?;
+        let value = match parser.next_token().token {
+            Token::SingleQuotedString(s) => s,
+            Token::Number(n, _) => n,
+            Token::Word(w) => w.value,
+            other => {
+                return Err(EddyError::Syntax(format!(
+                    "expected a value for option {key}, found {other}"
+                )))
+            }
+        };
+        if options.insert(key.clone(), value).is_some() {
+            return Err(EddyError::Syntax(format!("option {key} is given twice")));
+        }
+        if parser.consume_token(&Token::RParen) {
+            return Ok(options);
+        }
+        parser.expect_token(&Token::Comma).map_err(syntax)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_forms() {
+        let sink = parse_create_sink(
+            "CREATE SINK s FROM Totals WITH (connector = 'postgres', url = 'postgres://h/db', primary_key = 'a,b', properties.x.y = 3)",
+        )
+        .unwrap();
+        assert!(matches!(sink.input, SinkInput::View(ref v) if v == "totals"));
+        assert_eq!(sink.options["properties.x.y"], "3");
+        assert_eq!(sink.options["primary_key"], "a,b");
+        let sink = parse_create_sink(
+            "CREATE SINK s AS SELECT a, count(*) FROM t GROUP BY a WITH (connector = 'postgres')",
+        )
+        .unwrap();
+        assert!(matches!(sink.input, SinkInput::Query(_)));
+        assert!(parse_create_sink("CREATE SINK s WITH (connector = 'postgres')").is_err());
+        assert!(parse_create_sink("CREATE SINK s FROM v WITH (a = 1, a = 2)").is_err());
+    }
+}
