@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then runs every test
 # (unit tests, the sql-tests/*.slt contract, the oracle property test,
-# protocol, psql and JDBC tests).
+# protocol, psql and JDBC tests, Postgres sink tests against a real
+# PostgreSQL that scripts/postgres.sh installs and starts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,4 +13,7 @@ export PGJDBC_VERSION="${PGJDBC_VERSION:-42.7.14}"
 export EDDY_PGJDBC_JAR="${EDDY_PGJDBC_JAR:-$EDDY_CACHE/jdbc/postgresql-$PGJDBC_VERSION.jar}"
 
 scripts/install-test-deps.sh
+# A real PostgreSQL on loopback for the sink tests.
+scripts/postgres.sh start
+export EDDY_TEST_PG_URL="${EDDY_TEST_PG_URL:-$(scripts/postgres.sh url)}"
 cargo test "$@"

@@ -275,9 +275,9 @@ fn format_timestamp(micros: i64, with_zone: bool) -> String {
 fn format_interval(months: i32, days: i32, micros: i64) -> String {
     let mut parts: Vec<String> = Vec::new();
     let (years, months) = (months / 12, months % 12);
-    let plural = |n: i64, unit: &str, units: &str| {
-        format!("{n} {}", if n.abs() == 1 { unit } else { units })
-    };
+    // Postgres: singular for exactly 1 only ("-1 days").
+    let plural =
+        |n: i64, unit: &str, units: &str| format!("{n} {}", if n == 1 { unit } else { units });
     if years != 0 {
         parts.push(plural(i64::from(years), "year", "years"));
     }
@@ -376,6 +376,7 @@ mod tests {
         );
         assert_eq!(format_interval(0, 0, 0), "00:00:00");
         assert_eq!(format_interval(0, 1, 0), "1 day");
+        assert_eq!(format_interval(-12, -1, 0), "-1 years -1 days");
     }
 
     #[test]

@@ -842,21 +842,18 @@ impl Engine {
                 });
             }
             let dependents = self.catalog.dependents(target.id());
-            if let (false, Some(first)) =
-                (cascade, dependents.iter().find(|v| v.owner_sink.is_none()))
-            {
+            if let (false, Some(first)) = (cascade, dependents.first()) {
+                let dependent = match &first.owner_sink {
+                    Some(sink) => format!("sink {sink}"),
+                    None => format!("materialized view {}", first.name),
+                };
                 return Err(EddyError::DependentObjects {
                     message: format!(
                         "cannot drop {} {} because other objects depend on it",
                         kind.noun(),
                         target.name()
                     ),
-                    detail: format!(
-                        "materialized view {} depends on {} {}",
-                        first.name,
-                        kind.noun(),
-                        target.name()
-                    ),
+                    detail: format!("{dependent} depends on {} {}", kind.noun(), target.name()),
                 });
             }
         }

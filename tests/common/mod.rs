@@ -71,3 +71,41 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
         None => error.to_string(),
     }
 }
+
+/// The real PostgreSQL the sink tests write to (scripts/postgres.sh starts it).
+pub fn postgres_url() -> String {
+    std::env::var("EDDY_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:54329/eddy_test".to_string())
+}
+
+/// A direct connection to that PostgreSQL, in UTC.
+pub async fn connect_postgres() -> Client {
+    let url = postgres_url();
+    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at {url} (start it with scripts/postgres.sh start): {e}"
+            )
+        });
+    tokio::spawn(connection);
+    client
+        .batch_execute("SET TIME ZONE 'UTC'")
+        .await
+        .expect("set time zone");
+    client
+}
+
+/// All rows of a query on the real PostgreSQL, as text, sorted.
+pub async fn postgres_rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    let mut rows = query_text(client, sql).await;
+    rows.sort();
+    rows
+}
+
+/// All rows of a query on eddy, as text, sorted.
+pub async fn sorted_rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    let mut rows = query_text(client, sql).await;
+    rows.sort();
+    rows
+}
