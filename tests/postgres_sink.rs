@@ -209,7 +209,8 @@ async fn targets_are_checked_at_create_sink() {
     let (code, _) = error_of(create(
         "s6",
         "counts",
-        format!("connector = 'postgres', url = 'postgres://postgres@127.0.0.1:1/x', table = 't'"),
+        "connector = 'postgres', url = 'postgres://postgres@127.0.0.1:1/x', table = 't'"
+            .to_string(),
     ))
     .await;
     assert_eq!(code, "22023");

@@ -127,6 +127,13 @@ async fn run_file(path: &PathBuf) -> Result<(), String> {
 }
 
 fn main() {
+    // sinks.slt writes to the real PostgreSQL that scripts/postgres.sh starts.
+    if std::env::var_os("EDDY_TEST_PG_URL").is_none() {
+        std::env::set_var(
+            "EDDY_TEST_PG_URL",
+            "postgres://postgres@127.0.0.1:54329/eddy_test",
+        );
+    }
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

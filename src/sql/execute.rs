@@ -21,7 +21,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{self, Statement};
 
 use super::sink::{CreateSink, SinkInput};
-use super::system::{views_batch, SystemSchema};
+use super::system::{sinks_batch, views_batch, SystemSchema};
 use super::types::column_field;
 use super::{normalize_ident, CreateView, EddyStatement, WriteKind};
 use crate::catalog::{Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry};
@@ -121,7 +121,10 @@ impl Engine {
         catalog.register_schema("public", public)?;
         catalog.register_schema(
             "eddy_catalog",
-            Arc::new(SystemSchema::new(self.runtime.clone())),
+            Arc::new(SystemSchema::new(
+                self.runtime.clone(),
+                self.catalog.clone(),
+            )),
         )?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog("eddy".into(), catalog as Arc<dyn CatalogProvider>);
@@ -649,46 +652,10 @@ impl Engine {
     }
 
     fn sinks_batch(&self) -> Result<RecordBatch> {
-        let sinks = self.catalog.list_sinks();
-        let epoch = self.runtime.published().epoch;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("name", DataType::Utf8, false),
-            Field::new("from", DataType::Utf8, false),
-            Field::new("target", DataType::Utf8, false),
-            Field::new("type", DataType::Utf8, false),
-            Field::new("status", DataType::Utf8, false),
-            Field::new("committed_epoch", DataType::UInt64, false),
-            Field::new("lag_epochs", DataType::UInt64, false),
-            Field::new("rows_written", DataType::UInt64, false),
-        ]));
-        let text = |f: &dyn Fn(&SinkEntry) -> String| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(sinks.iter().map(|s| f(s))))
-        };
-        let number = |f: &dyn Fn(&SinkEntry) -> u64| -> ArrayRef {
-            Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(
-                sinks.iter().map(|s| f(s)),
-            ))
-        };
-        let columns = vec![
-            text(&|s| s.name.clone()),
-            text(&|s| {
-                if s.view_name.starts_with("__sink_") {
-                    "(query)".into()
-                } else {
-                    s.view_name.clone()
-                }
-            }),
-            text(&|s| s.target.clone()),
-            text(&|s| match s.mode {
-                SinkMode::Upsert => "upsert".into(),
-                SinkMode::AppendOnly => "append-only".into(),
-            }),
-            text(&|s| s.status.describe()),
-            number(&|s| s.status.committed_epoch()),
-            number(&|s| epoch.saturating_sub(s.status.committed_epoch())),
-            number(&|s| s.status.rows_written()),
-        ];
-        Ok(RecordBatch::try_new(schema, columns)?)
+        Ok(sinks_batch(
+            &self.catalog.list_sinks(),
+            self.runtime.published().epoch,
+        )?)
     }
 
     async fn explain_view(&self, view: &CreateView) -> Result<StatementResult> {

@@ -1,7 +1,8 @@
 //! System tables in schema `eddy_catalog`, built when a query reads them:
 //! - `materialized_views`: each view's row count, failed rows and status;
 //! - `operator_stats`: rows in/out and state keys of every operator, the
-//!   figures that show a view is maintained incrementally.
+//!   figures that show a view is maintained incrementally;
+//! - `sinks`: each sink's target, status, progress and lag (= SHOW SINKS).
 
 use std::sync::Arc;
 
@@ -12,18 +13,21 @@ use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result as DFResult};
 
+use crate::catalog::{Catalog, SinkEntry};
+use crate::connectors::postgres::SinkMode;
 use crate::runtime::{RuntimeHandle, ViewStatus};
 
-const TABLES: [&str; 2] = ["materialized_views", "operator_stats"];
+const TABLES: [&str; 3] = ["materialized_views", "operator_stats", "sinks"];
 
 #[derive(Debug)]
 pub struct SystemSchema {
     runtime: RuntimeHandle,
+    catalog: Arc<Catalog>,
 }
 
 impl SystemSchema {
-    pub fn new(runtime: RuntimeHandle) -> Self {
-        Self { runtime }
+    pub fn new(runtime: RuntimeHandle, catalog: Arc<Catalog>) -> Self {
+        Self { runtime, catalog }
     }
 }
 
@@ -53,6 +57,47 @@ pub fn views_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
         Arc::new(StringArray::from_iter(
             views.iter().map(|v| v.last_error.clone()),
         )),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// The rows of `SHOW SINKS` and `eddy_catalog.sinks`; `epoch` is the last
+/// published epoch, against which lag is counted.
+pub fn sinks_batch(sinks: &[Arc<SinkEntry>], epoch: u64) -> DFResult<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("from", DataType::Utf8, false),
+        Field::new("target", DataType::Utf8, false),
+        Field::new("type", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("committed_epoch", DataType::UInt64, false),
+        Field::new("lag_epochs", DataType::UInt64, false),
+        Field::new("rows_written", DataType::UInt64, false),
+    ]));
+    let text = |f: &dyn Fn(&SinkEntry) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(sinks.iter().map(|s| f(s))))
+    };
+    let number = |f: &dyn Fn(&SinkEntry) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(sinks.iter().map(|s| f(s))))
+    };
+    let columns = vec![
+        text(&|s| s.name.clone()),
+        text(&|s| {
+            if s.view_name.starts_with("__sink_") {
+                "(query)".into()
+            } else {
+                s.view_name.clone()
+            }
+        }),
+        text(&|s| s.target.clone()),
+        text(&|s| match s.mode {
+            SinkMode::Upsert => "upsert".into(),
+            SinkMode::AppendOnly => "append-only".into(),
+        }),
+        text(&|s| s.status.describe()),
+        number(&|s| s.status.committed_epoch()),
+        number(&|s| epoch.saturating_sub(s.status.committed_epoch())),
+        number(&|s| s.status.rows_written()),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
 }
@@ -104,6 +149,13 @@ impl SchemaProvider for SystemSchema {
     async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
         if !TABLES.contains(&name) {
             return Ok(None);
+        }
+        if name == "sinks" {
+            let batch = sinks_batch(&self.catalog.list_sinks(), self.runtime.published().epoch)?;
+            return Ok(Some(Arc::new(MemTable::try_new(
+                batch.schema(),
+                vec![vec![batch]],
+            )?)));
         }
         let (_, views) = self
             .runtime

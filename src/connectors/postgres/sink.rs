@@ -443,6 +443,10 @@ impl EpochWrite {
     }
 }
 
+/// What an epoch did to one key: whether the key existed before the epoch,
+/// and its last row (batch, row) if it exists after.
+type KeyFate = (bool, Option<(usize, usize)>);
+
 /// The last state of each key wins; a key that did not exist before the
 /// epoch and does not exist after it writes nothing.
 fn coalesce(config: &PostgresSinkConfig, changes: &[ChangeBatch]) -> Result<EpochWrite> {
@@ -470,8 +474,7 @@ fn coalesce(config: &PostgresSinkConfig, changes: &[ChangeBatch]) -> Result<Epoc
     }
     let key_schema = Arc::new(config.schema.project(&config.key)?);
     let codec = RowCodec::try_new(key_schema)?;
-    // key -> (existed before the epoch, last row if it exists after)
-    let mut last: HashMap<Arc<[u8]>, (bool, Option<(usize, usize)>)> = HashMap::new();
+    let mut last: HashMap<Arc<[u8]>, KeyFate> = HashMap::new();
     let mut order: Vec<Arc<[u8]>> = Vec::new();
     for (b, change) in changes.iter().enumerate() {
         let keys = codec.encode(&change.rows.project(&config.key)?)?;
