@@ -148,6 +148,15 @@ impl RuntimeHandle {
             .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
     }
 
+    /// Sends a command that carries a reply channel, and waits for the reply.
+    async fn request<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (reply, response) = oneshot::channel();
+        self.send(command(reply)).await?;
+        response
+            .await
+            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+    }
+
     /// Queues a change of `relation`; returns once it is queued (in order).
     pub async fn send_changes(&self, relation: RelationId, batch: ChangeBatch) -> Result<()> {
         if batch.is_empty() {
@@ -158,23 +167,15 @@ impl RuntimeHandle {
 
     /// Starts a view: backfills it and publishes its first state.
     pub async fn create_view(&self, spec: ViewSpec) -> Result<()> {
-        let (reply, response) = oneshot::channel();
-        self.send(Command::CreateView {
+        self.request(|reply| Command::CreateView {
             spec: Box::new(spec),
             reply,
         })
-        .await?;
-        response
-            .await
-            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))?
+        .await?
     }
 
     pub async fn drop_view(&self, id: RelationId) -> Result<()> {
-        let (reply, response) = oneshot::channel();
-        self.send(Command::DropView { id, reply }).await?;
-        response
-            .await
-            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+        self.request(|reply| Command::DropView { id, reply }).await
     }
 
     /// Starts feeding `view`'s changes to a sink, one [`SinkEpoch`] per
@@ -185,43 +186,27 @@ impl RuntimeHandle {
         view: RelationId,
         epochs: mpsc::Sender<SinkEpoch>,
     ) -> Result<()> {
-        let (reply, response) = oneshot::channel();
-        self.send(Command::CreateSink {
+        self.request(|reply| Command::CreateSink {
             id,
             view,
             epochs,
             reply,
         })
-        .await?;
-        response
-            .await
-            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))?
+        .await?
     }
 
     pub async fn drop_sink(&self, id: u64) -> Result<()> {
-        let (reply, response) = oneshot::channel();
-        self.send(Command::DropSink { id, reply }).await?;
-        response
-            .await
-            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+        self.request(|reply| Command::DropSink { id, reply }).await
     }
 
     /// Returns the epoch in which every change sent before is visible.
     pub async fn flush(&self) -> Result<u64> {
-        let (reply, response) = oneshot::channel();
-        self.send(Command::Flush { reply }).await?;
-        response
-            .await
-            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+        self.request(|reply| Command::Flush { reply }).await
     }
 
     /// The status of every view, after every change sent before.
     pub async fn status(&self) -> Result<(u64, Vec<ViewStatus>)> {
-        let (reply, response) = oneshot::channel();
-        self.send(Command::Status { reply }).await?;
-        response
-            .await
-            .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
+        self.request(|reply| Command::Status { reply }).await
     }
 }
 
