@@ -141,6 +141,16 @@ impl From<ArrowError> for EddyError {
 
 impl From<DataFusionError> for EddyError {
     fn from(e: DataFusionError) -> Self {
+        // eddy's own errors raised inside DataFusion (table providers, table
+        // functions) keep their class.
+        if let DataFusionError::External(inner) = e.find_root() {
+            if let Some(eddy) = inner.downcast_ref::<EddyError>() {
+                return EddyError::Planning {
+                    sqlstate: eddy.sqlstate(),
+                    message: eddy.to_string(),
+                };
+            }
+        }
         match e.find_root() {
             DataFusionError::ArrowError(arrow, _) => {
                 let arrow_message = arrow.to_string();

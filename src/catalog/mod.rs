@@ -10,6 +10,7 @@
 //! can never reach a new table of the same name.
 
 mod provider;
+pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +58,8 @@ pub struct TableEntry {
     /// Only INSERT is allowed (`WITH (append_only = true)`), so views over
     /// it can feed append-only sinks.
     pub append_only: bool,
+    /// `WATERMARK FOR column AS ...`, if declared.
+    pub watermark: Option<crate::connectors::table::TableWatermark>,
 }
 
 impl TableEntry {

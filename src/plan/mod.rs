@@ -22,15 +22,20 @@ use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, Volatility};
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_plan::PhysicalExpr;
 
+use crate::catalog::window::WindowedRelationProvider;
+use crate::catalog::RelationId;
 use crate::catalog::RelationProvider;
 use crate::error::{EddyError, Result};
 use crate::stream::accumulator::{AggregateFolder, AggregateKind};
-use crate::stream::aggregate::{AggregateCall, AggregateOperator};
+use crate::stream::aggregate::{AggregateCall, AggregateOperator, WindowedGroups};
 use crate::stream::filter::FilterOperator;
 use crate::stream::graph::{NodeIndex, StreamGraph};
 use crate::stream::project::ProjectOperator;
 use crate::stream::source::{ConstantOperator, ScanOperator};
 use crate::stream::union::UnionOperator;
+use crate::stream::window::WindowAssignOperator;
+use datafusion::catalog::TableProvider;
+use datafusion::physical_expr::expressions::Column;
 
 /// Refuses expressions whose value can change between the insertion and the
 /// retraction of the same row (`random()`, `now()`, ...): a view over them
@@ -64,132 +69,241 @@ pub fn check_deterministic(plan: &LogicalPlan) -> Result<()> {
     }
 }
 
-/// Lowers an optimized plan into a streaming graph whose root produces the
-/// plan's result as a changelog.
-pub fn lower(plan: &LogicalPlan) -> Result<StreamGraph> {
-    let mut graph = StreamGraph::new();
-    lower_node(plan, &mut graph)?;
-    Ok(graph)
+/// How a view treats event time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimeOptions {
+    /// Windows stay open this long after the watermark passes their end.
+    pub allowed_lateness_micros: i64,
+    /// `EMIT ON WINDOW CLOSE`.
+    pub emit_on_window_close: bool,
 }
 
-fn lower_node(plan: &LogicalPlan, graph: &mut StreamGraph) -> Result<NodeIndex> {
-    match plan {
-        LogicalPlan::TableScan(scan) => {
-            if scan.fetch.is_some() {
-                return Err(not_incremental("LIMIT"));
-            }
-            if !scan.filters.is_empty() {
-                return Err(crate::internal!(
-                    "filters were pushed into a scan that does not take them"
-                ));
-            }
-            let provider = source_as_provider(&scan.source)?;
-            let relation = provider.downcast_ref::<RelationProvider>().ok_or_else(|| {
-                crate::not_supported!(
-                    "materialized views over {} are not supported",
-                    scan.table_name
-                )
-            })?;
-            let op = ScanOperator::new(relation.id, relation.name.clone(), scan.projection.clone());
-            Ok(graph.add_scan(relation.id, Box::new(op)))
-        }
-        LogicalPlan::Projection(projection) => {
-            let input = lower_node(&projection.input, graph)?;
-            let exprs = physical_exprs(&projection.expr, projection.input.schema())?;
-            let op = ProjectOperator::new(exprs, arrow_schema(&projection.schema));
-            Ok(graph.add(Box::new(op), vec![input]))
-        }
-        LogicalPlan::Filter(filter) => {
-            let input = lower_node(&filter.input, graph)?;
-            let predicate = physical_expr(&filter.predicate, filter.input.schema())?;
-            Ok(graph.add(Box::new(FilterOperator::new(predicate)), vec![input]))
-        }
-        LogicalPlan::Aggregate(aggregate) => {
-            if aggregate
-                .group_expr
-                .iter()
-                .any(|e| matches!(e, Expr::GroupingSet(_)))
+/// A view's graph, and what it does with time.
+pub struct Lowered {
+    pub graph: StreamGraph,
+    /// Each window table function: the relation and its time column.
+    pub windows: Vec<(RelationId, String)>,
+    /// Whether an aggregate groups by `window_end` (its state is bounded).
+    pub windowed_aggregate: bool,
+}
+
+/// Lowers an optimized plan into a streaming graph whose root produces the
+/// plan's result as a changelog.
+pub fn lower(plan: &LogicalPlan, time: TimeOptions) -> Result<Lowered> {
+    let mut lowering = Lowering {
+        graph: StreamGraph::new(),
+        time,
+        windows: vec![],
+        windowed_aggregate: false,
+    };
+    lowering.node(plan)?;
+    if time.emit_on_window_close && !lowering.windowed_aggregate {
+        return Err(EddyError::NotIncremental(
+            "EMIT ON WINDOW CLOSE needs an aggregate grouped by window_end of TUMBLE(...) or HOP(...)".into(),
+        ));
+    }
+    Ok(Lowered {
+        graph: lowering.graph,
+        windows: lowering.windows,
+        windowed_aggregate: lowering.windowed_aggregate,
+    })
+}
+
+struct Lowering {
+    graph: StreamGraph,
+    time: TimeOptions,
+    windows: Vec<(RelationId, String)>,
+    windowed_aggregate: bool,
+}
+
+impl Lowering {
+    fn node(&mut self, plan: &LogicalPlan) -> Result<NodeIndex> {
+        match plan {
+            LogicalPlan::TableScan(scan)
+                if source_as_provider(&scan.source)?.is::<WindowedRelationProvider>() =>
             {
-                return Err(not_incremental("GROUPING SETS, ROLLUP and CUBE"));
-            }
-            let input = lower_node(&aggregate.input, graph)?;
-            let input_schema = aggregate.input.schema();
-            let group_exprs = physical_exprs(&aggregate.group_expr, input_schema)?;
-            let output_schema = arrow_schema(&aggregate.schema);
-            let calls = aggregate
-                .aggr_expr
-                .iter()
-                .enumerate()
-                .map(|(i, expr)| {
-                    let output_type = output_schema
-                        .field(group_exprs.len() + i)
-                        .data_type()
-                        .clone();
-                    aggregate_call(expr, input_schema, output_type)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let op = AggregateOperator::try_new(group_exprs, calls, output_schema)?;
-            Ok(graph.add(Box::new(op), vec![input]))
-        }
-        LogicalPlan::Union(union) => {
-            let inputs = union
-                .inputs
-                .iter()
-                .map(|i| lower_node(i, graph))
-                .collect::<Result<Vec<_>>>()?;
-            let op = UnionOperator::new(arrow_schema(&union.schema), inputs.len());
-            Ok(graph.add(Box::new(op), inputs))
-        }
-        LogicalPlan::SubqueryAlias(alias) => lower_node(&alias.input, graph),
-        LogicalPlan::Values(values) => {
-            let schema = arrow_schema(&values.schema);
-            let empty = DFSchema::empty();
-            let one_row = RecordBatch::try_new_with_options(
-                Arc::new(Schema::empty()),
-                vec![],
-                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
-            )?;
-            let mut columns = Vec::with_capacity(schema.fields().len());
-            for (column, field) in schema.fields().iter().enumerate() {
-                let mut cells = Vec::with_capacity(values.values.len());
-                for row in &values.values {
-                    let cell = physical_expr(&row[column], &empty)?
-                        .evaluate(&one_row)?
-                        .into_array(1)?;
-                    cells.push(datafusion::arrow::compute::cast(&cell, field.data_type())?);
+                if scan.fetch.is_some() {
+                    return Err(not_incremental("LIMIT"));
                 }
-                let refs: Vec<&dyn datafusion::arrow::array::Array> =
-                    cells.iter().map(|c| c.as_ref()).collect();
-                columns.push(concat(&refs)?);
+                let provider = source_as_provider(&scan.source)?;
+                let windowed = provider
+                    .downcast_ref::<WindowedRelationProvider>()
+                    .ok_or_else(|| crate::internal!("window provider vanished"))?;
+                let relation = &windowed.relation;
+                let scan_node = self.graph.add_scan(
+                    relation.id,
+                    Box::new(ScanOperator::new(relation.id, relation.name.clone(), None)),
+                );
+                let time_name = relation
+                    .rows()
+                    .schema()
+                    .field(windowed.time_column)
+                    .name()
+                    .clone();
+                let schema = TableProvider::schema(windowed);
+                let assign = WindowAssignOperator::new(
+                    windowed.time_column,
+                    time_name.clone(),
+                    windowed.spec,
+                    schema.clone(),
+                    self.time.allowed_lateness_micros,
+                );
+                self.windows.push((relation.id, time_name));
+                let assigned = self.graph.add(Box::new(assign), vec![scan_node]);
+                match &scan.projection {
+                    None => Ok(assigned),
+                    Some(columns) => {
+                        let exprs: Vec<Arc<dyn PhysicalExpr>> = columns
+                            .iter()
+                            .map(|&i| {
+                                Arc::new(Column::new(schema.field(i).name(), i))
+                                    as Arc<dyn PhysicalExpr>
+                            })
+                            .collect();
+                        let projected = Arc::new(schema.project(columns)?);
+                        Ok(self.graph.add(
+                            Box::new(ProjectOperator::new(exprs, projected)),
+                            vec![assigned],
+                        ))
+                    }
+                }
             }
-            let rows = RecordBatch::try_new(schema, columns)?;
-            Ok(graph.add(Box::new(ConstantOperator::new(rows)), vec![]))
-        }
-        LogicalPlan::EmptyRelation(empty) => {
-            let row_count = usize::from(empty.produce_one_row);
-            let rows = RecordBatch::try_new_with_options(
-                arrow_schema(&empty.schema),
-                vec![],
-                &datafusion::arrow::array::RecordBatchOptions::new()
-                    .with_row_count(Some(row_count)),
-            )?;
-            Ok(graph.add(Box::new(ConstantOperator::new(rows)), vec![]))
-        }
-        LogicalPlan::Distinct(Distinct::On(_)) => Err(not_incremental("DISTINCT ON")),
-        LogicalPlan::Join(_) => Err(not_incremental("JOIN (and subqueries that become joins)")),
-        LogicalPlan::Sort(_) => Err(EddyError::NotIncremental(
-            "ORDER BY cannot be maintained in a materialized view yet (top-N is planned); \
+            LogicalPlan::TableScan(scan) => {
+                if scan.fetch.is_some() {
+                    return Err(not_incremental("LIMIT"));
+                }
+                if !scan.filters.is_empty() {
+                    return Err(crate::internal!(
+                        "filters were pushed into a scan that does not take them"
+                    ));
+                }
+                let provider = source_as_provider(&scan.source)?;
+                let relation = provider.downcast_ref::<RelationProvider>().ok_or_else(|| {
+                    crate::not_supported!(
+                        "materialized views over {} are not supported",
+                        scan.table_name
+                    )
+                })?;
+                let op =
+                    ScanOperator::new(relation.id, relation.name.clone(), scan.projection.clone());
+                Ok(self.graph.add_scan(relation.id, Box::new(op)))
+            }
+            LogicalPlan::Projection(projection) => {
+                let input = self.node(&projection.input)?;
+                let exprs = physical_exprs(&projection.expr, projection.input.schema())?;
+                let op = ProjectOperator::new(exprs, arrow_schema(&projection.schema));
+                Ok(self.graph.add(Box::new(op), vec![input]))
+            }
+            LogicalPlan::Filter(filter) => {
+                let input = self.node(&filter.input)?;
+                let predicate = physical_expr(&filter.predicate, filter.input.schema())?;
+                Ok(self
+                    .graph
+                    .add(Box::new(FilterOperator::new(predicate)), vec![input]))
+            }
+            LogicalPlan::Aggregate(aggregate) => {
+                if aggregate
+                    .group_expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::GroupingSet(_)))
+                {
+                    return Err(not_incremental("GROUPING SETS, ROLLUP and CUBE"));
+                }
+                let input = self.node(&aggregate.input)?;
+                let input_schema = aggregate.input.schema();
+                let group_exprs = physical_exprs(&aggregate.group_expr, input_schema)?;
+                let output_schema = arrow_schema(&aggregate.schema);
+                let calls = aggregate
+                    .aggr_expr
+                    .iter()
+                    .enumerate()
+                    .map(|(i, expr)| {
+                        let output_type = output_schema
+                            .field(group_exprs.len() + i)
+                            .data_type()
+                            .clone();
+                        aggregate_call(expr, input_schema, output_type)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut op = AggregateOperator::try_new(group_exprs, calls, output_schema)?;
+                let window_end = aggregate
+                    .group_expr
+                    .iter()
+                    .position(|e| matches!(e, Expr::Column(c) if c.name == "window_end"));
+                if let (Some(end_key), false) = (window_end, self.windows.is_empty()) {
+                    op = op.with_window(WindowedGroups {
+                        end_key,
+                        allowed_lateness: self.time.allowed_lateness_micros,
+                        emit_on_close: self.time.emit_on_window_close,
+                    });
+                    self.windowed_aggregate = true;
+                }
+                Ok(self.graph.add(Box::new(op), vec![input]))
+            }
+            LogicalPlan::Union(union) => {
+                let inputs = union
+                    .inputs
+                    .iter()
+                    .map(|i| self.node(i))
+                    .collect::<Result<Vec<_>>>()?;
+                let op = UnionOperator::new(arrow_schema(&union.schema), inputs.len());
+                Ok(self.graph.add(Box::new(op), inputs))
+            }
+            LogicalPlan::SubqueryAlias(alias) => self.node(&alias.input),
+            LogicalPlan::Values(values) => {
+                let schema = arrow_schema(&values.schema);
+                let empty = DFSchema::empty();
+                let one_row = RecordBatch::try_new_with_options(
+                    Arc::new(Schema::empty()),
+                    vec![],
+                    &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
+                )?;
+                let mut columns = Vec::with_capacity(schema.fields().len());
+                for (column, field) in schema.fields().iter().enumerate() {
+                    let mut cells = Vec::with_capacity(values.values.len());
+                    for row in &values.values {
+                        let cell = physical_expr(&row[column], &empty)?
+                            .evaluate(&one_row)?
+                            .into_array(1)?;
+                        cells.push(datafusion::arrow::compute::cast(&cell, field.data_type())?);
+                    }
+                    let refs: Vec<&dyn datafusion::arrow::array::Array> =
+                        cells.iter().map(|c| c.as_ref()).collect();
+                    columns.push(concat(&refs)?);
+                }
+                let rows = RecordBatch::try_new(schema, columns)?;
+                Ok(self
+                    .graph
+                    .add(Box::new(ConstantOperator::new(rows)), vec![]))
+            }
+            LogicalPlan::EmptyRelation(empty) => {
+                let row_count = usize::from(empty.produce_one_row);
+                let rows = RecordBatch::try_new_with_options(
+                    arrow_schema(&empty.schema),
+                    vec![],
+                    &datafusion::arrow::array::RecordBatchOptions::new()
+                        .with_row_count(Some(row_count)),
+                )?;
+                Ok(self
+                    .graph
+                    .add(Box::new(ConstantOperator::new(rows)), vec![]))
+            }
+            LogicalPlan::Distinct(Distinct::On(_)) => Err(not_incremental("DISTINCT ON")),
+            LogicalPlan::Join(_) => Err(not_incremental("JOIN (and subqueries that become joins)")),
+            LogicalPlan::Sort(_) => Err(EddyError::NotIncremental(
+                "ORDER BY cannot be maintained in a materialized view yet (top-N is planned); \
              order the SELECT that reads the view instead"
-                .into(),
-        )),
-        LogicalPlan::Limit(_) => Err(not_incremental("LIMIT")),
-        LogicalPlan::Window(_) => Err(not_incremental("window functions (OVER ...)")),
-        LogicalPlan::Unnest(_) => Err(not_incremental("UNNEST")),
-        LogicalPlan::RecursiveQuery(_) => Err(not_incremental("WITH RECURSIVE")),
-        other => Err(EddyError::NotIncremental(format!(
-            "{} cannot be maintained incrementally yet",
-            other.display()
-        ))),
+                    .into(),
+            )),
+            LogicalPlan::Limit(_) => Err(not_incremental("LIMIT")),
+            LogicalPlan::Window(_) => Err(not_incremental("window functions (OVER ...)")),
+            LogicalPlan::Unnest(_) => Err(not_incremental("UNNEST")),
+            LogicalPlan::RecursiveQuery(_) => Err(not_incremental("WITH RECURSIVE")),
+            other => Err(EddyError::NotIncremental(format!(
+                "{} cannot be maintained incrementally yet",
+                other.display()
+            ))),
+        }
     }
 }
 

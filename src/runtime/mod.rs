@@ -60,6 +60,8 @@ pub struct ViewStatus {
     pub name: String,
     pub rows: u64,
     pub rows_failed: u64,
+    /// Changes dropped because they arrived after their window closed.
+    pub late_rows: u64,
     pub last_error: Option<String>,
     /// Set when the view stopped because of an internal error.
     pub failed: Option<String>,
@@ -80,6 +82,8 @@ enum Command {
     Changes {
         relation: RelationId,
         batch: ChangeBatch,
+        /// The relation's event-time watermark after this change, if it moved.
+        watermark: Option<i64>,
     },
     CreateView {
         spec: Box<ViewSpec>,
@@ -158,11 +162,23 @@ impl RuntimeHandle {
     }
 
     /// Queues a change of `relation`; returns once it is queued (in order).
-    pub async fn send_changes(&self, relation: RelationId, batch: ChangeBatch) -> Result<()> {
-        if batch.is_empty() {
+    /// Queues a change of `relation` and, if it moved, the relation's new
+    /// watermark; returns once queued (in order).
+    pub async fn send_changes(
+        &self,
+        relation: RelationId,
+        batch: ChangeBatch,
+        watermark: Option<i64>,
+    ) -> Result<()> {
+        if batch.is_empty() && watermark.is_none() {
             return Ok(());
         }
-        self.send(Command::Changes { relation, batch }).await
+        self.send(Command::Changes {
+            relation,
+            batch,
+            watermark,
+        })
+        .await
     }
 
     /// Starts a view: backfills it and publishes its first state.
@@ -217,6 +233,13 @@ struct RunningView {
     failed: Option<String>,
 }
 
+/// What flows between relations inside the runtime.
+enum Event {
+    Change(RelationId, ChangeBatch),
+    /// The relation's event-time watermark (µs) advanced.
+    Watermark(RelationId, i64),
+}
+
 struct RunningSink {
     view: RelationId,
     /// The view's changes in the open epoch.
@@ -261,7 +284,20 @@ impl Worker {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Changes { relation, batch } => self.propagate(relation, batch),
+            Command::Changes {
+                relation,
+                batch,
+                watermark,
+            } => {
+                let mut events = VecDeque::new();
+                if !batch.is_empty() {
+                    events.push_back(Event::Change(relation, batch));
+                }
+                if let Some(watermark) = watermark {
+                    events.push_back(Event::Watermark(relation, watermark));
+                }
+                self.propagate(events);
+            }
             Command::CreateView { spec, reply } => {
                 let result = self.create_view(*spec);
                 self.publish();
@@ -368,9 +404,14 @@ impl Worker {
 
     /// Pushes a change through every view that reads `relation`, and the
     /// views' own changes on to the views that read them.
-    fn propagate(&mut self, relation: RelationId, batch: ChangeBatch) {
-        let mut pending = VecDeque::from([(relation, batch)]);
-        while let Some((relation, batch)) = pending.pop_front() {
+    /// Pushes changes and watermarks through every view that reads their
+    /// relation, and the views' own changes and watermarks on to the views
+    /// that read them.
+    fn propagate(&mut self, mut events: VecDeque<Event>) {
+        while let Some(event) = events.pop_front() {
+            let relation = match &event {
+                Event::Change(relation, _) | Event::Watermark(relation, _) => *relation,
+            };
             let Some(readers) = self.readers.get(&relation) else {
                 continue;
             };
@@ -381,13 +422,28 @@ impl Worker {
                 if view.failed.is_some() {
                     continue;
                 }
-                match Self::apply_to_view(view, relation, &batch) {
-                    Ok(changes) => {
-                        self.dirty = true;
+                let result = match &event {
+                    Event::Change(_, batch) => {
+                        view.graph.push_relation(relation, batch).map(|c| (c, None))
+                    }
+                    Event::Watermark(_, watermark) => {
+                        view.graph.push_watermark(relation, *watermark)
+                    }
+                };
+                match result.and_then(|(changes, watermark)| {
+                    Self::apply_to_view(view, changes).map(|c| (c, watermark))
+                }) {
+                    Ok((changes, watermark)) => {
+                        if !changes.is_empty() {
+                            self.dirty = true;
+                        }
                         for sink in self.sinks.values_mut().filter(|s| s.view == view_id) {
                             sink.pending.extend(changes.iter().cloned());
                         }
-                        pending.extend(changes.into_iter().map(|c| (view_id, c)));
+                        events.extend(changes.into_iter().map(|c| Event::Change(view_id, c)));
+                        if let Some(watermark) = watermark {
+                            events.push_back(Event::Watermark(view_id, watermark));
+                        }
                     }
                     Err(e) => {
                         tracing::error!(view = %view.name, error = %e, "materialized view stopped");
@@ -399,12 +455,11 @@ impl Worker {
         }
     }
 
+    /// Applies a view's output changes to its state (all or nothing).
     fn apply_to_view(
         view: &mut RunningView,
-        relation: RelationId,
-        batch: &ChangeBatch,
+        changes: Vec<ChangeBatch>,
     ) -> Result<Vec<ChangeBatch>> {
-        let changes = view.graph.push_relation(relation, batch)?;
         let mut next = view.state.clone();
         for change in &changes {
             next.apply(change)?;
@@ -460,6 +515,7 @@ impl Worker {
                     name: v.name.clone(),
                     rows: v.state.len(),
                     rows_failed: operators.iter().map(|(_, _, s)| s.rows_failed).sum(),
+                    late_rows: operators.iter().map(|(_, _, s)| s.late_rows).sum(),
                     last_error: v.graph.last_error(),
                     failed: v.failed.clone(),
                     operators,

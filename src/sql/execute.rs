@@ -2,7 +2,7 @@
 //! runtime. It is shared by all sessions; per-connection settings live in
 //! [`Session`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -23,7 +23,8 @@ use datafusion::sql::sqlparser::ast::{self, Statement};
 use super::sink::{CreateSink, SinkInput};
 use super::system::{sinks_batch, views_batch, SystemSchema};
 use super::types::column_field;
-use super::{normalize_ident, CreateView, EddyStatement, WriteKind};
+use super::{normalize_ident, CreateView, EddyStatement, WatermarkClause, WriteKind};
+use crate::catalog::window::{WindowFunction, WindowKind};
 use crate::catalog::{Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry};
 use crate::connectors::postgres::{self, PostgresSinkConfig, SinkMode, SinkStatus};
 use crate::connectors::table::TableData;
@@ -113,10 +114,13 @@ impl Engine {
     fn query_state(&self) -> Result<SessionState> {
         let epoch = self.runtime.published();
         let public = Arc::new(MemorySchemaProvider::new());
+        let mut relations = HashMap::new();
         for relation in self.catalog.snapshot(&epoch) {
-            let name = relation.name.clone();
-            public.register_table(name, Arc::new(relation))?;
+            let relation = Arc::new(relation);
+            relations.insert(relation.name.clone(), relation.clone());
+            public.register_table(relation.name.clone(), relation)?;
         }
+        let relations = Arc::new(relations);
         let catalog = Arc::new(MemoryCatalogProvider::new());
         catalog.register_schema("public", public)?;
         catalog.register_schema(
@@ -128,11 +132,16 @@ impl Engine {
         )?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog("eddy".into(), catalog as Arc<dyn CatalogProvider>);
-        Ok(
-            SessionStateBuilder::new_from_existing(self.base_state.clone())
-                .with_catalog_list(catalogs as Arc<dyn CatalogProviderList>)
-                .build(),
-        )
+        let mut state = SessionStateBuilder::new_from_existing(self.base_state.clone())
+            .with_catalog_list(catalogs as Arc<dyn CatalogProviderList>)
+            .build();
+        // DataFusion looks table functions up by the name as written.
+        for (name, kind) in [("tumble", WindowKind::Tumble), ("hop", WindowKind::Hop)] {
+            let function = Arc::new(WindowFunction::new(kind, relations.clone()));
+            state.register_udtf(name, function.clone());
+            state.register_udtf(&name.to_uppercase(), function);
+        }
+        Ok(state)
     }
 
     async fn plan(&self, state: &SessionState, statement: &Statement) -> Result<LogicalPlan> {
@@ -183,7 +192,9 @@ impl Engine {
     ) -> Result<StatementResult> {
         match statement {
             EddyStatement::Query(query) => self.query(&query, params).await,
-            EddyStatement::CreateTable(create) => self.create_table(*create).await,
+            EddyStatement::CreateTable(create, watermark) => {
+                self.create_table(*create, watermark).await
+            }
             EddyStatement::CreateView(view) => self.create_view(*view).await,
             EddyStatement::ExplainCreateView(view) => self.explain_view(&view).await,
             EddyStatement::Write {
@@ -268,7 +279,11 @@ impl Engine {
         Ok(StatementResult::Rows { schema, batches })
     }
 
-    async fn create_table(&self, create: ast::CreateTable) -> Result<StatementResult> {
+    async fn create_table(
+        &self,
+        create: ast::CreateTable,
+        watermark: Option<Box<WatermarkClause>>,
+    ) -> Result<StatementResult> {
         let name = super::relation_name(&create.name)?;
         let mut primary_key: Vec<String> = Vec::new();
         let mut not_null: Vec<bool> = Vec::new();
@@ -346,6 +361,9 @@ impl Engine {
             key_indices.push(index);
         }
         let append_only = table_append_only(&create.table_options)?;
+        let watermark = watermark
+            .map(|w| table_watermark(&w, &fields))
+            .transpose()?;
         let schema = Arc::new(Schema::new(fields));
         let _ddl = self.ddl_lock.lock().await;
         if self.catalog.get(&name).is_some() && create.if_not_exists {
@@ -359,6 +377,7 @@ impl Engine {
             data: std::sync::Mutex::new(data),
             write_lock: tokio::sync::Mutex::new(()),
             append_only,
+            watermark,
         })))?;
         Ok(StatementResult::Command("CREATE TABLE".into()))
     }
@@ -376,7 +395,30 @@ impl Engine {
         }
         plan::check_deterministic(&logical)?;
         let optimized = state.optimize(&logical)?;
-        let graph = plan::lower(&optimized)?;
+        let time = plan::TimeOptions {
+            allowed_lateness_micros: view.allowed_lateness_micros,
+            emit_on_window_close: view.emit_on_window_close,
+        };
+        let lowered = plan::lower(&optimized, time)?;
+        if view.emit_on_window_close {
+            // Windows close only as the watermark of their time column moves.
+            for (relation, time_column) in &lowered.windows {
+                if let Some(Relation::Table(table)) = self.catalog.by_id(*relation) {
+                    let watermarked = table
+                        .watermark
+                        .as_ref()
+                        .map(|w| table.schema.field(w.column).name().as_str());
+                    if watermarked != Some(time_column.as_str()) {
+                        return Err(EddyError::InvalidParameter(format!(
+                            "EMIT ON WINDOW CLOSE needs a watermark on {}.{time_column}: declare \
+                             WATERMARK FOR {time_column} AS {time_column} - INTERVAL '...' in CREATE TABLE",
+                            table.name
+                        )));
+                    }
+                }
+            }
+        }
+        let graph = lowered.graph;
         let mut fields: Vec<Field> = logical
             .schema()
             .as_arrow()
@@ -416,14 +458,16 @@ impl Engine {
         }
         let schema = Arc::new(Schema::new(fields));
         let key = plan::derive_key(&optimized);
-        let append_only = plan::is_append_only(&optimized, &|relation| match self
-            .catalog
-            .by_id(relation.id)
-        {
-            Some(Relation::Table(t)) => t.append_only,
-            Some(Relation::View(v)) => v.append_only,
-            None => false,
-        });
+        // EMIT ON WINDOW CLOSE emits each window once: only insertions.
+        let append_only = view.emit_on_window_close
+            || plan::is_append_only(
+                &optimized,
+                &|relation| match self.catalog.by_id(relation.id) {
+                    Some(Relation::Table(t)) => t.append_only,
+                    Some(Relation::View(v)) => v.append_only,
+                    None => false,
+                },
+            );
         Ok((
             plan::PlannedView {
                 graph,
@@ -554,6 +598,8 @@ impl Engine {
                     query: query.clone(),
                     if_not_exists: false,
                     definition: query.to_string(),
+                    emit_on_window_close: false,
+                    allowed_lateness_micros: 0,
                 };
                 // Check the target before starting anything.
                 let (planned, _) = self.plan_view(&definition).await?;
@@ -755,7 +801,15 @@ impl Engine {
             }
             (kind, op) => return Err(crate::internal!("{kind:?} planned as {op}")),
         };
-        self.runtime.send_changes(table.id, change).await?;
+        let watermark = table
+            .watermark
+            .as_ref()
+            .map(|w| w.observe(&change))
+            .transpose()?
+            .flatten();
+        self.runtime
+            .send_changes(table.id, change, watermark)
+            .await?;
         Ok(StatementResult::Command(tag))
     }
 
@@ -903,6 +957,61 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         &options,
     )
     .unwrap_or(relaxed_batch))
+}
+
+/// `WATERMARK FOR ts AS ts [- INTERVAL '...']` checked against the columns.
+fn table_watermark(
+    clause: &WatermarkClause,
+    fields: &[Field],
+) -> Result<crate::connectors::table::TableWatermark> {
+    let column = fields
+        .iter()
+        .position(|f| f.name() == &clause.column)
+        .ok_or_else(|| {
+            EddyError::UndefinedColumn(format!(
+                "watermark column \"{}\" does not exist",
+                clause.column
+            ))
+        })?;
+    if !matches!(fields[column].data_type(), DataType::Timestamp(_, _)) {
+        return Err(EddyError::TypeMismatch(format!(
+            "watermark column \"{}\" must be a timestamp, not {}",
+            clause.column,
+            fields[column].data_type()
+        )));
+    }
+    let is_column = |e: &ast::Expr| matches!(e, ast::Expr::Identifier(i) if normalize_ident(i) == clause.column);
+    let delay = match &clause.expression {
+        e if is_column(e) => 0,
+        ast::Expr::BinaryOp { left, op: ast::BinaryOperator::Minus, right } if is_column(left) => match right.as_ref() {
+            ast::Expr::Interval(interval) => {
+                let value = interval.value.to_string();
+                let value = value.trim_matches('\'');
+                let text = match &interval.leading_field {
+                    Some(unit) => format!("{value} {unit}"),
+                    None => value.to_string(),
+                };
+                super::types::interval_micros(&text)?
+            }
+            other => {
+                return Err(EddyError::TypeMismatch(format!(
+                    "the watermark delay must be an interval such as INTERVAL '5' SECOND, not {other}"
+                )))
+            }
+        },
+        other => {
+            return Err(crate::not_supported!(
+                "watermark expression {other}: use WATERMARK FOR {0} AS {0} - INTERVAL '...' (or AS {0})",
+                clause.column
+            ))
+        }
+    };
+    if delay < 0 {
+        return Err(EddyError::InvalidParameter(
+            "the watermark delay must not be negative".into(),
+        ));
+    }
+    Ok(crate::connectors::table::TableWatermark::new(column, delay))
 }
 
 /// `CREATE TABLE ... WITH (append_only = true)`.

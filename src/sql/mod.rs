@@ -23,7 +23,7 @@ use crate::error::{EddyError, Result};
 pub enum EddyStatement {
     /// SELECT, VALUES, EXPLAIN SELECT: planned and run by DataFusion.
     Query(Box<Statement>),
-    CreateTable(Box<ast::CreateTable>),
+    CreateTable(Box<ast::CreateTable>, Option<Box<WatermarkClause>>),
     CreateView(Box<CreateView>),
     ExplainCreateView(Box<CreateView>),
     /// INSERT, UPDATE, DELETE on the named table.
@@ -62,6 +62,13 @@ pub enum WriteKind {
     Delete,
 }
 
+/// `WATERMARK FOR column AS expression` from a CREATE TABLE column list.
+#[derive(Debug, Clone)]
+pub struct WatermarkClause {
+    pub column: String,
+    pub expression: ast::Expr,
+}
+
 #[derive(Debug, Clone)]
 pub struct CreateView {
     pub name: String,
@@ -70,6 +77,10 @@ pub struct CreateView {
     pub if_not_exists: bool,
     /// The statement as written, kept for SHOW and the catalog.
     pub definition: String,
+    /// `... EMIT ON WINDOW CLOSE`: windows are emitted once, when closed.
+    pub emit_on_window_close: bool,
+    /// `WITH (allowed_lateness = '10 seconds')`, in µs.
+    pub allowed_lateness_micros: i64,
 }
 
 /// Splits `sql` into statements at semicolons outside quotes, dollar quotes
@@ -193,6 +204,13 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         }
         _ => {}
     }
+    // eddy's clauses that sqlparser does not know are taken out first.
+    let (sql, watermark) = match words.as_slice() {
+        ["CREATE", "TABLE", ..] => extract_watermark(sql)?,
+        _ => (sql.to_string(), None),
+    };
+    let (sql, emit_on_window_close) = strip_emit_on_window_close(&sql);
+    let sql = sql.as_str();
     let mut parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
         EddyError::Syntax(
             e.to_string()
@@ -206,7 +224,131 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
             parsed.len()
         )));
     }
-    classify(parsed.remove(0), sql)
+    let statement = classify(parsed.remove(0), sql)?;
+    match (statement, watermark, emit_on_window_close) {
+        (EddyStatement::CreateTable(create, None), watermark, false) => {
+            Ok(EddyStatement::CreateTable(create, watermark.map(Box::new)))
+        }
+        (EddyStatement::CreateView(mut view), None, emit) => {
+            view.emit_on_window_close = emit;
+            Ok(EddyStatement::CreateView(view))
+        }
+        (EddyStatement::ExplainCreateView(mut view), None, emit) => {
+            view.emit_on_window_close = emit;
+            Ok(EddyStatement::ExplainCreateView(view))
+        }
+        (_, _, true) => Err(EddyError::Syntax(
+            "EMIT ON WINDOW CLOSE belongs at the end of CREATE MATERIALIZED VIEW".into(),
+        )),
+        (statement, _, _) => Ok(statement),
+    }
+}
+
+/// Removes a trailing `EMIT ON WINDOW CLOSE` (before an optional `;`).
+fn strip_emit_on_window_close(sql: &str) -> (String, bool) {
+    let trimmed = sql.trim_end().trim_end_matches(';').trim_end();
+    let words: Vec<&str> = trimmed.rsplitn(5, char::is_whitespace).collect();
+    if words.len() == 5
+        && words[..4]
+            .iter()
+            .rev()
+            .map(|w| w.to_uppercase())
+            .eq(["EMIT", "ON", "WINDOW", "CLOSE"])
+    {
+        (words[4].to_string(), true)
+    } else {
+        (sql.to_string(), false)
+    }
+}
+
+/// Takes `WATERMARK FOR column AS expression` out of a CREATE TABLE column
+/// list (sqlparser does not know it); returns the rest and the clause.
+fn extract_watermark(sql: &str) -> Result<(String, Option<WatermarkClause>)> {
+    let bytes = sql.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    let mut last_comma_at_depth_1: Option<usize> = None;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => {
+                let quote = bytes[i];
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += 1;
+                }
+            }
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => last_comma_at_depth_1 = Some(i),
+            b'w' | b'W'
+                if depth == 1
+                    && sql[i..].len() >= 9
+                    && sql[i..i + 9].eq_ignore_ascii_case("watermark") =>
+            {
+                let before_ok =
+                    i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+                let after_ok = bytes
+                    .get(i + 9)
+                    .is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
+                if before_ok && after_ok {
+                    // The clause runs to the next comma or ')' at depth 1.
+                    let (mut end, mut inner) = (i, 0usize);
+                    while end < bytes.len() {
+                        match bytes[end] {
+                            b'\'' => {
+                                end += 1;
+                                while end < bytes.len() && bytes[end] != b'\'' {
+                                    end += 1;
+                                }
+                            }
+                            b'(' => inner += 1,
+                            b')' if inner == 0 => break,
+                            b')' => inner -= 1,
+                            b',' if inner == 0 => break,
+                            _ => {}
+                        }
+                        end += 1;
+                    }
+                    let clause = parse_watermark_clause(&sql[i..end])?;
+                    let start = last_comma_at_depth_1.unwrap_or(i);
+                    let rest = if last_comma_at_depth_1.is_some() {
+                        format!("{}{}", &sql[..start], &sql[end..])
+                    } else {
+                        // First item: drop the comma after it instead.
+                        let after = sql[end..]
+                            .trim_start()
+                            .strip_prefix(',')
+                            .unwrap_or(&sql[end..]);
+                        format!("{}{}", &sql[..start], after)
+                    };
+                    return Ok((rest, Some(clause)));
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok((sql.to_string(), None))
+}
+
+fn parse_watermark_clause(clause: &str) -> Result<WatermarkClause> {
+    let syntax = |e: datafusion::sql::sqlparser::parser::ParserError| {
+        EddyError::Syntax(format!(
+            "in WATERMARK FOR column AS expression: {}",
+            e.to_string().trim_start_matches("sql parser error: ")
+        ))
+    };
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(clause).map_err(syntax)?;
+    parser.next_token(); // WATERMARK
+    parser
+        .expect_keyword(datafusion::sql::sqlparser::keywords::Keyword::FOR)
+        .map_err(syntax)?;
+    let column = normalize_ident(&parser.parse_identifier().map_err(syntax)?);
+    parser
+        .expect_keyword(datafusion::sql::sqlparser::keywords::Keyword::AS)
+        .map_err(syntax)?;
+    let expression = parser.parse_expr().map_err(syntax)?;
+    Ok(WatermarkClause { column, expression })
 }
 
 fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
@@ -219,7 +361,7 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
             if create.query.is_some() {
                 return Err(crate::not_supported!("CREATE TABLE ... AS SELECT is not supported; use CREATE MATERIALIZED VIEW"));
             }
-            EddyStatement::CreateTable(Box::new(create))
+            EddyStatement::CreateTable(Box::new(create), None)
         }
         Statement::CreateView(view) => {
             if !view.materialized {
@@ -236,6 +378,8 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
                 query: view.query,
                 if_not_exists: view.if_not_exists,
                 definition: sql.trim().to_string(),
+                emit_on_window_close: false,
+                allowed_lateness_micros: allowed_lateness(&view.options)?,
             }))
         }
         Statement::Insert(ref insert) => {
@@ -307,6 +451,33 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
     })
 }
 
+/// `CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '10 seconds')`.
+fn allowed_lateness(options: &ast::CreateTableOptions) -> Result<i64> {
+    let options = match options {
+        ast::CreateTableOptions::None => return Ok(0),
+        ast::CreateTableOptions::With(options) => options,
+        other => return Err(crate::not_supported!("view options {other}")),
+    };
+    let mut lateness = 0;
+    for option in options {
+        match option {
+            ast::SqlOption::KeyValue { key, value }
+                if key.value.eq_ignore_ascii_case("allowed_lateness") =>
+            {
+                let text = value.to_string();
+                lateness = types::interval_micros(text.trim_matches('\''))?;
+                if lateness < 0 {
+                    return Err(EddyError::InvalidParameter(
+                        "allowed_lateness must not be negative".into(),
+                    ));
+                }
+            }
+            other => return Err(crate::not_supported!("materialized view option {other}")),
+        }
+    }
+    Ok(lateness)
+}
+
 fn table_factor_name(factor: &ast::TableFactor) -> Result<String> {
     match factor {
         ast::TableFactor::Table { name, .. } => relation_name(name),
@@ -367,6 +538,26 @@ mod tests {
         ));
         let explain = parse_statement("EXPLAIN CREATE MATERIALIZED VIEW v AS SELECT 1").unwrap();
         assert!(matches!(explain, EddyStatement::ExplainCreateView(v) if v.name == "v"));
+        let view = parse_statement("CREATE MATERIALIZED VIEW v AS SELECT 1 emit on window close;")
+            .unwrap();
+        assert!(matches!(view, EddyStatement::CreateView(v) if v.emit_on_window_close));
+    }
+
+    #[test]
+    fn takes_the_watermark_out_of_create_table() {
+        let statement = parse_statement(
+            "CREATE TABLE bids (price INT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND, note TEXT)",
+        )
+        .unwrap();
+        let EddyStatement::CreateTable(create, Some(watermark)) = statement else {
+            panic!("no watermark")
+        };
+        assert_eq!(watermark.column, "ts");
+        assert_eq!(watermark.expression.to_string(), "ts - INTERVAL '5' SECOND");
+        assert_eq!(create.columns.len(), 3);
+        let first =
+            parse_statement("CREATE TABLE t (WATERMARK FOR ts AS ts, ts TIMESTAMP)").unwrap();
+        assert!(matches!(first, EddyStatement::CreateTable(c, Some(_)) if c.columns.len() == 1));
     }
 
     #[test]

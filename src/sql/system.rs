@@ -37,6 +37,7 @@ pub fn views_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
         Field::new("name", DataType::Utf8, false),
         Field::new("rows", DataType::UInt64, false),
         Field::new("failed_rows", DataType::UInt64, false),
+        Field::new("late_rows", DataType::UInt64, false),
         Field::new("status", DataType::Utf8, false),
         Field::new("last_error", DataType::Utf8, true),
     ]));
@@ -47,6 +48,9 @@ pub fn views_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
         Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| v.rows))),
         Arc::new(UInt64Array::from_iter_values(
             views.iter().map(|v| v.rows_failed),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            views.iter().map(|v| v.late_rows),
         )),
         Arc::new(StringArray::from_iter_values(views.iter().map(
             |v| match &v.failed {
@@ -110,6 +114,7 @@ fn operators_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
         Field::new("rows_in", DataType::UInt64, false),
         Field::new("rows_out", DataType::UInt64, false),
         Field::new("rows_failed", DataType::UInt64, false),
+        Field::new("late_rows", DataType::UInt64, false),
         Field::new("state_keys", DataType::UInt64, false),
     ]));
     let rows: Vec<(&str, &(u64, String, crate::stream::OperatorStats))> = views
@@ -132,6 +137,9 @@ fn operators_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
         )),
         Arc::new(UInt64Array::from_iter_values(
             rows.iter().map(|(_, o)| o.2.rows_failed),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|(_, o)| o.2.late_rows),
         )),
         Arc::new(UInt64Array::from_iter_values(
             rows.iter().map(|(_, o)| o.2.state_keys),

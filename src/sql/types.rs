@@ -104,3 +104,28 @@ fn decimal_type(info: &ExactNumberInfo) -> Result<DataType> {
     }
     Ok(DataType::Decimal128(precision as u8, scale as i8))
 }
+
+/// An interval written as text (`'5 seconds'`, `'1 minute 30 seconds'`) in
+/// microseconds. Months and years are refused: their length varies.
+pub fn interval_micros(text: &str) -> Result<i64> {
+    let value = datafusion::common::ScalarValue::Utf8(Some(text.to_lowercase()))
+        .cast_to(&DataType::Interval(IntervalUnit::MonthDayNano))
+        .map_err(|_| EddyError::InvalidValue(format!("invalid interval '{text}'")))?;
+    scalar_interval_micros(&value)
+}
+
+/// A DataFusion interval value in microseconds (no months or years).
+pub fn scalar_interval_micros(value: &datafusion::common::ScalarValue) -> Result<i64> {
+    use datafusion::common::ScalarValue as V;
+    let micros = match value {
+        V::IntervalMonthDayNano(Some(v)) if v.months == 0 => i64::from(v.days) * 86_400_000_000 + v.nanoseconds / 1000,
+        V::IntervalDayTime(Some(v)) => i64::from(v.days) * 86_400_000_000 + i64::from(v.milliseconds) * 1000,
+        V::IntervalMonthDayNano(Some(_)) | V::IntervalYearMonth(Some(_)) => {
+            return Err(EddyError::InvalidParameter(
+                "intervals of months or years have no fixed length; use days, hours, minutes or seconds".into(),
+            ))
+        }
+        other => return Err(EddyError::TypeMismatch(format!("expected an interval, found {other}"))),
+    };
+    Ok(micros)
+}

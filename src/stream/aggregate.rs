@@ -9,7 +9,7 @@
 //! removed (its output retracted), except the single group of an aggregate
 //! without GROUP BY, which always has a row, as in batch SQL.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
@@ -35,6 +35,24 @@ struct Group {
     accumulators: Vec<AccumulatorState>,
 }
 
+/// How a windowed aggregate (GROUP BY ..., window_end) uses the watermark.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowedGroups {
+    /// Position of `window_end` among the group keys.
+    pub end_key: usize,
+    /// Windows stay open this long (µs) after the watermark passes their end.
+    pub allowed_lateness: i64,
+    /// Emit each window once, when it closes, instead of updating it.
+    pub emit_on_close: bool,
+}
+
+/// Groups by the end of their window, so that closed windows are found
+/// without scanning all state.
+#[derive(Default)]
+struct WindowIndex {
+    by_end: BTreeMap<i64, Vec<Box<[u8]>>>,
+}
+
 pub struct AggregateOperator {
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     calls: Vec<AggregateCall>,
@@ -43,9 +61,17 @@ pub struct AggregateOperator {
     groups: HashMap<Box<[u8]>, Group>,
     schema: SchemaRef,
     errors: RowErrorPolicy,
+    window: Option<(WindowedGroups, WindowIndex)>,
 }
 
 impl AggregateOperator {
+    /// Makes the aggregate window-aware: state of a window is freed once the
+    /// watermark passes its end (plus the allowed lateness), and with
+    /// `emit_on_close` the window's rows are emitted only then, once.
+    pub fn with_window(mut self, window: WindowedGroups) -> Self {
+        self.window = Some((window, WindowIndex::default()));
+        self
+    }
     pub fn try_new(
         group_exprs: Vec<Arc<dyn PhysicalExpr>>,
         calls: Vec<AggregateCall>,
@@ -67,6 +93,7 @@ impl AggregateOperator {
             groups: HashMap::new(),
             schema,
             errors: RowErrorPolicy::default(),
+            window: None,
         })
     }
 
@@ -114,11 +141,57 @@ impl Operator for AggregateOperator {
     fn describe(&self) -> String {
         let groups: Vec<String> = self.group_exprs.iter().map(|e| e.to_string()).collect();
         let calls: Vec<&str> = self.calls.iter().map(|c| c.display.as_str()).collect();
+        let (kind, state) = match &self.window {
+            Some((w, _)) if w.emit_on_close => {
+                ("WindowAggregate(emit on close)", "state freed by watermark")
+            }
+            Some(_) => ("UpdatingAggregate", "state freed by watermark"),
+            None if self.key_codec.is_none() => ("UpdatingAggregate", "state: one row"),
+            None => (
+                "UpdatingAggregate",
+                "state unbounded: grows with distinct groups",
+            ),
+        };
         format!(
-            "UpdatingAggregate: group_by=[{}], aggregates=[{}]",
+            "{kind}: group_by=[{}], aggregates=[{}] ({state})",
             groups.join(", "),
             calls.join(", ")
         )
+    }
+
+    fn on_watermark(
+        &mut self,
+        _input: usize,
+        watermark: i64,
+    ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
+        let Some((window, index)) = &mut self.window else {
+            return Ok((vec![], Some(watermark)));
+        };
+        let closed_up_to = watermark - window.allowed_lateness;
+        let still_open = index.by_end.split_off(&(closed_up_to + 1));
+        let closed = std::mem::replace(&mut index.by_end, still_open);
+        let emit = window.emit_on_close;
+        let mut finished: Vec<(Box<[u8]>, Group)> = Vec::new();
+        for key in closed.into_values().flatten() {
+            if let Some(group) = self.groups.remove(&key) {
+                if emit && group.rows > 0 {
+                    finished.push((key, group));
+                }
+            }
+        }
+        if finished.is_empty() {
+            return Ok((vec![], Some(watermark)));
+        }
+        let values = finished
+            .iter()
+            .map(|(_, g)| self.outputs(g))
+            .collect::<Result<Vec<_>>>()?;
+        let changes = finished
+            .iter()
+            .zip(values)
+            .map(|((key, _), v)| (key.as_ref(), v, 1))
+            .collect();
+        Ok((vec![self.build_output(changes)?], Some(watermark)))
     }
 
     fn start(&mut self) -> Result<Vec<ChangeBatch>> {
@@ -180,6 +253,23 @@ impl Operator for AggregateOperator {
             if !self.groups.contains_key(key) {
                 let group = self.new_group();
                 self.groups.insert(key.into(), group);
+                if let Some((window, index)) = &mut self.window {
+                    let ends = datafusion::arrow::compute::cast(
+                        &key_columns[window.end_key],
+                        &datafusion::arrow::datatypes::DataType::Timestamp(
+                            datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                            None,
+                        ),
+                    )?;
+                    let ends = datafusion::arrow::array::AsArray::as_primitive::<
+                        datafusion::arrow::datatypes::TimestampMicrosecondType,
+                    >(&ends);
+                    index
+                        .by_end
+                        .entry(ends.value(row))
+                        .or_default()
+                        .push(key.into());
+                }
             }
             let weight = batch.weights.value(row);
             let group = self
@@ -202,6 +292,15 @@ impl Operator for AggregateOperator {
             }
         }
 
+        if self.window.as_ref().is_some_and(|(w, _)| w.emit_on_close) {
+            // Nothing is emitted before the window closes; empty groups go.
+            for key in &touched {
+                if self.groups.get(key).is_some_and(|g| g.rows == 0) {
+                    self.groups.remove(key);
+                }
+            }
+            return Ok(vec![]);
+        }
         // Emit -old +new for groups whose output changed.
         let global = self.key_codec.is_none();
         let mut changes: Vec<(&[u8], Vec<ScalarValue>, i64)> = Vec::new();

@@ -117,6 +117,46 @@ impl StreamGraph {
         Ok(output)
     }
 
+    /// Passes a watermark of `relation` into every scan of it; returns the
+    /// changes it releases at the root and the root's watermark, if it moved.
+    pub fn push_watermark(
+        &mut self,
+        relation: RelationId,
+        watermark: i64,
+    ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
+        let mut output = Vec::new();
+        let mut root_watermark = None;
+        let leaves: Vec<NodeIndex> = self
+            .scans
+            .iter()
+            .filter(|(_, r)| *r == relation)
+            .map(|(n, _)| *n)
+            .collect();
+        for leaf in leaves {
+            if let Some(w) = self.watermark(leaf, 0, watermark, &mut output)? {
+                root_watermark = Some(root_watermark.map_or(w, |r: i64| r.max(w)));
+            }
+        }
+        Ok((output, root_watermark))
+    }
+
+    fn watermark(
+        &mut self,
+        index: NodeIndex,
+        input: usize,
+        watermark: i64,
+        output: &mut Vec<ChangeBatch>,
+    ) -> Result<Option<i64>> {
+        let (released, forward) = self.nodes[index].op.on_watermark(input, watermark)?;
+        for batch in released {
+            self.emit(index, batch, output)?;
+        }
+        match (forward, self.nodes[index].parent) {
+            (Some(w), Some((parent, position))) => self.watermark(parent, position, w, output),
+            (forward, _) => Ok(forward),
+        }
+    }
+
     fn push(
         &mut self,
         index: NodeIndex,
@@ -184,6 +224,7 @@ impl StreamGraph {
                     rows_out: n.rows_out,
                     rows_failed: n.op.rows_failed(),
                     state_keys: n.op.state_keys(),
+                    late_rows: n.op.late_rows(),
                 };
                 (n.id, n.op.describe(), stats)
             })

@@ -17,6 +17,7 @@ pub mod graph;
 pub mod project;
 pub mod source;
 pub mod union;
+pub mod window;
 
 use std::sync::Arc;
 
@@ -134,6 +135,8 @@ pub struct OperatorStats {
     pub rows_failed: u64,
     /// Keys (groups, distinct values) held as state.
     pub state_keys: u64,
+    /// Changes dropped because they arrived after their window closed.
+    pub late_rows: u64,
 }
 
 /// An incremental operator.
@@ -152,6 +155,23 @@ pub trait Operator: Send {
     /// single row of an aggregate without GROUP BY).
     fn start(&mut self) -> Result<Vec<ChangeBatch>> {
         Ok(vec![])
+    }
+
+    /// The watermark of input `input` advanced to `watermark` (event time,
+    /// µs): no change with an earlier time is expected from it. Returns the
+    /// changes this releases (closed windows) and the watermark to pass on.
+    /// By default the watermark passes through unchanged.
+    fn on_watermark(
+        &mut self,
+        _input: usize,
+        watermark: i64,
+    ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
+        Ok((vec![], Some(watermark)))
+    }
+
+    /// Changes dropped because they arrived after their window closed.
+    fn late_rows(&self) -> u64 {
+        0
     }
 
     /// Keys held as state (0 for stateless operators).

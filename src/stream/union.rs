@@ -10,11 +10,17 @@ use crate::error::Result;
 pub struct UnionOperator {
     schema: SchemaRef,
     inputs: usize,
+    /// Each input's watermark; the union's is their minimum, once all have one.
+    watermarks: Vec<Option<i64>>,
 }
 
 impl UnionOperator {
     pub fn new(schema: SchemaRef, inputs: usize) -> Self {
-        Self { schema, inputs }
+        Self {
+            schema,
+            inputs,
+            watermarks: vec![None; inputs],
+        }
     }
 }
 
@@ -26,5 +32,16 @@ impl Operator for UnionOperator {
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
         let columns = batch.rows.columns().to_vec();
         Ok(vec![batch.with_columns(self.schema.clone(), columns)?])
+    }
+
+    fn on_watermark(
+        &mut self,
+        input: usize,
+        watermark: i64,
+    ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
+        let slot = &mut self.watermarks[input];
+        *slot = Some(slot.map_or(watermark, |w| w.max(watermark)));
+        let all: Option<Vec<i64>> = self.watermarks.iter().copied().collect();
+        Ok((vec![], all.and_then(|w| w.into_iter().min())))
     }
 }

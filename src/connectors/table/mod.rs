@@ -174,3 +174,54 @@ fn duplicate_key(table: &str, key_columns: &RecordBatch, row: usize) -> EddyErro
         ),
     }
 }
+
+/// A table's event-time watermark: `WATERMARK FOR column AS column - delay`.
+/// The watermark is the largest event time written so far minus the delay;
+/// it only moves forward.
+#[derive(Debug)]
+pub struct TableWatermark {
+    pub column: usize,
+    pub delay_micros: i64,
+    current: std::sync::Mutex<Option<i64>>,
+}
+
+impl TableWatermark {
+    pub fn new(column: usize, delay_micros: i64) -> Self {
+        Self {
+            column,
+            delay_micros,
+            current: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Advances the watermark past the rows `change` inserts; returns the
+    /// new watermark if it moved.
+    pub fn observe(&self, change: &ChangeBatch) -> Result<Option<i64>> {
+        let times = datafusion::arrow::compute::cast(
+            change.rows.column(self.column),
+            &datafusion::arrow::datatypes::DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                None,
+            ),
+        )?;
+        let times = times.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
+        let newest = (0..change.num_rows())
+            .filter(|&i| change.weights.value(i) > 0 && times.is_valid(i))
+            .map(|i| times.value(i))
+            .max();
+        let Some(newest) = newest else {
+            return Ok(None);
+        };
+        let candidate = newest - self.delay_micros;
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.is_some_and(|c| c >= candidate) {
+            return Ok(None);
+        }
+        *current = Some(candidate);
+        Ok(Some(candidate))
+    }
+
+    pub fn current(&self) -> Option<i64> {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
