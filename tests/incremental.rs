@@ -66,6 +66,7 @@ async fn work_for_one_row_changes(table_rows: u64) -> Vec<u64> {
 async fn work_per_change_does_not_grow_with_table_size() {
     let small = work_for_one_row_changes(1_000).await;
     let large = work_for_one_row_changes(50_000).await;
+    println!("rows processed per view (per_key, filtered, stacked) for UPDATE, INSERT, DELETE of one row: {large:?}");
     assert_eq!(
         small, large,
         "operator work for the same one-row changes: 1k rows {small:?}, 50k rows {large:?}"

@@ -122,6 +122,7 @@ impl RuntimeHandle {
         let worker = Worker {
             views: BTreeMap::new(),
             sinks: BTreeMap::new(),
+            watermarks: HashMap::new(),
             readers: HashMap::new(),
             epoch: 0,
             dirty: false,
@@ -253,6 +254,9 @@ struct Worker {
     sinks: BTreeMap<u64, RunningSink>,
     /// relation -> views that read it.
     readers: HashMap<RelationId, Vec<RelationId>>,
+    /// The latest watermark of every relation that has one, for views
+    /// created later.
+    watermarks: HashMap<RelationId, i64>,
     epoch: u64,
     /// Whether anything changed since the last published epoch.
     dirty: bool,
@@ -309,6 +313,7 @@ impl Worker {
                     readers.retain(|v| *v != id);
                 }
                 self.readers.remove(&id);
+                self.watermarks.remove(&id);
                 self.dirty = true;
                 self.publish();
                 let _ = reply.send(());
@@ -385,6 +390,20 @@ impl Worker {
                 state.apply(&change)?;
             }
         }
+        // Inputs whose watermark has already moved close what they can now.
+        let mut root_watermark = None;
+        for input in graph.input_relations() {
+            if let Some(&watermark) = self.watermarks.get(&input) {
+                let (changes, forwarded) = graph.push_watermark(input, watermark)?;
+                for change in changes {
+                    state.apply(&change)?;
+                }
+                root_watermark = forwarded.or(root_watermark);
+            }
+        }
+        if let Some(watermark) = root_watermark {
+            self.watermarks.insert(id, watermark);
+        }
         for input in graph.input_relations() {
             self.readers.entry(input).or_default().push(id);
         }
@@ -410,7 +429,12 @@ impl Worker {
     fn propagate(&mut self, mut events: VecDeque<Event>) {
         while let Some(event) = events.pop_front() {
             let relation = match &event {
-                Event::Change(relation, _) | Event::Watermark(relation, _) => *relation,
+                Event::Change(relation, _) => *relation,
+                Event::Watermark(relation, watermark) => {
+                    let known = self.watermarks.entry(*relation).or_insert(*watermark);
+                    *known = (*known).max(*watermark);
+                    *relation
+                }
             };
             let Some(readers) = self.readers.get(&relation) else {
                 continue;

@@ -210,6 +210,7 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         _ => (sql.to_string(), None),
     };
     let (sql, emit_on_window_close) = strip_emit_on_window_close(&sql);
+    let sql = rewrite_flink_windows(&sql)?;
     let sql = sql.as_str();
     let mut parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
         EddyError::Syntax(
@@ -242,6 +243,81 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         )),
         (statement, _, _) => Ok(statement),
     }
+}
+
+/// Rewrites Flink's window spelling
+/// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size))` to eddy's
+/// `TUMBLE(t, ts, size)` (same for HOP). Other SQL is returned unchanged.
+fn rewrite_flink_windows(sql: &str) -> Result<String> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if !sql.to_uppercase().contains("DESCRIPTOR") {
+        return Ok(sql.to_string());
+    }
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| EddyError::Syntax(e.to_string()))?;
+    let is_word =
+        |t: &Token, w: &str| matches!(t, Token::Word(word) if word.value.eq_ignore_ascii_case(w));
+    let significant: Vec<usize> = (0..tokens.len())
+        .filter(|&i| !matches!(tokens[i], Token::Whitespace(_)))
+        .collect();
+    let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
+    let mut skip_until = 0;
+    // Paren depth of the original text, and the depths to which the ')'
+    // that closed a rewritten `TABLE(` returns: that ')' is dropped.
+    let mut depth = 0usize;
+    let mut drop_close_at: Vec<usize> = Vec::new();
+    for position in 0..significant.len() {
+        let at = |k: usize| significant.get(position + k).map(|&j| &tokens[j]);
+        if position < skip_until {
+            continue;
+        }
+        let pattern = at(0).is_some_and(|t| is_word(t, "TABLE"))
+            && at(1) == Some(&Token::LParen)
+            && at(2).is_some_and(|t| is_word(t, "TUMBLE") || is_word(t, "HOP"))
+            && at(3) == Some(&Token::LParen)
+            && at(4).is_some_and(|t| is_word(t, "TABLE"))
+            && matches!(at(5), Some(Token::Word(_)))
+            && at(6) == Some(&Token::Comma)
+            && at(7).is_some_and(|t| is_word(t, "DESCRIPTOR"))
+            && at(8) == Some(&Token::LParen)
+            && matches!(at(9), Some(Token::Word(_)))
+            && at(10) == Some(&Token::RParen);
+        let space = Token::Whitespace(datafusion::sql::sqlparser::tokenizer::Whitespace::Space);
+        if pattern {
+            // TABLE ( TUMBLE ( TABLE t , DESCRIPTOR ( ts )  ->  TUMBLE ( t , ts
+            for token in [at(2), at(3), at(5), at(6), at(9)].into_iter().flatten() {
+                out.push(token.clone());
+                out.push(space.clone());
+            }
+            drop_close_at.push(depth);
+            depth += 2;
+            skip_until = position + 11;
+            continue;
+        }
+        let token = tokens[significant[position]].clone();
+        match token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth = depth.saturating_sub(1);
+                if drop_close_at.last() == Some(&depth) {
+                    drop_close_at.pop();
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        out.push(token);
+        out.push(space);
+    }
+    Ok(out
+        .iter()
+        .map(|t| match t {
+            // Display does not re-escape quotes inside strings.
+            Token::SingleQuotedString(s) => format!("'{}'", s.replace('\'', "''")),
+            other => other.to_string(),
+        })
+        .collect())
 }
 
 /// Removes a trailing `EMIT ON WINDOW CLOSE` (before an optional `;`).
@@ -541,6 +617,24 @@ mod tests {
         let view = parse_statement("CREATE MATERIALIZED VIEW v AS SELECT 1 emit on window close;")
             .unwrap();
         assert!(matches!(view, EddyStatement::CreateView(v) if v.emit_on_window_close));
+    }
+
+    #[test]
+    fn rewrites_the_flink_window_spelling() {
+        let sql = "SELECT * FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) WHERE x = 'it''s'";
+        let rewritten = rewrite_flink_windows(sql).unwrap();
+        let compact: String = rewritten.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(
+            compact,
+            "SELECT * FROM TUMBLE ( bids , ts , INTERVAL '10' SECOND ) WHERE x = 'it''s'"
+        );
+        let hop = rewrite_flink_windows("SELECT 1 FROM TABLE(HOP(TABLE t, DESCRIPTOR(ts), INTERVAL '1' SECOND, INTERVAL '2' SECOND)) GROUP BY 1").unwrap();
+        assert!(
+            hop.split_whitespace()
+                .collect::<String>()
+                .contains("HOP(t,ts,INTERVAL'1'SECOND,INTERVAL'2'SECOND)GROUPBY1"),
+            "{hop}"
+        );
     }
 
     #[test]
