@@ -23,6 +23,7 @@ pub use provider::RelationProvider;
 use crate::connectors::table::TableData;
 use crate::error::{EddyError, Result};
 use crate::runtime::PublishedEpoch;
+use crate::state::{RowCodec, RowSet};
 use crate::stream::ChangeBatch;
 
 pub type RelationId = u64;
@@ -31,6 +32,7 @@ pub type RelationId = u64;
 pub enum RelationKind {
     Table,
     MaterializedView,
+    Source,
 }
 
 impl RelationKind {
@@ -38,6 +40,7 @@ impl RelationKind {
         match self {
             RelationKind::Table => "table",
             RelationKind::MaterializedView => "materialized view",
+            RelationKind::Source => "source",
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct ViewEntry {
     /// A view owned by a sink (`CREATE SINK ... AS SELECT`): not listed, not
     /// queryable, dropped with its sink.
     pub owner_sink: Option<String>,
+    /// Stop flags of the source readers this view runs.
+    pub source_readers: Vec<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A sink: where a view's changes are written.
@@ -114,10 +119,23 @@ pub struct SinkEntry {
     pub status: Arc<crate::connectors::postgres::SinkStatus>,
 }
 
+/// A source: rows that come from a connector (today: `datagen`). Each view
+/// that reads it runs its own reader from the start.
+#[derive(Debug)]
+pub struct SourceEntry {
+    pub id: RelationId,
+    pub name: String,
+    pub schema: SchemaRef,
+    pub connector: crate::connectors::datagen::DatagenConfig,
+    /// `(column, delay µs)` of `WATERMARK FOR column AS column - delay`.
+    pub watermark: Option<(usize, i64)>,
+}
+
 #[derive(Debug, Clone)]
 pub enum Relation {
     Table(Arc<TableEntry>),
     View(Arc<ViewEntry>),
+    Source(Arc<SourceEntry>),
 }
 
 impl Relation {
@@ -125,6 +143,7 @@ impl Relation {
         match self {
             Relation::Table(t) => t.id,
             Relation::View(v) => v.id,
+            Relation::Source(s) => s.id,
         }
     }
 
@@ -132,6 +151,7 @@ impl Relation {
         match self {
             Relation::Table(t) => &t.name,
             Relation::View(v) => &v.name,
+            Relation::Source(s) => &s.name,
         }
     }
 
@@ -139,6 +159,7 @@ impl Relation {
         match self {
             Relation::Table(_) => RelationKind::Table,
             Relation::View(_) => RelationKind::MaterializedView,
+            Relation::Source(_) => RelationKind::Source,
         }
     }
 
@@ -146,6 +167,7 @@ impl Relation {
         match self {
             Relation::Table(t) => &t.schema,
             Relation::View(v) => &v.schema,
+            Relation::Source(s) => &s.schema,
         }
     }
 }
@@ -286,6 +308,10 @@ impl Catalog {
                         .rows
                         .clone(),
                     Relation::View(v) => epoch.views.get(&v.id)?.clone(),
+                    // Planned over, never scanned (the provider refuses).
+                    Relation::Source(s) => {
+                        RowSet::new(Arc::new(RowCodec::try_new(s.schema.clone()).ok()?))
+                    }
                 };
                 Some(RelationProvider::new(
                     relation.id(),

@@ -60,7 +60,7 @@ impl TableProvider for RelationProvider {
     fn table_type(&self) -> TableType {
         match self.kind {
             RelationKind::Table => TableType::Base,
-            RelationKind::MaterializedView => TableType::View,
+            RelationKind::MaterializedView | RelationKind::Source => TableType::View,
         }
     }
 
@@ -71,6 +71,15 @@ impl TableProvider for RelationProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        if self.kind == RelationKind::Source {
+            return Err(DataFusionError::External(Box::new(
+                crate::error::EddyError::NotSupported(format!(
+                    "source \"{0}\" can only be read by a materialized view \
+                     (CREATE MATERIALIZED VIEW ... AS SELECT ... FROM {0})",
+                    self.name
+                )),
+            )));
+        }
         let stored = self
             .rows
             .to_batch()

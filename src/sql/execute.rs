@@ -26,11 +26,14 @@ use super::types::column_field;
 use super::{normalize_ident, CreateView, EddyStatement, WatermarkClause, WriteKind};
 use crate::catalog::window::{WindowFunction, WindowKind};
 use crate::catalog::{Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry};
+use crate::connectors::datagen;
 use crate::connectors::postgres::{self, PostgresSinkConfig, SinkMode, SinkStatus};
-use crate::connectors::table::TableData;
+use crate::connectors::table::{TableData, TableWatermark};
 use crate::error::{EddyError, Result};
 use crate::plan;
 use crate::runtime::{RuntimeHandle, ViewSpec, SINK_QUEUE_EPOCHS};
+use crate::stream::ChangeBatch;
+use std::sync::atomic::AtomicBool;
 
 /// The result of one statement.
 #[derive(Debug)]
@@ -211,6 +214,25 @@ impl Engine {
             EddyStatement::CreateSink(sink) => self.create_sink(*sink).await,
             EddyStatement::DropSink { name, if_exists } => self.drop_sink(&name, if_exists).await,
             EddyStatement::ShowSinks => Ok(rows(self.sinks_batch()?)),
+            EddyStatement::CreateSource {
+                table,
+                watermark,
+                options,
+            } => self.create_source(*table, watermark, options).await,
+            EddyStatement::ShowSources => {
+                let names: Vec<String> = self
+                    .catalog
+                    .list()
+                    .into_iter()
+                    .filter(|r| r.kind() == RelationKind::Source)
+                    .map(|r| r.name().to_string())
+                    .collect();
+                let batch = RecordBatch::try_new(
+                    show_tables_schema(),
+                    vec![Arc::new(StringArray::from(names)) as ArrayRef],
+                )?;
+                Ok(rows(batch))
+            }
             EddyStatement::Flush => {
                 let epoch = self.runtime.flush().await?;
                 // Changes are visible in sinks too: wait for every sink that
@@ -284,82 +306,7 @@ impl Engine {
         create: ast::CreateTable,
         watermark: Option<Box<WatermarkClause>>,
     ) -> Result<StatementResult> {
-        let name = super::relation_name(&create.name)?;
-        let mut primary_key: Vec<String> = Vec::new();
-        let mut not_null: Vec<bool> = Vec::new();
-        for column in &create.columns {
-            let mut required = false;
-            for option in &column.options {
-                match &option.option {
-                    ast::ColumnOption::NotNull => required = true,
-                    ast::ColumnOption::Null => {}
-                    ast::ColumnOption::PrimaryKey(_) => {
-                        required = true;
-                        primary_key.push(normalize_ident(&column.name));
-                    }
-                    other => {
-                        return Err(crate::not_supported!(
-                            "column option {other} is not supported yet"
-                        ))
-                    }
-                }
-            }
-            not_null.push(required);
-        }
-        for constraint in &create.constraints {
-            match constraint {
-                ast::TableConstraint::PrimaryKey(pk) => {
-                    if !primary_key.is_empty() {
-                        return Err(EddyError::Planning {
-                            sqlstate: "42P16",
-                            message: format!(
-                                "multiple primary keys for table \"{name}\" are not allowed"
-                            ),
-                        });
-                    }
-                    for column in &pk.columns {
-                        match &column.column.expr {
-                            ast::Expr::Identifier(ident) => {
-                                primary_key.push(normalize_ident(ident))
-                            }
-                            other => {
-                                return Err(crate::not_supported!(
-                                    "primary key on expression {other}"
-                                ))
-                            }
-                        }
-                    }
-                }
-                other => {
-                    return Err(crate::not_supported!(
-                        "table constraint {other} is not supported yet"
-                    ))
-                }
-            }
-        }
-        let mut fields = Vec::with_capacity(create.columns.len());
-        for (column, required) in create.columns.iter().zip(&not_null) {
-            let column_name = normalize_ident(&column.name);
-            if fields.iter().any(|f: &Field| f.name() == &column_name) {
-                return Err(EddyError::Planning {
-                    sqlstate: "42701",
-                    message: format!("column \"{column_name}\" specified more than once"),
-                });
-            }
-            let in_key = primary_key.contains(&column_name);
-            fields.push(column_field(
-                &column_name,
-                &column.data_type,
-                !(*required || in_key),
-            )?);
-        }
-        let mut key_indices = Vec::with_capacity(primary_key.len());
-        for key in &primary_key {
-            let index = fields.iter().position(|f| f.name() == key).ok_or_else(|| {
-                EddyError::UndefinedColumn(format!("column \"{key}\" named in key does not exist"))
-            })?;
-            key_indices.push(index);
-        }
+        let (name, fields, key_indices) = table_columns(&create)?;
         let append_only = table_append_only(&create.table_options)?;
         let watermark = watermark
             .map(|w| table_watermark(&w, &fields))
@@ -380,6 +327,63 @@ impl Engine {
             watermark,
         })))?;
         Ok(StatementResult::Command("CREATE TABLE".into()))
+    }
+
+    async fn create_source(
+        &self,
+        table: ast::CreateTable,
+        watermark: Option<Box<WatermarkClause>>,
+        options: BTreeMap<String, String>,
+    ) -> Result<StatementResult> {
+        let (name, fields, key) = table_columns(&table)?;
+        if !key.is_empty() {
+            return Err(crate::not_supported!("sources have no primary key"));
+        }
+        match options
+            .get("connector")
+            .map(|c| c.to_lowercase())
+            .as_deref()
+        {
+            Some("datagen") => {}
+            Some("kafka") => {
+                return Err(crate::not_supported!(
+                    "Kafka sources are not implemented yet"
+                ))
+            }
+            Some("nexmark") => {
+                return Err(crate::not_supported!(
+                    "the nexmark source is not implemented yet"
+                ))
+            }
+            Some(other) => {
+                return Err(crate::not_supported!(
+                    "source connector '{other}' is not supported; use 'datagen'"
+                ))
+            }
+            None => {
+                return Err(EddyError::InvalidParameter(
+                    "CREATE SOURCE needs WITH (connector = 'datagen', ...)".into(),
+                ))
+            }
+        }
+        let watermark = watermark
+            .map(|w| table_watermark(&w, &fields))
+            .transpose()?;
+        let schema = Arc::new(Schema::new(fields));
+        let connector = datagen::DatagenConfig::from_options(schema.clone(), &options)?;
+        let _ddl = self.ddl_lock.lock().await;
+        if self.catalog.get(&name).is_some() && table.if_not_exists {
+            return Ok(StatementResult::Command("CREATE SOURCE".into()));
+        }
+        self.catalog
+            .insert(Relation::Source(Arc::new(crate::catalog::SourceEntry {
+                id: self.catalog.allocate_id(),
+                name,
+                schema,
+                connector,
+                watermark: watermark.map(|w| (w.column, w.delay_micros)),
+            })))?;
+        Ok(StatementResult::Command("CREATE SOURCE".into()))
     }
 
     /// Plans a view's query into a streaming graph and its output schema.
@@ -403,18 +407,24 @@ impl Engine {
         if view.emit_on_window_close {
             // Windows close only as the watermark of their time column moves.
             for (relation, time_column) in &lowered.windows {
-                if let Some(Relation::Table(table)) = self.catalog.by_id(*relation) {
-                    let watermarked = table
-                        .watermark
-                        .as_ref()
-                        .map(|w| table.schema.field(w.column).name().as_str());
-                    if watermarked != Some(time_column.as_str()) {
-                        return Err(EddyError::InvalidParameter(format!(
-                            "EMIT ON WINDOW CLOSE needs a watermark on {}.{time_column}: declare \
-                             WATERMARK FOR {time_column} AS {time_column} - INTERVAL '...' in CREATE TABLE",
-                            table.name
-                        )));
-                    }
+                let (name, schema, column) = match self.catalog.by_id(*relation) {
+                    Some(Relation::Table(t)) => (
+                        t.name.clone(),
+                        t.schema.clone(),
+                        t.watermark.as_ref().map(|w| w.column),
+                    ),
+                    Some(Relation::Source(s)) => (
+                        s.name.clone(),
+                        s.schema.clone(),
+                        s.watermark.map(|(c, _)| c),
+                    ),
+                    _ => continue,
+                };
+                if column.map(|c| schema.field(c).name().as_str()) != Some(time_column.as_str()) {
+                    return Err(EddyError::InvalidParameter(format!(
+                        "EMIT ON WINDOW CLOSE needs a watermark on {name}.{time_column}: declare \
+                         WATERMARK FOR {time_column} AS {time_column} - INTERVAL '...' in its CREATE"
+                    )));
                 }
             }
         }
@@ -465,6 +475,7 @@ impl Engine {
                 &|relation| match self.catalog.by_id(relation.id) {
                     Some(Relation::Table(t)) => t.append_only,
                     Some(Relation::View(v)) => v.append_only,
+                    Some(Relation::Source(_)) => true,
                     None => false,
                 },
             );
@@ -523,17 +534,44 @@ impl Engine {
             let rows = table.data().rows.to_change_batch()?;
             table_snapshots.push((table.id, rows));
         }
+        // Each source this view reads gets a reader of its own, from the
+        // first row, under a relation id of its own.
+        let mut graph = planned.graph;
+        let mut readers = Vec::new();
+        for input in &inputs {
+            if let Some(Relation::Source(source)) = self.catalog.by_id(*input) {
+                let reader = self.catalog.allocate_id();
+                graph.rebind(source.id, reader);
+                table_snapshots.push((
+                    reader,
+                    ChangeBatch::inserts(RecordBatch::new_empty(source.schema.clone())),
+                ));
+                readers.push((source, reader, Arc::new(AtomicBool::new(false))));
+            }
+        }
         let id = self.catalog.allocate_id();
         self.runtime
             .create_view(ViewSpec {
                 id,
                 name: view.name.clone(),
                 schema: planned.schema.clone(),
-                graph: planned.graph,
+                graph,
                 table_snapshots,
             })
             .await?;
         drop(guards);
+        for (source, reader, stop) in &readers {
+            let watermark = source
+                .watermark
+                .map(|(column, delay)| TableWatermark::new(column, delay));
+            datagen::spawn_generator(
+                source.connector.clone(),
+                watermark,
+                *reader,
+                self.runtime.clone(),
+                stop.clone(),
+            );
+        }
         let entry = Arc::new(ViewEntry {
             id,
             name: view.name,
@@ -543,6 +581,7 @@ impl Engine {
             key: planned.key,
             append_only: planned.append_only,
             owner_sink,
+            source_readers: readers.into_iter().map(|(_, _, stop)| stop).collect(),
         });
         self.catalog.insert(Relation::View(entry.clone()))?;
         Ok(entry)
@@ -730,6 +769,12 @@ impl Engine {
     ) -> Result<StatementResult> {
         let table = match self.catalog.require(table_name)? {
             Relation::Table(t) => t,
+            Relation::Source(s) => {
+                return Err(EddyError::WrongObjectType(format!(
+                    "cannot change source \"{}\": its rows come from its connector",
+                    s.name
+                )))
+            }
             Relation::View(v) => {
                 return Err(EddyError::WrongObjectType(format!(
                     "cannot change materialized view \"{}\"",
@@ -824,6 +869,7 @@ impl Engine {
         let tag = match kind {
             RelationKind::Table => "DROP TABLE",
             RelationKind::MaterializedView => "DROP MATERIALIZED VIEW",
+            RelationKind::Source => "DROP SOURCE",
         };
         // Check everything before dropping anything.
         let mut targets = Vec::with_capacity(names.len());
@@ -906,7 +952,13 @@ impl Engine {
                 continue; // a sink's own view, gone with its sink
             }
             match &relation {
-                Relation::View(v) => self.runtime.drop_view(v.id).await?,
+                Relation::Source(_) => {}
+                Relation::View(v) => {
+                    for reader in &v.source_readers {
+                        reader.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    self.runtime.drop_view(v.id).await?
+                }
                 Relation::Table(t) => {
                     let _write = t.write_lock.lock().await;
                 }
@@ -957,6 +1009,84 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         &options,
     )
     .unwrap_or(relaxed_batch))
+}
+
+/// The name, Arrow fields and primary-key column indices of a CREATE TABLE
+/// (also used for the column list of CREATE SOURCE).
+fn table_columns(create: &ast::CreateTable) -> Result<(String, Vec<Field>, Vec<usize>)> {
+    let name = super::relation_name(&create.name)?;
+    let mut primary_key: Vec<String> = Vec::new();
+    let mut not_null: Vec<bool> = Vec::new();
+    for column in &create.columns {
+        let mut required = false;
+        for option in &column.options {
+            match &option.option {
+                ast::ColumnOption::NotNull => required = true,
+                ast::ColumnOption::Null => {}
+                ast::ColumnOption::PrimaryKey(_) => {
+                    required = true;
+                    primary_key.push(normalize_ident(&column.name));
+                }
+                other => {
+                    return Err(crate::not_supported!(
+                        "column option {other} is not supported yet"
+                    ))
+                }
+            }
+        }
+        not_null.push(required);
+    }
+    for constraint in &create.constraints {
+        match constraint {
+            ast::TableConstraint::PrimaryKey(pk) => {
+                if !primary_key.is_empty() {
+                    return Err(EddyError::Planning {
+                        sqlstate: "42P16",
+                        message: format!(
+                            "multiple primary keys for table \"{name}\" are not allowed"
+                        ),
+                    });
+                }
+                for column in &pk.columns {
+                    match &column.column.expr {
+                        ast::Expr::Identifier(ident) => primary_key.push(normalize_ident(ident)),
+                        other => {
+                            return Err(crate::not_supported!("primary key on expression {other}"))
+                        }
+                    }
+                }
+            }
+            other => {
+                return Err(crate::not_supported!(
+                    "table constraint {other} is not supported yet"
+                ))
+            }
+        }
+    }
+    let mut fields = Vec::with_capacity(create.columns.len());
+    for (column, required) in create.columns.iter().zip(&not_null) {
+        let column_name = normalize_ident(&column.name);
+        if fields.iter().any(|f: &Field| f.name() == &column_name) {
+            return Err(EddyError::Planning {
+                sqlstate: "42701",
+                message: format!("column \"{column_name}\" specified more than once"),
+            });
+        }
+        let in_key = primary_key.contains(&column_name);
+        fields.push(column_field(
+            &column_name,
+            &column.data_type,
+            !(*required || in_key),
+        )?);
+    }
+    let mut key_indices = Vec::with_capacity(primary_key.len());
+    for key in &primary_key {
+        let index = fields.iter().position(|f| f.name() == key).ok_or_else(|| {
+            EddyError::UndefinedColumn(format!("column \"{key}\" named in key does not exist"))
+        })?;
+        key_indices.push(index);
+    }
+    Ok((name, fields, key_indices))
 }
 
 /// `WATERMARK FOR ts AS ts [- INTERVAL '...']` checked against the columns.

@@ -39,6 +39,13 @@ pub enum EddyStatement {
         cascade: bool,
     },
     CreateSink(Box<sink::CreateSink>),
+    /// `CREATE SOURCE name (columns) WITH (connector = ..., ...)`.
+    CreateSource {
+        table: Box<ast::CreateTable>,
+        watermark: Option<Box<WatermarkClause>>,
+        options: std::collections::BTreeMap<String, String>,
+    },
+    ShowSources,
     DropSink {
         name: String,
         if_exists: bool,
@@ -183,6 +190,17 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         ["SHOW", "TABLES", ..] => return Ok(EddyStatement::ShowTables),
         ["SHOW", "MATERIALIZED", "VIEWS", ..] => return Ok(EddyStatement::ShowViews),
         ["SHOW", "SINKS", ..] => return Ok(EddyStatement::ShowSinks),
+        ["SHOW", "SOURCES", ..] => return Ok(EddyStatement::ShowSources),
+        ["CREATE", "SOURCE", ..] => return parse_create_source(sql),
+        ["DROP", "SOURCE", ..] => {
+            let (names, if_exists, cascade) = sink::parse_drop(sql, "SOURCE")?;
+            return Ok(EddyStatement::Drop {
+                kind: RelationKind::Source,
+                names,
+                if_exists,
+                cascade,
+            });
+        }
         ["CREATE", "SINK", ..] => {
             return Ok(EddyStatement::CreateSink(Box::new(
                 sink::parse_create_sink(sql)?,
@@ -318,6 +336,57 @@ fn rewrite_flink_windows(sql: &str) -> Result<String> {
             other => other.to_string(),
         })
         .collect())
+}
+
+/// `CREATE SOURCE name (columns, WATERMARK ...) WITH (options)`: the column
+/// list is read as CREATE TABLE's; the options (names with dots) by eddy.
+fn parse_create_source(sql: &str) -> Result<EddyStatement> {
+    let body = sql.trim_start();
+    let after_create = body[6..].trim_start(); // "CREATE"
+    let rest = &after_create[6..]; // "SOURCE"
+                                   // The column list ends at the ')' matching the first '('.
+    let open = rest
+        .find('(')
+        .ok_or_else(|| EddyError::Syntax("CREATE SOURCE needs a column list".into()))?;
+    let mut depth = 0;
+    let mut close = None;
+    let mut in_quote = false;
+    for (i, c) in rest.char_indices().skip(open) {
+        match c {
+            '\'' => in_quote = !in_quote,
+            '(' if !in_quote => depth += 1,
+            ')' if !in_quote => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(i);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let close =
+        close.ok_or_else(|| EddyError::Syntax("unbalanced parentheses in CREATE SOURCE".into()))?;
+    let (table, watermark) = match parse_statement(&format!("CREATE TABLE {}", &rest[..=close]))? {
+        EddyStatement::CreateTable(table, watermark) => (table, watermark),
+        _ => {
+            return Err(crate::internal!(
+                "CREATE SOURCE columns did not parse as a table"
+            ))
+        }
+    };
+    let options_sql = rest[close + 1..].trim();
+    if options_sql.to_uppercase().contains("FORMAT") {
+        return Err(crate::not_supported!(
+            "FORMAT ... ENCODE ... is for Kafka sources, which are not implemented yet"
+        ));
+    }
+    let options = sink::parse_with_options(options_sql)?;
+    Ok(EddyStatement::CreateSource {
+        table,
+        watermark,
+        options,
+    })
 }
 
 /// Removes a trailing `EMIT ON WINDOW CLOSE` (before an optional `;`).

@@ -75,6 +75,48 @@ pub fn parse_create_sink(sql: &str) -> Result<CreateSink> {
     })
 }
 
+/// `WITH (name = value, ...)` on its own (names may contain dots).
+pub fn parse_with_options(sql: &str) -> Result<BTreeMap<String, String>> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql).map_err(syntax)?;
+    parser.expect_keyword(Keyword::WITH).map_err(syntax)?;
+    let options = parse_options(&mut parser)?;
+    let _ = parser.consume_token(&Token::SemiColon);
+    if parser.peek_token().token != Token::EOF {
+        return Err(EddyError::Syntax(format!(
+            "unexpected {} after the WITH options",
+            parser.peek_token().token
+        )));
+    }
+    Ok(options)
+}
+
+/// `DROP <what> [IF EXISTS] name, ... [CASCADE]` for eddy's own objects.
+pub fn parse_drop(sql: &str, what: &str) -> Result<(Vec<String>, bool, bool)> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql).map_err(syntax)?;
+    parser.expect_keyword(Keyword::DROP).map_err(syntax)?;
+    expect_word(&mut parser, what)?;
+    let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+    let mut names = vec![relation_name(
+        &parser.parse_object_name(false).map_err(syntax)?,
+    )?];
+    while parser.consume_token(&Token::Comma) {
+        names.push(relation_name(
+            &parser.parse_object_name(false).map_err(syntax)?,
+        )?);
+    }
+    let cascade = parser.parse_keyword(Keyword::CASCADE);
+    let _ = parser.consume_token(&Token::SemiColon);
+    if parser.peek_token().token != Token::EOF {
+        return Err(EddyError::Syntax(format!(
+            "unexpected {} in DROP {what}",
+            parser.peek_token().token
+        )));
+    }
+    Ok((names, if_exists, cascade))
+}
+
 /// `DROP SINK [IF EXISTS] name`: the name and whether IF EXISTS was given.
 pub fn parse_drop_sink(sql: &str) -> Result<(String, bool)> {
     let dialect = PostgreSqlDialect {};

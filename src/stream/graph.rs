@@ -77,6 +77,13 @@ impl StreamGraph {
         index
     }
 
+    /// Makes the scans of `from` read `to` instead (a source's per-view reader).
+    pub fn rebind(&mut self, from: RelationId, to: RelationId) {
+        for (_, relation) in self.scans.iter_mut().filter(|(_, r)| *r == from) {
+            *relation = to;
+        }
+    }
+
     /// The relations this graph reads, without repeats.
     pub fn input_relations(&self) -> Vec<RelationId> {
         let mut relations: Vec<RelationId> = self.scans.iter().map(|(_, r)| *r).collect();
