@@ -219,20 +219,7 @@ impl Engine {
                 watermark,
                 options,
             } => self.create_source(*table, watermark, options).await,
-            EddyStatement::ShowSources => {
-                let names: Vec<String> = self
-                    .catalog
-                    .list()
-                    .into_iter()
-                    .filter(|r| r.kind() == RelationKind::Source)
-                    .map(|r| r.name().to_string())
-                    .collect();
-                let batch = RecordBatch::try_new(
-                    show_tables_schema(),
-                    vec![Arc::new(StringArray::from(names)) as ArrayRef],
-                )?;
-                Ok(rows(batch))
-            }
+            EddyStatement::ShowSources => self.show_names(RelationKind::Source),
             EddyStatement::Flush => {
                 let epoch = self.runtime.flush().await?;
                 // Changes are visible in sinks too: wait for every sink that
@@ -242,20 +229,7 @@ impl Engine {
                 }
                 Ok(StatementResult::Command("FLUSH".into()))
             }
-            EddyStatement::ShowTables => {
-                let names: Vec<String> = self
-                    .catalog
-                    .list()
-                    .into_iter()
-                    .filter(|r| r.kind() == RelationKind::Table)
-                    .map(|r| r.name().to_string())
-                    .collect();
-                let batch = RecordBatch::try_new(
-                    show_tables_schema(),
-                    vec![Arc::new(StringArray::from(names)) as ArrayRef],
-                )?;
-                Ok(rows(batch))
-            }
+            EddyStatement::ShowTables => self.show_names(RelationKind::Table),
             EddyStatement::ShowViews => {
                 let (_, mut views) = self.runtime.status().await?;
                 views.retain(|v| matches!(self.catalog.get(&v.name), Some(Relation::View(e)) if e.owner_sink.is_none()));
@@ -327,6 +301,22 @@ impl Engine {
             watermark,
         })))?;
         Ok(StatementResult::Command("CREATE TABLE".into()))
+    }
+
+    /// The names of the relations of one kind, as SHOW TABLES/SOURCES list them.
+    fn show_names(&self, kind: RelationKind) -> Result<StatementResult> {
+        let names: Vec<String> = self
+            .catalog
+            .list()
+            .into_iter()
+            .filter(|r| r.kind() == kind)
+            .map(|r| r.name().to_string())
+            .collect();
+        let batch = RecordBatch::try_new(
+            show_tables_schema(),
+            vec![Arc::new(StringArray::from(names)) as ArrayRef],
+        )?;
+        Ok(rows(batch))
     }
 
     async fn create_source(

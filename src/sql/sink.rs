@@ -60,13 +60,7 @@ pub fn parse_create_sink(sql: &str) -> Result<CreateSink> {
     };
     parser.expect_keyword(Keyword::WITH).map_err(syntax)?;
     let options = parse_options(&mut parser)?;
-    let _ = parser.consume_token(&Token::SemiColon);
-    if parser.peek_token().token != Token::EOF {
-        return Err(EddyError::Syntax(format!(
-            "unexpected {} after the WITH options",
-            parser.peek_token().token
-        )));
-    }
+    expect_end(&mut parser, "after the WITH options")?;
     Ok(CreateSink {
         name,
         input,
@@ -81,13 +75,7 @@ pub fn parse_with_options(sql: &str) -> Result<BTreeMap<String, String>> {
     let mut parser = Parser::new(&dialect).try_with_sql(sql).map_err(syntax)?;
     parser.expect_keyword(Keyword::WITH).map_err(syntax)?;
     let options = parse_options(&mut parser)?;
-    let _ = parser.consume_token(&Token::SemiColon);
-    if parser.peek_token().token != Token::EOF {
-        return Err(EddyError::Syntax(format!(
-            "unexpected {} after the WITH options",
-            parser.peek_token().token
-        )));
-    }
+    expect_end(&mut parser, "after the WITH options")?;
     Ok(options)
 }
 
@@ -107,13 +95,7 @@ pub fn parse_drop(sql: &str, what: &str) -> Result<(Vec<String>, bool, bool)> {
         )?);
     }
     let cascade = parser.parse_keyword(Keyword::CASCADE);
-    let _ = parser.consume_token(&Token::SemiColon);
-    if parser.peek_token().token != Token::EOF {
-        return Err(EddyError::Syntax(format!(
-            "unexpected {} in DROP {what}",
-            parser.peek_token().token
-        )));
-    }
+    expect_end(&mut parser, &format!("in DROP {what}"))?;
     Ok((names, if_exists, cascade))
 }
 
@@ -125,14 +107,17 @@ pub fn parse_drop_sink(sql: &str) -> Result<(String, bool)> {
     expect_word(&mut parser, "SINK")?;
     let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
     let name = relation_name(&parser.parse_object_name(false).map_err(syntax)?)?;
-    let _ = parser.consume_token(&Token::SemiColon);
-    if parser.peek_token().token != Token::EOF {
-        return Err(EddyError::Syntax(format!(
-            "unexpected {} after DROP SINK {name}",
-            parser.peek_token().token
-        )));
-    }
+    expect_end(&mut parser, &format!("after DROP SINK {name}"))?;
     Ok((name, if_exists))
+}
+
+/// An optional `;`, then the end of the statement.
+fn expect_end(parser: &mut Parser, context: &str) -> Result<()> {
+    let _ = parser.consume_token(&Token::SemiColon);
+    match parser.peek_token().token {
+        Token::EOF => Ok(()),
+        other => Err(EddyError::Syntax(format!("unexpected {other} {context}"))),
+    }
 }
 
 fn expect_word(parser: &mut Parser, word: &str) -> Result<()> {

@@ -77,6 +77,15 @@ impl StreamGraph {
         index
     }
 
+    /// The scan leaves that read `relation`.
+    fn scans_of(&self, relation: RelationId) -> Vec<NodeIndex> {
+        self.scans
+            .iter()
+            .filter(|(_, r)| *r == relation)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
     /// Makes the scans of `from` read `to` instead (a source's per-view reader).
     pub fn rebind(&mut self, from: RelationId, to: RelationId) {
         for (_, relation) in self.scans.iter_mut().filter(|(_, r)| *r == from) {
@@ -112,12 +121,7 @@ impl StreamGraph {
         batch: &ChangeBatch,
     ) -> Result<Vec<ChangeBatch>> {
         let mut output = Vec::new();
-        let leaves: Vec<NodeIndex> = self
-            .scans
-            .iter()
-            .filter(|(_, r)| *r == relation)
-            .map(|(n, _)| *n)
-            .collect();
+        let leaves = self.scans_of(relation);
         for leaf in leaves {
             self.push(leaf, 0, batch.clone(), &mut output)?;
         }
@@ -133,12 +137,7 @@ impl StreamGraph {
     ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
         let mut output = Vec::new();
         let mut root_watermark = None;
-        let leaves: Vec<NodeIndex> = self
-            .scans
-            .iter()
-            .filter(|(_, r)| *r == relation)
-            .map(|(n, _)| *n)
-            .collect();
+        let leaves = self.scans_of(relation);
         for leaf in leaves {
             if let Some(w) = self.watermark(leaf, 0, watermark, &mut output)? {
                 root_watermark = Some(root_watermark.map_or(w, |r: i64| r.max(w)));
