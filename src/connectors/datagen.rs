@@ -276,30 +276,10 @@ impl DatagenConfig {
                 }
             };
             // Generated as Int64/Float64/µs timestamps; stored as declared.
-            let array = match (array.data_type(), field.data_type()) {
-                (a, b) if a == b => array,
-                (_, DataType::Int16) => Arc::new(
-                    cast(&array, &DataType::Int16)?
-                        .as_any()
-                        .downcast_ref::<Int16Array>()
-                        .cloned()
-                        .ok_or_else(|| crate::internal!("cast"))?,
-                ) as ArrayRef,
-                (_, DataType::Int32) => Arc::new(
-                    cast(&array, &DataType::Int32)?
-                        .as_any()
-                        .downcast_ref::<Int32Array>()
-                        .cloned()
-                        .ok_or_else(|| crate::internal!("cast"))?,
-                ) as ArrayRef,
-                (_, DataType::Float32) => Arc::new(
-                    cast(&array, &DataType::Float32)?
-                        .as_any()
-                        .downcast_ref::<Float32Array>()
-                        .cloned()
-                        .ok_or_else(|| crate::internal!("cast"))?,
-                ) as ArrayRef,
-                (_, target) => cast(&array, target)?,
+            let array = if array.data_type() == field.data_type() {
+                array
+            } else {
+                cast(&array, field.data_type())?
             };
             columns.push(array);
         }
