@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
-    RecordBatch, StringArray, TimestampMicrosecondArray,
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -356,6 +356,7 @@ pub fn spawn_generator(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::array::Int32Array;
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
 
     #[test]
