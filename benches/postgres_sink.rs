@@ -10,8 +10,13 @@
 //!   tokio-postgres method, binary COPY into a temporary table then
 //!   `INSERT ... ON CONFLICT` / `DELETE ... USING`, in one transaction;
 //!
-//! and reports rows/s of both and their ratio, then the delay from an INSERT
-//! in eddy to its row being visible in Postgres (p50/p99).
+//! - eddy without a sink: the same statements on a twin table and view, to
+//!   separate eddy's own work from the sink's write;
+//!
+//! and reports rows/s of each, the end-to-end ratio eddy/baseline, the
+//! sink's own write rate (rows / (with sink − without sink)) and its ratio
+//! to the baseline, then the delay from an INSERT in eddy to its row being
+//! visible in Postgres (p50/p99).
 
 use std::time::{Duration, Instant};
 
@@ -91,6 +96,7 @@ struct Phase {
     name: &'static str,
     rows: usize,
     eddy: Duration,
+    eddy_without_sink: Duration,
     baseline: Duration,
 }
 
@@ -124,6 +130,8 @@ async fn main() {
     eddy.batch_execute(&format!(
         "CREATE TABLE src (id BIGINT PRIMARY KEY, v BIGINT, s TEXT);
          CREATE MATERIALIZED VIEW bench_view AS SELECT id, v, s FROM src;
+         CREATE TABLE twin (id BIGINT PRIMARY KEY, v BIGINT, s TEXT);
+         CREATE MATERIALIZED VIEW twin_view AS SELECT id, v, s FROM twin;
          CREATE SINK bench FROM bench_view WITH (connector = 'postgres', url = '{url}', table = 'bench_sink',
              primary_key = 'id', create_table = 'true')"
     ))
@@ -150,6 +158,12 @@ async fn main() {
         let start = Instant::now();
         eddy.batch_execute(&format!("{sql}; FLUSH")).await.unwrap();
         let eddy_time = start.elapsed();
+        // The same statements with no sink: eddy's own share.
+        let start = Instant::now();
+        eddy.batch_execute(&format!("{}; FLUSH", sql.replace("src", "twin")))
+            .await
+            .unwrap();
+        let eddy_without_sink = start.elapsed();
         // Baseline: the same rows, straight into Postgres.
         let (upserts, deletes): (Vec<Row>, Vec<i64>) = match round {
             0 => (
@@ -176,6 +190,7 @@ async fn main() {
             name,
             rows: *changed,
             eddy: eddy_time,
+            eddy_without_sink,
             baseline: baseline_time,
         });
     }
@@ -230,24 +245,39 @@ async fn main() {
         .unwrap_or(0);
     println!("postgres sink benchmark: {rows} rows per phase, {cores} cores, commit {commit}");
     println!(
-        "{:<8} {:>10} {:>14} {:>14} {:>8}",
-        "phase", "rows", "eddy rows/s", "baseline rows/s", "ratio"
+        "{:<8} {:>8} {:>13} {:>15} {:>7} {:>17} {:>10}",
+        "phase",
+        "rows",
+        "eddy rows/s",
+        "baseline rows/s",
+        "ratio",
+        "sink write rows/s",
+        "sink ratio"
     );
     let mut json = Vec::new();
     for p in &phases {
         let eddy_rate = p.rows as f64 / p.eddy.as_secs_f64();
         let base_rate = p.rows as f64 / p.baseline.as_secs_f64();
+        // The sink's own share: with sink minus the same work without one.
+        let sink_time = p
+            .eddy
+            .saturating_sub(p.eddy_without_sink)
+            .as_secs_f64()
+            .max(1e-6);
+        let sink_rate = p.rows as f64 / sink_time;
         println!(
-            "{:<8} {:>10} {:>14.0} {:>14.0} {:>8.2}",
+            "{:<8} {:>8} {:>13.0} {:>15.0} {:>7.2} {:>17.0} {:>10.2}",
             p.name,
             p.rows,
             eddy_rate,
             base_rate,
-            eddy_rate / base_rate
+            eddy_rate / base_rate,
+            sink_rate,
+            sink_rate / base_rate
         );
         json.push(format!(
-            "{{\"phase\":\"{}\",\"rows\":{},\"eddy_rows_per_s\":{eddy_rate:.0},\"baseline_rows_per_s\":{base_rate:.0},\"ratio\":{:.3}}}",
-            p.name, p.rows, eddy_rate / base_rate
+            "{{\"phase\":\"{}\",\"rows\":{},\"eddy_rows_per_s\":{eddy_rate:.0},\"baseline_rows_per_s\":{base_rate:.0},\"ratio\":{:.3},\"sink_write_rows_per_s\":{sink_rate:.0},\"sink_ratio\":{:.3}}}",
+            p.name, p.rows, eddy_rate / base_rate, sink_rate / base_rate
         ));
     }
     let (p50, p99) = (percentile(&delays, 0.5), percentile(&delays, 0.99));
