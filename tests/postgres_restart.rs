@@ -1,5 +1,6 @@
-//! PostgreSQL restarted in the middle of a stream: the sink retries with
-//! backoff, holds its epochs, and resumes without losing or doubling a row.
+//! PostgreSQL restarted, or down for a while, in the middle of a stream: the
+//! sink retries with backoff, holds a bounded number of epochs (then writers
+//! wait), and resumes without losing or doubling a row.
 //! (Its own test binary: restarting the shared server would disturb the
 //! other sink tests.)
 
@@ -11,17 +12,16 @@ use common::{
     connect_postgres, execute, postgres_rows, postgres_url, query_text, sorted_rows, TestServer,
 };
 
+/// Both tests stop or restart the one PostgreSQL: one at a time.
+static POSTGRES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn restart_postgres() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh");
-    let status = std::process::Command::new(script)
-        .arg("restart")
-        .status()
-        .expect("scripts/postgres.sh runs");
-    assert!(status.success(), "scripts/postgres.sh restart failed");
+    postgres_script("restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_survives_a_postgres_restart() {
+    let _serial = POSTGRES.lock().await;
     let pg = connect_postgres().await;
     pg.batch_execute("DROP TABLE IF EXISTS sink_restart")
         .await
@@ -79,5 +79,93 @@ async fn sink_survives_a_postgres_restart() {
     assert_eq!(n, 300, "every insert counted once");
     let sinks = query_text(&eddy, "SHOW SINKS").await;
     assert_eq!(sinks[0][4], "running");
+    server.stop().await;
+}
+
+fn postgres_script(action: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh");
+    let status = std::process::Command::new(script)
+        .arg(action)
+        .status()
+        .expect("scripts/postgres.sh runs");
+    assert!(status.success(), "scripts/postgres.sh {action} failed");
+}
+
+/// With PostgreSQL down, the sink holds a bounded number of epochs; then the
+/// runtime waits, its bounded queue fills, and writers wait too
+/// (backpressure) instead of eddy buffering without limit. When PostgreSQL
+/// is back, everything arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_backpressure_reaches_writers() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let _serial = POSTGRES.lock().await;
+
+    let pg = connect_postgres().await;
+    pg.batch_execute("DROP TABLE IF EXISTS sink_backpressure")
+        .await
+        .unwrap();
+    drop(pg);
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    execute(&eddy, &format!(
+        "CREATE TABLE t (id INT PRIMARY KEY, v INT);
+         CREATE MATERIALIZED VIEW v AS SELECT id, v FROM t;
+         CREATE SINK bp FROM v WITH (connector = 'postgres', url = '{}', table = 'sink_backpressure',
+                                    primary_key = 'id', create_table = 'true')",
+        postgres_url()
+    )).await;
+    tokio::task::spawn_blocking(|| postgres_script("stop"))
+        .await
+        .unwrap();
+
+    let statements = 3000;
+    let done = Arc::new(AtomicUsize::new(0));
+    let writer_client = server.connect().await;
+    let writer_done = done.clone();
+    let writer = tokio::spawn(async move {
+        for i in 0..statements {
+            execute(&writer_client, &format!("INSERT INTO t VALUES ({i}, {i})")).await;
+            writer_done.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    // Wait until the writer stops making progress.
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let now = done.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let stalled_at = done.load(Ordering::SeqCst);
+    let sinks = query_text(&eddy, "SELECT status, lag_epochs FROM eddy_catalog.sinks").await;
+    println!("writer stalled after {stalled_at} of {statements} statements; sink {sinks:?}");
+    assert!(stalled_at < statements, "writers were never held back");
+    assert!(sinks[0][0].starts_with("retrying"), "{sinks:?}");
+    let lag: u64 = sinks[0][1].parse().unwrap();
+    assert!(
+        lag <= eddy::runtime::SINK_QUEUE_EPOCHS as u64 + 2,
+        "the sink held {lag} epochs"
+    );
+
+    tokio::task::spawn_blocking(|| postgres_script("start"))
+        .await
+        .unwrap();
+    writer.await.expect("writer");
+    execute(&eddy, "FLUSH").await;
+    let pg = connect_postgres().await;
+    let table = postgres_rows(
+        &pg,
+        "SELECT count(*)::TEXT, sum(v)::TEXT FROM sink_backpressure",
+    )
+    .await;
+    let expected = (0..statements as i64).sum::<i64>();
+    assert_eq!(
+        table,
+        vec![vec![statements.to_string(), expected.to_string()]]
+    );
     server.stop().await;
 }
