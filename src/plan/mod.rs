@@ -32,10 +32,142 @@ use crate::stream::filter::FilterOperator;
 use crate::stream::graph::{NodeIndex, StreamGraph};
 use crate::stream::project::ProjectOperator;
 use crate::stream::source::{ConstantOperator, ScanOperator};
+use crate::stream::temporal::TemporalFilterOperator;
 use crate::stream::union::UnionOperator;
 use crate::stream::window::WindowAssignOperator;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::Transformed;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::utils::{conjunction, split_conjunction, split_conjunction_owned};
+use datafusion::logical_expr::{
+    lit, BinaryExpr, ColumnarValue, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature,
+};
 use datafusion::physical_expr::expressions::Column;
+
+/// The name of the marker that stands for `col > now() - interval` between
+/// [`rewrite_temporal_filters`] and lowering.
+const TEMPORAL_MARKER: &str = "eddy_temporal_filter";
+
+/// Marks a temporal filter in a plan. Volatile, so that DataFusion neither
+/// folds nor moves it like a constant; never evaluated (lowering turns it
+/// into a [`TemporalFilterOperator`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TemporalFilterMarker {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for TemporalFilterMarker {
+    fn name(&self) -> &str {
+        TEMPORAL_MARKER
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(
+        &self,
+        _args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        datafusion::common::exec_err!(
+            "temporal filters (now() in WHERE) run only inside materialized views"
+        )
+    }
+}
+
+/// Replaces each `col > now() - INTERVAL '...'` (also `>=`, `now()` alone,
+/// and the mirrored `<` forms) in a WHERE clause by a marker, before
+/// DataFusion's optimizer would fold `now()` into a constant.
+pub fn rewrite_temporal_filters(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let marker = Arc::new(ScalarUDF::new_from_impl(TemporalFilterMarker {
+        signature: Signature::any(3, Volatility::Volatile),
+    }));
+    let rewritten = plan.transform_up(|node| {
+        let LogicalPlan::Filter(filter) = node else {
+            return Ok(Transformed::no(node));
+        };
+        let mut changed = false;
+        let conjuncts: Vec<Expr> = split_conjunction_owned(filter.predicate.clone())
+            .into_iter()
+            .map(|conjunct| {
+                let bound = temporal_bound(&conjunct)
+                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+                Ok(match bound {
+                    Some((column, micros, inclusive)) => {
+                        changed = true;
+                        Expr::ScalarFunction(ScalarFunction::new_udf(
+                            marker.clone(),
+                            vec![column, lit(micros), lit(inclusive)],
+                        ))
+                    }
+                    None => conjunct,
+                })
+            })
+            .collect::<datafusion::error::Result<_>>()?;
+        if !changed {
+            return Ok(Transformed::no(LogicalPlan::Filter(filter)));
+        }
+        let predicate = conjunction(conjuncts).unwrap_or_else(|| lit(true));
+        Ok(Transformed::yes(LogicalPlan::Filter(
+            datafusion::logical_expr::Filter::try_new(predicate, filter.input)?,
+        )))
+    })?;
+    Ok(rewritten.data)
+}
+
+/// `(column, interval µs, inclusive)` of a temporal bound; an error for a
+/// bound of months or years (no fixed length).
+fn temporal_bound(expr: &Expr) -> Result<Option<(Expr, i64, bool)>> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
+        return Ok(None);
+    };
+    let (column, bound, inclusive) = match op {
+        Operator::Gt => (left, right, false),
+        Operator::GtEq => (left, right, true),
+        Operator::Lt => (right, left, false),
+        Operator::LtEq => (right, left, true),
+        _ => return Ok(None),
+    };
+    if !matches!(column.as_ref(), Expr::Column(_)) {
+        return Ok(None);
+    }
+    let is_now = |e: &Expr| matches!(e, Expr::ScalarFunction(f) if f.func.name() == "now");
+    let micros = match bound.as_ref() {
+        e if is_now(e) => 0,
+        Expr::BinaryExpr(BinaryExpr {
+            left: now,
+            op: Operator::Minus,
+            right: interval,
+        }) if is_now(now) => match interval.as_ref() {
+            Expr::Literal(value, _) => crate::sql::types::scalar_interval_micros(value)?,
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some((column.as_ref().clone(), micros, inclusive)))
+}
+
+fn temporal_marker_args(expr: &Expr) -> Option<(&Expr, i64, bool)> {
+    let Expr::ScalarFunction(f) = expr else {
+        return None;
+    };
+    if f.func.name() != TEMPORAL_MARKER {
+        return None;
+    }
+    match f.args.as_slice() {
+        [column, Expr::Literal(ScalarValue::Int64(Some(micros)), _), Expr::Literal(ScalarValue::Boolean(Some(inclusive)), _)] => {
+            Some((column, *micros, *inclusive))
+        }
+        _ => None,
+    }
+}
 
 /// Refuses expressions whose value can change between the insertion and the
 /// retraction of the same row (`random()`, `now()`, ...): a view over them
@@ -46,7 +178,9 @@ pub fn check_deterministic(plan: &LogicalPlan) -> Result<()> {
         for expr in node.expressions() {
             expr.apply(|e| {
                 if let Expr::ScalarFunction(f) = e {
-                    if f.func.signature().volatility != Volatility::Immutable {
+                    if f.func.signature().volatility != Volatility::Immutable
+                        && f.func.name() != TEMPORAL_MARKER
+                    {
                         offending = Some(f.func.name().to_string());
                         return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
                     }
@@ -195,11 +329,27 @@ impl Lowering {
                 Ok(self.graph.add(Box::new(op), vec![input]))
             }
             LogicalPlan::Filter(filter) => {
-                let input = self.node(&filter.input)?;
-                let predicate = physical_expr(&filter.predicate, filter.input.schema())?;
-                Ok(self
-                    .graph
-                    .add(Box::new(FilterOperator::new(predicate)), vec![input]))
+                let mut node = self.node(&filter.input)?;
+                let (temporal, plain): (Vec<&Expr>, Vec<&Expr>) =
+                    split_conjunction(&filter.predicate)
+                        .into_iter()
+                        .partition(|e| temporal_marker_args(e).is_some());
+                if let Some(predicate) = conjunction(plain.into_iter().cloned()) {
+                    let predicate = physical_expr(&predicate, filter.input.schema())?;
+                    node = self
+                        .graph
+                        .add(Box::new(FilterOperator::new(predicate)), vec![node]);
+                }
+                for marker in temporal {
+                    let Some((column, micros, inclusive)) = temporal_marker_args(marker) else {
+                        continue;
+                    };
+                    let time = physical_expr(column, filter.input.schema())?;
+                    let schema = arrow_schema(filter.input.schema());
+                    let op = TemporalFilterOperator::try_new(time, micros, inclusive, schema)?;
+                    node = self.graph.add(Box::new(op), vec![node]);
+                }
+                Ok(node)
             }
             LogicalPlan::Aggregate(aggregate) => {
                 if aggregate

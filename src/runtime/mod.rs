@@ -32,6 +32,8 @@ use crate::stream::ChangeBatch;
 const COMMAND_QUEUE_CAPACITY: usize = 1024;
 /// Epochs queued to one sink before the runtime waits for it (backpressure).
 pub const SINK_QUEUE_EPOCHS: usize = 16;
+/// How often processing time advances for operators (temporal filters).
+const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest an epoch stays open while commands keep arriving.
 const EPOCH_MAX_MS: u64 = 100;
 
@@ -79,6 +81,8 @@ enum Command {
         id: u64,
         reply: oneshot::Sender<()>,
     },
+    /// Processing time moved on (about once a second).
+    Tick,
     Changes {
         relation: RelationId,
         batch: ChangeBatch,
@@ -132,6 +136,22 @@ impl RuntimeHandle {
             .name("eddy-runtime".into())
             .spawn(move || worker.run(receiver))
             .map_err(|e| crate::internal!("cannot start the runtime thread: {e}"))?;
+        // Ticks for processing time; a weak sender, so that the ticker ends
+        // when the runtime's handles are gone. A tick is skipped while the
+        // queue is full (the runtime is busy anyway).
+        let ticks = commands.downgrade();
+        std::thread::Builder::new()
+            .name("eddy-ticker".into())
+            .spawn(move || loop {
+                std::thread::sleep(TICK_INTERVAL);
+                match ticks.upgrade() {
+                    Some(commands) => {
+                        let _ = commands.try_send(Command::Tick);
+                    }
+                    None => break,
+                }
+            })
+            .map_err(|e| crate::internal!("cannot start the ticker thread: {e}"))?;
         Ok(Self {
             commands,
             published,
@@ -354,6 +374,7 @@ impl Worker {
                 self.sinks.remove(&id);
                 let _ = reply.send(());
             }
+            Command::Tick => self.tick(crate::stream::temporal::now_micros()),
             Command::Status { reply } => {
                 let _ = reply.send((self.epoch, self.status()));
             }
@@ -477,6 +498,37 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Lets every view see processing time `now`, and propagates what that
+    /// changes (rows leaving temporal filters).
+    fn tick(&mut self, now: i64) {
+        let mut events = VecDeque::new();
+        for (&view_id, view) in self.views.iter_mut() {
+            if view.failed.is_some() {
+                continue;
+            }
+            match view
+                .graph
+                .tick(now)
+                .and_then(|changes| Self::apply_to_view(view, changes))
+            {
+                Ok(changes) if changes.is_empty() => {}
+                Ok(changes) => {
+                    self.dirty = true;
+                    for sink in self.sinks.values_mut().filter(|s| s.view == view_id) {
+                        sink.pending.extend(changes.iter().cloned());
+                    }
+                    events.extend(changes.into_iter().map(|c| Event::Change(view_id, c)));
+                }
+                Err(e) => {
+                    tracing::error!(view = %view.name, error = %e, "materialized view stopped");
+                    view.failed = Some(e.to_string());
+                    self.dirty = true;
+                }
+            }
+        }
+        self.propagate(events);
     }
 
     /// Applies a view's output changes to its state (all or nothing).

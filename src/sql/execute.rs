@@ -138,6 +138,8 @@ impl Engine {
         let mut state = SessionStateBuilder::new_from_existing(self.base_state.clone())
             .with_catalog_list(catalogs as Arc<dyn CatalogProviderList>)
             .build();
+        // now() and friends read the statement's start time.
+        state.mark_start_execution();
         // DataFusion looks table functions up by the name as written.
         for (name, kind) in [("tumble", WindowKind::Tumble), ("hop", WindowKind::Hop)] {
             let function = Arc::new(WindowFunction::new(kind, relations.clone()));
@@ -387,6 +389,7 @@ impl Engine {
                 "parameters ($1) in CREATE MATERIALIZED VIEW"
             ));
         }
+        let logical = plan::rewrite_temporal_filters(logical)?;
         plan::check_deterministic(&logical)?;
         let optimized = state.optimize(&logical)?;
         let time = plan::TimeOptions {

@@ -128,6 +128,18 @@ impl StreamGraph {
         Ok(output)
     }
 
+    /// Lets every operator see processing time `now`; returns what reaches
+    /// the root.
+    pub fn tick(&mut self, now: i64) -> Result<Vec<ChangeBatch>> {
+        let mut output = Vec::new();
+        for index in 0..self.nodes.len() {
+            for batch in self.nodes[index].op.on_tick(now)? {
+                self.emit(index, batch, &mut output)?;
+            }
+        }
+        Ok(output)
+    }
+
     /// Passes a watermark of `relation` into every scan of it; returns the
     /// changes it releases at the root and the root's watermark, if it moved.
     pub fn push_watermark(

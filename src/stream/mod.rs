@@ -16,6 +16,7 @@ pub mod filter;
 pub mod graph;
 pub mod project;
 pub mod source;
+pub mod temporal;
 pub mod union;
 pub mod window;
 
@@ -167,6 +168,13 @@ pub trait Operator: Send {
         watermark: i64,
     ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
         Ok((vec![], Some(watermark)))
+    }
+
+    /// Processing time moved to `now` (µs since the epoch): the changes it
+    /// causes (rows aging out of a temporal filter). Called about once a
+    /// second by the runtime.
+    fn on_tick(&mut self, _now: i64) -> Result<Vec<ChangeBatch>> {
+        Ok(vec![])
     }
 
     /// Changes dropped because they arrived after their window closed.

@@ -1,0 +1,137 @@
+//! Temporal filters: `WHERE ts > now() - INTERVAL '5' MINUTE` in a view
+//! keeps exactly the rows of the last five minutes, retracting each row as it
+//! ages out, so a "last N minutes" view never grows without bound.
+//!
+//! The operator passes a change through when its row is still inside the
+//! window and keeps it (keyed by its time) until processing time moves past
+//! `ts + interval`; then, on a runtime tick, it retracts it. A change whose
+//! row has already aged out is dropped: its insertion was (or would have
+//! been) retracted already. State is the rows inside the window.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, Int64Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use datafusion::physical_plan::PhysicalExpr;
+
+use super::{ChangeBatch, Operator};
+use crate::error::Result;
+use crate::state::RowCodec;
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+pub struct TemporalFilterOperator {
+    time: Arc<dyn PhysicalExpr>,
+    interval_micros: i64,
+    /// `>=` rather than `>`.
+    inclusive: bool,
+    codec: RowCodec,
+    /// time -> row -> net weight, for rows still inside the window.
+    live: BTreeMap<i64, HashMap<Arc<[u8]>, i64>>,
+    live_rows: u64,
+}
+
+impl TemporalFilterOperator {
+    pub fn try_new(
+        time: Arc<dyn PhysicalExpr>,
+        interval_micros: i64,
+        inclusive: bool,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        Ok(Self {
+            time,
+            interval_micros,
+            inclusive,
+            codec: RowCodec::try_new(schema)?,
+            live: BTreeMap::new(),
+            live_rows: 0,
+        })
+    }
+
+    /// Whether a row at `time` is still inside the window at `now`.
+    fn inside(&self, time: i64, now: i64) -> bool {
+        let end = time + self.interval_micros;
+        if self.inclusive {
+            end >= now
+        } else {
+            end > now
+        }
+    }
+}
+
+impl Operator for TemporalFilterOperator {
+    fn describe(&self) -> String {
+        let op = if self.inclusive { ">=" } else { ">" };
+        format!(
+            "TemporalFilter: {} {op} now() - {}µs (state freed as time passes)",
+            self.time, self.interval_micros
+        )
+    }
+
+    fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        let now = now_micros();
+        let times = self
+            .time
+            .evaluate(&batch.rows)?
+            .into_array(batch.num_rows())?;
+        let zone = match times.data_type() {
+            DataType::Timestamp(_, zone) => zone.clone(),
+            _ => None,
+        };
+        let times = cast(&times, &DataType::Timestamp(TimeUnit::Microsecond, zone))?;
+        let times = times.as_primitive::<TimestampMicrosecondType>();
+        let encoded = self.codec.encode(&batch.rows)?;
+        let mut kept = Vec::with_capacity(batch.num_rows());
+        for (row, encoded) in encoded.into_iter().enumerate() {
+            if times.is_null(row) || !self.inside(times.value(row), now) {
+                continue;
+            }
+            kept.push(row as u32);
+            let weight = batch.weights.value(row);
+            let rows = self.live.entry(times.value(row)).or_default();
+            let net = rows.entry(encoded.clone()).or_insert(0);
+            *net += weight;
+            if *net == 0 {
+                rows.remove(&encoded);
+            }
+            self.live_rows = (self.live_rows as i64 + weight) as u64;
+        }
+        let out = batch.take(&kept)?;
+        Ok(if out.is_empty() { vec![] } else { vec![out] })
+    }
+
+    fn on_tick(&mut self, now: i64) -> Result<Vec<ChangeBatch>> {
+        let first_inside = self.live.keys().find(|&&t| self.inside(t, now)).copied();
+        let expired = match first_inside {
+            Some(t) => {
+                let inside = self.live.split_off(&t);
+                std::mem::replace(&mut self.live, inside)
+            }
+            None => std::mem::take(&mut self.live),
+        };
+        let rows: Vec<(Arc<[u8]>, i64)> = expired
+            .into_values()
+            .flat_map(|m| m.into_iter())
+            .filter(|(_, w)| *w != 0)
+            .collect();
+        if rows.is_empty() {
+            return Ok(vec![]);
+        }
+        let batch = self.codec.decode(rows.iter().map(|(r, _)| r.as_ref()))?;
+        let weights: Vec<i64> = rows.iter().map(|(_, w)| -w).collect();
+        self.live_rows = (self.live_rows as i64 + weights.iter().sum::<i64>()) as u64;
+        Ok(vec![ChangeBatch::new(batch, Int64Array::from(weights))?])
+    }
+
+    fn state_keys(&self) -> u64 {
+        self.live_rows
+    }
+}
