@@ -49,6 +49,29 @@ impl RelationProvider {
     pub fn rows(&self) -> &RowSet {
         &self.rows
     }
+
+    /// The rows as one batch in the provider's schema, for a query. A source
+    /// has no rows to read here: it is read through a view, and saying so
+    /// beats answering with nothing.
+    pub fn current_batch(&self) -> DFResult<RecordBatch> {
+        if self.kind == RelationKind::Source {
+            return Err(DataFusionError::External(Box::new(
+                crate::error::EddyError::NotSupported(format!(
+                    "source \"{0}\" can only be read by a materialized view \
+                 (CREATE MATERIALIZED VIEW ... AS SELECT ... FROM {0})",
+                    self.name
+                )),
+            )));
+        }
+        let stored = self
+            .rows
+            .to_batch()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(RecordBatch::try_new(
+            self.schema.clone(),
+            stored.columns().to_vec(),
+        )?)
+    }
 }
 
 #[async_trait]
@@ -71,20 +94,7 @@ impl TableProvider for RelationProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        if self.kind == RelationKind::Source {
-            return Err(DataFusionError::External(Box::new(
-                crate::error::EddyError::NotSupported(format!(
-                    "source \"{0}\" can only be read by a materialized view \
-                     (CREATE MATERIALIZED VIEW ... AS SELECT ... FROM {0})",
-                    self.name
-                )),
-            )));
-        }
-        let stored = self
-            .rows
-            .to_batch()
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let batch = RecordBatch::try_new(self.schema.clone(), stored.columns().to_vec())?;
+        let batch = self.current_batch()?;
         let exec =
             MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?;
         Ok(exec)

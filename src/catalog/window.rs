@@ -153,25 +153,13 @@ impl TableProvider for WindowedRelationProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let stored = self
-            .relation
-            .rows()
-            .to_batch()
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let (windowed, _) = assign(
-            &stored,
-            self.time_column,
-            &self.spec,
-            &self.schema,
-            |_, _| true,
-        )
+        let rows = self.relation.current_batch()?;
+        let (windowed, _) = assign(&rows, self.time_column, &self.spec, &self.schema, |_, _| {
+            true
+        })
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let relaxed = datafusion::arrow::array::RecordBatch::try_new(
-            self.schema.clone(),
-            windowed.columns().to_vec(),
-        )?;
         Ok(MemorySourceConfig::try_new_exec(
-            &[vec![relaxed]],
+            &[vec![windowed]],
             self.schema(),
             projection.cloned(),
         )?)
