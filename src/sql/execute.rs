@@ -494,7 +494,8 @@ impl Engine {
                 view.name
             )));
         }
-        self.start_view(view, None).await?;
+        let (planned, _) = self.plan_view(&view).await?;
+        self.start_view(view, planned, None).await?;
         Ok(StatementResult::Command("CREATE MATERIALIZED VIEW".into()))
     }
 
@@ -503,9 +504,9 @@ impl Engine {
     async fn start_view(
         &self,
         view: CreateView,
+        planned: plan::PlannedView,
         owner_sink: Option<String>,
     ) -> Result<Arc<ViewEntry>> {
-        let (planned, _) = self.plan_view(&view).await?;
         let inputs = planned.graph.input_relations();
         // Hold the write locks of the input tables while the backfill
         // snapshot is taken and the view is handed to the runtime, so the
@@ -612,10 +613,25 @@ impl Engine {
                 ))
             }
         }
-        // The view the sink reads: a named one, or one of its own.
-        let (view, owned) = match &create.input {
+        // The view the sink reads: a named one, or one of its own. Either
+        // way, the target is checked before anything starts.
+        let config_for = |schema: &SchemaRef, key: &Option<Vec<usize>>, append_only: bool| {
+            let config = PostgresSinkConfig::from_options(
+                &create.name,
+                &create.options,
+                schema.clone(),
+                key.clone(),
+            )?;
+            Self::check_sink_mode(&config, append_only)?;
+            Ok::<_, EddyError>(config)
+        };
+        let (view, config, owned) = match &create.input {
             SinkInput::View(name) => match self.catalog.require(name)? {
-                Relation::View(v) if v.owner_sink.is_none() => (v, false),
+                Relation::View(v) if v.owner_sink.is_none() => {
+                    let config = config_for(&v.schema, &v.key, v.append_only)?;
+                    postgres::validate_target(&config).await?;
+                    (v, config, false)
+                }
                 _ => {
                     return Err(EddyError::WrongObjectType(format!(
                         "\"{name}\" is not a materialized view; sinks read materialized views \
@@ -633,24 +649,16 @@ impl Engine {
                     emit_on_window_close: false,
                     allowed_lateness_micros: 0,
                 };
-                // Check the target before starting anything.
                 let (planned, _) = self.plan_view(&definition).await?;
-                let config = PostgresSinkConfig::from_options(
-                    &create.name,
-                    &create.options,
-                    planned.schema.clone(),
-                    planned.key.clone(),
-                )?;
-                Self::check_sink_mode(&config, planned.append_only)?;
+                let config = config_for(&planned.schema, &planned.key, planned.append_only)?;
                 postgres::validate_target(&config).await?;
-                (
-                    self.start_view(definition, Some(create.name.clone()))
-                        .await?,
-                    true,
-                )
+                let view = self
+                    .start_view(definition, planned, Some(create.name.clone()))
+                    .await?;
+                (view, config, true)
             }
         };
-        let result = self.attach_sink(&create, &view).await;
+        let result = self.attach_sink(&create.name, config, &view).await;
         if result.is_err() && owned {
             self.runtime.drop_view(view.id).await?;
             self.catalog.remove(&view.name);
@@ -669,19 +677,13 @@ impl Engine {
         Ok(())
     }
 
+    /// Starts a checked sink on `view` and registers it.
     async fn attach_sink(
         &self,
-        create: &CreateSink,
+        name: &str,
+        config: PostgresSinkConfig,
         view: &Arc<ViewEntry>,
     ) -> Result<StatementResult> {
-        let config = PostgresSinkConfig::from_options(
-            &create.name,
-            &create.options,
-            view.schema.clone(),
-            view.key.clone(),
-        )?;
-        Self::check_sink_mode(&config, view.append_only)?;
-        postgres::validate_target(&config).await?;
         let id = self.catalog.allocate_id();
         let status = SinkStatus::new(0);
         let (sender, receiver) = tokio::sync::mpsc::channel(SINK_QUEUE_EPOCHS);
@@ -691,7 +693,7 @@ impl Engine {
         self.runtime.create_sink(id, view.id, sender).await?;
         self.catalog.insert_sink(Arc::new(SinkEntry {
             id,
-            name: create.name.clone(),
+            name: name.to_string(),
             view: view.id,
             view_name: view.name.clone(),
             target,
