@@ -12,8 +12,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::physical_plan::PhysicalExpr;
@@ -239,6 +241,18 @@ impl Operator for AggregateOperator {
             Some(codec) => Some(codec.convert_columns(&key_columns)?),
             None => None,
         };
+        // Window ends (µs) of the rows, to index new groups by when they close.
+        let window_ends = match &self.window {
+            Some((window, _)) => Some(
+                cast(
+                    &key_columns[window.end_key],
+                    &DataType::Timestamp(TimeUnit::Microsecond, None),
+                )?
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone(),
+            ),
+            None => None,
+        };
 
         // Fold every change; remember each touched group's output before.
         let mut touched: Vec<Box<[u8]>> = Vec::new();
@@ -253,17 +267,7 @@ impl Operator for AggregateOperator {
             if !self.groups.contains_key(key) {
                 let group = self.new_group();
                 self.groups.insert(key.into(), group);
-                if let Some((window, index)) = &mut self.window {
-                    let ends = datafusion::arrow::compute::cast(
-                        &key_columns[window.end_key],
-                        &datafusion::arrow::datatypes::DataType::Timestamp(
-                            datafusion::arrow::datatypes::TimeUnit::Microsecond,
-                            None,
-                        ),
-                    )?;
-                    let ends = datafusion::arrow::array::AsArray::as_primitive::<
-                        datafusion::arrow::datatypes::TimestampMicrosecondType,
-                    >(&ends);
+                if let (Some((_, index)), Some(ends)) = (&mut self.window, &window_ends) {
                     index
                         .by_end
                         .entry(ends.value(row))
