@@ -461,41 +461,52 @@ impl Worker {
                 continue;
             };
             for view_id in readers.clone() {
-                let Some(view) = self.views.get_mut(&view_id) else {
-                    continue;
-                };
-                if view.failed.is_some() {
-                    continue;
-                }
-                let result = match &event {
+                self.step_view(view_id, &mut events, |graph| match &event {
                     Event::Change(_, batch) => {
-                        view.graph.push_relation(relation, batch).map(|c| (c, None))
+                        graph.push_relation(relation, batch).map(|c| (c, None))
                     }
-                    Event::Watermark(_, watermark) => {
-                        view.graph.push_watermark(relation, *watermark)
-                    }
-                };
-                match result.and_then(|(changes, watermark)| {
-                    Self::apply_to_view(view, changes).map(|c| (c, watermark))
-                }) {
-                    Ok((changes, watermark)) => {
-                        if !changes.is_empty() {
-                            self.dirty = true;
-                        }
-                        for sink in self.sinks.values_mut().filter(|s| s.view == view_id) {
-                            sink.pending.extend(changes.iter().cloned());
-                        }
-                        events.extend(changes.into_iter().map(|c| Event::Change(view_id, c)));
-                        if let Some(watermark) = watermark {
-                            events.push_back(Event::Watermark(view_id, watermark));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(view = %view.name, error = %e, "materialized view stopped");
-                        view.failed = Some(e.to_string());
-                        self.dirty = true;
-                    }
+                    Event::Watermark(_, watermark) => graph.push_watermark(relation, *watermark),
+                });
+            }
+        }
+    }
+
+    /// Runs `step` on one view's graph, then applies the changes it produced
+    /// to the view's state, hands them to the view's sinks and queues them
+    /// (and a watermark the view's root passed on) for the views downstream.
+    /// A failing step stops that view only.
+    fn step_view(
+        &mut self,
+        view_id: RelationId,
+        events: &mut VecDeque<Event>,
+        step: impl FnOnce(&mut StreamGraph) -> Result<(Vec<ChangeBatch>, Option<i64>)>,
+    ) {
+        let Some(view) = self.views.get_mut(&view_id) else {
+            return;
+        };
+        if view.failed.is_some() {
+            return;
+        }
+        let result = step(&mut view.graph).and_then(|(changes, watermark)| {
+            Self::apply_to_view(view, changes).map(|c| (c, watermark))
+        });
+        match result {
+            Ok((changes, watermark)) => {
+                if !changes.is_empty() {
+                    self.dirty = true;
                 }
+                for sink in self.sinks.values_mut().filter(|s| s.view == view_id) {
+                    sink.pending.extend(changes.iter().cloned());
+                }
+                events.extend(changes.into_iter().map(|c| Event::Change(view_id, c)));
+                if let Some(watermark) = watermark {
+                    events.push_back(Event::Watermark(view_id, watermark));
+                }
+            }
+            Err(e) => {
+                tracing::error!(view = %view.name, error = %e, "materialized view stopped");
+                view.failed = Some(e.to_string());
+                self.dirty = true;
             }
         }
     }
@@ -504,29 +515,11 @@ impl Worker {
     /// changes (rows leaving temporal filters).
     fn tick(&mut self, now: i64) {
         let mut events = VecDeque::new();
-        for (&view_id, view) in self.views.iter_mut() {
-            if view.failed.is_some() {
-                continue;
-            }
-            match view
-                .graph
-                .tick(now)
-                .and_then(|changes| Self::apply_to_view(view, changes))
-            {
-                Ok(changes) if changes.is_empty() => {}
-                Ok(changes) => {
-                    self.dirty = true;
-                    for sink in self.sinks.values_mut().filter(|s| s.view == view_id) {
-                        sink.pending.extend(changes.iter().cloned());
-                    }
-                    events.extend(changes.into_iter().map(|c| Event::Change(view_id, c)));
-                }
-                Err(e) => {
-                    tracing::error!(view = %view.name, error = %e, "materialized view stopped");
-                    view.failed = Some(e.to_string());
-                    self.dirty = true;
-                }
-            }
+        let views: Vec<RelationId> = self.views.keys().copied().collect();
+        for view_id in views {
+            self.step_view(view_id, &mut events, |graph| {
+                graph.tick(now).map(|c| (c, None))
+            });
         }
         self.propagate(events);
     }

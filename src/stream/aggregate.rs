@@ -231,7 +231,7 @@ impl Operator for AggregateOperator {
                     let mask = columns
                         .next()
                         .ok_or_else(|| crate::internal!("missing filter"))?;
-                    Some(datafusion::arrow::array::AsArray::as_boolean(&mask).clone())
+                    Some(mask.as_boolean().clone())
                 }
                 None => None,
             };
