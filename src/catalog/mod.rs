@@ -175,7 +175,7 @@ impl Relation {
 #[derive(Debug, Default)]
 pub struct Catalog {
     relations: RwLock<BTreeMap<String, Relation>>,
-    sinks: RwLock<BTreeMap<String, Arc<SinkEntry>>>,
+    sinks: Mutex<BTreeMap<String, Arc<SinkEntry>>>,
     next_id: AtomicU64,
 }
 
@@ -183,14 +183,14 @@ impl Catalog {
     pub fn new() -> Self {
         Self {
             relations: RwLock::default(),
-            sinks: RwLock::default(),
+            sinks: Mutex::default(),
             next_id: AtomicU64::new(1),
         }
     }
 
-    fn sinks(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<SinkEntry>>> {
+    fn sinks(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<SinkEntry>>> {
         self.sinks
-            .write()
+            .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
