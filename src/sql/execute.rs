@@ -214,7 +214,9 @@ impl Engine {
                 cascade,
             } => self.drop(kind, &names, if_exists, cascade).await,
             EddyStatement::CreateSink(sink) => self.create_sink(*sink).await,
-            EddyStatement::DropSink { name, if_exists } => self.drop_sink(&name, if_exists).await,
+            EddyStatement::DropSink { names, if_exists } => {
+                self.drop_sinks(&names, if_exists).await
+            }
             EddyStatement::ShowSinks => Ok(rows(self.sinks_batch()?)),
             EddyStatement::CreateSource {
                 table,
@@ -703,16 +705,23 @@ impl Engine {
         Ok(StatementResult::Command("CREATE SINK".into()))
     }
 
-    async fn drop_sink(&self, name: &str, if_exists: bool) -> Result<StatementResult> {
+    async fn drop_sinks(&self, names: &[String], if_exists: bool) -> Result<StatementResult> {
         let _ddl = self.ddl_lock.lock().await;
-        match self.catalog.sink(name) {
-            Some(sink) => self.remove_sink(&sink).await?,
-            None if if_exists => {}
-            None => {
-                return Err(EddyError::UndefinedRelation(format!(
-                    "sink \"{name}\" does not exist"
-                )))
+        // Check them all before dropping any.
+        let mut sinks = Vec::with_capacity(names.len());
+        for name in names {
+            match self.catalog.sink(name) {
+                Some(sink) => sinks.push(sink),
+                None if if_exists => {}
+                None => {
+                    return Err(EddyError::UndefinedRelation(format!(
+                        "sink \"{name}\" does not exist"
+                    )))
+                }
             }
+        }
+        for sink in sinks {
+            self.remove_sink(&sink).await?;
         }
         Ok(StatementResult::Command("DROP SINK".into()))
     }

@@ -46,8 +46,10 @@ pub enum EddyStatement {
         options: std::collections::BTreeMap<String, String>,
     },
     ShowSources,
+    /// `DROP SINK [IF EXISTS] name, ... [CASCADE]` (nothing depends on a
+    /// sink, so CASCADE changes nothing).
     DropSink {
-        name: String,
+        names: Vec<String>,
         if_exists: bool,
     },
     Flush,
@@ -207,8 +209,8 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
             )))
         }
         ["DROP", "SINK", ..] => {
-            let (name, if_exists) = sink::parse_drop_sink(sql)?;
-            return Ok(EddyStatement::DropSink { name, if_exists });
+            let (names, if_exists, _cascade) = sink::parse_drop(sql, "SINK")?;
+            return Ok(EddyStatement::DropSink { names, if_exists });
         }
         ["EXPLAIN", "CREATE", "MATERIALIZED", "VIEW"] => {
             let body = sql.trim_start();

@@ -99,18 +99,6 @@ pub fn parse_drop(sql: &str, what: &str) -> Result<(Vec<String>, bool, bool)> {
     Ok((names, if_exists, cascade))
 }
 
-/// `DROP SINK [IF EXISTS] name`: the name and whether IF EXISTS was given.
-pub fn parse_drop_sink(sql: &str) -> Result<(String, bool)> {
-    let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect).try_with_sql(sql).map_err(syntax)?;
-    parser.expect_keyword(Keyword::DROP).map_err(syntax)?;
-    expect_word(&mut parser, "SINK")?;
-    let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-    let name = relation_name(&parser.parse_object_name(false).map_err(syntax)?)?;
-    expect_end(&mut parser, &format!("after DROP SINK {name}"))?;
-    Ok((name, if_exists))
-}
-
 /// An optional `;`, then the end of the statement.
 fn expect_end(parser: &mut Parser, context: &str) -> Result<()> {
     let _ = parser.consume_token(&Token::SemiColon);
