@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use datafusion::arrow::datatypes::SchemaRef;
 
-pub use provider::RelationProvider;
+pub use provider::{all_nullable, RelationProvider};
 
 use crate::connectors::table::TableData;
 use crate::error::{EddyError, Result};

@@ -28,15 +28,20 @@ pub struct RelationProvider {
     schema: SchemaRef,
 }
 
+/// `schema` with every column nullable. NOT NULL is enforced by tables on
+/// write, with Postgres' error, not by DataFusion while it evaluates.
+pub fn all_nullable(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
 impl RelationProvider {
     pub fn new(id: RelationId, name: String, kind: RelationKind, rows: RowSet) -> Self {
-        let fields: Vec<Field> = rows
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
-        let schema = Arc::new(Schema::new(fields));
+        let schema = all_nullable(rows.schema());
         Self {
             id,
             name,

@@ -25,7 +25,9 @@ use super::system::{sinks_batch, views_batch, SystemSchema};
 use super::types::column_field;
 use super::{normalize_ident, CreateView, EddyStatement, WatermarkClause, WriteKind};
 use crate::catalog::window::{WindowFunction, WindowKind};
-use crate::catalog::{Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry};
+use crate::catalog::{
+    all_nullable, Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry,
+};
 use crate::connectors::datagen;
 use crate::connectors::postgres::{self, PostgresSinkConfig, SinkMode, SinkStatus};
 use crate::connectors::table::{TableData, TableWatermark};
@@ -998,21 +1000,15 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         .collect::<Result<Vec<_>>>()?;
     let options =
         datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    // Nullability is checked by the table with a Postgres error, not here.
-    let relaxed = Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect::<Vec<_>>(),
-    ));
-    let relaxed_batch = RecordBatch::try_new_with_options(relaxed, columns, &options)?;
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        relaxed_batch.columns().to_vec(),
-        &options,
-    )
-    .unwrap_or(relaxed_batch))
+    match RecordBatch::try_new_with_options(schema.clone(), columns.clone(), &options) {
+        Ok(batch) => Ok(batch),
+        // NULL in a NOT NULL column: the table reports it with Postgres' error.
+        Err(_) => Ok(RecordBatch::try_new_with_options(
+            all_nullable(schema),
+            columns,
+            &options,
+        )?),
+    }
 }
 
 /// The name, Arrow fields and primary-key column indices of a CREATE TABLE
