@@ -119,14 +119,14 @@ pub struct SinkEntry {
     pub status: Arc<crate::connectors::postgres::SinkStatus>,
 }
 
-/// A source: rows that come from a connector (today: `datagen`). Each view
+/// A source: rows that come from a connector (`datagen`, `nexmark`). Each view
 /// that reads it runs its own reader from the start.
 #[derive(Debug)]
 pub struct SourceEntry {
     pub id: RelationId,
     pub name: String,
     pub schema: SchemaRef,
-    pub connector: crate::connectors::datagen::DatagenConfig,
+    pub connector: crate::connectors::SourceConnector,
     /// `(column, delay µs)` of `WATERMARK FOR column AS column - delay`.
     pub watermark: Option<(usize, i64)>,
 }

@@ -23,9 +23,7 @@
 //!   `max.disorder` (default 0) to make out-of-order streams.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
@@ -34,15 +32,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
-use crate::catalog::RelationId;
-use crate::connectors::table::TableWatermark;
 use crate::error::{EddyError, Result};
-use crate::runtime::RuntimeHandle;
-use crate::stream::ChangeBatch;
-
-/// Rows per generated batch at most; a batch is also cut at each 100 ms tick.
-const MAX_BATCH_ROWS: u64 = 4096;
-const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 enum ColumnGenerator {
@@ -117,24 +107,8 @@ impl DatagenConfig {
         }
         let start_time = match options.get("datagen.start.time") {
             None => 1_704_067_200_000_000, // 2024-01-01 00:00:00
-            Some(text) => {
-                let value = datafusion::common::ScalarValue::Utf8(Some(text.clone()))
-                    .cast_to(&DataType::Timestamp(
-                        datafusion::arrow::datatypes::TimeUnit::Microsecond,
-                        None,
-                    ))
-                    .map_err(|_| {
-                        option_error(format!("datagen.start.time '{text}' is not a timestamp"))
-                    })?;
-                match value {
-                    datafusion::common::ScalarValue::TimestampMicrosecond(Some(v), _) => v,
-                    _ => {
-                        return Err(option_error(format!(
-                            "datagen.start.time '{text}' is not a timestamp"
-                        )))
-                    }
-                }
-            }
+            Some(text) => crate::sql::types::parse_timestamp_micros(text)
+                .map_err(|e| option_error(format!("datagen.start.time: {e}")))?,
         };
         let mut columns = Vec::with_capacity(schema.fields().len());
         for field in schema.fields() {
@@ -214,6 +188,18 @@ impl DatagenConfig {
             max_rows: parse_number::<u64>(options, "datagen.max.rows")?,
             seed: parse_number::<u64>(options, "datagen.seed")?.unwrap_or(0),
         })
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub fn rows_per_second(&self) -> u64 {
+        self.rows_per_second
+    }
+
+    pub fn max_rows(&self) -> Option<u64> {
+        self.max_rows
     }
 
     /// Rows `first..first + count` (a pure function of the seed and index).
@@ -299,58 +285,6 @@ fn splitmix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)
-}
-
-/// Runs one generator instance feeding `relation` until it has produced
-/// `max.rows` rows or `stop` is set. Sending waits when the runtime is
-/// behind (backpressure), so the rate is an upper bound.
-pub fn spawn_generator(
-    config: DatagenConfig,
-    watermark: Option<TableWatermark>,
-    relation: RelationId,
-    runtime: RuntimeHandle,
-    stop: Arc<AtomicBool>,
-) {
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let mut produced: u64 = 0;
-        loop {
-            if stop.load(Ordering::Relaxed) || config.max_rows.is_some_and(|max| produced >= max) {
-                break;
-            }
-            let due = (started.elapsed().as_secs_f64() * config.rows_per_second as f64) as u64;
-            let mut count = due.saturating_sub(produced).min(MAX_BATCH_ROWS);
-            if let Some(max) = config.max_rows {
-                count = count.min(max - produced);
-            }
-            if count == 0 {
-                tokio::time::sleep(TICK).await;
-                continue;
-            }
-            let result = config.rows(produced, count).and_then(|rows| {
-                let change = ChangeBatch::inserts(rows);
-                let moved = watermark
-                    .as_ref()
-                    .map(|w| w.observe(&change))
-                    .transpose()?
-                    .flatten();
-                Ok((change, moved))
-            });
-            match result {
-                Ok((change, moved)) => {
-                    if runtime.send_changes(relation, change, moved).await.is_err() {
-                        break;
-                    }
-                    produced += count;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "datagen source stopped");
-                    break;
-                }
-            }
-        }
-        tracing::debug!(relation, produced, "datagen generator finished");
-    });
 }
 
 #[cfg(test)]

@@ -4,7 +4,124 @@
 //! - `table`: tables written with INSERT/UPDATE/DELETE.
 //! - `postgres`: a sink that upserts a view into a real PostgreSQL table.
 //! - `datagen`: a source of generated rows at a set rate.
+//! - `nexmark`: the standard Nexmark person/auction/bid streams.
+//!
+//! Generated sources share one reader ([`spawn_reader`]): row (or event)
+//! `i` is a pure function of `i`, so each view runs its own reader from 0 and
+//! every view sees the same rows.
 
 pub mod datagen;
+pub mod nexmark;
 pub mod postgres;
 pub mod table;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+
+use crate::catalog::RelationId;
+use crate::error::Result;
+use crate::runtime::RuntimeHandle;
+use crate::stream::ChangeBatch;
+use table::TableWatermark;
+
+/// The connector of a `CREATE SOURCE`.
+#[derive(Debug, Clone)]
+pub enum SourceConnector {
+    Datagen(datagen::DatagenConfig),
+    Nexmark(nexmark::NexmarkConfig),
+}
+
+impl SourceConnector {
+    /// Positions (rows or events) per second the reader produces at most.
+    fn rate(&self) -> u64 {
+        match self {
+            Self::Datagen(config) => config.rows_per_second(),
+            Self::Nexmark(config) => config.events_per_second(),
+        }
+    }
+
+    /// The position the source ends at, if it is bounded.
+    fn end(&self) -> Option<u64> {
+        match self {
+            Self::Datagen(config) => config.max_rows(),
+            Self::Nexmark(config) => config.max_events(),
+        }
+    }
+
+    /// The rows of positions `first .. first + count` (for nexmark, only the
+    /// events of the source's kind among them).
+    pub fn rows(&self, first: u64, count: u64) -> Result<RecordBatch> {
+        match self {
+            Self::Datagen(config) => config.rows(first, count),
+            Self::Nexmark(config) => config.rows(first, count),
+        }
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Self::Datagen(config) => config.schema(),
+            Self::Nexmark(config) => config.schema(),
+        }
+    }
+}
+
+/// Positions per generated batch at most; a batch is also cut at each tick.
+const MAX_BATCH: u64 = 4096;
+const TICK: Duration = Duration::from_millis(100);
+
+/// Runs one reader of `connector` feeding `relation` until the source ends
+/// or `stop` is set. Sending waits when the runtime is behind
+/// (backpressure), so the rate is an upper bound.
+pub fn spawn_reader(
+    connector: SourceConnector,
+    watermark: Option<TableWatermark>,
+    relation: RelationId,
+    runtime: RuntimeHandle,
+    stop: Arc<AtomicBool>,
+) {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let rate = connector.rate();
+        let mut position: u64 = 0;
+        loop {
+            if stop.load(Ordering::Relaxed) || connector.end().is_some_and(|end| position >= end) {
+                break;
+            }
+            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+            let mut count = due.saturating_sub(position).min(MAX_BATCH);
+            if let Some(end) = connector.end() {
+                count = count.min(end - position);
+            }
+            if count == 0 {
+                tokio::time::sleep(TICK).await;
+                continue;
+            }
+            let result = connector.rows(position, count).and_then(|rows| {
+                let change = ChangeBatch::inserts(rows);
+                let moved = watermark
+                    .as_ref()
+                    .map(|w| w.observe(&change))
+                    .transpose()?
+                    .flatten();
+                Ok((change, moved))
+            });
+            match result {
+                Ok((change, moved)) => {
+                    if runtime.send_changes(relation, change, moved).await.is_err() {
+                        break;
+                    }
+                    position += count;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, relation, "source reader stopped");
+                    break;
+                }
+            }
+        }
+        tracing::debug!(relation, position, "source reader finished");
+    });
+}

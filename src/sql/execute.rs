@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
     MemorySchemaProvider, SchemaProvider,
@@ -28,7 +28,7 @@ use crate::catalog::window::{WindowFunction, WindowKind};
 use crate::catalog::{
     all_nullable, Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry,
 };
-use crate::connectors::datagen;
+use crate::connectors::{datagen, nexmark, SourceConnector};
 use crate::connectors::postgres::{self, PostgresSinkConfig, SinkMode, SinkStatus};
 use crate::connectors::table::{TableData, TableWatermark};
 use crate::error::{EddyError, Result};
@@ -288,10 +288,10 @@ impl Engine {
     ) -> Result<StatementResult> {
         let (name, fields, key_indices) = table_columns(&create)?;
         let append_only = table_append_only(&create.table_options)?;
-        let watermark = watermark
-            .map(|w| table_watermark(&w, &fields))
-            .transpose()?;
         let schema = Arc::new(Schema::new(fields));
+        let watermark = watermark
+            .map(|w| table_watermark(&w, schema.fields()))
+            .transpose()?;
         let _ddl = self.ddl_lock.lock().await;
         if self.catalog.get(&name).is_some() && create.if_not_exists {
             return Ok(StatementResult::Command("CREATE TABLE".into()));
@@ -335,38 +335,45 @@ impl Engine {
         if !key.is_empty() {
             return Err(crate::not_supported!("sources have no primary key"));
         }
-        match options
+        let connector = match options
             .get("connector")
             .map(|c| c.to_lowercase())
             .as_deref()
         {
-            Some("datagen") => {}
+            Some("datagen") => {
+                if fields.is_empty() {
+                    return Err(EddyError::InvalidParameter(
+                        "a datagen source needs a column list".into(),
+                    ));
+                }
+                SourceConnector::Datagen(datagen::DatagenConfig::from_options(
+                    Arc::new(Schema::new(fields)),
+                    &options,
+                )?)
+            }
+            Some("nexmark") => SourceConnector::Nexmark(nexmark::NexmarkConfig::from_options(
+                &name, &fields, &options,
+            )?),
             Some("kafka") => {
                 return Err(crate::not_supported!(
                     "Kafka sources are not implemented yet"
                 ))
             }
-            Some("nexmark") => {
-                return Err(crate::not_supported!(
-                    "the nexmark source is not implemented yet"
-                ))
-            }
             Some(other) => {
                 return Err(crate::not_supported!(
-                    "source connector '{other}' is not supported; use 'datagen'"
+                    "source connector '{other}' is not supported; use 'datagen' or 'nexmark'"
                 ))
             }
             None => {
                 return Err(EddyError::InvalidParameter(
-                    "CREATE SOURCE needs WITH (connector = 'datagen', ...)".into(),
+                    "CREATE SOURCE needs WITH (connector = 'datagen' or 'nexmark', ...)".into(),
                 ))
             }
-        }
+        };
+        let schema = connector.schema();
         let watermark = watermark
-            .map(|w| table_watermark(&w, &fields))
+            .map(|w| table_watermark(&w, schema.fields()))
             .transpose()?;
-        let schema = Arc::new(Schema::new(fields));
-        let connector = datagen::DatagenConfig::from_options(schema.clone(), &options)?;
         let _ddl = self.ddl_lock.lock().await;
         if self.catalog.get(&name).is_some() && table.if_not_exists {
             return Ok(StatementResult::Command("CREATE SOURCE".into()));
@@ -562,7 +569,7 @@ impl Engine {
             let watermark = source
                 .watermark
                 .map(|(column, delay)| TableWatermark::new(column, delay));
-            datagen::spawn_generator(
+            crate::connectors::spawn_reader(
                 source.connector.clone(),
                 watermark,
                 *reader,
@@ -1092,7 +1099,7 @@ fn table_columns(create: &ast::CreateTable) -> Result<(String, Vec<Field>, Vec<u
 /// `WATERMARK FOR ts AS ts [- INTERVAL '...']` checked against the columns.
 fn table_watermark(
     clause: &WatermarkClause,
-    fields: &[Field],
+    fields: &[FieldRef],
 ) -> Result<crate::connectors::table::TableWatermark> {
     let column = fields
         .iter()

@@ -346,10 +346,21 @@ fn parse_create_source(sql: &str) -> Result<EddyStatement> {
     let body = sql.trim_start();
     let after_create = body[6..].trim_start(); // "CREATE"
     let rest = &after_create[6..]; // "SOURCE"
-                                   // The column list ends at the ')' matching the first '('.
-    let open = rest
-        .find('(')
-        .ok_or_else(|| EddyError::Syntax("CREATE SOURCE needs a column list".into()))?;
+    // The column list, if any, ends at the ')' matching the first '(' before
+    // WITH; a source without one (nexmark) takes its connector's columns.
+    let open = rest.find('(').filter(|&open| {
+        !rest[..open]
+            .split_whitespace()
+            .any(|word| word.eq_ignore_ascii_case("WITH"))
+    });
+    let Some(open) = open else {
+        let with = rest
+            .to_uppercase()
+            .find("WITH")
+            .ok_or_else(|| EddyError::Syntax("CREATE SOURCE needs WITH (connector = ...)".into()))?;
+        let (table, watermark) = source_columns(&format!("{} ()", rest[..with].trim()))?;
+        return source_statement(table, watermark, &rest[with..]);
+    };
     let mut depth = 0;
     let mut close = None;
     let mut in_quote = false;
@@ -369,15 +380,28 @@ fn parse_create_source(sql: &str) -> Result<EddyStatement> {
     }
     let close =
         close.ok_or_else(|| EddyError::Syntax("unbalanced parentheses in CREATE SOURCE".into()))?;
-    let (table, watermark) = match parse_statement(&format!("CREATE TABLE {}", &rest[..=close]))? {
-        EddyStatement::CreateTable(table, watermark) => (table, watermark),
-        _ => {
-            return Err(crate::internal!(
-                "CREATE SOURCE columns did not parse as a table"
-            ))
-        }
-    };
-    let options_sql = rest[close + 1..].trim();
+    let (table, watermark) = source_columns(&rest[..=close])?;
+    source_statement(table, watermark, &rest[close + 1..])
+}
+
+/// `name (columns)` of a CREATE SOURCE, read as CREATE TABLE's.
+fn source_columns(
+    name_and_columns: &str,
+) -> Result<(Box<ast::CreateTable>, Option<Box<WatermarkClause>>)> {
+    match parse_statement(&format!("CREATE TABLE {name_and_columns}"))? {
+        EddyStatement::CreateTable(table, watermark) => Ok((table, watermark)),
+        _ => Err(crate::internal!(
+            "CREATE SOURCE columns did not parse as a table"
+        )),
+    }
+}
+
+fn source_statement(
+    table: Box<ast::CreateTable>,
+    watermark: Option<Box<WatermarkClause>>,
+    options_sql: &str,
+) -> Result<EddyStatement> {
+    let options_sql = options_sql.trim();
     if options_sql.to_uppercase().contains("FORMAT") {
         return Err(crate::not_supported!(
             "FORMAT ... ENCODE ... is for Kafka sources, which are not implemented yet"
@@ -706,6 +730,27 @@ mod tests {
                 .contains("HOP(t,ts,INTERVAL'1'SECOND,INTERVAL'2'SECOND)GROUPBY1"),
             "{hop}"
         );
+    }
+
+    #[test]
+    fn sources_may_leave_out_their_columns() {
+        let statement =
+            parse_statement("CREATE SOURCE bid WITH (connector = 'nexmark', nexmark.max.events = '10')")
+                .unwrap();
+        let EddyStatement::CreateSource { table, watermark: None, options } = statement else {
+            panic!("not a source")
+        };
+        assert!(table.columns.is_empty());
+        assert_eq!(options["nexmark.max.events"], "10");
+        let statement = parse_statement(
+            "CREATE SOURCE bid (WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH (connector = 'nexmark')",
+        )
+        .unwrap();
+        let EddyStatement::CreateSource { table, watermark: Some(watermark), .. } = statement else {
+            panic!("no watermark")
+        };
+        assert!(table.columns.is_empty());
+        assert_eq!(watermark.column, "date_time");
     }
 
     #[test]

@@ -107,6 +107,19 @@ fn decimal_type(info: &ExactNumberInfo) -> Result<DataType> {
 
 /// An interval written as text (`'5 seconds'`, `'1 minute 30 seconds'`) in
 /// microseconds. Months and years are refused: their length varies.
+/// A timestamp literal such as `'2024-01-01 00:00:00'`, in µs since the
+/// epoch.
+pub fn parse_timestamp_micros(text: &str) -> Result<i64> {
+    use datafusion::common::ScalarValue;
+    let target = DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None);
+    match ScalarValue::Utf8(Some(text.to_string())).cast_to(&target) {
+        Ok(ScalarValue::TimestampMicrosecond(Some(micros), _)) => Ok(micros),
+        _ => Err(EddyError::InvalidParameter(format!(
+            "'{text}' is not a timestamp"
+        ))),
+    }
+}
+
 pub fn interval_micros(text: &str) -> Result<i64> {
     let value = datafusion::common::ScalarValue::Utf8(Some(text.to_lowercase()))
         .cast_to(&DataType::Interval(IntervalUnit::MonthDayNano))
