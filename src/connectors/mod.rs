@@ -36,11 +36,12 @@ pub enum SourceConnector {
 }
 
 impl SourceConnector {
-    /// Positions (rows or events) per second the reader produces at most.
-    fn rate(&self) -> u64 {
+    /// Positions (rows or events) per second the reader produces at most;
+    /// `None`: as fast as the runtime takes them.
+    fn rate(&self) -> Option<u64> {
         match self {
-            Self::Datagen(config) => config.rows_per_second(),
-            Self::Nexmark(config) => config.events_per_second(),
+            Self::Datagen(config) => Some(config.rows_per_second()),
+            Self::Nexmark(config) => config.emit_rate(),
         }
     }
 
@@ -91,7 +92,14 @@ pub fn spawn_reader(
             if stop.load(Ordering::Relaxed) || connector.end().is_some_and(|end| position >= end) {
                 break;
             }
-            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+            let due = match rate {
+                Some(rate) => (started.elapsed().as_secs_f64() * rate as f64) as u64,
+                None => {
+                    // Unthrottled: let other tasks run between batches.
+                    tokio::task::yield_now().await;
+                    position + MAX_BATCH
+                }
+            };
             let mut count = due.saturating_sub(position).min(MAX_BATCH);
             if let Some(end) = connector.end() {
                 count = count.min(end - position);

@@ -16,6 +16,9 @@
 //! match up. `nexmark.event.rate` events (of all three kinds) are produced
 //! per second, and event times advance by `1 / rate` seconds per event from
 //! `nexmark.base.time`; `nexmark.max.events` bounds the run.
+//! `nexmark.max.emit.speed = 'true'` emits events as fast as the engine
+//! takes them (event times still advance by `1 / rate` per event), as the
+//! benchmark and the tests do.
 
 pub mod generator;
 
@@ -115,10 +118,12 @@ pub struct NexmarkConfig {
     timeline: Arc<Timeline>,
     events_per_second: u64,
     max_events: Option<u64>,
+    /// Emit as fast as the engine takes events, not at the event rate.
+    max_emit_speed: bool,
 }
 
 const KNOWN_OPTIONS: &str = "nexmark.table.type, nexmark.event.rate, nexmark.max.events, \
-                             nexmark.seed, nexmark.base.time";
+                             nexmark.seed, nexmark.base.time, nexmark.max.emit.speed";
 
 impl NexmarkConfig {
     /// The configuration of source `name` with the declared `columns` (empty:
@@ -204,6 +209,16 @@ impl NexmarkConfig {
             timeline: Arc::new(Timeline::new(base_time_ms, events_per_second, seed)),
             events_per_second,
             max_events: number("nexmark.max.events")?,
+            max_emit_speed: match options.get("nexmark.max.emit.speed").map(|v| v.to_lowercase()) {
+                None => false,
+                Some(v) if v == "true" => true,
+                Some(v) if v == "false" => false,
+                Some(v) => {
+                    return Err(EddyError::InvalidParameter(format!(
+                        "nexmark.max.emit.speed = '{v}' is not true or false"
+                    )))
+                }
+            },
         })
     }
 
@@ -211,9 +226,10 @@ impl NexmarkConfig {
         self.schema.clone()
     }
 
-    /// Events (of all three kinds) per second.
-    pub fn events_per_second(&self) -> u64 {
-        self.events_per_second
+    /// Events (of all three kinds) emitted per second; `None`: as fast as
+    /// the engine takes them.
+    pub fn emit_rate(&self) -> Option<u64> {
+        (!self.max_emit_speed).then_some(self.events_per_second)
     }
 
     pub fn max_events(&self) -> Option<u64> {
