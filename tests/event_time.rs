@@ -2,7 +2,8 @@
 //!
 //! - For random out-of-order streams, the windows of an `EMIT ON WINDOW
 //!   CLOSE` view equal DataFusion's batch answer over the same events with
-//!   the late ones removed, and the default-emit view converges to the same.
+//!   the late ones removed, and the default-emit view converges to the same;
+//!   for TUMBLE and for SESSION windows (which merge and split).
 //! - Over a long stream, the live state of a windowed aggregate stays
 //!   bounded: it does not grow with the number of events.
 
@@ -126,6 +127,80 @@ fn statements() -> impl Strategy<Value = Vec<Vec<Event>>> {
     })
 }
 
+const SESSION_GAP_S: i64 = 5;
+
+const SESSIONS: &str = "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS total
+    FROM SESSION({table}, ts, INTERVAL '5' SECOND, k) GROUP BY k, window_start, window_end";
+
+/// Session windows: an event is late when its own time is before the
+/// watermark seen before its statement (it could reach a closed session).
+fn on_time_session_events(statements: &[Vec<Event>]) -> Vec<Event> {
+    let mut watermark: Option<i64> = None;
+    let mut kept = Vec::new();
+    for statement in statements {
+        kept.extend(
+            statement
+                .iter()
+                .filter(|e| watermark.is_none_or(|w| e.2 >= w))
+                .copied(),
+        );
+        if let Some(newest) = statement.iter().map(|e| e.2).max() {
+            let candidate = newest - WATERMARK_DELAY_S;
+            watermark = Some(watermark.map_or(candidate, |w| w.max(candidate)));
+        }
+    }
+    kept
+}
+
+async fn check_sessions(statements: Vec<Vec<Event>>) -> Result<(), TestCaseError> {
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    execute(&eddy, &format!(
+        "CREATE TABLE ev (k INT, v INT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '{WATERMARK_DELAY_S}' SECOND);
+         CREATE TABLE kept (k INT, v INT, ts TIMESTAMP);
+         CREATE MATERIALIZED VIEW closed AS {} EMIT ON WINDOW CLOSE;
+         CREATE MATERIALIZED VIEW live AS {};",
+        SESSIONS.replace("{table}", "ev"),
+        SESSIONS.replace("{table}", "ev")
+    )).await;
+    for statement in &statements {
+        execute(&eddy, &insert_sql("ev", statement)).await;
+    }
+    // Close every session: a far-future event of another key.
+    let last = statements.iter().flatten().map(|e| e.2).max().unwrap_or(0);
+    execute(
+        &eddy,
+        &insert_sql("ev", &[(99, 0, last + 10 * SESSION_GAP_S)]),
+    )
+    .await;
+    execute(&eddy, "FLUSH").await;
+
+    let kept = on_time_session_events(&statements);
+    if !kept.is_empty() {
+        execute(&eddy, &insert_sql("kept", &kept)).await;
+    }
+    let batch = sorted_rows(&eddy, &SESSIONS.replace("{table}", "kept")).await;
+    let closed = sorted_rows(&eddy, "SELECT * FROM closed").await;
+    let live = sorted_rows(&eddy, "SELECT * FROM live WHERE k <> 99").await;
+    prop_assert_eq!(
+        &closed,
+        &batch,
+        "closed sessions vs batch over on-time events"
+    );
+    prop_assert_eq!(&live, &batch, "updating sessions converge to the same");
+    let late: i64 = query_text(
+        &eddy,
+        "SELECT late_rows FROM eddy_catalog.materialized_views WHERE name = 'live'",
+    )
+    .await[0][0]
+        .parse()
+        .unwrap();
+    let total: usize = statements.iter().map(Vec::len).sum();
+    prop_assert_eq!(late as usize, total - kept.len(), "late events are counted");
+    server.stop().await;
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 200, ..ProptestConfig::default() })]
 
@@ -134,32 +209,44 @@ proptest! {
         let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
         runtime.block_on(check(statements))?;
     }
+
+    #[test]
+    fn sessions_equal_batch_over_on_time_events(statements in statements()) {
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        runtime.block_on(check_sessions(statements))?;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn window_state_stays_bounded_over_a_long_stream() {
     let server = TestServer::start().await;
     let eddy = server.connect().await;
-    execute(&eddy, "CREATE TABLE stream (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND);
+    execute(&eddy, "CREATE TABLE stream (k BIGINT, v BIGINT, ts TIMESTAMP, g BIGINT, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND);
         CREATE MATERIALIZED VIEW per_window AS
           SELECT k, window_start, window_end, count(*) AS n, max(v) AS top
           FROM TUMBLE(stream, ts, INTERVAL '10' SECOND) GROUP BY k, window_start, window_end;
         CREATE MATERIALIZED VIEW per_window_closed AS
           SELECT k, window_end, count(*) AS n
           FROM HOP(stream, ts, INTERVAL '5' SECOND, INTERVAL '10' SECOND) GROUP BY k, window_end
-          EMIT ON WINDOW CLOSE").await;
+          EMIT ON WINDOW CLOSE;
+        CREATE MATERIALIZED VIEW visits AS
+          SELECT g, window_start, count(*) AS n
+          FROM SESSION(stream, ts, INTERVAL '300' MILLISECOND, g) GROUP BY g, window_start, window_end").await;
     let batches = 60;
     let rows_per_batch = 500;
     let mut largest_state = Vec::new();
     for b in 0..batches {
         let (first, last) = (b * rows_per_batch, (b + 1) * rows_per_batch - 1);
-        // 20 ms of event time per row: each batch covers 10 s.
+        // 20 ms of event time per row: each batch covers 10 s. Session key
+        // g takes turns: 10 rows (a 200 ms session) every second.
         execute(&eddy, &format!(
-            "INSERT INTO stream SELECT value % 5 AS k, value AS v, to_timestamp_micros({BASE_MICROS} + value * 20000) AS ts
+            "INSERT INTO stream SELECT value % 5 AS k, value AS v, to_timestamp_micros({BASE_MICROS} + value * 20000) AS ts,
+               (value / 10) % 5 AS g
              FROM generate_series({first}, {last}); FLUSH"
         )).await;
         let state = query_text(&eddy,
-            "SELECT view, state_keys FROM eddy_catalog.operator_stats WHERE operator LIKE '%Aggregate%' ORDER BY view").await;
+            "SELECT view, state_keys FROM eddy_catalog.operator_stats
+             WHERE operator LIKE '%Aggregate%' OR operator LIKE 'SessionWindow%' ORDER BY view, operator").await;
         largest_state.push(
             state
                 .iter()
@@ -169,9 +256,17 @@ async fn window_state_stays_bounded_over_a_long_stream() {
     }
     let peak_tumble = largest_state.iter().map(|s| s[0]).max().unwrap();
     let peak_hop = largest_state.iter().map(|s| s[1]).max().unwrap();
+    let peak_session_rows = largest_state.iter().map(|s| s[2]).max().unwrap();
     println!(
-        "{} events: peak live state keys {peak_tumble} (tumble), {peak_hop} (hop, emit on close)",
+        "{} events: peak live state keys {peak_tumble} (tumble), {peak_hop} (hop, emit on close), \
+         {peak_session_rows} (session rows)",
         batches * rows_per_batch
+    );
+    // Sessions close 300 ms after their last row; the watermark trails by
+    // 2 s, so about 2.3 s of rows (115) are held, never all 30000.
+    assert!(
+        peak_session_rows <= 2 * 130,
+        "session state grew: {largest_state:?}"
     );
     // At most two windows are open at once: their groups, plus the values
     // max() keeps (one per row). Never freed, it would be all 30000 rows.
@@ -191,6 +286,15 @@ async fn window_state_stays_bounded_over_a_long_stream() {
     assert!(
         late <= early,
         "state grows with the stream: early {early}, late {late}"
+    );
+    let rows = query_text(&eddy, "SELECT count(*), sum(n) FROM visits").await;
+    assert_eq!(
+        rows,
+        vec![vec![
+            (batches * rows_per_batch / 10).to_string(),
+            (batches * rows_per_batch).to_string()
+        ]],
+        "one 10-row session per key turn"
     );
     let rows = query_text(&eddy, "SELECT count(*), sum(n) FROM per_window").await;
     assert_eq!(

@@ -167,10 +167,7 @@ async fn compare(eddy: &tokio_postgres::Client, bids: u64) -> Result<(), String>
                 "{name}: {} rows, oracle {} rows; first differences: {:?}",
                 actual.len(),
                 expected.len(),
-                actual
-                    .iter()
-                    .zip(&expected)
-                    .find(|(a, e)| a != e)
+                actual.iter().zip(&expected).find(|(a, e)| a != e)
             ));
         }
     }

@@ -300,24 +300,28 @@ impl Catalog {
         self.list()
             .into_iter()
             .filter_map(|relation| {
-                let rows = match &relation {
-                    Relation::Table(t) => t
-                        .data
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .rows
-                        .clone(),
-                    Relation::View(v) => epoch.views.get(&v.id)?.clone(),
+                let (rows, watermark_column) = match &relation {
+                    Relation::Table(t) => (
+                        t.data
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .rows
+                            .clone(),
+                        t.watermark.as_ref().map(|w| w.column),
+                    ),
+                    Relation::View(v) => (epoch.views.get(&v.id)?.clone(), None),
                     // Planned over, never scanned (the provider refuses).
-                    Relation::Source(s) => {
-                        RowSet::new(Arc::new(RowCodec::try_new(s.schema.clone()).ok()?))
-                    }
+                    Relation::Source(s) => (
+                        RowSet::new(Arc::new(RowCodec::try_new(s.schema.clone()).ok()?)),
+                        s.watermark.map(|(column, _)| column),
+                    ),
                 };
                 Some(RelationProvider::new(
                     relation.id(),
                     relation.name().to_string(),
                     relation.kind(),
                     rows,
+                    watermark_column,
                 ))
             })
             .collect()

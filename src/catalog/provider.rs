@@ -22,6 +22,9 @@ pub struct RelationProvider {
     pub name: String,
     pub kind: RelationKind,
     rows: RowSet,
+    /// The column a watermark follows, for tables and sources that declare
+    /// one. Views pass on the watermarks of their inputs.
+    pub watermark_column: Option<usize>,
     /// The relation's schema with every column nullable: NOT NULL is
     /// enforced by the table on write (with Postgres' error), not by
     /// DataFusion while it evaluates an INSERT.
@@ -40,15 +43,28 @@ pub fn all_nullable(schema: &Schema) -> SchemaRef {
 }
 
 impl RelationProvider {
-    pub fn new(id: RelationId, name: String, kind: RelationKind, rows: RowSet) -> Self {
+    pub fn new(
+        id: RelationId,
+        name: String,
+        kind: RelationKind,
+        rows: RowSet,
+        watermark_column: Option<usize>,
+    ) -> Self {
         let schema = all_nullable(rows.schema());
         Self {
             id,
             name,
             kind,
             rows,
+            watermark_column,
             schema,
         }
+    }
+
+    /// Whether watermarks can reach `column`: it has one, or the relation is
+    /// a view (whose watermarks come from its inputs; assumed to).
+    pub fn may_have_watermark_on(&self, column: usize) -> bool {
+        self.kind == RelationKind::MaterializedView || self.watermark_column == Some(column)
     }
 
     pub fn rows(&self) -> &RowSet {

@@ -1,12 +1,14 @@
-//! `TUMBLE(relation, time_column, size [, offset])` and
-//! `HOP(relation, time_column, slide, size)`: window table functions that add
-//! `window_start` and `window_end` to a relation.
+//! `TUMBLE(relation, time_column, size [, offset])`,
+//! `HOP(relation, time_column, slide, size)` and
+//! `SESSION(relation, time_column, gap [, key_column ...])`: window table
+//! functions that add `window_start` and `window_end` to a relation.
 //!
 //! For an ad-hoc SELECT the provider computes the windows over the
 //! relation's snapshot (batch semantics: every row). In a materialized view,
 //! `plan::lower` turns the scan of a [`WindowedRelationProvider`] into a scan
 //! of the relation followed by a `WindowAssign` operator, which assigns the
-//! same windows (`stream::window::assign`) and drops late changes.
+//! same windows (`stream::window::assign`) and drops late changes; a
+//! session window becomes a `SessionWindow` operator (`stream::session`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,12 +25,23 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::RelationProvider;
 use crate::error::EddyError;
 use crate::sql::types::scalar_interval_micros;
+use crate::stream::session::assign_sessions;
 use crate::stream::window::{assign, windowed_schema, WindowSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
     Tumble,
     Hop,
+    Session,
+}
+
+/// How rows are given windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Windowing {
+    /// TUMBLE and HOP: a row's windows depend on its time alone.
+    Fixed(WindowSpec),
+    /// SESSION: rows of a key closer than `gap` (µs) share a window.
+    Session { gap: i64, key_columns: Vec<usize> },
 }
 
 /// The table function, bound to the relations of one query's snapshot.
@@ -63,10 +76,12 @@ impl TableFunctionImpl for WindowFunction {
         let function = match self.kind {
             WindowKind::Tumble => "TUMBLE(relation, time_column, size [, offset])",
             WindowKind::Hop => "HOP(relation, time_column, slide, size)",
+            WindowKind::Session => "SESSION(relation, time_column, gap [, key_column ...])",
         };
         let expected = match self.kind {
             WindowKind::Tumble => 3..=4,
             WindowKind::Hop => 4..=4,
+            WindowKind::Session => 3..=usize::MAX,
         };
         if !expected.contains(&exprs.len()) {
             return Err(plan_error(format!(
@@ -103,25 +118,51 @@ impl TableFunctionImpl for WindowFunction {
                 "{function}: the time column {time_name} must be a timestamp, not {time_type}"
             )));
         }
-        let spec = match self.kind {
+        let external = |e: EddyError| DataFusionError::External(Box::new(e));
+        let windowing = match self.kind {
             WindowKind::Tumble => {
                 let offset = exprs
                     .get(3)
                     .map(|e| interval_argument("the offset", e))
                     .transpose()?
                     .unwrap_or(0);
-                WindowSpec::tumble(interval_argument("the window size", &exprs[2])?, offset)
+                Windowing::Fixed(
+                    WindowSpec::tumble(interval_argument("the window size", &exprs[2])?, offset)
+                        .map_err(external)?,
+                )
             }
-            WindowKind::Hop => WindowSpec::hop(
-                interval_argument("the slide", &exprs[2])?,
-                interval_argument("the window size", &exprs[3])?,
+            WindowKind::Hop => Windowing::Fixed(
+                WindowSpec::hop(
+                    interval_argument("the slide", &exprs[2])?,
+                    interval_argument("the window size", &exprs[3])?,
+                )
+                .map_err(external)?,
             ),
-        }
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            WindowKind::Session => {
+                let gap = interval_argument("the session gap", &exprs[2])?;
+                if gap <= 0 {
+                    return Err(plan_error(format!(
+                        "SESSION gap must be positive, not {gap} µs"
+                    )));
+                }
+                let key_columns = exprs[3..]
+                    .iter()
+                    .map(|e| {
+                        let name = name_of(e, "a key column")?;
+                        schema.index_of(&name).map_err(|_| {
+                            external(EddyError::UndefinedColumn(format!(
+                                "column \"{name}\" does not exist in {relation_name}"
+                            )))
+                        })
+                    })
+                    .collect::<DFResult<Vec<_>>>()?;
+                Windowing::Session { gap, key_columns }
+            }
+        };
         Ok(Arc::new(WindowedRelationProvider {
             relation: relation.clone(),
             time_column,
-            spec,
+            windowing,
             schema: windowed_schema(&relation.schema(), time_column),
         }))
     }
@@ -132,7 +173,7 @@ impl TableFunctionImpl for WindowFunction {
 pub struct WindowedRelationProvider {
     pub relation: Arc<RelationProvider>,
     pub time_column: usize,
-    pub spec: WindowSpec,
+    pub windowing: Windowing,
     schema: SchemaRef,
 }
 
@@ -154,9 +195,14 @@ impl TableProvider for WindowedRelationProvider {
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let rows = self.relation.current_batch()?;
-        let (windowed, _) = assign(&rows, self.time_column, &self.spec, &self.schema, |_, _| {
-            true
-        })
+        let windowed = match &self.windowing {
+            Windowing::Fixed(spec) => {
+                assign(&rows, self.time_column, spec, &self.schema, |_, _| true).map(|(w, _)| w)
+            }
+            Windowing::Session { gap, key_columns } => {
+                assign_sessions(&rows, self.time_column, key_columns, *gap, &self.schema)
+            }
+        }
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![windowed]],

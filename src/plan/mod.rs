@@ -22,7 +22,7 @@ use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, Volatility};
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_plan::PhysicalExpr;
 
-use crate::catalog::window::WindowedRelationProvider;
+use crate::catalog::window::{WindowedRelationProvider, Windowing};
 use crate::catalog::RelationId;
 use crate::catalog::RelationProvider;
 use crate::error::{EddyError, Result};
@@ -31,6 +31,7 @@ use crate::stream::aggregate::{AggregateCall, AggregateOperator, WindowedGroups}
 use crate::stream::filter::FilterOperator;
 use crate::stream::graph::{NodeIndex, StreamGraph};
 use crate::stream::project::ProjectOperator;
+use crate::stream::session::SessionWindowOperator;
 use crate::stream::source::{ConstantOperator, ScanOperator};
 use crate::stream::temporal::TemporalFilterOperator;
 use crate::stream::union::UnionOperator;
@@ -228,6 +229,7 @@ pub fn lower(plan: &LogicalPlan, time: TimeOptions) -> Result<Lowered> {
         graph: StreamGraph::new(),
         time,
         windows: vec![],
+        windows_watermarked: true,
         windowed_aggregate: false,
     };
     lowering.node(plan)?;
@@ -247,6 +249,8 @@ struct Lowering {
     graph: StreamGraph,
     time: TimeOptions,
     windows: Vec<(RelationId, String)>,
+    /// Whether a watermark can reach every window's time column.
+    windows_watermarked: bool,
     windowed_aggregate: bool,
 }
 
@@ -275,15 +279,30 @@ impl Lowering {
                     .name()
                     .clone();
                 let schema = TableProvider::schema(windowed);
-                let assign = WindowAssignOperator::new(
-                    windowed.time_column,
-                    time_name.clone(),
-                    windowed.spec,
-                    schema.clone(),
-                    self.time.allowed_lateness_micros,
-                );
+                let watermarked = relation.may_have_watermark_on(windowed.time_column);
+                self.windows_watermarked &= watermarked;
+                let assign: Box<dyn crate::stream::Operator> = match &windowed.windowing {
+                    Windowing::Fixed(spec) => Box::new(WindowAssignOperator::new(
+                        windowed.time_column,
+                        time_name.clone(),
+                        *spec,
+                        schema.clone(),
+                        self.time.allowed_lateness_micros,
+                    )),
+                    Windowing::Session { gap, key_columns } => {
+                        Box::new(SessionWindowOperator::try_new(
+                            relation.rows().schema().clone(),
+                            windowed.time_column,
+                            key_columns.clone(),
+                            *gap,
+                            self.time.allowed_lateness_micros,
+                            schema.clone(),
+                            watermarked,
+                        )?)
+                    }
+                };
                 self.windows.push((relation.id, time_name));
-                let assigned = self.graph.add(Box::new(assign), vec![scan_node]);
+                let assigned = self.graph.add(assign, vec![scan_node]);
                 match &scan.projection {
                     None => Ok(assigned),
                     Some(columns) => {
@@ -385,6 +404,7 @@ impl Lowering {
                         end_key,
                         allowed_lateness: self.time.allowed_lateness_micros,
                         emit_on_close: self.time.emit_on_window_close,
+                        watermarked: self.windows_watermarked,
                     });
                     self.windowed_aggregate = true;
                 }

@@ -28,9 +28,9 @@ use crate::catalog::window::{WindowFunction, WindowKind};
 use crate::catalog::{
     all_nullable, Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry,
 };
-use crate::connectors::{datagen, nexmark, SourceConnector};
 use crate::connectors::postgres::{self, PostgresSinkConfig, SinkMode, SinkStatus};
 use crate::connectors::table::{TableData, TableWatermark};
+use crate::connectors::{datagen, nexmark, SourceConnector};
 use crate::error::{EddyError, Result};
 use crate::plan;
 use crate::runtime::{RuntimeHandle, ViewSpec, SINK_QUEUE_EPOCHS};
@@ -143,7 +143,11 @@ impl Engine {
         // now() and friends read the statement's start time.
         state.mark_start_execution();
         // DataFusion looks table functions up by the name as written.
-        for (name, kind) in [("tumble", WindowKind::Tumble), ("hop", WindowKind::Hop)] {
+        for (name, kind) in [
+            ("tumble", WindowKind::Tumble),
+            ("hop", WindowKind::Hop),
+            ("session", WindowKind::Session),
+        ] {
             let function = Arc::new(WindowFunction::new(kind, relations.clone()));
             state.register_udtf(name, function.clone());
             state.register_udtf(&name.to_uppercase(), function);

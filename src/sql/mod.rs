@@ -267,7 +267,8 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
 
 /// Rewrites Flink's window spelling
 /// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size))` to eddy's
-/// `TUMBLE(t, ts, size)` (same for HOP). Other SQL is returned unchanged.
+/// `TUMBLE(t, ts, size)` (same for HOP, and for SESSION without PARTITION
+/// BY). Other SQL is returned unchanged.
 fn rewrite_flink_windows(sql: &str) -> Result<String> {
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
     if !sql.to_uppercase().contains("DESCRIPTOR") {
@@ -294,7 +295,7 @@ fn rewrite_flink_windows(sql: &str) -> Result<String> {
         }
         let pattern = at(0).is_some_and(|t| is_word(t, "TABLE"))
             && at(1) == Some(&Token::LParen)
-            && at(2).is_some_and(|t| is_word(t, "TUMBLE") || is_word(t, "HOP"))
+            && at(2).is_some_and(|t| ["TUMBLE", "HOP", "SESSION"].iter().any(|w| is_word(t, w)))
             && at(3) == Some(&Token::LParen)
             && at(4).is_some_and(|t| is_word(t, "TABLE"))
             && matches!(at(5), Some(Token::Word(_)))
@@ -346,18 +347,17 @@ fn parse_create_source(sql: &str) -> Result<EddyStatement> {
     let body = sql.trim_start();
     let after_create = body[6..].trim_start(); // "CREATE"
     let rest = &after_create[6..]; // "SOURCE"
-    // The column list, if any, ends at the ')' matching the first '(' before
-    // WITH; a source without one (nexmark) takes its connector's columns.
+                                   // The column list, if any, ends at the ')' matching the first '(' before
+                                   // WITH; a source without one (nexmark) takes its connector's columns.
     let open = rest.find('(').filter(|&open| {
         !rest[..open]
             .split_whitespace()
             .any(|word| word.eq_ignore_ascii_case("WITH"))
     });
     let Some(open) = open else {
-        let with = rest
-            .to_uppercase()
-            .find("WITH")
-            .ok_or_else(|| EddyError::Syntax("CREATE SOURCE needs WITH (connector = ...)".into()))?;
+        let with = rest.to_uppercase().find("WITH").ok_or_else(|| {
+            EddyError::Syntax("CREATE SOURCE needs WITH (connector = ...)".into())
+        })?;
         let (table, watermark) = source_columns(&format!("{} ()", rest[..with].trim()))?;
         return source_statement(table, watermark, &rest[with..]);
     };
@@ -734,10 +734,16 @@ mod tests {
 
     #[test]
     fn sources_may_leave_out_their_columns() {
-        let statement =
-            parse_statement("CREATE SOURCE bid WITH (connector = 'nexmark', nexmark.max.events = '10')")
-                .unwrap();
-        let EddyStatement::CreateSource { table, watermark: None, options } = statement else {
+        let statement = parse_statement(
+            "CREATE SOURCE bid WITH (connector = 'nexmark', nexmark.max.events = '10')",
+        )
+        .unwrap();
+        let EddyStatement::CreateSource {
+            table,
+            watermark: None,
+            options,
+        } = statement
+        else {
             panic!("not a source")
         };
         assert!(table.columns.is_empty());
@@ -746,7 +752,12 @@ mod tests {
             "CREATE SOURCE bid (WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH (connector = 'nexmark')",
         )
         .unwrap();
-        let EddyStatement::CreateSource { table, watermark: Some(watermark), .. } = statement else {
+        let EddyStatement::CreateSource {
+            table,
+            watermark: Some(watermark),
+            ..
+        } = statement
+        else {
             panic!("no watermark")
         };
         assert!(table.columns.is_empty());

@@ -46,6 +46,9 @@ pub struct WindowedGroups {
     pub allowed_lateness: i64,
     /// Emit each window once, when it closes, instead of updating it.
     pub emit_on_close: bool,
+    /// Whether a watermark reaches the window's time column; without one no
+    /// window ever closes, and EXPLAIN says the state is unbounded.
+    pub watermarked: bool,
 }
 
 /// Groups by the end of their window, so that closed windows are found
@@ -144,6 +147,10 @@ impl Operator for AggregateOperator {
         let groups: Vec<String> = self.group_exprs.iter().map(|e| e.to_string()).collect();
         let calls: Vec<&str> = self.calls.iter().map(|c| c.display.as_str()).collect();
         let (kind, state) = match &self.window {
+            Some((w, _)) if !w.watermarked => (
+                "UpdatingAggregate",
+                "state unbounded: no watermark on the window's time column",
+            ),
             Some((w, _)) if w.emit_on_close => {
                 ("WindowAggregate(emit on close)", "state freed by watermark")
             }

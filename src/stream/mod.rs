@@ -15,6 +15,7 @@ pub mod aggregate;
 pub mod filter;
 pub mod graph;
 pub mod project;
+pub mod session;
 pub mod source;
 pub mod temporal;
 pub mod union;

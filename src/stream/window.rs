@@ -102,7 +102,7 @@ impl WindowSpec {
     }
 }
 
-fn describe_micros(micros: i64) -> String {
+pub fn describe_micros(micros: i64) -> String {
     match micros {
         m if m % 3_600_000_000 == 0 => format!("{}h", m / 3_600_000_000),
         m if m % 60_000_000 == 0 => format!("{}min", m / 60_000_000),
@@ -125,7 +125,7 @@ pub fn windowed_schema(input: &Schema, time_column: usize) -> SchemaRef {
 }
 
 /// Row times in microseconds (NULL stays NULL).
-fn times(rows: &RecordBatch, time_column: usize) -> Result<TimestampMicrosecondArray> {
+pub fn times(rows: &RecordBatch, time_column: usize) -> Result<TimestampMicrosecondArray> {
     let column = rows.column(time_column);
     let DataType::Timestamp(_, zone) = column.data_type() else {
         return Err(crate::internal!(
@@ -170,7 +170,20 @@ pub fn assign(
             }
         }
     }
-    let index_array = UInt32Array::from(indices.clone());
+    let windowed = with_windows(rows, &indices, starts, ends, schema)?;
+    Ok((windowed, indices))
+}
+
+/// The rows of `rows` at `indices`, each with its `window_start` and
+/// `window_end` appended (the columns of `schema`).
+pub fn with_windows(
+    rows: &RecordBatch,
+    indices: &[u32],
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let index_array = UInt32Array::from(indices.to_vec());
     let mut columns: Vec<ArrayRef> = rows
         .columns()
         .iter()
@@ -187,7 +200,13 @@ pub fn assign(
     columns.push(Arc::new(
         TimestampMicrosecondArray::from(ends).with_timezone_opt(zone),
     ));
-    Ok((RecordBatch::try_new(schema.clone(), columns)?, indices))
+    let options =
+        datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len()));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &options,
+    )?)
 }
 
 /// Streaming window assignment with late-change dropping.
@@ -198,8 +217,7 @@ pub struct WindowAssignOperator {
     schema: SchemaRef,
     allowed_lateness: i64,
     watermark: Option<i64>,
-    late_rows: u64,
-    last_late_log: Option<Instant>,
+    late: LateCounter,
 }
 
 impl WindowAssignOperator {
@@ -217,14 +235,39 @@ impl WindowAssignOperator {
             schema,
             allowed_lateness,
             watermark: None,
-            late_rows: 0,
-            last_late_log: None,
+            late: LateCounter::default(),
         }
     }
 }
 
 /// Late drops are logged at most this often per operator.
 const LATE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counts changes dropped for arriving late, and logs them at a rate limit.
+#[derive(Debug, Default)]
+pub struct LateCounter {
+    pub rows: u64,
+    last_log: Option<Instant>,
+}
+
+impl LateCounter {
+    pub fn record(&mut self, late: u64) {
+        if late == 0 {
+            return;
+        }
+        self.rows += late;
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= LATE_LOG_INTERVAL)
+        {
+            self.last_log = Some(Instant::now());
+            tracing::warn!(
+                late_rows_total = self.rows,
+                "dropped changes that arrived after their window closed"
+            );
+        }
+    }
+}
 
 impl Operator for WindowAssignOperator {
     fn describe(&self) -> String {
@@ -255,19 +298,7 @@ impl Operator for WindowAssignOperator {
                 on_time
             },
         )?;
-        if late > 0 {
-            self.late_rows += late;
-            if self
-                .last_late_log
-                .is_none_or(|t| t.elapsed() >= LATE_LOG_INTERVAL)
-            {
-                self.last_late_log = Some(Instant::now());
-                tracing::warn!(
-                    late_rows_total = self.late_rows,
-                    "dropped changes that arrived after their window closed"
-                );
-            }
-        }
+        self.late.record(late);
         let weights: Vec<i64> = indices
             .iter()
             .map(|&i| batch.weights.value(i as usize))
@@ -286,7 +317,7 @@ impl Operator for WindowAssignOperator {
     }
 
     fn late_rows(&self) -> u64 {
-        self.late_rows
+        self.late.rows
     }
 }
 

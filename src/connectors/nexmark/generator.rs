@@ -181,7 +181,11 @@ fn next_extra(random: &mut JavaRandom, current: i32, average: i32) -> String {
 
 fn last_base0_person_id(event: u64) -> i64 {
     let epoch = event / TOTAL_PROPORTION;
-    let offset = (event % TOTAL_PROPORTION).min(PERSON_PROPORTION - 1);
+    // Within an epoch, auctions and bids follow the epoch's last person.
+    let offset = match event % TOTAL_PROPORTION {
+        offset if offset < PERSON_PROPORTION => offset,
+        _ => PERSON_PROPORTION - 1,
+    };
     (epoch * PERSON_PROPORTION + offset) as i64
 }
 
@@ -339,12 +343,8 @@ impl Timeline {
             .join(" ");
         let city = US_CITIES[random.next_int_below(US_CITIES.len() as i32) as usize];
         let state = US_STATES[random.next_int_below(US_STATES.len() as i32) as usize];
-        let size = 8
-            + name.len()
-            + email_address.len()
-            + credit_card.len()
-            + city.len()
-            + state.len();
+        let size =
+            8 + name.len() + email_address.len() + credit_card.len() + city.len() + state.len();
         let extra = next_extra(&mut random, size as i32, AVG_PERSON_BYTES);
         Person {
             id: last_base0_person_id(event) + FIRST_PERSON_ID,
@@ -411,7 +411,10 @@ impl Timeline {
             (HOT_CHANNELS[i].to_string(), self.hot_urls[i].clone())
         } else {
             let n = random.next_int_below(CHANNELS_NUMBER);
-            (format!("channel-{n}"), self.channel_urls[n as usize].clone())
+            (
+                format!("channel-{n}"),
+                self.channel_urls[n as usize].clone(),
+            )
         };
         let extra = next_extra(&mut random, 32, AVG_BID_BYTES);
         Bid {
@@ -458,7 +461,10 @@ mod tests {
         let timeline = Timeline::new(0, 10_000, 0);
         let kinds: Vec<EventKind> = (0..50).map(EventKind::of).collect();
         assert_eq!(kinds.iter().filter(|k| **k == EventKind::Person).count(), 1);
-        assert_eq!(kinds.iter().filter(|k| **k == EventKind::Auction).count(), 3);
+        assert_eq!(
+            kinds.iter().filter(|k| **k == EventKind::Auction).count(),
+            3
+        );
         assert_eq!(timeline.person(0).id, 1000);
         assert_eq!(timeline.person(50).id, 1001);
         assert_eq!(

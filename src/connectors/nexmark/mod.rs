@@ -159,8 +159,11 @@ impl NexmarkConfig {
             let mut columns = Vec::with_capacity(declared.len());
             for field in declared {
                 let index = standard.index_of(field.name()).map_err(|_| {
-                    let names: Vec<&str> =
-                        standard.fields().iter().map(|f| f.name().as_str()).collect();
+                    let names: Vec<&str> = standard
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect();
                     EddyError::UndefinedColumn(format!(
                         "nexmark {table:?} has no column \"{}\"; its columns are {}",
                         field.name(),
@@ -209,7 +212,10 @@ impl NexmarkConfig {
             timeline: Arc::new(Timeline::new(base_time_ms, events_per_second, seed)),
             events_per_second,
             max_events: number("nexmark.max.events")?,
-            max_emit_speed: match options.get("nexmark.max.emit.speed").map(|v| v.to_lowercase()) {
+            max_emit_speed: match options
+                .get("nexmark.max.emit.speed")
+                .map(|v| v.to_lowercase())
+            {
                 None => false,
                 Some(v) if v == "true" => true,
                 Some(v) if v == "false" => false,
@@ -256,8 +262,8 @@ impl NexmarkConfig {
                 }
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let options = datafusion::arrow::array::RecordBatchOptions::new()
-            .with_row_count(Some(events.len()));
+        let options =
+            datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(events.len()));
         Ok(RecordBatch::try_new_with_options(
             self.schema.clone(),
             columns,
@@ -348,9 +354,12 @@ mod tests {
             Field::new("price", DataType::Float64, true),
             Field::new("auction", DataType::Int64, true),
         ];
-        let config =
-            NexmarkConfig::from_options("bids", &declared, &options(&[("nexmark.table.type", "bid")]))
-                .unwrap();
+        let config = NexmarkConfig::from_options(
+            "bids",
+            &declared,
+            &options(&[("nexmark.table.type", "bid")]),
+        )
+        .unwrap();
         let rows = config.rows(0, 100).unwrap();
         assert_eq!(rows.num_columns(), 2);
         assert_eq!(rows.column(0).data_type(), &DataType::Float64);
@@ -360,7 +369,10 @@ mod tests {
             &options(&[]),
         )
         .unwrap_err();
-        assert!(error.to_string().contains("has no column \"cost\""), "{error}");
+        assert!(
+            error.to_string().contains("has no column \"cost\""),
+            "{error}"
+        );
         let error = NexmarkConfig::from_options("bids", &[], &options(&[])).unwrap_err();
         assert!(error.to_string().contains("nexmark.table.type"), "{error}");
     }

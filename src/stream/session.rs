@@ -1,0 +1,297 @@
+//! Session windows: `SESSION(relation, time_column, gap [, key ...])`.
+//!
+//! Rows of one key (the optional key columns; all rows when there are none)
+//! that follow each other by less than `gap` form one session, the window
+//! `[first time, last time + gap)`. Unlike TUMBLE and HOP, a row's window
+//! depends on its neighbours: a row can extend a session, bridge two
+//! sessions into one, or (retracted) split one. [`session_bounds`] is the
+//! one definition, used by the batch path (ad-hoc SELECT) and by the
+//! streaming operator, so both agree.
+//!
+//! The streaming operator keeps the rows of each key's open sessions. On a
+//! change it recomputes that key's sessions and emits the difference: the
+//! rows of sessions that changed are retracted with their old window and
+//! inserted with the new one, so a downstream aggregate grouped by
+//! `window_start, window_end` sees sessions merge and split.
+//!
+//! Time rules: a change at time `t < watermark - allowed_lateness` is late
+//! (dropped and counted). A session whose end is at or before `watermark -
+//! allowed_lateness` is closed: no on-time row can reach it any more (it
+//! would need `t < end`), so its rows are freed. Closing matches the rule of
+//! the windowed aggregate downstream, which emits and frees it then.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::datatypes::SchemaRef;
+
+use super::window::{describe_micros, times, with_windows, LateCounter};
+use super::{ChangeBatch, Operator};
+use crate::error::Result;
+use crate::state::RowCodec;
+
+/// The sessions of times sorted ascending: `(start, end, rows in it)`.
+pub fn session_bounds(sorted_times: &[i64], gap: i64) -> Vec<(i64, i64, usize)> {
+    let mut sessions: Vec<(i64, i64, usize)> = Vec::new();
+    for &t in sorted_times {
+        match sessions.last_mut() {
+            Some((_, end, rows)) if t < *end => {
+                *end = (*end).max(t + gap);
+                *rows += 1;
+            }
+            _ => sessions.push((t, t + gap, 1)),
+        }
+    }
+    sessions
+}
+
+/// Batch assignment: every row with a time, with its session's window.
+/// Returns the windowed rows (in the order of `schema`) and, for each, the
+/// index of its input row.
+pub fn assign_sessions(
+    rows: &RecordBatch,
+    time_column: usize,
+    key_columns: &[usize],
+    gap: i64,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let times = times(rows, time_column)?;
+    let keys = encode_keys(rows, key_columns)?;
+    let mut by_key: HashMap<&[u8], Vec<(i64, u32)>> = HashMap::new();
+    for (row, key) in keys.iter().enumerate() {
+        if times.is_valid(row) {
+            by_key
+                .entry(key)
+                .or_default()
+                .push((times.value(row), row as u32));
+        }
+    }
+    let (mut indices, mut starts, mut ends) = (vec![], vec![], vec![]);
+    for mut members in by_key.into_values() {
+        members.sort_unstable();
+        let sorted: Vec<i64> = members.iter().map(|m| m.0).collect();
+        let mut next = members.iter();
+        for (start, end, count) in session_bounds(&sorted, gap) {
+            for (_, row) in next.by_ref().take(count) {
+                indices.push(*row);
+                starts.push(start);
+                ends.push(end);
+            }
+        }
+    }
+    with_windows(rows, &indices, starts, ends, schema)
+}
+
+fn encode_keys(rows: &RecordBatch, key_columns: &[usize]) -> Result<Vec<Arc<[u8]>>> {
+    let projected = rows.project(key_columns)?;
+    RowCodec::try_new(projected.schema())?.encode(&projected)
+}
+
+/// One key's rows: `(time, encoded row) -> multiplicity`, sorted by time.
+type KeyRows = BTreeMap<(i64, Arc<[u8]>), i64>;
+
+/// Changes of one batch by key: `(time, encoded row, weight)`.
+type ChangesByKey = HashMap<Arc<[u8]>, Vec<(i64, Arc<[u8]>, i64)>>;
+
+/// Streaming session assignment.
+pub struct SessionWindowOperator {
+    time_column: usize,
+    time_column_name: String,
+    key_columns: Vec<usize>,
+    gap: i64,
+    allowed_lateness: i64,
+    /// The output schema: the input's columns, then the window columns.
+    schema: SchemaRef,
+    /// Encodes whole input rows.
+    codec: RowCodec,
+    keys: HashMap<Arc<[u8]>, KeyRows>,
+    watermark: Option<i64>,
+    late: LateCounter,
+    /// Whether a watermark reaches the time column (for EXPLAIN).
+    watermarked: bool,
+}
+
+impl SessionWindowOperator {
+    pub fn try_new(
+        input_schema: SchemaRef,
+        time_column: usize,
+        key_columns: Vec<usize>,
+        gap: i64,
+        allowed_lateness: i64,
+        schema: SchemaRef,
+        watermarked: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            watermarked,
+            time_column_name: input_schema.field(time_column).name().clone(),
+            codec: RowCodec::try_new(input_schema)?,
+            time_column,
+            key_columns,
+            gap,
+            allowed_lateness,
+            schema,
+            keys: HashMap::new(),
+            watermark: None,
+            late: LateCounter::default(),
+        })
+    }
+
+    /// Each stored row with its session's window and multiplicity.
+    fn windows_of(rows: &KeyRows, gap: i64) -> Vec<(i64, i64, Arc<[u8]>, i64)> {
+        let times: Vec<i64> = rows.keys().map(|(t, _)| *t).collect();
+        let mut entries = rows.iter();
+        let mut out = Vec::with_capacity(rows.len());
+        for (start, end, count) in session_bounds(&times, gap) {
+            for ((_, row), weight) in entries.by_ref().take(count) {
+                out.push((start, end, row.clone(), *weight));
+            }
+        }
+        out
+    }
+
+    fn closed_before(&self) -> Option<i64> {
+        self.watermark.map(|w| w - self.allowed_lateness)
+    }
+}
+
+impl Operator for SessionWindowOperator {
+    fn describe(&self) -> String {
+        let keys: Vec<&str> = self
+            .key_columns
+            .iter()
+            .map(|&c| self.codec.schema().field(c).name().as_str())
+            .collect();
+        let state = if self.watermarked {
+            "state: rows of open sessions, freed by watermark"
+        } else {
+            "state unbounded: no watermark on the time column"
+        };
+        format!(
+            "SessionWindow: gap {} on {} per [{}] ({state})",
+            describe_micros(self.gap),
+            self.time_column_name,
+            keys.join(", ")
+        )
+    }
+
+    fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        let times = times(&batch.rows, self.time_column)?;
+        let keys = encode_keys(&batch.rows, &self.key_columns)?;
+        let rows = self.codec.encode(&batch.rows)?;
+        let closed_before = self.closed_before();
+        // The changes of each key, applied after its old windows are known.
+        let mut changed = ChangesByKey::new();
+        let mut late = 0;
+        for row in 0..batch.num_rows() {
+            if times.is_null(row) {
+                continue; // no time, no session
+            }
+            let t = times.value(row);
+            if closed_before.is_some_and(|closed| t < closed) {
+                late += 1;
+                continue;
+            }
+            changed.entry(keys[row].clone()).or_default().push((
+                t,
+                rows[row].clone(),
+                batch.weights.value(row),
+            ));
+        }
+        self.late.record(late);
+        // (start, end, row) -> weight of the output change.
+        let mut diff: BTreeMap<(i64, i64, Arc<[u8]>), i64> = BTreeMap::new();
+        for (key, changes) in changed {
+            let stored = self.keys.entry(key.clone()).or_default();
+            for (start, end, row, weight) in Self::windows_of(stored, self.gap) {
+                *diff.entry((start, end, row)).or_default() -= weight;
+            }
+            for (t, row, weight) in changes {
+                let entry = stored.entry((t, row.clone())).or_default();
+                *entry += weight;
+                if *entry == 0 {
+                    stored.remove(&(t, row));
+                } else if *entry < 0 {
+                    return Err(crate::internal!(
+                        "session window: retraction of a row that is not there"
+                    ));
+                }
+            }
+            for (start, end, row, weight) in Self::windows_of(stored, self.gap) {
+                *diff.entry((start, end, row)).or_default() += weight;
+            }
+            if stored.is_empty() {
+                self.keys.remove(&key);
+            }
+        }
+        diff.retain(|_, weight| *weight != 0);
+        if diff.is_empty() {
+            return Ok(vec![]);
+        }
+        let decoded = self.codec.decode(diff.keys().map(|(_, _, row)| &row[..]))?;
+        let indices: Vec<u32> = (0..diff.len() as u32).collect();
+        let starts = diff.keys().map(|(s, _, _)| *s).collect();
+        let ends = diff.keys().map(|(_, e, _)| *e).collect();
+        let windowed = with_windows(&decoded, &indices, starts, ends, &self.schema)?;
+        let weights: Vec<i64> = diff.into_values().collect();
+        Ok(vec![ChangeBatch::new(windowed, weights.into())?])
+    }
+
+    fn on_watermark(
+        &mut self,
+        _input: usize,
+        watermark: i64,
+    ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
+        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
+        if let Some(closed) = self.closed_before() {
+            // Closed sessions are a prefix of each key's rows: free them,
+            // earliest first, stopping at the first open one.
+            let gap = self.gap;
+            self.keys.retain(|_, rows| {
+                while let Some(((first, _), _)) = rows.first_key_value() {
+                    let mut end = first + gap;
+                    let mut count = 0;
+                    for (t, _) in rows.keys() {
+                        if *t >= end {
+                            break;
+                        }
+                        end = end.max(t + gap);
+                        count += 1;
+                    }
+                    if end > closed {
+                        break;
+                    }
+                    for _ in 0..count {
+                        rows.pop_first();
+                    }
+                }
+                !rows.is_empty()
+            });
+        }
+        Ok((vec![], self.watermark))
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late.rows
+    }
+
+    fn state_keys(&self) -> u64 {
+        self.keys.values().map(|rows| rows.len() as u64).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_split_at_gaps() {
+        assert_eq!(
+            session_bounds(&[1, 3, 7, 20, 24], 5),
+            vec![(1, 12, 3), (20, 29, 2)]
+        );
+        // A gap of exactly `gap` ends a session.
+        assert_eq!(session_bounds(&[0, 5], 5), vec![(0, 5, 1), (5, 10, 1)]);
+        assert!(session_bounds(&[], 5).is_empty());
+    }
+}
