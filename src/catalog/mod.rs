@@ -61,8 +61,11 @@ pub struct TableEntry {
     /// Only INSERT is allowed (`WITH (append_only = true)`), so views over
     /// it can feed append-only sinks.
     pub append_only: bool,
-    /// `WATERMARK FOR column AS ...`, if declared.
+    /// `WATERMARK FOR column AS ...`, if declared; for a PROCTIME() column
+    /// without one, the watermark follows the processing time.
     pub watermark: Option<crate::connectors::table::TableWatermark>,
+    /// The `column AS PROCTIME()`, stamped on every written row.
+    pub proctime: Option<crate::connectors::table::ProcessingTime>,
 }
 
 impl TableEntry {
@@ -129,6 +132,8 @@ pub struct SourceEntry {
     pub connector: crate::connectors::SourceConnector,
     /// `(column, delay µs)` of `WATERMARK FOR column AS column - delay`.
     pub watermark: Option<(usize, i64)>,
+    /// The `column AS PROCTIME()`, stamped by each reader.
+    pub proctime: Option<usize>,
 }
 
 #[derive(Debug, Clone)]

@@ -74,23 +74,61 @@ impl SourceConnector {
 const MAX_BATCH: u64 = 4096;
 const TICK: Duration = Duration::from_millis(100);
 
-/// Runs one reader of `connector` feeding `relation` until the source ends
-/// or `stop` is set. Sending waits when the runtime is behind
-/// (backpressure), so the rate is an upper bound.
+/// How often a relation whose watermark follows a PROCTIME() column moves it
+/// while no rows arrive (so processing-time windows close on time).
+pub const PROCESSING_TIME_HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// Runs one reader of `connector` feeding `relation` (of `schema`) until the
+/// source ends or `stop` is set. Sending waits when the runtime is behind
+/// (backpressure), so the rate is an upper bound. With a PROCTIME() column
+/// it stamps every batch, and while idle (or after the end) moves a
+/// processing-time watermark until stopped.
 pub fn spawn_reader(
     connector: SourceConnector,
+    schema: SchemaRef,
+    proctime: Option<table::ProcessingTime>,
     watermark: Option<TableWatermark>,
     relation: RelationId,
     runtime: RuntimeHandle,
     stop: Arc<AtomicBool>,
 ) {
+    let clock_drives_watermark = matches!(
+        (&proctime, &watermark),
+        (Some(p), Some(w)) if p.column == w.column
+    );
     tokio::spawn(async move {
         let started = Instant::now();
         let rate = connector.rate();
         let mut position: u64 = 0;
+        let mut last_heartbeat = Instant::now();
         loop {
-            if stop.load(Ordering::Relaxed) || connector.end().is_some_and(|end| position >= end) {
+            if stop.load(Ordering::Relaxed) {
                 break;
+            }
+            let ended = connector.end().is_some_and(|end| position >= end);
+            if ended && !clock_drives_watermark {
+                break;
+            }
+            if let (true, Some(clock), Some(watermark)) =
+                (clock_drives_watermark, &proctime, &watermark)
+            {
+                if last_heartbeat.elapsed() >= PROCESSING_TIME_HEARTBEAT {
+                    last_heartbeat = Instant::now();
+                    if let Some(moved) = watermark.advance_to(clock.now()) {
+                        let empty = ChangeBatch::inserts(RecordBatch::new_empty(schema.clone()));
+                        if runtime
+                            .send_changes(relation, empty, Some(moved))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            if ended {
+                tokio::time::sleep(TICK).await;
+                continue;
             }
             let due = match rate {
                 Some(rate) => (started.elapsed().as_secs_f64() * rate as f64) as u64,
@@ -109,6 +147,10 @@ pub fn spawn_reader(
                 continue;
             }
             let result = connector.rows(position, count).and_then(|rows| {
+                let rows = match &proctime {
+                    Some(clock) => clock.stamp(&rows, &schema, clock.now())?,
+                    None => rows,
+                };
                 let change = ChangeBatch::inserts(rows);
                 let moved = watermark
                     .as_ref()

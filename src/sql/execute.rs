@@ -23,13 +23,13 @@ use datafusion::sql::sqlparser::ast::{self, Statement};
 use super::sink::{CreateSink, SinkInput};
 use super::system::{sinks_batch, views_batch, SystemSchema};
 use super::types::column_field;
-use super::{normalize_ident, CreateView, EddyStatement, WatermarkClause, WriteKind};
+use super::{normalize_ident, CreateView, EddyStatement, TimeColumns, WatermarkClause, WriteKind};
 use crate::catalog::window::{WindowFunction, WindowKind};
 use crate::catalog::{
     all_nullable, Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry,
 };
 use crate::connectors::postgres::{self, PostgresSinkConfig, SinkMode, SinkStatus};
-use crate::connectors::table::{TableData, TableWatermark};
+use crate::connectors::table::{ProcessingTime, TableData, TableWatermark};
 use crate::connectors::{datagen, nexmark, SourceConnector};
 use crate::error::{EddyError, Result};
 use crate::plan;
@@ -203,9 +203,7 @@ impl Engine {
     ) -> Result<StatementResult> {
         match statement {
             EddyStatement::Query(query) => self.query(&query, params).await,
-            EddyStatement::CreateTable(create, watermark) => {
-                self.create_table(*create, watermark).await
-            }
+            EddyStatement::CreateTable(create, time) => self.create_table(*create, &time).await,
             EddyStatement::CreateView(view) => self.create_view(*view).await,
             EddyStatement::ExplainCreateView(view) => self.explain_view(&view).await,
             EddyStatement::Write {
@@ -226,9 +224,9 @@ impl Engine {
             EddyStatement::ShowSinks => Ok(rows(self.sinks_batch()?)),
             EddyStatement::CreateSource {
                 table,
-                watermark,
+                time,
                 options,
-            } => self.create_source(*table, watermark, options).await,
+            } => self.create_source(*table, &time, options).await,
             EddyStatement::ShowSources => self.show_names(RelationKind::Source),
             EddyStatement::Flush => {
                 let epoch = self.runtime.flush().await?;
@@ -288,20 +286,22 @@ impl Engine {
     async fn create_table(
         &self,
         create: ast::CreateTable,
-        watermark: Option<Box<WatermarkClause>>,
+        time: &TimeColumns,
     ) -> Result<StatementResult> {
         let (name, fields, key_indices) = table_columns(&create)?;
         let append_only = table_append_only(&create.table_options)?;
         let schema = Arc::new(Schema::new(fields));
-        let watermark = watermark
-            .map(|w| table_watermark(&w, schema.fields()))
-            .transpose()?;
+        let (watermark, proctime) = time_columns(time, &schema)?;
         let _ddl = self.ddl_lock.lock().await;
         if self.catalog.get(&name).is_some() && create.if_not_exists {
             return Ok(StatementResult::Command("CREATE TABLE".into()));
         }
         let data = TableData::try_new(&name, schema.clone(), key_indices)?;
-        self.catalog.insert(Relation::Table(Arc::new(TableEntry {
+        let clock_drives_watermark = matches!(
+            (&proctime, &watermark),
+            (Some(p), Some(w)) if p.column == w.column
+        );
+        let table = Arc::new(TableEntry {
             id: self.catalog.allocate_id(),
             name,
             schema,
@@ -309,7 +309,12 @@ impl Engine {
             write_lock: tokio::sync::Mutex::new(()),
             append_only,
             watermark,
-        })))?;
+            proctime,
+        });
+        self.catalog.insert(Relation::Table(table.clone()))?;
+        if clock_drives_watermark {
+            spawn_processing_time_watermark(Arc::downgrade(&table), self.runtime.clone());
+        }
         Ok(StatementResult::Command("CREATE TABLE".into()))
     }
 
@@ -332,13 +337,26 @@ impl Engine {
     async fn create_source(
         &self,
         table: ast::CreateTable,
-        watermark: Option<Box<WatermarkClause>>,
+        time: &TimeColumns,
         options: BTreeMap<String, String>,
     ) -> Result<StatementResult> {
-        let (name, fields, key) = table_columns(&table)?;
+        let (name, mut fields, key) = table_columns(&table)?;
         if !key.is_empty() {
             return Err(crate::not_supported!("sources have no primary key"));
         }
+        // The connector makes every column but the processing-time one,
+        // which each reader stamps.
+        let proctime_field = match &time.proctime {
+            Some(column) => {
+                let position = fields
+                    .iter()
+                    .position(|f| f.name() == column)
+                    .ok_or_else(|| crate::internal!("PROCTIME() column {column} vanished"))?;
+                Some((position, fields.remove(position)))
+            }
+            None => None,
+        };
+        let declared_others = !fields.is_empty();
         let connector = match options
             .get("connector")
             .map(|c| c.to_lowercase())
@@ -374,10 +392,20 @@ impl Engine {
                 ))
             }
         };
-        let schema = connector.schema();
-        let watermark = watermark
-            .map(|w| table_watermark(&w, schema.fields()))
-            .transpose()?;
+        let mut schema = connector.schema();
+        if let Some((position, field)) = proctime_field {
+            // Where it was declared; after the connector's own columns when
+            // it was the only one declared.
+            let position = if declared_others {
+                position
+            } else {
+                schema.fields().len()
+            };
+            let mut all: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            all.insert(position, field);
+            schema = Arc::new(Schema::new(all));
+        }
+        let (watermark, proctime) = time_columns(time, &schema)?;
         let _ddl = self.ddl_lock.lock().await;
         if self.catalog.get(&name).is_some() && table.if_not_exists {
             return Ok(StatementResult::Command("CREATE SOURCE".into()));
@@ -389,6 +417,7 @@ impl Engine {
                 schema,
                 connector,
                 watermark: watermark.map(|w| (w.column, w.delay_micros)),
+                proctime: proctime.map(|p| p.column),
             })))?;
         Ok(StatementResult::Command("CREATE SOURCE".into()))
     }
@@ -575,6 +604,8 @@ impl Engine {
                 .map(|(column, delay)| TableWatermark::new(column, delay));
             crate::connectors::spawn_reader(
                 source.connector.clone(),
+                source.schema.clone(),
+                source.proctime.map(ProcessingTime::new),
                 watermark,
                 *reader,
                 self.runtime.clone(),
@@ -805,10 +836,14 @@ impl Engine {
                 table.name
             ));
         }
+        let statement = match &table.proctime {
+            Some(clock) => leave_out_processing_time(statement, &table.schema, clock.column)?,
+            None => statement.clone(),
+        };
         // Plan and evaluate against the table as it is under the write lock.
         let _write = table.write_lock.lock().await;
         let state = self.query_state()?;
-        let mut plan = self.plan(&state, statement).await?;
+        let mut plan = self.plan(&state, &statement).await?;
         if !params.is_empty() {
             plan = plan.with_param_values(ParamValues::from(params))?;
         }
@@ -819,7 +854,10 @@ impl Engine {
         let width = schema.fields().len();
         let (tag, change) = match (kind, &dml.op) {
             (WriteKind::Insert, WriteOp::Insert(_)) => {
-                let new = collect_rows(&state, (*dml.input).clone(), &schema).await?;
+                let mut new = collect_rows(&state, (*dml.input).clone(), &schema).await?;
+                if let Some(clock) = &table.proctime {
+                    new = clock.stamp(&new, &schema, clock.now())?;
+                }
                 let count = new.num_rows();
                 let change = table.write(|data| data.insert(new))?;
                 (format!("INSERT 0 {count}"), change)
@@ -853,10 +891,13 @@ impl Engine {
                 let both = LogicalPlanBuilder::from(source).project(exprs)?.build()?;
                 let batch = collect_batch(&state, both).await?;
                 let old = conform(&batch.project(&(0..width).collect::<Vec<_>>())?, &schema)?;
-                let new = conform(
+                let mut new = conform(
                     &batch.project(&(width..2 * width).collect::<Vec<_>>())?,
                     &schema,
                 )?;
+                if let Some(clock) = &table.proctime {
+                    new = clock.stamp(&new, &schema, clock.now())?;
+                }
                 let count = old.num_rows();
                 let change = table.write(|data| data.update(old, new))?;
                 (format!("UPDATE {count}"), change)
@@ -1101,6 +1142,111 @@ fn table_columns(create: &ast::CreateTable) -> Result<(String, Vec<Field>, Vec<u
 }
 
 /// `WATERMARK FOR ts AS ts [- INTERVAL '...']` checked against the columns.
+/// A write to a table with a PROCTIME() column: INSERT without a column
+/// list names the other columns (the stamp fills that one); naming it in
+/// INSERT or UPDATE is refused.
+fn leave_out_processing_time(
+    statement: &Statement,
+    schema: &SchemaRef,
+    column: usize,
+) -> Result<Statement> {
+    let name = schema.field(column).name();
+    let refuse = || {
+        Err(EddyError::Planning {
+            sqlstate: "428C9",
+            message: format!(
+                "column \"{name}\" is PROCTIME(): it is set to the time each row is written"
+            ),
+        })
+    };
+    let is_it = |object: &ast::ObjectName| {
+        object
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .is_some_and(|ident| &normalize_ident(ident) == name)
+    };
+    let mut statement = statement.clone();
+    match &mut statement {
+        Statement::Insert(insert) if insert.columns.is_empty() => {
+            insert.columns = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != column)
+                .map(|(_, f)| ast::ObjectName::from(vec![ast::Ident::with_quote('"', f.name())]))
+                .collect();
+        }
+        Statement::Insert(insert) if insert.columns.iter().any(is_it) => return refuse(),
+        Statement::Update(update)
+            if update.assignments.iter().any(|a| match &a.target {
+                ast::AssignmentTarget::ColumnName(object) => is_it(object),
+                ast::AssignmentTarget::Tuple(objects) => objects.iter().any(is_it),
+            }) =>
+        {
+            return refuse()
+        }
+        _ => {}
+    }
+    Ok(statement)
+}
+
+/// The watermark and processing-time column a column list declares. A
+/// `PROCTIME()` column without a WATERMARK clause gets the watermark: it
+/// follows the processing time.
+fn time_columns(
+    time: &TimeColumns,
+    schema: &SchemaRef,
+) -> Result<(Option<TableWatermark>, Option<ProcessingTime>)> {
+    let proctime = time
+        .proctime
+        .as_ref()
+        .map(|column| {
+            schema
+                .index_of(column)
+                .map(ProcessingTime::new)
+                .map_err(|_| crate::internal!("PROCTIME() column {column} vanished"))
+        })
+        .transpose()?;
+    let watermark = match (&time.watermark, &proctime) {
+        (Some(clause), _) => Some(table_watermark(clause, schema.fields())?),
+        (None, Some(clock)) => Some(TableWatermark::new(clock.column, 0)),
+        (None, None) => None,
+    };
+    Ok((watermark, proctime))
+}
+
+/// Moves the watermark of a table whose watermark follows a PROCTIME()
+/// column while no rows arrive, so processing-time windows close on time.
+/// It takes the write lock, so its watermark is ordered with the writes.
+fn spawn_processing_time_watermark(
+    table: std::sync::Weak<TableEntry>,
+    runtime: crate::runtime::RuntimeHandle,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(crate::connectors::PROCESSING_TIME_HEARTBEAT).await;
+            let Some(table) = table.upgrade() else {
+                break; // dropped
+            };
+            let (Some(clock), Some(watermark)) = (&table.proctime, &table.watermark) else {
+                break;
+            };
+            let _write = table.write_lock.lock().await;
+            if let Some(moved) = watermark.advance_to(clock.now()) {
+                let empty = ChangeBatch::inserts(RecordBatch::new_empty(table.schema.clone()));
+                if runtime
+                    .send_changes(table.id, empty, Some(moved))
+                    .await
+                    .is_err()
+                {
+                    break; // shutting down
+                }
+            }
+        }
+    });
+}
+
 fn table_watermark(
     clause: &WatermarkClause,
     fields: &[FieldRef],

@@ -23,7 +23,7 @@ use crate::error::{EddyError, Result};
 pub enum EddyStatement {
     /// SELECT, VALUES, EXPLAIN SELECT: planned and run by DataFusion.
     Query(Box<Statement>),
-    CreateTable(Box<ast::CreateTable>, Option<Box<WatermarkClause>>),
+    CreateTable(Box<ast::CreateTable>, Box<TimeColumns>),
     CreateView(Box<CreateView>),
     ExplainCreateView(Box<CreateView>),
     /// INSERT, UPDATE, DELETE on the named table.
@@ -42,7 +42,7 @@ pub enum EddyStatement {
     /// `CREATE SOURCE name (columns) WITH (connector = ..., ...)`.
     CreateSource {
         table: Box<ast::CreateTable>,
-        watermark: Option<Box<WatermarkClause>>,
+        time: Box<TimeColumns>,
         options: std::collections::BTreeMap<String, String>,
     },
     ShowSources,
@@ -69,6 +69,16 @@ pub enum WriteKind {
     Insert,
     Update,
     Delete,
+}
+
+/// What a CREATE TABLE / CREATE SOURCE column list says about time.
+#[derive(Debug, Clone, Default)]
+pub struct TimeColumns {
+    /// `WATERMARK FOR column AS expression`.
+    pub watermark: Option<WatermarkClause>,
+    /// `column [TIMESTAMP] AS PROCTIME()`: a column filled with the
+    /// processing time at which each row is ingested.
+    pub proctime: Option<String>,
 }
 
 /// `WATERMARK FOR column AS expression` from a CREATE TABLE column list.
@@ -225,8 +235,19 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         _ => {}
     }
     // eddy's clauses that sqlparser does not know are taken out first.
-    let (sql, watermark) = match words.as_slice() {
-        ["CREATE", "TABLE", ..] => extract_watermark(sql)?,
+    let (sql, time) = match words.as_slice() {
+        ["CREATE", "TABLE", ..] => {
+            let (sql, proctime) = extract_proctime(sql)?;
+            let (sql, watermark) = extract_watermark(&sql)?;
+            let time = TimeColumns {
+                watermark,
+                proctime,
+            };
+            (
+                sql,
+                (time.watermark.is_some() || time.proctime.is_some()).then_some(time),
+            )
+        }
         _ => (sql.to_string(), None),
     };
     let (sql, emit_on_window_close) = strip_emit_on_window_close(&sql);
@@ -246,10 +267,11 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         )));
     }
     let statement = classify(parsed.remove(0), sql)?;
-    match (statement, watermark, emit_on_window_close) {
-        (EddyStatement::CreateTable(create, None), watermark, false) => {
-            Ok(EddyStatement::CreateTable(create, watermark.map(Box::new)))
-        }
+    match (statement, time, emit_on_window_close) {
+        (EddyStatement::CreateTable(create, _), time, false) => Ok(EddyStatement::CreateTable(
+            create,
+            Box::new(time.unwrap_or_default()),
+        )),
         (EddyStatement::CreateView(mut view), None, emit) => {
             view.emit_on_window_close = emit;
             Ok(EddyStatement::CreateView(view))
@@ -358,8 +380,8 @@ fn parse_create_source(sql: &str) -> Result<EddyStatement> {
         let with = rest.to_uppercase().find("WITH").ok_or_else(|| {
             EddyError::Syntax("CREATE SOURCE needs WITH (connector = ...)".into())
         })?;
-        let (table, watermark) = source_columns(&format!("{} ()", rest[..with].trim()))?;
-        return source_statement(table, watermark, &rest[with..]);
+        let (table, time) = source_columns(&format!("{} ()", rest[..with].trim()))?;
+        return source_statement(table, time, &rest[with..]);
     };
     let mut depth = 0;
     let mut close = None;
@@ -380,16 +402,14 @@ fn parse_create_source(sql: &str) -> Result<EddyStatement> {
     }
     let close =
         close.ok_or_else(|| EddyError::Syntax("unbalanced parentheses in CREATE SOURCE".into()))?;
-    let (table, watermark) = source_columns(&rest[..=close])?;
-    source_statement(table, watermark, &rest[close + 1..])
+    let (table, time) = source_columns(&rest[..=close])?;
+    source_statement(table, time, &rest[close + 1..])
 }
 
 /// `name (columns)` of a CREATE SOURCE, read as CREATE TABLE's.
-fn source_columns(
-    name_and_columns: &str,
-) -> Result<(Box<ast::CreateTable>, Option<Box<WatermarkClause>>)> {
+fn source_columns(name_and_columns: &str) -> Result<(Box<ast::CreateTable>, Box<TimeColumns>)> {
     match parse_statement(&format!("CREATE TABLE {name_and_columns}"))? {
-        EddyStatement::CreateTable(table, watermark) => Ok((table, watermark)),
+        EddyStatement::CreateTable(table, time) => Ok((table, time)),
         _ => Err(crate::internal!(
             "CREATE SOURCE columns did not parse as a table"
         )),
@@ -398,7 +418,7 @@ fn source_columns(
 
 fn source_statement(
     table: Box<ast::CreateTable>,
-    watermark: Option<Box<WatermarkClause>>,
+    time: Box<TimeColumns>,
     options_sql: &str,
 ) -> Result<EddyStatement> {
     let options_sql = options_sql.trim();
@@ -410,7 +430,7 @@ fn source_statement(
     let options = sink::parse_with_options(options_sql)?;
     Ok(EddyStatement::CreateSource {
         table,
-        watermark,
+        time,
         options,
     })
 }
@@ -430,6 +450,50 @@ fn strip_emit_on_window_close(sql: &str) -> (String, bool) {
     } else {
         (sql.to_string(), false)
     }
+}
+
+/// Rewrites `column [type] AS PROCTIME()` in a CREATE TABLE column list to
+/// `column TIMESTAMP`; returns the rest and the column's name.
+fn extract_proctime(sql: &str) -> Result<(String, Option<String>)> {
+    let upper = sql.to_uppercase();
+    let Some(at) = upper.find("PROCTIME") else {
+        return Ok((sql.to_string(), None));
+    };
+    let after = upper[at + 8..].trim_start();
+    let Some(after) = after.strip_prefix('(').map(str::trim_start) else {
+        return Ok((sql.to_string(), None));
+    };
+    if !after.starts_with(')') {
+        return Err(EddyError::Syntax("PROCTIME() takes no arguments".into()));
+    }
+    let end = sql.len() - after.len() + 1;
+    // The column item starts after the last '(' or ',' before it.
+    let start = sql[..at].rfind([',', '(']).map_or(0, |i| i + 1);
+    let item: Vec<&str> = sql[start..at].split_whitespace().collect();
+    let (name, declared) = match item.as_slice() {
+        [name, rest @ .., last] if last.eq_ignore_ascii_case("AS") => (*name, rest.join(" ")),
+        _ => {
+            return Err(EddyError::Syntax(
+                "a processing-time column is declared as: name [TIMESTAMP] AS PROCTIME()".into(),
+            ))
+        }
+    };
+    if !declared.is_empty() && !declared.to_uppercase().starts_with("TIMESTAMP") {
+        return Err(EddyError::TypeMismatch(format!(
+            "processing-time column {name} must be a TIMESTAMP, not {declared}"
+        )));
+    }
+    let column = match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(quoted) => quoted.to_string(),
+        None => name.to_lowercase(),
+    };
+    let rewritten = format!("{} {name} TIMESTAMP{}", &sql[..start], &sql[end..]);
+    if rewritten.to_uppercase().contains("PROCTIME") {
+        return Err(crate::not_supported!(
+            "more than one PROCTIME() column in a relation"
+        ));
+    }
+    Ok((rewritten, Some(column)))
 }
 
 /// Takes `WATERMARK FOR column AS expression` out of a CREATE TABLE column
@@ -532,7 +596,7 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
             if create.query.is_some() {
                 return Err(crate::not_supported!("CREATE TABLE ... AS SELECT is not supported; use CREATE MATERIALIZED VIEW"));
             }
-            EddyStatement::CreateTable(Box::new(create), None)
+            EddyStatement::CreateTable(Box::new(create), Box::default())
         }
         Statement::CreateView(view) => {
             if !view.materialized {
@@ -740,28 +804,23 @@ mod tests {
         .unwrap();
         let EddyStatement::CreateSource {
             table,
-            watermark: None,
+            time,
             options,
         } = statement
         else {
             panic!("not a source")
         };
-        assert!(table.columns.is_empty());
+        assert!(table.columns.is_empty() && time.watermark.is_none());
         assert_eq!(options["nexmark.max.events"], "10");
         let statement = parse_statement(
             "CREATE SOURCE bid (WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH (connector = 'nexmark')",
         )
         .unwrap();
-        let EddyStatement::CreateSource {
-            table,
-            watermark: Some(watermark),
-            ..
-        } = statement
-        else {
-            panic!("no watermark")
+        let EddyStatement::CreateSource { table, time, .. } = statement else {
+            panic!("not a source")
         };
         assert!(table.columns.is_empty());
-        assert_eq!(watermark.column, "date_time");
+        assert_eq!(time.watermark.unwrap().column, "date_time");
     }
 
     #[test]
@@ -770,15 +829,18 @@ mod tests {
             "CREATE TABLE bids (price INT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND, note TEXT)",
         )
         .unwrap();
-        let EddyStatement::CreateTable(create, Some(watermark)) = statement else {
-            panic!("no watermark")
+        let EddyStatement::CreateTable(create, time) = statement else {
+            panic!("not a table")
         };
+        let watermark = time.watermark.expect("a watermark");
         assert_eq!(watermark.column, "ts");
         assert_eq!(watermark.expression.to_string(), "ts - INTERVAL '5' SECOND");
         assert_eq!(create.columns.len(), 3);
         let first =
             parse_statement("CREATE TABLE t (WATERMARK FOR ts AS ts, ts TIMESTAMP)").unwrap();
-        assert!(matches!(first, EddyStatement::CreateTable(c, Some(_)) if c.columns.len() == 1));
+        assert!(
+            matches!(first, EddyStatement::CreateTable(c, t) if c.columns.len() == 1 && t.watermark.is_some())
+        );
     }
 
     #[test]

@@ -209,19 +209,75 @@ impl TableWatermark {
             .filter(|&i| change.weights.value(i) > 0 && times.is_valid(i))
             .map(|i| times.value(i))
             .max();
-        let Some(newest) = newest else {
-            return Ok(None);
-        };
-        let candidate = newest - self.delay_micros;
+        Ok(newest.and_then(|newest| self.advance_to(newest)))
+    }
+
+    /// Advances the watermark as if a row at `time` arrived; returns the new
+    /// watermark if it moved.
+    pub fn advance_to(&self, time: i64) -> Option<i64> {
+        let candidate = time - self.delay_micros;
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if current.is_some_and(|c| c >= candidate) {
-            return Ok(None);
+            return None;
         }
         *current = Some(candidate);
-        Ok(Some(candidate))
+        Some(candidate)
     }
 
     pub fn current(&self) -> Option<i64> {
         *self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A `column AS PROCTIME()`: each row is stamped with the processing time at
+/// which it is ingested. Stamps never go backwards (a clock step back is
+/// absorbed), so a watermark that follows them is exact.
+#[derive(Debug)]
+pub struct ProcessingTime {
+    /// The column's position in the relation.
+    pub column: usize,
+    last: std::sync::Mutex<i64>,
+}
+
+impl ProcessingTime {
+    pub fn new(column: usize) -> Self {
+        Self {
+            column,
+            last: std::sync::Mutex::new(i64::MIN),
+        }
+    }
+
+    /// The current processing time (µs since the epoch), never less than a
+    /// time this clock returned before.
+    pub fn now(&self) -> i64 {
+        let wall = crate::stream::temporal::now_micros();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        *last = (*last).max(wall);
+        *last
+    }
+
+    /// `rows` in `schema` with the column set to `now`. `rows` either has the
+    /// column (its values are replaced) or lacks it (it is inserted).
+    pub fn stamp(&self, rows: &RecordBatch, schema: &SchemaRef, now: i64) -> Result<RecordBatch> {
+        let inserted = rows.num_columns() < schema.fields().len();
+        let stamps: datafusion::arrow::array::ArrayRef = Arc::new(
+            datafusion::arrow::array::TimestampMicrosecondArray::from(vec![now; rows.num_rows()]),
+        );
+        let stamps =
+            datafusion::arrow::compute::cast(&stamps, schema.field(self.column).data_type())?;
+        let columns = (0..schema.fields().len())
+            .map(|i| match i {
+                i if i == self.column => stamps.clone(),
+                i if inserted && i > self.column => rows.column(i - 1).clone(),
+                i => rows.column(i).clone(),
+            })
+            .collect();
+        let options = datafusion::arrow::array::RecordBatchOptions::new()
+            .with_row_count(Some(rows.num_rows()));
+        Ok(RecordBatch::try_new_with_options(
+            schema.clone(),
+            columns,
+            &options,
+        )?)
     }
 }
