@@ -211,6 +211,9 @@ pub struct TimeOptions {
     pub allowed_lateness_micros: i64,
     /// `EMIT ON WINDOW CLOSE`.
     pub emit_on_window_close: bool,
+    /// Inputs of a multi-input operator idle for this long do not hold its
+    /// watermark back.
+    pub idle_timeout_micros: Option<i64>,
 }
 
 /// A view's graph, and what it does with time.
@@ -416,7 +419,11 @@ impl Lowering {
                     .iter()
                     .map(|i| self.node(i))
                     .collect::<Result<Vec<_>>>()?;
-                let op = UnionOperator::new(arrow_schema(&union.schema), inputs.len());
+                let op = UnionOperator::new(
+                    arrow_schema(&union.schema),
+                    inputs.len(),
+                    self.time.idle_timeout_micros,
+                );
                 Ok(self.graph.add(Box::new(op), inputs))
             }
             LogicalPlan::SubqueryAlias(alias) => self.node(&alias.input),

@@ -512,14 +512,13 @@ impl Worker {
     }
 
     /// Lets every view see processing time `now`, and propagates what that
-    /// changes (rows leaving temporal filters).
+    /// changes (rows leaving temporal filters, watermarks released by idle
+    /// inputs).
     fn tick(&mut self, now: i64) {
         let mut events = VecDeque::new();
         let views: Vec<RelationId> = self.views.keys().copied().collect();
         for view_id in views {
-            self.step_view(view_id, &mut events, |graph| {
-                graph.tick(now).map(|c| (c, None))
-            });
+            self.step_view(view_id, &mut events, |graph| graph.tick(now));
         }
         self.propagate(events);
     }

@@ -438,6 +438,7 @@ impl Engine {
         let optimized = state.optimize(&logical)?;
         let time = plan::TimeOptions {
             allowed_lateness_micros: view.allowed_lateness_micros,
+            idle_timeout_micros: view.idle_timeout_micros,
             emit_on_window_close: view.emit_on_window_close,
         };
         let lowered = plan::lower(&optimized, time)?;
@@ -694,6 +695,7 @@ impl Engine {
                     definition: query.to_string(),
                     emit_on_window_close: false,
                     allowed_lateness_micros: 0,
+                    idle_timeout_micros: None,
                 };
                 let (planned, _) = self.plan_view(&definition).await?;
                 let config = config_for(&planned.schema, &planned.key, planned.append_only)?;

@@ -100,6 +100,10 @@ pub struct CreateView {
     pub emit_on_window_close: bool,
     /// `WITH (allowed_lateness = '10 seconds')`, in µs.
     pub allowed_lateness_micros: i64,
+    /// `WITH (idle_timeout = '30 seconds')`, in µs: an input without
+    /// changes or watermarks for this long stops holding back the watermark
+    /// of a multi-input operator.
+    pub idle_timeout_micros: Option<i64>,
 }
 
 /// Splits `sql` into statements at semicolons outside quotes, dollar quotes
@@ -607,6 +611,7 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
             if view.or_replace || view.or_alter {
                 return Err(crate::not_supported!("CREATE OR REPLACE MATERIALIZED VIEW is not supported yet"));
             }
+            let (allowed_lateness_micros, idle_timeout_micros) = view_time_options(&view.options)?;
             EddyStatement::CreateView(Box::new(CreateView {
                 name: relation_name(&view.name)?,
                 columns: view.columns.iter().map(|c| normalize_ident(&c.name)).collect(),
@@ -614,7 +619,8 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
                 if_not_exists: view.if_not_exists,
                 definition: sql.trim().to_string(),
                 emit_on_window_close: false,
-                allowed_lateness_micros: allowed_lateness(&view.options)?,
+                allowed_lateness_micros,
+                idle_timeout_micros,
             }))
         }
         Statement::Insert(ref insert) => {
@@ -686,31 +692,42 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
     })
 }
 
-/// `CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '10 seconds')`.
-fn allowed_lateness(options: &ast::CreateTableOptions) -> Result<i64> {
+/// `CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '10 seconds',
+/// idle_timeout = '30 seconds')`: the allowed lateness and the idle timeout,
+/// in µs.
+fn view_time_options(options: &ast::CreateTableOptions) -> Result<(i64, Option<i64>)> {
     let options = match options {
-        ast::CreateTableOptions::None => return Ok(0),
+        ast::CreateTableOptions::None => return Ok((0, None)),
         ast::CreateTableOptions::With(options) => options,
         other => return Err(crate::not_supported!("view options {other}")),
     };
-    let mut lateness = 0;
+    let (mut lateness, mut idle_timeout) = (0, None);
     for option in options {
-        match option {
-            ast::SqlOption::KeyValue { key, value }
-                if key.value.eq_ignore_ascii_case("allowed_lateness") =>
-            {
-                let text = value.to_string();
-                lateness = types::interval_micros(text.trim_matches('\''))?;
-                if lateness < 0 {
-                    return Err(EddyError::InvalidParameter(
-                        "allowed_lateness must not be negative".into(),
-                    ));
-                }
+        let ast::SqlOption::KeyValue { key, value } = option else {
+            return Err(crate::not_supported!("materialized view option {option}"));
+        };
+        let micros = || -> Result<i64> {
+            let text = value.to_string();
+            let micros = types::interval_micros(text.trim_matches('\''))?;
+            if micros < 0 {
+                return Err(EddyError::InvalidParameter(format!(
+                    "{} must not be negative",
+                    key.value
+                )));
             }
-            other => return Err(crate::not_supported!("materialized view option {other}")),
+            Ok(micros)
+        };
+        match key.value.to_lowercase().as_str() {
+            "allowed_lateness" => lateness = micros()?,
+            "idle_timeout" => idle_timeout = Some(micros()?),
+            _ => {
+                return Err(crate::not_supported!(
+                    "materialized view option {option}; known: allowed_lateness, idle_timeout"
+                ))
+            }
         }
     }
-    Ok(lateness)
+    Ok((lateness, idle_timeout))
 }
 
 fn table_factor_name(factor: &ast::TableFactor) -> Result<String> {

@@ -129,15 +129,26 @@ impl StreamGraph {
     }
 
     /// Lets every operator see processing time `now`; returns what reaches
-    /// the root.
-    pub fn tick(&mut self, now: i64) -> Result<Vec<ChangeBatch>> {
+    /// the root, and the root's watermark if it moved.
+    pub fn tick(&mut self, now: i64) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
         let mut output = Vec::new();
+        let mut root_watermark = None;
         for index in 0..self.nodes.len() {
-            for batch in self.nodes[index].op.on_tick(now)? {
+            let (changes, watermark) = self.nodes[index].op.on_tick(now)?;
+            for batch in changes {
                 self.emit(index, batch, &mut output)?;
             }
+            let reached = match (watermark, self.nodes[index].parent) {
+                (Some(w), Some((parent, position))) => {
+                    self.watermark(parent, position, w, &mut output)?
+                }
+                (watermark, _) => watermark,
+            };
+            if let Some(w) = reached {
+                root_watermark = Some(root_watermark.map_or(w, |r: i64| r.max(w)));
+            }
         }
-        Ok(output)
+        Ok((output, root_watermark))
     }
 
     /// Passes a watermark of `relation` into every scan of it; returns the

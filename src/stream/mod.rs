@@ -172,10 +172,11 @@ pub trait Operator: Send {
     }
 
     /// Processing time moved to `now` (µs since the epoch): the changes it
-    /// causes (rows aging out of a temporal filter). Called about once a
+    /// causes (rows aging out of a temporal filter) and a watermark to pass
+    /// on, if it moved (an input of a union went idle). Called about once a
     /// second by the runtime.
-    fn on_tick(&mut self, _now: i64) -> Result<Vec<ChangeBatch>> {
-        Ok(vec![])
+    fn on_tick(&mut self, _now: i64) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
+        Ok((vec![], None))
     }
 
     /// Changes dropped because they arrived after their window closed.

@@ -108,7 +108,7 @@ impl Operator for TemporalFilterOperator {
         Ok(if out.is_empty() { vec![] } else { vec![out] })
     }
 
-    fn on_tick(&mut self, now: i64) -> Result<Vec<ChangeBatch>> {
+    fn on_tick(&mut self, now: i64) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
         let first_inside = self.live.keys().find(|&&t| self.inside(t, now)).copied();
         let expired = match first_inside {
             Some(t) => {
@@ -123,12 +123,13 @@ impl Operator for TemporalFilterOperator {
             .filter(|(_, w)| *w != 0)
             .collect();
         if rows.is_empty() {
-            return Ok(vec![]);
+            return Ok((vec![], None));
         }
         let batch = self.codec.decode(rows.iter().map(|(r, _)| r.as_ref()))?;
         let weights: Vec<i64> = rows.iter().map(|(_, w)| -w).collect();
         self.live_rows = (self.live_rows as i64 + weights.iter().sum::<i64>()) as u64;
-        Ok(vec![ChangeBatch::new(batch, Int64Array::from(weights))?])
+        let expired = ChangeBatch::new(batch, Int64Array::from(weights))?;
+        Ok((vec![expired], None))
     }
 
     fn state_keys(&self) -> u64 {
