@@ -1,7 +1,8 @@
 //! # eddy: a streaming SQL engine for materialized views
 //!
-//! Users connect with any Postgres client, create tables (and, later, Kafka
-//! and generator sources) and define `CREATE MATERIALIZED VIEW ... AS SELECT`.
+//! Users connect with any Postgres client, create tables and generated
+//! sources (datagen, nexmark; Kafka later) and define
+//! `CREATE MATERIALIZED VIEW ... AS SELECT`.
 //! eddy keeps every view's result fresh **incrementally**: each change to an
 //! input becomes a changelog and only that delta flows through the view's
 //! operators.
@@ -20,7 +21,8 @@
 //! ```
 //!
 //! - [`stream`]: the changelog ([`stream::ChangeBatch`]: rows + signed weights)
-//!   and the incremental operators (project, filter, union, updating aggregate).
+//!   and the incremental operators (project, filter, union, updating aggregate,
+//!   window and session assignment, temporal filter).
 //! - [`plan`]: lowers DataFusion's optimized logical plan into a
 //!   [`stream::graph::StreamGraph`]; refuses, naming the construct, what it
 //!   cannot maintain incrementally.
@@ -28,7 +30,8 @@
 //!   publishes view state per epoch; `FLUSH` is a barrier through it.
 //! - [`state`]: multisets of row-encoded rows with O(1) snapshots.
 //! - [`catalog`]: names, schemas, dependencies; per-query snapshots.
-//! - [`connectors`]: tables (more to come: Kafka, Postgres sink, generators).
+//! - [`connectors`]: tables, the Postgres sink, the datagen and nexmark
+//!   sources (Kafka to come).
 //! - [`sql`]: statement parsing and execution; [`server`]: pgwire.
 //!
 //! State lives in memory: until checkpoints land, a restart starts empty.
