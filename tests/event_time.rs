@@ -56,16 +56,37 @@ const WINDOWED: &str =
     "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS total, max(v) AS top
     FROM TUMBLE({table}, ts, INTERVAL '10' SECOND) GROUP BY k, window_start, window_end";
 
-async fn check(statements: Vec<Vec<Event>>) -> Result<(), TestCaseError> {
+/// A windowed query, and which events count as on time for it.
+struct WindowCase {
+    /// The view's query over `{table}`.
+    query: &'static str,
+    /// Event time (s) after the last event at which a far-future event of
+    /// key 99 closes every other key's windows.
+    closing_offset_s: i64,
+    on_time: fn(&[Vec<Event>]) -> Vec<Event>,
+}
+
+const TUMBLE_CASE: WindowCase = WindowCase {
+    query: WINDOWED,
+    closing_offset_s: 10 * WINDOW_S,
+    on_time: on_time_events,
+};
+
+const SESSION_CASE: WindowCase = WindowCase {
+    query: SESSIONS,
+    closing_offset_s: 10 * SESSION_GAP_S,
+    on_time: on_time_session_events,
+};
+
+async fn check(statements: Vec<Vec<Event>>, case: &WindowCase) -> Result<(), TestCaseError> {
     let server = TestServer::start().await;
     let eddy = server.connect().await;
+    let view = case.query.replace("{table}", "ev");
     execute(&eddy, &format!(
         "CREATE TABLE ev (k INT, v INT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '{WATERMARK_DELAY_S}' SECOND);
          CREATE TABLE kept (k INT, v INT, ts TIMESTAMP);
-         CREATE MATERIALIZED VIEW closed AS {} EMIT ON WINDOW CLOSE;
-         CREATE MATERIALIZED VIEW live AS {};",
-        WINDOWED.replace("{table}", "ev"),
-        WINDOWED.replace("{table}", "ev")
+         CREATE MATERIALIZED VIEW closed AS {view} EMIT ON WINDOW CLOSE;
+         CREATE MATERIALIZED VIEW live AS {view};"
     )).await;
     for statement in &statements {
         execute(&eddy, &insert_sql("ev", statement)).await;
@@ -73,14 +94,15 @@ async fn check(statements: Vec<Vec<Event>>) -> Result<(), TestCaseError> {
     // Close every window: a far-future event of another key, itself in a
     // window that stays open.
     let last = statements.iter().flatten().map(|e| e.2).max().unwrap_or(0);
-    execute(&eddy, &insert_sql("ev", &[(99, 0, last + 10 * WINDOW_S)])).await;
+    let closing = (99, 0, last + case.closing_offset_s);
+    execute(&eddy, &insert_sql("ev", &[closing])).await;
     execute(&eddy, "FLUSH").await;
 
-    let kept = on_time_events(&statements);
+    let kept = (case.on_time)(&statements);
     if !kept.is_empty() {
         execute(&eddy, &insert_sql("kept", &kept)).await;
     }
-    let batch = sorted_rows(&eddy, &format!("{} ", WINDOWED.replace("{table}", "kept"))).await;
+    let batch = sorted_rows(&eddy, &case.query.replace("{table}", "kept")).await;
     let closed = sorted_rows(&eddy, "SELECT * FROM closed").await;
     let live = sorted_rows(&eddy, "SELECT * FROM live WHERE k <> 99").await;
     prop_assert_eq!(
@@ -152,68 +174,19 @@ fn on_time_session_events(statements: &[Vec<Event>]) -> Vec<Event> {
     kept
 }
 
-async fn check_sessions(statements: Vec<Vec<Event>>) -> Result<(), TestCaseError> {
-    let server = TestServer::start().await;
-    let eddy = server.connect().await;
-    execute(&eddy, &format!(
-        "CREATE TABLE ev (k INT, v INT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '{WATERMARK_DELAY_S}' SECOND);
-         CREATE TABLE kept (k INT, v INT, ts TIMESTAMP);
-         CREATE MATERIALIZED VIEW closed AS {} EMIT ON WINDOW CLOSE;
-         CREATE MATERIALIZED VIEW live AS {};",
-        SESSIONS.replace("{table}", "ev"),
-        SESSIONS.replace("{table}", "ev")
-    )).await;
-    for statement in &statements {
-        execute(&eddy, &insert_sql("ev", statement)).await;
-    }
-    // Close every session: a far-future event of another key.
-    let last = statements.iter().flatten().map(|e| e.2).max().unwrap_or(0);
-    execute(
-        &eddy,
-        &insert_sql("ev", &[(99, 0, last + 10 * SESSION_GAP_S)]),
-    )
-    .await;
-    execute(&eddy, "FLUSH").await;
-
-    let kept = on_time_session_events(&statements);
-    if !kept.is_empty() {
-        execute(&eddy, &insert_sql("kept", &kept)).await;
-    }
-    let batch = sorted_rows(&eddy, &SESSIONS.replace("{table}", "kept")).await;
-    let closed = sorted_rows(&eddy, "SELECT * FROM closed").await;
-    let live = sorted_rows(&eddy, "SELECT * FROM live WHERE k <> 99").await;
-    prop_assert_eq!(
-        &closed,
-        &batch,
-        "closed sessions vs batch over on-time events"
-    );
-    prop_assert_eq!(&live, &batch, "updating sessions converge to the same");
-    let late: i64 = query_text(
-        &eddy,
-        "SELECT late_rows FROM eddy_catalog.materialized_views WHERE name = 'live'",
-    )
-    .await[0][0]
-        .parse()
-        .unwrap();
-    let total: usize = statements.iter().map(Vec::len).sum();
-    prop_assert_eq!(late as usize, total - kept.len(), "late events are counted");
-    server.stop().await;
-    Ok(())
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn windows_equal_batch_over_on_time_events(statements in statements()) {
         let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-        runtime.block_on(check(statements))?;
+        runtime.block_on(check(statements, &TUMBLE_CASE))?;
     }
 
     #[test]
     fn sessions_equal_batch_over_on_time_events(statements in statements()) {
         let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-        runtime.block_on(check_sessions(statements))?;
+        runtime.block_on(check(statements, &SESSION_CASE))?;
     }
 }
 
