@@ -238,7 +238,7 @@ pub fn lower(plan: &LogicalPlan, time: TimeOptions) -> Result<Lowered> {
     lowering.node(plan)?;
     if time.emit_on_window_close && !lowering.windowed_aggregate {
         return Err(EddyError::NotIncremental(
-            "EMIT ON WINDOW CLOSE needs an aggregate grouped by window_end of TUMBLE(...) or HOP(...)".into(),
+            "EMIT ON WINDOW CLOSE needs an aggregate grouped by window_end of TUMBLE(...), HOP(...) or SESSION(...)".into(),
         ));
     }
     Ok(Lowered {
