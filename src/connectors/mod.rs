@@ -5,12 +5,15 @@
 //! - `postgres`: a sink that upserts a view into a real PostgreSQL table.
 //! - `datagen`: a source of generated rows at a set rate.
 //! - `nexmark`: the standard Nexmark person/auction/bid streams.
+//! - `kafka`: Kafka topics as sources, and views into Kafka topics.
 //!
-//! Generated sources share one reader ([`spawn_reader`]): row (or event)
-//! `i` is a pure function of `i`, so each view runs its own reader from 0 and
-//! every view sees the same rows.
+//! Every view that reads a source runs a reader of its own
+//! ([`SourceConnector::spawn_reader`]). Generated sources share one reader:
+//! row (or event) `i` is a pure function of `i`, so each reader starts at 0
+//! and every view sees the same rows.
 
 pub mod datagen;
+pub mod kafka;
 pub mod nexmark;
 pub mod postgres;
 pub mod table;
@@ -33,11 +36,53 @@ use table::TableWatermark;
 pub enum SourceConnector {
     Datagen(datagen::DatagenConfig),
     Nexmark(nexmark::NexmarkConfig),
+    Kafka(Arc<kafka::KafkaSourceConfig>),
+}
+
+/// What one reader of a source needs.
+pub struct ReaderSpec {
+    /// The source's columns (the connector's, plus a PROCTIME() column).
+    pub schema: SchemaRef,
+    pub proctime: Option<table::ProcessingTime>,
+    pub watermark: Option<TableWatermark>,
+    /// The relation id the reader's changes go to.
+    pub relation: RelationId,
+    /// The view it reads for (for error reports).
+    pub view: String,
+    pub runtime: RuntimeHandle,
+    pub stop: Arc<AtomicBool>,
 }
 
 impl SourceConnector {
-    /// Positions (rows or events) per second the reader produces at most;
-    /// `None`: as fast as the runtime takes them.
+    /// The columns the connector produces.
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Self::Datagen(config) => config.schema(),
+            Self::Nexmark(config) => config.schema(),
+            Self::Kafka(config) => config.schema(),
+        }
+    }
+
+    /// Starts a reader task.
+    pub fn spawn_reader(&self, spec: ReaderSpec) {
+        match self {
+            Self::Datagen(config) => spawn_generator(Generator::Datagen(config.clone()), spec),
+            Self::Nexmark(config) => spawn_generator(Generator::Nexmark(config.clone()), spec),
+            Self::Kafka(config) => kafka::spawn_reader(config.clone(), spec),
+        }
+    }
+}
+
+/// A generated source: position (row or event) `i` is a pure function of
+/// `i`.
+enum Generator {
+    Datagen(datagen::DatagenConfig),
+    Nexmark(nexmark::NexmarkConfig),
+}
+
+impl Generator {
+    /// Positions per second the reader produces at most; `None`: as fast as
+    /// the runtime takes them.
     fn rate(&self) -> Option<u64> {
         match self {
             Self::Datagen(config) => Some(config.rows_per_second()),
@@ -55,17 +100,10 @@ impl SourceConnector {
 
     /// The rows of positions `first .. first + count` (for nexmark, only the
     /// events of the source's kind among them).
-    pub fn rows(&self, first: u64, count: u64) -> Result<RecordBatch> {
+    fn rows(&self, first: u64, count: u64) -> Result<RecordBatch> {
         match self {
             Self::Datagen(config) => config.rows(first, count),
             Self::Nexmark(config) => config.rows(first, count),
-        }
-    }
-
-    pub fn schema(&self) -> SchemaRef {
-        match self {
-            Self::Datagen(config) => config.schema(),
-            Self::Nexmark(config) => config.schema(),
         }
     }
 }
@@ -78,34 +116,35 @@ const TICK: Duration = Duration::from_millis(100);
 /// while no rows arrive (so processing-time windows close on time).
 pub const PROCESSING_TIME_HEARTBEAT: Duration = Duration::from_millis(250);
 
-/// Runs one reader of `connector` feeding `relation` (of `schema`) until the
-/// source ends or `stop` is set. Sending waits when the runtime is behind
-/// (backpressure), so the rate is an upper bound. With a PROCTIME() column
-/// it stamps every batch, and while idle (or after the end) moves a
-/// processing-time watermark until stopped.
-pub fn spawn_reader(
-    connector: SourceConnector,
-    schema: SchemaRef,
-    proctime: Option<table::ProcessingTime>,
-    watermark: Option<TableWatermark>,
-    relation: RelationId,
-    runtime: RuntimeHandle,
-    stop: Arc<AtomicBool>,
-) {
+/// Runs one reader of a generated source until the source ends or `stop`
+/// is set. Sending waits when the runtime is behind (backpressure), so the
+/// rate is an upper bound. With a PROCTIME() column it stamps every batch,
+/// and while idle (or after the end) moves a processing-time watermark until
+/// stopped.
+fn spawn_generator(generator: Generator, spec: ReaderSpec) {
+    let ReaderSpec {
+        schema,
+        proctime,
+        watermark,
+        relation,
+        view: _,
+        runtime,
+        stop,
+    } = spec;
     let clock_drives_watermark = matches!(
         (&proctime, &watermark),
         (Some(p), Some(w)) if p.column == w.column
     );
     tokio::spawn(async move {
         let started = Instant::now();
-        let rate = connector.rate();
+        let rate = generator.rate();
         let mut position: u64 = 0;
         let mut last_heartbeat = Instant::now();
         loop {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let ended = connector.end().is_some_and(|end| position >= end);
+            let ended = generator.end().is_some_and(|end| position >= end);
             if ended && !clock_drives_watermark {
                 break;
             }
@@ -139,14 +178,14 @@ pub fn spawn_reader(
                 }
             };
             let mut count = due.saturating_sub(position).min(MAX_BATCH);
-            if let Some(end) = connector.end() {
+            if let Some(end) = generator.end() {
                 count = count.min(end - position);
             }
             if count == 0 {
                 tokio::time::sleep(TICK).await;
                 continue;
             }
-            let result = connector.rows(position, count).and_then(|rows| {
+            let result = generator.rows(position, count).and_then(|rows| {
                 let rows = match &proctime {
                     Some(clock) => clock.stamp(&rows, &schema, clock.now())?,
                     None => rows,

@@ -83,6 +83,12 @@ enum Command {
     },
     /// Processing time moved on (about once a second).
     Tick,
+    /// A source reader stopped on an error it was told not to skip: the
+    /// views reading `relation` stop too, with `error`.
+    FailReaders {
+        relation: RelationId,
+        error: String,
+    },
     Changes {
         relation: RelationId,
         batch: ChangeBatch,
@@ -200,6 +206,12 @@ impl RuntimeHandle {
             watermark,
         })
         .await
+    }
+
+    /// Stops the views that read `relation` with `error` (a source reader
+    /// failed).
+    pub async fn fail_readers(&self, relation: RelationId, error: String) -> Result<()> {
+        self.send(Command::FailReaders { relation, error }).await
     }
 
     /// Starts a view: backfills it and publishes its first state.
@@ -375,6 +387,15 @@ impl Worker {
                 let _ = reply.send(());
             }
             Command::Tick => self.tick(crate::stream::temporal::now_micros()),
+            Command::FailReaders { relation, error } => {
+                for view_id in self.readers.get(&relation).cloned().unwrap_or_default() {
+                    if let Some(view) = self.views.get_mut(&view_id) {
+                        tracing::error!(view = %view.name, %error, "materialized view stopped");
+                        view.failed = Some(error.clone());
+                        self.dirty = true;
+                    }
+                }
+            }
             Command::Status { reply } => {
                 let _ = reply.send((self.epoch, self.status()));
             }

@@ -20,7 +20,7 @@ use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{self, Statement};
 
-use super::sink::{CreateSink, SinkInput};
+use super::sink::{CreateSink, SinkInput, SourceClauses};
 use super::system::{sinks_batch, views_batch, SystemSchema};
 use super::types::column_field;
 use super::{normalize_ident, CreateView, EddyStatement, TimeColumns, WatermarkClause, WriteKind};
@@ -30,7 +30,7 @@ use crate::catalog::{
 };
 use crate::connectors::postgres::{self, PostgresSinkConfig, SinkMode, SinkStatus};
 use crate::connectors::table::{ProcessingTime, TableData, TableWatermark};
-use crate::connectors::{datagen, nexmark, SourceConnector};
+use crate::connectors::{datagen, kafka, nexmark, ReaderSpec, SourceConnector};
 use crate::error::{EddyError, Result};
 use crate::plan;
 use crate::runtime::{RuntimeHandle, ViewSpec, SINK_QUEUE_EPOCHS};
@@ -225,8 +225,8 @@ impl Engine {
             EddyStatement::CreateSource {
                 table,
                 time,
-                options,
-            } => self.create_source(*table, &time, options).await,
+                clauses,
+            } => self.create_source(*table, &time, *clauses).await,
             EddyStatement::ShowSources => self.show_names(RelationKind::Source),
             EddyStatement::Flush => {
                 let epoch = self.runtime.flush().await?;
@@ -338,11 +338,20 @@ impl Engine {
         &self,
         table: ast::CreateTable,
         time: &TimeColumns,
-        options: BTreeMap<String, String>,
+        clauses: SourceClauses,
     ) -> Result<StatementResult> {
+        let options = &clauses.options;
         let (name, mut fields, key) = table_columns(&table)?;
-        if !key.is_empty() {
-            return Err(crate::not_supported!("sources have no primary key"));
+        let connector_name = options.get("connector").map(|c| c.to_lowercase());
+        if connector_name.as_deref() != Some("kafka") {
+            if !key.is_empty() {
+                return Err(crate::not_supported!("sources have no primary key"));
+            }
+            if clauses.format.is_some() || !clauses.includes.is_empty() {
+                return Err(crate::not_supported!(
+                    "FORMAT ... ENCODE ... and INCLUDE are for Kafka sources"
+                ));
+            }
         }
         // The connector makes every column but the processing-time one,
         // which each reader stamps.
@@ -357,11 +366,7 @@ impl Engine {
             None => None,
         };
         let declared_others = !fields.is_empty();
-        let connector = match options
-            .get("connector")
-            .map(|c| c.to_lowercase())
-            .as_deref()
-        {
+        let connector = match connector_name.as_deref() {
             Some("datagen") => {
                 if fields.is_empty() {
                     return Err(EddyError::InvalidParameter(
@@ -370,25 +375,29 @@ impl Engine {
                 }
                 SourceConnector::Datagen(datagen::DatagenConfig::from_options(
                     Arc::new(Schema::new(fields)),
-                    &options,
+                    options,
                 )?)
             }
             Some("nexmark") => SourceConnector::Nexmark(nexmark::NexmarkConfig::from_options(
-                &name, &fields, &options,
+                &name, &fields, options,
             )?),
             Some("kafka") => {
-                return Err(crate::not_supported!(
-                    "Kafka sources are not implemented yet"
-                ))
+                if time.proctime.is_some() && !key.is_empty() {
+                    return Err(crate::not_supported!(
+                        "a PROCTIME() column on a source with a PRIMARY KEY"
+                    ));
+                }
+                SourceConnector::Kafka(Arc::new(kafka::KafkaSourceConfig::from_clauses(
+                    fields, &key, &clauses,
+                )?))
             }
-            Some(other) => {
-                return Err(crate::not_supported!(
-                    "source connector '{other}' is not supported; use 'datagen' or 'nexmark'"
-                ))
-            }
+            Some(other) => return Err(crate::not_supported!(
+                "source connector '{other}' is not supported; use 'kafka', 'datagen' or 'nexmark'"
+            )),
             None => {
                 return Err(EddyError::InvalidParameter(
-                    "CREATE SOURCE needs WITH (connector = 'datagen' or 'nexmark', ...)".into(),
+                    "CREATE SOURCE needs WITH (connector = 'kafka', 'datagen' or 'nexmark', ...)"
+                        .into(),
                 ))
             }
         };
@@ -603,15 +612,15 @@ impl Engine {
             let watermark = source
                 .watermark
                 .map(|(column, delay)| TableWatermark::new(column, delay));
-            crate::connectors::spawn_reader(
-                source.connector.clone(),
-                source.schema.clone(),
-                source.proctime.map(ProcessingTime::new),
+            source.connector.spawn_reader(ReaderSpec {
+                schema: source.schema.clone(),
+                proctime: source.proctime.map(ProcessingTime::new),
                 watermark,
-                *reader,
-                self.runtime.clone(),
-                stop.clone(),
-            );
+                relation: *reader,
+                view: view.name.clone(),
+                runtime: self.runtime.clone(),
+                stop: stop.clone(),
+            });
         }
         let entry = Arc::new(ViewEntry {
             id,
@@ -645,6 +654,11 @@ impl Engine {
             .map(|c| c.to_lowercase())
             .as_deref()
         {
+            Some("postgres") if create.format.is_some() => {
+                return Err(crate::not_supported!(
+                    "FORMAT ... ENCODE ... is for Kafka sinks; a Postgres sink writes rows"
+                ))
+            }
             Some("postgres") => {}
             Some("kafka") => {
                 return Err(crate::not_supported!("Kafka sinks are not implemented yet"))

@@ -43,7 +43,7 @@ pub enum EddyStatement {
     CreateSource {
         table: Box<ast::CreateTable>,
         time: Box<TimeColumns>,
-        options: std::collections::BTreeMap<String, String>,
+        clauses: Box<sink::SourceClauses>,
     },
     ShowSources,
     /// `DROP SINK [IF EXISTS] name, ... [CASCADE]` (nothing depends on a
@@ -373,17 +373,24 @@ fn parse_create_source(sql: &str) -> Result<EddyStatement> {
     let body = sql.trim_start();
     let after_create = body[6..].trim_start(); // "CREATE"
     let rest = &after_create[6..]; // "SOURCE"
-                                   // The column list, if any, ends at the ')' matching the first '(' before
-                                   // WITH; a source without one (nexmark) takes its connector's columns.
+
+    // The column list, if any, ends at the ')' matching the first '(' before
+    // INCLUDE or WITH; a source without one (nexmark) takes its connector's
+    // columns.
     let open = rest.find('(').filter(|&open| {
         !rest[..open]
             .split_whitespace()
-            .any(|word| word.eq_ignore_ascii_case("WITH"))
+            .any(|word| word.eq_ignore_ascii_case("WITH") || word.eq_ignore_ascii_case("INCLUDE"))
     });
     let Some(open) = open else {
-        let with = rest.to_uppercase().find("WITH").ok_or_else(|| {
-            EddyError::Syntax("CREATE SOURCE needs WITH (connector = ...)".into())
-        })?;
+        let upper = rest.to_uppercase();
+        let with = [" INCLUDE ", " WITH"]
+            .iter()
+            .filter_map(|w| upper.find(w))
+            .min()
+            .ok_or_else(|| {
+                EddyError::Syntax("CREATE SOURCE needs WITH (connector = ...)".into())
+            })?;
         let (table, time) = source_columns(&format!("{} ()", rest[..with].trim()))?;
         return source_statement(table, time, &rest[with..]);
     };
@@ -423,19 +430,13 @@ fn source_columns(name_and_columns: &str) -> Result<(Box<ast::CreateTable>, Box<
 fn source_statement(
     table: Box<ast::CreateTable>,
     time: Box<TimeColumns>,
-    options_sql: &str,
+    clauses_sql: &str,
 ) -> Result<EddyStatement> {
-    let options_sql = options_sql.trim();
-    if options_sql.to_uppercase().contains("FORMAT") {
-        return Err(crate::not_supported!(
-            "FORMAT ... ENCODE ... is for Kafka sources, which are not implemented yet"
-        ));
-    }
-    let options = sink::parse_with_options(options_sql)?;
+    let clauses = Box::new(sink::parse_source_clauses(clauses_sql.trim())?);
     Ok(EddyStatement::CreateSource {
         table,
         time,
-        options,
+        clauses,
     })
 }
 
@@ -822,13 +823,13 @@ mod tests {
         let EddyStatement::CreateSource {
             table,
             time,
-            options,
+            clauses,
         } = statement
         else {
             panic!("not a source")
         };
         assert!(table.columns.is_empty() && time.watermark.is_none());
-        assert_eq!(options["nexmark.max.events"], "10");
+        assert_eq!(clauses.options["nexmark.max.events"], "10");
         let statement = parse_statement(
             "CREATE SOURCE bid (WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH (connector = 'nexmark')",
         )
@@ -838,6 +839,42 @@ mod tests {
         };
         assert!(table.columns.is_empty());
         assert_eq!(time.watermark.unwrap().column, "date_time");
+    }
+
+    #[test]
+    fn reads_kafka_source_clauses() {
+        let statement = parse_statement(
+            "CREATE SOURCE s (id INT, ts TIMESTAMP) INCLUDE partition INCLUDE offset AS o \
+             WITH (connector = 'kafka', topic = 'events') FORMAT UPSERT ENCODE CSV (delimiter = ';')",
+        )
+        .unwrap();
+        let EddyStatement::CreateSource { table, clauses, .. } = statement else {
+            panic!("not a source")
+        };
+        assert_eq!(table.columns.len(), 2);
+        assert_eq!(
+            clauses.includes,
+            vec![
+                (
+                    sink::KafkaMetadata::Partition,
+                    "kafka_partition".to_string()
+                ),
+                (sink::KafkaMetadata::Offset, "o".to_string())
+            ]
+        );
+        let format = clauses.format.unwrap();
+        assert_eq!(format.format, sink::MessageFormat::Upsert);
+        assert_eq!(format.encoding, sink::MessageEncoding::Csv);
+        assert_eq!(format.encode_options["delimiter"], ";");
+        let statement = parse_statement(
+            "CREATE SOURCE s INCLUDE key WITH (connector = 'kafka') FORMAT PLAIN ENCODE JSON",
+        )
+        .unwrap();
+        let EddyStatement::CreateSource { table, clauses, .. } = statement else {
+            panic!("not a source")
+        };
+        assert!(table.columns.is_empty());
+        assert_eq!(clauses.includes.len(), 1);
     }
 
     #[test]

@@ -29,7 +29,139 @@ pub struct CreateSink {
     pub input: SinkInput,
     /// Option names are lower-cased; values are kept as written.
     pub options: BTreeMap<String, String>,
+    /// `FORMAT ... ENCODE ...`, if given.
+    pub format: Option<FormatSpec>,
     pub if_not_exists: bool,
+}
+
+/// `FORMAT PLAIN | UPSERT | DEBEZIUM`: how messages map to changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageFormat {
+    /// Every message is an inserted row.
+    Plain,
+    /// The key identifies the row; a null value deletes it.
+    Upsert,
+    /// `{"before": ..., "after": ...}` change events.
+    Debezium,
+}
+
+/// `ENCODE JSON | CSV | AVRO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageEncoding {
+    Json,
+    Csv,
+    Avro,
+}
+
+/// `FORMAT <format> ENCODE <encoding> [(options)]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatSpec {
+    pub format: MessageFormat,
+    pub encoding: MessageEncoding,
+    pub encode_options: BTreeMap<String, String>,
+}
+
+/// Kafka metadata a source can expose as columns: `INCLUDE partition
+/// [AS name]`, and likewise `offset`, `timestamp`, `key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaMetadata {
+    Partition,
+    Offset,
+    Timestamp,
+    Key,
+}
+
+/// What follows a CREATE SOURCE's column list.
+#[derive(Debug, Clone, Default)]
+pub struct SourceClauses {
+    pub includes: Vec<(KafkaMetadata, String)>,
+    pub options: BTreeMap<String, String>,
+    pub format: Option<FormatSpec>,
+}
+
+/// `[INCLUDE what [AS name] ...] WITH (options) [FORMAT ... ENCODE ...]`.
+pub fn parse_source_clauses(sql: &str) -> Result<SourceClauses> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql).map_err(syntax)?;
+    let mut includes = Vec::new();
+    while parser.parse_keyword(Keyword::INCLUDE) {
+        let what = match parser.next_token().token {
+            Token::Word(w) => w.value.to_lowercase(),
+            other => {
+                return Err(EddyError::Syntax(format!(
+                    "expected what to INCLUDE, found {other}"
+                )))
+            }
+        };
+        let kind = match what.as_str() {
+            "partition" => KafkaMetadata::Partition,
+            "offset" => KafkaMetadata::Offset,
+            "timestamp" => KafkaMetadata::Timestamp,
+            "key" => KafkaMetadata::Key,
+            other => {
+                return Err(crate::not_supported!(
+                    "INCLUDE {other}: a source can include partition, offset, timestamp or key"
+                ))
+            }
+        };
+        let name = if parser.parse_keyword(Keyword::AS) {
+            super::normalize_ident(&parser.parse_identifier().map_err(syntax)?)
+        } else {
+            format!("kafka_{what}")
+        };
+        includes.push((kind, name));
+    }
+    parser.expect_keyword(Keyword::WITH).map_err(syntax)?;
+    let options = parse_options(&mut parser)?;
+    let format = parse_format(&mut parser)?;
+    expect_end(&mut parser, "after the source's options")?;
+    Ok(SourceClauses {
+        includes,
+        options,
+        format,
+    })
+}
+
+/// An optional `FORMAT <format> ENCODE <encoding> [(options)]`.
+fn parse_format(parser: &mut Parser) -> Result<Option<FormatSpec>> {
+    if !parser.parse_keyword(Keyword::FORMAT) {
+        return Ok(None);
+    }
+    let word = |parser: &mut Parser, what: &str| match parser.next_token().token {
+        Token::Word(w) => Ok(w.value.to_uppercase()),
+        other => Err(EddyError::Syntax(format!("expected {what}, found {other}"))),
+    };
+    let format = match word(parser, "PLAIN, UPSERT or DEBEZIUM after FORMAT")?.as_str() {
+        "PLAIN" => MessageFormat::Plain,
+        "UPSERT" => MessageFormat::Upsert,
+        "DEBEZIUM" => MessageFormat::Debezium,
+        other => {
+            return Err(crate::not_supported!(
+                "FORMAT {other}; eddy knows FORMAT PLAIN, UPSERT and DEBEZIUM"
+            ))
+        }
+    };
+    expect_word(parser, "ENCODE")?;
+    let encoding = match word(parser, "JSON, CSV or AVRO after ENCODE")?.as_str() {
+        "JSON" => MessageEncoding::Json,
+        "CSV" => MessageEncoding::Csv,
+        "AVRO" => MessageEncoding::Avro,
+        other => {
+            return Err(crate::not_supported!(
+                "ENCODE {other}; eddy knows ENCODE JSON, CSV and AVRO"
+            ))
+        }
+    };
+    let encode_options = if parser.peek_token().token == Token::LParen {
+        parse_options(parser)?
+    } else {
+        BTreeMap::new()
+    };
+    Ok(Some(FormatSpec {
+        format,
+        encoding,
+        encode_options,
+    }))
 }
 
 fn syntax(e: impl std::fmt::Display) -> EddyError {
@@ -60,11 +192,13 @@ pub fn parse_create_sink(sql: &str) -> Result<CreateSink> {
     };
     parser.expect_keyword(Keyword::WITH).map_err(syntax)?;
     let options = parse_options(&mut parser)?;
+    let format = parse_format(&mut parser)?;
     expect_end(&mut parser, "after the WITH options")?;
     Ok(CreateSink {
         name,
         input,
         options,
+        format,
         if_not_exists,
     })
 }

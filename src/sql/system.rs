@@ -2,7 +2,9 @@
 //! - `materialized_views`: each view's row count, failed rows and status;
 //! - `operator_stats`: rows in/out and state keys of every operator, the
 //!   figures that show a view is maintained incrementally;
-//! - `sinks`: each sink's target, status, progress and lag (= SHOW SINKS).
+//! - `sinks`: each sink's target, status, progress and lag (= SHOW SINKS);
+//! - `source_errors`: the bad messages sources skipped (the last 1000 per
+//!   source), with where they were and why.
 
 use std::sync::Arc;
 
@@ -17,7 +19,12 @@ use crate::catalog::{Catalog, SinkEntry};
 use crate::connectors::postgres::SinkMode;
 use crate::runtime::{RuntimeHandle, ViewStatus};
 
-const TABLES: [&str; 3] = ["materialized_views", "operator_stats", "sinks"];
+const TABLES: [&str; 4] = [
+    "materialized_views",
+    "operator_stats",
+    "sinks",
+    "source_errors",
+];
 
 #[derive(Debug)]
 pub struct SystemSchema {
@@ -148,6 +155,44 @@ fn operators_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
+/// The rows of `eddy_catalog.source_errors`.
+fn source_errors_batch(catalog: &Catalog) -> DFResult<RecordBatch> {
+    let (mut source, mut view, mut partition, mut offset, mut reason) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for relation in catalog.list() {
+        let crate::catalog::Relation::Source(entry) = relation else {
+            continue;
+        };
+        let crate::connectors::SourceConnector::Kafka(config) = &entry.connector else {
+            continue;
+        };
+        for error in config.errors.recent() {
+            source.push(entry.name.clone());
+            view.push(error.view);
+            partition.push(error.partition);
+            offset.push(error.offset);
+            reason.push(error.reason);
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("view", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(source)),
+            Arc::new(StringArray::from(view)),
+            Arc::new(datafusion::arrow::array::Int32Array::from(partition)),
+            Arc::new(datafusion::arrow::array::Int64Array::from(offset)),
+            Arc::new(StringArray::from(reason)),
+        ],
+    )?)
+}
+
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
@@ -157,6 +202,13 @@ impl SchemaProvider for SystemSchema {
     async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
         if !TABLES.contains(&name) {
             return Ok(None);
+        }
+        if name == "source_errors" {
+            let batch = source_errors_batch(&self.catalog)?;
+            return Ok(Some(Arc::new(MemTable::try_new(
+                batch.schema(),
+                vec![vec![batch]],
+            )?)));
         }
         if name == "sinks" {
             let batch = sinks_batch(&self.catalog.list_sinks(), self.runtime.published().epoch)?;

@@ -1,0 +1,740 @@
+//! Kafka sources (and, in [`sink`], sinks), through rdkafka.
+//!
+//! ```sql
+//! CREATE SOURCE events (id BIGINT, v INT, ts TIMESTAMP,
+//!                       WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)
+//! INCLUDE partition INCLUDE offset
+//! WITH (connector = 'kafka', topic = 'events',
+//!       properties.bootstrap.server = '127.0.0.1:9092',
+//!       scan.startup.mode = 'earliest')
+//! FORMAT PLAIN ENCODE JSON;
+//! ```
+//!
+//! Like every source, each view that reads a Kafka source runs a reader of
+//! its own ([`spawn_reader`]): a consumer that assigns itself every
+//! partition of the topic (no group coordination, no offset commits) from
+//! the startup position, and picks up partitions added later. Messages are
+//! decoded in batches (see [`decode`]); a bad message is skipped, counted
+//! and recorded in `eddy_catalog.source_errors`, or, with `on_error =
+//! 'fail'`, stops the views that read the source. librdkafka reconnects to
+//! a broker that went away and the consumer resumes at its position, so
+//! nothing is skipped or read twice.
+//!
+//! The watermark is tracked per partition: the source's is the minimum over
+//! the partitions that still have messages to deliver; a partition that has
+//! reached its end (or never had messages) does not hold the others back
+//! (when every partition is at its end, those that had messages decide).
+
+pub mod decode;
+pub mod sink;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::catalog::RelationId;
+use crate::connectors::table::{ProcessingTime, TableWatermark};
+use crate::error::{EddyError, Result};
+use crate::runtime::RuntimeHandle;
+use crate::sql::sink::{FormatSpec, KafkaMetadata, MessageFormat, SourceClauses};
+use crate::state::RowCodec;
+use crate::stream::ChangeBatch;
+use decode::PayloadDecoder;
+
+/// Messages per batch at most; a batch is also cut after [`BATCH_WAIT`].
+const MAX_BATCH: usize = 4096;
+const BATCH_WAIT: Duration = Duration::from_millis(20);
+/// How often a reader looks for partitions added to its topic.
+const PARTITION_CHECK: Duration = Duration::from_secs(5);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bad messages remembered per source for `eddy_catalog.source_errors`.
+const ERRORS_KEPT: usize = 1000;
+
+/// Where a reader starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Startup {
+    Earliest,
+    Latest,
+    /// The first message at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// What to do with a message that does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    Skip,
+    Fail,
+}
+
+/// A bad message, as `eddy_catalog.source_errors` shows it.
+#[derive(Debug, Clone)]
+pub struct SourceError {
+    pub view: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
+}
+
+/// The bad messages of one source (the last [`ERRORS_KEPT`]), and how many.
+#[derive(Debug, Default)]
+pub struct SourceErrors {
+    recent: Mutex<VecDeque<SourceError>>,
+    total: AtomicU64,
+}
+
+impl SourceErrors {
+    fn record(&self, error: SourceError) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == ERRORS_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(error);
+    }
+
+    pub fn recent(&self) -> Vec<SourceError> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// A checked Kafka source configuration.
+#[derive(Debug)]
+pub struct KafkaSourceConfig {
+    pub topic: String,
+    /// librdkafka settings (`properties.*`, with `bootstrap.servers`).
+    client: BTreeMap<String, String>,
+    startup: Startup,
+    format: MessageFormat,
+    /// Decodes payloads into the declared columns.
+    decoder: PayloadDecoder,
+    /// The declared columns, then the INCLUDEd metadata columns.
+    schema: SchemaRef,
+    metadata: Vec<KafkaMetadata>,
+    on_error: OnError,
+    pub errors: Arc<SourceErrors>,
+}
+
+const KNOWN_OPTIONS: &str = "topic, properties.bootstrap.server, properties.<librdkafka setting>, \
+                             scan.startup.mode, scan.startup.timestamp.millis, on_error";
+
+impl KafkaSourceConfig {
+    /// The configuration of a source with `declared` columns (and `key`,
+    /// the PRIMARY KEY columns, which FORMAT UPSERT requires).
+    pub fn from_clauses(
+        declared: Vec<Field>,
+        key: &[usize],
+        clauses: &SourceClauses,
+    ) -> Result<Self> {
+        let options = &clauses.options;
+        let mut client = BTreeMap::new();
+        for (name, value) in options {
+            match name.as_str() {
+                "connector"
+                | "topic"
+                | "scan.startup.mode"
+                | "scan.startup.timestamp.millis"
+                | "on_error" => {}
+                "properties.bootstrap.server" | "properties.bootstrap.servers" => {
+                    client.insert("bootstrap.servers".to_string(), value.clone());
+                }
+                other => match other.strip_prefix("properties.") {
+                    Some(setting) => {
+                        client.insert(setting.to_string(), value.clone());
+                    }
+                    None => {
+                        return Err(EddyError::InvalidParameter(format!(
+                            "unknown option {other} for a Kafka source; known: {KNOWN_OPTIONS}"
+                        )))
+                    }
+                },
+            }
+        }
+        if !client.contains_key("bootstrap.servers") {
+            return Err(EddyError::InvalidParameter(
+                "a Kafka source needs properties.bootstrap.server = 'host:port'".into(),
+            ));
+        }
+        let topic = options.get("topic").cloned().ok_or_else(|| {
+            EddyError::InvalidParameter("a Kafka source needs topic = '...'".into())
+        })?;
+        let startup = match options
+            .get("scan.startup.mode")
+            .map(|m| m.to_lowercase())
+            .as_deref()
+        {
+            None | Some("earliest") => Startup::Earliest,
+            Some("latest") => Startup::Latest,
+            Some("timestamp") => {
+                let millis = options
+                    .get("scan.startup.timestamp.millis")
+                    .ok_or_else(|| {
+                        EddyError::InvalidParameter(
+                            "scan.startup.mode = 'timestamp' needs scan.startup.timestamp.millis"
+                                .into(),
+                        )
+                    })?;
+                Startup::Timestamp(millis.parse().map_err(|_| {
+                    EddyError::InvalidParameter(format!(
+                        "scan.startup.timestamp.millis = '{millis}' is not a whole number"
+                    ))
+                })?)
+            }
+            Some(other) => {
+                return Err(EddyError::InvalidParameter(format!(
+                    "scan.startup.mode = '{other}' is not earliest, latest or timestamp"
+                )))
+            }
+        };
+        let on_error = match options.get("on_error").map(|m| m.to_lowercase()).as_deref() {
+            None | Some("skip") => OnError::Skip,
+            Some("fail") => OnError::Fail,
+            Some(other) => {
+                return Err(EddyError::InvalidParameter(format!(
+                    "on_error = '{other}' is not skip or fail"
+                )))
+            }
+        };
+        let spec = clauses.format.clone().ok_or_else(|| {
+            EddyError::InvalidParameter(
+                "a Kafka source needs FORMAT PLAIN | UPSERT | DEBEZIUM ENCODE JSON | CSV".into(),
+            )
+        })?;
+        let FormatSpec {
+            format,
+            encoding,
+            encode_options,
+        } = spec;
+        if declared.is_empty() {
+            return Err(EddyError::InvalidParameter(
+                "a Kafka source needs a column list".into(),
+            ));
+        }
+        match (format, key.is_empty()) {
+            (MessageFormat::Upsert, true) => {
+                return Err(EddyError::InvalidParameter(
+                    "FORMAT UPSERT needs a PRIMARY KEY: the message key identifies the row".into(),
+                ))
+            }
+            (MessageFormat::Plain | MessageFormat::Debezium, false) => {
+                return Err(crate::not_supported!(
+                    "a PRIMARY KEY on a source is for FORMAT UPSERT"
+                ))
+            }
+            _ => {}
+        }
+        if format != MessageFormat::Plain && encoding != crate::sql::sink::MessageEncoding::Json {
+            return Err(crate::not_supported!("FORMAT {format:?} needs ENCODE JSON"));
+        }
+        let payload_schema = Arc::new(Schema::new(declared.clone()));
+        let decoder = PayloadDecoder::try_new(encoding, payload_schema, &encode_options)?;
+        let mut fields = declared;
+        let mut metadata = Vec::new();
+        for (kind, name) in &clauses.includes {
+            if fields.iter().any(|f| f.name() == name) {
+                return Err(EddyError::DuplicateRelation(format!(
+                    "column \"{name}\" specified more than once"
+                )));
+            }
+            let data_type = match kind {
+                KafkaMetadata::Partition => DataType::Int32,
+                KafkaMetadata::Offset => DataType::Int64,
+                KafkaMetadata::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+                KafkaMetadata::Key => DataType::Utf8,
+            };
+            fields.push(Field::new(name, data_type, true));
+            metadata.push(*kind);
+        }
+        Ok(Self {
+            topic,
+            client,
+            startup,
+            format,
+            decoder,
+            schema: Arc::new(Schema::new(fields)),
+            metadata,
+            on_error,
+            errors: Arc::new(SourceErrors::default()),
+        })
+    }
+
+    /// The declared columns, then the metadata columns.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn consumer(&self, relation: RelationId) -> Result<StreamConsumer> {
+        let mut config = ClientConfig::new();
+        config
+            .set("group.id", format!("eddy-reader-{relation}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set(
+                "auto.offset.reset",
+                if self.startup == Startup::Latest {
+                    "latest"
+                } else {
+                    "earliest"
+                },
+            );
+        for (name, value) in &self.client {
+            config.set(name, value);
+        }
+        config.create().map_err(kafka_error)
+    }
+}
+
+fn kafka_error(e: KafkaError) -> EddyError {
+    EddyError::InvalidParameter(format!("Kafka: {e}"))
+}
+
+/// Per-partition event time, merged into the source's watermark.
+#[derive(Default)]
+struct PartitionClock {
+    /// Newest event time seen, and whether the partition is at its end.
+    partitions: HashMap<i32, (Option<i64>, bool)>,
+}
+
+impl PartitionClock {
+    fn saw(&mut self, partition: i32, time: Option<i64>) {
+        let entry = self.partitions.entry(partition).or_insert((None, false));
+        entry.1 = false;
+        if let Some(time) = time {
+            entry.0 = Some(entry.0.map_or(time, |t: i64| t.max(time)));
+        }
+    }
+
+    fn at_end(&mut self, partition: i32) {
+        self.partitions.entry(partition).or_insert((None, false)).1 = true;
+    }
+
+    /// The time the watermark may follow: the minimum over the partitions
+    /// with messages to deliver (each must have a time), or, when all are
+    /// at their end, over those that have a time.
+    fn merged(&self) -> Option<i64> {
+        let busy: Vec<&(Option<i64>, bool)> =
+            self.partitions.values().filter(|(_, end)| !end).collect();
+        if busy.is_empty() {
+            return self.partitions.values().filter_map(|(t, _)| *t).min();
+        }
+        busy.iter()
+            .map(|(t, _)| *t)
+            .collect::<Option<Vec<i64>>>()?
+            .into_iter()
+            .min()
+    }
+}
+
+/// Runs one reader of a Kafka source until its stop flag is set; on an
+/// error it cannot skip, the views it feeds stop with it.
+pub fn spawn_reader(config: Arc<KafkaSourceConfig>, spec: super::ReaderSpec) {
+    let super::ReaderSpec {
+        schema,
+        proctime,
+        watermark,
+        relation,
+        view,
+        runtime,
+        stop,
+    } = spec;
+    tokio::spawn(async move {
+        let mut reader = match Reader::new(config, schema, proctime, watermark, relation, view) {
+            Ok(reader) => reader,
+            Err(e) => {
+                let _ = runtime.fail_readers(relation, e.to_string()).await;
+                return;
+            }
+        };
+        if let Err(e) = reader.run(&runtime, &stop).await {
+            tracing::error!(relation, error = %e, "Kafka source reader stopped");
+            let _ = runtime.fail_readers(relation, e.to_string()).await;
+        }
+    });
+}
+
+/// One message's parts that a change needs.
+struct Received {
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+impl From<OwnedMessage> for Received {
+    fn from(message: OwnedMessage) -> Self {
+        Self {
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+struct Reader {
+    config: Arc<KafkaSourceConfig>,
+    consumer: StreamConsumer,
+    schema: SchemaRef,
+    proctime: Option<ProcessingTime>,
+    watermark: Option<TableWatermark>,
+    relation: RelationId,
+    view: String,
+    clock: PartitionClock,
+    assigned: usize,
+    /// FORMAT UPSERT: the current row of each message key.
+    upserted: HashMap<Vec<u8>, Arc<[u8]>>,
+    codec: RowCodec,
+}
+
+impl Reader {
+    fn new(
+        config: Arc<KafkaSourceConfig>,
+        schema: SchemaRef,
+        proctime: Option<ProcessingTime>,
+        watermark: Option<TableWatermark>,
+        relation: RelationId,
+        view: String,
+    ) -> Result<Self> {
+        let consumer = config.consumer(relation)?;
+        let codec = RowCodec::try_new(config.schema())?;
+        Ok(Self {
+            config,
+            consumer,
+            schema,
+            proctime,
+            watermark,
+            relation,
+            view,
+            clock: PartitionClock::default(),
+            assigned: 0,
+            upserted: HashMap::new(),
+            codec,
+        })
+    }
+
+    /// Assigns the topic's partitions not assigned yet (all, the first
+    /// time), at the startup position; later ones from their beginning.
+    fn assign_new_partitions(&mut self) -> Result<()> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(&self.config.topic), METADATA_TIMEOUT)
+            .map_err(kafka_error)?;
+        let Some(topic) = metadata.topics().first() else {
+            return Ok(());
+        };
+        let count = topic.partitions().len();
+        if count <= self.assigned {
+            return Ok(());
+        }
+        let first_time = self.assigned == 0;
+        let mut list = TopicPartitionList::new();
+        for partition in self.assigned..count {
+            let offset = match (first_time, self.config.startup) {
+                (false, _) | (true, Startup::Earliest) => Offset::Beginning,
+                (true, Startup::Latest) => Offset::End,
+                (true, Startup::Timestamp(millis)) => Offset::Offset(millis),
+            };
+            list.add_partition_offset(&self.config.topic, partition as i32, offset)
+                .map_err(kafka_error)?;
+        }
+        if let (true, Startup::Timestamp(_)) = (first_time, self.config.startup) {
+            list = self
+                .consumer
+                .offsets_for_times(list, METADATA_TIMEOUT)
+                .map_err(kafka_error)?;
+        }
+        self.consumer
+            .incremental_assign(&list)
+            .map_err(kafka_error)?;
+        tracing::info!(topic = %self.config.topic, partitions = count, "Kafka source reading");
+        self.assigned = count;
+        Ok(())
+    }
+
+    async fn run(&mut self, runtime: &RuntimeHandle, stop: &AtomicBool) -> Result<()> {
+        let mut last_check: Option<Instant> = None;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if last_check.is_none_or(|t| t.elapsed() >= PARTITION_CHECK) {
+                last_check = Some(Instant::now());
+                if let Err(e) = self.assign_new_partitions() {
+                    // The broker may be away or the topic not there yet.
+                    tracing::warn!(topic = %self.config.topic, error = %e, "Kafka metadata");
+                }
+            }
+            let mut batch: Vec<Received> = Vec::new();
+            let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Err(_) => break, // waited long enough
+                    Ok(Ok(message)) => {
+                        let message: Received = message.detach().into();
+                        self.clock.saw(message.partition, None);
+                        batch.push(message);
+                    }
+                    Ok(Err(KafkaError::PartitionEOF(partition))) => self.clock.at_end(partition),
+                    Ok(Err(e)) => {
+                        // Transport errors: librdkafka retries and reconnects.
+                        tracing::warn!(topic = %self.config.topic, error = %e, "Kafka consumer");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        break;
+                    }
+                }
+            }
+            let (change, bad) = self.changes(&batch)?;
+            for (index, reason) in bad {
+                let message = &batch[index];
+                let error = SourceError {
+                    view: self.view.clone(),
+                    partition: message.partition,
+                    offset: message.offset,
+                    reason,
+                };
+                if self.config.on_error == OnError::Fail {
+                    return Err(EddyError::InvalidValue(format!(
+                        "bad message in topic {} partition {} offset {}: {} (on_error = 'fail')",
+                        self.config.topic, error.partition, error.offset, error.reason
+                    )));
+                }
+                self.config.errors.record(error);
+            }
+            let moved = match (&self.watermark, self.clock.merged()) {
+                (Some(watermark), Some(time)) => watermark.advance_to(time),
+                _ => None,
+            };
+            runtime.send_changes(self.relation, change, moved).await?;
+        }
+    }
+
+    /// The change a batch of messages makes, and its bad messages
+    /// `(index, reason)`.
+    fn changes(&mut self, batch: &[Received]) -> Result<(ChangeBatch, Vec<(usize, String)>)> {
+        // The payloads to decode: (message index, payload, weight).
+        let mut pieces: Vec<(usize, Vec<u8>, i64)> = Vec::with_capacity(batch.len());
+        let mut bad = Vec::new();
+        // FORMAT UPSERT deletions: message indices.
+        let mut deletions: Vec<usize> = Vec::new();
+        for (index, message) in batch.iter().enumerate() {
+            match (self.config.format, &message.payload) {
+                (MessageFormat::Upsert, _) if message.key.is_none() => {
+                    bad.push((index, "FORMAT UPSERT message without a key".to_string()))
+                }
+                (MessageFormat::Upsert, None) => deletions.push(index),
+                (_, None) => bad.push((index, "empty message".to_string())),
+                (MessageFormat::Plain | MessageFormat::Upsert, Some(payload)) => {
+                    pieces.push((index, payload.clone(), 1))
+                }
+                (MessageFormat::Debezium, Some(payload)) => match debezium_parts(payload) {
+                    Ok(parts) => pieces.extend(parts.into_iter().map(|(p, w)| (index, p, w))),
+                    Err(reason) => bad.push((index, reason)),
+                },
+            }
+        }
+        let payloads: Vec<&[u8]> = pieces.iter().map(|(_, p, _)| p.as_slice()).collect();
+        let decoded = self.config.decoder.decode(&payloads)?;
+        bad.extend(
+            decoded
+                .bad
+                .iter()
+                .map(|(piece, reason)| (pieces[*piece].0, reason.clone())),
+        );
+        let message_of_row: Vec<usize> = decoded
+            .payload_of_row
+            .iter()
+            .map(|&piece| pieces[piece].0)
+            .collect();
+        let rows = self.with_metadata(&decoded.rows, &message_of_row, batch)?;
+        let weights: Vec<i64> = decoded
+            .payload_of_row
+            .iter()
+            .map(|&p| pieces[p].2)
+            .collect();
+        // The newest event time per partition, from the inserted rows.
+        if let Some(watermark) = &self.watermark {
+            let times = cast(
+                rows.column(watermark.column),
+                &DataType::Timestamp(TimeUnit::Microsecond, None),
+            )?;
+            let times = times
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .ok_or_else(|| crate::internal!("watermark column is not a timestamp"))?;
+            for (row, &message) in message_of_row.iter().enumerate() {
+                if weights[row] > 0 && times.is_valid(row) {
+                    self.clock
+                        .saw(batch[message].partition, Some(times.value(row)));
+                }
+            }
+        }
+        let change = if self.config.format == MessageFormat::Upsert {
+            self.upsert_change(&rows, &message_of_row, &deletions, batch)?
+        } else {
+            ChangeBatch::new(rows, weights.into())?
+        };
+        let change = match &self.proctime {
+            Some(clock) => {
+                let stamped = clock.stamp(&change.rows, &self.schema, clock.now())?;
+                ChangeBatch::new(stamped, change.weights.clone())?
+            }
+            None => change,
+        };
+        Ok((change, bad))
+    }
+
+    /// FORMAT UPSERT: each new row replaces its message key's row, each
+    /// deletion (a message without a value) removes it, in message order.
+    fn upsert_change(
+        &mut self,
+        rows: &RecordBatch,
+        message_of_row: &[usize],
+        deletions: &[usize],
+        batch: &[Received],
+    ) -> Result<ChangeBatch> {
+        let encoded = self.codec.encode(rows)?;
+        // (message index, the new row or None for a deletion)
+        let mut steps: Vec<(usize, Option<Arc<[u8]>>)> = message_of_row
+            .iter()
+            .zip(encoded)
+            .map(|(&message, row)| (message, Some(row)))
+            .collect();
+        steps.extend(deletions.iter().map(|&message| (message, None)));
+        steps.sort_by_key(|(message, _)| *message);
+        let mut out: Vec<(Arc<[u8]>, i64)> = Vec::new();
+        for (message, row) in steps {
+            let key = batch[message].key.clone().unwrap_or_default();
+            if let Some(old) = self.upserted.remove(&key) {
+                out.push((old, -1));
+            }
+            if let Some(row) = row {
+                out.push((row.clone(), 1));
+                self.upserted.insert(key, row);
+            }
+        }
+        let rows = self.codec.decode(out.iter().map(|(r, _)| &r[..]))?;
+        let weights: Vec<i64> = out.iter().map(|(_, w)| *w).collect();
+        ChangeBatch::new(rows, weights.into())
+    }
+
+    /// The decoded columns, then the metadata columns of each row's message.
+    fn with_metadata(
+        &self,
+        rows: &RecordBatch,
+        message_of_row: &[usize],
+        batch: &[Received],
+    ) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
+        for kind in &self.config.metadata {
+            let messages = message_of_row.iter().map(|&m| &batch[m]);
+            let column: ArrayRef = match kind {
+                KafkaMetadata::Partition => {
+                    Arc::new(Int32Array::from_iter_values(messages.map(|m| m.partition)))
+                }
+                KafkaMetadata::Offset => {
+                    Arc::new(Int64Array::from_iter_values(messages.map(|m| m.offset)))
+                }
+                KafkaMetadata::Timestamp => Arc::new(TimestampMicrosecondArray::from_iter(
+                    messages.map(|m| m.timestamp_ms.map(|ms| ms * 1000)),
+                )),
+                KafkaMetadata::Key => Arc::new(StringArray::from_iter(messages.map(|m| {
+                    m.key
+                        .as_ref()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                }))),
+            };
+            columns.push(column);
+        }
+        let options = datafusion::arrow::array::RecordBatchOptions::new()
+            .with_row_count(Some(rows.num_rows()));
+        Ok(RecordBatch::try_new_with_options(
+            self.config.schema(),
+            columns,
+            &options,
+        )?)
+    }
+}
+
+/// The `before` (-1) and `after` (+1) rows of a Debezium change event, as
+/// JSON payloads (`{"payload": {...}}` envelopes are unwrapped).
+fn debezium_parts(payload: &[u8]) -> std::result::Result<Vec<(Vec<u8>, i64)>, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+    let event = match value.get("payload") {
+        Some(inner) if inner.is_object() => inner,
+        _ => &value,
+    };
+    let object = event
+        .as_object()
+        .ok_or_else(|| "a Debezium event must be a JSON object".to_string())?;
+    if !object.contains_key("before") && !object.contains_key("after") {
+        return Err("a Debezium event needs \"before\" or \"after\"".to_string());
+    }
+    let mut parts = Vec::new();
+    for (field, weight) in [("before", -1), ("after", 1)] {
+        match object.get(field) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(row @ serde_json::Value::Object(_)) => {
+                parts.push((row.to_string().into_bytes(), weight))
+            }
+            Some(_) => return Err(format!("Debezium \"{field}\" must be an object or null")),
+        }
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_at_their_end_do_not_hold_the_watermark() {
+        let mut clock = PartitionClock::default();
+        clock.saw(0, Some(100));
+        clock.saw(1, None);
+        assert_eq!(clock.merged(), None, "partition 1 has messages coming");
+        clock.saw(1, Some(50));
+        assert_eq!(clock.merged(), Some(50));
+        clock.at_end(1);
+        assert_eq!(clock.merged(), Some(100));
+        clock.at_end(0);
+        assert_eq!(clock.merged(), Some(50), "all at the end: those with times");
+        clock.at_end(2); // an empty partition
+        assert_eq!(clock.merged(), Some(50));
+    }
+
+    #[test]
+    fn debezium_events_become_retractions_and_insertions() {
+        let update = br#"{"before": {"id": 1, "v": 1}, "after": {"id": 1, "v": 2}, "op": "u"}"#;
+        let parts = debezium_parts(update).unwrap();
+        assert_eq!(parts.iter().map(|p| p.1).collect::<Vec<_>>(), vec![-1, 1]);
+        let wrapped =
+            br#"{"schema": {}, "payload": {"before": null, "after": {"id": 2}, "op": "c"}}"#;
+        assert_eq!(debezium_parts(wrapped).unwrap().len(), 1);
+        assert!(debezium_parts(b"[1]").is_err());
+        assert!(debezium_parts(br#"{"op": "c"}"#).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Kafka sinks (not built yet).
