@@ -366,41 +366,42 @@ impl Engine {
             None => None,
         };
         let declared_others = !fields.is_empty();
-        let connector = match connector_name.as_deref() {
-            Some("datagen") => {
-                if fields.is_empty() {
-                    return Err(EddyError::InvalidParameter(
-                        "a datagen source needs a column list".into(),
-                    ));
+        let connector =
+            match connector_name.as_deref() {
+                Some("datagen") => {
+                    if fields.is_empty() {
+                        return Err(EddyError::InvalidParameter(
+                            "a datagen source needs a column list".into(),
+                        ));
+                    }
+                    SourceConnector::Datagen(datagen::DatagenConfig::from_options(
+                        Arc::new(Schema::new(fields)),
+                        options,
+                    )?)
                 }
-                SourceConnector::Datagen(datagen::DatagenConfig::from_options(
-                    Arc::new(Schema::new(fields)),
-                    options,
-                )?)
-            }
-            Some("nexmark") => SourceConnector::Nexmark(nexmark::NexmarkConfig::from_options(
-                &name, &fields, options,
-            )?),
-            Some("kafka") => {
-                if time.proctime.is_some() && !key.is_empty() {
+                Some("nexmark") => SourceConnector::Nexmark(nexmark::NexmarkConfig::from_options(
+                    &name, &fields, options,
+                )?),
+                Some("kafka") => {
+                    if time.proctime.is_some() && !key.is_empty() {
+                        return Err(crate::not_supported!(
+                            "a PROCTIME() column on a source with a PRIMARY KEY"
+                        ));
+                    }
+                    SourceConnector::Kafka(Arc::new(kafka::KafkaSourceConfig::from_clauses(
+                        fields, &key, &clauses,
+                    )?))
+                }
+                Some(other) => {
                     return Err(crate::not_supported!(
-                        "a PROCTIME() column on a source with a PRIMARY KEY"
-                    ));
-                }
-                SourceConnector::Kafka(Arc::new(kafka::KafkaSourceConfig::from_clauses(
-                    fields, &key, &clauses,
-                )?))
-            }
-            Some(other) => return Err(crate::not_supported!(
                 "source connector '{other}' is not supported; use 'kafka', 'datagen' or 'nexmark'"
-            )),
-            None => {
-                return Err(EddyError::InvalidParameter(
+            ))
+                }
+                None => return Err(EddyError::InvalidParameter(
                     "CREATE SOURCE needs WITH (connector = 'kafka', 'datagen' or 'nexmark', ...)"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         let mut schema = connector.schema();
         if let Some((position, field)) = proctime_field {
             // Where it was declared; after the connector's own columns when

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 pub struct TestServer {

@@ -150,7 +150,7 @@ impl PayloadDecoder {
                     index,
                     format!("expected one record, found {}", rows.num_rows()),
                 )),
-                Err(e) => bad.push((index, e.to_string())),
+                Err(e) => bad.push((index, reason(&e))),
             }
         }
         let rows = concat_batches(&self.decode_schema, &batches)?;
@@ -204,6 +204,18 @@ impl PayloadDecoder {
         };
         Ok(rows)
     }
+}
+
+/// Why a payload did not decode, without the error's category prefixes.
+fn reason(error: &EddyError) -> String {
+    let text = error.to_string();
+    let text = text.strip_prefix("internal error: ").unwrap_or(&text);
+    for prefix in ["Json error: ", "Parser error: ", "Csv error: "] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return rest.to_string();
+        }
+    }
+    text.to_string()
 }
 
 /// The schema of `fields`, shared.

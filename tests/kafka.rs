@@ -1,0 +1,376 @@
+//! Kafka sources against a real Apache Kafka broker (scripts/kafka.sh starts
+//! it; `EDDY_TEST_KAFKA` is its bootstrap address). Messages are produced
+//! with rdkafka, read by eddy's Kafka sources, and the views compared with
+//! what was produced.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::kafka::{admin, bootstrap, create_topic, eventually, fresh_topic, produce};
+use common::{execute, query_text, sorted_rows, TestServer};
+use rdkafka::admin::{AdminOptions, NewPartitions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_source_with_metadata_and_bad_messages() {
+    let topic = fresh_topic("plain-json");
+    create_topic(&topic, 2).await;
+    produce(
+        &topic,
+        &[
+            (
+                0,
+                Some("a"),
+                Some(r#"{"id": 1, "name": "ann", "score": 10}"#),
+            ),
+            (
+                1,
+                Some("b"),
+                Some(r#"{"id": 2, "name": "bob", "score": 20}"#),
+            ),
+            (0, None, Some("this is not json")),
+            (1, None, Some(r#"{"id": "three", "name": "x"}"#)),
+            (0, None, Some(r#"{"name": "no id"}"#)),
+            (1, None, None),
+            (
+                0,
+                Some("c"),
+                Some(r#"{"id": 3, "name": "cid", "score": 30, "extra": true}"#),
+            ),
+        ],
+    )
+    .await;
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    execute(
+        &eddy,
+        &format!(
+            "CREATE SOURCE people (id BIGINT NOT NULL, name TEXT, score INT)
+             INCLUDE partition INCLUDE offset AS position INCLUDE key
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}')
+             FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW everyone AS
+               SELECT id, name, score, kafka_partition, position, kafka_key FROM people;
+             CREATE MATERIALIZED VIEW totals AS SELECT count(*) AS n, sum(score) AS total FROM people",
+            bootstrap()
+        ),
+    )
+    .await;
+    eventually(
+        &eddy,
+        "SELECT * FROM everyone",
+        vec![
+            vec!["1", "ann", "10", "0", "0", "a"],
+            vec!["2", "bob", "20", "1", "0", "b"],
+            vec!["3", "cid", "30", "0", "3", "c"],
+        ],
+    )
+    .await;
+    eventually(&eddy, "SELECT * FROM totals", vec![vec!["3", "60"]]).await;
+    // Each view's reader reports the bad messages it skipped.
+    let errors = sorted_rows(
+        &eddy,
+        "SELECT view, partition, \"offset\", reason FROM eddy_catalog.source_errors WHERE view = 'everyone'",
+    )
+    .await;
+    let places: Vec<(String, String)> = errors
+        .iter()
+        .map(|r| (r[1].clone(), r[2].clone()))
+        .collect();
+    assert_eq!(
+        places,
+        vec![
+            ("0".to_string(), "1".to_string()),
+            ("0".to_string(), "2".to_string()),
+            ("1".to_string(), "1".to_string()),
+            ("1".to_string(), "2".to_string()),
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors[1][3].contains("missing required field \"id\""),
+        "{errors:?}"
+    );
+    assert!(errors[3][3].contains("empty message"), "{errors:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_debezium_and_csv_sources() {
+    let (upserts, changes, lines) = (
+        fresh_topic("upsert"),
+        fresh_topic("debezium"),
+        fresh_topic("csv"),
+    );
+    for topic in [&upserts, &changes, &lines] {
+        create_topic(topic, 1).await;
+    }
+    produce(
+        &upserts,
+        &[
+            (0, Some("1"), Some(r#"{"id": 1, "city": "Oslo"}"#)),
+            (0, Some("2"), Some(r#"{"id": 2, "city": "Rome"}"#)),
+            (0, Some("1"), Some(r#"{"id": 1, "city": "Bergen"}"#)),
+            (0, Some("2"), None),
+            (0, None, Some(r#"{"id": 9, "city": "no key"}"#)),
+        ],
+    )
+    .await;
+    produce(
+        &changes,
+        &[
+            (
+                0,
+                None,
+                Some(r#"{"before": null, "after": {"id": 1, "qty": 5}, "op": "c"}"#),
+            ),
+            (
+                0,
+                None,
+                Some(r#"{"payload": {"before": null, "after": {"id": 2, "qty": 7}, "op": "c"}}"#),
+            ),
+            (
+                0,
+                None,
+                Some(r#"{"before": {"id": 1, "qty": 5}, "after": {"id": 1, "qty": 6}, "op": "u"}"#),
+            ),
+            (
+                0,
+                None,
+                Some(r#"{"before": {"id": 2, "qty": 7}, "after": null, "op": "d"}"#),
+            ),
+        ],
+    )
+    .await;
+    produce(
+        &lines,
+        &[
+            (0, None, Some("1;north;2.5")),
+            (0, None, Some("2;south;x")),
+            (0, None, Some("3;;1")),
+        ],
+    )
+    .await;
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    let kafka = bootstrap();
+    execute(
+        &eddy,
+        &format!(
+            "CREATE SOURCE cities (id BIGINT PRIMARY KEY, city TEXT)
+             WITH (connector = 'kafka', topic = '{upserts}', properties.bootstrap.server = '{kafka}')
+             FORMAT UPSERT ENCODE JSON;
+             CREATE SOURCE stock (id BIGINT, qty INT)
+             WITH (connector = 'kafka', topic = '{changes}', properties.bootstrap.server = '{kafka}')
+             FORMAT DEBEZIUM ENCODE JSON;
+             CREATE SOURCE readings (id INT, region TEXT, value DOUBLE PRECISION)
+             WITH (connector = 'kafka', topic = '{lines}', properties.bootstrap.server = '{kafka}')
+             FORMAT PLAIN ENCODE CSV (delimiter = ';');
+             CREATE MATERIALIZED VIEW current_cities AS SELECT * FROM cities;
+             CREATE MATERIALIZED VIEW stock_now AS SELECT * FROM stock;
+             CREATE MATERIALIZED VIEW per_region AS SELECT region, count(*) AS n, sum(value) AS total FROM readings GROUP BY region"
+        ),
+    )
+    .await;
+    eventually(
+        &eddy,
+        "SELECT * FROM current_cities",
+        vec![vec!["1", "Bergen"]],
+    )
+    .await;
+    eventually(&eddy, "SELECT * FROM stock_now", vec![vec!["1", "6"]]).await;
+    eventually(
+        &eddy,
+        "SELECT * FROM per_region",
+        vec![vec!["NULL", "1", "1"], vec!["north", "1", "2.5"]],
+    )
+    .await;
+    let skipped = query_text(&eddy, "SELECT count(*) FROM eddy_catalog.source_errors").await;
+    assert_eq!(
+        skipped,
+        vec![vec!["2".to_string()]],
+        "the keyless upsert and the bad CSV line"
+    );
+    server.stop().await;
+}
+
+/// Events spread over three partitions, out of order within each: the
+/// per-partition watermark closes exactly the windows the oracle closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_over_a_partitioned_topic() {
+    let topic = fresh_topic("windows");
+    create_topic(&topic, 3).await;
+    // Event i at second (i / 3 + a jitter of up to 2 s), in partition i % 3.
+    let events: Vec<(i32, i64, i64)> = (0..600i64)
+        .map(|i| ((i % 3) as i32, i, i / 3 - (i * 7 % 3)))
+        .collect();
+    let payloads: Vec<(i32, String)> = events
+        .iter()
+        .map(|(p, i, s)| {
+            (
+                *p,
+                format!(
+                    r#"{{"id": {i}, "ts": "2024-01-01 00:{:02}:{:02}"}}"#,
+                    (*s).max(0) / 60,
+                    (*s).max(0) % 60
+                ),
+            )
+        })
+        .collect();
+    let messages: Vec<(i32, Option<&str>, Option<&str>)> = payloads
+        .iter()
+        .map(|(p, json)| (*p, None, Some(json.as_str())))
+        .collect();
+    produce(&topic, &messages).await;
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    execute(
+        &eddy,
+        &format!(
+            "CREATE SOURCE ticks (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '3' SECOND)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}')
+             FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW all_ticks AS SELECT * FROM ticks;
+             CREATE MATERIALIZED VIEW per_10s AS
+               SELECT window_start, count(*) AS n FROM TUMBLE(ticks, ts, INTERVAL '10' SECOND)
+               GROUP BY window_start, window_end EMIT ON WINDOW CLOSE",
+            bootstrap()
+        ),
+    )
+    .await;
+    eventually(&eddy, "SELECT count(*) FROM all_ticks", vec![vec!["600"]]).await;
+    // The last event is at 199 s: the watermark is at 196 s, so windows up
+    // to [180, 190) are closed, and nothing was late.
+    let oracle = sorted_rows(
+        &eddy,
+        "SELECT window_start, count(*) FROM TUMBLE(all_ticks, ts, INTERVAL '10' SECOND)
+         WHERE window_end <= TIMESTAMP '2024-01-01 00:03:16' GROUP BY window_start",
+    )
+    .await;
+    assert_eq!(oracle.len(), 19);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let closed = sorted_rows(&eddy, "SELECT * FROM per_10s").await;
+        if closed == oracle {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "closed windows {closed:?} vs {oracle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let late = query_text(
+        &eddy,
+        "SELECT late_rows FROM eddy_catalog.materialized_views WHERE name = 'per_10s'",
+    )
+    .await;
+    assert_eq!(late, vec![vec!["0".to_string()]]);
+    // A partition added later is read too.
+    admin()
+        .create_partitions(
+            &[NewPartitions::new(&topic, 4)],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("add a partition")
+        .into_iter()
+        .for_each(|r| {
+            r.expect("partition added");
+        });
+    produce(
+        &topic,
+        &[(
+            3,
+            None,
+            Some(r#"{"id": 1000, "ts": "2024-01-01 00:03:30"}"#),
+        )],
+    )
+    .await;
+    eventually(&eddy, "SELECT count(*) FROM all_ticks", vec![vec!["601"]]).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_fail_stops_the_view() {
+    let topic = fresh_topic("strict");
+    create_topic(&topic, 1).await;
+    produce(
+        &topic,
+        &[(0, None, Some(r#"{"id": 1}"#)), (0, None, Some("{oops"))],
+    )
+    .await;
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    execute(
+        &eddy,
+        &format!(
+            "CREATE SOURCE strict (id BIGINT)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}', on_error = 'fail')
+             FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW strict_view AS SELECT * FROM strict",
+            bootstrap()
+        ),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = query_text(
+            &eddy,
+            "SELECT status, last_error FROM eddy_catalog.materialized_views WHERE name = 'strict_view'",
+        )
+        .await;
+        if status[0][0] != "running" {
+            assert!(
+                status[0][0].contains("partition 0 offset 1")
+                    && status[0][0].contains("on_error = 'fail'"),
+                "{status:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view did not stop: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_kafka_source_definitions() {
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    let kafka = bootstrap();
+    for (sql, message) in [
+        (
+            format!("CREATE SOURCE s (id INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{kafka}')"),
+            "needs FORMAT",
+        ),
+        (
+            "CREATE SOURCE s (id INT) WITH (connector = 'kafka', topic = 't') FORMAT PLAIN ENCODE JSON".to_string(),
+            "properties.bootstrap.server",
+        ),
+        (
+            format!("CREATE SOURCE s (id INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{kafka}') FORMAT UPSERT ENCODE JSON"),
+            "FORMAT UPSERT needs a PRIMARY KEY",
+        ),
+        (
+            format!("CREATE SOURCE s (id INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{kafka}') FORMAT PLAIN ENCODE AVRO"),
+            "ENCODE AVRO is not implemented yet",
+        ),
+        (
+            format!("CREATE SOURCE s (id INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{kafka}', scan.startup.mode = 'middle') FORMAT PLAIN ENCODE JSON"),
+            "is not earliest, latest or timestamp",
+        ),
+        (
+            "CREATE SOURCE s (id INT) WITH (connector = 'datagen') FORMAT PLAIN ENCODE JSON".to_string(),
+            "are for Kafka sources",
+        ),
+    ] {
+        let error = eddy.batch_execute(&sql).await.expect_err(&sql);
+        let text = common::describe(&error);
+        assert!(text.contains(message), "{sql}: {text}");
+    }
+    server.stop().await;
+}
