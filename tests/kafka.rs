@@ -7,7 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::kafka::{admin, bootstrap, create_topic, eventually, fresh_topic, produce};
+use common::kafka::{
+    admin, bootstrap, consume_all, create_topic, eventually, fresh_topic, produce,
+};
 use common::{execute, query_text, sorted_rows, TestServer};
 use rdkafka::admin::{AdminOptions, NewPartitions};
 
@@ -372,5 +374,141 @@ async fn bad_kafka_source_definitions() {
         let text = common::describe(&error);
         assert!(text.contains(message), "{sql}: {text}");
     }
+    server.stop().await;
+}
+
+/// `{"customer": ..., "total": ...}` as a row of text.
+fn customer_total(json: &str) -> Vec<String> {
+    let value: serde_json::Value = serde_json::from_str(json).expect("JSON");
+    vec![
+        value["customer"].as_str().expect("customer").to_string(),
+        value["total"].to_string(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_write_what_the_views_hold() {
+    let (plain, upsert, debezium) = (
+        fresh_topic("sink-plain"),
+        fresh_topic("sink-upsert"),
+        fresh_topic("sink-debezium"),
+    );
+    for topic in [&plain, &upsert, &debezium] {
+        create_topic(topic, 1).await;
+    }
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    let kafka = bootstrap();
+    execute(
+        &eddy,
+        &format!(
+            "CREATE TABLE orders (id INT, customer TEXT, amount INT) WITH (append_only = true);
+             CREATE TABLE accounts (id INT PRIMARY KEY, customer TEXT, amount INT);
+             CREATE MATERIALIZED VIEW big_orders AS SELECT id, customer, amount FROM orders WHERE amount > 10;
+             CREATE MATERIALIZED VIEW totals AS SELECT customer, sum(amount) AS total FROM accounts GROUP BY customer;
+             CREATE SINK big_out FROM big_orders
+               WITH (connector = 'kafka', topic = '{plain}', properties.bootstrap.server = '{kafka}')
+               FORMAT PLAIN ENCODE JSON;
+             CREATE SINK totals_out FROM totals
+               WITH (connector = 'kafka', topic = '{upsert}', properties.bootstrap.server = '{kafka}')
+               FORMAT UPSERT ENCODE JSON;
+             CREATE SINK totals_cdc AS SELECT customer, sum(amount) AS total FROM accounts GROUP BY customer
+               WITH (connector = 'kafka', topic = '{debezium}', properties.bootstrap.server = '{kafka}')
+               FORMAT DEBEZIUM ENCODE JSON;"
+        ),
+    )
+    .await;
+    execute(
+        &eddy,
+        "INSERT INTO orders VALUES (1, 'ann', 5), (2, 'bob', 50), (3, 'ann', 70);
+         INSERT INTO accounts VALUES (1, 'ann', 10), (2, 'bob', 20), (3, 'cid', 30);
+         FLUSH;
+         UPDATE accounts SET amount = 15 WHERE id = 1;
+         DELETE FROM accounts WHERE id = 3;
+         INSERT INTO orders VALUES (4, 'cid', 11);
+         FLUSH",
+    )
+    .await;
+
+    // PLAIN: one message per row of the append-only view.
+    let mut values: Vec<String> = consume_all(&plain, 3)
+        .await
+        .into_iter()
+        .map(|(_, v)| v.expect("a value"))
+        .collect();
+    values.sort();
+    assert_eq!(
+        values,
+        vec![
+            r#"{"id":2,"customer":"bob","amount":50}"#,
+            r#"{"id":3,"customer":"ann","amount":70}"#,
+            r#"{"id":4,"customer":"cid","amount":11}"#,
+        ]
+    );
+
+    // UPSERT: replaying key -> last value (a tombstone deletes) gives the view.
+    let view = sorted_rows(&eddy, "SELECT customer, total FROM totals").await;
+    let messages = consume_all(&upsert, 4).await;
+    let mut table = std::collections::BTreeMap::new();
+    for (key, value) in &messages {
+        let key = key.clone().expect("upsert messages have keys");
+        match value {
+            Some(value) => table.insert(key, customer_total(value)),
+            None => table.remove(&key),
+        };
+    }
+    let mut replayed: Vec<Vec<String>> = table.into_values().collect();
+    replayed.sort();
+    assert_eq!(replayed, view, "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|(k, v)| v.is_none() && k.as_deref() == Some(r#"{"customer":"cid"}"#)),
+        "a tombstone for the deleted group: {messages:?}"
+    );
+
+    // DEBEZIUM: before/after events replay to the view too.
+    let events = consume_all(&debezium, 5).await;
+    let mut table = std::collections::BTreeMap::new();
+    let mut ops = Vec::new();
+    for (_, value) in &events {
+        let event: serde_json::Value =
+            serde_json::from_str(value.as_deref().expect("a value")).unwrap();
+        ops.push(event["op"].as_str().unwrap().to_string());
+        if !event["before"].is_null() {
+            table.remove(&event["before"]["customer"].to_string());
+        }
+        if !event["after"].is_null() {
+            table.insert(
+                event["after"]["customer"].to_string(),
+                customer_total(&event["after"].to_string()),
+            );
+        }
+    }
+    let mut replayed: Vec<Vec<String>> = table.into_values().collect();
+    replayed.sort();
+    assert_eq!(replayed, view, "{events:?}");
+    ops.sort();
+    assert_eq!(ops, vec!["c", "c", "c", "d", "u"], "{events:?}");
+
+    // An updating view cannot feed FORMAT PLAIN.
+    let error = eddy
+        .batch_execute(&format!(
+            "CREATE SINK wrong FROM totals WITH (connector = 'kafka', topic = 'x', properties.bootstrap.server = '{kafka}')
+             FORMAT PLAIN ENCODE JSON"
+        ))
+        .await
+        .expect_err("refused");
+    assert!(
+        common::describe(&error).contains("FORMAT PLAIN needs an append-only input"),
+        "{}",
+        common::describe(&error)
+    );
+    let sinks = query_text(
+        &eddy,
+        "SELECT name, status FROM eddy_catalog.sinks ORDER BY name",
+    )
+    .await;
+    assert!(sinks.iter().all(|r| r[1] == "running"), "{sinks:?}");
     server.stop().await;
 }

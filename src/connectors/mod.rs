@@ -13,6 +13,7 @@
 //! and every view sees the same rows.
 
 pub mod datagen;
+pub mod epoch;
 pub mod kafka;
 pub mod nexmark;
 pub mod postgres;

@@ -28,6 +28,7 @@ use crate::catalog::window::{WindowFunction, WindowKind};
 use crate::catalog::{
     all_nullable, Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry,
 };
+use crate::connectors::kafka::sink::KafkaSinkConfig;
 use crate::connectors::postgres::{self, PostgresSinkConfig, SinkMode, SinkStatus};
 use crate::connectors::table::{ProcessingTime, TableData, TableWatermark};
 use crate::connectors::{datagen, kafka, nexmark, ReaderSpec, SourceConnector};
@@ -649,7 +650,7 @@ impl Engine {
                 create.name
             )));
         }
-        match create
+        let kafka = match create
             .options
             .get("connector")
             .map(|c| c.to_lowercase())
@@ -660,24 +661,32 @@ impl Engine {
                     "FORMAT ... ENCODE ... is for Kafka sinks; a Postgres sink writes rows"
                 ))
             }
-            Some("postgres") => {}
-            Some("kafka") => {
-                return Err(crate::not_supported!("Kafka sinks are not implemented yet"))
-            }
+            Some("postgres") => false,
+            Some("kafka") => true,
             Some(other) => {
                 return Err(crate::not_supported!(
-                    "sink connector '{other}' is not supported; use 'postgres'"
+                    "sink connector '{other}' is not supported; use 'postgres' or 'kafka'"
                 ))
             }
             None => {
                 return Err(EddyError::InvalidParameter(
-                    "CREATE SINK needs WITH (connector = 'postgres', ...)".into(),
+                    "CREATE SINK needs WITH (connector = 'postgres' or 'kafka', ...)".into(),
                 ))
             }
-        }
+        };
         // The view the sink reads: a named one, or one of its own. Either
         // way, the target is checked before anything starts.
         let config_for = |schema: &SchemaRef, key: &Option<Vec<usize>>, append_only: bool| {
+            if kafka {
+                return Ok::<_, EddyError>(SinkConfig::Kafka(KafkaSinkConfig::from_options(
+                    &create.name,
+                    &create.options,
+                    create.format.as_ref(),
+                    schema.clone(),
+                    key.clone(),
+                    append_only,
+                )?));
+            }
             let config = PostgresSinkConfig::from_options(
                 &create.name,
                 &create.options,
@@ -685,13 +694,13 @@ impl Engine {
                 key.clone(),
             )?;
             Self::check_sink_mode(&config, append_only)?;
-            Ok::<_, EddyError>(config)
+            Ok(SinkConfig::Postgres(config))
         };
         let (view, config, owned) = match &create.input {
             SinkInput::View(name) => match self.catalog.require(name)? {
                 Relation::View(v) if v.owner_sink.is_none() => {
                     let config = config_for(&v.schema, &v.key, v.append_only)?;
-                    postgres::validate_target(&config).await?;
+                    config.validate_target().await?;
                     (v, config, false)
                 }
                 _ => {
@@ -714,7 +723,7 @@ impl Engine {
                 };
                 let (planned, _) = self.plan_view(&definition).await?;
                 let config = config_for(&planned.schema, &planned.key, planned.append_only)?;
-                postgres::validate_target(&config).await?;
+                config.validate_target().await?;
                 let view = self
                     .start_view(definition, planned, Some(create.name.clone()))
                     .await?;
@@ -744,15 +753,14 @@ impl Engine {
     async fn attach_sink(
         &self,
         name: &str,
-        config: PostgresSinkConfig,
+        config: SinkConfig,
         view: &Arc<ViewEntry>,
     ) -> Result<StatementResult> {
         let id = self.catalog.allocate_id();
         let status = SinkStatus::new(0);
         let (sender, receiver) = tokio::sync::mpsc::channel(SINK_QUEUE_EPOCHS);
-        let target = format!("{}.{}", config.table.0, config.table.1);
-        let mode = config.mode;
-        postgres::spawn_sink(config, receiver, status.clone());
+        let (target, mode) = (config.target(), config.mode());
+        config.spawn(receiver, status.clone());
         self.runtime.create_sink(id, view.id, sender).await?;
         self.catalog.insert_sink(Arc::new(SinkEntry {
             id,
@@ -1159,6 +1167,48 @@ fn table_columns(create: &ast::CreateTable) -> Result<(String, Vec<Field>, Vec<u
 }
 
 /// `WATERMARK FOR ts AS ts [- INTERVAL '...']` checked against the columns.
+/// A checked sink of either kind.
+enum SinkConfig {
+    Postgres(PostgresSinkConfig),
+    Kafka(KafkaSinkConfig),
+}
+
+impl SinkConfig {
+    /// Checks at CREATE SINK that the target answers (and, for Postgres,
+    /// that its table fits).
+    async fn validate_target(&self) -> Result<()> {
+        match self {
+            Self::Postgres(config) => postgres::validate_target(config).await,
+            Self::Kafka(config) => kafka::sink::validate_target(config).await,
+        }
+    }
+
+    fn target(&self) -> String {
+        match self {
+            Self::Postgres(config) => format!("{}.{}", config.table.0, config.table.1),
+            Self::Kafka(config) => config.target(),
+        }
+    }
+
+    fn mode(&self) -> SinkMode {
+        match self {
+            Self::Postgres(config) => config.mode,
+            Self::Kafka(config) => config.mode(),
+        }
+    }
+
+    fn spawn(
+        self,
+        epochs: tokio::sync::mpsc::Receiver<postgres::SinkEpoch>,
+        status: Arc<SinkStatus>,
+    ) {
+        match self {
+            Self::Postgres(config) => postgres::spawn_sink(config, epochs, status),
+            Self::Kafka(config) => kafka::sink::spawn_sink(config, epochs, status),
+        }
+    }
+}
+
 /// A write to a table with a PROCTIME() column: INSERT without a column
 /// list names the other columns (the stamp fills that one); naming it in
 /// INSERT or UPDATE is refused.

@@ -90,3 +90,45 @@ pub async fn eventually(client: &Client, sql: &str, expected: Vec<Vec<&str>>) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Reads `topic` from the beginning until at least `at_least` messages came
+/// and none came for a moment: `(key, value)` as text.
+pub async fn consume_all(topic: &str, at_least: usize) -> Vec<(Option<String>, Option<String>)> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", fresh_topic("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let quiet = if messages.len() >= at_least {
+            Duration::from_millis(1500)
+        } else {
+            Duration::from_secs(5)
+        };
+        match tokio::time::timeout(quiet, consumer.recv()).await {
+            Ok(Ok(message)) => messages.push((
+                message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                message
+                    .payload()
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
+            )),
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) if messages.len() >= at_least => return messages,
+            Err(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: {} messages, expected at least {at_least}",
+            messages.len()
+        );
+    }
+}

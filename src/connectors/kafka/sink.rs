@@ -1,1 +1,362 @@
-//! Kafka sinks (not built yet).
+//! Kafka sinks: a view's changes as messages on a topic.
+//!
+//! ```sql
+//! CREATE SINK totals_out FROM totals
+//! WITH (connector = 'kafka', topic = 'totals', properties.bootstrap.server = '127.0.0.1:9092')
+//! FORMAT UPSERT ENCODE JSON;
+//! ```
+//!
+//! - `FORMAT PLAIN ENCODE JSON`: one message per inserted row (the view must
+//!   be append-only; an updating view is refused at CREATE time).
+//! - `FORMAT UPSERT ENCODE JSON`: keyed by the view's key (its GROUP BY
+//!   columns, or `primary_key = 'a,b'`); per epoch, the last row of each key,
+//!   or a tombstone (null value) for a deleted key.
+//! - `FORMAT DEBEZIUM ENCODE JSON`: `{"before": ..., "after": ..., "op":
+//!   "c" | "u" | "d"}` per changed key (per changed row for a keyless view).
+//!
+//! Delivery is at-least-once: an epoch counts as written once every message
+//! of it is acknowledged by the broker; when sending fails the epoch is sent
+//! again (with backoff), so a message may appear twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::mpsc;
+
+use crate::connectors::epoch::{appended_rows, key_fates, take_rows, KeyFate};
+use crate::connectors::postgres::{SinkEpoch, SinkMode, SinkStatus};
+use crate::error::{EddyError, Result};
+use crate::sql::sink::{FormatSpec, MessageEncoding, MessageFormat};
+use crate::stream::ChangeBatch;
+
+const BACKOFF_START_MS: u64 = 100;
+const BACKOFF_MAX_MS: u64 = 5_000;
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A checked Kafka sink configuration.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    pub sink_name: String,
+    pub topic: String,
+    client: BTreeMap<String, String>,
+    format: MessageFormat,
+    /// Key columns of the view (UPSERT; DEBEZIUM when the view has a key).
+    key: Vec<usize>,
+    schema: SchemaRef,
+}
+
+impl KafkaSinkConfig {
+    /// Reads the options for a sink on a view of `schema` whose key is
+    /// `view_key` and which only inserts when `append_only`.
+    pub fn from_options(
+        sink_name: &str,
+        options: &BTreeMap<String, String>,
+        format: Option<&FormatSpec>,
+        schema: SchemaRef,
+        view_key: Option<Vec<usize>>,
+        append_only: bool,
+    ) -> Result<Self> {
+        let mut client = BTreeMap::new();
+        let mut declared_key: Option<Vec<usize>> = None;
+        for (name, value) in options {
+            match name.as_str() {
+                "connector" | "topic" => {}
+                "primary_key" => {
+                    let columns = value
+                        .split(',')
+                        .map(|c| {
+                            let c = c.trim();
+                            schema.index_of(c).map_err(|_| {
+                                EddyError::UndefinedColumn(format!(
+                                    "primary_key column \"{c}\" is not a column of the sink's input"
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    declared_key = Some(columns);
+                }
+                "properties.bootstrap.server" | "properties.bootstrap.servers" => {
+                    client.insert("bootstrap.servers".to_string(), value.clone());
+                }
+                other => match other.strip_prefix("properties.") {
+                    Some(setting) => {
+                        client.insert(setting.to_string(), value.clone());
+                    }
+                    None => {
+                        return Err(EddyError::InvalidParameter(format!(
+                            "unknown option {other} for a Kafka sink; known: topic, \
+                             properties.bootstrap.server, properties.<librdkafka setting>, primary_key"
+                        )))
+                    }
+                },
+            }
+        }
+        if !client.contains_key("bootstrap.servers") {
+            return Err(EddyError::InvalidParameter(
+                "a Kafka sink needs properties.bootstrap.server = 'host:port'".into(),
+            ));
+        }
+        let topic = options.get("topic").cloned().ok_or_else(|| {
+            EddyError::InvalidParameter("a Kafka sink needs topic = '...'".into())
+        })?;
+        let format = format.ok_or_else(|| {
+            EddyError::InvalidParameter(
+                "a Kafka sink needs FORMAT PLAIN | UPSERT | DEBEZIUM ENCODE JSON".into(),
+            )
+        })?;
+        if format.encoding != MessageEncoding::Json || !format.encode_options.is_empty() {
+            return Err(crate::not_supported!(
+                "a Kafka sink writes ENCODE JSON (without options) only"
+            ));
+        }
+        let key = declared_key.or(view_key).unwrap_or_default();
+        match format.format {
+            MessageFormat::Plain if !append_only => {
+                return Err(EddyError::NotSupported(format!(
+                    "sink {sink_name}: FORMAT PLAIN needs an append-only input, but this one \
+                     updates and deletes rows; use FORMAT UPSERT or FORMAT DEBEZIUM"
+                )))
+            }
+            MessageFormat::Upsert if key.is_empty() => {
+                return Err(EddyError::InvalidParameter(format!(
+                    "sink {sink_name}: FORMAT UPSERT needs a key: the view has none, so give \
+                     primary_key = 'column, ...'"
+                )))
+            }
+            _ => {}
+        }
+        Ok(Self {
+            sink_name: sink_name.to_string(),
+            topic,
+            client,
+            format: format.format,
+            key,
+            schema,
+        })
+    }
+
+    pub fn mode(&self) -> SinkMode {
+        match self.format {
+            MessageFormat::Plain => SinkMode::AppendOnly,
+            MessageFormat::Upsert | MessageFormat::Debezium => SinkMode::Upsert,
+        }
+    }
+
+    pub fn target(&self) -> String {
+        format!("kafka topic {}", self.topic)
+    }
+
+    fn producer(&self) -> Result<FutureProducer> {
+        let mut config = ClientConfig::new();
+        config.set("message.timeout.ms", "30000");
+        for (name, value) in &self.client {
+            config.set(name, value);
+        }
+        config
+            .create()
+            .map_err(|e| EddyError::InvalidParameter(format!("Kafka sink {}: {e}", self.sink_name)))
+    }
+
+    /// The messages `(key, value)` of one epoch; a `None` value is a
+    /// tombstone.
+    fn messages(&self, changes: &[ChangeBatch]) -> Result<Vec<(Option<String>, Option<String>)>> {
+        match self.format {
+            MessageFormat::Plain => {
+                let rows = take_rows(changes, &appended_rows(changes)?)?;
+                Ok(json_rows(rows.as_ref())?
+                    .into_iter()
+                    .map(|value| (None, Some(value)))
+                    .collect())
+            }
+            MessageFormat::Upsert => {
+                let fates = key_fates(&self.schema, &self.key, changes)?;
+                let fates: Vec<&KeyFate> = fates
+                    .iter()
+                    .filter(|f| f.after.is_some() || f.before.is_some())
+                    .collect();
+                let representative: Vec<_> = fates
+                    .iter()
+                    .map(|f| f.after.or(f.before).unwrap_or_default())
+                    .collect();
+                let keys = self.keys_of(changes, &representative)?;
+                let afters: Vec<_> = fates.iter().filter_map(|f| f.after).collect();
+                let mut values = json_rows(take_rows(changes, &afters)?.as_ref())?.into_iter();
+                Ok(fates
+                    .iter()
+                    .zip(keys)
+                    .map(|(fate, key)| (Some(key), fate.after.and_then(|_| values.next())))
+                    .collect())
+            }
+            MessageFormat::Debezium if self.key.is_empty() => {
+                // Keyless: every retraction is a delete, every insertion a create.
+                let mut messages = Vec::new();
+                for change in changes {
+                    let rows = json_rows(Some(&change.rows))?;
+                    for (row, weight) in rows.into_iter().zip(change.weights.values()) {
+                        let event = if *weight > 0 {
+                            debezium_event(None, Some(&row))
+                        } else {
+                            debezium_event(Some(&row), None)
+                        };
+                        for _ in 0..weight.unsigned_abs() {
+                            messages.push((None, Some(event.clone())));
+                        }
+                    }
+                }
+                Ok(messages)
+            }
+            MessageFormat::Debezium => {
+                let fates = key_fates(&self.schema, &self.key, changes)?;
+                let fates: Vec<&KeyFate> = fates
+                    .iter()
+                    .filter(|f| f.after.is_some() || f.before.is_some())
+                    .collect();
+                let representative: Vec<_> = fates
+                    .iter()
+                    .map(|f| f.after.or(f.before).unwrap_or_default())
+                    .collect();
+                let keys = self.keys_of(changes, &representative)?;
+                let befores: Vec<_> = fates.iter().filter_map(|f| f.before).collect();
+                let afters: Vec<_> = fates.iter().filter_map(|f| f.after).collect();
+                let mut before_rows =
+                    json_rows(take_rows(changes, &befores)?.as_ref())?.into_iter();
+                let mut after_rows = json_rows(take_rows(changes, &afters)?.as_ref())?.into_iter();
+                Ok(fates
+                    .iter()
+                    .zip(keys)
+                    .map(|(fate, key)| {
+                        let before = fate.before.and_then(|_| before_rows.next());
+                        let after = fate.after.and_then(|_| after_rows.next());
+                        (
+                            Some(key),
+                            Some(debezium_event(before.as_deref(), after.as_deref())),
+                        )
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// The JSON of the key columns of each row.
+    fn keys_of(&self, changes: &[ChangeBatch], rows: &[(usize, usize)]) -> Result<Vec<String>> {
+        let rows = take_rows(changes, rows)?;
+        let keys = rows.map(|r| r.project(&self.key)).transpose()?;
+        json_rows(keys.as_ref())
+    }
+}
+
+/// `{"before": ..., "after": ..., "op": ...}`.
+fn debezium_event(before: Option<&str>, after: Option<&str>) -> String {
+    let op = match (before, after) {
+        (None, _) => "c",
+        (Some(_), Some(_)) => "u",
+        (Some(_), None) => "d",
+    };
+    format!(
+        r#"{{"before":{},"after":{},"op":"{op}"}}"#,
+        before.unwrap_or("null"),
+        after.unwrap_or("null")
+    )
+}
+
+/// Each row of `rows` as a JSON object (NULL columns left out).
+fn json_rows(rows: Option<&RecordBatch>) -> Result<Vec<String>> {
+    let Some(rows) = rows else {
+        return Ok(vec![]);
+    };
+    if rows.num_rows() == 0 {
+        return Ok(vec![]);
+    }
+    let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+    writer.write(rows)?;
+    writer.finish()?;
+    let text = String::from_utf8(writer.into_inner())
+        .map_err(|e| crate::internal!("JSON writer produced invalid UTF-8: {e}"))?;
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+/// Checks at CREATE SINK that the broker answers.
+pub async fn validate_target(config: &KafkaSinkConfig) -> Result<()> {
+    let producer = config.producer()?;
+    let topic = config.topic.clone();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+            .map(|_| ())
+    })
+    .await
+    .map_err(|e| crate::internal!("Kafka metadata task: {e}"))?
+    .map_err(|e| {
+        EddyError::InvalidParameter(format!(
+            "cannot reach Kafka for sink {}: {e}",
+            config.sink_name
+        ))
+    })
+}
+
+/// Starts the sink task; it runs until the runtime drops the epoch channel.
+pub fn spawn_sink(
+    config: KafkaSinkConfig,
+    mut epochs: mpsc::Receiver<SinkEpoch>,
+    status: Arc<SinkStatus>,
+) {
+    tokio::spawn(async move {
+        let producer = match config.producer() {
+            Ok(producer) => producer,
+            Err(e) => {
+                status.fail(e.to_string());
+                while epochs.recv().await.is_some() {} // never hold the runtime
+                return;
+            }
+        };
+        while let Some(SinkEpoch { epoch, changes }) = epochs.recv().await {
+            if status.has_failed() || status.is_dropped() {
+                continue; // keep draining so the runtime never waits on us
+            }
+            let messages = match config.messages(&changes) {
+                Ok(messages) => messages,
+                Err(e) => {
+                    status.fail(format!("sink {}: {e}", config.sink_name));
+                    continue;
+                }
+            };
+            let mut backoff_ms = BACKOFF_START_MS;
+            loop {
+                if status.is_dropped() {
+                    break;
+                }
+                let sends = messages.iter().map(|(key, value)| {
+                    let mut record: FutureRecord<'_, str, str> = FutureRecord::to(&config.topic);
+                    if let Some(key) = key {
+                        record = record.key(key);
+                    }
+                    if let Some(value) = value {
+                        record = record.payload(value);
+                    }
+                    producer.send(record, Duration::from_secs(30))
+                });
+                let results = futures::future::join_all(sends).await;
+                match results.into_iter().find_map(|r| r.err()) {
+                    None => {
+                        status.committed(epoch, messages.len() as u64);
+                        break;
+                    }
+                    Some((e, _)) => {
+                        let reason = format!("Kafka unavailable: {e}");
+                        tracing::warn!(sink = %config.sink_name, epoch, retry_in_ms = backoff_ms, "{reason}");
+                        status.retrying(Some(reason));
+                        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+                    }
+                }
+            }
+        }
+        tracing::info!(sink = %config.sink_name, "Kafka sink stopped");
+    });
+}

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::interleave_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use futures::pin_mut;
 use postgres_types::ToSql;
@@ -14,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::{Client, NoTls};
 
+use crate::connectors::epoch::{appended_rows, key_fates, take_rows, RowRef};
 use crate::error::{EddyError, Result};
 use crate::pg_types::{pg_type, pg_type_sql, Cell};
 use crate::state::RowCodec;
@@ -273,14 +273,26 @@ impl SinkStatus {
         self.dropped.store(true, Ordering::SeqCst);
     }
 
-    fn fail(&self, error: String) {
-        tracing::error!(error = %error, "postgres sink failed");
+    pub(crate) fn is_dropped(&self) -> bool {
+        self.dropped.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn has_failed(&self) -> bool {
+        self.progress.borrow().failed
+    }
+
+    pub(crate) fn retrying(&self, reason: Option<String>) {
+        self.state().retrying = reason;
+    }
+
+    pub(crate) fn fail(&self, error: String) {
+        tracing::error!(error = %error, "sink failed");
         *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
         self.state().retrying = None;
         self.progress.send_modify(|p| p.failed = true);
     }
 
-    fn committed(&self, epoch: u64, rows: u64) {
+    pub(crate) fn committed(&self, epoch: u64, rows: u64) {
         let mut state = self.state();
         state.retrying = None;
         state.rows_written += rows;
@@ -443,65 +455,30 @@ impl EpochWrite {
     }
 }
 
-/// What an epoch did to one key: whether the key existed before the epoch,
-/// and its last row (batch, row) if it exists after.
-type KeyFate = (bool, Option<(usize, usize)>);
-
 /// The last state of each key wins; a key that did not exist before the
 /// epoch and does not exist after it writes nothing.
 fn coalesce(config: &PostgresSinkConfig, changes: &[ChangeBatch]) -> Result<EpochWrite> {
-    let batches: Vec<&RecordBatch> = changes.iter().map(|c| &c.rows).collect();
     if config.mode == SinkMode::AppendOnly {
-        let mut rows = Vec::new();
-        for (b, change) in changes.iter().enumerate() {
-            for (r, weight) in change.weights.values().iter().enumerate() {
-                if *weight < 0 {
-                    return Err(EddyError::NotSupported(
-                        "an append-only sink received a retraction: its view is not append-only"
-                            .into(),
-                    ));
-                }
-                rows.extend(std::iter::repeat_n((b, r), *weight as usize));
-            }
-        }
-        let upserts = (!rows.is_empty())
-            .then(|| interleave_record_batch(&batches, &rows))
-            .transpose()?;
         return Ok(EpochWrite {
-            upserts,
+            upserts: take_rows(changes, &appended_rows(changes)?)?,
             deletes: None,
         });
     }
-    let key_schema = Arc::new(config.schema.project(&config.key)?);
-    let codec = RowCodec::try_new(key_schema)?;
-    let mut last: HashMap<Arc<[u8]>, KeyFate> = HashMap::new();
-    let mut order: Vec<Arc<[u8]>> = Vec::new();
-    for (b, change) in changes.iter().enumerate() {
-        let keys = codec.encode(&change.rows.project(&config.key)?)?;
-        for (r, (key, weight)) in keys.into_iter().zip(change.weights.values()).enumerate() {
-            let state = last.entry(key.clone()).or_insert_with(|| {
-                order.push(key);
-                (*weight < 0, None)
-            });
-            state.1 = if *weight > 0 { Some((b, r)) } else { None };
-        }
-    }
-    let mut upserts = Vec::new();
-    let mut deleted_keys: Vec<&[u8]> = Vec::new();
-    for key in &order {
-        match last[key] {
-            (_, Some(row)) => upserts.push(row),
-            (true, None) => deleted_keys.push(key),
-            (false, None) => {}
-        }
-    }
-    let upserts = (!upserts.is_empty())
-        .then(|| interleave_record_batch(&batches, &upserts))
-        .transpose()?;
+    let fates = key_fates(&config.schema, &config.key, changes)?;
+    let upserts: Vec<RowRef> = fates.iter().filter_map(|f| f.after).collect();
+    let deleted_keys: Vec<&[u8]> = fates
+        .iter()
+        .filter(|f| f.before.is_some() && f.after.is_none())
+        .map(|f| &f.key[..])
+        .collect();
+    let codec = RowCodec::try_new(Arc::new(config.schema.project(&config.key)?))?;
     let deletes = (!deleted_keys.is_empty())
         .then(|| codec.decode(deleted_keys.into_iter()))
         .transpose()?;
-    Ok(EpochWrite { upserts, deletes })
+    Ok(EpochWrite {
+        upserts: take_rows(changes, &upserts)?,
+        deletes,
+    })
 }
 
 /// COPYs `rows` in binary into `table` (columns in order).
