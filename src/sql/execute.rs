@@ -694,7 +694,7 @@ impl Engine {
                 key.clone(),
             )?;
             Self::check_sink_mode(&config, append_only)?;
-            Ok(SinkConfig::Postgres(config))
+            Ok(SinkConfig::Postgres(Box::new(config)))
         };
         let (view, config, owned) = match &create.input {
             SinkInput::View(name) => match self.catalog.require(name)? {
@@ -1169,7 +1169,7 @@ fn table_columns(create: &ast::CreateTable) -> Result<(String, Vec<Field>, Vec<u
 /// `WATERMARK FOR ts AS ts [- INTERVAL '...']` checked against the columns.
 /// A checked sink of either kind.
 enum SinkConfig {
-    Postgres(PostgresSinkConfig),
+    Postgres(Box<PostgresSinkConfig>),
     Kafka(KafkaSinkConfig),
 }
 
@@ -1203,7 +1203,7 @@ impl SinkConfig {
         status: Arc<SinkStatus>,
     ) {
         match self {
-            Self::Postgres(config) => postgres::spawn_sink(config, epochs, status),
+            Self::Postgres(config) => postgres::spawn_sink(*config, epochs, status),
             Self::Kafka(config) => kafka::sink::spawn_sink(config, epochs, status),
         }
     }
