@@ -318,8 +318,8 @@ async fn run() {
     let mut delays = Vec::with_capacity(total as usize);
     let mut first = 0usize;
     for (newest, at) in visible_at {
-        for id in first..=(newest as usize) {
-            delays.push((at - sent_at[id]) as f64 / 1000.0);
+        for sent in &sent_at[first..=(newest as usize)] {
+            delays.push((at - sent) as f64 / 1000.0);
         }
         first = newest as usize + 1;
     }

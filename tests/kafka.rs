@@ -359,7 +359,11 @@ async fn bad_kafka_source_definitions() {
         ),
         (
             format!("CREATE SOURCE s (id INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{kafka}') FORMAT PLAIN ENCODE AVRO"),
-            "ENCODE AVRO is not implemented yet",
+            "ENCODE AVRO needs (schema = '<Avro schema JSON>') or (schema.file = 'path')",
+        ),
+        (
+            format!("CREATE SOURCE s (id INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{kafka}') FORMAT PLAIN ENCODE AVRO (schema = '{{\"type\": \"nope\"}}')"),
+            "the Avro schema does not parse",
         ),
         (
             format!("CREATE SOURCE s (id INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{kafka}', scan.startup.mode = 'middle') FORMAT PLAIN ENCODE JSON"),
@@ -510,5 +514,156 @@ async fn sinks_write_what_the_views_hold() {
     )
     .await;
     assert!(sinks.iter().all(|r| r[1] == "running"), "{sinks:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_source_with_an_inline_schema_and_a_schema_file() {
+    use apache_avro::types::{Record, Value};
+    let topic = fresh_topic("avro");
+    create_topic(&topic, 1).await;
+    let schema_text = r#"{"type": "record", "name": "reading", "fields": [
+        {"name": "sensor", "type": "string"},
+        {"name": "value", "type": "double"},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}"#;
+    let schema = apache_avro::Schema::parse_str(schema_text).unwrap();
+    let datum = |sensor: &str, value: f64, at_ms: i64| {
+        let mut record = Record::new(&schema).unwrap();
+        record.put("sensor", sensor);
+        record.put("value", value);
+        record.put("at", Value::TimestampMillis(at_ms));
+        apache_avro::to_avro_datum(&schema, record).unwrap()
+    };
+    let base = 1_704_067_200_000i64; // 2024-01-01 00:00:00
+    let payloads = [
+        datum("a", 1.5, base),
+        datum("b", 2.0, base + 1000),
+        b"\x02no".to_vec(),
+        datum("a", 3.0, base + 2000),
+    ];
+    // Avro payloads are bytes, not text: produce them directly.
+    let producer = common::kafka::producer();
+    for payload in &payloads {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<(), [u8]>::to(&topic).payload(payload.as_slice()),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+    }
+    let schema_file = std::env::temp_dir().join(format!("{topic}.avsc"));
+    std::fs::write(&schema_file, schema_text).unwrap();
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    let kafka = bootstrap();
+    let inline = schema_text.replace('\'', "''");
+    execute(
+        &eddy,
+        &format!(
+            "CREATE SOURCE readings (sensor TEXT, value DOUBLE PRECISION, at TIMESTAMP)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{kafka}')
+             FORMAT PLAIN ENCODE AVRO (schema = '{inline}');
+             CREATE SOURCE readings_again (sensor TEXT, at TIMESTAMP)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{kafka}')
+             FORMAT PLAIN ENCODE AVRO (schema.file = '{}');
+             CREATE MATERIALIZED VIEW per_sensor AS
+               SELECT sensor, count(*) AS n, sum(value) AS total, max(at) AS last FROM readings GROUP BY sensor;
+             CREATE MATERIALIZED VIEW again AS SELECT sensor, at FROM readings_again",
+            schema_file.display()
+        ),
+    )
+    .await;
+    eventually(
+        &eddy,
+        "SELECT * FROM per_sensor",
+        vec![
+            vec!["a", "2", "4.5", "2024-01-01 00:00:02"],
+            vec!["b", "1", "2", "2024-01-01 00:00:01"],
+        ],
+    )
+    .await;
+    eventually(&eddy, "SELECT count(*) FROM again", vec![vec!["3"]]).await;
+    let errors = query_text(
+        &eddy,
+        "SELECT \"offset\", reason FROM eddy_catalog.source_errors WHERE view = 'per_sensor'",
+    )
+    .await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0][0], "2");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_modes() {
+    let topic = fresh_topic("startup");
+    create_topic(&topic, 1).await;
+    // Three messages with broker timestamps one minute apart.
+    let base = 1_704_067_200_000i64;
+    let producer = common::kafka::producer();
+    for (i, at) in [base, base + 60_000, base + 120_000]
+        .into_iter()
+        .enumerate()
+    {
+        let payload = format!(r#"{{"id": {i}}}"#);
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<(), str>::to(&topic)
+                    .payload(&payload)
+                    .timestamp(at),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+    }
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    let kafka = bootstrap();
+    let source = |name: &str, startup: &str| {
+        format!(
+            "CREATE SOURCE {name} (id INT) INCLUDE timestamp
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{kafka}', {startup})
+             FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW {name}_ids AS SELECT id, kafka_timestamp FROM {name};"
+        )
+    };
+    execute(
+        &eddy,
+        &[
+            source("from_start", "scan.startup.mode = 'earliest'"),
+            source(
+                "from_time",
+                &format!(
+                    "scan.startup.mode = 'timestamp', scan.startup.timestamp.millis = '{}'",
+                    base + 60_000
+                ),
+            ),
+            source("from_now", "scan.startup.mode = 'latest'"),
+        ]
+        .concat(),
+    )
+    .await;
+    eventually(
+        &eddy,
+        "SELECT * FROM from_start_ids",
+        vec![
+            vec!["0", "2024-01-01 00:00:00"],
+            vec!["1", "2024-01-01 00:01:00"],
+            vec!["2", "2024-01-01 00:02:00"],
+        ],
+    )
+    .await;
+    eventually(
+        &eddy,
+        "SELECT id FROM from_time_ids",
+        vec![vec!["1"], vec!["2"]],
+    )
+    .await;
+    // 'latest' sees only what comes after it started reading.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    produce(&topic, &[(0, None, Some(r#"{"id": 3}"#))]).await;
+    eventually(&eddy, "SELECT id FROM from_now_ids", vec![vec!["3"]]).await;
     server.stop().await;
 }

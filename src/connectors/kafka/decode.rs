@@ -1,5 +1,9 @@
-//! Message payloads to rows: JSON and CSV, one row per message, with bad
-//! messages picked out instead of failing the batch.
+//! Message payloads to rows: JSON, CSV and Avro, one row per message, with
+//! bad messages picked out instead of failing the batch.
+//!
+//! Avro payloads are single binary datums written with the schema given in
+//! `ENCODE AVRO (schema = '...')` or `(schema.file = 'path')`; each becomes
+//! a JSON object (timestamps normalized to µs) and goes the JSON way.
 //!
 //! A batch of payloads is decoded in one go (the fast path). When that
 //! fails, each payload is decoded alone to find the bad ones; the good ones
@@ -23,6 +27,8 @@ use crate::sql::sink::MessageEncoding;
 #[derive(Debug, Clone)]
 pub struct PayloadDecoder {
     encoding: MessageEncoding,
+    /// ENCODE AVRO: the writer schema of the payloads.
+    avro: Option<Arc<apache_avro::Schema>>,
     /// The declared columns the payload carries.
     schema: SchemaRef,
     decode_schema: SchemaRef,
@@ -44,32 +50,54 @@ impl PayloadDecoder {
         schema: SchemaRef,
         options: &BTreeMap<String, String>,
     ) -> Result<Self> {
-        let delimiter = match (encoding, options.get("delimiter")) {
-            (MessageEncoding::Csv, Some(d)) if d.len() == 1 => d.as_bytes()[0],
-            (MessageEncoding::Csv, Some(d)) => {
+        let known: &[&str] = match encoding {
+            MessageEncoding::Json => &[],
+            MessageEncoding::Csv => &["delimiter"],
+            MessageEncoding::Avro => &["schema", "schema.file"],
+        };
+        if let Some(unknown) = options.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(EddyError::InvalidParameter(format!(
+                "unknown ENCODE {encoding:?} option {unknown}; known: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        let delimiter = match options.get("delimiter") {
+            Some(d) if d.len() == 1 => d.as_bytes()[0],
+            Some(d) => {
                 return Err(EddyError::InvalidParameter(format!(
                     "ENCODE CSV delimiter must be one character, not '{d}'"
                 )))
             }
-            (_, None) => b',',
-            (_, Some(_)) => {
-                return Err(EddyError::InvalidParameter(
-                    "only ENCODE CSV takes options (delimiter)".into(),
-                ))
-            }
+            None => b',',
         };
-        if let Some(unknown) = options.keys().find(|k| k.as_str() != "delimiter") {
-            return Err(EddyError::InvalidParameter(format!(
-                "unknown ENCODE option {unknown}; known: delimiter (CSV)"
-            )));
-        }
-        if encoding == MessageEncoding::Avro {
-            return Err(crate::not_supported!(
-                "ENCODE AVRO is not implemented yet; use JSON or CSV"
-            ));
-        }
+        let avro = match encoding {
+            MessageEncoding::Avro => {
+                let text = match (options.get("schema"), options.get("schema.file")) {
+                    (Some(text), None) => text.clone(),
+                    (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                        EddyError::InvalidParameter(format!("cannot read Avro schema {path}: {e}"))
+                    })?,
+                    _ => {
+                        return Err(EddyError::InvalidParameter(
+                            "ENCODE AVRO needs (schema = '<Avro schema JSON>') or (schema.file = 'path')"
+                                .into(),
+                        ))
+                    }
+                };
+                let schema = apache_avro::Schema::parse_str(&text).map_err(|e| {
+                    EddyError::InvalidParameter(format!("the Avro schema does not parse: {e}"))
+                })?;
+                Some(Arc::new(schema))
+            }
+            _ => None,
+        };
         Ok(Self {
             encoding,
+            avro,
             decode_schema: all_nullable(&schema),
             schema,
             delimiter,
@@ -78,6 +106,35 @@ impl PayloadDecoder {
 
     /// Decodes `payloads`, one row each.
     pub fn decode(&self, payloads: &[&[u8]]) -> Result<Decoded> {
+        if let Some(schema) = &self.avro {
+            // Avro datums to JSON objects, then the JSON way.
+            let mut json = Vec::with_capacity(payloads.len());
+            let mut origin = Vec::with_capacity(payloads.len());
+            let mut bad = Vec::new();
+            for (index, payload) in payloads.iter().enumerate() {
+                match avro_to_json(schema, payload) {
+                    Ok(text) => {
+                        json.push(text);
+                        origin.push(index);
+                    }
+                    Err(reason) => bad.push((index, reason)),
+                }
+            }
+            let as_json = Self {
+                encoding: MessageEncoding::Json,
+                avro: None,
+                ..self.clone()
+            };
+            let slices: Vec<&[u8]> = json.iter().map(|j| j.as_bytes()).collect();
+            let mut decoded = as_json.decode(&slices)?;
+            decoded.payload_of_row = decoded.payload_of_row.iter().map(|&p| origin[p]).collect();
+            for (payload, reason) in decoded.bad.drain(..) {
+                bad.push((origin[payload], reason));
+            }
+            bad.sort();
+            decoded.bad = bad;
+            return Ok(decoded);
+        }
         if payloads.is_empty() {
             return Ok(Decoded {
                 rows: RecordBatch::new_empty(self.schema.clone()),
@@ -199,11 +256,44 @@ impl PayloadDecoder {
                 concat_batches(&self.decode_schema, &batches)?
             }
             MessageEncoding::Avro => {
-                return Err(crate::not_supported!("ENCODE AVRO is not implemented yet"))
+                return Err(crate::internal!("Avro payloads are decoded as JSON"))
             }
         };
         Ok(rows)
     }
+}
+
+/// One Avro datum as a JSON object; timestamps become µs since the epoch.
+fn avro_to_json(
+    schema: &apache_avro::Schema,
+    payload: &[u8],
+) -> std::result::Result<String, String> {
+    let mut reader = payload;
+    let value = apache_avro::from_avro_datum(schema, &mut reader, None)
+        .map_err(|e| format!("not an Avro datum of the source's schema: {e}"))?;
+    if !reader.is_empty() {
+        return Err(format!("{} bytes after the Avro datum", reader.len()));
+    }
+    if !matches!(value, apache_avro::types::Value::Record(_)) {
+        return Err("an Avro message must be a record".to_string());
+    }
+    Ok(json_of(value)?.to_string())
+}
+
+fn json_of(value: apache_avro::types::Value) -> std::result::Result<serde_json::Value, String> {
+    use apache_avro::types::Value;
+    Ok(match value {
+        Value::TimestampMillis(t) | Value::LocalTimestampMillis(t) => (t * 1000).into(),
+        Value::TimestampNanos(t) | Value::LocalTimestampNanos(t) => (t / 1000).into(),
+        Value::Union(_, inner) => json_of(*inner)?,
+        Value::Record(fields) => serde_json::Value::Object(
+            fields
+                .into_iter()
+                .map(|(name, v)| json_of(v).map(|v| (name, v)))
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        other => serde_json::Value::try_from(other).map_err(|e| e.to_string())?,
+    })
 }
 
 /// Why a payload did not decode, without the error's category prefixes.
@@ -253,6 +343,42 @@ mod tests {
         let bad: Vec<usize> = decoded.bad.iter().map(|b| b.0).collect();
         assert_eq!(bad, vec![1, 2, 3]);
         assert!(decoded.bad[2].1.contains("missing required field \"id\""));
+    }
+
+    #[test]
+    fn avro_datums() {
+        let schema_text = r#"{"type": "record", "name": "bid", "fields": [
+            {"name": "id", "type": "long"},
+            {"name": "name", "type": ["null", "string"]},
+            {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}"#;
+        let options = BTreeMap::from([("schema".to_string(), schema_text.to_string())]);
+        let decoder = PayloadDecoder::try_new(MessageEncoding::Avro, schema(), &options).unwrap();
+        let avro = apache_avro::Schema::parse_str(schema_text).unwrap();
+        let mut record = apache_avro::types::Record::new(&avro).unwrap();
+        record.put("id", 7i64);
+        record.put(
+            "name",
+            apache_avro::types::Value::Union(
+                1,
+                Box::new(apache_avro::types::Value::String("x".into())),
+            ),
+        );
+        record.put("ts", apache_avro::types::Value::TimestampMillis(1_000));
+        let datum = apache_avro::to_avro_datum(&avro, record).unwrap();
+        let payloads: Vec<&[u8]> = vec![&datum, b"\x01garbage"];
+        let decoded = decoder.decode(&payloads).unwrap();
+        assert_eq!(decoded.payload_of_row, vec![0]);
+        assert_eq!(decoded.bad.len(), 1);
+        let ts = decoded
+            .rows
+            .column(2)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::TimestampMicrosecondArray>()
+            .unwrap();
+        assert_eq!(ts.value(0), 1_000_000, "millis become µs");
+        assert!(
+            PayloadDecoder::try_new(MessageEncoding::Avro, schema(), &BTreeMap::new()).is_err()
+        );
     }
 
     #[test]
