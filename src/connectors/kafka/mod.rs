@@ -147,29 +147,16 @@ impl KafkaSourceConfig {
         clauses: &SourceClauses,
     ) -> Result<Self> {
         let options = &clauses.options;
-        let mut client = BTreeMap::new();
-        for (name, value) in options {
-            match name.as_str() {
-                "connector"
-                | "topic"
-                | "scan.startup.mode"
-                | "scan.startup.timestamp.millis"
-                | "on_error" => {}
-                "properties.bootstrap.server" | "properties.bootstrap.servers" => {
-                    client.insert("bootstrap.servers".to_string(), value.clone());
-                }
-                other => match other.strip_prefix("properties.") {
-                    Some(setting) => {
-                        client.insert(setting.to_string(), value.clone());
-                    }
-                    None => {
-                        return Err(EddyError::InvalidParameter(format!(
-                            "unknown option {other} for a Kafka source; known: {KNOWN_OPTIONS}"
-                        )))
-                    }
-                },
-            }
-        }
+        let client = client_settings(
+            options,
+            &[
+                "topic",
+                "scan.startup.mode",
+                "scan.startup.timestamp.millis",
+                "on_error",
+            ],
+            &format!("a Kafka source; known: {KNOWN_OPTIONS}"),
+        )?;
         if !client.contains_key("bootstrap.servers") {
             return Err(EddyError::InvalidParameter(
                 "a Kafka source needs properties.bootstrap.server = 'host:port'".into(),
@@ -305,6 +292,29 @@ impl KafkaSourceConfig {
     }
 }
 
+/// The librdkafka settings among a Kafka source's or sink's options
+/// (`properties.*`; `properties.bootstrap.server` as `bootstrap.servers`).
+/// Options in `own` are the caller's; any other is an error naming `what`.
+pub(crate) fn client_settings(
+    options: &BTreeMap<String, String>,
+    own: &[&str],
+    what: &str,
+) -> Result<BTreeMap<String, String>> {
+    let mut client = BTreeMap::new();
+    for (name, value) in options {
+        let setting = match name.as_str() {
+            "connector" => continue,
+            name if own.contains(&name) => continue,
+            "properties.bootstrap.server" | "properties.bootstrap.servers" => "bootstrap.servers",
+            other => other.strip_prefix("properties.").ok_or_else(|| {
+                EddyError::InvalidParameter(format!("unknown option {other} for {what}"))
+            })?,
+        };
+        client.insert(setting.to_string(), value.clone());
+    }
+    Ok(client)
+}
+
 fn kafka_error(e: KafkaError) -> EddyError {
     EddyError::InvalidParameter(format!("Kafka: {e}"))
 }
@@ -317,6 +327,12 @@ struct PartitionClock {
 }
 
 impl PartitionClock {
+    /// A partition now being read: until it delivers or reaches its end, it
+    /// holds the watermark back.
+    fn assigned(&mut self, partition: i32) {
+        self.partitions.entry(partition).or_insert((None, false));
+    }
+
     fn saw(&mut self, partition: i32, time: Option<i64>) {
         let entry = self.partitions.entry(partition).or_insert((None, false));
         entry.1 = false;
@@ -459,6 +475,7 @@ impl Reader {
             };
             list.add_partition_offset(&self.config.topic, partition as i32, offset)
                 .map_err(kafka_error)?;
+            self.clock.assigned(partition as i32);
         }
         if let (true, Startup::Timestamp(_)) = (first_time, self.config.startup) {
             list = self
@@ -713,7 +730,10 @@ mod tests {
     #[test]
     fn partitions_at_their_end_do_not_hold_the_watermark() {
         let mut clock = PartitionClock::default();
+        clock.assigned(0);
+        clock.assigned(1);
         clock.saw(0, Some(100));
+        assert_eq!(clock.merged(), None, "partition 1 has not spoken yet");
         clock.saw(1, None);
         assert_eq!(clock.merged(), None, "partition 1 has messages coming");
         clock.saw(1, Some(50));

@@ -61,41 +61,28 @@ impl KafkaSinkConfig {
         view_key: Option<Vec<usize>>,
         append_only: bool,
     ) -> Result<Self> {
-        let mut client = BTreeMap::new();
-        let mut declared_key: Option<Vec<usize>> = None;
-        for (name, value) in options {
-            match name.as_str() {
-                "connector" | "topic" => {}
-                "primary_key" => {
-                    let columns = value
-                        .split(',')
-                        .map(|c| {
-                            let c = c.trim();
-                            schema.index_of(c).map_err(|_| {
-                                EddyError::UndefinedColumn(format!(
-                                    "primary_key column \"{c}\" is not a column of the sink's input"
-                                ))
-                            })
+        let client = super::client_settings(
+            options,
+            &["topic", "primary_key"],
+            "a Kafka sink; known: topic, properties.bootstrap.server, \
+             properties.<librdkafka setting>, primary_key",
+        )?;
+        let declared_key = options
+            .get("primary_key")
+            .map(|columns| {
+                columns
+                    .split(',')
+                    .map(|c| {
+                        let c = c.trim();
+                        schema.index_of(c).map_err(|_| {
+                            EddyError::UndefinedColumn(format!(
+                                "primary_key column \"{c}\" is not a column of the sink's input"
+                            ))
                         })
-                        .collect::<Result<Vec<_>>>()?;
-                    declared_key = Some(columns);
-                }
-                "properties.bootstrap.server" | "properties.bootstrap.servers" => {
-                    client.insert("bootstrap.servers".to_string(), value.clone());
-                }
-                other => match other.strip_prefix("properties.") {
-                    Some(setting) => {
-                        client.insert(setting.to_string(), value.clone());
-                    }
-                    None => {
-                        return Err(EddyError::InvalidParameter(format!(
-                            "unknown option {other} for a Kafka sink; known: topic, \
-                             properties.bootstrap.server, properties.<librdkafka setting>, primary_key"
-                        )))
-                    }
-                },
-            }
-        }
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
         if !client.contains_key("bootstrap.servers") {
             return Err(EddyError::InvalidParameter(
                 "a Kafka sink needs properties.bootstrap.server = 'host:port'".into(),
@@ -174,16 +161,7 @@ impl KafkaSinkConfig {
                     .collect())
             }
             MessageFormat::Upsert => {
-                let fates = key_fates(&self.schema, &self.key, changes)?;
-                let fates: Vec<&KeyFate> = fates
-                    .iter()
-                    .filter(|f| f.after.is_some() || f.before.is_some())
-                    .collect();
-                let representative: Vec<_> = fates
-                    .iter()
-                    .map(|f| f.after.or(f.before).unwrap_or_default())
-                    .collect();
-                let keys = self.keys_of(changes, &representative)?;
+                let (fates, keys) = self.changed_keys(changes)?;
                 let afters: Vec<_> = fates.iter().filter_map(|f| f.after).collect();
                 let mut values = json_rows(take_rows(changes, &afters)?.as_ref())?.into_iter();
                 Ok(fates
@@ -211,16 +189,7 @@ impl KafkaSinkConfig {
                 Ok(messages)
             }
             MessageFormat::Debezium => {
-                let fates = key_fates(&self.schema, &self.key, changes)?;
-                let fates: Vec<&KeyFate> = fates
-                    .iter()
-                    .filter(|f| f.after.is_some() || f.before.is_some())
-                    .collect();
-                let representative: Vec<_> = fates
-                    .iter()
-                    .map(|f| f.after.or(f.before).unwrap_or_default())
-                    .collect();
-                let keys = self.keys_of(changes, &representative)?;
+                let (fates, keys) = self.changed_keys(changes)?;
                 let befores: Vec<_> = fates.iter().filter_map(|f| f.before).collect();
                 let afters: Vec<_> = fates.iter().filter_map(|f| f.after).collect();
                 let mut before_rows =
@@ -242,11 +211,17 @@ impl KafkaSinkConfig {
         }
     }
 
-    /// The JSON of the key columns of each row.
-    fn keys_of(&self, changes: &[ChangeBatch], rows: &[(usize, usize)]) -> Result<Vec<String>> {
-        let rows = take_rows(changes, rows)?;
+    /// The keys the epoch changed (existing before or after it), and the
+    /// JSON of each key's columns.
+    fn changed_keys(&self, changes: &[ChangeBatch]) -> Result<(Vec<KeyFate>, Vec<String>)> {
+        let fates: Vec<KeyFate> = key_fates(&self.schema, &self.key, changes)?
+            .into_iter()
+            .filter(|f| f.after.is_some() || f.before.is_some())
+            .collect();
+        let rows: Vec<_> = fates.iter().filter_map(|f| f.after.or(f.before)).collect();
+        let rows = take_rows(changes, &rows)?;
         let keys = rows.map(|r| r.project(&self.key)).transpose()?;
-        json_rows(keys.as_ref())
+        Ok((fates, json_rows(keys.as_ref())?))
     }
 }
 
