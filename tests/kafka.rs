@@ -373,6 +373,10 @@ async fn bad_kafka_source_definitions() {
             "CREATE SOURCE s (id INT) WITH (connector = 'datagen') FORMAT PLAIN ENCODE JSON".to_string(),
             "are for Kafka sources",
         ),
+        (
+            format!("CREATE SOURCE s (id INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{kafka}', properties.fetch.wait.max.ms = 'soon') FORMAT PLAIN ENCODE JSON"),
+            "fetch.wait.max.ms",
+        ),
     ] {
         let error = eddy.batch_execute(&sql).await.expect_err(&sql);
         let text = common::describe(&error);

@@ -3,6 +3,8 @@
 //! - `operator_stats`: rows in/out and state keys of every operator, the
 //!   figures that show a view is maintained incrementally;
 //! - `sinks`: each sink's target, status, progress and lag (= SHOW SINKS);
+//! - `sources`: each source's connector and how many bad messages its
+//!   readers skipped;
 //! - `source_errors`: the bad messages sources skipped (the last 1000 per
 //!   source), with where they were and why.
 
@@ -155,6 +157,41 @@ fn operators_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
+/// The rows of `eddy_catalog.sources`.
+fn sources_batch(catalog: &Catalog) -> DFResult<RecordBatch> {
+    let (mut names, mut connectors, mut bad) = (vec![], vec![], vec![]);
+    for relation in catalog.list() {
+        let crate::catalog::Relation::Source(entry) = relation else {
+            continue;
+        };
+        use crate::connectors::SourceConnector;
+        let (connector, skipped) = match &entry.connector {
+            SourceConnector::Kafka(config) => (
+                format!("kafka topic {}", config.topic),
+                config.errors.total(),
+            ),
+            SourceConnector::Datagen(_) => ("datagen".to_string(), 0),
+            SourceConnector::Nexmark(_) => ("nexmark".to_string(), 0),
+        };
+        names.push(entry.name.clone());
+        connectors.push(connector);
+        bad.push(skipped);
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("connector", DataType::Utf8, false),
+        Field::new("bad_messages", DataType::UInt64, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(names)),
+            Arc::new(StringArray::from(connectors)),
+            Arc::new(UInt64Array::from(bad)),
+        ],
+    )?)
+}
+
 /// The rows of `eddy_catalog.source_errors`.
 fn source_errors_batch(catalog: &Catalog) -> DFResult<RecordBatch> {
     let (mut source, mut view, mut partition, mut offset, mut reason) =
@@ -203,8 +240,12 @@ impl SchemaProvider for SystemSchema {
         if !TABLES.contains(&name) {
             return Ok(None);
         }
-        if name == "source_errors" {
-            let batch = source_errors_batch(&self.catalog)?;
+        if name == "source_errors" || name == "sources" {
+            let batch = if name == "sources" {
+                sources_batch(&self.catalog)?
+            } else {
+                source_errors_batch(&self.catalog)?
+            };
             return Ok(Some(Arc::new(MemTable::try_new(
                 batch.schema(),
                 vec![vec![batch]],

@@ -252,7 +252,7 @@ impl KafkaSourceConfig {
             fields.push(Field::new(name, data_type, true));
             metadata.push(*kind);
         }
-        Ok(Self {
+        let config = Self {
             topic,
             client,
             startup,
@@ -262,7 +262,11 @@ impl KafkaSourceConfig {
             metadata,
             on_error,
             errors: Arc::new(SourceErrors::default()),
-        })
+        };
+        // librdkafka checks its settings when a client is made: a bad
+        // setting is an error now, not a failed reader later.
+        drop(config.consumer(0)?);
+        Ok(config)
     }
 
     /// The declared columns, then the metadata columns.
