@@ -54,36 +54,76 @@ pub use error::{EddyError, Result};
 
 /// A running eddy server (used by the binary and by tests).
 pub struct Server {
+    /// Where the Postgres protocol listens.
     pub local_addr: SocketAddr,
-    shutdown: tokio::sync::oneshot::Sender<()>,
+    /// Where the HTTP endpoint (`/metrics`) listens, if it does.
+    pub http_addr: Option<SocketAddr>,
+    shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    http_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
-    /// Starts the runtime and listens on `listen` (port 0 picks one).
+    /// Starts the runtime and listens on `listen` (port 0 picks one), with
+    /// no HTTP endpoint.
     pub async fn start(listen: SocketAddr) -> Result<Server> {
+        Self::start_with(listen, None).await
+    }
+
+    /// Starts the runtime, the Postgres protocol on `listen` and, when
+    /// given, the HTTP endpoint on `http_listen` (port 0 picks one).
+    pub async fn start_with(listen: SocketAddr, http_listen: Option<SocketAddr>) -> Result<Server> {
         let runtime = runtime::RuntimeHandle::start()?;
         let engine = Arc::new(sql::execute::Engine::new(runtime));
+        let cannot_listen = |addr: SocketAddr, e: std::io::Error| {
+            EddyError::InvalidParameter(format!("cannot listen on {addr}: {e}"))
+        };
         let listener = server::bind(listen)
             .await
-            .map_err(|e| EddyError::InvalidParameter(format!("cannot listen on {listen}: {e}")))?;
+            .map_err(|e| cannot_listen(listen, e))?;
         let local_addr = listener
             .local_addr()
             .map_err(|e| internal!("no local address: {e}"))?;
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(engine, listener, async {
-            let _ = stopped.await;
+        let http = match http_listen {
+            Some(addr) => Some(
+                server::http::bind(addr)
+                    .await
+                    .map_err(|e| cannot_listen(addr, e))?,
+            ),
+            None => None,
+        };
+        let http_addr = http
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .map_err(|e| internal!("no local address: {e}"))?;
+        let (shutdown, stopped) = tokio::sync::watch::channel(false);
+        let stopped_http = stopped.clone();
+        let task = tokio::spawn(server::serve(engine.clone(), listener, async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|s| *s).await;
         }));
+        let http_task = http.map(|listener| {
+            tokio::spawn(server::http::serve(engine, listener, async move {
+                let mut stopped = stopped_http;
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        });
         Ok(Server {
             local_addr,
+            http_addr,
             shutdown,
             task,
+            http_task,
         })
     }
 
-    /// Stops accepting connections and waits for the listener to close.
+    /// Stops accepting connections and waits for the listeners to close.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(());
+        let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        if let Some(task) = self.http_task {
+            let _ = task.await;
+        }
     }
 }

@@ -33,6 +33,12 @@ struct ServeArgs {
     /// Directory for eddy's data.
     #[arg(long, env = "EDDY_DATA_DIR", default_value = "./eddy-data")]
     data_dir: PathBuf,
+    /// Address for the HTTP endpoint (Prometheus metrics at /metrics).
+    #[arg(long, env = "EDDY_HTTP_LISTEN", default_value = "127.0.0.1:6544")]
+    http_listen: SocketAddr,
+    /// Do not serve the HTTP endpoint.
+    #[arg(long)]
+    no_http: bool,
 }
 
 #[tokio::main]
@@ -63,7 +69,11 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
             args.data_dir.display()
         ))
     })?;
-    let server = eddy::Server::start(args.listen).await?;
+    let http = (!args.no_http).then_some(args.http_listen);
+    let server = eddy::Server::start_with(args.listen, http).await?;
+    if let Some(http) = server.http_addr {
+        tracing::info!("metrics at http://{http}/metrics");
+    }
     tracing::info!(
         listen = %server.local_addr,
         data_dir = %args.data_dir.display(),

@@ -5,6 +5,8 @@
 //! and leaves the connection usable; a client that disconnects mid-query only
 //! ends its own task.
 
+pub mod http;
+pub mod metrics;
 mod params;
 
 use std::fmt::Debug;

@@ -809,6 +809,17 @@ impl Engine {
         Ok(())
     }
 
+    /// eddy's health as Prometheus text (for the HTTP endpoint).
+    pub async fn metrics(&self) -> Result<String> {
+        let (epoch, views) = self.runtime.status().await?;
+        Ok(crate::server::metrics::render(
+            epoch,
+            &views,
+            &self.catalog.list_sinks(),
+            &self.catalog.list(),
+        ))
+    }
+
     fn sinks_batch(&self) -> Result<RecordBatch> {
         Ok(sinks_batch(
             &self.catalog.list_sinks(),

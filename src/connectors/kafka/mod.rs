@@ -118,6 +118,28 @@ impl SourceErrors {
     }
 }
 
+/// What the readers of one source have read.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl SourceCounters {
+    fn read(&self, messages: u64, bytes: u64) {
+        self.messages.fetch_add(messages, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
 /// A checked Kafka source configuration.
 #[derive(Debug)]
 pub struct KafkaSourceConfig {
@@ -133,6 +155,7 @@ pub struct KafkaSourceConfig {
     metadata: Vec<KafkaMetadata>,
     on_error: OnError,
     pub errors: Arc<SourceErrors>,
+    pub counters: SourceCounters,
 }
 
 const KNOWN_OPTIONS: &str = "topic, properties.bootstrap.server, properties.<librdkafka setting>, \
@@ -262,6 +285,7 @@ impl KafkaSourceConfig {
             metadata,
             on_error,
             errors: Arc::new(SourceErrors::default()),
+            counters: SourceCounters::default(),
         };
         // librdkafka checks its settings when a client is made: a bad
         // setting is an error now, not a failed reader later.
@@ -527,6 +551,11 @@ impl Reader {
                     }
                 }
             }
+            let bytes = batch
+                .iter()
+                .map(|m| m.payload.as_ref().map_or(0, Vec::len) as u64)
+                .sum();
+            self.config.counters.read(batch.len() as u64, bytes);
             let (change, bad) = self.changes(&batch)?;
             for (index, reason) in bad {
                 let message = &batch[index];

@@ -1,0 +1,147 @@
+//! The HTTP endpoint's `/metrics`: valid Prometheus text whose counters move
+//! as changes flow (tables, views, a Kafka source from the real broker).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::kafka::{bootstrap, create_topic, fresh_topic, produce};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::NoTls;
+
+/// `GET path` on `addr`: (status line, body).
+async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: eddy\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// Parses the exposition text: every sample line is `name{labels} value`,
+/// and every family has HELP and TYPE. Returns sample → value.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    let mut samples = BTreeMap::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            typed.insert(parts.next().unwrap().to_string());
+            assert!(matches!(parts.next(), Some("counter" | "gauge")), "{line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(typed.contains(name), "{name} has no TYPE line");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{name}"
+        );
+        samples.insert(
+            series.to_string(),
+            value.parse::<f64>().unwrap_or_else(|_| panic!("{line}")),
+        );
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_as_changes_flow() {
+    let topic = fresh_topic("metrics");
+    create_topic(&topic, 1).await;
+    produce(
+        &topic,
+        &[
+            (0, None, Some(r#"{"v": 1}"#)),
+            (0, None, Some(r#"{"v": 2}"#)),
+            (0, None, Some("oops")),
+        ],
+    )
+    .await;
+    let server = eddy::Server::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let http = server.http_addr.expect("the HTTP endpoint listens");
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=eddy", server.local_addr.port()),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (k INT, v INT);
+             CREATE MATERIALIZED VIEW per_k AS SELECT k, sum(v) AS total FROM t GROUP BY k;
+             CREATE SOURCE events (v INT)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}')
+             FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW event_sum AS SELECT sum(v) AS s FROM events;
+             INSERT INTO t VALUES (1, 10), (2, 20), (1, 5);
+             FLUSH",
+            bootstrap()
+        ))
+        .await
+        .unwrap();
+
+    let (status, body) = get(http, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let before = parse(&body);
+    assert_eq!(before[r#"eddy_view_rows{view="per_k"}"#], 2.0, "{body}");
+    assert_eq!(before[r#"eddy_view_running{view="per_k"}"#], 1.0);
+    let rows_in = |samples: &BTreeMap<String, f64>| -> f64 {
+        samples
+            .iter()
+            .filter(|(k, _)| k.starts_with(r#"eddy_operator_rows_in_total{view="per_k""#))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let first = rows_in(&before);
+    assert!(first > 0.0, "{body}");
+
+    client
+        .batch_execute("INSERT INTO t VALUES (3, 1), (3, 2); FLUSH")
+        .await
+        .unwrap();
+    let after = parse(&get(http, "/metrics").await.1);
+    assert_eq!(after[r#"eddy_view_rows{view="per_k"}"#], 3.0);
+    assert!(rows_in(&after) > first, "counters move");
+
+    // The Kafka source: messages read and the malformed one counted.
+    let source = format!(r#"{{source="events",topic="{topic}"}}"#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let samples = parse(&get(http, "/metrics").await.1);
+        let read = samples
+            .get(&format!("eddy_source_messages_total{source}"))
+            .copied();
+        let bad = samples
+            .get(&format!("eddy_source_malformed_messages_total{source}"))
+            .copied();
+        if read == Some(3.0) && bad == Some(1.0) {
+            assert!(samples[&format!("eddy_source_bytes_total{source}")] > 0.0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "source metrics: {read:?} read, {bad:?} malformed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    assert_eq!(get(http, "/nope").await.0, "HTTP/1.1 404 Not Found");
+    server.stop().await;
+}
