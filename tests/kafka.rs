@@ -94,6 +94,20 @@ async fn json_source_with_metadata_and_bad_messages() {
         "{errors:?}"
     );
     assert!(errors[3][3].contains("empty message"), "{errors:?}");
+    // Two views read the source: each reader counts the four bad messages.
+    let sources = query_text(
+        &eddy,
+        "SELECT name, connector, bad_messages FROM eddy_catalog.sources",
+    )
+    .await;
+    assert_eq!(
+        sources,
+        vec![vec![
+            "people".to_string(),
+            format!("kafka topic {topic}"),
+            "8".to_string()
+        ]]
+    );
     server.stop().await;
 }
 

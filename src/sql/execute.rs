@@ -136,6 +136,10 @@ impl Engine {
                 self.catalog.clone(),
             )),
         )?;
+        catalog.register_schema(
+            "information_schema",
+            super::information_schema::information_schema(&self.catalog.list())?,
+        )?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog("eddy".into(), catalog as Arc<dyn CatalogProvider>);
         let mut state = SessionStateBuilder::new_from_existing(self.base_state.clone())

@@ -7,6 +7,7 @@
 //! executed by [`execute::Engine`].
 
 pub mod execute;
+mod information_schema;
 pub mod sink;
 mod system;
 pub mod types;

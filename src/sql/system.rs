@@ -21,10 +21,11 @@ use crate::catalog::{Catalog, SinkEntry};
 use crate::connectors::postgres::SinkMode;
 use crate::runtime::{RuntimeHandle, ViewStatus};
 
-const TABLES: [&str; 4] = [
+const TABLES: [&str; 5] = [
     "materialized_views",
     "operator_stats",
     "sinks",
+    "sources",
     "source_errors",
 ];
 
