@@ -1,6 +1,8 @@
 //! The real psql client against eddy: the README's quick-start session
 //! (`examples/quickstart.sql`) runs with `psql -f` and prints exactly
-//! `examples/quickstart.out`. psql comes from scripts/install-test-deps.sh.
+//! `examples/quickstart.out`; psql's list meta-commands (`\dt`, `\dm`,
+//! `\dv`, `\d`, `\dn`, `\l`, `\df`) answer from eddy's catalog. psql comes
+//! from scripts/install-test-deps.sh.
 
 mod common;
 
@@ -44,5 +46,68 @@ async fn quickstart_session_runs_in_psql() {
         stdout, expected,
         "psql output differs from examples/quickstart.out"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_meta_commands_answer() {
+    let server = TestServer::start().await;
+    let port = server.port().to_string();
+    let run = move |commands: Vec<&'static str>| {
+        let port = port.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut command = Command::new("psql");
+            command.args([
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "eddy",
+                "-d",
+                "eddy",
+            ]);
+            for c in commands {
+                command.args(["-c", c]);
+            }
+            command.env("PGCONNECT_TIMEOUT", "10").output()
+        })
+    };
+    let output = run(vec![
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer TEXT)",
+        "CREATE MATERIALIZED VIEW per_customer AS SELECT customer, count(*) AS n FROM orders GROUP BY customer",
+        "\\dt",
+        "\\dm",
+        "\\dv",
+        "\\d",
+        "\\dn",
+        "\\l",
+        "\\df",
+    ])
+    .await
+    .expect("psql task")
+    .expect("psql is installed (scripts/install-test-deps.sh installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "psql failed: {stderr}\n{stdout}");
+    // psql says an empty list (\\dv: eddy has no plain views) on stderr.
+    assert_eq!(stderr.trim(), "Did not find any relations.", "{stderr}");
+    for expected in [
+        " public | orders | table | eddy",
+        " public | per_customer | materialized view | eddy",
+        " eddy_catalog | eddy",
+        " eddy | eddy  | UTF8",
+        "List of functions",
+    ] {
+        let squeezed: String = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        let wanted: String = expected.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            squeezed.contains(&wanted),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
     server.stop().await;
 }

@@ -136,10 +136,12 @@ impl Engine {
                 self.catalog.clone(),
             )),
         )?;
+        let listed = self.catalog.list();
         catalog.register_schema(
             "information_schema",
-            super::information_schema::information_schema(&self.catalog.list())?,
+            super::information_schema::information_schema(&listed)?,
         )?;
+        catalog.register_schema("pg_catalog", super::pg_catalog::pg_catalog(&listed)?)?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog("eddy".into(), catalog as Arc<dyn CatalogProvider>);
         let mut state = SessionStateBuilder::new_from_existing(self.base_state.clone())
@@ -147,6 +149,7 @@ impl Engine {
             .build();
         // now() and friends read the statement's start time.
         state.mark_start_execution();
+        super::pg_catalog::register_functions(&mut state)?;
         // DataFusion looks table functions up by the name as written.
         for (name, kind) in [
             ("tumble", WindowKind::Tumble),

@@ -8,6 +8,7 @@
 
 pub mod execute;
 mod information_schema;
+mod pg_catalog;
 pub mod sink;
 mod system;
 pub mod types;
