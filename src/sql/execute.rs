@@ -164,8 +164,10 @@ impl Engine {
     }
 
     async fn plan(&self, state: &SessionState, statement: &Statement) -> Result<LogicalPlan> {
+        let mut statement = statement.clone();
+        super::pg_catalog::rewrite_regclass(&mut statement, &self.catalog)?;
         Ok(state
-            .statement_to_plan(DFStatement::Statement(Box::new(statement.clone())))
+            .statement_to_plan(DFStatement::Statement(Box::new(statement)))
             .await?)
     }
 

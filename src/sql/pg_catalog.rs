@@ -168,6 +168,15 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
             ),
             ("atttypmod", ints(columns.iter().map(|_| -1))),
             (
+                "attlen",
+                ints(columns.iter().map(|c| {
+                    TYPES
+                        .iter()
+                        .find(|t| t.0 == type_oid(c.2))
+                        .map_or(-1, |t| t.2)
+                })),
+            ),
+            (
                 "atthasdef",
                 Arc::new(BooleanArray::from(vec![false; columns.len()])),
             ),
@@ -185,6 +194,10 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
             ("typtype", strings(TYPES.iter().map(|_| "b"))),
             ("typbasetype", ints(TYPES.iter().map(|_| 0))),
             ("typtypmod", ints(TYPES.iter().map(|_| -1))),
+            (
+                "typnotnull",
+                Arc::new(BooleanArray::from(vec![false; TYPES.len()])),
+            ),
             ("typelem", ints(TYPES.iter().map(|_| 0))),
             ("typrelid", ints(TYPES.iter().map(|_| 0))),
         ])?,
@@ -220,6 +233,15 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
     register(
         "pg_am",
         empty(&[("oid", DataType::Int64), ("amname", DataType::Utf8)])?,
+    )?;
+    register(
+        "pg_attrdef",
+        empty(&[
+            ("oid", DataType::Int64),
+            ("adrelid", DataType::Int64),
+            ("adnum", DataType::Int64),
+            ("adbin", DataType::Utf8),
+        ])?,
     )?;
     register(
         "pg_description",
@@ -282,7 +304,16 @@ impl ScalarUDFImpl for CatalogFunction {
             "pg_table_is_visible" | "pg_function_is_visible" => ScalarValue::Boolean(Some(true)),
             "pg_get_function_result" | "pg_get_function_arguments" => ScalarValue::Utf8(None),
             "pg_encoding_to_char" => ScalarValue::Utf8(Some("UTF8".into())),
-            "obj_description" | "col_description" => ScalarValue::Utf8(None),
+            "current_database" => ScalarValue::Utf8(Some("eddy".into())),
+            "current_schema" => ScalarValue::Utf8(Some("public".into())),
+            "obj_description" | "col_description" | "pg_get_expr" => ScalarValue::Utf8(None),
+            "current_schemas" => ScalarValue::List(ScalarValue::new_list_nullable(
+                &[
+                    ScalarValue::Utf8(Some("pg_catalog".into())),
+                    ScalarValue::Utf8(Some("public".into())),
+                ],
+                &DataType::Utf8,
+            )),
             "version" => ScalarValue::Utf8(Some(format!(
                 "PostgreSQL 15.0 (eddy {})",
                 env!("CARGO_PKG_VERSION")
@@ -331,7 +362,15 @@ fn type_sql_name(oid: i64) -> String {
 
 /// Registers the catalog functions in `state`.
 pub fn register_functions(state: &mut SessionState) -> Result<()> {
-    let functions: [(&str, usize, DataType); 10] = [
+    let functions: [(&str, usize, DataType); 14] = [
+        ("pg_get_expr", 2, DataType::Utf8),
+        (
+            "current_schemas",
+            1,
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        ),
+        ("current_database", 0, DataType::Utf8),
+        ("current_schema", 0, DataType::Utf8),
         ("pg_get_userbyid", 1, DataType::Utf8),
         ("pg_table_is_visible", 1, DataType::Boolean),
         ("pg_function_is_visible", 1, DataType::Boolean),
@@ -371,4 +410,91 @@ pub fn register_functions(state: &mut SessionState) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The OID `'name'::regclass` stands for: the catalog tables psql and
+/// drivers name, or a relation of eddy's.
+fn regclass_oid(name: &str, catalog: &crate::catalog::Catalog) -> Option<i64> {
+    let name = name.trim_matches('"');
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(name);
+    let name = name.strip_prefix("public.").unwrap_or(name);
+    match name {
+        "pg_class" => Some(1259),
+        "pg_type" => Some(1247),
+        "pg_attribute" => Some(1249),
+        "pg_proc" => Some(1255),
+        "pg_namespace" => Some(2615),
+        "pg_database" => Some(1262),
+        "pg_description" => Some(2609),
+        "pg_index" => Some(2610),
+        "pg_am" => Some(2601),
+        _ => catalog
+            .get(name)
+            .map(|r| FIRST_RELATION_OID + r.id() as i64),
+    }
+}
+
+/// Rewrites what DataFusion cannot plan but Postgres clients send:
+/// `'name'::regclass` becomes the relation's OID (an unknown name is
+/// Postgres' error 42P01), `expr::regclass` the OID as a number, and the bare
+/// words `current_catalog`, `current_user`, `session_user` their values.
+pub fn rewrite_regclass(
+    statement: &mut datafusion::sql::sqlparser::ast::Statement,
+    catalog: &crate::catalog::Catalog,
+) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{self, visit_expressions_mut, Expr};
+    use std::ops::ControlFlow;
+    let flow = visit_expressions_mut(statement, |expr| {
+        // Postgres' parameterless "functions" spelled as bare words (the
+        // parser gives them as functions without an argument list).
+        let bare_word = match &*expr {
+            Expr::Identifier(ident) if ident.quote_style.is_none() => Some(ident.value.clone()),
+            Expr::Function(function) if matches!(function.args, ast::FunctionArguments::None) => {
+                Some(function.name.to_string())
+            }
+            _ => None,
+        };
+        if let Some(word) = bare_word {
+            if let "current_catalog" | "current_user" | "session_user" =
+                word.to_lowercase().as_str()
+            {
+                *expr = Expr::value(ast::Value::SingleQuotedString("eddy".into()));
+            }
+            return ControlFlow::Continue(());
+        }
+        let Expr::Cast {
+            data_type: ast::DataType::Regclass,
+            expr: inner,
+            ..
+        } = expr
+        else {
+            return ControlFlow::Continue(());
+        };
+        let replacement = match inner.as_ref() {
+            Expr::Value(value) => match &value.value {
+                ast::Value::SingleQuotedString(name) => match regclass_oid(name, catalog) {
+                    Some(oid) => Expr::value(ast::Value::Number(oid.to_string(), false)),
+                    None => {
+                        return ControlFlow::Break(crate::error::EddyError::UndefinedRelation(
+                            format!("relation \"{name}\" does not exist"),
+                        ))
+                    }
+                },
+                _ => return ControlFlow::Continue(()),
+            },
+            other => Expr::Cast {
+                kind: ast::CastKind::DoubleColon,
+                expr: Box::new(other.clone()),
+                data_type: ast::DataType::BigInt(None),
+                array: false,
+                format: None,
+            },
+        };
+        *expr = replacement;
+        ControlFlow::Continue(())
+    });
+    match flow {
+        ControlFlow::Break(error) => Err(error),
+        ControlFlow::Continue(()) => Ok(()),
+    }
 }

@@ -60,6 +60,23 @@ public class JdbcSmoke {
             }
             DatabaseMetaData meta = c.getMetaData();
             check(meta.getDatabaseProductName() != null, "metadata");
+            // What BI tools (Metabase, DBeaver, Grafana) do first: list
+            // tables and views, then their columns.
+            java.util.Set<String> tables = new java.util.TreeSet<>();
+            try (ResultSet r = meta.getTables(null, "public", "%", null)) {
+                while (r.next()) {
+                    tables.add(r.getString("TABLE_NAME") + ":" + r.getString("TABLE_TYPE"));
+                }
+            }
+            check(tables.contains("trades:TABLE"), "getTables lists trades: " + tables);
+            check(tables.contains("volume:MATERIALIZED VIEW"), "getTables lists volume: " + tables);
+            java.util.List<String> columns = new java.util.ArrayList<>();
+            try (ResultSet r = meta.getColumns(null, "public", "volume", "%")) {
+                while (r.next()) {
+                    columns.add(r.getString("COLUMN_NAME") + ":" + r.getString("TYPE_NAME"));
+                }
+            }
+            check(columns.size() == 4 && columns.get(0).startsWith("sym:"), "getColumns: " + columns);
         }
         System.out.println("jdbc ok");
     }
