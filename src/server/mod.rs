@@ -136,6 +136,8 @@ fn field_infos(schema: &SchemaRef, format: &Format) -> Vec<FieldInfo> {
 fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Response> {
     match result {
         StatementResult::Command(tag) => Ok(Response::Execution(Tag::new(&tag))),
+        StatementResult::TransactionStart(tag) => Ok(Response::TransactionStart(Tag::new(&tag))),
+        StatementResult::TransactionEnd(tag) => Ok(Response::TransactionEnd(Tag::new(&tag))),
         StatementResult::Rows { schema, batches } => {
             let fields = Arc::new(field_infos(&schema, format));
             let mut encoder = DataRowEncoder::new(fields.clone());

@@ -23,7 +23,10 @@ use datafusion::sql::sqlparser::ast::{self, Statement};
 use super::sink::{CreateSink, SinkInput, SourceClauses};
 use super::system::{sinks_batch, views_batch, SystemSchema};
 use super::types::column_field;
-use super::{normalize_ident, CreateView, EddyStatement, TimeColumns, WatermarkClause, WriteKind};
+use super::{
+    normalize_ident, CreateView, EddyStatement, TimeColumns, TransactionStep, WatermarkClause,
+    WriteKind,
+};
 use crate::catalog::window::{WindowFunction, WindowKind};
 use crate::catalog::{
     all_nullable, Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry,
@@ -47,12 +50,18 @@ pub enum StatementResult {
     },
     /// A command tag such as `INSERT 0 3` or `CREATE TABLE`.
     Command(String),
+    /// BEGIN: the session is now in a transaction block.
+    TransactionStart(String),
+    /// COMMIT / ROLLBACK: the block ended.
+    TransactionEnd(String),
 }
 
 /// Per-connection settings (`SET` / `SHOW`).
 #[derive(Debug, Clone)]
 pub struct Session {
     settings: BTreeMap<String, String>,
+    /// Inside BEGIN ... COMMIT: whether a statement of the block wrote.
+    transaction: Option<bool>,
 }
 
 impl Default for Session {
@@ -74,6 +83,7 @@ impl Default for Session {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            transaction: None,
         }
     }
 }
@@ -220,7 +230,13 @@ impl Engine {
                 table,
                 kind,
                 statement,
-            } => self.write(&table, kind, &statement, params).await,
+            } => {
+                if let Some(wrote) = session.transaction.as_mut() {
+                    *wrote = true;
+                }
+                self.write(&table, kind, &statement, params).await
+            }
+            EddyStatement::Transaction(step) => Self::transaction(session, step),
             EddyStatement::Drop {
                 kind,
                 names,
@@ -745,6 +761,40 @@ impl Engine {
             self.catalog.remove(&view.name);
         }
         result
+    }
+
+    /// BEGIN / COMMIT / ROLLBACK. eddy applies every statement when it runs,
+    /// so a block is a bracket: reads in it see the latest epoch each, and
+    /// COMMIT has nothing left to do. ROLLBACK of a block that wrote cannot
+    /// undo the writes, and says so (0A000) instead of pretending.
+    fn transaction(session: &mut Session, step: TransactionStep) -> Result<StatementResult> {
+        match step {
+            TransactionStep::Begin => {
+                session.transaction.get_or_insert(false);
+                Ok(StatementResult::TransactionStart("BEGIN".into()))
+            }
+            TransactionStep::Commit => {
+                session.transaction = None;
+                Ok(StatementResult::TransactionEnd("COMMIT".into()))
+            }
+            TransactionStep::Rollback => match session.transaction.take() {
+                Some(true) => Err(crate::not_supported!(
+                    "ROLLBACK cannot undo the writes of this transaction block: eddy applies \
+                     each statement when it runs (the block has ended)"
+                )),
+                _ => Ok(StatementResult::TransactionEnd("ROLLBACK".into())),
+            },
+            // Savepoints bracket like blocks: fine until there is a write to
+            // undo.
+            TransactionStep::Savepoint => Ok(StatementResult::Command("SAVEPOINT".into())),
+            TransactionStep::Release => Ok(StatementResult::Command("RELEASE".into())),
+            TransactionStep::RollbackToSavepoint => match session.transaction {
+                Some(true) => Err(crate::not_supported!(
+                    "ROLLBACK TO SAVEPOINT cannot undo writes: eddy applies each statement when it runs"
+                )),
+                _ => Ok(StatementResult::Command("ROLLBACK".into())),
+            },
+        }
     }
 
     fn check_sink_mode(config: &PostgresSinkConfig, append_only: bool) -> Result<()> {

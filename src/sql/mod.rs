@@ -64,6 +64,18 @@ pub enum EddyStatement {
         value: String,
     },
     ShowVariable(String),
+    /// BEGIN / COMMIT / ROLLBACK.
+    Transaction(TransactionStep),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionStep {
+    Begin,
+    Commit,
+    Rollback,
+    Savepoint,
+    Release,
+    RollbackToSavepoint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -596,12 +608,17 @@ fn parse_watermark_clause(clause: &str) -> Result<WatermarkClause> {
 fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
     Ok(match statement {
         Statement::Query(_) => EddyStatement::Query(Box::new(statement)),
-        Statement::Explain { statement: ref inner, .. } if matches!(inner.as_ref(), Statement::Query(_)) => {
+        Statement::Explain {
+            statement: ref inner,
+            ..
+        } if matches!(inner.as_ref(), Statement::Query(_)) => {
             EddyStatement::Query(Box::new(statement))
         }
         Statement::CreateTable(create) => {
             if create.query.is_some() {
-                return Err(crate::not_supported!("CREATE TABLE ... AS SELECT is not supported; use CREATE MATERIALIZED VIEW"));
+                return Err(crate::not_supported!(
+                    "CREATE TABLE ... AS SELECT is not supported; use CREATE MATERIALIZED VIEW"
+                ));
             }
             EddyStatement::CreateTable(Box::new(create), Box::default())
         }
@@ -612,12 +629,18 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
                 ));
             }
             if view.or_replace || view.or_alter {
-                return Err(crate::not_supported!("CREATE OR REPLACE MATERIALIZED VIEW is not supported yet"));
+                return Err(crate::not_supported!(
+                    "CREATE OR REPLACE MATERIALIZED VIEW is not supported yet"
+                ));
             }
             let (allowed_lateness_micros, idle_timeout_micros) = view_time_options(&view.options)?;
             EddyStatement::CreateView(Box::new(CreateView {
                 name: relation_name(&view.name)?,
-                columns: view.columns.iter().map(|c| normalize_ident(&c.name)).collect(),
+                columns: view
+                    .columns
+                    .iter()
+                    .map(|c| normalize_ident(&c.name))
+                    .collect(),
                 query: view.query,
                 if_not_exists: view.if_not_exists,
                 definition: sql.trim().to_string(),
@@ -628,69 +651,134 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
         }
         Statement::Insert(ref insert) => {
             if insert.on.is_some() {
-                return Err(crate::not_supported!("INSERT ... ON CONFLICT is not supported yet"));
+                return Err(crate::not_supported!(
+                    "INSERT ... ON CONFLICT is not supported yet"
+                ));
             }
             if insert.returning.is_some() {
-                return Err(crate::not_supported!("INSERT ... RETURNING is not supported yet"));
+                return Err(crate::not_supported!(
+                    "INSERT ... RETURNING is not supported yet"
+                ));
             }
             let table = match &insert.table {
                 ast::TableObject::TableName(name) => relation_name(name)?,
-                other => return Err(crate::not_supported!("INSERT INTO {other} is not supported")),
+                other => {
+                    return Err(crate::not_supported!(
+                        "INSERT INTO {other} is not supported"
+                    ))
+                }
             };
-            EddyStatement::Write { table, kind: WriteKind::Insert, statement: Box::new(statement) }
+            EddyStatement::Write {
+                table,
+                kind: WriteKind::Insert,
+                statement: Box::new(statement),
+            }
         }
         Statement::Update(ref update) => {
             if update.from.is_some() {
-                return Err(crate::not_supported!("UPDATE ... FROM is not supported yet"));
+                return Err(crate::not_supported!(
+                    "UPDATE ... FROM is not supported yet"
+                ));
             }
             if update.returning.is_some() {
-                return Err(crate::not_supported!("UPDATE ... RETURNING is not supported yet"));
+                return Err(crate::not_supported!(
+                    "UPDATE ... RETURNING is not supported yet"
+                ));
             }
             let table = table_factor_name(&update.table.relation)?;
-            EddyStatement::Write { table, kind: WriteKind::Update, statement: Box::new(statement) }
+            EddyStatement::Write {
+                table,
+                kind: WriteKind::Update,
+                statement: Box::new(statement),
+            }
         }
         Statement::Delete(ref delete) => {
             if delete.using.is_some() {
-                return Err(crate::not_supported!("DELETE ... USING is not supported yet"));
+                return Err(crate::not_supported!(
+                    "DELETE ... USING is not supported yet"
+                ));
             }
             if delete.returning.is_some() {
-                return Err(crate::not_supported!("DELETE ... RETURNING is not supported yet"));
+                return Err(crate::not_supported!(
+                    "DELETE ... RETURNING is not supported yet"
+                ));
             }
             let tables = match &delete.from {
                 ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
             };
             let [table] = tables.as_slice() else {
-                return Err(crate::not_supported!("DELETE from several tables is not supported"));
+                return Err(crate::not_supported!(
+                    "DELETE from several tables is not supported"
+                ));
             };
             let table = table_factor_name(&table.relation)?;
-            EddyStatement::Write { table, kind: WriteKind::Delete, statement: Box::new(statement) }
+            EddyStatement::Write {
+                table,
+                kind: WriteKind::Delete,
+                statement: Box::new(statement),
+            }
         }
-        Statement::Drop { object_type, if_exists, names, cascade, .. } => {
+        Statement::Drop {
+            object_type,
+            if_exists,
+            names,
+            cascade,
+            ..
+        } => {
             let kind = match object_type {
                 ObjectType::Table => RelationKind::Table,
                 ObjectType::MaterializedView => RelationKind::MaterializedView,
                 other => return Err(crate::not_supported!("DROP {other} is not supported")),
             };
-            let names = names.iter().map(relation_name).collect::<Result<Vec<_>>>()?;
-            EddyStatement::Drop { kind, names, if_exists, cascade }
+            let names = names
+                .iter()
+                .map(relation_name)
+                .collect::<Result<Vec<_>>>()?;
+            EddyStatement::Drop {
+                kind,
+                names,
+                if_exists,
+                cascade,
+            }
         }
-        Statement::Set(ast::Set::SingleAssignment { variable, values, .. }) => EddyStatement::Set {
+        Statement::Set(ast::Set::SingleAssignment {
+            variable, values, ..
+        }) => EddyStatement::Set {
             name: variable.to_string().to_lowercase(),
-            value: values.iter().map(|v| v.to_string().trim_matches('\'').to_string()).collect::<Vec<_>>().join(", "),
+            value: values
+                .iter()
+                .map(|v| v.to_string().trim_matches('\'').to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         },
-        Statement::Set(_) => EddyStatement::Set { name: String::new(), value: String::new() },
+        Statement::Set(_) => EddyStatement::Set {
+            name: String::new(),
+            value: String::new(),
+        },
         Statement::ShowVariable { variable } => EddyStatement::ShowVariable(
-            variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" "),
+            variable
+                .iter()
+                .map(|i| i.value.to_lowercase())
+                .collect::<Vec<_>>()
+                .join(" "),
         ),
-        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. } => {
-            return Err(crate::not_supported!(
-                "transactions (BEGIN/COMMIT/ROLLBACK) are not supported yet: every statement commits on its own"
-            ))
-        }
+        Statement::StartTransaction { .. } => EddyStatement::Transaction(TransactionStep::Begin),
+        Statement::Commit { .. } => EddyStatement::Transaction(TransactionStep::Commit),
+        Statement::Rollback {
+            savepoint: None, ..
+        } => EddyStatement::Transaction(TransactionStep::Rollback),
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        } => EddyStatement::Transaction(TransactionStep::RollbackToSavepoint),
+        Statement::Savepoint { .. } => EddyStatement::Transaction(TransactionStep::Savepoint),
+        Statement::ReleaseSavepoint { .. } => EddyStatement::Transaction(TransactionStep::Release),
         other => {
             let text = other.to_string();
             let words: Vec<&str> = text.split_whitespace().take(2).collect();
-            return Err(crate::not_supported!("{} is not supported", words.join(" ")));
+            return Err(crate::not_supported!(
+                "{} is not supported",
+                words.join(" ")
+            ));
         }
     })
 }

@@ -199,6 +199,8 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
                 Arc::new(BooleanArray::from(vec![false; TYPES.len()])),
             ),
             ("typelem", ints(TYPES.iter().map(|_| 0))),
+            ("typarray", ints(TYPES.iter().map(|_| 0))),
+            ("typdelim", strings(TYPES.iter().map(|_| ","))),
             ("typrelid", ints(TYPES.iter().map(|_| 0))),
         ])?,
     )?;
@@ -318,6 +320,20 @@ impl ScalarUDFImpl for CatalogFunction {
                 "PostgreSQL 15.0 (eddy {})",
                 env!("CARGO_PKG_VERSION")
             ))),
+            "to_regtype" => {
+                // to_regtype(name): the type's OID, or NULL.
+                let names = args.args[0].clone().into_array(args.number_rows)?;
+                let names = datafusion::arrow::compute::cast(&names, &DataType::Utf8)?;
+                let names = names
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("cast to Utf8");
+                let oids: Int64Array = names
+                    .iter()
+                    .map(|name| name.and_then(|n| TYPES.iter().find(|t| t.1 == n).map(|t| t.0)))
+                    .collect();
+                return Ok(ColumnarValue::Array(Arc::new(oids)));
+            }
             "format_type" => {
                 // format_type(type oid, typmod): the type's SQL name.
                 let oids = args.args[0].clone().into_array(args.number_rows)?;
@@ -362,7 +378,8 @@ fn type_sql_name(oid: i64) -> String {
 
 /// Registers the catalog functions in `state`.
 pub fn register_functions(state: &mut SessionState) -> Result<()> {
-    let functions: [(&str, usize, DataType); 14] = [
+    let functions: [(&str, usize, DataType); 15] = [
+        ("to_regtype", 1, DataType::Int64),
         ("pg_get_expr", 2, DataType::Utf8),
         (
             "current_schemas",
@@ -463,23 +480,54 @@ pub fn rewrite_regclass(
             return ControlFlow::Continue(());
         }
         let Expr::Cast {
-            data_type: ast::DataType::Regclass,
+            data_type,
             expr: inner,
             ..
         } = expr
         else {
             return ControlFlow::Continue(());
         };
+        // The OID alias types: regclass, and regtype & co. by name.
+        let alias = match data_type {
+            ast::DataType::Regclass => "regclass".to_string(),
+            ast::DataType::Custom(name, _) => name.to_string().to_lowercase(),
+            _ => return ControlFlow::Continue(()),
+        };
+        let alias = alias.trim_start_matches("pg_catalog.");
+        if !matches!(
+            alias,
+            "regclass"
+                | "regtype"
+                | "regproc"
+                | "regprocedure"
+                | "regnamespace"
+                | "regrole"
+                | "oid"
+        ) {
+            return ControlFlow::Continue(());
+        }
         let replacement = match inner.as_ref() {
-            Expr::Value(value) => match &value.value {
-                ast::Value::SingleQuotedString(name) => match regclass_oid(name, catalog) {
-                    Some(oid) => Expr::value(ast::Value::Number(oid.to_string(), false)),
-                    None => {
-                        return ControlFlow::Break(crate::error::EddyError::UndefinedRelation(
-                            format!("relation \"{name}\" does not exist"),
-                        ))
+            Expr::Value(value) => match (&value.value, alias) {
+                (ast::Value::SingleQuotedString(name), "regclass") => {
+                    match regclass_oid(name, catalog) {
+                        Some(oid) => Expr::value(ast::Value::Number(oid.to_string(), false)),
+                        None => {
+                            return ControlFlow::Break(crate::error::EddyError::UndefinedRelation(
+                                format!("relation \"{name}\" does not exist"),
+                            ))
+                        }
                     }
-                },
+                }
+                (ast::Value::SingleQuotedString(name), "regtype") => {
+                    match TYPES.iter().find(|t| t.1 == name.as_str()) {
+                        Some(t) => Expr::value(ast::Value::Number(t.0.to_string(), false)),
+                        None => {
+                            return ControlFlow::Break(crate::error::EddyError::UndefinedRelation(
+                                format!("type \"{name}\" does not exist"),
+                            ))
+                        }
+                    }
+                }
                 _ => return ControlFlow::Continue(()),
             },
             other => Expr::Cast {
@@ -493,8 +541,38 @@ pub fn rewrite_regclass(
         *expr = replacement;
         ControlFlow::Continue(())
     });
-    match flow {
-        ControlFlow::Break(error) => Err(error),
-        ControlFlow::Continue(()) => Ok(()),
+    if let ControlFlow::Break(error) = flow {
+        return Err(error);
     }
+    // pg_catalog is on every search path: unqualified pg_* tables are its.
+    let _ = ast::visit_relations_mut(statement, |name| {
+        if let [part] = name.0.as_slice() {
+            if let Some(ident) = part.as_ident() {
+                let table = ident.value.to_lowercase();
+                if ident.quote_style.is_none() && CATALOG_TABLES.contains(&table.as_str()) {
+                    *name = ast::ObjectName::from(vec![
+                        ast::Ident::new("pg_catalog"),
+                        ast::Ident::new(table),
+                    ]);
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Ok(())
 }
+
+/// The tables [`pg_catalog`] provides.
+const CATALOG_TABLES: [&str; 11] = [
+    "pg_namespace",
+    "pg_class",
+    "pg_attribute",
+    "pg_type",
+    "pg_database",
+    "pg_am",
+    "pg_attrdef",
+    "pg_description",
+    "pg_index",
+    "pg_proc",
+    "pg_settings",
+];
