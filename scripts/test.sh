@@ -12,6 +12,7 @@ export EDDY_CACHE="${EDDY_CACHE:-$HOME/.cache/eddy}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$EDDY_CACHE/target}"
 export PGJDBC_VERSION="${PGJDBC_VERSION:-42.7.14}"
 export EDDY_PGJDBC_JAR="${EDDY_PGJDBC_JAR:-$EDDY_CACHE/jdbc/postgresql-$PGJDBC_VERSION.jar}"
+export EDDY_PYTHON_VENV="${EDDY_PYTHON_VENV:-$EDDY_CACHE/python-venv}"
 
 scripts/install-test-deps.sh
 # A real PostgreSQL on loopback for the sink tests.
