@@ -75,6 +75,11 @@ enum Command {
         id: u64,
         view: RelationId,
         epochs: mpsc::Sender<SinkEpoch>,
+        /// Start with the view's current rows.
+        snapshot: bool,
+        /// A subscriber: dropped (its channel closed) when it falls behind,
+        /// instead of holding the runtime back; not sent empty epochs.
+        subscriber: bool,
         reply: oneshot::Sender<Result<()>>,
     },
     DropSink {
@@ -239,6 +244,29 @@ impl RuntimeHandle {
             id,
             view,
             epochs,
+            snapshot: true,
+            subscriber: false,
+            reply,
+        })
+        .await?
+    }
+
+    /// Subscribes to a view's changes (`SUBSCRIBE`): every epoch's changes
+    /// go to `epochs`, after the current rows when `snapshot`. A subscriber
+    /// that falls behind by a whole channel is dropped.
+    pub async fn subscribe(
+        &self,
+        id: u64,
+        view: RelationId,
+        epochs: mpsc::Sender<SinkEpoch>,
+        snapshot: bool,
+    ) -> Result<()> {
+        self.request(|reply| Command::CreateSink {
+            id,
+            view,
+            epochs,
+            snapshot,
+            subscriber: true,
             reply,
         })
         .await?
@@ -278,6 +306,8 @@ struct RunningSink {
     /// The view's changes in the open epoch.
     pending: Vec<ChangeBatch>,
     epochs: mpsc::Sender<SinkEpoch>,
+    /// A SUBSCRIBE client: never waited for (dropped when behind).
+    subscriber: bool,
 }
 
 struct Worker {
@@ -358,11 +388,13 @@ impl Worker {
                 id,
                 view,
                 epochs,
+                snapshot: with_snapshot,
+                subscriber,
                 reply,
             } => {
                 let result = match self.views.get(&view) {
                     Some(running) => running.state.to_change_batch().map(|snapshot| {
-                        let pending = if snapshot.is_empty() {
+                        let pending = if snapshot.is_empty() || !with_snapshot {
                             vec![]
                         } else {
                             vec![snapshot]
@@ -373,6 +405,7 @@ impl Worker {
                                 view,
                                 pending,
                                 epochs,
+                                subscriber,
                             },
                         );
                         self.dirty = true;
@@ -578,14 +611,19 @@ impl Worker {
         let mut gone = Vec::new();
         for (id, sink) in &mut self.sinks {
             let changes = std::mem::take(&mut sink.pending);
-            if sink
-                .epochs
-                .blocking_send(SinkEpoch {
-                    epoch: self.epoch,
-                    changes,
-                })
-                .is_err()
-            {
+            let epoch = SinkEpoch {
+                epoch: self.epoch,
+                changes,
+            };
+            let delivered = if !sink.subscriber {
+                sink.epochs.blocking_send(epoch).is_ok()
+            } else if epoch.changes.is_empty() {
+                !sink.epochs.is_closed()
+            } else {
+                // Full or gone: the subscriber is dropped, never waited for.
+                sink.epochs.try_send(epoch).is_ok()
+            };
+            if !delivered {
                 gone.push(*id);
             }
         }

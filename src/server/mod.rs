@@ -155,6 +155,60 @@ fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Respo
                 stream::iter(rows),
             )))
         }
+        StatementResult::Subscription(_) => Err(to_pgwire(crate::not_supported!(
+            "SUBSCRIBE over the extended query protocol; send it as a simple query"
+        ))),
+    }
+}
+
+/// Sends a SUBSCRIBE's rows to `client` as each epoch arrives, flushing
+/// after each; returns the error that ended it (the client fell behind, or
+/// the view was dropped). A client that went away ends it with an I/O error.
+async fn stream_subscription<C>(
+    client: &mut C,
+    mut subscription: crate::sql::execute::Subscription,
+) -> PgWireResult<ErrorInfo>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    use futures::SinkExt;
+    let fields = field_infos(&subscription.schema, &Format::UnifiedText);
+    let description =
+        pgwire::messages::data::RowDescription::new(fields.iter().map(Into::into).collect());
+    client
+        .send(PgWireBackendMessage::RowDescription(description))
+        .await?;
+    let fields = Arc::new(fields);
+    loop {
+        match subscription.next_batch().await {
+            Some(Ok(batch)) => {
+                let mut encoder = DataRowEncoder::new(fields.clone());
+                for row in 0..batch.num_rows() {
+                    for column in batch.columns() {
+                        encoder.encode_field(&Cell { array: column, row })?;
+                    }
+                    client
+                        .feed(PgWireBackendMessage::DataRow(encoder.take_row()))
+                        .await?;
+                }
+                client.flush().await?;
+            }
+            Some(Err(e)) => {
+                let PgWireError::UserError(info) = to_pgwire(e) else {
+                    unreachable!()
+                };
+                return Ok(*info);
+            }
+            None => {
+                let PgWireError::UserError(info) = to_pgwire(crate::error::EddyError::Shutdown(
+                    "subscription ended".into(),
+                )) else {
+                    unreachable!()
+                };
+                return Ok(*info);
+            }
+        }
     }
 }
 
@@ -176,6 +230,12 @@ impl SimpleQueryHandler for EddyHandler {
                 Err(e) => Err(e),
             };
             match outcome {
+                Ok(StatementResult::Subscription(subscription)) => {
+                    // Streamed straight to the client, flushed per epoch.
+                    let info = stream_subscription(client, subscription).await?;
+                    responses.push(Response::Error(Box::new(info)));
+                    break;
+                }
                 Ok(result) => responses.push(into_response(result, &Format::UnifiedText)?),
                 Err(e) => {
                     // Like Postgres: the first error ends the query string.

@@ -54,7 +54,82 @@ pub enum StatementResult {
     TransactionStart(String),
     /// COMMIT / ROLLBACK: the block ended.
     TransactionEnd(String),
+    /// SUBSCRIBE: rows of `schema` (the view's columns, `op`, `epoch`) as
+    /// changes happen, until the client goes or falls behind.
+    Subscription(Subscription),
 }
+
+/// A running SUBSCRIBE: the view's epochs, as rows.
+#[derive(Debug)]
+pub struct Subscription {
+    pub schema: SchemaRef,
+    epochs: tokio::sync::mpsc::Receiver<postgres::SinkEpoch>,
+    /// Ends the runtime side when the client is gone.
+    _guard: SubscriptionGuard,
+}
+
+#[derive(Debug)]
+struct SubscriptionGuard {
+    id: u64,
+    runtime: RuntimeHandle,
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        let (runtime, id) = (self.runtime.clone(), self.id);
+        tokio::spawn(async move {
+            let _ = runtime.drop_sink(id).await;
+        });
+    }
+}
+
+impl Subscription {
+    /// The next epoch's changes as one batch (`op` is `insert` or `delete`;
+    /// a row inserted twice appears twice); `None` when the subscription
+    /// ended, `Err` when it fell behind.
+    pub async fn next_batch(&mut self) -> Option<Result<RecordBatch>> {
+        let Some(epoch) = self.epochs.recv().await else {
+            return Some(Err(EddyError::OutOfRange(
+                "subscription ended: the client fell behind (or the view was dropped)".into(),
+            )));
+        };
+        Some(self.rows_of(epoch))
+    }
+
+    fn rows_of(&self, epoch: postgres::SinkEpoch) -> Result<RecordBatch> {
+        let width = self.schema.fields().len() - 2;
+        let mut batches = Vec::new();
+        for change in &epoch.changes {
+            let mut indices = Vec::new();
+            let mut ops = Vec::new();
+            for (row, weight) in change.weights.values().iter().enumerate() {
+                for _ in 0..weight.unsigned_abs() {
+                    indices.push(row as u32);
+                    ops.push(if *weight > 0 { "insert" } else { "delete" });
+                }
+            }
+            let taken = datafusion::arrow::compute::take_record_batch(
+                &change.rows,
+                &datafusion::arrow::array::UInt32Array::from(indices),
+            )?;
+            let mut columns: Vec<ArrayRef> = taken.columns()[..width].to_vec();
+            columns.push(Arc::new(StringArray::from(ops.clone())));
+            columns.push(Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+                epoch.epoch as i64;
+                ops.len()
+            ])));
+            batches.push(RecordBatch::try_new(self.schema.clone(), columns)?);
+        }
+        Ok(datafusion::arrow::compute::concat_batches(
+            &self.schema,
+            &batches,
+        )?)
+    }
+}
+
+/// Epochs with changes a SUBSCRIBE client may be behind before it is
+/// dropped (it never holds the runtime back).
+const SUBSCRIPTION_QUEUE_EPOCHS: usize = 256;
 
 /// Per-connection settings (`SET` / `SHOW`).
 #[derive(Debug, Clone)]
@@ -237,6 +312,7 @@ impl Engine {
                 self.write(&table, kind, &statement, params).await
             }
             EddyStatement::Transaction(step) => Self::transaction(session, step),
+            EddyStatement::Subscribe { view, snapshot } => self.subscribe(&view, snapshot).await,
             EddyStatement::Drop {
                 kind,
                 names,
@@ -761,6 +837,39 @@ impl Engine {
             self.catalog.remove(&view.name);
         }
         result
+    }
+
+    /// `SUBSCRIBE view`: the view's changes, streamed.
+    async fn subscribe(&self, name: &str, snapshot: bool) -> Result<StatementResult> {
+        let view = match self.catalog.require(name)? {
+            Relation::View(v) if v.owner_sink.is_none() => v,
+            _ => {
+                return Err(EddyError::WrongObjectType(format!(
+                    "\"{name}\" is not a materialized view; SUBSCRIBE reads materialized views"
+                )))
+            }
+        };
+        let mut fields: Vec<Field> = view
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("op", DataType::Utf8, false));
+        fields.push(Field::new("epoch", DataType::Int64, false));
+        let id = self.catalog.allocate_id();
+        let (sender, receiver) = tokio::sync::mpsc::channel(SUBSCRIPTION_QUEUE_EPOCHS);
+        self.runtime
+            .subscribe(id, view.id, sender, snapshot)
+            .await?;
+        Ok(StatementResult::Subscription(Subscription {
+            schema: Arc::new(Schema::new(fields)),
+            epochs: receiver,
+            _guard: SubscriptionGuard {
+                id,
+                runtime: self.runtime.clone(),
+            },
+        }))
     }
 
     /// BEGIN / COMMIT / ROLLBACK. eddy applies every statement when it runs,

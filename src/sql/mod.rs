@@ -66,6 +66,11 @@ pub enum EddyStatement {
     ShowVariable(String),
     /// BEGIN / COMMIT / ROLLBACK.
     Transaction(TransactionStep),
+    /// `SUBSCRIBE [TO] view [WITH (snapshot = true | false)]`.
+    Subscribe {
+        view: String,
+        snapshot: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +226,7 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         ["SHOW", "MATERIALIZED", "VIEWS", ..] => return Ok(EddyStatement::ShowViews),
         ["SHOW", "SINKS", ..] => return Ok(EddyStatement::ShowSinks),
         ["SHOW", "SOURCES", ..] => return Ok(EddyStatement::ShowSources),
+        ["SUBSCRIBE", ..] => return parse_subscribe(sql),
         ["CREATE", "SOURCE", ..] => return parse_create_source(sql),
         ["DROP", "SOURCE", ..] => {
             let (names, if_exists, cascade) = sink::parse_drop(sql, "SOURCE")?;
@@ -379,6 +385,43 @@ fn rewrite_flink_windows(sql: &str) -> Result<String> {
             other => other.to_string(),
         })
         .collect())
+}
+
+/// `SUBSCRIBE [TO] view [WITH (snapshot = true | false)]`.
+fn parse_subscribe(sql: &str) -> Result<EddyStatement> {
+    let words: Vec<&str> = sql.split_whitespace().collect();
+    let rest = match words.get(1) {
+        Some(w) if w.eq_ignore_ascii_case("TO") => &words[2..],
+        _ => &words[1..],
+    };
+    let Some((name, options)) = rest.split_first() else {
+        return Err(EddyError::Syntax(
+            "SUBSCRIBE needs a materialized view".into(),
+        ));
+    };
+    let name = name.trim_end_matches(';');
+    let view = relation_name(&ObjectName::from(vec![ast::Ident::new(name)]))?;
+    let view = if name.starts_with('"') {
+        name.trim_matches('"').to_string()
+    } else {
+        view
+    };
+    let mut snapshot = true;
+    if !options.is_empty() {
+        let options = sink::parse_with_options(&options.join(" "))?;
+        for (key, value) in options {
+            match (key.as_str(), value.to_lowercase().as_str()) {
+                ("snapshot", "true") => snapshot = true,
+                ("snapshot", "false") => snapshot = false,
+                _ => {
+                    return Err(EddyError::InvalidParameter(format!(
+                        "SUBSCRIBE option {key} = '{value}'; known: snapshot = true | false"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(EddyStatement::Subscribe { view, snapshot })
 }
 
 /// `CREATE SOURCE name (columns, WATERMARK ...) WITH (options)`: the column

@@ -1,0 +1,102 @@
+//! SUBSCRIBE streams a view's changes to a client: the snapshot first, then
+//! inserts and deletes (an update is a delete and an insert) with their
+//! epoch, in order.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{execute, TestServer};
+use futures::StreamExt;
+use tokio_postgres::SimpleQueryMessage;
+
+/// The next data row of a SUBSCRIBE stream, as text.
+async fn next_row(
+    stream: &mut std::pin::Pin<Box<tokio_postgres::SimpleQueryStream>>,
+) -> Vec<String> {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("a row within 20 s")
+            .expect("the stream goes on")
+            .expect("no error");
+        if let SimpleQueryMessage::Row(row) = message {
+            return (0..row.len())
+                .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                .collect();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_streams_changes_in_order() {
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    let writer = server.connect().await;
+    execute(
+        &eddy,
+        "CREATE TABLE accounts (id INT PRIMARY KEY, owner TEXT, balance INT);
+         CREATE MATERIALIZED VIEW totals AS SELECT owner, sum(balance) AS total FROM accounts GROUP BY owner;
+         INSERT INTO accounts VALUES (1, 'ann', 10);
+         FLUSH",
+    )
+    .await;
+    let subscriber = server.connect().await;
+    let mut stream = Box::pin(
+        subscriber
+            .simple_query_raw("SUBSCRIBE TO totals")
+            .await
+            .unwrap(),
+    );
+    // The snapshot.
+    let first = next_row(&mut stream).await;
+    assert_eq!(&first[..3], ["ann", "10", "insert"]);
+    let snapshot_epoch: i64 = first[3].parse().unwrap();
+
+    execute(&writer, "INSERT INTO accounts VALUES (2, 'bob', 5); FLUSH").await;
+    let row = next_row(&mut stream).await;
+    assert_eq!(&row[..3], ["bob", "5", "insert"]);
+    assert!(row[3].parse::<i64>().unwrap() > snapshot_epoch);
+
+    // An update: the old row out, the new row in, in one epoch.
+    execute(
+        &writer,
+        "UPDATE accounts SET balance = 12 WHERE id = 1; FLUSH",
+    )
+    .await;
+    let out = next_row(&mut stream).await;
+    let into = next_row(&mut stream).await;
+    assert_eq!(&out[..3], ["ann", "10", "delete"]);
+    assert_eq!(&into[..3], ["ann", "12", "insert"]);
+    assert_eq!(out[3], into[3], "one epoch");
+
+    execute(&writer, "DELETE FROM accounts WHERE id = 2; FLUSH").await;
+    assert_eq!(&next_row(&mut stream).await[..3], ["bob", "5", "delete"]);
+
+    // Without the snapshot, only what happens next.
+    let late = server.connect().await;
+    let mut changes = Box::pin(
+        late.simple_query_raw("SUBSCRIBE totals WITH (snapshot = false)")
+            .await
+            .unwrap(),
+    );
+    execute(&writer, "INSERT INTO accounts VALUES (3, 'cid', 1); FLUSH").await;
+    assert_eq!(&next_row(&mut changes).await[..3], ["cid", "1", "insert"]);
+
+    // A client that goes away is dropped; eddy goes on.
+    drop(stream);
+    drop(subscriber);
+    execute(&writer, "INSERT INTO accounts VALUES (4, 'dan', 2); FLUSH").await;
+    assert_eq!(&next_row(&mut changes).await[..3], ["dan", "2", "insert"]);
+
+    let error = eddy
+        .simple_query("SUBSCRIBE TO accounts")
+        .await
+        .unwrap_err();
+    assert!(
+        common::describe(&error).contains("is not a materialized view"),
+        "{}",
+        common::describe(&error)
+    );
+    server.stop().await;
+}
