@@ -152,6 +152,17 @@ impl Relation {
         }
     }
 
+    /// Whether catalog-reading clients (information_schema, pg_catalog) see
+    /// it: tables and materialized views, not sources (they cannot be
+    /// queried) nor the private views of sinks.
+    pub fn listed_to_clients(&self) -> bool {
+        match self {
+            Relation::Table(_) => true,
+            Relation::View(v) => v.owner_sink.is_none(),
+            Relation::Source(_) => false,
+        }
+    }
+
     pub fn name(&self) -> &str {
         match self {
             Relation::Table(t) => &t.name,

@@ -23,14 +23,7 @@ const CATALOG: &str = "eddy";
 
 /// The `information_schema` of `relations`.
 pub fn information_schema(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
-    let visible: Vec<&Relation> = relations
-        .iter()
-        .filter(|r| match r {
-            Relation::Table(_) => true,
-            Relation::View(v) => v.owner_sink.is_none(),
-            Relation::Source(_) => false,
-        })
-        .collect();
+    let visible: Vec<&Relation> = relations.iter().filter(|r| r.listed_to_clients()).collect();
     let schema = Arc::new(MemorySchemaProvider::new());
     let register = |name: &str, batch: RecordBatch| -> Result<()> {
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;

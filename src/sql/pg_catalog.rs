@@ -87,14 +87,7 @@ fn table(columns: Vec<(&str, ArrayRef)>) -> Result<Arc<MemTable>> {
 
 /// The `pg_catalog` schema for `relations`.
 pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
-    let listed: Vec<&Relation> = relations
-        .iter()
-        .filter(|r| match r {
-            Relation::Table(_) => true,
-            Relation::View(v) => v.owner_sink.is_none(),
-            Relation::Source(_) => false,
-        })
-        .collect();
+    let listed: Vec<&Relation> = relations.iter().filter(|r| r.listed_to_clients()).collect();
     let oid = |r: &Relation| FIRST_RELATION_OID + r.id() as i64;
     let schema = Arc::new(MemorySchemaProvider::new());
     let register = |name: &str, table: Arc<MemTable>| -> Result<()> {
