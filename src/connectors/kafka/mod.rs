@@ -585,7 +585,9 @@ impl Reader {
     /// `(index, reason)`.
     fn changes(&mut self, batch: &[Received]) -> Result<(ChangeBatch, Vec<(usize, String)>)> {
         // The payloads to decode: (message index, payload, weight).
-        let mut pieces: Vec<(usize, Vec<u8>, i64)> = Vec::with_capacity(batch.len());
+        // Borrowed from the messages, except Debezium's before/after parts.
+        let mut pieces: Vec<(usize, std::borrow::Cow<'_, [u8]>, i64)> =
+            Vec::with_capacity(batch.len());
         let mut bad = Vec::new();
         // FORMAT UPSERT deletions: message indices.
         let mut deletions: Vec<usize> = Vec::new();
@@ -597,15 +599,19 @@ impl Reader {
                 (MessageFormat::Upsert, None) => deletions.push(index),
                 (_, None) => bad.push((index, "empty message".to_string())),
                 (MessageFormat::Plain | MessageFormat::Upsert, Some(payload)) => {
-                    pieces.push((index, payload.clone(), 1))
+                    pieces.push((index, std::borrow::Cow::Borrowed(payload.as_slice()), 1))
                 }
                 (MessageFormat::Debezium, Some(payload)) => match debezium_parts(payload) {
-                    Ok(parts) => pieces.extend(parts.into_iter().map(|(p, w)| (index, p, w))),
+                    Ok(parts) => pieces.extend(
+                        parts
+                            .into_iter()
+                            .map(|(p, w)| (index, std::borrow::Cow::Owned(p), w)),
+                    ),
                     Err(reason) => bad.push((index, reason)),
                 },
             }
         }
-        let payloads: Vec<&[u8]> = pieces.iter().map(|(_, p, _)| p.as_slice()).collect();
+        let payloads: Vec<&[u8]> = pieces.iter().map(|(_, p, _)| p.as_ref()).collect();
         let decoded = self.config.decoder.decode(&payloads)?;
         bad.extend(
             decoded
