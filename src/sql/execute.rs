@@ -76,10 +76,13 @@ struct SubscriptionGuard {
 
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
-        let (runtime, id) = (self.runtime.clone(), self.id);
-        tokio::spawn(async move {
-            let _ = runtime.drop_sink(id).await;
-        });
+        // Outside a runtime (shutting down) there is nothing left to tell.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let (runtime, id) = (self.runtime.clone(), self.id);
+            handle.spawn(async move {
+                let _ = runtime.drop_sink(id).await;
+            });
+        }
     }
 }
 
