@@ -10,12 +10,10 @@ use std::process::Command;
 
 use common::TestServer;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quickstart_session_runs_in_psql() {
-    let server = TestServer::start().await;
-    let root = env!("CARGO_MANIFEST_DIR");
-    let port = server.port().to_string();
-    let output = tokio::task::spawn_blocking(move || {
+/// Runs the real psql against eddy on `port` with `args` (after the
+/// connection options); its output.
+async fn psql(port: u16, args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
         Command::new("psql")
             .args([
                 "-X",
@@ -23,20 +21,30 @@ async fn quickstart_session_runs_in_psql() {
                 "ON_ERROR_STOP=1",
                 "-h",
                 "127.0.0.1",
-                "-p",
-                &port,
                 "-U",
                 "eddy",
                 "-d",
                 "eddy",
             ])
-            .args(["-f", &format!("{root}/examples/quickstart.sql")])
+            .args(["-p", &port.to_string()])
+            .args(args)
             .env("PGCONNECT_TIMEOUT", "10")
             .output()
     })
     .await
     .expect("psql task")
-    .expect("psql is installed (scripts/install-test-deps.sh installs it)");
+    .expect("psql is installed (scripts/install-test-deps.sh installs it)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_session_runs_in_psql() {
+    let server = TestServer::start().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let output = psql(
+        server.port(),
+        vec!["-f".into(), format!("{root}/examples/quickstart.sql")],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "psql failed: {stderr}\n{stdout}");
@@ -52,31 +60,7 @@ async fn quickstart_session_runs_in_psql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_meta_commands_answer() {
     let server = TestServer::start().await;
-    let port = server.port().to_string();
-    let run = move |commands: Vec<&'static str>| {
-        let port = port.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut command = Command::new("psql");
-            command.args([
-                "-X",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "eddy",
-                "-d",
-                "eddy",
-            ]);
-            for c in commands {
-                command.args(["-c", c]);
-            }
-            command.env("PGCONNECT_TIMEOUT", "10").output()
-        })
-    };
-    let output = run(vec![
+    let commands = [
         "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer TEXT)",
         "CREATE MATERIALIZED VIEW per_customer AS SELECT customer, count(*) AS n FROM orders GROUP BY customer",
         "\\dt",
@@ -86,10 +70,15 @@ async fn list_meta_commands_answer() {
         "\\dn",
         "\\l",
         "\\df",
-    ])
-    .await
-    .expect("psql task")
-    .expect("psql is installed (scripts/install-test-deps.sh installs it)");
+    ];
+    let output = psql(
+        server.port(),
+        commands
+            .iter()
+            .flat_map(|c| ["-c".to_string(), c.to_string()])
+            .collect(),
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "psql failed: {stderr}\n{stdout}");
