@@ -21,7 +21,7 @@ async fn jdbc_prepared_statements_and_views() {
     );
     let server = TestServer::start().await;
     let port = server.port().to_string();
-    let source = format!("{}/tests/jdbc/JdbcSmoke.java", env!("CARGO_MANIFEST_DIR"));
+    let source = format!("{}/tests/jdbc/JdbcSmoke.java", common::project_dir());
     let output = tokio::task::spawn_blocking(move || {
         Command::new("java")
             .args(["-cp", &jar, &source, &port])

@@ -11,7 +11,7 @@ use common::kafka::{bootstrap, create_topic, eventually, fresh_topic, produce};
 use common::{execute, TestServer};
 
 fn restart_broker() {
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = common::project_dir();
     let port = bootstrap()
         .rsplit(':')
         .next()

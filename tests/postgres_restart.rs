@@ -83,7 +83,7 @@ async fn sink_survives_a_postgres_restart() {
 }
 
 fn postgres_script(action: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh");
+    let script = format!("{}/scripts/postgres.sh", common::project_dir());
     let status = std::process::Command::new(script)
         .arg(action)
         .status()

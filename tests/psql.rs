@@ -39,7 +39,7 @@ async fn psql(port: u16, args: Vec<String>) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_session_runs_in_psql() {
     let server = TestServer::start().await;
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = common::project_dir();
     let output = psql(
         server.port(),
         vec!["-f".into(), format!("{root}/examples/quickstart.sql")],

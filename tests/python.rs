@@ -27,10 +27,7 @@ async fn sqlalchemy_inspects_and_queries_eddy() {
             std::env::var("HOME").unwrap_or_default()
         )
     });
-    let script = format!(
-        "{}/tests/python/inspect_eddy.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let script = format!("{}/tests/python/inspect_eddy.py", common::project_dir());
     let port = server.port().to_string();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(format!("{venv}/bin/python"))

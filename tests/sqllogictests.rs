@@ -139,7 +139,13 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let mut files: Vec<PathBuf> =
-        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql-tests"))
+        // At run time: the compile-time path can name another clone that
+        // shares the target directory.
+        std::fs::read_dir(format!(
+            "{}/sql-tests",
+            std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+        ))
             .expect("sql-tests directory")
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "slt"))

@@ -5,6 +5,13 @@
 
 pub mod kafka;
 
+/// The checkout the tests run from. Cargo sets `CARGO_MANIFEST_DIR` when it
+/// runs a test; the compile-time value can name another clone when clones
+/// share a target directory (as `scripts/test.sh` makes them do).
+pub fn project_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
+}
+
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 pub struct TestServer {
