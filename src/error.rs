@@ -60,6 +60,10 @@ pub enum EddyError {
     /// The server is shutting down or a background task is gone (57P01).
     #[error("{0}")]
     Shutdown(String),
+    /// Checkpoint storage failed, or a checkpoint is missing, truncated,
+    /// corrupted or of an unknown format version (58030: I/O error).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A bug: an invariant did not hold (XX000).
     #[error("internal error: {0}")]
     Internal(String),
@@ -90,6 +94,7 @@ impl EddyError {
             EddyError::NotSupported(_) | EddyError::NotIncremental(_) => "0A000",
             EddyError::InvalidParameter(_) => "22023",
             EddyError::Shutdown(_) => "57P01",
+            EddyError::Checkpoint(_) => "58030",
             EddyError::Internal(_) => "XX000",
             EddyError::Planning { sqlstate, .. } => sqlstate,
         }

@@ -52,6 +52,35 @@ use std::sync::Arc;
 
 pub use error::{EddyError, Result};
 
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Where the Postgres protocol listens (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Where the HTTP endpoint listens, if anywhere.
+    pub http_listen: Option<SocketAddr>,
+    /// Where checkpoints go: a directory or an object store URL; `None`:
+    /// memory only (nothing survives a restart).
+    pub checkpoint_location: Option<String>,
+    /// Time between periodic checkpoints (zero: only on DDL, FLUSH,
+    /// CHECKPOINT and shutdown).
+    pub checkpoint_interval: std::time::Duration,
+    /// Start from this named snapshot instead of the latest checkpoint.
+    pub from_snapshot: Option<String>,
+}
+
+impl ServerOptions {
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            http_listen: None,
+            checkpoint_location: None,
+            checkpoint_interval: runtime::checkpoint::DEFAULT_CHECKPOINT_INTERVAL,
+            from_snapshot: None,
+        }
+    }
+}
+
 /// A running eddy server (used by the binary and by tests).
 pub struct Server {
     /// Where the Postgres protocol listens.
@@ -61,6 +90,7 @@ pub struct Server {
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     http_task: Option<tokio::task::JoinHandle<()>>,
+    engine: Arc<sql::execute::Engine>,
 }
 
 impl Server {
@@ -73,8 +103,43 @@ impl Server {
     /// Starts the runtime, the Postgres protocol on `listen` and, when
     /// given, the HTTP endpoint on `http_listen` (port 0 picks one).
     pub async fn start_with(listen: SocketAddr, http_listen: Option<SocketAddr>) -> Result<Server> {
+        let mut options = ServerOptions::new(listen);
+        options.http_listen = http_listen;
+        Self::start_with_options(options).await
+    }
+
+    /// Starts a server: recovers from the latest complete checkpoint (or
+    /// the named snapshot) when there is one, then listens.
+    pub async fn start_with_options(options: ServerOptions) -> Result<Server> {
+        let ServerOptions {
+            listen,
+            http_listen,
+            checkpoint_location,
+            checkpoint_interval,
+            from_snapshot,
+        } = options;
+        let store = match &checkpoint_location {
+            Some(location) => state::checkpoint::CheckpointStore::open(location)?,
+            None => state::checkpoint::CheckpointStore::in_memory(),
+        };
+        let recovered = match &from_snapshot {
+            Some(name) => Some(store.load_snapshot(name).await?),
+            None => store.latest().await?,
+        };
+        let checkpoints = Arc::new(runtime::checkpoint::Checkpointer::new(
+            store,
+            checkpoint_interval,
+        ));
+        checkpoints.continue_numbering().await?;
         let runtime = runtime::RuntimeHandle::start()?;
-        let engine = Arc::new(sql::execute::Engine::new(runtime));
+        let engine = Arc::new(sql::execute::Engine::with_checkpoints(
+            runtime,
+            checkpoints.clone(),
+        ));
+        if let Some((manifest, restored)) = recovered {
+            engine.recover(manifest, restored).await?;
+        }
+        spawn_periodic_checkpoints(Arc::downgrade(&engine));
         let cannot_listen = |addr: SocketAddr, e: std::io::Error| {
             EddyError::InvalidParameter(format!("cannot listen on {addr}: {e}"))
         };
@@ -104,7 +169,7 @@ impl Server {
             let _ = stopped.wait_for(|s| *s).await;
         }));
         let http_task = http.map(|listener| {
-            tokio::spawn(server::http::serve(engine, listener, async move {
+            tokio::spawn(server::http::serve(engine.clone(), listener, async move {
                 let mut stopped = stopped_http;
                 let _ = stopped.wait_for(|s| *s).await;
             }))
@@ -115,15 +180,58 @@ impl Server {
             shutdown,
             task,
             http_task,
+            engine,
         })
     }
 
-    /// Stops accepting connections and waits for the listeners to close.
+    /// Stops accepting connections, waits for the listeners to close, and
+    /// takes a final checkpoint (a restart resumes exactly there).
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         if let Some(task) = self.http_task {
             let _ = task.await;
         }
+        match self.engine.checkpoint().await {
+            Ok(manifest) => tracing::info!(
+                checkpoint = manifest.id,
+                epoch = manifest.epoch,
+                "final checkpoint taken"
+            ),
+            Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
+        }
     }
+}
+
+/// Takes a checkpoint every `checkpoint_interval` while something changed
+/// since the last one; ends when the engine is gone.
+fn spawn_periodic_checkpoints(engine: std::sync::Weak<sql::execute::Engine>) {
+    tokio::spawn(async move {
+        loop {
+            let interval = match engine.upgrade() {
+                Some(engine) => engine.checkpoints().interval(),
+                None => return,
+            };
+            let idle = interval.is_zero();
+            tokio::time::sleep(if idle {
+                std::time::Duration::from_millis(200)
+            } else {
+                interval
+            })
+            .await;
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            if idle {
+                continue;
+            }
+            let published = engine.runtime().published().epoch;
+            if engine.checkpoints().last_epoch().await == Some(published) {
+                continue; // nothing changed since
+            }
+            if let Err(e) = engine.checkpoint().await {
+                tracing::warn!(error = %e, "periodic checkpoint failed; will retry");
+            }
+        }
+    });
 }

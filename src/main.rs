@@ -39,6 +39,36 @@ struct ServeArgs {
     /// Do not serve the HTTP endpoint.
     #[arg(long)]
     no_http: bool,
+    /// Where checkpoints go: a directory, or an s3://, gs://, az:// URL
+    /// (builds with `--features cloud`). Default: <data-dir>/checkpoints.
+    #[arg(long, env = "EDDY_CHECKPOINT_URL")]
+    checkpoint_url: Option<String>,
+    /// Time between checkpoints, e.g. `1s`, `500ms`, `1m` (`0`: only on
+    /// DDL, FLUSH, CHECKPOINT and shutdown). Also `SET checkpoint_interval`.
+    #[arg(long, env = "EDDY_CHECKPOINT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    checkpoint_interval: std::time::Duration,
+    /// Start from the named snapshot (taken with `CREATE SNAPSHOT name`)
+    /// instead of the latest checkpoint.
+    #[arg(long)]
+    from_snapshot: Option<String>,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration such as 1s or 500ms, got {text:?}"))?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1e3,
+        "" | "s" => number,
+        "m" | "min" => number * 60.0,
+        other => return Err(format!("unknown duration unit {other:?}: use ms, s or m")),
+    };
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 #[tokio::main]
@@ -69,8 +99,18 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
             args.data_dir.display()
         ))
     })?;
-    let http = (!args.no_http).then_some(args.http_listen);
-    let server = eddy::Server::start_with(args.listen, http).await?;
+    let checkpoints = args.checkpoint_url.clone().unwrap_or_else(|| {
+        args.data_dir
+            .join("checkpoints")
+            .to_string_lossy()
+            .into_owned()
+    });
+    let mut options = eddy::ServerOptions::new(args.listen);
+    options.http_listen = (!args.no_http).then_some(args.http_listen);
+    options.checkpoint_location = Some(checkpoints.clone());
+    options.checkpoint_interval = args.checkpoint_interval;
+    options.from_snapshot = args.from_snapshot.clone();
+    let server = eddy::Server::start_with_options(options).await?;
     if let Some(http) = server.http_addr {
         tracing::info!("metrics at http://{http}/metrics");
     }
@@ -81,9 +121,10 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
         server.local_addr.ip(),
         server.local_addr.port()
     );
-    tracing::warn!(
-        "state is kept in memory only (checkpoints are not implemented yet): \
-         tables and materialized views are lost when eddy stops"
+    tracing::info!(
+        checkpoints = %checkpoints,
+        interval_ms = args.checkpoint_interval.as_millis() as u64,
+        "checkpointing"
     );
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -193,6 +193,10 @@ pub struct Catalog {
     relations: RwLock<BTreeMap<String, Relation>>,
     sinks: Mutex<BTreeMap<String, Arc<SinkEntry>>>,
     next_id: AtomicU64,
+    /// The statement that created each object, in creation order: what a
+    /// checkpoint records as the catalog. Keyed `relation:<name>` or
+    /// `sink:<name>`.
+    ddl: Mutex<Vec<(String, String)>>,
 }
 
 impl Catalog {
@@ -201,7 +205,29 @@ impl Catalog {
             relations: RwLock::default(),
             sinks: Mutex::default(),
             next_id: AtomicU64::new(1),
+            ddl: Mutex::default(),
         }
+    }
+
+    fn ddl(&self) -> std::sync::MutexGuard<'_, Vec<(String, String)>> {
+        self.ddl
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records the statement that created relation (or sink) `name`; the
+    /// first statement stays (a later `IF NOT EXISTS` changes nothing).
+    pub fn record_ddl(&self, sink: bool, name: &str, statement: &str) {
+        let key = ddl_key(sink, name);
+        let mut ddl = self.ddl();
+        if !ddl.iter().any(|(k, _)| *k == key) {
+            ddl.push((key, statement.trim().to_string()));
+        }
+    }
+
+    /// The statements that create every object, in creation order.
+    pub fn ddl_log(&self) -> Vec<String> {
+        self.ddl().iter().map(|(_, s)| s.clone()).collect()
     }
 
     fn sinks(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<SinkEntry>>> {
@@ -232,6 +258,8 @@ impl Catalog {
 
     pub fn remove_sink(&self, name: &str) {
         self.sinks().remove(name);
+        let key = ddl_key(true, name);
+        self.ddl().retain(|(k, _)| *k != key);
     }
 
     /// Sinks that read view `id`.
@@ -294,6 +322,8 @@ impl Catalog {
 
     pub fn remove(&self, name: &str) {
         self.write().remove(name);
+        let key = ddl_key(false, name);
+        self.ddl().retain(|(k, _)| *k != key);
     }
 
     /// Views that read `id` directly, oldest first.
@@ -341,5 +371,13 @@ impl Catalog {
                 ))
             })
             .collect()
+    }
+}
+
+fn ddl_key(sink: bool, name: &str) -> String {
+    if sink {
+        format!("sink:{name}")
+    } else {
+        format!("relation:{name}")
     }
 }

@@ -29,6 +29,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use crate::catalog::RelationId;
 use crate::error::Result;
 use crate::runtime::RuntimeHandle;
+use crate::state::checkpoint::ReaderPosition;
 use crate::stream::ChangeBatch;
 use table::TableWatermark;
 
@@ -52,6 +53,9 @@ pub struct ReaderSpec {
     pub view: String,
     pub runtime: RuntimeHandle,
     pub stop: Arc<AtomicBool>,
+    /// Where to resume, from a checkpoint; `None`: the source's startup
+    /// position.
+    pub resume: Option<ReaderPosition>,
 }
 
 impl SourceConnector {
@@ -131,6 +135,7 @@ fn spawn_generator(generator: Generator, spec: ReaderSpec) {
         view: _,
         runtime,
         stop,
+        resume,
     } = spec;
     let clock_drives_watermark = matches!(
         (&proctime, &watermark),
@@ -139,7 +144,11 @@ fn spawn_generator(generator: Generator, spec: ReaderSpec) {
     tokio::spawn(async move {
         let started = Instant::now();
         let rate = generator.rate();
-        let mut position: u64 = 0;
+        let first = match resume {
+            Some(ReaderPosition::Generator { next }) => next,
+            _ => 0,
+        };
+        let mut position: u64 = first;
         let mut last_heartbeat = Instant::now();
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -171,7 +180,7 @@ fn spawn_generator(generator: Generator, spec: ReaderSpec) {
                 continue;
             }
             let due = match rate {
-                Some(rate) => (started.elapsed().as_secs_f64() * rate as f64) as u64,
+                Some(rate) => first + (started.elapsed().as_secs_f64() * rate as f64) as u64,
                 None => {
                     // Unthrottled: let other tasks run between batches.
                     tokio::task::yield_now().await;
@@ -201,7 +210,14 @@ fn spawn_generator(generator: Generator, spec: ReaderSpec) {
             });
             match result {
                 Ok((change, moved)) => {
-                    if runtime.send_changes(relation, change, moved).await.is_err() {
+                    let next = ReaderPosition::Generator {
+                        next: position + count,
+                    };
+                    if runtime
+                        .send_source_changes(relation, change, moved, next)
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                     position += count;

@@ -13,8 +13,22 @@
 //! worker closes an epoch: it publishes the state of every view at once as a
 //! [`PublishedEpoch`], so readers see all views as of the same point.
 //! Publishing is O(number of views): view state is a persistent map.
+//!
+//! Checkpoints are barriers in the same command stream: `Capture` is handled
+//! between two commands, so every change before it is in every view and
+//! none after it is (aligned by construction). The capture holds each
+//! table's and view's changed rows, every stateful operator's changed state,
+//! the position each source reader had reached with the last change it sent,
+//! and the watermarks. Durable sinks (Postgres, Kafka) are handed a view's
+//! changes only once the checkpoint that holds them is complete
+//! (`CheckpointDone`), as one epoch; epochs a sink has not acknowledged are
+//! part of every checkpoint until it does, so a crash between a checkpoint
+//! and a sink's commit replays them, and the sink skips what it already
+//! committed.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+pub mod checkpoint;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,8 +36,12 @@ use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::RelationId;
-use crate::connectors::postgres::SinkEpoch;
+use crate::connectors::postgres::{SinkEpoch, SinkStatus};
 use crate::error::{EddyError, Result};
+use crate::state::checkpoint::{
+    Capture, CaptureRequest, CheckpointMeta, ReaderPosition, RestoredState, StateDelta,
+};
+use crate::state::codec::{Decoder, Encoder};
 use crate::state::{RowCodec, RowSet};
 use crate::stream::graph::{GraphStats, StreamGraph};
 use crate::stream::ChangeBatch;
@@ -51,9 +69,26 @@ pub struct ViewSpec {
     pub schema: SchemaRef,
     pub graph: StreamGraph,
     /// The current rows of each input *table*; input views are read from the
-    /// runtime's own state.
+    /// runtime's own state. Not used when restoring.
     pub table_snapshots: Vec<(RelationId, ChangeBatch)>,
+    /// The view's source readers: relation id and checkpoint name.
+    pub readers: Vec<(RelationId, String)>,
+    /// Restore from a checkpoint instead of backfilling.
+    pub restore: Option<RestoredView>,
 }
+
+/// A view's state as a checkpoint holds it.
+pub struct RestoredView {
+    /// Its rows and operators' state (`view/<name>/...` state tables).
+    pub state: RestoredState,
+    /// Watermarks of its source readers (tables and views have their own).
+    pub reader_watermarks: Vec<(RelationId, i64)>,
+    /// The view's own watermark.
+    pub watermark: Option<i64>,
+}
+
+/// What a source reader reports with a change: where it has read up to.
+pub type SourcePosition = ReaderPosition;
 
 /// What the runtime reports about one view.
 #[derive(Debug, Clone)]
@@ -80,7 +115,39 @@ enum Command {
         /// A subscriber: dropped (its channel closed) when it falls behind,
         /// instead of holding the runtime back; not sent empty epochs.
         subscriber: bool,
+        /// A durable sink (not a subscriber): its name and status. It gets
+        /// one epoch per completed checkpoint.
+        durable: Option<(String, Arc<SinkStatus>)>,
+        /// Restored: epochs it had not acknowledged at the checkpoint.
+        unacked: Vec<SinkEpoch>,
         reply: oneshot::Sender<Result<()>>,
+    },
+    /// A table exists (or was restored): its rows, for checkpoints.
+    RegisterTable {
+        id: RelationId,
+        name: String,
+        rows: RowSet,
+        watermark: Option<i64>,
+        /// Restored from a checkpoint: its rows are checkpointed already.
+        restored: bool,
+        reply: oneshot::Sender<()>,
+    },
+    ForgetTable {
+        id: RelationId,
+    },
+    /// A checkpoint barrier: capture the state as of now.
+    Capture {
+        request: CaptureRequest,
+        reply: oneshot::Sender<Result<Capture>>,
+    },
+    /// The checkpoint of `epoch` is durable: durable sinks may commit it.
+    CheckpointDone {
+        epoch: u64,
+    },
+    /// Continue epoch numbering after a restored checkpoint.
+    ResumeEpoch {
+        epoch: u64,
+        reply: oneshot::Sender<()>,
     },
     DropSink {
         id: u64,
@@ -99,6 +166,10 @@ enum Command {
         batch: ChangeBatch,
         /// The relation's event-time watermark after this change, if it moved.
         watermark: Option<i64>,
+        /// A table's rows after this change.
+        table_rows: Option<RowSet>,
+        /// A source reader's position after this change.
+        position: Option<SourcePosition>,
     },
     CreateView {
         spec: Box<ViewSpec>,
@@ -136,6 +207,8 @@ impl RuntimeHandle {
         let published = Arc::new(RwLock::new(Arc::new(PublishedEpoch::default())));
         let worker = Worker {
             views: BTreeMap::new(),
+            tables: BTreeMap::new(),
+            positions: HashMap::new(),
             sinks: BTreeMap::new(),
             watermarks: HashMap::new(),
             readers: HashMap::new(),
@@ -209,8 +282,92 @@ impl RuntimeHandle {
             relation,
             batch,
             watermark,
+            table_rows: None,
+            position: None,
         })
         .await
+    }
+
+    /// Queues a change of table `relation` whose rows are now `rows`.
+    pub async fn send_table_changes(
+        &self,
+        relation: RelationId,
+        batch: ChangeBatch,
+        watermark: Option<i64>,
+        rows: RowSet,
+    ) -> Result<()> {
+        if batch.is_empty() && watermark.is_none() {
+            return Ok(());
+        }
+        self.send(Command::Changes {
+            relation,
+            batch,
+            watermark,
+            table_rows: Some(rows),
+            position: None,
+        })
+        .await
+    }
+
+    /// Queues a change from a source reader that has now read up to
+    /// `position`.
+    pub async fn send_source_changes(
+        &self,
+        relation: RelationId,
+        batch: ChangeBatch,
+        watermark: Option<i64>,
+        position: SourcePosition,
+    ) -> Result<()> {
+        self.send(Command::Changes {
+            relation,
+            batch,
+            watermark,
+            table_rows: None,
+            position: Some(position),
+        })
+        .await
+    }
+
+    /// Registers a table's rows for checkpoints (at CREATE TABLE, or when
+    /// restored).
+    pub async fn register_table(
+        &self,
+        id: RelationId,
+        name: String,
+        rows: RowSet,
+        watermark: Option<i64>,
+        restored: bool,
+    ) -> Result<()> {
+        self.request(|reply| Command::RegisterTable {
+            id,
+            name,
+            rows,
+            watermark,
+            restored,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn forget_table(&self, id: RelationId) -> Result<()> {
+        self.send(Command::ForgetTable { id }).await
+    }
+
+    /// Captures the state for a checkpoint (a barrier in the command stream).
+    pub async fn capture(&self, request: CaptureRequest) -> Result<Capture> {
+        self.request(|reply| Command::Capture { request, reply })
+            .await?
+    }
+
+    /// The checkpoint of `epoch` is durable.
+    pub async fn checkpoint_done(&self, epoch: u64) -> Result<()> {
+        self.send(Command::CheckpointDone { epoch }).await
+    }
+
+    /// Continues epoch numbering from a restored checkpoint's epoch.
+    pub async fn resume_epoch(&self, epoch: u64) -> Result<()> {
+        self.request(|reply| Command::ResumeEpoch { epoch, reply })
+            .await
     }
 
     /// Stops the views that read `relation` with `error` (a source reader
@@ -246,6 +403,34 @@ impl RuntimeHandle {
             epochs,
             snapshot: true,
             subscriber: false,
+            durable: None,
+            unacked: vec![],
+            reply,
+        })
+        .await?
+    }
+
+    /// Starts a durable sink `name` on `view`: it gets one [`SinkEpoch`] per
+    /// completed checkpoint. A new sink starts with the view's rows; a
+    /// restored one with the epochs it had not acknowledged.
+    pub async fn create_durable_sink(
+        &self,
+        id: u64,
+        name: String,
+        view: RelationId,
+        epochs: mpsc::Sender<SinkEpoch>,
+        status: Arc<SinkStatus>,
+        restored: Option<Vec<SinkEpoch>>,
+    ) -> Result<()> {
+        let snapshot = restored.is_none();
+        self.request(|reply| Command::CreateSink {
+            id,
+            view,
+            epochs,
+            snapshot,
+            subscriber: false,
+            durable: Some((name, status)),
+            unacked: restored.unwrap_or_default(),
             reply,
         })
         .await?
@@ -267,6 +452,8 @@ impl RuntimeHandle {
             epochs,
             snapshot,
             subscriber: true,
+            durable: None,
+            unacked: vec![],
             reply,
         })
         .await?
@@ -291,7 +478,18 @@ struct RunningView {
     name: String,
     graph: StreamGraph,
     state: RowSet,
+    /// Rows changed since the last checkpoint.
+    touched: HashSet<Arc<[u8]>>,
+    /// Source readers: relation id and checkpoint name.
+    readers: Vec<(RelationId, String)>,
     failed: Option<String>,
+}
+
+/// A table's rows, kept for checkpoints (the catalog owns the table).
+struct TrackedTable {
+    name: String,
+    rows: RowSet,
+    touched: HashSet<Arc<[u8]>>,
 }
 
 /// What flows between relations inside the runtime.
@@ -308,11 +506,25 @@ struct RunningSink {
     epochs: mpsc::Sender<SinkEpoch>,
     /// A SUBSCRIBE client: never waited for (dropped when behind).
     subscriber: bool,
+    durable: Option<DurableSink>,
+}
+
+/// A sink that commits once per checkpoint.
+struct DurableSink {
+    name: String,
+    status: Arc<SinkStatus>,
+    codec: Arc<RowCodec>,
+    /// Captured in a checkpoint, not yet acknowledged by the sink; the
+    /// flag says whether it has been handed to the sink.
+    unacked: VecDeque<(SinkEpoch, bool)>,
 }
 
 struct Worker {
     /// Ordered by id, which is creation order: a view comes after its inputs.
     views: BTreeMap<RelationId, RunningView>,
+    tables: BTreeMap<RelationId, TrackedTable>,
+    /// Where each source reader has read up to.
+    positions: HashMap<RelationId, SourcePosition>,
     sinks: BTreeMap<u64, RunningSink>,
     /// relation -> views that read it.
     readers: HashMap<RelationId, Vec<RelationId>>,
@@ -354,7 +566,31 @@ impl Worker {
                 relation,
                 batch,
                 watermark,
+                table_rows,
+                position,
             } => {
+                if let Some(rows) = table_rows {
+                    if let Some(table) = self.tables.get_mut(&relation) {
+                        match rows.codec().encode(&batch.rows) {
+                            Ok(encoded) => table.touched.extend(encoded),
+                            // Cannot happen for rows of the table's own
+                            // schema; capture it whole next time instead.
+                            Err(_) => table.touched.extend(rows_keys(&rows)),
+                        }
+                        table.rows = rows;
+                        // A change even without readers: the next
+                        // checkpoint must hold it.
+                        self.dirty = true;
+                    }
+                }
+                if let Some(position) = position {
+                    match self.positions.get_mut(&relation) {
+                        Some(known) => known.advance(position),
+                        None => {
+                            self.positions.insert(relation, position);
+                        }
+                    }
+                }
                 let mut events = VecDeque::new();
                 if !batch.is_empty() {
                     events.push_back(Event::Change(relation, batch));
@@ -390,6 +626,8 @@ impl Worker {
                 epochs,
                 snapshot: with_snapshot,
                 subscriber,
+                durable,
+                unacked,
                 reply,
             } => {
                 let result = match self.views.get(&view) {
@@ -399,6 +637,12 @@ impl Worker {
                         } else {
                             vec![snapshot]
                         };
+                        let durable = durable.map(|(name, status)| DurableSink {
+                            name,
+                            status,
+                            codec: running.state.codec().clone(),
+                            unacked: unacked.into_iter().map(|e| (e, false)).collect(),
+                        });
                         self.sinks.insert(
                             id,
                             RunningSink {
@@ -406,6 +650,7 @@ impl Worker {
                                 pending,
                                 epochs,
                                 subscriber,
+                                durable,
                             },
                         );
                         self.dirty = true;
@@ -417,6 +662,43 @@ impl Worker {
             }
             Command::DropSink { id, reply } => {
                 self.sinks.remove(&id);
+                let _ = reply.send(());
+            }
+            Command::RegisterTable {
+                id,
+                name,
+                rows,
+                watermark,
+                restored,
+                reply,
+            } => {
+                let touched = if restored {
+                    HashSet::new()
+                } else {
+                    rows_keys(&rows)
+                };
+                self.tables.insert(
+                    id,
+                    TrackedTable {
+                        name,
+                        rows,
+                        touched,
+                    },
+                );
+                if let Some(watermark) = watermark {
+                    self.watermarks.insert(id, watermark);
+                }
+                let _ = reply.send(());
+            }
+            Command::ForgetTable { id } => {
+                self.tables.remove(&id);
+            }
+            Command::Capture { request, reply } => {
+                let _ = reply.send(self.capture(&request));
+            }
+            Command::CheckpointDone { epoch } => self.release_to_sinks(epoch),
+            Command::ResumeEpoch { epoch, reply } => {
+                self.epoch = self.epoch.max(epoch);
                 let _ = reply.send(());
             }
             Command::Tick => self.tick(crate::stream::temporal::now_micros()),
@@ -442,8 +724,14 @@ impl Worker {
             schema,
             mut graph,
             table_snapshots,
+            readers,
+            restore,
         } = spec;
-        let mut state = RowSet::new(Arc::new(RowCodec::try_new(schema)?));
+        let codec = Arc::new(RowCodec::try_new(schema)?);
+        if let Some(restore) = restore {
+            return self.restore_view(id, name, codec, graph, readers, restore);
+        }
+        let mut state = RowSet::new(codec);
         for change in graph.start()? {
             state.apply(&change)?;
         }
@@ -483,17 +771,166 @@ impl Worker {
             self.readers.entry(input).or_default().push(id);
         }
         tracing::info!(view = %name, rows = state.len(), "materialized view started");
+        let touched = rows_keys(&state);
         self.views.insert(
             id,
             RunningView {
                 name,
                 graph,
                 state,
+                touched,
+                readers,
                 failed: None,
             },
         );
         self.dirty = true;
         Ok(())
+    }
+
+    /// Starts a view from checkpointed state: its rows and operator state
+    /// as they were, then each input's watermark passed in again (which
+    /// re-arms the operators' watermark logic; windows it closes were
+    /// already closed, so nothing is emitted twice).
+    fn restore_view(
+        &mut self,
+        id: RelationId,
+        name: String,
+        codec: Arc<RowCodec>,
+        mut graph: StreamGraph,
+        readers: Vec<(RelationId, String)>,
+        restore: RestoredView,
+    ) -> Result<()> {
+        let RestoredView {
+            mut state,
+            reader_watermarks,
+            watermark,
+        } = restore;
+        let prefix = format!("view/{name}");
+        graph.restore(&prefix, &mut state)?;
+        let mut rows = RowSet::new(codec);
+        for (row, multiplicity) in state.take(&format!("{prefix}/rows")) {
+            rows.add_encoded(Arc::from(row), decode_multiplicity(&multiplicity)?)?;
+        }
+        for (reader, watermark) in reader_watermarks {
+            self.watermarks.insert(reader, watermark);
+        }
+        for input in graph.input_relations() {
+            if let Some(&watermark) = self.watermarks.get(&input) {
+                let (changes, _) = graph.push_watermark(input, watermark)?;
+                for change in changes {
+                    rows.apply(&change)?;
+                }
+            }
+        }
+        if let Some(watermark) = watermark {
+            self.watermarks.insert(id, watermark);
+        }
+        for input in graph.input_relations() {
+            self.readers.entry(input).or_default().push(id);
+        }
+        tracing::info!(view = %name, rows = rows.len(), "materialized view restored");
+        self.views.insert(
+            id,
+            RunningView {
+                name,
+                graph,
+                state: rows,
+                touched: HashSet::new(),
+                readers,
+                failed: None,
+            },
+        );
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The checkpoint barrier: everything as of the end of the current
+    /// epoch. Moves each durable sink's changes into an epoch of their own.
+    fn capture(&mut self, request: &CaptureRequest) -> Result<Capture> {
+        self.publish();
+        let mut states = BTreeMap::new();
+        let mut meta = CheckpointMeta::default();
+        for (id, table) in &mut self.tables {
+            let name = format!("table/{}", table.name);
+            let delta = rows_delta(&table.rows, &mut table.touched, request.wants_full(&name));
+            states.insert(name.clone(), delta);
+            if let Some(&w) = self.watermarks.get(id) {
+                meta.watermarks.insert(name, w);
+            }
+        }
+        for (id, view) in &mut self.views {
+            let prefix = format!("view/{}", view.name);
+            let rows_name = format!("{prefix}/rows");
+            let delta = rows_delta(
+                &view.state,
+                &mut view.touched,
+                request.wants_full(&rows_name),
+            );
+            states.insert(rows_name, delta);
+            view.graph.checkpoint(&prefix, request, &mut states)?;
+            if let Some(&w) = self.watermarks.get(id) {
+                meta.watermarks.insert(prefix, w);
+            }
+            for (reader, name) in &view.readers {
+                if let Some(position) = self.positions.get(reader) {
+                    meta.readers.insert(name.clone(), position.clone());
+                }
+                if let Some(&w) = self.watermarks.get(reader) {
+                    meta.watermarks.insert(format!("reader/{name}"), w);
+                }
+            }
+        }
+        for sink in self.sinks.values_mut() {
+            let Some(durable) = &mut sink.durable else {
+                continue;
+            };
+            let acknowledged = durable.status.committed_epoch();
+            durable
+                .unacked
+                .retain(|(e, sent)| !(*sent && e.epoch <= acknowledged));
+            let changes = std::mem::take(&mut sink.pending);
+            durable.unacked.push_back((
+                SinkEpoch {
+                    epoch: self.epoch,
+                    changes,
+                },
+                false,
+            ));
+            let mut delta = StateDelta::full();
+            for (position, (epoch, _)) in durable.unacked.iter().enumerate() {
+                encode_sink_epoch(&durable.codec, position as u64, epoch, &mut delta)?;
+            }
+            states.insert(format!("sink/{}", durable.name), delta);
+        }
+        Ok(Capture {
+            epoch: self.epoch,
+            states,
+            meta,
+        })
+    }
+
+    /// Hands durable sinks the epochs captured by checkpoints up to `epoch`
+    /// (waiting when a sink is behind: backpressure).
+    fn release_to_sinks(&mut self, epoch: u64) {
+        let mut gone = Vec::new();
+        for (id, sink) in &mut self.sinks {
+            let Some(durable) = &mut sink.durable else {
+                continue;
+            };
+            for (captured, sent) in durable.unacked.iter_mut() {
+                if *sent || captured.epoch > epoch {
+                    continue;
+                }
+                *sent = true;
+                if sink.epochs.blocking_send(captured.clone()).is_err() {
+                    gone.push(*id);
+                    break;
+                }
+            }
+        }
+        for id in gone {
+            self.sinks.remove(&id);
+        }
     }
 
     /// Pushes a change through every view that reads `relation`, and the
@@ -583,10 +1020,12 @@ impl Worker {
         changes: Vec<ChangeBatch>,
     ) -> Result<Vec<ChangeBatch>> {
         let mut next = view.state.clone();
+        let mut touched = Vec::new();
         for change in &changes {
-            next.apply(change)?;
+            touched.extend(next.apply_returning_rows(change)?);
         }
         view.state = next;
+        view.touched.extend(touched);
         Ok(changes)
     }
 
@@ -610,6 +1049,9 @@ impl Worker {
         // it). A sink that is behind makes this wait: backpressure.
         let mut gone = Vec::new();
         for (id, sink) in &mut self.sinks {
+            if sink.durable.is_some() {
+                continue; // handed over per checkpoint
+            }
             let changes = std::mem::take(&mut sink.pending);
             let epoch = SinkEpoch {
                 epoch: self.epoch,
@@ -650,4 +1092,110 @@ impl Worker {
             })
             .collect()
     }
+}
+
+/// Every row of `rows` (for a state table captured whole).
+fn rows_keys(rows: &RowSet) -> HashSet<Arc<[u8]>> {
+    rows.encoded_entries().map(|(row, _)| row.clone()).collect()
+}
+
+/// A table's or view's rows as a state table: row -> multiplicity; only
+/// the `touched` rows unless `full`.
+fn rows_delta(rows: &RowSet, touched: &mut HashSet<Arc<[u8]>>, full: bool) -> StateDelta {
+    let mut delta = if full {
+        StateDelta::full()
+    } else {
+        StateDelta::changes()
+    };
+    if full {
+        for (row, n) in rows.encoded_entries() {
+            delta.put(row.to_vec(), n.to_le_bytes().to_vec());
+        }
+    } else {
+        for row in touched.iter() {
+            match rows.multiplicity(row) {
+                0 => delta.delete(row.to_vec()),
+                n => delta.put(row.to_vec(), n.to_le_bytes().to_vec()),
+            }
+        }
+    }
+    touched.clear();
+    delta
+}
+
+fn decode_multiplicity(bytes: &[u8]) -> Result<i64> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| EddyError::Checkpoint("a row multiplicity is not 8 bytes".into()))?;
+    Ok(i64::from_le_bytes(bytes))
+}
+
+/// One unacknowledged sink epoch as entries `(position, index) -> epoch,
+/// kind, weight, row`; index 0 marks the epoch itself, so that an empty
+/// epoch is replayed too.
+fn encode_sink_epoch(
+    codec: &RowCodec,
+    position: u64,
+    epoch: &SinkEpoch,
+    delta: &mut StateDelta,
+) -> Result<()> {
+    let key = |index: u64| {
+        let mut key = position.to_be_bytes().to_vec();
+        key.extend_from_slice(&index.to_be_bytes());
+        key
+    };
+    let mut marker = Encoder::new();
+    marker.u64(epoch.epoch).u8(0);
+    delta.put(key(0), marker.finish());
+    let mut index = 0u64;
+    for change in &epoch.changes {
+        let rows = codec.encode(&change.rows)?;
+        for (row, weight) in rows.iter().zip(change.weights.values().iter()) {
+            index += 1;
+            let mut value = Encoder::new();
+            value.u64(epoch.epoch).u8(1).i64(*weight).bytes(row);
+            delta.put(key(index), value.finish());
+        }
+    }
+    Ok(())
+}
+
+/// Reads back the unacknowledged epochs of a sink on a view of `schema`.
+pub fn decode_sink_epochs(
+    schema: SchemaRef,
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Result<Vec<SinkEpoch>> {
+    let codec = RowCodec::try_new(schema)?;
+    let mut epochs: Vec<(u64, Vec<(Vec<u8>, i64)>)> = Vec::new();
+    for (key, value) in entries {
+        let mut d = Decoder::new(&value);
+        let epoch = d.u64()?;
+        let is_row = d.u8()? == 1;
+        if !is_row || key.get(8..) == Some(&0u64.to_be_bytes()[..]) {
+            epochs.push((epoch, Vec::new()));
+        }
+        if is_row {
+            let weight = d.i64()?;
+            let row = d.bytes()?.to_vec();
+            match epochs.last_mut() {
+                Some((_, rows)) => rows.push((row, weight)),
+                None => return Err(EddyError::Checkpoint("sink epoch without marker".into())),
+            }
+        }
+    }
+    epochs
+        .into_iter()
+        .map(|(epoch, rows)| {
+            let changes = if rows.is_empty() {
+                vec![]
+            } else {
+                let batch = codec.decode(rows.iter().map(|(r, _)| r.as_slice()))?;
+                let weights = datafusion::arrow::array::Int64Array::from(
+                    rows.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
+                );
+                vec![ChangeBatch::new(batch, weights)?]
+            };
+            Ok(SinkEpoch { epoch, changes })
+        })
+        .collect()
 }

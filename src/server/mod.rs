@@ -226,7 +226,11 @@ impl SimpleQueryHandler for EddyHandler {
         let mut responses = Vec::new();
         for sql in split_statements(query) {
             let outcome = match parse_statement(sql) {
-                Ok(statement) => self.engine.execute(&mut session, statement, vec![]).await,
+                Ok(statement) => {
+                    self.engine
+                        .execute_sql(&mut session, sql, statement, vec![])
+                        .await
+                }
                 Err(e) => Err(e),
             };
             match outcome {
@@ -254,6 +258,7 @@ impl SimpleQueryHandler for EddyHandler {
 /// A parsed statement with what it takes and returns.
 #[derive(Debug, Clone)]
 pub struct PreparedStatement {
+    sql: String,
     statement: EddyStatement,
     description: Description,
 }
@@ -288,6 +293,7 @@ impl QueryParser for EddyParser {
         let statement = parse_statement(sql).map_err(to_pgwire)?;
         let description = self.engine.describe(&statement).await.map_err(to_pgwire)?;
         Ok(Some(PreparedStatement {
+            sql: sql.to_string(),
             statement,
             description,
         }))
@@ -365,7 +371,12 @@ impl ExtendedQueryHandler for EddyHandler {
         let mut session = session.lock().await;
         let result = self
             .engine
-            .execute(&mut session, prepared.statement.clone(), values)
+            .execute_sql(
+                &mut session,
+                &prepared.sql,
+                prepared.statement.clone(),
+                values,
+            )
             .await
             .map_err(to_pgwire)?;
         into_response(result, &portal.result_column_format)

@@ -28,6 +28,7 @@ use super::{
     WriteKind,
 };
 use crate::catalog::window::{WindowFunction, WindowKind};
+use crate::catalog::RelationId;
 use crate::catalog::{
     all_nullable, Catalog, Relation, RelationKind, SinkEntry, TableEntry, ViewEntry,
 };
@@ -37,7 +38,9 @@ use crate::connectors::table::{ProcessingTime, TableData, TableWatermark};
 use crate::connectors::{datagen, kafka, nexmark, ReaderSpec, SourceConnector};
 use crate::error::{EddyError, Result};
 use crate::plan;
-use crate::runtime::{RuntimeHandle, ViewSpec, SINK_QUEUE_EPOCHS};
+use crate::runtime::checkpoint::Checkpointer;
+use crate::runtime::{RestoredView, RuntimeHandle, ViewSpec, SINK_QUEUE_EPOCHS};
+use crate::state::checkpoint::{CheckpointStore, Manifest, ReaderPosition, RestoredState};
 use crate::stream::ChangeBatch;
 use std::sync::atomic::AtomicBool;
 
@@ -179,10 +182,24 @@ pub struct Engine {
     base_state: SessionState,
     /// Serializes DDL so that name checks and dependency checks hold.
     ddl_lock: tokio::sync::Mutex<()>,
+    checkpoints: Arc<Checkpointer>,
+    /// While recovering: the checkpoint the replayed DDL restores from.
+    restoring: std::sync::Mutex<Option<RestoredState>>,
 }
 
 impl Engine {
+    /// An engine whose checkpoints go to memory only (tests, benchmarks).
     pub fn new(runtime: RuntimeHandle) -> Self {
+        Self::with_checkpoints(
+            runtime,
+            Arc::new(Checkpointer::new(
+                CheckpointStore::in_memory(),
+                crate::runtime::checkpoint::DEFAULT_CHECKPOINT_INTERVAL,
+            )),
+        )
+    }
+
+    pub fn with_checkpoints(runtime: RuntimeHandle, checkpoints: Arc<Checkpointer>) -> Self {
         let config = SessionConfig::new()
             .with_default_catalog_and_schema("eddy", "public")
             .with_create_default_catalog_and_schema(false)
@@ -196,7 +213,184 @@ impl Engine {
             runtime,
             base_state,
             ddl_lock: tokio::sync::Mutex::new(()),
+            checkpoints,
+            restoring: std::sync::Mutex::new(None),
         }
+    }
+
+    pub fn checkpoints(&self) -> &Arc<Checkpointer> {
+        &self.checkpoints
+    }
+
+    pub fn runtime(&self) -> &RuntimeHandle {
+        &self.runtime
+    }
+
+    /// Takes a checkpoint now: a barrier through the runtime (with the
+    /// catalog as of the same moment), the state written, then the durable
+    /// sinks told they may commit its epoch.
+    pub async fn checkpoint(&self) -> Result<Manifest> {
+        let run = self.checkpoints.begin().await;
+        let request = run.request();
+        let (capture, catalog) = {
+            let _ddl = self.ddl_lock.lock().await;
+            (self.runtime.capture(request).await, self.catalog.ddl_log())
+        };
+        let manifest = run.complete(capture, catalog).await?;
+        self.runtime.checkpoint_done(manifest.epoch).await?;
+        Ok(manifest)
+    }
+
+    /// Takes a checkpoint and keeps it as the named snapshot (a savepoint:
+    /// never garbage-collected; `eddy --from-snapshot <name>` starts from it).
+    pub async fn snapshot(&self, name: &str) -> Result<Manifest> {
+        let manifest = self.checkpoint().await?;
+        self.checkpoints
+            .store()
+            .save_snapshot(name, &manifest)
+            .await?;
+        Ok(manifest)
+    }
+
+    /// Rebuilds everything a checkpoint holds: replays its catalog, each
+    /// object restored from its checkpointed state instead of backfilled,
+    /// source readers resumed where the checkpoint had them.
+    pub async fn recover(&self, manifest: Manifest, restored: RestoredState) -> Result<()> {
+        let started = std::time::Instant::now();
+        let epoch = restored.epoch;
+        *self.restoring_state() = Some(restored);
+        let mut session = Session::default();
+        for ddl in &manifest.catalog {
+            let result = match super::parse_statement(ddl) {
+                Ok(statement) => self.execute_sql(&mut session, ddl, statement, vec![]).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                *self.restoring_state() = None;
+                return Err(EddyError::Checkpoint(format!(
+                    "checkpoint {} cannot be restored: `{ddl}` failed: {e}",
+                    manifest.id
+                )));
+            }
+        }
+        *self.restoring_state() = None;
+        self.runtime.resume_epoch(epoch).await?;
+        tracing::info!(
+            checkpoint = manifest.id,
+            epoch,
+            objects = manifest.catalog.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "recovered from checkpoint"
+        );
+        self.checkpoints.resume_after(manifest).await;
+        Ok(())
+    }
+
+    fn restoring_state(&self) -> std::sync::MutexGuard<'_, Option<RestoredState>> {
+        self.restoring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_restoring(&self) -> bool {
+        self.restoring_state().is_some()
+    }
+
+    /// Takes the checkpointed entries of state table `name`, when restoring.
+    fn take_restored(&self, name: &str) -> Option<BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.restoring_state().as_mut()?.states.remove(name)
+    }
+
+    fn restored_watermark(&self, name: &str) -> Option<i64> {
+        self.restoring_state()
+            .as_ref()?
+            .meta
+            .watermarks
+            .get(name)
+            .copied()
+    }
+
+    fn restored_position(&self, reader: &str) -> Option<ReaderPosition> {
+        self.restoring_state()
+            .as_ref()?
+            .meta
+            .readers
+            .get(reader)
+            .cloned()
+    }
+
+    /// Takes everything checkpointed under `view/<name>/`.
+    fn take_restored_view(&self, name: &str) -> Option<RestoredState> {
+        let mut guard = self.restoring_state();
+        let restoring = guard.as_mut()?;
+        let prefix = format!("view/{name}/");
+        if !restoring.states.contains_key(&format!("{prefix}rows")) {
+            return None;
+        }
+        let keys: Vec<String> = restoring
+            .states
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let mut view = RestoredState::default();
+        for key in keys {
+            if let Some(entries) = restoring.states.remove(&key) {
+                view.states.insert(key, entries);
+            }
+        }
+        Some(view)
+    }
+
+    fn record_ddl(&self, statement: &EddyStatement, sql: &str) {
+        let (sink, name) = match statement {
+            EddyStatement::CreateTable(create, _) => match super::relation_name(&create.name) {
+                Ok(name) => (false, name),
+                Err(_) => return,
+            },
+            EddyStatement::CreateSource { table, .. } => match super::relation_name(&table.name) {
+                Ok(name) => (false, name),
+                Err(_) => return,
+            },
+            EddyStatement::CreateView(view) => (false, view.name.clone()),
+            EddyStatement::CreateSink(sink) => (true, sink.name.clone()),
+            _ => return,
+        };
+        let exists = if sink {
+            self.catalog.sink(&name).is_some()
+        } else {
+            self.catalog.get(&name).is_some()
+        };
+        if exists {
+            self.catalog.record_ddl(sink, &name, sql);
+        }
+    }
+
+    /// Executes one statement whose text is `sql`: DDL is recorded in the
+    /// catalog and made durable by a checkpoint before it returns.
+    pub async fn execute_sql(
+        &self,
+        session: &mut Session,
+        sql: &str,
+        statement: EddyStatement,
+        params: Vec<ScalarValue>,
+    ) -> Result<StatementResult> {
+        let is_ddl = matches!(
+            statement,
+            EddyStatement::CreateTable(..)
+                | EddyStatement::CreateSource { .. }
+                | EddyStatement::CreateView(_)
+                | EddyStatement::CreateSink(_)
+                | EddyStatement::Drop { .. }
+                | EddyStatement::DropSink { .. }
+        );
+        let recorded = is_ddl.then(|| statement.clone());
+        let result = self.execute(session, statement, params).await?;
+        if let Some(statement) = recorded {
+            self.record_ddl(&statement, sql);
+            if !self.is_restoring() {
+                self.checkpoint().await?;
+            }
+        }
+        Ok(result)
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -334,19 +528,39 @@ impl Engine {
             } => self.create_source(*table, &time, *clauses).await,
             EddyStatement::ShowSources => self.show_names(RelationKind::Source),
             EddyStatement::Flush => {
-                let epoch = self.runtime.flush().await?;
-                // Changes are visible in sinks too: wait for every sink that
-                // has not failed to make this epoch durable.
+                // A checkpoint: every change before is visible, durable,
+                // and handed to the sinks; wait for every sink that has not
+                // failed to commit it.
+                let manifest = self.checkpoint().await?;
                 for sink in self.catalog.list_sinks() {
-                    sink.status.wait_for(epoch).await;
+                    sink.status.wait_for(manifest.epoch).await;
                 }
                 Ok(StatementResult::Command("FLUSH".into()))
+            }
+            EddyStatement::Checkpoint => {
+                self.checkpoint().await?;
+                Ok(StatementResult::Command("CHECKPOINT".into()))
+            }
+            EddyStatement::CreateSnapshot(name) => {
+                self.snapshot(&name).await?;
+                Ok(StatementResult::Command("CREATE SNAPSHOT".into()))
             }
             EddyStatement::ShowTables => self.show_names(RelationKind::Table),
             EddyStatement::ShowViews => {
                 let (_, mut views) = self.runtime.status().await?;
                 views.retain(|v| matches!(self.catalog.get(&v.name), Some(Relation::View(e)) if e.owner_sink.is_none()));
                 Ok(rows(views_batch(&views)?))
+            }
+            EddyStatement::Set { name, value } if name == "checkpoint_interval" => {
+                let micros = super::types::interval_micros(value.trim_matches('\''))?;
+                if micros < 0 {
+                    return Err(EddyError::InvalidParameter(
+                        "checkpoint_interval cannot be negative".into(),
+                    ));
+                }
+                self.checkpoints
+                    .set_interval(std::time::Duration::from_micros(micros as u64));
+                Ok(StatementResult::Command("SET".into()))
             }
             EddyStatement::Set { name, value } => {
                 if !name.is_empty() {
@@ -355,15 +569,14 @@ impl Engine {
                 Ok(StatementResult::Command("SET".into()))
             }
             EddyStatement::ShowVariable(name) => {
-                let value =
-                    session
-                        .settings
-                        .get(&name)
-                        .cloned()
-                        .ok_or_else(|| EddyError::Planning {
-                            sqlstate: "42704",
-                            message: format!("unrecognized configuration parameter \"{name}\""),
-                        })?;
+                let interval = (name == "checkpoint_interval")
+                    .then(|| format!("{}ms", self.checkpoints.interval().as_millis()));
+                let value = interval
+                    .or_else(|| session.settings.get(&name).cloned())
+                    .ok_or_else(|| EddyError::Planning {
+                        sqlstate: "42704",
+                        message: format!("unrecognized configuration parameter \"{name}\""),
+                    })?;
                 let batch = RecordBatch::try_new(
                     show_variable_schema(&name),
                     vec![Arc::new(StringArray::from(vec![value])) as ArrayRef],
@@ -401,7 +614,23 @@ impl Engine {
         if self.catalog.get(&name).is_some() && create.if_not_exists {
             return Ok(StatementResult::Command("CREATE TABLE".into()));
         }
-        let data = TableData::try_new(&name, schema.clone(), key_indices)?;
+        let mut data = TableData::try_new(&name, schema.clone(), key_indices)?;
+        let restored = self.take_restored(&format!("table/{name}"));
+        if let Some(entries) = &restored {
+            let codec = data.rows.codec().clone();
+            let mut rows: Vec<&[u8]> = Vec::new();
+            for (row, n) in entries {
+                let n = i64::from_le_bytes(n.as_slice().try_into().map_err(|_| {
+                    EddyError::Checkpoint(format!("table {name}: bad row multiplicity"))
+                })?);
+                rows.extend(std::iter::repeat_n(row.as_slice(), n.max(0) as usize));
+            }
+            if !rows.is_empty() {
+                let batch = codec.decode(rows.into_iter())?;
+                data = data.insert(batch)?.0;
+            }
+        }
+        let restored_watermark = self.restored_watermark(&format!("table/{name}"));
         let clock_drives_watermark = matches!(
             (&proctime, &watermark),
             (Some(p), Some(w)) if p.column == w.column
@@ -416,6 +645,19 @@ impl Engine {
             watermark,
             proctime,
         });
+        if let (Some(w), Some(watermark)) = (restored_watermark, &table.watermark) {
+            watermark.resume_at(w);
+        }
+        let rows = table.data().rows.clone();
+        self.runtime
+            .register_table(
+                table.id,
+                table.name.clone(),
+                rows,
+                restored_watermark,
+                restored.is_some(),
+            )
+            .await?;
         self.catalog.insert(Relation::Table(table.clone()))?;
         if clock_drives_watermark {
             spawn_processing_time_watermark(Arc::downgrade(&table), self.runtime.clone());
@@ -683,10 +925,13 @@ impl Engine {
         for table in &tables {
             guards.push(table.write_lock.lock().await);
         }
+        let restored = self.take_restored_view(&view.name);
         let mut table_snapshots = Vec::with_capacity(tables.len());
-        for table in &tables {
-            let rows = table.data().rows.to_change_batch()?;
-            table_snapshots.push((table.id, rows));
+        if restored.is_none() {
+            for table in &tables {
+                let rows = table.data().rows.to_change_batch()?;
+                table_snapshots.push((table.id, rows));
+            }
         }
         // Each source this view reads gets a reader of its own, from the
         // first row, under a relation id of its own.
@@ -704,6 +949,31 @@ impl Engine {
             }
         }
         let id = self.catalog.allocate_id();
+        let reader_names: Vec<(RelationId, String)> = readers
+            .iter()
+            .map(|(source, reader, _)| (*reader, format!("{}/{}", view.name, source.name)))
+            .collect();
+        let restore = restored.map(|state| RestoredView {
+            state,
+            reader_watermarks: reader_names
+                .iter()
+                .filter_map(|(reader, name)| {
+                    Some((*reader, self.restored_watermark(&format!("reader/{name}"))?))
+                })
+                .collect(),
+            watermark: self.restored_watermark(&format!("view/{}", view.name)),
+        });
+        let resume: Vec<Option<ReaderPosition>> = match &restore {
+            Some(_) => reader_names
+                .iter()
+                .map(|(_, name)| self.restored_position(name))
+                .collect(),
+            None => vec![None; reader_names.len()],
+        };
+        let reader_watermarks = restore
+            .as_ref()
+            .map(|r| r.reader_watermarks.clone())
+            .unwrap_or_default();
         self.runtime
             .create_view(ViewSpec {
                 id,
@@ -711,13 +981,21 @@ impl Engine {
                 schema: planned.schema.clone(),
                 graph,
                 table_snapshots,
+                readers: reader_names,
+                restore,
             })
             .await?;
         drop(guards);
-        for (source, reader, stop) in &readers {
+        for ((source, reader, stop), resume) in readers.iter().zip(resume) {
             let watermark = source
                 .watermark
                 .map(|(column, delay)| TableWatermark::new(column, delay));
+            if let (Some(watermark), Some((_, w))) = (
+                &watermark,
+                reader_watermarks.iter().find(|(r, _)| r == reader),
+            ) {
+                watermark.resume_at(*w);
+            }
             source.connector.spawn_reader(ReaderSpec {
                 schema: source.schema.clone(),
                 proctime: source.proctime.map(ProcessingTime::new),
@@ -726,6 +1004,7 @@ impl Engine {
                 view: view.name.clone(),
                 runtime: self.runtime.clone(),
                 stop: stop.clone(),
+                resume,
             });
         }
         let entry = Arc::new(ViewEntry {
@@ -804,7 +1083,7 @@ impl Engine {
             SinkInput::View(name) => match self.catalog.require(name)? {
                 Relation::View(v) if v.owner_sink.is_none() => {
                     let config = config_for(&v.schema, &v.key, v.append_only)?;
-                    config.validate_target().await?;
+                    config.validate_target(!self.is_restoring()).await?;
                     (v, config, false)
                 }
                 _ => {
@@ -827,7 +1106,7 @@ impl Engine {
                 };
                 let (planned, _) = self.plan_view(&definition).await?;
                 let config = config_for(&planned.schema, &planned.key, planned.append_only)?;
-                config.validate_target().await?;
+                config.validate_target(!self.is_restoring()).await?;
                 let view = self
                     .start_view(definition, planned, Some(create.name.clone()))
                     .await?;
@@ -931,8 +1210,21 @@ impl Engine {
         let status = SinkStatus::new(0);
         let (sender, receiver) = tokio::sync::mpsc::channel(SINK_QUEUE_EPOCHS);
         let (target, mode) = (config.target(), config.mode());
-        config.spawn(receiver, status.clone());
-        self.runtime.create_sink(id, view.id, sender).await?;
+        let restored = self
+            .take_restored(&format!("sink/{name}"))
+            .map(|entries| crate::runtime::decode_sink_epochs(view.schema.clone(), entries))
+            .transpose()?;
+        config.spawn(receiver, status.clone(), restored.is_none());
+        self.runtime
+            .create_durable_sink(
+                id,
+                name.to_string(),
+                view.id,
+                sender,
+                status.clone(),
+                restored,
+            )
+            .await?;
         self.catalog.insert_sink(Arc::new(SinkEntry {
             id,
             name: name.to_string(),
@@ -1117,8 +1409,9 @@ impl Engine {
             .map(|w| w.observe(&change))
             .transpose()?
             .flatten();
+        let rows = table.data().rows.clone();
         self.runtime
-            .send_changes(table.id, change, watermark)
+            .send_table_changes(table.id, change, watermark, rows)
             .await?;
         Ok(StatementResult::Command(tag))
     }
@@ -1226,6 +1519,7 @@ impl Engine {
                 }
                 Relation::Table(t) => {
                     let _write = t.write_lock.lock().await;
+                    self.runtime.forget_table(t.id).await?;
                 }
             }
             self.catalog.remove(relation.name());
@@ -1358,9 +1652,10 @@ enum SinkConfig {
 impl SinkConfig {
     /// Checks at CREATE SINK that the target answers (and, for Postgres,
     /// that its table fits).
-    async fn validate_target(&self) -> Result<()> {
+    /// A `fresh` sink starts its progress over; a restored one keeps it.
+    async fn validate_target(&self, fresh: bool) -> Result<()> {
         match self {
-            Self::Postgres(config) => postgres::validate_target(config).await,
+            Self::Postgres(config) => postgres::validate_target(config, fresh).await,
             Self::Kafka(config) => kafka::sink::validate_target(config).await,
         }
     }
@@ -1383,10 +1678,11 @@ impl SinkConfig {
         self,
         epochs: tokio::sync::mpsc::Receiver<postgres::SinkEpoch>,
         status: Arc<SinkStatus>,
+        fresh: bool,
     ) {
         match self {
             Self::Postgres(config) => postgres::spawn_sink(*config, epochs, status),
-            Self::Kafka(config) => kafka::sink::spawn_sink(config, epochs, status),
+            Self::Kafka(config) => kafka::sink::spawn_sink(config, epochs, status, fresh),
         }
     }
 }

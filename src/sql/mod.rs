@@ -66,6 +66,10 @@ pub enum EddyStatement {
     ShowVariable(String),
     /// BEGIN / COMMIT / ROLLBACK.
     Transaction(TransactionStep),
+    /// `CHECKPOINT`: take a checkpoint now.
+    Checkpoint,
+    /// `CREATE SNAPSHOT name`: a checkpoint kept under a name (a savepoint).
+    CreateSnapshot(String),
     /// `SUBSCRIBE [TO] view [WITH (snapshot = true | false)]`.
     Subscribe {
         view: String,
@@ -222,6 +226,18 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["FLUSH"] => return Ok(EddyStatement::Flush),
+        ["CHECKPOINT"] => return Ok(EddyStatement::Checkpoint),
+        ["CREATE", "SNAPSHOT", ..] => {
+            let rest = sql.trim().trim_end_matches(';');
+            let name = rest
+                .split_whitespace()
+                .nth(2)
+                .filter(|_| rest.split_whitespace().count() == 3)
+                .ok_or_else(|| EddyError::Syntax("expected CREATE SNAPSHOT <name>".into()))?;
+            return Ok(EddyStatement::CreateSnapshot(
+                name.trim_matches('"').to_string(),
+            ));
+        }
         ["SHOW", "TABLES", ..] => return Ok(EddyStatement::ShowTables),
         ["SHOW", "MATERIALIZED", "VIEWS", ..] => return Ok(EddyStatement::ShowViews),
         ["SHOW", "SINKS", ..] => return Ok(EddyStatement::ShowSinks),

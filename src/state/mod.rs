@@ -11,6 +11,9 @@
 //! make one negative is refused (it means a retraction of a row that is not
 //! there, which is a bug upstream).
 
+pub mod checkpoint;
+pub mod codec;
+
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Int64Array, RecordBatch, RecordBatchOptions};
@@ -140,6 +143,23 @@ impl RowSet {
         }
         *self = next;
         Ok(())
+    }
+
+    /// Applies a changelog and returns the encoded rows it touched. All or
+    /// nothing: on error the set is unchanged.
+    pub fn apply_returning_rows(&mut self, change: &ChangeBatch) -> Result<Vec<Arc<[u8]>>> {
+        let encoded = self.codec.encode(&change.rows)?;
+        let mut next = self.clone();
+        for (row, weight) in encoded.iter().zip(change.weights.values().iter()) {
+            next.add_encoded(row.clone(), *weight)?;
+        }
+        *self = next;
+        Ok(encoded)
+    }
+
+    /// Every distinct encoded row with its multiplicity, in row order.
+    pub fn encoded_entries(&self) -> impl Iterator<Item = (&Arc<[u8]>, i64)> {
+        self.rows.iter().map(|(row, n)| (row, *n))
     }
 
     /// All rows as one batch, each repeated by its multiplicity.

@@ -397,3 +397,68 @@ impl AggregateFolder {
         }
     }
 }
+
+impl AccumulatorState {
+    /// Appends this state to a checkpoint value.
+    pub fn encode(&self, out: &mut crate::state::codec::Encoder) {
+        match self {
+            AccumulatorState::Count(n) => {
+                out.u8(0).i64(*n);
+            }
+            AccumulatorState::IntSum { sum, count } => {
+                out.u8(1).i64(*sum).i64(*count);
+            }
+            AccumulatorState::FloatSum { sum, count } => {
+                out.u8(2).f64(*sum).i64(*count);
+            }
+            AccumulatorState::DecimalSum { sum, count } => {
+                out.u8(3).i128(*sum).i64(*count);
+            }
+            AccumulatorState::Values(values) => {
+                out.u8(4).u64(values.len() as u64);
+                for (value, n) in values {
+                    out.bytes(value).i64(*n);
+                }
+            }
+            AccumulatorState::Bools { trues, falses } => {
+                out.u8(5).i64(*trues).i64(*falses);
+            }
+        }
+    }
+
+    /// Reads a state written by [`AccumulatorState::encode`].
+    pub fn decode(d: &mut crate::state::codec::Decoder<'_>) -> Result<Self> {
+        Ok(match d.u8()? {
+            0 => AccumulatorState::Count(d.i64()?),
+            1 => AccumulatorState::IntSum {
+                sum: d.i64()?,
+                count: d.i64()?,
+            },
+            2 => AccumulatorState::FloatSum {
+                sum: d.f64()?,
+                count: d.i64()?,
+            },
+            3 => AccumulatorState::DecimalSum {
+                sum: d.i128()?,
+                count: d.i64()?,
+            },
+            4 => {
+                let mut values = BTreeMap::new();
+                for _ in 0..d.u64()? {
+                    let value: Box<[u8]> = d.bytes()?.into();
+                    values.insert(value, d.i64()?);
+                }
+                AccumulatorState::Values(values)
+            }
+            5 => AccumulatorState::Bools {
+                trues: d.i64()?,
+                falses: d.i64()?,
+            },
+            other => {
+                return Err(EddyError::Checkpoint(format!(
+                    "unknown aggregate state kind {other}"
+                )))
+            }
+        })
+    }
+}

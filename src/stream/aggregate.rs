@@ -9,7 +9,7 @@
 //! removed (its output retracted), except the single group of an aggregate
 //! without GROUP BY, which always has a row, as in batch SQL.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
@@ -23,6 +23,8 @@ use datafusion::physical_plan::PhysicalExpr;
 use super::accumulator::{AccumulatorState, AggregateFolder, PreparedInput};
 use super::{ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::Result;
+use crate::state::checkpoint::StateDelta;
+use crate::state::codec::{Decoder, Encoder};
 
 /// One aggregate call: how to fold it, its argument and optional FILTER.
 pub struct AggregateCall {
@@ -67,6 +69,8 @@ pub struct AggregateOperator {
     schema: SchemaRef,
     errors: RowErrorPolicy,
     window: Option<(WindowedGroups, WindowIndex)>,
+    /// Groups changed (or removed) since the last checkpoint.
+    dirty: HashSet<Box<[u8]>>,
 }
 
 impl AggregateOperator {
@@ -99,6 +103,7 @@ impl AggregateOperator {
             schema,
             errors: RowErrorPolicy::default(),
             window: None,
+            dirty: HashSet::new(),
         })
     }
 
@@ -182,6 +187,7 @@ impl Operator for AggregateOperator {
         let emit = window.emit_on_close;
         let mut finished: Vec<(Box<[u8]>, Group)> = Vec::new();
         for key in closed.into_values().flatten() {
+            self.dirty.insert(key.clone());
             if let Some(group) = self.groups.remove(&key) {
                 if emit && group.rows > 0 {
                     finished.push((key, group));
@@ -211,6 +217,7 @@ impl Operator for AggregateOperator {
         let group = self.new_group();
         let values = self.outputs(&group)?;
         self.groups.insert(Box::default(), group);
+        self.dirty.insert(Box::default());
         Ok(vec![self.build_output(vec![(&[], values, 1)])?])
     }
 
@@ -303,6 +310,7 @@ impl Operator for AggregateOperator {
             }
         }
 
+        self.dirty.extend(touched.iter().cloned());
         if self.window.as_ref().is_some_and(|(w, _)| w.emit_on_close) {
             // Nothing is emitted before the window closes; empty groups go.
             for key in &touched {
@@ -374,6 +382,78 @@ impl Operator for AggregateOperator {
 
     fn rows_failed(&self) -> u64 {
         self.errors.rows_failed
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    /// Key: the group key; value: the group's row count and accumulators.
+    fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
+        let encode = |group: &Group| {
+            let mut out = Encoder::new();
+            out.i64(group.rows).u64(group.accumulators.len() as u64);
+            for state in &group.accumulators {
+                state.encode(&mut out);
+            }
+            out.finish()
+        };
+        if delta.full {
+            for (key, group) in &self.groups {
+                delta.put(key.to_vec(), encode(group));
+            }
+        } else {
+            for key in &self.dirty {
+                match self.groups.get(key) {
+                    Some(group) => delta.put(key.to_vec(), encode(group)),
+                    None => delta.delete(key.to_vec()),
+                }
+            }
+        }
+        self.dirty.clear();
+        Ok(())
+    }
+
+    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+        self.groups.clear();
+        self.dirty.clear();
+        for (key, value) in &entries {
+            let mut d = Decoder::new(value);
+            let rows = d.i64()?;
+            let count = d.u64()? as usize;
+            if count != self.calls.len() {
+                return Err(crate::error::EddyError::Checkpoint(format!(
+                    "aggregate state has {count} accumulators, the plan {}",
+                    self.calls.len()
+                )));
+            }
+            let accumulators = (0..count)
+                .map(|_| AccumulatorState::decode(&mut d))
+                .collect::<Result<Vec<_>>>()?;
+            self.groups
+                .insert(key.as_slice().into(), Group { rows, accumulators });
+        }
+        // Re-index windowed groups by the end of their window.
+        if let (Some((window, index)), Some(codec)) = (&mut self.window, &self.key_codec) {
+            index.by_end.clear();
+            if !entries.is_empty() {
+                let parser = codec.parser();
+                let keys = codec.convert_rows(entries.keys().map(|k| parser.parse(k)))?;
+                let ends = cast(
+                    &keys[window.end_key],
+                    &DataType::Timestamp(TimeUnit::Microsecond, None),
+                )?;
+                let ends = ends.as_primitive::<TimestampMicrosecondType>();
+                for (row, key) in entries.keys().enumerate() {
+                    index
+                        .by_end
+                        .entry(ends.value(row))
+                        .or_default()
+                        .push(key.as_slice().into());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn last_error(&self) -> Option<String> {

@@ -8,9 +8,12 @@
 //! operators it did not change. An id depends on the operator and its inputs,
 //! never on what consumes it.
 
+use std::collections::BTreeMap;
+
 use super::{ChangeBatch, Operator, OperatorStats};
 use crate::catalog::RelationId;
 use crate::error::Result;
+use crate::state::checkpoint::{CaptureRequest, RestoredState, StateDelta};
 
 pub type NodeIndex = usize;
 
@@ -258,6 +261,44 @@ impl StreamGraph {
                 (n.id, n.op.describe(), stats)
             })
             .collect()
+    }
+
+    /// Captures the state of every stateful operator as
+    /// `<prefix>/op/<stable id>`, whole when `request` asks for it.
+    pub fn checkpoint(
+        &mut self,
+        prefix: &str,
+        request: &CaptureRequest,
+        out: &mut BTreeMap<String, StateDelta>,
+    ) -> Result<()> {
+        for node in self.nodes.iter_mut().filter(|n| n.op.is_stateful()) {
+            let name = format!("{prefix}/op/{:016x}", node.id);
+            let mut delta = if request.wants_full(&name) {
+                StateDelta::full()
+            } else {
+                StateDelta::changes()
+            };
+            node.op.checkpoint(&mut delta)?;
+            out.insert(name, delta);
+        }
+        Ok(())
+    }
+
+    /// Restores every stateful operator from `<prefix>/op/<stable id>`.
+    pub fn restore(&mut self, prefix: &str, restored: &mut RestoredState) -> Result<()> {
+        for node in self.nodes.iter_mut().filter(|n| n.op.is_stateful()) {
+            let name = format!("{prefix}/op/{:016x}", node.id);
+            let entries = restored.states.remove(&name).ok_or_else(|| {
+                crate::error::EddyError::Checkpoint(format!(
+                    "the checkpoint has no state for operator {:016x} ({}) of {prefix}: \
+                     the view's plan changed since it was written",
+                    node.id,
+                    node.op.describe()
+                ))
+            })?;
+            node.op.restore(entries)?;
+        }
+        Ok(())
     }
 
     /// The most recent evaluation error of any operator.

@@ -21,6 +21,7 @@ pub mod temporal;
 pub mod union;
 pub mod window;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
@@ -29,6 +30,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_plan::PhysicalExpr;
 
 use crate::error::{EddyError, Result};
+use crate::state::checkpoint::StateDelta;
 
 /// A batch of changes: rows and their signed weights.
 ///
@@ -197,6 +199,24 @@ pub trait Operator: Send {
     /// The last evaluation error, if any, for status displays.
     fn last_error(&self) -> Option<String> {
         None
+    }
+
+    /// Whether this operator keeps keyed state that checkpoints must hold.
+    /// (Watermarks are not part of it: recovery passes each input's
+    /// checkpointed watermark in again.)
+    fn is_stateful(&self) -> bool {
+        false
+    }
+
+    /// Adds the state changed since the last call to `delta` (all of it
+    /// when `delta.full`). Called between epochs, at a checkpoint barrier.
+    fn checkpoint(&mut self, _delta: &mut StateDelta) -> Result<()> {
+        Ok(())
+    }
+
+    /// Replaces the state with checkpointed entries (instead of `start`).
+    fn restore(&mut self, _entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+        Ok(())
     }
 }
 

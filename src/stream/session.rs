@@ -20,7 +20,7 @@
 //! would need `t < end`), so its rows are freed. Closing matches the rule of
 //! the windowed aggregate downstream, which emits and frees it then.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -29,6 +29,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use super::window::{describe_micros, times, with_windows, LateCounter};
 use super::{ChangeBatch, Operator};
 use crate::error::Result;
+use crate::state::checkpoint::StateDelta;
+use crate::state::codec::{Decoder, Encoder};
 use crate::state::RowCodec;
 
 /// The sessions of times sorted ascending: `(start, end, rows in it)`.
@@ -106,6 +108,8 @@ pub struct SessionWindowOperator {
     /// Encodes whole input rows.
     codec: RowCodec,
     keys: HashMap<Arc<[u8]>, KeyRows>,
+    /// Keys changed since the last checkpoint.
+    dirty: HashSet<Arc<[u8]>>,
     watermark: Option<i64>,
     late: LateCounter,
     /// Whether a watermark reaches the time column (for EXPLAIN).
@@ -132,6 +136,7 @@ impl SessionWindowOperator {
             allowed_lateness,
             schema,
             keys: HashMap::new(),
+            dirty: HashSet::new(),
             watermark: None,
             late: LateCounter::default(),
         })
@@ -202,6 +207,7 @@ impl Operator for SessionWindowOperator {
         // (start, end, row) -> weight of the output change.
         let mut diff: BTreeMap<(i64, i64, Arc<[u8]>), i64> = BTreeMap::new();
         for (key, changes) in changed {
+            self.dirty.insert(key.clone());
             let stored = self.keys.entry(key.clone()).or_default();
             for (start, end, row, weight) in Self::windows_of(stored, self.gap) {
                 *diff.entry((start, end, row)).or_default() -= weight;
@@ -247,7 +253,9 @@ impl Operator for SessionWindowOperator {
             // Closed sessions are a prefix of each key's rows: free them,
             // earliest first, stopping at the first open one.
             let gap = self.gap;
-            self.keys.retain(|_, rows| {
+            let dirty = &mut self.dirty;
+            self.keys.retain(|key, rows| {
+                let before = rows.len();
                 while let Some(((first, _), _)) = rows.first_key_value() {
                     let mut end = first + gap;
                     let mut count = 0;
@@ -265,6 +273,9 @@ impl Operator for SessionWindowOperator {
                         rows.pop_first();
                     }
                 }
+                if rows.len() != before {
+                    dirty.insert(key.clone());
+                }
                 !rows.is_empty()
             });
         }
@@ -277,6 +288,52 @@ impl Operator for SessionWindowOperator {
 
     fn state_keys(&self) -> u64 {
         self.keys.values().map(|rows| rows.len() as u64).sum()
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    /// Key: the session key; value: its rows as `(time, row, multiplicity)`.
+    fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
+        let encode = |rows: &KeyRows| {
+            let mut out = Encoder::new();
+            out.u64(rows.len() as u64);
+            for ((time, row), n) in rows {
+                out.i64(*time).bytes(row).i64(*n);
+            }
+            out.finish()
+        };
+        if delta.full {
+            for (key, rows) in &self.keys {
+                delta.put(key.to_vec(), encode(rows));
+            }
+        } else {
+            for key in &self.dirty {
+                match self.keys.get(key) {
+                    Some(rows) => delta.put(key.to_vec(), encode(rows)),
+                    None => delta.delete(key.to_vec()),
+                }
+            }
+        }
+        self.dirty.clear();
+        Ok(())
+    }
+
+    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+        self.keys.clear();
+        self.dirty.clear();
+        for (key, value) in entries {
+            let mut d = Decoder::new(&value);
+            let mut rows = KeyRows::new();
+            for _ in 0..d.u64()? {
+                let time = d.i64()?;
+                let row: Arc<[u8]> = d.bytes()?.into();
+                rows.insert((time, row), d.i64()?);
+            }
+            self.keys.insert(key.into(), rows);
+        }
+        Ok(())
     }
 }
 

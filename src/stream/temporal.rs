@@ -8,7 +8,7 @@
 //! row has already aged out is dropped: its insertion was (or would have
 //! been) retracted already. State is the rows inside the window.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, Int64Array};
@@ -18,6 +18,7 @@ use datafusion::physical_plan::PhysicalExpr;
 
 use super::{ChangeBatch, Operator};
 use crate::error::Result;
+use crate::state::checkpoint::StateDelta;
 use crate::state::RowCodec;
 
 /// Microseconds since the Unix epoch, now.
@@ -37,6 +38,8 @@ pub struct TemporalFilterOperator {
     /// time -> row -> net weight, for rows still inside the window.
     live: BTreeMap<i64, HashMap<Arc<[u8]>, i64>>,
     live_rows: u64,
+    /// `(time, row)` entries changed since the last checkpoint.
+    dirty: HashSet<(i64, Arc<[u8]>)>,
 }
 
 impl TemporalFilterOperator {
@@ -53,6 +56,7 @@ impl TemporalFilterOperator {
             codec: RowCodec::try_new(schema)?,
             live: BTreeMap::new(),
             live_rows: 0,
+            dirty: HashSet::new(),
         })
     }
 
@@ -96,6 +100,7 @@ impl Operator for TemporalFilterOperator {
             }
             kept.push(row as u32);
             let weight = batch.weights.value(row);
+            self.dirty.insert((times.value(row), encoded.clone()));
             let rows = self.live.entry(times.value(row)).or_default();
             let net = rows.entry(encoded.clone()).or_insert(0);
             *net += weight;
@@ -117,6 +122,10 @@ impl Operator for TemporalFilterOperator {
             }
             None => std::mem::take(&mut self.live),
         };
+        for (time, rows) in &expired {
+            self.dirty
+                .extend(rows.keys().map(|row| (*time, row.clone())));
+        }
         let rows: Vec<(Arc<[u8]>, i64)> = expired
             .into_values()
             .flat_map(|m| m.into_iter())
@@ -134,5 +143,56 @@ impl Operator for TemporalFilterOperator {
 
     fn state_keys(&self) -> u64 {
         self.live_rows
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    /// Key: the row's time (8 bytes) then the row; value: its net weight.
+    fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
+        let key = |time: i64, row: &[u8]| {
+            let mut key = time.to_be_bytes().to_vec();
+            key.extend_from_slice(row);
+            key
+        };
+        if delta.full {
+            for (time, rows) in &self.live {
+                for (row, weight) in rows {
+                    delta.put(key(*time, row), weight.to_le_bytes().to_vec());
+                }
+            }
+        } else {
+            for (time, row) in &self.dirty {
+                match self.live.get(time).and_then(|rows| rows.get(row)) {
+                    Some(weight) => delta.put(key(*time, row), weight.to_le_bytes().to_vec()),
+                    None => delta.delete(key(*time, row)),
+                }
+            }
+        }
+        self.dirty.clear();
+        Ok(())
+    }
+
+    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+        self.live.clear();
+        self.dirty.clear();
+        self.live_rows = 0;
+        for (key, value) in entries {
+            let damaged = || crate::error::EddyError::Checkpoint("temporal filter state".into());
+            let time = i64::from_be_bytes(
+                key.get(..8)
+                    .ok_or_else(damaged)?
+                    .try_into()
+                    .map_err(|_| damaged())?,
+            );
+            let weight = i64::from_le_bytes(value.as_slice().try_into().map_err(|_| damaged())?);
+            self.live
+                .entry(time)
+                .or_default()
+                .insert(key[8..].into(), weight);
+            self.live_rows = (self.live_rows as i64 + weight) as u64;
+        }
+        Ok(())
     }
 }

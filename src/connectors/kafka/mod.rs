@@ -49,6 +49,7 @@ use crate::connectors::table::{ProcessingTime, TableWatermark};
 use crate::error::{EddyError, Result};
 use crate::runtime::RuntimeHandle;
 use crate::sql::sink::{FormatSpec, KafkaMetadata, MessageFormat, SourceClauses};
+use crate::state::checkpoint::ReaderPosition;
 use crate::state::RowCodec;
 use crate::stream::ChangeBatch;
 use decode::PayloadDecoder;
@@ -401,9 +402,15 @@ pub fn spawn_reader(config: Arc<KafkaSourceConfig>, spec: super::ReaderSpec) {
         view,
         runtime,
         stop,
+        resume,
     } = spec;
+    let resume = match resume {
+        Some(ReaderPosition::Kafka { next_offsets }) => Some(next_offsets),
+        _ => None,
+    };
     tokio::spawn(async move {
-        let mut reader = match Reader::new(config, schema, proctime, watermark, relation, view) {
+        let reader = Reader::new(config, schema, proctime, watermark, relation, view);
+        let mut reader = match reader.map(|r| r.resuming(resume)) {
             Ok(reader) => reader,
             Err(e) => {
                 let _ = runtime.fail_readers(relation, e.to_string()).await;
@@ -451,6 +458,8 @@ struct Reader {
     /// FORMAT UPSERT: the current row of each message key.
     upserted: HashMap<Vec<u8>, Arc<[u8]>>,
     codec: RowCodec,
+    /// Resuming from a checkpoint: the next offset to deliver per partition.
+    resume: Option<BTreeMap<i32, i64>>,
 }
 
 impl Reader {
@@ -476,6 +485,25 @@ impl Reader {
             assigned: 0,
             upserted: HashMap::new(),
             codec,
+            resume: None,
+        })
+    }
+
+    /// Resumes at checkpointed offsets. An UPSERT source re-reads its
+    /// partitions from the beginning up to them without emitting, to know
+    /// each key's current row again.
+    fn resuming(mut self, resume: Option<BTreeMap<i32, i64>>) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// Messages before the resume offset of their partition: already in
+    /// the checkpointed state.
+    fn already_delivered(&self, message: &Received) -> bool {
+        self.resume.as_ref().is_some_and(|offsets| {
+            offsets
+                .get(&message.partition)
+                .is_some_and(|&next| message.offset < next)
         })
     }
 
@@ -495,8 +523,19 @@ impl Reader {
         }
         let first_time = self.assigned == 0;
         let mut list = TopicPartitionList::new();
+        let rebuild_keys = self.config.format == MessageFormat::Upsert;
+        let resume = self.resume.clone().unwrap_or_default();
+        let mut resumed = false;
         for partition in self.assigned..count {
             let offset = match (first_time, self.config.startup) {
+                _ if resume.contains_key(&(partition as i32)) => {
+                    resumed = true;
+                    if rebuild_keys {
+                        Offset::Beginning
+                    } else {
+                        Offset::Offset(resume[&(partition as i32)])
+                    }
+                }
                 (false, _) | (true, Startup::Earliest) => Offset::Beginning,
                 (true, Startup::Latest) => Offset::End,
                 (true, Startup::Timestamp(millis)) => Offset::Offset(millis),
@@ -505,7 +544,7 @@ impl Reader {
                 .map_err(kafka_error)?;
             self.clock.assigned(partition as i32);
         }
-        if let (true, Startup::Timestamp(_)) = (first_time, self.config.startup) {
+        if let (true, Startup::Timestamp(_), false) = (first_time, self.config.startup, resumed) {
             list = self
                 .consumer
                 .offsets_for_times(list, METADATA_TIMEOUT)
@@ -551,6 +590,20 @@ impl Reader {
                     }
                 }
             }
+            let mut position = BTreeMap::new();
+            for message in &batch {
+                position.insert(message.partition, message.offset + 1);
+            }
+            if self.resume.is_some() {
+                let (replayed, live): (Vec<Received>, Vec<Received>) =
+                    batch.into_iter().partition(|m| self.already_delivered(m));
+                if !replayed.is_empty() {
+                    // Rebuilds the UPSERT key map; the changes are in the
+                    // checkpointed state already.
+                    let _ = self.changes(&replayed)?;
+                }
+                batch = live;
+            }
             let bytes = batch
                 .iter()
                 .map(|m| m.payload.as_ref().map_or(0, Vec::len) as u64)
@@ -577,7 +630,15 @@ impl Reader {
                 (Some(watermark), Some(time)) => watermark.advance_to(time),
                 _ => None,
             };
-            runtime.send_changes(self.relation, change, moved).await?;
+            if change.is_empty() && moved.is_none() && position.is_empty() {
+                continue;
+            }
+            let position = ReaderPosition::Kafka {
+                next_offsets: position,
+            };
+            runtime
+                .send_source_changes(self.relation, change, moved, position)
+                .await?;
         }
     }
 

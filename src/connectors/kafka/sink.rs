@@ -14,9 +14,14 @@
 //! - `FORMAT DEBEZIUM ENCODE JSON`: `{"before": ..., "after": ..., "op":
 //!   "c" | "u" | "d"}` per changed key (per changed row for a keyless view).
 //!
-//! Delivery is at-least-once: an epoch counts as written once every message
-//! of it is acknowledged by the broker; when sending fails the epoch is sent
-//! again (with backoff), so a message may appear twice.
+//! Delivery is exactly-once for consumers that read with
+//! `isolation.level = read_committed`: the sink gets one epoch per completed
+//! checkpoint and writes it in one Kafka transaction (transactional id
+//! `eddy-sink-<name>`), each message carrying the headers `eddy-sink` and
+//! `eddy-epoch`. On start, the sink reads the newest committed messages of
+//! the topic to learn the last epoch it committed, and skips epochs up to
+//! it (a restart replays the epochs the checkpoint had not seen
+//! acknowledged). A failed transaction is aborted and the epoch retried.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +30,11 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::connectors::epoch::{appended_rows, key_fates, take_rows, KeyFate};
@@ -138,15 +147,84 @@ impl KafkaSinkConfig {
         format!("kafka topic {}", self.topic)
     }
 
-    fn producer(&self) -> Result<FutureProducer> {
+    fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
-        config.set("message.timeout.ms", "30000");
         for (name, value) in &self.client {
             config.set(name, value);
         }
         config
+    }
+
+    fn producer(&self) -> Result<FutureProducer> {
+        let mut config = self.client_config();
+        config.set("message.timeout.ms", "30000");
+        config
             .create()
             .map_err(|e| EddyError::InvalidParameter(format!("Kafka sink {}: {e}", self.sink_name)))
+    }
+
+    /// A producer whose writes are transactions of this sink.
+    fn transactional_producer(&self) -> Result<FutureProducer> {
+        let mut config = self.client_config();
+        config
+            .set("message.timeout.ms", "30000")
+            .set("transactional.id", format!("eddy-sink-{}", self.sink_name))
+            .set("transaction.timeout.ms", "60000");
+        config
+            .create()
+            .map_err(|e| EddyError::InvalidParameter(format!("Kafka sink {}: {e}", self.sink_name)))
+    }
+
+    /// The last epoch this sink committed to its topic: the newest
+    /// `eddy-epoch` header among this sink's committed messages near the
+    /// end of each partition (0 if none).
+    fn last_committed_epoch(&self) -> Result<u64> {
+        let mut config = self.client_config();
+        config
+            .set("group.id", format!("eddy-sink-{}-recovery", self.sink_name))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true");
+        let consumer: BaseConsumer = config.create().map_err(|e| {
+            EddyError::InvalidParameter(format!("Kafka sink {}: {e}", self.sink_name))
+        })?;
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
+            .map_err(|e| EddyError::InvalidParameter(format!("Kafka: {e}")))?;
+        let mut list = TopicPartitionList::new();
+        let mut open = 0;
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (low, high) = consumer
+                .fetch_watermarks(&self.topic, partition.id(), METADATA_TIMEOUT)
+                .map_err(|e| EddyError::InvalidParameter(format!("Kafka: {e}")))?;
+            if high > low {
+                let start = (high - RECOVERY_SCAN_MESSAGES).max(low);
+                list.add_partition_offset(&self.topic, partition.id(), Offset::Offset(start))
+                    .map_err(|e| EddyError::InvalidParameter(format!("Kafka: {e}")))?;
+                open += 1;
+            }
+        }
+        if open == 0 {
+            return Ok(0);
+        }
+        consumer
+            .assign(&list)
+            .map_err(|e| EddyError::InvalidParameter(format!("Kafka: {e}")))?;
+        let mut newest = 0u64;
+        let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+        while open > 0 && std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    if let Some(epoch) = epoch_header(&message, &self.sink_name) {
+                        newest = newest.max(epoch);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => open -= 1,
+                Some(Err(e)) => tracing::warn!(sink = %self.sink_name, error = %e, "Kafka"),
+                None => {}
+            }
+        }
+        Ok(newest)
     }
 
     /// The messages `(key, value)` of one epoch; a `None` value is a
@@ -275,24 +353,91 @@ pub async fn validate_target(config: &KafkaSinkConfig) -> Result<()> {
     })
 }
 
+/// Messages read back from the end of each partition to find the sink's
+/// last committed epoch (an epoch's messages end a partition's log).
+const RECOVERY_SCAN_MESSAGES: i64 = 1000;
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn epoch_header(message: &BorrowedMessage<'_>, sink: &str) -> Option<u64> {
+    let headers = message.headers()?;
+    let mut this_sink = false;
+    let mut epoch = None;
+    for header in headers.iter() {
+        match (header.key, header.value) {
+            ("eddy-sink", Some(value)) => this_sink = value == sink.as_bytes(),
+            ("eddy-epoch", Some(value)) => {
+                epoch = std::str::from_utf8(value).ok()?.parse().ok();
+            }
+            _ => {}
+        }
+    }
+    epoch.filter(|_| this_sink)
+}
+
+/// Sets up the transactional producer and learns the last committed epoch
+/// (none for a `fresh` sink: what the topic holds is an earlier sink's).
+fn start_transactions(config: &KafkaSinkConfig, fresh: bool) -> Result<(FutureProducer, u64)> {
+    let producer = config.transactional_producer()?;
+    // Fences off an earlier incarnation and aborts its open transaction.
+    producer
+        .init_transactions(TRANSACTION_TIMEOUT)
+        .map_err(|e| {
+            EddyError::InvalidParameter(format!("Kafka sink {}: {e}", config.sink_name))
+        })?;
+    let committed = if fresh {
+        0
+    } else {
+        config.last_committed_epoch()?
+    };
+    Ok((producer, committed))
+}
+
 /// Starts the sink task; it runs until the runtime drops the epoch channel.
+/// A `fresh` sink was just created; otherwise it was restored.
 pub fn spawn_sink(
     config: KafkaSinkConfig,
     mut epochs: mpsc::Receiver<SinkEpoch>,
     status: Arc<SinkStatus>,
+    fresh: bool,
 ) {
     tokio::spawn(async move {
-        let producer = match config.producer() {
-            Ok(producer) => producer,
-            Err(e) => {
-                status.fail(e.to_string());
-                while epochs.recv().await.is_some() {} // never hold the runtime
-                return;
+        let mut started = None;
+        let mut backoff_ms = BACKOFF_START_MS;
+        while started.is_none() {
+            let attempt = {
+                let config = config.clone();
+                tokio::task::spawn_blocking(move || start_transactions(&config, fresh)).await
+            };
+            match attempt {
+                Ok(Ok(ready)) => started = Some(ready),
+                Ok(Err(e)) if status.is_dropped() => {
+                    tracing::debug!(error = %e, "Kafka sink dropped while starting");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    let reason = format!("Kafka unavailable: {e}");
+                    tracing::warn!(sink = %config.sink_name, retry_in_ms = backoff_ms, "{reason}");
+                    status.retrying(Some(reason));
+                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                    backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+                }
+                Err(e) => {
+                    status.fail(format!("Kafka sink task: {e}"));
+                    while epochs.recv().await.is_some() {} // never hold the runtime
+                    return;
+                }
             }
-        };
+        }
+        let (producer, committed) = started.expect("started");
+        status.retrying(None);
+        let producer = Arc::new(producer);
         while let Some(SinkEpoch { epoch, changes }) = epochs.recv().await {
             if status.has_failed() || status.is_dropped() {
                 continue; // keep draining so the runtime never waits on us
+            }
+            if epoch <= committed {
+                status.committed(epoch, 0); // written before a restart
+                continue;
             }
             let messages = match config.messages(&changes) {
                 Ok(messages) => messages,
@@ -302,27 +447,27 @@ pub fn spawn_sink(
                 }
             };
             let mut backoff_ms = BACKOFF_START_MS;
+            let epoch_text = epoch.to_string();
             loop {
                 if status.is_dropped() {
                     break;
                 }
-                let sends = messages.iter().map(|(key, value)| {
-                    let mut record: FutureRecord<'_, str, str> = FutureRecord::to(&config.topic);
-                    if let Some(key) = key {
-                        record = record.key(key);
-                    }
-                    if let Some(value) = value {
-                        record = record.payload(value);
-                    }
-                    producer.send(record, Duration::from_secs(30))
-                });
-                let results = futures::future::join_all(sends).await;
-                match results.into_iter().find_map(|r| r.err()) {
-                    None => {
+                if messages.is_empty() {
+                    status.committed(epoch, 0);
+                    break;
+                }
+                let result = write_transaction(&producer, &config, &epoch_text, &messages).await;
+                match result {
+                    Ok(()) => {
                         status.committed(epoch, messages.len() as u64);
                         break;
                     }
-                    Some((e, _)) => {
+                    Err(e) => {
+                        let aborting = producer.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            aborting.abort_transaction(TRANSACTION_TIMEOUT)
+                        })
+                        .await;
                         let reason = format!("Kafka unavailable: {e}");
                         tracing::warn!(sink = %config.sink_name, epoch, retry_in_ms = backoff_ms, "{reason}");
                         status.retrying(Some(reason));
@@ -334,4 +479,42 @@ pub fn spawn_sink(
         }
         tracing::info!(sink = %config.sink_name, "Kafka sink stopped");
     });
+}
+
+/// Writes one epoch's messages as one transaction.
+async fn write_transaction(
+    producer: &Arc<FutureProducer>,
+    config: &KafkaSinkConfig,
+    epoch: &str,
+    messages: &[(Option<String>, Option<String>)],
+) -> std::result::Result<(), KafkaError> {
+    producer.begin_transaction()?;
+    let sends = messages.iter().map(|(key, value)| {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "eddy-sink",
+                value: Some(config.sink_name.as_str()),
+            })
+            .insert(Header {
+                key: "eddy-epoch",
+                value: Some(epoch),
+            });
+        let mut record: FutureRecord<'_, str, str> =
+            FutureRecord::to(&config.topic).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        producer.send(record, Duration::from_secs(30))
+    });
+    let results = futures::future::join_all(sends).await;
+    if let Some((e, _)) = results.into_iter().find_map(|r| r.err()) {
+        return Err(e);
+    }
+    let committing = producer.clone();
+    tokio::task::spawn_blocking(move || committing.commit_transaction(TRANSACTION_TIMEOUT))
+        .await
+        .map_err(|_| KafkaError::Canceled)?
 }

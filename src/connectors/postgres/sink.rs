@@ -25,7 +25,7 @@ const BACKOFF_START_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 5_000;
 
 /// A view's changes in one epoch, for one sink.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SinkEpoch {
     pub epoch: u64,
     pub changes: Vec<ChangeBatch>,
@@ -318,10 +318,11 @@ fn pg_error(context: &str, e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Checks (or creates) the target table and the progress table, and resets
-/// this sink's progress: a new sink starts at its first epoch. Runs at
-/// CREATE SINK, so mistakes are reported to the user there.
-pub async fn validate_target(config: &PostgresSinkConfig) -> Result<()> {
+/// Checks (or creates) the target table and the progress table, and, for a
+/// `fresh` sink, resets its progress: a new sink starts at its first epoch
+/// (a sink restored from a checkpoint keeps it, to skip what it already
+/// committed). Runs at CREATE SINK, so mistakes are reported there.
+pub async fn validate_target(config: &PostgresSinkConfig, fresh: bool) -> Result<()> {
     let client = connect(config).await.map_err(|e| {
         EddyError::InvalidParameter(pg_error(
             &format!("cannot connect to Postgres for sink {}", config.sink_name),
@@ -370,13 +371,15 @@ pub async fn validate_target(config: &PostgresSinkConfig) -> Result<()> {
             return Err(user_error(e));
         }
     }
-    client
-        .execute(
-            &format!("DELETE FROM {PROGRESS_TABLE} WHERE sink = $1"),
-            &[&config.sink_name],
-        )
-        .await
-        .map_err(user_error)?;
+    if fresh {
+        client
+            .execute(
+                &format!("DELETE FROM {PROGRESS_TABLE} WHERE sink = $1"),
+                &[&config.sink_name],
+            )
+            .await
+            .map_err(user_error)?;
+    }
     Ok(())
 }
 

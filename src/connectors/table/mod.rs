@@ -212,6 +212,12 @@ impl TableWatermark {
         Ok(newest.and_then(|newest| self.advance_to(newest)))
     }
 
+    /// Starts from a checkpointed watermark (it never goes back).
+    pub fn resume_at(&self, watermark: i64) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        *current = Some(current.map_or(watermark, |c| c.max(watermark)));
+    }
+
     /// Advances the watermark as if a row at `time` arrived; returns the new
     /// watermark if it moved.
     pub fn advance_to(&self, time: i64) -> Option<i64> {
