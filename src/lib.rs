@@ -184,6 +184,11 @@ impl Server {
         })
     }
 
+    /// Checkpoint figures since start.
+    pub fn checkpoint_stats(&self) -> runtime::checkpoint::CheckpointStats {
+        self.engine.checkpoints().stats()
+    }
+
     /// Stops accepting connections, waits for the listeners to close, and
     /// takes a final checkpoint (a restart resumes exactly there).
     pub async fn stop(self) {
@@ -200,6 +205,7 @@ impl Server {
             ),
             Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
         }
+        self.engine.checkpoints().close().await;
     }
 }
 
@@ -222,6 +228,9 @@ fn spawn_periodic_checkpoints(engine: std::sync::Weak<sql::execute::Engine>) {
             let Some(engine) = engine.upgrade() else {
                 return;
             };
+            if engine.checkpoints().is_closed() {
+                return;
+            }
             if idle {
                 continue;
             }

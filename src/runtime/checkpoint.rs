@@ -7,7 +7,7 @@
 //! deltas are relative to the one before.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,9 @@ pub struct Checkpointer {
     progress: tokio::sync::Mutex<Progress>,
     stats: Mutex<CheckpointStats>,
     interval_ms: AtomicU64,
+    /// Set at shutdown, after the final checkpoint: no more checkpoints
+    /// (another process may own the store by then).
+    closed: AtomicBool,
 }
 
 /// The right to take the next checkpoint (one at a time).
@@ -79,7 +82,18 @@ impl Checkpointer {
             }),
             stats: Mutex::default(),
             interval_ms: AtomicU64::new(interval.as_millis() as u64),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Refuses every later checkpoint; waits for one in progress to end.
+    pub async fn close(&self) {
+        let _progress = self.progress.lock().await;
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     pub fn store(&self) -> &CheckpointStore {
@@ -129,12 +143,18 @@ impl Checkpointer {
     }
 
     /// Waits for the right to take the next checkpoint.
-    pub async fn begin(&self) -> CheckpointRun<'_> {
-        CheckpointRun {
-            checkpointer: self,
-            progress: self.progress.lock().await,
-            started: Instant::now(),
+    pub async fn begin(&self) -> Result<CheckpointRun<'_>> {
+        let progress = self.progress.lock().await;
+        if self.is_closed() {
+            return Err(EddyError::Shutdown(
+                "eddy is shutting down: no more checkpoints".into(),
+            ));
         }
+        Ok(CheckpointRun {
+            checkpointer: self,
+            progress,
+            started: Instant::now(),
+        })
     }
 
     fn record(&self, record: CheckpointRecord) {

@@ -50,6 +50,10 @@ use crate::stream::ChangeBatch;
 const COMMAND_QUEUE_CAPACITY: usize = 1024;
 /// Epochs queued to one sink before the runtime waits for it (backpressure).
 pub const SINK_QUEUE_EPOCHS: usize = 16;
+/// Checkpoint epochs queued to one durable sink before the runtime waits
+/// for it (backpressure): a sink that cannot commit holds back everything
+/// within a few checkpoints, and what it has not committed stays bounded.
+pub const DURABLE_SINK_QUEUE_EPOCHS: usize = 2;
 /// How often processing time advances for operators (temporal filters).
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest an epoch stays open while commands keep arriving.
@@ -83,6 +87,9 @@ pub struct RestoredView {
     pub state: RestoredState,
     /// Watermarks of its source readers (tables and views have their own).
     pub reader_watermarks: Vec<(RelationId, i64)>,
+    /// Where its source readers resume: also what the next checkpoint
+    /// records for a reader that has not read anything new by then.
+    pub reader_positions: Vec<(RelationId, SourcePosition)>,
     /// The view's own watermark.
     pub watermark: Option<i64>,
 }
@@ -803,8 +810,10 @@ impl Worker {
         let RestoredView {
             mut state,
             reader_watermarks,
+            reader_positions,
             watermark,
         } = restore;
+        self.positions.extend(reader_positions);
         let prefix = format!("view/{name}");
         graph.restore(&prefix, &mut state)?;
         let mut rows = RowSet::new(codec);
@@ -1166,7 +1175,9 @@ pub fn decode_sink_epochs(
     entries: BTreeMap<Vec<u8>, Vec<u8>>,
 ) -> Result<Vec<SinkEpoch>> {
     let codec = RowCodec::try_new(schema)?;
-    let mut epochs: Vec<(u64, Vec<(Vec<u8>, i64)>)> = Vec::new();
+    // (epoch, its rows as (encoded row, weight))
+    type EpochRows = (u64, Vec<(Vec<u8>, i64)>);
+    let mut epochs: Vec<EpochRows> = Vec::new();
     for (key, value) in entries {
         let mut d = Decoder::new(&value);
         let epoch = d.u64()?;

@@ -39,7 +39,7 @@ use crate::connectors::{datagen, kafka, nexmark, ReaderSpec, SourceConnector};
 use crate::error::{EddyError, Result};
 use crate::plan;
 use crate::runtime::checkpoint::Checkpointer;
-use crate::runtime::{RestoredView, RuntimeHandle, ViewSpec, SINK_QUEUE_EPOCHS};
+use crate::runtime::{RestoredView, RuntimeHandle, ViewSpec, DURABLE_SINK_QUEUE_EPOCHS};
 use crate::state::checkpoint::{CheckpointStore, Manifest, ReaderPosition, RestoredState};
 use crate::stream::ChangeBatch;
 use std::sync::atomic::AtomicBool;
@@ -169,6 +169,13 @@ impl Default for Session {
     }
 }
 
+/// A recovery in progress: the checkpoint being restored, and the source
+/// readers to start when every object is back.
+struct Restoring {
+    state: RestoredState,
+    deferred_readers: Vec<(SourceConnector, ReaderSpec)>,
+}
+
 /// What a prepared statement will take and return.
 #[derive(Debug, Clone)]
 pub struct Description {
@@ -184,7 +191,7 @@ pub struct Engine {
     ddl_lock: tokio::sync::Mutex<()>,
     checkpoints: Arc<Checkpointer>,
     /// While recovering: the checkpoint the replayed DDL restores from.
-    restoring: std::sync::Mutex<Option<RestoredState>>,
+    restoring: std::sync::Mutex<Option<Restoring>>,
 }
 
 impl Engine {
@@ -230,7 +237,7 @@ impl Engine {
     /// catalog as of the same moment), the state written, then the durable
     /// sinks told they may commit its epoch.
     pub async fn checkpoint(&self) -> Result<Manifest> {
-        let run = self.checkpoints.begin().await;
+        let run = self.checkpoints.begin().await?;
         let request = run.request();
         let (capture, catalog) = {
             let _ddl = self.ddl_lock.lock().await;
@@ -258,7 +265,10 @@ impl Engine {
     pub async fn recover(&self, manifest: Manifest, restored: RestoredState) -> Result<()> {
         let started = std::time::Instant::now();
         let epoch = restored.epoch;
-        *self.restoring_state() = Some(restored);
+        *self.restoring_state() = Some(Restoring {
+            state: restored,
+            deferred_readers: Vec::new(),
+        });
         let mut session = Session::default();
         for ddl in &manifest.catalog {
             let result = match super::parse_statement(ddl) {
@@ -273,8 +283,11 @@ impl Engine {
                 )));
             }
         }
-        *self.restoring_state() = None;
+        let restoring = self.restoring_state().take();
         self.runtime.resume_epoch(epoch).await?;
+        for (connector, spec) in restoring.map(|r| r.deferred_readers).unwrap_or_default() {
+            connector.spawn_reader(spec);
+        }
         tracing::info!(
             checkpoint = manifest.id,
             epoch,
@@ -286,7 +299,7 @@ impl Engine {
         Ok(())
     }
 
-    fn restoring_state(&self) -> std::sync::MutexGuard<'_, Option<RestoredState>> {
+    fn restoring_state(&self) -> std::sync::MutexGuard<'_, Option<Restoring>> {
         self.restoring.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -296,12 +309,13 @@ impl Engine {
 
     /// Takes the checkpointed entries of state table `name`, when restoring.
     fn take_restored(&self, name: &str) -> Option<BTreeMap<Vec<u8>, Vec<u8>>> {
-        self.restoring_state().as_mut()?.states.remove(name)
+        self.restoring_state().as_mut()?.state.states.remove(name)
     }
 
     fn restored_watermark(&self, name: &str) -> Option<i64> {
         self.restoring_state()
             .as_ref()?
+            .state
             .meta
             .watermarks
             .get(name)
@@ -311,6 +325,7 @@ impl Engine {
     fn restored_position(&self, reader: &str) -> Option<ReaderPosition> {
         self.restoring_state()
             .as_ref()?
+            .state
             .meta
             .readers
             .get(reader)
@@ -320,7 +335,7 @@ impl Engine {
     /// Takes everything checkpointed under `view/<name>/`.
     fn take_restored_view(&self, name: &str) -> Option<RestoredState> {
         let mut guard = self.restoring_state();
-        let restoring = guard.as_mut()?;
+        let restoring = &mut guard.as_mut()?.state;
         let prefix = format!("view/{name}/");
         if !restoring.states.contains_key(&format!("{prefix}rows")) {
             return None;
@@ -953,6 +968,13 @@ impl Engine {
             .iter()
             .map(|(source, reader, _)| (*reader, format!("{}/{}", view.name, source.name)))
             .collect();
+        let resume: Vec<Option<ReaderPosition>> = match &restored {
+            Some(_) => reader_names
+                .iter()
+                .map(|(_, name)| self.restored_position(name))
+                .collect(),
+            None => vec![None; reader_names.len()],
+        };
         let restore = restored.map(|state| RestoredView {
             state,
             reader_watermarks: reader_names
@@ -961,15 +983,13 @@ impl Engine {
                     Some((*reader, self.restored_watermark(&format!("reader/{name}"))?))
                 })
                 .collect(),
+            reader_positions: reader_names
+                .iter()
+                .zip(&resume)
+                .filter_map(|((reader, _), position)| Some((*reader, position.clone()?)))
+                .collect(),
             watermark: self.restored_watermark(&format!("view/{}", view.name)),
         });
-        let resume: Vec<Option<ReaderPosition>> = match &restore {
-            Some(_) => reader_names
-                .iter()
-                .map(|(_, name)| self.restored_position(name))
-                .collect(),
-            None => vec![None; reader_names.len()],
-        };
         let reader_watermarks = restore
             .as_ref()
             .map(|r| r.reader_watermarks.clone())
@@ -996,7 +1016,7 @@ impl Engine {
             ) {
                 watermark.resume_at(*w);
             }
-            source.connector.spawn_reader(ReaderSpec {
+            let spec = ReaderSpec {
                 schema: source.schema.clone(),
                 proctime: source.proctime.map(ProcessingTime::new),
                 watermark,
@@ -1005,7 +1025,15 @@ impl Engine {
                 runtime: self.runtime.clone(),
                 stop: stop.clone(),
                 resume,
-            });
+            };
+            match self.restoring_state().as_mut() {
+                // Recovering: readers start once every object is back, so
+                // that no change reaches a view before its sinks exist.
+                Some(restoring) => restoring
+                    .deferred_readers
+                    .push((source.connector.clone(), spec)),
+                None => source.connector.spawn_reader(spec),
+            }
         }
         let entry = Arc::new(ViewEntry {
             id,
@@ -1208,7 +1236,7 @@ impl Engine {
     ) -> Result<StatementResult> {
         let id = self.catalog.allocate_id();
         let status = SinkStatus::new(0);
-        let (sender, receiver) = tokio::sync::mpsc::channel(SINK_QUEUE_EPOCHS);
+        let (sender, receiver) = tokio::sync::mpsc::channel(DURABLE_SINK_QUEUE_EPOCHS);
         let (target, mode) = (config.target(), config.mode());
         let restored = self
             .take_restored(&format!("sink/{name}"))

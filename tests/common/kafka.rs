@@ -53,10 +53,13 @@ pub fn producer() -> FutureProducer {
         .expect("producer")
 }
 
-/// Produces `(partition, key, payload)` messages and waits for each.
+/// Produces `(partition, key, payload)` messages, in order, and waits for
+/// all of them to be delivered.
 pub async fn produce(topic: &str, messages: &[(i32, Option<&str>, Option<&str>)]) {
     let producer = producer();
-    for (partition, key, payload) in messages {
+    // join_all polls the sends in order, so each partition gets its
+    // messages in the order given.
+    let sends = messages.iter().map(|(partition, key, payload)| {
         let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic).partition(*partition);
         if let Some(key) = key {
             record = record.key(key);
@@ -64,11 +67,10 @@ pub async fn produce(topic: &str, messages: &[(i32, Option<&str>, Option<&str>)]
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| e)
-            .expect("message delivered");
+        producer.send(record, Duration::from_secs(30))
+    });
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(e, _)| e).expect("message delivered");
     }
 }
 

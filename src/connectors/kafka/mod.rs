@@ -493,6 +493,9 @@ impl Reader {
     /// partitions from the beginning up to them without emitting, to know
     /// each key's current row again.
     fn resuming(mut self, resume: Option<BTreeMap<i32, i64>>) -> Self {
+        if let Some(offsets) = &resume {
+            tracing::info!(topic = %self.config.topic, view = %self.view, ?offsets, "Kafka source resuming at checkpointed offsets");
+        }
         self.resume = resume;
         self
     }

@@ -1,0 +1,211 @@
+//! Checkpoints and recovery, in process: a clean stop and restart brings
+//! back every object with its state (tables, views over tables, windowed
+//! views over a generator, sinks' progress), the restored state keeps
+//! being maintained incrementally, and a named snapshot restores an
+//! earlier point. The kill -9 crash test against real Kafka and Postgres is
+//! `tests/crash.rs`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{execute, sorted_rows};
+use tokio_postgres::{Client, NoTls};
+
+struct Eddy {
+    server: eddy::Server,
+    client: Client,
+}
+
+async fn start(dir: &Path, snapshot: Option<&str>) -> Eddy {
+    let mut options = eddy::ServerOptions::new("127.0.0.1:0".parse().expect("address"));
+    options.checkpoint_location = Some(dir.to_string_lossy().into_owned());
+    options.checkpoint_interval = Duration::from_millis(200);
+    options.from_snapshot = snapshot.map(str::to_string);
+    let server = eddy::Server::start_with_options(options)
+        .await
+        .expect("eddy starts");
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=eddy dbname=eddy",
+            server.local_addr.port()
+        ),
+        NoTls,
+    )
+    .await
+    .expect("connects");
+    tokio::spawn(connection);
+    Eddy { server, client }
+}
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("eddy-recovery-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+const TOTALS: &str = "SELECT * FROM totals ORDER BY 1";
+const EXPECTED_TOTALS: &str = "SELECT region, count(*), sum(amount), min(amount), max(amount) \
+                               FROM orders GROUP BY region ORDER BY 1";
+const WINDOWS: &str = "SELECT * FROM per_window ORDER BY 1, 2";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_every_object_with_its_state() {
+    let dir = fresh_dir("resume");
+    let eddy = start(&dir, None).await;
+    execute(
+        &eddy.client,
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, region TEXT, amount BIGINT);
+         INSERT INTO orders VALUES (1, 'eu', 10), (2, 'us', 20), (3, 'eu', 30), (4, 'ap', 5);
+         CREATE MATERIALIZED VIEW totals AS
+           SELECT region, count(*) AS n, sum(amount) AS total, min(amount) AS low, max(amount) AS high
+           FROM orders GROUP BY region;
+         CREATE SOURCE ticks (id BIGINT, at TIMESTAMP,
+                              WATERMARK FOR at AS at - INTERVAL '1' SECOND)
+           WITH (connector = 'datagen', datagen.rows.per.second = '2000',
+                 datagen.max.rows = '4000', fields.id.start = '0');
+         CREATE MATERIALIZED VIEW per_window AS
+           SELECT window_start, count(*) AS n, sum(id) AS ids
+           FROM TUMBLE(ticks, at, INTERVAL '250 milliseconds') GROUP BY window_start;
+         UPDATE orders SET amount = 1 WHERE id = 3;
+         DELETE FROM orders WHERE id = 4;
+         FLUSH;",
+    )
+    .await;
+    // Stop while the generator is half way.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let totals_before = sorted_rows(&eddy.client, TOTALS).await;
+    assert_eq!(
+        totals_before,
+        sorted_rows(&eddy.client, EXPECTED_TOTALS).await
+    );
+    eddy.server.stop().await;
+
+    let eddy = start(&dir, None).await;
+    assert_eq!(sorted_rows(&eddy.client, TOTALS).await, totals_before);
+    assert_eq!(
+        sorted_rows(&eddy.client, "SELECT * FROM orders").await,
+        vec![
+            vec!["1", "eu", "10"],
+            vec!["2", "us", "20"],
+            vec!["3", "eu", "1"]
+        ]
+    );
+    // The restored aggregate keeps going from its state: min over the
+    // retained values, counts, sums.
+    execute(
+        &eddy.client,
+        "INSERT INTO orders VALUES (5, 'eu', 0), (6, 'ap', 7);
+         DELETE FROM orders WHERE id = 1;
+         UPDATE orders SET region = 'us' WHERE id = 3;
+         FLUSH;",
+    )
+    .await;
+    assert_eq!(
+        sorted_rows(&eddy.client, TOTALS).await,
+        sorted_rows(&eddy.client, EXPECTED_TOTALS).await
+    );
+    // The generator resumed where the checkpoint had it: every row once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows =
+            common::query_text(&eddy.client, "SELECT sum(n), sum(ids) FROM per_window").await;
+        if rows[0][0] == "4000" {
+            assert_eq!(rows[0][1], (0..4000i64).sum::<i64>().to_string());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "generator stalled at {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let windows = sorted_rows(&eddy.client, WINDOWS).await;
+    assert_eq!(windows.len(), 8, "{windows:?}");
+    assert!(windows.iter().all(|w| w[1] == "500"), "{windows:?}");
+
+    // A named snapshot, then more changes; starting from the snapshot
+    // brings back the state it holds, not the later one.
+    execute(&eddy.client, "CREATE SNAPSHOT before_cleanup").await;
+    let at_snapshot = sorted_rows(&eddy.client, TOTALS).await;
+    execute(&eddy.client, "DELETE FROM orders; FLUSH;").await;
+    assert!(sorted_rows(&eddy.client, TOTALS).await.is_empty());
+    eddy.server.stop().await;
+
+    let eddy = start(&dir, Some("before_cleanup")).await;
+    assert_eq!(sorted_rows(&eddy.client, TOTALS).await, at_snapshot);
+    assert_eq!(sorted_rows(&eddy.client, WINDOWS).await, windows);
+    eddy.server.stop().await;
+
+    // Settings and errors.
+    let eddy = start(&dir, None).await;
+    execute(&eddy.client, "SET checkpoint_interval = '50 milliseconds'").await;
+    assert_eq!(
+        common::query_text(&eddy.client, "SHOW checkpoint_interval").await,
+        vec![vec!["50ms"]]
+    );
+    let error = eddy
+        .client
+        .batch_execute("CREATE SNAPSHOT 'no/slashes'")
+        .await
+        .expect_err("bad snapshot name");
+    assert!(
+        common::describe(&error).contains("snapshot name"),
+        "{error}"
+    );
+    eddy.server.stop().await;
+    let missing = {
+        let mut options = eddy::ServerOptions::new("127.0.0.1:0".parse().expect("address"));
+        options.checkpoint_location = Some(dir.to_string_lossy().into_owned());
+        options.from_snapshot = Some("never_taken".into());
+        eddy::Server::start_with_options(options).await
+    };
+    let error = missing.err().expect("unknown snapshot refused").to_string();
+    assert!(error.contains("snapshot never_taken"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_incremental() {
+    let dir = fresh_dir("incremental");
+    let eddy = start(&dir, None).await;
+    execute(&eddy.client, "SET checkpoint_interval = 0").await;
+    execute(
+        &eddy.client,
+        "CREATE TABLE big (id BIGINT PRIMARY KEY, v BIGINT);
+         INSERT INTO big SELECT value, value % 100 FROM generate_series(1, 20000);
+         CREATE MATERIALIZED VIEW by_v AS SELECT v, count(*) AS n FROM big GROUP BY v;
+         CHECKPOINT;",
+    )
+    .await;
+    let whole = eddy
+        .server
+        .checkpoint_stats()
+        .last_completed()
+        .expect("a checkpoint")
+        .bytes_written;
+    execute(
+        &eddy.client,
+        "UPDATE big SET v = v + 1 WHERE id <= 10; CHECKPOINT;",
+    )
+    .await;
+    let delta = eddy
+        .server
+        .checkpoint_stats()
+        .last_completed()
+        .expect("a checkpoint")
+        .bytes_written;
+    assert!(
+        delta * 20 < whole,
+        "a checkpoint after 10 changed rows wrote {delta} bytes; the whole state took {whole}"
+    );
+    eddy.server.stop().await;
+    let eddy = start(&dir, None).await;
+    assert_eq!(
+        sorted_rows(&eddy.client, "SELECT * FROM by_v").await,
+        sorted_rows(&eddy.client, "SELECT v, count(*) FROM big GROUP BY v").await
+    );
+    eddy.server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
