@@ -119,6 +119,12 @@ async fn metrics_move_as_changes_flow() {
     let after = parse(&get(http, "/metrics").await.1);
     assert_eq!(after[r#"eddy_view_rows{view="per_k"}"#], 3.0);
     assert!(rows_in(&after) > first, "counters move");
+    // DDL and FLUSH take checkpoints: the counter moves and the last one's
+    // figures are there.
+    let checkpoints = "eddy_checkpoints_completed_total";
+    assert!(after[checkpoints] > before[checkpoints], "{body}");
+    assert!(after["eddy_checkpoint_written_bytes"] > 0.0);
+    assert!(after["eddy_checkpoint_epoch"] >= before["eddy_checkpoint_epoch"]);
 
     // The Kafka source: messages read and the malformed one counted.
     let source = format!(r#"{{source="events",topic="{topic}"}}"#);

@@ -120,7 +120,7 @@ async fn postgres_down_backpressure_reaches_writers() {
         .await
         .unwrap();
 
-    let statements = 20_000;
+    let statements = 8_000;
     let done = Arc::new(AtomicUsize::new(0));
     let writer_client = server.connect().await;
     let writer_done = done.clone();

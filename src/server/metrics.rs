@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::catalog::{Relation, SinkEntry};
 use crate::connectors::SourceConnector;
+use crate::runtime::checkpoint::CheckpointStats;
 use crate::runtime::ViewStatus;
 
 /// One metric family being written: its HELP and TYPE lines, then samples.
@@ -67,11 +68,13 @@ fn family<T>(
 /// catalog's sinks and relations.
 pub fn render(
     epoch: u64,
+    checkpoints: &CheckpointStats,
     views: &[ViewStatus],
     sinks: &[Arc<SinkEntry>],
     relations: &[Relation],
 ) -> String {
     let mut out = String::new();
+    render_checkpoints(&mut out, checkpoints);
     family(
         &mut out,
         "eddy_epoch",
@@ -233,4 +236,63 @@ pub fn render(
         |s| (source(s), s.1.errors.total() as f64),
     );
     out
+}
+
+/// Checkpoint counters and the figures of the last completed checkpoint.
+fn render_checkpoints(out: &mut String, stats: &CheckpointStats) {
+    let last = stats.last_completed();
+    let scalar = |out: &mut String, name: &str, kind: &str, help: &str, value: f64| {
+        Family::new(out, name, kind, help).sample(name, &[], value);
+    };
+    scalar(
+        out,
+        "eddy_checkpoints_completed_total",
+        "counter",
+        "Checkpoints completed since start.",
+        stats.completed as f64,
+    );
+    scalar(
+        out,
+        "eddy_checkpoints_failed_total",
+        "counter",
+        "Checkpoints that failed since start.",
+        stats.failed as f64,
+    );
+    if let Some(last) = last {
+        scalar(
+            out,
+            "eddy_checkpoint_duration_seconds",
+            "gauge",
+            "How long the last completed checkpoint took, barrier to manifest.",
+            last.duration.as_secs_f64(),
+        );
+        scalar(
+            out,
+            "eddy_checkpoint_written_bytes",
+            "gauge",
+            "Bytes the last completed checkpoint wrote (incremental).",
+            last.bytes_written as f64,
+        );
+        scalar(
+            out,
+            "eddy_checkpoint_state_bytes",
+            "gauge",
+            "Bytes a recovery from the last completed checkpoint reads.",
+            last.state_bytes as f64,
+        );
+        scalar(
+            out,
+            "eddy_checkpoint_last_completed_timestamp_seconds",
+            "gauge",
+            "When the last checkpoint completed (Unix time).",
+            last.completed_unix_ms as f64 / 1e3,
+        );
+        scalar(
+            out,
+            "eddy_checkpoint_epoch",
+            "gauge",
+            "The epoch of the last completed checkpoint.",
+            last.epoch as f64,
+        );
+    }
 }

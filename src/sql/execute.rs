@@ -431,6 +431,7 @@ impl Engine {
             Arc::new(SystemSchema::new(
                 self.runtime.clone(),
                 self.catalog.clone(),
+                self.checkpoints.stats(),
             )),
         )?;
         let listed = self.catalog.list();
@@ -1305,6 +1306,7 @@ impl Engine {
         let (epoch, views) = self.runtime.status().await?;
         Ok(crate::server::metrics::render(
             epoch,
+            &self.checkpoints.stats(),
             &views,
             &self.catalog.list_sinks(),
             &self.catalog.list(),

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::datasource::MemTable;
@@ -19,9 +19,11 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 
 use crate::catalog::{Catalog, SinkEntry};
 use crate::connectors::postgres::SinkMode;
+use crate::runtime::checkpoint::CheckpointStats;
 use crate::runtime::{RuntimeHandle, ViewStatus};
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
+    "checkpoints",
     "materialized_views",
     "operator_stats",
     "sinks",
@@ -33,12 +35,67 @@ const TABLES: [&str; 5] = [
 pub struct SystemSchema {
     runtime: RuntimeHandle,
     catalog: Arc<Catalog>,
+    checkpoints: CheckpointStats,
 }
 
 impl SystemSchema {
-    pub fn new(runtime: RuntimeHandle, catalog: Arc<Catalog>) -> Self {
-        Self { runtime, catalog }
+    pub fn new(
+        runtime: RuntimeHandle,
+        catalog: Arc<Catalog>,
+        checkpoints: CheckpointStats,
+    ) -> Self {
+        Self {
+            runtime,
+            catalog,
+            checkpoints,
+        }
     }
+}
+
+/// `eddy_catalog.checkpoints`: the recent checkpoints, newest first.
+fn checkpoints_batch(stats: &CheckpointStats) -> DFResult<RecordBatch> {
+    let records: Vec<_> = stats.history.iter().rev().collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("epoch", DataType::Int64, false),
+        Field::new(
+            "completed_at",
+            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("duration_ms", DataType::Float64, false),
+        Field::new("bytes_written", DataType::Int64, false),
+        Field::new("state_bytes", DataType::Int64, false),
+        Field::new("error", DataType::Utf8, true),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                records.iter().map(|r| r.id as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                records.iter().map(|r| r.epoch as i64),
+            )),
+            Arc::new(
+                datafusion::arrow::array::TimestampMillisecondArray::from_iter_values(
+                    records.iter().map(|r| r.completed_unix_ms as i64),
+                ),
+            ),
+            Arc::new(datafusion::arrow::array::Float64Array::from_iter_values(
+                records.iter().map(|r| r.duration.as_secs_f64() * 1e3),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                records.iter().map(|r| r.bytes_written as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                records.iter().map(|r| r.state_bytes as i64),
+            )),
+            Arc::new(StringArray::from_iter(
+                records.iter().map(|r| r.error.clone()),
+            )),
+        ],
+    )?)
 }
 
 /// The rows of `SHOW MATERIALIZED VIEWS` and `eddy_catalog.materialized_views`.
@@ -241,11 +298,11 @@ impl SchemaProvider for SystemSchema {
         if !TABLES.contains(&name) {
             return Ok(None);
         }
-        if name == "source_errors" || name == "sources" {
-            let batch = if name == "sources" {
-                sources_batch(&self.catalog)?
-            } else {
-                source_errors_batch(&self.catalog)?
+        if matches!(name, "source_errors" | "sources" | "checkpoints") {
+            let batch = match name {
+                "sources" => sources_batch(&self.catalog)?,
+                "checkpoints" => checkpoints_batch(&self.checkpoints)?,
+                _ => source_errors_batch(&self.catalog)?,
             };
             return Ok(Some(Arc::new(MemTable::try_new(
                 batch.schema(),
