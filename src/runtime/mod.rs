@@ -46,8 +46,10 @@ use crate::state::{RowCodec, RowSet};
 use crate::stream::graph::{GraphStats, StreamGraph};
 use crate::stream::ChangeBatch;
 
-/// Commands queued to the worker (bounded).
-const COMMAND_QUEUE_CAPACITY: usize = 1024;
+/// Commands queued to the worker (bounded). Small on purpose: a source
+/// command carries a batch of up to thousands of rows, and a checkpoint
+/// barrier (also FLUSH and DDL) waits behind everything queued before it.
+const COMMAND_QUEUE_CAPACITY: usize = 32;
 /// Epochs queued to one sink before the runtime waits for it (backpressure).
 pub const SINK_QUEUE_EPOCHS: usize = 16;
 /// Checkpoint epochs queued to one durable sink before the runtime waits
@@ -273,7 +275,6 @@ impl RuntimeHandle {
             .map_err(|_| EddyError::Shutdown("the runtime has stopped".into()))
     }
 
-    /// Queues a change of `relation`; returns once it is queued (in order).
     /// Queues a change of `relation` and, if it moved, the relation's new
     /// watermark; returns once queued (in order).
     pub async fn send_changes(
@@ -282,17 +283,8 @@ impl RuntimeHandle {
         batch: ChangeBatch,
         watermark: Option<i64>,
     ) -> Result<()> {
-        if batch.is_empty() && watermark.is_none() {
-            return Ok(());
-        }
-        self.send(Command::Changes {
-            relation,
-            batch,
-            watermark,
-            table_rows: None,
-            position: None,
-        })
-        .await
+        self.queue_change(relation, batch, watermark, None, None)
+            .await
     }
 
     /// Queues a change of table `relation` whose rows are now `rows`.
@@ -303,21 +295,12 @@ impl RuntimeHandle {
         watermark: Option<i64>,
         rows: RowSet,
     ) -> Result<()> {
-        if batch.is_empty() && watermark.is_none() {
-            return Ok(());
-        }
-        self.send(Command::Changes {
-            relation,
-            batch,
-            watermark,
-            table_rows: Some(rows),
-            position: None,
-        })
-        .await
+        self.queue_change(relation, batch, watermark, Some(rows), None)
+            .await
     }
 
     /// Queues a change from a source reader that has now read up to
-    /// `position`.
+    /// `position` (sent even when empty: the position moved).
     pub async fn send_source_changes(
         &self,
         relation: RelationId,
@@ -325,12 +308,27 @@ impl RuntimeHandle {
         watermark: Option<i64>,
         position: SourcePosition,
     ) -> Result<()> {
+        self.queue_change(relation, batch, watermark, None, Some(position))
+            .await
+    }
+
+    async fn queue_change(
+        &self,
+        relation: RelationId,
+        batch: ChangeBatch,
+        watermark: Option<i64>,
+        table_rows: Option<RowSet>,
+        position: Option<SourcePosition>,
+    ) -> Result<()> {
+        if batch.is_empty() && watermark.is_none() && position.is_none() {
+            return Ok(());
+        }
         self.send(Command::Changes {
             relation,
             batch,
             watermark,
-            table_rows: None,
-            position: Some(position),
+            table_rows,
+            position,
         })
         .await
     }
