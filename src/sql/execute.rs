@@ -1112,7 +1112,7 @@ impl Engine {
             SinkInput::View(name) => match self.catalog.require(name)? {
                 Relation::View(v) if v.owner_sink.is_none() => {
                     let config = config_for(&v.schema, &v.key, v.append_only)?;
-                    config.validate_target(!self.is_restoring()).await?;
+                    self.check_sink_target(&config, &create.name).await?;
                     (v, config, false)
                 }
                 _ => {
@@ -1135,7 +1135,7 @@ impl Engine {
                 };
                 let (planned, _) = self.plan_view(&definition).await?;
                 let config = config_for(&planned.schema, &planned.key, planned.append_only)?;
-                config.validate_target(!self.is_restoring()).await?;
+                self.check_sink_target(&config, &create.name).await?;
                 let view = self
                     .start_view(definition, planned, Some(create.name.clone()))
                     .await?;
@@ -1226,6 +1226,20 @@ impl Engine {
             )));
         }
         Ok(())
+    }
+
+    /// Checks a sink's target at CREATE SINK. When recovering, a target that
+    /// is away (Postgres restarting, a broker down) must not keep eddy from
+    /// starting: the sink retries on its own, so the error is only logged.
+    async fn check_sink_target(&self, config: &SinkConfig, name: &str) -> Result<()> {
+        let restoring = self.is_restoring();
+        match config.validate_target(!restoring).await {
+            Err(e) if restoring => {
+                tracing::warn!(sink = name, error = %e, "sink target unavailable at recovery; the sink will retry");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Starts a checked sink on `view` and registers it.
