@@ -264,15 +264,21 @@ impl StreamGraph {
     }
 
     /// Captures the state of every stateful operator as
-    /// `<prefix>/op/<stable id>`, whole when `request` asks for it.
+    /// `<prefix>/op/<position>-<stable id>` (position among the stateful
+    /// operators), whole when `request` asks for it.
     pub fn checkpoint(
         &mut self,
         prefix: &str,
         request: &CaptureRequest,
         out: &mut BTreeMap<String, StateDelta>,
     ) -> Result<()> {
-        for node in self.nodes.iter_mut().filter(|n| n.op.is_stateful()) {
-            let name = format!("{prefix}/op/{:016x}", node.id);
+        for (position, node) in self
+            .nodes
+            .iter_mut()
+            .filter(|n| n.op.is_stateful())
+            .enumerate()
+        {
+            let name = format!("{prefix}/op/{position:03}-{:016x}", node.id);
             let mut delta = if request.wants_full(&name) {
                 StateDelta::full()
             } else {
@@ -284,18 +290,47 @@ impl StreamGraph {
         Ok(())
     }
 
-    /// Restores every stateful operator from `<prefix>/op/<stable id>`.
+    /// Restores every stateful operator from its state table: the one with
+    /// its stable id, or else, when the checkpoint has as many stateful
+    /// operators, the one at its position (an eddy whose operator
+    /// descriptions changed gives the same plan other ids).
     pub fn restore(&mut self, prefix: &str, restored: &mut RestoredState) -> Result<()> {
-        for node in self.nodes.iter_mut().filter(|n| n.op.is_stateful()) {
-            let name = format!("{prefix}/op/{:016x}", node.id);
-            let entries = restored.states.remove(&name).ok_or_else(|| {
-                crate::error::EddyError::Checkpoint(format!(
-                    "the checkpoint has no state for operator {:016x} ({}) of {prefix}: \
-                     the view's plan changed since it was written",
-                    node.id,
-                    node.op.describe()
-                ))
-            })?;
+        let operators = format!("{prefix}/op/");
+        let checkpointed = restored
+            .states
+            .keys()
+            .filter(|k| k.starts_with(&operators))
+            .count();
+        let stateful = self.nodes.iter().filter(|n| n.op.is_stateful()).count();
+        for (position, node) in self
+            .nodes
+            .iter_mut()
+            .filter(|n| n.op.is_stateful())
+            .enumerate()
+        {
+            let exact = format!("{operators}{position:03}-{:016x}", node.id);
+            let by_position = format!("{operators}{position:03}-");
+            let name = if restored.states.contains_key(&exact) {
+                Some(exact)
+            } else if checkpointed == stateful {
+                restored
+                    .states
+                    .keys()
+                    .find(|k| k.starts_with(&by_position))
+                    .cloned()
+            } else {
+                None
+            };
+            let entries = name
+                .and_then(|name| restored.states.remove(&name))
+                .ok_or_else(|| {
+                    crate::error::EddyError::Checkpoint(format!(
+                        "the checkpoint has no state for operator {:016x} ({}) of {prefix}: \
+                         it holds {checkpointed} stateful operators, the view now plans {stateful}",
+                        node.id,
+                        node.op.describe()
+                    ))
+                })?;
             node.op.restore(entries)?;
         }
         Ok(())
