@@ -87,8 +87,11 @@ async fn checkpoint(eddy: &Eddy) -> (Duration, u64) {
     (last.duration, last.bytes_written)
 }
 
+/// A table and a grouped view over it. (`min`/`max`/`DISTINCT` keep a
+/// multiset of values per group, written whole when the group changes: with
+/// them a checkpoint costs changed groups × group size, not changed rows.)
 const SETUP: &str = "CREATE TABLE t (id BIGINT PRIMARY KEY, g BIGINT, v BIGINT);
-     CREATE MATERIALIZED VIEW by_g AS SELECT g, count(*) AS n, sum(v) AS total, max(v) AS top FROM t GROUP BY g";
+     CREATE MATERIALIZED VIEW by_g AS SELECT g, count(*) AS n, sum(v) AS total FROM t GROUP BY g";
 
 async fn fill(client: &Client, rows: u64) {
     let chunk = 50_000;
@@ -98,7 +101,7 @@ async fn fill(client: &Client, rows: u64) {
         run(
             client,
             &format!(
-                "INSERT INTO t SELECT value, value % 1000, value FROM generate_series({from}, {to})"
+                "INSERT INTO t SELECT value AS id, value % 1000 AS g, value * 7 AS v FROM generate_series({from}, {to})"
             ),
         )
         .await;

@@ -402,7 +402,12 @@ impl Engine {
         if let Some(statement) = recorded {
             self.record_ddl(&statement, sql);
             if !self.is_restoring() {
-                self.checkpoint().await?;
+                self.checkpoint().await.map_err(|e| {
+                    EddyError::Checkpoint(format!(
+                        "the statement took effect but is not durable yet (a later checkpoint \
+                         will make it so): {e}"
+                    ))
+                })?;
             }
         }
         Ok(result)
