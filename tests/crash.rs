@@ -131,8 +131,7 @@ async fn produce_events(topic: &str, from: i64, to: i64) {
     let payloads: Vec<String> = (from..to).map(event).collect();
     let messages: Vec<(i32, Option<&str>, Option<&str>)> = payloads
         .iter()
-        .enumerate()
-        .map(|(i, p)| (((from + i as i64) % 2) as i32, None, Some(p.as_str())))
+        .map(|p| (0, None, Some(p.as_str())))
         .collect();
     produce(topic, &messages).await;
 }
@@ -192,7 +191,11 @@ const VIEWS: [&str; 4] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_and_doubles_nothing() {
     let input = fresh_topic("crash_in");
-    create_topic(&input, 2).await;
+    // One partition: the input arrives while eddy runs, and with several
+    // partitions one running ahead of another (at its end) could make
+    // events late depending on timing, so that runs would differ for
+    // reasons that are not recovery. (tests/kafka.rs covers partitions.)
+    create_topic(&input, 1).await;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -208,15 +211,13 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
     let crashed_pg = format!("crash_pg_{suffix}");
     let crashed_out = fresh_topic("crash_out");
     create_topic(&crashed_out, 1).await;
-    // All input is there before eddy starts, so the kills land while it
-    // catches up. (Input arriving with one partition ahead of the other
-    // could make events late depending on timing, which would make runs
-    // differ for reasons that are not recovery.)
-    produce_events(&input, 0, EVENTS).await;
     let mut eddy = Eddy::spawn(&crashed_dir);
     let mut client = eddy.connect().await;
     common::execute(&client, &setup_sql(&input, &crashed_pg, &crashed_out)).await;
     for chunk in 0..KILLS {
+        // A chunk of input arrives; eddy is killed while it reads it.
+        let per_chunk = EVENTS / KILLS;
+        produce_events(&input, chunk * per_chunk, (chunk + 1) * per_chunk).await;
         if chunk == 2 {
             // DML between crashes: durable once FLUSH returns.
             common::execute(
@@ -235,7 +236,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
             eddy.kill();
             let _ = racing.await;
         } else {
-            tokio::time::sleep(Duration::from_millis(50 + random.next(1000))).await;
+            tokio::time::sleep(Duration::from_millis(random.next(400))).await;
             eddy.kill();
         }
         eddy = Eddy::spawn(&crashed_dir);
@@ -249,7 +250,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
         };
         assert_eq!(notes, expected_notes, "notes after restart {chunk}");
         println!(
-            "restart {chunk}: seen {:?}",
+            "restart {chunk}: events seen so far {:?}",
             query_text(&client, "SELECT n, ids FROM seen").await
         );
     }
@@ -328,5 +329,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
 
     eddy.kill();
     reference.kill();
-    let _ = std::fs::remove_dir_all(&root);
+    if std::env::var("EDDY_KEEP_CRASH_DIR").is_err() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

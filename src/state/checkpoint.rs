@@ -88,8 +88,12 @@ impl StateDelta {
 pub enum ReaderPosition {
     /// A generator: the next position to produce.
     Generator { next: u64 },
-    /// Kafka: the next offset to read, per partition.
-    Kafka { next_offsets: BTreeMap<i32, i64> },
+    /// Kafka: the next offset to read and the newest event time seen
+    /// (µs, for the watermark), per partition.
+    Kafka {
+        next_offsets: BTreeMap<i32, i64>,
+        event_times: BTreeMap<i32, i64>,
+    },
 }
 
 impl ReaderPosition {
@@ -98,10 +102,17 @@ impl ReaderPosition {
     pub fn advance(&mut self, later: ReaderPosition) {
         match (self, later) {
             (
-                ReaderPosition::Kafka { next_offsets },
-                ReaderPosition::Kafka { next_offsets: more },
+                ReaderPosition::Kafka {
+                    next_offsets,
+                    event_times,
+                },
+                ReaderPosition::Kafka {
+                    next_offsets: more_offsets,
+                    event_times: more_times,
+                },
             ) => {
-                next_offsets.extend(more);
+                next_offsets.extend(more_offsets);
+                event_times.extend(more_times);
             }
             (this, later) => *this = later,
         }
@@ -755,10 +766,16 @@ fn encode_manifest(m: &Manifest) -> Vec<u8> {
             ReaderPosition::Generator { next } => {
                 e.u8(0).u64(*next);
             }
-            ReaderPosition::Kafka { next_offsets } => {
-                e.u8(1).u64(next_offsets.len() as u64);
-                for (partition, offset) in next_offsets {
-                    e.i64(i64::from(*partition)).i64(*offset);
+            ReaderPosition::Kafka {
+                next_offsets,
+                event_times,
+            } => {
+                e.u8(1);
+                for map in [next_offsets, event_times] {
+                    e.u64(map.len() as u64);
+                    for (partition, value) in map {
+                        e.i64(i64::from(*partition)).i64(*value);
+                    }
                 }
             }
         }
@@ -812,12 +829,18 @@ fn decode_manifest(payload: &[u8]) -> Result<Manifest> {
         let position = match d.u8()? {
             0 => ReaderPosition::Generator { next: d.u64()? },
             1 => {
-                let mut next_offsets = BTreeMap::new();
-                for _ in 0..d.u64()? {
-                    let partition = d.i64()? as i32;
-                    next_offsets.insert(partition, d.i64()?);
+                let mut maps = [BTreeMap::new(), BTreeMap::new()];
+                for map in &mut maps {
+                    for _ in 0..d.u64()? {
+                        let partition = d.i64()? as i32;
+                        map.insert(partition, d.i64()?);
+                    }
                 }
-                ReaderPosition::Kafka { next_offsets }
+                let [next_offsets, event_times] = maps;
+                ReaderPosition::Kafka {
+                    next_offsets,
+                    event_times,
+                }
             }
             other => {
                 return Err(EddyError::Checkpoint(format!(

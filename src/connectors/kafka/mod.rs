@@ -370,6 +370,11 @@ impl PartitionClock {
         }
     }
 
+    /// The newest event time seen on `partition`.
+    fn time(&self, partition: i32) -> Option<i64> {
+        self.partitions.get(&partition).and_then(|(t, _)| *t)
+    }
+
     fn at_end(&mut self, partition: i32) {
         self.partitions.entry(partition).or_insert((None, false)).1 = true;
     }
@@ -405,7 +410,10 @@ pub fn spawn_reader(config: Arc<KafkaSourceConfig>, spec: super::ReaderSpec) {
         resume,
     } = spec;
     let resume = match resume {
-        Some(ReaderPosition::Kafka { next_offsets }) => Some(next_offsets),
+        Some(ReaderPosition::Kafka {
+            next_offsets,
+            event_times,
+        }) => Some((next_offsets, event_times)),
         _ => None,
     };
     tokio::spawn(async move {
@@ -492,11 +500,16 @@ impl Reader {
     /// Resumes at checkpointed offsets. An UPSERT source re-reads its
     /// partitions from the beginning up to them without emitting, to know
     /// each key's current row again.
-    fn resuming(mut self, resume: Option<BTreeMap<i32, i64>>) -> Self {
-        if let Some(offsets) = &resume {
+    fn resuming(mut self, resume: Option<(BTreeMap<i32, i64>, BTreeMap<i32, i64>)>) -> Self {
+        // The partitions' event times come back too, so that partitions at
+        // their end let the watermark move as it did before the restart.
+        if let Some((offsets, times)) = resume {
             tracing::info!(topic = %self.config.topic, view = %self.view, ?offsets, "Kafka source resuming at checkpointed offsets");
+            for (partition, time) in times {
+                self.clock.saw(partition, Some(time));
+            }
+            self.resume = Some(offsets);
         }
-        self.resume = resume;
         self
     }
 
@@ -636,8 +649,13 @@ impl Reader {
             if change.is_empty() && moved.is_none() && position.is_empty() {
                 continue;
             }
+            let event_times = position
+                .keys()
+                .filter_map(|p| Some((*p, self.clock.time(*p)?)))
+                .collect();
             let position = ReaderPosition::Kafka {
                 next_offsets: position,
+                event_times,
             };
             runtime
                 .send_source_changes(self.relation, change, moved, position)
