@@ -164,17 +164,36 @@ fn setup_sql(input: &str, pg_table: &str, out_topic: &str) -> String {
     )
 }
 
-/// Waits until the run has read every event, then makes the sinks current.
+/// Windows of 1 s that the last watermark closes: every event time is
+/// `base + i - (i % 5)` ms and the watermark trails the newest by 2 s.
+fn closed_windows() -> i64 {
+    let newest = (EVENTS - 1) - ((EVENTS - 1) % 5);
+    (newest - 2000).div_euclid(1000) * KEYS
+}
+
+/// Waits until every view of the run has read every event (each view has
+/// a reader of its own), then makes the sinks current.
 async fn caught_up(client: &Client) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let expected = vec![
+        EVENTS.to_string(),
+        EVENTS.to_string(),
+        EVENTS.to_string(),
+        closed_windows().to_string(),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let seen = query_text(client, "SELECT n, ids FROM seen").await;
-        if seen == vec![vec![EVENTS.to_string(), EVENTS.to_string()]] {
+        let progress = query_text(
+            client,
+            "SELECT (SELECT n FROM seen), (SELECT ids FROM seen), \
+                    (SELECT sum(n) FROM per_key), (SELECT count(*) FROM per_window)",
+        )
+        .await;
+        if progress.first() == Some(&expected) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "stuck at {seen:?} of {EVENTS} events"
+            "stuck at {progress:?}, expected {expected:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
