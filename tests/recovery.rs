@@ -179,12 +179,14 @@ async fn checkpoints_are_incremental() {
          CHECKPOINT;",
     )
     .await;
+    // The whole state: what a recovery from that checkpoint reads (earlier
+    // checkpoints, DDL's and periodic ones, may have written parts of it).
     let whole = eddy
         .server
         .checkpoint_stats()
         .last_completed()
         .expect("a checkpoint")
-        .bytes_written;
+        .state_bytes;
     execute(
         &eddy.client,
         "UPDATE big SET v = v + 1 WHERE id <= 10; CHECKPOINT;",
