@@ -299,7 +299,7 @@ impl KafkaSourceConfig {
         self.schema.clone()
     }
 
-    fn consumer(&self, relation: RelationId) -> Result<StreamConsumer> {
+    fn consumer(&self, relation: RelationId) -> Result<StreamConsumer<ReaderContext>> {
         let mut config = ClientConfig::new();
         config
             .set("group.id", format!("eddy-reader-{relation}"))
@@ -317,9 +317,27 @@ impl KafkaSourceConfig {
         for (name, value) in &self.client {
             config.set(name, value);
         }
-        config.create().map_err(kafka_error)
+        config
+            .create_with_context(ReaderContext)
+            .map_err(kafka_error)
     }
 }
+
+/// A reader's librdkafka client context: logs client errors like rdkafka's
+/// default, except reaching the end of a partition, which librdkafka
+/// reports as an error but is an ordinary event for a reader.
+pub struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
 
 /// The librdkafka settings among a Kafka source's or sink's options
 /// (`properties.*`; `properties.bootstrap.server` as `bootstrap.servers`).
@@ -455,7 +473,7 @@ impl From<OwnedMessage> for Received {
 
 struct Reader {
     config: Arc<KafkaSourceConfig>,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<ReaderContext>,
     schema: SchemaRef,
     proctime: Option<ProcessingTime>,
     watermark: Option<TableWatermark>,

@@ -185,9 +185,11 @@ impl KafkaSinkConfig {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true");
-        let consumer: BaseConsumer = config.create().map_err(|e| {
-            EddyError::InvalidParameter(format!("Kafka sink {}: {e}", self.sink_name))
-        })?;
+        let consumer: BaseConsumer<super::ReaderContext> = config
+            .create_with_context(super::ReaderContext)
+            .map_err(|e| {
+                EddyError::InvalidParameter(format!("Kafka sink {}: {e}", self.sink_name))
+            })?;
         let metadata = consumer
             .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
             .map_err(|e| EddyError::InvalidParameter(format!("Kafka: {e}")))?;
