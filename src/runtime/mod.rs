@@ -5,8 +5,8 @@
 //! one bounded channel (writers wait when it is full: backpressure, never an
 //! unbounded queue) and are handled strictly in order, which gives:
 //! - a change is applied to every view before any later command is handled;
-//! - `FLUSH` (a command like any other) returns only after every change sent
-//!   before it is visible;
+//! - `FLUSH` (a checkpoint barrier, a command like any other) returns only
+//!   after every change sent before it is visible;
 //! - a new view's backfill sees exactly the changes sent before it.
 //!
 //! When the channel is empty (or `EPOCH_MAX_MS` has passed under load) the
@@ -50,8 +50,6 @@ use crate::stream::ChangeBatch;
 /// command carries a batch of up to thousands of rows, and a checkpoint
 /// barrier (also FLUSH and DDL) waits behind everything queued before it.
 const COMMAND_QUEUE_CAPACITY: usize = 32;
-/// Epochs queued to one sink before the runtime waits for it (backpressure).
-pub const SINK_QUEUE_EPOCHS: usize = 16;
 /// Checkpoint epochs queued to one durable sink before the runtime waits
 /// for it (backpressure): a sink that cannot commit holds back everything
 /// within a few checkpoints, and what it has not committed stays bounded.
@@ -121,11 +119,10 @@ enum Command {
         epochs: mpsc::Sender<SinkEpoch>,
         /// Start with the view's current rows.
         snapshot: bool,
-        /// A subscriber: dropped (its channel closed) when it falls behind,
-        /// instead of holding the runtime back; not sent empty epochs.
-        subscriber: bool,
-        /// A durable sink (not a subscriber): its name and status. It gets
-        /// one epoch per completed checkpoint.
+        /// A durable sink: its name and status. It gets one epoch per
+        /// completed checkpoint. `None`: a SUBSCRIBE client, sent every
+        /// epoch with changes and dropped (its channel closed) when it falls
+        /// behind, instead of holding the runtime back.
         durable: Option<(String, Arc<SinkStatus>)>,
         /// Restored: epochs it had not acknowledged at the checkpoint.
         unacked: Vec<SinkEpoch>,
@@ -187,9 +184,6 @@ enum Command {
     DropView {
         id: RelationId,
         reply: oneshot::Sender<()>,
-    },
-    Flush {
-        reply: oneshot::Sender<u64>,
     },
     Status {
         reply: oneshot::Sender<(u64, Vec<ViewStatus>)>,
@@ -394,27 +388,6 @@ impl RuntimeHandle {
         self.request(|reply| Command::DropView { id, reply }).await
     }
 
-    /// Starts feeding `view`'s changes to a sink, one [`SinkEpoch`] per
-    /// published epoch, starting with the view's current rows.
-    pub async fn create_sink(
-        &self,
-        id: u64,
-        view: RelationId,
-        epochs: mpsc::Sender<SinkEpoch>,
-    ) -> Result<()> {
-        self.request(|reply| Command::CreateSink {
-            id,
-            view,
-            epochs,
-            snapshot: true,
-            subscriber: false,
-            durable: None,
-            unacked: vec![],
-            reply,
-        })
-        .await?
-    }
-
     /// Starts a durable sink `name` on `view`: it gets one [`SinkEpoch`] per
     /// completed checkpoint. A new sink starts with the view's rows; a
     /// restored one with the epochs it had not acknowledged.
@@ -433,7 +406,6 @@ impl RuntimeHandle {
             view,
             epochs,
             snapshot,
-            subscriber: false,
             durable: Some((name, status)),
             unacked: restored.unwrap_or_default(),
             reply,
@@ -456,7 +428,6 @@ impl RuntimeHandle {
             view,
             epochs,
             snapshot,
-            subscriber: true,
             durable: None,
             unacked: vec![],
             reply,
@@ -466,11 +437,6 @@ impl RuntimeHandle {
 
     pub async fn drop_sink(&self, id: u64) -> Result<()> {
         self.request(|reply| Command::DropSink { id, reply }).await
-    }
-
-    /// Returns the epoch in which every change sent before is visible.
-    pub async fn flush(&self) -> Result<u64> {
-        self.request(|reply| Command::Flush { reply }).await
     }
 
     /// The status of every view, after every change sent before.
@@ -509,8 +475,7 @@ struct RunningSink {
     /// The view's changes in the open epoch.
     pending: Vec<ChangeBatch>,
     epochs: mpsc::Sender<SinkEpoch>,
-    /// A SUBSCRIBE client: never waited for (dropped when behind).
-    subscriber: bool,
+    /// `None`: a SUBSCRIBE client, never waited for (dropped when behind).
     durable: Option<DurableSink>,
 }
 
@@ -621,16 +586,11 @@ impl Worker {
                 self.publish();
                 let _ = reply.send(());
             }
-            Command::Flush { reply } => {
-                self.publish();
-                let _ = reply.send(self.epoch);
-            }
             Command::CreateSink {
                 id,
                 view,
                 epochs,
                 snapshot: with_snapshot,
-                subscriber,
                 durable,
                 unacked,
                 reply,
@@ -654,7 +614,6 @@ impl Worker {
                                 view,
                                 pending,
                                 epochs,
-                                subscriber,
                                 durable,
                             },
                         );
@@ -903,7 +862,7 @@ impl Worker {
                 },
                 false,
             ));
-            let mut delta = StateDelta::full();
+            let mut delta = StateDelta::new(true);
             for (position, (epoch, _)) in durable.unacked.iter().enumerate() {
                 encode_sink_epoch(&durable.codec, position as u64, epoch, &mut delta)?;
             }
@@ -1052,8 +1011,9 @@ impl Worker {
         });
         *self.published.write().unwrap_or_else(|p| p.into_inner()) = epoch;
         self.dirty = false;
-        // Every sink gets every epoch (empty ones too, so FLUSH can wait for
-        // it). A sink that is behind makes this wait: backpressure.
+        // Subscribers get every epoch with changes; a full or closed channel
+        // drops the subscriber, never holds the runtime. (Durable sinks get
+        // their epochs per checkpoint, in `release_to_sinks`.)
         let mut gone = Vec::new();
         for (id, sink) in &mut self.sinks {
             if sink.durable.is_some() {
@@ -1064,12 +1024,9 @@ impl Worker {
                 epoch: self.epoch,
                 changes,
             };
-            let delivered = if !sink.subscriber {
-                sink.epochs.blocking_send(epoch).is_ok()
-            } else if epoch.changes.is_empty() {
+            let delivered = if epoch.changes.is_empty() {
                 !sink.epochs.is_closed()
             } else {
-                // Full or gone: the subscriber is dropped, never waited for.
                 sink.epochs.try_send(epoch).is_ok()
             };
             if !delivered {
@@ -1109,11 +1066,7 @@ fn rows_keys(rows: &RowSet) -> HashSet<Arc<[u8]>> {
 /// A table's or view's rows as a state table: row -> multiplicity; only
 /// the `touched` rows unless `full`.
 fn rows_delta(rows: &RowSet, touched: &mut HashSet<Arc<[u8]>>, full: bool) -> StateDelta {
-    let mut delta = if full {
-        StateDelta::full()
-    } else {
-        StateDelta::changes()
-    };
+    let mut delta = StateDelta::new(full);
     if full {
         for (row, n) in rows.encoded_entries() {
             delta.put(row.to_vec(), n.to_le_bytes().to_vec());

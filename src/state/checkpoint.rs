@@ -63,15 +63,13 @@ pub struct StateDelta {
 }
 
 impl StateDelta {
-    pub fn full() -> Self {
+    /// An empty delta to be filled with all entries (`full`) or with the
+    /// changed ones.
+    pub fn new(full: bool) -> Self {
         Self {
-            full: true,
+            full,
             entries: Vec::new(),
         }
-    }
-
-    pub fn changes() -> Self {
-        Self::default()
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {

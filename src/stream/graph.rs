@@ -279,11 +279,7 @@ impl StreamGraph {
             .enumerate()
         {
             let name = format!("{prefix}/op/{position:03}-{:016x}", node.id);
-            let mut delta = if request.wants_full(&name) {
-                StateDelta::full()
-            } else {
-                StateDelta::changes()
-            };
+            let mut delta = StateDelta::new(request.wants_full(&name));
             node.op.checkpoint(&mut delta)?;
             out.insert(name, delta);
         }
