@@ -5,7 +5,9 @@
 #  - Java 17 and Maven, and the PostgreSQL JDBC driver from Maven Central,
 #    to test eddy with a real JDBC client;
 #  - Python 3 with a venv holding SQLAlchemy and psycopg from PyPI, to test
-#    eddy with the client libraries BI tools and notebooks use.
+#    eddy with the client libraries BI tools and notebooks use, and
+#    Selenium, to drive headless Chromium (chromium and chromium-driver from
+#    Debian) over eddy's web page.
 # Safe to run again: each step checks first.
 set -euo pipefail
 
@@ -13,7 +15,7 @@ PGJDBC_VERSION="${PGJDBC_VERSION:-42.7.14}"
 EDDY_CACHE="${EDDY_CACHE:-$HOME/.cache/eddy}"
 export EDDY_PGJDBC_JAR="${EDDY_PGJDBC_JAR:-$EDDY_CACHE/jdbc/postgresql-$PGJDBC_VERSION.jar}"
 EDDY_PYTHON_VENV="${EDDY_PYTHON_VENV:-$EDDY_CACHE/python-venv}"
-PYTHON_PACKAGES=("sqlalchemy==2.0.58" "psycopg[binary]==3.2.13")
+PYTHON_PACKAGES=("sqlalchemy==2.0.58" "psycopg[binary]==3.2.13" "selenium==4.51.0")
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-test-deps: cargo is missing; install Rust (rustup) first" >&2
@@ -29,6 +31,8 @@ command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-test-deps: installing ${missing[*]}"
   sudo_cmd=""
@@ -43,7 +47,7 @@ if [ ! -s "$EDDY_PGJDBC_JAR" ]; then
   mvn -q -B dependency:copy -Dartifact="org.postgresql:postgresql:$PGJDBC_VERSION" \
     -DoutputDirectory="$(dirname "$EDDY_PGJDBC_JAR")"
 fi
-if ! "$EDDY_PYTHON_VENV/bin/python" -c "import sqlalchemy, psycopg" >/dev/null 2>&1; then
+if ! "$EDDY_PYTHON_VENV/bin/python" -c "import sqlalchemy, psycopg, selenium" >/dev/null 2>&1; then
   echo "install-test-deps: installing ${PYTHON_PACKAGES[*]} into $EDDY_PYTHON_VENV"
   python3 -m venv "$EDDY_PYTHON_VENV"
   "$EDDY_PYTHON_VENV/bin/pip" install -q "${PYTHON_PACKAGES[@]}"

@@ -140,6 +140,7 @@ impl Server {
             engine.recover(manifest, restored).await?;
         }
         spawn_periodic_checkpoints(Arc::downgrade(&engine));
+        spawn_health_sampler(Arc::downgrade(&engine));
         let cannot_listen = |addr: SocketAddr, e: std::io::Error| {
             EddyError::InvalidParameter(format!("cannot listen on {addr}: {e}"))
         };
@@ -207,6 +208,24 @@ impl Server {
         }
         self.engine.checkpoints().close().await;
     }
+}
+
+/// Samples the health into the engine's monitor once a second (rates and
+/// the web page's charts); ends when the engine is gone.
+fn spawn_health_sampler(engine: std::sync::Weak<sql::execute::Engine>) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(server::monitor::SAMPLE_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            if let Err(e) = engine.sample_health().await {
+                tracing::debug!(error = %e, "health sample");
+            }
+        }
+    });
 }
 
 /// Takes a checkpoint every `checkpoint_interval` while something changed

@@ -33,7 +33,7 @@ struct ServeArgs {
     /// Directory for eddy's data.
     #[arg(long, env = "EDDY_DATA_DIR", default_value = "./eddy-data")]
     data_dir: PathBuf,
-    /// Address for the HTTP endpoint (Prometheus metrics at /metrics).
+    /// Address for the HTTP endpoint (web page at /, Prometheus metrics at /metrics).
     #[arg(long, env = "EDDY_HTTP_LISTEN", default_value = "127.0.0.1:6544")]
     http_listen: SocketAddr,
     /// Do not serve the HTTP endpoint.

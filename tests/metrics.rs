@@ -32,7 +32,10 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut parts = rest.split_whitespace();
             typed.insert(parts.next().unwrap().to_string());
-            assert!(matches!(parts.next(), Some("counter" | "gauge")), "{line}");
+            assert!(
+                matches!(parts.next(), Some("counter" | "gauge" | "histogram")),
+                "{line}"
+            );
             continue;
         }
         if line.starts_with("# HELP ") || line.is_empty() {
@@ -42,7 +45,11 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
             .rsplit_once(' ')
             .unwrap_or_else(|| panic!("bad line {line}"));
         let name = series.split('{').next().unwrap();
-        assert!(typed.contains(name), "{name} has no TYPE line");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "{name} has no TYPE line");
         assert!(
             name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "{name}"
@@ -119,6 +126,19 @@ async fn metrics_move_as_changes_flow() {
     let after = parse(&get(http, "/metrics").await.1);
     assert_eq!(after[r#"eddy_view_rows{view="per_k"}"#], 3.0);
     assert!(rows_in(&after) > first, "counters move");
+    // Freshness: each epoch that changed the view is one observation, and
+    // the histogram's buckets are cumulative up to +Inf = count.
+    let count = r#"eddy_view_freshness_seconds_count{view="per_k"}"#;
+    assert!(after[count] > before[count], "{body}");
+    assert_eq!(
+        after[r#"eddy_view_freshness_seconds_bucket{view="per_k",le="+Inf"}"#],
+        after[count]
+    );
+    assert!(after[r#"eddy_view_freshness_seconds_sum{view="per_k"}"#] > 0.0);
+    assert!(
+        after[r#"eddy_view_freshness_seconds_bucket{view="per_k",le="0.001"}"#]
+            <= after[r#"eddy_view_freshness_seconds_bucket{view="per_k",le="10"}"#]
+    );
     // DDL and FLUSH take checkpoints: the counter moves and the last one's
     // figures are there.
     let checkpoints = "eddy_checkpoints_completed_total";
@@ -137,13 +157,18 @@ async fn metrics_move_as_changes_flow() {
         let bad = samples
             .get(&format!("eddy_source_malformed_messages_total{source}"))
             .copied();
-        if read == Some(3.0) && bad == Some(1.0) {
+        // The lag comes from librdkafka's statistics, about once a second:
+        // all three messages read, none left.
+        let lag = samples
+            .get(r#"eddy_source_lag_messages{source="events",view="event_sum",partition="0"}"#)
+            .copied();
+        if read == Some(3.0) && bad == Some(1.0) && lag == Some(0.0) {
             assert!(samples[&format!("eddy_source_bytes_total{source}")] > 0.0);
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "source metrics: {read:?} read, {bad:?} malformed"
+            "source metrics: {read:?} read, {bad:?} malformed, lag {lag:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -195,6 +195,7 @@ fn spawn_generator(generator: Generator, spec: ReaderSpec) {
                 tokio::time::sleep(TICK).await;
                 continue;
             }
+            let generated = std::time::Instant::now();
             let result = generator.rows(position, count).and_then(|rows| {
                 let rows = match &proctime {
                     Some(clock) => clock.stamp(&rows, &schema, clock.now())?,
@@ -214,7 +215,7 @@ fn spawn_generator(generator: Generator, spec: ReaderSpec) {
                         next: position + count,
                     };
                     if runtime
-                        .send_source_changes(relation, change, moved, next)
+                        .send_source_changes(relation, change, moved, next, generated)
                         .await
                         .is_err()
                     {

@@ -110,6 +110,42 @@ pub struct ViewStatus {
     /// Set when the view stopped because of an internal error.
     pub failed: Option<String>,
     pub operators: GraphStats,
+    /// The view's event-time watermark (µs), if it has one.
+    pub watermark: Option<i64>,
+    /// How long changes took from arriving to being readable in the view.
+    pub freshness: Freshness,
+}
+
+/// Freshness: for each epoch that changed a view, the time from the
+/// arrival of the oldest change in it (a write, or a source reader
+/// receiving messages) to the epoch being published, when SELECTs see it.
+/// Kept as the last value and a Prometheus-style histogram.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Freshness {
+    pub last_seconds: Option<f64>,
+    /// Counts of observations at most each of [`FRESHNESS_BUCKETS`]
+    /// (cumulative, as Prometheus wants them).
+    pub buckets: [u64; FRESHNESS_BUCKETS.len()],
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+/// The freshness histogram's upper bounds, in seconds.
+pub const FRESHNESS_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+impl Freshness {
+    fn observe(&mut self, seconds: f64) {
+        self.last_seconds = Some(seconds);
+        self.count += 1;
+        self.sum_seconds += seconds;
+        for (bucket, bound) in self.buckets.iter_mut().zip(FRESHNESS_BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+    }
 }
 
 enum Command {
@@ -176,6 +212,8 @@ enum Command {
         table_rows: Option<RowSet>,
         /// A source reader's position after this change.
         position: Option<SourcePosition>,
+        /// When the change arrived at eddy (for freshness).
+        arrived: Instant,
     },
     CreateView {
         spec: Box<ViewSpec>,
@@ -217,6 +255,7 @@ impl RuntimeHandle {
             readers: HashMap::new(),
             epoch: 0,
             dirty: false,
+            arrival: None,
             published: published.clone(),
         };
         std::thread::Builder::new()
@@ -294,15 +333,17 @@ impl RuntimeHandle {
     }
 
     /// Queues a change from a source reader that has now read up to
-    /// `position` (sent even when empty: the position moved).
+    /// `position` (sent even when empty: the position moved). `arrived`:
+    /// when the reader received the oldest of the change's messages.
     pub async fn send_source_changes(
         &self,
         relation: RelationId,
         batch: ChangeBatch,
         watermark: Option<i64>,
         position: SourcePosition,
+        arrived: Instant,
     ) -> Result<()> {
-        self.queue_change(relation, batch, watermark, None, Some(position))
+        self.send_change(relation, batch, watermark, None, Some(position), arrived)
             .await
     }
 
@@ -314,6 +355,26 @@ impl RuntimeHandle {
         table_rows: Option<RowSet>,
         position: Option<SourcePosition>,
     ) -> Result<()> {
+        self.send_change(
+            relation,
+            batch,
+            watermark,
+            table_rows,
+            position,
+            Instant::now(),
+        )
+        .await
+    }
+
+    async fn send_change(
+        &self,
+        relation: RelationId,
+        batch: ChangeBatch,
+        watermark: Option<i64>,
+        table_rows: Option<RowSet>,
+        position: Option<SourcePosition>,
+        arrived: Instant,
+    ) -> Result<()> {
         if batch.is_empty() && watermark.is_none() && position.is_none() {
             return Ok(());
         }
@@ -323,6 +384,7 @@ impl RuntimeHandle {
             watermark,
             table_rows,
             position,
+            arrived,
         })
         .await
     }
@@ -454,6 +516,10 @@ struct RunningView {
     /// Source readers: relation id and checkpoint name.
     readers: Vec<(RelationId, String)>,
     failed: Option<String>,
+    /// When the oldest change the view holds but has not published yet
+    /// arrived.
+    unpublished_since: Option<Instant>,
+    freshness: Freshness,
 }
 
 /// A table's rows, kept for checkpoints (the catalog owns the table).
@@ -504,6 +570,9 @@ struct Worker {
     epoch: u64,
     /// Whether anything changed since the last published epoch.
     dirty: bool,
+    /// When the change being propagated arrived (`None`: not from a write
+    /// or a source, e.g. processing time moving on).
+    arrival: Option<Instant>,
     published: Arc<RwLock<Arc<PublishedEpoch>>>,
 }
 
@@ -538,6 +607,7 @@ impl Worker {
                 watermark,
                 table_rows,
                 position,
+                arrived,
             } => {
                 if let Some(rows) = table_rows {
                     if let Some(table) = self.tables.get_mut(&relation) {
@@ -568,7 +638,9 @@ impl Worker {
                 if let Some(watermark) = watermark {
                     events.push_back(Event::Watermark(relation, watermark));
                 }
+                self.arrival = Some(arrived);
                 self.propagate(events);
+                self.arrival = None;
             }
             Command::CreateView { spec, reply } => {
                 let result = self.create_view(*spec);
@@ -745,6 +817,8 @@ impl Worker {
                 touched,
                 readers,
                 failed: None,
+                unpublished_since: None,
+                freshness: Freshness::default(),
             },
         );
         self.dirty = true;
@@ -804,6 +878,8 @@ impl Worker {
                 touched: HashSet::new(),
                 readers,
                 failed: None,
+                unpublished_since: None,
+                freshness: Freshness::default(),
             },
         );
         self.dirty = true;
@@ -951,6 +1027,10 @@ impl Worker {
             Ok((changes, watermark)) => {
                 if !changes.is_empty() {
                     self.dirty = true;
+                    if let Some(arrived) = self.arrival {
+                        view.unpublished_since =
+                            Some(view.unpublished_since.map_or(arrived, |t| t.min(arrived)));
+                    }
                 }
                 for sink in self.sinks.values_mut().filter(|s| s.view == view_id) {
                     sink.pending.extend(changes.iter().cloned());
@@ -1005,6 +1085,13 @@ impl Worker {
             .iter()
             .map(|(id, v)| (*id, v.state.clone()))
             .collect();
+        let now = Instant::now();
+        for view in self.views.values_mut() {
+            if let Some(arrived) = view.unpublished_since.take() {
+                view.freshness
+                    .observe(now.saturating_duration_since(arrived).as_secs_f64());
+            }
+        }
         let epoch = Arc::new(PublishedEpoch {
             epoch: self.epoch,
             views,
@@ -1047,11 +1134,13 @@ impl Worker {
                     id: *id,
                     name: v.name.clone(),
                     rows: v.state.len(),
-                    rows_failed: operators.iter().map(|(_, _, s)| s.rows_failed).sum(),
-                    late_rows: operators.iter().map(|(_, _, s)| s.late_rows).sum(),
+                    rows_failed: operators.iter().map(|o| o.stats.rows_failed).sum(),
+                    late_rows: operators.iter().map(|o| o.stats.late_rows).sum(),
                     last_error: v.graph.last_error(),
                     failed: v.failed.clone(),
                     operators,
+                    watermark: self.watermarks.get(id).copied(),
+                    freshness: v.freshness.clone(),
                 }
             })
             .collect()

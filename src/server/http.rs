@@ -1,5 +1,6 @@
 //! The HTTP endpoint (default 127.0.0.1:6544): `GET /metrics` serves
-//! Prometheus text. A deliberately small HTTP/1.1 server on tokio: one
+//! Prometheus text, `GET /` the web page ([`super::web`]) and
+//! `GET /api/status` the JSON the page shows. A deliberately small HTTP/1.1 server on tokio: one
 //! request per connection (`Connection: close`), enough for Prometheus and
 //! curl; anything else is 404 (or 405 for methods other than GET/HEAD).
 
@@ -75,9 +76,21 @@ async fn handle(engine: &Engine, stream: TcpStream) -> std::io::Result<()> {
         },
         ("GET" | "HEAD", "/") => (
             "200 OK",
-            "text/plain; charset=utf-8",
-            "eddy: Prometheus metrics at /metrics\n".to_string(),
+            "text/html; charset=utf-8",
+            super::web::PAGE.to_string(),
         ),
+        ("GET" | "HEAD", "/api/status") => match engine.health().await {
+            Ok(health) => (
+                "200 OK",
+                "application/json",
+                super::web::status_json(&health, engine.monitor()).to_string(),
+            ),
+            Err(e) => (
+                "503 Service Unavailable",
+                "text/plain; charset=utf-8",
+                format!("{e}\n"),
+            ),
+        },
         ("GET" | "HEAD", _) => (
             "404 Not Found",
             "text/plain; charset=utf-8",

@@ -9,10 +9,11 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::catalog::{Relation, SinkEntry};
-use crate::connectors::SourceConnector;
+use super::monitor::{Health, SourceHealth};
+use crate::catalog::SinkEntry;
 use crate::runtime::checkpoint::CheckpointStats;
-use crate::runtime::ViewStatus;
+use crate::runtime::{ViewStatus, FRESHNESS_BUCKETS};
+use crate::stream::graph::OperatorStatus;
 
 /// One metric family being written: its HELP and TYPE lines, then samples.
 struct Family<'a> {
@@ -64,15 +65,22 @@ fn family<T>(
     }
 }
 
-/// The metrics text for the runtime's `epoch` and `views`, and the
-/// catalog's sinks and relations.
-pub fn render(
-    epoch: u64,
-    checkpoints: &CheckpointStats,
-    views: &[ViewStatus],
-    sinks: &[Arc<SinkEntry>],
-    relations: &[Relation],
-) -> String {
+/// Seconds since the Unix epoch, from µs.
+fn seconds(micros: i64) -> f64 {
+    micros as f64 / 1e6
+}
+
+/// The metrics text of `health`.
+pub fn render(health: &Health) -> String {
+    let Health {
+        epoch,
+        views,
+        sinks,
+        sources,
+        checkpoints,
+        ..
+    } = health;
+    let epoch = *epoch;
     let mut out = String::new();
     render_checkpoints(&mut out, checkpoints);
     family(
@@ -116,16 +124,28 @@ pub fn render(
         views,
         |v| (view(v), if v.failed.is_some() { 0.0 } else { 1.0 }),
     );
-    let operators: Vec<(&str, String, &crate::stream::OperatorStats)> = views
+    let watermarked: Vec<(&ViewStatus, i64)> = views
         .iter()
-        .flat_map(|v| {
-            v.operators
-                .iter()
-                .map(move |(id, _, stats)| (v.name.as_str(), format!("{id:016x}"), stats))
-        })
+        .filter_map(|v| Some((v, v.watermark?)))
         .collect();
-    let operator = |o: &(&str, String, &crate::stream::OperatorStats)| {
-        vec![("view", o.0.to_string()), ("operator_id", o.1.clone())]
+    family(
+        &mut out,
+        "eddy_view_watermark_seconds",
+        "gauge",
+        "A view's event-time watermark (Unix time).",
+        &watermarked,
+        |(v, w)| (view(v), seconds(*w)),
+    );
+    render_freshness(&mut out, views);
+    let operators: Vec<(&str, &OperatorStatus)> = views
+        .iter()
+        .flat_map(|v| v.operators.iter().map(move |o| (v.name.as_str(), o)))
+        .collect();
+    let operator = |o: &(&str, &OperatorStatus)| {
+        vec![
+            ("view", o.0.to_string()),
+            ("operator_id", format!("{:016x}", o.1.id)),
+        ]
     };
     family(
         &mut out,
@@ -133,7 +153,7 @@ pub fn render(
         "counter",
         "Rows an operator received.",
         &operators,
-        |o| (operator(o), o.2.rows_in as f64),
+        |o| (operator(o), o.1.stats.rows_in as f64),
     );
     family(
         &mut out,
@@ -141,7 +161,7 @@ pub fn render(
         "counter",
         "Rows an operator emitted.",
         &operators,
-        |o| (operator(o), o.2.rows_out as f64),
+        |o| (operator(o), o.1.stats.rows_out as f64),
     );
     family(
         &mut out,
@@ -149,7 +169,27 @@ pub fn render(
         "gauge",
         "Keys (groups, distinct values, window rows) an operator holds as state.",
         &operators,
-        |o| (operator(o), o.2.state_keys as f64),
+        |o| (operator(o), o.1.stats.state_keys as f64),
+    );
+    family(
+        &mut out,
+        "eddy_operator_late_rows_total",
+        "counter",
+        "Changes an operator dropped because they arrived after their window closed.",
+        &operators,
+        |o| (operator(o), o.1.stats.late_rows as f64),
+    );
+    let operator_watermarks: Vec<(&(&str, &OperatorStatus), i64)> = operators
+        .iter()
+        .filter_map(|o| Some((o, o.1.watermark?)))
+        .collect();
+    family(
+        &mut out,
+        "eddy_operator_watermark_seconds",
+        "gauge",
+        "The event-time watermark an operator last passed on (Unix time).",
+        &operator_watermarks,
+        |(o, w)| (operator(o), seconds(*w)),
     );
     let sink = |s: &Arc<SinkEntry>| vec![("sink", s.name.clone()), ("view", s.view_name.clone())];
     family(
@@ -183,6 +223,26 @@ pub fn render(
     );
     family(
         &mut out,
+        "eddy_sink_retries_total",
+        "counter",
+        "Errors a sink retried after (its target was unavailable).",
+        sinks,
+        |s| (sink(s), s.status.retries() as f64),
+    );
+    let committed: Vec<(&Arc<SinkEntry>, i64)> = sinks
+        .iter()
+        .filter_map(|s| Some((s, s.status.committed_unix_ms()?)))
+        .collect();
+    family(
+        &mut out,
+        "eddy_sink_last_commit_timestamp_seconds",
+        "gauge",
+        "When a sink last made an epoch durable (Unix time).",
+        &committed,
+        |(s, ms)| (sink(s), *ms as f64 / 1e3),
+    );
+    family(
+        &mut out,
         "eddy_sink_failed",
         "gauge",
         "1 once a sink failed with an error retrying cannot fix.",
@@ -198,44 +258,129 @@ pub fn render(
             )
         },
     );
-    let kafka: Vec<(String, Arc<crate::connectors::kafka::KafkaSourceConfig>)> = relations
+    render_sources(&mut out, sources);
+    out
+}
+
+/// Per source: what its readers read, skipped and have left to read.
+fn render_sources(out: &mut String, sources: &[SourceHealth]) {
+    let counted: Vec<(&SourceHealth, u64, u64)> = sources
         .iter()
-        .filter_map(|r| match r {
-            Relation::Source(s) => match &s.connector {
-                SourceConnector::Kafka(config) => Some((s.name.clone(), config.clone())),
-                _ => None,
-            },
-            _ => None,
-        })
+        .filter_map(|s| Some((s, s.messages?, s.bytes?)))
         .collect();
-    let source = |s: &(String, Arc<crate::connectors::kafka::KafkaSourceConfig>)| {
-        vec![("source", s.0.clone()), ("topic", s.1.topic.clone())]
+    let source = |s: &SourceHealth| {
+        vec![
+            ("source", s.name.clone()),
+            ("topic", s.topic.clone().unwrap_or_default()),
+        ]
     };
     family(
-        &mut out,
+        out,
         "eddy_source_messages_total",
         "counter",
         "Kafka messages read (by all the source's readers).",
-        &kafka,
-        |s| (source(s), s.1.counters.messages() as f64),
+        &counted,
+        |(s, messages, _)| (source(s), *messages as f64),
     );
     family(
-        &mut out,
+        out,
         "eddy_source_bytes_total",
         "counter",
         "Kafka message payload bytes read (by all the source's readers).",
-        &kafka,
-        |s| (source(s), s.1.counters.bytes() as f64),
+        &counted,
+        |(s, _, bytes)| (source(s), *bytes as f64),
     );
     family(
-        &mut out,
+        out,
         "eddy_source_malformed_messages_total",
         "counter",
         "Kafka messages skipped because they did not decode.",
-        &kafka,
-        |s| (source(s), s.1.errors.total() as f64),
+        &counted,
+        |(s, _, _)| (source(s), s.bad_messages as f64),
     );
-    out
+    let partitions: Vec<(&str, &(String, i32), i64)> = sources
+        .iter()
+        .flat_map(|s| {
+            s.partitions
+                .iter()
+                .filter_map(|(key, p)| Some((s.name.as_str(), key, p.lag()?)))
+        })
+        .collect();
+    family(
+        out,
+        "eddy_source_lag_messages",
+        "gauge",
+        "Messages in a partition that a view's reader has not read yet.",
+        &partitions,
+        |(source, (view, partition), lag)| {
+            (
+                vec![
+                    ("source", source.to_string()),
+                    ("view", view.clone()),
+                    ("partition", partition.to_string()),
+                ],
+                *lag as f64,
+            )
+        },
+    );
+    let watermarks: Vec<(&str, &str, i64)> = sources
+        .iter()
+        .flat_map(|s| {
+            s.watermarks
+                .iter()
+                .map(|(view, w)| (s.name.as_str(), view.as_str(), *w))
+        })
+        .collect();
+    family(
+        out,
+        "eddy_source_watermark_seconds",
+        "gauge",
+        "A source reader's event-time watermark (Unix time).",
+        &watermarks,
+        |(source, view, w)| {
+            (
+                vec![("source", source.to_string()), ("view", view.to_string())],
+                seconds(*w),
+            )
+        },
+    );
+}
+
+/// Per view: a histogram of how long changes took from arrival to being
+/// readable.
+fn render_freshness(out: &mut String, views: &[ViewStatus]) {
+    let name = "eddy_view_freshness_seconds";
+    let mut family = Family::new(
+        out,
+        name,
+        "histogram",
+        "Time from a change arriving (a write, or a source reader receiving it) to its effect being readable in a view.",
+    );
+    for view in views {
+        let freshness = &view.freshness;
+        for (bound, count) in FRESHNESS_BUCKETS.iter().zip(freshness.buckets) {
+            family.sample(
+                &format!("{name}_bucket"),
+                &[("view", &view.name), ("le", &bound.to_string())],
+                count,
+            );
+        }
+        family.sample(
+            &format!("{name}_bucket"),
+            &[("view", &view.name), ("le", "+Inf")],
+            freshness.count,
+        );
+        family.sample(
+            &format!("{name}_sum"),
+            &[("view", &view.name)],
+            freshness.sum_seconds,
+        );
+        family.sample(
+            &format!("{name}_count"),
+            &[("view", &view.name)],
+            freshness.count,
+        );
+    }
 }
 
 /// Checkpoint counters and the figures of the last completed checkpoint.

@@ -7,7 +7,9 @@
 
 pub mod http;
 pub mod metrics;
+pub mod monitor;
 mod params;
+pub mod web;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;

@@ -40,6 +40,7 @@ use crate::error::{EddyError, Result};
 use crate::plan;
 use crate::runtime::checkpoint::Checkpointer;
 use crate::runtime::{RestoredView, RuntimeHandle, ViewSpec, DURABLE_SINK_QUEUE_EPOCHS};
+use crate::server::monitor::{Health, Monitor};
 use crate::state::checkpoint::{CheckpointStore, Manifest, ReaderPosition, RestoredState};
 use crate::stream::ChangeBatch;
 use std::sync::atomic::AtomicBool;
@@ -190,6 +191,8 @@ pub struct Engine {
     /// Serializes DDL so that name checks and dependency checks hold.
     ddl_lock: tokio::sync::Mutex<()>,
     checkpoints: Arc<Checkpointer>,
+    /// The last minutes of health figures (rates, charts).
+    monitor: Arc<Monitor>,
     /// While recovering: the checkpoint the replayed DDL restores from.
     restoring: std::sync::Mutex<Option<Restoring>>,
 }
@@ -221,6 +224,7 @@ impl Engine {
             base_state,
             ddl_lock: tokio::sync::Mutex::new(()),
             checkpoints,
+            monitor: Arc::default(),
             restoring: std::sync::Mutex::new(None),
         }
     }
@@ -437,6 +441,7 @@ impl Engine {
                 self.runtime.clone(),
                 self.catalog.clone(),
                 self.checkpoints.stats(),
+                self.monitor.clone(),
             )),
         )?;
         let listed = self.catalog.list();
@@ -1321,15 +1326,25 @@ impl Engine {
     }
 
     /// eddy's health as Prometheus text (for the HTTP endpoint).
+    /// Everything eddy knows about its health now.
+    pub async fn health(&self) -> Result<Health> {
+        Health::gather(&self.runtime, &self.catalog, self.checkpoints.stats()).await
+    }
+
+    /// The health history (rates, the web page's charts).
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
+    /// Takes one sample of the health into the monitor.
+    pub async fn sample_health(&self) -> Result<()> {
+        let health = self.health().await?;
+        self.monitor.record(&health);
+        Ok(())
+    }
+
     pub async fn metrics(&self) -> Result<String> {
-        let (epoch, views) = self.runtime.status().await?;
-        Ok(crate::server::metrics::render(
-            epoch,
-            &self.checkpoints.stats(),
-            &views,
-            &self.catalog.list_sinks(),
-            &self.catalog.list(),
-        ))
+        Ok(crate::server::metrics::render(&self.health().await?))
     }
 
     fn sinks_batch(&self) -> Result<RecordBatch> {

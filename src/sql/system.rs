@@ -1,18 +1,32 @@
 //! System tables in schema `eddy_catalog`, built when a query reads them:
 //! - `materialized_views`: each view's row count, failed rows and status;
-//! - `operator_stats`: rows in/out and state keys of every operator, the
-//!   figures that show a view is maintained incrementally;
+//! - `mv_stats`: each view's throughput, state, watermark and freshness;
+//! - `operator_stats`: every operator's place in its view's graph, rows
+//!   in/out (and per second), state keys and watermark: the figures that
+//!   show a view is maintained incrementally;
 //! - `sinks`: each sink's target, status, progress and lag (= SHOW SINKS);
+//! - `sink_stats`: each sink's throughput, retries and last commit;
 //! - `sources`: each source's connector and how many bad messages its
 //!   readers skipped;
+//! - `source_stats`: each source's throughput, lag and watermark;
+//! - `source_partitions`: per Kafka partition and reading view, where the
+//!   reader is, where the partition ends and the lag;
 //! - `source_errors`: the bad messages sources skipped (the last 1000 per
-//!   source), with where they were and why.
+//!   source), with where they were and why;
+//! - `checkpoints`: the recent checkpoints.
+//!
+//! The `*_stats` tables show the same figures as `/metrics` (both are
+//! rendered from one [`Health`]); rates come from the [`Monitor`]'s last
+//! seconds of samples and are NULL until it has two.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result as DFResult};
@@ -21,21 +35,223 @@ use crate::catalog::{Catalog, SinkEntry};
 use crate::connectors::postgres::SinkMode;
 use crate::runtime::checkpoint::CheckpointStats;
 use crate::runtime::{RuntimeHandle, ViewStatus};
+use crate::server::monitor::{operator_key, sink_key, source_key, view_key, Health, Monitor};
 
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 10] = [
     "checkpoints",
     "materialized_views",
+    "mv_stats",
     "operator_stats",
+    "sink_stats",
     "sinks",
-    "sources",
     "source_errors",
+    "source_partitions",
+    "source_stats",
+    "sources",
 ];
+
+/// Builds a record batch a column at a time.
+#[derive(Default)]
+struct Columns {
+    fields: Vec<Field>,
+    arrays: Vec<ArrayRef>,
+}
+
+impl Columns {
+    fn add(mut self, name: &str, data_type: DataType, array: ArrayRef) -> Self {
+        self.fields.push(Field::new(name, data_type, true));
+        self.arrays.push(array);
+        self
+    }
+
+    fn text<S: AsRef<str>>(self, name: &str, values: impl IntoIterator<Item = Option<S>>) -> Self {
+        let array = StringArray::from_iter(values);
+        self.add(name, DataType::Utf8, Arc::new(array))
+    }
+
+    fn uint(self, name: &str, values: impl IntoIterator<Item = u64>) -> Self {
+        let array = UInt64Array::from_iter_values(values);
+        self.add(name, DataType::UInt64, Arc::new(array))
+    }
+
+    fn int(self, name: &str, values: impl IntoIterator<Item = Option<i64>>) -> Self {
+        let array = Int64Array::from_iter(values);
+        self.add(name, DataType::Int64, Arc::new(array))
+    }
+
+    fn float(self, name: &str, values: impl IntoIterator<Item = Option<f64>>) -> Self {
+        let array = Float64Array::from_iter(values);
+        self.add(name, DataType::Float64, Arc::new(array))
+    }
+
+    /// A timestamp column from µs since the Unix epoch.
+    fn timestamp(self, name: &str, values: impl IntoIterator<Item = Option<i64>>) -> Self {
+        let array = TimestampMicrosecondArray::from_iter(values);
+        self.add(
+            name,
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            Arc::new(array),
+        )
+    }
+
+    fn batch(self) -> DFResult<RecordBatch> {
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(self.fields)),
+            self.arrays,
+        )?)
+    }
+}
+
+fn some<T>(values: impl IntoIterator<Item = T>) -> impl Iterator<Item = Option<T>> {
+    values.into_iter().map(Some)
+}
+
+/// `eddy_catalog.mv_stats`.
+fn mv_stats_batch(health: &Health, monitor: &Monitor) -> DFResult<RecordBatch> {
+    let views = &health.views;
+    Columns::default()
+        .text("name", some(views.iter().map(|v| &v.name)))
+        .uint("rows", views.iter().map(|v| v.rows))
+        .float(
+            "changes_per_second",
+            views
+                .iter()
+                .map(|v| monitor.rate(&view_key(&v.name, "changes"))),
+        )
+        .uint(
+            "state_keys",
+            views
+                .iter()
+                .map(|v| v.operators.iter().map(|o| o.stats.state_keys).sum()),
+        )
+        .uint("late_rows", views.iter().map(|v| v.late_rows))
+        .uint("failed_rows", views.iter().map(|v| v.rows_failed))
+        .timestamp("watermark", views.iter().map(|v| v.watermark))
+        .float(
+            "freshness_ms",
+            views
+                .iter()
+                .map(|v| v.freshness.last_seconds.map(|s| s * 1e3)),
+        )
+        .float(
+            "avg_freshness_ms",
+            views.iter().map(|v| {
+                let f = &v.freshness;
+                (f.count > 0).then(|| f.sum_seconds * 1e3 / f.count as f64)
+            }),
+        )
+        .text("status", some(views.iter().map(view_state)))
+        .batch()
+}
+
+fn view_state(view: &ViewStatus) -> String {
+    match &view.failed {
+        Some(e) => format!("failed: {e}"),
+        None => "running".to_string(),
+    }
+}
+
+/// `eddy_catalog.source_stats`.
+fn source_stats_batch(health: &Health, monitor: &Monitor) -> DFResult<RecordBatch> {
+    let sources = &health.sources;
+    let rate = |what: &'static str| {
+        sources
+            .iter()
+            .map(move |s| monitor.rate(&source_key(&s.name, what)))
+    };
+    Columns::default()
+        .text("name", some(sources.iter().map(|s| &s.name)))
+        .text("connector", some(sources.iter().map(|s| s.connector)))
+        .text("topic", sources.iter().map(|s| s.topic.as_ref()))
+        .int(
+            "messages",
+            sources.iter().map(|s| s.messages.map(|m| m as i64)),
+        )
+        .int("bytes", sources.iter().map(|s| s.bytes.map(|b| b as i64)))
+        .float("messages_per_second", rate("messages"))
+        .float("bytes_per_second", rate("bytes"))
+        .int("lag_messages", sources.iter().map(|s| s.lag()))
+        .uint("bad_messages", sources.iter().map(|s| s.bad_messages))
+        .timestamp("watermark", sources.iter().map(|s| s.watermark()))
+        .batch()
+}
+
+/// `eddy_catalog.source_partitions`.
+fn source_partitions_batch(health: &Health) -> DFResult<RecordBatch> {
+    let rows: Vec<_> = health
+        .sources
+        .iter()
+        .flat_map(|s| s.partitions.iter().map(move |p| (s, p)))
+        .collect();
+    Columns::default()
+        .text("source", some(rows.iter().map(|(s, _)| &s.name)))
+        .text("view", some(rows.iter().map(|(_, ((v, _), _))| v)))
+        .add(
+            "partition",
+            DataType::Int32,
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|(_, ((_, p), _))| *p),
+            )),
+        )
+        .int("next_offset", rows.iter().map(|(_, (_, p))| p.next_offset))
+        .int("high_offset", rows.iter().map(|(_, (_, p))| p.high_offset))
+        .int("lag_messages", rows.iter().map(|(_, (_, p))| p.lag()))
+        .timestamp("event_time", rows.iter().map(|(_, (_, p))| p.event_time))
+        .batch()
+}
+
+/// `eddy_catalog.sink_stats`.
+fn sink_stats_batch(health: &Health, monitor: &Monitor) -> DFResult<RecordBatch> {
+    let sinks = &health.sinks;
+    Columns::default()
+        .text("name", some(sinks.iter().map(|s| &s.name)))
+        .text("from", some(sinks.iter().map(|s| sink_source(s))))
+        .uint(
+            "rows_written",
+            sinks.iter().map(|s| s.status.rows_written()),
+        )
+        .float(
+            "rows_per_second",
+            sinks
+                .iter()
+                .map(|s| monitor.rate(&sink_key(&s.name, "rows"))),
+        )
+        .uint("retries", sinks.iter().map(|s| s.status.retries()))
+        .uint(
+            "committed_epoch",
+            sinks.iter().map(|s| s.status.committed_epoch()),
+        )
+        .uint(
+            "lag_epochs",
+            sinks
+                .iter()
+                .map(|s| health.epoch.saturating_sub(s.status.committed_epoch())),
+        )
+        .timestamp(
+            "last_commit_at",
+            sinks
+                .iter()
+                .map(|s| s.status.committed_unix_ms().map(|ms| ms * 1000)),
+        )
+        .text("status", some(sinks.iter().map(|s| s.status.describe())))
+        .batch()
+}
+
+/// What a sink reads: its view, or `(query)` for `CREATE SINK ... AS SELECT`.
+fn sink_source(sink: &SinkEntry) -> String {
+    if sink.view_name.starts_with("__sink_") {
+        "(query)".into()
+    } else {
+        sink.view_name.clone()
+    }
+}
 
 #[derive(Debug)]
 pub struct SystemSchema {
     runtime: RuntimeHandle,
     catalog: Arc<Catalog>,
     checkpoints: CheckpointStats,
+    monitor: Arc<Monitor>,
 }
 
 impl SystemSchema {
@@ -43,12 +259,20 @@ impl SystemSchema {
         runtime: RuntimeHandle,
         catalog: Arc<Catalog>,
         checkpoints: CheckpointStats,
+        monitor: Arc<Monitor>,
     ) -> Self {
         Self {
             runtime,
             catalog,
             checkpoints,
+            monitor,
         }
+    }
+
+    async fn health(&self) -> DFResult<Health> {
+        Health::gather(&self.runtime, &self.catalog, self.checkpoints.clone())
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }
 
@@ -153,13 +377,7 @@ pub fn sinks_batch(sinks: &[Arc<SinkEntry>], epoch: u64) -> DFResult<RecordBatch
     };
     let columns = vec![
         text(&|s| s.name.clone()),
-        text(&|s| {
-            if s.view_name.starts_with("__sink_") {
-                "(query)".into()
-            } else {
-                s.view_name.clone()
-            }
-        }),
+        text(&|s| sink_source(s)),
         text(&|s| s.target.clone()),
         text(&|s| match s.mode {
             SinkMode::Upsert => "upsert".into(),
@@ -173,46 +391,36 @@ pub fn sinks_batch(sinks: &[Arc<SinkEntry>], epoch: u64) -> DFResult<RecordBatch
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-fn operators_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
-    let schema: SchemaRef = Arc::new(Schema::new(vec![
-        Field::new("view", DataType::Utf8, false),
-        Field::new("operator_id", DataType::Utf8, false),
-        Field::new("operator", DataType::Utf8, false),
-        Field::new("rows_in", DataType::UInt64, false),
-        Field::new("rows_out", DataType::UInt64, false),
-        Field::new("rows_failed", DataType::UInt64, false),
-        Field::new("late_rows", DataType::UInt64, false),
-        Field::new("state_keys", DataType::UInt64, false),
-    ]));
-    let rows: Vec<(&str, &(u64, String, crate::stream::OperatorStats))> = views
+fn operators_batch(views: &[ViewStatus], monitor: &Monitor) -> DFResult<RecordBatch> {
+    let rows: Vec<_> = views
         .iter()
         .flat_map(|v| v.operators.iter().map(move |o| (v.name.as_str(), o)))
         .collect();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|(v, _)| *v))),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|(_, o)| format!("{:016x}", o.0)),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|(_, o)| o.1.as_str()),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|(_, o)| o.2.rows_in),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|(_, o)| o.2.rows_out),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|(_, o)| o.2.rows_failed),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|(_, o)| o.2.late_rows),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            rows.iter().map(|(_, o)| o.2.state_keys),
-        )),
-    ];
-    Ok(RecordBatch::try_new(schema, columns)?)
+    let rate = |what: &'static str| {
+        rows.iter()
+            .map(move |(v, o)| monitor.rate(&operator_key(v, o.id, what)))
+    };
+    Columns::default()
+        .text("view", some(rows.iter().map(|(v, _)| v)))
+        .text(
+            "operator_id",
+            some(rows.iter().map(|(_, o)| format!("{:016x}", o.id))),
+        )
+        .text(
+            "parent_id",
+            rows.iter()
+                .map(|(_, o)| o.parent.map(|p| format!("{p:016x}"))),
+        )
+        .text("operator", some(rows.iter().map(|(_, o)| &o.description)))
+        .uint("rows_in", rows.iter().map(|(_, o)| o.stats.rows_in))
+        .uint("rows_out", rows.iter().map(|(_, o)| o.stats.rows_out))
+        .float("rows_in_per_second", rate("rows_in"))
+        .float("rows_out_per_second", rate("rows_out"))
+        .uint("rows_failed", rows.iter().map(|(_, o)| o.stats.rows_failed))
+        .uint("late_rows", rows.iter().map(|(_, o)| o.stats.late_rows))
+        .uint("state_keys", rows.iter().map(|(_, o)| o.stats.state_keys))
+        .timestamp("watermark", rows.iter().map(|(_, o)| o.watermark))
+        .batch()
 }
 
 /// The rows of `eddy_catalog.sources`.
@@ -295,35 +503,18 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
-        if !TABLES.contains(&name) {
-            return Ok(None);
-        }
-        if matches!(name, "source_errors" | "sources" | "checkpoints") {
-            let batch = match name {
-                "sources" => sources_batch(&self.catalog)?,
-                "checkpoints" => checkpoints_batch(&self.checkpoints)?,
-                _ => source_errors_batch(&self.catalog)?,
-            };
-            return Ok(Some(Arc::new(MemTable::try_new(
-                batch.schema(),
-                vec![vec![batch]],
-            )?)));
-        }
-        if name == "sinks" {
-            let batch = sinks_batch(&self.catalog.list_sinks(), self.runtime.published().epoch)?;
-            return Ok(Some(Arc::new(MemTable::try_new(
-                batch.schema(),
-                vec![vec![batch]],
-            )?)));
-        }
-        let (_, views) = self
-            .runtime
-            .status()
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let batch = match name {
-            "materialized_views" => views_batch(&views)?,
-            _ => operators_batch(&views)?,
+            "sources" => sources_batch(&self.catalog)?,
+            "source_errors" => source_errors_batch(&self.catalog)?,
+            "checkpoints" => checkpoints_batch(&self.checkpoints)?,
+            "sinks" => sinks_batch(&self.catalog.list_sinks(), self.runtime.published().epoch)?,
+            "materialized_views" => views_batch(&self.health().await?.views)?,
+            "operator_stats" => operators_batch(&self.health().await?.views, &self.monitor)?,
+            "mv_stats" => mv_stats_batch(&self.health().await?, &self.monitor)?,
+            "source_stats" => source_stats_batch(&self.health().await?, &self.monitor)?,
+            "source_partitions" => source_partitions_batch(&self.health().await?)?,
+            "sink_stats" => sink_stats_batch(&self.health().await?, &self.monitor)?,
+            _ => return Ok(None),
         };
         Ok(Some(Arc::new(MemTable::try_new(
             batch.schema(),

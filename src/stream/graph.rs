@@ -25,10 +25,25 @@ struct GraphNode {
     parent: Option<(NodeIndex, usize)>,
     rows_in: u64,
     rows_out: u64,
+    /// The last watermark this node passed on (µs), if any.
+    watermark: Option<i64>,
 }
 
-/// Per-operator figures, root first, as `(stable id, description, stats)`.
-pub type GraphStats = Vec<(u64, String, OperatorStats)>;
+/// One operator's place in the graph and its figures.
+#[derive(Debug, Clone)]
+pub struct OperatorStatus {
+    /// The stable id.
+    pub id: u64,
+    /// The stable id of the operator this one feeds; `None` at the root.
+    pub parent: Option<u64>,
+    pub description: String,
+    pub stats: OperatorStats,
+    /// The last event-time watermark the operator passed on (µs).
+    pub watermark: Option<i64>,
+}
+
+/// Per-operator figures, root first.
+pub type GraphStats = Vec<OperatorStatus>;
 
 #[derive(Default)]
 pub struct StreamGraph {
@@ -69,6 +84,7 @@ impl StreamGraph {
             parent: None,
             rows_in: 0,
             rows_out: 0,
+            watermark: None,
         });
         index
     }
@@ -141,6 +157,9 @@ impl StreamGraph {
             for batch in changes {
                 self.emit(index, batch, &mut output)?;
             }
+            if watermark.is_some() {
+                self.nodes[index].watermark = watermark;
+            }
             let reached = match (watermark, self.nodes[index].parent) {
                 (Some(w), Some((parent, position))) => {
                     self.watermark(parent, position, w, &mut output)?
@@ -182,6 +201,9 @@ impl StreamGraph {
         let (released, forward) = self.nodes[index].op.on_watermark(input, watermark)?;
         for batch in released {
             self.emit(index, batch, output)?;
+        }
+        if forward.is_some() {
+            self.nodes[index].watermark = forward;
         }
         match (forward, self.nodes[index].parent) {
             (Some(w), Some((parent, position))) => self.watermark(parent, position, w, output),
@@ -258,7 +280,13 @@ impl StreamGraph {
                     state_keys: n.op.state_keys(),
                     late_rows: n.op.late_rows(),
                 };
-                (n.id, n.op.describe(), stats)
+                OperatorStatus {
+                    id: n.id,
+                    parent: n.parent.map(|(parent, _)| self.nodes[parent].id),
+                    description: n.op.describe(),
+                    stats,
+                    watermark: n.watermark,
+                }
             })
             .collect()
     }

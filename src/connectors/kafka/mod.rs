@@ -57,6 +57,8 @@ use decode::PayloadDecoder;
 /// Messages per batch at most; a batch is also cut after [`BATCH_WAIT`].
 const MAX_BATCH: usize = 4096;
 const BATCH_WAIT: Duration = Duration::from_millis(20);
+/// How often librdkafka reports the partitions' offsets (for the lag).
+const STATISTICS_INTERVAL_MS: &str = "1000";
 /// How often a reader looks for partitions added to its topic.
 const PARTITION_CHECK: Duration = Duration::from_secs(5);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,6 +143,95 @@ impl SourceCounters {
     }
 }
 
+/// Where each reader of a source is, per partition: what it has read, what
+/// the broker holds (from librdkafka's statistics, about once a second) and
+/// the newest event time it saw; and each reader's watermark. Read by the
+/// metrics, `eddy_catalog.source_stats` and the web page.
+#[derive(Debug, Default)]
+pub struct ReadProgress {
+    /// (view the reader feeds, partition) -> progress.
+    partitions: Mutex<BTreeMap<(String, i32), PartitionProgress>>,
+    /// view -> the reader's event-time watermark (µs).
+    watermarks: Mutex<BTreeMap<String, i64>>,
+}
+
+/// One reader's progress in one partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The offset after the last message read.
+    pub next_offset: Option<i64>,
+    /// The partition's first offset the broker still holds.
+    pub low_offset: Option<i64>,
+    /// The offset the next message written to the partition gets (for
+    /// `read_committed` readers: the last stable offset).
+    pub high_offset: Option<i64>,
+    /// The newest event time read from the partition (µs).
+    pub event_time: Option<i64>,
+}
+
+impl PartitionProgress {
+    /// Messages in the partition the reader has not read yet, once the
+    /// broker's end is known.
+    pub fn lag(&self) -> Option<i64> {
+        let high = self.high_offset?;
+        let read = match (self.next_offset, self.low_offset) {
+            (Some(next), Some(low)) => next.max(low),
+            (next, low) => next.or(low)?,
+        };
+        Some((high - read).max(0))
+    }
+}
+
+impl ReadProgress {
+    fn lock_partitions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), PartitionProgress>> {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, view: &str, partition: i32, change: impl FnOnce(&mut PartitionProgress)) {
+        change(
+            self.lock_partitions()
+                .entry((view.to_string(), partition))
+                .or_default(),
+        );
+    }
+
+    fn set_watermark(&self, view: &str, watermark: i64) {
+        self.watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(view.to_string(), watermark);
+    }
+
+    /// Forgets a reader (its view was dropped).
+    pub fn forget(&self, view: &str) {
+        self.lock_partitions().retain(|(v, _), _| v != view);
+        self.watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(view);
+    }
+
+    /// Every reader's partitions: `((view, partition), progress)`.
+    pub fn partitions(&self) -> Vec<((String, i32), PartitionProgress)> {
+        self.lock_partitions()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Every reader's watermark: `(view, µs)`.
+    pub fn watermarks(&self) -> Vec<(String, i64)> {
+        self.watermarks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
 /// A checked Kafka source configuration.
 #[derive(Debug)]
 pub struct KafkaSourceConfig {
@@ -157,6 +248,7 @@ pub struct KafkaSourceConfig {
     on_error: OnError,
     pub errors: Arc<SourceErrors>,
     pub counters: SourceCounters,
+    pub progress: Arc<ReadProgress>,
 }
 
 const KNOWN_OPTIONS: &str = "topic, properties.bootstrap.server, properties.<librdkafka setting>, \
@@ -287,10 +379,11 @@ impl KafkaSourceConfig {
             on_error,
             errors: Arc::new(SourceErrors::default()),
             counters: SourceCounters::default(),
+            progress: Arc::default(),
         };
         // librdkafka checks its settings when a client is made: a bad
         // setting is an error now, not a failed reader later.
-        drop(config.consumer(0)?);
+        drop(config.consumer(0, None)?);
         Ok(config)
     }
 
@@ -299,10 +392,17 @@ impl KafkaSourceConfig {
         self.schema.clone()
     }
 
-    fn consumer(&self, relation: RelationId) -> Result<StreamConsumer<ReaderContext>> {
+    /// A consumer for the reader of `relation`; with `view`, it reports
+    /// the broker's partition offsets into [`Self::progress`] for that view.
+    fn consumer(
+        &self,
+        relation: RelationId,
+        view: Option<&str>,
+    ) -> Result<StreamConsumer<ReaderContext>> {
         let mut config = ClientConfig::new();
         config
             .set("group.id", format!("eddy-reader-{relation}"))
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
@@ -317,16 +417,22 @@ impl KafkaSourceConfig {
         for (name, value) in &self.client {
             config.set(name, value);
         }
-        config
-            .create_with_context(ReaderContext)
-            .map_err(kafka_error)
+        let context = ReaderContext {
+            progress: view.map(|view| (self.progress.clone(), view.to_string())),
+        };
+        config.create_with_context(context).map_err(kafka_error)
     }
 }
 
 /// A reader's librdkafka client context: logs client errors like rdkafka's
 /// default, except reaching the end of a partition, which librdkafka
-/// reports as an error but is an ordinary event for a reader.
-pub struct ReaderContext;
+/// reports as an error but is an ordinary event for a reader; and takes the
+/// partitions' offsets from librdkafka's statistics.
+#[derive(Default)]
+pub struct ReaderContext {
+    /// Where to report the offsets, and for which view's reader.
+    progress: Option<(Arc<ReadProgress>, String)>,
+}
 
 impl rdkafka::ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -334,6 +440,32 @@ impl rdkafka::ClientContext for ReaderContext {
             return;
         }
         tracing::error!("librdkafka: {error}: {reason}");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some((progress, view)) = &self.progress else {
+            return;
+        };
+        for topic in statistics.topics.values() {
+            for (&partition, stats) in &topic.partitions {
+                // librdkafka's internal "unassigned" partition, and
+                // partitions whose offsets it has not learnt yet (< 0).
+                if partition < 0 || stats.hi_offset < 0 {
+                    continue;
+                }
+                // A read_committed reader cannot read past the last
+                // stable offset.
+                let high = if stats.ls_offset >= 0 {
+                    stats.ls_offset.min(stats.hi_offset)
+                } else {
+                    stats.hi_offset
+                };
+                progress.update(view, partition, |p| {
+                    p.high_offset = Some(high);
+                    p.low_offset = (stats.lo_offset >= 0).then_some(stats.lo_offset);
+                });
+            }
+        }
     }
 }
 
@@ -443,9 +575,13 @@ pub fn spawn_reader(config: Arc<KafkaSourceConfig>, spec: super::ReaderSpec) {
                 return;
             }
         };
-        if let Err(e) = reader.run(&runtime, &stop).await {
-            tracing::error!(relation, error = %e, "Kafka source reader stopped");
-            let _ = runtime.fail_readers(relation, e.to_string()).await;
+        match reader.run(&runtime, &stop).await {
+            // Stopped: its view is gone.
+            Ok(()) => reader.config.progress.forget(&reader.view),
+            Err(e) => {
+                tracing::error!(relation, error = %e, "Kafka source reader stopped");
+                let _ = runtime.fail_readers(relation, e.to_string()).await;
+            }
         }
     });
 }
@@ -497,7 +633,7 @@ impl Reader {
         relation: RelationId,
         view: String,
     ) -> Result<Self> {
-        let consumer = config.consumer(relation)?;
+        let consumer = config.consumer(relation, Some(&view))?;
         let codec = RowCodec::try_new(config.schema())?;
         Ok(Self {
             config,
@@ -525,6 +661,11 @@ impl Reader {
             tracing::info!(topic = %self.config.topic, view = %self.view, ?offsets, "Kafka source resuming at checkpointed offsets");
             for (partition, time) in times {
                 self.clock.saw(partition, Some(time));
+            }
+            for (&partition, &next) in &offsets {
+                self.config
+                    .progress
+                    .update(&self.view, partition, |p| p.next_offset = Some(next));
             }
             self.resume = Some(offsets);
         }
@@ -606,11 +747,14 @@ impl Reader {
                 }
             }
             let mut batch: Vec<Received> = Vec::new();
+            // When the batch's first message arrived (for freshness).
+            let mut arrived = None;
             let deadline = tokio::time::Instant::now() + BATCH_WAIT;
             while batch.len() < MAX_BATCH {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                     Err(_) => break, // waited long enough
                     Ok(Ok(message)) => {
+                        arrived.get_or_insert_with(Instant::now);
                         let message: Received = message.detach().into();
                         self.clock.saw(message.partition, None);
                         batch.push(message);
@@ -660,10 +804,20 @@ impl Reader {
                 }
                 self.config.errors.record(error);
             }
+            for (&partition, &next) in &position {
+                let time = self.clock.time(partition);
+                self.config.progress.update(&self.view, partition, |p| {
+                    p.next_offset = Some(next);
+                    p.event_time = time.or(p.event_time);
+                });
+            }
             let moved = match (&self.watermark, self.clock.merged()) {
                 (Some(watermark), Some(time)) => watermark.advance_to(time),
                 _ => None,
             };
+            if let Some(watermark) = moved {
+                self.config.progress.set_watermark(&self.view, watermark);
+            }
             if change.is_empty() && moved.is_none() && position.is_empty() {
                 continue;
             }
@@ -676,7 +830,13 @@ impl Reader {
                 event_times,
             };
             runtime
-                .send_source_changes(self.relation, change, moved, position)
+                .send_source_changes(
+                    self.relation,
+                    change,
+                    moved,
+                    position,
+                    arrived.unwrap_or_else(Instant::now),
+                )
                 .await?;
         }
     }

@@ -186,7 +186,7 @@ impl KafkaSinkConfig {
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true");
         let consumer: BaseConsumer<super::ReaderContext> = config
-            .create_with_context(super::ReaderContext)
+            .create_with_context(super::ReaderContext::default())
             .map_err(|e| {
                 EddyError::InvalidParameter(format!("Kafka sink {}: {e}", self.sink_name))
             })?;

@@ -207,6 +207,10 @@ pub struct SinkStatus {
 struct SinkState {
     retrying: Option<String>,
     rows_written: u64,
+    /// Errors the sink retried after.
+    retries: u64,
+    /// When the last epoch was committed (Unix ms).
+    committed_unix_ms: Option<i64>,
 }
 
 /// The last epoch the sink has made durable, and whether it has failed.
@@ -281,8 +285,22 @@ impl SinkStatus {
         self.progress.borrow().failed
     }
 
+    /// Errors the sink retried after.
+    pub fn retries(&self) -> u64 {
+        self.state().retries
+    }
+
+    /// When the sink last committed an epoch (Unix ms).
+    pub fn committed_unix_ms(&self) -> Option<i64> {
+        self.state().committed_unix_ms
+    }
+
     pub(crate) fn retrying(&self, reason: Option<String>) {
-        self.state().retrying = reason;
+        let mut state = self.state();
+        if reason.is_some() {
+            state.retries += 1;
+        }
+        state.retrying = reason;
     }
 
     pub(crate) fn fail(&self, error: String) {
@@ -296,6 +314,7 @@ impl SinkStatus {
         let mut state = self.state();
         state.retrying = None;
         state.rows_written += rows;
+        state.committed_unix_ms = Some(chrono::Utc::now().timestamp_millis());
         drop(state);
         self.progress.send_modify(|p| p.committed_epoch = epoch);
     }
@@ -670,7 +689,7 @@ pub fn spawn_sink(
                     Err(e) if is_transient(&e) => {
                         let reason = pg_error("Postgres unavailable", &e);
                         tracing::warn!(sink = %config.sink_name, epoch, retry_in_ms = backoff_ms, "{reason}");
-                        status.state().retrying = Some(reason);
+                        status.retrying(Some(reason));
                         client = None;
                         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                         backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
