@@ -685,3 +685,107 @@ async fn startup_modes() {
     eventually(&eddy, "SELECT id FROM from_now_ids", vec![vec!["3"]]).await;
     server.stop().await;
 }
+
+/// CREATE MATERIALIZED VIEW over a topic with messages waits until its
+/// reader has read what the topic held, sending NOTICEs as it goes; SHOW
+/// JOBS shows the backfill; with `background_ddl` the CREATE returns at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_report_progress() {
+    let topic = fresh_topic("backfill");
+    create_topic(&topic, 2).await;
+    let messages: Vec<String> = (0..20_000).map(|i| format!(r#"{{"v": {i}}}"#)).collect();
+    let batch: Vec<(i32, Option<&str>, Option<&str>)> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ((i % 2) as i32, None, Some(m.as_str())))
+        .collect();
+    produce(&topic, &batch).await;
+    let server = TestServer::start().await;
+    // A connection whose NOTICEs are collected.
+    let (client, mut connection) =
+        tokio_postgres::connect(&server.connection_string(), tokio_postgres::NoTls)
+            .await
+            .expect("connects");
+    let (notices, mut noticed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let Ok(tokio_postgres::AsyncMessage::Notice(notice)) = message {
+                let _ = notices.send(notice.message().to_string());
+            }
+        }
+    });
+    execute(
+        &client,
+        &format!(
+            "CREATE SOURCE numbers (v BIGINT)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}')
+             FORMAT PLAIN ENCODE JSON",
+            bootstrap()
+        ),
+    )
+    .await;
+    execute(
+        &client,
+        "CREATE MATERIALIZED VIEW total AS SELECT count(*) AS n, sum(v) AS s FROM numbers",
+    )
+    .await;
+    // Returned once caught up: the view holds every message already.
+    assert_eq!(
+        query_text(&client, "SELECT n, s FROM total").await,
+        vec![vec!["20000".to_string(), (19_999 * 20_000 / 2).to_string()]]
+    );
+    let mut reports = vec![];
+    while let Ok(notice) = noticed.try_recv() {
+        reports.push(notice);
+    }
+    let last = reports.last().expect("a NOTICE at the end of the backfill");
+    assert!(
+        last.starts_with("materialized view \"total\" backfilled 20000 messages in"),
+        "{reports:?}"
+    );
+    assert!(
+        reports[..reports.len() - 1]
+            .iter()
+            .all(|r| r.starts_with("backfilling materialized view \"total\": ")),
+        "{reports:?}"
+    );
+    assert_eq!(
+        query_text(
+            &client,
+            "SELECT view, job, status, progress, messages_read, messages_total FROM eddy_catalog.jobs"
+        )
+        .await,
+        vec![vec![
+            "total",
+            "backfill from numbers",
+            "done",
+            "100",
+            "20000",
+            "20000"
+        ]]
+    );
+
+    // In the background: CREATE returns at once; SHOW JOBS follows it.
+    execute(
+        &client,
+        "SET background_ddl = true;
+         CREATE MATERIALIZED VIEW biggest AS SELECT max(v) AS m FROM numbers",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = query_text(&client, "SHOW JOBS").await;
+        let biggest: Vec<&Vec<String>> = jobs.iter().filter(|j| j[0] == "biggest").collect();
+        if let [job] = biggest.as_slice() {
+            if job[2] == "done" {
+                assert_eq!(job[4..6], ["20000".to_string(), "20000".to_string()]);
+                break;
+            }
+            assert_eq!(job[2], "running");
+        }
+        assert!(Instant::now() < deadline, "{jobs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(noticed.try_recv().is_err(), "no NOTICE in the background");
+    server.stop().await;
+}

@@ -226,6 +226,10 @@ enum Command {
     Status {
         reply: oneshot::Sender<(u64, Vec<ViewStatus>)>,
     },
+    /// Publish what the changes queued before made.
+    Publish {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The handle sessions use to talk to the runtime. Cheap to clone.
@@ -501,6 +505,12 @@ impl RuntimeHandle {
         self.request(|reply| Command::DropSink { id, reply }).await
     }
 
+    /// Publishes the effect of every change sent before: a SELECT from now
+    /// on sees it.
+    pub async fn publish(&self) -> Result<()> {
+        self.request(|reply| Command::Publish { reply }).await
+    }
+
     /// The status of every view, after every change sent before.
     pub async fn status(&self) -> Result<(u64, Vec<ViewStatus>)> {
         self.request(|reply| Command::Status { reply }).await
@@ -749,6 +759,10 @@ impl Worker {
             }
             Command::Status { reply } => {
                 let _ = reply.send((self.epoch, self.status()));
+            }
+            Command::Publish { reply } => {
+                self.publish();
+                let _ = reply.send(());
             }
         }
     }

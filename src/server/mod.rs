@@ -157,10 +157,31 @@ fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Respo
                 stream::iter(rows),
             )))
         }
+        StatementResult::Backfilling { then, .. } => into_response(*then, format),
         StatementResult::Subscription(_) => Err(to_pgwire(crate::not_supported!(
             "SUBSCRIBE over the extended query protocol; send it as a simple query"
         ))),
     }
+}
+
+/// Sends the client a NOTICE per progress report of a backfill, until it
+/// is done.
+async fn report_backfill<C>(
+    client: &mut C,
+    mut watch: crate::sql::jobs::BackfillWatch,
+) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    use futures::SinkExt;
+    while let Some(report) = watch.next_report().await {
+        let notice = ErrorInfo::new("NOTICE".into(), "00000".into(), report);
+        client
+            .send(PgWireBackendMessage::NoticeResponse(notice.into()))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Sends a SUBSCRIBE's rows to `client` as each epoch arrives, flushing
@@ -241,6 +262,10 @@ impl SimpleQueryHandler for EddyHandler {
                     let info = stream_subscription(client, subscription).await?;
                     responses.push(Response::Error(Box::new(info)));
                     break;
+                }
+                Ok(StatementResult::Backfilling { watch, then }) => {
+                    report_backfill(client, watch).await?;
+                    responses.push(into_response(*then, &Format::UnifiedText)?);
                 }
                 Ok(result) => responses.push(into_response(result, &Format::UnifiedText)?),
                 Err(e) => {
@@ -381,6 +406,13 @@ impl ExtendedQueryHandler for EddyHandler {
             )
             .await
             .map_err(to_pgwire)?;
+        let result = match result {
+            StatementResult::Backfilling { watch, then } => {
+                report_backfill(client, watch).await?;
+                *then
+            }
+            result => result,
+        };
         into_response(result, &portal.result_column_format)
     }
 }

@@ -20,6 +20,7 @@ use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{self, Statement};
 
+use super::jobs::{jobs_batch, kafka_inputs, BackfillWatch};
 use super::sink::{CreateSink, SinkInput, SourceClauses};
 use super::system::{sinks_batch, views_batch, SystemSchema};
 use super::types::column_field;
@@ -61,6 +62,12 @@ pub enum StatementResult {
     /// SUBSCRIBE: rows of `schema` (the view's columns, `op`, `epoch`) as
     /// changes happen, until the client goes or falls behind.
     Subscription(Subscription),
+    /// CREATE MATERIALIZED VIEW over Kafka sources: report the backfill's
+    /// progress to the client (as NOTICEs) until it is done, then `then`.
+    Backfilling {
+        watch: BackfillWatch,
+        then: Box<StatementResult>,
+    },
 }
 
 /// A running SUBSCRIBE: the view's epochs, as rows.
@@ -413,8 +420,32 @@ impl Engine {
                     ))
                 })?;
             }
+            if let EddyStatement::CreateView(view) = &statement {
+                let background = session.settings.get("background_ddl").is_some_and(|v| {
+                    matches!(
+                        v.trim_matches('\'').to_ascii_lowercase().as_str(),
+                        "true" | "on" | "1"
+                    )
+                });
+                if let (false, Some(watch)) = (background, self.backfill_watch(&view.name)) {
+                    return Ok(StatementResult::Backfilling {
+                        watch,
+                        then: Box::new(result),
+                    });
+                }
+            }
         }
         Ok(result)
+    }
+
+    /// A watch on the backfills of view `name`, if it reads Kafka sources.
+    fn backfill_watch(&self, name: &str) -> Option<BackfillWatch> {
+        let Some(Relation::View(view)) = self.catalog.get(name) else {
+            return None;
+        };
+        let sources = kafka_inputs(&self.catalog, &view.inputs);
+        (!sources.is_empty())
+            .then(|| BackfillWatch::new(self.runtime.clone(), name.to_string(), sources))
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -506,6 +537,7 @@ impl Engine {
             EddyStatement::ShowTables => none(Some(show_tables_schema())),
             EddyStatement::ShowViews => none(Some(views_batch(&[])?.schema())),
             EddyStatement::ShowSinks => none(Some(self.sinks_batch()?.schema())),
+            EddyStatement::ShowJobs => none(Some(jobs_batch(&self.catalog)?.schema())),
             EddyStatement::ExplainCreateView(_) => none(Some(explain_schema())),
             EddyStatement::ShowVariable(name) => none(Some(show_variable_schema(name))),
             _ => none(None),
@@ -553,6 +585,7 @@ impl Engine {
                 clauses,
             } => self.create_source(*table, &time, *clauses).await,
             EddyStatement::ShowSources => self.show_names(RelationKind::Source),
+            EddyStatement::ShowJobs => Ok(rows(jobs_batch(&self.catalog)?)),
             EddyStatement::Flush => {
                 // A checkpoint: every change before is visible, durable,
                 // and handed to the sinks; wait for every sink that has not

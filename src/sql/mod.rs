@@ -8,6 +8,7 @@
 
 pub mod execute;
 mod information_schema;
+pub mod jobs;
 mod pg_catalog;
 pub mod sink;
 mod system;
@@ -48,6 +49,8 @@ pub enum EddyStatement {
         clauses: Box<sink::SourceClauses>,
     },
     ShowSources,
+    /// `SHOW JOBS`: backfills and how far they are.
+    ShowJobs,
     /// `DROP SINK [IF EXISTS] name, ... [CASCADE]` (nothing depends on a
     /// sink, so CASCADE changes nothing).
     DropSink {
@@ -242,6 +245,7 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         ["SHOW", "MATERIALIZED", "VIEWS", ..] => return Ok(EddyStatement::ShowViews),
         ["SHOW", "SINKS", ..] => return Ok(EddyStatement::ShowSinks),
         ["SHOW", "SOURCES", ..] => return Ok(EddyStatement::ShowSources),
+        ["SHOW", "JOBS"] => return Ok(EddyStatement::ShowJobs),
         ["SUBSCRIBE", ..] => return parse_subscribe(sql),
         ["CREATE", "SOURCE", ..] => return parse_create_source(sql),
         ["DROP", "SOURCE", ..] => {

@@ -13,7 +13,8 @@
 //!   reader is, where the partition ends and the lag;
 //! - `source_errors`: the bad messages sources skipped (the last 1000 per
 //!   source), with where they were and why;
-//! - `checkpoints`: the recent checkpoints.
+//! - `checkpoints`: the recent checkpoints;
+//! - `jobs`: backfills and how far they are (= SHOW JOBS).
 //!
 //! The `*_stats` tables show the same figures as `/metrics` (both are
 //! rendered from one [`Health`]); rates come from the [`Monitor`]'s last
@@ -37,8 +38,9 @@ use crate::runtime::checkpoint::CheckpointStats;
 use crate::runtime::{RuntimeHandle, ViewStatus};
 use crate::server::monitor::{operator_key, sink_key, source_key, view_key, Health, Monitor};
 
-const TABLES: [&str; 10] = [
+const TABLES: [&str; 11] = [
     "checkpoints",
+    "jobs",
     "materialized_views",
     "mv_stats",
     "operator_stats",
@@ -507,6 +509,8 @@ impl SchemaProvider for SystemSchema {
             "sources" => sources_batch(&self.catalog)?,
             "source_errors" => source_errors_batch(&self.catalog)?,
             "checkpoints" => checkpoints_batch(&self.checkpoints)?,
+            "jobs" => super::jobs::jobs_batch(&self.catalog)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?,
             "sinks" => sinks_batch(&self.catalog.list_sinks(), self.runtime.published().epoch)?,
             "materialized_views" => views_batch(&self.health().await?.views)?,
             "operator_stats" => operators_batch(&self.health().await?.views, &self.monitor)?,

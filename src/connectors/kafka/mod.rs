@@ -153,6 +153,41 @@ pub struct ReadProgress {
     partitions: Mutex<BTreeMap<(String, i32), PartitionProgress>>,
     /// view -> the reader's event-time watermark (µs).
     watermarks: Mutex<BTreeMap<String, i64>>,
+    /// view -> the reader's backfill.
+    backfills: Mutex<BTreeMap<String, Backfill>>,
+}
+
+/// A reader's backfill: reading what the topic held when the reader
+/// started (from its startup position or checkpoint to the partitions' end
+/// offsets then). Shown by `SHOW JOBS` and reported to the client creating
+/// the view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backfill {
+    /// When the reader started (Unix ms).
+    pub started_unix_ms: i64,
+    /// partition -> (first offset to read, end offset when it started).
+    pub partitions: BTreeMap<i32, (i64, i64)>,
+    /// Messages of that range read so far.
+    pub read: i64,
+    /// How long it took, once done (ms).
+    pub finished_after_ms: Option<i64>,
+    /// Why it ended without reading everything (the reader failed, or the
+    /// broker could not say where the partitions end).
+    pub error: Option<String>,
+}
+
+impl Backfill {
+    /// Messages to read in all.
+    pub fn total(&self) -> i64 {
+        self.partitions
+            .values()
+            .map(|(start, end)| (end - start).max(0))
+            .sum()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.finished_after_ms.is_some()
+    }
 }
 
 /// One reader's progress in one partition.
@@ -204,8 +239,77 @@ impl ReadProgress {
             .insert(view.to_string(), watermark);
     }
 
+    fn lock_backfills(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Backfill>> {
+        self.backfills.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reader starts to read `partitions` (first offset, end offset).
+    fn start_backfill(
+        &self,
+        view: &str,
+        partitions: BTreeMap<i32, (i64, i64)>,
+        error: Option<String>,
+    ) {
+        let mut backfill = Backfill {
+            started_unix_ms: chrono::Utc::now().timestamp_millis(),
+            partitions,
+            read: 0,
+            finished_after_ms: None,
+            error,
+        };
+        if backfill.total() == 0 || backfill.error.is_some() {
+            backfill.finished_after_ms = Some(0);
+        }
+        self.lock_backfills().insert(view.to_string(), backfill);
+    }
+
+    /// The reader of `view` has read up to `next` (offset after the last
+    /// message read, per partition).
+    fn backfill_read(&self, view: &str, next: &BTreeMap<i32, i64>) {
+        let mut backfills = self.lock_backfills();
+        let Some(backfill) = backfills.get_mut(view).filter(|b| !b.is_done()) else {
+            return;
+        };
+        let done: i64 = backfill
+            .partitions
+            .iter()
+            .map(|(p, (start, end))| match next.get(p) {
+                Some(next) => (next.min(end) - start).max(0),
+                None => 0,
+            })
+            .sum();
+        backfill.read = done;
+        if done >= backfill.total() {
+            backfill.finished_after_ms =
+                Some(chrono::Utc::now().timestamp_millis() - backfill.started_unix_ms);
+        }
+    }
+
+    /// The reader of `view` stopped on `error` before catching up.
+    fn end_backfill(&self, view: &str, error: &str) {
+        if let Some(backfill) = self.lock_backfills().get_mut(view).filter(|b| !b.is_done()) {
+            backfill.error = Some(error.to_string());
+            backfill.finished_after_ms =
+                Some(chrono::Utc::now().timestamp_millis() - backfill.started_unix_ms);
+        }
+    }
+
+    /// The backfill of the reader of `view`, once it started.
+    pub fn backfill(&self, view: &str) -> Option<Backfill> {
+        self.lock_backfills().get(view).cloned()
+    }
+
+    /// Every reader's backfill: `(view, backfill)`.
+    pub fn backfills(&self) -> Vec<(String, Backfill)> {
+        self.lock_backfills()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Forgets a reader (its view was dropped).
     pub fn forget(&self, view: &str) {
+        self.lock_backfills().remove(view);
         self.lock_partitions().retain(|(v, _), _| v != view);
         self.watermarks
             .lock()
@@ -567,10 +671,12 @@ pub fn spawn_reader(config: Arc<KafkaSourceConfig>, spec: super::ReaderSpec) {
         _ => None,
     };
     tokio::spawn(async move {
-        let reader = Reader::new(config, schema, proctime, watermark, relation, view);
+        let progress = config.progress.clone();
+        let reader = Reader::new(config, schema, proctime, watermark, relation, view.clone());
         let mut reader = match reader.map(|r| r.resuming(resume)) {
             Ok(reader) => reader,
             Err(e) => {
+                progress.start_backfill(&view, BTreeMap::new(), Some(e.to_string()));
                 let _ = runtime.fail_readers(relation, e.to_string()).await;
                 return;
             }
@@ -580,6 +686,10 @@ pub fn spawn_reader(config: Arc<KafkaSourceConfig>, spec: super::ReaderSpec) {
             Ok(()) => reader.config.progress.forget(&reader.view),
             Err(e) => {
                 tracing::error!(relation, error = %e, "Kafka source reader stopped");
+                reader
+                    .config
+                    .progress
+                    .end_backfill(&reader.view, &e.to_string());
                 let _ = runtime.fail_readers(relation, e.to_string()).await;
             }
         }
@@ -622,6 +732,8 @@ struct Reader {
     codec: RowCodec,
     /// Resuming from a checkpoint: the next offset to deliver per partition.
     resume: Option<BTreeMap<i32, i64>>,
+    /// The offset after the last message read, per partition.
+    next_offsets: BTreeMap<i32, i64>,
 }
 
 impl Reader {
@@ -648,6 +760,7 @@ impl Reader {
             upserted: HashMap::new(),
             codec,
             resume: None,
+            next_offsets: BTreeMap::new(),
         })
     }
 
@@ -667,6 +780,7 @@ impl Reader {
                     .progress
                     .update(&self.view, partition, |p| p.next_offset = Some(next));
             }
+            self.next_offsets = offsets.clone();
             self.resume = Some(offsets);
         }
         self
@@ -725,12 +839,47 @@ impl Reader {
                 .offsets_for_times(list, METADATA_TIMEOUT)
                 .map_err(kafka_error)?;
         }
+        if first_time {
+            self.start_backfill(&list);
+        }
         self.consumer
             .incremental_assign(&list)
             .map_err(kafka_error)?;
         tracing::info!(topic = %self.config.topic, partitions = count, "Kafka source reading");
         self.assigned = count;
         Ok(())
+    }
+
+    /// Notes what the backfill reads: from the assigned offsets to each
+    /// partition's end now.
+    fn start_backfill(&self, assigned: &TopicPartitionList) {
+        let mut partitions = BTreeMap::new();
+        for element in assigned.elements() {
+            let partition = element.partition();
+            let (low, high) = match self.consumer.fetch_watermarks(
+                &self.config.topic,
+                partition,
+                METADATA_TIMEOUT,
+            ) {
+                Ok(offsets) => offsets,
+                Err(e) => {
+                    let error = format!("cannot learn where partition {partition} ends: {e}");
+                    self.config
+                        .progress
+                        .start_backfill(&self.view, BTreeMap::new(), Some(error));
+                    return;
+                }
+            };
+            let start = match element.offset() {
+                Offset::Offset(n) => n.clamp(low, high),
+                Offset::End => high,
+                _ => low,
+            };
+            partitions.insert(partition, (start, high));
+        }
+        self.config
+            .progress
+            .start_backfill(&self.view, partitions, None);
     }
 
     async fn run(&mut self, runtime: &RuntimeHandle, stop: &AtomicBool) -> Result<()> {
@@ -744,6 +893,13 @@ impl Reader {
                 if let Err(e) = self.assign_new_partitions() {
                     // The broker may be away or the topic not there yet.
                     tracing::warn!(topic = %self.config.topic, error = %e, "Kafka metadata");
+                    if self.config.progress.backfill(&self.view).is_none() {
+                        self.config.progress.start_backfill(
+                            &self.view,
+                            BTreeMap::new(),
+                            Some(format!("cannot read the topic's partitions: {e}")),
+                        );
+                    }
                 }
             }
             let mut batch: Vec<Received> = Vec::new();
@@ -804,6 +960,7 @@ impl Reader {
                 }
                 self.config.errors.record(error);
             }
+            self.next_offsets.extend(&position);
             for (&partition, &next) in &position {
                 let time = self.clock.time(partition);
                 self.config.progress.update(&self.view, partition, |p| {
@@ -838,6 +995,11 @@ impl Reader {
                     arrived.unwrap_or_else(Instant::now),
                 )
                 .await?;
+            // After queueing: what the backfill has read is in the runtime's
+            // queue, ahead of anything asked of the runtime from now on.
+            self.config
+                .progress
+                .backfill_read(&self.view, &self.next_offsets);
         }
     }
 
