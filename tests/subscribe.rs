@@ -100,3 +100,51 @@ async fn subscribe_streams_changes_in_order() {
     );
     server.stop().await;
 }
+
+/// A subscriber that does not keep up is dropped with an error once it is a
+/// whole queue of epochs behind, instead of holding the runtime back or
+/// making eddy buffer without bound; writers never wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_dropped_with_an_error() {
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    execute(
+        &eddy,
+        "CREATE TABLE t (k INT, v INT);
+         CREATE MATERIALIZED VIEW per_k AS SELECT k, count(*) AS n FROM t GROUP BY k;
+         DECLARE slow SUBSCRIPTION CURSOR FOR per_k",
+    )
+    .await;
+    // One epoch per statement, more than a subscriber may be behind.
+    let writer = server.connect().await;
+    let epochs = eddy::sql::execute::SUBSCRIPTION_QUEUE_EPOCHS + 20;
+    for i in 0..epochs {
+        execute(&writer, &format!("INSERT INTO t VALUES ({i}, 1)")).await;
+    }
+    execute(&writer, "FLUSH").await;
+    let error = eddy
+        .simple_query("FETCH ALL FROM slow")
+        .await
+        .expect_err("the subscriber fell behind");
+    assert!(
+        common::describe(&error).contains("subscription ended: the client fell behind"),
+        "{}",
+        common::describe(&error)
+    );
+    // The cursor is gone; the view and the writers went on.
+    let gone = eddy.simple_query("FETCH slow").await.unwrap_err();
+    assert!(common::describe(&gone).contains("does not exist"));
+    let count = common::query_text(&eddy, "SELECT count(*) FROM per_k").await;
+    assert_eq!(count, vec![vec![epochs.to_string()]]);
+
+    // A subscriber that keeps up gets every epoch.
+    execute(&eddy, "DECLARE keen SUBSCRIPTION CURSOR FOR per_k WITH (snapshot = false)").await;
+    let mut seen = 0;
+    for i in 0..epochs {
+        execute(&writer, &format!("INSERT INTO t VALUES ({}, 1)", epochs + i)).await;
+        let rows = common::query_text(&eddy, "FETCH ALL keen").await;
+        seen += rows.len();
+    }
+    assert_eq!(seen, epochs);
+    server.stop().await;
+}

@@ -300,7 +300,7 @@ impl QueryParser for EddyParser {
 
     async fn parse_sql<C>(
         &self,
-        _client: &C,
+        client: &C,
         sql: &str,
         _types: &[Option<Type>],
     ) -> PgWireResult<Option<PreparedStatement>>
@@ -318,7 +318,14 @@ impl QueryParser for EddyParser {
             }
         };
         let statement = parse_statement(sql).map_err(to_pgwire)?;
-        let description = self.engine.describe(&statement).await.map_err(to_pgwire)?;
+        let description = {
+            let session = session_of(client);
+            let session = session.lock().await;
+            self.engine
+                .describe(&session, &statement)
+                .await
+                .map_err(to_pgwire)?
+        };
         Ok(Some(PreparedStatement {
             sql: sql.to_string(),
             statement,

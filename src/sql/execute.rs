@@ -2,7 +2,7 @@
 //! runtime. It is shared by all sessions; per-connection settings live in
 //! [`Session`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -103,11 +103,18 @@ impl Subscription {
     /// ended, `Err` when it fell behind.
     pub async fn next_batch(&mut self) -> Option<Result<RecordBatch>> {
         let Some(epoch) = self.epochs.recv().await else {
-            return Some(Err(EddyError::OutOfRange(
-                "subscription ended: the client fell behind (or the view was dropped)".into(),
-            )));
+            return Some(Err(fell_behind()));
         };
         Some(self.rows_of(epoch))
+    }
+
+    /// The next epoch's changes if they have arrived (`None`: not yet).
+    fn try_next_batch(&mut self) -> Option<Result<RecordBatch>> {
+        match self.epochs.try_recv() {
+            Ok(epoch) => Some(self.rows_of(epoch)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Some(Err(fell_behind())),
+        }
     }
 
     fn rows_of(&self, epoch: postgres::SinkEpoch) -> Result<RecordBatch> {
@@ -141,16 +148,75 @@ impl Subscription {
     }
 }
 
-/// Epochs with changes a SUBSCRIBE client may be behind before it is
-/// dropped (it never holds the runtime back).
-const SUBSCRIPTION_QUEUE_EPOCHS: usize = 256;
+fn fell_behind() -> EddyError {
+    EddyError::OutOfRange(
+        "subscription ended: the client fell behind (or the view was dropped)".into(),
+    )
+}
 
-/// Per-connection settings (`SET` / `SHOW`).
-#[derive(Debug, Clone)]
+/// Epochs with changes a SUBSCRIBE client may be behind before it is
+/// dropped (it never holds the runtime back, nor makes eddy's memory grow).
+pub const SUBSCRIPTION_QUEUE_EPOCHS: usize = 256;
+
+/// A subscription cursor (`DECLARE c SUBSCRIPTION CURSOR FOR view`): its
+/// changes wait for FETCH, within the subscription's bounded queue.
+#[derive(Debug)]
+struct Cursor {
+    subscription: Subscription,
+    /// Rows received and not fetched yet.
+    buffered: VecDeque<RecordBatch>,
+}
+
+impl Cursor {
+    fn buffered_rows(&self) -> usize {
+        self.buffered.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// Moves what has arrived into the buffer (at most `want` rows' worth
+    /// of epochs beyond what is buffered, so a small FETCH takes little).
+    fn receive(&mut self, want: usize) -> Result<()> {
+        while self.buffered_rows() < want {
+            match self.subscription.try_next_batch() {
+                Some(batch) => self.buffered.push_back(batch?),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes up to `want` buffered rows.
+    fn take(&mut self, want: usize) -> Result<RecordBatch> {
+        let mut taken = Vec::new();
+        let mut left = want;
+        while left > 0 {
+            let Some(batch) = self.buffered.pop_front() else {
+                break;
+            };
+            if batch.num_rows() > left {
+                self.buffered
+                    .push_front(batch.slice(left, batch.num_rows() - left));
+                taken.push(batch.slice(0, left));
+                left = 0;
+            } else {
+                left -= batch.num_rows();
+                taken.push(batch);
+            }
+        }
+        Ok(datafusion::arrow::compute::concat_batches(
+            &self.subscription.schema,
+            &taken,
+        )?)
+    }
+}
+
+/// Per-connection state: settings (`SET` / `SHOW`), the transaction block,
+/// subscription cursors.
+#[derive(Debug)]
 pub struct Session {
     settings: BTreeMap<String, String>,
     /// Inside BEGIN ... COMMIT: whether a statement of the block wrote.
     transaction: Option<bool>,
+    cursors: BTreeMap<String, Cursor>,
 }
 
 impl Default for Session {
@@ -173,6 +239,7 @@ impl Default for Session {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             transaction: None,
+            cursors: BTreeMap::new(),
         }
     }
 }
@@ -511,7 +578,11 @@ impl Engine {
     }
 
     /// Parameter and result types of a statement, for the extended protocol.
-    pub async fn describe(&self, statement: &EddyStatement) -> Result<Description> {
+    pub async fn describe(
+        &self,
+        session: &Session,
+        statement: &EddyStatement,
+    ) -> Result<Description> {
         let none = |result: Option<SchemaRef>| Description {
             parameters: vec![],
             result,
@@ -538,6 +609,9 @@ impl Engine {
             EddyStatement::ShowViews => none(Some(views_batch(&[])?.schema())),
             EddyStatement::ShowSinks => none(Some(self.sinks_batch()?.schema())),
             EddyStatement::ShowJobs => none(Some(jobs_batch(&self.catalog)?.schema())),
+            EddyStatement::Fetch { cursor, .. } => {
+                none(Some(Self::cursor_schema(session, cursor)?))
+            }
             EddyStatement::ExplainCreateView(_) => none(Some(explain_schema())),
             EddyStatement::ShowVariable(name) => none(Some(show_variable_schema(name))),
             _ => none(None),
@@ -568,6 +642,48 @@ impl Engine {
             }
             EddyStatement::Transaction(step) => Self::transaction(session, step),
             EddyStatement::Subscribe { view, snapshot } => self.subscribe(&view, snapshot).await,
+            EddyStatement::DeclareCursor {
+                name,
+                view,
+                snapshot,
+            } => {
+                if session.cursors.contains_key(&name) {
+                    return Err(EddyError::Planning {
+                        sqlstate: "42P03",
+                        message: format!("cursor \"{name}\" already exists"),
+                    });
+                }
+                let StatementResult::Subscription(subscription) =
+                    self.subscribe(&view, snapshot).await?
+                else {
+                    return Err(crate::internal!("SUBSCRIBE returned something else"));
+                };
+                session.cursors.insert(
+                    name,
+                    Cursor {
+                        subscription,
+                        buffered: VecDeque::new(),
+                    },
+                );
+                Ok(StatementResult::Command("DECLARE CURSOR".into()))
+            }
+            EddyStatement::Fetch {
+                cursor,
+                count,
+                timeout_ms,
+            } => Self::fetch(session, &cursor, count, timeout_ms).await,
+            EddyStatement::Close(name) => {
+                match name {
+                    None => session.cursors.clear(),
+                    Some(name) => {
+                        session
+                            .cursors
+                            .remove(&name)
+                            .ok_or_else(|| no_such_cursor(&name))?;
+                    }
+                }
+                Ok(StatementResult::Command("CLOSE CURSOR".into()))
+            }
             EddyStatement::Drop {
                 kind,
                 names,
@@ -1224,6 +1340,59 @@ impl Engine {
                 runtime: self.runtime.clone(),
             },
         }))
+    }
+
+    /// FETCH from a subscription cursor: up to `count` rows (all there
+    /// are: `None`); when none are there, waits for the next epoch with
+    /// changes, at most `timeout_ms` if given. A cursor that fell behind is
+    /// closed with an error.
+    async fn fetch(
+        session: &mut Session,
+        name: &str,
+        count: Option<usize>,
+        timeout_ms: Option<u64>,
+    ) -> Result<StatementResult> {
+        let cursor = session
+            .cursors
+            .get_mut(name)
+            .ok_or_else(|| no_such_cursor(name))?;
+        let want = count.unwrap_or(usize::MAX);
+        let mut outcome = cursor.receive(want);
+        if outcome.is_ok() && want > 0 && cursor.buffered.is_empty() {
+            let next = cursor.subscription.next_batch();
+            let arrived = match timeout_ms {
+                Some(ms) => tokio::time::timeout(std::time::Duration::from_millis(ms), next)
+                    .await
+                    .ok(),
+                None => Some(next.await),
+            };
+            outcome = match arrived.flatten() {
+                Some(Ok(batch)) => {
+                    cursor.buffered.push_back(batch);
+                    cursor.receive(want)
+                }
+                Some(Err(e)) => Err(e),
+                None => Ok(()),
+            };
+        }
+        if let Err(e) = outcome {
+            session.cursors.remove(name);
+            return Err(e);
+        }
+        let batch = cursor.take(want)?;
+        Ok(StatementResult::Rows {
+            schema: batch.schema(),
+            batches: vec![batch],
+        })
+    }
+
+    /// The columns FETCH from cursor `name` returns.
+    pub fn cursor_schema(session: &Session, name: &str) -> Result<SchemaRef> {
+        session
+            .cursors
+            .get(name)
+            .map(|c| c.subscription.schema.clone())
+            .ok_or_else(|| no_such_cursor(name))
     }
 
     /// BEGIN / COMMIT / ROLLBACK. eddy applies every statement when it runs,
@@ -1971,6 +2140,13 @@ fn table_append_only(options: &ast::CreateTableOptions) -> Result<bool> {
         }
     }
     Ok(append_only)
+}
+
+fn no_such_cursor(name: &str) -> EddyError {
+    EddyError::Planning {
+        sqlstate: "34000",
+        message: format!("cursor \"{name}\" does not exist"),
+    }
 }
 
 fn rows(batch: RecordBatch) -> StatementResult {
