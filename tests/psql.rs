@@ -70,6 +70,8 @@ async fn list_meta_commands_answer() {
         "\\dn",
         "\\l",
         "\\df",
+        "\\d orders",
+        "\\d per_customer",
     ];
     let output = psql(
         server.port(),
@@ -90,6 +92,13 @@ async fn list_meta_commands_answer() {
         " eddy_catalog | eddy",
         " eddy | eddy  | UTF8",
         "List of functions",
+        // \d <name>: columns, types, nullability and the primary key.
+        "Table \"public.orders\"",
+        " id | bigint | | not null |",
+        " customer | text | | |",
+        "Indexes: \"orders_pkey\" PRIMARY KEY, btree (id)",
+        "Materialized view \"public.per_customer\"",
+        " n | bigint | | |",
     ] {
         let squeezed: String = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
         let wanted: String = expected.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -138,10 +138,18 @@ async fn a_slow_subscriber_is_dropped_with_an_error() {
     assert_eq!(count, vec![vec![epochs.to_string()]]);
 
     // A subscriber that keeps up gets every epoch.
-    execute(&eddy, "DECLARE keen SUBSCRIPTION CURSOR FOR per_k WITH (snapshot = false)").await;
+    execute(
+        &eddy,
+        "DECLARE keen SUBSCRIPTION CURSOR FOR per_k WITH (snapshot = false)",
+    )
+    .await;
     let mut seen = 0;
     for i in 0..epochs {
-        execute(&writer, &format!("INSERT INTO t VALUES ({}, 1)", epochs + i)).await;
+        execute(
+            &writer,
+            &format!("INSERT INTO t VALUES ({}, 1)", epochs + i),
+        )
+        .await;
         let rows = common::query_text(&eddy, "FETCH ALL keen").await;
         seen += rows.len();
     }

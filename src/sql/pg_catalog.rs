@@ -1,19 +1,27 @@
-//! The part of `pg_catalog` that psql's list commands (`\d`, `\dt`, `\dm`,
-//! `\dv`, `\dn`, `\l`, `\df`) and catalog-reading tools query, built per
-//! query from eddy's catalog so it is always in step with it.
+//! The part of `pg_catalog` that psql's meta-commands (`\d`, `\dt`, `\dm`,
+//! `\dv`, `\dn`, `\l`, `\df`, `\d <name>`) and catalog-reading tools
+//! query, built per query from eddy's catalog so it is always in step.
 //!
-//! Tables: `pg_namespace`, `pg_class` (tables as relkind `r`, materialized
-//! views as `m`), `pg_attribute`, `pg_type`, `pg_database`, and empty
-//! `pg_am`, `pg_description`, `pg_index`, `pg_proc`. Functions:
-//! `pg_get_userbyid`, `pg_table_is_visible`, `pg_function_is_visible`,
-//! `pg_get_function_result/arguments`, `pg_encoding_to_char`,
-//! `format_type`, `obj_description`, `col_description`, `version`, each
-//! also under its `pg_catalog.` name (DataFusion looks qualified function
-//! names up as written), and a few built-ins under theirs. OIDs are stable: relation id + 16384.
+//! Tables: `pg_namespace`, `pg_class` (tables `r`, materialized views `m`,
+//! primary keys as btree indexes `i` named `<table>_pkey`), `pg_attribute`,
+//! `pg_type`, `pg_collation`, `pg_database`, `pg_am`, `pg_index` and
+//! `pg_constraint` (the primary keys), and empty `pg_attrdef`,
+//! `pg_description`, `pg_proc`, `pg_policy`, `pg_roles`,
+//! `pg_statistic_ext`, `pg_publication*`, `pg_inherits`, `pg_trigger`,
+//! `pg_rewrite`. Functions: `pg_get_userbyid`, `pg_table_is_visible`,
+//! `pg_get_indexdef`, `pg_get_constraintdef`, `pg_get_expr`,
+//! `format_type`, `obj_description` and more, each also under its
+//! `pg_catalog.` name (DataFusion looks qualified names up as written).
+//! OIDs are stable: relation id + 16384 (an index: its table's + 2^24).
 //!
-//! Not yet: what `\d <name>` needs beyond this (regclass casts,
-//! `OPERATOR(pg_catalog.~)`, `pg_get_expr`, index and constraint details).
+//! [`rewrite_regclass`] turns what Postgres clients write and DataFusion
+//! does not plan into what it does: `::regclass` casts, `OPERATOR(pg_catalog.~)`,
+//! `COLLATE`, `::pg_catalog.text`, correlated catalog subqueries (made
+//! decorrelatable without changing their answer), `array(subquery)`; and
+//! [`provably_empty`] answers with no rows a catalog query DataFusion
+//! cannot plan that reads a catalog table eddy keeps empty.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -25,7 +33,8 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
 };
 
 use crate::catalog::Relation;
@@ -71,6 +80,114 @@ fn ints(values: impl IntoIterator<Item = i64>) -> ArrayRef {
     Arc::new(Int64Array::from_iter_values(values))
 }
 
+/// The collation of text columns (eddy has one: byte order).
+const DEFAULT_COLLATION_OID: i64 = 100;
+
+/// A type's collation: the default one for text, none (0) otherwise.
+fn collation_of(type_oid: i64) -> i64 {
+    if type_oid == 25 {
+        DEFAULT_COLLATION_OID
+    } else {
+        0
+    }
+}
+
+/// The btree access method (pg_am), which primary key indexes name.
+const BTREE_OID: i64 = 403;
+/// Index relations' OIDs are their table's plus this.
+const INDEX_OID_OFFSET: i64 = 1 << 24;
+
+/// A relation in pg_class.
+struct ClassRow {
+    oid: i64,
+    name: String,
+    kind: &'static str,
+    attributes: i64,
+    has_index: bool,
+    access_method: i64,
+}
+
+/// A table's primary key, shown as an index and a constraint.
+struct PrimaryKeyIndex {
+    table_oid: i64,
+    name: String,
+    columns: Vec<String>,
+    /// Column numbers (from 1).
+    positions: Vec<i64>,
+}
+
+impl PrimaryKeyIndex {
+    fn oid(&self) -> i64 {
+        self.table_oid + INDEX_OID_OFFSET
+    }
+
+    /// Its constraint's OID.
+    fn constraint_oid(&self) -> i64 {
+        self.oid() + 1
+    }
+}
+
+/// The primary keys of the tables among `listed`.
+fn primary_keys(listed: &[&Relation]) -> Vec<PrimaryKeyIndex> {
+    listed
+        .iter()
+        .filter_map(|r| match r {
+            Relation::Table(table) => {
+                let data = table.data.lock().unwrap_or_else(|p| p.into_inner());
+                let columns = data.primary_key_columns().to_vec();
+                if columns.is_empty() {
+                    return None;
+                }
+                Some(PrimaryKeyIndex {
+                    table_oid: FIRST_RELATION_OID + r.id() as i64,
+                    name: format!("{}_pkey", table.name),
+                    columns: columns
+                        .iter()
+                        .map(|&c| table.schema.field(c).name().clone())
+                        .collect(),
+                    positions: columns.iter().map(|&c| c as i64 + 1).collect(),
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// What `pg_get_indexdef` and `pg_get_constraintdef` say, by OID.
+fn definitions(relations: &[Relation]) -> BTreeMap<i64, String> {
+    let listed: Vec<&Relation> = relations.iter().filter(|r| r.listed_to_clients()).collect();
+    let mut definitions = BTreeMap::new();
+    for key in primary_keys(&listed) {
+        let table = listed
+            .iter()
+            .find(|r| FIRST_RELATION_OID + r.id() as i64 == key.table_oid)
+            .map_or("", |r| r.name());
+        let columns = key.columns.join(", ");
+        definitions.insert(
+            key.oid(),
+            format!(
+                "CREATE UNIQUE INDEX {} ON public.{table} USING btree ({columns})",
+                key.name
+            ),
+        );
+        definitions.insert(key.constraint_oid(), format!("PRIMARY KEY ({columns})"));
+    }
+    definitions
+}
+
+fn strings_owned(values: impl IntoIterator<Item = String>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn falses(n: usize) -> ArrayRef {
+    Arc::new(BooleanArray::from(vec![false; n]))
+}
+
+/// `text[]`.
+fn text_list() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+}
+
 fn table(columns: Vec<(&str, ArrayRef)>) -> Result<Arc<MemTable>> {
     let schema = Arc::new(Schema::new(
         columns
@@ -102,30 +219,134 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
             ("nspowner", ints(NAMESPACES.iter().map(|_| OWNER_OID))),
         ])?,
     )?;
-    let n = listed.len();
+    // Each primary key is an index relation (`<table>_pkey`, btree) with a
+    // pg_index row and a constraint, as Postgres shows them.
+    let keys = primary_keys(&listed);
+    let classes: Vec<ClassRow> = listed
+        .iter()
+        .map(|r| ClassRow {
+            oid: oid(r),
+            name: r.name().to_string(),
+            kind: match r {
+                Relation::Table(_) => "r",
+                _ => "m",
+            },
+            attributes: r.schema().fields().len() as i64,
+            has_index: keys.iter().any(|k| k.table_oid == oid(r)),
+            access_method: 0,
+        })
+        .chain(keys.iter().map(|k| ClassRow {
+            oid: k.oid(),
+            name: k.name.clone(),
+            kind: "i",
+            attributes: k.columns.len() as i64,
+            has_index: false,
+            access_method: BTREE_OID,
+        }))
+        .collect();
+    let n = classes.len();
+    let zeros = |n: usize| ints(std::iter::repeat_n(0, n));
     register(
         "pg_class",
         table(vec![
-            ("oid", ints(listed.iter().map(|r| oid(r)))),
-            ("relname", strings(listed.iter().map(|r| r.name()))),
-            ("relnamespace", ints(listed.iter().map(|_| PUBLIC_OID))),
+            ("oid", ints(classes.iter().map(|c| c.oid))),
+            ("relname", strings(classes.iter().map(|c| c.name.as_str()))),
+            ("relnamespace", ints(classes.iter().map(|_| PUBLIC_OID))),
+            ("relkind", strings(classes.iter().map(|c| c.kind))),
+            ("relowner", ints(classes.iter().map(|_| OWNER_OID))),
+            ("relam", ints(classes.iter().map(|c| c.access_method))),
+            ("reltuples", ints(classes.iter().map(|_| -1))),
             (
-                "relkind",
-                strings(listed.iter().map(|r| match r {
-                    Relation::Table(_) => "r",
-                    _ => "m",
+                "relhasindex",
+                Arc::new(BooleanArray::from_iter(
+                    classes.iter().map(|c| Some(c.has_index)),
+                )),
+            ),
+            ("relpersistence", strings(classes.iter().map(|_| "p"))),
+            ("relispartition", falses(n)),
+            ("reltablespace", zeros(n)),
+            ("relchecks", zeros(n)),
+            ("relnatts", ints(classes.iter().map(|c| c.attributes))),
+            ("relhasrules", falses(n)),
+            ("relhastriggers", falses(n)),
+            ("relhassubclass", falses(n)),
+            ("relrowsecurity", falses(n)),
+            ("relforcerowsecurity", falses(n)),
+            ("relisshared", falses(n)),
+            ("reloftype", zeros(n)),
+            ("reltype", zeros(n)),
+            ("reltoastrelid", zeros(n)),
+            ("relfilenode", ints(classes.iter().map(|c| c.oid))),
+            ("relpages", zeros(n)),
+            ("relallvisible", zeros(n)),
+            ("relreplident", strings(classes.iter().map(|_| "d"))),
+            ("reloptions", new_null_array(&text_list(), n)),
+            ("relacl", new_null_array(&text_list(), n)),
+            ("relpartbound", new_null_array(&DataType::Utf8, n)),
+        ])?,
+    )?;
+    let k = keys.len();
+    let trues = |n: usize| -> ArrayRef { Arc::new(BooleanArray::from(vec![true; n])) };
+    register(
+        "pg_index",
+        table(vec![
+            ("indexrelid", ints(keys.iter().map(PrimaryKeyIndex::oid))),
+            ("indrelid", ints(keys.iter().map(|k| k.table_oid))),
+            (
+                "indnatts",
+                ints(keys.iter().map(|k| k.columns.len() as i64)),
+            ),
+            ("indisprimary", trues(k)),
+            ("indisunique", trues(k)),
+            ("indisclustered", falses(k)),
+            ("indisvalid", trues(k)),
+            ("indisready", trues(k)),
+            ("indislive", trues(k)),
+            ("indisreplident", falses(k)),
+            ("indisexclusion", falses(k)),
+            ("indimmediate", trues(k)),
+            (
+                "indkey",
+                strings_owned(keys.iter().map(|k| {
+                    k.positions
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 })),
             ),
-            ("relowner", ints(listed.iter().map(|_| OWNER_OID))),
-            ("relam", ints(listed.iter().map(|_| 0))),
-            ("reltuples", ints(listed.iter().map(|_| -1))),
-            ("relhasindex", Arc::new(BooleanArray::from(vec![false; n]))),
-            ("relpersistence", strings(listed.iter().map(|_| "p"))),
+            ("indpred", new_null_array(&DataType::Utf8, k)),
+            ("indexprs", new_null_array(&DataType::Utf8, k)),
+        ])?,
+    )?;
+    register(
+        "pg_constraint",
+        table(vec![
             (
-                "relispartition",
-                Arc::new(BooleanArray::from(vec![false; n])),
+                "oid",
+                ints(keys.iter().map(PrimaryKeyIndex::constraint_oid)),
             ),
-            ("reltablespace", ints(listed.iter().map(|_| 0))),
+            ("conname", strings(keys.iter().map(|k| k.name.as_str()))),
+            ("connamespace", ints(keys.iter().map(|_| PUBLIC_OID))),
+            ("conrelid", ints(keys.iter().map(|k| k.table_oid))),
+            ("confrelid", zeros(k)),
+            ("contype", strings(keys.iter().map(|_| "p"))),
+            ("conindid", ints(keys.iter().map(PrimaryKeyIndex::oid))),
+            ("conparentid", zeros(k)),
+            ("conislocal", trues(k)),
+            ("convalidated", trues(k)),
+            ("condeferrable", falses(k)),
+            ("condeferred", falses(k)),
+            (
+                "conkey",
+                Arc::new(datafusion::arrow::array::ListArray::from_iter_primitive::<
+                    datafusion::arrow::datatypes::Int64Type,
+                    _,
+                    _,
+                >(keys.iter().map(|k| {
+                    Some(k.positions.iter().map(|p| Some(*p)).collect::<Vec<_>>())
+                }))),
+            ),
         ])?,
     )?;
     let columns: Vec<(i64, usize, &Field)> = listed
@@ -173,6 +394,10 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
                 "atthasdef",
                 Arc::new(BooleanArray::from(vec![false; columns.len()])),
             ),
+            (
+                "attcollation",
+                ints(columns.iter().map(|c| collation_of(type_oid(c.2)))),
+            ),
             ("attidentity", strings(columns.iter().map(|_| ""))),
             ("attgenerated", strings(columns.iter().map(|_| ""))),
         ])?,
@@ -195,6 +420,19 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
             ("typarray", ints(TYPES.iter().map(|_| 0))),
             ("typdelim", strings(TYPES.iter().map(|_| ","))),
             ("typrelid", ints(TYPES.iter().map(|_| 0))),
+            (
+                "typcollation",
+                ints(TYPES.iter().map(|t| collation_of(t.0))),
+            ),
+        ])?,
+    )?;
+    register(
+        "pg_collation",
+        table(vec![
+            ("oid", ints([DEFAULT_COLLATION_OID, 950])),
+            ("collname", strings(["default", "C"])),
+            ("collnamespace", ints([PG_CATALOG_OID, PG_CATALOG_OID])),
+            ("collprovider", strings(["d", "c"])),
         ])?,
     )?;
     register(
@@ -227,7 +465,11 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
     };
     register(
         "pg_am",
-        empty(&[("oid", DataType::Int64), ("amname", DataType::Utf8)])?,
+        table(vec![
+            ("oid", ints([BTREE_OID])),
+            ("amname", strings(["btree"])),
+            ("amtype", strings(["i"])),
+        ])?,
     )?;
     register(
         "pg_attrdef",
@@ -247,15 +489,98 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
             ("description", DataType::Utf8),
         ])?,
     )?;
-    register(
-        "pg_index",
-        empty(&[
-            ("indexrelid", DataType::Int64),
-            ("indrelid", DataType::Int64),
-            ("indisprimary", DataType::Boolean),
-            ("indisunique", DataType::Boolean),
-        ])?,
-    )?;
+    // Empty: eddy has no row security, extended statistics, publications,
+    // inheritance, constraints beyond primary keys, or triggers.
+    let (int, text, boolean) = (DataType::Int64, DataType::Utf8, DataType::Boolean);
+    let empty_tables: [(&str, Vec<(&str, DataType)>); 9] = [
+        (
+            "pg_policy",
+            vec![
+                ("oid", int.clone()),
+                ("polname", text.clone()),
+                ("polrelid", int.clone()),
+                ("polcmd", text.clone()),
+                ("polpermissive", boolean.clone()),
+                (
+                    "polroles",
+                    DataType::List(Arc::new(Field::new("item", int.clone(), true))),
+                ),
+                ("polqual", text.clone()),
+                ("polwithcheck", text.clone()),
+            ],
+        ),
+        (
+            "pg_roles",
+            vec![("oid", int.clone()), ("rolname", text.clone())],
+        ),
+        (
+            "pg_statistic_ext",
+            vec![
+                ("oid", int.clone()),
+                ("stxrelid", int.clone()),
+                ("stxname", text.clone()),
+                ("stxnamespace", int.clone()),
+                ("stxkind", text.clone()),
+                ("stxstattarget", int.clone()),
+            ],
+        ),
+        (
+            "pg_publication",
+            vec![
+                ("oid", int.clone()),
+                ("pubname", text.clone()),
+                ("puballtables", boolean.clone()),
+            ],
+        ),
+        (
+            "pg_publication_rel",
+            vec![
+                ("oid", int.clone()),
+                ("prpubid", int.clone()),
+                ("prrelid", int.clone()),
+                ("prqual", text.clone()),
+            ],
+        ),
+        (
+            "pg_publication_namespace",
+            vec![
+                ("oid", int.clone()),
+                ("pnpubid", int.clone()),
+                ("pnnspid", int.clone()),
+            ],
+        ),
+        (
+            "pg_inherits",
+            vec![
+                ("inhrelid", int.clone()),
+                ("inhparent", int.clone()),
+                ("inhseqno", int.clone()),
+                ("inhdetachpending", boolean.clone()),
+            ],
+        ),
+        (
+            "pg_trigger",
+            vec![
+                ("oid", int.clone()),
+                ("tgrelid", int.clone()),
+                ("tgname", text.clone()),
+                ("tgisinternal", boolean.clone()),
+                ("tgenabled", text.clone()),
+                ("tgparentid", int.clone()),
+            ],
+        ),
+        (
+            "pg_rewrite",
+            vec![
+                ("oid", int.clone()),
+                ("rulename", text.clone()),
+                ("ev_class", int.clone()),
+            ],
+        ),
+    ];
+    for (name, columns) in &empty_tables {
+        register(name, empty(columns)?)?;
+    }
     register(
         "pg_proc",
         empty(&[
@@ -274,6 +599,9 @@ struct CatalogFunction {
     name: String,
     signature: Signature,
     returns: DataType,
+    /// Index and constraint definitions by OID (`pg_get_indexdef`,
+    /// `pg_get_constraintdef`).
+    definitions: Arc<BTreeMap<i64, String>>,
 }
 
 impl ScalarUDFImpl for CatalogFunction {
@@ -327,6 +655,19 @@ impl ScalarUDFImpl for CatalogFunction {
                     .collect();
                 return Ok(ColumnarValue::Array(Arc::new(oids)));
             }
+            "pg_get_indexdef" | "pg_get_constraintdef" => {
+                let oids = args.args[0].clone().into_array(args.number_rows)?;
+                let oids = datafusion::arrow::compute::cast(&oids, &DataType::Int64)?;
+                let oids = oids
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("cast to Int64");
+                let texts: StringArray = oids
+                    .iter()
+                    .map(|oid| oid.and_then(|oid| self.definitions.get(&oid).cloned()))
+                    .collect();
+                return Ok(ColumnarValue::Array(Arc::new(texts)));
+            }
             "format_type" => {
                 // format_type(type oid, typmod): the type's SQL name.
                 let oids = args.args[0].clone().into_array(args.number_rows)?;
@@ -370,9 +711,14 @@ fn type_sql_name(oid: i64) -> String {
 }
 
 /// Registers the catalog functions in `state`.
-pub fn register_functions(state: &mut SessionState) -> Result<()> {
-    let functions: [(&str, usize, DataType); 15] = [
+pub fn register_functions(state: &mut SessionState, relations: &[Relation]) -> Result<()> {
+    let definitions = Arc::new(definitions(relations));
+    // (name, arity, returns); `pg_get_expr` & co. also take up to two
+    // more arguments (a column number, a `pretty` flag).
+    let functions: [(&str, usize, DataType); 17] = [
         ("to_regtype", 1, DataType::Int64),
+        ("pg_get_indexdef", 1, DataType::Utf8),
+        ("pg_get_constraintdef", 1, DataType::Utf8),
         ("pg_get_expr", 2, DataType::Utf8),
         (
             "current_schemas",
@@ -399,9 +745,13 @@ pub fn register_functions(state: &mut SessionState) -> Result<()> {
                 signature: if arity == 0 {
                     Signature::nullary(Volatility::Stable)
                 } else {
-                    Signature::any(arity, Volatility::Stable)
+                    Signature::one_of(
+                        (arity..=arity + 2).map(TypeSignature::Any).collect(),
+                        Volatility::Stable,
+                    )
                 },
                 returns: returns.clone(),
+                definitions: definitions.clone(),
             };
             state.register_udf(Arc::new(ScalarUDF::new_from_impl(function)))?;
         }
@@ -455,6 +805,60 @@ pub fn rewrite_regclass(
     use datafusion::sql::sqlparser::ast::{self, visit_expressions_mut, Expr};
     use std::ops::ControlFlow;
     let flow = visit_expressions_mut(statement, |expr| {
+        // `x COLLATE "C"` / `pg_catalog.default`: eddy compares strings one
+        // way (byte order, which is "C").
+        if let Expr::Collate { expr: inner, .. } = expr {
+            *expr = (**inner).clone();
+        }
+        // `a OPERATOR(pg_catalog.~) b`: the schema-qualified spelling of a
+        // built-in operator.
+        if let Expr::BinaryOp { op, .. } = expr {
+            if let ast::BinaryOperator::PGCustomBinaryOperator(parts) = op {
+                if let Some(builtin) = parts.last().and_then(|o| builtin_operator(o)) {
+                    *op = builtin;
+                }
+            }
+        }
+        // A correlated scalar subquery over the catalog (psql's `\d`
+        // column query): DataFusion wants it aggregated; the catalog
+        // subqueries clients send return at most one row, so max() of it
+        // is the row.
+        if let Expr::Subquery(_) = expr {
+            rewrite_catalog_subquery(expr);
+        }
+        // `array(SELECT e FROM ... ORDER BY ...)`: the same rows through
+        // array_agg.
+        if let Expr::Function(function) = expr {
+            if function.name.to_string().eq_ignore_ascii_case("array") {
+                if let ast::FunctionArguments::Subquery(query) = &function.args {
+                    if let Some(aggregated) = array_of_subquery(query) {
+                        *expr = aggregated;
+                        rewrite_catalog_subquery(expr);
+                    }
+                }
+            }
+        }
+        // Casts to `pg_catalog.text` & co.: the built-in types by their
+        // qualified (or internal) names.
+        if let Expr::Cast { data_type, .. } = expr {
+            if let ast::DataType::Custom(name, _) = data_type {
+                let name = name.to_string().to_lowercase();
+                let plain = match name.trim_start_matches("pg_catalog.") {
+                    "text" | "name" | "varchar" | "bpchar" | "\"char\"" | "char" => {
+                        Some(ast::DataType::Text)
+                    }
+                    "int2" | "smallint" => Some(ast::DataType::SmallInt(None)),
+                    "int4" | "integer" | "int" => Some(ast::DataType::Int(None)),
+                    "int8" | "bigint" => Some(ast::DataType::BigInt(None)),
+                    "bool" | "boolean" => Some(ast::DataType::Boolean),
+                    "float8" => Some(ast::DataType::DoublePrecision),
+                    _ => None,
+                };
+                if let Some(plain) = plain {
+                    *data_type = plain;
+                }
+            }
+        }
         // Postgres' parameterless "functions" spelled as bare words (the
         // parser gives them as functions without an argument list).
         let bare_word = match &*expr {
@@ -555,9 +959,350 @@ pub fn rewrite_regclass(
     Ok(())
 }
 
+/// The catalog tables eddy keeps empty (no row security, extended
+/// statistics, publications, inheritance, constraint rows, triggers, rules).
+const EMPTY_TABLES: [&str; 9] = [
+    "pg_policy",
+    "pg_roles",
+    "pg_statistic_ext",
+    "pg_publication",
+    "pg_publication_rel",
+    "pg_publication_namespace",
+    "pg_inherits",
+    "pg_trigger",
+    "pg_rewrite",
+];
+
+/// When `statement` provably returns no rows because every branch of it
+/// reads an empty catalog table first (then only inner or left joins, and
+/// no aggregate without GROUP BY, which would make one row): its columns,
+/// as text. psql's `\d` asks such questions (policies, publications, ...)
+/// with constructs DataFusion cannot plan.
+pub fn provably_empty(
+    statement: &datafusion::sql::sqlparser::ast::Statement,
+) -> Option<datafusion::arrow::datatypes::SchemaRef> {
+    use datafusion::sql::sqlparser::ast::{
+        JoinOperator, Query, SelectItem, SetExpr, Statement, TableFactor,
+    };
+    fn empty_branch(body: &SetExpr, names: &mut Vec<String>) -> bool {
+        match body {
+            SetExpr::Select(select) => {
+                // FROM items are cross-joined: one empty item (an empty
+                // table whose own joins keep its rows only) empties all.
+                let empty_from = select.from.iter().any(|from| {
+                    let TableFactor::Table { name, .. } = &from.relation else {
+                        return false;
+                    };
+                    let table = name.to_string().to_lowercase();
+                    let joins_keep_it_empty = from.joins.iter().all(|j| {
+                        matches!(
+                            j.join_operator,
+                            JoinOperator::Join(_)
+                                | JoinOperator::Inner(_)
+                                | JoinOperator::Left(_)
+                                | JoinOperator::LeftOuter(_)
+                        )
+                    });
+                    EMPTY_TABLES.contains(&table.trim_start_matches("pg_catalog."))
+                        && joins_keep_it_empty
+                });
+                // An aggregate over no rows is still one row.
+                let grouped_or_plain = select.projection.iter().all(|item| {
+                    let text = item.to_string().to_lowercase();
+                    let text = text.trim_start_matches("pg_catalog.");
+                    ![
+                        "count(",
+                        "max(",
+                        "min(",
+                        "sum(",
+                        "array_agg(",
+                        "string_agg(",
+                        "bool_",
+                    ]
+                    .iter()
+                    .any(|f| text.starts_with(f))
+                });
+                if names.is_empty() {
+                    for (i, item) in select.projection.iter().enumerate() {
+                        names.push(match item {
+                            SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
+                            SelectItem::UnnamedExpr(e) => e
+                                .to_string()
+                                .rsplit('.')
+                                .next()
+                                .filter(|n| n.chars().all(|c| c.is_alphanumeric() || c == '_'))
+                                .map_or(format!("column{}", i + 1), str::to_string),
+                            _ => format!("column{}", i + 1),
+                        });
+                    }
+                }
+                empty_from && grouped_or_plain
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                empty_branch(left, names) && empty_branch(right, names)
+            }
+            SetExpr::Query(query) => empty_branch(&query.body, names),
+            _ => false,
+        }
+    }
+    let Statement::Query(query) = statement else {
+        return None;
+    };
+    let query: &Query = query;
+    let mut names = vec![];
+    if !empty_branch(&query.body, &mut names) {
+        return None;
+    }
+    Some(Arc::new(Schema::new(
+        names
+            .into_iter()
+            .map(|n| Field::new(n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    )))
+}
+
+/// `array(SELECT e FROM ... [ORDER BY o])` as
+/// `(SELECT array_agg(e ORDER BY o) FROM ...)`.
+fn array_of_subquery(
+    query: &datafusion::sql::sqlparser::ast::Query,
+) -> Option<datafusion::sql::sqlparser::ast::Expr> {
+    use datafusion::sql::sqlparser::ast::{OrderByKind, SelectItem, SetExpr};
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let [SelectItem::UnnamedExpr(value) | SelectItem::ExprWithAlias { expr: value, .. }] =
+        select.projection.as_slice()
+    else {
+        return None;
+    };
+    let order: Vec<String> = match query.order_by.as_ref().map(|o| &o.kind) {
+        Some(OrderByKind::Expressions(items)) => items
+            .iter()
+            .map(|item| {
+                // ORDER BY 1 names the projected value.
+                let text = item.expr.to_string();
+                let by = if text == "1" { value.to_string() } else { text };
+                let direction = item.to_string();
+                let rest = direction.trim_start_matches(&item.expr.to_string());
+                format!("{by}{rest}")
+            })
+            .collect(),
+        _ => vec![],
+    };
+    let order = if order.is_empty() {
+        String::new()
+    } else {
+        format!(" ORDER BY {}", order.join(", "))
+    };
+    let mut select = select.clone();
+    select.projection = vec![];
+    let rest = select.to_string();
+    let from = rest.trim_start_matches("SELECT").trim_start();
+    datafusion::sql::sqlparser::parser::Parser::new(
+        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+    )
+    .try_with_sql(&format!("(SELECT array_agg({value}{order}) {from})"))
+    .and_then(|mut p| p.parse_expr())
+    .ok()
+}
+
+/// Makes a correlated scalar subquery over the catalog (psql's `\d`
+/// column query) one DataFusion can decorrelate, keeping its meaning:
+/// - a condition on the outer row only moves out:
+///   `(SELECT v FROM t WHERE p AND outer)` is
+///   `CASE WHEN outer THEN (SELECT v FROM t WHERE p) END`;
+/// - an outer column equal to an inner one (`inner = outer`) stands for it
+///   in the other conditions, so they no longer mention the outer row;
+/// - the single value is wrapped in `max()` (DataFusion wants correlated
+///   scalar subqueries aggregated; these return at most one row).
+fn rewrite_catalog_subquery(expr: &mut datafusion::sql::sqlparser::ast::Expr) {
+    use datafusion::sql::sqlparser::ast::{
+        visit_expressions, BinaryOperator, Expr, GroupByExpr, SelectItem, SetExpr, TableFactor,
+    };
+    use std::ops::ControlFlow;
+    let Expr::Subquery(query) = expr else {
+        return;
+    };
+    if !query.to_string().contains("pg_catalog.") {
+        return;
+    }
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    let [item] = select.projection.as_mut_slice() else {
+        return;
+    };
+    let (SelectItem::UnnamedExpr(value) | SelectItem::ExprWithAlias { expr: value, .. }) = item
+    else {
+        return;
+    };
+    if grouped || matches!(value, Expr::Value(_)) {
+        return;
+    }
+    // The subquery's own tables, by the names its columns use.
+    let mut inner = std::collections::HashSet::new();
+    for from in &select.from {
+        for factor in std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation))
+        {
+            if let TableFactor::Table { name, alias, .. } = factor {
+                let used = match alias {
+                    Some(alias) => alias.name.value.to_lowercase(),
+                    None => name
+                        .to_string()
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or("")
+                        .to_lowercase(),
+                };
+                inner.insert(used);
+            }
+        }
+    }
+    let qualifiers = |e: &Expr| {
+        let mut found = vec![];
+        let _ = visit_expressions(e, |e| {
+            if let Expr::CompoundIdentifier(parts) = e {
+                if parts.len() == 2 {
+                    found.push(parts[0].value.to_lowercase());
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        found
+    };
+    let is_outer = |e: &Expr| {
+        let q = qualifiers(e);
+        !q.is_empty() && q.iter().all(|q| !inner.contains(q))
+    };
+    let is_inner = |e: &Expr| qualifiers(e).iter().all(|q| inner.contains(q));
+    // The WHERE clause's conjuncts.
+    let mut conjuncts = vec![];
+    let mut pending: Vec<Expr> = select.selection.take().into_iter().collect();
+    while let Some(e) = pending.pop() {
+        match e {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::And,
+                right,
+            } => {
+                pending.push(*right);
+                pending.push(*left);
+            }
+            Expr::Nested(inner)
+                if matches!(
+                    *inner,
+                    Expr::BinaryOp {
+                        op: BinaryOperator::And,
+                        ..
+                    }
+                ) =>
+            {
+                pending.push(*inner)
+            }
+            other => conjuncts.push(other),
+        }
+    }
+    let mut stands_for = vec![];
+    for c in &conjuncts {
+        if let Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } = c
+        {
+            if is_inner(left) && is_outer(right) {
+                stands_for.push((right.to_string(), left.to_string()));
+            } else if is_outer(left) && is_inner(right) {
+                stands_for.push((left.to_string(), right.to_string()));
+            }
+        }
+    }
+    let (mut kept, mut moved) = (vec![], vec![]);
+    for c in conjuncts {
+        let text = c.to_string();
+        if is_outer(&c) {
+            moved.push(text);
+        } else if stands_for.iter().any(|(outer, inner)| {
+            text == format!("{inner} = {outer}") || text == format!("{outer} = {inner}")
+        }) {
+            kept.push(text);
+        } else {
+            let mut substituted = text.clone();
+            for (outer, inner) in &stands_for {
+                substituted = substituted.replace(outer.as_str(), inner.as_str());
+            }
+            kept.push(substituted);
+        }
+    }
+    let lower = value.to_string().to_lowercase();
+    let aggregated = [
+        "count(",
+        "max(",
+        "min(",
+        "sum(",
+        "array_agg(",
+        "string_agg(",
+        "bool_",
+    ]
+    .iter()
+    .any(|f| lower.starts_with(f) || lower.starts_with(&format!("pg_catalog.{f}")));
+    let parse = |sql: &str| {
+        datafusion::sql::sqlparser::parser::Parser::new(
+            &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+        )
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .ok()
+    };
+    if !aggregated {
+        if let Some(wrapped) = parse(&format!("max({value})")) {
+            *value = wrapped;
+        }
+    }
+    if !kept.is_empty() {
+        select.selection = parse(&kept.join(" AND "));
+    }
+    if !moved.is_empty() {
+        let conditions: Vec<String> = moved.iter().map(|m| format!("({m})")).collect();
+        if let Some(case) = parse(&format!(
+            "CASE WHEN {} THEN ({query}) END",
+            conditions.join(" AND ")
+        )) {
+            *expr = case;
+        }
+    }
+}
+
+/// The built-in binary operator spelled `op` (as in `OPERATOR(pg_catalog.op)`).
+fn builtin_operator(op: &str) -> Option<datafusion::sql::sqlparser::ast::BinaryOperator> {
+    use datafusion::sql::sqlparser::ast::BinaryOperator as Op;
+    Some(match op {
+        "~" => Op::PGRegexMatch,
+        "~*" => Op::PGRegexIMatch,
+        "!~" => Op::PGRegexNotMatch,
+        "!~*" => Op::PGRegexNotIMatch,
+        "=" => Op::Eq,
+        "<>" | "!=" => Op::NotEq,
+        "<" => Op::Lt,
+        "<=" => Op::LtEq,
+        ">" => Op::Gt,
+        ">=" => Op::GtEq,
+        "~~" => Op::PGLikeMatch,
+        "~~*" => Op::PGILikeMatch,
+        "+" => Op::Plus,
+        "-" => Op::Minus,
+        "*" => Op::Multiply,
+        "/" => Op::Divide,
+        "||" => Op::StringConcat,
+        _ => return None,
+    })
+}
+
 /// The tables [`pg_catalog`] provides.
-const CATALOG_TABLES: [&str; 11] = [
+const CATALOG_TABLES: [&str; 22] = [
     "pg_namespace",
+    "pg_collation",
     "pg_class",
     "pg_attribute",
     "pg_type",
@@ -568,4 +1313,14 @@ const CATALOG_TABLES: [&str; 11] = [
     "pg_index",
     "pg_proc",
     "pg_settings",
+    "pg_policy",
+    "pg_roles",
+    "pg_statistic_ext",
+    "pg_publication",
+    "pg_publication_rel",
+    "pg_publication_namespace",
+    "pg_inherits",
+    "pg_constraint",
+    "pg_trigger",
+    "pg_rewrite",
 ];
