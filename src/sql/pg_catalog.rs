@@ -330,6 +330,8 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
             ("connamespace", ints(keys.iter().map(|_| PUBLIC_OID))),
             ("conrelid", ints(keys.iter().map(|k| k.table_oid))),
             ("confrelid", zeros(k)),
+            ("contypid", zeros(k)),
+            ("conbin", new_null_array(&DataType::Utf8, k)),
             ("contype", strings(keys.iter().map(|_| "p"))),
             ("conindid", ints(keys.iter().map(PrimaryKeyIndex::oid))),
             ("conparentid", zeros(k)),
@@ -424,6 +426,7 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
                 "typcollation",
                 ints(TYPES.iter().map(|t| collation_of(t.0))),
             ),
+            ("typdefault", new_null_array(&DataType::Utf8, TYPES.len())),
         ])?,
     )?;
     register(
@@ -492,7 +495,7 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
     // Empty: eddy has no row security, extended statistics, publications,
     // inheritance, constraints beyond primary keys, or triggers.
     let (int, text, boolean) = (DataType::Int64, DataType::Utf8, DataType::Boolean);
-    let empty_tables: [(&str, Vec<(&str, DataType)>); 9] = [
+    let empty_tables: [(&str, Vec<(&str, DataType)>); 11] = [
         (
             "pg_policy",
             vec![
@@ -512,6 +515,27 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
         (
             "pg_roles",
             vec![("oid", int.clone()), ("rolname", text.clone())],
+        ),
+        (
+            "pg_enum",
+            vec![
+                ("oid", int.clone()),
+                ("enumtypid", int.clone()),
+                ("enumsortorder", DataType::Float64),
+                ("enumlabel", text.clone()),
+            ],
+        ),
+        (
+            "pg_sequence",
+            vec![
+                ("seqrelid", int.clone()),
+                ("seqstart", int.clone()),
+                ("seqincrement", int.clone()),
+                ("seqmin", int.clone()),
+                ("seqmax", int.clone()),
+                ("seqcache", int.clone()),
+                ("seqcycle", boolean.clone()),
+            ],
         ),
         (
             "pg_statistic_ext",
@@ -624,7 +648,9 @@ impl ScalarUDFImpl for CatalogFunction {
         let base = self.name.trim_start_matches("pg_catalog.");
         let value = match base {
             "pg_get_userbyid" => ScalarValue::Utf8(Some("eddy".into())),
-            "pg_table_is_visible" | "pg_function_is_visible" => ScalarValue::Boolean(Some(true)),
+            "pg_table_is_visible" | "pg_function_is_visible" | "pg_type_is_visible" => {
+                ScalarValue::Boolean(Some(true))
+            }
             "pg_get_function_result" | "pg_get_function_arguments" => ScalarValue::Utf8(None),
             "pg_encoding_to_char" => ScalarValue::Utf8(Some("UTF8".into())),
             "current_database" => ScalarValue::Utf8(Some("eddy".into())),
@@ -715,7 +741,7 @@ pub fn register_functions(state: &mut SessionState, relations: &[Relation]) -> R
     let definitions = Arc::new(definitions(relations));
     // (name, arity, returns); `pg_get_expr` & co. also take up to two
     // more arguments (a column number, a `pretty` flag).
-    let functions: [(&str, usize, DataType); 17] = [
+    let functions: [(&str, usize, DataType); 18] = [
         ("to_regtype", 1, DataType::Int64),
         ("pg_get_indexdef", 1, DataType::Utf8),
         ("pg_get_constraintdef", 1, DataType::Utf8),
@@ -729,6 +755,7 @@ pub fn register_functions(state: &mut SessionState, relations: &[Relation]) -> R
         ("current_schema", 0, DataType::Utf8),
         ("pg_get_userbyid", 1, DataType::Utf8),
         ("pg_table_is_visible", 1, DataType::Boolean),
+        ("pg_type_is_visible", 1, DataType::Boolean),
         ("pg_function_is_visible", 1, DataType::Boolean),
         ("pg_get_function_result", 1, DataType::Utf8),
         ("pg_get_function_arguments", 1, DataType::Utf8),
@@ -961,7 +988,9 @@ pub fn rewrite_regclass(
 
 /// The catalog tables eddy keeps empty (no row security, extended
 /// statistics, publications, inheritance, constraint rows, triggers, rules).
-const EMPTY_TABLES: [&str; 9] = [
+const EMPTY_TABLES: [&str; 11] = [
+    "pg_enum",
+    "pg_sequence",
     "pg_policy",
     "pg_roles",
     "pg_statistic_ext",
@@ -981,74 +1010,81 @@ const EMPTY_TABLES: [&str; 9] = [
 pub fn provably_empty(
     statement: &datafusion::sql::sqlparser::ast::Statement,
 ) -> Option<datafusion::arrow::datatypes::SchemaRef> {
-    use datafusion::sql::sqlparser::ast::{
-        JoinOperator, Query, SelectItem, SetExpr, Statement, TableFactor,
-    };
-    fn empty_branch(body: &SetExpr, names: &mut Vec<String>) -> bool {
-        match body {
-            SetExpr::Select(select) => {
-                // FROM items are cross-joined: one empty item (an empty
-                // table whose own joins keep its rows only) empties all.
-                let empty_from = select.from.iter().any(|from| {
-                    let TableFactor::Table { name, .. } = &from.relation else {
-                        return false;
-                    };
-                    let table = name.to_string().to_lowercase();
-                    let joins_keep_it_empty = from.joins.iter().all(|j| {
-                        matches!(
-                            j.join_operator,
-                            JoinOperator::Join(_)
-                                | JoinOperator::Inner(_)
-                                | JoinOperator::Left(_)
-                                | JoinOperator::LeftOuter(_)
-                        )
-                    });
-                    EMPTY_TABLES.contains(&table.trim_start_matches("pg_catalog."))
-                        && joins_keep_it_empty
-                });
-                // An aggregate over no rows is still one row.
-                let grouped_or_plain = select.projection.iter().all(|item| {
-                    let text = item.to_string().to_lowercase();
-                    let text = text.trim_start_matches("pg_catalog.");
-                    ![
-                        "count(",
-                        "max(",
-                        "min(",
-                        "sum(",
-                        "array_agg(",
-                        "string_agg(",
-                        "bool_",
-                    ]
-                    .iter()
-                    .any(|f| text.starts_with(f))
-                });
-                if names.is_empty() {
-                    for (i, item) in select.projection.iter().enumerate() {
-                        names.push(match item {
-                            SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
-                            SelectItem::UnnamedExpr(e) => e
-                                .to_string()
-                                .rsplit('.')
-                                .next()
-                                .filter(|n| n.chars().all(|c| c.is_alphanumeric() || c == '_'))
-                                .map_or(format!("column{}", i + 1), str::to_string),
-                            _ => format!("column{}", i + 1),
-                        });
-                    }
-                }
-                empty_from && grouped_or_plain
-            }
-            SetExpr::SetOperation { left, right, .. } => {
-                empty_branch(left, names) && empty_branch(right, names)
-            }
-            SetExpr::Query(query) => empty_branch(&query.body, names),
-            _ => false,
-        }
-    }
+    use datafusion::sql::sqlparser::ast::Statement;
     let Statement::Query(query) = statement else {
         return None;
     };
-    let query: &Query = query;
+    provably_empty_query(query)
+}
+
+/// Whether a SELECT (each branch of a set operation) reads an empty
+/// catalog table; `names` gets the first branch's column names.
+fn empty_branch(body: &datafusion::sql::sqlparser::ast::SetExpr, names: &mut Vec<String>) -> bool {
+    use datafusion::sql::sqlparser::ast::{JoinOperator, SelectItem, SetExpr, TableFactor};
+    match body {
+        SetExpr::Select(select) => {
+            // FROM items are cross-joined: one empty item (an empty
+            // table whose own joins keep its rows only) empties all.
+            let empty_from = select.from.iter().any(|from| {
+                let TableFactor::Table { name, .. } = &from.relation else {
+                    return false;
+                };
+                let table = name.to_string().to_lowercase();
+                let joins_keep_it_empty = from.joins.iter().all(|j| {
+                    matches!(
+                        j.join_operator,
+                        JoinOperator::Join(_)
+                            | JoinOperator::Inner(_)
+                            | JoinOperator::Left(_)
+                            | JoinOperator::LeftOuter(_)
+                    )
+                });
+                EMPTY_TABLES.contains(&table.trim_start_matches("pg_catalog."))
+                    && joins_keep_it_empty
+            });
+            // An aggregate over no rows is still one row.
+            let grouped_or_plain = select.projection.iter().all(|item| {
+                let text = item.to_string().to_lowercase();
+                let text = text.trim_start_matches("pg_catalog.");
+                ![
+                    "count(",
+                    "max(",
+                    "min(",
+                    "sum(",
+                    "array_agg(",
+                    "string_agg(",
+                    "bool_",
+                ]
+                .iter()
+                .any(|f| text.starts_with(f))
+            });
+            if names.is_empty() {
+                for (i, item) in select.projection.iter().enumerate() {
+                    names.push(match item {
+                        SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
+                        SelectItem::UnnamedExpr(e) => e
+                            .to_string()
+                            .rsplit('.')
+                            .next()
+                            .filter(|n| n.chars().all(|c| c.is_alphanumeric() || c == '_'))
+                            .map_or(format!("column{}", i + 1), str::to_string),
+                        _ => format!("column{}", i + 1),
+                    });
+                }
+            }
+            empty_from && grouped_or_plain
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            empty_branch(left, names) && empty_branch(right, names)
+        }
+        SetExpr::Query(query) => empty_branch(&query.body, names),
+        _ => false,
+    }
+}
+/// [`provably_empty`] for a query.
+fn provably_empty_query(
+    query: &datafusion::sql::sqlparser::ast::Query,
+) -> Option<datafusion::arrow::datatypes::SchemaRef> {
     let mut names = vec![];
     if !empty_branch(&query.body, &mut names) {
         return None;
@@ -1126,6 +1162,11 @@ fn rewrite_catalog_subquery(expr: &mut datafusion::sql::sqlparser::ast::Expr) {
     if !query.to_string().contains("pg_catalog.") {
         return;
     }
+    // Over a catalog table eddy keeps empty (and not aggregating): NULL.
+    if provably_empty_query(query).is_some() {
+        *expr = Expr::value(datafusion::sql::sqlparser::ast::Value::Null);
+        return;
+    }
     let SetExpr::Select(select) = query.body.as_mut() else {
         return;
     };
@@ -1162,9 +1203,10 @@ fn rewrite_catalog_subquery(expr: &mut datafusion::sql::sqlparser::ast::Expr) {
     let qualifiers = |e: &Expr| {
         let mut found = vec![];
         let _ = visit_expressions(e, |e| {
+            // `t.c` or `schema.t.c`: the table is the part before the column.
             if let Expr::CompoundIdentifier(parts) = e {
-                if parts.len() == 2 {
-                    found.push(parts[0].value.to_lowercase());
+                if parts.len() >= 2 {
+                    found.push(parts[parts.len() - 2].value.to_lowercase());
                 }
             }
             ControlFlow::<()>::Continue(())
@@ -1300,7 +1342,7 @@ fn builtin_operator(op: &str) -> Option<datafusion::sql::sqlparser::ast::BinaryO
 }
 
 /// The tables [`pg_catalog`] provides.
-const CATALOG_TABLES: [&str; 22] = [
+const CATALOG_TABLES: [&str; 24] = [
     "pg_namespace",
     "pg_collation",
     "pg_class",
@@ -1315,6 +1357,8 @@ const CATALOG_TABLES: [&str; 22] = [
     "pg_settings",
     "pg_policy",
     "pg_roles",
+    "pg_enum",
+    "pg_sequence",
     "pg_statistic_ext",
     "pg_publication",
     "pg_publication_rel",

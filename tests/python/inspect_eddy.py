@@ -1,7 +1,7 @@
 """SQLAlchemy's inspector over psycopg against eddy, as Superset and notebooks
-use it: table, view and materialized-view names, then a parameterized query.
-(Not yet: get_columns, whose query needs json_build_object, pg_collation,
-pg_sequence and correlated subqueries eddy's pg_catalog does not have.)
+use it: table, view and materialized-view names, each relation's columns,
+then a parameterized query. (Not yet: get_pk_constraint, whose query casts
+to regclass inside an aggregate eddy does not plan.)
 
 Usage: python inspect_eddy.py <port>   (the schema is made by tests/python.rs)
 """
@@ -20,6 +20,11 @@ def main(port: str) -> None:
     matviews = inspector.get_materialized_view_names()
     assert matviews == ["per_customer"], matviews
     assert inspector.has_table("orders")
+    columns = [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns("orders")]
+    assert columns == [("id", "BIGINT", False), ("customer", "TEXT", True),
+                       ("amount", "INTEGER", True)], columns
+    columns = [(c["name"], str(c["type"])) for c in inspector.get_columns("per_customer")]
+    assert columns == [("customer", "TEXT"), ("n", "BIGINT"), ("total", "BIGINT")], columns
     with engine.connect() as connection:
         rows = connection.execute(
             text("SELECT customer, n, total FROM per_customer WHERE total > :floor ORDER BY customer"),
