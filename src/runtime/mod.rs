@@ -320,7 +320,7 @@ impl RuntimeHandle {
         batch: ChangeBatch,
         watermark: Option<i64>,
     ) -> Result<()> {
-        self.queue_change(relation, batch, watermark, None, None)
+        self.send_change(relation, batch, watermark, None, None, Instant::now())
             .await
     }
 
@@ -332,7 +332,7 @@ impl RuntimeHandle {
         watermark: Option<i64>,
         rows: RowSet,
     ) -> Result<()> {
-        self.queue_change(relation, batch, watermark, Some(rows), None)
+        self.send_change(relation, batch, watermark, Some(rows), None, Instant::now())
             .await
     }
 
@@ -349,25 +349,6 @@ impl RuntimeHandle {
     ) -> Result<()> {
         self.send_change(relation, batch, watermark, None, Some(position), arrived)
             .await
-    }
-
-    async fn queue_change(
-        &self,
-        relation: RelationId,
-        batch: ChangeBatch,
-        watermark: Option<i64>,
-        table_rows: Option<RowSet>,
-        position: Option<SourcePosition>,
-    ) -> Result<()> {
-        self.send_change(
-            relation,
-            batch,
-            watermark,
-            table_rows,
-            position,
-            Instant::now(),
-        )
-        .await
     }
 
     async fn send_change(

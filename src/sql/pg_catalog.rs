@@ -492,118 +492,12 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
             ("description", DataType::Utf8),
         ])?,
     )?;
-    // Empty: eddy has no row security, extended statistics, publications,
-    // inheritance, constraints beyond primary keys, or triggers.
-    let (int, text, boolean) = (DataType::Int64, DataType::Utf8, DataType::Boolean);
-    let empty_tables: [(&str, Vec<(&str, DataType)>); 11] = [
-        (
-            "pg_policy",
-            vec![
-                ("oid", int.clone()),
-                ("polname", text.clone()),
-                ("polrelid", int.clone()),
-                ("polcmd", text.clone()),
-                ("polpermissive", boolean.clone()),
-                (
-                    "polroles",
-                    DataType::List(Arc::new(Field::new("item", int.clone(), true))),
-                ),
-                ("polqual", text.clone()),
-                ("polwithcheck", text.clone()),
-            ],
-        ),
-        (
-            "pg_roles",
-            vec![("oid", int.clone()), ("rolname", text.clone())],
-        ),
-        (
-            "pg_enum",
-            vec![
-                ("oid", int.clone()),
-                ("enumtypid", int.clone()),
-                ("enumsortorder", DataType::Float64),
-                ("enumlabel", text.clone()),
-            ],
-        ),
-        (
-            "pg_sequence",
-            vec![
-                ("seqrelid", int.clone()),
-                ("seqstart", int.clone()),
-                ("seqincrement", int.clone()),
-                ("seqmin", int.clone()),
-                ("seqmax", int.clone()),
-                ("seqcache", int.clone()),
-                ("seqcycle", boolean.clone()),
-            ],
-        ),
-        (
-            "pg_statistic_ext",
-            vec![
-                ("oid", int.clone()),
-                ("stxrelid", int.clone()),
-                ("stxname", text.clone()),
-                ("stxnamespace", int.clone()),
-                ("stxkind", text.clone()),
-                ("stxstattarget", int.clone()),
-            ],
-        ),
-        (
-            "pg_publication",
-            vec![
-                ("oid", int.clone()),
-                ("pubname", text.clone()),
-                ("puballtables", boolean.clone()),
-            ],
-        ),
-        (
-            "pg_publication_rel",
-            vec![
-                ("oid", int.clone()),
-                ("prpubid", int.clone()),
-                ("prrelid", int.clone()),
-                ("prqual", text.clone()),
-            ],
-        ),
-        (
-            "pg_publication_namespace",
-            vec![
-                ("oid", int.clone()),
-                ("pnpubid", int.clone()),
-                ("pnnspid", int.clone()),
-            ],
-        ),
-        (
-            "pg_inherits",
-            vec![
-                ("inhrelid", int.clone()),
-                ("inhparent", int.clone()),
-                ("inhseqno", int.clone()),
-                ("inhdetachpending", boolean.clone()),
-            ],
-        ),
-        (
-            "pg_trigger",
-            vec![
-                ("oid", int.clone()),
-                ("tgrelid", int.clone()),
-                ("tgname", text.clone()),
-                ("tgisinternal", boolean.clone()),
-                ("tgenabled", text.clone()),
-                ("tgparentid", int.clone()),
-            ],
-        ),
-        (
-            "pg_rewrite",
-            vec![
-                ("oid", int.clone()),
-                ("rulename", text.clone()),
-                ("ev_class", int.clone()),
-            ],
-        ),
-    ];
-    for (name, columns) in &empty_tables {
-        register(name, empty(columns)?)?;
+    for (name, columns) in EMPTY_TABLES {
+        let columns: Vec<(&str, DataType)> = columns
+            .iter()
+            .map(|(column, kind)| (*column, kind.data_type()))
+            .collect();
+        register(name, empty(&columns)?)?;
     }
     register(
         "pg_proc",
@@ -986,21 +880,141 @@ pub fn rewrite_regclass(
     Ok(())
 }
 
-/// The catalog tables eddy keeps empty (no row security, extended
-/// statistics, publications, inheritance, constraint rows, triggers, rules).
-const EMPTY_TABLES: [&str; 11] = [
-    "pg_enum",
-    "pg_sequence",
-    "pg_policy",
-    "pg_roles",
-    "pg_statistic_ext",
-    "pg_publication",
-    "pg_publication_rel",
-    "pg_publication_namespace",
-    "pg_inherits",
-    "pg_trigger",
-    "pg_rewrite",
-];
+/// Whether `expr` (as SQL text) is a call of an aggregate function that
+/// catalog queries use.
+fn is_aggregate_call(expr: &str) -> bool {
+    let lower = expr.to_lowercase();
+    let lower = lower.trim_start_matches("pg_catalog.");
+    [
+        "count(",
+        "max(",
+        "min(",
+        "sum(",
+        "array_agg(",
+        "string_agg(",
+        "bool_",
+    ]
+    .iter()
+    .any(|f| lower.starts_with(f))
+}
+
+/// A column type of the catalog tables eddy keeps empty.
+#[derive(Clone, Copy)]
+enum Column {
+    Int,
+    Float,
+    Text,
+    Bool,
+    IntList,
+}
+
+impl Column {
+    fn data_type(self) -> DataType {
+        match self {
+            Column::Int => DataType::Int64,
+            Column::Float => DataType::Float64,
+            Column::Text => DataType::Utf8,
+            Column::Bool => DataType::Boolean,
+            Column::IntList => DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+        }
+    }
+}
+
+/// The catalog tables eddy keeps empty, with the columns clients read:
+/// eddy has no row security, roles beyond its one user, enums, sequences,
+/// extended statistics, publications, inheritance, triggers or rules.
+const EMPTY_TABLES: [(&str, &[(&str, Column)]); 11] = {
+    use Column::{Bool, Float, Int, IntList, Text};
+    [
+        (
+            "pg_policy",
+            &[
+                ("oid", Int),
+                ("polname", Text),
+                ("polrelid", Int),
+                ("polcmd", Text),
+                ("polpermissive", Bool),
+                ("polroles", IntList),
+                ("polqual", Text),
+                ("polwithcheck", Text),
+            ],
+        ),
+        ("pg_roles", &[("oid", Int), ("rolname", Text)]),
+        (
+            "pg_enum",
+            &[
+                ("oid", Int),
+                ("enumtypid", Int),
+                ("enumsortorder", Float),
+                ("enumlabel", Text),
+            ],
+        ),
+        (
+            "pg_sequence",
+            &[
+                ("seqrelid", Int),
+                ("seqstart", Int),
+                ("seqincrement", Int),
+                ("seqmin", Int),
+                ("seqmax", Int),
+                ("seqcache", Int),
+                ("seqcycle", Bool),
+            ],
+        ),
+        (
+            "pg_statistic_ext",
+            &[
+                ("oid", Int),
+                ("stxrelid", Int),
+                ("stxname", Text),
+                ("stxnamespace", Int),
+                ("stxkind", Text),
+                ("stxstattarget", Int),
+            ],
+        ),
+        (
+            "pg_publication",
+            &[("oid", Int), ("pubname", Text), ("puballtables", Bool)],
+        ),
+        (
+            "pg_publication_rel",
+            &[
+                ("oid", Int),
+                ("prpubid", Int),
+                ("prrelid", Int),
+                ("prqual", Text),
+            ],
+        ),
+        (
+            "pg_publication_namespace",
+            &[("oid", Int), ("pnpubid", Int), ("pnnspid", Int)],
+        ),
+        (
+            "pg_inherits",
+            &[
+                ("inhrelid", Int),
+                ("inhparent", Int),
+                ("inhseqno", Int),
+                ("inhdetachpending", Bool),
+            ],
+        ),
+        (
+            "pg_trigger",
+            &[
+                ("oid", Int),
+                ("tgrelid", Int),
+                ("tgname", Text),
+                ("tgisinternal", Bool),
+                ("tgenabled", Text),
+                ("tgparentid", Int),
+            ],
+        ),
+        (
+            "pg_rewrite",
+            &[("oid", Int), ("rulename", Text), ("ev_class", Int)],
+        ),
+    ]
+};
 
 /// When `statement` provably returns no rows because every branch of it
 /// reads an empty catalog table first (then only inner or left joins, and
@@ -1039,25 +1053,14 @@ fn empty_branch(body: &datafusion::sql::sqlparser::ast::SetExpr, names: &mut Vec
                             | JoinOperator::LeftOuter(_)
                     )
                 });
-                EMPTY_TABLES.contains(&table.trim_start_matches("pg_catalog."))
-                    && joins_keep_it_empty
+                let table = table.trim_start_matches("pg_catalog.");
+                EMPTY_TABLES.iter().any(|(name, _)| *name == table) && joins_keep_it_empty
             });
             // An aggregate over no rows is still one row.
-            let grouped_or_plain = select.projection.iter().all(|item| {
-                let text = item.to_string().to_lowercase();
-                let text = text.trim_start_matches("pg_catalog.");
-                ![
-                    "count(",
-                    "max(",
-                    "min(",
-                    "sum(",
-                    "array_agg(",
-                    "string_agg(",
-                    "bool_",
-                ]
+            let grouped_or_plain = select
+                .projection
                 .iter()
-                .any(|f| text.starts_with(f))
-            });
+                .all(|item| !is_aggregate_call(&item.to_string()));
             if names.is_empty() {
                 for (i, item) in select.projection.iter().enumerate() {
                     names.push(match item {
@@ -1277,18 +1280,7 @@ fn rewrite_catalog_subquery(expr: &mut datafusion::sql::sqlparser::ast::Expr) {
             kept.push(substituted);
         }
     }
-    let lower = value.to_string().to_lowercase();
-    let aggregated = [
-        "count(",
-        "max(",
-        "min(",
-        "sum(",
-        "array_agg(",
-        "string_agg(",
-        "bool_",
-    ]
-    .iter()
-    .any(|f| lower.starts_with(f) || lower.starts_with(&format!("pg_catalog.{f}")));
+    let aggregated = is_aggregate_call(&value.to_string());
     let parse = |sql: &str| {
         datafusion::sql::sqlparser::parser::Parser::new(
             &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
