@@ -144,6 +144,13 @@ async fn metrics_move_as_changes_flow() {
     let checkpoints = "eddy_checkpoints_completed_total";
     assert!(after[checkpoints] > before[checkpoints], "{body}");
     assert!(after["eddy_checkpoint_written_bytes"] > 0.0);
+    // The aggregate's state in that checkpoint.
+    assert!(
+        after
+            .iter()
+            .any(|(k, v)| k.starts_with(r#"eddy_operator_state_bytes{view="per_k""#) && *v > 0.0),
+        "{body}"
+    );
     assert!(after["eddy_checkpoint_epoch"] >= before["eddy_checkpoint_epoch"]);
 
     // The Kafka source: messages read and the malformed one counted.

@@ -38,9 +38,26 @@ pub struct CheckpointStats {
     pub completed: u64,
     pub failed: u64,
     pub history: VecDeque<CheckpointRecord>,
+    /// Bytes of each state table (base and deltas) in the last completed
+    /// checkpoint, by state table name (`view/<v>/op/<pos>-<id>`, ...).
+    pub state_table_bytes: std::collections::BTreeMap<String, u64>,
 }
 
 impl CheckpointStats {
+    /// Bytes of the state of operator `id` of view `view` in the last
+    /// completed checkpoint.
+    pub fn operator_state_bytes(&self, view: &str, id: u64) -> Option<u64> {
+        let prefix = format!("view/{view}/op/");
+        let suffix = format!("-{id:016x}");
+        self.state_table_bytes
+            .iter()
+            .find(|(name, _)| name.starts_with(&prefix) && name.ends_with(&suffix))
+            .map(|(_, bytes)| *bytes)
+    }
+}
+
+impl CheckpointStats {
+    /// The last completed checkpoint's record.
     pub fn last_completed(&self) -> Option<&CheckpointRecord> {
         self.history.iter().rev().find(|r| r.error.is_none())
     }
@@ -228,6 +245,15 @@ impl CheckpointRun<'_> {
                     ms = duration.as_secs_f64() * 1e3,
                     "checkpoint complete"
                 );
+                self.checkpointer
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .state_table_bytes = manifest
+                    .chains
+                    .iter()
+                    .map(|(name, chain)| (name.clone(), chain.base_bytes + chain.delta_bytes))
+                    .collect();
                 self.progress.previous = Some(manifest.clone());
                 Ok(manifest)
             }

@@ -171,6 +171,18 @@ pub fn render(health: &Health) -> String {
         &operators,
         |o| (operator(o), o.1.stats.state_keys as f64),
     );
+    let operator_bytes: Vec<(&(&str, &OperatorStatus), u64)> = operators
+        .iter()
+        .filter_map(|o| Some((o, checkpoints.operator_state_bytes(o.0, o.1.id)?)))
+        .collect();
+    family(
+        &mut out,
+        "eddy_operator_state_bytes",
+        "gauge",
+        "Bytes of an operator's state in the last completed checkpoint (base and deltas).",
+        &operator_bytes,
+        |(o, bytes)| (operator(o), *bytes as f64),
+    );
     family(
         &mut out,
         "eddy_operator_late_rows_total",

@@ -68,6 +68,7 @@ pub fn status_json(health: &Health, monitor: &Monitor) -> Value {
                         "rows_in_per_second": rate("rows_in"),
                         "rows_out_per_second": rate("rows_out"),
                         "state_keys": o.stats.state_keys,
+                        "state_bytes": health.checkpoints.operator_state_bytes(&v.name, o.id),
                         "late_rows": o.stats.late_rows,
                         "watermark_ms": millis(o.watermark),
                     })

@@ -393,7 +393,11 @@ pub fn sinks_batch(sinks: &[Arc<SinkEntry>], epoch: u64) -> DFResult<RecordBatch
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-fn operators_batch(views: &[ViewStatus], monitor: &Monitor) -> DFResult<RecordBatch> {
+fn operators_batch(
+    views: &[ViewStatus],
+    checkpoints: &CheckpointStats,
+    monitor: &Monitor,
+) -> DFResult<RecordBatch> {
     let rows: Vec<_> = views
         .iter()
         .flat_map(|v| v.operators.iter().map(move |o| (v.name.as_str(), o)))
@@ -421,6 +425,11 @@ fn operators_batch(views: &[ViewStatus], monitor: &Monitor) -> DFResult<RecordBa
         .uint("rows_failed", rows.iter().map(|(_, o)| o.stats.rows_failed))
         .uint("late_rows", rows.iter().map(|(_, o)| o.stats.late_rows))
         .uint("state_keys", rows.iter().map(|(_, o)| o.stats.state_keys))
+        .int(
+            "state_bytes",
+            rows.iter()
+                .map(|(v, o)| checkpoints.operator_state_bytes(v, o.id).map(|b| b as i64)),
+        )
         .timestamp("watermark", rows.iter().map(|(_, o)| o.watermark))
         .batch()
 }
@@ -513,7 +522,11 @@ impl SchemaProvider for SystemSchema {
                 .map_err(|e| DataFusionError::External(Box::new(e)))?,
             "sinks" => sinks_batch(&self.catalog.list_sinks(), self.runtime.published().epoch)?,
             "materialized_views" => views_batch(&self.health().await?.views)?,
-            "operator_stats" => operators_batch(&self.health().await?.views, &self.monitor)?,
+            "operator_stats" => operators_batch(
+                &self.health().await?.views,
+                &self.checkpoints,
+                &self.monitor,
+            )?,
             "mv_stats" => mv_stats_batch(&self.health().await?, &self.monitor)?,
             "source_stats" => source_stats_batch(&self.health().await?, &self.monitor)?,
             "source_partitions" => source_partitions_batch(&self.health().await?)?,
