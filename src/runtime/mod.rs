@@ -513,6 +513,28 @@ struct RunningView {
     freshness: Freshness,
 }
 
+impl RunningView {
+    /// A view running from `state`, with `touched` rows to checkpoint.
+    fn new(
+        name: String,
+        graph: StreamGraph,
+        state: RowSet,
+        touched: HashSet<Arc<[u8]>>,
+        readers: Vec<(RelationId, String)>,
+    ) -> Self {
+        Self {
+            name,
+            graph,
+            state,
+            touched,
+            readers,
+            failed: None,
+            unpublished_since: None,
+            freshness: Freshness::default(),
+        }
+    }
+}
+
 /// A table's rows, kept for checkpoints (the catalog owns the table).
 struct TrackedTable {
     name: String,
@@ -803,19 +825,8 @@ impl Worker {
         }
         tracing::info!(view = %name, rows = state.len(), "materialized view started");
         let touched = rows_keys(&state);
-        self.views.insert(
-            id,
-            RunningView {
-                name,
-                graph,
-                state,
-                touched,
-                readers,
-                failed: None,
-                unpublished_since: None,
-                freshness: Freshness::default(),
-            },
-        );
+        self.views
+            .insert(id, RunningView::new(name, graph, state, touched, readers));
         self.dirty = true;
         Ok(())
     }
@@ -866,16 +877,7 @@ impl Worker {
         tracing::info!(view = %name, rows = rows.len(), "materialized view restored");
         self.views.insert(
             id,
-            RunningView {
-                name,
-                graph,
-                state: rows,
-                touched: HashSet::new(),
-                readers,
-                failed: None,
-                unpublished_since: None,
-                freshness: Freshness::default(),
-            },
+            RunningView::new(name, graph, rows, HashSet::new(), readers),
         );
         self.dirty = true;
         Ok(())

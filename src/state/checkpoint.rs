@@ -79,6 +79,32 @@ impl StateDelta {
     pub fn delete(&mut self, key: Vec<u8>) {
         self.entries.push((key, None));
     }
+
+    /// Writes a state table kept as the map `state`: every entry when the
+    /// delta is full, else the `dirty` keys (a key gone from `state` as a
+    /// delete). `dirty` is cleared: the next delta starts from here.
+    pub fn put_keyed<K, V>(
+        &mut self,
+        state: &std::collections::HashMap<K, V>,
+        dirty: &mut std::collections::HashSet<K>,
+        encode: impl Fn(&V) -> Vec<u8>,
+    ) where
+        K: AsRef<[u8]> + Eq + std::hash::Hash,
+    {
+        if self.full {
+            for (key, value) in state {
+                self.put(key.as_ref().to_vec(), encode(value));
+            }
+        } else {
+            for key in dirty.iter() {
+                match state.get(key) {
+                    Some(value) => self.put(key.as_ref().to_vec(), encode(value)),
+                    None => self.delete(key.as_ref().to_vec()),
+                }
+            }
+        }
+        dirty.clear();
+    }
 }
 
 /// Where a source reader was, as of a checkpoint.

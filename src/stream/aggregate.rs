@@ -398,19 +398,7 @@ impl Operator for AggregateOperator {
             }
             out.finish()
         };
-        if delta.full {
-            for (key, group) in &self.groups {
-                delta.put(key.to_vec(), encode(group));
-            }
-        } else {
-            for key in &self.dirty {
-                match self.groups.get(key) {
-                    Some(group) => delta.put(key.to_vec(), encode(group)),
-                    None => delta.delete(key.to_vec()),
-                }
-            }
-        }
-        self.dirty.clear();
+        delta.put_keyed(&self.groups, &mut self.dirty, encode);
         Ok(())
     }
 

@@ -304,19 +304,7 @@ impl Operator for SessionWindowOperator {
             }
             out.finish()
         };
-        if delta.full {
-            for (key, rows) in &self.keys {
-                delta.put(key.to_vec(), encode(rows));
-            }
-        } else {
-            for key in &self.dirty {
-                match self.keys.get(key) {
-                    Some(rows) => delta.put(key.to_vec(), encode(rows)),
-                    None => delta.delete(key.to_vec()),
-                }
-            }
-        }
-        self.dirty.clear();
+        delta.put_keyed(&self.keys, &mut self.dirty, encode);
         Ok(())
     }
 
