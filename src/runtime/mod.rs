@@ -116,6 +116,16 @@ pub struct ViewStatus {
     pub freshness: Freshness,
 }
 
+impl ViewStatus {
+    /// `running`, or `failed: <why>` once the view stopped.
+    pub fn status(&self) -> String {
+        match &self.failed {
+            Some(e) => format!("failed: {e}"),
+            None => "running".to_string(),
+        }
+    }
+}
+
 /// Freshness: for each epoch that changed a view, the time from the
 /// arrival of the oldest change in it (a write, or a source reader
 /// receiving messages) to the epoch being published, when SELECTs see it.

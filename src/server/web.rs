@@ -77,10 +77,7 @@ pub fn status_json(health: &Health, monitor: &Monitor) -> Value {
             json!({
                 "name": v.name,
                 "rows": v.rows,
-                "status": match &v.failed {
-                    Some(e) => format!("failed: {e}"),
-                    None => "running".to_string(),
-                },
+                "status": v.status(),
                 "changes_per_second": monitor.rate(&view_key(&v.name, "changes")),
                 "state_keys": v.operators.iter().map(|o| o.stats.state_keys).sum::<u64>(),
                 "late_rows": v.late_rows,

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::array::RecordBatch;
 
+use super::system::{some, Columns};
 use crate::catalog::{Catalog, Relation, RelationId};
 use crate::connectors::kafka::{Backfill, KafkaSourceConfig};
 use crate::connectors::SourceConnector;
@@ -174,50 +174,29 @@ pub fn jobs_batch(catalog: &Catalog) -> Result<RecordBatch> {
         }
     }
     jobs.sort_by_key(|(view, source, b)| (b.is_done(), view.clone(), source.clone()));
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("view", DataType::Utf8, false),
-        Field::new("job", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("progress", DataType::Float64, false),
-        Field::new("messages_read", DataType::Int64, false),
-        Field::new("messages_total", DataType::Int64, false),
-        Field::new(
-            "started_at",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-        Field::new("elapsed_ms", DataType::Int64, false),
-    ]));
     let now = chrono::Utc::now().timestamp_millis();
-    Ok(RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(StringArray::from_iter_values(jobs.iter().map(|j| &j.0))),
-            Arc::new(StringArray::from_iter_values(
-                jobs.iter().map(|j| format!("backfill from {}", j.1)),
-            )),
-            Arc::new(StringArray::from_iter_values(jobs.iter().map(
-                |(_, _, b)| match (&b.error, b.is_done()) {
-                    (Some(e), _) => format!("stopped: {e}"),
-                    (None, true) => "done".to_string(),
-                    (None, false) => "running".to_string(),
-                },
-            ))),
-            Arc::new(Float64Array::from_iter_values(
-                jobs.iter().map(|(_, _, b)| percent(b)),
-            )),
-            Arc::new(Int64Array::from_iter_values(jobs.iter().map(|j| j.2.read))),
-            Arc::new(Int64Array::from_iter_values(
-                jobs.iter().map(|j| j.2.total()),
-            )),
-            Arc::new(
-                datafusion::arrow::array::TimestampMillisecondArray::from_iter_values(
-                    jobs.iter().map(|j| j.2.started_unix_ms),
-                ),
-            ),
-            Arc::new(Int64Array::from_iter_values(jobs.iter().map(
-                |(_, _, b)| b.finished_after_ms.unwrap_or(now - b.started_unix_ms),
-            ))),
-        ],
-    )?)
+    Ok(Columns::default()
+        .text("view", some(jobs.iter().map(|j| &j.0)))
+        .text(
+            "job",
+            some(jobs.iter().map(|j| format!("backfill from {}", j.1))),
+        )
+        .text(
+            "status",
+            some(jobs.iter().map(|(_, _, b)| match (&b.error, b.is_done()) {
+                (Some(e), _) => format!("stopped: {e}"),
+                (None, true) => "done".to_string(),
+                (None, false) => "running".to_string(),
+            })),
+        )
+        .float("progress", jobs.iter().map(|(_, _, b)| Some(percent(b))))
+        .int("messages_read", jobs.iter().map(|j| Some(j.2.read)))
+        .int("messages_total", jobs.iter().map(|j| Some(j.2.total())))
+        .timestamp_ms("started_at", jobs.iter().map(|j| Some(j.2.started_unix_ms)))
+        .int(
+            "elapsed_ms",
+            jobs.iter()
+                .map(|(_, _, b)| Some(b.finished_after_ms.unwrap_or(now - b.started_unix_ms))),
+        )
+        .batch()?)
 }

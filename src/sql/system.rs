@@ -25,7 +25,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray, UInt64Array,
+    TimestampMicrosecondArray, TimestampMillisecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::catalog::{SchemaProvider, TableProvider};
@@ -54,40 +54,62 @@ const TABLES: [&str; 11] = [
 
 /// Builds a record batch a column at a time.
 #[derive(Default)]
-struct Columns {
+pub(super) struct Columns {
     fields: Vec<Field>,
     arrays: Vec<ArrayRef>,
 }
 
 impl Columns {
-    fn add(mut self, name: &str, data_type: DataType, array: ArrayRef) -> Self {
+    pub(super) fn add(mut self, name: &str, data_type: DataType, array: ArrayRef) -> Self {
         self.fields.push(Field::new(name, data_type, true));
         self.arrays.push(array);
         self
     }
 
-    fn text<S: AsRef<str>>(self, name: &str, values: impl IntoIterator<Item = Option<S>>) -> Self {
+    pub(super) fn text<S: AsRef<str>>(
+        self,
+        name: &str,
+        values: impl IntoIterator<Item = Option<S>>,
+    ) -> Self {
         let array = StringArray::from_iter(values);
         self.add(name, DataType::Utf8, Arc::new(array))
     }
 
-    fn uint(self, name: &str, values: impl IntoIterator<Item = u64>) -> Self {
+    pub(super) fn uint(self, name: &str, values: impl IntoIterator<Item = u64>) -> Self {
         let array = UInt64Array::from_iter_values(values);
         self.add(name, DataType::UInt64, Arc::new(array))
     }
 
-    fn int(self, name: &str, values: impl IntoIterator<Item = Option<i64>>) -> Self {
+    pub(super) fn int(self, name: &str, values: impl IntoIterator<Item = Option<i64>>) -> Self {
         let array = Int64Array::from_iter(values);
         self.add(name, DataType::Int64, Arc::new(array))
     }
 
-    fn float(self, name: &str, values: impl IntoIterator<Item = Option<f64>>) -> Self {
+    pub(super) fn float(self, name: &str, values: impl IntoIterator<Item = Option<f64>>) -> Self {
         let array = Float64Array::from_iter(values);
         self.add(name, DataType::Float64, Arc::new(array))
     }
 
+    /// A timestamp column from ms since the Unix epoch.
+    pub(super) fn timestamp_ms(
+        self,
+        name: &str,
+        values: impl IntoIterator<Item = Option<i64>>,
+    ) -> Self {
+        let array = TimestampMillisecondArray::from_iter(values);
+        self.add(
+            name,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            Arc::new(array),
+        )
+    }
+
     /// A timestamp column from µs since the Unix epoch.
-    fn timestamp(self, name: &str, values: impl IntoIterator<Item = Option<i64>>) -> Self {
+    pub(super) fn timestamp(
+        self,
+        name: &str,
+        values: impl IntoIterator<Item = Option<i64>>,
+    ) -> Self {
         let array = TimestampMicrosecondArray::from_iter(values);
         self.add(
             name,
@@ -96,7 +118,7 @@ impl Columns {
         )
     }
 
-    fn batch(self) -> DFResult<RecordBatch> {
+    pub(super) fn batch(self) -> DFResult<RecordBatch> {
         Ok(RecordBatch::try_new(
             Arc::new(Schema::new(self.fields)),
             self.arrays,
@@ -104,7 +126,7 @@ impl Columns {
     }
 }
 
-fn some<T>(values: impl IntoIterator<Item = T>) -> impl Iterator<Item = Option<T>> {
+pub(super) fn some<T>(values: impl IntoIterator<Item = T>) -> impl Iterator<Item = Option<T>> {
     values.into_iter().map(Some)
 }
 
@@ -142,15 +164,8 @@ fn mv_stats_batch(health: &Health, monitor: &Monitor) -> DFResult<RecordBatch> {
                 (f.count > 0).then(|| f.sum_seconds * 1e3 / f.count as f64)
             }),
         )
-        .text("status", some(views.iter().map(view_state)))
+        .text("status", some(views.iter().map(ViewStatus::status)))
         .batch()
-}
-
-fn view_state(view: &ViewStatus) -> String {
-    match &view.failed {
-        Some(e) => format!("failed: {e}"),
-        None => "running".to_string(),
-    }
 }
 
 /// `eddy_catalog.source_stats`.
@@ -281,116 +296,71 @@ impl SystemSchema {
 /// `eddy_catalog.checkpoints`: the recent checkpoints, newest first.
 fn checkpoints_batch(stats: &CheckpointStats) -> DFResult<RecordBatch> {
     let records: Vec<_> = stats.history.iter().rev().collect();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("epoch", DataType::Int64, false),
-        Field::new(
+    Columns::default()
+        .int("id", records.iter().map(|r| Some(r.id as i64)))
+        .int("epoch", records.iter().map(|r| Some(r.epoch as i64)))
+        .timestamp_ms(
             "completed_at",
-            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
-            false,
-        ),
-        Field::new("duration_ms", DataType::Float64, false),
-        Field::new("bytes_written", DataType::Int64, false),
-        Field::new("state_bytes", DataType::Int64, false),
-        Field::new("error", DataType::Utf8, true),
-    ]));
-    Ok(RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from_iter_values(
-                records.iter().map(|r| r.id as i64),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                records.iter().map(|r| r.epoch as i64),
-            )),
-            Arc::new(
-                datafusion::arrow::array::TimestampMillisecondArray::from_iter_values(
-                    records.iter().map(|r| r.completed_unix_ms as i64),
-                ),
-            ),
-            Arc::new(datafusion::arrow::array::Float64Array::from_iter_values(
-                records.iter().map(|r| r.duration.as_secs_f64() * 1e3),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                records.iter().map(|r| r.bytes_written as i64),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                records.iter().map(|r| r.state_bytes as i64),
-            )),
-            Arc::new(StringArray::from_iter(
-                records.iter().map(|r| r.error.clone()),
-            )),
-        ],
-    )?)
+            records.iter().map(|r| Some(r.completed_unix_ms as i64)),
+        )
+        .float(
+            "duration_ms",
+            records.iter().map(|r| Some(r.duration.as_secs_f64() * 1e3)),
+        )
+        .int(
+            "bytes_written",
+            records.iter().map(|r| Some(r.bytes_written as i64)),
+        )
+        .int(
+            "state_bytes",
+            records.iter().map(|r| Some(r.state_bytes as i64)),
+        )
+        .text("error", records.iter().map(|r| r.error.as_ref()))
+        .batch()
 }
 
 /// The rows of `SHOW MATERIALIZED VIEWS` and `eddy_catalog.materialized_views`.
 pub fn views_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("name", DataType::Utf8, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("failed_rows", DataType::UInt64, false),
-        Field::new("late_rows", DataType::UInt64, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("last_error", DataType::Utf8, true),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            views.iter().map(|v| v.name.as_str()),
-        )),
-        Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| v.rows))),
-        Arc::new(UInt64Array::from_iter_values(
-            views.iter().map(|v| v.rows_failed),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            views.iter().map(|v| v.late_rows),
-        )),
-        Arc::new(StringArray::from_iter_values(views.iter().map(
-            |v| match &v.failed {
-                Some(e) => format!("failed: {e}"),
-                None => "running".to_string(),
-            },
-        ))),
-        Arc::new(StringArray::from_iter(
-            views.iter().map(|v| v.last_error.clone()),
-        )),
-    ];
-    Ok(RecordBatch::try_new(schema, columns)?)
+    Columns::default()
+        .text("name", some(views.iter().map(|v| &v.name)))
+        .uint("rows", views.iter().map(|v| v.rows))
+        .uint("failed_rows", views.iter().map(|v| v.rows_failed))
+        .uint("late_rows", views.iter().map(|v| v.late_rows))
+        .text("status", some(views.iter().map(ViewStatus::status)))
+        .text("last_error", views.iter().map(|v| v.last_error.as_ref()))
+        .batch()
 }
 
 /// The rows of `SHOW SINKS` and `eddy_catalog.sinks`; `epoch` is the last
 /// published epoch, against which lag is counted.
 pub fn sinks_batch(sinks: &[Arc<SinkEntry>], epoch: u64) -> DFResult<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("name", DataType::Utf8, false),
-        Field::new("from", DataType::Utf8, false),
-        Field::new("target", DataType::Utf8, false),
-        Field::new("type", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("committed_epoch", DataType::UInt64, false),
-        Field::new("lag_epochs", DataType::UInt64, false),
-        Field::new("rows_written", DataType::UInt64, false),
-    ]));
-    let text = |f: &dyn Fn(&SinkEntry) -> String| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(sinks.iter().map(|s| f(s))))
-    };
-    let number = |f: &dyn Fn(&SinkEntry) -> u64| -> ArrayRef {
-        Arc::new(UInt64Array::from_iter_values(sinks.iter().map(|s| f(s))))
-    };
-    let columns = vec![
-        text(&|s| s.name.clone()),
-        text(&|s| sink_source(s)),
-        text(&|s| s.target.clone()),
-        text(&|s| match s.mode {
-            SinkMode::Upsert => "upsert".into(),
-            SinkMode::AppendOnly => "append-only".into(),
-        }),
-        text(&|s| s.status.describe()),
-        number(&|s| s.status.committed_epoch()),
-        number(&|s| epoch.saturating_sub(s.status.committed_epoch())),
-        number(&|s| s.status.rows_written()),
-    ];
-    Ok(RecordBatch::try_new(schema, columns)?)
+    Columns::default()
+        .text("name", some(sinks.iter().map(|s| &s.name)))
+        .text("from", some(sinks.iter().map(|s| sink_source(s))))
+        .text("target", some(sinks.iter().map(|s| &s.target)))
+        .text(
+            "type",
+            some(sinks.iter().map(|s| match s.mode {
+                SinkMode::Upsert => "upsert",
+                SinkMode::AppendOnly => "append-only",
+            })),
+        )
+        .text("status", some(sinks.iter().map(|s| s.status.describe())))
+        .uint(
+            "committed_epoch",
+            sinks.iter().map(|s| s.status.committed_epoch()),
+        )
+        .uint(
+            "lag_epochs",
+            sinks
+                .iter()
+                .map(|s| epoch.saturating_sub(s.status.committed_epoch())),
+        )
+        .uint(
+            "rows_written",
+            sinks.iter().map(|s| s.status.rows_written()),
+        )
+        .batch()
 }
 
 fn operators_batch(
@@ -436,43 +406,36 @@ fn operators_batch(
 
 /// The rows of `eddy_catalog.sources`.
 fn sources_batch(catalog: &Catalog) -> DFResult<RecordBatch> {
-    let (mut names, mut connectors, mut bad) = (vec![], vec![], vec![]);
-    for relation in catalog.list() {
-        let crate::catalog::Relation::Source(entry) = relation else {
-            continue;
-        };
-        use crate::connectors::SourceConnector;
-        let (connector, skipped) = match &entry.connector {
-            SourceConnector::Kafka(config) => (
-                format!("kafka topic {}", config.topic),
-                config.errors.total(),
-            ),
-            SourceConnector::Datagen(_) => ("datagen".to_string(), 0),
-            SourceConnector::Nexmark(_) => ("nexmark".to_string(), 0),
-        };
-        names.push(entry.name.clone());
-        connectors.push(connector);
-        bad.push(skipped);
-    }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("name", DataType::Utf8, false),
-        Field::new("connector", DataType::Utf8, false),
-        Field::new("bad_messages", DataType::UInt64, false),
-    ]));
-    Ok(RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(StringArray::from(names)),
-            Arc::new(StringArray::from(connectors)),
-            Arc::new(UInt64Array::from(bad)),
-        ],
-    )?)
+    use crate::connectors::SourceConnector;
+    let sources: Vec<(String, String, u64)> = catalog
+        .list()
+        .into_iter()
+        .filter_map(|relation| match relation {
+            crate::catalog::Relation::Source(entry) => Some(entry),
+            _ => None,
+        })
+        .map(|entry| {
+            let (connector, skipped) = match &entry.connector {
+                SourceConnector::Kafka(config) => (
+                    format!("kafka topic {}", config.topic),
+                    config.errors.total(),
+                ),
+                SourceConnector::Datagen(_) => ("datagen".to_string(), 0),
+                SourceConnector::Nexmark(_) => ("nexmark".to_string(), 0),
+            };
+            (entry.name.clone(), connector, skipped)
+        })
+        .collect();
+    Columns::default()
+        .text("name", some(sources.iter().map(|s| &s.0)))
+        .text("connector", some(sources.iter().map(|s| &s.1)))
+        .uint("bad_messages", sources.iter().map(|s| s.2))
+        .batch()
 }
 
 /// The rows of `eddy_catalog.source_errors`.
 fn source_errors_batch(catalog: &Catalog) -> DFResult<RecordBatch> {
-    let (mut source, mut view, mut partition, mut offset, mut reason) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let mut errors = vec![];
     for relation in catalog.list() {
         let crate::catalog::Relation::Source(entry) = relation else {
             continue;
@@ -480,31 +443,27 @@ fn source_errors_batch(catalog: &Catalog) -> DFResult<RecordBatch> {
         let crate::connectors::SourceConnector::Kafka(config) = &entry.connector else {
             continue;
         };
-        for error in config.errors.recent() {
-            source.push(entry.name.clone());
-            view.push(error.view);
-            partition.push(error.partition);
-            offset.push(error.offset);
-            reason.push(error.reason);
-        }
+        errors.extend(
+            config
+                .errors
+                .recent()
+                .into_iter()
+                .map(|e| (entry.name.clone(), e)),
+        );
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("source", DataType::Utf8, false),
-        Field::new("view", DataType::Utf8, false),
-        Field::new("partition", DataType::Int32, false),
-        Field::new("offset", DataType::Int64, false),
-        Field::new("reason", DataType::Utf8, false),
-    ]));
-    Ok(RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(StringArray::from(source)),
-            Arc::new(StringArray::from(view)),
-            Arc::new(datafusion::arrow::array::Int32Array::from(partition)),
-            Arc::new(datafusion::arrow::array::Int64Array::from(offset)),
-            Arc::new(StringArray::from(reason)),
-        ],
-    )?)
+    Columns::default()
+        .text("source", some(errors.iter().map(|(s, _)| s)))
+        .text("view", some(errors.iter().map(|(_, e)| &e.view)))
+        .add(
+            "partition",
+            DataType::Int32,
+            Arc::new(Int32Array::from_iter_values(
+                errors.iter().map(|(_, e)| e.partition),
+            )),
+        )
+        .int("offset", errors.iter().map(|(_, e)| Some(e.offset)))
+        .text("reason", some(errors.iter().map(|(_, e)| &e.reason)))
+        .batch()
 }
 
 #[async_trait]
