@@ -232,6 +232,7 @@ impl Default for Session {
             ("integer_datetimes", "on"),
             ("transaction isolation level", "read committed"),
             ("transaction_isolation", "read committed"),
+            ("background_ddl", "false"),
         ];
         Self {
             settings: settings
@@ -488,12 +489,11 @@ impl Engine {
                 })?;
             }
             if let EddyStatement::CreateView(view) = &statement {
-                let background = session.settings.get("background_ddl").is_some_and(|v| {
-                    matches!(
-                        v.trim_matches('\'').to_ascii_lowercase().as_str(),
-                        "true" | "on" | "1"
-                    )
-                });
+                // SET checks the value and stores it as `true` / `false`.
+                let background = session
+                    .settings
+                    .get("background_ddl")
+                    .is_some_and(|v| v == "true");
                 if let (false, Some(watch)) = (background, self.backfill_watch(&view.name)) {
                     return Ok(StatementResult::Backfilling {
                         watch,
@@ -725,6 +725,19 @@ impl Engine {
                 let (_, mut views) = self.runtime.status().await?;
                 views.retain(|v| matches!(self.catalog.get(&v.name), Some(Relation::View(e)) if e.owner_sink.is_none()));
                 Ok(rows(views_batch(&views)?))
+            }
+            EddyStatement::Set { name, value } if name == "background_ddl" => {
+                let on = match value.trim_matches('\'').to_ascii_lowercase().as_str() {
+                    "true" | "on" | "1" | "yes" => true,
+                    "false" | "off" | "0" | "no" => false,
+                    other => {
+                        return Err(EddyError::InvalidParameter(format!(
+                            "background_ddl takes a boolean (true or false), not \"{other}\""
+                        )))
+                    }
+                };
+                session.settings.insert(name, on.to_string());
+                Ok(StatementResult::Command("SET".into()))
             }
             EddyStatement::Set { name, value } if name == "checkpoint_interval" => {
                 let micros = super::types::interval_micros(value.trim_matches('\''))?;
