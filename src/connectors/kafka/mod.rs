@@ -149,12 +149,17 @@ impl SourceCounters {
 /// metrics, `eddy_catalog.source_stats` and the web page.
 #[derive(Debug, Default)]
 pub struct ReadProgress {
+    state: Mutex<ReadState>,
+}
+
+#[derive(Debug, Default)]
+struct ReadState {
     /// (view the reader feeds, partition) -> progress.
-    partitions: Mutex<BTreeMap<(String, i32), PartitionProgress>>,
+    partitions: BTreeMap<(String, i32), PartitionProgress>,
     /// view -> the reader's event-time watermark (µs).
-    watermarks: Mutex<BTreeMap<String, i64>>,
+    watermarks: BTreeMap<String, i64>,
     /// view -> the reader's backfill.
-    backfills: Mutex<BTreeMap<String, Backfill>>,
+    backfills: BTreeMap<String, Backfill>,
 }
 
 /// A reader's backfill: reading what the topic held when the reader
@@ -218,29 +223,21 @@ impl PartitionProgress {
 }
 
 impl ReadProgress {
-    fn lock_partitions(
-        &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), PartitionProgress>> {
-        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn update(&self, view: &str, partition: i32, change: impl FnOnce(&mut PartitionProgress)) {
         change(
-            self.lock_partitions()
+            self.lock()
+                .partitions
                 .entry((view.to_string(), partition))
                 .or_default(),
         );
     }
 
     fn set_watermark(&self, view: &str, watermark: i64) {
-        self.watermarks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(view.to_string(), watermark);
-    }
-
-    fn lock_backfills(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Backfill>> {
-        self.backfills.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock().watermarks.insert(view.to_string(), watermark);
     }
 
     /// A reader starts to read `partitions` (first offset, end offset).
@@ -260,22 +257,32 @@ impl ReadProgress {
         if backfill.total() == 0 || backfill.error.is_some() {
             backfill.finished_after_ms = Some(0);
         }
-        self.lock_backfills().insert(view.to_string(), backfill);
+        self.lock().backfills.insert(view.to_string(), backfill);
     }
 
-    /// The reader of `view` has read up to `next` (offset after the last
-    /// message read, per partition).
-    fn backfill_read(&self, view: &str, next: &BTreeMap<i32, i64>) {
-        let mut backfills = self.lock_backfills();
+    /// Counts what the reader of `view` has read of its backfill, from the
+    /// next offsets it reported.
+    fn backfill_read(&self, view: &str) {
+        let mut state = self.lock();
+        let ReadState {
+            partitions,
+            backfills,
+            ..
+        } = &mut *state;
         let Some(backfill) = backfills.get_mut(view).filter(|b| !b.is_done()) else {
             return;
         };
         let done: i64 = backfill
             .partitions
             .iter()
-            .map(|(p, (start, end))| match next.get(p) {
-                Some(next) => (next.min(end) - start).max(0),
-                None => 0,
+            .map(|(p, (start, end))| {
+                match partitions
+                    .get(&(view.to_string(), *p))
+                    .and_then(|p| p.next_offset)
+                {
+                    Some(next) => (next.min(*end) - start).max(0),
+                    None => 0,
+                }
             })
             .sum();
         backfill.read = done;
@@ -287,7 +294,7 @@ impl ReadProgress {
 
     /// The reader of `view` stopped on `error` before catching up.
     fn end_backfill(&self, view: &str, error: &str) {
-        if let Some(backfill) = self.lock_backfills().get_mut(view).filter(|b| !b.is_done()) {
+        if let Some(backfill) = self.lock().backfills.get_mut(view).filter(|b| !b.is_done()) {
             backfill.error = Some(error.to_string());
             backfill.finished_after_ms =
                 Some(chrono::Utc::now().timestamp_millis() - backfill.started_unix_ms);
@@ -296,12 +303,14 @@ impl ReadProgress {
 
     /// The backfill of the reader of `view`, once it started.
     pub fn backfill(&self, view: &str) -> Option<Backfill> {
-        self.lock_backfills().get(view).cloned()
+        self.lock().backfills.get(view).cloned()
     }
 
     /// Every reader's backfill: `(view, backfill)`.
     pub fn backfills(&self) -> Vec<(String, Backfill)> {
-        self.lock_backfills()
+        let state = self.lock();
+        state
+            .backfills
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
@@ -309,17 +318,17 @@ impl ReadProgress {
 
     /// Forgets a reader (its view was dropped).
     pub fn forget(&self, view: &str) {
-        self.lock_backfills().remove(view);
-        self.lock_partitions().retain(|(v, _), _| v != view);
-        self.watermarks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(view);
+        let mut state = self.lock();
+        state.backfills.remove(view);
+        state.partitions.retain(|(v, _), _| v != view);
+        state.watermarks.remove(view);
     }
 
     /// Every reader's partitions: `((view, partition), progress)`.
     pub fn partitions(&self) -> Vec<((String, i32), PartitionProgress)> {
-        self.lock_partitions()
+        let state = self.lock();
+        state
+            .partitions
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect()
@@ -327,9 +336,9 @@ impl ReadProgress {
 
     /// Every reader's watermark: `(view, µs)`.
     pub fn watermarks(&self) -> Vec<(String, i64)> {
-        self.watermarks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let state = self.lock();
+        state
+            .watermarks
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect()
@@ -732,8 +741,6 @@ struct Reader {
     codec: RowCodec,
     /// Resuming from a checkpoint: the next offset to deliver per partition.
     resume: Option<BTreeMap<i32, i64>>,
-    /// The offset after the last message read, per partition.
-    next_offsets: BTreeMap<i32, i64>,
 }
 
 impl Reader {
@@ -760,7 +767,6 @@ impl Reader {
             upserted: HashMap::new(),
             codec,
             resume: None,
-            next_offsets: BTreeMap::new(),
         })
     }
 
@@ -780,7 +786,6 @@ impl Reader {
                     .progress
                     .update(&self.view, partition, |p| p.next_offset = Some(next));
             }
-            self.next_offsets = offsets.clone();
             self.resume = Some(offsets);
         }
         self
@@ -960,7 +965,6 @@ impl Reader {
                 }
                 self.config.errors.record(error);
             }
-            self.next_offsets.extend(&position);
             for (&partition, &next) in &position {
                 let time = self.clock.time(partition);
                 self.config.progress.update(&self.view, partition, |p| {
@@ -997,9 +1001,7 @@ impl Reader {
                 .await?;
             // After queueing: what the backfill has read is in the runtime's
             // queue, ahead of anything asked of the runtime from now on.
-            self.config
-                .progress
-                .backfill_read(&self.view, &self.next_offsets);
+            self.config.progress.backfill_read(&self.view);
         }
     }
 
