@@ -641,7 +641,9 @@ impl Engine {
                 self.write(&table, kind, &statement, params).await
             }
             EddyStatement::Transaction(step) => Self::transaction(session, step),
-            EddyStatement::Subscribe { view, snapshot } => self.subscribe(&view, snapshot).await,
+            EddyStatement::Subscribe { view, snapshot } => Ok(StatementResult::Subscription(
+                self.subscribe(&view, snapshot).await?,
+            )),
             EddyStatement::DeclareCursor {
                 name,
                 view,
@@ -653,11 +655,7 @@ impl Engine {
                         message: format!("cursor \"{name}\" already exists"),
                     });
                 }
-                let StatementResult::Subscription(subscription) =
-                    self.subscribe(&view, snapshot).await?
-                else {
-                    return Err(crate::internal!("SUBSCRIBE returned something else"));
-                };
+                let subscription = self.subscribe(&view, snapshot).await?;
                 session.cursors.insert(
                     name,
                     Cursor {
@@ -1337,7 +1335,7 @@ impl Engine {
     }
 
     /// `SUBSCRIBE view`: the view's changes, streamed.
-    async fn subscribe(&self, name: &str, snapshot: bool) -> Result<StatementResult> {
+    async fn subscribe(&self, name: &str, snapshot: bool) -> Result<Subscription> {
         let view = match self.catalog.require(name)? {
             Relation::View(v) if v.owner_sink.is_none() => v,
             _ => {
@@ -1359,14 +1357,14 @@ impl Engine {
         self.runtime
             .subscribe(id, view.id, sender, snapshot)
             .await?;
-        Ok(StatementResult::Subscription(Subscription {
+        Ok(Subscription {
             schema: Arc::new(Schema::new(fields)),
             epochs: receiver,
             _guard: SubscriptionGuard {
                 id,
                 runtime: self.runtime.clone(),
             },
-        }))
+        })
     }
 
     /// FETCH from a subscription cursor: up to `count` rows (all there
