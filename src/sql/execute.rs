@@ -547,7 +547,8 @@ impl Engine {
             "information_schema",
             super::information_schema::information_schema(&listed)?,
         )?;
-        catalog.register_schema("pg_catalog", super::pg_catalog::pg_catalog(&listed)?)?;
+        let pg_catalog = super::pg_catalog::pg_catalog(&listed)?;
+        catalog.register_schema("pg_catalog", pg_catalog.schema.clone())?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog("eddy".into(), catalog as Arc<dyn CatalogProvider>);
         let mut state = SessionStateBuilder::new_from_existing(self.base_state.clone())
@@ -555,7 +556,7 @@ impl Engine {
             .build();
         // now() and friends read the statement's start time.
         state.mark_start_execution();
-        super::pg_catalog::register_functions(&mut state, &listed)?;
+        pg_catalog.register_functions(&mut state)?;
         // DataFusion looks table functions up by the name as written.
         for (name, kind) in [
             ("tumble", WindowKind::Tumble),

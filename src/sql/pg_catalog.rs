@@ -110,6 +110,7 @@ struct ClassRow {
 /// A table's primary key, shown as an index and a constraint.
 struct PrimaryKeyIndex {
     table_oid: i64,
+    table: String,
     name: String,
     columns: Vec<String>,
     /// Column numbers (from 1).
@@ -140,6 +141,7 @@ fn primary_keys(listed: &[&Relation]) -> Vec<PrimaryKeyIndex> {
                 }
                 Some(PrimaryKeyIndex {
                     table_oid: FIRST_RELATION_OID + r.id() as i64,
+                    table: table.name.clone(),
                     name: format!("{}_pkey", table.name),
                     columns: columns
                         .iter()
@@ -154,20 +156,15 @@ fn primary_keys(listed: &[&Relation]) -> Vec<PrimaryKeyIndex> {
 }
 
 /// What `pg_get_indexdef` and `pg_get_constraintdef` say, by OID.
-fn definitions(relations: &[Relation]) -> BTreeMap<i64, String> {
-    let listed: Vec<&Relation> = relations.iter().filter(|r| r.listed_to_clients()).collect();
+fn definitions(keys: &[PrimaryKeyIndex]) -> BTreeMap<i64, String> {
     let mut definitions = BTreeMap::new();
-    for key in primary_keys(&listed) {
-        let table = listed
-            .iter()
-            .find(|r| FIRST_RELATION_OID + r.id() as i64 == key.table_oid)
-            .map_or("", |r| r.name());
+    for key in keys {
         let columns = key.columns.join(", ");
         definitions.insert(
             key.oid(),
             format!(
-                "CREATE UNIQUE INDEX {} ON public.{table} USING btree ({columns})",
-                key.name
+                "CREATE UNIQUE INDEX {} ON public.{} USING btree ({columns})",
+                key.name, key.table
             ),
         );
         definitions.insert(key.constraint_oid(), format!("PRIMARY KEY ({columns})"));
@@ -202,8 +199,16 @@ fn table(columns: Vec<(&str, ArrayRef)>) -> Result<Arc<MemTable>> {
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
 }
 
-/// The `pg_catalog` schema for `relations`.
-pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
+/// The `pg_catalog` of one query: its tables, and what its functions
+/// (`pg_get_indexdef`, ...) answer.
+pub struct PgCatalog {
+    pub schema: Arc<MemorySchemaProvider>,
+    /// Index and constraint definitions by OID.
+    definitions: Arc<BTreeMap<i64, String>>,
+}
+
+/// The `pg_catalog` for `relations`.
+pub fn pg_catalog(relations: &[Relation]) -> Result<PgCatalog> {
     let listed: Vec<&Relation> = relations.iter().filter(|r| r.listed_to_clients()).collect();
     let oid = |r: &Relation| FIRST_RELATION_OID + r.id() as i64;
     let schema = Arc::new(MemorySchemaProvider::new());
@@ -508,7 +513,10 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<Arc<MemorySchemaProvider>> {
             ("prokind", DataType::Utf8),
         ])?,
     )?;
-    Ok(schema)
+    Ok(PgCatalog {
+        schema,
+        definitions: Arc::new(definitions(&keys)),
+    })
 }
 
 /// A catalog function with a fixed answer shape.
@@ -630,9 +638,17 @@ fn type_sql_name(oid: i64) -> String {
     .to_string()
 }
 
-/// Registers the catalog functions in `state`.
-pub fn register_functions(state: &mut SessionState, relations: &[Relation]) -> Result<()> {
-    let definitions = Arc::new(definitions(relations));
+impl PgCatalog {
+    /// Registers the catalog functions in `state`.
+    pub fn register_functions(&self, state: &mut SessionState) -> Result<()> {
+        register_functions(state, &self.definitions)
+    }
+}
+
+fn register_functions(
+    state: &mut SessionState,
+    definitions: &Arc<BTreeMap<i64, String>>,
+) -> Result<()> {
     // (name, arity, returns); `pg_get_expr` & co. also take up to two
     // more arguments (a column number, a `pretty` flag).
     let functions: [(&str, usize, DataType); 18] = [
