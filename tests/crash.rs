@@ -112,6 +112,14 @@ impl Eddy {
     }
 }
 
+/// A failing test (a panic) does not leave eddy running.
+impl Drop for Eddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn event(i: i64) -> String {
     // Event time moves 1 ms per event with a little disorder (4 ms), far
     // below the watermark delay: no event is late in any run.

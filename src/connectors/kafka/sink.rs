@@ -193,32 +193,77 @@ impl KafkaSinkConfig {
         let metadata = consumer
             .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
             .map_err(|e| EddyError::InvalidParameter(format!("Kafka: {e}")))?;
-        let mut list = TopicPartitionList::new();
-        let mut open = 0;
+        // partition -> (first offset, end offset): the partitions with data.
+        let mut ranges = BTreeMap::new();
         for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
             let (low, high) = consumer
                 .fetch_watermarks(&self.topic, partition.id(), METADATA_TIMEOUT)
                 .map_err(|e| EddyError::InvalidParameter(format!("Kafka: {e}")))?;
             if high > low {
-                let start = (high - RECOVERY_SCAN_MESSAGES).max(low);
-                list.add_partition_offset(&self.topic, partition.id(), Offset::Offset(start))
-                    .map_err(|e| EddyError::InvalidParameter(format!("Kafka: {e}")))?;
-                open += 1;
+                ranges.insert(partition.id(), (low, high));
             }
         }
-        if open == 0 {
-            return Ok(0);
+        // Each partition's tail is read back, further each round, until it
+        // shows a committed message of this sink or is read whole: the tail
+        // can be aborted transactions (an eddy killed mid-commit) longer
+        // than one window, and stopping there would take an older epoch
+        // for the last committed one and write epochs twice.
+        let mut newest = 0u64;
+        let mut window = RECOVERY_SCAN_MESSAGES;
+        while !ranges.is_empty() {
+            let found = self.scan_from(&consumer, &ranges, window)?;
+            newest = newest.max(found.values().copied().max().unwrap_or(0));
+            ranges.retain(|partition, (low, high)| {
+                !found.contains_key(partition) && *high - window > *low
+            });
+            window = window.saturating_mul(4);
+        }
+        Ok(newest)
+    }
+
+    /// Reads each partition of `ranges` from `window` messages before its
+    /// end to its (committed) end; returns the newest epoch of this sink
+    /// seen in each partition that has one.
+    fn scan_from(
+        &self,
+        consumer: &BaseConsumer<super::ReaderContext>,
+        ranges: &BTreeMap<i32, (i64, i64)>,
+        window: i64,
+    ) -> Result<BTreeMap<i32, u64>> {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &(low, high)) in ranges {
+            let start = high.saturating_sub(window).max(low);
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(start))
+                .map_err(|e| EddyError::InvalidParameter(format!("Kafka: {e}")))?;
         }
         consumer
             .assign(&list)
             .map_err(|e| EddyError::InvalidParameter(format!("Kafka: {e}")))?;
-        let mut newest = 0u64;
-        let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
-        while open > 0 && std::time::Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(200)) {
+        let mut found = BTreeMap::new();
+        let mut open = ranges.len();
+        // Read as long as messages come; a broker silent this long fails
+        // the scan (a partial one could miss the newest epoch: the sink
+        // retries instead of guessing).
+        let mut deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+        while open > 0 {
+            if std::time::Instant::now() >= deadline {
+                return Err(EddyError::InvalidParameter(format!(
+                    "Kafka sink {}: reading back topic {} to find the last committed epoch \
+                     got nothing for {} s",
+                    self.sink_name,
+                    self.topic,
+                    METADATA_TIMEOUT.as_secs()
+                )));
+            }
+            let polled = consumer.poll(Duration::from_millis(200));
+            if polled.is_some() {
+                deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+            }
+            match polled {
                 Some(Ok(message)) => {
                     if let Some(epoch) = epoch_header(&message, &self.sink_name) {
-                        newest = newest.max(epoch);
+                        let newest = found.entry(message.partition()).or_insert(0);
+                        *newest = epoch.max(*newest);
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => open -= 1,
@@ -226,7 +271,7 @@ impl KafkaSinkConfig {
                 None => {}
             }
         }
-        Ok(newest)
+        Ok(found)
     }
 
     /// The messages `(key, value)` of one epoch; a `None` value is a
@@ -355,8 +400,9 @@ pub async fn validate_target(config: &KafkaSinkConfig) -> Result<()> {
     })
 }
 
-/// Messages read back from the end of each partition to find the sink's
-/// last committed epoch (an epoch's messages end a partition's log).
+/// Messages read back from the end of each partition, at first, to find
+/// the sink's last committed epoch (four times as many each round while a
+/// partition's tail shows none).
 const RECOVERY_SCAN_MESSAGES: i64 = 1000;
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
