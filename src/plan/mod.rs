@@ -14,11 +14,12 @@ use datafusion::arrow::compute::concat;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::DFSchema;
+use datafusion::common::{JoinType, NullEquality};
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, Volatility};
+use datafusion::logical_expr::{Distinct, Expr, ExprSchemable, Join, LogicalPlan, Volatility};
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_plan::PhysicalExpr;
 
@@ -30,6 +31,7 @@ use crate::stream::accumulator::{AggregateFolder, AggregateKind};
 use crate::stream::aggregate::{AggregateCall, AggregateOperator, WindowedGroups};
 use crate::stream::filter::FilterOperator;
 use crate::stream::graph::{NodeIndex, StreamGraph};
+use crate::stream::join::{JoinOperator, JoinSide, WindowKey};
 use crate::stream::project::ProjectOperator;
 use crate::stream::session::SessionWindowOperator;
 use crate::stream::source::{ConstantOperator, ScanOperator};
@@ -214,6 +216,9 @@ pub struct TimeOptions {
     /// Inputs of a multi-input operator idle for this long do not hold its
     /// watermark back.
     pub idle_timeout_micros: Option<i64>,
+    /// `WITH (allow_cross_join = true)`: a join without an equality
+    /// condition between two unbounded inputs is accepted.
+    pub allow_cross_join: bool,
 }
 
 /// A view's graph, and what it does with time.
@@ -466,7 +471,7 @@ impl Lowering {
                     .add(Box::new(ConstantOperator::new(rows)), vec![]))
             }
             LogicalPlan::Distinct(Distinct::On(_)) => Err(not_incremental("DISTINCT ON")),
-            LogicalPlan::Join(_) => Err(not_incremental("JOIN (and subqueries that become joins)")),
+            LogicalPlan::Join(join) => self.join(join),
             LogicalPlan::Sort(_) => Err(EddyError::NotIncremental(
                 "ORDER BY cannot be maintained in a materialized view yet (top-N is planned); \
              order the SELECT that reads the view instead"
@@ -481,6 +486,168 @@ impl Lowering {
                 other.display()
             ))),
         }
+    }
+}
+
+impl Lowering {
+    fn join(&mut self, join: &Join) -> Result<NodeIndex> {
+        if join.null_aware {
+            return Err(EddyError::NotIncremental(
+                "NOT IN (subquery) is not supported in materialized views yet; \
+                 write it as NOT EXISTS (which differs only when the subquery yields NULL)"
+                    .into(),
+            ));
+        }
+        if join.on.is_empty()
+            && !self.time.allow_cross_join
+            && !at_most_one_row(&join.left)
+            && !at_most_one_row(&join.right)
+        {
+            return Err(EddyError::NotIncremental(
+                "a join without an equality condition between two unbounded inputs (a cross \
+                 join) keeps every row of both sides and joins each change with all of them; \
+                 add an equality condition, or create the view WITH (allow_cross_join = true)"
+                    .into(),
+            ));
+        }
+        for (l, r) in &join.on {
+            check_join_key_types(l, r, join)?;
+        }
+        let left = self.node(&join.left)?;
+        let right = self.node(&join.right)?;
+        let (left_keys, right_keys): (Vec<Expr>, Vec<Expr>) = join.on.iter().cloned().unzip();
+        let side = |keys: &[Expr], plan: &LogicalPlan| -> Result<JoinSide> {
+            Ok(JoinSide {
+                keys: physical_exprs(keys, plan.schema())?,
+                schema: arrow_schema(plan.schema()),
+            })
+        };
+        let filter = join
+            .filter
+            .as_ref()
+            .map(|f| physical_expr(f, &join.left.schema().join(join.right.schema())?))
+            .transpose()?;
+        let mut description = format!("{} Join:", join.join_type);
+        if !join.on.is_empty() {
+            let on: Vec<String> = join.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
+            description.push_str(&format!(" on {}", on.join(", ")));
+        }
+        if let Some(filter) = &join.filter {
+            description.push_str(&format!(" filter {filter}"));
+        }
+        let mut op = JoinOperator::try_new(
+            join.join_type,
+            side(&left_keys, &join.left)?,
+            side(&right_keys, &join.right)?,
+            filter,
+            join.null_equality == NullEquality::NullEqualsNull,
+            arrow_schema(&join.schema),
+            self.time.idle_timeout_micros,
+            description,
+        )?;
+        let window_key = join
+            .on
+            .iter()
+            .position(|(l, r)| is_window_end(&join.left, l) && is_window_end(&join.right, r));
+        if let Some(key_position) = window_key {
+            op = op.with_window_key(WindowKey {
+                key_position,
+                allowed_lateness_micros: self.time.allowed_lateness_micros,
+            });
+        }
+        Ok(self.graph.add(Box::new(op), vec![left, right]))
+    }
+}
+
+/// Refuses a join key that compares values of different kinds (text with a
+/// number, ...): DataFusion would cast one side, Postgres refuses them, and a
+/// silent cast hides a mistake in the view.
+fn check_join_key_types(left: &Expr, right: &Expr, join: &Join) -> Result<()> {
+    fn family(data_type: &DataType) -> &'static str {
+        match data_type {
+            t if t.is_numeric() => "number",
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text",
+            DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(..)
+            | DataType::Time32(_)
+            | DataType::Time64(_) => "time",
+            DataType::Boolean => "boolean",
+            DataType::Null => "null",
+            _ => "other",
+        }
+    }
+    // The keys as written, before DataFusion's coercion cast them.
+    let uncast = |expr: &Expr| match expr {
+        Expr::Cast(cast) => cast.expr.as_ref().clone(),
+        Expr::TryCast(cast) => cast.expr.as_ref().clone(),
+        other => other.clone(),
+    };
+    let (left, right) = (uncast(left), uncast(right));
+    let left_type = left.get_type(join.left.schema())?;
+    let right_type = right.get_type(join.right.schema())?;
+    let (lf, rf) = (family(&left_type), family(&right_type));
+    if lf != rf && lf != "null" && rf != "null" {
+        return Err(EddyError::TypeMismatch(format!(
+            "join condition {left} = {right} compares {lf} ({left_type}) with {rf} ({right_type}); \
+             cast one side explicitly"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `plan` yields at most one row whatever its inputs hold (an
+/// aggregate without GROUP BY, one VALUES row, ...): a join with it needs no
+/// equality condition.
+fn at_most_one_row(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Aggregate(aggregate) => aggregate.group_expr.is_empty(),
+        LogicalPlan::Values(values) => values.values.len() <= 1,
+        LogicalPlan::EmptyRelation(_) => true,
+        LogicalPlan::Limit(limit) => {
+            matches!(limit.get_fetch_type(), Ok(datafusion::logical_expr::logical_plan::FetchType::Literal(Some(n))) if n <= 1)
+                || at_most_one_row(&limit.input)
+        }
+        LogicalPlan::Projection(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Sort(_) => plan.inputs().iter().all(|i| at_most_one_row(i)),
+        _ => false,
+    }
+}
+
+/// Whether `expr` over `plan`'s output is a window's `window_end`, passed
+/// through unchanged (projections, filters, GROUP BY keys).
+fn is_window_end(plan: &LogicalPlan, expr: &Expr) -> bool {
+    let Expr::Column(column) = expr else {
+        return false;
+    };
+    match plan.schema().index_of_column(column) {
+        Ok(index) => column_is_window_end(plan, index),
+        Err(_) => false,
+    }
+}
+
+fn column_is_window_end(plan: &LogicalPlan, index: usize) -> bool {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            let windowed = source_as_provider(&scan.source)
+                .map(|p| p.is::<WindowedRelationProvider>())
+                .unwrap_or(false);
+            windowed && scan.projected_schema.field(index).name() == "window_end"
+        }
+        LogicalPlan::Projection(projection) => match projection.expr.get(index) {
+            Some(e) => is_window_end(&projection.input, &e.clone().unalias()),
+            None => false,
+        },
+        LogicalPlan::Aggregate(aggregate) => match aggregate.group_expr.get(index) {
+            Some(e) => is_window_end(&aggregate.input, e),
+            None => false,
+        },
+        LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::Sort(_) => {
+            column_is_window_end(plan.inputs()[0], index)
+        }
+        _ => false,
     }
 }
 
@@ -617,7 +784,16 @@ pub fn is_append_only(
                     .map(relation_is_append_only)
             })
             .unwrap_or(false),
-        LogicalPlan::Projection(_)
+        LogicalPlan::Join(join)
+            if !matches!(
+                join.join_type,
+                JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi
+            ) =>
+        {
+            false
+        }
+        LogicalPlan::Join(_)
+        | LogicalPlan::Projection(_)
         | LogicalPlan::Filter(_)
         | LogicalPlan::Union(_)
         | LogicalPlan::SubqueryAlias(_)

@@ -982,7 +982,15 @@ impl Engine {
 
     /// Plans a view's query into a streaming graph and its output schema.
     async fn plan_view(&self, view: &CreateView) -> Result<(plan::PlannedView, LogicalPlan)> {
-        let state = self.query_state()?;
+        let mut state = self.query_state()?;
+        // Uncorrelated scalar subqueries become joins with their one row, which
+        // eddy maintains; DataFusion would otherwise run them as a separate
+        // physical plan, which a streaming graph has no place for.
+        state
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .enable_physical_uncorrelated_scalar_subquery = false;
         let logical = self
             .plan(&state, &Statement::Query(view.query.clone()))
             .await?;
@@ -997,6 +1005,7 @@ impl Engine {
         let time = plan::TimeOptions {
             allowed_lateness_micros: view.allowed_lateness_micros,
             idle_timeout_micros: view.idle_timeout_micros,
+            allow_cross_join: view.allow_cross_join,
             emit_on_window_close: view.emit_on_window_close,
         };
         let lowered = plan::lower(&optimized, time)?;
@@ -1317,6 +1326,7 @@ impl Engine {
                     emit_on_window_close: false,
                     allowed_lateness_micros: 0,
                     idle_timeout_micros: None,
+                    allow_cross_join: false,
                 };
                 let (planned, _) = self.plan_view(&definition).await?;
                 let config = config_for(&planned.schema, &planned.key, planned.append_only)?;

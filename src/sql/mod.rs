@@ -148,6 +148,8 @@ pub struct CreateView {
     /// changes or watermarks for this long stops holding back the watermark
     /// of a multi-input operator.
     pub idle_timeout_micros: Option<i64>,
+    /// `WITH (allow_cross_join = true)`.
+    pub allow_cross_join: bool,
 }
 
 /// Splits `sql` into statements at semicolons outside quotes, dollar quotes
@@ -855,7 +857,7 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
                     "CREATE OR REPLACE MATERIALIZED VIEW is not supported yet"
                 ));
             }
-            let (allowed_lateness_micros, idle_timeout_micros) = view_time_options(&view.options)?;
+            let options = view_options(&view.options)?;
             EddyStatement::CreateView(Box::new(CreateView {
                 name: relation_name(&view.name)?,
                 columns: view
@@ -867,8 +869,9 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
                 if_not_exists: view.if_not_exists,
                 definition: sql.trim().to_string(),
                 emit_on_window_close: false,
-                allowed_lateness_micros,
-                idle_timeout_micros,
+                allowed_lateness_micros: options.allowed_lateness_micros,
+                idle_timeout_micros: options.idle_timeout_micros,
+                allow_cross_join: options.allow_cross_join,
             }))
         }
         Statement::Insert(ref insert) => {
@@ -1005,16 +1008,23 @@ fn classify(statement: Statement, sql: &str) -> Result<EddyStatement> {
     })
 }
 
+/// The options of `CREATE MATERIALIZED VIEW v WITH (...)`.
+#[derive(Debug, Default)]
+struct ViewOptions {
+    allowed_lateness_micros: i64,
+    idle_timeout_micros: Option<i64>,
+    allow_cross_join: bool,
+}
+
 /// `CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '10 seconds',
-/// idle_timeout = '30 seconds')`: the allowed lateness and the idle timeout,
-/// in µs.
-fn view_time_options(options: &ast::CreateTableOptions) -> Result<(i64, Option<i64>)> {
+/// idle_timeout = '30 seconds', allow_cross_join = true)`.
+fn view_options(options: &ast::CreateTableOptions) -> Result<ViewOptions> {
     let options = match options {
-        ast::CreateTableOptions::None => return Ok((0, None)),
+        ast::CreateTableOptions::None => return Ok(ViewOptions::default()),
         ast::CreateTableOptions::With(options) => options,
         other => return Err(crate::not_supported!("view options {other}")),
     };
-    let (mut lateness, mut idle_timeout) = (0, None);
+    let mut parsed = ViewOptions::default();
     for option in options {
         let ast::SqlOption::KeyValue { key, value } = option else {
             return Err(crate::not_supported!("materialized view option {option}"));
@@ -1031,16 +1041,28 @@ fn view_time_options(options: &ast::CreateTableOptions) -> Result<(i64, Option<i
             Ok(micros)
         };
         match key.value.to_lowercase().as_str() {
-            "allowed_lateness" => lateness = micros()?,
-            "idle_timeout" => idle_timeout = Some(micros()?),
+            "allowed_lateness" => parsed.allowed_lateness_micros = micros()?,
+            "idle_timeout" => parsed.idle_timeout_micros = Some(micros()?),
+            "allow_cross_join" => {
+                parsed.allow_cross_join =
+                    match value.to_string().trim_matches('\'').to_lowercase().as_str() {
+                        "true" | "on" => true,
+                        "false" | "off" => false,
+                        other => {
+                            return Err(EddyError::InvalidParameter(format!(
+                                "allow_cross_join must be true or false, not {other}"
+                            )))
+                        }
+                    }
+            }
             _ => {
                 return Err(crate::not_supported!(
-                    "materialized view option {option}; known: allowed_lateness, idle_timeout"
+                    "materialized view option {option}; known: allowed_lateness, idle_timeout, allow_cross_join"
                 ))
             }
         }
     }
-    Ok((lateness, idle_timeout))
+    Ok(parsed)
 }
 
 fn table_factor_name(factor: &ast::TableFactor) -> Result<String> {

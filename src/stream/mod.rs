@@ -14,11 +14,13 @@ pub mod accumulator;
 pub mod aggregate;
 pub mod filter;
 pub mod graph;
+pub mod join;
 pub mod project;
 pub mod session;
 pub mod source;
 pub mod temporal;
 pub mod union;
+pub mod watermark;
 pub mod window;
 
 use std::collections::BTreeMap;

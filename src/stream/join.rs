@@ -1,0 +1,662 @@
+//! Joins of two changelogs: inner, left/right/full outer, semi and anti, on
+//! equality keys with an optional residual condition (`filter`) evaluated on
+//! the pair.
+//!
+//! State: each side's rows grouped by join key, each with its multiplicity
+//! and the number of rows of the other side it matches (counted with
+//! multiplicity, after the residual condition). A change on one side is
+//! joined with the other side's state, then applied to its own side's state;
+//! changes of the two sides arrive one batch at a time, so this is the
+//! bilinear delta rule `Δ(L ⋈ R) = ΔL ⋈ R + L' ⋈ ΔR` with `L' = L + ΔL`.
+//!
+//! Rows that appear alone (the null-padded rows of an outer join, the rows
+//! of a semi or anti join) depend only on whether a row's match count is
+//! zero: a change that moves another row's count across zero retracts or
+//! inserts that row's lone output. A row whose key holds a NULL never
+//! matches (unless the join treats NULLs as equal) and is not kept.
+//!
+//! Invariants: a kept row has a non-zero multiplicity; its match count is
+//! the sum of the multiplicities of the other side's matching rows.
+//!
+//! State is unbounded unless the key holds a window's end (a window join):
+//! then a key whose window the watermark has closed (plus the allowed
+//! lateness) can see no further change on either side and is dropped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch,
+    RecordBatchOptions, UInt32Array,
+};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::JoinType;
+use datafusion::physical_plan::PhysicalExpr;
+
+use super::watermark::MergedWatermark;
+use super::{ChangeBatch, Operator, RowErrorPolicy};
+use crate::error::{EddyError, Result};
+use crate::state::checkpoint::StateDelta;
+use crate::state::codec::{Decoder, Encoder};
+use crate::state::RowCodec;
+
+/// Which rows of a side appear alone in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lone {
+    /// None (inner side).
+    Never,
+    /// Those without a match (outer and anti joins).
+    Unmatched,
+    /// Those with at least one match (semi joins).
+    Matched,
+}
+
+impl Lone {
+    /// Whether a row with `matches` matching rows is output alone.
+    fn shows(self, matches: i64) -> bool {
+        match self {
+            Lone::Never => false,
+            Lone::Unmatched => matches == 0,
+            Lone::Matched => matches != 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    multiplicity: i64,
+    matches: i64,
+}
+
+/// A key's window end, for dropping state once the window closed.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowKey {
+    /// The position of `window_end` among the join keys.
+    pub key_position: usize,
+    pub allowed_lateness_micros: i64,
+}
+
+/// One input of the join.
+pub struct JoinSide {
+    /// The key expressions over this side's rows.
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// This side's input schema.
+    pub schema: SchemaRef,
+}
+
+struct SideState {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    codec: RowCodec,
+    lone: Lone,
+    rows: HashMap<Arc<[u8]>, HashMap<Arc<[u8]>, Entry>>,
+    /// Kept rows (distinct), for the state figures.
+    kept: u64,
+    /// (key, row) changed since the last checkpoint.
+    dirty: HashSet<(Arc<[u8]>, Arc<[u8]>)>,
+    /// Keys by window end (µs), when the key holds one.
+    by_window_end: BTreeMap<i64, BTreeSet<Arc<[u8]>>>,
+}
+
+impl SideState {
+    fn add(&mut self, key: &Arc<[u8]>, row: &Arc<[u8]>, weight: i64, matches: i64) {
+        let bucket = self.rows.entry(key.clone()).or_default();
+        match bucket.get_mut(row) {
+            Some(entry) => {
+                entry.multiplicity += weight;
+                entry.matches = matches;
+                if entry.multiplicity == 0 {
+                    bucket.remove(row);
+                    self.kept -= 1;
+                }
+            }
+            None => {
+                bucket.insert(
+                    row.clone(),
+                    Entry {
+                        multiplicity: weight,
+                        matches,
+                    },
+                );
+                self.kept += 1;
+            }
+        }
+        if bucket.is_empty() {
+            self.rows.remove(key);
+        }
+        self.dirty.insert((key.clone(), row.clone()));
+    }
+}
+
+pub struct JoinOperator {
+    join_type: JoinType,
+    /// Whether matching pairs are output (not for semi and anti joins).
+    pairs: bool,
+    sides: [SideState; 2],
+    key_converter: RowConverter,
+    nulls_equal: bool,
+    /// The residual condition over `pair_schema` (left columns, then right).
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    pair_schema: SchemaRef,
+    output_schema: SchemaRef,
+    window_key: Option<WindowKey>,
+    watermark: MergedWatermark,
+    errors: RowErrorPolicy,
+    description: String,
+}
+
+impl JoinOperator {
+    #[allow(clippy::too_many_arguments)]
+    pub fn try_new(
+        join_type: JoinType,
+        left: JoinSide,
+        right: JoinSide,
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        nulls_equal: bool,
+        output_schema: SchemaRef,
+        idle_timeout: Option<i64>,
+        description: String,
+    ) -> Result<Self> {
+        let (pairs, lone) = match join_type {
+            JoinType::Inner => (true, [Lone::Never, Lone::Never]),
+            JoinType::Left => (true, [Lone::Unmatched, Lone::Never]),
+            JoinType::Right => (true, [Lone::Never, Lone::Unmatched]),
+            JoinType::Full => (true, [Lone::Unmatched, Lone::Unmatched]),
+            JoinType::LeftSemi => (false, [Lone::Matched, Lone::Never]),
+            JoinType::LeftAnti => (false, [Lone::Unmatched, Lone::Never]),
+            JoinType::RightSemi => (false, [Lone::Never, Lone::Matched]),
+            JoinType::RightAnti => (false, [Lone::Never, Lone::Unmatched]),
+            other => {
+                return Err(EddyError::NotIncremental(format!(
+                    "{other} joins are not supported in materialized views yet"
+                )))
+            }
+        };
+        if left.keys.len() != right.keys.len() {
+            return Err(crate::internal!("join sides have different key counts"));
+        }
+        let mut key_fields = Vec::with_capacity(left.keys.len());
+        for (l, r) in left.keys.iter().zip(&right.keys) {
+            let (lt, rt) = (l.data_type(&left.schema)?, r.data_type(&right.schema)?);
+            if lt != rt {
+                return Err(EddyError::TypeMismatch(format!(
+                    "join key types differ: {lt} = {rt}; cast one side so that both have the same type"
+                )));
+            }
+            key_fields.push(SortField::new(lt));
+        }
+        let mut pair_fields: Vec<_> = left.schema.fields().iter().cloned().collect();
+        pair_fields.extend(right.schema.fields().iter().cloned());
+        let pair_fields = pair_fields
+            .into_iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>();
+        let side = |side: JoinSide, lone: Lone| -> Result<SideState> {
+            Ok(SideState {
+                keys: side.keys,
+                codec: RowCodec::try_new(side.schema)?,
+                lone,
+                rows: HashMap::new(),
+                kept: 0,
+                dirty: HashSet::new(),
+                by_window_end: BTreeMap::new(),
+            })
+        };
+        Ok(Self {
+            join_type,
+            pairs,
+            sides: [side(left, lone[0])?, side(right, lone[1])?],
+            key_converter: RowConverter::new(key_fields)?,
+            nulls_equal,
+            filter,
+            pair_schema: Arc::new(datafusion::arrow::datatypes::Schema::new(pair_fields)),
+            output_schema,
+            window_key: None,
+            watermark: MergedWatermark::new(2, idle_timeout),
+            errors: RowErrorPolicy::default(),
+            description,
+        })
+    }
+
+    /// Drops a key's state once the watermark closed its window.
+    pub fn with_window_key(mut self, window_key: WindowKey) -> Self {
+        self.window_key = Some(window_key);
+        self
+    }
+
+    /// Evaluates the residual condition on pairs; a pair whose evaluation
+    /// fails does not match (counted as a failed row; deterministic, so the
+    /// pair fails the same way when retracted).
+    fn evaluate_filter(&mut self, pairs: &RecordBatch) -> Result<Vec<bool>> {
+        let Some(filter) = &self.filter else {
+            return Ok(vec![true; pairs.num_rows()]);
+        };
+        let evaluate = |rows: &RecordBatch| -> Result<Vec<bool>> {
+            let value = filter.evaluate(rows)?.into_array(rows.num_rows())?;
+            let mask = value
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| crate::internal!("join condition is not boolean"))?;
+            Ok((0..mask.len())
+                .map(|i| mask.is_valid(i) && mask.value(i))
+                .collect())
+        };
+        match evaluate(pairs) {
+            Ok(mask) => Ok(mask),
+            Err(_) => {
+                let mut mask = Vec::with_capacity(pairs.num_rows());
+                for row in 0..pairs.num_rows() {
+                    match evaluate(&pairs.slice(row, 1)) {
+                        Ok(one) => mask.push(one[0]),
+                        Err(e) => {
+                            self.errors.rows_failed += 1;
+                            self.errors.last_error = Some(e.to_string());
+                            mask.push(false);
+                        }
+                    }
+                }
+                Ok(mask)
+            }
+        }
+    }
+
+    /// Columns of `this` side's rows and `other` side's rows, in left-right
+    /// order; a missing side is all NULL.
+    fn lay_out(
+        &self,
+        this: usize,
+        this_columns: Option<Vec<ArrayRef>>,
+        other_columns: Option<Vec<ArrayRef>>,
+        rows: usize,
+        schema: &SchemaRef,
+    ) -> Vec<ArrayRef> {
+        let nulls = |side: usize| -> Vec<ArrayRef> {
+            self.sides[side]
+                .codec
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| new_null_array(f.data_type(), rows))
+                .collect()
+        };
+        let this_columns = this_columns.unwrap_or_else(|| nulls(this));
+        let other_columns = other_columns.unwrap_or_else(|| nulls(1 - this));
+        let (left, right) = if this == 0 {
+            (this_columns, other_columns)
+        } else {
+            (other_columns, this_columns)
+        };
+        let mut columns = left;
+        columns.extend(right);
+        debug_assert_eq!(columns.len(), schema.fields().len());
+        columns
+    }
+
+    /// A change batch of `columns` (re-typed to `schema` where the join's
+    /// schema widened a type) and `weights`.
+    fn change(
+        schema: &SchemaRef,
+        columns: Vec<ArrayRef>,
+        weights: Vec<i64>,
+    ) -> Result<ChangeBatch> {
+        let columns = columns
+            .into_iter()
+            .zip(schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    Ok(cast(&c, f.data_type())?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let options = RecordBatchOptions::new().with_row_count(Some(weights.len()));
+        let rows = RecordBatch::try_new_with_options(schema.clone(), columns, &options)?;
+        ChangeBatch::new(rows, Int64Array::from(weights))
+    }
+
+    /// The output of lone rows of side `side`: padded with NULLs for outer
+    /// joins, bare for semi and anti joins.
+    fn lone_output(
+        &self,
+        side: usize,
+        columns: Vec<ArrayRef>,
+        weights: Vec<i64>,
+    ) -> Result<ChangeBatch> {
+        let columns = if self.pairs {
+            self.lay_out(
+                side,
+                Some(columns),
+                None,
+                weights.len(),
+                &self.output_schema,
+            )
+        } else {
+            columns
+        };
+        Self::change(&self.output_schema, columns, weights)
+    }
+
+    /// The window ends (µs) of a batch's keys, when the key holds one.
+    fn window_ends(&self, keys: &[ArrayRef]) -> Result<Option<Int64Array>> {
+        let Some(window) = self.window_key else {
+            return Ok(None);
+        };
+        Ok(Some(micros(&keys[window.key_position])?))
+    }
+}
+
+impl Operator for JoinOperator {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn process(&mut self, input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        self.watermark.on_data(input);
+        let (this, other) = (input, 1 - input);
+        let (batch, key_columns) = self.errors.evaluate(&self.sides[this].keys, &batch)?;
+        if batch.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys: Vec<Arc<[u8]>> = if key_columns.is_empty() {
+            // No equality condition: every row has the same (empty) key.
+            vec![Arc::from(&[][..]); batch.num_rows()]
+        } else {
+            let keys = self.key_converter.convert_columns(&key_columns)?;
+            keys.iter().map(|k| Arc::from(k.data())).collect()
+        };
+        let rows = self.sides[this].codec.encode(&batch.rows)?;
+        let weights = batch.weights.values();
+        let matchable: Vec<bool> = (0..batch.num_rows())
+            .map(|i| self.nulls_equal || key_columns.iter().all(|c| c.is_valid(i)))
+            .collect();
+
+        // Candidate pairs: each row with every kept row of its key on the other side.
+        let mut pair_this: Vec<u32> = Vec::new();
+        let mut pair_other: Vec<Arc<[u8]>> = Vec::new();
+        let mut pair_other_multiplicity: Vec<i64> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if !matchable[i] {
+                continue;
+            }
+            if let Some(bucket) = self.sides[other].rows.get(key) {
+                for (row, entry) in bucket {
+                    pair_this.push(i as u32);
+                    pair_other.push(row.clone());
+                    pair_other_multiplicity.push(entry.multiplicity);
+                }
+            }
+        }
+        let indices = UInt32Array::from(pair_this.clone());
+        let this_pair_columns: Vec<ArrayRef> = batch
+            .rows
+            .columns()
+            .iter()
+            .map(|c| take(c, &indices, None))
+            .collect::<std::result::Result<_, _>>()?;
+        let other_pair_columns = self.sides[other]
+            .codec
+            .decode(pair_other.iter().map(|r| r.as_ref()))?
+            .columns()
+            .to_vec();
+        let pair_rows = pair_this.len();
+        let pass = if self.filter.is_some() && pair_rows > 0 {
+            let columns = self.lay_out(
+                this,
+                Some(this_pair_columns.clone()),
+                Some(other_pair_columns.clone()),
+                pair_rows,
+                &self.pair_schema,
+            );
+            let pairs = RecordBatch::try_new(self.pair_schema.clone(), columns)?;
+            self.evaluate_filter(&pairs)?
+        } else {
+            vec![true; pair_rows]
+        };
+
+        let mut output = Vec::new();
+        let mut matched_pairs: Vec<u32> = Vec::new();
+        let mut pair_weights: Vec<i64> = Vec::new();
+        let mut matches = vec![0i64; batch.num_rows()];
+        let mut other_lone_rows: Vec<Arc<[u8]>> = Vec::new();
+        let mut other_lone_weights: Vec<i64> = Vec::new();
+        let other_lone = self.sides[other].lone;
+        for p in 0..pair_rows {
+            if !pass[p] {
+                continue;
+            }
+            let i = pair_this[p] as usize;
+            let weight = weights[i];
+            if self.pairs {
+                matched_pairs.push(p as u32);
+                pair_weights.push(weight * pair_other_multiplicity[p]);
+            }
+            matches[i] += pair_other_multiplicity[p];
+            if other_lone != Lone::Never {
+                let side = &mut self.sides[other];
+                let entry = side
+                    .rows
+                    .get_mut(&keys[i])
+                    .and_then(|bucket| bucket.get_mut(&pair_other[p]))
+                    .ok_or_else(|| crate::internal!("joined row vanished from the state"))?;
+                let before = other_lone.shows(entry.matches);
+                entry.matches += weight;
+                let after = other_lone.shows(entry.matches);
+                if before != after {
+                    other_lone_rows.push(pair_other[p].clone());
+                    other_lone_weights.push(if after {
+                        entry.multiplicity
+                    } else {
+                        -entry.multiplicity
+                    });
+                }
+                side.dirty.insert((keys[i].clone(), pair_other[p].clone()));
+            }
+        }
+        if !matched_pairs.is_empty() {
+            let selected = UInt32Array::from(matched_pairs);
+            let pick = |columns: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+                Ok(columns
+                    .iter()
+                    .map(|c| take(c, &selected, None))
+                    .collect::<std::result::Result<_, _>>()?)
+            };
+            let columns = self.lay_out(
+                this,
+                Some(pick(&this_pair_columns)?),
+                Some(pick(&other_pair_columns)?),
+                pair_weights.len(),
+                &self.output_schema,
+            );
+            output.push(Self::change(&self.output_schema, columns, pair_weights)?);
+        }
+        if !other_lone_rows.is_empty() {
+            let columns = self.sides[other]
+                .codec
+                .decode(other_lone_rows.iter().map(|r| r.as_ref()))?
+                .columns()
+                .to_vec();
+            output.push(self.lone_output(other, columns, other_lone_weights)?);
+        }
+
+        // This side's lone rows, then its state.
+        let this_lone = self.sides[this].lone;
+        let window_ends = self.window_ends(&key_columns)?;
+        let mut lone_rows: Vec<u32> = Vec::new();
+        let mut lone_weights: Vec<i64> = Vec::new();
+        for i in 0..batch.num_rows() {
+            if this_lone.shows(matches[i]) {
+                lone_rows.push(i as u32);
+                lone_weights.push(weights[i]);
+            }
+            if matchable[i] {
+                let side = &mut self.sides[this];
+                side.add(&keys[i], &rows[i], weights[i], matches[i]);
+                if let Some(ends) = window_ends.as_ref().filter(|e| e.is_valid(i)) {
+                    if side.rows.contains_key(&keys[i]) {
+                        let end = ends.value(i);
+                        side.by_window_end
+                            .entry(end)
+                            .or_default()
+                            .insert(keys[i].clone());
+                    }
+                }
+            }
+        }
+        if !lone_rows.is_empty() {
+            let selected = UInt32Array::from(lone_rows);
+            let columns = batch
+                .rows
+                .columns()
+                .iter()
+                .map(|c| take(c, &selected, None))
+                .collect::<std::result::Result<_, _>>()?;
+            output.push(self.lone_output(this, columns, lone_weights)?);
+        }
+        Ok(output)
+    }
+
+    fn on_watermark(
+        &mut self,
+        input: usize,
+        watermark: i64,
+    ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
+        let merged = self.watermark.on_watermark(input, watermark);
+        if let (Some(merged), Some(window)) = (merged, self.window_key) {
+            // A window ending at or before this can change no more.
+            let closed_before = merged.saturating_sub(window.allowed_lateness_micros);
+            for side in &mut self.sides {
+                let open = side.by_window_end.split_off(&(closed_before + 1));
+                let closed = std::mem::replace(&mut side.by_window_end, open);
+                for key in closed.into_values().flatten() {
+                    if let Some(bucket) = side.rows.remove(&key) {
+                        side.kept -= bucket.len() as u64;
+                        for row in bucket.into_keys() {
+                            side.dirty.insert((key.clone(), row));
+                        }
+                    }
+                }
+            }
+        }
+        Ok((vec![], merged))
+    }
+
+    fn on_tick(&mut self, now: i64) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
+        Ok((vec![], self.watermark.on_tick(now)))
+    }
+
+    fn state_keys(&self) -> u64 {
+        self.sides.iter().map(|s| s.kept).sum()
+    }
+
+    fn rows_failed(&self) -> u64 {
+        self.errors.rows_failed
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.errors.last_error.clone()
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    /// State entries: `[side][key length][key][row] → (multiplicity, matches)`.
+    fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
+        for (index, side) in self.sides.iter_mut().enumerate() {
+            let state_key = |key: &[u8], row: &[u8]| {
+                let mut out = Encoder::new();
+                out.u8(index as u8).bytes(key).bytes(row);
+                out.finish()
+            };
+            let value = |entry: &Entry| {
+                let mut out = Encoder::new();
+                out.i64(entry.multiplicity).i64(entry.matches);
+                out.finish()
+            };
+            if delta.full {
+                for (key, bucket) in &side.rows {
+                    for (row, entry) in bucket {
+                        delta.put(state_key(key, row), value(entry));
+                    }
+                }
+            } else {
+                for (key, row) in &side.dirty {
+                    match side.rows.get(key).and_then(|b| b.get(row)) {
+                        Some(entry) => delta.put(state_key(key, row), value(entry)),
+                        None => delta.delete(state_key(key, row)),
+                    }
+                }
+            }
+            side.dirty.clear();
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+        for side in &mut self.sides {
+            side.rows.clear();
+            side.dirty.clear();
+            side.by_window_end.clear();
+            side.kept = 0;
+        }
+        for (state_key, value) in entries {
+            let mut d = Decoder::new(&state_key);
+            let index = d.u8()? as usize;
+            let key: Arc<[u8]> = Arc::from(d.bytes()?);
+            let row: Arc<[u8]> = Arc::from(d.bytes()?);
+            let mut v = Decoder::new(&value);
+            let entry = Entry {
+                multiplicity: v.i64()?,
+                matches: v.i64()?,
+            };
+            let side = self
+                .sides
+                .get_mut(index)
+                .ok_or_else(|| EddyError::Checkpoint(format!("join state names side {index}")))?;
+            side.rows.entry(key).or_default().insert(row, entry);
+            side.kept += 1;
+        }
+        if let Some(window) = self.window_key {
+            for index in 0..2 {
+                let keys: Vec<Arc<[u8]>> = self.sides[index].rows.keys().cloned().collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let parser = self.key_converter.parser();
+                let columns = self
+                    .key_converter
+                    .convert_rows(keys.iter().map(|k| parser.parse(k)))?;
+                let ends = micros(&columns[window.key_position])?;
+                for (row, key) in keys.into_iter().enumerate() {
+                    if ends.is_valid(row) {
+                        self.sides[index]
+                            .by_window_end
+                            .entry(ends.value(row))
+                            .or_default()
+                            .insert(key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A timestamp column as µs since the epoch.
+fn micros(column: &ArrayRef) -> Result<Int64Array> {
+    let micros = cast(
+        &cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))?,
+        &DataType::Int64,
+    )?;
+    Ok(micros
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+        .clone())
+}
+
+impl std::fmt::Debug for JoinOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JoinOperator({:?})", self.join_type)
+    }
+}
