@@ -32,6 +32,12 @@ use crate::stream::aggregate::{AggregateCall, AggregateOperator, WindowedGroups}
 use crate::stream::filter::FilterOperator;
 use crate::stream::graph::{NodeIndex, StreamGraph};
 use crate::stream::join::{JoinOperator, JoinSide, WindowKey};
+use crate::stream::top_n::{Numbering, TopNOperator};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::logical_expr::logical_plan::{FetchType, SkipType};
+use datafusion::logical_expr::{SortExpr, Window};
+use datafusion::physical_expr::PhysicalSortExpr;
+use std::collections::HashMap;
 use crate::stream::project::ProjectOperator;
 use crate::stream::session::SessionWindowOperator;
 use crate::stream::source::{ConstantOperator, ScanOperator};
@@ -235,6 +241,7 @@ pub struct Lowered {
 pub fn lower(plan: &LogicalPlan, time: TimeOptions) -> Result<Lowered> {
     let mut lowering = Lowering {
         graph: StreamGraph::new(),
+        rank_limits: HashMap::new(),
         time,
         windows: vec![],
         windows_watermarked: true,
@@ -255,6 +262,9 @@ pub fn lower(plan: &LogicalPlan, time: TimeOptions) -> Result<Lowered> {
 
 struct Lowering {
     graph: StreamGraph,
+    /// Upper bounds a filter put on a ranking window function's number
+    /// (`rn <= 10`), by the address of the `Window` node computing it.
+    rank_limits: HashMap<usize, usize>,
     time: TimeOptions,
     windows: Vec<(RelationId, String)>,
     /// Whether a watermark can reach every window's time column.
@@ -356,6 +366,7 @@ impl Lowering {
                 Ok(self.graph.add(Box::new(op), vec![input]))
             }
             LogicalPlan::Filter(filter) => {
+                self.note_rank_limits(filter);
                 let mut node = self.node(&filter.input)?;
                 let (temporal, plain): (Vec<&Expr>, Vec<&Expr>) =
                     split_conjunction(&filter.predicate)
@@ -472,13 +483,34 @@ impl Lowering {
             }
             LogicalPlan::Distinct(Distinct::On(_)) => Err(not_incremental("DISTINCT ON")),
             LogicalPlan::Join(join) => self.join(join),
-            LogicalPlan::Sort(_) => Err(EddyError::NotIncremental(
-                "ORDER BY cannot be maintained in a materialized view yet (top-N is planned); \
-             order the SELECT that reads the view instead"
-                    .into(),
-            )),
-            LogicalPlan::Limit(_) => Err(not_incremental("LIMIT")),
-            LogicalPlan::Window(_) => Err(not_incremental("window functions (OVER ...)")),
+            LogicalPlan::Sort(sort) => match sort.fetch {
+                Some(limit) => self.top_n(&sort.input, Some(&sort.expr), 0, limit),
+                None => Err(EddyError::NotIncremental(
+                    "ORDER BY without LIMIT means nothing in a materialized view (a view is a \
+                     set of rows); order the SELECT that reads the view instead"
+                        .into(),
+                )),
+            },
+            LogicalPlan::Limit(limit) => {
+                let offset = match limit.get_skip_type()? {
+                    SkipType::Literal(offset) => offset,
+                    SkipType::UnsupportedExpr => return Err(not_incremental("OFFSET of an expression")),
+                };
+                let fetch = match limit.get_fetch_type()? {
+                    FetchType::Literal(Some(fetch)) => fetch,
+                    FetchType::Literal(None) => {
+                        return Err(not_incremental("OFFSET without LIMIT"))
+                    }
+                    FetchType::UnsupportedExpr => return Err(not_incremental("LIMIT of an expression")),
+                };
+                match limit.input.as_ref() {
+                    LogicalPlan::Sort(sort) => {
+                        self.top_n(&sort.input, Some(&sort.expr), offset, fetch)
+                    }
+                    input => self.top_n(input, None, offset, fetch),
+                }
+            }
+            LogicalPlan::Window(window) => self.ranked(plan, window),
             LogicalPlan::Unnest(_) => Err(not_incremental("UNNEST")),
             LogicalPlan::RecursiveQuery(_) => Err(not_incremental("WITH RECURSIVE")),
             other => Err(EddyError::NotIncremental(format!(
@@ -594,6 +626,181 @@ fn check_join_key_types(left: &Expr, right: &Expr, join: &Join) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+impl Lowering {
+    /// `ORDER BY ... LIMIT` (or a bare LIMIT: ordered by the whole row, any
+    /// `n` rows being a right answer).
+    fn top_n(
+        &mut self,
+        input: &LogicalPlan,
+        order: Option<&[SortExpr]>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<NodeIndex> {
+        let node = self.node(input)?;
+        let schema = input.schema();
+        let order_by = match order {
+            Some(order) => sort_exprs(order, schema)?,
+            None => (0..schema.fields().len())
+                .map(|i| PhysicalSortExpr {
+                    expr: Arc::new(Column::new(schema.field(i).name(), i)) as _,
+                    options: SortOptions::default(),
+                })
+                .collect(),
+        };
+        let mut description = format!("TopN: limit {limit}");
+        if offset > 0 {
+            description.push_str(&format!(" offset {offset}"));
+        }
+        if let Some(order) = order {
+            let order: Vec<String> = order.iter().map(|e| e.to_string()).collect();
+            description.push_str(&format!(" order by {}", order.join(", ")));
+        }
+        let op = TopNOperator::try_new(
+            vec![],
+            order_by,
+            Numbering::Limit,
+            offset,
+            limit,
+            arrow_schema(schema),
+            arrow_schema(schema),
+            description,
+        )?;
+        Ok(self.graph.add(Box::new(op), vec![node]))
+    }
+
+    /// Finds bounds like `rn <= 10` in `filter` on the number of a ranking
+    /// window function below it, for [`Lowering::ranked`]. The filter itself
+    /// stays: the bound only tells the window how many rows to keep.
+    fn note_rank_limits(&mut self, filter: &datafusion::logical_expr::Filter) {
+        for conjunct in split_conjunction(&filter.predicate) {
+            let Expr::BinaryExpr(BinaryExpr { left, op, right }) = conjunct else {
+                continue;
+            };
+            let (column, op, bound) = match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
+                (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
+                    Some(op) => (c, op, v),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let Some(bound) = bound
+                .cast_to(&DataType::Int64)
+                .ok()
+                .and_then(|v| match v {
+                    ScalarValue::Int64(Some(b)) => Some(b),
+                    _ => None,
+                })
+            else {
+                continue;
+            };
+            let limit = match op {
+                Operator::LtEq | Operator::Eq => bound,
+                Operator::Lt => bound - 1,
+                _ => continue,
+            };
+            let limit = usize::try_from(limit.max(0)).unwrap_or(0);
+            if let Some(window) = ranking_window(&filter.input, column) {
+                let slot = self
+                    .rank_limits
+                    .entry(std::ptr::from_ref(window) as usize)
+                    .or_insert(limit);
+                *slot = (*slot).min(limit);
+            }
+        }
+    }
+
+    /// `ROW_NUMBER() / RANK() / DENSE_RANK() OVER (PARTITION BY ... ORDER BY
+    /// ...)` under a filter bounding the number: a per-partition top-N.
+    fn ranked(&mut self, plan: &LogicalPlan, window: &Window) -> Result<NodeIndex> {
+        let refused = || {
+            EddyError::NotIncremental(
+                "window functions (OVER ...) are supported in materialized views only as \
+                 ROW_NUMBER(), RANK() or DENSE_RANK() whose number a WHERE clause bounds \
+                 (WHERE rn <= 10: a top-N per partition)"
+                    .into(),
+            )
+        };
+        let limit = *self
+            .rank_limits
+            .get(&(std::ptr::from_ref(plan) as usize))
+            .ok_or_else(refused)?;
+        let [expr] = window.window_expr.as_slice() else {
+            return Err(refused());
+        };
+        let Expr::WindowFunction(function) = expr.clone().unalias() else {
+            return Err(refused());
+        };
+        let numbering = Numbering::from_function(function.fun.name()).ok_or_else(refused)?;
+        let input = self.node(&window.input)?;
+        let schema = window.input.schema();
+        let params = &function.params;
+        let partition_by = physical_exprs(&params.partition_by, schema)?;
+        let order_by = sort_exprs(&params.order_by, schema)?;
+        let op = TopNOperator::try_new(
+            partition_by,
+            order_by,
+            numbering,
+            0,
+            limit,
+            arrow_schema(schema),
+            arrow_schema(&window.schema),
+            format!("TopN: {} <= {limit}", expr.schema_name()),
+        )?;
+        Ok(self.graph.add(Box::new(op), vec![input]))
+    }
+}
+
+/// The `Window` node computing `column` of `plan` with a ranking function,
+/// following the column through projections, aliases and filters.
+fn ranking_window<'a>(
+    plan: &'a LogicalPlan,
+    column: &datafusion::common::Column,
+) -> Option<&'a LogicalPlan> {
+    let index = plan.schema().index_of_column(column).ok()?;
+    let input_column = |input: &LogicalPlan, index: usize| {
+        let (qualifier, field) = input.schema().qualified_field(index);
+        datafusion::common::Column::new(qualifier.cloned(), field.name())
+    };
+    match plan {
+        LogicalPlan::Projection(projection) => match projection.expr.get(index)?.clone().unalias()
+        {
+            Expr::Column(c) => ranking_window(&projection.input, &c),
+            _ => None,
+        },
+        LogicalPlan::SubqueryAlias(alias) => {
+            ranking_window(&alias.input, &input_column(&alias.input, index))
+        }
+        LogicalPlan::Filter(filter) => ranking_window(&filter.input, column),
+        LogicalPlan::Window(window) => {
+            let inputs = window.input.schema().fields().len();
+            let expr = window.window_expr.get(index.checked_sub(inputs)?)?;
+            match expr.clone().unalias() {
+                Expr::WindowFunction(f) if Numbering::from_function(f.fun.name()).is_some() => {
+                    Some(plan)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn sort_exprs(order: &[SortExpr], schema: &DFSchema) -> Result<Vec<PhysicalSortExpr>> {
+    order
+        .iter()
+        .map(|e| {
+            Ok(PhysicalSortExpr {
+                expr: physical_expr(&e.expr, schema)?,
+                options: SortOptions {
+                    descending: !e.asc,
+                    nulls_first: e.nulls_first,
+                },
+            })
+        })
+        .collect()
 }
 
 /// Whether `plan` yields at most one row whatever its inputs hold (an

@@ -19,6 +19,7 @@ pub mod project;
 pub mod session;
 pub mod source;
 pub mod temporal;
+pub mod top_n;
 pub mod union;
 pub mod watermark;
 pub mod window;

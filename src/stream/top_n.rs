@@ -1,0 +1,314 @@
+//! Top-N: `ORDER BY ... LIMIT n [OFFSET m]`, and per-group top-N —
+//! `ROW_NUMBER()` / `RANK()` / `DENSE_RANK() OVER (PARTITION BY ... ORDER BY
+//! ...)` under a filter `<= n` (`= 1` is deduplication).
+//!
+//! State per partition: every input row in sort order (a multiset keyed by
+//! the row-encoded sort key, then the row itself, so ties are broken the
+//! same way every time), and the rows (with their number) the partition
+//! emitted last. After a batch, each touched partition's first rows are
+//! numbered again and the difference with what it emitted goes out: a row
+//! retracted from inside the top-N lets the next one move up, a row whose
+//! number changed is retracted and inserted again.
+//!
+//! The whole input is kept (a retraction can bring any row into the top-N);
+//! recomputing a partition reads only its first `offset + limit` rows (more
+//! with ties under RANK).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::PhysicalSortExpr;
+use datafusion::physical_plan::PhysicalExpr;
+
+use super::{ChangeBatch, Operator, RowErrorPolicy};
+use crate::error::{EddyError, Result};
+use crate::state::checkpoint::StateDelta;
+use crate::state::codec::{Decoder, Encoder};
+use crate::state::RowCodec;
+
+/// How the kept rows are numbered, and whether the number is a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Numbering {
+    /// `LIMIT`: no number column.
+    Limit,
+    RowNumber,
+    Rank,
+    DenseRank,
+}
+
+impl Numbering {
+    pub fn from_function(name: &str) -> Option<Self> {
+        match name {
+            "row_number" => Some(Numbering::RowNumber),
+            "rank" => Some(Numbering::Rank),
+            "dense_rank" => Some(Numbering::DenseRank),
+            _ => None,
+        }
+    }
+}
+
+type SortedRows = BTreeMap<(Arc<[u8]>, Arc<[u8]>), i64>;
+
+#[derive(Default)]
+struct Partition {
+    /// (sort key, row) → multiplicity.
+    rows: SortedRows,
+    /// What the partition emitted last: (row, number).
+    emitted: Vec<(Arc<[u8]>, i64)>,
+}
+
+pub struct TopNOperator {
+    partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    order_by: Vec<PhysicalSortExpr>,
+    numbering: Numbering,
+    offset: usize,
+    limit: usize,
+    partition_converter: Option<RowConverter>,
+    order_converter: RowConverter,
+    input_codec: RowCodec,
+    output_schema: SchemaRef,
+    partitions: HashMap<Arc<[u8]>, Partition>,
+    dirty: HashSet<Arc<[u8]>>,
+    errors: RowErrorPolicy,
+    description: String,
+}
+
+impl TopNOperator {
+    /// `output_schema` is the input's, plus the number column unless
+    /// `numbering` is [`Numbering::Limit`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn try_new(
+        partition_by: Vec<Arc<dyn PhysicalExpr>>,
+        order_by: Vec<PhysicalSortExpr>,
+        numbering: Numbering,
+        offset: usize,
+        limit: usize,
+        input_schema: SchemaRef,
+        output_schema: SchemaRef,
+        description: String,
+    ) -> Result<Self> {
+        if offset > 0 && matches!(numbering, Numbering::Rank | Numbering::DenseRank) {
+            return Err(crate::internal!("an offset applies to row numbers only"));
+        }
+        let partition_converter = if partition_by.is_empty() {
+            None
+        } else {
+            let fields = partition_by
+                .iter()
+                .map(|e| Ok(SortField::new(e.data_type(&input_schema)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Some(RowConverter::new(fields)?)
+        };
+        let order_fields = order_by
+            .iter()
+            .map(|e| {
+                Ok(SortField::new_with_options(
+                    e.expr.data_type(&input_schema)?,
+                    e.options,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            partition_by,
+            order_by,
+            numbering,
+            offset,
+            limit,
+            partition_converter,
+            order_converter: RowConverter::new(order_fields)?,
+            input_codec: RowCodec::try_new(input_schema)?,
+            output_schema,
+            partitions: HashMap::new(),
+            dirty: HashSet::new(),
+            errors: RowErrorPolicy::default(),
+            description,
+        })
+    }
+
+    /// The rows a partition shows now, in order, with their numbers.
+    fn top(&self, rows: &SortedRows) -> Vec<(Arc<[u8]>, i64)> {
+        let mut shown = Vec::new();
+        let mut position = 0usize;
+        let mut rank = 0i64;
+        let mut dense = 0i64;
+        let mut previous_key: Option<&Arc<[u8]>> = None;
+        'rows: for ((key, row), &multiplicity) in rows {
+            let new_key = previous_key != Some(key);
+            previous_key = Some(key);
+            if new_key {
+                dense += 1;
+                // RANK: the position of the first row of equal keys.
+                rank = position as i64 + 1;
+            }
+            for _ in 0..multiplicity {
+                position += 1;
+                let number = match self.numbering {
+                    Numbering::Limit | Numbering::RowNumber => position as i64,
+                    Numbering::Rank => rank,
+                    Numbering::DenseRank => dense,
+                };
+                let shown_up_to = (self.offset + self.limit) as i64;
+                if number > shown_up_to {
+                    break 'rows;
+                }
+                if number > self.offset as i64 {
+                    shown.push((row.clone(), number));
+                }
+            }
+        }
+        shown
+    }
+}
+
+impl Operator for TopNOperator {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        let mut exprs = self.partition_by.clone();
+        exprs.extend(self.order_by.iter().map(|e| e.expr.clone()));
+        let (batch, columns) = self.errors.evaluate(&exprs, &batch)?;
+        if batch.is_empty() {
+            return Ok(vec![]);
+        }
+        let (partition_columns, order_columns) = columns.split_at(self.partition_by.len());
+        let partitions: Vec<Arc<[u8]>> = match &self.partition_converter {
+            Some(converter) => converter
+                .convert_columns(partition_columns)?
+                .iter()
+                .map(|r| Arc::from(r.data()))
+                .collect(),
+            None => vec![Arc::from(&[][..]); batch.num_rows()],
+        };
+        let order_keys: Vec<Arc<[u8]>> = if order_columns.is_empty() {
+            vec![Arc::from(&[][..]); batch.num_rows()]
+        } else {
+            self.order_converter
+                .convert_columns(order_columns)?
+                .iter()
+                .map(|r| Arc::from(r.data()))
+                .collect()
+        };
+        let rows = self.input_codec.encode(&batch.rows)?;
+        let mut touched: HashSet<Arc<[u8]>> = HashSet::new();
+        for (i, weight) in batch.weights.values().iter().enumerate() {
+            let partition = self.partitions.entry(partitions[i].clone()).or_default();
+            let slot = (order_keys[i].clone(), rows[i].clone());
+            let multiplicity = partition.rows.entry(slot.clone()).or_insert(0);
+            *multiplicity += weight;
+            if *multiplicity == 0 {
+                partition.rows.remove(&slot);
+            }
+            self.dirty.insert(partitions[i].clone());
+            touched.insert(partitions[i].clone());
+        }
+
+        // (row, number) → weight of the change.
+        let mut changes: HashMap<(Arc<[u8]>, i64), i64> = HashMap::new();
+        for key in touched {
+            let Some(partition) = self.partitions.get(&key) else {
+                continue;
+            };
+            let shown = self.top(&partition.rows);
+            let partition = self
+                .partitions
+                .get_mut(&key)
+                .ok_or_else(|| crate::internal!("top-N partition vanished"))?;
+            for (row, number) in std::mem::take(&mut partition.emitted) {
+                *changes.entry((row, number)).or_insert(0) -= 1;
+            }
+            for (row, number) in &shown {
+                *changes.entry((row.clone(), *number)).or_insert(0) += 1;
+            }
+            if partition.rows.is_empty() {
+                self.partitions.remove(&key);
+            } else {
+                partition.emitted = shown;
+            }
+        }
+        changes.retain(|_, weight| *weight != 0);
+        if changes.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut ordered: Vec<((Arc<[u8]>, i64), i64)> = changes.into_iter().collect();
+        ordered.sort_unstable();
+        let decoded = self
+            .input_codec
+            .decode(ordered.iter().map(|((row, _), _)| row.as_ref()))?;
+        let mut columns: Vec<ArrayRef> = decoded.columns().to_vec();
+        if self.numbering != Numbering::Limit {
+            let numbers = Int64Array::from_iter_values(ordered.iter().map(|((_, n), _)| *n));
+            let target = self.output_schema.field(columns.len()).data_type();
+            columns.push(cast(&numbers, target)?);
+        }
+        let weights = Int64Array::from_iter_values(ordered.iter().map(|(_, w)| *w));
+        let rows = datafusion::arrow::array::RecordBatch::try_new(
+            self.output_schema.clone(),
+            columns,
+        )?;
+        Ok(vec![ChangeBatch::new(rows, weights)?])
+    }
+
+    fn state_keys(&self) -> u64 {
+        self.partitions.values().map(|p| p.rows.len() as u64).sum()
+    }
+
+    fn rows_failed(&self) -> u64 {
+        self.errors.rows_failed
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.errors.last_error.clone()
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    /// One entry per partition: its rows (sort key, row, multiplicity),
+    /// then what it emitted (row, number).
+    fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
+        let encode = |partition: &Partition| {
+            let mut out = Encoder::new();
+            out.u64(partition.rows.len() as u64);
+            for ((key, row), multiplicity) in &partition.rows {
+                out.bytes(key).bytes(row).i64(*multiplicity);
+            }
+            out.u64(partition.emitted.len() as u64);
+            for (row, number) in &partition.emitted {
+                out.bytes(row).i64(*number);
+            }
+            out.finish()
+        };
+        delta.put_keyed(&self.partitions, &mut self.dirty, encode);
+        Ok(())
+    }
+
+    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+        self.partitions.clear();
+        self.dirty.clear();
+        for (key, value) in entries {
+            let mut d = Decoder::new(&value);
+            let mut partition = Partition::default();
+            for _ in 0..d.u64()? {
+                let sort_key: Arc<[u8]> = Arc::from(d.bytes()?);
+                let row: Arc<[u8]> = Arc::from(d.bytes()?);
+                partition.rows.insert((sort_key, row), d.i64()?);
+            }
+            for _ in 0..d.u64()? {
+                let row: Arc<[u8]> = Arc::from(d.bytes()?);
+                partition.emitted.push((row, d.i64()?));
+            }
+            if !d.is_empty() {
+                return Err(EddyError::Checkpoint("top-N state has trailing bytes".into()));
+            }
+            self.partitions.insert(Arc::from(key), partition);
+        }
+        Ok(())
+    }
+}
