@@ -26,6 +26,18 @@ const VIEW_QUERIES: &[&str] = &[
     "SELECT s, max(k) AS mk FROM (SELECT s, k FROM t UNION ALL SELECT s, k FROM u) x GROUP BY s",
     "SELECT k, sum(d) AS sd, avg(d) AS ad, min(d) AS lo, max(d) AS hi, sum(d * v) AS dv FROM t GROUP BY k",
     "SELECT s, avg(DISTINCT d) AS ad, count(*) FILTER (WHERE d > {c}) AS n FROM t GROUP BY s",
+    // Joins: changes on both sides, duplicate keys, NULL keys.
+    "SELECT t.k, t.v, u.v AS uv, u.s AS us FROM t JOIN u ON t.k = u.k WHERE t.v > {c}",
+    "SELECT t.k, t.s, u.v AS uv FROM t LEFT JOIN u ON t.k = u.k AND u.v > {c}",
+    "SELECT t.k, u.k AS uk, t.v, u.v AS uv FROM t FULL JOIN u ON t.k = u.k AND t.s = u.s",
+    "SELECT u.s, count(*) AS n, sum(t.v) AS tv FROM t RIGHT JOIN u ON t.k = u.k GROUP BY u.s",
+    "SELECT k, count(*) AS n FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.k = t.k AND u.v > {c}) GROUP BY k",
+    "SELECT k, v FROM t WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.k = t.k AND u.s = t.s)",
+    "SELECT k, v, (SELECT max(v) FROM u WHERE u.k = t.k) AS top_u FROM t",
+    // Top-N: the order covers every column, so the batch answer is unique.
+    "SELECT k, v, s, d FROM t ORDER BY v DESC, k, s, d LIMIT 3 OFFSET 1",
+    "SELECT * FROM (SELECT k, v, s, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v, s, d) AS rn FROM t) x WHERE rn <= 2",
+    "SELECT * FROM (SELECT s, v, RANK() OVER (PARTITION BY s ORDER BY v DESC) AS r FROM u) x WHERE r <= {c}",
 ];
 
 /// A view over the first view (created with it), to exercise view-on-view.

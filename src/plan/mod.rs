@@ -678,13 +678,25 @@ impl Lowering {
             let Expr::BinaryExpr(BinaryExpr { left, op, right }) = conjunct else {
                 continue;
             };
+            // The number, perhaps cast to the bound's type (a cast keeps order).
+            let number = |e: &Expr| match e {
+                Expr::Column(c) => Some(c.clone()),
+                Expr::Cast(cast) => match cast.expr.as_ref() {
+                    Expr::Column(c) => Some(c.clone()),
+                    _ => None,
+                },
+                _ => None,
+            };
             let (column, op, bound) = match (left.as_ref(), right.as_ref()) {
-                (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
-                (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
-                    Some(op) => (c, op, v),
+                (e, Expr::Literal(v, _)) if number(e).is_some() => (number(e), *op, v),
+                (Expr::Literal(v, _), e) if number(e).is_some() => match op.swap() {
+                    Some(op) => (number(e), op, v),
                     None => continue,
                 },
                 _ => continue,
+            };
+            let Some(column) = column else {
+                continue;
             };
             let Some(bound) = bound
                 .cast_to(&DataType::Int64)
@@ -702,7 +714,7 @@ impl Lowering {
                 _ => continue,
             };
             let limit = usize::try_from(limit.max(0)).unwrap_or(0);
-            if let Some(window) = ranking_window(&filter.input, column) {
+            if let Some(window) = ranking_window(&filter.input, &column) {
                 let slot = self
                     .rank_limits
                     .entry(std::ptr::from_ref(window) as usize)
