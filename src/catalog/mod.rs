@@ -9,6 +9,7 @@
 //! Relation ids are never reused, so a change in flight for a dropped table
 //! can never reach a new table of the same name.
 
+pub mod lookup;
 mod provider;
 pub mod window;
 

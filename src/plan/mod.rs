@@ -23,6 +23,7 @@ use datafusion::logical_expr::{Distinct, Expr, ExprSchemable, Join, LogicalPlan,
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_plan::PhysicalExpr;
 
+use crate::catalog::lookup::LookupRelationProvider;
 use crate::catalog::window::{WindowedRelationProvider, Windowing};
 use crate::catalog::RelationId;
 use crate::catalog::RelationProvider;
@@ -32,29 +33,29 @@ use crate::stream::aggregate::{AggregateCall, AggregateOperator, WindowedGroups}
 use crate::stream::filter::FilterOperator;
 use crate::stream::graph::{NodeIndex, StreamGraph};
 use crate::stream::join::{JoinOperator, JoinSide, WindowKey};
-use crate::stream::top_n::{Numbering, TopNOperator};
-use datafusion::arrow::compute::SortOptions;
-use datafusion::logical_expr::logical_plan::{FetchType, SkipType};
-use datafusion::logical_expr::{SortExpr, Window};
-use datafusion::physical_expr::PhysicalSortExpr;
-use std::collections::HashMap;
 use crate::stream::project::ProjectOperator;
 use crate::stream::session::SessionWindowOperator;
 use crate::stream::source::{ConstantOperator, ScanOperator};
 use crate::stream::temporal::TemporalFilterOperator;
+use crate::stream::top_n::{Numbering, TopNOperator};
 use crate::stream::union::UnionOperator;
 use crate::stream::window::WindowAssignOperator;
+use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::logical_plan::{FetchType, SkipType};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
     lit, BinaryExpr, ColumnarValue, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
     Signature,
 };
+use datafusion::logical_expr::{SortExpr, Window};
 use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::PhysicalSortExpr;
+use std::collections::HashMap;
 
 /// The name of the marker that stands for `col > now() - interval` between
 /// [`rewrite_temporal_filters`] and lowering.
@@ -349,12 +350,15 @@ impl Lowering {
                     ));
                 }
                 let provider = source_as_provider(&scan.source)?;
-                let relation = provider.downcast_ref::<RelationProvider>().ok_or_else(|| {
-                    crate::not_supported!(
-                        "materialized views over {} are not supported",
-                        scan.table_name
-                    )
-                })?;
+                let relation = match provider.downcast_ref::<LookupRelationProvider>() {
+                    Some(lookup) => lookup.relation.as_ref(),
+                    None => provider.downcast_ref::<RelationProvider>().ok_or_else(|| {
+                        crate::not_supported!(
+                            "materialized views over {} are not supported",
+                            scan.table_name
+                        )
+                    })?,
+                };
                 let op =
                     ScanOperator::new(relation.id, relation.name.clone(), scan.projection.clone());
                 Ok(self.graph.add_scan(relation.id, Box::new(op)))
@@ -494,14 +498,18 @@ impl Lowering {
             LogicalPlan::Limit(limit) => {
                 let offset = match limit.get_skip_type()? {
                     SkipType::Literal(offset) => offset,
-                    SkipType::UnsupportedExpr => return Err(not_incremental("OFFSET of an expression")),
+                    SkipType::UnsupportedExpr => {
+                        return Err(not_incremental("OFFSET of an expression"))
+                    }
                 };
                 let fetch = match limit.get_fetch_type()? {
                     FetchType::Literal(Some(fetch)) => fetch,
                     FetchType::Literal(None) => {
                         return Err(not_incremental("OFFSET without LIMIT"))
                     }
-                    FetchType::UnsupportedExpr => return Err(not_incremental("LIMIT of an expression")),
+                    FetchType::UnsupportedExpr => {
+                        return Err(not_incremental("LIMIT of an expression"))
+                    }
                 };
                 match limit.input.as_ref() {
                     LogicalPlan::Sort(sort) => {
@@ -559,7 +567,23 @@ impl Lowering {
             .as_ref()
             .map(|f| physical_expr(f, &join.left.schema().join(join.right.schema())?))
             .transpose()?;
-        let mut description = format!("{} Join:", join.join_type);
+        // `t FOR SYSTEM_TIME AS OF PROCTIME()`: the side that is only looked up.
+        let lookup = match (reads_lookup(&join.left), reads_lookup(&join.right)) {
+            (false, false) => None,
+            (false, true) if matches!(join.join_type, JoinType::Inner | JoinType::Left) => Some(1),
+            (true, false) if matches!(join.join_type, JoinType::Inner | JoinType::Right) => Some(0),
+            _ => {
+                return Err(EddyError::NotIncremental(format!(
+                    "a {} join with a table FOR SYSTEM_TIME AS OF PROCTIME() is not supported: \
+                     the looked-up table joins as the inner side of an inner or outer join",
+                    join.join_type
+                )))
+            }
+        };
+        let mut description = match lookup {
+            Some(_) => format!("{} Lookup Join:", join.join_type),
+            None => format!("{} Join:", join.join_type),
+        };
         if !join.on.is_empty() {
             let on: Vec<String> = join.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
             description.push_str(&format!(" on {}", on.join(", ")));
@@ -577,6 +601,9 @@ impl Lowering {
             self.time.idle_timeout_micros,
             description,
         )?;
+        if let Some(side) = lookup {
+            op = op.with_lookup_side(side);
+        }
         let window_key = join
             .on
             .iter()
@@ -698,14 +725,10 @@ impl Lowering {
             let Some(column) = column else {
                 continue;
             };
-            let Some(bound) = bound
-                .cast_to(&DataType::Int64)
-                .ok()
-                .and_then(|v| match v {
-                    ScalarValue::Int64(Some(b)) => Some(b),
-                    _ => None,
-                })
-            else {
+            let Some(bound) = bound.cast_to(&DataType::Int64).ok().and_then(|v| match v {
+                ScalarValue::Int64(Some(b)) => Some(b),
+                _ => None,
+            }) else {
                 continue;
             };
             let limit = match op {
@@ -777,11 +800,12 @@ fn ranking_window<'a>(
         datafusion::common::Column::new(qualifier.cloned(), field.name())
     };
     match plan {
-        LogicalPlan::Projection(projection) => match projection.expr.get(index)?.clone().unalias()
-        {
-            Expr::Column(c) => ranking_window(&projection.input, &c),
-            _ => None,
-        },
+        LogicalPlan::Projection(projection) => {
+            match projection.expr.get(index)?.clone().unalias() {
+                Expr::Column(c) => ranking_window(&projection.input, &c),
+                _ => None,
+            }
+        }
         LogicalPlan::SubqueryAlias(alias) => {
             ranking_window(&alias.input, &input_column(&alias.input, index))
         }
@@ -813,6 +837,20 @@ fn sort_exprs(order: &[SortExpr], schema: &DFSchema) -> Result<Vec<PhysicalSortE
             })
         })
         .collect()
+}
+
+/// Whether `plan` reads a relation `FOR SYSTEM_TIME AS OF PROCTIME()`
+/// (through projections, filters and aliases only).
+fn reads_lookup(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)
+            .map(|p| p.is::<LookupRelationProvider>())
+            .unwrap_or(false),
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            plan.inputs().iter().all(|i| reads_lookup(i))
+        }
+        _ => false,
+    }
 }
 
 /// Whether `plan` yields at most one row whatever its inputs hold (an

@@ -567,6 +567,12 @@ impl Engine {
             state.register_udtf(name, function.clone());
             state.register_udtf(&name.to_uppercase(), function);
         }
+        state.register_udtf(
+            crate::catalog::lookup::LOOKUP_FUNCTION,
+            Arc::new(crate::catalog::lookup::LookupFunction::new(
+                relations.clone(),
+            )),
+        );
         Ok(state)
     }
 

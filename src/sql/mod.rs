@@ -332,6 +332,7 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
     };
     let (sql, emit_on_window_close) = strip_emit_on_window_close(&sql);
     let sql = rewrite_flink_windows(&sql)?;
+    let sql = rewrite_lookup_joins(&sql)?;
     let sql = sql.as_str();
     let mut parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
         EddyError::Syntax(
@@ -434,6 +435,94 @@ fn rewrite_flink_windows(sql: &str) -> Result<String> {
         out.push(space);
     }
     Ok(out
+        .iter()
+        .map(|t| match t {
+            // Display does not re-escape quotes inside strings.
+            Token::SingleQuotedString(s) => format!("'{}'", s.replace('\'', "''")),
+            other => other.to_string(),
+        })
+        .collect())
+}
+
+/// Rewrites `t FOR SYSTEM_TIME AS OF PROCTIME()` (a lookup join's table,
+/// which the Postgres dialect cannot parse) to the table function
+/// `__eddy_lookup(t)` (`catalog::lookup`). Other SQL is returned unchanged.
+fn rewrite_lookup_joins(sql: &str) -> Result<String> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
+    if !sql.to_uppercase().contains("SYSTEM_TIME") {
+        return Ok(sql.to_string());
+    }
+    let mut tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| EddyError::Syntax(e.to_string()))?;
+    let is_word =
+        |t: &Token, w: &str| matches!(t, Token::Word(word) if word.value.eq_ignore_ascii_case(w));
+    let significant = |tokens: &[Token], from: usize| -> Vec<usize> {
+        (from..tokens.len())
+            .filter(|&i| !matches!(tokens[i], Token::Whitespace(_)))
+            .collect()
+    };
+    let mut from = 0;
+    loop {
+        let next = significant(&tokens, from);
+        let Some(k) = (0..next.len()).find(|&k| {
+            is_word(&tokens[next[k]], "FOR")
+                && next
+                    .get(k + 1)
+                    .is_some_and(|&i| is_word(&tokens[i], "SYSTEM_TIME"))
+        }) else {
+            break;
+        };
+        let at = |j: usize| next.get(k + j).map(|&i| &tokens[i]);
+        let proctime = at(2).is_some_and(|t| is_word(t, "AS"))
+            && at(3).is_some_and(|t| is_word(t, "OF"))
+            && at(4).is_some_and(|t| is_word(t, "PROCTIME"))
+            && at(5) == Some(&Token::LParen)
+            && at(6) == Some(&Token::RParen);
+        if !proctime {
+            return Err(crate::not_supported!(
+                "FOR SYSTEM_TIME AS OF is supported only as FOR SYSTEM_TIME AS OF PROCTIME() \
+                 (a lookup join against the table's rows at processing time)"
+            ));
+        }
+        // The relation name before FOR: words joined by periods.
+        let mut start = next[k];
+        let before = |i: usize, tokens: &[Token]| {
+            (0..i)
+                .rev()
+                .find(|&j| !matches!(tokens[j], Token::Whitespace(_)))
+        };
+        match before(start, &tokens) {
+            Some(j) if matches!(tokens[j], Token::Word(_)) => start = j,
+            _ => {
+                return Err(EddyError::Syntax(
+                    "FOR SYSTEM_TIME AS OF follows a table name".into(),
+                ))
+            }
+        }
+        while let Some(period) = before(start, &tokens).filter(|&j| tokens[j] == Token::Period) {
+            match before(period, &tokens) {
+                Some(j) if matches!(tokens[j], Token::Word(_)) => start = j,
+                _ => break,
+            }
+        }
+        let end = next[k]; // FOR
+        let after = next[k + 6] + 1; // past ')'
+        let function = Token::Word(Word {
+            value: crate::catalog::lookup::LOOKUP_FUNCTION.to_string(),
+            quote_style: None,
+            keyword: datafusion::sql::sqlparser::keywords::Keyword::NoKeyword,
+        });
+        let mut rewritten: Vec<Token> = tokens[..start].to_vec();
+        rewritten.push(function);
+        rewritten.push(Token::LParen);
+        rewritten.extend(tokens[start..end].iter().cloned());
+        rewritten.push(Token::RParen);
+        from = rewritten.len();
+        rewritten.extend(tokens[after..].iter().cloned());
+        tokens = rewritten;
+    }
+    Ok(tokens
         .iter()
         .map(|t| match t {
             // Display does not re-escape quotes inside strings.

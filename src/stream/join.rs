@@ -18,6 +18,11 @@
 //! Invariants: a kept row has a non-zero multiplicity; its match count is
 //! the sum of the multiplicities of the other side's matching rows.
 //!
+//! A lookup join (`t FOR SYSTEM_TIME AS OF PROCTIME()`) keeps only the
+//! looked-up side: its changes update the state and emit nothing; each change
+//! of the other side joins the rows held when it arrives, and is not kept.
+//! The watermark is the other side's.
+//!
 //! State is unbounded unless the key holds a window's end (a window join):
 //! then a key whose window the watermark has closed (plus the allowed
 //! lateness) can see no further change on either side and is dropped.
@@ -141,6 +146,8 @@ pub struct JoinOperator {
     pair_schema: SchemaRef,
     output_schema: SchemaRef,
     window_key: Option<WindowKey>,
+    /// The side read `FOR SYSTEM_TIME AS OF PROCTIME()`, if any.
+    lookup: Option<usize>,
     watermark: MergedWatermark,
     errors: RowErrorPolicy,
     description: String,
@@ -213,10 +220,22 @@ impl JoinOperator {
             pair_schema: Arc::new(datafusion::arrow::datatypes::Schema::new(pair_fields)),
             output_schema,
             window_key: None,
+            lookup: None,
             watermark: MergedWatermark::new(2, idle_timeout),
             errors: RowErrorPolicy::default(),
             description,
         })
+    }
+
+    /// Makes `side` a lookup table: see the module docs.
+    pub fn with_lookup_side(mut self, side: usize) -> Self {
+        debug_assert_eq!(
+            self.sides[side].lone,
+            Lone::Never,
+            "a looked-up side is inner"
+        );
+        self.lookup = Some(side);
+        self
     }
 
     /// Drops a key's state once the watermark closed its window.
@@ -372,6 +391,13 @@ impl Operator for JoinOperator {
             .map(|i| self.nulls_equal || key_columns.iter().all(|c| c.is_valid(i)))
             .collect();
 
+        if self.lookup == Some(this) {
+            for i in (0..batch.num_rows()).filter(|&i| matchable[i]) {
+                self.sides[this].add(&keys[i], &rows[i], weights[i], 0);
+            }
+            return Ok(vec![]);
+        }
+
         // Candidate pairs: each row with every kept row of its key on the other side.
         let mut pair_this: Vec<u32> = Vec::new();
         let mut pair_other: Vec<Arc<[u8]>> = Vec::new();
@@ -490,7 +516,7 @@ impl Operator for JoinOperator {
                 lone_rows.push(i as u32);
                 lone_weights.push(weights[i]);
             }
-            if matchable[i] {
+            if matchable[i] && self.lookup.is_none() {
                 let side = &mut self.sides[this];
                 side.add(&keys[i], &rows[i], weights[i], matches[i]);
                 if let Some(ends) = window_ends.as_ref().filter(|e| e.is_valid(i)) {
@@ -522,6 +548,11 @@ impl Operator for JoinOperator {
         input: usize,
         watermark: i64,
     ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
+        if let Some(lookup) = self.lookup {
+            // Only the streamed side's time counts.
+            let streamed = (input != lookup).then_some(watermark);
+            return Ok((vec![], streamed));
+        }
         let merged = self.watermark.on_watermark(input, watermark);
         if let (Some(merged), Some(window)) = (merged, self.window_key) {
             // A window ending at or before this can change no more.

@@ -247,10 +247,8 @@ impl Operator for TopNOperator {
             columns.push(cast(&numbers, target)?);
         }
         let weights = Int64Array::from_iter_values(ordered.iter().map(|(_, w)| *w));
-        let rows = datafusion::arrow::array::RecordBatch::try_new(
-            self.output_schema.clone(),
-            columns,
-        )?;
+        let rows =
+            datafusion::arrow::array::RecordBatch::try_new(self.output_schema.clone(), columns)?;
         Ok(vec![ChangeBatch::new(rows, weights)?])
     }
 
@@ -305,7 +303,9 @@ impl Operator for TopNOperator {
                 partition.emitted.push((row, d.i64()?));
             }
             if !d.is_empty() {
-                return Err(EddyError::Checkpoint("top-N state has trailing bytes".into()));
+                return Err(EddyError::Checkpoint(
+                    "top-N state has trailing bytes".into(),
+                ));
             }
             self.partitions.insert(Arc::from(key), partition);
         }

@@ -1,0 +1,7 @@
+-- Auction top-10 price: the ten highest bids of each auction.
+SELECT auction, bidder, price, channel, url, date_time, extra, rank_number
+FROM (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rank_number
+  FROM bid
+)
+WHERE rank_number <= 10
