@@ -149,7 +149,6 @@ async fn nexmark_queries_match_the_batch_oracle() {
     )
     .await;
     let mut views: Vec<(String, String)> = nexmark_queries();
-    views.retain(|(name, _)| name != "q6");
     for (name, query) in &views {
         execute(
             &eddy,

@@ -38,6 +38,9 @@ const VIEW_QUERIES: &[&str] = &[
     "SELECT k, v, s, d FROM t ORDER BY v DESC, k, s, d LIMIT 3 OFFSET 1",
     "SELECT * FROM (SELECT k, v, s, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v, s, d) AS rn FROM t) x WHERE rn <= 2",
     "SELECT * FROM (SELECT s, v, RANK() OVER (PARTITION BY s ORDER BY v DESC) AS r FROM u) x WHERE r <= {c}",
+    // Window functions: the order covers the row, so frames are unique.
+    "SELECT k, v, sum(v) OVER (PARTITION BY k ORDER BY v, s, d) AS running, \
+     count(*) OVER (PARTITION BY s) AS in_s FROM t",
 ];
 
 /// A view over the first view (created with it), to exercise view-on-view.

@@ -33,11 +33,11 @@ use crate::stream::aggregate::{AggregateCall, AggregateOperator, WindowedGroups}
 use crate::stream::filter::FilterOperator;
 use crate::stream::graph::{NodeIndex, StreamGraph};
 use crate::stream::join::{JoinOperator, JoinSide, WindowKey};
+use crate::stream::over::{Numbering, OverOperator};
 use crate::stream::project::ProjectOperator;
 use crate::stream::session::SessionWindowOperator;
 use crate::stream::source::{ConstantOperator, ScanOperator};
 use crate::stream::temporal::TemporalFilterOperator;
-use crate::stream::top_n::{Numbering, TopNOperator};
 use crate::stream::union::UnionOperator;
 use crate::stream::window::WindowAssignOperator;
 use datafusion::arrow::compute::SortOptions;
@@ -46,6 +46,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::expr::WindowFunction;
 use datafusion::logical_expr::logical_plan::{FetchType, SkipType};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
@@ -55,6 +56,7 @@ use datafusion::logical_expr::{
 use datafusion::logical_expr::{SortExpr, Window};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalSortExpr;
+use datafusion::physical_planner::create_window_expr;
 use std::collections::HashMap;
 
 /// The name of the marker that stands for `col > now() - interval` between
@@ -518,7 +520,7 @@ impl Lowering {
                     input => self.top_n(input, None, offset, fetch),
                 }
             }
-            LogicalPlan::Window(window) => self.ranked(plan, window),
+            LogicalPlan::Window(window) => self.window(plan, window),
             LogicalPlan::Unnest(_) => Err(not_incremental("UNNEST")),
             LogicalPlan::RecursiveQuery(_) => Err(not_incremental("WITH RECURSIVE")),
             other => Err(EddyError::NotIncremental(format!(
@@ -684,7 +686,7 @@ impl Lowering {
             let order: Vec<String> = order.iter().map(|e| e.to_string()).collect();
             description.push_str(&format!(" order by {}", order.join(", ")));
         }
-        let op = TopNOperator::try_new(
+        let op = OverOperator::top_n(
             vec![],
             order_by,
             Numbering::Limit,
@@ -747,43 +749,75 @@ impl Lowering {
         }
     }
 
-    /// `ROW_NUMBER() / RANK() / DENSE_RANK() OVER (PARTITION BY ... ORDER BY
-    /// ...)` under a filter bounding the number: a per-partition top-N.
-    fn ranked(&mut self, plan: &LogicalPlan, window: &Window) -> Result<NodeIndex> {
-        let refused = || {
-            EddyError::NotIncremental(
-                "window functions (OVER ...) are supported in materialized views only as \
-                 ROW_NUMBER(), RANK() or DENSE_RANK() whose number a WHERE clause bounds \
-                 (WHERE rn <= 10: a top-N per partition)"
-                    .into(),
-            )
+    /// Window functions (`OVER (PARTITION BY ... ORDER BY ...)`). A ranking
+    /// function whose number a filter bounds is a per-partition top-N;
+    /// anything else is recomputed per changed partition.
+    fn window(&mut self, plan: &LogicalPlan, window: &Window) -> Result<NodeIndex> {
+        let functions: Vec<WindowFunction> = window
+            .window_expr
+            .iter()
+            .map(|e| match e.clone().unalias() {
+                Expr::WindowFunction(function) => Ok(*function),
+                other => Err(crate::internal!("window expression {other}")),
+            })
+            .collect::<Result<_>>()?;
+        let Some(first) = functions.first() else {
+            return Err(crate::internal!("a window node without functions"));
         };
-        let limit = *self
-            .rank_limits
-            .get(&(std::ptr::from_ref(plan) as usize))
-            .ok_or_else(refused)?;
-        let [expr] = window.window_expr.as_slice() else {
-            return Err(refused());
-        };
-        let Expr::WindowFunction(function) = expr.clone().unalias() else {
-            return Err(refused());
-        };
-        let numbering = Numbering::from_function(function.fun.name()).ok_or_else(refused)?;
+        let (partition_by, order_by) = (&first.params.partition_by, &first.params.order_by);
+        if functions
+            .iter()
+            .any(|f| &f.params.partition_by != partition_by || &f.params.order_by != order_by)
+        {
+            return Err(not_incremental(
+                "window functions with different PARTITION BY or ORDER BY in one SELECT",
+            ));
+        }
         let input = self.node(&window.input)?;
         let schema = window.input.schema();
-        let params = &function.params;
-        let partition_by = physical_exprs(&params.partition_by, schema)?;
-        let order_by = sort_exprs(&params.order_by, schema)?;
-        let op = TopNOperator::try_new(
-            partition_by,
-            order_by,
-            numbering,
-            0,
-            limit,
-            arrow_schema(schema),
-            arrow_schema(&window.schema),
-            format!("TopN: {} <= {limit}", expr.schema_name()),
-        )?;
+        let partition_exprs = physical_exprs(partition_by, schema)?;
+        let order_exprs = sort_exprs(order_by, schema)?;
+        let top_n_limit = self.rank_limits.get(&(std::ptr::from_ref(plan) as usize));
+        let numbering = Numbering::from_function(first.fun.name());
+        let op = match (top_n_limit, numbering, functions.len()) {
+            (Some(&limit), Some(numbering), 1) => OverOperator::top_n(
+                partition_exprs,
+                order_exprs,
+                numbering,
+                0,
+                limit,
+                arrow_schema(schema),
+                arrow_schema(&window.schema),
+                format!("TopN: {} <= {limit}", window.window_expr[0].schema_name()),
+            )?,
+            _ => {
+                let physical = window
+                    .window_expr
+                    .iter()
+                    .map(|e| {
+                        create_window_expr(
+                            e,
+                            schema,
+                            &ExecutionProps::new(),
+                            &PhysicalPlanningContext::default(),
+                        )
+                    })
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                let names: Vec<String> = window
+                    .window_expr
+                    .iter()
+                    .map(|e| e.schema_name().to_string())
+                    .collect();
+                OverOperator::window(
+                    partition_exprs,
+                    order_exprs,
+                    physical,
+                    arrow_schema(schema),
+                    arrow_schema(&window.schema),
+                    format!("Window: {}", names.join(", ")),
+                )?
+            }
+        };
         Ok(self.graph.add(Box::new(op), vec![input]))
     }
 }

@@ -1,18 +1,23 @@
-//! Top-N: `ORDER BY ... LIMIT n [OFFSET m]`, and per-group top-N —
-//! `ROW_NUMBER()` / `RANK()` / `DENSE_RANK() OVER (PARTITION BY ... ORDER BY
-//! ...)` under a filter `<= n` (`= 1` is deduplication).
+//! Operators over ordered partitions of their input:
+//! - top-N: `ORDER BY ... LIMIT n [OFFSET m]`, and per-group top-N —
+//!   `ROW_NUMBER()` / `RANK()` / `DENSE_RANK() OVER (PARTITION BY ... ORDER
+//!   BY ...)` under a filter `<= n` (`= 1` is deduplication);
+//! - window functions: any `f(...) OVER (PARTITION BY ... ORDER BY ...
+//!   [frame])`, evaluated by DataFusion's own window expressions.
 //!
 //! State per partition: every input row in sort order (a multiset keyed by
 //! the row-encoded sort key, then the row itself, so ties are broken the
-//! same way every time), and the rows (with their number) the partition
-//! emitted last. After a batch, each touched partition's first rows are
-//! numbered again and the difference with what it emitted goes out: a row
-//! retracted from inside the top-N lets the next one move up, a row whose
-//! number changed is retracted and inserted again.
+//! same way every time), and what the partition emitted last. After a batch,
+//! each touched partition is computed again and the difference with what it
+//! emitted goes out: a row retracted from inside the top-N lets the next one
+//! move up, a row whose number (or window value) changed is retracted and
+//! inserted again.
 //!
-//! The whole input is kept (a retraction can bring any row into the top-N);
-//! recomputing a partition reads only its first `offset + limit` rows (more
-//! with ties under RANK).
+//! The whole input is kept (a retraction can bring any row into the top-N).
+//! Recomputing a top-N partition reads only its first `offset + limit` rows
+//! (more with ties under RANK); a window function reads the whole partition,
+//! so its cost per change grows with the partition (a window without
+//! PARTITION BY is one partition).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use datafusion::arrow::array::{ArrayRef, Int64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::window::WindowExpr;
 use datafusion::physical_expr::PhysicalSortExpr;
 use datafusion::physical_plan::PhysicalExpr;
 
@@ -57,16 +63,29 @@ type SortedRows = BTreeMap<(Arc<[u8]>, Arc<[u8]>), i64>;
 struct Partition {
     /// (sort key, row) → multiplicity.
     rows: SortedRows,
-    /// What the partition emitted last: (row, number).
+    /// What the partition emitted last: (row, number) for a top-N, (output
+    /// row, 0) for window functions.
     emitted: Vec<(Arc<[u8]>, i64)>,
 }
 
-pub struct TopNOperator {
+/// What a partition shows.
+enum Shown {
+    TopN {
+        numbering: Numbering,
+        offset: usize,
+        limit: usize,
+    },
+    /// Each input row with the values of the window functions.
+    Window {
+        functions: Vec<Arc<dyn WindowExpr>>,
+        output_codec: RowCodec,
+    },
+}
+
+pub struct OverOperator {
     partition_by: Vec<Arc<dyn PhysicalExpr>>,
     order_by: Vec<PhysicalSortExpr>,
-    numbering: Numbering,
-    offset: usize,
-    limit: usize,
+    shown: Shown,
     partition_converter: Option<RowConverter>,
     order_converter: RowConverter,
     input_codec: RowCodec,
@@ -77,11 +96,11 @@ pub struct TopNOperator {
     description: String,
 }
 
-impl TopNOperator {
-    /// `output_schema` is the input's, plus the number column unless
-    /// `numbering` is [`Numbering::Limit`].
+impl OverOperator {
+    /// A top-N. `output_schema` is the input's, plus the number column
+    /// unless `numbering` is [`Numbering::Limit`].
     #[allow(clippy::too_many_arguments)]
-    pub fn try_new(
+    pub fn top_n(
         partition_by: Vec<Arc<dyn PhysicalExpr>>,
         order_by: Vec<PhysicalSortExpr>,
         numbering: Numbering,
@@ -94,6 +113,53 @@ impl TopNOperator {
         if offset > 0 && matches!(numbering, Numbering::Rank | Numbering::DenseRank) {
             return Err(crate::internal!("an offset applies to row numbers only"));
         }
+        let shown = Shown::TopN {
+            numbering,
+            offset,
+            limit,
+        };
+        Self::try_new(
+            partition_by,
+            order_by,
+            shown,
+            input_schema,
+            output_schema,
+            description,
+        )
+    }
+
+    /// Window functions sharing one PARTITION BY and ORDER BY. `output_schema`
+    /// is the input's plus one column per function.
+    pub fn window(
+        partition_by: Vec<Arc<dyn PhysicalExpr>>,
+        order_by: Vec<PhysicalSortExpr>,
+        functions: Vec<Arc<dyn WindowExpr>>,
+        input_schema: SchemaRef,
+        output_schema: SchemaRef,
+        description: String,
+    ) -> Result<Self> {
+        let shown = Shown::Window {
+            functions,
+            output_codec: RowCodec::try_new(output_schema.clone())?,
+        };
+        Self::try_new(
+            partition_by,
+            order_by,
+            shown,
+            input_schema,
+            output_schema,
+            description,
+        )
+    }
+
+    fn try_new(
+        partition_by: Vec<Arc<dyn PhysicalExpr>>,
+        order_by: Vec<PhysicalSortExpr>,
+        shown: Shown,
+        input_schema: SchemaRef,
+        output_schema: SchemaRef,
+        description: String,
+    ) -> Result<Self> {
         let partition_converter = if partition_by.is_empty() {
             None
         } else {
@@ -115,9 +181,7 @@ impl TopNOperator {
         Ok(Self {
             partition_by,
             order_by,
-            numbering,
-            offset,
-            limit,
+            shown,
             partition_converter,
             order_converter: RowConverter::new(order_fields)?,
             input_codec: RowCodec::try_new(input_schema)?,
@@ -129,42 +193,81 @@ impl TopNOperator {
         })
     }
 
-    /// The rows a partition shows now, in order, with their numbers.
-    fn top(&self, rows: &SortedRows) -> Vec<(Arc<[u8]>, i64)> {
-        let mut shown = Vec::new();
-        let mut position = 0usize;
-        let mut rank = 0i64;
-        let mut dense = 0i64;
-        let mut previous_key: Option<&Arc<[u8]>> = None;
-        'rows: for ((key, row), &multiplicity) in rows {
-            let new_key = previous_key != Some(key);
-            previous_key = Some(key);
-            if new_key {
-                dense += 1;
-                // RANK: the position of the first row of equal keys.
-                rank = position as i64 + 1;
-            }
-            for _ in 0..multiplicity {
-                position += 1;
-                let number = match self.numbering {
-                    Numbering::Limit | Numbering::RowNumber => position as i64,
-                    Numbering::Rank => rank,
-                    Numbering::DenseRank => dense,
-                };
-                let shown_up_to = (self.offset + self.limit) as i64;
-                if number > shown_up_to {
-                    break 'rows;
+    /// What a partition shows now.
+    fn show(&self, rows: &SortedRows) -> Result<Vec<(Arc<[u8]>, i64)>> {
+        match &self.shown {
+            Shown::TopN {
+                numbering,
+                offset,
+                limit,
+            } => Ok(top(rows, *numbering, *offset, *limit)),
+            Shown::Window {
+                functions,
+                output_codec,
+            } => {
+                // The partition's rows in order, each as often as it occurs.
+                let ordered = rows.iter().flat_map(|((_, row), &multiplicity)| {
+                    std::iter::repeat_n(row.as_ref(), multiplicity.max(0) as usize)
+                });
+                let input = self.input_codec.decode(ordered)?;
+                let mut columns = input.columns().to_vec();
+                for function in functions {
+                    columns.push(function.evaluate(&input)?);
                 }
-                if number > self.offset as i64 {
-                    shown.push((row.clone(), number));
-                }
+                let output = datafusion::arrow::array::RecordBatch::try_new(
+                    self.output_schema.clone(),
+                    columns,
+                )?;
+                Ok(output_codec
+                    .encode(&output)?
+                    .into_iter()
+                    .map(|row| (row, 0))
+                    .collect())
             }
         }
-        shown
     }
 }
 
-impl Operator for TopNOperator {
+/// The rows a top-N partition shows, in order, with their numbers.
+fn top(
+    rows: &SortedRows,
+    numbering: Numbering,
+    offset: usize,
+    limit: usize,
+) -> Vec<(Arc<[u8]>, i64)> {
+    let mut shown = Vec::new();
+    let mut position = 0usize;
+    let mut rank = 0i64;
+    let mut dense = 0i64;
+    let mut previous_key: Option<&Arc<[u8]>> = None;
+    'rows: for ((key, row), &multiplicity) in rows {
+        let new_key = previous_key != Some(key);
+        previous_key = Some(key);
+        if new_key {
+            dense += 1;
+            // RANK: the position of the first row of equal keys.
+            rank = position as i64 + 1;
+        }
+        for _ in 0..multiplicity {
+            position += 1;
+            let number = match numbering {
+                Numbering::Limit | Numbering::RowNumber => position as i64,
+                Numbering::Rank => rank,
+                Numbering::DenseRank => dense,
+            };
+            let shown_up_to = (offset + limit) as i64;
+            if number > shown_up_to {
+                break 'rows;
+            }
+            if number > offset as i64 {
+                shown.push((row.clone(), number));
+            }
+        }
+    }
+    shown
+}
+
+impl Operator for OverOperator {
     fn describe(&self) -> String {
         self.description.clone()
     }
@@ -214,7 +317,7 @@ impl Operator for TopNOperator {
             let Some(partition) = self.partitions.get(&key) else {
                 continue;
             };
-            let shown = self.top(&partition.rows);
+            let shown = self.show(&partition.rows)?;
             let partition = self
                 .partitions
                 .get_mut(&key)
@@ -237,15 +340,20 @@ impl Operator for TopNOperator {
         }
         let mut ordered: Vec<((Arc<[u8]>, i64), i64)> = changes.into_iter().collect();
         ordered.sort_unstable();
-        let decoded = self
-            .input_codec
-            .decode(ordered.iter().map(|((row, _), _)| row.as_ref()))?;
-        let mut columns: Vec<ArrayRef> = decoded.columns().to_vec();
-        if self.numbering != Numbering::Limit {
-            let numbers = Int64Array::from_iter_values(ordered.iter().map(|((_, n), _)| *n));
-            let target = self.output_schema.field(columns.len()).data_type();
-            columns.push(cast(&numbers, target)?);
-        }
+        let rows = ordered.iter().map(|((row, _), _)| row.as_ref());
+        let columns: Vec<ArrayRef> = match &self.shown {
+            Shown::TopN { numbering, .. } => {
+                let mut columns = self.input_codec.decode(rows)?.columns().to_vec();
+                if *numbering != Numbering::Limit {
+                    let numbers =
+                        Int64Array::from_iter_values(ordered.iter().map(|((_, n), _)| *n));
+                    let target = self.output_schema.field(columns.len()).data_type();
+                    columns.push(cast(&numbers, target)?);
+                }
+                columns
+            }
+            Shown::Window { output_codec, .. } => output_codec.decode(rows)?.columns().to_vec(),
+        };
         let weights = Int64Array::from_iter_values(ordered.iter().map(|(_, w)| *w));
         let rows =
             datafusion::arrow::array::RecordBatch::try_new(self.output_schema.clone(), columns)?;
