@@ -41,6 +41,11 @@ const VIEW_QUERIES: &[&str] = &[
     // Window functions: the order covers the row, so frames are unique.
     "SELECT k, v, sum(v) OVER (PARTITION BY k ORDER BY v, s, d) AS running, \
      count(*) OVER (PARTITION BY s) AS in_s FROM t",
+    // Ordered aggregates and DISTINCT ON (orders that leave no ties).
+    "SELECT k, string_agg(s, ',' ORDER BY s, v) AS ss, first_value(v ORDER BY v DESC) AS fv, \
+     last_value(s ORDER BY s) AS ls, array_agg(v ORDER BY v) AS av FROM t GROUP BY k",
+    "SELECT DISTINCT ON (k) k, v, s FROM u ORDER BY k, v, s, d",
+    "SELECT k FROM t WHERE v > {c} UNION SELECT k FROM u",
 ];
 
 /// A view over the first view (created with it), to exercise view-on-view.

@@ -491,11 +491,9 @@ impl Lowering {
             LogicalPlan::Join(join) => self.join(join),
             LogicalPlan::Sort(sort) => match sort.fetch {
                 Some(limit) => self.top_n(&sort.input, Some(&sort.expr), 0, limit),
-                None => Err(EddyError::NotIncremental(
-                    "ORDER BY without LIMIT means nothing in a materialized view (a view is a \
-                     set of rows); order the SELECT that reads the view instead"
-                        .into(),
-                )),
+                // A view is a set of rows: an ORDER BY alone changes nothing
+                // (order the SELECT that reads the view).
+                None => self.node(&sort.input),
             },
             LogicalPlan::Limit(limit) => {
                 let offset = match limit.get_skip_type()? {
@@ -966,12 +964,23 @@ fn aggregate_call(
         args,
         distinct,
         filter,
+        order_by,
         ..
     } = params;
     let kind = AggregateKind::from_function(func.name(), *distinct)?;
+    let mut delimiter = None;
     let argument = match args.as_slice() {
         [] => Expr::Literal(datafusion::common::ScalarValue::Int64(Some(1)), None),
         [single] => single.clone(),
+        [value, Expr::Literal(separator, _)] if kind == AggregateKind::StringAgg => {
+            delimiter = Some(match separator {
+                ScalarValue::Utf8(Some(s))
+                | ScalarValue::LargeUtf8(Some(s))
+                | ScalarValue::Utf8View(Some(s)) => s.clone(),
+                _ => String::new(),
+            });
+            value.clone()
+        }
         _ => {
             return Err(EddyError::NotIncremental(format!(
                 "aggregate {}() with {} arguments is not supported in materialized views yet",
@@ -980,6 +989,35 @@ fn aggregate_call(
             )))
         }
     };
+    // An ordered aggregate folds (order keys..., value) structs.
+    let (argument, order) = if kind.is_ordered() {
+        let mut fields = Vec::with_capacity(2 * (order_by.len() + 1));
+        for (i, sort) in order_by.iter().enumerate() {
+            fields.push(lit(format!("k{i}")));
+            fields.push(sort.expr.clone());
+        }
+        fields.push(lit("value"));
+        fields.push(argument);
+        let options: Vec<SortOptions> = order_by
+            .iter()
+            .map(|s| SortOptions {
+                descending: !s.asc,
+                nulls_first: s.nulls_first,
+            })
+            .collect();
+        (
+            datafusion::functions::core::expr_fn::named_struct(fields),
+            options,
+        )
+    } else {
+        if !order_by.is_empty() && !matches!(kind, AggregateKind::Min | AggregateKind::Max) {
+            return Err(EddyError::NotIncremental(format!(
+                "{}(... ORDER BY ...) is not supported in materialized views yet",
+                func.name()
+            )));
+        }
+        (argument, vec![])
+    };
     let argument = physical_expr(&argument, input_schema)?;
     let argument_type = argument.data_type(input_schema.as_arrow())?;
     let filter = filter
@@ -987,7 +1025,7 @@ fn aggregate_call(
         .map(|f| physical_expr(f, input_schema))
         .transpose()?;
     Ok(AggregateCall {
-        folder: AggregateFolder::try_new(kind, &argument_type, output_type)?,
+        folder: AggregateFolder::try_new(kind, &argument_type, output_type, &order, delimiter)?,
         argument,
         filter,
         display: unaliased.schema_name().to_string(),

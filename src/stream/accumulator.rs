@@ -10,13 +10,23 @@
 //!   current minimum exposes the next one. A DISTINCT sum is recomputed from
 //!   the distinct values of the group when the group changes.
 //! - `bool_and`, `bool_or`: counts of true and false inputs.
+//! - `first_value`, `last_value`, `string_agg`, `array_agg` (with or without
+//!   `ORDER BY`): a multiset of (order keys, value), row-encoded with the
+//!   order's directions, so the map's order is the aggregate's order (by
+//!   value when there is no ORDER BY). The argument arrives as a struct of
+//!   the order keys then the value.
+//! - `first_value`, `last_value`, `string_agg`, `array_agg` (with or without
+//!   `ORDER BY`): a multiset of (order keys, value), row-encoded with the
+//!   order's directions, so the map's order is the aggregate's order (by
+//!   value when there is no ORDER BY). The argument arrives as a struct of
+//!   the order keys then the value.
 
 use std::collections::BTreeMap;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array,
 };
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{cast, SortOptions};
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
@@ -36,6 +46,10 @@ pub enum AggregateKind {
     Max,
     BoolAnd,
     BoolOr,
+    FirstValue,
+    LastValue,
+    StringAgg,
+    ArrayAgg,
 }
 
 impl AggregateKind {
@@ -53,6 +67,10 @@ impl AggregateKind {
             ("max", _) => AggregateKind::Max,
             ("bool_and", _) => AggregateKind::BoolAnd,
             ("bool_or", _) => AggregateKind::BoolOr,
+            ("first_value", false) => AggregateKind::FirstValue,
+            ("last_value", false) => AggregateKind::LastValue,
+            ("string_agg", false) => AggregateKind::StringAgg,
+            ("array_agg", false) => AggregateKind::ArrayAgg,
             (other, true) => {
                 return Err(EddyError::NotIncremental(format!(
                     "aggregate {other}(DISTINCT ...) is not supported in materialized views yet \
@@ -62,11 +80,23 @@ impl AggregateKind {
             (other, false) => {
                 return Err(EddyError::NotIncremental(format!(
                     "aggregate function {other}() cannot be maintained incrementally yet; \
-                     supported: count, sum, avg, min, max, count(DISTINCT), bool_and, bool_or"
+                     supported: count, sum, avg, min, max, count(DISTINCT), bool_and, bool_or, \
+                     first_value, last_value, string_agg, array_agg"
                 )))
             }
         };
         Ok(kind)
+    }
+
+    /// Whether the aggregate folds (order keys, value) structs in order.
+    pub fn is_ordered(self) -> bool {
+        matches!(
+            self,
+            AggregateKind::FirstValue
+                | AggregateKind::LastValue
+                | AggregateKind::StringAgg
+                | AggregateKind::ArrayAgg
+        )
     }
 }
 
@@ -86,6 +116,8 @@ pub struct AggregateFolder {
     /// Row encoding of single values, for min/max/count(DISTINCT).
     value_codec: Option<RowConverter>,
     output_type: DataType,
+    /// string_agg's delimiter.
+    delimiter: String,
 }
 
 /// One aggregate's input for one batch, converted to the accumulation domain.
@@ -112,10 +144,14 @@ pub enum AccumulatorState {
 }
 
 impl AggregateFolder {
+    /// `order` gives the directions of the order keys of an ordered
+    /// aggregate, whose `arg_type` is then a struct of the keys and the value.
     pub fn try_new(
         kind: AggregateKind,
         arg_type: &DataType,
         output_type: DataType,
+        order: &[SortOptions],
+        delimiter: Option<String>,
     ) -> Result<Self> {
         let domain = match kind {
             AggregateKind::Sum | AggregateKind::Avg => Some(match arg_type {
@@ -139,6 +175,25 @@ impl AggregateFolder {
             | AggregateKind::AvgDistinct => {
                 Some(RowConverter::new(vec![SortField::new(arg_type.clone())])?)
             }
+            kind if kind.is_ordered() => {
+                let DataType::Struct(fields) = arg_type else {
+                    return Err(crate::internal!("ordered aggregate over {arg_type}"));
+                };
+                if fields.len() != order.len() + 1 {
+                    return Err(crate::internal!("ordered aggregate without its value"));
+                }
+                let sort_fields = fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| match order.get(i) {
+                        Some(options) => {
+                            SortField::new_with_options(f.data_type().clone(), *options)
+                        }
+                        None => SortField::new(f.data_type().clone()),
+                    })
+                    .collect();
+                Some(RowConverter::new(sort_fields)?)
+            }
             _ => None,
         };
         Ok(Self {
@@ -146,6 +201,7 @@ impl AggregateFolder {
             domain,
             value_codec,
             output_type,
+            delimiter: delimiter.unwrap_or_default(),
         })
     }
 
@@ -188,6 +244,13 @@ impl AggregateFolder {
             }
             (AggregateKind::BoolAnd | AggregateKind::BoolOr, _) => {
                 PreparedInput::Bool(cast(values, &DataType::Boolean)?.as_boolean().clone())
+            }
+            (kind, _) if kind.is_ordered() => {
+                let codec = self.codec()?;
+                PreparedInput::Encoded(
+                    codec.convert_columns(values.as_struct().columns())?,
+                    values.clone(),
+                )
             }
             _ => {
                 let codec = self.codec()?;
@@ -309,6 +372,41 @@ impl AggregateFolder {
                 AggregateKind::SumDistinct | AggregateKind::AvgDistinct => {
                     self.distinct_sum(multiset)?
                 }
+                AggregateKind::FirstValue => self
+                    .ordered_values(multiset.iter().take(1).map(|(k, _)| (k, 1)))?
+                    .first()
+                    .cloned()
+                    .unwrap_or(ScalarValue::Null),
+                AggregateKind::LastValue => self
+                    .ordered_values(multiset.iter().next_back().map(|(k, _)| (k, 1)).into_iter())?
+                    .first()
+                    .cloned()
+                    .unwrap_or(ScalarValue::Null),
+                AggregateKind::StringAgg => {
+                    let values = self.ordered_values(multiset.iter().map(|(k, n)| (k, *n)))?;
+                    let texts: Vec<String> = values
+                        .iter()
+                        .filter(|v| !v.is_null())
+                        .map(|v| v.to_string())
+                        .collect();
+                    if texts.is_empty() {
+                        ScalarValue::Utf8(None)
+                    } else {
+                        ScalarValue::Utf8(Some(texts.join(&self.delimiter)))
+                    }
+                }
+                AggregateKind::ArrayAgg => {
+                    let values = self.ordered_values(multiset.iter().map(|(k, n)| (k, *n)))?;
+                    match (values.first(), &self.output_type) {
+                        (None, _) => ScalarValue::Null,
+                        (Some(_), DataType::List(field)) => ScalarValue::List(
+                            ScalarValue::new_list_nullable(&values, field.data_type()),
+                        ),
+                        (Some(_), other) => {
+                            return Err(crate::internal!("array_agg with output type {other}"))
+                        }
+                    }
+                }
                 other => return Err(crate::internal!("{other:?} kept a value multiset")),
             },
             AccumulatorState::Bools { trues, falses } => {
@@ -377,6 +475,31 @@ impl AggregateFolder {
                 ScalarValue::Float64(Some(floats.iter().sum::<f64>() / floats.len() as f64))
             }
         })
+    }
+
+    /// The values (the last field) of ordered entries, each `n` times.
+    fn ordered_values<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a Box<[u8]>, i64)>,
+    ) -> Result<Vec<ScalarValue>> {
+        let entries: Vec<(&Box<[u8]>, i64)> = entries.collect();
+        if entries.is_empty() {
+            return Ok(vec![]);
+        }
+        let codec = self.codec()?;
+        let parser = codec.parser();
+        let columns = codec.convert_rows(entries.iter().map(|(k, _)| parser.parse(k)))?;
+        let values = columns
+            .last()
+            .ok_or_else(|| crate::internal!("ordered aggregate without values"))?;
+        let mut out = Vec::new();
+        for (row, (_, n)) in entries.iter().enumerate() {
+            let value = ScalarValue::try_from_array(values, row)?;
+            for _ in 0..*n {
+                out.push(value.clone());
+            }
+        }
+        Ok(out)
     }
 
     fn decode(&self, key: Option<&[u8]>) -> Result<ScalarValue> {
