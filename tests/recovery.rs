@@ -304,3 +304,78 @@ async fn a_kafka_sink_finds_its_last_commit_behind_aborted_transactions() {
     eddy.server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Views over joins, top-N, window functions and ordered aggregates keep
+/// their state across a restart: changes after it retract what was emitted
+/// before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_top_n_resume_from_their_state() {
+    const VIEWS: &[(&str, &str)] = &[
+        (
+            "with_customer",
+            "SELECT c.name, o.id, o.amount FROM customers c FULL JOIN orders o ON o.customer = c.id",
+        ),
+        (
+            "buyers",
+            "SELECT name FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer = c.id)",
+        ),
+        (
+            "top2",
+            "SELECT * FROM (SELECT customer, id, amount, ROW_NUMBER() OVER \
+             (PARTITION BY customer ORDER BY amount DESC, id) AS rn FROM orders) x WHERE rn <= 2",
+        ),
+        (
+            "running",
+            "SELECT id, sum(amount) OVER (PARTITION BY customer ORDER BY id) AS total FROM orders",
+        ),
+        (
+            "history",
+            "SELECT customer, string_agg(CAST(id AS TEXT), ',' ORDER BY id) AS ids FROM orders GROUP BY customer",
+        ),
+    ];
+    let dir = fresh_dir("joins");
+    let eddy = start(&dir, None).await;
+    execute(
+        &eddy.client,
+        "CREATE TABLE customers (id BIGINT PRIMARY KEY, name TEXT);
+         CREATE TABLE orders (id BIGINT PRIMARY KEY, customer BIGINT, amount BIGINT);
+         INSERT INTO customers VALUES (1, 'ada'), (2, 'bob'), (3, 'cy');
+         INSERT INTO orders VALUES (10, 1, 5), (11, 1, 9), (12, 1, 7), (13, 2, 3), (14, 4, 1);",
+    )
+    .await;
+    for (name, query) in VIEWS {
+        execute(
+            &eddy.client,
+            &format!("CREATE MATERIALIZED VIEW {name} AS {query}"),
+        )
+        .await;
+    }
+    execute(&eddy.client, "FLUSH").await;
+    async fn check(client: &Client, views: &[(&str, &str)]) {
+        for (name, query) in views {
+            assert_eq!(
+                sorted_rows(client, &format!("SELECT * FROM {name}")).await,
+                sorted_rows(client, query).await,
+                "{name}"
+            );
+        }
+    }
+    check(&eddy.client, VIEWS).await;
+    eddy.server.stop().await;
+
+    let eddy = start(&dir, None).await;
+    check(&eddy.client, VIEWS).await;
+    // Every change below retracts rows emitted before the restart.
+    execute(
+        &eddy.client,
+        "DELETE FROM customers WHERE id = 1;
+         DELETE FROM orders WHERE id = 11;
+         INSERT INTO customers VALUES (4, 'dee');
+         UPDATE orders SET amount = 100 WHERE id = 10;
+         FLUSH;",
+    )
+    .await;
+    check(&eddy.client, VIEWS).await;
+    eddy.server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
