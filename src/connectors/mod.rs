@@ -41,6 +41,16 @@ pub enum SourceConnector {
     Kafka(Arc<kafka::KafkaSourceConfig>),
 }
 
+impl SourceConnector {
+    /// Whether the source only ever adds rows.
+    pub fn is_append_only(&self) -> bool {
+        match self {
+            SourceConnector::Datagen(_) | SourceConnector::Nexmark(_) => true,
+            SourceConnector::Kafka(config) => config.is_append_only(),
+        }
+    }
+}
+
 /// What one reader of a source needs.
 pub struct ReaderSpec {
     /// The source's columns (the connector's, plus a PROCTIME() column).

@@ -32,7 +32,7 @@ use crate::stream::accumulator::{AggregateFolder, AggregateKind};
 use crate::stream::aggregate::{AggregateCall, AggregateOperator, WindowedGroups};
 use crate::stream::filter::FilterOperator;
 use crate::stream::graph::{NodeIndex, StreamGraph};
-use crate::stream::join::{JoinOperator, JoinSide, WindowKey};
+use crate::stream::join::{JoinOperator, JoinSide, SideTime, WindowKey};
 use crate::stream::over::{Numbering, OverOperator};
 use crate::stream::project::ProjectOperator;
 use crate::stream::session::SessionWindowOperator;
@@ -241,8 +241,15 @@ pub struct Lowered {
 
 /// Lowers an optimized plan into a streaming graph whose root produces the
 /// plan's result as a changelog.
-pub fn lower(plan: &LogicalPlan, time: TimeOptions) -> Result<Lowered> {
+/// `relation_is_append_only` says which inputs never retract (interval joins
+/// free state only over those).
+pub fn lower(
+    plan: &LogicalPlan,
+    time: TimeOptions,
+    relation_is_append_only: &dyn Fn(&RelationProvider) -> bool,
+) -> Result<Lowered> {
     let mut lowering = Lowering {
+        relation_is_append_only,
         graph: StreamGraph::new(),
         rank_limits: HashMap::new(),
         time,
@@ -263,7 +270,8 @@ pub fn lower(plan: &LogicalPlan, time: TimeOptions) -> Result<Lowered> {
     })
 }
 
-struct Lowering {
+struct Lowering<'a> {
+    relation_is_append_only: &'a dyn Fn(&RelationProvider) -> bool,
     graph: StreamGraph,
     /// Upper bounds a filter put on a ranking window function's number
     /// (`rn <= 10`), by the address of the `Window` node computing it.
@@ -275,7 +283,7 @@ struct Lowering {
     windowed_aggregate: bool,
 }
 
-impl Lowering {
+impl Lowering<'_> {
     fn node(&mut self, plan: &LogicalPlan) -> Result<NodeIndex> {
         match plan {
             LogicalPlan::TableScan(scan)
@@ -529,7 +537,7 @@ impl Lowering {
     }
 }
 
-impl Lowering {
+impl Lowering<'_> {
     fn join(&mut self, join: &Join) -> Result<NodeIndex> {
         if join.null_aware {
             return Err(EddyError::NotIncremental(
@@ -603,6 +611,13 @@ impl Lowering {
         )?;
         if let Some(side) = lookup {
             op = op.with_lookup_side(side);
+        } else if is_append_only(&join.left, self.relation_is_append_only)
+            && is_append_only(&join.right, self.relation_is_append_only)
+        {
+            if let Some(filter) = &join.filter {
+                let (left_time, right_time) = interval_bounds(join, filter)?;
+                op = op.with_time_bounds(left_time, right_time);
+            }
         }
         let window_key = join
             .on
@@ -655,7 +670,7 @@ fn check_join_key_types(left: &Expr, right: &Expr, join: &Join) -> Result<()> {
     Ok(())
 }
 
-impl Lowering {
+impl Lowering<'_> {
     /// `ORDER BY ... LIMIT` (or a bare LIMIT: ordered by the whole row, any
     /// `n` rows being a right answer).
     fn top_n(
@@ -869,6 +884,91 @@ fn sort_exprs(order: &[SortExpr], schema: &DFSchema) -> Result<Vec<PhysicalSortE
             })
         })
         .collect()
+}
+
+/// Time bounds of an interval join's sides, from its conditions: each
+/// `t <= f` (or `<`, `>=` mirrored, `BETWEEN`) where `t` is one side's
+/// watermarked time column and `f` reads only the other side bounds the
+/// rows of that other side by `f` (see `stream::join`).
+fn interval_bounds(join: &Join, filter: &Expr) -> Result<(SideTime, SideTime)> {
+    let mut bounds: Vec<(Expr, Expr)> = Vec::new(); // (lower, upper): lower <= upper
+    for conjunct in split_conjunction(filter) {
+        match conjunct {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+                Operator::Lt | Operator::LtEq => bounds.push((*left.clone(), *right.clone())),
+                Operator::Gt | Operator::GtEq => bounds.push((*right.clone(), *left.clone())),
+                _ => {}
+            },
+            Expr::Between(between) if !between.negated => {
+                bounds.push((*between.low.clone(), *between.expr.clone()));
+                bounds.push((*between.expr.clone(), *between.high.clone()));
+            }
+            _ => {}
+        }
+    }
+    let sides = [join.left.as_ref(), join.right.as_ref()];
+    let side_of = |expr: &Expr| -> Option<usize> {
+        let columns = expr.column_refs();
+        if columns.is_empty() {
+            return None;
+        }
+        (0..2).find(|&s| columns.iter().all(|c| sides[s].schema().has_column(c)))
+    };
+    let mut times: [SideTime; 2] = [SideTime::default(), SideTime::default()];
+    for (lower, upper) in bounds {
+        // `lower` is a side's watermarked time column, `upper` an expression
+        // over the other side: that side's rows expire at `upper`.
+        let (Some(time_side), Some(bound_side)) = (side_of(&lower), side_of(&upper)) else {
+            continue;
+        };
+        if time_side == bound_side || !is_watermark_column(sides[time_side], &lower) {
+            continue;
+        }
+        if times[bound_side].expiry.is_some() {
+            continue;
+        }
+        times[time_side].time = Some(physical_expr(&lower, sides[time_side].schema())?);
+        times[bound_side].expiry = Some(physical_expr(&upper, sides[bound_side].schema())?);
+    }
+    let [left, right] = times;
+    Ok((left, right))
+}
+
+/// Whether `expr` over `plan`'s output is the column a source's watermark is
+/// declared on, passed through unchanged.
+fn is_watermark_column(plan: &LogicalPlan, expr: &Expr) -> bool {
+    let Expr::Column(column) = expr else {
+        return false;
+    };
+    let Ok(index) = plan.schema().index_of_column(column) else {
+        return false;
+    };
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            let Ok(provider) = source_as_provider(&scan.source) else {
+                return false;
+            };
+            let Some(relation) = provider.downcast_ref::<RelationProvider>() else {
+                return false;
+            };
+            let source_index = match &scan.projection {
+                Some(projection) => projection.get(index).copied(),
+                None => Some(index),
+            };
+            source_index.is_some() && relation.watermark_column == source_index
+        }
+        LogicalPlan::Projection(projection) => match projection.expr.get(index) {
+            Some(e) => is_watermark_column(&projection.input, &e.clone().unalias()),
+            None => false,
+        },
+        LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            let input = plan.inputs()[0];
+            let (qualifier, field) = input.schema().qualified_field(index);
+            let column = datafusion::common::Column::new(qualifier.cloned(), field.name());
+            is_watermark_column(input, &Expr::Column(column))
+        }
+        _ => false,
+    }
 }
 
 /// Whether `plan` reads a relation `FOR SYSTEM_TIME AS OF PROCTIME()`

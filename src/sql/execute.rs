@@ -1014,7 +1014,14 @@ impl Engine {
             allow_cross_join: view.allow_cross_join,
             emit_on_window_close: view.emit_on_window_close,
         };
-        let lowered = plan::lower(&optimized, time)?;
+        let relation_is_append_only =
+            |relation: &crate::catalog::RelationProvider| match self.catalog.by_id(relation.id) {
+                Some(Relation::Table(t)) => t.append_only,
+                Some(Relation::View(v)) => v.append_only,
+                Some(Relation::Source(s)) => s.connector.is_append_only(),
+                None => false,
+            };
+        let lowered = plan::lower(&optimized, time, &relation_is_append_only)?;
         if view.emit_on_window_close {
             // Windows close only as the watermark of their time column moves.
             for (relation, time_column) in &lowered.windows {
@@ -1080,16 +1087,8 @@ impl Engine {
         let schema = Arc::new(Schema::new(fields));
         let key = plan::derive_key(&optimized);
         // EMIT ON WINDOW CLOSE emits each window once: only insertions.
-        let append_only = view.emit_on_window_close
-            || plan::is_append_only(
-                &optimized,
-                &|relation| match self.catalog.by_id(relation.id) {
-                    Some(Relation::Table(t)) => t.append_only,
-                    Some(Relation::View(v)) => v.append_only,
-                    Some(Relation::Source(_)) => true,
-                    None => false,
-                },
-            );
+        let append_only =
+            view.emit_on_window_close || plan::is_append_only(&optimized, &relation_is_append_only);
         Ok((
             plan::PlannedView {
                 graph,

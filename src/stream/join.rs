@@ -23,9 +23,18 @@
 //! of the other side joins the rows held when it arrives, and is not kept.
 //! The watermark is the other side's.
 //!
-//! State is unbounded unless the key holds a window's end (a window join):
-//! then a key whose window the watermark has closed (plus the allowed
-//! lateness) can see no further change on either side and is dropped.
+//! State is unbounded unless time bounds it:
+//! - a window join (the key holds a window's end): a key whose window the
+//!   watermark has closed (plus the allowed lateness) can see no further
+//!   change on either side and is dropped;
+//! - an interval join over append-only inputs (`b.t BETWEEN a.t - INTERVAL
+//!   '5' SECOND AND a.t`, `b.t BETWEEN a.start AND a.expires`): a condition
+//!   `other.t <= f(row)` on the other side's watermarked time column means
+//!   no row of the other side later than `f(row)` matches; once that side's
+//!   watermark passes `f(row)` the row is dropped. Rows of a side whose time
+//!   column is bounded that arrive behind its watermark are late: dropped
+//!   (counted in `late_rows`), as the rows they would have matched may be
+//!   gone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -91,8 +100,23 @@ pub struct JoinSide {
     pub schema: SchemaRef,
 }
 
+/// How time bounds one side's rows (interval joins).
+#[derive(Default)]
+pub struct SideTime {
+    /// This side's watermarked time column, when a condition bounds it by
+    /// the other side: rows behind this side's watermark are late.
+    pub time: Option<Arc<dyn PhysicalExpr>>,
+    /// The latest time (µs) of a row of the other side that can match a row
+    /// of this side: once the other side's watermark passes it, the row goes.
+    pub expiry: Option<Arc<dyn PhysicalExpr>>,
+}
+
 struct SideState {
     keys: Vec<Arc<dyn PhysicalExpr>>,
+    time: SideTime,
+    /// Kept rows by expiry (µs), when `time.expiry` is set.
+    by_expiry: BTreeMap<i64, Vec<(Arc<[u8]>, Arc<[u8]>)>>,
+    late_rows: u64,
     codec: RowCodec,
     lone: Lone,
     rows: HashMap<Arc<[u8]>, HashMap<Arc<[u8]>, Entry>>,
@@ -202,6 +226,9 @@ impl JoinOperator {
         let side = |side: JoinSide, lone: Lone| -> Result<SideState> {
             Ok(SideState {
                 keys: side.keys,
+                time: SideTime::default(),
+                by_expiry: BTreeMap::new(),
+                late_rows: 0,
                 codec: RowCodec::try_new(side.schema)?,
                 lone,
                 rows: HashMap::new(),
@@ -235,6 +262,14 @@ impl JoinOperator {
             "a looked-up side is inner"
         );
         self.lookup = Some(side);
+        self
+    }
+
+    /// Time bounds of the sides' rows (interval joins over append-only
+    /// inputs): see the module docs.
+    pub fn with_time_bounds(mut self, left: SideTime, right: SideTime) -> Self {
+        self.sides[0].time = left;
+        self.sides[1].time = right;
         self
     }
 
@@ -357,6 +392,36 @@ impl JoinOperator {
         Self::change(&self.output_schema, columns, weights)
     }
 
+    /// Drops the rows of side `side` that are behind its watermark, when its
+    /// time is bounded (see the module docs).
+    fn drop_late(&mut self, side: usize, batch: ChangeBatch) -> Result<ChangeBatch> {
+        let (Some(time), Some(watermark)) =
+            (&self.sides[side].time.time, self.watermark.input(side))
+        else {
+            return Ok(batch);
+        };
+        let times = micros(&time.evaluate(&batch.rows)?.into_array(batch.num_rows())?)?;
+        let on_time: BooleanArray = (0..times.len())
+            .map(|i| Some(times.is_null(i) || times.value(i) >= watermark))
+            .collect();
+        let late = on_time.false_count();
+        if late == 0 {
+            return Ok(batch);
+        }
+        self.sides[side].late_rows += late as u64;
+        batch.filter(&on_time)
+    }
+
+    /// The expiry (µs) of each row of `rows` of side `side`, when set.
+    fn expiries(&self, side: usize, rows: &RecordBatch) -> Result<Option<Int64Array>> {
+        let Some(expiry) = &self.sides[side].time.expiry else {
+            return Ok(None);
+        };
+        Ok(Some(micros(
+            &expiry.evaluate(rows)?.into_array(rows.num_rows())?,
+        )?))
+    }
+
     /// The window ends (µs) of a batch's keys, when the key holds one.
     fn window_ends(&self, keys: &[ArrayRef]) -> Result<Option<Int64Array>> {
         let Some(window) = self.window_key else {
@@ -374,6 +439,7 @@ impl Operator for JoinOperator {
     fn process(&mut self, input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
         self.watermark.on_data(input);
         let (this, other) = (input, 1 - input);
+        let batch = self.drop_late(this, batch)?;
         let (batch, key_columns) = self.errors.evaluate(&self.sides[this].keys, &batch)?;
         if batch.is_empty() {
             return Ok(vec![]);
@@ -397,6 +463,8 @@ impl Operator for JoinOperator {
             }
             return Ok(vec![]);
         }
+        let expiries = self.expiries(this, &batch.rows)?;
+        let other_watermark = self.watermark.input(other);
 
         // Candidate pairs: each row with every kept row of its key on the other side.
         let mut pair_this: Vec<u32> = Vec::new();
@@ -516,9 +584,21 @@ impl Operator for JoinOperator {
                 lone_rows.push(i as u32);
                 lone_weights.push(weights[i]);
             }
-            if matchable[i] && self.lookup.is_none() {
+            // A row that no future row of the other side can match is not kept.
+            let expiry = expiries
+                .as_ref()
+                .filter(|e| e.is_valid(i))
+                .map(|e| e.value(i));
+            let expired = expiry.is_some_and(|e| other_watermark.is_some_and(|w| e < w));
+            if matchable[i] && self.lookup.is_none() && !expired {
                 let side = &mut self.sides[this];
                 side.add(&keys[i], &rows[i], weights[i], matches[i]);
+                if let Some(expiry) = expiry {
+                    side.by_expiry
+                        .entry(expiry)
+                        .or_default()
+                        .push((keys[i].clone(), rows[i].clone()));
+                }
                 if let Some(ends) = window_ends.as_ref().filter(|e| e.is_valid(i)) {
                     if side.rows.contains_key(&keys[i]) {
                         let end = ends.value(i);
@@ -554,6 +634,24 @@ impl Operator for JoinOperator {
             return Ok((vec![], streamed));
         }
         let merged = self.watermark.on_watermark(input, watermark);
+        // Rows of the other side that no row of this side can match any more.
+        if let Some(input_watermark) = self.watermark.input(input) {
+            let side = &mut self.sides[1 - input];
+            let live = side.by_expiry.split_off(&input_watermark);
+            let expired = std::mem::replace(&mut side.by_expiry, live);
+            for (key, row) in expired.into_values().flatten() {
+                let Some(bucket) = side.rows.get_mut(&key) else {
+                    continue;
+                };
+                if bucket.remove(&row).is_some() {
+                    side.kept -= 1;
+                    side.dirty.insert((key.clone(), row));
+                }
+                if bucket.is_empty() {
+                    side.rows.remove(&key);
+                }
+            }
+        }
         if let (Some(merged), Some(window)) = (merged, self.window_key) {
             // A window ending at or before this can change no more.
             let closed_before = merged.saturating_sub(window.allowed_lateness_micros);
@@ -579,6 +677,10 @@ impl Operator for JoinOperator {
 
     fn state_keys(&self) -> u64 {
         self.sides.iter().map(|s| s.kept).sum()
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.sides.iter().map(|s| s.late_rows).sum()
     }
 
     fn rows_failed(&self) -> u64 {
@@ -630,6 +732,7 @@ impl Operator for JoinOperator {
             side.rows.clear();
             side.dirty.clear();
             side.by_window_end.clear();
+            side.by_expiry.clear();
             side.kept = 0;
         }
         for (state_key, value) in entries {
@@ -648,6 +751,33 @@ impl Operator for JoinOperator {
                 .ok_or_else(|| EddyError::Checkpoint(format!("join state names side {index}")))?;
             side.rows.entry(key).or_default().insert(row, entry);
             side.kept += 1;
+        }
+        for index in 0..2 {
+            if self.sides[index].time.expiry.is_none() {
+                continue;
+            }
+            let entries: Vec<(Arc<[u8]>, Arc<[u8]>)> = self.sides[index]
+                .rows
+                .iter()
+                .flat_map(|(key, bucket)| bucket.keys().map(move |row| (key.clone(), row.clone())))
+                .collect();
+            if entries.is_empty() {
+                continue;
+            }
+            let rows = self.sides[index]
+                .codec
+                .decode(entries.iter().map(|(_, row)| row.as_ref()))?;
+            if let Some(expiries) = self.expiries(index, &rows)? {
+                for (i, entry) in entries.into_iter().enumerate() {
+                    if expiries.is_valid(i) {
+                        self.sides[index]
+                            .by_expiry
+                            .entry(expiries.value(i))
+                            .or_default()
+                            .push(entry);
+                    }
+                }
+            }
         }
         if let Some(window) = self.window_key {
             for index in 0..2 {

@@ -45,6 +45,11 @@ impl MergedWatermark {
         self.forwarded
     }
 
+    /// Input `input`'s own watermark, if it sent one.
+    pub fn input(&self, input: usize) -> Option<i64> {
+        self.watermarks[input]
+    }
+
     /// Input `input` sent changes.
     pub fn on_data(&mut self, input: usize) {
         self.active_since_tick[input] = true;

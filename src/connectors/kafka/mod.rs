@@ -368,6 +368,12 @@ const KNOWN_OPTIONS: &str = "topic, properties.bootstrap.server, properties.<lib
                              scan.startup.mode, scan.startup.timestamp.millis, on_error";
 
 impl KafkaSourceConfig {
+    /// Whether the topic's messages only add rows (FORMAT PLAIN): UPSERT and
+    /// DEBEZIUM messages update and delete them.
+    pub fn is_append_only(&self) -> bool {
+        self.format == MessageFormat::Plain
+    }
+
     /// The configuration of a source with `declared` columns (and `key`,
     /// the PRIMARY KEY columns, which FORMAT UPSERT requires).
     pub fn from_clauses(
