@@ -78,6 +78,12 @@ impl Lone {
     }
 }
 
+/// A kept row: its join key and the row, both row-encoded.
+type KeyedRow = (Arc<[u8]>, Arc<[u8]>);
+
+/// Rows by join key, each with its entry.
+type RowsByKey = HashMap<Arc<[u8]>, HashMap<Arc<[u8]>, Entry>>;
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     multiplicity: i64,
@@ -115,15 +121,15 @@ struct SideState {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     time: SideTime,
     /// Kept rows by expiry (µs), when `time.expiry` is set.
-    by_expiry: BTreeMap<i64, Vec<(Arc<[u8]>, Arc<[u8]>)>>,
+    by_expiry: BTreeMap<i64, Vec<KeyedRow>>,
     late_rows: u64,
     codec: RowCodec,
     lone: Lone,
-    rows: HashMap<Arc<[u8]>, HashMap<Arc<[u8]>, Entry>>,
+    rows: RowsByKey,
     /// Kept rows (distinct), for the state figures.
     kept: u64,
     /// (key, row) changed since the last checkpoint.
-    dirty: HashSet<(Arc<[u8]>, Arc<[u8]>)>,
+    dirty: HashSet<KeyedRow>,
     /// Keys by window end (µs), when the key holds one.
     by_window_end: BTreeMap<i64, BTreeSet<Arc<[u8]>>>,
 }
@@ -756,7 +762,7 @@ impl Operator for JoinOperator {
             if self.sides[index].time.expiry.is_none() {
                 continue;
             }
-            let entries: Vec<(Arc<[u8]>, Arc<[u8]>)> = self.sides[index]
+            let entries: Vec<KeyedRow> = self.sides[index]
                 .rows
                 .iter()
                 .flat_map(|(key, bucket)| bucket.keys().map(move |row| (key.clone(), row.clone())))

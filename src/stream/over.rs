@@ -59,6 +59,9 @@ impl Numbering {
 
 type SortedRows = BTreeMap<(Arc<[u8]>, Arc<[u8]>), i64>;
 
+/// A row (row-encoded) and its number in the partition.
+type Numbered = (Arc<[u8]>, i64);
+
 #[derive(Default)]
 struct Partition {
     /// (sort key, row) → multiplicity.
@@ -338,7 +341,7 @@ impl Operator for OverOperator {
         if changes.is_empty() {
             return Ok(vec![]);
         }
-        let mut ordered: Vec<((Arc<[u8]>, i64), i64)> = changes.into_iter().collect();
+        let mut ordered: Vec<(Numbered, i64)> = changes.into_iter().collect();
         ordered.sort_unstable();
         let rows = ordered.iter().map(|((row, _), _)| row.as_ref());
         let columns: Vec<ArrayRef> = match &self.shown {
