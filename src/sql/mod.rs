@@ -434,14 +434,7 @@ fn rewrite_flink_windows(sql: &str) -> Result<String> {
         out.push(token);
         out.push(space);
     }
-    Ok(out
-        .iter()
-        .map(|t| match t {
-            // Display does not re-escape quotes inside strings.
-            Token::SingleQuotedString(s) => format!("'{}'", s.replace('\'', "''")),
-            other => other.to_string(),
-        })
-        .collect())
+    Ok(render_tokens(&out))
 }
 
 /// Rewrites `t FOR SYSTEM_TIME AS OF PROCTIME()` (a lookup join's table,
@@ -522,14 +515,20 @@ fn rewrite_lookup_joins(sql: &str) -> Result<String> {
         rewritten.extend(tokens[after..].iter().cloned());
         tokens = rewritten;
     }
-    Ok(tokens
+    Ok(render_tokens(&tokens))
+}
+
+/// SQL text of tokens (the inverse of the tokenizer).
+fn render_tokens(tokens: &[datafusion::sql::sqlparser::tokenizer::Token]) -> String {
+    use datafusion::sql::sqlparser::tokenizer::Token;
+    tokens
         .iter()
         .map(|t| match t {
             // Display does not re-escape quotes inside strings.
             Token::SingleQuotedString(s) => format!("'{}'", s.replace('\'', "''")),
             other => other.to_string(),
         })
-        .collect())
+        .collect()
 }
 
 /// `SUBSCRIBE [TO] view [WITH (snapshot = true | false)]`.
