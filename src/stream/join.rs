@@ -439,7 +439,21 @@ impl JoinOperator {
 
 impl Operator for JoinOperator {
     fn describe(&self) -> String {
-        self.description.clone()
+        let freed = |side: usize| self.sides[side].time.expiry.is_some();
+        let state = if self.lookup.is_some() {
+            "state: the looked-up side's rows"
+        } else if self.window_key.is_some() {
+            "state bounded: freed as windows close"
+        } else if freed(0) && freed(1) {
+            "state bounded: freed by the watermarks"
+        } else if freed(0) {
+            "state: left rows freed by the watermark, right rows unbounded"
+        } else if freed(1) {
+            "state: right rows freed by the watermark, left rows unbounded"
+        } else {
+            "state unbounded: keeps both inputs"
+        };
+        format!("{} ({state})", self.description)
     }
 
     fn process(&mut self, input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {

@@ -272,7 +272,7 @@ fn top(
 
 impl Operator for OverOperator {
     fn describe(&self) -> String {
-        self.description.clone()
+        format!("{} (state unbounded: keeps every input row)", self.description)
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
