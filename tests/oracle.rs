@@ -46,6 +46,7 @@ const VIEW_QUERIES: &[&str] = &[
      last_value(s ORDER BY s) AS ls, array_agg(v ORDER BY v) AS av FROM t GROUP BY k",
     "SELECT DISTINCT ON (k) k, v, s FROM u ORDER BY k, v, s, d",
     "SELECT k FROM t WHERE v > {c} UNION SELECT k FROM u",
+    "SELECT k, v FROM t WHERE k NOT IN (SELECT k FROM u WHERE v > {c})",
 ];
 
 /// A view over the first view (created with it), to exercise view-on-view.

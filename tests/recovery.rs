@@ -320,6 +320,10 @@ async fn joins_and_top_n_resume_from_their_state() {
             "SELECT name FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer = c.id)",
         ),
         (
+            "never_ordered",
+            "SELECT name FROM customers WHERE id NOT IN (SELECT customer FROM orders)",
+        ),
+        (
             "top2",
             "SELECT * FROM (SELECT customer, id, amount, ROW_NUMBER() OVER \
              (PARTITION BY customer ORDER BY amount DESC, id) AS rn FROM orders) x WHERE rn <= 2",
@@ -372,6 +376,26 @@ async fn joins_and_top_n_resume_from_their_state() {
          DELETE FROM orders WHERE id = 11;
          INSERT INTO customers VALUES (4, 'dee');
          UPDATE orders SET amount = 100 WHERE id = 10;
+         FLUSH;",
+    )
+    .await;
+    check(&eddy.client, VIEWS).await;
+    eddy.server.stop().await;
+
+    // Once more, across a NULL key in the NOT IN subquery.
+    let eddy = start(&dir, None).await;
+    execute(
+        &eddy.client,
+        "INSERT INTO orders VALUES (15, NULL, 2);
+         FLUSH;",
+    )
+    .await;
+    check(&eddy.client, VIEWS).await;
+    eddy.server.stop().await;
+    let eddy = start(&dir, None).await;
+    execute(
+        &eddy.client,
+        "DELETE FROM orders WHERE id = 15;
          FLUSH;",
     )
     .await;

@@ -539,13 +539,6 @@ impl Lowering<'_> {
 
 impl Lowering<'_> {
     fn join(&mut self, join: &Join) -> Result<NodeIndex> {
-        if join.null_aware {
-            return Err(EddyError::NotIncremental(
-                "NOT IN (subquery) is not supported in materialized views yet; \
-                 write it as NOT EXISTS (which differs only when the subquery yields NULL)"
-                    .into(),
-            ));
-        }
         if join.on.is_empty()
             && !self.time.allow_cross_join
             && !at_most_one_row(&join.left)
@@ -609,6 +602,9 @@ impl Lowering<'_> {
             self.time.idle_timeout_micros,
             description,
         )?;
+        if join.null_aware {
+            op = op.null_aware()?;
+        }
         if let Some(side) = lookup {
             op = op.with_lookup_side(side);
         } else if is_append_only(&join.left, self.relation_is_append_only)

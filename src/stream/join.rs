@@ -18,6 +18,12 @@
 //! Invariants: a kept row has a non-zero multiplicity; its match count is
 //! the sum of the multiplicities of the other side's matching rows.
 //!
+//! `NOT IN (subquery)` is a null-aware anti join: a left row shows when the
+//! right side is empty; else, when no right key is NULL, its own key is not
+//! NULL and nothing matches it. A right change that empties the right side
+//! or adds its first NULL key (or undoes either) changes every left row's
+//! answer: the operator then emits the difference of the two answers.
+//!
 //! A lookup join (`t FOR SYSTEM_TIME AS OF PROCTIME()`) keeps only the
 //! looked-up side: its changes update the state and emit nothing; each change
 //! of the other side joins the rows held when it arrives, and is not kept.
@@ -164,8 +170,42 @@ impl SideState {
     }
 }
 
+/// The answer of every left row of a null-aware anti join depends on this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RightSide {
+    Empty,
+    HasNullKey,
+    /// Not empty, no NULL key: each row by its own matches.
+    Keyed,
+}
+
+/// What a null-aware anti join (`NOT IN`) keeps besides the sides' rows.
+#[derive(Debug, Default)]
+struct NotIn {
+    /// All right rows, and those with a NULL key (not kept as rows).
+    right_rows: i64,
+    right_null_keys: i64,
+    /// Left rows with a NULL key (shown only while the right side is empty).
+    left_null_keys: HashMap<Arc<[u8]>, i64>,
+    dirty: bool,
+}
+
+impl NotIn {
+    fn right_side(&self) -> RightSide {
+        if self.right_rows == 0 {
+            RightSide::Empty
+        } else if self.right_null_keys > 0 {
+            RightSide::HasNullKey
+        } else {
+            RightSide::Keyed
+        }
+    }
+}
+
 pub struct JoinOperator {
     join_type: JoinType,
+    /// `NOT IN`: a null-aware anti join.
+    not_in: Option<NotIn>,
     /// Whether matching pairs are output (not for semi and anti joins).
     pairs: bool,
     sides: [SideState; 2],
@@ -254,10 +294,50 @@ impl JoinOperator {
             output_schema,
             window_key: None,
             lookup: None,
+            not_in: None,
             watermark: MergedWatermark::new(2, idle_timeout),
             errors: RowErrorPolicy::default(),
             description,
         })
+    }
+
+    /// Makes a left anti join null-aware (`NOT IN`): see the module docs.
+    pub fn null_aware(mut self) -> Result<Self> {
+        if self.join_type != JoinType::LeftAnti || self.filter.is_some() {
+            return Err(EddyError::NotIncremental(
+                "NOT IN with a correlated subquery is not supported in materialized views yet; \
+                 write it as NOT EXISTS (which differs only when the subquery yields NULL)"
+                    .into(),
+            ));
+        }
+        self.not_in = Some(NotIn::default());
+        Ok(self)
+    }
+
+    /// The left rows a null-aware anti join shows for `right_side`, given
+    /// the rows whose matches crossed zero in this batch (`crossed`: +n for a
+    /// row that lost its last match, -n for one that found its first).
+    fn not_in_shown(&self, right_side: RightSide) -> HashMap<Arc<[u8]>, i64> {
+        let mut shown: HashMap<Arc<[u8]>, i64> = HashMap::new();
+        let Some(not_in) = &self.not_in else {
+            return shown;
+        };
+        if right_side == RightSide::HasNullKey {
+            return shown;
+        }
+        for bucket in self.sides[0].rows.values() {
+            for (row, entry) in bucket {
+                if right_side == RightSide::Empty || entry.matches == 0 {
+                    *shown.entry(row.clone()).or_insert(0) += entry.multiplicity;
+                }
+            }
+        }
+        if right_side == RightSide::Empty {
+            for (row, n) in &not_in.left_null_keys {
+                *shown.entry(row.clone()).or_insert(0) += n;
+            }
+        }
+        shown
     }
 
     /// Makes `side` a lookup table: see the module docs.
@@ -585,6 +665,45 @@ impl Operator for JoinOperator {
             );
             output.push(Self::change(&self.output_schema, columns, pair_weights)?);
         }
+        if let Some(not_in) = &mut self.not_in {
+            if this == 1 {
+                // Right rows: the rows crossing zero above are the change only
+                // if the right side stays keyed.
+                let before = not_in.right_side();
+                for i in 0..batch.num_rows() {
+                    not_in.right_rows += weights[i];
+                    if !matchable[i] {
+                        not_in.right_null_keys += weights[i];
+                    }
+                }
+                not_in.dirty = true;
+                let after = not_in.right_side();
+                if (before, after) != (RightSide::Keyed, RightSide::Keyed) {
+                    let mut crossed: HashMap<Arc<[u8]>, i64> = HashMap::new();
+                    for (row, weight) in other_lone_rows.drain(..).zip(other_lone_weights.drain(..))
+                    {
+                        *crossed.entry(row).or_insert(0) += weight;
+                    }
+                    let now = self.not_in_shown(after);
+                    let mut was = self.not_in_shown(before);
+                    if before == RightSide::Keyed {
+                        // Shown before this batch = shown now by matches, less
+                        // the rows that crossed zero in it.
+                        for (row, weight) in crossed {
+                            *was.entry(row).or_insert(0) -= weight;
+                        }
+                    }
+                    let mut change = now;
+                    for (row, n) in was {
+                        *change.entry(row).or_insert(0) -= n;
+                    }
+                    for (row, weight) in change.into_iter().filter(|(_, w)| *w != 0) {
+                        other_lone_rows.push(row);
+                        other_lone_weights.push(weight);
+                    }
+                }
+            }
+        }
         if !other_lone_rows.is_empty() {
             let columns = self.sides[other]
                 .codec
@@ -599,10 +718,26 @@ impl Operator for JoinOperator {
         let window_ends = self.window_ends(&key_columns)?;
         let mut lone_rows: Vec<u32> = Vec::new();
         let mut lone_weights: Vec<i64> = Vec::new();
+        let right_side = self.not_in.as_ref().map(NotIn::right_side);
         for i in 0..batch.num_rows() {
-            if this_lone.shows(matches[i]) {
+            let shows = match right_side {
+                // A left row of NOT IN.
+                Some(RightSide::Empty) if this == 0 => true,
+                Some(RightSide::HasNullKey) if this == 0 => false,
+                Some(RightSide::Keyed) if this == 0 => matchable[i] && matches[i] == 0,
+                _ => this_lone.shows(matches[i]),
+            };
+            if shows {
                 lone_rows.push(i as u32);
                 lone_weights.push(weights[i]);
+            }
+            if let (Some(not_in), false, 0) = (&mut self.not_in, matchable[i], this) {
+                let n = not_in.left_null_keys.entry(rows[i].clone()).or_insert(0);
+                *n += weights[i];
+                if *n == 0 {
+                    not_in.left_null_keys.remove(&rows[i]);
+                }
+                not_in.dirty = true;
             }
             // A row that no future row of the other side can match is not kept.
             let expiry = expiries
@@ -744,6 +879,21 @@ impl Operator for JoinOperator {
             }
             side.dirty.clear();
         }
+        // NOT IN: one entry `[2]` with the right side's counts and the left
+        // rows with a NULL key.
+        if let Some(not_in) = &mut self.not_in {
+            if delta.full || not_in.dirty {
+                let mut out = Encoder::new();
+                out.i64(not_in.right_rows)
+                    .i64(not_in.right_null_keys)
+                    .u64(not_in.left_null_keys.len() as u64);
+                for (row, n) in &not_in.left_null_keys {
+                    out.bytes(row).i64(*n);
+                }
+                delta.put(vec![2], out.finish());
+                not_in.dirty = false;
+            }
+        }
         Ok(())
     }
 
@@ -755,9 +905,25 @@ impl Operator for JoinOperator {
             side.by_expiry.clear();
             side.kept = 0;
         }
+        if let Some(not_in) = &mut self.not_in {
+            *not_in = NotIn::default();
+        }
         for (state_key, value) in entries {
             let mut d = Decoder::new(&state_key);
             let index = d.u8()? as usize;
+            if index == 2 {
+                let not_in = self.not_in.as_mut().ok_or_else(|| {
+                    EddyError::Checkpoint("NOT IN state for a join that is not NOT IN".into())
+                })?;
+                let mut v = Decoder::new(&value);
+                not_in.right_rows = v.i64()?;
+                not_in.right_null_keys = v.i64()?;
+                for _ in 0..v.u64()? {
+                    let row: Arc<[u8]> = Arc::from(v.bytes()?);
+                    not_in.left_null_keys.insert(row, v.i64()?);
+                }
+                continue;
+            }
             let key: Arc<[u8]> = Arc::from(d.bytes()?);
             let row: Arc<[u8]> = Arc::from(d.bytes()?);
             let mut v = Decoder::new(&value);

@@ -272,7 +272,10 @@ fn top(
 
 impl Operator for OverOperator {
     fn describe(&self) -> String {
-        format!("{} (state unbounded: keeps every input row)", self.description)
+        format!(
+            "{} (state unbounded: keeps every input row)",
+            self.description
+        )
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
