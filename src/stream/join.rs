@@ -1007,3 +1007,157 @@ impl std::fmt::Debug for JoinOperator {
         write!(f, "JoinOperator({:?})", self.join_type)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The join against a slow, obviously right reference: a nested loop
+    //! over the current inputs, after every change.
+    use super::*;
+    use datafusion::arrow::array::Int32Array;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::physical_expr::expressions::Column;
+    use std::collections::BTreeMap as Multiset;
+
+    type Row = (Option<i32>, i32); // (key, value)
+
+    fn schema(value: &str) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int32, true),
+            Field::new(value, DataType::Int32, false),
+        ]))
+    }
+
+    fn batch(schema: &SchemaRef, rows: &[(Row, i64)]) -> ChangeBatch {
+        let keys = Int32Array::from(rows.iter().map(|((k, _), _)| *k).collect::<Vec<_>>());
+        let values = Int32Array::from(rows.iter().map(|((_, v), _)| *v).collect::<Vec<_>>());
+        let rows_batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(keys), Arc::new(values)]).unwrap();
+        let weights = Int64Array::from(rows.iter().map(|(_, w)| *w).collect::<Vec<_>>());
+        ChangeBatch::new(rows_batch, weights).unwrap()
+    }
+
+    /// Output rows as (left key, left value, right key, right value).
+    type Out = (Option<i32>, Option<i32>, Option<i32>, Option<i32>);
+
+    fn consolidate(into: &mut Multiset<Out, i64>, batches: Vec<ChangeBatch>) {
+        for b in batches {
+            let column = |i: usize| {
+                b.rows
+                    .column(i)
+                    .as_primitive::<datafusion::arrow::datatypes::Int32Type>()
+                    .clone()
+            };
+            let (lk, lv, rk, rv) = (column(0), column(1), column(2), column(3));
+            let get = |a: &datafusion::arrow::array::Int32Array, i: usize| {
+                a.is_valid(i).then(|| a.value(i))
+            };
+            for i in 0..b.num_rows() {
+                let row = (get(&lk, i), get(&lv, i), get(&rk, i), get(&rv, i));
+                let n = into.entry(row).or_insert(0);
+                *n += b.weights.value(i);
+                if *n == 0 {
+                    into.remove(&row);
+                }
+            }
+        }
+    }
+
+    /// FULL JOIN ON l.k = r.k AND l.v < r.v, by nested loops.
+    fn reference(left: &Multiset<Row, i64>, right: &Multiset<Row, i64>) -> Multiset<Out, i64> {
+        let matches = |l: &Row, r: &Row| l.0.is_some() && l.0 == r.0 && l.1 < r.1;
+        let mut out = Multiset::new();
+        for (l, ln) in left {
+            let mut matched = false;
+            for (r, rn) in right {
+                if matches(l, r) {
+                    matched = true;
+                    *out.entry((l.0, Some(l.1), r.0, Some(r.1))).or_insert(0) += ln * rn;
+                }
+            }
+            if !matched {
+                *out.entry((l.0, Some(l.1), None, None)).or_insert(0) += ln;
+            }
+        }
+        for (r, rn) in right {
+            if !left.keys().any(|l| matches(l, r)) {
+                *out.entry((None, None, r.0, Some(r.1))).or_insert(0) += rn;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_full_join_with_a_condition_equals_nested_loops_after_every_change() {
+        let (ls, rs) = (schema("lv"), schema("rv"));
+        let output = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int32, true),
+            Field::new("lv", DataType::Int32, true),
+            Field::new("k", DataType::Int32, true),
+            Field::new("rv", DataType::Int32, true),
+        ]));
+        let key = || vec![Arc::new(Column::new("k", 0)) as Arc<dyn PhysicalExpr>];
+        // l.v < r.v over the pair (l.k, l.v, r.k, r.v).
+        let filter = Arc::new(datafusion::physical_expr::expressions::BinaryExpr::new(
+            Arc::new(Column::new("lv", 1)),
+            datafusion::logical_expr::Operator::Lt,
+            Arc::new(Column::new("rv", 3)),
+        ));
+        let mut join = JoinOperator::try_new(
+            JoinType::Full,
+            JoinSide {
+                keys: key(),
+                schema: ls.clone(),
+            },
+            JoinSide {
+                keys: key(),
+                schema: rs.clone(),
+            },
+            Some(filter),
+            false,
+            output,
+            None,
+            "test".into(),
+        )
+        .unwrap();
+        let (mut left, mut right) = (Multiset::new(), Multiset::new());
+        let mut view = Multiset::new();
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for _ in 0..400 {
+            let side = next(2) as usize;
+            let state = if side == 0 { &mut left } else { &mut right };
+            let mut changes = Vec::new();
+            for _ in 0..1 + next(3) {
+                // Retract an existing row now and then, else insert one.
+                let existing: Vec<Row> = state.keys().copied().collect();
+                let (row, weight) = if !existing.is_empty() && next(3) == 0 {
+                    (existing[next(existing.len() as u64) as usize], -1)
+                } else {
+                    let key = if next(6) == 0 {
+                        None
+                    } else {
+                        Some(next(4) as i32)
+                    };
+                    ((key, next(5) as i32), 1)
+                };
+                let n = state.entry(row).or_insert(0);
+                *n += weight;
+                if *n == 0 {
+                    state.remove(&row);
+                }
+                changes.push((row, weight));
+            }
+            let schema = if side == 0 { &ls } else { &rs };
+            consolidate(
+                &mut view,
+                join.process(side, batch(schema, &changes)).unwrap(),
+            );
+            assert_eq!(view, reference(&left, &right));
+        }
+    }
+}

@@ -426,3 +426,45 @@ impl Operator for OverOperator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows with sort keys `keys` (one byte each), each row distinct.
+    fn rows(keys: &[(u8, i64)]) -> SortedRows {
+        keys.iter()
+            .enumerate()
+            .map(|(i, (key, n))| ((Arc::from(&[*key][..]), Arc::from(&[i as u8][..])), *n))
+            .collect()
+    }
+
+    fn numbers(shown: Vec<Numbered>) -> Vec<i64> {
+        shown.into_iter().map(|(_, n)| n).collect()
+    }
+
+    #[test]
+    fn ties_are_numbered_as_sql_numbers_them() {
+        // Keys 1, 2, 2, 3 (the second 2 occurring twice), 4.
+        let sorted = rows(&[(1, 1), (2, 1), (2, 2), (3, 1), (4, 1)]);
+        assert_eq!(
+            numbers(top(&sorted, Numbering::RowNumber, 0, 3)),
+            vec![1, 2, 3]
+        );
+        assert_eq!(numbers(top(&sorted, Numbering::Limit, 2, 2)), vec![3, 4]);
+        // RANK keeps every row tied with the last one in.
+        assert_eq!(
+            numbers(top(&sorted, Numbering::Rank, 0, 2)),
+            vec![1, 2, 2, 2]
+        );
+        assert_eq!(
+            numbers(top(&sorted, Numbering::Rank, 0, 5)),
+            vec![1, 2, 2, 2, 5]
+        );
+        assert_eq!(
+            numbers(top(&sorted, Numbering::DenseRank, 0, 3)),
+            vec![1, 2, 2, 2, 3]
+        );
+        assert!(top(&sorted, Numbering::RowNumber, 0, 0).is_empty());
+    }
+}
