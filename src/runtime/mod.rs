@@ -666,7 +666,7 @@ impl Worker {
                 self.arrival = None;
             }
             Command::CreateView { spec, reply } => {
-                let result = self.create_view(*spec);
+                let result = guarded(|| self.create_view(*spec));
                 self.publish();
                 let _ = reply.send(result);
             }
@@ -1011,7 +1011,8 @@ impl Worker {
         }
     }
 
-    /// Runs `step` on one view's graph, then applies the changes it produced
+    /// Runs `step` on one view's graph (a panic in an operator is a bug, and
+    /// fails that view only), then applies the changes it produced
     /// to the view's state, hands them to the view's sinks and queues them
     /// (and a watermark the view's root passed on) for the views downstream.
     /// A failing step stops that view only.
@@ -1027,7 +1028,7 @@ impl Worker {
         if view.failed.is_some() {
             return;
         }
-        let result = step(&mut view.graph).and_then(|(changes, watermark)| {
+        let result = guarded(|| step(&mut view.graph)).and_then(|(changes, watermark)| {
             Self::apply_to_view(view, changes).map(|c| (c, watermark))
         });
         match result {
@@ -1256,4 +1257,31 @@ pub fn decode_sink_epochs(
             Ok(SinkEpoch { epoch, changes })
         })
         .collect()
+}
+
+/// Runs `work`, turning a panic (a bug in an operator) into an internal
+/// error, so that one view's bug stops that view and not the runtime.
+fn guarded<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(crate::internal!("an operator panicked: {message}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_operator_becomes_an_error() {
+        let error = guarded(|| -> Result<()> { panic!("index out of bounds") }).unwrap_err();
+        assert!(error
+            .to_string()
+            .contains("an operator panicked: index out of bounds"));
+        assert_eq!(guarded(|| Ok(7)).unwrap(), 7);
+    }
 }
