@@ -9,36 +9,16 @@
 
 mod common;
 
-use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use common::{execute, project_dir, query_text, sorted_rows, TestServer};
-use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, Ident, ObjectName, ObjectNamePart, TableFactor, VisitMut,
-    VisitorMut,
-};
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::Parser;
+
+#[path = "../benches/nexmark/shared.rs"]
+mod shared;
 
 const EVENTS: u64 = 30_000;
 /// 1,000 events per second of event time: the run covers 30 s.
 const EVENT_RATE: u64 = 1_000;
-const BIDS: u64 = EVENTS * 46 / 50;
-
-fn source_sql(table: &str) -> String {
-    // Bids carry a processing-time column for q12 and q13.
-    let proctime = if table == "bid" {
-        "p_time TIMESTAMP AS PROCTIME(), "
-    } else {
-        ""
-    };
-    format!(
-        "CREATE SOURCE {table} ({proctime}WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
-         WITH (connector = 'nexmark', nexmark.table.type = '{table}',
-               nexmark.event.rate = '{EVENT_RATE}', nexmark.max.events = '{EVENTS}',
-               nexmark.max.emit.speed = 'true')"
-    )
-}
 
 /// How a query's view is compared with the batch answer: `{}` is the query.
 fn comparison(name: &str) -> &'static str {
@@ -69,86 +49,16 @@ const CLOSED: &[(&str, &str)] = &[
     ),
 ];
 
-/// The Nexmark queries, by number.
-fn nexmark_queries() -> Vec<(String, String)> {
-    (0..=22)
-        .map(|n| {
-            let path = format!("{}/benches/nexmark/queries/q{n}.sql", project_dir());
-            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            (format!("q{n}"), text)
-        })
-        .collect()
-}
-
-/// Renames the nexmark relations to their bounded copies.
-struct ToCopies;
-
-fn copy_name(ident: &mut Ident) {
-    if ["person", "auction", "bid"].contains(&ident.value.to_lowercase().as_str()) {
-        *ident = Ident::new(format!("{}_all", ident.value.to_lowercase()));
-    }
-}
-
-impl VisitorMut for ToCopies {
-    type Break = ();
-
-    fn pre_visit_relation(&mut self, relation: &mut ObjectName) -> ControlFlow<()> {
-        if let [ObjectNamePart::Identifier(ident)] = relation.0.as_mut_slice() {
-            copy_name(ident);
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
-        // TUMBLE(bid, ...), HOP(...), SESSION(...): the relation is the first argument.
-        if let TableFactor::Table {
-            args: Some(args), ..
-        } = factor
-        {
-            if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(ident)))) =
-                args.args.first_mut()
-            {
-                copy_name(ident);
-            }
-        }
-        ControlFlow::Continue(())
-    }
-}
-
-/// `query` over the bounded copies; `FOR SYSTEM_TIME AS OF` dropped (the side
-/// input does not change during the run).
-fn over_copies(query: &str) -> String {
-    let query = query.replace("FOR SYSTEM_TIME AS OF PROCTIME()", "");
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &query).expect("query parses");
-    let _ = statements.visit(&mut ToCopies);
-    statements[0].to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nexmark_queries_match_the_batch_oracle() {
     let server = TestServer::start().await;
     let eddy = server.connect().await;
     for table in ["person", "auction", "bid"] {
-        execute(&eddy, &source_sql(table)).await;
+        execute(&eddy, &shared::source_sql(table, EVENTS, EVENT_RATE)).await;
     }
-    let side_input: Vec<String> = (0..10_000).map(|k| format!("({k}, 'v{k}')")).collect();
-    execute(
-        &eddy,
-        &format!(
-            "CREATE TABLE side_input (key BIGINT PRIMARY KEY, value TEXT);
-             INSERT INTO side_input VALUES {}",
-            side_input.join(", ")
-        ),
-    )
-    .await;
-    execute(
-        &eddy,
-        "CREATE MATERIALIZED VIEW person_all AS SELECT * FROM person;
-         CREATE MATERIALIZED VIEW auction_all AS SELECT * FROM auction;
-         CREATE MATERIALIZED VIEW bid_all AS SELECT * FROM bid;",
-    )
-    .await;
-    let mut views: Vec<(String, String)> = nexmark_queries();
+    execute(&eddy, &shared::side_input_sql()).await;
+    execute(&eddy, shared::COPIES_SQL).await;
+    let mut views: Vec<(String, String)> = shared::queries(&project_dir());
     for (name, query) in &views {
         execute(
             &eddy,
@@ -183,9 +93,10 @@ async fn nexmark_queries_match_the_batch_oracle() {
 
 /// Compares every query's view with the batch answer over the copies.
 async fn compare(eddy: &tokio_postgres::Client, views: &[(String, String)]) -> Result<(), String> {
+    let bids = shared::events_of("bid", EVENTS);
     let copied = query_text(eddy, "SELECT count(*) FROM bid_all").await[0][0].clone();
-    if copied != BIDS.to_string() {
-        return Err(format!("bid_all has {copied} of {BIDS} bids"));
+    if copied != bids.to_string() {
+        return Err(format!("bid_all has {copied} of {bids} bids"));
     }
     // The final watermark: the newest bid's time minus the 4 s delay.
     let watermark = query_text(
@@ -196,7 +107,7 @@ async fn compare(eddy: &tokio_postgres::Client, views: &[(String, String)]) -> R
         .clone();
     let mut counts = Vec::new();
     for (name, query) in views {
-        let batch = over_copies(query);
+        let batch = shared::over_copies(query);
         let batch = if name.ends_with("_closed") {
             format!("SELECT * FROM ({batch}) WHERE window_end <= TIMESTAMP '{watermark}'")
         } else {

@@ -1,0 +1,376 @@
+//! Nexmark: every query (`benches/nexmark/queries/`) as a materialized view
+//! over N events of the built-in generator, as fast as eddy takes them.
+//!
+//! `cargo bench --bench nexmark` (events from `EDDY_BENCH_EVENTS`, default
+//! 1,000,000; queries from `EDDY_BENCH_QUERIES`, e.g. `q0,q5`, default all).
+//!
+//! Each query runs in a child process of its own (this binary again, with
+//! `EDDY_NEXMARK_QUERY` set), so that CPU time and peak RSS are the query's:
+//! an in-process eddy server with the three nexmark sources; the clock
+//! starts at `CREATE MATERIALIZED VIEW` and stops when the view's scans have
+//! read every event and a `FLUSH` returned. Reported per query:
+//! - events per CPU-second (user + system of the process, so a shared
+//!   machine's noise matters less than wall time) — all N events of the run
+//!   over CPU time, the figure `../shared/BENCHMARKS.md` gives for Flink —
+//!   and per wall-second, and the cores that used;
+//! - the baseline in the same run: DataFusion executing the same query as a
+//!   batch over the same events already in memory (copies of the streams),
+//!   its events per CPU-second and the ratio eddy / batch;
+//! - peak RSS, the state bytes of the view's operators (in a checkpoint
+//!   taken after the run), and the time from the view's scans having read
+//!   the last event to the FLUSH that makes the final result visible
+//!   (FLUSH includes an in-memory checkpoint of the view's rows, which
+//!   dominates for views of many rows such as q0);
+//! - Flink's figures on this machine size beside them.
+//!
+//! Output: a table, and JSON in `$CARGO_TARGET_DIR/nexmark.json` (or
+//! `target/nexmark.json`) with the core count and the commit.
+
+#[path = "nexmark/shared.rs"]
+mod shared;
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// 1 ms of event time between events: 1M events cover about 17 minutes.
+const EVENT_RATE: u64 = 1_000;
+
+/// Flink 2.2.1 on this machine size, thousand events per CPU-second
+/// (`../shared/BENCHMARKS.md`), and the published per-core figure.
+fn flink(query: &str) -> (Option<f64>, Option<f64>) {
+    let here = [
+        ("q0", 153.0),
+        ("q1", 202.0),
+        ("q2", 201.0),
+        ("q4", 63.0),
+        ("q5", 92.0),
+        ("q7", 39.0),
+        ("q9", 48.0),
+        ("q10", 146.0),
+        ("q11", 107.0),
+        ("q12", 130.0),
+        ("q13", 143.0),
+        ("q14", 194.0),
+        ("q15", 60.0),
+        ("q16", 12.8),
+        ("q17", 106.0),
+        ("q18", 98.0),
+        ("q19", 67.0),
+        ("q20", 52.0),
+        ("q21", 105.0),
+        ("q22", 132.0),
+    ];
+    let published = [
+        ("q0", 155.0),
+        ("q1", 158.0),
+        ("q2", 175.0),
+        ("q3", 152.0),
+        ("q4", 34.0),
+        ("q5", 22.0),
+        ("q7", 12.0),
+        ("q8", 146.0),
+        ("q9", 14.0),
+        ("q10", 58.0),
+        ("q11", 40.0),
+        ("q12", 76.0),
+        ("q13", 131.0),
+        ("q14", 161.0),
+        ("q15", 72.0),
+        ("q16", 19.0),
+        ("q17", 117.0),
+        ("q18", 54.0),
+        ("q19", 44.0),
+        ("q20", 19.0),
+        ("q21", 99.0),
+        ("q22", 130.0),
+    ];
+    let find = |table: &[(&str, f64)]| table.iter().find(|(q, _)| *q == query).map(|(_, v)| *v);
+    (find(&here), find(&published))
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// This process's CPU time (user + system), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which is in parentheses).
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes.
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn run(client: &Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Waits until every scan of `view` has read all events of its relation.
+async fn wait_for_scans(client: &Client, view: &str, events: u64) {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let scans = rows(
+            client,
+            &format!(
+                "SELECT operator, rows_in FROM eddy_catalog.operator_stats \
+                 WHERE view = '{view}' AND operator LIKE 'Scan: %'"
+            ),
+        )
+        .await;
+        let done = !scans.is_empty()
+            && scans.iter().all(|scan| {
+                let relation = scan[0]
+                    .trim_start_matches("Scan: ")
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("");
+                let expected = match relation {
+                    "person" | "auction" | "bid" => shared::events_of(relation, events),
+                    _ => 0, // a table (q13's side input): read at creation
+                };
+                scan[1].parse::<u64>().unwrap_or(0) >= expected
+            });
+        if done {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{view} stalled: {scans:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One query, measured in this process; prints one JSON line.
+async fn measure(query_name: &str, events: u64) {
+    let project_dir = env!("CARGO_MANIFEST_DIR");
+    let (_, query) = shared::queries(project_dir)
+        .into_iter()
+        .find(|(name, _)| name == query_name)
+        .unwrap_or_else(|| panic!("no query {query_name}"));
+    let mut options = eddy::ServerOptions::new("127.0.0.1:0".parse().expect("address"));
+    options.checkpoint_interval = Duration::ZERO;
+    let server = eddy::Server::start_with_options(options)
+        .await
+        .expect("eddy starts");
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=eddy", server.local_addr.port()),
+        NoTls,
+    )
+    .await
+    .expect("connect");
+    tokio::spawn(connection);
+    for table in ["person", "auction", "bid"] {
+        run(&client, &shared::source_sql(table, events, EVENT_RATE)).await;
+    }
+    run(&client, &shared::side_input_sql()).await;
+    run(&client, "FLUSH").await;
+
+    // Reset the peak RSS to what the set-up holds now.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let (cpu_start, wall_start) = (cpu_seconds(), Instant::now());
+    run(
+        &client,
+        &format!("CREATE MATERIALIZED VIEW {query_name} AS {query}"),
+    )
+    .await;
+    wait_for_scans(&client, query_name, events).await;
+    let read_all = Instant::now();
+    run(&client, "FLUSH").await;
+    let (cpu, wall) = (cpu_seconds() - cpu_start, wall_start.elapsed());
+    let last_event_to_result = read_all.elapsed();
+    let peak_rss = peak_rss_bytes();
+    run(&client, "CHECKPOINT").await;
+    let state_bytes: u64 = rows(
+        &client,
+        &format!(
+            "SELECT coalesce(sum(state_bytes), 0), coalesce(sum(state_keys), 0) \
+             FROM eddy_catalog.operator_stats WHERE view = '{query_name}'"
+        ),
+    )
+    .await[0][0]
+        .parse()
+        .unwrap_or(0);
+    let view_rows =
+        rows(&client, &format!("SELECT count(*) FROM {query_name}")).await[0][0].clone();
+
+    // The batch baseline: the same query over copies of the streams.
+    run(&client, shared::COPIES_SQL).await;
+    for table in ["person", "auction", "bid"] {
+        wait_for_scans(&client, &format!("{table}_all"), events).await;
+    }
+    run(&client, "FLUSH").await;
+    let batch_sql = format!("SELECT count(*) FROM ({}) q", shared::over_copies(&query));
+    let batch_cpu_start = cpu_seconds();
+    let batch_rows = rows(&client, &batch_sql).await[0][0].clone();
+    let batch_cpu = cpu_seconds() - batch_cpu_start;
+    println!(
+        "{{\"query\":\"{query_name}\",\"events\":{events},\"cpu_seconds\":{cpu:.3},\
+         \"wall_seconds\":{:.3},\"last_event_to_result_ms\":{:.1},\"peak_rss_bytes\":{peak_rss},\
+         \"state_bytes\":{state_bytes},\"view_rows\":{view_rows},\"batch_cpu_seconds\":{batch_cpu:.3},\
+         \"batch_rows\":{batch_rows}}}",
+        wall.as_secs_f64(),
+        last_event_to_result.as_secs_f64() * 1e3,
+    );
+    drop(client);
+    server.stop().await;
+}
+
+/// A measured query, as its child printed it.
+struct Measured {
+    query: String,
+    events: u64,
+    cpu: f64,
+    wall: f64,
+    last_event_to_result_ms: f64,
+    peak_rss: u64,
+    state_bytes: u64,
+    batch_cpu: f64,
+}
+
+fn field(json: &str, name: &str) -> f64 {
+    let at = json
+        .find(&format!("\"{name}\":"))
+        .unwrap_or_else(|| panic!("{name} in {json}"));
+    let rest = &json[at + name.len() + 3..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim_matches('"').parse().unwrap_or(0.0)
+}
+
+fn per_second(events: u64, seconds: f64) -> f64 {
+    events as f64 / seconds.max(0.001)
+}
+
+fn main() {
+    let events = env_number("EDDY_BENCH_EVENTS", 1_000_000);
+    if let Ok(query) = std::env::var("EDDY_NEXMARK_QUERY") {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(measure(&query, events));
+        return;
+    }
+    let selected: Vec<String> = match std::env::var("EDDY_BENCH_QUERIES") {
+        Ok(list) => list.split(',').map(|q| q.trim().to_string()).collect(),
+        Err(_) => (0..=22).map(|n| format!("q{n}")).collect(),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("Nexmark on eddy: {events} events per query, {cores} cores, commit {commit}");
+    println!(
+        "{:>4} {:>10} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "",
+        "k ev/CPU-s",
+        "k ev/s",
+        "cores",
+        "batch k/s",
+        "eddy/bt",
+        "Flink",
+        "publ.",
+        "target",
+        "RSS MB",
+        "state MB",
+        "last→res"
+    );
+    let mut measured = Vec::new();
+    for query in &selected {
+        let output = std::process::Command::new(std::env::current_exe().expect("this binary"))
+            .env("EDDY_NEXMARK_QUERY", query)
+            .env("EDDY_BENCH_EVENTS", events.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("child runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let Some(json) = stdout.lines().rev().find(|l| l.starts_with('{')) else {
+            println!("{query:>4} failed ({})", output.status);
+            continue;
+        };
+        let m = Measured {
+            query: query.clone(),
+            events,
+            cpu: field(json, "cpu_seconds"),
+            wall: field(json, "wall_seconds"),
+            last_event_to_result_ms: field(json, "last_event_to_result_ms"),
+            peak_rss: field(json, "peak_rss_bytes") as u64,
+            state_bytes: field(json, "state_bytes") as u64,
+            batch_cpu: field(json, "batch_cpu_seconds"),
+        };
+        let (here, published) = flink(query);
+        let best = here.into_iter().chain(published).fold(0.0, f64::max);
+        let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        println!(
+            "{:>4} {:>10.0} {:>9.0} {:>6.2} {:>10.0} {:>8.2} {:>8} {:>8} {:>8} {:>9.0} {:>9.1} {:>8.0}ms",
+            m.query,
+            per_second(m.events, m.cpu) / 1e3,
+            per_second(m.events, m.wall) / 1e3,
+            m.cpu / m.wall.max(0.001),
+            per_second(m.events, m.batch_cpu) / 1e3,
+            m.batch_cpu / m.cpu.max(0.001),
+            show(here),
+            show(published),
+            if best > 0.0 { format!("{:.0}", 2.0 * best) } else { "-".into() },
+            m.peak_rss as f64 / 1e6,
+            m.state_bytes as f64 / 1e6,
+            m.last_event_to_result_ms,
+        );
+        measured.push((json.to_string(), m));
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let path = format!("{target}/nexmark.json");
+    let queries: Vec<&str> = measured.iter().map(|(json, _)| json.as_str()).collect();
+    let json = format!(
+        "{{\"commit\":\"{commit}\",\"cores\":{cores},\"events\":{events},\"queries\":[{}]}}\n",
+        queries.join(",")
+    );
+    match std::fs::write(&path, json) {
+        Ok(()) => println!("JSON: {path}"),
+        Err(e) => println!("could not write {path}: {e}"),
+    }
+    println!(
+        "k ev/CPU-s: thousand events (all kinds) per CPU-second of the process; eddy/bt: \
+         eddy's events per CPU-second over the batch baseline's (1: as fast as batch); Flink: \
+         Flink 2.2.1 on this machine size; publ.: Flink's published per-core figure; target: \
+         twice the higher of the two"
+    );
+}
