@@ -10,10 +10,10 @@
 //! checkpoints); the clock starts at `CREATE MATERIALIZED VIEW` and stops
 //! when the view's scans have read every event (each change goes through
 //! the whole graph before the next is read). Reported per query:
-//! - events per CPU-second (user + system of the process, so a shared
-//!   machine's noise matters less than wall time) — all N events of the run
-//!   over CPU time, the figure `../shared/BENCHMARKS.md` gives for Flink —
-//!   and per wall-second, and the cores that used;
+//! - events read per CPU-second (user + system of the process, so a shared
+//!   machine's noise matters less than wall time) — the events of the
+//!   streams the view reads (bids only for q0), as `../shared/BENCHMARKS.md`
+//!   counts Flink's — and per wall-second, and the cores that used;
 //! - the baseline in the same run: DataFusion executing the same query as a
 //!   batch over the same events already in memory (copies of the streams),
 //!   its events per CPU-second and the ratio eddy / batch;
@@ -26,8 +26,14 @@
 //!   take no checkpoints);
 //! - Flink's figures on this machine size beside them.
 //!
-//! Output: a table, and JSON in `$CARGO_TARGET_DIR/nexmark.json` (or
-//! `target/nexmark.json`) with the core count and the commit.
+//! With `EDDY_BENCH_SOURCE=kafka` (broker `EDDY_TEST_KAFKA`, default
+//! 127.0.0.1:19092; `scripts/kafka.sh start`) the events are first written
+//! as JSON to three fresh topics (one partition each, by eddy's own Kafka
+//! sink from a nexmark run), and each query's sources read those topics
+//! from the earliest offset: the set-up of Flink's figures.
+//!
+//! Output: a table, and JSON in `$CARGO_TARGET_DIR/nexmark-<source>.json` (or
+//! under `target/`) with the core count, the commit and the source.
 
 #[path = "nexmark/shared.rs"]
 mod shared;
@@ -46,9 +52,11 @@ fn flink(query: &str) -> (Option<f64>, Option<f64>) {
         ("q0", 153.0),
         ("q1", 202.0),
         ("q2", 201.0),
+        ("q3", 380.0),
         ("q4", 63.0),
         ("q5", 92.0),
         ("q7", 39.0),
+        ("q8", 406.0),
         ("q9", 48.0),
         ("q10", 146.0),
         ("q11", 107.0),
@@ -145,8 +153,9 @@ async fn run(client: &Client, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-/// Waits until every scan of `view` has read all events of its relation.
-async fn wait_for_scans(client: &Client, view: &str, events: u64) {
+/// Waits until every scan of `view` has read all events of its relation;
+/// returns how many events that is (the events the view reads).
+async fn wait_for_scans(client: &Client, view: &str, events: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
         let scans = rows(
@@ -157,34 +166,117 @@ async fn wait_for_scans(client: &Client, view: &str, events: u64) {
             ),
         )
         .await;
+        let expected = |scan: &Vec<String>| {
+            let relation = scan[0]
+                .trim_start_matches("Scan: ")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            match relation {
+                "person" | "auction" | "bid" => shared::events_of(relation, events),
+                _ => 0, // a table (q13's side input): read at creation
+            }
+        };
         let done = !scans.is_empty()
-            && scans.iter().all(|scan| {
-                let relation = scan[0]
-                    .trim_start_matches("Scan: ")
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("");
-                let expected = match relation {
-                    "person" | "auction" | "bid" => shared::events_of(relation, events),
-                    _ => 0, // a table (q13's side input): read at creation
-                };
-                scan[1].parse::<u64>().unwrap_or(0) >= expected
-            });
+            && scans
+                .iter()
+                .all(|scan| scan[1].parse::<u64>().unwrap_or(0) >= expected(scan));
         if done {
-            return;
+            return scans.iter().map(expected).sum();
         }
         assert!(Instant::now() < deadline, "{view} stalled: {scans:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// One query, measured in this process; prints one JSON line.
-async fn measure(query_name: &str, events: u64) {
-    let project_dir = env!("CARGO_MANIFEST_DIR");
-    let (_, query) = shared::queries(project_dir)
-        .into_iter()
-        .find(|(name, _)| name == query_name)
-        .unwrap_or_else(|| panic!("no query {query_name}"));
+fn bootstrap() -> String {
+    std::env::var("EDDY_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".to_string())
+}
+
+/// The columns of each stream as JSON in Kafka (the generator's, without
+/// the processing-time column).
+fn kafka_columns(table: &str) -> &'static str {
+    match table {
+        "person" => {
+            "id BIGINT, name TEXT, email_address TEXT, credit_card TEXT, city TEXT, state TEXT, \
+             date_time TIMESTAMP, extra TEXT"
+        }
+        "auction" => {
+            "id BIGINT, item_name TEXT, description TEXT, initial_bid BIGINT, reserve BIGINT, \
+             date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT, extra TEXT"
+        }
+        _ => "auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT, date_time TIMESTAMP, extra TEXT",
+    }
+}
+
+fn kafka_topic(table: &str, run: &str) -> String {
+    format!("nexmark-{table}-{run}")
+}
+
+/// Writes a nexmark run of `events` events as JSON to three fresh topics,
+/// with eddy's Kafka sink; returns the run's name (part of the topics').
+async fn produce_topics(events: u64) -> String {
+    let run_name = format!(
+        "{events}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    );
+    let (server, client) = start_server().await;
+    for table in ["person", "auction", "bid"] {
+        run(&client, &shared::source_sql(table, events, EVENT_RATE)).await;
+        let columns: Vec<&str> = kafka_columns(table)
+            .split(", ")
+            .map(|c| c.split_whitespace().next().unwrap_or(""))
+            .collect();
+        run(
+            &client,
+            &format!(
+                "CREATE MATERIALIZED VIEW {table}_json AS SELECT {} FROM {table};
+                 CREATE SINK {table}_out FROM {table}_json
+                   WITH (connector = 'kafka', topic = '{}', properties.bootstrap.server = '{}')
+                   FORMAT PLAIN ENCODE JSON",
+                columns.join(", "),
+                kafka_topic(table, &run_name),
+                bootstrap()
+            ),
+        )
+        .await;
+    }
+    for table in ["person", "auction", "bid"] {
+        let _ = wait_for_scans(&client, &format!("{table}_json"), events).await;
+    }
+    // FLUSH returns once every sink has committed what the views hold.
+    run(&client, "FLUSH").await;
+    drop(client);
+    server.stop().await;
+    run_name
+}
+
+/// The sources of one measurement: the generator, or the Kafka topics of
+/// run `kafka_run`.
+fn sources_sql(table: &str, events: u64, kafka_run: Option<&str>) -> String {
+    let Some(run_name) = kafka_run else {
+        return shared::source_sql(table, events, EVENT_RATE);
+    };
+    let proctime = if table == "bid" {
+        "p_time TIMESTAMP AS PROCTIME(), "
+    } else {
+        ""
+    };
+    format!(
+        "CREATE SOURCE {table} ({}, {proctime}WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+         WITH (connector = 'kafka', topic = '{}', properties.bootstrap.server = '{}',
+               scan.startup.mode = 'earliest')
+         FORMAT PLAIN ENCODE JSON",
+        kafka_columns(table),
+        kafka_topic(table, run_name),
+        bootstrap()
+    )
+}
+
+async fn start_server() -> (eddy::Server, Client) {
     let mut options = eddy::ServerOptions::new("127.0.0.1:0".parse().expect("address"));
     options.checkpoint_interval = Duration::ZERO;
     let server = eddy::Server::start_with_options(options)
@@ -197,9 +289,22 @@ async fn measure(query_name: &str, events: u64) {
     .await
     .expect("connect");
     tokio::spawn(connection);
+    (server, client)
+}
+
+/// One query, measured in this process; prints one JSON line.
+async fn measure(query_name: &str, events: u64, kafka_run: Option<&str>) {
+    let project_dir = env!("CARGO_MANIFEST_DIR");
+    let (_, query) = shared::queries(project_dir)
+        .into_iter()
+        .find(|(name, _)| name == query_name)
+        .unwrap_or_else(|| panic!("no query {query_name}"));
+    let (server, client) = start_server().await;
     for table in ["person", "auction", "bid"] {
-        run(&client, &shared::source_sql(table, events, EVENT_RATE)).await;
+        run(&client, &sources_sql(table, events, kafka_run)).await;
     }
+    // CREATE over Kafka returns at once; the clock stops at the last event.
+    run(&client, "SET background_ddl = true").await;
     run(&client, &shared::side_input_sql()).await;
     run(&client, "FLUSH").await;
 
@@ -211,7 +316,7 @@ async fn measure(query_name: &str, events: u64) {
         &format!("CREATE MATERIALIZED VIEW {query_name} AS {query}"),
     )
     .await;
-    wait_for_scans(&client, query_name, events).await;
+    let events_read = wait_for_scans(&client, query_name, events).await;
     let (cpu, wall) = (cpu_seconds() - cpu_start, wall_start.elapsed());
     let peak_rss = peak_rss_bytes();
     // The last epoch is published within 100 ms of the runtime going idle.
@@ -245,7 +350,7 @@ async fn measure(query_name: &str, events: u64) {
     // The batch baseline: the same query over copies of the streams.
     run(&client, shared::COPIES_SQL).await;
     for table in ["person", "auction", "bid"] {
-        wait_for_scans(&client, &format!("{table}_all"), events).await;
+        let _ = wait_for_scans(&client, &format!("{table}_all"), events).await;
     }
     run(&client, "FLUSH").await;
     let batch_sql = format!("SELECT count(*) FROM ({}) q", shared::over_copies(&query));
@@ -253,7 +358,7 @@ async fn measure(query_name: &str, events: u64) {
     let batch_rows = rows(&client, &batch_sql).await[0][0].clone();
     let batch_cpu = cpu_seconds() - batch_cpu_start;
     println!(
-        "{{\"query\":\"{query_name}\",\"events\":{events},\"cpu_seconds\":{cpu:.3},\
+        "{{\"query\":\"{query_name}\",\"events\":{events},\"events_read\":{events_read},\"cpu_seconds\":{cpu:.3},\
          \"wall_seconds\":{:.3},\"freshness_ms\":{freshness_ms:.1},\"flush_ms\":{:.1},\"peak_rss_bytes\":{peak_rss},\
          \"state_bytes\":{state_bytes},\"view_rows\":{view_rows},\"batch_cpu_seconds\":{batch_cpu:.3},\
          \"batch_rows\":{batch_rows}}}",
@@ -267,7 +372,7 @@ async fn measure(query_name: &str, events: u64) {
 /// A measured query, as its child printed it.
 struct Measured {
     query: String,
-    events: u64,
+    events_read: u64,
     cpu: f64,
     wall: f64,
     freshness_ms: f64,
@@ -298,9 +403,25 @@ fn main() {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        runtime.block_on(measure(&query, events));
+        let kafka_run = std::env::var("EDDY_NEXMARK_KAFKA_RUN").ok();
+        runtime.block_on(measure(&query, events, kafka_run.as_deref()));
         return;
     }
+    let kafka = std::env::var("EDDY_BENCH_SOURCE").is_ok_and(|s| s == "kafka");
+    let kafka_run = kafka.then(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let started = Instant::now();
+        let run_name = runtime.block_on(produce_topics(events));
+        println!(
+            "{events} events written as JSON to topics nexmark-{{person,auction,bid}}-{run_name} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        run_name
+    });
     let selected: Vec<String> = match std::env::var("EDDY_BENCH_QUERIES") {
         Ok(list) => list.split(',').map(|q| q.trim().to_string()).collect(),
         Err(_) => (0..=22).map(|n| format!("q{n}")).collect(),
@@ -312,7 +433,10 @@ fn main() {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    println!("Nexmark on eddy: {events} events per query, {cores} cores, commit {commit}");
+    let source = if kafka { "kafka" } else { "generator" };
+    println!(
+        "Nexmark on eddy: {events} events per query from the {source}, {cores} cores, commit {commit}"
+    );
     println!(
         "{:>4} {:>10} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
         "",
@@ -331,7 +455,11 @@ fn main() {
     );
     let mut measured = Vec::new();
     for query in &selected {
-        let output = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"));
+        if let Some(run_name) = &kafka_run {
+            child.env("EDDY_NEXMARK_KAFKA_RUN", run_name);
+        }
+        let output = child
             .env("EDDY_NEXMARK_QUERY", query)
             .env("EDDY_BENCH_EVENTS", events.to_string())
             .stderr(std::process::Stdio::inherit())
@@ -344,7 +472,7 @@ fn main() {
         };
         let m = Measured {
             query: query.clone(),
-            events,
+            events_read: field(json, "events_read") as u64,
             cpu: field(json, "cpu_seconds"),
             wall: field(json, "wall_seconds"),
             freshness_ms: field(json, "freshness_ms"),
@@ -359,10 +487,10 @@ fn main() {
         println!(
             "{:>4} {:>10.0} {:>9.0} {:>6.2} {:>10.0} {:>8.2} {:>8} {:>8} {:>8} {:>9.0} {:>9.1} {:>9.0} {:>9.0}",
             m.query,
-            per_second(m.events, m.cpu) / 1e3,
-            per_second(m.events, m.wall) / 1e3,
+            per_second(m.events_read, m.cpu) / 1e3,
+            per_second(m.events_read, m.wall) / 1e3,
             m.cpu / m.wall.max(0.001),
-            per_second(m.events, m.batch_cpu) / 1e3,
+            per_second(m.events_read, m.batch_cpu) / 1e3,
             m.batch_cpu / m.cpu.max(0.001),
             show(here),
             show(published),
@@ -375,10 +503,10 @@ fn main() {
         measured.push((json.to_string(), m));
     }
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = format!("{target}/nexmark.json");
+    let path = format!("{target}/nexmark-{source}.json");
     let queries: Vec<&str> = measured.iter().map(|(json, _)| json.as_str()).collect();
     let json = format!(
-        "{{\"commit\":\"{commit}\",\"cores\":{cores},\"events\":{events},\"queries\":[{}]}}\n",
+        "{{\"commit\":\"{commit}\",\"cores\":{cores},\"events\":{events},\"source\":\"{source}\",\"queries\":[{}]}}\n",
         queries.join(",")
     );
     match std::fs::write(&path, json) {
@@ -386,7 +514,8 @@ fn main() {
         Err(e) => println!("could not write {path}: {e}"),
     }
     println!(
-        "k ev/CPU-s: thousand events (all kinds) per CPU-second of the process; eddy/bt: \
+        "k ev/CPU-s: thousand events read by the view (of the streams it reads) per \
+         CPU-second of the process, as Flink's are counted; eddy/bt: \
          eddy's events per CPU-second over the batch baseline's (1: as fast as batch); Flink: \
          Flink 2.2.1 on this machine size; publ.: Flink's published per-core figure; target: \
          twice the higher of the two"
