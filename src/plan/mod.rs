@@ -705,6 +705,11 @@ impl Lowering<'_> {
             arrow_schema(schema),
             description,
         )?;
+        let op = if is_append_only(input, self.relation_is_append_only) {
+            op.with_append_only_input()
+        } else {
+            op
+        };
         Ok(self.graph.add(Box::new(op), vec![node]))
     }
 
@@ -798,7 +803,14 @@ impl Lowering<'_> {
                 arrow_schema(schema),
                 arrow_schema(&window.schema),
                 format!("TopN: {} <= {limit}", window.window_expr[0].schema_name()),
-            )?,
+            )
+            .map(|op| {
+                if is_append_only(&window.input, self.relation_is_append_only) {
+                    op.with_append_only_input()
+                } else {
+                    op
+                }
+            })?,
             _ => {
                 let physical = window
                     .window_expr

@@ -13,7 +13,10 @@
 //! move up, a row whose number (or window value) changed is retracted and
 //! inserted again.
 //!
-//! The whole input is kept (a retraction can bring any row into the top-N).
+//! The whole input is kept (a retraction can bring any row into the top-N),
+//! except under a ROW_NUMBER or LIMIT top-N over an append-only input: no
+//! row leaves, so a row pushed out of the first `offset + limit` never
+//! comes back, and only those are kept.
 //! Recomputing a top-N partition reads only its first `offset + limit` rows
 //! (more with ties under RANK); a window function reads the whole partition,
 //! so its cost per change grows with the partition (a window without
@@ -94,6 +97,8 @@ pub struct OverOperator {
     input_codec: RowCodec,
     output_schema: SchemaRef,
     partitions: HashMap<Arc<[u8]>, Partition>,
+    /// Keep only this many first rows per partition (append-only input).
+    keep_first: Option<usize>,
     dirty: HashSet<Arc<[u8]>>,
     errors: RowErrorPolicy,
     description: String,
@@ -190,10 +195,25 @@ impl OverOperator {
             input_codec: RowCodec::try_new(input_schema)?,
             output_schema,
             partitions: HashMap::new(),
+            keep_first: None,
             dirty: HashSet::new(),
             errors: RowErrorPolicy::default(),
             description,
         })
+    }
+
+    /// The input never retracts: a ROW_NUMBER / LIMIT top-N keeps only the
+    /// rows it may show (other operators are unchanged).
+    pub fn with_append_only_input(mut self) -> Self {
+        if let Shown::TopN {
+            numbering: Numbering::RowNumber | Numbering::Limit,
+            offset,
+            limit,
+        } = &self.shown
+        {
+            self.keep_first = Some(offset + limit);
+        }
+        self
     }
 
     /// What a partition shows now.
@@ -228,6 +248,24 @@ impl OverOperator {
                     .collect())
             }
         }
+    }
+}
+
+/// Keeps the first `keep` rows (counting multiplicities) of `rows`.
+fn keep_first(rows: &mut SortedRows, keep: usize) {
+    let keep = keep as i64;
+    let mut seen = 0i64;
+    let mut cut = None;
+    for (slot, multiplicity) in rows.iter_mut() {
+        if seen >= keep {
+            cut = Some(slot.clone());
+            break;
+        }
+        *multiplicity = (*multiplicity).min(keep - seen);
+        seen += *multiplicity;
+    }
+    if let Some(cut) = cut {
+        rows.split_off(&cut);
     }
 }
 
@@ -272,10 +310,16 @@ fn top(
 
 impl Operator for OverOperator {
     fn describe(&self) -> String {
-        format!(
-            "{} (state unbounded: keeps every input row)",
-            self.description
-        )
+        match self.keep_first {
+            Some(n) => format!(
+                "{} (state bounded: {n} rows per partition)",
+                self.description
+            ),
+            None => format!(
+                "{} (state unbounded: keeps every input row)",
+                self.description
+            ),
+        }
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
@@ -333,6 +377,9 @@ impl Operator for OverOperator {
             }
             for (row, number) in &shown {
                 *changes.entry((row.clone(), *number)).or_insert(0) += 1;
+            }
+            if let Some(keep) = self.keep_first {
+                keep_first(&mut partition.rows, keep);
             }
             if partition.rows.is_empty() {
                 self.partitions.remove(&key);
@@ -466,5 +513,15 @@ mod tests {
             vec![1, 2, 2, 2, 3]
         );
         assert!(top(&sorted, Numbering::RowNumber, 0, 0).is_empty());
+    }
+
+    #[test]
+    fn keeping_the_first_rows_counts_duplicates() {
+        let mut sorted = rows(&[(1, 1), (2, 3), (3, 1)]);
+        keep_first(&mut sorted, 3);
+        let kept: Vec<i64> = sorted.values().copied().collect();
+        assert_eq!(kept, vec![1, 2]);
+        keep_first(&mut sorted, 10);
+        assert_eq!(sorted.values().sum::<i64>(), 3);
     }
 }
