@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
 
+mod common;
+use common::{env_number, first_value, run};
+
 struct Eddy {
     server: eddy::Server,
     client: Client,
@@ -53,30 +56,6 @@ fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("eddy-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn run(client: &Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-async fn scalar(client: &Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.expect(sql);
-    rows.into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 /// Takes a checkpoint; returns its duration and bytes written.
@@ -163,7 +142,9 @@ async fn recovery(dirs: &[(u64, PathBuf)]) {
     );
     for (rows, dir) in dirs {
         let (eddy, recovery) = start(dir, Duration::ZERO).await;
-        let recovered = scalar(&eddy.client, "SELECT sum(n) FROM by_g").await;
+        let recovered = first_value(&eddy.client, "SELECT sum(n) FROM by_g")
+            .await
+            .unwrap_or_default();
         assert_eq!(recovered, rows.to_string(), "recovered view");
         eddy.server.stop().await;
         let scratch = fresh_dir(&format!("rebuild-{rows}"));
@@ -206,8 +187,9 @@ async fn nexmark_rate(events: u64, interval: Duration) -> (f64, u64) {
     // Bids are 46 of every 50 events.
     let bids = events / 50 * 46 + (events % 50).min(46);
     loop {
-        let n: u64 = scalar(&eddy.client, "SELECT n FROM seen")
+        let n: u64 = first_value(&eddy.client, "SELECT n FROM seen")
             .await
+            .unwrap_or_default()
             .parse()
             .unwrap_or(0);
         if n >= bids {

@@ -27,27 +27,13 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::Message;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::NoTls;
+
+mod common;
+use common::{cpu_seconds, env_number, first_value};
 
 fn bootstrap() -> String {
     std::env::var("EDDY_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".to_string())
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// This process's CPU time (user + system), from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the command name (which is in parentheses).
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0 // USER_HZ
 }
 
 fn topic_name(what: &str) -> String {
@@ -146,14 +132,6 @@ fn consumer(topic: &str) -> StreamConsumer {
     consumer
 }
 
-async fn query_one(client: &Client, sql: &str) -> Option<String> {
-    let messages = client.simple_query(sql).await.unwrap();
-    messages.into_iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-        _ => None,
-    })
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -222,7 +200,7 @@ async fn run() {
         .await
         .unwrap();
     loop {
-        let counted = query_one(&client, "SELECT sum(bids) FROM per_auction").await;
+        let counted = first_value(&client, "SELECT sum(bids) FROM per_auction").await;
         if counted.as_deref() == Some(events.to_string().as_str()) {
             break;
         }
@@ -304,7 +282,7 @@ async fn run() {
     let mut visible_at: Vec<(i64, i64)> = Vec::new(); // (newest id, time)
     let deadline = Instant::now() + Duration::from_secs(seconds + 60);
     while seen + 1 < total as i64 && Instant::now() < deadline {
-        if let Some(id) = query_one(&client, "SELECT id FROM newest").await {
+        if let Some(id) = first_value(&client, "SELECT id FROM newest").await {
             let id: i64 = id.parse().unwrap_or(-1);
             if id > seen {
                 visible_at.push((id, now_micros()));

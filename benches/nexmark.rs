@@ -40,7 +40,10 @@ mod shared;
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, NoTls};
+
+mod common;
+use common::{cores_and_commit, cpu_seconds, env_number, project_dir, rows, run};
 
 /// 1 ms of event time between events: 1M events cover about 17 minutes.
 const EVENT_RATE: u64 = 1_000;
@@ -100,23 +103,6 @@ fn flink(query: &str) -> (Option<f64>, Option<f64>) {
     (find(&here), find(&published))
 }
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// This process's CPU time (user + system), from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the command name (which is in parentheses).
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0 // USER_HZ
-}
-
 /// Peak resident set size of this process (VmHWM), in bytes.
 fn peak_rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -126,31 +112,6 @@ fn peak_rss_bytes() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or(0)
-}
-
-async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    messages
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
-}
-
-async fn run(client: &Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// Waits until every scan of `view` has read all events of its relation;
@@ -294,8 +255,7 @@ async fn start_server() -> (eddy::Server, Client) {
 
 /// One query, measured in this process; prints one JSON line.
 async fn measure(query_name: &str, events: u64, kafka_run: Option<&str>) {
-    let project_dir = env!("CARGO_MANIFEST_DIR");
-    let (_, query) = shared::queries(project_dir)
+    let (_, query) = shared::queries(&project_dir())
         .into_iter()
         .find(|(name, _)| name == query_name)
         .unwrap_or_else(|| panic!("no query {query_name}"));
@@ -426,13 +386,7 @@ fn main() {
         Ok(list) => list.split(',').map(|q| q.trim().to_string()).collect(),
         Err(_) => (0..=22).map(|n| format!("q{n}")).collect(),
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let (cores, commit) = cores_and_commit();
     let source = if kafka { "kafka" } else { "generator" };
     println!(
         "Nexmark on eddy: {events} events per query from the {source}, {cores} cores, commit {commit}"

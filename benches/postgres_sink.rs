@@ -25,6 +25,9 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
+mod common;
+use common::cores_and_commit;
+
 fn postgres_url() -> String {
     std::env::var("EDDY_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:54329/eddy_test".to_string())
@@ -234,15 +237,7 @@ async fn main() {
     }
     delays.sort();
 
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let (cores, commit) = cores_and_commit();
     println!("postgres sink benchmark: {rows} rows per phase, {cores} cores, commit {commit}");
     println!(
         "{:<8} {:>8} {:>13} {:>15} {:>7} {:>17} {:>10}",
