@@ -314,9 +314,8 @@ impl JoinOperator {
         Ok(self)
     }
 
-    /// The left rows a null-aware anti join shows for `right_side`, given
-    /// the rows whose matches crossed zero in this batch (`crossed`: +n for a
-    /// row that lost its last match, -n for one that found its first).
+    /// The left rows (with multiplicity) a null-aware anti join shows for
+    /// `right_side`, by the match counts as they are now.
     fn not_in_shown(&self, right_side: RightSide) -> HashMap<Arc<[u8]>, i64> {
         let mut shown: HashMap<Arc<[u8]>, i64> = HashMap::new();
         let Some(not_in) = &self.not_in else {
@@ -582,19 +581,27 @@ impl Operator for JoinOperator {
                 }
             }
         }
-        let indices = UInt32Array::from(pair_this.clone());
-        let this_pair_columns: Vec<ArrayRef> = batch
-            .rows
-            .columns()
-            .iter()
-            .map(|c| take(c, &indices, None))
-            .collect::<std::result::Result<_, _>>()?;
-        let other_pair_columns = self.sides[other]
-            .codec
-            .decode(pair_other.iter().map(|r| r.as_ref()))?
-            .columns()
-            .to_vec();
         let pair_rows = pair_this.len();
+        // The pairs' columns, for the residual condition and the pairs output
+        // (a semi or anti join without a condition needs only the counts).
+        let (this_pair_columns, other_pair_columns) =
+            if pair_rows > 0 && (self.pairs || self.filter.is_some()) {
+                let indices = UInt32Array::from(pair_this.clone());
+                let this_columns: Vec<ArrayRef> = batch
+                    .rows
+                    .columns()
+                    .iter()
+                    .map(|c| take(c, &indices, None))
+                    .collect::<std::result::Result<_, _>>()?;
+                let other_columns = self.sides[other]
+                    .codec
+                    .decode(pair_other.iter().map(|r| r.as_ref()))?
+                    .columns()
+                    .to_vec();
+                (this_columns, other_columns)
+            } else {
+                (vec![], vec![])
+            };
         let pass = if self.filter.is_some() && pair_rows > 0 {
             let columns = self.lay_out(
                 this,
@@ -649,8 +656,13 @@ impl Operator for JoinOperator {
             }
         }
         if !matched_pairs.is_empty() {
+            // Every pair matched (always so without a condition): take none.
+            let all_matched = matched_pairs.len() == pair_rows;
             let selected = UInt32Array::from(matched_pairs);
-            let pick = |columns: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+            let pick = |columns: Vec<ArrayRef>| -> Result<Vec<ArrayRef>> {
+                if all_matched {
+                    return Ok(columns);
+                }
                 Ok(columns
                     .iter()
                     .map(|c| take(c, &selected, None))
@@ -658,8 +670,8 @@ impl Operator for JoinOperator {
             };
             let columns = self.lay_out(
                 this,
-                Some(pick(&this_pair_columns)?),
-                Some(pick(&other_pair_columns)?),
+                Some(pick(this_pair_columns)?),
+                Some(pick(other_pair_columns)?),
                 pair_weights.len(),
                 &self.output_schema,
             );
