@@ -56,7 +56,7 @@ use datafusion::common::JoinType;
 use datafusion::physical_plan::PhysicalExpr;
 
 use super::watermark::MergedWatermark;
-use super::{ChangeBatch, Operator, RowErrorPolicy};
+use super::{encode_keys, ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
@@ -543,13 +543,7 @@ impl Operator for JoinOperator {
         if batch.is_empty() {
             return Ok(vec![]);
         }
-        let keys: Vec<Arc<[u8]>> = if key_columns.is_empty() {
-            // No equality condition: every row has the same (empty) key.
-            vec![Arc::from(&[][..]); batch.num_rows()]
-        } else {
-            let keys = self.key_converter.convert_columns(&key_columns)?;
-            keys.iter().map(|k| Arc::from(k.data())).collect()
-        };
+        let keys = encode_keys(&self.key_converter, &key_columns, batch.num_rows())?;
         let rows = self.sides[this].codec.encode(&batch.rows)?;
         let weights = batch.weights.values();
         let matchable: Vec<bool> = (0..batch.num_rows())

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::RowConverter;
 use datafusion::physical_plan::PhysicalExpr;
 
 use crate::error::{EddyError, Result};
@@ -272,6 +273,21 @@ impl RowErrorPolicy {
             }
         }
     }
+}
+
+/// The row-encoded key of each of `rows` rows, from its key `columns`
+/// (encoded by `converter`); without key columns every row has the same
+/// empty key (a join without equality, a top-N without PARTITION BY).
+pub fn encode_keys(
+    converter: &RowConverter,
+    columns: &[ArrayRef],
+    rows: usize,
+) -> Result<Vec<Arc<[u8]>>> {
+    if columns.is_empty() {
+        return Ok(vec![Arc::from(&[][..]); rows]);
+    }
+    let keys = converter.convert_columns(columns)?;
+    Ok(keys.iter().map(|k| Arc::from(k.data())).collect())
 }
 
 fn evaluate_all(exprs: &[Arc<dyn PhysicalExpr>], rows: &RecordBatch) -> Result<Vec<ArrayRef>> {

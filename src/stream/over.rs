@@ -33,7 +33,7 @@ use datafusion::physical_expr::window::WindowExpr;
 use datafusion::physical_expr::PhysicalSortExpr;
 use datafusion::physical_plan::PhysicalExpr;
 
-use super::{ChangeBatch, Operator, RowErrorPolicy};
+use super::{encode_keys, ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
@@ -92,7 +92,7 @@ pub struct OverOperator {
     partition_by: Vec<Arc<dyn PhysicalExpr>>,
     order_by: Vec<PhysicalSortExpr>,
     shown: Shown,
-    partition_converter: Option<RowConverter>,
+    partition_converter: RowConverter,
     order_converter: RowConverter,
     input_codec: RowCodec,
     output_schema: SchemaRef,
@@ -168,15 +168,10 @@ impl OverOperator {
         output_schema: SchemaRef,
         description: String,
     ) -> Result<Self> {
-        let partition_converter = if partition_by.is_empty() {
-            None
-        } else {
-            let fields = partition_by
-                .iter()
-                .map(|e| Ok(SortField::new(e.data_type(&input_schema)?)))
-                .collect::<Result<Vec<_>>>()?;
-            Some(RowConverter::new(fields)?)
-        };
+        let partition_fields = partition_by
+            .iter()
+            .map(|e| Ok(SortField::new(e.data_type(&input_schema)?)))
+            .collect::<Result<Vec<_>>>()?;
         let order_fields = order_by
             .iter()
             .map(|e| {
@@ -190,7 +185,7 @@ impl OverOperator {
             partition_by,
             order_by,
             shown,
-            partition_converter,
+            partition_converter: RowConverter::new(partition_fields)?,
             order_converter: RowConverter::new(order_fields)?,
             input_codec: RowCodec::try_new(input_schema)?,
             output_schema,
@@ -330,23 +325,12 @@ impl Operator for OverOperator {
             return Ok(vec![]);
         }
         let (partition_columns, order_columns) = columns.split_at(self.partition_by.len());
-        let partitions: Vec<Arc<[u8]>> = match &self.partition_converter {
-            Some(converter) => converter
-                .convert_columns(partition_columns)?
-                .iter()
-                .map(|r| Arc::from(r.data()))
-                .collect(),
-            None => vec![Arc::from(&[][..]); batch.num_rows()],
-        };
-        let order_keys: Vec<Arc<[u8]>> = if order_columns.is_empty() {
-            vec![Arc::from(&[][..]); batch.num_rows()]
-        } else {
-            self.order_converter
-                .convert_columns(order_columns)?
-                .iter()
-                .map(|r| Arc::from(r.data()))
-                .collect()
-        };
+        let partitions = encode_keys(
+            &self.partition_converter,
+            partition_columns,
+            batch.num_rows(),
+        )?;
+        let order_keys = encode_keys(&self.order_converter, order_columns, batch.num_rows())?;
         let rows = self.input_codec.encode(&batch.rows)?;
         let mut touched: HashSet<Arc<[u8]>> = HashSet::new();
         for (i, weight) in batch.weights.values().iter().enumerate() {
