@@ -844,39 +844,58 @@ impl Lowering<'_> {
 }
 
 /// The `Window` node computing `column` of `plan` with a ranking function,
-/// following the column through projections, aliases and filters.
+/// following the column down to where it is made ([`column_origin`]).
 fn ranking_window<'a>(
     plan: &'a LogicalPlan,
     column: &datafusion::common::Column,
 ) -> Option<&'a LogicalPlan> {
-    let index = plan.schema().index_of_column(column).ok()?;
-    let input_column = |input: &LogicalPlan, index: usize| {
-        let (qualifier, field) = input.schema().qualified_field(index);
-        datafusion::common::Column::new(qualifier.cloned(), field.name())
+    let (origin, index) = column_origin(plan, plan.schema().index_of_column(column).ok()?);
+    let LogicalPlan::Window(window) = origin else {
+        return None;
     };
-    match plan {
-        LogicalPlan::Projection(projection) => {
-            match projection.expr.get(index)?.clone().unalias() {
-                Expr::Column(c) => ranking_window(&projection.input, &c),
-                _ => None,
-            }
-        }
-        LogicalPlan::SubqueryAlias(alias) => {
-            ranking_window(&alias.input, &input_column(&alias.input, index))
-        }
-        LogicalPlan::Filter(filter) => ranking_window(&filter.input, column),
-        LogicalPlan::Window(window) => {
-            let inputs = window.input.schema().fields().len();
-            let expr = window.window_expr.get(index.checked_sub(inputs)?)?;
-            match expr.clone().unalias() {
-                Expr::WindowFunction(f) if Numbering::from_function(f.fun.name()).is_some() => {
-                    Some(plan)
-                }
-                _ => None,
-            }
-        }
+    let inputs = window.input.schema().fields().len();
+    let expr = window.window_expr.get(index.checked_sub(inputs)?)?;
+    match expr.clone().unalias() {
+        Expr::WindowFunction(f) if Numbering::from_function(f.fun.name()).is_some() => Some(origin),
         _ => None,
     }
+}
+
+/// Where output column `index` of `plan` is made: followed down through the
+/// nodes that pass a column on unchanged (a projection or GROUP BY of the
+/// plain column, filters, aliases, an ORDER BY without LIMIT). Returns that
+/// node and the column's index in its output.
+fn column_origin(plan: &LogicalPlan, index: usize) -> (&LogicalPlan, usize) {
+    let input_column = |input: &LogicalPlan, expr: Option<&Expr>| match expr {
+        Some(Expr::Column(c)) => input.schema().index_of_column(c).ok(),
+        _ => None,
+    };
+    let passed_on = match plan {
+        LogicalPlan::Projection(projection) => {
+            let expr = projection.expr.get(index).map(|e| e.clone().unalias());
+            input_column(&projection.input, expr.as_ref()).map(|i| (projection.input.as_ref(), i))
+        }
+        LogicalPlan::Aggregate(aggregate) => {
+            input_column(&aggregate.input, aggregate.group_expr.get(index))
+                .map(|i| (aggregate.input.as_ref(), i))
+        }
+        LogicalPlan::Sort(sort) if sort.fetch.is_none() => Some((sort.input.as_ref(), index)),
+        LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => Some((plan.inputs()[0], index)),
+        _ => None,
+    };
+    match passed_on {
+        Some((input, index)) => column_origin(input, index),
+        None => (plan, index),
+    }
+}
+
+/// [`column_origin`] of `expr`, when it is a column of `plan`'s output.
+fn expr_origin<'a>(plan: &'a LogicalPlan, expr: &Expr) -> Option<(&'a LogicalPlan, usize)> {
+    let Expr::Column(column) = expr else {
+        return None;
+    };
+    let index = plan.schema().index_of_column(column).ok()?;
+    Some(column_origin(plan, index))
 }
 
 fn sort_exprs(order: &[SortExpr], schema: &DFSchema) -> Result<Vec<PhysicalSortExpr>> {
@@ -945,38 +964,20 @@ fn interval_bounds(join: &Join, filter: &Expr) -> Result<(SideTime, SideTime)> {
 /// Whether `expr` over `plan`'s output is the column a source's watermark is
 /// declared on, passed through unchanged.
 fn is_watermark_column(plan: &LogicalPlan, expr: &Expr) -> bool {
-    let Expr::Column(column) = expr else {
+    let Some((LogicalPlan::TableScan(scan), index)) = expr_origin(plan, expr) else {
         return false;
     };
-    let Ok(index) = plan.schema().index_of_column(column) else {
+    let Ok(provider) = source_as_provider(&scan.source) else {
         return false;
     };
-    match plan {
-        LogicalPlan::TableScan(scan) => {
-            let Ok(provider) = source_as_provider(&scan.source) else {
-                return false;
-            };
-            let Some(relation) = provider.downcast_ref::<RelationProvider>() else {
-                return false;
-            };
-            let source_index = match &scan.projection {
-                Some(projection) => projection.get(index).copied(),
-                None => Some(index),
-            };
-            source_index.is_some() && relation.watermark_column == source_index
-        }
-        LogicalPlan::Projection(projection) => match projection.expr.get(index) {
-            Some(e) => is_watermark_column(&projection.input, &e.clone().unalias()),
-            None => false,
-        },
-        LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
-            let input = plan.inputs()[0];
-            let (qualifier, field) = input.schema().qualified_field(index);
-            let column = datafusion::common::Column::new(qualifier.cloned(), field.name());
-            is_watermark_column(input, &Expr::Column(column))
-        }
-        _ => false,
-    }
+    let Some(relation) = provider.downcast_ref::<RelationProvider>() else {
+        return false;
+    };
+    let source_index = match &scan.projection {
+        Some(projection) => projection.get(index).copied(),
+        None => Some(index),
+    };
+    source_index.is_some() && relation.watermark_column == source_index
 }
 
 /// Whether `plan` reads a relation `FOR SYSTEM_TIME AS OF PROCTIME()`
@@ -1016,36 +1017,13 @@ fn at_most_one_row(plan: &LogicalPlan) -> bool {
 /// Whether `expr` over `plan`'s output is a window's `window_end`, passed
 /// through unchanged (projections, filters, GROUP BY keys).
 fn is_window_end(plan: &LogicalPlan, expr: &Expr) -> bool {
-    let Expr::Column(column) = expr else {
+    let Some((LogicalPlan::TableScan(scan), index)) = expr_origin(plan, expr) else {
         return false;
     };
-    match plan.schema().index_of_column(column) {
-        Ok(index) => column_is_window_end(plan, index),
-        Err(_) => false,
-    }
-}
-
-fn column_is_window_end(plan: &LogicalPlan, index: usize) -> bool {
-    match plan {
-        LogicalPlan::TableScan(scan) => {
-            let windowed = source_as_provider(&scan.source)
-                .map(|p| p.is::<WindowedRelationProvider>())
-                .unwrap_or(false);
-            windowed && scan.projected_schema.field(index).name() == "window_end"
-        }
-        LogicalPlan::Projection(projection) => match projection.expr.get(index) {
-            Some(e) => is_window_end(&projection.input, &e.clone().unalias()),
-            None => false,
-        },
-        LogicalPlan::Aggregate(aggregate) => match aggregate.group_expr.get(index) {
-            Some(e) => is_window_end(&aggregate.input, e),
-            None => false,
-        },
-        LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::Sort(_) => {
-            column_is_window_end(plan.inputs()[0], index)
-        }
-        _ => false,
-    }
+    let windowed = source_as_provider(&scan.source)
+        .map(|p| p.is::<WindowedRelationProvider>())
+        .unwrap_or(false);
+    windowed && scan.projected_schema.field(index).name() == "window_end"
 }
 
 fn not_incremental(construct: &str) -> EddyError {
