@@ -38,10 +38,11 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use futures::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::catalog::RelationId;
@@ -57,6 +58,8 @@ use decode::PayloadDecoder;
 /// Messages per batch at most; a batch is also cut after [`BATCH_WAIT`].
 const MAX_BATCH: usize = 4096;
 const BATCH_WAIT: Duration = Duration::from_millis(20);
+/// How long librdkafka waits to fetch again when its queue is full.
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// How often librdkafka reports the partitions' offsets (for the lag).
 const STATISTICS_INTERVAL_MS: &str = "1000";
 /// How often a reader looks for partitions added to its topic.
@@ -525,6 +528,11 @@ impl KafkaSourceConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
+            // librdkafka stops fetching a partition for this long once
+            // `queued.min.messages` (100,000) wait in its queue; at the
+            // default 1 s a reader that empties the queue in 0.3 s sat idle
+            // for the rest (catch-up ran at a third of its speed).
+            .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
             .set(
                 "auto.offset.reset",
                 if self.startup == Startup::Latest {
@@ -720,8 +728,9 @@ struct Received {
     payload: Option<Vec<u8>>,
 }
 
-impl From<OwnedMessage> for Received {
-    fn from(message: OwnedMessage) -> Self {
+impl From<BorrowedMessage<'_>> for Received {
+    /// Copies what a change needs (not the headers, which `detach` would).
+    fn from(message: BorrowedMessage<'_>) -> Self {
         Self {
             partition: message.partition(),
             offset: message.offset(),
@@ -918,11 +927,18 @@ impl Reader {
             let mut arrived = None;
             let deadline = tokio::time::Instant::now() + BATCH_WAIT;
             while batch.len() < MAX_BATCH {
-                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                // What is queued already is taken without a timer (a timer
+                // per message was a tenth of the reader's time); then wait
+                // for more until the deadline.
+                let next = match self.consumer.recv().now_or_never() {
+                    Some(next) => Ok(next),
+                    None => tokio::time::timeout_at(deadline, self.consumer.recv()).await,
+                };
+                match next {
                     Err(_) => break, // waited long enough
                     Ok(Ok(message)) => {
                         arrived.get_or_insert_with(Instant::now);
-                        let message: Received = message.detach().into();
+                        let message = Received::from(message);
                         self.clock.saw(message.partition, None);
                         batch.push(message);
                     }
