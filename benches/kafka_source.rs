@@ -30,7 +30,8 @@ use rdkafka::Message;
 use tokio_postgres::NoTls;
 
 mod common;
-use common::{cpu_seconds, env_number, first_value};
+use common::{env_number, first_value};
+use eddy::bench::cpu_seconds;
 
 fn bootstrap() -> String {
     std::env::var("EDDY_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".to_string())

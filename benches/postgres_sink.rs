@@ -26,7 +26,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 mod common;
-use common::cores_and_commit;
+use eddy::bench::cores_and_commit;
 
 fn postgres_url() -> String {
     std::env::var("EDDY_TEST_PG_URL")

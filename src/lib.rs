@@ -1,7 +1,7 @@
 //! # eddy: a streaming SQL engine for materialized views
 //!
-//! Users connect with any Postgres client, create tables and generated
-//! sources (datagen, nexmark; Kafka later) and define
+//! Users connect with any Postgres client, create tables and sources
+//! (Kafka, datagen, nexmark) and define
 //! `CREATE MATERIALIZED VIEW ... AS SELECT`.
 //! eddy keeps every view's result fresh **incrementally**: each change to an
 //! input becomes a changelog and only that delta flows through the view's
@@ -22,7 +22,8 @@
 //!
 //! - [`stream`]: the changelog ([`stream::ChangeBatch`]: rows + signed weights)
 //!   and the incremental operators (project, filter, union, updating aggregate,
-//!   window and session assignment, temporal filter).
+//!   window and session assignment, temporal filter, joins, top-N and window
+//!   functions).
 //! - [`plan`]: lowers DataFusion's optimized logical plan into a
 //!   [`stream::graph::StreamGraph`]; refuses, naming the construct, what it
 //!   cannot maintain incrementally.
@@ -30,12 +31,17 @@
 //!   publishes view state per epoch; `FLUSH` is a barrier through it.
 //! - [`state`]: multisets of row-encoded rows with O(1) snapshots.
 //! - [`catalog`]: names, schemas, dependencies; per-query snapshots.
-//! - [`connectors`]: tables, the Postgres sink, the datagen and nexmark
-//!   sources (Kafka to come).
+//! - [`connectors`]: tables, the Kafka source and sink, the Postgres sink,
+//!   the datagen and nexmark sources.
 //! - [`sql`]: statement parsing and execution; [`server`]: pgwire.
+//! - [`bench`]: the Nexmark harness of `eddy bench nexmark` and
+//!   `cargo bench --bench nexmark`.
 //!
-//! State lives in memory: until checkpoints land, a restart starts empty.
+//! Operator state lives in memory and is checkpointed (`state::checkpoint`);
+//! a restart restores the latest checkpoint and replays sources from the
+//! offsets it recorded.
 
+pub mod bench;
 pub mod catalog;
 pub mod connectors;
 pub mod error;

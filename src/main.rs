@@ -23,6 +23,37 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Measure this build.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Nexmark queries as materialized views over N events, each in a
+    /// process of its own: events per CPU-second beside DataFusion's batch
+    /// answer of the same query and Flink's figures, peak RSS, state bytes.
+    Nexmark(NexmarkArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct NexmarkArgs {
+    /// Queries to run, e.g. `q5` or `q0,q5,q7` (default: q0 to q22).
+    #[arg(long, value_delimiter = ',')]
+    query: Vec<String>,
+    /// Events per query run (of all three kinds).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Where the events come from: `generator` (in process) or `kafka`
+    /// (written to fresh topics first, then read back as JSON).
+    #[arg(long, default_value = "generator")]
+    source: String,
+    /// The Kafka broker for `--source kafka`.
+    #[arg(long, env = "EDDY_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    kafka_bootstrap: String,
+    /// Where the JSON report goes (default: nexmark-<source>.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -71,8 +102,11 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // A child of `eddy bench nexmark` measuring one query.
+    if eddy::bench::nexmark::run_child_if_asked() {
+        return std::process::ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -82,11 +116,48 @@ async fn main() -> std::process::ExitCode {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         None => cli.serve,
+        Some(Command::Bench(BenchCommand::Nexmark(args))) => return bench_nexmark(args),
     };
-    match serve(args).await {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "eddy stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench_nexmark(args: NexmarkArgs) -> std::process::ExitCode {
+    use eddy::bench::nexmark::{Options, Source};
+    let source = match args.source.as_str() {
+        "generator" => Source::Generator,
+        "kafka" => Source::Kafka {
+            bootstrap: args.kafka_bootstrap,
+        },
+        other => {
+            eprintln!("unknown --source {other}: generator or kafka");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut options = Options::all(args.events);
+    if !args.query.is_empty() {
+        options.queries = args.query;
+    }
+    options.json_path = args
+        .json
+        .unwrap_or_else(|| PathBuf::from(format!("nexmark-{}.json", args.source)));
+    options.source = source;
+    match eddy::bench::nexmark::run(&options) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eddy bench nexmark: {e}");
             std::process::ExitCode::FAILURE
         }
     }

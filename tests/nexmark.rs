@@ -11,10 +11,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{execute, project_dir, query_text, sorted_rows, TestServer};
-
-#[path = "../benches/nexmark/shared.rs"]
-mod shared;
+use common::{execute, query_text, sorted_rows, TestServer};
+use eddy::bench::nexmark as shared;
 
 const EVENTS: u64 = 30_000;
 /// 1,000 events per second of event time: the run covers 30 s.
@@ -58,7 +56,10 @@ async fn nexmark_queries_match_the_batch_oracle() {
     }
     execute(&eddy, &shared::side_input_sql()).await;
     execute(&eddy, shared::COPIES_SQL).await;
-    let mut views: Vec<(String, String)> = shared::queries(&project_dir());
+    let mut views: Vec<(String, String)> = shared::queries()
+        .into_iter()
+        .map(|(name, query)| (name, query.to_string()))
+        .collect();
     for (name, query) in &views {
         execute(
             &eddy,
@@ -107,7 +108,7 @@ async fn compare(eddy: &tokio_postgres::Client, views: &[(String, String)]) -> R
         .clone();
     let mut counts = Vec::new();
     for (name, query) in views {
-        let batch = shared::over_copies(query);
+        let batch = shared::over_copies(query).expect("the query parses");
         let batch = if name.ends_with("_closed") {
             format!("SELECT * FROM ({batch}) WHERE window_end <= TIMESTAMP '{watermark}'")
         } else {

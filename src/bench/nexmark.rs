@@ -1,0 +1,763 @@
+//! Nexmark: each query (`benches/nexmark/queries/`, built into the binary)
+//! as a materialized view over N events of the built-in generator or of
+//! Kafka topics, as fast as eddy takes them.
+//!
+//! `eddy bench nexmark --query q5 --events 10000000` and
+//! `cargo bench --bench nexmark` (settings from the environment) run this.
+//!
+//! Each query runs in a child process of its own (the running binary again,
+//! with [`CHILD_QUERY`] set, see [`run_child_if_asked`]), so that CPU time
+//! and peak RSS are the query's: an in-process eddy server with the three
+//! nexmark sources (no periodic checkpoints); the clock starts at
+//! `CREATE MATERIALIZED VIEW` and stops when the view's scans have read
+//! every event (each change goes through the whole graph before the next
+//! is read). Reported per query:
+//! - events read per CPU-second (user + system of the process, so a shared
+//!   machine's noise matters less than wall time) — the events of the
+//!   streams the view reads (bids only for q0), as `BENCHMARKS.md` counts
+//!   Flink's — and per wall-second, and the cores that used;
+//! - the baseline in the same run: DataFusion executing the same query as a
+//!   batch over the same events already in memory (copies of the streams),
+//!   its events per CPU-second and the ratio eddy / batch;
+//! - peak RSS, the state bytes and keys of the view's operators (from a
+//!   checkpoint taken after the run), the view's freshness at the end (from
+//!   the arrival of the oldest change of the last epoch to that epoch's
+//!   publication: an upper bound of the time from the last event to the
+//!   final result), and how long the FLUSH after the run took (it writes a
+//!   checkpoint of the view; not part of the CPU figure, as Flink's runs
+//!   take no checkpoints);
+//! - Flink's figures on this machine size and published, and twice the
+//!   higher of the two (the target).
+//!
+//! With [`Source::Kafka`] the events are first written as JSON to three
+//! fresh topics (one partition each, by eddy's own Kafka sink from a
+//! nexmark run), and each query's sources read those topics from the
+//! earliest offset: the set-up of Flink's published figures.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use datafusion::sql::sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, Ident, ObjectName, ObjectNamePart, TableFactor, VisitMut,
+    VisitorMut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use tokio_postgres::{Client, NoTls};
+
+use super::{
+    cores_and_commit, cpu_seconds, execute, peak_rss_bytes, reset_peak_rss, rows, BenchResult,
+};
+
+/// Set in a child process: the query it measures.
+pub const CHILD_QUERY: &str = "EDDY_NEXMARK_QUERY";
+const CHILD_EVENTS: &str = "EDDY_NEXMARK_EVENTS";
+const CHILD_KAFKA_RUN: &str = "EDDY_NEXMARK_KAFKA_RUN";
+const CHILD_KAFKA_BOOTSTRAP: &str = "EDDY_NEXMARK_KAFKA_BOOTSTRAP";
+
+/// Events per second of event time: 1M events cover about 17 minutes.
+pub const EVENT_RATE: u64 = 1_000;
+
+/// The Nexmark queries q0–q22, by name, as the files hold them.
+pub fn queries() -> Vec<(String, &'static str)> {
+    macro_rules! files {
+        ($($n:literal),*) => {
+            [$(include_str!(concat!("../../benches/nexmark/queries/q", $n, ".sql"))),*]
+        };
+    }
+    let texts = files!(
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22"
+    );
+    texts
+        .into_iter()
+        .enumerate()
+        .map(|(n, text)| (format!("q{n}"), text))
+        .collect()
+}
+
+/// `CREATE SOURCE` for one nexmark stream of a bounded run of `events`
+/// events (all kinds), `rate` events per second of event time. Bids carry a
+/// processing-time column for q12 and q13.
+pub fn source_sql(table: &str, events: u64, rate: u64) -> String {
+    format!(
+        "CREATE SOURCE {table} ({}WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+         WITH (connector = 'nexmark', nexmark.table.type = '{table}',
+               nexmark.event.rate = '{rate}', nexmark.max.events = '{events}',
+               nexmark.max.emit.speed = 'true')",
+        proctime_column(table)
+    )
+}
+
+fn proctime_column(table: &str) -> &'static str {
+    if table == "bid" {
+        "p_time TIMESTAMP AS PROCTIME(), "
+    } else {
+        ""
+    }
+}
+
+/// The table q13 looks up: 10,000 keys.
+pub fn side_input_sql() -> String {
+    let rows: Vec<String> = (0..10_000).map(|k| format!("({k}, 'v{k}')")).collect();
+    format!(
+        "CREATE TABLE side_input (key BIGINT PRIMARY KEY, value TEXT);
+         INSERT INTO side_input VALUES {}",
+        rows.join(", ")
+    )
+}
+
+/// How many events of a run of `events` are of `table` (1 person : 3
+/// auctions : 46 bids in every 50).
+pub fn events_of(table: &str, events: u64) -> u64 {
+    match table {
+        "person" => events / 50,
+        "auction" => events * 3 / 50,
+        _ => events * 46 / 50,
+    }
+}
+
+/// Renames the nexmark relations to their bounded copies (`bid_all`, ...).
+struct ToCopies;
+
+fn copy_name(ident: &mut Ident) {
+    if ["person", "auction", "bid"].contains(&ident.value.to_lowercase().as_str()) {
+        *ident = Ident::new(format!("{}_all", ident.value.to_lowercase()));
+    }
+}
+
+impl VisitorMut for ToCopies {
+    type Break = ();
+
+    fn pre_visit_relation(&mut self, relation: &mut ObjectName) -> ControlFlow<()> {
+        if let [ObjectNamePart::Identifier(ident)] = relation.0.as_mut_slice() {
+            copy_name(ident);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        // TUMBLE(bid, ...), HOP(...), SESSION(...): the relation is the first argument.
+        if let TableFactor::Table {
+            args: Some(args), ..
+        } = factor
+        {
+            if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(ident)))) =
+                args.args.first_mut()
+            {
+                copy_name(ident);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The views that copy the streams, for [`over_copies`].
+pub const COPIES_SQL: &str = "CREATE MATERIALIZED VIEW person_all AS SELECT * FROM person;
+     CREATE MATERIALIZED VIEW auction_all AS SELECT * FROM auction;
+     CREATE MATERIALIZED VIEW bid_all AS SELECT * FROM bid;";
+
+/// `query` over the bounded copies; `FOR SYSTEM_TIME AS OF` dropped (the side
+/// input does not change during a run).
+pub fn over_copies(query: &str) -> BenchResult<String> {
+    let query = query.replace("FOR SYSTEM_TIME AS OF PROCTIME()", "");
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, &query)
+        .map_err(|e| format!("the query does not parse: {e}"))?;
+    let _ = statements.visit(&mut ToCopies);
+    statements
+        .first()
+        .map(ToString::to_string)
+        .ok_or_else(|| "an empty query".to_string())
+}
+
+/// Flink 2.2.1 on this machine size, thousand events per CPU-second
+/// (`BENCHMARKS.md`), and the published per-core figure.
+pub fn flink(query: &str) -> (Option<f64>, Option<f64>) {
+    let here = [
+        ("q0", 153.0),
+        ("q1", 202.0),
+        ("q2", 201.0),
+        ("q3", 380.0),
+        ("q4", 63.0),
+        ("q5", 92.0),
+        ("q7", 39.0),
+        ("q8", 406.0),
+        ("q9", 48.0),
+        ("q10", 146.0),
+        ("q11", 107.0),
+        ("q12", 130.0),
+        ("q13", 143.0),
+        ("q14", 194.0),
+        ("q15", 60.0),
+        ("q16", 12.8),
+        ("q17", 106.0),
+        ("q18", 98.0),
+        ("q19", 67.0),
+        ("q20", 52.0),
+        ("q21", 105.0),
+        ("q22", 132.0),
+    ];
+    let published = [
+        ("q0", 155.0),
+        ("q1", 158.0),
+        ("q2", 175.0),
+        ("q3", 152.0),
+        ("q4", 34.0),
+        ("q5", 22.0),
+        ("q7", 12.0),
+        ("q8", 146.0),
+        ("q9", 14.0),
+        ("q10", 58.0),
+        ("q11", 40.0),
+        ("q12", 76.0),
+        ("q13", 131.0),
+        ("q14", 161.0),
+        ("q15", 72.0),
+        ("q16", 19.0),
+        ("q17", 117.0),
+        ("q18", 54.0),
+        ("q19", 44.0),
+        ("q20", 19.0),
+        ("q21", 99.0),
+        ("q22", 130.0),
+    ];
+    let find = |table: &[(&str, f64)]| table.iter().find(|(q, _)| *q == query).map(|(_, v)| *v);
+    (find(&here), find(&published))
+}
+
+/// Where the events come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// eddy's nexmark generator, in process.
+    Generator,
+    /// JSON topics on this Kafka broker (`host:port`), written first.
+    Kafka { bootstrap: String },
+}
+
+impl Source {
+    fn name(&self) -> &'static str {
+        match self {
+            Source::Generator => "generator",
+            Source::Kafka { .. } => "kafka",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Events per query run (all kinds; a query reads those of its streams).
+    pub events: u64,
+    /// Query names (`q0` … `q22`).
+    pub queries: Vec<String>,
+    pub source: Source,
+    /// Where the JSON report goes.
+    pub json_path: PathBuf,
+}
+
+impl Options {
+    /// All queries over `events` generated events.
+    pub fn all(events: u64) -> Self {
+        Self {
+            events,
+            queries: queries().into_iter().map(|(name, _)| name).collect(),
+            source: Source::Generator,
+            json_path: PathBuf::from("nexmark-generator.json"),
+        }
+    }
+}
+
+/// One query's figures, as its child measured them.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub query: String,
+    pub events_read: u64,
+    pub cpu_seconds: f64,
+    pub wall_seconds: f64,
+    pub freshness_ms: f64,
+    pub flush_ms: f64,
+    pub peak_rss_bytes: u64,
+    pub state_bytes: u64,
+    pub state_keys: u64,
+    pub view_rows: u64,
+    pub batch_cpu_seconds: f64,
+    pub batch_rows: u64,
+}
+
+impl Measured {
+    /// Thousand events read per CPU-second.
+    pub fn k_events_per_cpu_second(&self) -> f64 {
+        per_second(self.events_read, self.cpu_seconds) / 1e3
+    }
+
+    fn to_json(&self, events: u64) -> String {
+        format!(
+            "{{\"query\":\"{}\",\"events\":{events},\"events_read\":{},\"cpu_seconds\":{:.3},\
+             \"wall_seconds\":{:.3},\"freshness_ms\":{:.1},\"flush_ms\":{:.1},\"peak_rss_bytes\":{},\
+             \"state_bytes\":{},\"state_keys\":{},\"view_rows\":{},\"batch_cpu_seconds\":{:.3},\
+             \"batch_rows\":{}}}",
+            self.query,
+            self.events_read,
+            self.cpu_seconds,
+            self.wall_seconds,
+            self.freshness_ms,
+            self.flush_ms,
+            self.peak_rss_bytes,
+            self.state_bytes,
+            self.state_keys,
+            self.view_rows,
+            self.batch_cpu_seconds,
+            self.batch_rows
+        )
+    }
+
+    fn from_json(json: &str) -> BenchResult<Self> {
+        let field = |name: &str| -> BenchResult<f64> {
+            let at = json
+                .find(&format!("\"{name}\":"))
+                .ok_or_else(|| format!("no {name} in {json}"))?;
+            let rest = &json[at + name.len() + 3..];
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            rest[..end]
+                .trim_matches('"')
+                .parse()
+                .map_err(|_| format!("{name} in {json}"))
+        };
+        let query = json
+            .split("\"query\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .ok_or_else(|| format!("no query in {json}"))?;
+        Ok(Self {
+            query: query.to_string(),
+            events_read: field("events_read")? as u64,
+            cpu_seconds: field("cpu_seconds")?,
+            wall_seconds: field("wall_seconds")?,
+            freshness_ms: field("freshness_ms")?,
+            flush_ms: field("flush_ms")?,
+            peak_rss_bytes: field("peak_rss_bytes")? as u64,
+            state_bytes: field("state_bytes")? as u64,
+            state_keys: field("state_keys")? as u64,
+            view_rows: field("view_rows")? as u64,
+            batch_cpu_seconds: field("batch_cpu_seconds")?,
+            batch_rows: field("batch_rows")? as u64,
+        })
+    }
+}
+
+fn per_second(events: u64, seconds: f64) -> f64 {
+    events as f64 / seconds.max(0.001)
+}
+
+/// In a child process (started by [`run`]), measures its query, prints the
+/// figures as one JSON line and returns true; otherwise returns false. Call
+/// it first thing in `main`, outside any async runtime.
+pub fn run_child_if_asked() -> bool {
+    let Ok(query) = std::env::var(CHILD_QUERY) else {
+        return false;
+    };
+    let events = std::env::var(CHILD_EVENTS)
+        .ok()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(1_000_000);
+    let kafka = match (
+        std::env::var(CHILD_KAFKA_RUN),
+        std::env::var(CHILD_KAFKA_BOOTSTRAP),
+    ) {
+        (Ok(run_name), Ok(bootstrap)) => Some((run_name, bootstrap)),
+        _ => None,
+    };
+    let measured = tokio::runtime::Runtime::new()
+        .map_err(|e| format!("tokio runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(measure(&query, events, kafka.as_ref())));
+    match measured {
+        Ok(measured) => println!("{}", measured.to_json(events)),
+        Err(e) => {
+            eprintln!("{query}: {e}");
+            std::process::exit(1);
+        }
+    }
+    true
+}
+
+/// Runs every query of `options` in a child process each, printing a table
+/// row as each ends; writes the JSON report. Returns the queries measured.
+pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
+    let known: Vec<String> = queries().into_iter().map(|(name, _)| name).collect();
+    if let Some(unknown) = options.queries.iter().find(|q| !known.contains(q)) {
+        return Err(format!("no Nexmark query {unknown}: q0 … q22"));
+    }
+    let events = options.events;
+    let kafka_run = match &options.source {
+        Source::Generator => None,
+        Source::Kafka { bootstrap } => {
+            let runtime =
+                tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
+            let started = Instant::now();
+            let run_name = runtime.block_on(produce_topics(events, bootstrap))?;
+            println!(
+                "{events} events written as JSON to topics nexmark-{{person,auction,bid}}-{run_name} in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            Some((run_name, bootstrap.clone()))
+        }
+    };
+    let (cores, commit) = cores_and_commit();
+    let source = options.source.name();
+    println!(
+        "Nexmark on eddy: {events} events per query from the {source}, {cores} cores, commit {commit}"
+    );
+    println!(
+        "{:>4} {:>10} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "",
+        "k ev/CPU-s",
+        "k ev/s",
+        "cores",
+        "batch k/s",
+        "eddy/bt",
+        "Flink",
+        "publ.",
+        "target",
+        "RSS MB",
+        "state MB",
+        "fresh ms",
+        "flush ms"
+    );
+    let this_binary =
+        std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut measured = Vec::new();
+    for query in &options.queries {
+        let mut child = std::process::Command::new(&this_binary);
+        if let Some((run_name, bootstrap)) = &kafka_run {
+            child
+                .env(CHILD_KAFKA_RUN, run_name)
+                .env(CHILD_KAFKA_BOOTSTRAP, bootstrap);
+        }
+        let output = child
+            .env(CHILD_QUERY, query)
+            .env(CHILD_EVENTS, events.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", this_binary.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let Some(m) = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .and_then(|json| Measured::from_json(json).ok())
+        else {
+            println!("{query:>4} failed ({})", output.status);
+            continue;
+        };
+        let (here, published) = flink(query);
+        let best = here.into_iter().chain(published).fold(0.0, f64::max);
+        let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        println!(
+            "{:>4} {:>10.0} {:>9.0} {:>6.2} {:>10.0} {:>8.2} {:>8} {:>8} {:>8} {:>9.0} {:>9.1} {:>9.0} {:>9.0}",
+            m.query,
+            m.k_events_per_cpu_second(),
+            per_second(m.events_read, m.wall_seconds) / 1e3,
+            m.cpu_seconds / m.wall_seconds.max(0.001),
+            per_second(m.events_read, m.batch_cpu_seconds) / 1e3,
+            m.batch_cpu_seconds / m.cpu_seconds.max(0.001),
+            show(here),
+            show(published),
+            if best > 0.0 { format!("{:.0}", 2.0 * best) } else { "-".into() },
+            m.peak_rss_bytes as f64 / 1e6,
+            m.state_bytes as f64 / 1e6,
+            m.freshness_ms,
+            m.flush_ms,
+        );
+        measured.push(m);
+    }
+    let reports: Vec<String> = measured.iter().map(|m| m.to_json(events)).collect();
+    let json = format!(
+        "{{\"commit\":\"{commit}\",\"cores\":{cores},\"events\":{events},\"source\":\"{source}\",\"queries\":[{}]}}\n",
+        reports.join(",")
+    );
+    match std::fs::write(&options.json_path, json) {
+        Ok(()) => println!("JSON: {}", options.json_path.display()),
+        Err(e) => println!("could not write {}: {e}", options.json_path.display()),
+    }
+    println!(
+        "k ev/CPU-s: thousand events read by the view (of the streams it reads) per \
+         CPU-second of the process, as Flink's are counted; eddy/bt: \
+         eddy's events per CPU-second over the batch baseline's (1: as fast as batch); Flink: \
+         Flink 2.2.1 on this machine size; publ.: Flink's published per-core figure; target: \
+         twice the higher of the two"
+    );
+    Ok(measured)
+}
+
+/// The columns of each stream as JSON in Kafka (the generator's, without
+/// the processing-time column).
+fn kafka_columns(table: &str) -> &'static str {
+    match table {
+        "person" => {
+            "id BIGINT, name TEXT, email_address TEXT, credit_card TEXT, city TEXT, state TEXT, \
+             date_time TIMESTAMP, extra TEXT"
+        }
+        "auction" => {
+            "id BIGINT, item_name TEXT, description TEXT, initial_bid BIGINT, reserve BIGINT, \
+             date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT, extra TEXT"
+        }
+        _ => "auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT, date_time TIMESTAMP, extra TEXT",
+    }
+}
+
+fn kafka_topic(table: &str, run: &str) -> String {
+    format!("nexmark-{table}-{run}")
+}
+
+/// Writes a nexmark run of `events` events as JSON to three fresh topics,
+/// with eddy's Kafka sink; returns the run's name (part of the topics').
+async fn produce_topics(events: u64, bootstrap: &str) -> BenchResult<String> {
+    let run_name = format!(
+        "{events}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    );
+    let (server, client) = start_server().await?;
+    for table in ["person", "auction", "bid"] {
+        execute(&client, &source_sql(table, events, EVENT_RATE)).await?;
+        let columns: Vec<&str> = kafka_columns(table)
+            .split(", ")
+            .map(|c| c.split_whitespace().next().unwrap_or(""))
+            .collect();
+        execute(
+            &client,
+            &format!(
+                "CREATE MATERIALIZED VIEW {table}_json AS SELECT {} FROM {table};
+                 CREATE SINK {table}_out FROM {table}_json
+                   WITH (connector = 'kafka', topic = '{}', properties.bootstrap.server = '{bootstrap}')
+                   FORMAT PLAIN ENCODE JSON",
+                columns.join(", "),
+                kafka_topic(table, &run_name),
+            ),
+        )
+        .await?;
+    }
+    for table in ["person", "auction", "bid"] {
+        wait_for_scans(&client, &format!("{table}_json"), events).await?;
+    }
+    // FLUSH returns once every sink has committed what the views hold.
+    execute(&client, "FLUSH").await?;
+    drop(client);
+    server.stop().await;
+    Ok(run_name)
+}
+
+/// The sources of one measurement: the generator, or the Kafka topics of
+/// run `kafka` (run name, bootstrap).
+fn sources_sql(table: &str, events: u64, kafka: Option<&(String, String)>) -> String {
+    let Some((run_name, bootstrap)) = kafka else {
+        return source_sql(table, events, EVENT_RATE);
+    };
+    format!(
+        "CREATE SOURCE {table} ({}, {}WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+         WITH (connector = 'kafka', topic = '{}', properties.bootstrap.server = '{bootstrap}',
+               scan.startup.mode = 'earliest')
+         FORMAT PLAIN ENCODE JSON",
+        kafka_columns(table),
+        proctime_column(table),
+        kafka_topic(table, run_name),
+    )
+}
+
+async fn start_server() -> BenchResult<(crate::Server, Client)> {
+    let mut options = crate::ServerOptions::new(([127, 0, 0, 1], 0).into());
+    options.checkpoint_interval = Duration::ZERO;
+    let server = crate::Server::start_with_options(options)
+        .await
+        .map_err(|e| format!("eddy does not start: {e}"))?;
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=eddy", server.local_addr.port()),
+        NoTls,
+    )
+    .await
+    .map_err(|e| format!("cannot connect to eddy: {e}"))?;
+    tokio::spawn(connection);
+    Ok((server, client))
+}
+
+/// Waits until every scan of `view` has read all events of its relation;
+/// returns how many events that is (the events the view reads).
+async fn wait_for_scans(client: &Client, view: &str, events: u64) -> BenchResult<u64> {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let scans = rows(
+            client,
+            &format!(
+                "SELECT operator, rows_in FROM eddy_catalog.operator_stats \
+                 WHERE view = '{view}' AND operator LIKE 'Scan: %'"
+            ),
+        )
+        .await?;
+        let expected = |scan: &Vec<String>| {
+            let relation = scan[0]
+                .trim_start_matches("Scan: ")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            match relation {
+                "person" | "auction" | "bid" => events_of(relation, events),
+                _ => 0, // a table (q13's side input): read at creation
+            }
+        };
+        // The share of its events the slowest scan has read.
+        let progress = scans
+            .iter()
+            .map(|scan| match expected(scan) {
+                0 => 1.0,
+                n => scan[1].parse::<u64>().unwrap_or(0) as f64 / n as f64,
+            })
+            .fold(f64::INFINITY, f64::min);
+        if !scans.is_empty() && progress >= 1.0 {
+            return Ok(scans.iter().map(expected).sum());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{view} stalled: {scans:?}"));
+        }
+        // Each poll is a query the measured process answers (planning,
+        // asking the runtime for its stats): poll rarely until the end is
+        // near, then often, so that the poll costs little CPU and the clock
+        // still stops within a few ms of the last event.
+        let pause = if progress < 0.9 { 100 } else { 5 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+/// The first value of the first row, as a number (0 for NULL).
+async fn number(client: &Client, sql: &str) -> BenchResult<f64> {
+    let rows = rows(client, sql).await?;
+    let value = rows
+        .first()
+        .and_then(|row| row.first())
+        .ok_or_else(|| format!("no rows from {sql}"))?;
+    Ok(value.parse().unwrap_or(0.0))
+}
+
+/// One query, measured in this process.
+async fn measure(
+    query_name: &str,
+    events: u64,
+    kafka: Option<&(String, String)>,
+) -> BenchResult<Measured> {
+    let (_, query) = queries()
+        .into_iter()
+        .find(|(name, _)| name == query_name)
+        .ok_or_else(|| format!("no query {query_name}"))?;
+    let (server, client) = start_server().await?;
+    for table in ["person", "auction", "bid"] {
+        execute(&client, &sources_sql(table, events, kafka)).await?;
+    }
+    // CREATE over Kafka returns at once; the clock stops at the last event.
+    execute(&client, "SET background_ddl = true").await?;
+    execute(&client, &side_input_sql()).await?;
+    execute(&client, "FLUSH").await?;
+
+    // The peak RSS from here is the view's.
+    reset_peak_rss();
+    let (cpu_start, wall_start) = (cpu_seconds(), Instant::now());
+    execute(
+        &client,
+        &format!("CREATE MATERIALIZED VIEW {query_name} AS {query}"),
+    )
+    .await?;
+    let events_read = wait_for_scans(&client, query_name, events).await?;
+    let (cpu, wall) = (cpu_seconds() - cpu_start, wall_start.elapsed());
+    let peak_rss = peak_rss_bytes();
+    // The last epoch is published within 100 ms of the runtime going idle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let freshness_ms = number(
+        &client,
+        &format!(
+            "SELECT coalesce(freshness_ms, 0) FROM eddy_catalog.mv_stats WHERE name = '{query_name}'"
+        ),
+    )
+    .await?;
+    let flush_start = Instant::now();
+    execute(&client, "FLUSH").await?;
+    let flush = flush_start.elapsed();
+    execute(&client, "CHECKPOINT").await?;
+    let state = format!("FROM eddy_catalog.operator_stats WHERE view = '{query_name}'");
+    let state_bytes = number(
+        &client,
+        &format!("SELECT coalesce(sum(state_bytes), 0) {state}"),
+    )
+    .await?;
+    let state_keys = number(
+        &client,
+        &format!("SELECT coalesce(sum(state_keys), 0) {state}"),
+    )
+    .await?;
+    let view_rows = number(&client, &format!("SELECT count(*) FROM {query_name}")).await?;
+
+    // The batch baseline: the same query over copies of the streams.
+    execute(&client, COPIES_SQL).await?;
+    for table in ["person", "auction", "bid"] {
+        wait_for_scans(&client, &format!("{table}_all"), events).await?;
+    }
+    execute(&client, "FLUSH").await?;
+    let batch_sql = format!("SELECT count(*) FROM ({}) q", over_copies(query)?);
+    let batch_cpu_start = cpu_seconds();
+    let batch_rows = number(&client, &batch_sql).await?;
+    let batch_cpu = cpu_seconds() - batch_cpu_start;
+    drop(client);
+    server.stop().await;
+    Ok(Measured {
+        query: query_name.to_string(),
+        events_read,
+        cpu_seconds: cpu,
+        wall_seconds: wall.as_secs_f64(),
+        freshness_ms,
+        flush_ms: flush.as_secs_f64() * 1e3,
+        peak_rss_bytes: peak_rss,
+        state_bytes: state_bytes as u64,
+        state_keys: state_keys as u64,
+        view_rows: view_rows as u64,
+        batch_cpu_seconds: batch_cpu,
+        batch_rows: batch_rows as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measured_figures_survive_their_json_line() {
+        let m = Measured {
+            query: "q5".into(),
+            events_read: 920_000,
+            cpu_seconds: 3.5,
+            wall_seconds: 2.25,
+            freshness_ms: 12.5,
+            flush_ms: 30.0,
+            peak_rss_bytes: 123_456_789,
+            state_bytes: 4_096,
+            state_keys: 17,
+            view_rows: 25,
+            batch_cpu_seconds: 0.5,
+            batch_rows: 25,
+        };
+        let back = Measured::from_json(&m.to_json(1_000_000)).unwrap();
+        assert_eq!(back.query, "q5");
+        assert_eq!(back.events_read, 920_000);
+        assert_eq!(back.peak_rss_bytes, 123_456_789);
+        assert_eq!(back.state_keys, 17);
+        assert!((back.k_events_per_cpu_second() - 920.0 / 3.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn queries_are_built_in_and_read_the_copies_in_the_baseline() {
+        let all = queries();
+        assert_eq!(all.len(), 23);
+        let (_, q5) = &all[5];
+        let batch = over_copies(q5).unwrap();
+        assert!(batch.contains("bid_all"), "{batch}");
+        assert!(!batch.contains("FROM bid "), "{batch}");
+    }
+}
