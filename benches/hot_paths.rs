@@ -1,0 +1,374 @@
+//! Criterion micro-benchmarks of the hot paths, each beside a baseline that
+//! does the least work the same input needs, in the same run (the ratio
+//! eddy / baseline is the figure to track; absolute times move with the
+//! machine's load):
+//!
+//! - `changelog`: 4,096 JSON bid payloads to a change batch (the Kafka
+//!   source's decode), against arrow-json decoding the same payloads;
+//! - `aggregate`: `count(*), sum(price) GROUP BY auction` over a batch of
+//!   insertions and then its retraction, against a `HashMap` fold of the
+//!   same columns;
+//! - `window`: TUMBLE and HOP window assignment of a batch, against one
+//!   arrow `take` of the batch (the copy every assignment makes);
+//! - `join`: a batch of bids probing 10,000 auctions' rows (inner join on
+//!   the auction id), against a `HashMap` probe of the same keys;
+//! - `state`: a view's row set taking a batch (the published snapshot's
+//!   copy-on-write map), and a checkpoint of an aggregate's 10,000 groups,
+//!   against a `BTreeMap` insert of the same encoded rows.
+//!
+//! `cargo bench --bench hot_paths` (criterion's options after `--`, e.g.
+//! `-- aggregate`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use datafusion::arrow::array::{
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::JoinType;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::PhysicalExpr;
+
+use eddy::connectors::kafka::decode::PayloadDecoder;
+use eddy::sql::sink::MessageEncoding;
+use eddy::state::checkpoint::StateDelta;
+use eddy::state::{RowCodec, RowSet};
+use eddy::stream::accumulator::{AggregateFolder, AggregateKind};
+use eddy::stream::aggregate::{AggregateCall, AggregateOperator};
+use eddy::stream::join::{JoinOperator, JoinSide};
+use eddy::stream::window::{windowed_schema, WindowAssignOperator, WindowSpec};
+use eddy::stream::{ChangeBatch, Operator};
+
+/// Rows per batch: the Kafka source's largest batch.
+const ROWS: usize = 4096;
+const AUCTIONS: i64 = 10_000;
+
+fn bid_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("bidder", DataType::Int64, false),
+        Field::new("price", DataType::Int64, false),
+        Field::new("channel", DataType::Utf8, false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
+    ]))
+}
+
+/// Bids spread over the auctions, 1 ms of event time apart (a fixed LCG,
+/// so every run sees the same rows).
+fn bids(rows: usize, seed: u64) -> RecordBatch {
+    let mut state = seed;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as i64
+    };
+    let auction: Vec<i64> = (0..rows).map(|_| next() % AUCTIONS).collect();
+    let bidder: Vec<i64> = (0..rows).map(|_| next() % 100_000).collect();
+    let price: Vec<i64> = (0..rows).map(|_| 100 + next() % 10_000).collect();
+    let channel: Vec<&str> = (0..rows)
+        .map(|i| ["Google", "Facebook", "Baidu", "Apple"][i % 4])
+        .collect();
+    let time: Vec<i64> = (0..rows as i64)
+        .map(|i| 1_700_000_000_000_000 + i * 1_000)
+        .collect();
+    RecordBatch::try_new(
+        bid_schema(),
+        vec![
+            Arc::new(Int64Array::from(auction)),
+            Arc::new(Int64Array::from(bidder)),
+            Arc::new(Int64Array::from(price)),
+            Arc::new(StringArray::from(channel)),
+            Arc::new(TimestampMicrosecondArray::from(time)),
+        ],
+    )
+    .expect("bids")
+}
+
+fn insertions(rows: RecordBatch) -> ChangeBatch {
+    let n = rows.num_rows();
+    ChangeBatch::new(rows, Int64Array::from(vec![1; n])).expect("change")
+}
+
+fn retractions(rows: RecordBatch) -> ChangeBatch {
+    let n = rows.num_rows();
+    ChangeBatch::new(rows, Int64Array::from(vec![-1; n])).expect("change")
+}
+
+fn column(name: &str, schema: &Schema) -> Arc<dyn PhysicalExpr> {
+    Arc::new(Column::new(name, schema.index_of(name).expect("column")))
+}
+
+fn int64s(batch: &RecordBatch, index: usize) -> &Int64Array {
+    batch
+        .column(index)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("int64")
+}
+
+/// JSON payloads to a change batch, as the Kafka source decodes a poll.
+fn changelog(c: &mut Criterion) {
+    let rows = bids(ROWS, 1);
+    let payloads: Vec<Vec<u8>> = (0..ROWS)
+        .map(|i| {
+            format!(
+                r#"{{"auction":{},"bidder":{},"price":{},"channel":"{}","date_time":"2023-11-14 22:13:{:02}.{:03}"}}"#,
+                int64s(&rows, 0).value(i),
+                int64s(&rows, 1).value(i),
+                int64s(&rows, 2).value(i),
+                ["Google", "Facebook", "Baidu", "Apple"][i % 4],
+                (i / 1000) % 60,
+                i % 1000
+            )
+            .into_bytes()
+        })
+        .collect();
+    let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    let decoder = PayloadDecoder::try_new(MessageEncoding::Json, bid_schema(), &BTreeMap::new())
+        .expect("decoder");
+    let mut group = c.benchmark_group("changelog");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("baseline: arrow-json decode", |b| {
+        b.iter(|| {
+            let mut json = datafusion::arrow::json::ReaderBuilder::new(bid_schema())
+                .with_batch_size(ROWS)
+                .build_decoder()
+                .expect("decoder");
+            for payload in &slices {
+                json.decode(payload).expect("decode");
+            }
+            black_box(json.flush().expect("flush"))
+        })
+    });
+    group.bench_function("eddy: JSON payloads to a change batch", |b| {
+        b.iter(|| {
+            let decoded = decoder.decode(black_box(&slices)).expect("decode");
+            black_box(insertions(decoded.rows))
+        })
+    });
+    group.finish();
+}
+
+fn count_and_sum_by_auction() -> AggregateOperator {
+    let input = bid_schema();
+    let output = Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("bids", DataType::Int64, false),
+        Field::new("total", DataType::Int64, true),
+    ]));
+    let call = |kind, output_type: DataType, display: &str| AggregateCall {
+        folder: AggregateFolder::try_new(kind, &DataType::Int64, output_type, &[], None)
+            .expect("folder"),
+        argument: column("price", &input),
+        filter: None,
+        display: display.to_string(),
+    };
+    AggregateOperator::try_new(
+        vec![column("auction", &input)],
+        vec![
+            call(AggregateKind::Count, DataType::Int64, "count(*)"),
+            call(AggregateKind::Sum, DataType::Int64, "sum(price)"),
+        ],
+        output,
+    )
+    .expect("aggregate")
+}
+
+/// Hash aggregation of insertions, then of their retraction.
+fn aggregate(c: &mut Criterion) {
+    let rows = bids(ROWS, 2);
+    let mut group = c.benchmark_group("aggregate");
+    group.throughput(Throughput::Elements(2 * ROWS as u64));
+    group.bench_function("baseline: HashMap fold", |b| {
+        b.iter(|| {
+            let mut groups: HashMap<i64, (i64, i64)> = HashMap::new();
+            for weight in [1, -1] {
+                let (auction, price) = (int64s(&rows, 0), int64s(&rows, 2));
+                for i in 0..rows.num_rows() {
+                    let group = groups.entry(auction.value(i)).or_default();
+                    group.0 += weight;
+                    group.1 += weight * price.value(i);
+                    if group.0 == 0 {
+                        groups.remove(&auction.value(i));
+                    }
+                }
+            }
+            black_box(groups)
+        })
+    });
+    group.bench_function("eddy: insert then retract, with output changes", |b| {
+        b.iter_batched(
+            count_and_sum_by_auction,
+            |mut op| {
+                let inserted = op.process(0, insertions(rows.clone())).expect("insert");
+                let retracted = op.process(0, retractions(rows.clone())).expect("retract");
+                black_box((inserted, retracted))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+/// TUMBLE and HOP window assignment.
+fn window(c: &mut Criterion) {
+    let rows = bids(ROWS, 3);
+    let time = 4;
+    let schema = windowed_schema(&bid_schema(), time);
+    let second = 1_000_000;
+    let mut group = c.benchmark_group("window");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("baseline: take of every row", |b| {
+        let indices = UInt32Array::from_iter_values(0..ROWS as u32);
+        b.iter(|| black_box(take_record_batch(&rows, &indices).expect("take")))
+    });
+    for (name, spec) in [
+        ("eddy: TUMBLE 10 s", WindowSpec::tumble(10 * second, 0)),
+        (
+            "eddy: HOP 2 s / 10 s (5 windows a row)",
+            WindowSpec::hop(2 * second, 10 * second),
+        ),
+    ] {
+        let spec = spec.expect("window");
+        let mut op = WindowAssignOperator::new(time, "date_time".into(), spec, schema.clone(), 0);
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(op.process(0, insertions(rows.clone())).expect("assign")))
+        });
+    }
+    group.finish();
+}
+
+fn auctions(count: i64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("seller", DataType::Int64, false),
+        Field::new("category", DataType::Int64, false),
+    ]));
+    let ids: Vec<i64> = (0..count).collect();
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(ids.clone())) as ArrayRef,
+            Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i % 1_000))),
+            Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i % 10))),
+        ],
+    )
+    .expect("auctions")
+}
+
+/// A batch of bids probing the auctions' join state.
+fn join(c: &mut Criterion) {
+    let auction_rows = auctions(AUCTIONS);
+    let bid_rows = bids(ROWS, 4);
+    let (auction_schema, bid_schema) = (auction_rows.schema(), bid_schema());
+    let output = Arc::new(Schema::new(
+        auction_schema
+            .fields()
+            .iter()
+            .chain(bid_schema.fields().iter())
+            .cloned()
+            .collect::<Vec<_>>(),
+    ));
+    let mut op = JoinOperator::try_new(
+        JoinType::Inner,
+        JoinSide {
+            keys: vec![column("id", &auction_schema)],
+            schema: auction_schema.clone(),
+        },
+        JoinSide {
+            keys: vec![column("auction", &bid_schema)],
+            schema: bid_schema.clone(),
+        },
+        None,
+        false,
+        output,
+        None,
+        "Join: auction.id = bid.auction".into(),
+    )
+    .expect("join");
+    op.process(0, insertions(auction_rows.clone()))
+        .expect("auctions");
+    let mut group = c.benchmark_group("join");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("baseline: HashMap probe", |b| {
+        let ids = int64s(&auction_rows, 0);
+        let by_id: HashMap<i64, usize> = (0..ids.len()).map(|i| (ids.value(i), i)).collect();
+        b.iter(|| {
+            let probes = int64s(&bid_rows, 0);
+            let matched: Vec<usize> = (0..probes.len())
+                .filter_map(|i| by_id.get(&probes.value(i)).copied())
+                .collect();
+            black_box(matched)
+        })
+    });
+    group.bench_function("eddy: probe and insert, then retract", |b| {
+        b.iter(|| {
+            let joined = op.process(1, insertions(bid_rows.clone())).expect("probe");
+            let undone = op
+                .process(1, retractions(bid_rows.clone()))
+                .expect("retract");
+            black_box((joined, undone))
+        })
+    });
+    group.finish();
+}
+
+/// A view's row set taking a batch, and a checkpoint of aggregate state.
+fn state(c: &mut Criterion) {
+    let rows = bids(ROWS, 5);
+    let codec = Arc::new(RowCodec::try_new(bid_schema()).expect("codec"));
+    let encoded = codec.encode(&rows).expect("encode");
+    let mut group = c.benchmark_group("state");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("baseline: BTreeMap insert of the encoded rows", |b| {
+        b.iter(|| {
+            let mut map: BTreeMap<Arc<[u8]>, i64> = BTreeMap::new();
+            for row in &encoded {
+                *map.entry(row.clone()).or_default() += 1;
+            }
+            black_box(map)
+        })
+    });
+    let mut view = RowSet::new(codec.clone());
+    for seed in 10..20 {
+        view.apply(&insertions(bids(ROWS, seed))).expect("fill");
+    }
+    group.bench_function("eddy: view row set (40k rows) takes a batch", |b| {
+        b.iter_batched(
+            || view.clone(),
+            |mut view| {
+                view.apply_returning_rows(&insertions(rows.clone()))
+                    .expect("apply");
+                black_box(view)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let mut aggregate = count_and_sum_by_auction();
+    for seed in 20..40 {
+        aggregate
+            .process(0, insertions(bids(ROWS, seed)))
+            .expect("fill");
+    }
+    group.throughput(Throughput::Elements(AUCTIONS as u64));
+    group.bench_function("eddy: full checkpoint of 10k aggregate groups", |b| {
+        b.iter(|| {
+            let mut delta = StateDelta::new(true);
+            aggregate.checkpoint(&mut delta).expect("checkpoint");
+            black_box(delta)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(hot_paths, changelog, aggregate, window, join, state);
+criterion_main!(hot_paths);
