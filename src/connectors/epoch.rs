@@ -6,7 +6,6 @@
 //! row it has after (if its last change inserted one). A key that did not
 //! exist before and does not exist after writes nothing.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
@@ -37,7 +36,7 @@ pub fn key_fates(
     changes: &[ChangeBatch],
 ) -> Result<Vec<KeyFate>> {
     let codec = RowCodec::try_new(Arc::new(schema.project(key)?))?;
-    let mut index: HashMap<Arc<[u8]>, usize> = HashMap::new();
+    let mut index: crate::state::KeyMap<Arc<[u8]>, usize> = Default::default();
     let mut fates: Vec<KeyFate> = Vec::new();
     for (b, change) in changes.iter().enumerate() {
         let keys = codec.encode(&change.rows.project(key)?)?;

@@ -28,7 +28,7 @@
 
 pub mod checkpoint;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,7 @@ use crate::state::checkpoint::{
     Capture, CaptureRequest, CheckpointMeta, ReaderPosition, RestoredState, StateDelta,
 };
 use crate::state::codec::{Decoder, Encoder};
+use crate::state::KeySet;
 use crate::state::{RowCodec, RowSet};
 use crate::stream::graph::{GraphStats, StreamGraph};
 use crate::stream::ChangeBatch;
@@ -513,7 +514,7 @@ struct RunningView {
     graph: StreamGraph,
     state: RowSet,
     /// Rows changed since the last checkpoint.
-    touched: HashSet<Arc<[u8]>>,
+    touched: KeySet<Arc<[u8]>>,
     /// Source readers: relation id and checkpoint name.
     readers: Vec<(RelationId, String)>,
     failed: Option<String>,
@@ -529,7 +530,7 @@ impl RunningView {
         name: String,
         graph: StreamGraph,
         state: RowSet,
-        touched: HashSet<Arc<[u8]>>,
+        touched: KeySet<Arc<[u8]>>,
         readers: Vec<(RelationId, String)>,
     ) -> Self {
         Self {
@@ -549,7 +550,7 @@ impl RunningView {
 struct TrackedTable {
     name: String,
     rows: RowSet,
-    touched: HashSet<Arc<[u8]>>,
+    touched: KeySet<Arc<[u8]>>,
 }
 
 /// What flows between relations inside the runtime.
@@ -732,7 +733,7 @@ impl Worker {
                 reply,
             } => {
                 let touched = if restored {
-                    HashSet::new()
+                    KeySet::default()
                 } else {
                     rows_keys(&rows)
                 };
@@ -887,7 +888,7 @@ impl Worker {
         tracing::info!(view = %name, rows = rows.len(), "materialized view restored");
         self.views.insert(
             id,
-            RunningView::new(name, graph, rows, HashSet::new(), readers),
+            RunningView::new(name, graph, rows, KeySet::default(), readers),
         );
         self.dirty = true;
         Ok(())
@@ -1156,13 +1157,13 @@ impl Worker {
 }
 
 /// Every row of `rows` (for a state table captured whole).
-fn rows_keys(rows: &RowSet) -> HashSet<Arc<[u8]>> {
+fn rows_keys(rows: &RowSet) -> KeySet<Arc<[u8]>> {
     rows.encoded_entries().map(|(row, _)| row.clone()).collect()
 }
 
 /// A table's or view's rows as a state table: row -> multiplicity; only
 /// the `touched` rows unless `full`.
-fn rows_delta(rows: &RowSet, touched: &mut HashSet<Arc<[u8]>>, full: bool) -> StateDelta {
+fn rows_delta(rows: &RowSet, touched: &mut KeySet<Arc<[u8]>>, full: bool) -> StateDelta {
     let mut delta = StateDelta::new(full);
     if full {
         for (row, n) in rows.encoded_entries() {

@@ -83,13 +83,14 @@ impl StateDelta {
     /// Writes a state table kept as the map `state`: every entry when the
     /// delta is full, else the `dirty` keys (a key gone from `state` as a
     /// delete). `dirty` is cleared: the next delta starts from here.
-    pub fn put_keyed<K, V>(
+    pub fn put_keyed<K, V, S>(
         &mut self,
-        state: &std::collections::HashMap<K, V>,
-        dirty: &mut std::collections::HashSet<K>,
+        state: &std::collections::HashMap<K, V, S>,
+        dirty: &mut std::collections::HashSet<K, S>,
         encode: impl Fn(&V) -> Vec<u8>,
     ) where
         K: AsRef<[u8]> + Eq + std::hash::Hash,
+        S: std::hash::BuildHasher,
     {
         if self.full {
             for (key, value) in state {

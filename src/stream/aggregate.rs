@@ -9,7 +9,7 @@
 //! removed (its output retracted), except the single group of an aggregate
 //! without GROUP BY, which always has a row, as in batch SQL.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
@@ -25,6 +25,7 @@ use super::{ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
+use crate::state::{KeyMap, KeySet};
 
 /// One aggregate call: how to fold it, its argument and optional FILTER.
 pub struct AggregateCall {
@@ -65,12 +66,12 @@ pub struct AggregateOperator {
     calls: Vec<AggregateCall>,
     /// Row encoding of group keys; `None` for an aggregate without GROUP BY.
     key_codec: Option<RowConverter>,
-    groups: HashMap<Box<[u8]>, Group>,
+    groups: KeyMap<Box<[u8]>, Group>,
     schema: SchemaRef,
     errors: RowErrorPolicy,
     window: Option<(WindowedGroups, WindowIndex)>,
     /// Groups changed (or removed) since the last checkpoint.
-    dirty: HashSet<Box<[u8]>>,
+    dirty: KeySet<Box<[u8]>>,
 }
 
 impl AggregateOperator {
@@ -99,11 +100,11 @@ impl AggregateOperator {
             group_exprs,
             calls,
             key_codec,
-            groups: HashMap::new(),
+            groups: KeyMap::default(),
             schema,
             errors: RowErrorPolicy::default(),
             window: None,
-            dirty: HashSet::new(),
+            dirty: KeySet::default(),
         })
     }
 
@@ -270,7 +271,7 @@ impl Operator for AggregateOperator {
 
         // Fold every change; remember each touched group's output before.
         let mut touched: Vec<Box<[u8]>> = Vec::new();
-        let mut before: HashMap<Box<[u8]>, Option<Vec<ScalarValue>>> = HashMap::new();
+        let mut before: KeyMap<Box<[u8]>, Option<Vec<ScalarValue>>> = KeyMap::default();
         for row in 0..batch.num_rows() {
             let key: &[u8] = keys.as_ref().map(|k| k.row(row).data()).unwrap_or(&[]);
             if !before.contains_key(key) {

@@ -42,7 +42,7 @@
 //!   (counted in `late_rows`), as the rows they would have matched may be
 //!   gone.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -61,6 +61,7 @@ use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::RowCodec;
+use crate::state::{KeyMap, KeySet};
 
 /// Which rows of a side appear alone in the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +89,7 @@ impl Lone {
 type KeyedRow = (Arc<[u8]>, Arc<[u8]>);
 
 /// Rows by join key, each with its entry.
-type RowsByKey = HashMap<Arc<[u8]>, HashMap<Arc<[u8]>, Entry>>;
+type RowsByKey = KeyMap<Arc<[u8]>, KeyMap<Arc<[u8]>, Entry>>;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -135,7 +136,7 @@ struct SideState {
     /// Kept rows (distinct), for the state figures.
     kept: u64,
     /// (key, row) changed since the last checkpoint.
-    dirty: HashSet<KeyedRow>,
+    dirty: KeySet<KeyedRow>,
     /// Keys by window end (µs), when the key holds one.
     by_window_end: BTreeMap<i64, BTreeSet<Arc<[u8]>>>,
 }
@@ -186,7 +187,7 @@ struct NotIn {
     right_rows: i64,
     right_null_keys: i64,
     /// Left rows with a NULL key (shown only while the right side is empty).
-    left_null_keys: HashMap<Arc<[u8]>, i64>,
+    left_null_keys: KeyMap<Arc<[u8]>, i64>,
     dirty: bool,
 }
 
@@ -277,9 +278,9 @@ impl JoinOperator {
                 late_rows: 0,
                 codec: RowCodec::try_new(side.schema)?,
                 lone,
-                rows: HashMap::new(),
+                rows: KeyMap::default(),
                 kept: 0,
-                dirty: HashSet::new(),
+                dirty: KeySet::default(),
                 by_window_end: BTreeMap::new(),
             })
         };
@@ -316,8 +317,8 @@ impl JoinOperator {
 
     /// The left rows (with multiplicity) a null-aware anti join shows for
     /// `right_side`, by the match counts as they are now.
-    fn not_in_shown(&self, right_side: RightSide) -> HashMap<Arc<[u8]>, i64> {
-        let mut shown: HashMap<Arc<[u8]>, i64> = HashMap::new();
+    fn not_in_shown(&self, right_side: RightSide) -> KeyMap<Arc<[u8]>, i64> {
+        let mut shown: KeyMap<Arc<[u8]>, i64> = KeyMap::default();
         let Some(not_in) = &self.not_in else {
             return shown;
         };
@@ -685,7 +686,7 @@ impl Operator for JoinOperator {
                 not_in.dirty = true;
                 let after = not_in.right_side();
                 if (before, after) != (RightSide::Keyed, RightSide::Keyed) {
-                    let mut crossed: HashMap<Arc<[u8]>, i64> = HashMap::new();
+                    let mut crossed: KeyMap<Arc<[u8]>, i64> = KeyMap::default();
                     for (row, weight) in other_lone_rows.drain(..).zip(other_lone_weights.drain(..))
                     {
                         *crossed.entry(row).or_insert(0) += weight;

@@ -22,7 +22,7 @@
 //! so its cost per change grows with the partition (a window without
 //! PARTITION BY is one partition).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array};
@@ -38,6 +38,7 @@ use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::RowCodec;
+use crate::state::{KeyMap, KeySet};
 
 /// How the kept rows are numbered, and whether the number is a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,10 +97,10 @@ pub struct OverOperator {
     order_converter: RowConverter,
     input_codec: RowCodec,
     output_schema: SchemaRef,
-    partitions: HashMap<Arc<[u8]>, Partition>,
+    partitions: KeyMap<Arc<[u8]>, Partition>,
     /// Keep only this many first rows per partition (append-only input).
     keep_first: Option<usize>,
-    dirty: HashSet<Arc<[u8]>>,
+    dirty: KeySet<Arc<[u8]>>,
     errors: RowErrorPolicy,
     description: String,
 }
@@ -189,9 +190,9 @@ impl OverOperator {
             order_converter: RowConverter::new(order_fields)?,
             input_codec: RowCodec::try_new(input_schema)?,
             output_schema,
-            partitions: HashMap::new(),
+            partitions: KeyMap::default(),
             keep_first: None,
-            dirty: HashSet::new(),
+            dirty: KeySet::default(),
             errors: RowErrorPolicy::default(),
             description,
         })
@@ -332,7 +333,7 @@ impl Operator for OverOperator {
         )?;
         let order_keys = encode_keys(&self.order_converter, order_columns, batch.num_rows())?;
         let rows = self.input_codec.encode(&batch.rows)?;
-        let mut touched: HashSet<Arc<[u8]>> = HashSet::new();
+        let mut touched: KeySet<Arc<[u8]>> = KeySet::default();
         for (i, weight) in batch.weights.values().iter().enumerate() {
             let partition = self.partitions.entry(partitions[i].clone()).or_default();
             let slot = (order_keys[i].clone(), rows[i].clone());
@@ -346,7 +347,7 @@ impl Operator for OverOperator {
         }
 
         // (row, number) → weight of the change.
-        let mut changes: HashMap<(Arc<[u8]>, i64), i64> = HashMap::new();
+        let mut changes: KeyMap<(Arc<[u8]>, i64), i64> = KeyMap::default();
         for key in touched {
             let Some(partition) = self.partitions.get(&key) else {
                 continue;

@@ -20,7 +20,7 @@
 //! would need `t < end`), so its rows are freed. Closing matches the rule of
 //! the windowed aggregate downstream, which emits and frees it then.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -32,6 +32,7 @@ use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::RowCodec;
+use crate::state::{KeyMap, KeySet};
 
 /// The sessions of times sorted ascending: `(start, end, rows in it)`.
 pub fn session_bounds(sorted_times: &[i64], gap: i64) -> Vec<(i64, i64, usize)> {
@@ -60,7 +61,7 @@ pub fn assign_sessions(
 ) -> Result<RecordBatch> {
     let times = times(rows, time_column)?;
     let keys = encode_keys(rows, key_columns)?;
-    let mut by_key: HashMap<&[u8], Vec<(i64, u32)>> = HashMap::new();
+    let mut by_key: KeyMap<&[u8], Vec<(i64, u32)>> = KeyMap::default();
     for (row, key) in keys.iter().enumerate() {
         if times.is_valid(row) {
             by_key
@@ -94,7 +95,7 @@ fn encode_keys(rows: &RecordBatch, key_columns: &[usize]) -> Result<Vec<Arc<[u8]
 type KeyRows = BTreeMap<(i64, Arc<[u8]>), i64>;
 
 /// Changes of one batch by key: `(time, encoded row, weight)`.
-type ChangesByKey = HashMap<Arc<[u8]>, Vec<(i64, Arc<[u8]>, i64)>>;
+type ChangesByKey = KeyMap<Arc<[u8]>, Vec<(i64, Arc<[u8]>, i64)>>;
 
 /// Streaming session assignment.
 pub struct SessionWindowOperator {
@@ -107,9 +108,9 @@ pub struct SessionWindowOperator {
     schema: SchemaRef,
     /// Encodes whole input rows.
     codec: RowCodec,
-    keys: HashMap<Arc<[u8]>, KeyRows>,
+    keys: KeyMap<Arc<[u8]>, KeyRows>,
     /// Keys changed since the last checkpoint.
-    dirty: HashSet<Arc<[u8]>>,
+    dirty: KeySet<Arc<[u8]>>,
     watermark: Option<i64>,
     late: LateCounter,
     /// Whether a watermark reaches the time column (for EXPLAIN).
@@ -135,8 +136,8 @@ impl SessionWindowOperator {
             gap,
             allowed_lateness,
             schema,
-            keys: HashMap::new(),
-            dirty: HashSet::new(),
+            keys: KeyMap::default(),
+            dirty: KeySet::default(),
             watermark: None,
             late: LateCounter::default(),
         })
@@ -186,7 +187,7 @@ impl Operator for SessionWindowOperator {
         let rows = self.codec.encode(&batch.rows)?;
         let closed_before = self.closed_before();
         // The changes of each key, applied after its old windows are known.
-        let mut changed = ChangesByKey::new();
+        let mut changed = ChangesByKey::default();
         let mut late = 0;
         for row in 0..batch.num_rows() {
             if times.is_null(row) {

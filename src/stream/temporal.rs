@@ -8,7 +8,7 @@
 //! row has already aged out is dropped: its insertion was (or would have
 //! been) retracted already. State is the rows inside the window.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, Int64Array};
@@ -20,6 +20,7 @@ use super::{ChangeBatch, Operator};
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::RowCodec;
+use crate::state::{KeyMap, KeySet};
 
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> i64 {
@@ -36,10 +37,10 @@ pub struct TemporalFilterOperator {
     inclusive: bool,
     codec: RowCodec,
     /// time -> row -> net weight, for rows still inside the window.
-    live: BTreeMap<i64, HashMap<Arc<[u8]>, i64>>,
+    live: BTreeMap<i64, KeyMap<Arc<[u8]>, i64>>,
     live_rows: u64,
     /// `(time, row)` entries changed since the last checkpoint.
-    dirty: HashSet<(i64, Arc<[u8]>)>,
+    dirty: KeySet<(i64, Arc<[u8]>)>,
 }
 
 impl TemporalFilterOperator {
@@ -56,7 +57,7 @@ impl TemporalFilterOperator {
             codec: RowCodec::try_new(schema)?,
             live: BTreeMap::new(),
             live_rows: 0,
-            dirty: HashSet::new(),
+            dirty: KeySet::default(),
         })
     }
 

@@ -752,7 +752,7 @@ struct Reader {
     clock: PartitionClock,
     assigned: usize,
     /// FORMAT UPSERT: the current row of each message key.
-    upserted: HashMap<Vec<u8>, Arc<[u8]>>,
+    upserted: crate::state::KeyMap<Vec<u8>, Arc<[u8]>>,
     codec: RowCodec,
     /// Resuming from a checkpoint: the next offset to deliver per partition.
     resume: Option<BTreeMap<i32, i64>>,
@@ -779,7 +779,7 @@ impl Reader {
             view,
             clock: PartitionClock::default(),
             assigned: 0,
-            upserted: HashMap::new(),
+            upserted: Default::default(),
             codec,
             resume: None,
         })
