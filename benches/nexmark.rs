@@ -8,7 +8,9 @@
 //! - `EDDY_BENCH_QUERIES`: e.g. `q0,q5` (default all, q0 to q22);
 //! - `EDDY_BENCH_SOURCE=kafka`: events written to and read from Kafka
 //!   (broker `EDDY_TEST_KAFKA`, default 127.0.0.1:19092;
-//!   `scripts/kafka.sh start`).
+//!   `scripts/kafka.sh start`);
+//! - `EDDY_BENCH_BASELINE=0`: no batch baseline (it holds every event in
+//!   memory; for long runs).
 //!
 //! Output: a table, and JSON in `$CARGO_TARGET_DIR/nexmark-<source>.json`
 //! (or under `target/`) with the core count, the commit and the source.
@@ -34,6 +36,7 @@ fn main() {
                 .unwrap_or_else(|_| "127.0.0.1:19092".to_string()),
         };
     }
+    options.baseline = std::env::var("EDDY_BENCH_BASELINE").map_or(true, |b| b != "0");
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let source = if options.source == Source::Generator {
         "generator"

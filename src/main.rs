@@ -54,6 +54,10 @@ struct NexmarkArgs {
     /// Where the JSON report goes (default: nexmark-<source>.json).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Skip DataFusion's batch answer (it holds every event in memory;
+    /// for long runs).
+    #[arg(long)]
+    no_baseline: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -154,6 +158,7 @@ fn bench_nexmark(args: NexmarkArgs) -> std::process::ExitCode {
         .json
         .unwrap_or_else(|| PathBuf::from(format!("nexmark-{}.json", args.source)));
     options.source = source;
+    options.baseline = !args.no_baseline;
     match eddy::bench::nexmark::run(&options) {
         Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -55,6 +55,7 @@ pub const CHILD_QUERY: &str = "EDDY_NEXMARK_QUERY";
 const CHILD_EVENTS: &str = "EDDY_NEXMARK_EVENTS";
 const CHILD_KAFKA_RUN: &str = "EDDY_NEXMARK_KAFKA_RUN";
 const CHILD_KAFKA_BOOTSTRAP: &str = "EDDY_NEXMARK_KAFKA_BOOTSTRAP";
+const CHILD_NO_BASELINE: &str = "EDDY_NEXMARK_NO_BASELINE";
 
 /// Events per second of event time: 1M events cover about 17 minutes.
 pub const EVENT_RATE: u64 = 1_000;
@@ -254,6 +255,9 @@ pub struct Options {
     pub source: Source,
     /// Where the JSON report goes.
     pub json_path: PathBuf,
+    /// Whether to run DataFusion's batch answer too (it holds every event
+    /// in memory: leave it out of long runs).
+    pub baseline: bool,
 }
 
 impl Options {
@@ -264,6 +268,7 @@ impl Options {
             queries: queries().into_iter().map(|(name, _)| name).collect(),
             source: Source::Generator,
             json_path: PathBuf::from("nexmark-generator.json"),
+            baseline: true,
         }
     }
 }
@@ -368,9 +373,10 @@ pub fn run_child_if_asked() -> bool {
         (Ok(run_name), Ok(bootstrap)) => Some((run_name, bootstrap)),
         _ => None,
     };
+    let baseline = std::env::var(CHILD_NO_BASELINE).is_err();
     let measured = tokio::runtime::Runtime::new()
         .map_err(|e| format!("tokio runtime: {e}"))
-        .and_then(|runtime| runtime.block_on(measure(&query, events, kafka.as_ref())));
+        .and_then(|runtime| runtime.block_on(measure(&query, events, kafka.as_ref(), baseline)));
     match measured {
         Ok(measured) => println!("{}", measured.to_json(events)),
         Err(e) => {
@@ -409,7 +415,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         "Nexmark on eddy: {events} events per query from the {source}, {cores} cores, commit {commit}"
     );
     println!(
-        "{:>4} {:>10} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "{:>4} {:>10} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9}",
         "",
         "k ev/CPU-s",
         "k ev/s",
@@ -421,6 +427,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         "target",
         "RSS MB",
         "state MB",
+        "B/key",
         "fresh ms",
         "flush ms"
     );
@@ -429,6 +436,9 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
     let mut measured = Vec::new();
     for query in &options.queries {
         let mut child = std::process::Command::new(&this_binary);
+        if !options.baseline {
+            child.env(CHILD_NO_BASELINE, "1");
+        }
         if let Some((run_name, bootstrap)) = &kafka_run {
             child
                 .env(CHILD_KAFKA_RUN, run_name)
@@ -453,19 +463,27 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         let (here, published) = flink(query);
         let best = here.into_iter().chain(published).fold(0.0, f64::max);
         let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        let baseline = |v: f64| {
+            if options.baseline {
+                format!("{v:.2}")
+            } else {
+                "-".to_string()
+            }
+        };
         println!(
-            "{:>4} {:>10.0} {:>9.0} {:>6.2} {:>10.0} {:>8.2} {:>8} {:>8} {:>8} {:>9.0} {:>9.1} {:>9.0} {:>9.0}",
+            "{:>4} {:>10.0} {:>9.0} {:>6.2} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9.1} {:>7} {:>9.0} {:>9.0}",
             m.query,
             m.k_events_per_cpu_second(),
             per_second(m.events_read, m.wall_seconds) / 1e3,
             m.cpu_seconds / m.wall_seconds.max(0.001),
-            per_second(m.events_read, m.batch_cpu_seconds) / 1e3,
-            m.batch_cpu_seconds / m.cpu_seconds.max(0.001),
+            baseline(per_second(m.events_read, m.batch_cpu_seconds) / 1e3),
+            baseline(m.batch_cpu_seconds / m.cpu_seconds.max(0.001)),
             show(here),
             show(published),
             if best > 0.0 { format!("{:.0}", 2.0 * best) } else { "-".into() },
             m.peak_rss_bytes as f64 / 1e6,
             m.state_bytes as f64 / 1e6,
+            m.state_bytes.checked_div(m.state_keys).map_or("-".into(), |b| b.to_string()),
             m.freshness_ms,
             m.flush_ms,
         );
@@ -485,7 +503,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
          CPU-second of the process, as Flink's are counted; eddy/bt: \
          eddy's events per CPU-second over the batch baseline's (1: as fast as batch); Flink: \
          Flink 2.2.1 on this machine size; publ.: Flink's published per-core figure; target: \
-         twice the higher of the two"
+         twice the higher of the two; B/key: operator state bytes per state key"
     );
     Ok(measured)
 }
@@ -644,6 +662,7 @@ async fn measure(
     query_name: &str,
     events: u64,
     kafka: Option<&(String, String)>,
+    baseline: bool,
 ) -> BenchResult<Measured> {
     let (_, query) = queries()
         .into_iter()
@@ -695,6 +714,25 @@ async fn measure(
     .await?;
     let view_rows = number(&client, &format!("SELECT count(*) FROM {query_name}")).await?;
 
+    let measured = Measured {
+        query: query_name.to_string(),
+        events_read,
+        cpu_seconds: cpu,
+        wall_seconds: wall.as_secs_f64(),
+        freshness_ms,
+        flush_ms: flush.as_secs_f64() * 1e3,
+        peak_rss_bytes: peak_rss,
+        state_bytes: state_bytes as u64,
+        state_keys: state_keys as u64,
+        view_rows: view_rows as u64,
+        batch_cpu_seconds: 0.0,
+        batch_rows: 0,
+    };
+    if !baseline {
+        drop(client);
+        server.stop().await;
+        return Ok(measured);
+    }
     // The batch baseline: the same query over copies of the streams.
     execute(&client, COPIES_SQL).await?;
     for table in ["person", "auction", "bid"] {
@@ -708,18 +746,9 @@ async fn measure(
     drop(client);
     server.stop().await;
     Ok(Measured {
-        query: query_name.to_string(),
-        events_read,
-        cpu_seconds: cpu,
-        wall_seconds: wall.as_secs_f64(),
-        freshness_ms,
-        flush_ms: flush.as_secs_f64() * 1e3,
-        peak_rss_bytes: peak_rss,
-        state_bytes: state_bytes as u64,
-        state_keys: state_keys as u64,
-        view_rows: view_rows as u64,
         batch_cpu_seconds: batch_cpu,
         batch_rows: batch_rows as u64,
+        ..measured
     })
 }
 
