@@ -463,9 +463,9 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         let (here, published) = flink(query);
         let best = here.into_iter().chain(published).fold(0.0, f64::max);
         let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
-        let baseline = |v: f64| {
+        let baseline = |figure: String| {
             if options.baseline {
-                format!("{v:.2}")
+                figure
             } else {
                 "-".to_string()
             }
@@ -476,8 +476,8 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
             m.k_events_per_cpu_second(),
             per_second(m.events_read, m.wall_seconds) / 1e3,
             m.cpu_seconds / m.wall_seconds.max(0.001),
-            baseline(per_second(m.events_read, m.batch_cpu_seconds) / 1e3),
-            baseline(m.batch_cpu_seconds / m.cpu_seconds.max(0.001)),
+            baseline(format!("{:.0}", per_second(m.events_read, m.batch_cpu_seconds) / 1e3)),
+            baseline(format!("{:.2}", m.batch_cpu_seconds / m.cpu_seconds.max(0.001))),
             show(here),
             show(published),
             if best > 0.0 { format!("{:.0}", 2.0 * best) } else { "-".into() },
