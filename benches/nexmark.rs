@@ -10,7 +10,9 @@
 //!   (broker `EDDY_TEST_KAFKA`, default 127.0.0.1:19092;
 //!   `scripts/kafka.sh start`);
 //! - `EDDY_BENCH_BASELINE=0`: no batch baseline (it holds every event in
-//!   memory; for long runs).
+//!   memory; for long runs);
+//! - `EDDY_BENCH_CHECKPOINT_MS`: checkpoints during the run (default none;
+//!   measure long runs' memory with them on).
 //!
 //! Output: a table, and JSON in `$CARGO_TARGET_DIR/nexmark-<source>.json`
 //! (or under `target/`) with the core count, the commit and the source.
@@ -37,6 +39,8 @@ fn main() {
         };
     }
     options.baseline = std::env::var("EDDY_BENCH_BASELINE").map_or(true, |b| b != "0");
+    options.checkpoint_interval =
+        std::time::Duration::from_millis(env_number("EDDY_BENCH_CHECKPOINT_MS", 0));
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let source = if options.source == Source::Generator {
         "generator"

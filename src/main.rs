@@ -58,6 +58,12 @@ struct NexmarkArgs {
     /// for long runs).
     #[arg(long)]
     no_baseline: bool,
+    /// Checkpoints during the run, e.g. `1s` (default: none until the
+    /// FLUSH after it, like Flink's published runs). Without them operators
+    /// keep every key changed since the last checkpoint: measure long runs'
+    /// memory with them on.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    checkpoint_interval: std::time::Duration,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -159,6 +165,7 @@ fn bench_nexmark(args: NexmarkArgs) -> std::process::ExitCode {
         .unwrap_or_else(|| PathBuf::from(format!("nexmark-{}.json", args.source)));
     options.source = source;
     options.baseline = !args.no_baseline;
+    options.checkpoint_interval = args.checkpoint_interval;
     match eddy::bench::nexmark::run(&options) {
         Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {

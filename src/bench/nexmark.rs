@@ -56,6 +56,7 @@ const CHILD_EVENTS: &str = "EDDY_NEXMARK_EVENTS";
 const CHILD_KAFKA_RUN: &str = "EDDY_NEXMARK_KAFKA_RUN";
 const CHILD_KAFKA_BOOTSTRAP: &str = "EDDY_NEXMARK_KAFKA_BOOTSTRAP";
 const CHILD_NO_BASELINE: &str = "EDDY_NEXMARK_NO_BASELINE";
+const CHILD_CHECKPOINT_MS: &str = "EDDY_NEXMARK_CHECKPOINT_MS";
 
 /// Events per second of event time: 1M events cover about 17 minutes.
 pub const EVENT_RATE: u64 = 1_000;
@@ -258,6 +259,12 @@ pub struct Options {
     /// Whether to run DataFusion's batch answer too (it holds every event
     /// in memory: leave it out of long runs).
     pub baseline: bool,
+    /// Time between checkpoints during the run; zero (the default, like
+    /// Flink's published runs): none until the FLUSH after it. Operators
+    /// remember the keys changed since the last checkpoint, so a long run
+    /// without checkpoints grows by those; measure long-run memory with
+    /// checkpoints on, as a server runs.
+    pub checkpoint_interval: Duration,
 }
 
 impl Options {
@@ -269,6 +276,7 @@ impl Options {
             source: Source::Generator,
             json_path: PathBuf::from("nexmark-generator.json"),
             baseline: true,
+            checkpoint_interval: Duration::ZERO,
         }
     }
 }
@@ -374,9 +382,23 @@ pub fn run_child_if_asked() -> bool {
         _ => None,
     };
     let baseline = std::env::var(CHILD_NO_BASELINE).is_err();
+    let checkpoint_interval = Duration::from_millis(
+        std::env::var(CHILD_CHECKPOINT_MS)
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0),
+    );
     let measured = tokio::runtime::Runtime::new()
         .map_err(|e| format!("tokio runtime: {e}"))
-        .and_then(|runtime| runtime.block_on(measure(&query, events, kafka.as_ref(), baseline)));
+        .and_then(|runtime| {
+            runtime.block_on(measure(
+                &query,
+                events,
+                kafka.as_ref(),
+                baseline,
+                checkpoint_interval,
+            ))
+        });
     match measured {
         Ok(measured) => println!("{}", measured.to_json(events)),
         Err(e) => {
@@ -439,6 +461,10 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         if !options.baseline {
             child.env(CHILD_NO_BASELINE, "1");
         }
+        child.env(
+            CHILD_CHECKPOINT_MS,
+            options.checkpoint_interval.as_millis().to_string(),
+        );
         if let Some((run_name, bootstrap)) = &kafka_run {
             child
                 .env(CHILD_KAFKA_RUN, run_name)
@@ -537,7 +563,7 @@ async fn produce_topics(events: u64, bootstrap: &str) -> BenchResult<String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     );
-    let (server, client) = start_server().await?;
+    let (server, client) = start_server(Duration::ZERO).await?;
     for table in ["person", "auction", "bid"] {
         execute(&client, &source_sql(table, events, EVENT_RATE)).await?;
         let columns: Vec<&str> = kafka_columns(table)
@@ -584,9 +610,9 @@ fn sources_sql(table: &str, events: u64, kafka: Option<&(String, String)>) -> St
     )
 }
 
-async fn start_server() -> BenchResult<(crate::Server, Client)> {
+async fn start_server(checkpoint_interval: Duration) -> BenchResult<(crate::Server, Client)> {
     let mut options = crate::ServerOptions::new(([127, 0, 0, 1], 0).into());
-    options.checkpoint_interval = Duration::ZERO;
+    options.checkpoint_interval = checkpoint_interval;
     let server = crate::Server::start_with_options(options)
         .await
         .map_err(|e| format!("eddy does not start: {e}"))?;
@@ -675,12 +701,13 @@ async fn measure(
     events: u64,
     kafka: Option<&(String, String)>,
     baseline: bool,
+    checkpoint_interval: Duration,
 ) -> BenchResult<Measured> {
     let (_, query) = queries()
         .into_iter()
         .find(|(name, _)| name == query_name)
         .ok_or_else(|| format!("no query {query_name}"))?;
-    let (server, client) = start_server().await?;
+    let (server, client) = start_server(checkpoint_interval).await?;
     for table in ["person", "auction", "bid"] {
         execute(&client, &sources_sql(table, events, kafka)).await?;
     }

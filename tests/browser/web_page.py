@@ -14,6 +14,7 @@ import urllib.request
 import psycopg
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -42,10 +43,13 @@ def main(base: str, pg_port: str, screenshot: str | None) -> None:
     driver = browser()
     try:
         driver.get(f"{base}/?view=per_page")
-        wait = WebDriverWait(driver, TIMEOUT)
+        # The page redraws its tables as it polls: an element found just
+        # before a redraw is stale when read, so a wait tries again.
+        wait = WebDriverWait(driver, TIMEOUT,
+                             ignored_exceptions=(StaleElementReferenceException,))
         # The list of views, with their row counts.
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr.view[data-view="busy_pages"]'))
-        assert cell(driver, "per_page", "rows") == "2", cell(driver, "per_page", "rows")
+        wait.until(lambda d: cell(d, "per_page", "rows") == "2")
         # The operator graph of the chosen view: one box per operator.
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#graph .operator"))
                    == operators["per_page"])
@@ -60,7 +64,7 @@ def main(base: str, pg_port: str, screenshot: str | None) -> None:
             return int(scan[0].find_element(By.CSS_SELECTOR, "text.figures")
                        .get_attribute("data-rows-in"))
 
-        before = scan_rows_in(driver)
+        before = wait.until(lambda d: (scan_rows_in(d),))[0]
         # Rows written now show up on the page as it polls: a number changes.
         with psycopg.connect(f"host=127.0.0.1 port={pg_port} user=eddy dbname=eddy",
                              autocommit=True) as conn:
@@ -71,7 +75,8 @@ def main(base: str, pg_port: str, screenshot: str | None) -> None:
         # The epoch in the header moves too.
         assert int(driver.find_element(By.ID, "epoch").text) >= status["epoch"]
         # Picking another view shows its graph.
-        driver.find_element(By.CSS_SELECTOR, 'tr.view[data-view="busy_pages"]').click()
+        wait.until(lambda d: d.find_element(
+            By.CSS_SELECTOR, 'tr.view[data-view="busy_pages"]').click() or True)
         wait.until(lambda d: "busy_pages" in d.find_element(By.ID, "graph-title").text)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#graph .operator"))
                    == operators["busy_pages"])
