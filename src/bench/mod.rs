@@ -76,7 +76,12 @@ pub async fn rows(client: &Client, sql: &str) -> BenchResult<Vec<Vec<String>>> {
         .simple_query(sql)
         .await
         .map_err(|e| format!("{sql}: {e}"))?;
-    Ok(messages
+    Ok(text_rows(messages))
+}
+
+/// The rows among a simple query's messages, as text (NULL as "NULL").
+pub fn text_rows(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<String>> {
+    messages
         .into_iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(row) => Some(
@@ -86,5 +91,5 @@ pub async fn rows(client: &Client, sql: &str) -> BenchResult<Vec<Vec<String>>> {
             ),
             _ => None,
         })
-        .collect())
+        .collect()
 }

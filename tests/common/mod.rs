@@ -12,7 +12,7 @@ pub fn project_dir() -> String {
     std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
 }
 
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, NoTls};
 
 pub struct TestServer {
     pub server: eddy::Server,
@@ -54,17 +54,7 @@ pub async fn query_text(client: &Client, sql: &str) -> Vec<Vec<String>> {
         .simple_query(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
-    messages
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
+    eddy::bench::text_rows(messages)
 }
 
 pub async fn execute(client: &Client, sql: &str) {
