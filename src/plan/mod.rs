@@ -704,12 +704,8 @@ impl Lowering<'_> {
             arrow_schema(schema),
             arrow_schema(schema),
             description,
-        )?;
-        let op = if is_append_only(input, self.relation_is_append_only) {
-            op.with_append_only_input()
-        } else {
-            op
-        };
+        )?
+        .with_input_append_only(is_append_only(input, self.relation_is_append_only));
         Ok(self.graph.add(Box::new(op), vec![node]))
     }
 
@@ -803,14 +799,8 @@ impl Lowering<'_> {
                 arrow_schema(schema),
                 arrow_schema(&window.schema),
                 format!("TopN: {} <= {limit}", window.window_expr[0].schema_name()),
-            )
-            .map(|op| {
-                if is_append_only(&window.input, self.relation_is_append_only) {
-                    op.with_append_only_input()
-                } else {
-                    op
-                }
-            })?,
+            )?
+            .with_input_append_only(is_append_only(&window.input, self.relation_is_append_only)),
             _ => {
                 let physical = window
                     .window_expr

@@ -198,9 +198,12 @@ impl OverOperator {
         })
     }
 
-    /// The input never retracts: a ROW_NUMBER / LIMIT top-N keeps only the
-    /// rows it may show (other operators are unchanged).
-    pub fn with_append_only_input(mut self) -> Self {
+    /// Whether the input never retracts: then a ROW_NUMBER / LIMIT top-N
+    /// keeps only the rows it may show (other operators are unchanged).
+    pub fn with_input_append_only(mut self, append_only: bool) -> Self {
+        if !append_only {
+            return self;
+        }
         if let Shown::TopN {
             numbering: Numbering::RowNumber | Numbering::Limit,
             offset,
