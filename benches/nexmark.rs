@@ -42,12 +42,7 @@ fn main() {
     options.checkpoint_interval =
         std::time::Duration::from_millis(env_number("EDDY_BENCH_CHECKPOINT_MS", 0));
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let source = if options.source == Source::Generator {
-        "generator"
-    } else {
-        "kafka"
-    };
-    options.json_path = PathBuf::from(format!("{target}/nexmark-{source}.json"));
+    options.json_path = PathBuf::from(format!("{target}/nexmark-{}.json", options.source.name()));
     if let Err(e) = nexmark::run(&options) {
         eprintln!("nexmark: {e}");
         std::process::exit(1);

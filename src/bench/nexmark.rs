@@ -238,7 +238,8 @@ pub enum Source {
 }
 
 impl Source {
-    fn name(&self) -> &'static str {
+    /// `generator` or `kafka`, as reports and file names say it.
+    pub fn name(&self) -> &'static str {
         match self {
             Source::Generator => "generator",
             Source::Kafka { .. } => "kafka",
