@@ -60,7 +60,7 @@ pub fn assign_sessions(
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
     let times = times(rows, time_column)?;
-    let keys = encode_keys(rows, key_columns)?;
+    let keys = key_codec(rows.schema_ref(), key_columns)?.encode(&rows.project(key_columns)?)?;
     let mut by_key: KeyMap<&[u8], Vec<(i64, u32)>> = KeyMap::default();
     for (row, key) in keys.iter().enumerate() {
         if times.is_valid(row) {
@@ -86,9 +86,9 @@ pub fn assign_sessions(
     with_windows(rows, &indices, starts, ends, schema)
 }
 
-fn encode_keys(rows: &RecordBatch, key_columns: &[usize]) -> Result<Vec<Arc<[u8]>>> {
-    let projected = rows.project(key_columns)?;
-    RowCodec::try_new(projected.schema())?.encode(&projected)
+/// Encodes the session keys (`key_columns` of rows of `schema`).
+fn key_codec(schema: &SchemaRef, key_columns: &[usize]) -> Result<RowCodec> {
+    RowCodec::try_new(Arc::new(schema.project(key_columns)?))
 }
 
 /// One key's rows: `(time, encoded row) -> multiplicity`, sorted by time.
@@ -108,6 +108,8 @@ pub struct SessionWindowOperator {
     schema: SchemaRef,
     /// Encodes whole input rows.
     codec: RowCodec,
+    /// Encodes the key columns (made once, not per batch).
+    key_codec: RowCodec,
     keys: KeyMap<Arc<[u8]>, KeyRows>,
     /// Keys changed since the last checkpoint.
     dirty: KeySet<Arc<[u8]>>,
@@ -130,6 +132,7 @@ impl SessionWindowOperator {
         Ok(Self {
             watermarked,
             time_column_name: input_schema.field(time_column).name().clone(),
+            key_codec: key_codec(&input_schema, &key_columns)?,
             codec: RowCodec::try_new(input_schema)?,
             time_column,
             key_columns,
@@ -183,7 +186,9 @@ impl Operator for SessionWindowOperator {
 
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
         let times = times(&batch.rows, self.time_column)?;
-        let keys = encode_keys(&batch.rows, &self.key_columns)?;
+        let keys = self
+            .key_codec
+            .encode(&batch.rows.project(&self.key_columns)?)?;
         let rows = self.codec.encode(&batch.rows)?;
         let closed_before = self.closed_before();
         // The changes of each key, applied after its old windows are known.
