@@ -305,43 +305,34 @@ impl Measured {
         per_second(self.events_read, self.cpu_seconds) / 1e3
     }
 
-    fn to_json(&self, events: u64) -> String {
-        format!(
-            "{{\"query\":\"{}\",\"events\":{events},\"events_read\":{},\"cpu_seconds\":{:.3},\
-             \"wall_seconds\":{:.3},\"freshness_ms\":{:.1},\"flush_ms\":{:.1},\"peak_rss_bytes\":{},\
-             \"state_bytes\":{},\"state_keys\":{},\"view_rows\":{},\"batch_cpu_seconds\":{:.3},\
-             \"batch_rows\":{}}}",
-            self.query,
-            self.events_read,
-            self.cpu_seconds,
-            self.wall_seconds,
-            self.freshness_ms,
-            self.flush_ms,
-            self.peak_rss_bytes,
-            self.state_bytes,
-            self.state_keys,
-            self.view_rows,
-            self.batch_cpu_seconds,
-            self.batch_rows
-        )
+    fn to_json(&self, events: u64) -> serde_json::Value {
+        serde_json::json!({
+            "query": self.query,
+            "events": events,
+            "events_read": self.events_read,
+            "cpu_seconds": self.cpu_seconds,
+            "wall_seconds": self.wall_seconds,
+            "freshness_ms": self.freshness_ms,
+            "flush_ms": self.flush_ms,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "state_bytes": self.state_bytes,
+            "state_keys": self.state_keys,
+            "view_rows": self.view_rows,
+            "batch_cpu_seconds": self.batch_cpu_seconds,
+            "batch_rows": self.batch_rows,
+        })
     }
 
     fn from_json(json: &str) -> BenchResult<Self> {
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("{e} in {json}"))?;
         let field = |name: &str| -> BenchResult<f64> {
-            let at = json
-                .find(&format!("\"{name}\":"))
-                .ok_or_else(|| format!("no {name} in {json}"))?;
-            let rest = &json[at + name.len() + 3..];
-            let end = rest.find([',', '}']).unwrap_or(rest.len());
-            rest[..end]
-                .trim_matches('"')
-                .parse()
-                .map_err(|_| format!("{name} in {json}"))
+            value[name]
+                .as_f64()
+                .ok_or_else(|| format!("no {name} in {json}"))
         };
-        let query = json
-            .split("\"query\":\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
+        let query = value["query"]
+            .as_str()
             .ok_or_else(|| format!("no query in {json}"))?;
         Ok(Self {
             query: query.to_string(),
@@ -516,12 +507,15 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         );
         measured.push(m);
     }
-    let reports: Vec<String> = measured.iter().map(|m| m.to_json(events)).collect();
-    let json = format!(
-        "{{\"commit\":\"{commit}\",\"cores\":{cores},\"events\":{events},\"source\":\"{source}\",\"queries\":[{}]}}\n",
-        reports.join(",")
-    );
-    match std::fs::write(&options.json_path, json) {
+    let reports: Vec<serde_json::Value> = measured.iter().map(|m| m.to_json(events)).collect();
+    let json = serde_json::json!({
+        "commit": commit,
+        "cores": cores,
+        "events": events,
+        "source": source,
+        "queries": reports,
+    });
+    match std::fs::write(&options.json_path, format!("{json}\n")) {
         Ok(()) => println!("JSON: {}", options.json_path.display()),
         Err(e) => println!("could not write {}: {e}", options.json_path.display()),
     }
@@ -812,7 +806,7 @@ mod tests {
             batch_cpu_seconds: 0.5,
             batch_rows: 25,
         };
-        let back = Measured::from_json(&m.to_json(1_000_000)).unwrap();
+        let back = Measured::from_json(&m.to_json(1_000_000).to_string()).unwrap();
         assert_eq!(back.query, "q5");
         assert_eq!(back.events_read, 920_000);
         assert_eq!(back.peak_rss_bytes, 123_456_789);
