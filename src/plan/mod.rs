@@ -428,11 +428,16 @@ impl Lowering<'_> {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let mut op = AggregateOperator::try_new(group_exprs, calls, output_schema)?;
-                let window_end = aggregate
-                    .group_expr
-                    .iter()
-                    .position(|e| matches!(e, Expr::Column(c) if c.name == "window_end"));
-                if let (Some(end_key), false) = (window_end, self.windows.is_empty()) {
+                // Grouped by a window's end: traced under any alias and
+                // through an inner windowed aggregate (q5's max of per-window
+                // counts), or by its name past what the trace does not
+                // follow (a join of windowed inputs).
+                let window_end = aggregate.group_expr.iter().position(|e| {
+                    is_window_end(&aggregate.input, e)
+                        || (!self.windows.is_empty()
+                            && matches!(e, Expr::Column(c) if c.name == "window_end"))
+                });
+                if let Some(end_key) = window_end {
                     op = op.with_window(WindowedGroups {
                         end_key,
                         allowed_lateness: self.time.allowed_lateness_micros,
@@ -607,11 +612,21 @@ impl Lowering<'_> {
         }
         if let Some(side) = lookup {
             op = op.with_lookup_side(side);
-        } else if is_append_only(&join.left, self.relation_is_append_only)
-            && is_append_only(&join.right, self.relation_is_append_only)
-        {
-            if let Some(filter) = &join.filter {
-                let (left_time, right_time) = interval_bounds(join, filter)?;
+        } else if let Some(filter) = &join.filter {
+            // Each side either never retracts, or is a windowed aggregate's
+            // output, whose rows settle once their window closes.
+            let lateness = self.time.allowed_lateness_micros;
+            let settling = |side: &LogicalPlan| -> Option<Option<i64>> {
+                if is_append_only(side, self.relation_is_append_only) {
+                    Some(None)
+                } else if is_windowed_aggregate_output(side) {
+                    Some(Some(lateness))
+                } else {
+                    None
+                }
+            };
+            if let (Some(left), Some(right)) = (settling(&join.left), settling(&join.right)) {
+                let (left_time, right_time) = interval_bounds(join, filter, [left, right])?;
                 op = op.with_time_bounds(left_time, right_time);
             }
         }
@@ -907,7 +922,15 @@ fn sort_exprs(order: &[SortExpr], schema: &DFSchema) -> Result<Vec<PhysicalSortE
 /// `t <= f` (or `<`, `>=` mirrored, `BETWEEN`) where `t` is one side's
 /// watermarked time column and `f` reads only the other side bounds the
 /// rows of that other side by `f` (see `stream::join`).
-fn interval_bounds(join: &Join, filter: &Expr) -> Result<(SideTime, SideTime)> {
+///
+/// `settles_after` is per side: `None` when its rows never change, else the
+/// lateness after which a windowed aggregate's output row is final; such a
+/// side's time column must be its `window_end` (see [`SideTime`]).
+fn interval_bounds(
+    join: &Join,
+    filter: &Expr,
+    settles_after: [Option<i64>; 2],
+) -> Result<(SideTime, SideTime)> {
     let mut bounds: Vec<(Expr, Expr)> = Vec::new(); // (lower, upper): lower <= upper
     for conjunct in split_conjunction(filter) {
         match conjunct {
@@ -932,13 +955,17 @@ fn interval_bounds(join: &Join, filter: &Expr) -> Result<(SideTime, SideTime)> {
         (0..2).find(|&s| columns.iter().all(|c| sides[s].schema().has_column(c)))
     };
     let mut times: [SideTime; 2] = [SideTime::default(), SideTime::default()];
-    for (lower, upper) in bounds {
+    for (lower, upper) in bounds.into_iter().map(|(l, u)| move_constant_up(l, u)) {
         // `lower` is a side's watermarked time column, `upper` an expression
         // over the other side: that side's rows expire at `upper`.
         let (Some(time_side), Some(bound_side)) = (side_of(&lower), side_of(&upper)) else {
             continue;
         };
-        if time_side == bound_side || !is_watermark_column(sides[time_side], &lower) {
+        let is_time_column = match settles_after[time_side] {
+            None => is_watermark_column(sides[time_side], &lower),
+            Some(_) => is_window_end(sides[time_side], &lower),
+        };
+        if time_side == bound_side || !is_time_column {
             continue;
         }
         if times[bound_side].expiry.is_some() {
@@ -947,8 +974,52 @@ fn interval_bounds(join: &Join, filter: &Expr) -> Result<(SideTime, SideTime)> {
         times[time_side].time = Some(physical_expr(&lower, sides[time_side].schema())?);
         times[bound_side].expiry = Some(physical_expr(&upper, sides[bound_side].schema())?);
     }
+    for (time, settles_after) in times.iter_mut().zip(settles_after) {
+        time.settles_after = settles_after;
+        // A settling row may go only once final, which its own time column
+        // tells: without one it stays.
+        if settles_after.is_some() && time.time.is_none() {
+            time.expiry = None;
+        }
+    }
     let [left, right] = times;
     Ok((left, right))
+}
+
+/// `t - c <= f` as `t <= f + c` (and `t + c <= f` as `t <= f - c`) for a
+/// constant `c`, so that a bare time column is on the lower side.
+fn move_constant_up(lower: Expr, upper: Expr) -> (Expr, Expr) {
+    if let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &lower {
+        if matches!(right.as_ref(), Expr::Literal(..)) {
+            let moved = match op {
+                Operator::Minus => Some(Operator::Plus),
+                Operator::Plus => Some(Operator::Minus),
+                _ => None,
+            };
+            if let Some(moved) = moved {
+                let upper =
+                    Expr::BinaryExpr(BinaryExpr::new(Box::new(upper), moved, right.clone()));
+                return (*left.clone(), upper);
+            }
+        }
+    }
+    (lower, upper)
+}
+
+/// Whether `plan` is a windowed aggregate's output (grouped by a window's
+/// end), passed on through projections, filters and aliases: its rows change
+/// only while their window is open.
+fn is_windowed_aggregate_output(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Aggregate(aggregate) => aggregate
+            .group_expr
+            .iter()
+            .any(|e| is_window_end(&aggregate.input, e)),
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            is_windowed_aggregate_output(plan.inputs()[0])
+        }
+        _ => false,
+    }
 }
 
 /// Whether `expr` over `plan`'s output is the column a source's watermark is

@@ -40,7 +40,10 @@
 //!   watermark passes `f(row)` the row is dropped. Rows of a side whose time
 //!   column is bounded that arrive behind its watermark are late: dropped
 //!   (counted in `late_rows`), as the rows they would have matched may be
-//!   gone.
+//!   gone. A side may also be a windowed aggregate's output (Nexmark q7's
+//!   max price per window) whose time column is the window end: its rows
+//!   change only while their window is open, so its watermark counts as the
+//!   allowed lateness earlier, and its rows go only once final as well.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -122,6 +125,12 @@ pub struct SideTime {
     /// The latest time (µs) of a row of the other side that can match a row
     /// of this side: once the other side's watermark passes it, the row goes.
     pub expiry: Option<Arc<dyn PhysicalExpr>>,
+    /// `None` when this side's rows never change (append-only). Else this
+    /// side is a windowed aggregate's output and `time` its window end: a row
+    /// may still be retracted until this side's watermark passes its time by
+    /// this lateness (µs), so only then is it final, and this side's
+    /// watermark counts as that much earlier.
+    pub settles_after: Option<i64>,
 }
 
 struct SideState {
@@ -482,7 +491,7 @@ impl JoinOperator {
     /// time is bounded (see the module docs).
     fn drop_late(&mut self, side: usize, batch: ChangeBatch) -> Result<ChangeBatch> {
         let (Some(time), Some(watermark)) =
-            (&self.sides[side].time.time, self.watermark.input(side))
+            (&self.sides[side].time.time, self.settled_watermark(side))
         else {
             return Ok(batch);
         };
@@ -498,14 +507,43 @@ impl JoinOperator {
         batch.filter(&on_time)
     }
 
-    /// The expiry (µs) of each row of `rows` of side `side`, when set.
+    /// The expiry (µs) of each row of `rows` of side `side`, when set: the
+    /// time after which no row of the other side matches it, and for a
+    /// settling side no later than its own time (when it is final).
     fn expiries(&self, side: usize, rows: &RecordBatch) -> Result<Option<Int64Array>> {
-        let Some(expiry) = &self.sides[side].time.expiry else {
+        let time = &self.sides[side].time;
+        let Some(expiry) = &time.expiry else {
             return Ok(None);
         };
-        Ok(Some(micros(
-            &expiry.evaluate(rows)?.into_array(rows.num_rows())?,
-        )?))
+        let expiries = micros(&expiry.evaluate(rows)?.into_array(rows.num_rows())?)?;
+        let Some(own_time) = time.time.as_ref().filter(|_| time.settles_after.is_some()) else {
+            return Ok(Some(expiries));
+        };
+        let own = micros(&own_time.evaluate(rows)?.into_array(rows.num_rows())?)?;
+        // A null time never settles: such a row is never dropped.
+        Ok(Some(
+            expiries
+                .iter()
+                .zip(own.iter())
+                .map(|(e, t)| Some(e?.max(t?)))
+                .collect(),
+        ))
+    }
+
+    /// Side `side`'s watermark, as early as its rows may still change.
+    fn settled_watermark(&self, side: usize) -> Option<i64> {
+        let lateness = self.sides[side].time.settles_after.unwrap_or(0);
+        Some(self.watermark.input(side)?.saturating_sub(lateness))
+    }
+
+    /// Rows of side `side` whose expiry is before this go: no row of the
+    /// other side can match them any more (and, settling, they are final).
+    fn expiry_threshold(&self, side: usize) -> Option<i64> {
+        let other = self.settled_watermark(1 - side)?;
+        if self.sides[side].time.settles_after.is_none() {
+            return Some(other);
+        }
+        Some(other.min(self.settled_watermark(side)?))
     }
 
     /// The window ends (µs) of a batch's keys, when the key holds one.
@@ -558,7 +596,7 @@ impl Operator for JoinOperator {
             return Ok(vec![]);
         }
         let expiries = self.expiries(this, &batch.rows)?;
-        let other_watermark = self.watermark.input(other);
+        let expiry_threshold = self.expiry_threshold(this);
 
         // Candidate pairs: each row with every kept row of its key on the other side.
         let mut pair_this: Vec<u32> = Vec::new();
@@ -751,7 +789,7 @@ impl Operator for JoinOperator {
                 .as_ref()
                 .filter(|e| e.is_valid(i))
                 .map(|e| e.value(i));
-            let expired = expiry.is_some_and(|e| other_watermark.is_some_and(|w| e < w));
+            let expired = expiry.is_some_and(|e| expiry_threshold.is_some_and(|w| e < w));
             if matchable[i] && self.lookup.is_none() && !expired {
                 let side = &mut self.sides[this];
                 side.add(&keys[i], &rows[i], weights[i], matches[i]);
@@ -796,10 +834,14 @@ impl Operator for JoinOperator {
             return Ok((vec![], streamed));
         }
         let merged = self.watermark.on_watermark(input, watermark);
-        // Rows of the other side that no row of this side can match any more.
-        if let Some(input_watermark) = self.watermark.input(input) {
-            let side = &mut self.sides[1 - input];
-            let live = side.by_expiry.split_off(&input_watermark);
+        // Rows that no row of the other side can match any more (a settling
+        // side's rows also wait for their own side's watermark).
+        for expiring in 0..2 {
+            let Some(threshold) = self.expiry_threshold(expiring) else {
+                continue;
+            };
+            let side = &mut self.sides[expiring];
+            let live = side.by_expiry.split_off(&threshold);
             let expired = std::mem::replace(&mut side.by_expiry, live);
             for (key, row) in expired.into_values().flatten() {
                 let Some(bucket) = side.rows.get_mut(&key) else {
