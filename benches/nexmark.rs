@@ -12,7 +12,9 @@
 //! - `EDDY_BENCH_BASELINE=0`: no batch baseline (it holds every event in
 //!   memory; for long runs);
 //! - `EDDY_BENCH_CHECKPOINT_MS`: checkpoints during the run (default none;
-//!   measure long runs' memory with them on).
+//!   measure long runs' memory with them on);
+//! - `EDDY_BENCH_WORKERS`: worker counts, e.g. `1,2` for the scaling from
+//!   one worker to two (default 1).
 //!
 //! Output: a table, and JSON in `$CARGO_TARGET_DIR/nexmark-<source>.json`
 //! (or under `target/`) with the core count, the commit and the source.
@@ -41,6 +43,16 @@ fn main() {
     options.baseline = std::env::var("EDDY_BENCH_BASELINE").map_or(true, |b| b != "0");
     options.checkpoint_interval =
         std::time::Duration::from_millis(env_number("EDDY_BENCH_CHECKPOINT_MS", 0));
+    if let Ok(list) = std::env::var("EDDY_BENCH_WORKERS") {
+        options.workers = list
+            .split(',')
+            .map(|w| {
+                w.trim()
+                    .parse()
+                    .expect("EDDY_BENCH_WORKERS: numbers, e.g. 1,2")
+            })
+            .collect();
+    }
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     options.json_path = PathBuf::from(format!("{target}/nexmark-{}.json", options.source.name()));
     if let Err(e) = nexmark::run(&options) {

@@ -73,6 +73,9 @@ pub struct ServerOptions {
     pub checkpoint_interval: std::time::Duration,
     /// Start from this named snapshot instead of the latest checkpoint.
     pub from_snapshot: Option<String>,
+    /// Threads a keyed operator (GROUP BY) is split across, each folding
+    /// the keys that hash to it. Default: the machine's cores.
+    pub workers: usize,
 }
 
 impl ServerOptions {
@@ -83,6 +86,7 @@ impl ServerOptions {
             checkpoint_location: None,
             checkpoint_interval: runtime::checkpoint::DEFAULT_CHECKPOINT_INTERVAL,
             from_snapshot: None,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -123,6 +127,7 @@ impl Server {
             checkpoint_location,
             checkpoint_interval,
             from_snapshot,
+            workers,
         } = options;
         let store = match &checkpoint_location {
             Some(location) => state::checkpoint::CheckpointStore::open(location)?,
@@ -138,10 +143,10 @@ impl Server {
         ));
         checkpoints.continue_numbering().await?;
         let runtime = runtime::RuntimeHandle::start()?;
-        let engine = Arc::new(sql::execute::Engine::with_checkpoints(
-            runtime,
-            checkpoints.clone(),
-        ));
+        let engine = Arc::new(
+            sql::execute::Engine::with_checkpoints(runtime, checkpoints.clone())
+                .with_workers(workers),
+        );
         if let Some((manifest, restored)) = recovered {
             engine.recover(manifest, restored).await?;
         }

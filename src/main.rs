@@ -64,6 +64,10 @@ struct NexmarkArgs {
     /// memory with them on.
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     checkpoint_interval: std::time::Duration,
+    /// Worker counts to run each query with, e.g. `1,2` for the scaling
+    /// from one to two (threads each keyed operator is split across).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    workers: Vec<usize>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -92,6 +96,10 @@ struct ServeArgs {
     /// instead of the latest checkpoint.
     #[arg(long)]
     from_snapshot: Option<String>,
+    /// Threads each keyed operator (GROUP BY) is split across (default:
+    /// the machine's cores).
+    #[arg(long, env = "EDDY_WORKERS")]
+    workers: Option<usize>,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -166,6 +174,7 @@ fn bench_nexmark(args: NexmarkArgs) -> std::process::ExitCode {
     options.source = source;
     options.baseline = !args.no_baseline;
     options.checkpoint_interval = args.checkpoint_interval;
+    options.workers = args.workers;
     match eddy::bench::nexmark::run(&options) {
         Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -193,6 +202,9 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
     options.checkpoint_location = Some(checkpoints.clone());
     options.checkpoint_interval = args.checkpoint_interval;
     options.from_snapshot = args.from_snapshot.clone();
+    if let Some(workers) = args.workers {
+        options.workers = workers;
+    }
     let server = eddy::Server::start_with_options(options).await?;
     if let Some(http) = server.http_addr {
         tracing::info!("metrics at http://{http}/metrics");

@@ -57,6 +57,7 @@ const CHILD_KAFKA_RUN: &str = "EDDY_NEXMARK_KAFKA_RUN";
 const CHILD_KAFKA_BOOTSTRAP: &str = "EDDY_NEXMARK_KAFKA_BOOTSTRAP";
 const CHILD_NO_BASELINE: &str = "EDDY_NEXMARK_NO_BASELINE";
 const CHILD_CHECKPOINT_MS: &str = "EDDY_NEXMARK_CHECKPOINT_MS";
+const CHILD_WORKERS: &str = "EDDY_NEXMARK_WORKERS";
 
 /// Events per second of event time: 1M events cover about 17 minutes.
 pub const EVENT_RATE: u64 = 1_000;
@@ -266,6 +267,9 @@ pub struct Options {
     /// without checkpoints grows by those; measure long-run memory with
     /// checkpoints on, as a server runs.
     pub checkpoint_interval: Duration,
+    /// Each query runs once per worker count here (threads a keyed operator
+    /// is split across); `[1, 2]` reports the scaling.
+    pub workers: Vec<usize>,
 }
 
 impl Options {
@@ -278,6 +282,7 @@ impl Options {
             json_path: PathBuf::from("nexmark-generator.json"),
             baseline: true,
             checkpoint_interval: Duration::ZERO,
+            workers: vec![1],
         }
     }
 }
@@ -286,6 +291,7 @@ impl Options {
 #[derive(Debug, Clone)]
 pub struct Measured {
     pub query: String,
+    pub workers: usize,
     pub events_read: u64,
     pub cpu_seconds: f64,
     pub wall_seconds: f64,
@@ -308,6 +314,7 @@ impl Measured {
     fn to_json(&self, events: u64) -> serde_json::Value {
         serde_json::json!({
             "query": self.query,
+            "workers": self.workers,
             "events": events,
             "events_read": self.events_read,
             "cpu_seconds": self.cpu_seconds,
@@ -336,6 +343,7 @@ impl Measured {
             .ok_or_else(|| format!("no query in {json}"))?;
         Ok(Self {
             query: query.to_string(),
+            workers: field("workers")? as usize,
             events_read: field("events_read")? as u64,
             cpu_seconds: field("cpu_seconds")?,
             wall_seconds: field("wall_seconds")?,
@@ -380,6 +388,10 @@ pub fn run_child_if_asked() -> bool {
             .and_then(|ms| ms.parse().ok())
             .unwrap_or(0),
     );
+    let workers = std::env::var(CHILD_WORKERS)
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(1);
     let measured = tokio::runtime::Runtime::new()
         .map_err(|e| format!("tokio runtime: {e}"))
         .and_then(|runtime| {
@@ -389,6 +401,7 @@ pub fn run_child_if_asked() -> bool {
                 kafka.as_ref(),
                 baseline,
                 checkpoint_interval,
+                workers,
             ))
         });
     match measured {
@@ -429,8 +442,9 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         "Nexmark on eddy: {events} events per query from the {source}, {cores} cores, commit {commit}"
     );
     println!(
-        "{:>4} {:>10} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9}",
+        "{:>4} {:>2} {:>10} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9}",
         "",
+        "w",
         "k ev/CPU-s",
         "k ev/s",
         "cores",
@@ -448,8 +462,13 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
     let this_binary =
         std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     let mut measured = Vec::new();
-    for query in &options.queries {
+    let runs = options
+        .queries
+        .iter()
+        .flat_map(|q| options.workers.iter().map(move |w| (q, *w)));
+    for (query, workers) in runs {
         let mut child = std::process::Command::new(&this_binary);
+        child.env(CHILD_WORKERS, workers.to_string());
         if !options.baseline {
             child.env(CHILD_NO_BASELINE, "1");
         }
@@ -489,8 +508,9 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
             }
         };
         println!(
-            "{:>4} {:>10.0} {:>9.0} {:>6.2} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9.1} {:>7} {:>9.0} {:>9.0}",
+            "{:>4} {:>2} {:>10.0} {:>9.0} {:>6.2} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9.1} {:>7} {:>9.0} {:>9.0}",
             m.query,
+            m.workers,
             m.k_events_per_cpu_second(),
             per_second(m.events_read, m.wall_seconds) / 1e3,
             m.cpu_seconds / m.wall_seconds.max(0.001),
@@ -507,6 +527,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         );
         measured.push(m);
     }
+    print_scaling(&measured);
     let reports: Vec<serde_json::Value> = measured.iter().map(|m| m.to_json(events)).collect();
     let json = serde_json::json!({
         "commit": commit,
@@ -524,9 +545,45 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
          CPU-second of the process, as Flink's are counted; eddy/bt: \
          eddy's events per CPU-second over the batch baseline's (1: as fast as batch); Flink: \
          Flink 2.2.1 on this machine size; publ.: Flink's published per-core figure; target: \
-         twice the higher of the two; B/key: operator state bytes per state key"
+         twice the higher of the two; B/key: operator state bytes per state key; w: worker \
+         threads each keyed operator is split across"
     );
     Ok(measured)
+}
+
+/// Per query measured with more than one worker count: events per wall
+/// second with each, over the fewest workers' figure.
+fn print_scaling(measured: &[Measured]) {
+    let mut queries: Vec<&str> = measured.iter().map(|m| m.query.as_str()).collect();
+    queries.dedup();
+    let mut header = false;
+    for query in queries {
+        let runs: Vec<&Measured> = measured.iter().filter(|m| m.query == query).collect();
+        let [first, .., last] = runs.as_slice() else {
+            continue;
+        };
+        if !header {
+            println!("Scaling (thousand events per wall-second):");
+            header = true;
+        }
+        let figures: Vec<String> = runs
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} w {:.0}",
+                    m.workers,
+                    per_second(m.events_read, m.wall_seconds) / 1e3
+                )
+            })
+            .collect();
+        let speedup = first.wall_seconds / last.wall_seconds.max(0.001);
+        println!(
+            "{query:>4}: {}  ({}→{} workers: {speedup:.2}×)",
+            figures.join(", "),
+            first.workers,
+            last.workers
+        );
+    }
 }
 
 /// The columns of each stream as JSON in Kafka (the generator's, without
@@ -558,7 +615,7 @@ async fn produce_topics(events: u64, bootstrap: &str) -> BenchResult<String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     );
-    let (server, client) = start_server(Duration::ZERO).await?;
+    let (server, client) = start_server(Duration::ZERO, 1).await?;
     for table in ["person", "auction", "bid"] {
         execute(&client, &source_sql(table, events, EVENT_RATE)).await?;
         let columns: Vec<&str> = kafka_columns(table)
@@ -605,9 +662,13 @@ fn sources_sql(table: &str, events: u64, kafka: Option<&(String, String)>) -> St
     )
 }
 
-async fn start_server(checkpoint_interval: Duration) -> BenchResult<(crate::Server, Client)> {
+async fn start_server(
+    checkpoint_interval: Duration,
+    workers: usize,
+) -> BenchResult<(crate::Server, Client)> {
     let mut options = crate::ServerOptions::new(([127, 0, 0, 1], 0).into());
     options.checkpoint_interval = checkpoint_interval;
+    options.workers = workers;
     let server = crate::Server::start_with_options(options)
         .await
         .map_err(|e| format!("eddy does not start: {e}"))?;
@@ -697,12 +758,13 @@ async fn measure(
     kafka: Option<&(String, String)>,
     baseline: bool,
     checkpoint_interval: Duration,
+    workers: usize,
 ) -> BenchResult<Measured> {
     let (_, query) = queries()
         .into_iter()
         .find(|(name, _)| name == query_name)
         .ok_or_else(|| format!("no query {query_name}"))?;
-    let (server, client) = start_server(checkpoint_interval).await?;
+    let (server, client) = start_server(checkpoint_interval, workers).await?;
     for table in ["person", "auction", "bid"] {
         execute(&client, &sources_sql(table, events, kafka)).await?;
     }
@@ -750,6 +812,7 @@ async fn measure(
 
     let measured = Measured {
         query: query_name.to_string(),
+        workers,
         events_read,
         cpu_seconds: cpu,
         wall_seconds: wall.as_secs_f64(),
@@ -794,6 +857,7 @@ mod tests {
     fn measured_figures_survive_their_json_line() {
         let m = Measured {
             query: "q5".into(),
+            workers: 2,
             events_read: 920_000,
             cpu_seconds: 3.5,
             wall_seconds: 2.25,

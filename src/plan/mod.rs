@@ -36,6 +36,7 @@ use crate::stream::join::{JoinOperator, JoinSide, SideTime, WindowKey};
 use crate::stream::over::{Numbering, OverOperator};
 use crate::stream::project::ProjectOperator;
 use crate::stream::session::SessionWindowOperator;
+use crate::stream::shard::sharded;
 use crate::stream::source::{ConstantOperator, ScanOperator};
 use crate::stream::temporal::TemporalFilterOperator;
 use crate::stream::union::UnionOperator;
@@ -242,14 +243,17 @@ pub struct Lowered {
 /// Lowers an optimized plan into a streaming graph whose root produces the
 /// plan's result as a changelog.
 /// `relation_is_append_only` says which inputs never retract (interval joins
-/// free state only over those).
+/// free state only over those); keyed operators are split into `workers`
+/// shards folded in parallel (`stream::shard`).
 pub fn lower(
     plan: &LogicalPlan,
     time: TimeOptions,
+    workers: usize,
     relation_is_append_only: &dyn Fn(&RelationProvider) -> bool,
 ) -> Result<Lowered> {
     let mut lowering = Lowering {
         relation_is_append_only,
+        workers,
         graph: StreamGraph::new(),
         rank_limits: HashMap::new(),
         time,
@@ -272,6 +276,8 @@ pub fn lower(
 
 struct Lowering<'a> {
     relation_is_append_only: &'a dyn Fn(&RelationProvider) -> bool,
+    /// Keyed operators are split into this many shards, folded in parallel.
+    workers: usize,
     graph: StreamGraph,
     /// Upper bounds a filter put on a ranking window function's number
     /// (`rn <= 10`), by the address of the `Window` node computing it.
@@ -415,19 +421,6 @@ impl Lowering<'_> {
                 let input_schema = aggregate.input.schema();
                 let group_exprs = physical_exprs(&aggregate.group_expr, input_schema)?;
                 let output_schema = arrow_schema(&aggregate.schema);
-                let calls = aggregate
-                    .aggr_expr
-                    .iter()
-                    .enumerate()
-                    .map(|(i, expr)| {
-                        let output_type = output_schema
-                            .field(group_exprs.len() + i)
-                            .data_type()
-                            .clone();
-                        aggregate_call(expr, input_schema, output_type)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let mut op = AggregateOperator::try_new(group_exprs, calls, output_schema)?;
                 // Grouped by a window's end: traced under any alias and
                 // through an inner windowed aggregate (q5's max of per-window
                 // counts), or by its name past what the trace does not
@@ -437,16 +430,38 @@ impl Lowering<'_> {
                         || (!self.windows.is_empty()
                             && matches!(e, Expr::Column(c) if c.name == "window_end"))
                 });
-                if let Some(end_key) = window_end {
-                    op = op.with_window(WindowedGroups {
-                        end_key,
-                        allowed_lateness: self.time.allowed_lateness_micros,
-                        emit_on_close: self.time.emit_on_window_close,
-                        watermarked: self.windows_watermarked,
-                    });
-                    self.windowed_aggregate = true;
-                }
-                Ok(self.graph.add(Box::new(op), vec![input]))
+                let window = window_end.map(|end_key| WindowedGroups {
+                    end_key,
+                    allowed_lateness: self.time.allowed_lateness_micros,
+                    emit_on_close: self.time.emit_on_window_close,
+                    watermarked: self.windows_watermarked,
+                });
+                self.windowed_aggregate |= window.is_some();
+                let make = || -> Result<AggregateOperator> {
+                    let calls = aggregate
+                        .aggr_expr
+                        .iter()
+                        .enumerate()
+                        .map(|(i, expr)| {
+                            let output_type = output_schema
+                                .field(group_exprs.len() + i)
+                                .data_type()
+                                .clone();
+                            aggregate_call(expr, input_schema, output_type)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let op = AggregateOperator::try_new(
+                        group_exprs.clone(),
+                        calls,
+                        output_schema.clone(),
+                    )?;
+                    Ok(match window {
+                        Some(window) => op.with_window(window),
+                        None => op,
+                    })
+                };
+                let op = sharded(self.workers, make)?;
+                Ok(self.graph.add(op, vec![input]))
             }
             LogicalPlan::Union(union) => {
                 let inputs = union
@@ -561,13 +576,6 @@ impl Lowering<'_> {
         }
         let left = self.node(&join.left)?;
         let right = self.node(&join.right)?;
-        let (left_keys, right_keys): (Vec<Expr>, Vec<Expr>) = join.on.iter().cloned().unzip();
-        let side = |keys: &[Expr], plan: &LogicalPlan| -> Result<JoinSide> {
-            Ok(JoinSide {
-                keys: physical_exprs(keys, plan.schema())?,
-                schema: arrow_schema(plan.schema()),
-            })
-        };
         let filter = join
             .filter
             .as_ref()
@@ -597,6 +605,28 @@ impl Lowering<'_> {
         if let Some(filter) = &join.filter {
             description.push_str(&format!(" filter {filter}"));
         }
+        let make = || -> Result<JoinOperator> {
+            self.join_operator(join, &description, filter.clone(), lookup)
+        };
+        let op = sharded(self.workers, make)?;
+        Ok(self.graph.add(op, vec![left, right]))
+    }
+
+    /// One join operator for `join` (see [`Lowering::join`]).
+    fn join_operator(
+        &self,
+        join: &Join,
+        description: &str,
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        lookup: Option<usize>,
+    ) -> Result<JoinOperator> {
+        let (left_keys, right_keys): (Vec<Expr>, Vec<Expr>) = join.on.iter().cloned().unzip();
+        let side = |keys: &[Expr], plan: &LogicalPlan| -> Result<JoinSide> {
+            Ok(JoinSide {
+                keys: physical_exprs(keys, plan.schema())?,
+                schema: arrow_schema(plan.schema()),
+            })
+        };
         let mut op = JoinOperator::try_new(
             join.join_type,
             side(&left_keys, &join.left)?,
@@ -605,7 +635,7 @@ impl Lowering<'_> {
             join.null_equality == NullEquality::NullEqualsNull,
             arrow_schema(&join.schema),
             self.time.idle_timeout_micros,
-            description,
+            description.to_string(),
         )?;
         if join.null_aware {
             op = op.null_aware()?;
@@ -640,7 +670,7 @@ impl Lowering<'_> {
                 allowed_lateness_micros: self.time.allowed_lateness_micros,
             });
         }
-        Ok(self.graph.add(Box::new(op), vec![left, right]))
+        Ok(op)
     }
 }
 

@@ -270,6 +270,8 @@ pub struct Engine {
     monitor: Arc<Monitor>,
     /// While recovering: the checkpoint the replayed DDL restores from.
     restoring: std::sync::Mutex<Option<Restoring>>,
+    /// Keyed operators of new views are split across this many threads.
+    workers: usize,
 }
 
 impl Engine {
@@ -301,7 +303,15 @@ impl Engine {
             checkpoints,
             monitor: Arc::default(),
             restoring: std::sync::Mutex::new(None),
+            workers: 1,
         }
+    }
+
+    /// Splits the keyed operators of views planned from now on across
+    /// `workers` threads (at least one).
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
     }
 
     pub fn checkpoints(&self) -> &Arc<Checkpointer> {
@@ -1021,7 +1031,7 @@ impl Engine {
                 Some(Relation::Source(s)) => s.connector.is_append_only(),
                 None => false,
             };
-        let lowered = plan::lower(&optimized, time, &relation_is_append_only)?;
+        let lowered = plan::lower(&optimized, time, self.workers, &relation_is_append_only)?;
         if view.emit_on_window_close {
             // Windows close only as the watermark of their time column moves.
             for (relation, time_column) in &lowered.windows {

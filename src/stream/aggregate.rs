@@ -21,6 +21,7 @@ use datafusion::common::ScalarValue;
 use datafusion::physical_plan::PhysicalExpr;
 
 use super::accumulator::{AccumulatorState, AggregateFolder, PreparedInput};
+use super::shard::KeyedOperator;
 use super::{ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
@@ -145,6 +146,29 @@ impl AggregateOperator {
             datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(changes.len()));
         let rows = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
         ChangeBatch::new(rows, weights)
+    }
+}
+
+impl KeyedOperator for AggregateOperator {
+    /// An aggregate without GROUP BY has one group: nothing to split.
+    fn shardable(&self) -> bool {
+        self.key_codec.is_some()
+    }
+
+    fn key_exprs(&self) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
+        vec![self.group_exprs.clone()]
+    }
+
+    fn key_types(&self) -> Vec<DataType> {
+        self.schema.fields()[..self.group_exprs.len()]
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect()
+    }
+
+    /// A checkpointed state key is the row-encoded group key itself.
+    fn key_of_state(state_key: &[u8]) -> Result<&[u8]> {
+        Ok(state_key)
     }
 }
 

@@ -368,7 +368,7 @@ impl StreamGraph {
 
 /// FNV-1a: a small hash that is stable across builds and platforms, unlike
 /// `std`'s `DefaultHasher`.
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         hash ^= u64::from(b);

@@ -58,6 +58,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::JoinType;
 use datafusion::physical_plan::PhysicalExpr;
 
+use super::shard::KeyedOperator;
 use super::watermark::MergedWatermark;
 use super::{encode_keys, ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::{EddyError, Result};
@@ -220,6 +221,8 @@ pub struct JoinOperator {
     pairs: bool,
     sides: [SideState; 2],
     key_converter: RowConverter,
+    /// The join keys' types (the fields of `key_converter`).
+    key_types: Vec<DataType>,
     nulls_equal: bool,
     /// The residual condition over `pair_schema` (left columns, then right).
     filter: Option<Arc<dyn PhysicalExpr>>,
@@ -264,6 +267,7 @@ impl JoinOperator {
             return Err(crate::internal!("join sides have different key counts"));
         }
         let mut key_fields = Vec::with_capacity(left.keys.len());
+        let mut key_types = Vec::with_capacity(left.keys.len());
         for (l, r) in left.keys.iter().zip(&right.keys) {
             let (lt, rt) = (l.data_type(&left.schema)?, r.data_type(&right.schema)?);
             if lt != rt {
@@ -271,6 +275,7 @@ impl JoinOperator {
                     "join key types differ: {lt} = {rt}; cast one side so that both have the same type"
                 )));
             }
+            key_types.push(lt.clone());
             key_fields.push(SortField::new(lt));
         }
         let mut pair_fields: Vec<_> = left.schema.fields().iter().cloned().collect();
@@ -298,6 +303,7 @@ impl JoinOperator {
             pairs,
             sides: [side(left, lone[0])?, side(right, lone[1])?],
             key_converter: RowConverter::new(key_fields)?,
+            key_types,
             nulls_equal,
             filter,
             pair_schema: Arc::new(datafusion::arrow::datatypes::Schema::new(pair_fields)),
@@ -552,6 +558,33 @@ impl JoinOperator {
             return Ok(None);
         };
         Ok(Some(micros(&keys[window.key_position])?))
+    }
+}
+
+impl KeyedOperator for JoinOperator {
+    /// A join without equality keys pairs every row with every other, and
+    /// NOT IN answers depend on the whole right side: neither splits.
+    fn shardable(&self) -> bool {
+        !self.key_types.is_empty() && self.not_in.is_none()
+    }
+
+    fn key_exprs(&self) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
+        self.sides.iter().map(|s| s.keys.clone()).collect()
+    }
+
+    fn key_types(&self) -> Vec<DataType> {
+        self.key_types.clone()
+    }
+
+    /// State keys are `[side][key][row]` (see `checkpoint`).
+    fn key_of_state(state_key: &[u8]) -> Result<&[u8]> {
+        let mut d = Decoder::new(state_key);
+        match d.u8()? {
+            0 | 1 => d.bytes(),
+            other => Err(EddyError::Checkpoint(format!(
+                "join state of side {other} is not keyed"
+            ))),
+        }
     }
 }
 
@@ -1135,6 +1168,7 @@ mod tests {
         out
     }
 
+    /// Also split into three shards (`stream::shard`), NULL keys included.
     #[test]
     fn a_full_join_with_a_condition_equals_nested_loops_after_every_change() {
         let (ls, rs) = (schema("lv"), schema("rv"));
@@ -1151,23 +1185,37 @@ mod tests {
             datafusion::logical_expr::Operator::Lt,
             Arc::new(Column::new("rv", 3)),
         ));
-        let mut join = JoinOperator::try_new(
-            JoinType::Full,
-            JoinSide {
-                keys: key(),
-                schema: ls.clone(),
-            },
-            JoinSide {
-                keys: key(),
-                schema: rs.clone(),
-            },
-            Some(filter),
-            false,
-            output,
-            None,
-            "test".into(),
-        )
-        .unwrap();
+        let make = || {
+            JoinOperator::try_new(
+                JoinType::Full,
+                JoinSide {
+                    keys: key(),
+                    schema: ls.clone(),
+                },
+                JoinSide {
+                    keys: key(),
+                    schema: rs.clone(),
+                },
+                Some(filter.clone()),
+                false,
+                output.clone(),
+                None,
+                "test".into(),
+            )
+            .unwrap()
+        };
+        let sharded = super::super::shard::ShardedOperator::try_new(vec![make(), make(), make()]);
+        let joins: [Box<dyn Operator>; 2] = [Box::new(make()), Box::new(sharded.unwrap())];
+        for join in joins {
+            random_changes_match_nested_loops(join, &ls, &rs);
+        }
+    }
+
+    fn random_changes_match_nested_loops(
+        mut join: Box<dyn Operator>,
+        ls: &SchemaRef,
+        rs: &SchemaRef,
+    ) {
         let (mut left, mut right) = (Multiset::new(), Multiset::new());
         let mut view = Multiset::new();
         let mut seed = 7u64;
@@ -1201,7 +1249,7 @@ mod tests {
                 }
                 changes.push((row, weight));
             }
-            let schema = if side == 0 { &ls } else { &rs };
+            let schema = if side == 0 { ls } else { rs };
             consolidate(
                 &mut view,
                 join.process(side, batch(schema, &changes)).unwrap(),

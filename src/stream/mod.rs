@@ -18,6 +18,7 @@ pub mod join;
 pub mod over;
 pub mod project;
 pub mod session;
+pub mod shard;
 pub mod source;
 pub mod temporal;
 pub mod union;
