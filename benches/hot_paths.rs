@@ -40,6 +40,7 @@ use eddy::state::{RowCodec, RowSet};
 use eddy::stream::accumulator::{AggregateFolder, AggregateKind};
 use eddy::stream::aggregate::{AggregateCall, AggregateOperator};
 use eddy::stream::join::{JoinOperator, JoinSide};
+use eddy::stream::shard::ShardedOperator;
 use eddy::stream::window::{windowed_schema, WindowAssignOperator, WindowSpec};
 use eddy::stream::{ChangeBatch, Operator};
 
@@ -216,6 +217,25 @@ fn aggregate(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The same fold split into two shards by key hash, on two threads
+    // (`--workers 2`): its time over the one above is the scaling.
+    group.bench_function("eddy: the same, 2 shards on 2 threads", |b| {
+        b.iter_batched(
+            || {
+                ShardedOperator::try_new(vec![
+                    count_and_sum_by_auction(),
+                    count_and_sum_by_auction(),
+                ])
+                .expect("shards")
+            },
+            |mut op| {
+                let inserted = op.process(0, insertions(rows.clone())).expect("insert");
+                let retracted = op.process(0, retractions(rows.clone())).expect("retract");
+                black_box((inserted, retracted))
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 
@@ -278,25 +298,34 @@ fn join(c: &mut Criterion) {
             .cloned()
             .collect::<Vec<_>>(),
     ));
-    let mut op = JoinOperator::try_new(
-        JoinType::Inner,
-        JoinSide {
-            keys: vec![column("id", &auction_schema)],
-            schema: auction_schema.clone(),
-        },
-        JoinSide {
-            keys: vec![column("auction", &bid_schema)],
-            schema: bid_schema.clone(),
-        },
-        None,
-        false,
-        output,
-        None,
-        "Join: auction.id = bid.auction".into(),
-    )
-    .expect("join");
-    op.process(0, insertions(auction_rows.clone()))
-        .expect("auctions");
+    let make = || {
+        JoinOperator::try_new(
+            JoinType::Inner,
+            JoinSide {
+                keys: vec![column("id", &auction_schema)],
+                schema: auction_schema.clone(),
+            },
+            JoinSide {
+                keys: vec![column("auction", &bid_schema)],
+                schema: bid_schema.clone(),
+            },
+            None,
+            false,
+            output.clone(),
+            None,
+            "Join: auction.id = bid.auction".into(),
+        )
+        .expect("join")
+    };
+    let mut op: Box<dyn Operator> = Box::new(make());
+    // The same join split into two shards by key hash, on two threads
+    // (`--workers 2`).
+    let mut sharded: Box<dyn Operator> =
+        Box::new(ShardedOperator::try_new(vec![make(), make()]).expect("shards"));
+    for join in [&mut op, &mut sharded] {
+        join.process(0, insertions(auction_rows.clone()))
+            .expect("auctions");
+    }
     let mut group = c.benchmark_group("join");
     group.throughput(Throughput::Elements(ROWS as u64));
     group.bench_function("baseline: HashMap probe", |b| {
@@ -310,15 +339,20 @@ fn join(c: &mut Criterion) {
             black_box(matched)
         })
     });
-    group.bench_function("eddy: probe and insert, then retract", |b| {
-        b.iter(|| {
-            let joined = op.process(1, insertions(bid_rows.clone())).expect("probe");
-            let undone = op
-                .process(1, retractions(bid_rows.clone()))
-                .expect("retract");
-            black_box((joined, undone))
-        })
-    });
+    for (name, op) in [
+        ("eddy: probe and insert, then retract", &mut op),
+        ("eddy: the same, 2 shards on 2 threads", &mut sharded),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let joined = op.process(1, insertions(bid_rows.clone())).expect("probe");
+                let undone = op
+                    .process(1, retractions(bid_rows.clone()))
+                    .expect("retract");
+                black_box((joined, undone))
+            })
+        });
+    }
     group.finish();
 }
 
