@@ -47,7 +47,8 @@ use datafusion::sql::sqlparser::parser::Parser;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    cores_and_commit, cpu_seconds, execute, peak_rss_bytes, reset_peak_rss, rows, BenchResult,
+    cores_and_commit, cpu_seconds, execute, peak_rss_bytes, reset_peak_rss, rows, rss_bytes,
+    BenchResult,
 };
 
 /// Set in a child process: the query it measures.
@@ -299,6 +300,8 @@ pub struct Measured {
     pub freshness_ms: f64,
     pub flush_ms: f64,
     pub peak_rss_bytes: u64,
+    /// RSS when the last event has been read.
+    pub rss_bytes: u64,
     pub state_bytes: u64,
     pub state_keys: u64,
     pub view_rows: u64,
@@ -323,6 +326,7 @@ impl Measured {
             "freshness_ms": self.freshness_ms,
             "flush_ms": self.flush_ms,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "rss_bytes": self.rss_bytes,
             "state_bytes": self.state_bytes,
             "state_keys": self.state_keys,
             "view_rows": self.view_rows,
@@ -351,6 +355,7 @@ impl Measured {
             freshness_ms: field("freshness_ms")?,
             flush_ms: field("flush_ms")?,
             peak_rss_bytes: field("peak_rss_bytes")? as u64,
+            rss_bytes: field("rss_bytes")? as u64,
             state_bytes: field("state_bytes")? as u64,
             state_keys: field("state_keys")? as u64,
             view_rows: field("view_rows")? as u64,
@@ -444,7 +449,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         "Nexmark on eddy: {events} events per query from the {source}, {cores} cores, commit {commit}"
     );
     println!(
-        "{:>4} {:>2} {:>10} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9}",
+        "{:>4} {:>2} {:>10} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9} {:>7} {:>9} {:>9}",
         "",
         "w",
         "k ev/CPU-s",
@@ -456,6 +461,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         "publ.",
         "target",
         "RSS MB",
+        "end MB",
         "state MB",
         "B/key",
         "fresh ms",
@@ -510,7 +516,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
             }
         };
         println!(
-            "{:>4} {:>2} {:>10.0} {:>9.0} {:>6.2} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9.1} {:>7} {:>9.0} {:>9.0}",
+            "{:>4} {:>2} {:>10.0} {:>9.0} {:>6.2} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>7.0} {:>9.1} {:>7} {:>9.0} {:>9.0}",
             m.query,
             m.workers,
             m.k_events_per_cpu_second(),
@@ -522,6 +528,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
             show(published),
             if best > 0.0 { format!("{:.0}", 2.0 * best) } else { "-".into() },
             m.peak_rss_bytes as f64 / 1e6,
+            m.rss_bytes as f64 / 1e6,
             m.state_bytes as f64 / 1e6,
             m.state_bytes.checked_div(m.state_keys).map_or("-".into(), |b| b.to_string()),
             m.freshness_ms,
@@ -547,7 +554,9 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
          CPU-second of the process, as Flink's are counted; eddy/bt: \
          eddy's events per CPU-second over the batch baseline's (1: as fast as batch); Flink: \
          Flink 2.2.1 on this machine size; publ.: Flink's published per-core figure; target: \
-         twice the higher of the two; B/key: operator state bytes per state key; w: worker \
+         twice the higher of the two; RSS MB: peak RSS; end MB: RSS when the last event \
+         was read; state MB: the operators' state a recovery reads (the last checkpoint's \
+         base and deltas); B/key: operator state bytes per state key; w: worker \
          threads each keyed operator is split across"
     );
     Ok(measured)
@@ -798,6 +807,7 @@ async fn measure(
     let events_read = wait_for_scans(&client, query_name, events).await?;
     let (cpu, wall) = (cpu_seconds() - cpu_start, wall_start.elapsed());
     let peak_rss = peak_rss_bytes();
+    let rss = rss_bytes();
     // The last epoch is published within 100 ms of the runtime going idle.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let freshness_ms = number(
@@ -833,6 +843,7 @@ async fn measure(
         freshness_ms,
         flush_ms: flush.as_secs_f64() * 1e3,
         peak_rss_bytes: peak_rss,
+        rss_bytes: rss,
         state_bytes: state_bytes as u64,
         state_keys: state_keys as u64,
         view_rows: view_rows as u64,
@@ -878,6 +889,7 @@ mod tests {
             freshness_ms: 12.5,
             flush_ms: 30.0,
             peak_rss_bytes: 123_456_789,
+            rss_bytes: 100_000_000,
             state_bytes: 4_096,
             state_keys: 17,
             view_rows: 25,
