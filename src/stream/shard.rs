@@ -1,14 +1,14 @@
 //! Keyed operators split across worker threads (hash partitioning).
 //!
-//! A [`ShardedOperator`] holds one instance of a keyed operator per worker;
-//! each instance (a shard) owns the keys whose hash falls to it. An input
-//! batch is split by the hash of each row's row-encoded key, and the shards
-//! fold their parts at the same time, one on the runtime's thread and the
-//! others on scoped threads; small batches are folded one shard after the
-//! other on the runtime's thread, where a thread would cost more than it
-//! saves. Watermarks and ticks go to each shard in turn. The operators that
-//! split are those whose state is all keyed ([`KeyedOperator`]): GROUP BY
-//! aggregates and equi-joins (not NOT IN).
+//! A [`ShardedOperator`] holds one instance of a keyed operator (GROUP BY
+//! aggregates, equi-joins: [`KeyedOperator`]) per worker; each instance (a
+//! shard) owns the keys whose hash falls to it. An input batch is split by
+//! the hash of each row's row-encoded key; shard 0 folds its part on the
+//! runtime's thread while every other shard folds its part on a thread of
+//! its own, which lives as long as the operator and owns that shard (its
+//! allocations stay on one thread, and no thread is started per batch).
+//! Watermarks, ticks, checkpoints and restores reach every shard the same
+//! way; the runtime's thread waits for all of them.
 //!
 //! Invariants:
 //! - a key always goes to the same shard: the shard is a fixed hash (FNV-1a,
@@ -19,10 +19,13 @@
 //!   changelog of its own keys, and keys never span shards;
 //! - state is written as one operator's (the shards' keys never collide):
 //!   a checkpoint taken with N workers restores with M, and the operator's
-//!   stable id is its shards' (EXPLAIN shows one operator).
+//!   stable id is its shards' (EXPLAIN shows one operator);
+//! - a panic in a shard's thread is raised again on the runtime's thread,
+//!   which fails the view as any operator panic does.
 
+use std::any::Any;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -31,9 +34,6 @@ use datafusion::physical_plan::PhysicalExpr;
 use super::{ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
-
-/// Batches with fewer rows are folded on the runtime's thread alone.
-const PARALLEL_MIN_ROWS: usize = 512;
 
 /// An operator whose state is keyed by a row-encoded key of its input rows,
 /// so that it can be split into shards.
@@ -72,7 +72,12 @@ pub fn sharded<T: KeyedOperator>(
 
 /// One keyed operator, one instance per worker; see the module docs.
 pub struct ShardedOperator {
-    shards: Vec<Box<dyn Operator>>,
+    /// Shard 0, folded on the runtime's thread.
+    local: Box<dyn Operator>,
+    /// Shards 1.., each on its own thread.
+    remote: Vec<ShardThread>,
+    description: String,
+    stateful: bool,
     /// Per input, the key expressions over its rows.
     keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     /// Row encoding of the keys: the operator's own.
@@ -87,6 +92,78 @@ pub struct ShardedOperator {
     forwarded: Option<i64>,
 }
 
+/// Work for a shard's thread, and what it sends back.
+type Job = Box<dyn FnOnce(&mut dyn Operator) -> Box<dyn Any + Send> + Send>;
+type Done = std::thread::Result<Box<dyn Any + Send>>;
+
+/// A thread that owns one shard and runs the jobs sent to it, in order,
+/// answering each.
+struct ShardThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    done: mpsc::Receiver<Done>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ShardThread {
+    fn spawn(mut shard: Box<dyn Operator>, index: usize) -> Result<Self> {
+        let (jobs, incoming) = mpsc::channel::<Job>();
+        let (answer, done) = mpsc::channel::<Done>();
+        let thread = std::thread::Builder::new()
+            .name(format!("eddy-shard-{index}"))
+            .spawn(move || {
+                for job in incoming {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        job(shard.as_mut())
+                    }));
+                    if answer.send(result).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| crate::internal!("cannot start a shard thread: {e}"))?;
+        Ok(Self {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    fn send<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut dyn Operator) -> R + Send + 'static,
+    ) -> Result<()> {
+        let job: Job = Box::new(move |shard| Box::new(work(shard)));
+        self.jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or_else(|| crate::internal!("a shard thread has stopped"))
+    }
+
+    /// The answer to the oldest job not yet answered; a panic in the job is
+    /// raised here.
+    fn receive<R: 'static>(&self) -> Result<R> {
+        let answer = self
+            .done
+            .recv()
+            .map_err(|_| crate::internal!("a shard thread has stopped"))?;
+        let value = answer.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        value
+            .downcast::<R>()
+            .map(|v| *v)
+            .map_err(|_| crate::internal!("a shard thread answered with the wrong type"))
+    }
+}
+
+impl Drop for ShardThread {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread's loop.
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl ShardedOperator {
     /// `shards` are identical, shardable operators (at least one).
     pub fn try_new<T: KeyedOperator>(shards: Vec<T>) -> Result<Self> {
@@ -99,59 +176,84 @@ impl ShardedOperator {
         let keys = first.key_exprs();
         let key_types = first.key_types();
         let key_codec = RowConverter::new(key_types.into_iter().map(SortField::new).collect())?;
+        let description = first.describe();
+        let stateful = first.is_stateful();
+        let count = shards.len();
+        let mut shards = shards.into_iter();
+        let local: Box<dyn Operator> = match shards.next() {
+            Some(shard) => Box::new(shard),
+            None => return Err(crate::internal!("a sharded operator needs a shard")),
+        };
+        let remote = shards
+            .enumerate()
+            .map(|(i, shard)| ShardThread::spawn(Box::new(shard), i + 1))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            shard_watermarks: vec![None; shards.len()],
-            shards: shards
-                .into_iter()
-                .map(|s| Box::new(s) as Box<dyn Operator>)
-                .collect(),
+            local,
+            remote,
+            description,
+            stateful,
             keys,
             key_codec,
             key_of_state: T::key_of_state,
             errors: RowErrorPolicy::default(),
+            shard_watermarks: vec![None; count],
             forwarded: None,
         })
     }
 
-    fn shard_of(&self, key: &[u8]) -> usize {
-        (crate::stream::graph::fnv1a64(key) % self.shards.len() as u64) as usize
+    fn shards(&self) -> usize {
+        self.remote.len() + 1
     }
 
-    /// Runs `work` on every shard with its part, on threads of their own
-    /// (the first on this one) when `parallel`; results in shard order.
-    fn run<T: Send, R: Send>(
-        &mut self,
-        parts: Vec<T>,
-        parallel: bool,
-        work: impl Fn(&mut dyn Operator, T) -> Result<R> + Sync,
-    ) -> Result<Vec<R>> {
-        let results: Vec<Result<R>> = if !parallel {
-            self.shards
-                .iter_mut()
-                .zip(parts)
-                .map(|(shard, part)| work(shard.as_mut(), part))
-                .collect()
-        } else {
-            let work = &work;
-            std::thread::scope(|scope| {
-                let mut jobs = self.shards.iter_mut().zip(parts);
-                let here = jobs.next();
-                let spawned: Vec<_> = jobs
-                    .map(|(shard, part)| scope.spawn(move || work(shard.as_mut(), part)))
-                    .collect();
-                let mut results = Vec::with_capacity(spawned.len() + 1);
-                if let Some((shard, part)) = here {
-                    results.push(work(shard.as_mut(), part));
-                }
-                for handle in spawned {
-                    results.push(handle.join().unwrap_or_else(|panic| {
-                        std::panic::resume_unwind(panic);
-                    }));
-                }
-                results
-            })
-        };
-        results.into_iter().collect()
+    fn shard_of(&self, key: &[u8]) -> usize {
+        (crate::stream::graph::fnv1a64(key) % self.shards() as u64) as usize
+    }
+
+    /// Runs `work` on every shard with its part at once (shard 0 on this
+    /// thread); results in shard order.
+    fn run<T, R, F>(&mut self, parts: Vec<T>, work: F) -> Result<Vec<R>>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(&mut dyn Operator, T) -> R + Send + Sync + 'static,
+    {
+        let work = Arc::new(work);
+        let mut parts = parts.into_iter();
+        let local_part = parts
+            .next()
+            .ok_or_else(|| crate::internal!("no part for shard 0"))?;
+        // Send every job before folding here, so that all run at once; then
+        // collect the answers even if one failed, so that none is left
+        // queued for the next call.
+        let mut sent = Vec::with_capacity(self.remote.len());
+        for (shard, part) in self.remote.iter().zip(parts) {
+            let work = work.clone();
+            sent.push(shard.send(move |op| work(op, part)));
+        }
+        let local = work(self.local.as_mut(), local_part);
+        let mut results = vec![local];
+        for (shard, sent) in self.remote.iter().zip(sent) {
+            sent?;
+            results.push(shard.receive::<R>()?);
+        }
+        Ok(results)
+    }
+
+    /// A figure of every shard (`&self` methods).
+    fn gather<R: Send + 'static>(&self, figure: fn(&dyn Operator) -> R) -> Vec<R> {
+        let mut figures = vec![figure(self.local.as_ref())];
+        let sent: Vec<bool> = self
+            .remote
+            .iter()
+            .map(|shard| shard.send(move |op| figure(op)).is_ok())
+            .collect();
+        for (shard, sent) in self.remote.iter().zip(sent) {
+            if let (true, Ok(value)) = (sent, shard.receive::<R>()) {
+                figures.push(value);
+            }
+        }
+        figures
     }
 
     /// The minimum of the shards' watermarks, when it moved.
@@ -175,18 +277,21 @@ impl ShardedOperator {
         self.forwarded
     }
 
-    /// Calls `step` on every shard, one after the other (watermarks and
-    /// ticks mostly find little to do); their changes, and the watermark
-    /// to pass on.
+    /// Calls `step` on every shard; their changes, and the watermark to
+    /// pass on.
     fn each_shard(
         &mut self,
-        step: impl Fn(&mut dyn Operator) -> Result<(Vec<ChangeBatch>, Option<i64>)> + Sync,
+        step: impl Fn(&mut dyn Operator) -> Result<(Vec<ChangeBatch>, Option<i64>)>
+            + Send
+            + Sync
+            + 'static,
     ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
-        let parts = vec![(); self.shards.len()];
-        let results = self.run(parts, false, |shard, ()| step(shard))?;
+        let parts = vec![(); self.shards()];
+        let results = self.run(parts, move |shard, ()| step(shard))?;
         let mut output = Vec::new();
         let mut moved = Vec::with_capacity(results.len());
-        for (changes, watermark) in results {
+        for result in results {
+            let (changes, watermark) = result?;
             output.extend(changes);
             moved.push(watermark);
         }
@@ -196,7 +301,7 @@ impl ShardedOperator {
 
 impl Operator for ShardedOperator {
     fn describe(&self) -> String {
-        self.shards[0].describe()
+        self.description.clone()
     }
 
     fn process(&mut self, input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
@@ -207,13 +312,12 @@ impl Operator for ShardedOperator {
         let (batch, key_columns) = self.errors.evaluate(keys, &batch)?;
         let rows = batch.num_rows();
         let keys = self.key_codec.convert_columns(&key_columns)?;
-        let mut indices: Vec<Vec<u32>> = vec![Vec::new(); self.shards.len()];
+        let mut indices: Vec<Vec<u32>> = vec![Vec::new(); self.shards()];
         for row in 0..rows {
             indices[self.shard_of(keys.row(row).data())].push(row as u32);
         }
         // Every shard sees every batch (its share may be empty), so that
         // each knows its inputs are active (idle inputs, `stream::watermark`).
-        let busy = indices.iter().filter(|rows| !rows.is_empty()).count();
         let parts = indices
             .iter()
             .map(|part| match part.len() {
@@ -221,9 +325,12 @@ impl Operator for ShardedOperator {
                 _ => batch.take(part),
             })
             .collect::<Result<Vec<_>>>()?;
-        let parallel = busy > 1 && rows >= PARALLEL_MIN_ROWS;
-        let outputs = self.run(parts, parallel, |shard, part| shard.process(input, part))?;
-        Ok(outputs.into_iter().flatten().collect())
+        let outputs = self.run(parts, move |shard, part| shard.process(input, part))?;
+        let mut output = Vec::new();
+        for changes in outputs {
+            output.extend(changes?);
+        }
+        Ok(output)
     }
 
     fn start(&mut self) -> Result<Vec<ChangeBatch>> {
@@ -235,51 +342,57 @@ impl Operator for ShardedOperator {
         input: usize,
         watermark: i64,
     ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
-        self.each_shard(|shard| shard.on_watermark(input, watermark))
+        self.each_shard(move |shard| shard.on_watermark(input, watermark))
     }
 
     fn on_tick(&mut self, now: i64) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
-        self.each_shard(|shard| shard.on_tick(now))
+        self.each_shard(move |shard| shard.on_tick(now))
     }
 
     fn late_rows(&self) -> u64 {
-        self.shards.iter().map(|s| s.late_rows()).sum()
+        self.gather(|s| s.late_rows()).into_iter().sum()
     }
 
     fn state_keys(&self) -> u64 {
-        self.shards.iter().map(|s| s.state_keys()).sum()
+        self.gather(|s| s.state_keys()).into_iter().sum()
     }
 
     fn rows_failed(&self) -> u64 {
-        self.errors.rows_failed + self.shards.iter().map(|s| s.rows_failed()).sum::<u64>()
+        self.errors.rows_failed + self.gather(|s| s.rows_failed()).into_iter().sum::<u64>()
     }
 
     fn last_error(&self) -> Option<String> {
         self.errors
             .last_error
             .clone()
-            .or_else(|| self.shards.iter().find_map(|s| s.last_error()))
+            .or_else(|| self.gather(|s| s.last_error()).into_iter().flatten().next())
     }
 
     fn is_stateful(&self) -> bool {
-        self.shards[0].is_stateful()
+        self.stateful
     }
 
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
-        for shard in &mut self.shards {
-            shard.checkpoint(delta)?;
+        let full = delta.full;
+        let parts = vec![(); self.shards()];
+        let deltas = self.run(parts, move |shard, ()| {
+            let mut delta = StateDelta::new(full);
+            shard.checkpoint(&mut delta).map(|()| delta)
+        })?;
+        for shard_delta in deltas {
+            delta.entries.extend(shard_delta?.entries);
         }
         Ok(())
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
-        let mut parts = vec![BTreeMap::new(); self.shards.len()];
+        let mut parts = vec![BTreeMap::new(); self.shards()];
         for (key, value) in entries {
             let shard = self.shard_of((self.key_of_state)(&key)?);
             parts[shard].insert(key, value);
         }
-        for (shard, part) in self.shards.iter_mut().zip(parts) {
-            shard.restore(part)?;
+        for restored in self.run(parts, |shard, part| shard.restore(part))? {
+            restored?;
         }
         Ok(())
     }
