@@ -206,36 +206,26 @@ fn aggregate(c: &mut Criterion) {
             black_box(groups)
         })
     });
-    group.bench_function("eddy: insert then retract, with output changes", |b| {
-        b.iter_batched(
-            count_and_sum_by_auction,
-            |mut op| {
+    // One operator for all iterations: each retracts what it inserted, so
+    // every iteration starts from empty groups. The second is the same fold
+    // split into two shards by key hash, on two threads (`--workers 2`).
+    let one: Box<dyn Operator> = Box::new(count_and_sum_by_auction());
+    let two: Box<dyn Operator> = Box::new(
+        ShardedOperator::try_new(vec![count_and_sum_by_auction(), count_and_sum_by_auction()])
+            .expect("shards"),
+    );
+    for (name, mut op) in [
+        ("eddy: insert then retract, with output changes", one),
+        ("eddy: the same, 2 shards on 2 threads", two),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
                 let inserted = op.process(0, insertions(rows.clone())).expect("insert");
                 let retracted = op.process(0, retractions(rows.clone())).expect("retract");
                 black_box((inserted, retracted))
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    // The same fold split into two shards by key hash, on two threads
-    // (`--workers 2`): its time over the one above is the scaling.
-    group.bench_function("eddy: the same, 2 shards on 2 threads", |b| {
-        b.iter_batched(
-            || {
-                ShardedOperator::try_new(vec![
-                    count_and_sum_by_auction(),
-                    count_and_sum_by_auction(),
-                ])
-                .expect("shards")
-            },
-            |mut op| {
-                let inserted = op.process(0, insertions(rows.clone())).expect("insert");
-                let retracted = op.process(0, retractions(rows.clone())).expect("retract");
-                black_box((inserted, retracted))
-            },
-            BatchSize::SmallInput,
-        )
-    });
+            })
+        });
+    }
     group.finish();
 }
 
