@@ -73,8 +73,9 @@ pub struct ServerOptions {
     pub checkpoint_interval: std::time::Duration,
     /// Start from this named snapshot instead of the latest checkpoint.
     pub from_snapshot: Option<String>,
-    /// Threads a keyed operator (GROUP BY) is split across, each folding
-    /// the keys that hash to it. Default: the machine's cores.
+    /// Threads a keyed operator (GROUP BY, equi-join) is split across, each
+    /// folding the keys that hash to it. Default 1: on a small machine the
+    /// source readers already take the other cores (see docs/operations.md).
     pub workers: usize,
 }
 
@@ -86,7 +87,7 @@ impl ServerOptions {
             checkpoint_location: None,
             checkpoint_interval: runtime::checkpoint::DEFAULT_CHECKPOINT_INTERVAL,
             from_snapshot: None,
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            workers: 1,
         }
     }
 }

@@ -96,8 +96,8 @@ struct ServeArgs {
     /// instead of the latest checkpoint.
     #[arg(long)]
     from_snapshot: Option<String>,
-    /// Threads each keyed operator (GROUP BY) is split across (default:
-    /// the machine's cores).
+    /// Threads each keyed operator (GROUP BY aggregate, equi-join) of a view
+    /// is split across, by key hash (default 1).
     #[arg(long, env = "EDDY_WORKERS")]
     workers: Option<usize>,
 }

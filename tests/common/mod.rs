@@ -19,8 +19,13 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A server whose keyed operators run as two shards (`--workers 2`),
+    /// so that the end-to-end tests cover the split operators; the SQL
+    /// logic tests run with the default of one.
     pub async fn start() -> Self {
-        let server = eddy::Server::start("127.0.0.1:0".parse().expect("address"))
+        let mut options = eddy::ServerOptions::new("127.0.0.1:0".parse().expect("address"));
+        options.workers = 2;
+        let server = eddy::Server::start_with_options(options)
             .await
             .expect("eddy starts");
         Self { server }
