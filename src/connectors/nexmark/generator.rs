@@ -144,7 +144,13 @@ fn next_string(random: &mut JavaRandom, max_length: i32, special: char) -> Strin
             text.push((b'a' + random.next_int_below(26) as u8) as char);
         }
     }
-    text.trim_matches(' ').to_string()
+    // Most strings have no space at either end: keep them without a copy.
+    let trimmed = text.trim_matches(' ');
+    if trimmed.len() == text.len() {
+        text
+    } else {
+        trimmed.to_string()
+    }
 }
 
 fn next_exact_string(random: &mut JavaRandom, length: i32) -> String {

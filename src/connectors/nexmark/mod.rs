@@ -279,34 +279,37 @@ impl NexmarkConfig {
                 millis.into_iter().map(|m| m * 1000).collect::<Vec<_>>(),
             )) as ArrayRef
         };
-        let texts = |values: Vec<String>| Arc::new(StringArray::from(values)) as ArrayRef;
+        // Text columns copy each row's string once, into the array.
+        fn texts<'a, T: 'a>(rows: &'a [T], field: impl Fn(&'a T) -> &'a str) -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(field)))
+        }
         match self.table {
             NexmarkTable::Person => {
                 let rows: Vec<_> = events.iter().map(|&n| timeline.person(n)).collect();
                 vec![
                     ints(rows.iter().map(|p| p.id).collect()),
-                    texts(rows.iter().map(|p| p.name.clone()).collect()),
-                    texts(rows.iter().map(|p| p.email_address.clone()).collect()),
-                    texts(rows.iter().map(|p| p.credit_card.clone()).collect()),
-                    texts(rows.iter().map(|p| p.city.to_string()).collect()),
-                    texts(rows.iter().map(|p| p.state.to_string()).collect()),
+                    texts(&rows, |p| &p.name),
+                    texts(&rows, |p| &p.email_address),
+                    texts(&rows, |p| &p.credit_card),
+                    texts(&rows, |p| p.city),
+                    texts(&rows, |p| p.state),
                     times(rows.iter().map(|p| p.date_time).collect()),
-                    texts(rows.into_iter().map(|p| p.extra).collect()),
+                    texts(&rows, |p| &p.extra),
                 ]
             }
             NexmarkTable::Auction => {
                 let rows: Vec<_> = events.iter().map(|&n| timeline.auction(n)).collect();
                 vec![
                     ints(rows.iter().map(|a| a.id).collect()),
-                    texts(rows.iter().map(|a| a.item_name.clone()).collect()),
-                    texts(rows.iter().map(|a| a.description.clone()).collect()),
+                    texts(&rows, |a| &a.item_name),
+                    texts(&rows, |a| &a.description),
                     ints(rows.iter().map(|a| a.initial_bid).collect()),
                     ints(rows.iter().map(|a| a.reserve).collect()),
                     times(rows.iter().map(|a| a.date_time).collect()),
                     times(rows.iter().map(|a| a.expires).collect()),
                     ints(rows.iter().map(|a| a.seller).collect()),
                     ints(rows.iter().map(|a| a.category).collect()),
-                    texts(rows.into_iter().map(|a| a.extra).collect()),
+                    texts(&rows, |a| &a.extra),
                 ]
             }
             NexmarkTable::Bid => {
@@ -315,10 +318,10 @@ impl NexmarkConfig {
                     ints(rows.iter().map(|b| b.auction).collect()),
                     ints(rows.iter().map(|b| b.bidder).collect()),
                     ints(rows.iter().map(|b| b.price).collect()),
-                    texts(rows.iter().map(|b| b.channel.clone()).collect()),
-                    texts(rows.iter().map(|b| b.url.clone()).collect()),
+                    texts(&rows, |b| &b.channel),
+                    texts(&rows, |b| &b.url),
                     times(rows.iter().map(|b| b.date_time).collect()),
-                    texts(rows.into_iter().map(|b| b.extra).collect()),
+                    texts(&rows, |b| &b.extra),
                 ]
             }
         }
