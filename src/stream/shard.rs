@@ -167,8 +167,10 @@ impl Drop for ShardThread {
 impl ShardedOperator {
     /// `shards` are identical, shardable operators (at least one).
     pub fn try_new<T: KeyedOperator>(shards: Vec<T>) -> Result<Self> {
+        let count = shards.len();
+        let mut shards = shards.into_iter();
         let first = shards
-            .first()
+            .next()
             .ok_or_else(|| crate::internal!("a sharded operator needs a shard"))?;
         if !first.shardable() {
             return Err(crate::internal!("{} cannot be split", first.describe()));
@@ -178,18 +180,12 @@ impl ShardedOperator {
         let key_codec = RowConverter::new(key_types.into_iter().map(SortField::new).collect())?;
         let description = first.describe();
         let stateful = first.is_stateful();
-        let count = shards.len();
-        let mut shards = shards.into_iter();
-        let local: Box<dyn Operator> = match shards.next() {
-            Some(shard) => Box::new(shard),
-            None => return Err(crate::internal!("a sharded operator needs a shard")),
-        };
         let remote = shards
             .enumerate()
             .map(|(i, shard)| ShardThread::spawn(Box::new(shard), i + 1))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            local,
+            local: Box::new(first),
             remote,
             description,
             stateful,
@@ -232,12 +228,13 @@ impl ShardedOperator {
             sent.push(shard.send(move |op| work(op, part)));
         }
         let local = work(self.local.as_mut(), local_part);
-        let mut results = vec![local];
-        for (shard, sent) in self.remote.iter().zip(sent) {
-            sent?;
-            results.push(shard.receive::<R>()?);
-        }
-        Ok(results)
+        let remote: Vec<Result<R>> = self
+            .remote
+            .iter()
+            .zip(sent)
+            .map(|(shard, sent)| sent.and_then(|()| shard.receive::<R>()))
+            .collect();
+        std::iter::once(Ok(local)).chain(remote).collect()
     }
 
     /// A figure of every shard (`&self` methods).
