@@ -19,7 +19,9 @@ use datafusion::datasource::source_as_provider;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Distinct, Expr, ExprSchemable, Join, LogicalPlan, Volatility};
+use datafusion::logical_expr::{
+    Aggregate, Distinct, Expr, ExprSchemable, Join, LogicalPlan, Volatility,
+};
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_plan::PhysicalExpr;
 
@@ -421,14 +423,13 @@ impl Lowering<'_> {
                 let input_schema = aggregate.input.schema();
                 let group_exprs = physical_exprs(&aggregate.group_expr, input_schema)?;
                 let output_schema = arrow_schema(&aggregate.schema);
-                // Grouped by a window's end: traced under any alias and
-                // through an inner windowed aggregate (q5's max of per-window
-                // counts), or by its name past what the trace does not
-                // follow (a join of windowed inputs).
-                let window_end = aggregate.group_expr.iter().position(|e| {
-                    is_window_end(&aggregate.input, e)
-                        || (!self.windows.is_empty()
-                            && matches!(e, Expr::Column(c) if c.name == "window_end"))
+                // Grouped by a window's end, or else by a column of that name
+                // past what the trace does not follow (a join of windowed
+                // inputs).
+                let window_end = window_end_key(aggregate).or_else(|| {
+                    let by_name = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "window_end");
+                    let position = aggregate.group_expr.iter().position(by_name);
+                    position.filter(|_| !self.windows.is_empty())
                 });
                 let window = window_end.map(|end_key| WindowedGroups {
                     end_key,
@@ -1036,15 +1037,22 @@ fn move_constant_up(lower: Expr, upper: Expr) -> (Expr, Expr) {
     (lower, upper)
 }
 
+/// The position of the group key that is a window's `window_end`, traced
+/// under any alias and through an inner windowed aggregate (q5's max of
+/// per-window counts).
+fn window_end_key(aggregate: &Aggregate) -> Option<usize> {
+    aggregate
+        .group_expr
+        .iter()
+        .position(|e| is_window_end(&aggregate.input, e))
+}
+
 /// Whether `plan` is a windowed aggregate's output (grouped by a window's
 /// end), passed on through projections, filters and aliases: its rows change
 /// only while their window is open.
 fn is_windowed_aggregate_output(plan: &LogicalPlan) -> bool {
     match plan {
-        LogicalPlan::Aggregate(aggregate) => aggregate
-            .group_expr
-            .iter()
-            .any(|e| is_window_end(&aggregate.input, e)),
+        LogicalPlan::Aggregate(aggregate) => window_end_key(aggregate).is_some(),
         LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
             is_windowed_aggregate_output(plan.inputs()[0])
         }
