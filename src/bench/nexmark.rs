@@ -376,10 +376,7 @@ pub fn run_child_if_asked() -> bool {
     let Ok(query) = std::env::var(CHILD_QUERY) else {
         return false;
     };
-    let events = std::env::var(CHILD_EVENTS)
-        .ok()
-        .and_then(|e| e.parse().ok())
-        .unwrap_or(1_000_000);
+    let events = child_setting(CHILD_EVENTS, 1_000_000);
     let kafka = match (
         std::env::var(CHILD_KAFKA_RUN),
         std::env::var(CHILD_KAFKA_BOOTSTRAP),
@@ -388,16 +385,8 @@ pub fn run_child_if_asked() -> bool {
         _ => None,
     };
     let baseline = std::env::var(CHILD_NO_BASELINE).is_err();
-    let checkpoint_interval = Duration::from_millis(
-        std::env::var(CHILD_CHECKPOINT_MS)
-            .ok()
-            .and_then(|ms| ms.parse().ok())
-            .unwrap_or(0),
-    );
-    let workers = std::env::var(CHILD_WORKERS)
-        .ok()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(1);
+    let checkpoint_interval = Duration::from_millis(child_setting(CHILD_CHECKPOINT_MS, 0));
+    let workers = child_setting(CHILD_WORKERS, 1);
     let measured = tokio::runtime::Runtime::new()
         .map_err(|e| format!("tokio runtime: {e}"))
         .and_then(|runtime| {
@@ -419,6 +408,15 @@ pub fn run_child_if_asked() -> bool {
         }
     }
     true
+}
+
+/// A number the parent passed to this child in `variable` (`default` when
+/// unset or not a number).
+fn child_setting<T: std::str::FromStr>(variable: &str, default: T) -> T {
+    std::env::var(variable)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Runs every query of `options` in a child process each, printing a table
