@@ -45,6 +45,12 @@ const CLOSED: &[(&str, &str)] = &[
         "SELECT window_start, window_end, max(price) AS maxprice
          FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end",
     ),
+    (
+        "q11_closed",
+        "SELECT bidder, count(*) AS bid_count, window_start, window_end
+         FROM SESSION(bid, date_time, INTERVAL '10' SECOND, bidder)
+         GROUP BY bidder, window_start, window_end",
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,6 +81,15 @@ async fn nexmark_queries_match_the_batch_oracle() {
         .await;
         views.push((name.to_string(), query.to_string()));
     }
+    // Over the append-only source, sessions fold straight into their
+    // aggregate (`stream::session_aggregate`).
+    let fused = query_text(
+        &eddy,
+        "SELECT count(*) FROM eddy_catalog.operator_stats
+         WHERE view IN ('q11', 'q11_closed') AND operator LIKE 'SessionWindowAggregate%'",
+    )
+    .await;
+    assert_eq!(fused[0][0], "2", "q11 plans one session aggregate");
 
     // Every view reads its own copy of the streams; wait until all are done.
     let deadline = Instant::now() + Duration::from_secs(300);

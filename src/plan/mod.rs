@@ -38,6 +38,9 @@ use crate::stream::join::{JoinOperator, JoinSide, SideTime, WindowKey};
 use crate::stream::over::{Numbering, OverOperator};
 use crate::stream::project::ProjectOperator;
 use crate::stream::session::SessionWindowOperator;
+use crate::stream::session_aggregate::{
+    SessionAggregateOperator, SessionClosing, SessionGroupColumn, SessionSpec,
+};
 use crate::stream::shard::sharded;
 use crate::stream::source::{ConstantOperator, ScanOperator};
 use crate::stream::temporal::TemporalFilterOperator;
@@ -292,6 +295,124 @@ struct Lowering<'a> {
 }
 
 impl Lowering<'_> {
+    /// An aggregate straight over `SESSION(...)` of an append-only input,
+    /// grouped by the session's keys and window (`window_end`, optionally
+    /// `window_start`), as one operator that folds rows into sessions
+    /// (`stream::session_aggregate`); `None` for any other shape, which
+    /// lowers as `SessionWindow` then an aggregate.
+    fn session_aggregate(&mut self, aggregate: &Aggregate) -> Result<Option<NodeIndex>> {
+        let LogicalPlan::TableScan(scan) = aggregate.input.as_ref() else {
+            return Ok(None);
+        };
+        let Ok(provider) = source_as_provider(&scan.source) else {
+            return Ok(None);
+        };
+        let Some(windowed) = provider.downcast_ref::<WindowedRelationProvider>() else {
+            return Ok(None);
+        };
+        let Windowing::Session { gap, key_columns } = &windowed.windowing else {
+            return Ok(None);
+        };
+        let relation = &windowed.relation;
+        if scan.fetch.is_some() || !(self.relation_is_append_only)(relation) {
+            return Ok(None);
+        }
+        let input_schema = relation.rows().schema().clone();
+        let (window_start, window_end) =
+            (input_schema.fields().len(), input_schema.fields().len() + 1);
+        // The scan's column `i` as a column of the window's schema.
+        let unprojected = |i: usize| {
+            scan.projection
+                .as_ref()
+                .map_or(Some(i), |p| p.get(i).copied())
+        };
+        let scan_schema = aggregate.input.schema();
+        let mut group_columns = Vec::with_capacity(aggregate.group_expr.len());
+        for expr in &aggregate.group_expr {
+            let Expr::Column(column) = expr else {
+                return Ok(None);
+            };
+            let Some(column) = scan_schema
+                .index_of_column(column)
+                .ok()
+                .and_then(unprojected)
+            else {
+                return Ok(None);
+            };
+            group_columns.push(match column {
+                c if c == window_start => SessionGroupColumn::WindowStart,
+                c if c == window_end => SessionGroupColumn::WindowEnd,
+                c => match key_columns.iter().position(|&k| k == c) {
+                    Some(k) => SessionGroupColumn::Key(k),
+                    None => return Ok(None),
+                },
+            });
+        }
+        let grouped_by = |g| group_columns.contains(&g);
+        if !grouped_by(SessionGroupColumn::WindowEnd)
+            || !(0..key_columns.len()).all(|k| grouped_by(SessionGroupColumn::Key(k)))
+        {
+            return Ok(None);
+        }
+        // The calls' arguments and filters read input rows: their columns
+        // are the scan's, unprojected; `None` when one reads the window's.
+        let output_schema = arrow_schema(&aggregate.schema);
+        let session_calls = || -> Result<Option<Vec<AggregateCall>>> {
+            let mut calls = Vec::with_capacity(aggregate.aggr_expr.len());
+            for (i, expr) in aggregate.aggr_expr.iter().enumerate() {
+                let output_type = output_schema.field(group_columns.len() + i).data_type();
+                let mut call = aggregate_call(expr, scan_schema, output_type.clone())?;
+                let input_exprs = std::iter::once(&mut call.argument).chain(call.filter.as_mut());
+                for expr in input_exprs {
+                    match over_input_columns(expr, &unprojected, window_start)? {
+                        Some(over_input) => *expr = over_input,
+                        None => return Ok(None),
+                    }
+                }
+                calls.push(call);
+            }
+            Ok(Some(calls))
+        };
+        if session_calls()?.is_none() {
+            return Ok(None);
+        }
+
+        let time_column = windowed.time_column;
+        let watermarked = relation.may_have_watermark_on(time_column);
+        self.windows_watermarked &= watermarked;
+        self.windows
+            .push((relation.id, input_schema.field(time_column).name().clone()));
+        self.windowed_aggregate = true;
+        let scan_node = self.graph.add_scan(
+            relation.id,
+            Box::new(ScanOperator::new(relation.id, relation.name.clone(), None)),
+        );
+        let spec = SessionSpec {
+            time_column,
+            key_columns: key_columns.clone(),
+            gap: *gap,
+        };
+        let closing = SessionClosing {
+            allowed_lateness: self.time.allowed_lateness_micros,
+            emit_on_close: self.time.emit_on_window_close,
+            watermarked,
+        };
+        let make = || -> Result<SessionAggregateOperator> {
+            let calls = session_calls()?
+                .ok_or_else(|| crate::internal!("session aggregate calls vanished"))?;
+            SessionAggregateOperator::try_new(
+                input_schema.clone(),
+                spec.clone(),
+                closing,
+                calls,
+                group_columns.clone(),
+                output_schema.clone(),
+            )
+        };
+        let op = sharded(self.workers, make)?;
+        Ok(Some(self.graph.add(op, vec![scan_node])))
+    }
+
     fn node(&mut self, plan: &LogicalPlan) -> Result<NodeIndex> {
         match plan {
             LogicalPlan::TableScan(scan)
@@ -418,6 +539,9 @@ impl Lowering<'_> {
                     .any(|e| matches!(e, Expr::GroupingSet(_)))
                 {
                     return Err(not_incremental("GROUPING SETS, ROLLUP and CUBE"));
+                }
+                if let Some(fused) = self.session_aggregate(aggregate)? {
+                    return Ok(fused);
                 }
                 let input = self.node(&aggregate.input)?;
                 let input_schema = aggregate.input.schema();
@@ -1232,6 +1356,36 @@ fn physical_expr(expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>
             EddyError::from(e)
         }
     })
+}
+
+/// `expr`, over the columns of a windowed scan, over the input relation's
+/// own columns instead (through the scan's projection, `unprojected`);
+/// `None` when it reads a window column (`window_start` and after).
+fn over_input_columns(
+    expr: &Arc<dyn PhysicalExpr>,
+    unprojected: &dyn Fn(usize) -> Option<usize>,
+    window_start: usize,
+) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+    let mut reads_window = false;
+    let mapped = Arc::clone(expr)
+        .transform(|e| {
+            let Some(column) = e.downcast_ref::<Column>() else {
+                return Ok(Transformed::no(e));
+            };
+            match unprojected(column.index()) {
+                Some(i) if i < window_start => {
+                    Ok(Transformed::yes(
+                        Arc::new(Column::new(column.name(), i)) as Arc<dyn PhysicalExpr>
+                    ))
+                }
+                _ => {
+                    reads_window = true;
+                    Ok(Transformed::no(e))
+                }
+            }
+        })?
+        .data;
+    Ok((!reads_window).then_some(mapped))
 }
 
 fn physical_exprs(exprs: &[Expr], schema: &DFSchema) -> Result<Vec<Arc<dyn PhysicalExpr>>> {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Int64Array, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
 use crate::error::Result;
 use crate::stream::ChangeBatch;
@@ -61,6 +61,15 @@ impl RowCodec {
         }
         let rows = self.converter.convert_columns(batch.columns())?;
         Ok(rows.iter().map(|r| Arc::from(r.data())).collect())
+    }
+
+    /// The encoded rows of `batch` in one buffer (no allocation per row);
+    /// `None` when the schema has no columns (every row encodes as empty).
+    pub fn encode_rows(&self, batch: &RecordBatch) -> Result<Option<Rows>> {
+        if self.schema.fields().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.converter.convert_columns(batch.columns())?))
     }
 
     /// A batch holding `rows`, in order.

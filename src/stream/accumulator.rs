@@ -15,11 +15,10 @@
 //!   order's directions, so the map's order is the aggregate's order (by
 //!   value when there is no ORDER BY). The argument arrives as a struct of
 //!   the order keys then the value.
-//! - `first_value`, `last_value`, `string_agg`, `array_agg` (with or without
-//!   `ORDER BY`): a multiset of (order keys, value), row-encoded with the
-//!   order's directions, so the map's order is the aggregate's order (by
-//!   value when there is no ORDER BY). The argument arrives as a struct of
-//!   the order keys then the value.
+//!
+//! States of the same aggregate merge ([`AccumulatorState::merge`]) as if one
+//! had folded the other's inputs: a session window aggregate merges the
+//! sessions a row bridges.
 
 use std::collections::BTreeMap;
 
@@ -522,6 +521,57 @@ impl AggregateFolder {
 }
 
 impl AccumulatorState {
+    /// Folds `other`'s inputs into this state, as if they had been folded
+    /// here (both states of the same aggregate).
+    pub fn merge(&mut self, other: AccumulatorState) -> Result<()> {
+        match (self, other) {
+            (AccumulatorState::Count(n), AccumulatorState::Count(m)) => *n += m,
+            (
+                AccumulatorState::IntSum { sum, count },
+                AccumulatorState::IntSum { sum: s, count: c },
+            ) => {
+                *sum = sum.wrapping_add(s);
+                *count += c;
+            }
+            (
+                AccumulatorState::FloatSum { sum, count },
+                AccumulatorState::FloatSum { sum: s, count: c },
+            ) => {
+                *count += c;
+                *sum = if *count == 0 { 0.0 } else { *sum + s };
+            }
+            (
+                AccumulatorState::DecimalSum { sum, count },
+                AccumulatorState::DecimalSum { sum: s, count: c },
+            ) => {
+                *sum = sum.wrapping_add(s);
+                *count += c;
+            }
+            (AccumulatorState::Values(values), AccumulatorState::Values(others)) => {
+                for (value, n) in others {
+                    let total = values.get(&value).copied().unwrap_or(0) + n;
+                    if total == 0 {
+                        values.remove(&value);
+                    } else {
+                        values.insert(value, total);
+                    }
+                }
+            }
+            (
+                AccumulatorState::Bools { trues, falses },
+                AccumulatorState::Bools {
+                    trues: t,
+                    falses: f,
+                },
+            ) => {
+                *trues += t;
+                *falses += f;
+            }
+            _ => return Err(crate::internal!("merging states of different aggregates")),
+        }
+        Ok(())
+    }
+
     /// Appends this state to a checkpoint value.
     pub fn encode(&self, out: &mut crate::state::codec::Encoder) {
         match self {

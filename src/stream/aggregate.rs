@@ -36,6 +36,97 @@ pub struct AggregateCall {
     pub display: String,
 }
 
+/// Evaluating and folding a list of aggregate calls, shared by the
+/// aggregate and the session window aggregate.
+impl AggregateCall {
+    /// What a batch is evaluated for: each call's argument, then its FILTER.
+    pub(crate) fn exprs(calls: &[AggregateCall]) -> Vec<Arc<dyn PhysicalExpr>> {
+        let mut exprs = Vec::with_capacity(calls.len() * 2);
+        for call in calls {
+            exprs.push(call.argument.clone());
+            exprs.extend(call.filter.clone());
+        }
+        exprs
+    }
+
+    /// Each call's value for `accumulators` (one state per call).
+    pub(crate) fn values(
+        calls: &[AggregateCall],
+        accumulators: &[AccumulatorState],
+    ) -> Result<Vec<ScalarValue>> {
+        calls
+            .iter()
+            .zip(accumulators)
+            .map(|(call, state)| call.folder.value(state))
+            .collect()
+    }
+
+    /// The output columns of the calls for `rows` of values (each as
+    /// [`AggregateCall::values`] made them).
+    pub(crate) fn columns<'a>(
+        calls: &[AggregateCall],
+        rows: impl Iterator<Item = &'a [ScalarValue]> + Clone,
+    ) -> Result<Vec<ArrayRef>> {
+        (0..calls.len())
+            .map(|position| {
+                Ok(ScalarValue::iter_to_array(
+                    rows.clone().map(|values| values[position].clone()),
+                )?)
+            })
+            .collect()
+    }
+}
+
+/// One batch's input to a list of aggregate calls: each call's argument in
+/// its accumulation domain, and its FILTER mask.
+pub(crate) struct CallInputs(Vec<(PreparedInput, Option<BooleanArray>)>);
+
+impl CallInputs {
+    /// From the columns [`AggregateCall::exprs`] evaluated to, in order.
+    pub(crate) fn prepare(
+        calls: &[AggregateCall],
+        columns: &mut impl Iterator<Item = ArrayRef>,
+    ) -> Result<Self> {
+        let mut inputs = Vec::with_capacity(calls.len());
+        for call in calls {
+            let argument = columns
+                .next()
+                .ok_or_else(|| crate::internal!("missing argument"))?;
+            let filter = match &call.filter {
+                Some(_) => {
+                    let mask = columns
+                        .next()
+                        .ok_or_else(|| crate::internal!("missing filter"))?;
+                    Some(mask.as_boolean().clone())
+                }
+                None => None,
+            };
+            inputs.push((call.folder.prepare(&argument)?, filter));
+        }
+        Ok(Self(inputs))
+    }
+
+    /// Folds row `row` with `weight` into `accumulators` (one per call),
+    /// for each call whose FILTER keeps the row.
+    pub(crate) fn fold(
+        &self,
+        calls: &[AggregateCall],
+        accumulators: &mut [AccumulatorState],
+        row: usize,
+        weight: i64,
+    ) -> Result<()> {
+        for ((call, state), (input, filter)) in calls.iter().zip(accumulators).zip(&self.0) {
+            let selected = filter
+                .as_ref()
+                .is_none_or(|f| f.is_valid(row) && f.value(row));
+            if selected {
+                call.folder.update(state, input, row, weight)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Group {
     rows: i64,
     accumulators: Vec<AccumulatorState>,
@@ -117,11 +208,7 @@ impl AggregateOperator {
     }
 
     fn outputs(&self, group: &Group) -> Result<Vec<ScalarValue>> {
-        self.calls
-            .iter()
-            .zip(&group.accumulators)
-            .map(|(call, state)| call.folder.value(state))
-            .collect()
+        AggregateCall::values(&self.calls, &group.accumulators)
     }
 
     /// Builds a changelog from `(group key, aggregate values, weight)` rows.
@@ -131,16 +218,10 @@ impl AggregateOperator {
             let parser = codec.parser();
             columns.extend(codec.convert_rows(changes.iter().map(|(k, _, _)| parser.parse(k)))?);
         }
-        for (position, call) in self.calls.iter().enumerate() {
-            debug_assert!(
-                !changes.is_empty(),
-                "{} emitted an empty change",
-                call.display
-            );
-            columns.push(ScalarValue::iter_to_array(
-                changes.iter().map(|(_, v, _)| v[position].clone()),
-            )?);
-        }
+        columns.extend(AggregateCall::columns(
+            &self.calls,
+            changes.iter().map(|(_, v, _)| v.as_slice()),
+        )?);
         let weights = Int64Array::from(changes.iter().map(|(_, _, w)| *w).collect::<Vec<_>>());
         let options =
             datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(changes.len()));
@@ -250,32 +331,11 @@ impl Operator for AggregateOperator {
         // Evaluate group keys, arguments and filters in one pass so that a row
         // failing any of them is skipped from all.
         let mut exprs = self.group_exprs.clone();
-        for call in &self.calls {
-            exprs.push(call.argument.clone());
-            if let Some(filter) = &call.filter {
-                exprs.push(filter.clone());
-            }
-        }
+        exprs.extend(AggregateCall::exprs(&self.calls));
         let (batch, columns) = self.errors.evaluate(&exprs, &batch)?;
         let mut columns = columns.into_iter();
         let key_columns: Vec<ArrayRef> = columns.by_ref().take(self.group_exprs.len()).collect();
-        let mut inputs: Vec<(PreparedInput, Option<BooleanArray>)> =
-            Vec::with_capacity(self.calls.len());
-        for call in &self.calls {
-            let argument = columns
-                .next()
-                .ok_or_else(|| crate::internal!("missing argument"))?;
-            let filter = match &call.filter {
-                Some(_) => {
-                    let mask = columns
-                        .next()
-                        .ok_or_else(|| crate::internal!("missing filter"))?;
-                    Some(mask.as_boolean().clone())
-                }
-                None => None,
-            };
-            inputs.push((call.folder.prepare(&argument)?, filter));
-        }
+        let inputs = CallInputs::prepare(&self.calls, &mut columns)?;
         let keys = match &self.key_codec {
             Some(codec) => Some(codec.convert_columns(&key_columns)?),
             None => None,
@@ -320,19 +380,7 @@ impl Operator for AggregateOperator {
                 .get_mut(key)
                 .ok_or_else(|| crate::internal!("group vanished"))?;
             group.rows += weight;
-            for ((call, state), (input, filter)) in self
-                .calls
-                .iter()
-                .zip(group.accumulators.iter_mut())
-                .zip(&inputs)
-            {
-                let selected = filter
-                    .as_ref()
-                    .is_none_or(|f| f.is_valid(row) && f.value(row));
-                if selected {
-                    call.folder.update(state, input, row, weight)?;
-                }
-            }
+            inputs.fold(&self.calls, &mut group.accumulators, row, weight)?;
         }
 
         self.dirty.extend(touched.iter().cloned());

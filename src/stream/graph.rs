@@ -19,6 +19,8 @@ pub type NodeIndex = usize;
 
 struct GraphNode {
     id: u64,
+    /// The id the operator this one replaced had (`Operator::replaces`).
+    replaced_id: Option<u64>,
     op: Box<dyn Operator>,
     inputs: Vec<NodeIndex>,
     /// The node this one feeds, and which of its inputs it is.
@@ -60,15 +62,19 @@ impl StreamGraph {
     /// Adds an operator reading from `inputs` (already in the graph).
     pub fn add(&mut self, op: Box<dyn Operator>, inputs: Vec<NodeIndex>) -> NodeIndex {
         let index = self.nodes.len();
-        let mut identity = op.describe();
+        let mut input_ids = String::new();
         for (position, &input) in inputs.iter().enumerate() {
             debug_assert!(
                 self.nodes[input].parent.is_none(),
                 "a node feeds one parent"
             );
             self.nodes[input].parent = Some((index, position));
-            identity.push_str(&format!("|{:016x}", self.nodes[input].id));
+            input_ids.push_str(&format!("|{:016x}", self.nodes[input].id));
         }
+        let identity = format!("{}{input_ids}", op.describe());
+        let replaced_id = op
+            .replaces()
+            .map(|replaced| fnv1a64(format!("{replaced}{input_ids}").as_bytes()));
         // Identical subtrees (a table scanned twice) get distinct ids by
         // their order of appearance, which is deterministic for a plan.
         let mut id = fnv1a64(identity.as_bytes());
@@ -79,6 +85,7 @@ impl StreamGraph {
         }
         self.nodes.push(GraphNode {
             id,
+            replaced_id,
             op,
             inputs,
             parent: None,
@@ -315,8 +322,10 @@ impl StreamGraph {
     }
 
     /// Restores every stateful operator from its state table: the one with
-    /// its stable id, or else, when the checkpoint has as many stateful
-    /// operators, the one at its position (an eddy whose operator
+    /// its stable id (wherever it stands: a changed operator before it moves
+    /// its position), else the one of the operator it replaced
+    /// (`Operator::replaces`), or else, when the checkpoint has as many
+    /// stateful operators, the one at its position (an eddy whose operator
     /// descriptions changed gives the same plan other ids).
     pub fn restore(&mut self, prefix: &str, restored: &mut RestoredState) -> Result<()> {
         let operators = format!("{prefix}/op/");
@@ -332,19 +341,28 @@ impl StreamGraph {
             .filter(|n| n.op.is_stateful())
             .enumerate()
         {
-            let exact = format!("{operators}{position:03}-{:016x}", node.id);
+            let own = state_named_by_id(&restored.states, &operators, node.id);
+            let replaced = node
+                .replaced_id
+                .filter(|_| own.is_none())
+                .and_then(|id| state_named_by_id(&restored.states, &operators, id));
+            if let Some(name) = replaced {
+                let entries = restored.states.remove(&name).unwrap_or_default();
+                node.op.restore_replaced(entries)?;
+                continue;
+            }
             let by_position = format!("{operators}{position:03}-");
-            let name = if restored.states.contains_key(&exact) {
-                Some(exact)
-            } else if checkpointed == stateful {
-                restored
-                    .states
-                    .keys()
-                    .find(|k| k.starts_with(&by_position))
-                    .cloned()
-            } else {
-                None
-            };
+            let name = own.or_else(|| {
+                (checkpointed == stateful)
+                    .then(|| {
+                        restored
+                            .states
+                            .keys()
+                            .find(|k| k.starts_with(&by_position))
+                            .cloned()
+                    })
+                    .flatten()
+            });
             let entries = name
                 .and_then(|name| restored.states.remove(&name))
                 .ok_or_else(|| {
@@ -364,6 +382,20 @@ impl StreamGraph {
     pub fn last_error(&self) -> Option<String> {
         self.nodes.iter().rev().find_map(|n| n.op.last_error())
     }
+}
+
+/// The name of the state table under `operators` (`<prefix>/op/`) of the
+/// operator with stable id `id`, at whatever position.
+fn state_named_by_id<V>(
+    states: &std::collections::HashMap<String, V>,
+    operators: &str,
+    id: u64,
+) -> Option<String> {
+    let suffix = format!("-{id:016x}");
+    states
+        .keys()
+        .find(|k| k.starts_with(operators) && k.ends_with(&suffix))
+        .cloned()
 }
 
 /// FNV-1a: a small hash that is stable across builds and platforms, unlike

@@ -18,6 +18,7 @@ pub mod join;
 pub mod over;
 pub mod project;
 pub mod session;
+pub mod session_aggregate;
 pub mod shard;
 pub mod source;
 pub mod temporal;
@@ -222,6 +223,20 @@ pub trait Operator: Send {
     /// Replaces the state with checkpointed entries (instead of `start`).
     fn restore(&mut self, _entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
         Ok(())
+    }
+
+    /// The description of an operator that an earlier eddy planned in this
+    /// one's place (over the same inputs) and whose checkpointed state
+    /// [`Operator::restore_replaced`] takes, so that a view checkpointed
+    /// before an upgrade keeps its state after it.
+    fn replaces(&self) -> Option<String> {
+        None
+    }
+
+    /// Replaces the state with the checkpointed entries of the operator
+    /// [`Operator::replaces`] names.
+    fn restore_replaced(&mut self, _entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+        Err(crate::internal!("{} replaces no operator", self.describe()))
     }
 }
 

@@ -86,6 +86,39 @@ pub fn assign_sessions(
     with_windows(rows, &indices, starts, ends, schema)
 }
 
+/// `gap 10s on ts per [k]`: a session window for EXPLAIN.
+pub(crate) fn describe_session(
+    input_schema: &SchemaRef,
+    time_column: usize,
+    key_columns: &[usize],
+    gap: i64,
+) -> String {
+    let keys: Vec<&str> = key_columns
+        .iter()
+        .map(|&c| input_schema.field(c).name().as_str())
+        .collect();
+    format!(
+        "gap {} on {} per [{}]",
+        describe_micros(gap),
+        input_schema.field(time_column).name(),
+        keys.join(", ")
+    )
+}
+
+/// One key's checkpointed rows, `(time, encoded row, multiplicity)`, as
+/// [`SessionWindowOperator`] writes them.
+pub(crate) fn decode_key_rows(value: &[u8]) -> Result<Vec<TimedRow>> {
+    let mut d = Decoder::new(value);
+    let count = d.u64()?;
+    let mut rows = Vec::with_capacity(count.min(1 << 16) as usize);
+    for _ in 0..count {
+        let time = d.i64()?;
+        let row: Arc<[u8]> = d.bytes()?.into();
+        rows.push((time, row, d.i64()?));
+    }
+    Ok(rows)
+}
+
 /// Encodes the session keys (`key_columns` of rows of `schema`).
 fn key_codec(schema: &SchemaRef, key_columns: &[usize]) -> Result<RowCodec> {
     RowCodec::try_new(Arc::new(schema.project(key_columns)?))
@@ -94,13 +127,15 @@ fn key_codec(schema: &SchemaRef, key_columns: &[usize]) -> Result<RowCodec> {
 /// One key's rows: `(time, encoded row) -> multiplicity`, sorted by time.
 type KeyRows = BTreeMap<(i64, Arc<[u8]>), i64>;
 
-/// Changes of one batch by key: `(time, encoded row, weight)`.
-type ChangesByKey = KeyMap<Arc<[u8]>, Vec<(i64, Arc<[u8]>, i64)>>;
+/// `(time, encoded row, weight or multiplicity)`.
+pub(crate) type TimedRow = (i64, Arc<[u8]>, i64);
+
+/// Changes of one batch by key.
+type ChangesByKey = KeyMap<Arc<[u8]>, Vec<TimedRow>>;
 
 /// Streaming session assignment.
 pub struct SessionWindowOperator {
     time_column: usize,
-    time_column_name: String,
     key_columns: Vec<usize>,
     gap: i64,
     allowed_lateness: i64,
@@ -131,7 +166,6 @@ impl SessionWindowOperator {
     ) -> Result<Self> {
         Ok(Self {
             watermarked,
-            time_column_name: input_schema.field(time_column).name().clone(),
             key_codec: key_codec(&input_schema, &key_columns)?,
             codec: RowCodec::try_new(input_schema)?,
             time_column,
@@ -166,21 +200,19 @@ impl SessionWindowOperator {
 
 impl Operator for SessionWindowOperator {
     fn describe(&self) -> String {
-        let keys: Vec<&str> = self
-            .key_columns
-            .iter()
-            .map(|&c| self.codec.schema().field(c).name().as_str())
-            .collect();
         let state = if self.watermarked {
             "state: rows of open sessions, freed by watermark"
         } else {
             "state unbounded: no watermark on the time column"
         };
         format!(
-            "SessionWindow: gap {} on {} per [{}] ({state})",
-            describe_micros(self.gap),
-            self.time_column_name,
-            keys.join(", ")
+            "SessionWindow: {} ({state})",
+            describe_session(
+                self.codec.schema(),
+                self.time_column,
+                &self.key_columns,
+                self.gap
+            )
         )
     }
 
@@ -318,13 +350,10 @@ impl Operator for SessionWindowOperator {
         self.keys.clear();
         self.dirty.clear();
         for (key, value) in entries {
-            let mut d = Decoder::new(&value);
-            let mut rows = KeyRows::new();
-            for _ in 0..d.u64()? {
-                let time = d.i64()?;
-                let row: Arc<[u8]> = d.bytes()?.into();
-                rows.insert((time, row), d.i64()?);
-            }
+            let rows = decode_key_rows(&value)?
+                .into_iter()
+                .map(|(time, row, n)| ((time, row), n))
+                .collect();
             self.keys.insert(key.into(), rows);
         }
         Ok(())

@@ -77,6 +77,8 @@ pub struct ShardedOperator {
     /// Shards 1.., each on its own thread.
     remote: Vec<ShardThread>,
     description: String,
+    /// What the shards say they replaced (`Operator::replaces`).
+    replaces: Option<String>,
     stateful: bool,
     /// Per input, the key expressions over its rows.
     keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
@@ -179,6 +181,7 @@ impl ShardedOperator {
         let key_types = first.key_types();
         let key_codec = RowConverter::new(key_types.into_iter().map(SortField::new).collect())?;
         let description = first.describe();
+        let replaces = first.replaces();
         let stateful = first.is_stateful();
         let remote = shards
             .enumerate()
@@ -188,6 +191,7 @@ impl ShardedOperator {
             local: Box::new(first),
             remote,
             description,
+            replaces,
             stateful,
             keys,
             key_codec,
@@ -204,6 +208,19 @@ impl ShardedOperator {
 
     fn shard_of(&self, key: &[u8]) -> usize {
         (crate::stream::graph::fnv1a64(key) % self.shards() as u64) as usize
+    }
+
+    /// Checkpointed entries split by the shard that owns each key.
+    fn route_state(
+        &self,
+        entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> Result<Vec<BTreeMap<Vec<u8>, Vec<u8>>>> {
+        let mut parts = vec![BTreeMap::new(); self.shards()];
+        for (key, value) in entries {
+            let shard = self.shard_of((self.key_of_state)(&key)?);
+            parts[shard].insert(key, value);
+        }
+        Ok(parts)
     }
 
     /// Runs `work` on every shard with its part at once (shard 0 on this
@@ -383,12 +400,22 @@ impl Operator for ShardedOperator {
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
-        let mut parts = vec![BTreeMap::new(); self.shards()];
-        for (key, value) in entries {
-            let shard = self.shard_of((self.key_of_state)(&key)?);
-            parts[shard].insert(key, value);
-        }
+        let parts = self.route_state(entries)?;
         for restored in self.run(parts, |shard, part| shard.restore(part))? {
+            restored?;
+        }
+        Ok(())
+    }
+
+    fn replaces(&self) -> Option<String> {
+        self.replaces.clone()
+    }
+
+    /// The replaced operator keyed its state the same way (its shards would
+    /// have been these).
+    fn restore_replaced(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+        let parts = self.route_state(entries)?;
+        for restored in self.run(parts, |shard, part| shard.restore_replaced(part))? {
             restored?;
         }
         Ok(())
