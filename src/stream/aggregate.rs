@@ -128,8 +128,14 @@ impl CallInputs {
 }
 
 struct Group {
+    /// The group's key, shared with the map, the window index, the dirty
+    /// set and a batch's touched list (no copy per place).
+    key: Arc<[u8]>,
     rows: i64,
     accumulators: Vec<AccumulatorState>,
+    /// The batch that last changed it (`AggregateOperator::batch`): its
+    /// output before that batch is remembered once.
+    changed_in: u64,
 }
 
 /// How a windowed aggregate (GROUP BY ..., window_end) uses the watermark.
@@ -150,7 +156,7 @@ pub struct WindowedGroups {
 /// without scanning all state.
 #[derive(Default)]
 struct WindowIndex {
-    by_end: BTreeMap<i64, Vec<Box<[u8]>>>,
+    by_end: BTreeMap<i64, Vec<Arc<[u8]>>>,
 }
 
 pub struct AggregateOperator {
@@ -158,12 +164,14 @@ pub struct AggregateOperator {
     calls: Vec<AggregateCall>,
     /// Row encoding of group keys; `None` for an aggregate without GROUP BY.
     key_codec: Option<RowConverter>,
-    groups: KeyMap<Box<[u8]>, Group>,
+    groups: KeyMap<Arc<[u8]>, Group>,
     schema: SchemaRef,
     errors: RowErrorPolicy,
     window: Option<(WindowedGroups, WindowIndex)>,
     /// Groups changed (or removed) since the last checkpoint.
-    dirty: KeySet<Box<[u8]>>,
+    dirty: KeySet<Arc<[u8]>>,
+    /// Counts input batches (see `Group::changed_in`).
+    batch: u64,
 }
 
 impl AggregateOperator {
@@ -197,13 +205,16 @@ impl AggregateOperator {
             errors: RowErrorPolicy::default(),
             window: None,
             dirty: KeySet::default(),
+            batch: 0,
         })
     }
 
-    fn new_group(&self) -> Group {
+    fn new_group(calls: &[AggregateCall], key: Arc<[u8]>) -> Group {
         Group {
+            key,
             rows: 0,
-            accumulators: self.calls.iter().map(|c| c.folder.new_state()).collect(),
+            accumulators: calls.iter().map(|c| c.folder.new_state()).collect(),
+            changed_in: 0,
         }
     }
 
@@ -291,7 +302,7 @@ impl Operator for AggregateOperator {
         let still_open = index.by_end.split_off(&(closed_up_to + 1));
         let closed = std::mem::replace(&mut index.by_end, still_open);
         let emit = window.emit_on_close;
-        let mut finished: Vec<(Box<[u8]>, Group)> = Vec::new();
+        let mut finished: Vec<(Arc<[u8]>, Group)> = Vec::new();
         for key in closed.into_values().flatten() {
             self.dirty.insert(key.clone());
             if let Some(group) = self.groups.remove(&key) {
@@ -320,10 +331,11 @@ impl Operator for AggregateOperator {
             return Ok(vec![]);
         }
         // Without GROUP BY there is always exactly one output row.
-        let group = self.new_group();
+        let key: Arc<[u8]> = Arc::from(&[][..]);
+        let group = Self::new_group(&self.calls, key.clone());
         let values = self.outputs(&group)?;
-        self.groups.insert(Box::default(), group);
-        self.dirty.insert(Box::default());
+        self.groups.insert(key.clone(), group);
+        self.dirty.insert(key);
         Ok(vec![self.build_output(vec![(&[], values, 1)])?])
     }
 
@@ -353,40 +365,43 @@ impl Operator for AggregateOperator {
             None => None,
         };
 
-        // Fold every change; remember each touched group's output before.
-        let mut touched: Vec<Box<[u8]>> = Vec::new();
-        let mut before: KeyMap<Box<[u8]>, Option<Vec<ScalarValue>>> = KeyMap::default();
+        // Fold every change; remember each touched group's output before
+        // (`None`: the group is new).
+        self.batch += 1;
+        let batch_number = self.batch;
+        let mut touched: Vec<(Arc<[u8]>, Option<Vec<ScalarValue>>)> = Vec::new();
         for row in 0..batch.num_rows() {
             let key: &[u8] = keys.as_ref().map(|k| k.row(row).data()).unwrap_or(&[]);
-            if !before.contains_key(key) {
-                let old = self.groups.get(key).map(|g| self.outputs(g)).transpose()?;
-                before.insert(key.into(), old);
-                touched.push(key.into());
-            }
-            if !self.groups.contains_key(key) {
-                let group = self.new_group();
-                self.groups.insert(key.into(), group);
-                if let (Some((_, index)), Some(ends)) = (&mut self.window, &window_ends) {
-                    index
-                        .by_end
-                        .entry(ends.value(row))
-                        .or_default()
-                        .push(key.into());
+            let (group, created) = match self.groups.get_mut(key) {
+                Some(group) => (group, false),
+                None => {
+                    let key: Arc<[u8]> = Arc::from(key);
+                    if let (Some((_, index)), Some(ends)) = (&mut self.window, &window_ends) {
+                        let closing = index.by_end.entry(ends.value(row)).or_default();
+                        closing.push(key.clone());
+                    }
+                    let group = Self::new_group(&self.calls, key.clone());
+                    (self.groups.entry(key).or_insert(group), true)
                 }
+            };
+            if group.changed_in != batch_number {
+                group.changed_in = batch_number;
+                let before = match created {
+                    true => None,
+                    false => Some(AggregateCall::values(&self.calls, &group.accumulators)?),
+                };
+                touched.push((group.key.clone(), before));
             }
             let weight = batch.weights.value(row);
-            let group = self
-                .groups
-                .get_mut(key)
-                .ok_or_else(|| crate::internal!("group vanished"))?;
             group.rows += weight;
             inputs.fold(&self.calls, &mut group.accumulators, row, weight)?;
         }
 
-        self.dirty.extend(touched.iter().cloned());
+        self.dirty
+            .extend(touched.iter().map(|(key, _)| key.clone()));
         if self.window.as_ref().is_some_and(|(w, _)| w.emit_on_close) {
             // Nothing is emitted before the window closes; empty groups go.
-            for key in &touched {
+            for (key, _) in &touched {
                 if self.groups.get(key).is_some_and(|g| g.rows == 0) {
                     self.groups.remove(key);
                 }
@@ -398,7 +413,7 @@ impl Operator for AggregateOperator {
         let mut changes: Vec<(&[u8], Vec<ScalarValue>, i64)> = Vec::new();
         let mut after: Vec<Option<Vec<ScalarValue>>> = Vec::with_capacity(touched.len());
         let mut emptied: Vec<&[u8]> = Vec::new();
-        for key in &touched {
+        for (key, _) in &touched {
             let group = self
                 .groups
                 .get(key)
@@ -418,13 +433,12 @@ impl Operator for AggregateOperator {
                 None
             });
         }
-        for (key, new) in touched.iter().zip(after) {
-            let old = before.remove(key).flatten();
-            if old == new {
+        for ((key, old), new) in touched.iter().zip(after) {
+            if *old == new {
                 continue;
             }
             if let Some(old) = old {
-                changes.push((key, old, -1));
+                changes.push((key, old.clone(), -1));
             }
             if let Some(new) = new {
                 changes.push((key, new, 1));
@@ -491,8 +505,14 @@ impl Operator for AggregateOperator {
             let accumulators = (0..count)
                 .map(|_| AccumulatorState::decode(&mut d))
                 .collect::<Result<Vec<_>>>()?;
-            self.groups
-                .insert(key.as_slice().into(), Group { rows, accumulators });
+            let key: Arc<[u8]> = key.as_slice().into();
+            let group = Group {
+                key: key.clone(),
+                rows,
+                accumulators,
+                changed_in: 0,
+            };
+            self.groups.insert(key, group);
         }
         // Re-index windowed groups by the end of their window.
         if let (Some((window, index)), Some(codec)) = (&mut self.window, &self.key_codec) {
@@ -506,11 +526,10 @@ impl Operator for AggregateOperator {
                 )?;
                 let ends = ends.as_primitive::<TimestampMicrosecondType>();
                 for (row, key) in entries.keys().enumerate() {
-                    index
-                        .by_end
-                        .entry(ends.value(row))
-                        .or_default()
-                        .push(key.as_slice().into());
+                    if let Some(group) = self.groups.get(key.as_slice()) {
+                        let closing = index.by_end.entry(ends.value(row)).or_default();
+                        closing.push(group.key.clone());
+                    }
                 }
             }
         }
