@@ -12,6 +12,11 @@
 //!   arrow `take` of the batch (the copy every assignment makes);
 //! - `join`: a batch of bids probing 10,000 auctions' rows (inner join on
 //!   the auction id), against a `HashMap` probe of the same keys;
+//! - `session`: `count(*) GROUP BY bidder, window_start, window_end` over
+//!   `SESSION(bids, date_time, 10 s, bidder)` for 10 batches of bids of
+//!   1,000 bidders (sessions grow over all of them), as the general plan
+//!   (SessionWindow, then the aggregate) and as the session aggregate an
+//!   append-only input gets, against a `HashMap` count per bidder;
 //! - `state`: a view's row set taking a batch (the published snapshot's
 //!   copy-on-write map), and a checkpoint of an aggregate's 10,000 groups,
 //!   against a `BTreeMap` insert of the same encoded rows.
@@ -38,8 +43,12 @@ use eddy::sql::sink::MessageEncoding;
 use eddy::state::checkpoint::StateDelta;
 use eddy::state::{RowCodec, RowSet};
 use eddy::stream::accumulator::{AggregateFolder, AggregateKind};
-use eddy::stream::aggregate::{AggregateCall, AggregateOperator};
+use eddy::stream::aggregate::{AggregateCall, AggregateOperator, WindowedGroups};
 use eddy::stream::join::{JoinOperator, JoinSide};
+use eddy::stream::session::SessionWindowOperator;
+use eddy::stream::session_aggregate::{
+    SessionAggregateOperator, SessionClosing, SessionGroupColumn, SessionSpec,
+};
 use eddy::stream::shard::ShardedOperator;
 use eddy::stream::window::{windowed_schema, WindowAssignOperator, WindowSpec};
 use eddy::stream::{ChangeBatch, Operator};
@@ -257,6 +266,144 @@ fn window(c: &mut Criterion) {
     group.finish();
 }
 
+/// Batch `n` of a stream of bids of 1,000 bidders, 1 ms apart.
+fn session_bids(n: usize) -> RecordBatch {
+    let rows = bids(ROWS, 10 + n as u64);
+    let bidder = Int64Array::from_iter_values(int64s(&rows, 1).values().iter().map(|b| b % 1_000));
+    let shift = (n * ROWS) as i64 * 1_000;
+    let time = rows
+        .column(4)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .expect("time")
+        .values()
+        .iter()
+        .map(|t| t + shift);
+    let mut columns = rows.columns().to_vec();
+    columns[1] = Arc::new(bidder);
+    columns[4] = Arc::new(TimestampMicrosecondArray::from_iter_values(time));
+    RecordBatch::try_new(bid_schema(), columns).expect("session bids")
+}
+
+/// Sessions per bidder counted, as two operators and as one.
+fn session(c: &mut Criterion) {
+    const BATCHES: usize = 10;
+    let batches: Vec<RecordBatch> = (0..BATCHES).map(session_bids).collect();
+    let input = bid_schema();
+    let (time, bidder, gap) = (4, 1, 10_000_000);
+    let windowed = windowed_schema(&input, time);
+    let timestamp = DataType::Timestamp(TimeUnit::Microsecond, None);
+    let output = Arc::new(Schema::new(vec![
+        Field::new("bidder", DataType::Int64, false),
+        Field::new("window_start", timestamp.clone(), false),
+        Field::new("window_end", timestamp, false),
+        Field::new("bids", DataType::Int64, false),
+    ]));
+    let count = |schema: &Schema| AggregateCall {
+        folder: AggregateFolder::try_new(
+            AggregateKind::Count,
+            &DataType::Int64,
+            DataType::Int64,
+            &[],
+            None,
+        )
+        .expect("folder"),
+        argument: column("price", schema),
+        filter: None,
+        display: "count(*)".into(),
+    };
+    let pair = || -> Vec<Box<dyn Operator>> {
+        let session = SessionWindowOperator::try_new(
+            input.clone(),
+            time,
+            vec![bidder],
+            gap,
+            0,
+            windowed.clone(),
+            true,
+        )
+        .expect("session");
+        let groups = ["bidder", "window_start", "window_end"]
+            .map(|name| column(name, &windowed))
+            .to_vec();
+        let aggregate = AggregateOperator::try_new(groups, vec![count(&windowed)], output.clone())
+            .expect("aggregate")
+            .with_window(WindowedGroups {
+                end_key: 2,
+                allowed_lateness: 0,
+                emit_on_close: false,
+                watermarked: true,
+            });
+        vec![Box::new(session), Box::new(aggregate)]
+    };
+    let fused = || -> Vec<Box<dyn Operator>> {
+        let op = SessionAggregateOperator::try_new(
+            input.clone(),
+            SessionSpec {
+                time_column: time,
+                key_columns: vec![bidder],
+                gap,
+            },
+            SessionClosing {
+                allowed_lateness: 0,
+                emit_on_close: false,
+                watermarked: true,
+            },
+            vec![count(&input)],
+            vec![
+                SessionGroupColumn::Key(0),
+                SessionGroupColumn::WindowStart,
+                SessionGroupColumn::WindowEnd,
+            ],
+            output.clone(),
+        )
+        .expect("session aggregate");
+        vec![Box::new(op)]
+    };
+    let mut group = c.benchmark_group("session");
+    group.throughput(Throughput::Elements((BATCHES * ROWS) as u64));
+    group.bench_function("baseline: HashMap count per bidder", |b| {
+        b.iter(|| {
+            let mut counts: HashMap<i64, i64> = HashMap::new();
+            for rows in &batches {
+                for b in int64s(rows, 1).values() {
+                    *counts.entry(*b).or_default() += 1;
+                }
+            }
+            black_box(counts)
+        })
+    });
+    for (name, make) in [
+        (
+            "eddy: SessionWindow then the aggregate",
+            &pair as &dyn Fn() -> _,
+        ),
+        ("eddy: session aggregate (append-only input)", &fused),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                make,
+                |mut chain| {
+                    for rows in &batches {
+                        let mut changes = vec![insertions(rows.clone())];
+                        for op in chain.iter_mut() {
+                            let mut next = Vec::new();
+                            for batch in changes {
+                                next.extend(op.process(0, batch).expect("process"));
+                            }
+                            changes = next;
+                        }
+                        black_box(changes);
+                    }
+                    chain
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 fn auctions(count: i64) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
@@ -394,5 +541,5 @@ fn state(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(hot_paths, changelog, aggregate, window, join, state);
+criterion_group!(hot_paths, changelog, aggregate, window, join, session, state);
 criterion_main!(hot_paths);

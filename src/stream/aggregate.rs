@@ -127,6 +127,9 @@ impl CallInputs {
     }
 }
 
+/// A group's output row's aggregate values; `None`: it has no row.
+type GroupOutput = Option<Vec<ScalarValue>>;
+
 struct Group {
     /// The group's key, shared with the map, the window index, the dirty
     /// set and a batch's touched list (no copy per place).
@@ -369,7 +372,7 @@ impl Operator for AggregateOperator {
         // (`None`: the group is new).
         self.batch += 1;
         let batch_number = self.batch;
-        let mut touched: Vec<(Arc<[u8]>, Option<Vec<ScalarValue>>)> = Vec::new();
+        let mut touched: Vec<(Arc<[u8]>, GroupOutput)> = Vec::new();
         for row in 0..batch.num_rows() {
             let key: &[u8] = keys.as_ref().map(|k| k.row(row).data()).unwrap_or(&[]);
             let (group, created) = match self.groups.get_mut(key) {
@@ -411,7 +414,7 @@ impl Operator for AggregateOperator {
         // Emit -old +new for groups whose output changed.
         let global = self.key_codec.is_none();
         let mut changes: Vec<(&[u8], Vec<ScalarValue>, i64)> = Vec::new();
-        let mut after: Vec<Option<Vec<ScalarValue>>> = Vec::with_capacity(touched.len());
+        let mut after: Vec<GroupOutput> = Vec::with_capacity(touched.len());
         let mut emptied: Vec<&[u8]> = Vec::new();
         for (key, _) in &touched {
             let group = self
