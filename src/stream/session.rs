@@ -105,6 +105,26 @@ pub(crate) fn describe_session(
     )
 }
 
+/// How [`SessionWindowOperator`] describes itself (also the name a session
+/// aggregate finds its state by, having replaced it).
+pub(crate) fn describe_session_window(
+    input_schema: &SchemaRef,
+    time_column: usize,
+    key_columns: &[usize],
+    gap: i64,
+    watermarked: bool,
+) -> String {
+    let state = if watermarked {
+        "state: rows of open sessions, freed by watermark"
+    } else {
+        "state unbounded: no watermark on the time column"
+    };
+    format!(
+        "SessionWindow: {} ({state})",
+        describe_session(input_schema, time_column, key_columns, gap)
+    )
+}
+
 /// One key's checkpointed rows, `(time, encoded row, multiplicity)`, as
 /// [`SessionWindowOperator`] writes them.
 pub(crate) fn decode_key_rows(value: &[u8]) -> Result<Vec<TimedRow>> {
@@ -200,19 +220,12 @@ impl SessionWindowOperator {
 
 impl Operator for SessionWindowOperator {
     fn describe(&self) -> String {
-        let state = if self.watermarked {
-            "state: rows of open sessions, freed by watermark"
-        } else {
-            "state unbounded: no watermark on the time column"
-        };
-        format!(
-            "SessionWindow: {} ({state})",
-            describe_session(
-                self.codec.schema(),
-                self.time_column,
-                &self.key_columns,
-                self.gap
-            )
+        describe_session_window(
+            self.codec.schema(),
+            self.time_column,
+            &self.key_columns,
+            self.gap,
+            self.watermarked,
         )
     }
 

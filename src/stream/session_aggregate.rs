@@ -41,7 +41,7 @@ use datafusion::physical_plan::PhysicalExpr;
 
 use super::accumulator::{AccumulatorState, AggregateFolder};
 use super::aggregate::{AggregateCall, CallInputs};
-use super::session::{decode_key_rows, describe_session};
+use super::session::{decode_key_rows, describe_session, describe_session_window};
 use super::shard::KeyedOperator;
 use super::window::{times, LateCounter};
 use super::{ChangeBatch, Operator, RowErrorPolicy};
@@ -541,12 +541,13 @@ impl Operator for SessionAggregateOperator {
     /// The pair this operator replaces began with a `SessionWindow` over the
     /// same input.
     fn replaces(&self) -> Option<String> {
-        let state = if self.closing.watermarked {
-            "state: rows of open sessions, freed by watermark"
-        } else {
-            "state unbounded: no watermark on the time column"
-        };
-        Some(format!("SessionWindow: {} ({state})", self.session()))
+        Some(describe_session_window(
+            self.row_codec.schema(),
+            self.spec.time_column,
+            &self.spec.key_columns,
+            self.spec.gap,
+            self.closing.watermarked,
+        ))
     }
 
     /// The `SessionWindow`'s state holds the rows of the open sessions:
