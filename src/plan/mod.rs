@@ -377,18 +377,10 @@ impl Lowering<'_> {
             return Ok(None);
         }
 
-        let time_column = windowed.time_column;
-        let watermarked = relation.may_have_watermark_on(time_column);
-        self.windows_watermarked &= watermarked;
-        self.windows
-            .push((relation.id, input_schema.field(time_column).name().clone()));
+        let (scan_node, watermarked) = self.window_input(windowed);
         self.windowed_aggregate = true;
-        let scan_node = self.graph.add_scan(
-            relation.id,
-            Box::new(ScanOperator::new(relation.id, relation.name.clone(), None)),
-        );
         let spec = SessionSpec {
-            time_column,
+            time_column: windowed.time_column,
             key_columns: key_columns.clone(),
             gap: *gap,
         };
@@ -413,6 +405,22 @@ impl Lowering<'_> {
         Ok(Some(self.graph.add(op, vec![scan_node])))
     }
 
+    /// The scan a window table function reads, with the window noted (its
+    /// relation and time column, and whether a watermark reaches it, which
+    /// is returned too).
+    fn window_input(&mut self, windowed: &WindowedRelationProvider) -> (NodeIndex, bool) {
+        let relation = &windowed.relation;
+        let scan = self.graph.add_scan(
+            relation.id,
+            Box::new(ScanOperator::new(relation.id, relation.name.clone(), None)),
+        );
+        let watermarked = relation.may_have_watermark_on(windowed.time_column);
+        self.windows_watermarked &= watermarked;
+        let time_name = relation.rows().schema().field(windowed.time_column).name();
+        self.windows.push((relation.id, time_name.clone()));
+        (scan, watermarked)
+    }
+
     fn node(&mut self, plan: &LogicalPlan) -> Result<NodeIndex> {
         match plan {
             LogicalPlan::TableScan(scan)
@@ -426,10 +434,7 @@ impl Lowering<'_> {
                     .downcast_ref::<WindowedRelationProvider>()
                     .ok_or_else(|| crate::internal!("window provider vanished"))?;
                 let relation = &windowed.relation;
-                let scan_node = self.graph.add_scan(
-                    relation.id,
-                    Box::new(ScanOperator::new(relation.id, relation.name.clone(), None)),
-                );
+                let (scan_node, watermarked) = self.window_input(windowed);
                 let time_name = relation
                     .rows()
                     .schema()
@@ -437,8 +442,6 @@ impl Lowering<'_> {
                     .name()
                     .clone();
                 let schema = TableProvider::schema(windowed);
-                let watermarked = relation.may_have_watermark_on(windowed.time_column);
-                self.windows_watermarked &= watermarked;
                 let assign: Box<dyn crate::stream::Operator> = match &windowed.windowing {
                     Windowing::Fixed(spec) => Box::new(WindowAssignOperator::new(
                         windowed.time_column,
@@ -459,7 +462,6 @@ impl Lowering<'_> {
                         )?)
                     }
                 };
-                self.windows.push((relation.id, time_name));
                 let assigned = self.graph.add(assign, vec![scan_node]);
                 match &scan.projection {
                     None => Ok(assigned),
