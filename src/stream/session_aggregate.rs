@@ -91,6 +91,16 @@ struct Session {
 /// One key's open sessions by start (disjoint, so also ordered by end).
 type Sessions = BTreeMap<i64, Session>;
 
+/// A key's entry in the operator's map.
+struct KeySessions {
+    /// The key, shared with the map, the dirty set and a batch's changes
+    /// (no copy per place).
+    key: Arc<[u8]>,
+    /// The batch that last had rows of this key.
+    touched_in: u64,
+    sessions: Sessions,
+}
+
 /// A session's output row: key, start, end, the aggregates' values.
 type SessionRow = (Arc<[u8]>, i64, i64, Vec<ScalarValue>);
 
@@ -101,8 +111,8 @@ type SessionWindow = (Arc<[u8]>, i64, i64);
 struct Folded {
     /// The changed sessions' rows as they were before the batch.
     before: Vec<SessionRow>,
-    /// The keys the batch had rows of.
-    touched: KeySet<Arc<[u8]>>,
+    /// The keys the batch had rows of, each once.
+    touched: Vec<Arc<[u8]>>,
 }
 
 pub struct SessionAggregateOperator {
@@ -117,7 +127,7 @@ pub struct SessionAggregateOperator {
     row_codec: RowCodec,
     /// Encodes the key columns: the state's keys.
     key_codec: RowCodec,
-    keys: KeyMap<Arc<[u8]>, Sessions>,
+    keys: KeyMap<Arc<[u8]>, KeySessions>,
     /// Keys changed since the last checkpoint.
     dirty: KeySet<Arc<[u8]>>,
     watermark: Option<i64>,
@@ -178,7 +188,7 @@ impl SessionAggregateOperator {
         self.batch += 1;
         let closed_up_to = self.closed_up_to();
         let mut before: Vec<SessionRow> = Vec::new();
-        let mut touched: KeySet<Arc<[u8]>> = KeySet::default();
+        let mut touched: Vec<Arc<[u8]>> = Vec::new();
         let mut late = 0;
         for row in 0..batch.num_rows() {
             if times.is_null(row) {
@@ -197,16 +207,26 @@ impl SessionAggregateOperator {
                 ));
             }
             let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(row).data());
-            let sessions = match self.keys.get_mut(key) {
-                Some(sessions) => sessions,
-                None => self.keys.entry(Arc::from(key)).or_default(),
+            let entry = match self.keys.get_mut(key) {
+                Some(entry) => entry,
+                None => {
+                    let key: Arc<[u8]> = Arc::from(key);
+                    let entry = KeySessions {
+                        key: key.clone(),
+                        touched_in: 0,
+                        sessions: Sessions::new(),
+                    };
+                    self.keys.entry(key).or_insert(entry)
+                }
             };
-            if !touched.contains(key) {
-                touched.insert(Arc::from(key));
+            if entry.touched_in != self.batch {
+                entry.touched_in = self.batch;
+                touched.push(entry.key.clone());
             }
+            let KeySessions { key, sessions, .. } = entry;
             let mut retract = |start: i64, session: &Session| -> Result<()> {
                 let values = AggregateCall::values(&self.calls, &session.accumulators)?;
-                before.push((Arc::from(key), start, session.end, values));
+                before.push((key.clone(), start, session.end, values));
                 Ok(())
             };
             let session = session_at(
@@ -379,10 +399,10 @@ impl Operator for SessionAggregateOperator {
             .collect();
         let mut changes = Vec::new();
         for key in touched {
-            let Some(sessions) = self.keys.get(&key) else {
+            let Some(entry) = self.keys.get(&key) else {
                 continue;
             };
-            for (&start, session) in sessions {
+            for (&start, session) in &entry.sessions {
                 if session.changed_in != self.batch {
                     continue;
                 }
@@ -422,7 +442,8 @@ impl Operator for SessionAggregateOperator {
         let mut closed: Vec<(Arc<[u8]>, i64, Session)> = Vec::new();
         let mut earliest_end = i64::MAX;
         let dirty = &mut self.dirty;
-        self.keys.retain(|key, sessions| {
+        self.keys.retain(|key, entry| {
+            let sessions = &mut entry.sessions;
             let mut freed = false;
             while let Some(first) = sessions.first_entry() {
                 if first.get().end > closed_up_to {
@@ -460,7 +481,7 @@ impl Operator for SessionAggregateOperator {
 
     /// Open sessions plus the values kept by min/max/count(DISTINCT).
     fn state_keys(&self) -> u64 {
-        let sessions = self.keys.values().flat_map(|s| s.values());
+        let sessions = self.keys.values().flat_map(|k| k.sessions.values());
         sessions
             .map(|s| {
                 1 + s
@@ -487,10 +508,10 @@ impl Operator for SessionAggregateOperator {
     /// Key: the session key; value: its open sessions as `(start, end, rows,
     /// accumulators)`.
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
-        let encode = |sessions: &Sessions| {
+        let encode = |entry: &KeySessions| {
             let mut out = Encoder::new();
-            out.u64(sessions.len() as u64);
-            for (start, session) in sessions {
+            out.u64(entry.sessions.len() as u64);
+            for (start, session) in &entry.sessions {
                 out.i64(*start)
                     .i64(session.end)
                     .i64(session.rows)
@@ -533,7 +554,13 @@ impl Operator for SessionAggregateOperator {
                 };
                 sessions.insert(start, session);
             }
-            self.keys.insert(key.into(), sessions);
+            let key: Arc<[u8]> = key.into();
+            let entry = KeySessions {
+                key: key.clone(),
+                touched_in: 0,
+                sessions,
+            };
+            self.keys.insert(key, entry);
         }
         Ok(())
     }
