@@ -142,16 +142,21 @@ impl RowSet {
                 self.rows.insert(row, current + weight);
             }
         } else if weight < 0 {
-            let next = self.multiplicity(&row) + weight;
+            // Likewise most retracted rows go: one walk removes them; a row
+            // with copies left walks again to keep them (as does one
+            // retracted too often, put back before the refusal).
+            let current = self.rows.remove(&row).unwrap_or(0);
+            let next = current + weight;
             if next < 0 {
+                if current > 0 {
+                    self.rows.insert(row, current);
+                }
                 return Err(crate::internal!(
                     "row multiplicity would become {next}: a retraction of a row that is not there"
                 ));
             }
-            if next == 0 {
-                self.rows.remove(&row);
-            } else if let Some(current) = self.rows.get_mut(&row) {
-                *current = next;
+            if next > 0 {
+                self.rows.insert(row, next);
             }
         }
         self.len = (self.len as i64 + weight) as u64;
@@ -249,6 +254,10 @@ mod tests {
         assert_eq!(multiplicities(&rows), vec![(1, 1), (3, 1)]);
         assert_eq!(rows.len(), 2);
         let before = multiplicities(&rows);
+        // Refused on its own too, the row kept.
+        let one = rows.codec().encode(&changes(&[1], &[1]).rows).unwrap();
+        assert!(rows.add_encoded(one[0].clone(), -2).is_err());
+        assert_eq!((multiplicities(&rows), rows.len()), (before.clone(), 2));
         assert!(rows.apply(&changes(&[3, 1], &[1, -2])).is_err());
         assert!(rows.apply(&changes(&[5], &[-1])).is_err());
         assert_eq!(multiplicities(&rows), before);
