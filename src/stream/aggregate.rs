@@ -49,6 +49,11 @@ impl AggregateCall {
         exprs
     }
 
+    /// Each call's empty state.
+    pub(crate) fn new_states(calls: &[AggregateCall]) -> Vec<AccumulatorState> {
+        calls.iter().map(|c| c.folder.new_state()).collect()
+    }
+
     /// Each call's value for `accumulators` (one state per call).
     pub(crate) fn values(
         calls: &[AggregateCall],
@@ -216,7 +221,7 @@ impl AggregateOperator {
         Group {
             key,
             rows: 0,
-            accumulators: calls.iter().map(|c| c.folder.new_state()).collect(),
+            accumulators: AggregateCall::new_states(calls),
             changed_in: 0,
         }
     }
@@ -305,26 +310,26 @@ impl Operator for AggregateOperator {
         let still_open = index.by_end.split_off(&(closed_up_to + 1));
         let closed = std::mem::replace(&mut index.by_end, still_open);
         let emit = window.emit_on_close;
-        let mut finished: Vec<(Arc<[u8]>, Group)> = Vec::new();
+        let mut finished: Vec<Group> = Vec::new();
         for key in closed.into_values().flatten() {
-            self.dirty.insert(key.clone());
             if let Some(group) = self.groups.remove(&key) {
                 if emit && group.rows > 0 {
-                    finished.push((key, group));
+                    finished.push(group);
                 }
             }
+            self.dirty.insert(key);
         }
         if finished.is_empty() {
             return Ok((vec![], Some(watermark)));
         }
         let values = finished
             .iter()
-            .map(|(_, g)| self.outputs(g))
+            .map(|g| self.outputs(g))
             .collect::<Result<Vec<_>>>()?;
         let changes = finished
             .iter()
             .zip(values)
-            .map(|((key, _), v)| (key.as_ref(), v, 1))
+            .map(|(g, v)| (g.key.as_ref(), v, 1))
             .collect();
         Ok((vec![self.build_output(changes)?], Some(watermark)))
     }

@@ -319,7 +319,7 @@ fn session_at<'s>(
     let mut merged = Session {
         end: reach,
         rows: 0,
-        accumulators: calls.iter().map(|c| c.folder.new_state()).collect(),
+        accumulators: AggregateCall::new_states(calls),
         changed_in: batch,
     };
     let mut start = t;
