@@ -111,6 +111,90 @@ async fn json_source_with_metadata_and_bad_messages() {
     server.stop().await;
 }
 
+/// Each view's reader builds only the columns the view reads (a PROCTIME()
+/// column in between shifts the payload's columns), yet every view takes
+/// the same messages for bad.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_build_only_the_columns_they_read() {
+    let topic = fresh_topic("columns");
+    create_topic(&topic, 1).await;
+    let order = |id: i64, note: &str, amount: &str, second: i64, city: &str| {
+        format!(
+            r#"{{"id": {id}, "note": "{note}", "amount": {amount}, "ts": "2024-01-01 00:00:{second:02}", "city": "{city}"}}"#
+        )
+    };
+    let payloads = [
+        order(1, "a", "5", 1, "Oslo"),
+        order(2, "b", "7", 2, "Rome"),
+        order(3, "c", "\"lots\"", 3, "Oslo"),
+        order(4, "d", "1", 12, "Oslo"),
+    ];
+    let messages: Vec<(i32, Option<&str>, Option<&str>)> = payloads
+        .iter()
+        .map(|p| (0, None, Some(p.as_str())))
+        .collect();
+    produce(&topic, &messages).await;
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    execute(
+        &eddy,
+        &format!(
+            "CREATE SOURCE orders (id BIGINT, arrived TIMESTAMP AS PROCTIME(), note TEXT, amount INT,
+                ts TIMESTAMP, city TEXT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}')
+             FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW by_city AS SELECT city, sum(amount) AS total FROM orders GROUP BY city;
+             CREATE MATERIALIZED VIEW notes AS SELECT note FROM orders WHERE id > 1;
+             CREATE MATERIALIZED VIEW per_10s AS
+               SELECT window_start, count(*) AS n, max(note) AS last_note
+               FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end;
+             CREATE MATERIALIZED VIEW everything AS SELECT id, note, amount, ts, city FROM orders",
+            bootstrap()
+        ),
+    )
+    .await;
+    eventually(
+        &eddy,
+        "SELECT * FROM by_city",
+        vec![vec!["Oslo", "6"], vec!["Rome", "7"]],
+    )
+    .await;
+    eventually(&eddy, "SELECT * FROM notes", vec![vec!["b"], vec!["d"]]).await;
+    eventually(
+        &eddy,
+        "SELECT * FROM per_10s",
+        vec![
+            vec!["2024-01-01 00:00:00", "2", "b"],
+            vec!["2024-01-01 00:00:10", "1", "d"],
+        ],
+    )
+    .await;
+    eventually(
+        &eddy,
+        "SELECT * FROM everything",
+        vec![
+            vec!["1", "a", "5", "2024-01-01 00:00:01", "Oslo"],
+            vec!["2", "b", "7", "2024-01-01 00:00:02", "Rome"],
+            vec!["4", "d", "1", "2024-01-01 00:00:12", "Oslo"],
+        ],
+    )
+    .await;
+    // The bad amount is bad for every view, whether it reads amount or not.
+    let bad = sorted_rows(
+        &eddy,
+        "SELECT view, \"offset\" FROM eddy_catalog.source_errors",
+    )
+    .await;
+    assert_eq!(
+        bad,
+        ["by_city", "everything", "notes", "per_10s"]
+            .iter()
+            .map(|view| vec![view.to_string(), "2".to_string()])
+            .collect::<Vec<_>>()
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upsert_debezium_and_csv_sources() {
     let (upserts, changes, lines) = (

@@ -66,6 +66,11 @@ pub struct ReaderSpec {
     /// Where to resume, from a checkpoint; `None`: the source's startup
     /// position.
     pub resume: Option<ReaderPosition>,
+    /// The columns of `schema` the view reads (`None`: all). A reader may
+    /// leave the others unbuilt (placeholders of their type); it still
+    /// checks them, so that what it takes for a bad message does not depend
+    /// on the view.
+    pub columns_read: Option<Vec<usize>>,
 }
 
 impl SourceConnector {
@@ -146,6 +151,7 @@ fn spawn_generator(generator: Generator, spec: ReaderSpec) {
         runtime,
         stop,
         resume,
+        columns_read: _,
     } = spec;
     let clock_drives_watermark = matches!(
         (&proctime, &watermark),

@@ -377,7 +377,7 @@ impl Lowering<'_> {
             return Ok(None);
         }
 
-        let (scan_node, watermarked) = self.window_input(windowed);
+        let (scan_node, watermarked) = self.window_input(windowed, None);
         self.windowed_aggregate = true;
         let spec = SessionSpec {
             time_column: windowed.time_column,
@@ -407,11 +407,28 @@ impl Lowering<'_> {
 
     /// The scan a window table function reads, with the window noted (its
     /// relation and time column, and whether a watermark reaches it, which
-    /// is returned too).
-    fn window_input(&mut self, windowed: &WindowedRelationProvider) -> (NodeIndex, bool) {
+    /// is returned too). `projection`: the columns of the window's output
+    /// (the relation's, then the window's) read above it; `None`: all.
+    fn window_input(
+        &mut self,
+        windowed: &WindowedRelationProvider,
+        projection: Option<&[usize]>,
+    ) -> (NodeIndex, bool) {
         let relation = &windowed.relation;
-        let scan = self.graph.add_scan(
+        // The window operator reads the time column (and a session's keys);
+        // above it, the projection's columns of the relation.
+        let width = relation.rows().schema().fields().len();
+        let columns_read = projection.map(|projection| {
+            let mut read: Vec<usize> = projection.iter().copied().filter(|&c| c < width).collect();
+            read.push(windowed.time_column);
+            if let Windowing::Session { key_columns, .. } = &windowed.windowing {
+                read.extend(key_columns);
+            }
+            read
+        });
+        let scan = self.graph.add_scan_reading(
             relation.id,
+            columns_read,
             Box::new(ScanOperator::new(relation.id, relation.name.clone(), None)),
         );
         let watermarked = relation.may_have_watermark_on(windowed.time_column);
@@ -434,7 +451,8 @@ impl Lowering<'_> {
                     .downcast_ref::<WindowedRelationProvider>()
                     .ok_or_else(|| crate::internal!("window provider vanished"))?;
                 let relation = &windowed.relation;
-                let (scan_node, watermarked) = self.window_input(windowed);
+                let (scan_node, watermarked) =
+                    self.window_input(windowed, scan.projection.as_deref());
                 let time_name = relation
                     .rows()
                     .schema()
@@ -502,7 +520,9 @@ impl Lowering<'_> {
                 };
                 let op =
                     ScanOperator::new(relation.id, relation.name.clone(), scan.projection.clone());
-                Ok(self.graph.add_scan(relation.id, Box::new(op)))
+                Ok(self
+                    .graph
+                    .add_scan_reading(relation.id, scan.projection.clone(), Box::new(op)))
             }
             LogicalPlan::Projection(projection) => {
                 let input = self.node(&projection.input)?;

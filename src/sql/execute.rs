@@ -1204,6 +1204,10 @@ impl Engine {
             .as_ref()
             .map(|r| r.reader_watermarks.clone())
             .unwrap_or_default();
+        let columns_read: Vec<Option<Vec<usize>>> = readers
+            .iter()
+            .map(|(_, reader, _)| graph.columns_read(*reader))
+            .collect();
         self.runtime
             .create_view(ViewSpec {
                 id,
@@ -1216,7 +1220,9 @@ impl Engine {
             })
             .await?;
         drop(guards);
-        for ((source, reader, stop), resume) in readers.iter().zip(resume) {
+        for (((source, reader, stop), resume), columns_read) in
+            readers.iter().zip(resume).zip(columns_read)
+        {
             let watermark = source
                 .watermark
                 .map(|(column, delay)| TableWatermark::new(column, delay));
@@ -1235,6 +1241,7 @@ impl Engine {
                 runtime: self.runtime.clone(),
                 stop: stop.clone(),
                 resume,
+                columns_read,
             };
             match self.restoring_state().as_mut() {
                 // Recovering: readers start once every object is back, so

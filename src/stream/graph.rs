@@ -52,6 +52,9 @@ pub struct StreamGraph {
     nodes: Vec<GraphNode>,
     /// Scan leaves and the relation each reads.
     scans: Vec<(NodeIndex, RelationId)>,
+    /// Per scan (in the order of `scans`), the relation's columns it and
+    /// the operators above it read; `None`: all of them.
+    scan_columns: Vec<Option<Vec<usize>>>,
 }
 
 impl StreamGraph {
@@ -98,9 +101,38 @@ impl StreamGraph {
 
     /// Adds a scan leaf of `relation`.
     pub fn add_scan(&mut self, relation: RelationId, op: Box<dyn Operator>) -> NodeIndex {
+        self.add_scan_reading(relation, None, op)
+    }
+
+    /// Adds a scan leaf of `relation` above which only `columns` of the
+    /// relation are read (`None`: all). A source's reader may then leave
+    /// the other columns unbuilt (see [`Self::columns_read`]).
+    pub fn add_scan_reading(
+        &mut self,
+        relation: RelationId,
+        columns: Option<Vec<usize>>,
+        op: Box<dyn Operator>,
+    ) -> NodeIndex {
         let index = self.add(op, vec![]);
         self.scans.push((index, relation));
+        self.scan_columns.push(columns);
         index
+    }
+
+    /// The columns of `relation` that this graph reads, ascending (`None`:
+    /// all, or it does not read the relation).
+    pub fn columns_read(&self, relation: RelationId) -> Option<Vec<usize>> {
+        let mut read = Vec::new();
+        let mut scanned = false;
+        for ((_, r), columns) in self.scans.iter().zip(&self.scan_columns) {
+            if *r == relation {
+                scanned = true;
+                read.extend(columns.as_ref()?);
+            }
+        }
+        read.sort_unstable();
+        read.dedup();
+        scanned.then_some(read)
     }
 
     /// The scan leaves that read `relation`.

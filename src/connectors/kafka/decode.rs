@@ -5,11 +5,14 @@
 //! `ENCODE AVRO (schema = '...')` or `(schema.file = 'path')`; each becomes
 //! a JSON object (timestamps normalized to µs) and goes the JSON way.
 //!
-//! A batch of payloads is decoded in one go (the fast path). When that
-//! fails, each payload is decoded alone to find the bad ones; the good ones
-//! become the batch. Decoding uses an all-nullable schema so that a missing
-//! field decodes; a NOT NULL column that came out null is then a bad message
-//! ("missing required field").
+//! JSON goes through eddy's one-pass decoder ([`super::json`]), which can
+//! build just the columns a reader asks for, when it takes every column's
+//! type; otherwise through arrow-json (and CSV through arrow-csv), all
+//! columns built: a batch of payloads is decoded in one go (the fast path).
+//! When that fails, each payload is decoded alone to find the bad ones; the
+//! good ones become the batch. Decoding uses an all-nullable schema so that
+//! a missing field decodes; a NOT NULL column that came out null is then a
+//! bad message ("missing required field").
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -19,6 +22,7 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 
+use super::json::JsonDecoder;
 use crate::catalog::all_nullable;
 use crate::error::{EddyError, Result};
 use crate::sql::sink::MessageEncoding;
@@ -33,6 +37,8 @@ pub struct PayloadDecoder {
     schema: SchemaRef,
     decode_schema: SchemaRef,
     delimiter: u8,
+    /// JSON (and Avro) when every column's type is one it builds.
+    json: Option<Arc<JsonDecoder>>,
 }
 
 /// Decoded rows, and the payloads that could not be decoded.
@@ -95,17 +101,33 @@ impl PayloadDecoder {
             }
             _ => None,
         };
+        let json = match encoding {
+            MessageEncoding::Json | MessageEncoding::Avro => {
+                JsonDecoder::new(schema.clone()).map(Arc::new)
+            }
+            MessageEncoding::Csv => None,
+        };
         Ok(Self {
             encoding,
             avro,
             decode_schema: all_nullable(&schema),
             schema,
             delimiter,
+            json,
         })
     }
 
-    /// Decodes `payloads`, one row each.
-    pub fn decode(&self, payloads: &[&[u8]]) -> Result<Decoded> {
+    /// This decoder with JSON decoded by arrow-json, all columns built (the
+    /// path schemas the one-pass decoder does not take go; benchmarks
+    /// compare the two).
+    pub fn with_arrow_json(self) -> Self {
+        Self { json: None, ..self }
+    }
+
+    /// Decodes `payloads`, one row each. `build` marks the columns the
+    /// caller reads (`None`: all); the others may come out as placeholders
+    /// (see [`JsonDecoder`]). Which payloads are bad does not depend on it.
+    pub fn decode(&self, payloads: &[&[u8]], build: Option<&[bool]>) -> Result<Decoded> {
         if let Some(schema) = &self.avro {
             // Avro datums to JSON objects, then the JSON way.
             let mut json = Vec::with_capacity(payloads.len());
@@ -126,7 +148,7 @@ impl PayloadDecoder {
                 ..self.clone()
             };
             let slices: Vec<&[u8]> = json.iter().map(|j| j.as_bytes()).collect();
-            let mut decoded = as_json.decode(&slices)?;
+            let mut decoded = as_json.decode(&slices, build)?;
             decoded.payload_of_row = decoded.payload_of_row.iter().map(|&p| origin[p]).collect();
             for (payload, reason) in decoded.bad.drain(..) {
                 bad.push((origin[payload], reason));
@@ -134,6 +156,9 @@ impl PayloadDecoder {
             bad.sort();
             decoded.bad = bad;
             return Ok(decoded);
+        }
+        if let (MessageEncoding::Json, Some(json)) = (self.encoding, &self.json) {
+            return json.decode(payloads, build);
         }
         if payloads.is_empty() {
             return Ok(Decoded {
@@ -337,12 +362,255 @@ mod tests {
             br#"{"name": "no id"}"#,
             br#"{"id": 5}"#,
         ];
-        let decoded = decoder.decode(&payloads).unwrap();
+        let decoded = decoder.decode(&payloads, None).unwrap();
         assert_eq!(decoded.rows.num_rows(), 2);
         assert_eq!(decoded.payload_of_row, vec![0, 4]);
         let bad: Vec<usize> = decoded.bad.iter().map(|b| b.0).collect();
         assert_eq!(bad, vec![1, 2, 3]);
         assert!(decoded.bad[2].1.contains("missing required field \"id\""));
+    }
+
+    /// Every column type the one-pass JSON decoder builds, NOT NULL too.
+    fn all_types() -> SchemaRef {
+        schema_of(vec![
+            Field::new("b", DataType::Boolean, true),
+            Field::new("i16", DataType::Int16, true),
+            Field::new("i32", DataType::Int32, true),
+            Field::new("id", DataType::Int64, false),
+            Field::new("f32", DataType::Float32, true),
+            Field::new("f64", DataType::Float64, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("d", DataType::Date32, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new(
+                "tz",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            ),
+        ])
+    }
+
+    /// Payloads in and around JSON: good objects, and every way arrow-json
+    /// is lenient or strict about them.
+    fn generated_payloads(count: usize, seed: u64) -> Vec<Vec<u8>> {
+        const VALUES: &[&str] = &[
+            "0",
+            "-1",
+            "1.5",
+            "1e3",
+            "32767",
+            "32768",
+            "-2147483649",
+            "9223372036854775807",
+            "9223372036854775808",
+            "1-2",
+            "--1",
+            "1e",
+            "01",
+            "1E+2",
+            "-0.0",
+            "+1",
+            ".5",
+            "1.0e400",
+            "19723",
+            r#""abc""#,
+            r#""12""#,
+            r#"" 12 ""#,
+            r#""1.5""#,
+            r#""-7""#,
+            r#""2024-01-01T00:00:00.001""#,
+            r#""2024-01-01 00:00:00+02:00""#,
+            r#""2024-01-01T10:11:12Z""#,
+            r#""2024-02-30""#,
+            r#""2024-01-01""#,
+            r#""2024-01-01T25:00:00""#,
+            r#""true""#,
+            r#""a\nb""#,
+            r#""\u00e9""#,
+            r#""\ud83d\ude00""#,
+            r#""\ud83d""#,
+            r#""\ude00\ud83d""#,
+            r#""\x""#,
+            r#""\u12""#,
+            "\"\u{e9}t\u{e9}\"",
+            r#""\"quoted\"""#,
+            "true",
+            "false",
+            "null",
+            "tru",
+            "nul",
+            "{}",
+            r#"{"a": [1, {"b": null}]}"#,
+            "[1, 2,]",
+            "[]",
+            "[1 2]",
+            r#"{"a" 1}"#,
+            "[[[[]]]]",
+            r#"{"a":{"b":{"c":"\u0041"}}}"#,
+            "[",
+            "{",
+            "\"open",
+            r#""2024-02-29T12:00:00""#,
+            r#""2023-02-29T00:00:00""#,
+            r#""2024-12-31T23:59:59.999999999""#,
+            r#""2024-01-01T00:00:60""#,
+            r#""2024-01-01T00:60:00""#,
+            r#""2024-01-01t00:00:00""#,
+            r#""2024-01-01 00:00:00.""#,
+            r#""2024-01-01T00:00:00.1234567891""#,
+            r#""0000-01-01T00:00:00""#,
+            r#""1969-12-31T23:59:59.5""#,
+            r#""2024-04-31T00:00:00""#,
+            r#""2024-13-01T00:00:00""#,
+            r#""2100-02-29T00:00:00""#,
+            r#""2000-02-29T00:00:00.000001""#,
+            r#""2024-1-01T00:00:00""#,
+            r#""2024-01-01T00:00:00.5+01:00""#,
+            r#""2024-01-01T00:00:00Z""#,
+            r#""+2024-01-01T00:00:00""#,
+        ];
+        const KEYS: &[&str] = &[
+            "b",
+            "i16",
+            "i32",
+            "id",
+            "f32",
+            "f64",
+            "s",
+            "d",
+            "ts",
+            "tz",
+            "other",
+            "ID",
+            r#"i\u0064"#,
+        ];
+        let mut state = seed;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        (0..count)
+            .map(|_| {
+                let mut text = String::new();
+                match next(40) {
+                    0 => return b"".to_vec(),
+                    1 => return b"not json".to_vec(),
+                    2 => return b"{\"id\": 1, \"s\": \"\xff\"}".to_vec(),
+                    3 => text.push_str("  "),
+                    4 => text.push('['),
+                    _ => {}
+                }
+                text.push('{');
+                // The NOT NULL field, mostly there.
+                let with_id = next(5) != 0;
+                if with_id {
+                    text.push_str(&format!("\"id\": {}", next(1000)));
+                }
+                for field in 0..next(8) {
+                    let separator = match next(12) {
+                        0 => "",
+                        1 => ",,",
+                        2 => " , ",
+                        _ if field == 0 && !with_id => "",
+                        _ => ",",
+                    };
+                    text.push_str(separator);
+                    // Mostly well-typed values, so that most rows decode.
+                    let key = KEYS[next(KEYS.len())];
+                    let value = match (next(6), key) {
+                        (0, _) => VALUES[next(VALUES.len())].to_string(),
+                        (_, "b") => ["true", "false"][next(2)].to_string(),
+                        (_, "s") => format!("\"s{}\"", next(100)),
+                        (_, "ts" | "tz") => format!(
+                            "\"2024-01-0{}T00:00:0{}.{}\"",
+                            1 + next(9),
+                            next(10),
+                            next(1000)
+                        ),
+                        (_, "d") => ["\"2024-03-01\"", "19000"][next(2)].to_string(),
+                        _ => format!("{}", next(1000)),
+                    };
+                    text.push_str(&format!("\"{key}\"{}:{value}", [" ", ""][next(2)]));
+                }
+                text.push('}');
+                match next(30) {
+                    0 => text.push_str(" {}"),
+                    1 => text.push_str(" x"),
+                    2 => text.push('\n'),
+                    3 => {
+                        text.pop();
+                    }
+                    _ => {}
+                }
+                text.into_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_pass_json_agrees_with_arrow_json() {
+        let one_pass =
+            PayloadDecoder::try_new(MessageEncoding::Json, all_types(), &BTreeMap::new()).unwrap();
+        assert!(one_pass.json.is_some(), "takes every column type");
+        let arrow = one_pass.clone().with_arrow_json();
+        let mut accepted = 0;
+        for seed in 1..=40u64 {
+            let payloads = generated_payloads(250, seed);
+            let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+            let expected = arrow.decode(&payloads, None).unwrap();
+            let actual = one_pass.decode(&payloads, None).unwrap();
+            let bad = |d: &Decoded| d.bad.iter().map(|b| b.0).collect::<Vec<_>>();
+            for (index, payload) in payloads.iter().enumerate() {
+                let verdict = |d: &Decoded| d.payload_of_row.contains(&index);
+                assert_eq!(
+                    verdict(&actual),
+                    verdict(&expected),
+                    "payload {}: {:?} vs {:?}",
+                    String::from_utf8_lossy(payload),
+                    actual.bad.iter().find(|b| b.0 == index),
+                    expected.bad.iter().find(|b| b.0 == index),
+                );
+            }
+            assert_eq!(bad(&actual), bad(&expected));
+            assert_eq!(actual.rows, expected.rows, "seed {seed}");
+            accepted += actual.rows.num_rows();
+
+            // Building a few columns: the same verdicts, the same values in
+            // the columns built.
+            let build = [
+                false, true, false, true, false, false, true, false, true, false,
+            ];
+            let projected = one_pass.decode(&payloads, Some(&build)).unwrap();
+            assert_eq!(bad(&projected), bad(&expected));
+            for (column, built) in build.iter().enumerate() {
+                if *built {
+                    assert_eq!(projected.rows.column(column), expected.rows.column(column));
+                }
+            }
+        }
+        // The generator makes both kinds in earnest.
+        assert!(
+            accepted > 2000 && accepted < 8000,
+            "{accepted} of 10000 accepted"
+        );
+    }
+
+    #[test]
+    fn columns_not_built_are_placeholders_of_their_type() {
+        let decoder =
+            PayloadDecoder::try_new(MessageEncoding::Json, all_types(), &BTreeMap::new()).unwrap();
+        let payloads: Vec<&[u8]> = vec![br#"{"id": 7, "s": "x", "ts": "2024-01-01T00:00:00"}"#];
+        let build = [false; 10];
+        let decoded = decoder.decode(&payloads, Some(&build)).unwrap();
+        assert_eq!(decoded.rows.schema(), all_types());
+        assert_eq!(decoded.rows.column(6).null_count(), 1, "nullable: null");
+        assert_eq!(decoded.rows.column(3).null_count(), 0, "NOT NULL: zero");
+        // A NOT NULL field that is missing is bad whether built or not.
+        let payloads: Vec<&[u8]> = vec![br#"{"s": "x"}"#];
+        let decoded = decoder.decode(&payloads, Some(&build)).unwrap();
+        assert!(decoded.bad[0].1.contains("missing required field \"id\""));
     }
 
     #[test]
@@ -366,7 +634,7 @@ mod tests {
         record.put("ts", apache_avro::types::Value::TimestampMillis(1_000));
         let datum = apache_avro::to_avro_datum(&avro, record).unwrap();
         let payloads: Vec<&[u8]> = vec![&datum, b"\x01garbage"];
-        let decoded = decoder.decode(&payloads).unwrap();
+        let decoded = decoder.decode(&payloads, None).unwrap();
         assert_eq!(decoded.payload_of_row, vec![0]);
         assert_eq!(decoded.bad.len(), 1);
         let ts = decoded
@@ -386,7 +654,7 @@ mod tests {
         let options = BTreeMap::from([("delimiter".to_string(), ";".to_string())]);
         let decoder = PayloadDecoder::try_new(MessageEncoding::Csv, schema(), &options).unwrap();
         let payloads: Vec<&[u8]> = vec![b"1;a;2024-01-01 00:00:01", b"oops;b;", b"3;;"];
-        let decoded = decoder.decode(&payloads).unwrap();
+        let decoded = decoder.decode(&payloads, None).unwrap();
         assert_eq!(decoded.payload_of_row, vec![0, 2]);
         assert_eq!(decoded.bad.len(), 1);
     }

@@ -26,6 +26,7 @@
 //! (when every partition is at its end, those that had messages decide).
 
 pub mod decode;
+mod json;
 pub mod sink;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -685,6 +686,7 @@ pub fn spawn_reader(config: Arc<KafkaSourceConfig>, spec: super::ReaderSpec) {
         runtime,
         stop,
         resume,
+        columns_read,
     } = spec;
     let resume = match resume {
         Some(ReaderPosition::Kafka {
@@ -695,7 +697,8 @@ pub fn spawn_reader(config: Arc<KafkaSourceConfig>, spec: super::ReaderSpec) {
     };
     tokio::spawn(async move {
         let progress = config.progress.clone();
-        let reader = Reader::new(config, schema, proctime, watermark, relation, view.clone());
+        let reader = Reader::new(config, schema, proctime, watermark, relation, view.clone())
+            .map(|r| r.building(columns_read.as_deref()));
         let mut reader = match reader.map(|r| r.resuming(resume)) {
             Ok(reader) => reader,
             Err(e) => {
@@ -756,6 +759,9 @@ struct Reader {
     codec: RowCodec,
     /// Resuming from a checkpoint: the next offset to deliver per partition.
     resume: Option<BTreeMap<i32, i64>>,
+    /// The payload columns to build (`None`: all): those the view reads,
+    /// and the watermark's.
+    build: Option<Vec<bool>>,
 }
 
 impl Reader {
@@ -782,7 +788,39 @@ impl Reader {
             upserted: Default::default(),
             codec,
             resume: None,
+            build: None,
         })
+    }
+
+    /// Builds only the payload columns among `columns_read` (columns of the
+    /// reader's schema, which has a PROCTIME() column the payload lacks)
+    /// and the watermark's.
+    fn building(mut self, columns_read: Option<&[usize]>) -> Self {
+        let Some(columns_read) = columns_read else {
+            return self;
+        };
+        let payload_columns = self.config.schema().fields().len() - self.config.metadata.len();
+        let mut build = vec![false; payload_columns];
+        let proctime = self.proctime.as_ref().map(|p| p.column);
+        for &column in columns_read {
+            let column = match proctime {
+                Some(p) if column == p => continue,
+                Some(p) if column > p => column - 1,
+                _ => column,
+            };
+            if let Some(built) = build.get_mut(column) {
+                *built = true;
+            }
+        }
+        if let Some(built) = self
+            .watermark
+            .as_ref()
+            .and_then(|w| build.get_mut(w.column))
+        {
+            *built = true;
+        }
+        self.build = (!build.iter().all(|b| *b)).then_some(build);
+        self
     }
 
     /// Resumes at checkpointed offsets. An UPSERT source re-reads its
@@ -1058,7 +1096,10 @@ impl Reader {
             }
         }
         let payloads: Vec<&[u8]> = pieces.iter().map(|(_, p, _)| p.as_ref()).collect();
-        let decoded = self.config.decoder.decode(&payloads)?;
+        let decoded = self
+            .config
+            .decoder
+            .decode(&payloads, self.build.as_deref())?;
         bad.extend(
             decoded
                 .bad

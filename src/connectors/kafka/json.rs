@@ -1,0 +1,983 @@
+//! JSON objects to Arrow columns in one pass: the Kafka source's
+//! `ENCODE JSON` (and `ENCODE AVRO`, which goes through JSON).
+//!
+//! arrow-json's decoder copies every string and number of a batch into a
+//! tape first, then builds every column of the schema from the tape. A view
+//! mostly reads a few of a topic's fields (Nexmark q8 reads 3 of the 18
+//! fields of persons and auctions, and the long `extra` strings not at all),
+//! so this decoder scans each payload once, noting where the value of each
+//! declared field lies, then checks every declared field's value against
+//! its column's type but builds only the columns it is asked for; a column
+//! not asked for comes out as a placeholder (nulls, or zeros under NOT
+//! NULL) that nothing downstream reads.
+//!
+//! Invariants:
+//! - Whether a payload is accepted never depends on which columns are
+//!   built: every declared field is checked. Views reading different
+//!   columns of one topic therefore agree on its bad messages.
+//! - A payload is accepted exactly when arrow-json accepts it as one row of
+//!   the all-nullable schema, with the same values (the tests run both over
+//!   generated payloads); this includes arrow-json's leniencies: commas
+//!   between fields may be missing or doubled, a number is any run of
+//!   `0-9 + - . e E` until its column parses it, a numeric string fills a
+//!   numeric column, a fractional number fills an integer column (truncated),
+//!   the last of repeated fields wins (the earlier ones are not checked).
+//! - A row is appended to the columns only once all its fields checked out;
+//!   a bad payload leaves nothing behind.
+//!
+//! Schemas with a column type not listed in [`ColumnType`] are decoded by
+//! arrow-json (see `decode.rs`).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::timezone::Tz;
+use datafusion::arrow::array::{
+    make_array, new_null_array, Array, ArrayRef, BooleanBuilder, PrimitiveBuilder, RecordBatch,
+    RecordBatchOptions, StringBuilder,
+};
+use datafusion::arrow::compute::kernels::cast_utils::{string_to_datetime, Parser};
+use datafusion::arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
+use num_traits::NumCast;
+
+use super::decode::Decoded;
+use crate::error::Result;
+
+/// The column types this decoder builds (the types of eddy's SQL types that
+/// JSON carries as numbers, strings and booleans).
+#[derive(Debug, Clone)]
+enum ColumnType {
+    Boolean,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Utf8,
+    Date32,
+    /// Microseconds; a string without an offset is read in this zone
+    /// (UTC when the column has none).
+    Timestamp(Option<Tz>),
+}
+
+/// Whether naive timestamps of a column are read as UTC (no zone, or the
+/// `+00:00` eddy gives TIMESTAMP WITH TIME ZONE).
+fn reads_naive_as_utc(zone: &Option<Tz>) -> bool {
+    match zone {
+        None => true,
+        Some(zone) => {
+            use chrono::{Offset, TimeZone};
+            // A fixed zone: the same offset in winter and in summer.
+            let winter = chrono::DateTime::UNIX_EPOCH.naive_utc();
+            let summer = winter + chrono::Days::new(180);
+            [winter, summer]
+                .iter()
+                .all(|t| zone.offset_from_utc_datetime(t).fix().local_minus_utc() == 0)
+        }
+    }
+}
+
+impl ColumnType {
+    fn of(data_type: &DataType) -> Option<Self> {
+        Some(match data_type {
+            DataType::Boolean => Self::Boolean,
+            DataType::Int16 => Self::Int16,
+            DataType::Int32 => Self::Int32,
+            DataType::Int64 => Self::Int64,
+            DataType::Float32 => Self::Float32,
+            DataType::Float64 => Self::Float64,
+            DataType::Utf8 => Self::Utf8,
+            DataType::Date32 => Self::Date32,
+            DataType::Timestamp(TimeUnit::Microsecond, zone) => Self::Timestamp(match zone {
+                Some(zone) => Some(zone.parse().ok()?),
+                None => None,
+            }),
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Column {
+    name: Box<[u8]>,
+    column_type: ColumnType,
+    /// NOT NULL: a missing or null field makes the payload bad.
+    required: bool,
+    /// A timestamp column that reads naive timestamps as UTC (its common
+    /// form is then parsed without arrow's general parser).
+    naive_utc: bool,
+}
+
+/// Decodes payloads that are each one JSON object into rows of a schema.
+#[derive(Debug)]
+pub struct JsonDecoder {
+    schema: SchemaRef,
+    columns: Vec<Column>,
+}
+
+/// What kind of JSON value a field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `escaped`: it has backslash escapes (its bytes are not its text).
+    String {
+        escaped: bool,
+    },
+    Number,
+    True,
+    False,
+    Null,
+    /// An object or a list (no declared column takes one).
+    Nested,
+}
+
+/// Where a field's value lies in its payload: for a string, the bytes
+/// between the quotes.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    kind: Kind,
+}
+
+/// A field's value, checked against its column's type.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Null,
+    Boolean(bool),
+    /// Integers, dates (days) and timestamps (µs).
+    Int(i64),
+    Float32(f32),
+    Float64(f64),
+    /// Text at these bytes of the payload.
+    Text(usize, usize),
+    /// Text at these bytes of the row's unescaped-text buffer.
+    Unescaped(usize, usize),
+}
+
+/// A column being built for one batch.
+enum Builder {
+    /// Not asked for: its values are checked, not kept.
+    Skipped,
+    Boolean(BooleanBuilder),
+    Int16(PrimitiveBuilder<Int16Type>),
+    Int32(PrimitiveBuilder<Int32Type>),
+    Int64(PrimitiveBuilder<Int64Type>),
+    Float32(PrimitiveBuilder<Float32Type>),
+    Float64(PrimitiveBuilder<Float64Type>),
+    Utf8(StringBuilder),
+    Date32(PrimitiveBuilder<Date32Type>),
+    Timestamp(PrimitiveBuilder<TimestampMicrosecondType>),
+}
+
+impl Builder {
+    fn new(column_type: &ColumnType, capacity: usize) -> Self {
+        match column_type {
+            ColumnType::Boolean => Self::Boolean(BooleanBuilder::with_capacity(capacity)),
+            ColumnType::Int16 => Self::Int16(PrimitiveBuilder::with_capacity(capacity)),
+            ColumnType::Int32 => Self::Int32(PrimitiveBuilder::with_capacity(capacity)),
+            ColumnType::Int64 => Self::Int64(PrimitiveBuilder::with_capacity(capacity)),
+            ColumnType::Float32 => Self::Float32(PrimitiveBuilder::with_capacity(capacity)),
+            ColumnType::Float64 => Self::Float64(PrimitiveBuilder::with_capacity(capacity)),
+            ColumnType::Utf8 => Self::Utf8(StringBuilder::with_capacity(capacity, capacity * 16)),
+            ColumnType::Date32 => Self::Date32(PrimitiveBuilder::with_capacity(capacity)),
+            ColumnType::Timestamp(_) => Self::Timestamp(PrimitiveBuilder::with_capacity(capacity)),
+        }
+    }
+
+    /// Appends a value that [`JsonDecoder::value`] checked for this
+    /// column's type.
+    fn append(&mut self, value: Value, payload: &str, unescaped: &str) {
+        fn int<T: ArrowPrimitiveType>(builder: &mut PrimitiveBuilder<T>, value: Value)
+        where
+            T::Native: NumCast,
+        {
+            match value {
+                Value::Int(v) => builder.append_option(NumCast::from(v)),
+                _ => builder.append_null(),
+            }
+        }
+        match self {
+            Self::Skipped => {}
+            Self::Boolean(b) => match value {
+                Value::Boolean(v) => b.append_value(v),
+                _ => b.append_null(),
+            },
+            Self::Int16(b) => int(b, value),
+            Self::Int32(b) => int(b, value),
+            Self::Int64(b) => int(b, value),
+            Self::Date32(b) => int(b, value),
+            Self::Timestamp(b) => int(b, value),
+            Self::Float32(b) => match value {
+                Value::Float32(v) => b.append_value(v),
+                _ => b.append_null(),
+            },
+            Self::Float64(b) => match value {
+                Value::Float64(v) => b.append_value(v),
+                _ => b.append_null(),
+            },
+            Self::Utf8(b) => match value {
+                Value::Text(start, end) => b.append_value(&payload[start..end]),
+                Value::Unescaped(start, end) => b.append_value(&unescaped[start..end]),
+                _ => b.append_null(),
+            },
+        }
+    }
+
+    fn finish(self, data_type: &DataType) -> Option<ArrayRef> {
+        Some(match self {
+            Self::Skipped => return None,
+            Self::Boolean(mut b) => Arc::new(b.finish()),
+            Self::Int16(mut b) => Arc::new(b.finish()),
+            Self::Int32(mut b) => Arc::new(b.finish()),
+            Self::Int64(mut b) => Arc::new(b.finish()),
+            Self::Float32(mut b) => Arc::new(b.finish()),
+            Self::Float64(mut b) => Arc::new(b.finish()),
+            Self::Utf8(mut b) => Arc::new(b.finish()),
+            Self::Date32(mut b) => Arc::new(b.finish()),
+            Self::Timestamp(mut b) => Arc::new(b.finish().with_data_type(data_type.clone())),
+        })
+    }
+}
+
+impl JsonDecoder {
+    /// A decoder for `schema`, or `None` when a column has a type it does
+    /// not build.
+    pub fn new(schema: SchemaRef) -> Option<Self> {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|field| {
+                let column_type = ColumnType::of(field.data_type())?;
+                Some(Column {
+                    name: field.name().as_bytes().into(),
+                    naive_utc: matches!(&column_type, ColumnType::Timestamp(zone) if reads_naive_as_utc(zone)),
+                    column_type,
+                    required: !field.is_nullable(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { schema, columns })
+    }
+
+    /// Decodes `payloads`, one row each, building the columns `build` marks
+    /// (all when `None`).
+    pub fn decode(&self, payloads: &[&[u8]], build: Option<&[bool]>) -> Result<Decoded> {
+        let mut builders: Vec<Builder> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| match build {
+                Some(build) if !build.get(i).copied().unwrap_or(true) => Builder::Skipped,
+                _ => Builder::new(&column.column_type, payloads.len()),
+            })
+            .collect();
+        let built: Vec<bool> = builders
+            .iter()
+            .map(|b| !matches!(b, Builder::Skipped))
+            .collect();
+        let mut spans: Vec<Option<Span>> = vec![None; self.columns.len()];
+        let mut values: Vec<Value> = vec![Value::Null; self.columns.len()];
+        let mut unescaped = String::new();
+        let mut payload_of_row = Vec::with_capacity(payloads.len());
+        let mut bad = Vec::new();
+        for (index, payload) in payloads.iter().enumerate() {
+            spans.fill(None);
+            unescaped.clear();
+            let checked = std::str::from_utf8(payload)
+                .map_err(|_| Bad::from("Encountered non-UTF-8 data"))
+                .and_then(|text| {
+                    self.scan(text, &mut spans)?;
+                    for (i, column) in self.columns.iter().enumerate() {
+                        values[i] = self.value(column, spans[i], built[i], text, &mut unescaped)?;
+                    }
+                    Ok(text)
+                });
+            match checked {
+                Ok(text) => {
+                    for (builder, value) in builders.iter_mut().zip(&values) {
+                        builder.append(*value, text, &unescaped);
+                    }
+                    payload_of_row.push(index);
+                }
+                Err(Bad(reason)) => bad.push((index, *reason)),
+            }
+        }
+        let rows = payload_of_row.len();
+        let columns = builders
+            .into_iter()
+            .zip(self.schema.fields())
+            .map(|(builder, field)| {
+                builder
+                    .finish(field.data_type())
+                    .unwrap_or_else(|| placeholder(field.data_type(), field.is_nullable(), rows))
+            })
+            .collect();
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        let rows = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        Ok(Decoded {
+            rows,
+            payload_of_row,
+            bad,
+        })
+    }
+
+    /// Notes in `spans` where each declared field's value lies; checks the
+    /// payload is one JSON object and nothing else.
+    fn scan(&self, text: &str, spans: &mut [Option<Span>]) -> Result<(), Bad> {
+        let payload = text.as_bytes();
+        let mut scanner = Scanner {
+            bytes: payload,
+            pos: 0,
+        };
+        scanner.skip_whitespace();
+        match scanner.peek() {
+            Some(b'{') => scanner.pos += 1,
+            Some(_) => return Err("expected a JSON object".into()),
+            None => return Err("expected one record, found 0".into()),
+        }
+        // Fields mostly come in the same order as the columns: try the
+        // column after the last one matched first.
+        let mut guess = 0;
+        let mut key_text = String::new();
+        loop {
+            scanner.skip_whitespace_and_commas();
+            match scanner.next("parsing object")? {
+                b'"' => {
+                    let (start, end, escaped) = scanner.string()?;
+                    scanner.colon()?;
+                    let span = scanner.value()?;
+                    let key = if escaped {
+                        key_text.clear();
+                        unescape(&text[start..end], &mut key_text)?;
+                        key_text.as_bytes()
+                    } else {
+                        &payload[start..end]
+                    };
+                    if let Some(column) = self.column_named(key, guess) {
+                        spans[column] = Some(span);
+                        guess = column + 1;
+                    }
+                }
+                b'}' => break,
+                other => return Err(unexpected(other, "parsing object")),
+            }
+        }
+        scanner.skip_whitespace();
+        match scanner.peek() {
+            None => Ok(()),
+            Some(_) => Err("trailing data after the JSON object".into()),
+        }
+    }
+
+    fn column_named(&self, key: &[u8], guess: usize) -> Option<usize> {
+        if self.columns.get(guess).is_some_and(|c| *c.name == *key) {
+            return Some(guess);
+        }
+        self.columns.iter().position(|c| *c.name == *key)
+    }
+
+    /// The value of `column` at `span`, checked against its type.
+    fn value(
+        &self,
+        column: &Column,
+        span: Option<Span>,
+        built: bool,
+        payload: &str,
+        unescaped: &mut String,
+    ) -> Result<Value, Bad> {
+        let Some(span) = span.filter(|s| s.kind != Kind::Null) else {
+            if column.required {
+                return Err(format!(
+                    "missing required field \"{}\"",
+                    String::from_utf8_lossy(&column.name)
+                )
+                .into());
+            }
+            return Ok(Value::Null);
+        };
+        let raw = &payload[span.start..span.end];
+        // The text of a string value (unescaped into `unescaped` if need be).
+        let mut text = |escaped: bool| -> Result<(usize, usize), Bad> {
+            if !escaped {
+                return Ok((span.start, span.end));
+            }
+            let start = unescaped.len();
+            unescape(raw, unescaped)?;
+            Ok((start, unescaped.len()))
+        };
+        let mismatch = || {
+            let shown: String = raw.chars().take(40).collect();
+            Bad::from(format!(
+                "expected {} for \"{}\", found {shown}",
+                type_name(&column.column_type),
+                String::from_utf8_lossy(&column.name)
+            ))
+        };
+        let unparsable = |s: &str| {
+            Bad::from(format!(
+                "failed to parse \"{s}\" as {} for \"{}\"",
+                type_name(&column.column_type),
+                String::from_utf8_lossy(&column.name)
+            ))
+        };
+        match (&column.column_type, span.kind) {
+            (ColumnType::Boolean, Kind::True) => Ok(Value::Boolean(true)),
+            (ColumnType::Boolean, Kind::False) => Ok(Value::Boolean(false)),
+            // Not built: the escapes were checked by the scan.
+            (ColumnType::Utf8, Kind::String { .. }) if !built => Ok(Value::Null),
+            (ColumnType::Utf8, Kind::String { escaped }) => {
+                let (start, end) = text(escaped)?;
+                Ok(if escaped {
+                    Value::Unescaped(start, end)
+                } else {
+                    Value::Text(start, end)
+                })
+            }
+            (ColumnType::Timestamp(zone), Kind::String { escaped }) => {
+                let (start, end) = text(escaped)?;
+                let s = if escaped {
+                    &unescaped[start..end]
+                } else {
+                    &payload[start..end]
+                };
+                if let Some(micros) = column.naive_utc.then(|| naive_utc_micros(s)).flatten() {
+                    return Ok(Value::Int(micros));
+                }
+                let parsed = match zone {
+                    Some(zone) => string_to_datetime(zone, s).map(|t| t.timestamp_micros()),
+                    None => string_to_datetime(&chrono::Utc, s).map(|t| t.timestamp_micros()),
+                };
+                parsed
+                    .map(Value::Int)
+                    .map_err(|e| Bad::from(format!("{}: {e}", unparsable(s).0)))
+            }
+            (ColumnType::Timestamp(_), Kind::Number) => lexical_core::parse::<i64>(raw.as_bytes())
+                .or_else(|_| lexical_core::parse::<f64>(raw.as_bytes()).map(|x| x as i64))
+                .map(Value::Int)
+                .map_err(|_| unparsable(raw)),
+            (numeric, Kind::String { escaped }) if is_numeric(numeric) => {
+                let (start, end) = text(escaped)?;
+                let s = if escaped {
+                    &unescaped[start..end]
+                } else {
+                    &payload[start..end]
+                };
+                parse_string(numeric, s).ok_or_else(|| unparsable(s))
+            }
+            (numeric, Kind::Number) if is_numeric(numeric) => {
+                parse_number(numeric, raw.as_bytes()).ok_or_else(|| unparsable(raw))
+            }
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+/// `YYYY-MM-DD[T ]HH:MM:SS[.fraction]` (the form eddy's and arrow's JSON
+/// writers give a timestamp) as µs since the epoch in UTC, or `None` for
+/// any other form, left to arrow's parser. Where both parse, they agree:
+/// the same fields, ranges and truncation to µs (the tests compare them).
+fn naive_utc_micros(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b.len() == 20 || b.len() > 29 {
+        return None;
+    }
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range].iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + (d - b'0') as u32)
+        })
+    };
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)? as i32, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    let nanos = match b.len() {
+        19 => 0,
+        len => {
+            if b[19] != b'.' {
+                return None;
+            }
+            // 1 to 9 digits of a second.
+            digits(20..len)? * 10u32.pow(9 - (len - 20) as u32)
+        }
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day == 0 || day > month_days || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64;
+    Some(seconds * 1_000_000 + (nanos / 1000) as i64)
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
+/// (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i32, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year } as i64;
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month = month as i64;
+    let day_of_year =
+        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day as i64 - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+fn is_numeric(column_type: &ColumnType) -> bool {
+    matches!(
+        column_type,
+        ColumnType::Int16
+            | ColumnType::Int32
+            | ColumnType::Int64
+            | ColumnType::Float32
+            | ColumnType::Float64
+            | ColumnType::Date32
+    )
+}
+
+fn type_name(column_type: &ColumnType) -> &'static str {
+    match column_type {
+        ColumnType::Boolean => "a boolean",
+        ColumnType::Int16 => "a smallint",
+        ColumnType::Int32 => "an integer",
+        ColumnType::Int64 => "a bigint",
+        ColumnType::Float32 => "a real",
+        ColumnType::Float64 => "a double precision",
+        ColumnType::Utf8 => "a string",
+        ColumnType::Date32 => "a date",
+        ColumnType::Timestamp(_) => "a timestamp",
+    }
+}
+
+/// A JSON number in a numeric column, as arrow-json reads it: an integer
+/// column takes an integer, else a float that fits (truncated).
+fn parse_number(column_type: &ColumnType, bytes: &[u8]) -> Option<Value> {
+    fn int<T: lexical_core::FromLexical + NumCast + Into<i64>>(bytes: &[u8]) -> Option<Value> {
+        let value = match lexical_core::parse::<T>(bytes) {
+            Ok(v) => v,
+            Err(_) => lexical_core::parse::<f64>(bytes)
+                .ok()
+                .and_then(NumCast::from)?,
+        };
+        Some(Value::Int(value.into()))
+    }
+    match column_type {
+        ColumnType::Int16 => int::<i16>(bytes),
+        ColumnType::Int32 | ColumnType::Date32 => int::<i32>(bytes),
+        ColumnType::Int64 => int::<i64>(bytes),
+        ColumnType::Float32 => lexical_core::parse::<f32>(bytes).ok().map(Value::Float32),
+        ColumnType::Float64 => lexical_core::parse::<f64>(bytes).ok().map(Value::Float64),
+        _ => None,
+    }
+}
+
+/// A JSON string in a numeric column, parsed as arrow parses text.
+fn parse_string(column_type: &ColumnType, s: &str) -> Option<Value> {
+    match column_type {
+        ColumnType::Int16 => Int16Type::parse(s).map(|v| Value::Int(v.into())),
+        ColumnType::Int32 => Int32Type::parse(s).map(|v| Value::Int(v.into())),
+        ColumnType::Int64 => Int64Type::parse(s).map(Value::Int),
+        ColumnType::Date32 => Date32Type::parse(s).map(|v| Value::Int(v.into())),
+        ColumnType::Float32 => Float32Type::parse(s).map(Value::Float32),
+        ColumnType::Float64 => Float64Type::parse(s).map(Value::Float64),
+        _ => None,
+    }
+}
+
+/// The column of a type that was not asked for: nulls, or zeros (and empty
+/// strings) under NOT NULL, which a batch's schema requires to hold no null.
+fn placeholder(data_type: &DataType, nullable: bool, rows: usize) -> ArrayRef {
+    let nulls = new_null_array(data_type, rows);
+    if nullable {
+        return nulls;
+    }
+    // The buffers of a null array are zeroed: the same data without the
+    // null mask is zeros (and, for strings, offsets of empty strings).
+    let data = nulls.to_data().into_builder().nulls(None);
+    match data.build() {
+        Ok(data) => make_array(data),
+        Err(_) => nulls,
+    }
+}
+
+fn unexpected(byte: u8, context: &str) -> Bad {
+    format!("Encountered unexpected '{}' whilst {context}", byte as char).into()
+}
+
+/// Why a payload is bad. Boxed, so that the scanner's results stay small
+/// (they are returned for every value of every payload).
+#[derive(Debug)]
+#[allow(clippy::box_collection)] // one pointer wide, on purpose
+struct Bad(Box<String>);
+
+impl From<String> for Bad {
+    fn from(reason: String) -> Self {
+        Self(Box::new(reason))
+    }
+}
+
+impl From<&str> for Bad {
+    fn from(reason: &str) -> Self {
+        Self(Box::new(reason.into()))
+    }
+}
+
+/// A cursor over one payload that checks JSON syntax as arrow-json's tape
+/// decoder does.
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Scanner<'_> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    #[inline]
+    fn next(&mut self, context: &str) -> Result<u8, Bad> {
+        let byte = self
+            .peek()
+            .ok_or_else(|| format!("unexpected end of the message whilst {context}"))?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    #[inline]
+    fn skip_whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.pos += 1;
+        }
+    }
+
+    /// Between an object's fields and a list's items arrow-json skips
+    /// commas as if whitespace.
+    #[inline]
+    fn skip_whitespace_and_commas(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t' | b',')) {
+            self.pos += 1;
+        }
+    }
+
+    #[inline]
+    fn colon(&mut self) -> Result<(), Bad> {
+        self.skip_whitespace();
+        match self.next("parsing colon")? {
+            b':' => Ok(()),
+            other => Err(unexpected(other, "parsing colon")),
+        }
+    }
+
+    /// A string whose opening quote was just read: its bytes' range and
+    /// whether it has escapes (each checked).
+    #[inline]
+    fn string(&mut self) -> Result<(usize, usize, bool), Bad> {
+        let start = self.pos;
+        let mut escaped = false;
+        loop {
+            let Some(at) = quote_or_backslash(&self.bytes[self.pos..]) else {
+                return Err("unexpected end of the message whilst parsing string".into());
+            };
+            self.pos += at + 1;
+            if self.bytes[self.pos - 1] == b'"' {
+                return Ok((start, self.pos - 1, escaped));
+            }
+            escaped = true;
+            self.escape()?;
+        }
+    }
+
+    /// An escape sequence after its backslash.
+    fn escape(&mut self) -> Result<(), Bad> {
+        match self.next("parsing escape sequence")? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(()),
+            b'u' => {
+                let high = self.hex4()?;
+                if char::from_u32(high as u32).is_some() {
+                    return Ok(());
+                }
+                // A surrogate: the other half must follow.
+                match self.next("parsing surrogate pair escape")? {
+                    b'\\' => {}
+                    other => return Err(unexpected(other, "parsing surrogate pair escape")),
+                }
+                match self.next("parsing surrogate pair unicode")? {
+                    b'u' => {}
+                    other => return Err(unexpected(other, "parsing surrogate pair unicode")),
+                }
+                let low = self.hex4()?;
+                surrogate_pair(high, low).map(|_| ())
+            }
+            other => Err(unexpected(other, "parsing escape sequence")),
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u16, Bad> {
+        let mut value = 0u16;
+        for _ in 0..4 {
+            let byte = self.next("parsing unicode escape")?;
+            let digit = (byte as char)
+                .to_digit(16)
+                .ok_or_else(|| unexpected(byte, "unicode escape"))?;
+            value = (value << 4) | digit as u16;
+        }
+        Ok(value)
+    }
+
+    /// A value, after optional whitespace; objects and lists are skipped
+    /// (checked, not kept).
+    #[inline]
+    fn value(&mut self) -> Result<Span, Bad> {
+        self.skip_whitespace();
+        let start = self.pos;
+        let kind = match self.next("parsing value")? {
+            b'"' => {
+                let (start, end, escaped) = self.string()?;
+                return Ok(Span {
+                    start,
+                    end,
+                    kind: Kind::String { escaped },
+                });
+            }
+            b'-' | b'0'..=b'9' => {
+                while matches!(
+                    self.peek(),
+                    Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                ) {
+                    self.pos += 1;
+                }
+                Kind::Number
+            }
+            b'n' => self.literal(b"null", Kind::Null)?,
+            b't' => self.literal(b"true", Kind::True)?,
+            b'f' => self.literal(b"false", Kind::False)?,
+            open @ (b'{' | b'[') => {
+                self.nested(open)?;
+                Kind::Nested
+            }
+            other => return Err(unexpected(other, "parsing value")),
+        };
+        Ok(Span {
+            start,
+            end: self.pos,
+            kind,
+        })
+    }
+
+    fn literal(&mut self, word: &[u8], kind: Kind) -> Result<Kind, Bad> {
+        for &expected in &word[1..] {
+            let byte = self.next("parsing literal")?;
+            if byte != expected {
+                return Err(unexpected(byte, "parsing literal"));
+            }
+        }
+        Ok(kind)
+    }
+
+    /// The rest of an object or list whose opening bracket was just read.
+    /// Iterative, so that deep nesting cannot overflow the stack.
+    fn nested(&mut self, open: u8) -> Result<(), Bad> {
+        let mut open_brackets = vec![open];
+        while let Some(&innermost) = open_brackets.last() {
+            self.skip_whitespace_and_commas();
+            if innermost == b'{' {
+                match self.next("parsing object")? {
+                    b'}' => {
+                        open_brackets.pop();
+                        continue;
+                    }
+                    b'"' => {
+                        self.string()?;
+                        self.colon()?;
+                    }
+                    other => return Err(unexpected(other, "parsing object")),
+                }
+            } else if self.peek() == Some(b']') {
+                self.pos += 1;
+                open_brackets.pop();
+                continue;
+            }
+            // A value of the object or list: a bracket opens another level.
+            self.skip_whitespace();
+            match self.peek() {
+                Some(open @ (b'{' | b'[')) => {
+                    self.pos += 1;
+                    open_brackets.push(open);
+                }
+                _ => {
+                    self.value()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The index of the first `"` or `\\` in `bytes`, eight bytes at a time:
+/// the strings between escapes are short (keys, names, Nexmark's `extra`
+/// has a backslash every few dozen bytes), too short for a vectorized
+/// search to pay for its setup on each call.
+#[inline]
+fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    // The high bit of each zero byte of `v` (and maybe of bytes above the
+    // first zero byte, which the lowest set bit ignores).
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let found = zero_bytes(word ^ QUOTES) | zero_bytes(word ^ BACKSLASHES);
+        if found != 0 {
+            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\')
+        .map(|at| offset + at)
+}
+
+fn surrogate_pair(high: u16, low: u16) -> Result<char, Bad> {
+    match (high, low) {
+        (0xD800..=0xDBFF, 0xDC00..=0xDFFF) => {
+            let code = (((high - 0xD800) as u32) << 10) | ((low - 0xDC00) as u32 + 0x1_0000);
+            char::from_u32(code)
+                .ok_or_else(|| format!("Invalid UTF-16 surrogate pair {code}").into())
+        }
+        _ => {
+            Err(format!("Invalid UTF-16 surrogate pair. High: {high:#02X}, Low: {low:#02X}").into())
+        }
+    }
+}
+
+/// Appends the text of a string (between its quotes) with its escapes,
+/// already checked by [`Scanner::string`], resolved.
+fn unescape(raw: &str, out: &mut String) -> Result<(), Bad> {
+    let mut scanner = Scanner {
+        bytes: raw.as_bytes(),
+        pos: 0,
+    };
+    loop {
+        // Backslashes are ASCII: the pieces between them are whole text.
+        let rest = &raw[scanner.pos..];
+        let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) else {
+            out.push_str(rest);
+            return Ok(());
+        };
+        out.push_str(&rest[..at]);
+        scanner.pos += at + 1;
+        let c = match scanner.next("parsing escape sequence")? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let high = scanner.hex4()?;
+                match char::from_u32(high as u32) {
+                    Some(c) => c,
+                    None => {
+                        scanner.pos += 2; // the backslash and `u` of the pair's other half
+                        let low = scanner.hex4()?;
+                        surrogate_pair(high, low)?
+                    }
+                }
+            }
+            other => return Err(unexpected(other, "parsing escape sequence")),
+        };
+        out.push(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the fast path parses a timestamp, arrow's parser gives the same
+    /// µs; the form writers give always takes the fast path.
+    #[test]
+    fn common_timestamps_parse_as_arrow_parses_them() {
+        let arrow = |s: &str| {
+            string_to_datetime(&chrono::Utc, s)
+                .ok()
+                .map(|t| t.timestamp_micros())
+        };
+        let edges = [
+            "2024-02-29T12:00:00",
+            "2023-02-29T00:00:00",
+            "2024-12-31T23:59:59.999999999",
+            "2024-01-01T00:00:60",
+            "2024-01-01T00:60:00",
+            "2024-01-01T24:00:00",
+            "2024-01-01t00:00:00",
+            "2024-01-01 00:00:00.",
+            "2024-01-01T00:00:00.1234567891",
+            "0000-01-01T00:00:00",
+            "0001-03-01T00:00:00.1",
+            "1969-12-31T23:59:59.5",
+            "2024-04-31T00:00:00",
+            "2024-13-01T00:00:00",
+            "2024-00-01T00:00:00",
+            "2024-01-00T00:00:00",
+            "2100-02-29T00:00:00",
+            "2000-02-29T00:00:00.000001",
+            "2024-1-01T00:00:00",
+            "2024-01-01T00:00:00.5+01:00",
+            "2024-01-01T00:00:00Z",
+            "+2024-01-01T00:00:00",
+            "2024-01-01T00:00:0a",
+            "2024-01-01X00:00:00",
+        ];
+        let mut checked = 0;
+        for s in edges {
+            if let Some(fast) = naive_utc_micros(s) {
+                assert_eq!(Some(fast), arrow(s), "{s}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 6, "{checked} edge cases took the fast path");
+        // Every day of four years (a leap year, a century that is not one,
+        // one that is), at times with 0 to 9 digits of a second.
+        for year in [1600, 1970, 2000, 2023, 2024, 2100] {
+            for day in 0..366 {
+                let date = chrono::NaiveDate::from_yo_opt(year, day + 1);
+                let Some(date) = date else { continue };
+                let digits = (day % 10) as usize;
+                let fraction = &"123456789"[..digits];
+                let dot = if digits == 0 { "" } else { "." };
+                let s = format!(
+                    "{date}T{:02}:{:02}:{:02}{dot}{fraction}",
+                    day % 24,
+                    day % 60,
+                    (day * 7) % 60
+                );
+                assert_eq!(naive_utc_micros(&s), arrow(&s), "{s}");
+                assert!(naive_utc_micros(&s).is_some(), "{s}");
+            }
+        }
+    }
+}
