@@ -722,25 +722,92 @@ pub fn spawn_reader(config: Arc<KafkaSourceConfig>, spec: super::ReaderSpec) {
     });
 }
 
-/// One message's parts that a change needs.
+/// One message's parts that a change needs; its key and payload are
+/// ranges of its batch's buffer ([`Messages`]).
 struct Received {
     partition: i32,
     offset: i64,
     timestamp_ms: Option<i64>,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
+    key: Option<std::ops::Range<usize>>,
+    payload: Option<std::ops::Range<usize>>,
 }
 
-impl From<BorrowedMessage<'_>> for Received {
+/// A batch of received messages, their keys and payloads copied into one
+/// buffer (a copy of its own per message cost an allocation and a free per
+/// message). Indexes as the slice of its messages.
+#[derive(Default)]
+struct Messages {
+    bytes: Vec<u8>,
+    list: Vec<Received>,
+}
+
+impl Messages {
     /// Copies what a change needs (not the headers, which `detach` would).
-    fn from(message: BorrowedMessage<'_>) -> Self {
-        Self {
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp_ms: message.timestamp().to_millis(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-        }
+    fn push(&mut self, message: &BorrowedMessage<'_>) {
+        let (key, payload) = (message.key(), message.payload());
+        self.push_parts(
+            message.partition(),
+            message.offset(),
+            message.timestamp().to_millis(),
+            key,
+            payload,
+        );
+    }
+
+    /// Copies message `index` of `other`.
+    fn push_from(&mut self, other: &Messages, index: usize) {
+        let message = &other.list[index];
+        self.push_parts(
+            message.partition,
+            message.offset,
+            message.timestamp_ms,
+            other.key(index),
+            other.payload(index),
+        );
+    }
+
+    fn push_parts(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
+        let mut copy = |part: Option<&[u8]>| {
+            part.map(|part| {
+                let start = self.bytes.len();
+                self.bytes.extend_from_slice(part);
+                start..self.bytes.len()
+            })
+        };
+        let (key, payload) = (copy(key), copy(payload));
+        self.list.push(Received {
+            partition,
+            offset,
+            timestamp_ms,
+            key,
+            payload,
+        });
+    }
+
+    fn key(&self, index: usize) -> Option<&[u8]> {
+        self.list[index].key.clone().map(|range| &self.bytes[range])
+    }
+
+    fn payload(&self, index: usize) -> Option<&[u8]> {
+        self.list[index]
+            .payload
+            .clone()
+            .map(|range| &self.bytes[range])
+    }
+}
+
+impl std::ops::Deref for Messages {
+    type Target = [Received];
+
+    fn deref(&self) -> &[Received] {
+        &self.list
     }
 }
 
@@ -960,7 +1027,7 @@ impl Reader {
                     }
                 }
             }
-            let mut batch: Vec<Received> = Vec::new();
+            let mut batch = Messages::default();
             // When the batch's first message arrived (for freshness).
             let mut arrived = None;
             let deadline = tokio::time::Instant::now() + BATCH_WAIT;
@@ -976,9 +1043,8 @@ impl Reader {
                     Err(_) => break, // waited long enough
                     Ok(Ok(message)) => {
                         arrived.get_or_insert_with(Instant::now);
-                        let message = Received::from(message);
-                        self.clock.saw(message.partition, None);
-                        batch.push(message);
+                        self.clock.saw(message.partition(), None);
+                        batch.push(&message);
                     }
                     Ok(Err(KafkaError::PartitionEOF(partition))) => self.clock.at_end(partition),
                     Ok(Err(e)) => {
@@ -990,12 +1056,17 @@ impl Reader {
                 }
             }
             let mut position = BTreeMap::new();
-            for message in &batch {
+            for message in batch.iter() {
                 position.insert(message.partition, message.offset + 1);
             }
             if self.resume.is_some() {
-                let (replayed, live): (Vec<Received>, Vec<Received>) =
-                    batch.into_iter().partition(|m| self.already_delivered(m));
+                let (mut replayed, mut live) = (Messages::default(), Messages::default());
+                for (index, message) in batch.iter().enumerate() {
+                    match self.already_delivered(message) {
+                        true => replayed.push_from(&batch, index),
+                        false => live.push_from(&batch, index),
+                    }
+                }
                 if !replayed.is_empty() {
                     // Rebuilds the UPSERT key map; the changes are in the
                     // checkpointed state already.
@@ -1005,7 +1076,7 @@ impl Reader {
             }
             let bytes = batch
                 .iter()
-                .map(|m| m.payload.as_ref().map_or(0, Vec::len) as u64)
+                .map(|m| m.payload.as_ref().map_or(0, |p| p.len()) as u64)
                 .sum();
             self.config.counters.read(batch.len() as u64, bytes);
             let (change, bad) = self.changes(&batch)?;
@@ -1067,7 +1138,7 @@ impl Reader {
 
     /// The change a batch of messages makes, and its bad messages
     /// `(index, reason)`.
-    fn changes(&mut self, batch: &[Received]) -> Result<(ChangeBatch, Vec<(usize, String)>)> {
+    fn changes(&mut self, batch: &Messages) -> Result<(ChangeBatch, Vec<(usize, String)>)> {
         // The payloads to decode: (message index, payload, weight).
         // Borrowed from the messages, except Debezium's before/after parts.
         let mut pieces: Vec<(usize, std::borrow::Cow<'_, [u8]>, i64)> =
@@ -1075,15 +1146,15 @@ impl Reader {
         let mut bad = Vec::new();
         // FORMAT UPSERT deletions: message indices.
         let mut deletions: Vec<usize> = Vec::new();
-        for (index, message) in batch.iter().enumerate() {
-            match (self.config.format, &message.payload) {
-                (MessageFormat::Upsert, _) if message.key.is_none() => {
+        for index in 0..batch.len() {
+            match (self.config.format, batch.payload(index)) {
+                (MessageFormat::Upsert, _) if batch.key(index).is_none() => {
                     bad.push((index, "FORMAT UPSERT message without a key".to_string()))
                 }
                 (MessageFormat::Upsert, None) => deletions.push(index),
                 (_, None) => bad.push((index, "empty message".to_string())),
                 (MessageFormat::Plain | MessageFormat::Upsert, Some(payload)) => {
-                    pieces.push((index, std::borrow::Cow::Borrowed(payload.as_slice()), 1))
+                    pieces.push((index, std::borrow::Cow::Borrowed(payload), 1))
                 }
                 (MessageFormat::Debezium, Some(payload)) => match debezium_parts(payload) {
                     Ok(parts) => pieces.extend(
@@ -1156,7 +1227,7 @@ impl Reader {
         rows: &RecordBatch,
         message_of_row: &[usize],
         deletions: &[usize],
-        batch: &[Received],
+        batch: &Messages,
     ) -> Result<ChangeBatch> {
         let encoded = self.codec.encode(rows)?;
         // (message index, the new row or None for a deletion)
@@ -1169,7 +1240,7 @@ impl Reader {
         steps.sort_by_key(|(message, _)| *message);
         let mut out: Vec<(Arc<[u8]>, i64)> = Vec::new();
         for (message, row) in steps {
-            let key = batch[message].key.clone().unwrap_or_default();
+            let key = batch.key(message).map(<[u8]>::to_vec).unwrap_or_default();
             if let Some(old) = self.upserted.remove(&key) {
                 out.push((old, -1));
             }
@@ -1188,7 +1259,7 @@ impl Reader {
         &self,
         rows: &RecordBatch,
         message_of_row: &[usize],
-        batch: &[Received],
+        batch: &Messages,
     ) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
         for kind in &self.config.metadata {
@@ -1203,11 +1274,13 @@ impl Reader {
                 KafkaMetadata::Timestamp => Arc::new(TimestampMicrosecondArray::from_iter(
                     messages.map(|m| m.timestamp_ms.map(|ms| ms * 1000)),
                 )),
-                KafkaMetadata::Key => Arc::new(StringArray::from_iter(messages.map(|m| {
-                    m.key
-                        .as_ref()
-                        .map(|k| String::from_utf8_lossy(k).into_owned())
-                }))),
+                KafkaMetadata::Key => {
+                    Arc::new(StringArray::from_iter(message_of_row.iter().map(|&m| {
+                        batch
+                            .key(m)
+                            .map(|k| String::from_utf8_lossy(k).into_owned())
+                    })))
+                }
             };
             columns.push(column);
         }
