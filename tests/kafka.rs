@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::kafka::{
-    admin, bootstrap, consume_all, create_topic, eventually, fresh_topic, produce,
+    admin, bootstrap, consume_all, create_topic, eventually, fresh_topic, produce, produce_values,
 };
 use common::{execute, query_text, sorted_rows, TestServer};
 use rdkafka::admin::{AdminOptions, NewPartitions};
@@ -124,16 +124,12 @@ async fn views_build_only_the_columns_they_read() {
         )
     };
     let payloads = [
-        order(1, "a", "5", 1, "Oslo"),
-        order(2, "b", "7", 2, "Rome"),
-        order(3, "c", "\"lots\"", 3, "Oslo"),
-        order(4, "d", "1", 12, "Oslo"),
+        (0, order(1, "a", "5", 1, "Oslo")),
+        (0, order(2, "b", "7", 2, "Rome")),
+        (0, order(3, "c", "\"lots\"", 3, "Oslo")),
+        (0, order(4, "d", "1", 12, "Oslo")),
     ];
-    let messages: Vec<(i32, Option<&str>, Option<&str>)> = payloads
-        .iter()
-        .map(|p| (0, None, Some(p.as_str())))
-        .collect();
-    produce(&topic, &messages).await;
+    produce_values(&topic, &payloads).await;
     let server = TestServer::start().await;
     let eddy = server.connect().await;
     execute(
@@ -317,11 +313,7 @@ async fn windows_over_a_partitioned_topic() {
             )
         })
         .collect();
-    let messages: Vec<(i32, Option<&str>, Option<&str>)> = payloads
-        .iter()
-        .map(|(p, json)| (*p, None, Some(json.as_str())))
-        .collect();
-    produce(&topic, &messages).await;
+    produce_values(&topic, &payloads).await;
     let server = TestServer::start().await;
     let eddy = server.connect().await;
     execute(

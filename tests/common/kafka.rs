@@ -55,6 +55,15 @@ pub fn producer() -> FutureProducer {
 
 /// Produces `(partition, key, payload)` messages, in order, and waits for
 /// all of them to be delivered.
+/// Produces `(partition, payload)` messages without keys, in order.
+pub async fn produce_values(topic: &str, messages: &[(i32, String)]) {
+    let messages: Vec<(i32, Option<&str>, Option<&str>)> = messages
+        .iter()
+        .map(|(partition, payload)| (*partition, None, Some(payload.as_str())))
+        .collect();
+    produce(topic, &messages).await;
+}
+
 pub async fn produce(topic: &str, messages: &[(i32, Option<&str>, Option<&str>)]) {
     let producer = producer();
     // join_all polls the sends in order, so each partition gets its
