@@ -57,9 +57,13 @@ enum ColumnType {
     Float64,
     Utf8,
     Date32,
-    /// Microseconds; a string without an offset is read in this zone
-    /// (UTC when the column has none).
-    Timestamp(Option<Tz>),
+    /// Microseconds; a string without an offset is read in `zone` (UTC
+    /// when the column has none). `naive_utc`: that is UTC, so the common
+    /// form is parsed without arrow's general parser.
+    Timestamp {
+        zone: Option<Tz>,
+        naive_utc: bool,
+    },
 }
 
 /// Whether naive timestamps of a column are read as UTC (no zone, or the
@@ -90,10 +94,16 @@ impl ColumnType {
             DataType::Float64 => Self::Float64,
             DataType::Utf8 => Self::Utf8,
             DataType::Date32 => Self::Date32,
-            DataType::Timestamp(TimeUnit::Microsecond, zone) => Self::Timestamp(match zone {
-                Some(zone) => Some(zone.parse().ok()?),
-                None => None,
-            }),
+            DataType::Timestamp(TimeUnit::Microsecond, zone) => {
+                let zone = match zone {
+                    Some(zone) => Some(zone.parse().ok()?),
+                    None => None,
+                };
+                Self::Timestamp {
+                    naive_utc: reads_naive_as_utc(&zone),
+                    zone,
+                }
+            }
             _ => return None,
         })
     }
@@ -105,9 +115,6 @@ struct Column {
     column_type: ColumnType,
     /// NOT NULL: a missing or null field makes the payload bad.
     required: bool,
-    /// A timestamp column that reads naive timestamps as UTC (its common
-    /// form is then parsed without arrow's general parser).
-    naive_utc: bool,
 }
 
 /// Decodes payloads that are each one JSON object into rows of a schema.
@@ -156,6 +163,17 @@ enum Value {
     Unescaped(usize, usize),
 }
 
+impl Value {
+    /// The text of a `Text` or `Unescaped` value ("" for others).
+    fn text<'a>(self, payload: &'a str, unescaped: &'a str) -> &'a str {
+        match self {
+            Self::Text(start, end) => &payload[start..end],
+            Self::Unescaped(start, end) => &unescaped[start..end],
+            _ => "",
+        }
+    }
+}
+
 /// A column being built for one batch.
 enum Builder {
     /// Not asked for: its values are checked, not kept.
@@ -182,7 +200,9 @@ impl Builder {
             ColumnType::Float64 => Self::Float64(PrimitiveBuilder::with_capacity(capacity)),
             ColumnType::Utf8 => Self::Utf8(StringBuilder::with_capacity(capacity, capacity * 16)),
             ColumnType::Date32 => Self::Date32(PrimitiveBuilder::with_capacity(capacity)),
-            ColumnType::Timestamp(_) => Self::Timestamp(PrimitiveBuilder::with_capacity(capacity)),
+            ColumnType::Timestamp { .. } => {
+                Self::Timestamp(PrimitiveBuilder::with_capacity(capacity))
+            }
         }
     }
 
@@ -218,8 +238,9 @@ impl Builder {
                 _ => b.append_null(),
             },
             Self::Utf8(b) => match value {
-                Value::Text(start, end) => b.append_value(&payload[start..end]),
-                Value::Unescaped(start, end) => b.append_value(&unescaped[start..end]),
+                Value::Text(..) | Value::Unescaped(..) => {
+                    b.append_value(value.text(payload, unescaped))
+                }
                 _ => b.append_null(),
             },
         }
@@ -249,11 +270,9 @@ impl JsonDecoder {
             .fields()
             .iter()
             .map(|field| {
-                let column_type = ColumnType::of(field.data_type())?;
                 Some(Column {
                     name: field.name().as_bytes().into(),
-                    naive_utc: matches!(&column_type, ColumnType::Timestamp(zone) if reads_naive_as_utc(zone)),
-                    column_type,
+                    column_type: ColumnType::of(field.data_type())?,
                     required: !field.is_nullable(),
                 })
             })
@@ -398,14 +417,14 @@ impl JsonDecoder {
             return Ok(Value::Null);
         };
         let raw = &payload[span.start..span.end];
-        // The text of a string value (unescaped into `unescaped` if need be).
-        let mut text = |escaped: bool| -> Result<(usize, usize), Bad> {
+        // A string value's text (unescaped into `unescaped` if need be).
+        let mut text = |escaped: bool| -> Result<Value, Bad> {
             if !escaped {
-                return Ok((span.start, span.end));
+                return Ok(Value::Text(span.start, span.end));
             }
             let start = unescaped.len();
             unescape(raw, unescaped)?;
-            Ok((start, unescaped.len()))
+            Ok(Value::Unescaped(start, unescaped.len()))
         };
         let mismatch = || {
             let shown: String = raw.chars().take(40).collect();
@@ -427,22 +446,10 @@ impl JsonDecoder {
             (ColumnType::Boolean, Kind::False) => Ok(Value::Boolean(false)),
             // Not built: the escapes were checked by the scan.
             (ColumnType::Utf8, Kind::String { .. }) if !built => Ok(Value::Null),
-            (ColumnType::Utf8, Kind::String { escaped }) => {
-                let (start, end) = text(escaped)?;
-                Ok(if escaped {
-                    Value::Unescaped(start, end)
-                } else {
-                    Value::Text(start, end)
-                })
-            }
-            (ColumnType::Timestamp(zone), Kind::String { escaped }) => {
-                let (start, end) = text(escaped)?;
-                let s = if escaped {
-                    &unescaped[start..end]
-                } else {
-                    &payload[start..end]
-                };
-                if let Some(micros) = column.naive_utc.then(|| naive_utc_micros(s)).flatten() {
+            (ColumnType::Utf8, Kind::String { escaped }) => text(escaped),
+            (ColumnType::Timestamp { zone, naive_utc }, Kind::String { escaped }) => {
+                let s = text(escaped)?.text(payload, unescaped);
+                if let Some(micros) = naive_utc.then(|| naive_utc_micros(s)).flatten() {
                     return Ok(Value::Int(micros));
                 }
                 let parsed = match zone {
@@ -453,17 +460,14 @@ impl JsonDecoder {
                     .map(Value::Int)
                     .map_err(|e| Bad::from(format!("{}: {e}", unparsable(s).0)))
             }
-            (ColumnType::Timestamp(_), Kind::Number) => lexical_core::parse::<i64>(raw.as_bytes())
-                .or_else(|_| lexical_core::parse::<f64>(raw.as_bytes()).map(|x| x as i64))
-                .map(Value::Int)
-                .map_err(|_| unparsable(raw)),
+            (ColumnType::Timestamp { .. }, Kind::Number) => {
+                lexical_core::parse::<i64>(raw.as_bytes())
+                    .or_else(|_| lexical_core::parse::<f64>(raw.as_bytes()).map(|x| x as i64))
+                    .map(Value::Int)
+                    .map_err(|_| unparsable(raw))
+            }
             (numeric, Kind::String { escaped }) if is_numeric(numeric) => {
-                let (start, end) = text(escaped)?;
-                let s = if escaped {
-                    &unescaped[start..end]
-                } else {
-                    &payload[start..end]
-                };
+                let s = text(escaped)?.text(payload, unescaped);
                 parse_string(numeric, s).ok_or_else(|| unparsable(s))
             }
             (numeric, Kind::Number) if is_numeric(numeric) => {
@@ -559,7 +563,7 @@ fn type_name(column_type: &ColumnType) -> &'static str {
         ColumnType::Float64 => "a double precision",
         ColumnType::Utf8 => "a string",
         ColumnType::Date32 => "a date",
-        ColumnType::Timestamp(_) => "a timestamp",
+        ColumnType::Timestamp { .. } => "a timestamp",
     }
 }
 
@@ -702,14 +706,21 @@ impl Scanner<'_> {
         }
     }
 
-    /// An escape sequence after its backslash.
-    fn escape(&mut self) -> Result<(), Bad> {
-        match self.next("parsing escape sequence")? {
-            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(()),
+    /// An escape sequence after its backslash: the character it stands for.
+    fn escape(&mut self) -> Result<char, Bad> {
+        Ok(match self.next("parsing escape sequence")? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
             b'u' => {
                 let high = self.hex4()?;
-                if char::from_u32(high as u32).is_some() {
-                    return Ok(());
+                if let Some(c) = char::from_u32(high as u32) {
+                    return Ok(c);
                 }
                 // A surrogate: the other half must follow.
                 match self.next("parsing surrogate pair escape")? {
@@ -721,10 +732,10 @@ impl Scanner<'_> {
                     other => return Err(unexpected(other, "parsing surrogate pair unicode")),
                 }
                 let low = self.hex4()?;
-                surrogate_pair(high, low).map(|_| ())
+                surrogate_pair(high, low)?
             }
-            other => Err(unexpected(other, "parsing escape sequence")),
-        }
+            other => return Err(unexpected(other, "parsing escape sequence")),
+        })
     }
 
     fn hex4(&mut self) -> Result<u16, Bad> {
@@ -871,8 +882,8 @@ fn surrogate_pair(high: u16, low: u16) -> Result<char, Bad> {
     }
 }
 
-/// Appends the text of a string (between its quotes) with its escapes,
-/// already checked by [`Scanner::string`], resolved.
+/// Appends the text of a string (between its quotes) with its escapes
+/// resolved.
 fn unescape(raw: &str, out: &mut String) -> Result<(), Bad> {
     let mut scanner = Scanner {
         bytes: raw.as_bytes(),
@@ -887,29 +898,7 @@ fn unescape(raw: &str, out: &mut String) -> Result<(), Bad> {
         };
         out.push_str(&rest[..at]);
         scanner.pos += at + 1;
-        let c = match scanner.next("parsing escape sequence")? {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            b'u' => {
-                let high = scanner.hex4()?;
-                match char::from_u32(high as u32) {
-                    Some(c) => c,
-                    None => {
-                        scanner.pos += 2; // the backslash and `u` of the pair's other half
-                        let low = scanner.hex4()?;
-                        surrogate_pair(high, low)?
-                    }
-                }
-            }
-            other => return Err(unexpected(other, "parsing escape sequence")),
-        };
-        out.push(c);
+        out.push(scanner.escape()?);
     }
 }
 
