@@ -50,11 +50,16 @@ pub type GraphStats = Vec<OperatorStatus>;
 #[derive(Default)]
 pub struct StreamGraph {
     nodes: Vec<GraphNode>,
-    /// Scan leaves and the relation each reads.
-    scans: Vec<(NodeIndex, RelationId)>,
-    /// Per scan (in the order of `scans`), the relation's columns it and
-    /// the operators above it read; `None`: all of them.
-    scan_columns: Vec<Option<Vec<usize>>>,
+    scans: Vec<ScanLeaf>,
+}
+
+/// A scan leaf and the relation it reads.
+struct ScanLeaf {
+    node: NodeIndex,
+    relation: RelationId,
+    /// The relation's columns the scan and the operators above it read;
+    /// `None`: all of them.
+    columns: Option<Vec<usize>>,
 }
 
 impl StreamGraph {
@@ -114,8 +119,11 @@ impl StreamGraph {
         op: Box<dyn Operator>,
     ) -> NodeIndex {
         let index = self.add(op, vec![]);
-        self.scans.push((index, relation));
-        self.scan_columns.push(columns);
+        self.scans.push(ScanLeaf {
+            node: index,
+            relation,
+            columns,
+        });
         index
     }
 
@@ -124,11 +132,9 @@ impl StreamGraph {
     pub fn columns_read(&self, relation: RelationId) -> Option<Vec<usize>> {
         let mut read = Vec::new();
         let mut scanned = false;
-        for ((_, r), columns) in self.scans.iter().zip(&self.scan_columns) {
-            if *r == relation {
-                scanned = true;
-                read.extend(columns.as_ref()?);
-            }
+        for scan in self.scans.iter().filter(|s| s.relation == relation) {
+            scanned = true;
+            read.extend(scan.columns.as_ref()?);
         }
         read.sort_unstable();
         read.dedup();
@@ -139,21 +145,21 @@ impl StreamGraph {
     fn scans_of(&self, relation: RelationId) -> Vec<NodeIndex> {
         self.scans
             .iter()
-            .filter(|(_, r)| *r == relation)
-            .map(|(n, _)| *n)
+            .filter(|s| s.relation == relation)
+            .map(|s| s.node)
             .collect()
     }
 
     /// Makes the scans of `from` read `to` instead (a source's per-view reader).
     pub fn rebind(&mut self, from: RelationId, to: RelationId) {
-        for (_, relation) in self.scans.iter_mut().filter(|(_, r)| *r == from) {
-            *relation = to;
+        for scan in self.scans.iter_mut().filter(|s| s.relation == from) {
+            scan.relation = to;
         }
     }
 
     /// The relations this graph reads, without repeats.
     pub fn input_relations(&self) -> Vec<RelationId> {
-        let mut relations: Vec<RelationId> = self.scans.iter().map(|(_, r)| *r).collect();
+        let mut relations: Vec<RelationId> = self.scans.iter().map(|s| s.relation).collect();
         relations.sort_unstable();
         relations.dedup();
         relations

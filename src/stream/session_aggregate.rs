@@ -101,6 +101,16 @@ struct KeySessions {
     sessions: Sessions,
 }
 
+impl KeySessions {
+    fn new(key: &Arc<[u8]>, sessions: Sessions) -> Self {
+        Self {
+            key: key.clone(),
+            touched_in: 0,
+            sessions,
+        }
+    }
+}
+
 /// A session's output row: key, start, end, the aggregates' values.
 type SessionRow = (Arc<[u8]>, i64, i64, Vec<ScalarValue>);
 
@@ -211,11 +221,7 @@ impl SessionAggregateOperator {
                 Some(entry) => entry,
                 None => {
                     let key: Arc<[u8]> = Arc::from(key);
-                    let entry = KeySessions {
-                        key: key.clone(),
-                        touched_in: 0,
-                        sessions: Sessions::new(),
-                    };
+                    let entry = KeySessions::new(&key, Sessions::new());
                     self.keys.entry(key).or_insert(entry)
                 }
             };
@@ -555,12 +561,8 @@ impl Operator for SessionAggregateOperator {
                 sessions.insert(start, session);
             }
             let key: Arc<[u8]> = key.into();
-            let entry = KeySessions {
-                key: key.clone(),
-                touched_in: 0,
-                sessions,
-            };
-            self.keys.insert(key, entry);
+            self.keys
+                .insert(key.clone(), KeySessions::new(&key, sessions));
         }
         Ok(())
     }
