@@ -1162,8 +1162,12 @@ fn rows_keys(rows: &RowSet) -> KeySet<Arc<[u8]>> {
 }
 
 /// A table's or view's rows as a state table: row -> multiplicity; only
-/// the `touched` rows unless `full`.
+/// the `touched` rows unless `full`. Touching at least half the rows also
+/// writes them all: a walk of the set in order beats a lookup per touched
+/// row (a pass-through view touches every row it holds), and the file is
+/// at most twice the delta's size (and starts a fresh chain).
 fn rows_delta(rows: &RowSet, touched: &mut KeySet<Arc<[u8]>>, full: bool) -> StateDelta {
+    let full = full || (!touched.is_empty() && touched.len() * 2 >= rows.distinct_rows());
     let mut delta = StateDelta::new(full);
     if full {
         for (row, n) in rows.encoded_entries() {

@@ -325,8 +325,12 @@ impl CheckpointStore {
     }
 
     async fn put(&self, relative: &str, bytes: Vec<u8>) -> Result<()> {
+        self.put_chunks(relative, vec![Bytes::from(bytes)]).await
+    }
+
+    async fn put_chunks(&self, relative: &str, chunks: Vec<Bytes>) -> Result<()> {
         self.store
-            .put(&self.path(relative), PutPayload::from(Bytes::from(bytes)))
+            .put(&self.path(relative), PutPayload::from_iter(chunks))
             .await
             .map_err(|e| EddyError::Checkpoint(format!("writing {relative}: {e}")))?;
         Ok(())
@@ -379,29 +383,25 @@ impl CheckpointStore {
             states,
             meta,
         } = capture;
+        // Which state tables go into the data file (an unchanged one keeps
+        // its chain), and how many bytes each section takes: the file's
+        // length comes first in it, and is known before anything is encoded.
         let mut chains = BTreeMap::new();
-        let mut payload = Encoder::new();
-        let mut sections = 0u64;
-        let mut section_bytes = Encoder::new();
-        for (name, delta) in &states {
-            let before = section_bytes.bytes.len();
-            let previous_chain = previous.and_then(|m| m.chains.get(name));
+        let mut sections = Vec::new();
+        let mut payload_len = 8u64; // the section count
+        for (name, delta) in states {
+            let previous_chain = previous.and_then(|m| m.chains.get(&name));
+            let no_base = || {
+                crate::internal!(
+                    "state {name} has no previous checkpoint but was captured as a delta"
+                )
+            };
             if !delta.full && delta.entries.is_empty() {
-                match previous_chain {
-                    Some(chain) => {
-                        chains.insert(name.clone(), chain.clone());
-                        continue;
-                    }
-                    None => {
-                        return Err(crate::internal!(
-                            "state {name} has no previous checkpoint but was captured as a delta"
-                        ))
-                    }
-                }
+                chains.insert(name.clone(), previous_chain.ok_or_else(no_base)?.clone());
+                continue;
             }
-            encode_section(&mut section_bytes, name, delta);
-            sections += 1;
-            let written = (section_bytes.bytes.len() - before) as u64;
+            let written = section_len(&name, &delta);
+            payload_len += written;
             let chain = match (delta.full, previous_chain) {
                 (true, _) => Chain {
                     files: vec![id],
@@ -414,31 +414,31 @@ impl CheckpointStore {
                     chain.delta_bytes += written;
                     chain
                 }
-                (false, None) => {
-                    return Err(crate::internal!(
-                        "state {name} has no previous checkpoint but was captured as a delta"
-                    ))
-                }
+                (false, None) => return Err(no_base()),
             };
             chains.insert(name.clone(), chain);
+            sections.push((name, delta));
         }
-        payload.u64(sections);
-        payload.bytes.extend_from_slice(&section_bytes.bytes);
-        let data = envelope(DATA_MAGIC, &payload.bytes);
         let data_path = format!("state/{id:020}.data");
         let mut files = BTreeMap::new();
         let mut bytes_written = 0;
-        if sections > 0 {
+        if !sections.is_empty() {
+            let mut data = ChunkedEnvelope::new(DATA_MAGIC, payload_len);
+            data.encoder().u64(sections.len() as u64);
+            for (name, delta) in sections {
+                // Each entry is freed once encoded.
+                encode_section(&mut data, &name, delta);
+            }
+            let (chunks, file) = data.finish()?;
+            bytes_written += file.bytes;
             files.insert(
                 id,
                 DataFile {
                     path: data_path.clone(),
-                    bytes: data.len() as u64,
-                    crc32: crc32(&data),
+                    ..file
                 },
             );
-            bytes_written += data.len() as u64;
-            self.put(&data_path, data).await?;
+            self.put_chunks(&data_path, chunks).await?;
         }
         // Files of earlier checkpoints that the chains still read.
         let needed: BTreeSet<u64> = chains.values().flat_map(|c| c.files.clone()).collect();
@@ -715,16 +715,115 @@ fn open_envelope<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result<&'a
     Ok(payload)
 }
 
-fn encode_section(out: &mut Encoder, name: &str, delta: &StateDelta) {
-    out.bytes(name.as_bytes())
+/// The bytes [`encode_section`] writes for `delta`.
+fn section_len(name: &str, delta: &StateDelta) -> u64 {
+    let entries: usize = delta
+        .entries
+        .iter()
+        .map(|(key, value)| 8 + key.len() + 1 + value.as_ref().map_or(0, |v| 8 + v.len()))
+        .sum();
+    (8 + name.len() + 1 + 8 + entries) as u64
+}
+
+/// Encodes one state table's section, freeing each entry once written.
+fn encode_section(out: &mut ChunkedEnvelope, name: &str, delta: StateDelta) {
+    out.encoder()
+        .bytes(name.as_bytes())
         .u8(u8::from(delta.full))
         .u64(delta.entries.len() as u64);
-    for (key, value) in &delta.entries {
-        out.bytes(key);
+    for (key, value) in delta.entries {
+        let encoder = out.encoder();
+        encoder.bytes(&key);
         match value {
-            Some(value) => out.u8(1).bytes(value),
-            None => out.u8(0),
+            Some(value) => encoder.u8(1).bytes(&value),
+            None => encoder.u8(0),
         };
+        out.end_of_entry();
+    }
+}
+
+/// A file in the [`envelope`] format built in chunks as its payload is
+/// encoded: no copy of the whole file and no doubling as a buffer grows,
+/// so writing a large checkpoint needs its encoded size in memory once
+/// (while the captured entries it encodes are freed as it goes). The
+/// payload's length, which the header holds, is declared up front and
+/// checked at the end.
+struct ChunkedEnvelope {
+    chunks: Vec<Bytes>,
+    current: Encoder,
+    /// Header bytes at the start of `current` (not payload).
+    header: usize,
+    declared_len: u64,
+    payload_len: u64,
+    payload_crc: crc32fast::Hasher,
+    file_crc: crc32fast::Hasher,
+}
+
+/// The size at which a chunk is cut.
+const CHUNK_BYTES: usize = 4 << 20;
+
+impl ChunkedEnvelope {
+    fn new(magic: &[u8; 8], payload_len: u64) -> Self {
+        let mut current = Encoder::new();
+        current.bytes.reserve(CHUNK_BYTES);
+        current.bytes.extend_from_slice(magic);
+        current.u32(STATE_FORMAT_VERSION).u64(payload_len);
+        Self {
+            chunks: Vec::new(),
+            header: current.bytes.len(),
+            current,
+            declared_len: payload_len,
+            payload_len: 0,
+            payload_crc: crc32fast::Hasher::new(),
+            file_crc: crc32fast::Hasher::new(),
+        }
+    }
+
+    /// Where the payload is appended.
+    fn encoder(&mut self) -> &mut Encoder {
+        &mut self.current
+    }
+
+    /// Cuts a chunk when the current one is full (called between entries).
+    fn end_of_entry(&mut self) {
+        if self.current.bytes.len() >= CHUNK_BYTES {
+            self.cut();
+        }
+    }
+
+    fn cut(&mut self) {
+        let bytes = std::mem::replace(
+            &mut self.current.bytes,
+            Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4),
+        );
+        let payload = &bytes[self.header..];
+        self.payload_crc.update(payload);
+        self.payload_len += payload.len() as u64;
+        self.file_crc.update(&bytes);
+        self.header = 0;
+        self.chunks.push(Bytes::from(bytes));
+    }
+
+    /// The file's chunks, and its size and CRC as a manifest names them
+    /// (its path left empty).
+    fn finish(mut self) -> Result<(Vec<Bytes>, DataFile)> {
+        self.cut();
+        if self.payload_len != self.declared_len {
+            return Err(crate::internal!(
+                "a checkpoint file's payload is {} bytes, but {} were declared",
+                self.payload_len,
+                self.declared_len
+            ));
+        }
+        let trailer = self.payload_crc.finalize().to_le_bytes();
+        self.file_crc.update(&trailer);
+        self.chunks.push(Bytes::copy_from_slice(&trailer));
+        let file = DataFile {
+            path: String::new(),
+            bytes: self.chunks.iter().map(|c| c.len() as u64).sum(),
+            crc32: self.file_crc.finalize(),
+        };
+        Ok((self.chunks, file))
     }
 }
 
@@ -957,6 +1056,91 @@ mod tests {
         let a = restored.take("a");
         let keys: Vec<&[u8]> = a.keys().map(|k| k.as_slice()).collect();
         assert_eq!(keys, vec![b"k2".as_slice(), b"k3".as_slice()]);
+    }
+
+    /// A data file larger than a chunk (several sections, deletes, a full
+    /// and a delta section) is written in pieces: on disk it is byte for
+    /// byte the one-buffer format (so files of either kind read back), and
+    /// it restores.
+    #[tokio::test]
+    async fn a_file_of_many_chunks_has_the_one_buffer_format() {
+        let dir = std::env::temp_dir().join(format!("eddy-chunks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = CheckpointStore::open(dir.to_str().unwrap()).unwrap();
+        let big: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..40_000u32)
+            .map(|i| {
+                let value = (i % 7 != 0).then(|| vec![(i % 251) as u8; 200 + (i % 50) as usize]);
+                (i.to_be_bytes().to_vec(), value)
+            })
+            .collect();
+        let first = store
+            .write(
+                1,
+                None,
+                capture(1, vec![("small", delta(true, &[("k", Some("v"))]))]),
+                vec![],
+            )
+            .await
+            .unwrap();
+        let states = vec![
+            (
+                "big",
+                StateDelta {
+                    full: true,
+                    entries: big.clone(),
+                },
+            ),
+            ("small", delta(false, &[("k", None), ("k2", Some("v2"))])),
+        ];
+        // The expected file, encoded in one buffer.
+        let mut payload = Encoder::new();
+        payload.u64(states.len() as u64);
+        for (name, delta) in &states {
+            payload
+                .bytes(name.as_bytes())
+                .u8(u8::from(delta.full))
+                .u64(delta.entries.len() as u64);
+            for (key, value) in &delta.entries {
+                payload.bytes(key);
+                match value {
+                    Some(value) => payload.u8(1).bytes(value),
+                    None => payload.u8(0),
+                };
+            }
+        }
+        let expected = envelope(DATA_MAGIC, &payload.bytes);
+        assert!(expected.len() > 2 * CHUNK_BYTES);
+
+        let second = store
+            .write(2, Some(&first), capture(2, states), vec![])
+            .await
+            .unwrap();
+        let on_disk = std::fs::read(dir.join("state").join(format!("{:020}.data", 2))).unwrap();
+        assert!(
+            on_disk == expected,
+            "the chunked file differs from the one-buffer format"
+        );
+        assert_eq!(second.files[&2].bytes, expected.len() as u64);
+        assert_eq!(second.files[&2].crc32, crc32(&expected));
+        let big_section = section_len(
+            "big",
+            &StateDelta {
+                full: true,
+                entries: big.clone(),
+            },
+        );
+        assert_eq!(second.chains["big"].base_bytes, big_section);
+
+        let (_, mut restored) = store.latest().await.unwrap().unwrap();
+        let big_back = restored.take("big");
+        let kept: Vec<_> = big.iter().filter(|(_, v)| v.is_some()).collect();
+        assert_eq!(big_back.len(), kept.len());
+        for (key, value) in kept {
+            assert_eq!(Some(&big_back[key.as_slice()]), value.as_ref());
+        }
+        let small = restored.take("small");
+        assert_eq!(small.keys().collect::<Vec<_>>(), vec![&b"k2".to_vec()]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
