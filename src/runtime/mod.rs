@@ -42,8 +42,7 @@ use crate::state::checkpoint::{
     Capture, CaptureRequest, CheckpointMeta, ReaderPosition, RestoredState, StateDelta,
 };
 use crate::state::codec::{Decoder, Encoder};
-use crate::state::KeySet;
-use crate::state::{RowCodec, RowSet};
+use crate::state::{Changed, RowCodec, RowSet};
 use crate::stream::graph::{GraphStats, StreamGraph};
 use crate::stream::ChangeBatch;
 
@@ -514,7 +513,7 @@ struct RunningView {
     graph: StreamGraph,
     state: RowSet,
     /// Rows changed since the last checkpoint.
-    touched: KeySet<Arc<[u8]>>,
+    touched: Touched,
     /// Source readers: relation id and checkpoint name.
     readers: Vec<(RelationId, String)>,
     failed: Option<String>,
@@ -530,7 +529,7 @@ impl RunningView {
         name: String,
         graph: StreamGraph,
         state: RowSet,
-        touched: KeySet<Arc<[u8]>>,
+        touched: Touched,
         readers: Vec<(RelationId, String)>,
     ) -> Self {
         Self {
@@ -550,7 +549,7 @@ impl RunningView {
 struct TrackedTable {
     name: String,
     rows: RowSet,
-    touched: KeySet<Arc<[u8]>>,
+    touched: Touched,
 }
 
 /// What flows between relations inside the runtime.
@@ -636,10 +635,10 @@ impl Worker {
                 if let Some(rows) = table_rows {
                     if let Some(table) = self.tables.get_mut(&relation) {
                         match rows.codec().encode(&batch.rows) {
-                            Ok(encoded) => table.touched.extend(encoded),
+                            Ok(encoded) => table.touched.note_all(rows.distinct_rows(), encoded),
                             // Cannot happen for rows of the table's own
                             // schema; capture it whole next time instead.
-                            Err(_) => table.touched.extend(rows_keys(&rows)),
+                            Err(_) => table.touched = Touched::all(),
                         }
                         table.rows = rows;
                         // A change even without readers: the next
@@ -733,9 +732,9 @@ impl Worker {
                 reply,
             } => {
                 let touched = if restored {
-                    KeySet::default()
+                    Touched::default()
                 } else {
-                    rows_keys(&rows)
+                    Touched::all()
                 };
                 self.tables.insert(
                     id,
@@ -835,9 +834,10 @@ impl Worker {
             self.readers.entry(input).or_default().push(id);
         }
         tracing::info!(view = %name, rows = state.len(), "materialized view started");
-        let touched = rows_keys(&state);
-        self.views
-            .insert(id, RunningView::new(name, graph, state, touched, readers));
+        self.views.insert(
+            id,
+            RunningView::new(name, graph, state, Touched::all(), readers),
+        );
         self.dirty = true;
         Ok(())
     }
@@ -871,11 +871,15 @@ impl Worker {
         for (reader, watermark) in reader_watermarks {
             self.watermarks.insert(reader, watermark);
         }
+        // What the restored watermarks still release is a change since
+        // the checkpoint.
+        let mut touched = Touched::default();
         for input in graph.input_relations() {
             if let Some(&watermark) = self.watermarks.get(&input) {
                 let (changes, _) = graph.push_watermark(input, watermark)?;
                 for change in changes {
-                    rows.apply(&change)?;
+                    let changed = rows.apply_returning_rows(&change)?;
+                    touched.note_all(rows.distinct_rows(), changed);
                 }
             }
         }
@@ -886,10 +890,8 @@ impl Worker {
             self.readers.entry(input).or_default().push(id);
         }
         tracing::info!(view = %name, rows = rows.len(), "materialized view restored");
-        self.views.insert(
-            id,
-            RunningView::new(name, graph, rows, KeySet::default(), readers),
-        );
+        self.views
+            .insert(id, RunningView::new(name, graph, rows, touched, readers));
         self.dirty = true;
         Ok(())
     }
@@ -1077,10 +1079,13 @@ impl Worker {
         let mut next = view.state.clone();
         let mut touched = Vec::new();
         for change in &changes {
-            touched.extend(next.apply_returning_rows(change)?);
+            let changed = next.apply_returning_rows(change)?;
+            if !view.touched.is_all() {
+                touched.extend(changed);
+            }
         }
+        view.touched.note_all(next.distinct_rows(), touched);
         view.state = next;
-        view.touched.extend(touched);
         Ok(changes)
     }
 
@@ -1156,32 +1161,27 @@ impl Worker {
     }
 }
 
-/// Every row of `rows` (for a state table captured whole).
-fn rows_keys(rows: &RowSet) -> KeySet<Arc<[u8]>> {
-    rows.encoded_entries().map(|(row, _)| row.clone()).collect()
-}
+/// The rows of a table or view changed since the last checkpoint.
+type Touched = Changed<Arc<[u8]>>;
 
 /// A table's or view's rows as a state table: row -> multiplicity; only
-/// the `touched` rows unless `full`. Touching at least half the rows also
-/// writes them all: a walk of the set in order beats a lookup per touched
-/// row (a pass-through view touches every row it holds), and the file is
-/// at most twice the delta's size (and starts a fresh chain).
-fn rows_delta(rows: &RowSet, touched: &mut KeySet<Arc<[u8]>>, full: bool) -> StateDelta {
-    let full = full || (!touched.is_empty() && touched.len() * 2 >= rows.distinct_rows());
-    let mut delta = StateDelta::new(full);
-    if full {
+/// the `touched` rows unless `full` or all are (then the file is at most
+/// twice the delta's size, and starts a fresh chain).
+fn rows_delta(rows: &RowSet, touched: &mut Touched, full: bool) -> StateDelta {
+    let touched = touched.take();
+    let mut delta = StateDelta::new(full || touched.is_all());
+    if delta.full {
         for (row, n) in rows.encoded_entries() {
-            delta.put(row.to_vec(), n.to_le_bytes().to_vec());
+            delta.put(row, n.to_le_bytes());
         }
     } else {
-        for row in touched.iter() {
+        for row in touched.keys() {
             match rows.multiplicity(row) {
-                0 => delta.delete(row.to_vec()),
-                n => delta.put(row.to_vec(), n.to_le_bytes().to_vec()),
+                0 => delta.delete(row),
+                n => delta.put(row, n.to_le_bytes()),
             }
         }
     }
-    touched.clear();
     delta
 }
 
@@ -1280,6 +1280,37 @@ fn guarded<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Changed rows are noted one by one until they are half the rows held;
+    /// from then on (and for a view just started) the next checkpoint
+    /// writes every row, and after it rows are noted one by one again.
+    #[test]
+    fn touched_rows_turn_into_all_at_half() {
+        let row = |i: u8| -> Arc<[u8]> { Arc::from(&[i][..]) };
+        let mut touched = Touched::default();
+        touched.note_all(10, [row(1), row(2)]);
+        touched.note(10, || row(2));
+        assert!(!touched.is_all() && touched.keys().len() == 2);
+        touched.note_all(0, []); // nothing changed: nothing to write
+        assert!(!touched.is_all());
+        touched.note_all(10, [row(3), row(4), row(5)]);
+        assert!(touched.is_all() && touched.keys().is_empty());
+        touched.note(10, || unreachable!("no key is made once all changed"));
+
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new(
+                "v",
+                datafusion::arrow::datatypes::DataType::Int64,
+                false,
+            ),
+        ]));
+        let rows = RowSet::new(Arc::new(RowCodec::try_new(schema).unwrap()));
+        assert!(rows_delta(&rows, &mut touched, false).full);
+        assert!(!touched.is_all() && touched.keys().is_empty());
+        touched.note(10, || row(7));
+        let delta = rows_delta(&rows, &mut touched, false);
+        assert!(!delta.full && delta.len() == 1);
+    }
 
     #[test]
     fn a_panicking_operator_becomes_an_error() {

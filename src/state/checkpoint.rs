@@ -56,10 +56,19 @@ const MIN_COMPACTION_BYTES: u64 = 256 * 1024;
 
 /// One state table's entries in a checkpoint: all of them (`full`), or the
 /// ones changed since the previous checkpoint (a `None` value deletes).
+///
+/// The entries are kept as the data file encodes them (`bytes(key) 1
+/// bytes(value)`, or `bytes(key) 0` for a delete), in chunks of about
+/// [`CHUNK_BYTES`]: capturing a state table costs no allocation per entry,
+/// a large one never doubles a buffer as it grows, and writing hands the
+/// chunks to storage without copying them. A delta read back from a file
+/// is a slice of it.
 #[derive(Debug, Default, Clone)]
 pub struct StateDelta {
     pub full: bool,
-    pub entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    chunks: Vec<Bytes>,
+    current: Vec<u8>,
+    len: u64,
 }
 
 impl StateDelta {
@@ -68,16 +77,119 @@ impl StateDelta {
     pub fn new(full: bool) -> Self {
         Self {
             full,
-            entries: Vec::new(),
+            ..Self::default()
         }
     }
 
-    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.entries.push((key, Some(value)));
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.put_with(
+            |k| {
+                k.raw(key.as_ref());
+            },
+            |v| {
+                v.raw(value.as_ref());
+            },
+        );
     }
 
-    pub fn delete(&mut self, key: Vec<u8>) {
-        self.entries.push((key, None));
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) {
+        self.entry(
+            |k| {
+                k.raw(key.as_ref());
+            },
+            None::<fn(&mut Encoder)>,
+        );
+    }
+
+    /// Adds a delete whose key is encoded in place.
+    pub fn delete_with(&mut self, key: impl FnOnce(&mut Encoder)) {
+        self.entry(key, None::<fn(&mut Encoder)>);
+    }
+
+    /// Adds an entry whose key and value are encoded in place.
+    pub fn put_with(&mut self, key: impl FnOnce(&mut Encoder), value: impl FnOnce(&mut Encoder)) {
+        self.entry(key, Some(value));
+    }
+
+    fn entry(&mut self, key: impl FnOnce(&mut Encoder), value: Option<impl FnOnce(&mut Encoder)>) {
+        let mut out = Encoder {
+            bytes: std::mem::take(&mut self.current),
+        };
+        out.prefixed(key);
+        match value {
+            Some(value) => {
+                out.u8(1).prefixed(value);
+            }
+            None => {
+                out.u8(0);
+            }
+        }
+        self.current = out.bytes;
+        self.len += 1;
+        if self.current.len() >= CHUNK_BYTES {
+            self.cut();
+        }
+    }
+
+    fn cut(&mut self) {
+        if !self.current.is_empty() {
+            let full = std::mem::take(&mut self.current);
+            self.chunks.push(Bytes::from(full));
+        }
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The encoded size of the entries.
+    fn encoded_len(&self) -> u64 {
+        let chunks: usize = self.chunks.iter().map(|c| c.len()).sum();
+        (chunks + self.current.len()) as u64
+    }
+
+    /// Adds the entries of `other` after these.
+    pub fn append(&mut self, mut other: StateDelta) {
+        self.cut();
+        other.cut();
+        self.chunks.append(&mut other.chunks);
+        self.len += other.len;
+    }
+
+    /// The entries in order: `(key, Some(value))` or `(key, None)`.
+    pub fn entries(&self) -> impl Iterator<Item = Result<(&[u8], Option<&[u8]>)>> {
+        self.chunks
+            .iter()
+            .map(|c| c.as_ref())
+            .chain(std::iter::once(self.current.as_slice()))
+            .flat_map(|chunk| {
+                let mut d = Decoder::new(chunk);
+                std::iter::from_fn(move || (!d.is_empty()).then(|| decode_entry(&mut d)))
+            })
+    }
+
+    /// The entries as a map, the last of a key winning (tests).
+    #[cfg(test)]
+    pub fn into_map(self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut map = BTreeMap::new();
+        for entry in self.entries() {
+            match entry.expect("entries this process encoded") {
+                (key, Some(value)) => map.insert(key.to_vec(), value.to_vec()),
+                (key, None) => map.remove(key),
+            };
+        }
+        map
+    }
+
+    /// The encoded entries, to be written as they are.
+    fn into_chunks(mut self) -> Vec<Bytes> {
+        self.cut();
+        self.chunks
     }
 
     /// Writes a state table kept as the map `state`: every entry when the
@@ -94,13 +206,13 @@ impl StateDelta {
     {
         if self.full {
             for (key, value) in state {
-                self.put(key.as_ref().to_vec(), encode(value));
+                self.put(key, encode(value));
             }
         } else {
             for key in dirty.iter() {
                 match state.get(key) {
-                    Some(value) => self.put(key.as_ref().to_vec(), encode(value)),
-                    None => self.delete(key.as_ref().to_vec()),
+                    Some(value) => self.put(key, encode(value)),
+                    None => self.delete(key),
                 }
             }
         }
@@ -396,7 +508,7 @@ impl CheckpointStore {
                     "state {name} has no previous checkpoint but was captured as a delta"
                 )
             };
-            if !delta.full && delta.entries.is_empty() {
+            if !delta.full && delta.is_empty() {
                 chains.insert(name.clone(), previous_chain.ok_or_else(no_base)?.clone());
                 continue;
             }
@@ -585,7 +697,8 @@ impl CheckpointStore {
                 )));
             }
             let payload = open_envelope(DATA_MAGIC, &bytes, &file.path)?;
-            let decoded = decode_sections(payload)
+            let payload = bytes.slice_ref(payload);
+            let decoded = decode_sections(&payload)
                 .map_err(|e| EddyError::Checkpoint(format!("{}: {e}", file.path)))?;
             sections.insert(*id, decoded);
         }
@@ -605,10 +718,10 @@ impl CheckpointStore {
                 if delta.full {
                     entries.clear();
                 }
-                for (key, value) in delta.entries {
-                    match value {
-                        Some(value) => entries.insert(key, value),
-                        None => entries.remove(&key),
+                for entry in delta.entries() {
+                    match entry? {
+                        (key, Some(value)) => entries.insert(key.to_vec(), value.to_vec()),
+                        (key, None) => entries.remove(key),
                     };
                 }
             }
@@ -717,29 +830,29 @@ fn open_envelope<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result<&'a
 
 /// The bytes [`encode_section`] writes for `delta`.
 fn section_len(name: &str, delta: &StateDelta) -> u64 {
-    let entries: usize = delta
-        .entries
-        .iter()
-        .map(|(key, value)| 8 + key.len() + 1 + value.as_ref().map_or(0, |v| 8 + v.len()))
-        .sum();
-    (8 + name.len() + 1 + 8 + entries) as u64
+    (8 + name.len() + 1 + 8) as u64 + delta.encoded_len()
 }
 
-/// Encodes one state table's section, freeing each entry once written.
+/// Encodes one state table's section: its header, then its entries' chunks
+/// as they are.
 fn encode_section(out: &mut ChunkedEnvelope, name: &str, delta: StateDelta) {
     out.encoder()
         .bytes(name.as_bytes())
         .u8(u8::from(delta.full))
-        .u64(delta.entries.len() as u64);
-    for (key, value) in delta.entries {
-        let encoder = out.encoder();
-        encoder.bytes(&key);
-        match value {
-            Some(value) => encoder.u8(1).bytes(&value),
-            None => encoder.u8(0),
-        };
-        out.end_of_entry();
+        .u64(delta.len());
+    for chunk in delta.into_chunks() {
+        out.append(chunk);
     }
+}
+
+/// One entry as [`StateDelta`] encodes it.
+fn decode_entry<'a>(d: &mut Decoder<'a>) -> Result<(&'a [u8], Option<&'a [u8]>)> {
+    let key = d.bytes()?;
+    let value = match d.u8()? {
+        0 => None,
+        _ => Some(d.bytes()?),
+    };
+    Ok((key, value))
 }
 
 /// A file in the [`envelope`] format built in chunks as its payload is
@@ -765,7 +878,6 @@ const CHUNK_BYTES: usize = 4 << 20;
 impl ChunkedEnvelope {
     fn new(magic: &[u8; 8], payload_len: u64) -> Self {
         let mut current = Encoder::new();
-        current.bytes.reserve(CHUNK_BYTES);
         current.bytes.extend_from_slice(magic);
         current.u32(STATE_FORMAT_VERSION).u64(payload_len);
         Self {
@@ -784,18 +896,20 @@ impl ChunkedEnvelope {
         &mut self.current
     }
 
-    /// Cuts a chunk when the current one is full (called between entries).
-    fn end_of_entry(&mut self) {
-        if self.current.bytes.len() >= CHUNK_BYTES {
-            self.cut();
-        }
+    /// Appends an encoded chunk of the payload without copying it.
+    fn append(&mut self, chunk: Bytes) {
+        self.cut();
+        self.payload_crc.update(&chunk);
+        self.file_crc.update(&chunk);
+        self.payload_len += chunk.len() as u64;
+        self.chunks.push(chunk);
     }
 
     fn cut(&mut self) {
-        let bytes = std::mem::replace(
-            &mut self.current.bytes,
-            Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4),
-        );
+        if self.current.bytes.is_empty() {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.current.bytes);
         let payload = &bytes[self.header..];
         self.payload_crc.update(payload);
         self.payload_len += payload.len() as u64;
@@ -827,24 +941,27 @@ impl ChunkedEnvelope {
     }
 }
 
-fn decode_sections(payload: &[u8]) -> Result<HashMap<String, StateDelta>> {
+/// The sections of a data file; each delta's entries are a slice of
+/// `payload`, checked here.
+fn decode_sections(payload: &Bytes) -> Result<HashMap<String, StateDelta>> {
     let mut d = Decoder::new(payload);
     let count = d.u64()?;
     let mut sections = HashMap::new();
     for _ in 0..count {
         let name = string(d.bytes()?)?;
         let full = d.u8()? != 0;
-        let n = d.u64()?;
-        let mut entries = Vec::with_capacity(n.min(1 << 20) as usize);
-        for _ in 0..n {
-            let key = d.bytes()?.to_vec();
-            let value = match d.u8()? {
-                0 => None,
-                _ => Some(d.bytes()?.to_vec()),
-            };
-            entries.push((key, value));
+        let len = d.u64()?;
+        let start = d.position();
+        for _ in 0..len {
+            decode_entry(&mut d)?;
         }
-        sections.insert(name, StateDelta { full, entries });
+        let delta = StateDelta {
+            full,
+            chunks: vec![payload.slice(start..d.position())],
+            current: Vec::new(),
+            len,
+        };
+        sections.insert(name, delta);
     }
     Ok(sections)
 }
@@ -1002,13 +1119,14 @@ mod tests {
     }
 
     fn delta(full: bool, entries: &[(&str, Option<&str>)]) -> StateDelta {
-        StateDelta {
-            full,
-            entries: entries
-                .iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
-                .collect(),
+        let mut delta = StateDelta::new(full);
+        for (key, value) in entries {
+            match value {
+                Some(value) => delta.put(key, value),
+                None => delta.delete(key),
+            }
         }
+        delta
     }
 
     #[tokio::test]
@@ -1082,25 +1200,36 @@ mod tests {
             )
             .await
             .unwrap();
+        let mut big_delta = StateDelta::new(true);
+        for (key, value) in &big {
+            match value {
+                Some(value) => big_delta.put(key, value),
+                None => big_delta.delete(key),
+            }
+        }
+        let small = [(&b"k"[..], None), (&b"k2"[..], Some(&b"v2"[..]))];
         let states = vec![
-            (
-                "big",
-                StateDelta {
-                    full: true,
-                    entries: big.clone(),
-                },
-            ),
+            ("big", big_delta.clone()),
             ("small", delta(false, &[("k", None), ("k2", Some("v2"))])),
         ];
         // The expected file, encoded in one buffer.
         let mut payload = Encoder::new();
         payload.u64(states.len() as u64);
-        for (name, delta) in &states {
+        type Entries<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
+        let sections: [(&str, bool, Entries); 2] = [
+            (
+                "big",
+                true,
+                big.iter().map(|(k, v)| (&k[..], v.as_deref())).collect(),
+            ),
+            ("small", false, small.to_vec()),
+        ];
+        for (name, full, entries) in &sections {
             payload
                 .bytes(name.as_bytes())
-                .u8(u8::from(delta.full))
-                .u64(delta.entries.len() as u64);
-            for (key, value) in &delta.entries {
+                .u8(u8::from(*full))
+                .u64(entries.len() as u64);
+            for (key, value) in entries {
                 payload.bytes(key);
                 match value {
                     Some(value) => payload.u8(1).bytes(value),
@@ -1122,14 +1251,14 @@ mod tests {
         );
         assert_eq!(second.files[&2].bytes, expected.len() as u64);
         assert_eq!(second.files[&2].crc32, crc32(&expected));
-        let big_section = section_len(
-            "big",
-            &StateDelta {
-                full: true,
-                entries: big.clone(),
-            },
+        assert_eq!(
+            second.chains["big"].base_bytes,
+            section_len("big", &big_delta)
         );
-        assert_eq!(second.chains["big"].base_bytes, big_section);
+        assert!(
+            big_delta.chunks.len() >= 2,
+            "the delta spans several chunks"
+        );
 
         let (_, mut restored) = store.latest().await.unwrap().unwrap();
         let big_back = restored.take("big");

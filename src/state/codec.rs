@@ -51,6 +51,22 @@ impl Encoder {
         self
     }
 
+    /// Bytes as they are (no length prefix).
+    pub fn raw(&mut self, v: &[u8]) -> &mut Self {
+        self.bytes.extend_from_slice(v);
+        self
+    }
+
+    /// A length-prefixed byte string written in place by `write`.
+    pub fn prefixed(&mut self, write: impl FnOnce(&mut Self)) -> &mut Self {
+        let at = self.bytes.len();
+        self.u64(0);
+        write(self);
+        let len = (self.bytes.len() - at - 8) as u64;
+        self.bytes[at..at + 8].copy_from_slice(&len.to_le_bytes());
+        self
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.bytes
     }
@@ -70,6 +86,11 @@ impl<'a> Decoder<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.position >= self.bytes.len()
+    }
+
+    /// How many bytes have been read.
+    pub fn position(&self) -> usize {
+        self.position
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {

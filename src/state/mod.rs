@@ -30,6 +30,80 @@ pub type KeyMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomSt
 /// A hash set of encoded bytes; see [`KeyMap`].
 pub type KeySet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
+/// The keys of a state table changed since the last checkpoint: each of
+/// them, or, once they are as many as half the entries held, just that
+/// ([`Changed::is_all`]): writing every entry then costs no more than a
+/// lookup per changed key. A view or operator that changes most of what it
+/// holds between checkpoints (a pass-through view's new rows, a windowed
+/// join's rows that come and go) stops hashing and keeping a second
+/// reference to every change; hashing them was a tenth of a pass-through
+/// view's time.
+#[derive(Debug)]
+pub struct Changed<K> {
+    keys: KeySet<K>,
+    all: bool,
+}
+
+impl<K> Default for Changed<K> {
+    fn default() -> Self {
+        Self {
+            keys: KeySet::default(),
+            all: false,
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash> Changed<K> {
+    /// Everything changed (a state table not captured yet).
+    pub fn all() -> Self {
+        Self {
+            keys: KeySet::default(),
+            all: true,
+        }
+    }
+
+    /// Whether the next capture is to write every entry.
+    pub fn is_all(&self) -> bool {
+        self.all
+    }
+
+    /// The changed keys (none once [`Changed::is_all`]).
+    pub fn keys(&self) -> &KeySet<K> {
+        &self.keys
+    }
+
+    /// Notes a changed key (made only when it is to be kept); `held` is the
+    /// number of entries held after the change.
+    pub fn note(&mut self, held: usize, key: impl FnOnce() -> K) {
+        if !self.all && self.keys.insert(key()) {
+            self.check(held);
+        }
+    }
+
+    /// Notes changed keys; see [`Changed::note`].
+    pub fn note_all(&mut self, held: usize, keys: impl IntoIterator<Item = K>) {
+        if self.all {
+            return;
+        }
+        let before = self.keys.len();
+        self.keys.extend(keys);
+        if self.keys.len() > before {
+            self.check(held);
+        }
+    }
+
+    fn check(&mut self, held: usize) {
+        if self.keys.len() * 2 >= held {
+            *self = Self::all();
+        }
+    }
+
+    /// What changed since the last capture; from now on, nothing.
+    pub fn take(&mut self) -> Self {
+        std::mem::take(self)
+    }
+}
+
 /// Encodes rows of one schema to bytes and back.
 #[derive(Debug)]
 pub struct RowCodec {

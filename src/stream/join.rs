@@ -65,7 +65,7 @@ use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::RowCodec;
-use crate::state::{KeyMap, KeySet};
+use crate::state::{Changed, KeyMap};
 
 /// Which rows of a side appear alone in the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +146,7 @@ struct SideState {
     /// Kept rows (distinct), for the state figures.
     kept: u64,
     /// (key, row) changed since the last checkpoint.
-    dirty: KeySet<KeyedRow>,
+    dirty: Changed<KeyedRow>,
     /// Keys by window end (µs), when the key holds one.
     by_window_end: BTreeMap<i64, BTreeSet<Arc<[u8]>>>,
 }
@@ -177,7 +177,22 @@ impl SideState {
         if bucket.is_empty() {
             self.rows.remove(key);
         }
-        self.dirty.insert((key.clone(), row.clone()));
+        self.dirty
+            .note(self.kept as usize, || (key.clone(), row.clone()));
+    }
+}
+
+/// Writes a kept row's state key: `[side][key length][key][row length][row]`.
+fn state_key<'a>(side: u8, key: &'a [u8], row: &'a [u8]) -> impl FnOnce(&mut Encoder) + 'a {
+    move |out| {
+        out.u8(side).bytes(key).bytes(row);
+    }
+}
+
+/// Writes a kept row's state value: `(multiplicity, matches)`.
+fn state_value(entry: Entry) -> impl FnOnce(&mut Encoder) {
+    move |out| {
+        out.i64(entry.multiplicity).i64(entry.matches);
     }
 }
 
@@ -294,7 +309,7 @@ impl JoinOperator {
                 lone,
                 rows: KeyMap::default(),
                 kept: 0,
-                dirty: KeySet::default(),
+                dirty: Changed::default(),
                 by_window_end: BTreeMap::new(),
             })
         };
@@ -718,7 +733,9 @@ impl Operator for JoinOperator {
                         -entry.multiplicity
                     });
                 }
-                side.dirty.insert((keys[i].clone(), pair_other[p].clone()));
+                let held = side.kept as usize;
+                side.dirty
+                    .note(held, || (keys[i].clone(), pair_other[p].clone()));
             }
         }
         if !matched_pairs.is_empty() {
@@ -882,7 +899,7 @@ impl Operator for JoinOperator {
                 };
                 if bucket.remove(&row).is_some() {
                     side.kept -= 1;
-                    side.dirty.insert((key.clone(), row));
+                    side.dirty.note(side.kept as usize, || (key.clone(), row));
                 }
                 if bucket.is_empty() {
                     side.rows.remove(&key);
@@ -898,9 +915,9 @@ impl Operator for JoinOperator {
                 for key in closed.into_values().flatten() {
                     if let Some(bucket) = side.rows.remove(&key) {
                         side.kept -= bucket.len() as u64;
-                        for row in bucket.into_keys() {
-                            side.dirty.insert((key.clone(), row));
-                        }
+                        let held = side.kept as usize;
+                        side.dirty
+                            .note_all(held, bucket.into_keys().map(|row| (key.clone(), row)));
                     }
                 }
             }
@@ -932,34 +949,32 @@ impl Operator for JoinOperator {
         true
     }
 
-    /// State entries: `[side][key length][key][row] → (multiplicity, matches)`.
+    /// State entries: `[side][key length][key][row length][row] →
+    /// (multiplicity, matches)`. A side whose changes since the last
+    /// checkpoint are half its rows (a windowed join's rows come and go) is
+    /// written whole, and with it the whole table (one holds both sides).
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
+        if self.sides.iter().any(|side| side.dirty.is_all()) {
+            delta.full = true;
+        }
         for (index, side) in self.sides.iter_mut().enumerate() {
-            let state_key = |key: &[u8], row: &[u8]| {
-                let mut out = Encoder::new();
-                out.u8(index as u8).bytes(key).bytes(row);
-                out.finish()
-            };
-            let value = |entry: &Entry| {
-                let mut out = Encoder::new();
-                out.i64(entry.multiplicity).i64(entry.matches);
-                out.finish()
-            };
+            // Encoded in place in the delta: no allocation per entry.
+            let state_key = |key, row| state_key(index as u8, key, row);
+            let dirty = side.dirty.take();
             if delta.full {
                 for (key, bucket) in &side.rows {
                     for (row, entry) in bucket {
-                        delta.put(state_key(key, row), value(entry));
+                        delta.put_with(state_key(key, row), state_value(*entry));
                     }
                 }
             } else {
-                for (key, row) in &side.dirty {
+                for (key, row) in dirty.keys() {
                     match side.rows.get(key).and_then(|b| b.get(row)) {
-                        Some(entry) => delta.put(state_key(key, row), value(entry)),
-                        None => delta.delete(state_key(key, row)),
+                        Some(entry) => delta.put_with(state_key(key, row), state_value(*entry)),
+                        None => delta.delete_with(state_key(key, row)),
                     }
                 }
             }
-            side.dirty.clear();
         }
         // NOT IN: one entry `[2]` with the right side's counts and the left
         // rows with a NULL key.
@@ -982,7 +997,7 @@ impl Operator for JoinOperator {
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
         for side in &mut self.sides {
             side.rows.clear();
-            side.dirty.clear();
+            side.dirty = Changed::default();
             side.by_window_end.clear();
             side.by_expiry.clear();
             side.kept = 0;
@@ -1225,7 +1240,32 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (seed >> 33) % n
         };
-        for _ in 0..400 {
+        // The state as the checkpoints so far hold it.
+        let mut stored: Multiset<Vec<u8>, Vec<u8>> = Multiset::new();
+        let (mut deltas, mut whole) = (0, 0);
+        for step in 0..400 {
+            if step % 2 == 1 {
+                // A capture every other change: written whole (some side
+                // changed by half its rows) or as a delta; either way what
+                // the checkpoints hold is the state.
+                let mut delta = StateDelta::new(step == 1);
+                join.checkpoint(&mut delta).unwrap();
+                if delta.full {
+                    stored.clear();
+                    whole += 1;
+                } else {
+                    deltas += 1;
+                }
+                for entry in delta.entries() {
+                    match entry.unwrap() {
+                        (key, Some(value)) => stored.insert(key.to_vec(), value.to_vec()),
+                        (key, None) => stored.remove(key),
+                    };
+                }
+                let mut all = StateDelta::new(true);
+                join.checkpoint(&mut all).unwrap();
+                assert_eq!(all.into_map(), stored, "after step {step}");
+            }
             let side = next(2) as usize;
             let state = if side == 0 { &mut left } else { &mut right };
             let mut changes = Vec::new();
@@ -1256,5 +1296,6 @@ mod tests {
             );
             assert_eq!(view, reference(&left, &right));
         }
+        assert!(deltas > 10 && whole > 10, "{deltas} deltas, {whole} whole");
     }
 }

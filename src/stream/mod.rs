@@ -216,6 +216,8 @@ pub trait Operator: Send {
 
     /// Adds the state changed since the last call to `delta` (all of it
     /// when `delta.full`). Called between epochs, at a checkpoint barrier.
+    /// An operator may set `delta.full` and write everything when that is
+    /// cheaper than its changes.
     fn checkpoint(&mut self, _delta: &mut StateDelta) -> Result<()> {
         Ok(())
     }

@@ -849,11 +849,7 @@ mod tests {
     }
 
     fn entries(delta: StateDelta) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        delta
-            .entries
-            .into_iter()
-            .map(|(k, v)| (k, v.unwrap()))
-            .collect()
+        delta.into_map()
     }
 
     fn equals_the_pair(keyed: bool, emit_on_close: bool) {

@@ -387,14 +387,24 @@ impl Operator for ShardedOperator {
     }
 
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
-        let full = delta.full;
-        let parts = vec![(); self.shards()];
-        let deltas = self.run(parts, move |shard, ()| {
-            let mut delta = StateDelta::new(full);
-            shard.checkpoint(&mut delta).map(|()| delta)
-        })?;
+        let capture = |this: &mut Self, full: bool| -> Result<Vec<StateDelta>> {
+            let parts = vec![(); this.shards()];
+            this.run(parts, move |shard, ()| {
+                let mut delta = StateDelta::new(full);
+                shard.checkpoint(&mut delta).map(|()| delta)
+            })?
+            .into_iter()
+            .collect()
+        };
+        let mut deltas = capture(self, delta.full)?;
+        if deltas.iter().any(|d| d.full) && !deltas.iter().all(|d| d.full) {
+            // A shard chose to write everything: the table is whole only
+            // with every shard's entries.
+            deltas = capture(self, true)?;
+        }
+        delta.full = delta.full || deltas.iter().any(|d| d.full);
         for shard_delta in deltas {
-            delta.entries.extend(shard_delta?.entries);
+            delta.append(shard_delta);
         }
         Ok(())
     }
@@ -536,11 +546,7 @@ mod tests {
 
         let mut delta = StateDelta::new(true);
         three.checkpoint(&mut delta).unwrap();
-        let entries: BTreeMap<Vec<u8>, Vec<u8>> = delta
-            .entries
-            .into_iter()
-            .map(|(k, v)| (k, v.unwrap()))
-            .collect();
+        let entries = delta.into_map();
         let mut two = sharded(2);
         two.restore(entries.clone()).unwrap();
         let mut single = aggregate();

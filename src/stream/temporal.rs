@@ -160,13 +160,13 @@ impl Operator for TemporalFilterOperator {
         if delta.full {
             for (time, rows) in &self.live {
                 for (row, weight) in rows {
-                    delta.put(key(*time, row), weight.to_le_bytes().to_vec());
+                    delta.put(key(*time, row), weight.to_le_bytes());
                 }
             }
         } else {
             for (time, row) in &self.dirty {
                 match self.live.get(time).and_then(|rows| rows.get(row)) {
-                    Some(weight) => delta.put(key(*time, row), weight.to_le_bytes().to_vec()),
+                    Some(weight) => delta.put(key(*time, row), weight.to_le_bytes()),
                     None => delta.delete(key(*time, row)),
                 }
             }
