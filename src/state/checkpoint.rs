@@ -133,7 +133,10 @@ impl StateDelta {
 
     fn cut(&mut self) {
         if !self.current.is_empty() {
-            let full = std::mem::take(&mut self.current);
+            let mut full = std::mem::take(&mut self.current);
+            // The buffer doubled past the chunk size: keep what it holds,
+            // not twice that, while the checkpoint is written.
+            full.shrink_to_fit();
             self.chunks.push(Bytes::from(full));
         }
     }
