@@ -54,6 +54,11 @@ const MAX_CHAIN: usize = 16;
 /// Chains whose deltas stay under this many bytes are never compacted.
 const MIN_COMPACTION_BYTES: u64 = 256 * 1024;
 
+/// Writes `bytes` as they are (for [`StateDelta::put_with`]).
+fn raw(out: &mut Encoder, bytes: &[u8]) {
+    out.raw(bytes);
+}
+
 /// One state table's entries in a checkpoint: all of them (`full`), or the
 /// ones changed since the previous checkpoint (a `None` value deletes).
 ///
@@ -193,6 +198,37 @@ impl StateDelta {
     fn into_chunks(mut self) -> Vec<Bytes> {
         self.cut();
         self.chunks
+    }
+
+    /// Writes a state table kept as the map `state`: every entry when the
+    /// delta is full or everything `changed` (the delta becomes full), else
+    /// the changed keys (a key gone from `state` as a delete). Values are
+    /// encoded in place. `changed` starts over.
+    pub fn put_changed<K, V, S>(
+        &mut self,
+        state: &std::collections::HashMap<K, V, S>,
+        changed: &mut super::Changed<K>,
+        encode: impl Fn(&V, &mut Encoder),
+    ) where
+        K: AsRef<[u8]> + Eq + std::hash::Hash,
+        S: std::hash::BuildHasher,
+    {
+        let changed = changed.take();
+        self.full |= changed.is_all();
+        if self.full {
+            for (key, value) in state {
+                self.put_with(|out| raw(out, key.as_ref()), |out| encode(value, out));
+            }
+        } else {
+            for key in changed.keys() {
+                match state.get(key) {
+                    Some(value) => {
+                        self.put_with(|out| raw(out, key.as_ref()), |out| encode(value, out))
+                    }
+                    None => self.delete(key),
+                }
+            }
+        }
     }
 
     /// Writes a state table kept as the map `state`: every entry when the

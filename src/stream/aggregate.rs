@@ -26,7 +26,7 @@ use super::{ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
-use crate::state::{KeyMap, KeySet};
+use crate::state::{Changed, KeyMap};
 
 /// One aggregate call: how to fold it, its argument and optional FILTER.
 pub struct AggregateCall {
@@ -177,7 +177,7 @@ pub struct AggregateOperator {
     errors: RowErrorPolicy,
     window: Option<(WindowedGroups, WindowIndex)>,
     /// Groups changed (or removed) since the last checkpoint.
-    dirty: KeySet<Arc<[u8]>>,
+    dirty: Changed<Arc<[u8]>>,
     /// Counts input batches (see `Group::changed_in`).
     batch: u64,
 }
@@ -212,7 +212,7 @@ impl AggregateOperator {
             schema,
             errors: RowErrorPolicy::default(),
             window: None,
-            dirty: KeySet::default(),
+            dirty: Changed::default(),
             batch: 0,
         })
     }
@@ -317,7 +317,7 @@ impl Operator for AggregateOperator {
                     finished.push(group);
                 }
             }
-            self.dirty.insert(key);
+            self.dirty.note(self.groups.len(), || key);
         }
         if finished.is_empty() {
             return Ok((vec![], Some(watermark)));
@@ -343,7 +343,7 @@ impl Operator for AggregateOperator {
         let group = Self::new_group(&self.calls, key.clone());
         let values = self.outputs(&group)?;
         self.groups.insert(key.clone(), group);
-        self.dirty.insert(key);
+        self.dirty.note(self.groups.len(), || key);
         Ok(vec![self.build_output(vec![(&[], values, 1)])?])
     }
 
@@ -405,8 +405,10 @@ impl Operator for AggregateOperator {
             inputs.fold(&self.calls, &mut group.accumulators, row, weight)?;
         }
 
-        self.dirty
-            .extend(touched.iter().map(|(key, _)| key.clone()));
+        self.dirty.note_all(
+            self.groups.len(),
+            touched.iter().map(|(key, _)| key.clone()),
+        );
         if self.window.as_ref().is_some_and(|(w, _)| w.emit_on_close) {
             // Nothing is emitted before the window closes; empty groups go.
             for (key, _) in &touched {
@@ -485,21 +487,19 @@ impl Operator for AggregateOperator {
 
     /// Key: the group key; value: the group's row count and accumulators.
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
-        let encode = |group: &Group| {
-            let mut out = Encoder::new();
+        let encode = |group: &Group, out: &mut Encoder| {
             out.i64(group.rows).u64(group.accumulators.len() as u64);
             for state in &group.accumulators {
-                state.encode(&mut out);
+                state.encode(out);
             }
-            out.finish()
         };
-        delta.put_keyed(&self.groups, &mut self.dirty, encode);
+        delta.put_changed(&self.groups, &mut self.dirty, encode);
         Ok(())
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
         self.groups.clear();
-        self.dirty.clear();
+        self.dirty = Changed::default();
         for (key, value) in &entries {
             let mut d = Decoder::new(value);
             let rows = d.i64()?;
