@@ -87,23 +87,11 @@ impl StateDelta {
     }
 
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.put_with(
-            |k| {
-                k.raw(key.as_ref());
-            },
-            |v| {
-                v.raw(value.as_ref());
-            },
-        );
+        self.put_with(|k| raw(k, key.as_ref()), |v| raw(v, value.as_ref()));
     }
 
     pub fn delete(&mut self, key: impl AsRef<[u8]>) {
-        self.entry(
-            |k| {
-                k.raw(key.as_ref());
-            },
-            None::<fn(&mut Encoder)>,
-        );
+        self.delete_with(|k| raw(k, key.as_ref()));
     }
 
     /// Adds a delete whose key is encoded in place.
@@ -215,20 +203,7 @@ impl StateDelta {
     {
         let changed = changed.take();
         self.full |= changed.is_all();
-        if self.full {
-            for (key, value) in state {
-                self.put_with(|out| raw(out, key.as_ref()), |out| encode(value, out));
-            }
-        } else {
-            for key in changed.keys() {
-                match state.get(key) {
-                    Some(value) => {
-                        self.put_with(|out| raw(out, key.as_ref()), |out| encode(value, out))
-                    }
-                    None => self.delete(key),
-                }
-            }
-        }
+        self.put_entries(state, changed.keys().iter(), encode);
     }
 
     /// Writes a state table kept as the map `state`: every entry when the
@@ -243,19 +218,35 @@ impl StateDelta {
         K: AsRef<[u8]> + Eq + std::hash::Hash,
         S: std::hash::BuildHasher,
     {
+        self.put_entries(state, dirty.iter(), |value, out| raw(out, &encode(value)));
+        dirty.clear();
+    }
+
+    /// Every entry of `state` when the delta is full, else those of the
+    /// `changed` keys (a key gone from `state` as a delete).
+    fn put_entries<'a, K, V, S>(
+        &mut self,
+        state: &std::collections::HashMap<K, V, S>,
+        changed: impl Iterator<Item = &'a K>,
+        encode: impl Fn(&V, &mut Encoder),
+    ) where
+        K: AsRef<[u8]> + Eq + std::hash::Hash + 'a,
+        S: std::hash::BuildHasher,
+    {
         if self.full {
             for (key, value) in state {
-                self.put(key, encode(value));
+                self.put_with(|out| raw(out, key.as_ref()), |out| encode(value, out));
             }
         } else {
-            for key in dirty.iter() {
+            for key in changed {
                 match state.get(key) {
-                    Some(value) => self.put(key, encode(value)),
+                    Some(value) => {
+                        self.put_with(|out| raw(out, key.as_ref()), |out| encode(value, out))
+                    }
                     None => self.delete(key),
                 }
             }
         }
-        dirty.clear();
     }
 }
 
