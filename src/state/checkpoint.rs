@@ -206,22 +206,6 @@ impl StateDelta {
         self.put_entries(state, changed.keys().iter(), encode);
     }
 
-    /// Writes a state table kept as the map `state`: every entry when the
-    /// delta is full, else the `dirty` keys (a key gone from `state` as a
-    /// delete). `dirty` is cleared: the next delta starts from here.
-    pub fn put_keyed<K, V, S>(
-        &mut self,
-        state: &std::collections::HashMap<K, V, S>,
-        dirty: &mut std::collections::HashSet<K, S>,
-        encode: impl Fn(&V) -> Vec<u8>,
-    ) where
-        K: AsRef<[u8]> + Eq + std::hash::Hash,
-        S: std::hash::BuildHasher,
-    {
-        self.put_entries(state, dirty.iter(), |value, out| raw(out, &encode(value)));
-        dirty.clear();
-    }
-
     /// Every entry of `state` when the delta is full, else those of the
     /// `changed` keys (a key gone from `state` as a delete).
     fn put_entries<'a, K, V, S>(

@@ -1110,6 +1110,7 @@ mod tests {
     //! The join against a slow, obviously right reference: a nested loop
     //! over the current inputs, after every change.
     use super::*;
+    use crate::stream::testing::Checkpoints;
     use datafusion::arrow::array::Int32Array;
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::physical_expr::expressions::Column;
@@ -1240,31 +1241,13 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (seed >> 33) % n
         };
-        // The state as the checkpoints so far hold it.
-        let mut stored: Multiset<Vec<u8>, Vec<u8>> = Multiset::new();
-        let (mut deltas, mut whole) = (0, 0);
+        let mut checkpoints = Checkpoints::default();
         for step in 0..400 {
             if step % 2 == 1 {
                 // A capture every other change: written whole (some side
                 // changed by half its rows) or as a delta; either way what
                 // the checkpoints hold is the state.
-                let mut delta = StateDelta::new(step == 1);
-                join.checkpoint(&mut delta).unwrap();
-                if delta.full {
-                    stored.clear();
-                    whole += 1;
-                } else {
-                    deltas += 1;
-                }
-                for entry in delta.entries() {
-                    match entry.unwrap() {
-                        (key, Some(value)) => stored.insert(key.to_vec(), value.to_vec()),
-                        (key, None) => stored.remove(key),
-                    };
-                }
-                let mut all = StateDelta::new(true);
-                join.checkpoint(&mut all).unwrap();
-                assert_eq!(all.into_map(), stored, "after step {step}");
+                checkpoints.capture(join.as_mut(), &format!("after step {step}"));
             }
             let side = next(2) as usize;
             let state = if side == 0 { &mut left } else { &mut right };
@@ -1296,6 +1279,7 @@ mod tests {
             );
             assert_eq!(view, reference(&left, &right));
         }
+        let Checkpoints { deltas, whole, .. } = checkpoints;
         assert!(deltas > 10 && whole > 10, "{deltas} deltas, {whole} whole");
     }
 }

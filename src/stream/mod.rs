@@ -22,6 +22,8 @@ pub mod session_aggregate;
 pub mod shard;
 pub mod source;
 pub mod temporal;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod union;
 pub mod watermark;
 pub mod window;

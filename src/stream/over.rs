@@ -38,7 +38,7 @@ use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::RowCodec;
-use crate::state::{KeyMap, KeySet};
+use crate::state::{Changed, KeyMap, KeySet};
 
 /// How the kept rows are numbered, and whether the number is a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +100,8 @@ pub struct OverOperator {
     partitions: KeyMap<Arc<[u8]>, Partition>,
     /// Keep only this many first rows per partition (append-only input).
     keep_first: Option<usize>,
-    dirty: KeySet<Arc<[u8]>>,
+    /// Partitions changed since the last checkpoint.
+    dirty: Changed<Arc<[u8]>>,
     errors: RowErrorPolicy,
     description: String,
 }
@@ -192,7 +193,7 @@ impl OverOperator {
             output_schema,
             partitions: KeyMap::default(),
             keep_first: None,
-            dirty: KeySet::default(),
+            dirty: Changed::default(),
             errors: RowErrorPolicy::default(),
             description,
         })
@@ -345,9 +346,10 @@ impl Operator for OverOperator {
             if *multiplicity == 0 {
                 partition.rows.remove(&slot);
             }
-            self.dirty.insert(partitions[i].clone());
             touched.insert(partitions[i].clone());
         }
+        self.dirty
+            .note_all(self.partitions.len(), touched.iter().cloned());
 
         // (row, number) → weight of the change.
         let mut changes: KeyMap<(Arc<[u8]>, i64), i64> = KeyMap::default();
@@ -420,8 +422,7 @@ impl Operator for OverOperator {
     /// One entry per partition: its rows (sort key, row, multiplicity),
     /// then what it emitted (row, number).
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
-        let encode = |partition: &Partition| {
-            let mut out = Encoder::new();
+        let encode = |partition: &Partition, out: &mut Encoder| {
             out.u64(partition.rows.len() as u64);
             for ((key, row), multiplicity) in &partition.rows {
                 out.bytes(key).bytes(row).i64(*multiplicity);
@@ -430,15 +431,14 @@ impl Operator for OverOperator {
             for (row, number) in &partition.emitted {
                 out.bytes(row).i64(*number);
             }
-            out.finish()
         };
-        delta.put_keyed(&self.partitions, &mut self.dirty, encode);
+        delta.put_changed(&self.partitions, &mut self.dirty, encode);
         Ok(())
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
         self.partitions.clear();
-        self.dirty.clear();
+        self.dirty = Changed::default();
         for (key, value) in entries {
             let mut d = Decoder::new(&value);
             let mut partition = Partition::default();
@@ -511,5 +511,52 @@ mod tests {
         assert_eq!(kept, vec![1, 2]);
         keep_first(&mut sorted, 10);
         assert_eq!(sorted.values().sum::<i64>(), 3);
+    }
+
+    /// A top-3 per partition under random insertions and retractions over
+    /// 30 partitions, captured after every change: what its checkpoints
+    /// hold is its state, whether a capture held the changed partitions or
+    /// (after a batch touching most of them) all of them.
+    #[test]
+    fn checkpoints_hold_the_partitions_changed() {
+        use crate::stream::testing::{int_pairs, random, Checkpoints};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::physical_expr::expressions::Column;
+        let field = |name: &str| Field::new(name, DataType::Int64, false);
+        let input = Arc::new(Schema::new(vec![field("k"), field("v")]));
+        let output = Arc::new(Schema::new(vec![field("k"), field("v"), field("n")]));
+        let column = |name: &str, i| Arc::new(Column::new(name, i)) as Arc<dyn PhysicalExpr>;
+        let mut top = OverOperator::top_n(
+            vec![column("k", 0)],
+            vec![PhysicalSortExpr::new_default(column("v", 1))],
+            Numbering::RowNumber,
+            0,
+            3,
+            input.clone(),
+            output,
+            "top 3".into(),
+        )
+        .unwrap();
+        let mut next = random(11);
+        let mut live: Vec<(i64, i64)> = Vec::new();
+        let mut checkpoints = Checkpoints::default();
+        for step in 0..300 {
+            let count = if step % 50 == 25 { 200 } else { 1 + next(3) };
+            let mut changes = Vec::new();
+            for _ in 0..count {
+                if !live.is_empty() && next(3) == 0 {
+                    let row = live.swap_remove(next(live.len() as u64) as usize);
+                    changes.push((row, -1));
+                } else {
+                    let row = (next(30) as i64, next(1_000) as i64);
+                    live.push(row);
+                    changes.push((row, 1));
+                }
+            }
+            top.process(0, int_pairs(&input, &changes)).unwrap();
+            checkpoints.capture(&mut top, &format!("after step {step}"));
+        }
+        let Checkpoints { deltas, whole, .. } = checkpoints;
+        assert!(deltas > 200 && whole > 5, "{deltas} deltas, {whole} whole");
     }
 }

@@ -32,7 +32,7 @@ use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::RowCodec;
-use crate::state::{KeyMap, KeySet};
+use crate::state::{Changed, KeyMap};
 
 /// The sessions of times sorted ascending: `(start, end, rows in it)`.
 pub fn session_bounds(sorted_times: &[i64], gap: i64) -> Vec<(i64, i64, usize)> {
@@ -167,7 +167,7 @@ pub struct SessionWindowOperator {
     key_codec: RowCodec,
     keys: KeyMap<Arc<[u8]>, KeyRows>,
     /// Keys changed since the last checkpoint.
-    dirty: KeySet<Arc<[u8]>>,
+    dirty: Changed<Arc<[u8]>>,
     watermark: Option<i64>,
     late: LateCounter,
     /// Whether a watermark reaches the time column (for EXPLAIN).
@@ -194,7 +194,7 @@ impl SessionWindowOperator {
             allowed_lateness,
             schema,
             keys: KeyMap::default(),
-            dirty: KeySet::default(),
+            dirty: Changed::default(),
             watermark: None,
             late: LateCounter::default(),
         })
@@ -258,7 +258,7 @@ impl Operator for SessionWindowOperator {
         // (start, end, row) -> weight of the output change.
         let mut diff: BTreeMap<(i64, i64, Arc<[u8]>), i64> = BTreeMap::new();
         for (key, changes) in changed {
-            self.dirty.insert(key.clone());
+            self.dirty.note(self.keys.len() + 1, || key.clone());
             let stored = self.keys.entry(key.clone()).or_default();
             for (start, end, row, weight) in Self::windows_of(stored, self.gap) {
                 *diff.entry((start, end, row)).or_default() -= weight;
@@ -304,6 +304,7 @@ impl Operator for SessionWindowOperator {
             // Closed sessions are a prefix of each key's rows: free them,
             // earliest first, stopping at the first open one.
             let gap = self.gap;
+            let held = self.keys.len();
             let dirty = &mut self.dirty;
             self.keys.retain(|key, rows| {
                 let before = rows.len();
@@ -325,7 +326,7 @@ impl Operator for SessionWindowOperator {
                     }
                 }
                 if rows.len() != before {
-                    dirty.insert(key.clone());
+                    dirty.note(held, || key.clone());
                 }
                 !rows.is_empty()
             });
@@ -347,21 +348,19 @@ impl Operator for SessionWindowOperator {
 
     /// Key: the session key; value: its rows as `(time, row, multiplicity)`.
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
-        let encode = |rows: &KeyRows| {
-            let mut out = Encoder::new();
+        let encode = |rows: &KeyRows, out: &mut Encoder| {
             out.u64(rows.len() as u64);
             for ((time, row), n) in rows {
                 out.i64(*time).bytes(row).i64(*n);
             }
-            out.finish()
         };
-        delta.put_keyed(&self.keys, &mut self.dirty, encode);
+        delta.put_changed(&self.keys, &mut self.dirty, encode);
         Ok(())
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
         self.keys.clear();
-        self.dirty.clear();
+        self.dirty = Changed::default();
         for (key, value) in entries {
             let rows = decode_key_rows(&value)?
                 .into_iter()

@@ -48,7 +48,7 @@ use super::{ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
-use crate::state::{KeyMap, KeySet, RowCodec};
+use crate::state::{Changed, KeyMap, RowCodec};
 
 /// Where an output group column comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +139,7 @@ pub struct SessionAggregateOperator {
     key_codec: RowCodec,
     keys: KeyMap<Arc<[u8]>, KeySessions>,
     /// Keys changed since the last checkpoint.
-    dirty: KeySet<Arc<[u8]>>,
+    dirty: Changed<Arc<[u8]>>,
     watermark: Option<i64>,
     /// No open session ends before this, so an earlier watermark closes
     /// nothing and needs no scan.
@@ -172,7 +172,7 @@ impl SessionAggregateOperator {
             group_columns,
             schema,
             keys: KeyMap::default(),
-            dirty: KeySet::default(),
+            dirty: Changed::default(),
             watermark: None,
             earliest_end: i64::MAX,
             batch: 0,
@@ -248,7 +248,8 @@ impl SessionAggregateOperator {
             self.earliest_end = self.earliest_end.min(session.end);
         }
         self.late.record(late);
-        self.dirty.extend(touched.iter().cloned());
+        self.dirty
+            .note_all(self.keys.len(), touched.iter().cloned());
         Ok(Folded { before, touched })
     }
 
@@ -445,6 +446,7 @@ impl Operator for SessionAggregateOperator {
         }
         // Closed sessions are a prefix of each key's sessions.
         let emit = self.closing.emit_on_close;
+        let held = self.keys.len();
         let mut closed: Vec<(Arc<[u8]>, i64, Session)> = Vec::new();
         let mut earliest_end = i64::MAX;
         let dirty = &mut self.dirty;
@@ -463,7 +465,7 @@ impl Operator for SessionAggregateOperator {
                 }
             }
             if freed {
-                dirty.insert(key.clone());
+                dirty.note(held, || key.clone());
             }
             !sessions.is_empty()
         });
@@ -514,8 +516,7 @@ impl Operator for SessionAggregateOperator {
     /// Key: the session key; value: its open sessions as `(start, end, rows,
     /// accumulators)`.
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
-        let encode = |entry: &KeySessions| {
-            let mut out = Encoder::new();
+        let encode = |entry: &KeySessions, out: &mut Encoder| {
             out.u64(entry.sessions.len() as u64);
             for (start, session) in &entry.sessions {
                 out.i64(*start)
@@ -523,18 +524,17 @@ impl Operator for SessionAggregateOperator {
                     .i64(session.rows)
                     .u64(session.accumulators.len() as u64);
                 for state in &session.accumulators {
-                    state.encode(&mut out);
+                    state.encode(out);
                 }
             }
-            out.finish()
         };
-        delta.put_keyed(&self.keys, &mut self.dirty, encode);
+        delta.put_changed(&self.keys, &mut self.dirty, encode);
         Ok(())
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
         self.keys.clear();
-        self.dirty.clear();
+        self.dirty = Changed::default();
         self.earliest_end = i64::MAX;
         for (key, value) in entries {
             let mut d = Decoder::new(&value);
@@ -625,6 +625,7 @@ mod tests {
     use crate::stream::aggregate::{AggregateOperator, WindowedGroups};
     use crate::stream::session::SessionWindowOperator;
     use crate::stream::shard::ShardedOperator;
+    use crate::stream::testing::Checkpoints;
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
     use datafusion::arrow::util::display::array_value_to_string;
 
@@ -858,7 +859,10 @@ mod tests {
         let mut one = fused(keyed, emit_on_close);
         let (mut expected, mut actual) = (View::new(), View::new());
         let mut watermark = None;
-        for step in steps(3, 300, &mut clock) {
+        // What each operator's checkpoints hold, captured after every
+        // step: the pair's session window and aggregate, and the fused one.
+        let mut checkpoints: [Checkpoints; 3] = Default::default();
+        for (i, step) in steps(3, 300, &mut clock).into_iter().enumerate() {
             match &step {
                 Step::Rows(batch) => apply(&mut expected, pair.process(batch.clone())),
                 Step::Watermark(w) => {
@@ -868,6 +872,18 @@ mod tests {
             }
             apply(&mut actual, run(&mut one, &step));
             assert_eq!(expected, actual);
+            let operators: [&mut dyn Operator; 3] = [&mut pair.0, &mut pair.1, &mut one];
+            for (operator, checkpoints) in operators.into_iter().zip(&mut checkpoints) {
+                checkpoints.capture(operator, &format!("after step {i}"));
+            }
+        }
+        for checkpoints in &checkpoints {
+            // Four keys: a batch mostly touches half of them (whole).
+            let Checkpoints { deltas, whole, .. } = checkpoints;
+            assert!(
+                *deltas > 10 && *whole > 10,
+                "{deltas} deltas, {whole} whole"
+            );
         }
         assert!(pair.0.late_rows() > 0, "the input has late rows");
         assert_eq!(pair.0.late_rows(), one.late_rows());

@@ -440,6 +440,7 @@ mod tests {
     use super::*;
     use crate::stream::accumulator::{AggregateFolder, AggregateKind};
     use crate::stream::aggregate::{AggregateCall, AggregateOperator};
+    use crate::stream::testing::Checkpoints;
     use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
     use datafusion::arrow::datatypes::{Field, Int64Type, Schema, SchemaRef};
     use datafusion::physical_expr::expressions::Column;
@@ -539,32 +540,18 @@ mod tests {
         let (mut expected, mut actual) = (Result3::new(), Result3::new());
         // What each one's checkpoints hold, captured after every batch
         // (whole once most groups changed, else the changed groups).
-        let mut stored = [BTreeMap::new(), BTreeMap::new()];
-        let mut whole = [0, 0];
+        let mut checkpoints = [Checkpoints::default(), Checkpoints::default()];
         for (i, batch) in changes(7, 30, &mut live).into_iter().enumerate() {
             fold(&mut expected, one.process(0, batch.clone()).unwrap());
             fold(&mut actual, three.process(0, batch).unwrap());
             assert_eq!(expected, actual);
             let operators: [&mut dyn Operator; 2] = [&mut one, &mut three];
-            for (j, operator) in operators.into_iter().enumerate() {
-                let mut delta = StateDelta::new(i == 0);
-                operator.checkpoint(&mut delta).unwrap();
-                if delta.full {
-                    stored[j].clear();
-                    whole[j] += 1;
-                }
-                for entry in delta.entries() {
-                    match entry.unwrap() {
-                        (key, Some(value)) => stored[j].insert(key.to_vec(), value.to_vec()),
-                        (key, None) => stored[j].remove(key),
-                    };
-                }
-                let mut all = StateDelta::new(true);
-                operator.checkpoint(&mut all).unwrap();
-                assert_eq!(all.into_map(), stored[j], "operator {j} after batch {i}");
+            for (operator, checkpoints) in operators.into_iter().zip(&mut checkpoints) {
+                checkpoints.capture(operator, &format!("after batch {i}"));
             }
         }
         // Batches of 2,000 rows change every group, those of 7 a few.
+        let whole = checkpoints.map(|c| c.whole);
         assert!(whole.iter().all(|&w| (3..30).contains(&w)), "{whole:?}");
         assert_eq!(one.state_keys(), three.state_keys());
 

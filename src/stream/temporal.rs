@@ -20,7 +20,7 @@ use super::{ChangeBatch, Operator};
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::RowCodec;
-use crate::state::{KeyMap, KeySet};
+use crate::state::{Changed, KeyMap};
 
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> i64 {
@@ -40,7 +40,7 @@ pub struct TemporalFilterOperator {
     live: BTreeMap<i64, KeyMap<Arc<[u8]>, i64>>,
     live_rows: u64,
     /// `(time, row)` entries changed since the last checkpoint.
-    dirty: KeySet<(i64, Arc<[u8]>)>,
+    dirty: Changed<(i64, Arc<[u8]>)>,
 }
 
 impl TemporalFilterOperator {
@@ -57,7 +57,7 @@ impl TemporalFilterOperator {
             codec: RowCodec::try_new(schema)?,
             live: BTreeMap::new(),
             live_rows: 0,
-            dirty: KeySet::default(),
+            dirty: Changed::default(),
         })
     }
 
@@ -101,7 +101,6 @@ impl Operator for TemporalFilterOperator {
             }
             kept.push(row as u32);
             let weight = batch.weights.value(row);
-            self.dirty.insert((times.value(row), encoded.clone()));
             let rows = self.live.entry(times.value(row)).or_default();
             let net = rows.entry(encoded.clone()).or_insert(0);
             *net += weight;
@@ -109,6 +108,9 @@ impl Operator for TemporalFilterOperator {
                 rows.remove(&encoded);
             }
             self.live_rows = (self.live_rows as i64 + weight) as u64;
+            // Rows held counted by weight: near enough to the entries.
+            self.dirty
+                .note(self.live_rows as usize, || (times.value(row), encoded));
         }
         let out = batch.take(&kept)?;
         Ok(if out.is_empty() { vec![] } else { vec![out] })
@@ -124,8 +126,10 @@ impl Operator for TemporalFilterOperator {
             None => std::mem::take(&mut self.live),
         };
         for (time, rows) in &expired {
-            self.dirty
-                .extend(rows.keys().map(|row| (*time, row.clone())));
+            self.dirty.note_all(
+                self.live_rows as usize,
+                rows.keys().map(|row| (*time, row.clone())),
+            );
         }
         let rows: Vec<(Arc<[u8]>, i64)> = expired
             .into_values()
@@ -157,6 +161,8 @@ impl Operator for TemporalFilterOperator {
             key.extend_from_slice(row);
             key
         };
+        let dirty = self.dirty.take();
+        delta.full |= dirty.is_all();
         if delta.full {
             for (time, rows) in &self.live {
                 for (row, weight) in rows {
@@ -164,20 +170,19 @@ impl Operator for TemporalFilterOperator {
                 }
             }
         } else {
-            for (time, row) in &self.dirty {
+            for (time, row) in dirty.keys() {
                 match self.live.get(time).and_then(|rows| rows.get(row)) {
                     Some(weight) => delta.put(key(*time, row), weight.to_le_bytes()),
                     None => delta.delete(key(*time, row)),
                 }
             }
         }
-        self.dirty.clear();
         Ok(())
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
         self.live.clear();
-        self.dirty.clear();
+        self.dirty = Changed::default();
         self.live_rows = 0;
         for (key, value) in entries {
             let damaged = || crate::error::EddyError::Checkpoint("temporal filter state".into());
@@ -195,5 +200,60 @@ impl Operator for TemporalFilterOperator {
             self.live_rows = (self.live_rows as i64 + weight) as u64;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::testing::{int_pairs, random, Checkpoints};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::physical_expr::expressions::Column;
+
+    /// Rows `(k, t)` kept while `t > now - 10 s`, with random insertions,
+    /// retractions and ticks that expire the oldest, captured after every
+    /// step: what its checkpoints hold is its state.
+    #[test]
+    fn checkpoints_hold_the_rows_changed() {
+        let field = |name: &str, t| Field::new(name, t, false);
+        let schema = Arc::new(Schema::new(vec![
+            field("k", DataType::Int64),
+            field("t", DataType::Int64),
+        ]));
+        // The time column as a timestamp (the filter casts it to one).
+        let time = Arc::new(Column::new("t", 1)) as Arc<dyn PhysicalExpr>;
+        const INTERVAL: i64 = 10_000_000;
+        let mut filter =
+            TemporalFilterOperator::try_new(time, INTERVAL, false, schema.clone()).unwrap();
+        // Times an hour ahead: inside the window whatever the clock reads.
+        let start = now_micros() + 3_600_000_000;
+        let mut next = random(5);
+        let mut live: Vec<(i64, i64)> = Vec::new();
+        let mut checkpoints = Checkpoints::default();
+        for step in 0..300i64 {
+            if step % 10 == 9 {
+                // Expires the rows more than 10 s older than the step's.
+                let now = start + step * 100_000 + INTERVAL - 2_000_000;
+                filter.on_tick(now).unwrap();
+                live.retain(|(_, t)| *t + INTERVAL > now);
+            } else {
+                let mut changes = Vec::new();
+                for _ in 0..1 + next(3) {
+                    if !live.is_empty() && next(4) == 0 {
+                        let row = live.swap_remove(next(live.len() as u64) as usize);
+                        changes.push((row, -1));
+                    } else {
+                        let row = (next(5) as i64, start + step * 100_000 + next(10) as i64);
+                        live.push(row);
+                        changes.push((row, 1));
+                    }
+                }
+                filter.process(0, int_pairs(&schema, &changes)).unwrap();
+            }
+            checkpoints.capture(&mut filter, &format!("after step {step}"));
+        }
+        assert_eq!(filter.state_keys(), live.len() as u64);
+        let Checkpoints { deltas, whole, .. } = checkpoints;
+        assert!(deltas > 100 && whole >= 3, "{deltas} deltas, {whole} whole");
     }
 }
