@@ -14,6 +14,19 @@ export PGJDBC_VERSION="${PGJDBC_VERSION:-42.7.14}"
 export EDDY_PGJDBC_JAR="${EDDY_PGJDBC_JAR:-$EDDY_CACHE/jdbc/postgresql-$PGJDBC_VERSION.jar}"
 export EDDY_PYTHON_VENV="${EDDY_PYTHON_VENV:-$EDDY_CACHE/python-venv}"
 
+# The target directory is shared by every clone and build on the machine;
+# builds with other flags, profiles or sources leave outputs behind (test
+# binaries of ~400 MB each), which once filled the disk. Outputs no build
+# has read for three days go (relatime updates access times at least
+# daily); cargo rebuilds any it needs again.
+for profile in debug release; do
+    for dir in deps incremental; do
+        if [ -d "$CARGO_TARGET_DIR/$profile/$dir" ]; then
+            find "$CARGO_TARGET_DIR/$profile/$dir" -mindepth 1 -maxdepth 1 -atime +3 \
+                -exec rm -rf {} +
+        fi
+    done
+done
 scripts/install-test-deps.sh
 # A real PostgreSQL on loopback for the sink tests.
 scripts/postgres.sh start
