@@ -39,7 +39,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -1031,23 +1031,30 @@ impl Reader {
             // When the batch's first message arrived (for freshness).
             let mut arrived = None;
             let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+            // One stream per batch: `recv` makes one per message, and each
+            // takes a lock twice to register and drop its waker.
+            let mut messages = self.consumer.stream();
             while batch.len() < MAX_BATCH {
                 // What is queued already is taken without a timer (a timer
                 // per message was a tenth of the reader's time); then wait
                 // for more until the deadline.
-                let next = match self.consumer.recv().now_or_never() {
-                    Some(next) => Ok(next),
-                    None => tokio::time::timeout_at(deadline, self.consumer.recv()).await,
+                let next = match messages.next().now_or_never() {
+                    Some(next) => next,
+                    None => match tokio::time::timeout_at(deadline, messages.next()).await {
+                        Ok(next) => next,
+                        Err(_) => break, // waited long enough
+                    },
                 };
                 match next {
-                    Err(_) => break, // waited long enough
-                    Ok(Ok(message)) => {
+                    // A consumer's stream never ends.
+                    None => break,
+                    Some(Ok(message)) => {
                         arrived.get_or_insert_with(Instant::now);
                         self.clock.saw(message.partition(), None);
                         batch.push(&message);
                     }
-                    Ok(Err(KafkaError::PartitionEOF(partition))) => self.clock.at_end(partition),
-                    Ok(Err(e)) => {
+                    Some(Err(KafkaError::PartitionEOF(partition))) => self.clock.at_end(partition),
+                    Some(Err(e)) => {
                         // Transport errors: librdkafka retries and reconnects.
                         tracing::warn!(topic = %self.config.topic, error = %e, "Kafka consumer");
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1055,6 +1062,7 @@ impl Reader {
                     }
                 }
             }
+            drop(messages);
             let mut position = BTreeMap::new();
             for message in batch.iter() {
                 position.insert(message.partition, message.offset + 1);
