@@ -526,6 +526,9 @@ impl KafkaSourceConfig {
         config
             .set("group.id", format!("eddy-reader-{relation}"))
             .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+            // KIP-714 client metrics for the broker: with them on, every
+            // poll records its idle ratio in a histogram under a lock.
+            .set("enable.metrics.push", "false")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
