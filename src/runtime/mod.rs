@@ -1168,20 +1168,19 @@ type Touched = Changed<Arc<[u8]>>;
 /// the `touched` rows unless `full` or all are (then the file is at most
 /// twice the delta's size, and starts a fresh chain).
 fn rows_delta(rows: &RowSet, touched: &mut Touched, full: bool) -> StateDelta {
-    let touched = touched.take();
-    let mut delta = StateDelta::new(full || touched.is_all());
-    if delta.full {
-        for (row, n) in rows.encoded_entries() {
-            delta.put(row, n.to_le_bytes());
-        }
-    } else {
-        for row in touched.keys() {
-            match rows.multiplicity(row) {
-                0 => delta.delete(row),
-                n => delta.put(row, n.to_le_bytes()),
+    let mut delta = StateDelta::new(full);
+    delta.put_changed_with(
+        touched,
+        |delta| {
+            for (row, n) in rows.encoded_entries() {
+                delta.put(row, n.to_le_bytes());
             }
-        }
-    }
+        },
+        |delta, row| match rows.multiplicity(row) {
+            0 => delta.delete(row),
+            n => delta.put(row, n.to_le_bytes()),
+        },
+    );
     delta
 }
 

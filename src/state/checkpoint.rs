@@ -188,10 +188,30 @@ impl StateDelta {
         self.chunks
     }
 
-    /// Writes a state table kept as the map `state`: every entry when the
-    /// delta is full or everything `changed` (the delta becomes full), else
-    /// the changed keys (a key gone from `state` as a delete). Values are
-    /// encoded in place. `changed` starts over.
+    /// Writes a state table's changes since its last capture: `all` of it
+    /// when the delta is full or `changed` says everything changed (the
+    /// delta becomes full: those keys were not noted), else `each` changed
+    /// key. `changed` starts over.
+    pub fn put_changed_with<K: Eq + std::hash::Hash>(
+        &mut self,
+        changed: &mut super::Changed<K>,
+        all: impl FnOnce(&mut Self),
+        mut each: impl FnMut(&mut Self, &K),
+    ) {
+        let changed = changed.take();
+        self.full |= changed.is_all();
+        if self.full {
+            all(self);
+        } else {
+            for key in changed.keys() {
+                each(self, key);
+            }
+        }
+    }
+
+    /// [`StateDelta::put_changed_with`] for a state table kept as the map
+    /// `state`: a changed key gone from it is a delete. Values are encoded
+    /// in place.
     pub fn put_changed<K, V, S>(
         &mut self,
         state: &std::collections::HashMap<K, V, S>,
@@ -201,36 +221,21 @@ impl StateDelta {
         K: AsRef<[u8]> + Eq + std::hash::Hash,
         S: std::hash::BuildHasher,
     {
-        let changed = changed.take();
-        self.full |= changed.is_all();
-        self.put_entries(state, changed.keys().iter(), encode);
-    }
-
-    /// Every entry of `state` when the delta is full, else those of the
-    /// `changed` keys (a key gone from `state` as a delete).
-    fn put_entries<'a, K, V, S>(
-        &mut self,
-        state: &std::collections::HashMap<K, V, S>,
-        changed: impl Iterator<Item = &'a K>,
-        encode: impl Fn(&V, &mut Encoder),
-    ) where
-        K: AsRef<[u8]> + Eq + std::hash::Hash + 'a,
-        S: std::hash::BuildHasher,
-    {
-        if self.full {
-            for (key, value) in state {
-                self.put_with(|out| raw(out, key.as_ref()), |out| encode(value, out));
-            }
-        } else {
-            for key in changed {
-                match state.get(key) {
-                    Some(value) => {
-                        self.put_with(|out| raw(out, key.as_ref()), |out| encode(value, out))
-                    }
-                    None => self.delete(key),
+        let put = |delta: &mut Self, key: &K, value: &V| {
+            delta.put_with(|out| raw(out, key.as_ref()), |out| encode(value, out));
+        };
+        self.put_changed_with(
+            changed,
+            |delta| {
+                for (key, value) in state {
+                    put(delta, key, value);
                 }
-            }
-        }
+            },
+            |delta, key| match state.get(key) {
+                Some(value) => put(delta, key, value),
+                None => delta.delete(key),
+            },
+        );
     }
 }
 
@@ -1132,7 +1137,7 @@ mod tests {
         }
     }
 
-    fn delta(full: bool, entries: &[(&str, Option<&str>)]) -> StateDelta {
+    fn delta<K: AsRef<[u8]>, V: AsRef<[u8]>>(full: bool, entries: &[(K, Option<V>)]) -> StateDelta {
         let mut delta = StateDelta::new(full);
         for (key, value) in entries {
             match value {
@@ -1176,7 +1181,7 @@ mod tests {
             .write(
                 3,
                 Some(&second),
-                capture(30, vec![("a", delta(false, &[]))]),
+                capture(30, vec![("a", delta::<&str, &str>(false, &[]))]),
                 vec![],
             )
             .await
@@ -1214,18 +1219,9 @@ mod tests {
             )
             .await
             .unwrap();
-        let mut big_delta = StateDelta::new(true);
-        for (key, value) in &big {
-            match value {
-                Some(value) => big_delta.put(key, value),
-                None => big_delta.delete(key),
-            }
-        }
+        let big_delta = delta(true, &big);
         let small = [(&b"k"[..], None), (&b"k2"[..], Some(&b"v2"[..]))];
-        let states = vec![
-            ("big", big_delta.clone()),
-            ("small", delta(false, &[("k", None), ("k2", Some("v2"))])),
-        ];
+        let states = vec![("big", big_delta.clone()), ("small", delta(false, &small))];
         // The expected file, encoded in one buffer.
         let mut payload = Encoder::new();
         payload.u64(states.len() as u64);

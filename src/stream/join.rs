@@ -959,22 +959,24 @@ impl Operator for JoinOperator {
         }
         for (index, side) in self.sides.iter_mut().enumerate() {
             // Encoded in place in the delta: no allocation per entry.
-            let state_key = |key, row| state_key(index as u8, key, row);
-            let dirty = side.dirty.take();
-            if delta.full {
-                for (key, bucket) in &side.rows {
-                    for (row, entry) in bucket {
-                        delta.put_with(state_key(key, row), state_value(*entry));
+            let side_index = index as u8;
+            let rows = &side.rows;
+            delta.put_changed_with(
+                &mut side.dirty,
+                |delta| {
+                    for (key, bucket) in rows {
+                        for (row, entry) in bucket {
+                            delta.put_with(state_key(side_index, key, row), state_value(*entry));
+                        }
                     }
-                }
-            } else {
-                for (key, row) in dirty.keys() {
-                    match side.rows.get(key).and_then(|b| b.get(row)) {
-                        Some(entry) => delta.put_with(state_key(key, row), state_value(*entry)),
-                        None => delta.delete_with(state_key(key, row)),
+                },
+                |delta, (key, row)| match rows.get(key).and_then(|b| b.get(row)) {
+                    Some(entry) => {
+                        delta.put_with(state_key(side_index, key, row), state_value(*entry))
                     }
-                }
-            }
+                    None => delta.delete_with(state_key(side_index, key, row)),
+                },
+            );
         }
         // NOT IN: one entry `[2]` with the right side's counts and the left
         // rows with a NULL key.

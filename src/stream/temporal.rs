@@ -161,22 +161,21 @@ impl Operator for TemporalFilterOperator {
             key.extend_from_slice(row);
             key
         };
-        let dirty = self.dirty.take();
-        delta.full |= dirty.is_all();
-        if delta.full {
-            for (time, rows) in &self.live {
-                for (row, weight) in rows {
-                    delta.put(key(*time, row), weight.to_le_bytes());
+        let live = &self.live;
+        delta.put_changed_with(
+            &mut self.dirty,
+            |delta| {
+                for (time, rows) in live {
+                    for (row, weight) in rows {
+                        delta.put(key(*time, row), weight.to_le_bytes());
+                    }
                 }
-            }
-        } else {
-            for (time, row) in dirty.keys() {
-                match self.live.get(time).and_then(|rows| rows.get(row)) {
-                    Some(weight) => delta.put(key(*time, row), weight.to_le_bytes()),
-                    None => delta.delete(key(*time, row)),
-                }
-            }
-        }
+            },
+            |delta, (time, row)| match live.get(time).and_then(|rows| rows.get(row)) {
+                Some(weight) => delta.put(key(*time, row), weight.to_le_bytes()),
+                None => delta.delete(key(*time, row)),
+            },
+        );
         Ok(())
     }
 
