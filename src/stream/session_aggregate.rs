@@ -625,7 +625,7 @@ mod tests {
     use crate::stream::aggregate::{AggregateOperator, WindowedGroups};
     use crate::stream::session::SessionWindowOperator;
     use crate::stream::shard::ShardedOperator;
-    use crate::stream::testing::Checkpoints;
+    use crate::stream::testing::{random, Checkpoints};
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
     use datafusion::arrow::util::display::array_value_to_string;
 
@@ -808,13 +808,7 @@ mod tests {
     }
 
     fn steps(seed: u64, count: usize, clock: &mut i64) -> Vec<Step> {
-        let mut state = seed;
-        let mut next = move |below: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % below
-        };
+        let mut next = random(seed);
         let mut out = Vec::new();
         for _ in 0..count {
             if next(4) == 0 {

@@ -440,8 +440,8 @@ mod tests {
     use super::*;
     use crate::stream::accumulator::{AggregateFolder, AggregateKind};
     use crate::stream::aggregate::{AggregateCall, AggregateOperator};
-    use crate::stream::testing::Checkpoints;
-    use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+    use crate::stream::testing::{int_pairs, random, Checkpoints};
+    use datafusion::arrow::array::{Array, AsArray};
     use datafusion::arrow::datatypes::{Field, Int64Type, Schema, SchemaRef};
     use datafusion::physical_expr::expressions::Column;
 
@@ -500,34 +500,22 @@ mod tests {
     /// Random changes: insertions of (key, value), and retractions of rows
     /// inserted before (so that every retraction is valid).
     fn changes(seed: u64, batches: usize, live: &mut Vec<(i64, i64)>) -> Vec<ChangeBatch> {
-        let mut state = seed;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = random(seed);
         (0..batches)
             .map(|b| {
                 let rows = if b % 3 == 0 { 2_000 } else { 7 };
                 let mut out = Vec::new();
                 for _ in 0..rows {
-                    if !live.is_empty() && next() % 3 == 0 {
-                        let i = (next() % live.len() as u64) as usize;
+                    if !live.is_empty() && next(3) == 0 {
+                        let i = next(live.len() as u64) as usize;
                         out.push((live.swap_remove(i), -1));
                     } else {
-                        let row = ((next() % 50) as i64, (next() % 1000) as i64);
+                        let row = (next(50) as i64, next(1000) as i64);
                         live.push(row);
                         out.push((row, 1));
                     }
                 }
-                let keys = Int64Array::from(out.iter().map(|((k, _), _)| *k).collect::<Vec<_>>());
-                let values = Int64Array::from(out.iter().map(|((_, v), _)| *v).collect::<Vec<_>>());
-                let weights = Int64Array::from(out.iter().map(|(_, w)| *w).collect::<Vec<_>>());
-                let rows =
-                    RecordBatch::try_new(input_schema(), vec![Arc::new(keys), Arc::new(values)])
-                        .unwrap();
-                ChangeBatch::new(rows, weights).unwrap()
+                int_pairs(&input_schema(), &out)
             })
             .collect()
     }

@@ -484,13 +484,8 @@ mod tests {
             "ID",
             r#"i\u0064"#,
         ];
-        let mut state = seed;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut random = crate::stream::testing::random(seed);
+        let mut next = |n: usize| random(n as u64) as usize;
         (0..count)
             .map(|_| {
                 let mut text = String::new();
