@@ -35,7 +35,11 @@ pub fn admin() -> AdminClient<DefaultClientContext> {
 pub async fn create_topic(name: &str, partitions: i32) {
     let results = admin()
         .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            // Kept forever: tests produce messages with old timestamps
+            // (2024), which the broker's 24-hour retention would otherwise
+            // delete at its next check (every 5 minutes), mid-test.
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+                .set("retention.ms", "-1")],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
