@@ -794,7 +794,7 @@ impl Worker {
         if let Some(restore) = restore {
             return self.restore_view(id, name, codec, graph, readers, restore);
         }
-        let mut state = RowSet::new(codec);
+        let mut state = RowSet::appending(codec);
         for change in graph.start()? {
             state.apply(&change)?;
         }
@@ -864,10 +864,14 @@ impl Worker {
         self.positions.extend(reader_positions);
         let prefix = format!("view/{name}");
         graph.restore(&prefix, &mut state)?;
-        let mut rows = RowSet::new(codec);
-        for (row, multiplicity) in state.take(&format!("{prefix}/rows")) {
-            rows.add_encoded(Arc::from(row), decode_multiplicity(&multiplicity)?)?;
-        }
+        let keyed = state
+            .take(&format!("{prefix}/rows"))
+            .into_iter()
+            .map(|(row, multiplicity)| Ok((row, decode_multiplicity(&multiplicity)?)))
+            .collect::<Result<Vec<_>>>()?;
+        // Checkpoints from before the log have no log table: none logged.
+        let log = state.take(&format!("{prefix}/log"));
+        let mut rows = RowSet::restore(codec, keyed, log)?;
         for (reader, watermark) in reader_watermarks {
             self.watermarks.insert(reader, watermark);
         }
@@ -919,6 +923,9 @@ impl Worker {
                 request.wants_full(&rows_name),
             );
             states.insert(rows_name, delta);
+            let log_name = format!("{prefix}/log");
+            let log = view.state.capture_log(request.wants_full(&log_name))?;
+            states.insert(log_name, log);
             view.graph.checkpoint(&prefix, request, &mut states)?;
             if let Some(&w) = self.watermarks.get(id) {
                 meta.watermarks.insert(prefix, w);

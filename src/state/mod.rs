@@ -7,21 +7,29 @@
 //! while the runtime goes on changing the next. That is how every SELECT sees
 //! one consistent snapshot without copying.
 //!
+//! A view's set also keeps a [`row_log::RowLog`]: while its changes are
+//! plain insertions it appends their batches there, unencoded, and folds
+//! them into the map at the first change that is not.
+//!
 //! Invariant: every multiplicity is positive. Applying a change that would
 //! make one negative is refused (it means a retraction of a row that is not
 //! there, which is a bug upstream).
 
 pub mod checkpoint;
 pub mod codec;
+mod row_log;
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Int64Array, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
 use crate::error::Result;
 use crate::stream::ChangeBatch;
+use checkpoint::StateDelta;
+use row_log::RowLog;
 
 /// A hash map keyed by encoded bytes (group keys, join keys, rows), hashed
 /// with foldhash (seeded per process) rather than std's SipHash, which cost
@@ -162,22 +170,60 @@ impl RowCodec {
     }
 }
 
-/// A multiset of rows with cheap snapshots.
+/// A multiset of rows with cheap snapshots: keyed rows (encoded, with
+/// their multiplicities) and, for a view, a log of inserted batches.
 #[derive(Debug, Clone)]
 pub struct RowSet {
     codec: Arc<RowCodec>,
     rows: imbl::OrdMap<Arc<[u8]>, i64>,
+    /// Rows inserted while `appending`, as the batches they came in.
+    log: RowLog,
+    /// Whether plain insertions go to `log` (a view's set until its first
+    /// other change).
+    appending: bool,
     /// Total multiplicity, i.e. the number of rows a scan returns.
     len: u64,
 }
 
 impl RowSet {
+    /// A set that keys every row (a table's).
     pub fn new(codec: Arc<RowCodec>) -> Self {
         Self {
             codec,
             rows: imbl::OrdMap::new(),
+            log: RowLog::default(),
+            appending: false,
             len: 0,
         }
+    }
+
+    /// A view's set: plain insertions are logged as batches until the
+    /// first change that is not one. Its checkpoint is two state tables,
+    /// the keyed rows and [`Self::capture_log`].
+    pub fn appending(codec: Arc<RowCodec>) -> Self {
+        // A batch without columns has nothing to log (and IPC would lose
+        // its row count).
+        let appending = !codec.schema().fields().is_empty();
+        Self {
+            appending,
+            ..Self::new(codec)
+        }
+    }
+
+    /// A view's set as checkpointed: keyed rows `row -> multiplicity` and
+    /// the log's state table.
+    pub fn restore(
+        codec: Arc<RowCodec>,
+        keyed: impl IntoIterator<Item = (Vec<u8>, i64)>,
+        log: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<Self> {
+        let mut set = Self::appending(codec);
+        for (row, multiplicity) in keyed {
+            set.add_encoded(Arc::from(row), multiplicity)?;
+        }
+        set.log = RowLog::restore(set.codec.schema(), log)?;
+        set.len += set.log.rows();
+        Ok(set)
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -197,11 +243,13 @@ impl RowSet {
         self.len == 0
     }
 
-    /// Number of distinct rows held.
+    /// Number of distinct keyed rows (the entries of the keyed rows'
+    /// state table; logged rows are not among them).
     pub fn distinct_rows(&self) -> usize {
         self.rows.len()
     }
 
+    /// The multiplicity of a keyed row (logged copies not counted).
     pub fn multiplicity(&self, row: &[u8]) -> i64 {
         self.rows.get(row).copied().unwrap_or(0)
     }
@@ -239,51 +287,93 @@ impl RowSet {
 
     /// Applies a changelog. All or nothing: on error the set is unchanged.
     pub fn apply(&mut self, change: &ChangeBatch) -> Result<()> {
-        let encoded = self.codec.encode(&change.rows)?;
-        let mut next = self.clone();
-        for (row, weight) in encoded.into_iter().zip(change.weights.values().iter()) {
-            next.add_encoded(row, *weight)?;
-        }
-        *self = next;
-        Ok(())
+        self.apply_returning_rows(change).map(drop)
     }
 
-    /// Applies a changelog and returns the encoded rows it touched. All or
-    /// nothing: on error the set is unchanged.
+    /// Applies a changelog and returns the encoded keyed rows it touched
+    /// (logged insertions are none; a fold touches every row it keys). All
+    /// or nothing: on error the set is unchanged.
     pub fn apply_returning_rows(&mut self, change: &ChangeBatch) -> Result<Vec<Arc<[u8]>>> {
-        let encoded = self.codec.encode(&change.rows)?;
+        if self.appending && change.weights.values().iter().all(|&w| w == 1) {
+            // Under the set's schema (names, nullability); a batch that
+            // does not fit it is keyed, whose encoding checks the types.
+            if let Ok(batch) =
+                RecordBatch::try_new(self.codec.schema().clone(), change.rows.columns().to_vec())
+            {
+                self.len += batch.num_rows() as u64;
+                self.log.push(batch);
+                return Ok(Vec::new());
+            }
+        }
         let mut next = self.clone();
+        next.appending = false;
+        let mut touched = Vec::new();
+        for batch in next.log.take() {
+            for row in next.codec.encode(&batch)? {
+                next.add_encoded(row.clone(), 1)?;
+                touched.push(row);
+            }
+        }
+        // Logged rows were counted already.
+        next.len = self.len;
+        let encoded = next.codec.encode(&change.rows)?;
         for (row, weight) in encoded.iter().zip(change.weights.values().iter()) {
             next.add_encoded(row.clone(), *weight)?;
         }
         *self = next;
-        Ok(encoded)
+        touched.extend(encoded);
+        Ok(touched)
     }
 
-    /// Every distinct encoded row with its multiplicity, in row order.
+    /// Every distinct keyed row with its multiplicity, in row order.
     pub fn encoded_entries(&self) -> impl Iterator<Item = (&Arc<[u8]>, i64)> {
         self.rows.iter().map(|(row, n)| (row, *n))
     }
 
-    /// All rows as one batch, each repeated by its multiplicity.
+    /// The log's state-table delta since the previous capture (all of it
+    /// when `full`).
+    pub fn capture_log(&mut self, full: bool) -> Result<StateDelta> {
+        self.log.capture(self.codec.schema(), full)
+    }
+
+    /// All rows as one batch, each repeated by its multiplicity: the keyed
+    /// rows in row order, then the logged ones in arrival order.
     pub fn to_batch(&self) -> Result<RecordBatch> {
         let rows = self
             .rows
             .iter()
             .flat_map(|(row, n)| std::iter::repeat_n(row.as_ref(), *n as usize));
-        self.codec.decode(rows)
+        self.with_logged(self.codec.decode(rows)?)
     }
 
     /// The whole set as a changelog of insertions (for backfill).
     pub fn to_change_batch(&self) -> Result<ChangeBatch> {
         let rows = self.codec.decode(self.rows.keys().map(|r| r.as_ref()))?;
-        let weights = Int64Array::from(self.rows.values().copied().collect::<Vec<_>>());
-        ChangeBatch::new(rows, weights)
+        let weights = self
+            .rows
+            .values()
+            .copied()
+            .chain(std::iter::repeat_n(1, self.log.rows() as usize));
+        ChangeBatch::new(
+            self.with_logged(rows)?,
+            Int64Array::from_iter_values(weights),
+        )
+    }
+
+    /// `keyed` followed by the logged rows.
+    fn with_logged(&self, keyed: RecordBatch) -> Result<RecordBatch> {
+        if self.log.is_empty() {
+            return Ok(keyed);
+        }
+        let batches = std::iter::once(&keyed).chain(self.log.batches());
+        Ok(concat_batches(self.codec.schema(), batches)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -336,5 +426,119 @@ mod tests {
         assert!(rows.apply(&changes(&[5], &[-1])).is_err());
         assert_eq!(multiplicities(&rows), before);
         assert_eq!(rows.len(), 2);
+    }
+
+    fn view_set() -> RowSet {
+        RowSet::appending(set().codec().clone())
+    }
+
+    /// The state table a chain of captured deltas reads back as.
+    fn replay(table: &mut BTreeMap<Vec<u8>, Vec<u8>>, delta: &StateDelta) {
+        if delta.full {
+            table.clear();
+        }
+        for entry in delta.entries() {
+            match entry.unwrap() {
+                (key, Some(value)) => table.insert(key.to_vec(), value.to_vec()),
+                (key, None) => table.remove(key),
+            };
+        }
+    }
+
+    /// A view's plain insertions are logged (no keyed rows, nothing
+    /// touched, scans in arrival order); the first other change folds the
+    /// log into the keyed rows, touching each, and keys every row after.
+    #[test]
+    fn view_set_logs_insertions_until_another_change() {
+        let mut rows = view_set();
+        assert!(rows
+            .apply_returning_rows(&changes(&[3, 1], &[1, 1]))
+            .unwrap()
+            .is_empty());
+        assert!(rows
+            .apply_returning_rows(&changes(&[1, 2], &[1, 1]))
+            .unwrap()
+            .is_empty());
+        assert_eq!((rows.len(), rows.distinct_rows()), (4, 0));
+        assert_eq!(multiplicities(&rows), vec![(3, 1), (1, 1), (1, 1), (2, 1)]);
+
+        // A refused retraction leaves the log as it was.
+        assert!(rows.apply(&changes(&[7], &[-1])).is_err());
+        assert_eq!((rows.len(), rows.distinct_rows()), (4, 0));
+
+        let touched = rows.apply_returning_rows(&changes(&[1], &[-1])).unwrap();
+        assert_eq!(touched.len(), 5, "four folded rows and the retracted one");
+        assert_eq!(multiplicities(&rows), vec![(1, 1), (2, 1), (3, 1)]);
+        assert_eq!((rows.len(), rows.distinct_rows()), (3, 3));
+        // Keyed from now on, insertions too.
+        rows.apply(&changes(&[4], &[1])).unwrap();
+        assert_eq!(rows.distinct_rows(), 4);
+        // A weight other than one is keyed at once.
+        let mut rows = view_set();
+        rows.apply(&changes(&[5, 6], &[2, 1])).unwrap();
+        assert_eq!((rows.len(), rows.distinct_rows()), (3, 2));
+    }
+
+    /// The log's captures, replayed as a chain, restore the same set: each
+    /// capture holds only the batches appended since the previous one, a
+    /// full one all of them, and the capture after a fold empties it.
+    #[test]
+    fn view_set_log_checkpoints_chain_and_restore() {
+        let restored = |keyed: &RowSet, table: &BTreeMap<Vec<u8>, Vec<u8>>| {
+            let keyed = keyed
+                .encoded_entries()
+                .map(|(row, n)| (row.to_vec(), n))
+                .collect::<Vec<_>>();
+            RowSet::restore(set().codec().clone(), keyed, table.clone()).unwrap()
+        };
+        let mut rows = view_set();
+        let mut table = BTreeMap::new();
+        rows.apply(&changes(&[1, 2], &[1, 1])).unwrap();
+        let first = rows.capture_log(false).unwrap();
+        assert_eq!(first.len(), 1);
+        replay(&mut table, &first);
+        rows.apply(&changes(&[3], &[1])).unwrap();
+        rows.apply(&changes(&[4, 5], &[1, 1])).unwrap();
+        let second = rows.capture_log(false).unwrap();
+        let keys: Vec<Vec<u8>> = second.entries().map(|e| e.unwrap().0.to_vec()).collect();
+        assert!(!second.full);
+        assert_eq!(
+            keys,
+            vec![1u64.to_be_bytes().to_vec()],
+            "batches 1 and 2 only"
+        );
+        replay(&mut table, &second);
+        assert!(rows.capture_log(false).unwrap().is_empty(), "nothing new");
+        let back = restored(&rows, &table);
+        assert_eq!(multiplicities(&back), multiplicities(&rows));
+        assert_eq!(back.len(), 5);
+
+        // A restored log goes on where it was saved.
+        let mut back = back;
+        back.apply(&changes(&[6], &[1])).unwrap();
+        replay(&mut table, &back.capture_log(false).unwrap());
+        assert_eq!(
+            multiplicities(&restored(&back, &table)),
+            multiplicities(&back)
+        );
+        let whole = back.capture_log(true).unwrap();
+        assert!(whole.full);
+        let mut rewritten = BTreeMap::new();
+        replay(&mut rewritten, &whole);
+        assert_eq!(
+            multiplicities(&restored(&back, &rewritten)),
+            multiplicities(&back)
+        );
+
+        // A gap in the chain is refused, not read as a shorter log.
+        let mut gapped = table.clone();
+        gapped.remove(0u64.to_be_bytes().as_slice());
+        assert!(RowSet::restore(set().codec().clone(), vec![], gapped).is_err());
+
+        back.apply(&changes(&[6], &[-1])).unwrap();
+        let cleared = back.capture_log(false).unwrap();
+        assert!(cleared.full && cleared.is_empty());
+        replay(&mut table, &cleared);
+        assert!(table.is_empty());
     }
 }
