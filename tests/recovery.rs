@@ -166,38 +166,35 @@ async fn a_restart_resumes_every_object_with_its_state() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With periodic checkpoints off, runs `setup` then `change` (each ending
+/// in a CHECKPOINT): the whole state the first checkpoint left (what a
+/// recovery from it reads; earlier checkpoints, DDL's, may have written
+/// parts of it) and the bytes the second wrote.
+async fn whole_then_delta(eddy: &Eddy, setup: &str, change: &str) -> (u64, u64) {
+    let last = || {
+        let stats = eddy.server.checkpoint_stats();
+        stats.last_completed().expect("a checkpoint").clone()
+    };
+    execute(&eddy.client, "SET checkpoint_interval = 0").await;
+    execute(&eddy.client, setup).await;
+    let whole = last().state_bytes;
+    execute(&eddy.client, change).await;
+    (whole, last().bytes_written)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_are_incremental() {
     let dir = fresh_dir("incremental");
     let eddy = start(&dir, None).await;
-    execute(&eddy.client, "SET checkpoint_interval = 0").await;
-    execute(
-        &eddy.client,
+    let (whole, delta) = whole_then_delta(
+        &eddy,
         "CREATE TABLE big (id BIGINT PRIMARY KEY, v BIGINT);
          INSERT INTO big SELECT value, value % 100 FROM generate_series(1, 20000);
          CREATE MATERIALIZED VIEW by_v AS SELECT v, count(*) AS n FROM big GROUP BY v;
          CHECKPOINT;",
-    )
-    .await;
-    // The whole state: what a recovery from that checkpoint reads (earlier
-    // checkpoints, DDL's and periodic ones, may have written parts of it).
-    let whole = eddy
-        .server
-        .checkpoint_stats()
-        .last_completed()
-        .expect("a checkpoint")
-        .state_bytes;
-    execute(
-        &eddy.client,
         "UPDATE big SET v = v + 1 WHERE id <= 10; CHECKPOINT;",
     )
     .await;
-    let delta = eddy
-        .server
-        .checkpoint_stats()
-        .last_completed()
-        .expect("a checkpoint")
-        .bytes_written;
     assert!(
         delta * 20 < whole,
         "a checkpoint after 10 changed rows wrote {delta} bytes; the whole state took {whole}"
@@ -245,32 +242,15 @@ async fn a_view_of_insertions_checkpoints_its_log_incrementally() {
     const EXPECTED: &str = "SELECT id, v * 2 FROM t";
     let dir = fresh_dir("row-log");
     let eddy = start(&dir, None).await;
-    execute(&eddy.client, "SET checkpoint_interval = 0").await;
-    execute(
-        &eddy.client,
+    let (whole, delta) = whole_then_delta(
+        &eddy,
         "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT);
          INSERT INTO t SELECT value, value % 100 FROM generate_series(1, 20000);
          CREATE MATERIALIZED VIEW doubled AS SELECT id, v * 2 AS w FROM t;
          CHECKPOINT;",
-    )
-    .await;
-    let whole = eddy
-        .server
-        .checkpoint_stats()
-        .last_completed()
-        .expect("a checkpoint")
-        .state_bytes;
-    execute(
-        &eddy.client,
         "INSERT INTO t VALUES (20001, 1), (20002, 2); CHECKPOINT;",
     )
     .await;
-    let delta = eddy
-        .server
-        .checkpoint_stats()
-        .last_completed()
-        .expect("a checkpoint")
-        .bytes_written;
     assert!(
         delta * 20 < whole,
         "a checkpoint after 2 new rows wrote {delta} bytes; the whole state took {whole}"
