@@ -74,19 +74,22 @@ pub type BenchResult<T> = std::result::Result<T, String>;
 
 /// Runs statements; a failure fails the benchmark, naming the statement.
 pub async fn execute(client: &Client, sql: &str) -> BenchResult<()> {
-    client
-        .batch_execute(sql)
-        .await
-        .map_err(|e| format!("{sql}: {e}"))
+    client.batch_execute(sql).await.map_err(|e| failed(sql, e))
 }
 
 /// The rows of a query, as text (NULL as "NULL").
 pub async fn rows(client: &Client, sql: &str) -> BenchResult<Vec<Vec<String>>> {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .map_err(|e| format!("{sql}: {e}"))?;
+    let messages = client.simple_query(sql).await.map_err(|e| failed(sql, e))?;
     Ok(text_rows(messages))
+}
+
+/// A statement's failure: the server's message and SQLSTATE when it sent
+/// one (the client error alone says only "db error").
+fn failed(sql: &str, error: tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{sql}: {} ({})", db.message(), db.code().code()),
+        None => format!("{sql}: {error}"),
+    }
 }
 
 /// The rows among a simple query's messages, as text (NULL as "NULL").
