@@ -794,6 +794,11 @@ impl Messages {
         });
     }
 
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.list.clear();
+    }
+
     fn key(&self, index: usize) -> Option<&[u8]> {
         self.list[index].key.clone().map(|range| &self.bytes[range])
     }
@@ -832,6 +837,8 @@ struct Reader {
     /// The payload columns to build (`None`: all): those the view reads,
     /// and the watermark's.
     build: Option<Vec<bool>>,
+    /// The message buffers, kept from batch to batch.
+    received: Messages,
 }
 
 impl Reader {
@@ -859,6 +866,7 @@ impl Reader {
             codec,
             resume: None,
             build: None,
+            received: Messages::default(),
         })
     }
 
@@ -1030,7 +1038,10 @@ impl Reader {
                     }
                 }
             }
-            let mut batch = Messages::default();
+            // The previous batch's buffers, emptied: growing fresh ones to a
+            // few MB per batch cost reallocations and page faults.
+            let mut batch = std::mem::take(&mut self.received);
+            batch.clear();
             // When the batch's first message arrived (for freshness).
             let mut arrived = None;
             let deadline = tokio::time::Instant::now() + BATCH_WAIT;
@@ -1121,6 +1132,7 @@ impl Reader {
             if let Some(watermark) = moved {
                 self.config.progress.set_watermark(&self.view, watermark);
             }
+            self.received = batch;
             if change.is_empty() && moved.is_none() && position.is_empty() {
                 continue;
             }
