@@ -71,10 +71,10 @@ impl RelationProvider {
         &self.rows
     }
 
-    /// The rows as one batch in the provider's schema, for a query. A source
+    /// The rows as batches in the provider's schema, for a query. A source
     /// has no rows to read here: it is read through a view, and saying so
     /// beats answering with nothing.
-    pub fn current_batch(&self) -> DFResult<RecordBatch> {
+    pub fn current_batches(&self) -> DFResult<Vec<RecordBatch>> {
         if self.kind == RelationKind::Source {
             return Err(DataFusionError::External(Box::new(
                 crate::error::EddyError::NotSupported(format!(
@@ -86,12 +86,17 @@ impl RelationProvider {
         }
         let stored = self
             .rows
-            .to_batch()
+            .to_batches()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(RecordBatch::try_new(
-            self.schema.clone(),
-            stored.columns().to_vec(),
-        )?)
+        stored
+            .into_iter()
+            .map(|batch| {
+                Ok(RecordBatch::try_new(
+                    self.schema.clone(),
+                    batch.columns().to_vec(),
+                )?)
+            })
+            .collect()
     }
 }
 
@@ -115,9 +120,9 @@ impl TableProvider for RelationProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let batch = self.current_batch()?;
+        let batches = self.current_batches()?;
         let exec =
-            MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?;
+            MemorySourceConfig::try_new_exec(&[batches], self.schema(), projection.cloned())?;
         Ok(exec)
     }
 }

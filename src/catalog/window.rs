@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -194,20 +195,40 @@ impl TableProvider for WindowedRelationProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let rows = self.relation.current_batch()?;
+        let batches = self.relation.current_batches()?;
+        let external = |e: EddyError| DataFusionError::External(Box::new(e));
         let windowed = match &self.windowing {
-            Windowing::Fixed(spec) => {
-                assign(&rows, self.time_column, spec, &self.schema, |_, _| true).map(|(w, _)| w)
-            }
+            // Batch by batch, projected as they come: a row is in up to
+            // size/slide windows, and one batch of all of them could hold
+            // more string bytes than 32-bit offsets address.
+            Windowing::Fixed(spec) => batches
+                .iter()
+                .map(|rows| {
+                    let (windowed, _) =
+                        assign(rows, self.time_column, spec, &self.schema, |_, _| true)
+                            .map_err(external)?;
+                    match projection {
+                        Some(columns) => Ok(windowed.project(columns)?),
+                        None => Ok(windowed),
+                    }
+                })
+                .collect::<DFResult<Vec<_>>>()?,
+            // Sessions span batches: assigned over all rows at once.
             Windowing::Session { gap, key_columns } => {
-                assign_sessions(&rows, self.time_column, key_columns, *gap, &self.schema)
+                let rows = concat_batches(&self.relation.schema(), &batches)?;
+                let sessions =
+                    assign_sessions(&rows, self.time_column, key_columns, *gap, &self.schema)
+                        .map_err(external)?;
+                vec![match projection {
+                    Some(columns) => sessions.project(columns)?,
+                    None => sessions,
+                }]
             }
-        }
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![windowed]],
-            self.schema(),
-            projection.cloned(),
-        )?)
+        };
+        let schema = match projection {
+            Some(columns) => Arc::new(self.schema.project(columns)?),
+            None => self.schema.clone(),
+        };
+        Ok(MemorySourceConfig::try_new_exec(&[windowed], schema, None)?)
     }
 }

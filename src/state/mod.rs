@@ -170,6 +170,9 @@ impl RowCodec {
     }
 }
 
+/// The most keyed rows [`RowSet::to_batches`] puts in one batch.
+pub const SCAN_BATCH_ROWS: usize = 65_536;
+
 /// A multiset of rows with cheap snapshots: keyed rows (encoded, with
 /// their multiplicities) and, for a view, a log of inserted batches.
 #[derive(Debug, Clone)]
@@ -336,14 +339,23 @@ impl RowSet {
         self.log.capture(self.codec.schema(), full)
     }
 
-    /// All rows as one batch, each repeated by its multiplicity: the keyed
-    /// rows in row order, then the logged ones in arrival order.
-    pub fn to_batch(&self) -> Result<RecordBatch> {
+    /// All rows, each repeated by its multiplicity: the keyed rows in row
+    /// order, then the logged ones in arrival order. In batches of at most
+    /// [`SCAN_BATCH_ROWS`] keyed rows and the log's own batches (one batch
+    /// of a large set could hold more string bytes than Arrow's 32-bit
+    /// offsets can address).
+    pub fn to_batches(&self) -> Result<Vec<RecordBatch>> {
         let rows = self
             .rows
             .iter()
             .flat_map(|(row, n)| std::iter::repeat_n(row.as_ref(), *n as usize));
-        self.with_logged(self.codec.decode(rows)?)
+        let mut batches = Vec::new();
+        let mut rows = rows.peekable();
+        while rows.peek().is_some() {
+            batches.push(self.codec.decode(rows.by_ref().take(SCAN_BATCH_ROWS))?);
+        }
+        batches.extend(self.log.batches().cloned());
+        Ok(batches)
     }
 
     /// The whole set as a changelog of insertions (for backfill).
