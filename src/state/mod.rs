@@ -303,8 +303,9 @@ impl RowSet {
             if let Ok(batch) =
                 RecordBatch::try_new(self.codec.schema().clone(), change.rows.columns().to_vec())
             {
-                self.len += batch.num_rows() as u64;
-                self.log.push(batch);
+                let rows = batch.num_rows() as u64;
+                self.log.push(batch)?;
+                self.len += rows;
                 return Ok(Vec::new());
             }
         }
@@ -489,6 +490,26 @@ mod tests {
         let mut rows = view_set();
         rows.apply(&changes(&[5, 6], &[2, 1])).unwrap();
         assert_eq!((rows.len(), rows.distinct_rows()), (3, 2));
+    }
+
+    /// A view fed a row at a time holds a batch per 1,024 rows, not per
+    /// row: small batches merge into the last one until it is saved.
+    #[test]
+    fn view_set_merges_small_batches_until_saved() {
+        let mut rows = view_set();
+        for value in 0..1500 {
+            rows.apply(&changes(&[value], &[1])).unwrap();
+        }
+        let sizes =
+            |rows: &RowSet| -> Vec<usize> { rows.log.batches().map(|b| b.num_rows()).collect() };
+        assert_eq!(sizes(&rows), vec![1024, 476]);
+        let arrival: Vec<(i64, i64)> = (0..1500).map(|v| (v, 1)).collect();
+        assert_eq!(multiplicities(&rows), arrival);
+        rows.capture_log(false).unwrap();
+        rows.apply(&changes(&[1500], &[1])).unwrap();
+        rows.apply(&changes(&[1501], &[1])).unwrap();
+        assert_eq!(sizes(&rows), vec![1024, 476, 2]);
+        assert_eq!(rows.len(), 1502);
     }
 
     /// The log's captures, replayed as a chain, restore the same set: each

@@ -17,12 +17,15 @@
 //! Invariants:
 //! - Every batch has the set's schema and at least one row; each row
 //!   counts once.
-//! - `saved` leading batches are in the checkpoint chain; after a fold
-//!   (`cleared`), the next capture rewrites the table whole (empty).
+//! - `saved` leading batches are in the checkpoint chain and never change
+//!   (entries' keys count batches); the last batch, unsaved and small, may
+//!   take in the next one. After a fold (`cleared`), the next capture
+//!   rewrites the table whole (empty).
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -33,6 +36,11 @@ use crate::error::{EddyError, Result};
 /// The IPC stream of one checkpoint entry is cut after this many bytes
 /// (so that one entry never holds a whole large log).
 const ENTRY_BYTES: usize = 1 << 20;
+
+/// A batch appended after one of fewer rows than this, not yet saved, is
+/// merged into it: a view fed a row at a time would otherwise hold a
+/// batch (a few hundred bytes of arrays and buffers) per row.
+const SMALL_BATCH_ROWS: usize = 1024;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RowLog {
@@ -46,11 +54,24 @@ pub(crate) struct RowLog {
 
 impl RowLog {
     /// Appends a batch (of the set's schema); empty ones are not kept.
-    pub fn push(&mut self, batch: RecordBatch) {
-        if batch.num_rows() > 0 {
-            self.rows += batch.num_rows() as u64;
-            self.batches.push_back(batch);
+    pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
         }
+        let rows = batch.num_rows() as u64;
+        let unsaved_small = (self.batches.len() > self.saved)
+            .then(|| self.batches.back())
+            .flatten()
+            .filter(|last| last.num_rows() < SMALL_BATCH_ROWS);
+        match unsaved_small {
+            Some(last) => {
+                let merged = concat_batches(&batch.schema(), [last, &batch])?;
+                *self.batches.back_mut().expect("a last batch") = merged;
+            }
+            None => self.batches.push_back(batch),
+        }
+        self.rows += rows;
+        Ok(())
     }
 
     pub fn rows(&self) -> u64 {
@@ -121,10 +142,10 @@ impl RowLog {
             for batch in StreamReader::try_new(value.as_slice(), None)? {
                 let batch = batch?;
                 // Stored under this schema; the fields' names follow it.
-                log.push(RecordBatch::try_new(
-                    Arc::clone(schema),
-                    batch.columns().to_vec(),
-                )?);
+                // As saved, not merged: entries' keys count these batches.
+                let batch = RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec())?;
+                log.rows += batch.num_rows() as u64;
+                log.batches.push_back(batch);
             }
         }
         log.saved = log.batches.len();
