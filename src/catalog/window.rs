@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
@@ -197,6 +198,10 @@ impl TableProvider for WindowedRelationProvider {
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let batches = self.relation.current_batches()?;
         let external = |e: EddyError| DataFusionError::External(Box::new(e));
+        let project = |windowed: RecordBatch| match projection {
+            Some(columns) => windowed.project(columns),
+            None => Ok(windowed),
+        };
         let windowed = match &self.windowing {
             // Batch by batch, projected as they come: a row is in up to
             // size/slide windows, and one batch of all of them could hold
@@ -207,10 +212,7 @@ impl TableProvider for WindowedRelationProvider {
                     let (windowed, _) =
                         assign(rows, self.time_column, spec, &self.schema, |_, _| true)
                             .map_err(external)?;
-                    match projection {
-                        Some(columns) => Ok(windowed.project(columns)?),
-                        None => Ok(windowed),
-                    }
+                    Ok(project(windowed)?)
                 })
                 .collect::<DFResult<Vec<_>>>()?,
             // Sessions span batches: assigned over all rows at once.
@@ -219,10 +221,7 @@ impl TableProvider for WindowedRelationProvider {
                 let sessions =
                     assign_sessions(&rows, self.time_column, key_columns, *gap, &self.schema)
                         .map_err(external)?;
-                vec![match projection {
-                    Some(columns) => sessions.project(columns)?,
-                    None => sessions,
-                }]
+                vec![project(sessions)?]
             }
         };
         let schema = match projection {

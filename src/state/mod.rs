@@ -171,7 +171,7 @@ impl RowCodec {
 }
 
 /// The most keyed rows [`RowSet::to_batches`] puts in one batch.
-pub const SCAN_BATCH_ROWS: usize = 65_536;
+const SCAN_BATCH_ROWS: usize = 65_536;
 
 /// A multiset of rows with cheap snapshots: keyed rows (encoded, with
 /// their multiplicities) and, for a view, a log of inserted batches.
