@@ -29,7 +29,7 @@ pub mod decode;
 mod json;
 pub mod sink;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -630,47 +630,73 @@ fn kafka_error(e: KafkaError) -> EddyError {
 }
 
 /// Per-partition event time, merged into the source's watermark.
+///
+/// Indexed by partition number (a topic's partitions are `0..count`): the
+/// reader notes every message here, and a hash lookup per message was 2 %
+/// of a join query's CPU.
 #[derive(Default)]
 struct PartitionClock {
-    /// Newest event time seen, and whether the partition is at its end.
-    partitions: HashMap<i32, (Option<i64>, bool)>,
+    /// By partition: `None` for a partition not assigned or seen yet.
+    partitions: Vec<Option<PartitionTime>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PartitionTime {
+    /// The newest event time seen.
+    newest: Option<i64>,
+    /// At its end (no message to deliver now).
+    at_end: bool,
 }
 
 impl PartitionClock {
+    /// A partition's entry, made when first met. librdkafka never reports
+    /// a message or an end for a negative (unassigned) partition.
+    fn entry(&mut self, partition: i32) -> Option<&mut PartitionTime> {
+        let index = usize::try_from(partition).ok()?;
+        if index >= self.partitions.len() {
+            self.partitions.resize(index + 1, None);
+        }
+        Some(self.partitions[index].get_or_insert_with(PartitionTime::default))
+    }
+
     /// A partition now being read: until it delivers or reaches its end, it
     /// holds the watermark back.
     fn assigned(&mut self, partition: i32) {
-        self.partitions.entry(partition).or_insert((None, false));
+        self.entry(partition);
     }
 
     fn saw(&mut self, partition: i32, time: Option<i64>) {
-        let entry = self.partitions.entry(partition).or_insert((None, false));
-        entry.1 = false;
-        if let Some(time) = time {
-            entry.0 = Some(entry.0.map_or(time, |t: i64| t.max(time)));
+        if let Some(entry) = self.entry(partition) {
+            entry.at_end = false;
+            if let Some(time) = time {
+                entry.newest = Some(entry.newest.map_or(time, |t| t.max(time)));
+            }
         }
     }
 
     /// The newest event time seen on `partition`.
     fn time(&self, partition: i32) -> Option<i64> {
-        self.partitions.get(&partition).and_then(|(t, _)| *t)
+        let index = usize::try_from(partition).ok()?;
+        self.partitions.get(index).copied().flatten()?.newest
     }
 
     fn at_end(&mut self, partition: i32) {
-        self.partitions.entry(partition).or_insert((None, false)).1 = true;
+        if let Some(entry) = self.entry(partition) {
+            entry.at_end = true;
+        }
     }
 
     /// The time the watermark may follow: the minimum over the partitions
     /// with messages to deliver (each must have a time), or, when all are
     /// at their end, over those that have a time.
     fn merged(&self) -> Option<i64> {
-        let busy: Vec<&(Option<i64>, bool)> =
-            self.partitions.values().filter(|(_, end)| !end).collect();
-        if busy.is_empty() {
-            return self.partitions.values().filter_map(|(t, _)| *t).min();
+        let known = || self.partitions.iter().flatten();
+        if known().all(|p| p.at_end) {
+            return known().filter_map(|p| p.newest).min();
         }
-        busy.iter()
-            .map(|(t, _)| *t)
+        known()
+            .filter(|p| !p.at_end)
+            .map(|p| p.newest)
             .collect::<Option<Vec<i64>>>()?
             .into_iter()
             .min()
@@ -725,6 +751,63 @@ pub fn spawn_reader(config: Arc<KafkaSourceConfig>, spec: super::ReaderSpec) {
     });
 }
 
+/// A batch of received messages, read by index: the messages librdkafka
+/// delivered (decoded in place, without a copy) or copies of some of them
+/// ([`Messages`], when resuming splits a batch).
+trait ReceivedBatch {
+    fn len(&self) -> usize;
+    fn partition(&self, index: usize) -> i32;
+    fn offset(&self, index: usize) -> i64;
+    fn timestamp_ms(&self, index: usize) -> Option<i64>;
+    fn key(&self, index: usize) -> Option<&[u8]>;
+    fn payload(&self, index: usize) -> Option<&[u8]>;
+}
+
+impl ReceivedBatch for [BorrowedMessage<'_>] {
+    fn len(&self) -> usize {
+        <[BorrowedMessage<'_>]>::len(self)
+    }
+    fn partition(&self, index: usize) -> i32 {
+        self[index].partition()
+    }
+    fn offset(&self, index: usize) -> i64 {
+        self[index].offset()
+    }
+    fn timestamp_ms(&self, index: usize) -> Option<i64> {
+        self[index].timestamp().to_millis()
+    }
+    fn key(&self, index: usize) -> Option<&[u8]> {
+        self[index].key()
+    }
+    fn payload(&self, index: usize) -> Option<&[u8]> {
+        self[index].payload()
+    }
+}
+
+impl ReceivedBatch for Messages {
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+    fn partition(&self, index: usize) -> i32 {
+        self.list[index].partition
+    }
+    fn offset(&self, index: usize) -> i64 {
+        self.list[index].offset
+    }
+    fn timestamp_ms(&self, index: usize) -> Option<i64> {
+        self.list[index].timestamp_ms
+    }
+    fn key(&self, index: usize) -> Option<&[u8]> {
+        self.list[index].key.clone().map(|range| &self.bytes[range])
+    }
+    fn payload(&self, index: usize) -> Option<&[u8]> {
+        self.list[index]
+            .payload
+            .clone()
+            .map(|range| &self.bytes[range])
+    }
+}
+
 /// One message's parts that a change needs; its key and payload are
 /// ranges of its batch's buffer ([`Messages`]).
 struct Received {
@@ -735,9 +818,8 @@ struct Received {
     payload: Option<std::ops::Range<usize>>,
 }
 
-/// A batch of received messages, their keys and payloads copied into one
-/// buffer (a copy of its own per message cost an allocation and a free per
-/// message). Indexes as the slice of its messages.
+/// Copies of received messages, their keys and payloads in one buffer (a
+/// copy of its own per message cost an allocation and a free per message).
 #[derive(Default)]
 struct Messages {
     bytes: Vec<u8>,
@@ -745,38 +827,9 @@ struct Messages {
 }
 
 impl Messages {
-    /// Copies what a change needs (not the headers, which `detach` would).
-    fn push(&mut self, message: &BorrowedMessage<'_>) {
-        let (key, payload) = (message.key(), message.payload());
-        self.push_parts(
-            message.partition(),
-            message.offset(),
-            message.timestamp().to_millis(),
-            key,
-            payload,
-        );
-    }
-
-    /// Copies message `index` of `other`.
-    fn push_from(&mut self, other: &Messages, index: usize) {
-        let message = &other.list[index];
-        self.push_parts(
-            message.partition,
-            message.offset,
-            message.timestamp_ms,
-            other.key(index),
-            other.payload(index),
-        );
-    }
-
-    fn push_parts(
-        &mut self,
-        partition: i32,
-        offset: i64,
-        timestamp_ms: Option<i64>,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-    ) {
+    /// Copies message `index` of `batch` (not the headers, which no
+    /// change reads).
+    fn push_from<B: ReceivedBatch + ?Sized>(&mut self, batch: &B, index: usize) {
         let mut copy = |part: Option<&[u8]>| {
             part.map(|part| {
                 let start = self.bytes.len();
@@ -784,44 +837,22 @@ impl Messages {
                 start..self.bytes.len()
             })
         };
-        let (key, payload) = (copy(key), copy(payload));
+        let (key, payload) = (copy(batch.key(index)), copy(batch.payload(index)));
         self.list.push(Received {
-            partition,
-            offset,
-            timestamp_ms,
+            partition: batch.partition(index),
+            offset: batch.offset(index),
+            timestamp_ms: batch.timestamp_ms(index),
             key,
             payload,
         });
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.list.clear();
-    }
-
-    fn key(&self, index: usize) -> Option<&[u8]> {
-        self.list[index].key.clone().map(|range| &self.bytes[range])
-    }
-
-    fn payload(&self, index: usize) -> Option<&[u8]> {
-        self.list[index]
-            .payload
-            .clone()
-            .map(|range| &self.bytes[range])
-    }
-}
-
-impl std::ops::Deref for Messages {
-    type Target = [Received];
-
-    fn deref(&self) -> &[Received] {
-        &self.list
     }
 }
 
 struct Reader {
     config: Arc<KafkaSourceConfig>,
-    consumer: StreamConsumer<ReaderContext>,
+    /// Shared with each batch being read: the batch's messages borrow it
+    /// while they are decoded in place.
+    consumer: Arc<StreamConsumer<ReaderContext>>,
     schema: SchemaRef,
     proctime: Option<ProcessingTime>,
     watermark: Option<TableWatermark>,
@@ -837,8 +868,6 @@ struct Reader {
     /// The payload columns to build (`None`: all): those the view reads,
     /// and the watermark's.
     build: Option<Vec<bool>>,
-    /// The message buffers, kept from batch to batch.
-    received: Messages,
 }
 
 impl Reader {
@@ -850,7 +879,7 @@ impl Reader {
         relation: RelationId,
         view: String,
     ) -> Result<Self> {
-        let consumer = config.consumer(relation, Some(&view))?;
+        let consumer = Arc::new(config.consumer(relation, Some(&view))?);
         let codec = RowCodec::try_new(config.schema())?;
         Ok(Self {
             config,
@@ -866,7 +895,6 @@ impl Reader {
             codec,
             resume: None,
             build: None,
-            received: Messages::default(),
         })
     }
 
@@ -924,12 +952,10 @@ impl Reader {
 
     /// Messages before the resume offset of their partition: already in
     /// the checkpointed state.
-    fn already_delivered(&self, message: &Received) -> bool {
-        self.resume.as_ref().is_some_and(|offsets| {
-            offsets
-                .get(&message.partition)
-                .is_some_and(|&next| message.offset < next)
-        })
+    fn already_delivered(&self, partition: i32, offset: i64) -> bool {
+        self.resume
+            .as_ref()
+            .is_some_and(|offsets| offsets.get(&partition).is_some_and(|&next| offset < next))
     }
 
     /// Assigns the topic's partitions not assigned yet (all, the first
@@ -1038,16 +1064,17 @@ impl Reader {
                     }
                 }
             }
-            // The previous batch's buffers, emptied: growing fresh ones to a
-            // few MB per batch cost reallocations and page faults.
-            let mut batch = std::mem::take(&mut self.received);
-            batch.clear();
+            // The batch's messages stay in librdkafka's buffers and are
+            // decoded there (copying them out cost ~3 % of a view over
+            // large messages).
+            let consumer = self.consumer.clone();
+            let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(MAX_BATCH);
             // When the batch's first message arrived (for freshness).
             let mut arrived = None;
             let deadline = tokio::time::Instant::now() + BATCH_WAIT;
             // One stream per batch: `recv` makes one per message, and each
             // takes a lock twice to register and drop its waker.
-            let mut messages = self.consumer.stream();
+            let mut messages = consumer.stream();
             while batch.len() < MAX_BATCH {
                 // What is queued already is taken without a timer (a timer
                 // per message was a tenth of the reader's time); then wait
@@ -1065,7 +1092,7 @@ impl Reader {
                     Some(Ok(message)) => {
                         arrived.get_or_insert_with(Instant::now);
                         self.clock.saw(message.partition(), None);
-                        batch.push(&message);
+                        batch.push(message);
                     }
                     Some(Err(KafkaError::PartitionEOF(partition))) => self.clock.at_end(partition),
                     Some(Err(e)) => {
@@ -1078,46 +1105,27 @@ impl Reader {
             }
             drop(messages);
             let mut position = BTreeMap::new();
-            for message in batch.iter() {
-                position.insert(message.partition, message.offset + 1);
+            for message in &batch {
+                position.insert(message.partition(), message.offset() + 1);
             }
-            if self.resume.is_some() {
+            let change = if self.resume.is_some() {
                 let (mut replayed, mut live) = (Messages::default(), Messages::default());
                 for (index, message) in batch.iter().enumerate() {
-                    match self.already_delivered(message) {
-                        true => replayed.push_from(&batch, index),
-                        false => live.push_from(&batch, index),
+                    match self.already_delivered(message.partition(), message.offset()) {
+                        true => replayed.push_from(&batch[..], index),
+                        false => live.push_from(&batch[..], index),
                     }
                 }
-                if !replayed.is_empty() {
+                if !replayed.list.is_empty() {
                     // Rebuilds the UPSERT key map; the changes are in the
                     // checkpointed state already.
                     let _ = self.changes(&replayed)?;
                 }
-                batch = live;
-            }
-            let bytes = batch
-                .iter()
-                .map(|m| m.payload.as_ref().map_or(0, |p| p.len()) as u64)
-                .sum();
-            self.config.counters.read(batch.len() as u64, bytes);
-            let (change, bad) = self.changes(&batch)?;
-            for (index, reason) in bad {
-                let message = &batch[index];
-                let error = SourceError {
-                    view: self.view.clone(),
-                    partition: message.partition,
-                    offset: message.offset,
-                    reason,
-                };
-                if self.config.on_error == OnError::Fail {
-                    return Err(EddyError::InvalidValue(format!(
-                        "bad message in topic {} partition {} offset {}: {} (on_error = 'fail')",
-                        self.config.topic, error.partition, error.offset, error.reason
-                    )));
-                }
-                self.config.errors.record(error);
-            }
+                self.accept(&live)?
+            } else {
+                self.accept(&batch[..])?
+            };
+            drop(batch);
             for (&partition, &next) in &position {
                 let time = self.clock.time(partition);
                 self.config.progress.update(&self.view, partition, |p| {
@@ -1132,7 +1140,6 @@ impl Reader {
             if let Some(watermark) = moved {
                 self.config.progress.set_watermark(&self.view, watermark);
             }
-            self.received = batch;
             if change.is_empty() && moved.is_none() && position.is_empty() {
                 continue;
             }
@@ -1159,9 +1166,38 @@ impl Reader {
         }
     }
 
+    /// The change a batch of messages makes; its bad messages are recorded
+    /// (or, under `on_error = 'fail'`, the error).
+    fn accept<B: ReceivedBatch + ?Sized>(&mut self, batch: &B) -> Result<ChangeBatch> {
+        let bytes = (0..batch.len())
+            .map(|i| batch.payload(i).map_or(0, |p| p.len()) as u64)
+            .sum();
+        self.config.counters.read(batch.len() as u64, bytes);
+        let (change, bad) = self.changes(batch)?;
+        for (index, reason) in bad {
+            let error = SourceError {
+                view: self.view.clone(),
+                partition: batch.partition(index),
+                offset: batch.offset(index),
+                reason,
+            };
+            if self.config.on_error == OnError::Fail {
+                return Err(EddyError::InvalidValue(format!(
+                    "bad message in topic {} partition {} offset {}: {} (on_error = 'fail')",
+                    self.config.topic, error.partition, error.offset, error.reason
+                )));
+            }
+            self.config.errors.record(error);
+        }
+        Ok(change)
+    }
+
     /// The change a batch of messages makes, and its bad messages
     /// `(index, reason)`.
-    fn changes(&mut self, batch: &Messages) -> Result<(ChangeBatch, Vec<(usize, String)>)> {
+    fn changes<B: ReceivedBatch + ?Sized>(
+        &mut self,
+        batch: &B,
+    ) -> Result<(ChangeBatch, Vec<(usize, String)>)> {
         // The payloads to decode: (message index, payload, weight).
         // Borrowed from the messages, except Debezium's before/after parts.
         let mut pieces: Vec<(usize, std::borrow::Cow<'_, [u8]>, i64)> =
@@ -1224,7 +1260,7 @@ impl Reader {
             for (row, &message) in message_of_row.iter().enumerate() {
                 if weights[row] > 0 && times.is_valid(row) {
                     self.clock
-                        .saw(batch[message].partition, Some(times.value(row)));
+                        .saw(batch.partition(message), Some(times.value(row)));
                 }
             }
         }
@@ -1245,12 +1281,12 @@ impl Reader {
 
     /// FORMAT UPSERT: each new row replaces its message key's row, each
     /// deletion (a message without a value) removes it, in message order.
-    fn upsert_change(
+    fn upsert_change<B: ReceivedBatch + ?Sized>(
         &mut self,
         rows: &RecordBatch,
         message_of_row: &[usize],
         deletions: &[usize],
-        batch: &Messages,
+        batch: &B,
     ) -> Result<ChangeBatch> {
         let encoded = self.codec.encode(rows)?;
         // (message index, the new row or None for a deletion)
@@ -1278,24 +1314,24 @@ impl Reader {
     }
 
     /// The decoded columns, then the metadata columns of each row's message.
-    fn with_metadata(
+    fn with_metadata<B: ReceivedBatch + ?Sized>(
         &self,
         rows: &RecordBatch,
         message_of_row: &[usize],
-        batch: &Messages,
+        batch: &B,
     ) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
         for kind in &self.config.metadata {
-            let messages = message_of_row.iter().map(|&m| &batch[m]);
+            let messages = message_of_row.iter().copied();
             let column: ArrayRef = match kind {
-                KafkaMetadata::Partition => {
-                    Arc::new(Int32Array::from_iter_values(messages.map(|m| m.partition)))
-                }
-                KafkaMetadata::Offset => {
-                    Arc::new(Int64Array::from_iter_values(messages.map(|m| m.offset)))
-                }
+                KafkaMetadata::Partition => Arc::new(Int32Array::from_iter_values(
+                    messages.map(|m| batch.partition(m)),
+                )),
+                KafkaMetadata::Offset => Arc::new(Int64Array::from_iter_values(
+                    messages.map(|m| batch.offset(m)),
+                )),
                 KafkaMetadata::Timestamp => Arc::new(TimestampMicrosecondArray::from_iter(
-                    messages.map(|m| m.timestamp_ms.map(|ms| ms * 1000)),
+                    messages.map(|m| batch.timestamp_ms(m).map(|ms| ms * 1000)),
                 )),
                 KafkaMetadata::Key => {
                     Arc::new(StringArray::from_iter(message_of_row.iter().map(|&m| {
