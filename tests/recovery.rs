@@ -167,10 +167,11 @@ async fn a_restart_resumes_every_object_with_its_state() {
 }
 
 /// With periodic checkpoints off, runs `setup` then `change` (each ending
-/// in a CHECKPOINT): the whole state the first checkpoint left (what a
-/// recovery from it reads; earlier checkpoints, DDL's, may have written
-/// parts of it) and the bytes the second wrote.
-async fn whole_then_delta(eddy: &Eddy, setup: &str, change: &str) -> (u64, u64) {
+/// in a CHECKPOINT), and requires the second to write less than a
+/// twentieth of the whole state the first left (what a recovery from it
+/// reads; earlier checkpoints, DDL's, may have written parts of it).
+/// `changed` says what `change` did, for the failure message.
+async fn checkpoint_writes_a_small_delta(eddy: &Eddy, setup: &str, change: &str, changed: &str) {
     let last = || {
         let stats = eddy.server.checkpoint_stats();
         stats.last_completed().expect("a checkpoint").clone()
@@ -179,26 +180,27 @@ async fn whole_then_delta(eddy: &Eddy, setup: &str, change: &str) -> (u64, u64) 
     execute(&eddy.client, setup).await;
     let whole = last().state_bytes;
     execute(&eddy.client, change).await;
-    (whole, last().bytes_written)
+    let delta = last().bytes_written;
+    assert!(
+        delta * 20 < whole,
+        "a checkpoint after {changed} wrote {delta} bytes; the whole state took {whole}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_are_incremental() {
     let dir = fresh_dir("incremental");
     let eddy = start(&dir, None).await;
-    let (whole, delta) = whole_then_delta(
+    checkpoint_writes_a_small_delta(
         &eddy,
         "CREATE TABLE big (id BIGINT PRIMARY KEY, v BIGINT);
          INSERT INTO big SELECT value, value % 100 FROM generate_series(1, 20000);
          CREATE MATERIALIZED VIEW by_v AS SELECT v, count(*) AS n FROM big GROUP BY v;
          CHECKPOINT;",
         "UPDATE big SET v = v + 1 WHERE id <= 10; CHECKPOINT;",
+        "10 changed rows",
     )
     .await;
-    assert!(
-        delta * 20 < whole,
-        "a checkpoint after 10 changed rows wrote {delta} bytes; the whole state took {whole}"
-    );
     // Changing most rows writes the table whole (a fresh chain), a few
     // more changes go on top of it as a delta; both read back.
     execute(
@@ -242,19 +244,16 @@ async fn a_view_of_insertions_checkpoints_its_log_incrementally() {
     const EXPECTED: &str = "SELECT id, v * 2 FROM t";
     let dir = fresh_dir("row-log");
     let eddy = start(&dir, None).await;
-    let (whole, delta) = whole_then_delta(
+    checkpoint_writes_a_small_delta(
         &eddy,
         "CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT);
          INSERT INTO t SELECT value, value % 100 FROM generate_series(1, 20000);
          CREATE MATERIALIZED VIEW doubled AS SELECT id, v * 2 AS w FROM t;
          CHECKPOINT;",
         "INSERT INTO t VALUES (20001, 1), (20002, 2); CHECKPOINT;",
+        "2 new rows",
     )
     .await;
-    assert!(
-        delta * 20 < whole,
-        "a checkpoint after 2 new rows wrote {delta} bytes; the whole state took {whole}"
-    );
     eddy.server.stop().await;
 
     let eddy = start(&dir, None).await;

@@ -90,14 +90,14 @@ impl Lone {
     }
 }
 
-/// A kept row: its join key and the row, both row-encoded.
 /// Where a kept row is: its window end ([`NO_WINDOW`] outside windows), its
-/// join key and the row.
+/// join key and the row (both row-encoded).
 type KeyedRow = (i64, Arc<[u8]>, Arc<[u8]>);
 
 /// A key's rows, each with its entry. Most keys hold one row (a person by
 /// id, a windowed aggregate's group): it is kept inline, without a hash map
 /// of its own (an allocation per key, and a hash of the row per lookup).
+/// `Many` is never empty: its last row's removal makes the bucket `Empty`.
 #[derive(Debug, Default)]
 enum Bucket {
     #[default]
@@ -185,6 +185,7 @@ impl Bucket {
         one.into_iter().chain(many.into_iter().flatten())
     }
 }
+
 /// Rows by join key.
 type RowsByKey = KeyMap<Arc<[u8]>, Bucket>;
 
