@@ -27,6 +27,7 @@
 
 pub mod decode;
 mod json;
+mod native;
 pub mod sink;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -39,11 +40,10 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::catalog::RelationId;
@@ -55,6 +55,7 @@ use crate::state::checkpoint::ReaderPosition;
 use crate::state::RowCodec;
 use crate::stream::ChangeBatch;
 use decode::PayloadDecoder;
+use native::{ClientEvents, ConsumerQueue, Delivered};
 
 /// Messages per batch at most; a batch is also cut after [`BATCH_WAIT`].
 const MAX_BATCH: usize = 4096;
@@ -763,9 +764,9 @@ trait ReceivedBatch {
     fn payload(&self, index: usize) -> Option<&[u8]>;
 }
 
-impl ReceivedBatch for [BorrowedMessage<'_>] {
+impl ReceivedBatch for [Delivered<'_>] {
     fn len(&self) -> usize {
-        <[BorrowedMessage<'_>]>::len(self)
+        <[Delivered<'_>]>::len(self)
     }
     fn partition(&self, index: usize) -> i32 {
         self[index].partition()
@@ -774,7 +775,7 @@ impl ReceivedBatch for [BorrowedMessage<'_>] {
         self[index].offset()
     }
     fn timestamp_ms(&self, index: usize) -> Option<i64> {
-        self[index].timestamp().to_millis()
+        self[index].timestamp_ms()
     }
     fn key(&self, index: usize) -> Option<&[u8]> {
         self[index].key()
@@ -853,6 +854,9 @@ struct Reader {
     /// Shared with each batch being read: the batch's messages borrow it
     /// while they are decoded in place.
     consumer: Arc<StreamConsumer<ReaderContext>>,
+    /// The consumer's statistics, errors and logs, served between batches
+    /// (see `native`).
+    events: Option<ClientEvents<ReaderContext>>,
     schema: SchemaRef,
     proctime: Option<ProcessingTime>,
     watermark: Option<TableWatermark>,
@@ -881,9 +885,11 @@ impl Reader {
     ) -> Result<Self> {
         let consumer = Arc::new(config.consumer(relation, Some(&view))?);
         let codec = RowCodec::try_new(config.schema())?;
+        let events = ClientEvents::split_off(consumer.clone());
         Ok(Self {
             config,
             consumer,
+            events,
             schema,
             proctime,
             watermark,
@@ -1050,6 +1056,9 @@ impl Reader {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
+            if let Some(events) = &self.events {
+                events.serve();
+            }
             if last_check.is_none_or(|t| t.elapsed() >= PARTITION_CHECK) {
                 last_check = Some(Instant::now());
                 if let Err(e) = self.assign_new_partitions() {
@@ -1068,7 +1077,9 @@ impl Reader {
             // decoded there (copying them out cost ~3 % of a view over
             // large messages).
             let consumer = self.consumer.clone();
-            let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(MAX_BATCH);
+            let queue = ConsumerQueue::of(&consumer);
+            let mut batch: Vec<Delivered<'_>> = Vec::with_capacity(MAX_BATCH);
+            let mut drained = Vec::with_capacity(MAX_BATCH);
             // When the batch's first message arrived (for freshness).
             let mut arrived = None;
             let deadline = tokio::time::Instant::now() + BATCH_WAIT;
@@ -1076,31 +1087,31 @@ impl Reader {
             // takes a lock twice to register and drop its waker.
             let mut messages = consumer.stream();
             while batch.len() < MAX_BATCH {
-                // What is queued already is taken without a timer (a timer
-                // per message was a tenth of the reader's time); then wait
-                // for more until the deadline.
-                let next = match messages.next().now_or_never() {
-                    Some(next) => next,
-                    None => match tokio::time::timeout_at(deadline, messages.next()).await {
-                        Ok(next) => next,
-                        Err(_) => break, // waited long enough
+                // What is queued already is taken many at a time and
+                // without a timer (a timer per message was a tenth of the
+                // reader's time); then wait for more until the deadline.
+                let room = MAX_BATCH - batch.len();
+                let all_taken = match queue.as_ref().map(|q| q.drain(&mut drained, room)) {
+                    Some(1..) => {
+                        // Every message is kept, also after an error.
+                        let mut all_taken = true;
+                        for next in drained.drain(..) {
+                            all_taken &= self.take(next, &mut batch, &mut arrived);
+                        }
+                        all_taken
+                    }
+                    _ => match tokio::time::timeout_at(deadline, messages.next()).await {
+                        Ok(Some(next)) => {
+                            self.take(next.map(Delivered::Polled), &mut batch, &mut arrived)
+                        }
+                        // A consumer's stream never ends.
+                        Ok(None) | Err(_) => break, // waited long enough
                     },
                 };
-                match next {
-                    // A consumer's stream never ends.
-                    None => break,
-                    Some(Ok(message)) => {
-                        arrived.get_or_insert_with(Instant::now);
-                        self.clock.saw(message.partition(), None);
-                        batch.push(message);
-                    }
-                    Some(Err(KafkaError::PartitionEOF(partition))) => self.clock.at_end(partition),
-                    Some(Err(e)) => {
-                        // Transport errors: librdkafka retries and reconnects.
-                        tracing::warn!(topic = %self.config.topic, error = %e, "Kafka consumer");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        break;
-                    }
+                if !all_taken {
+                    // A transport error: librdkafka retries and reconnects.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
                 }
             }
             drop(messages);
@@ -1163,6 +1174,32 @@ impl Reader {
             // After queueing: what the backfill has read is in the runtime's
             // queue, ahead of anything asked of the runtime from now on.
             self.config.progress.backfill_read(&self.view);
+        }
+    }
+
+    /// Adds a received message to `batch`, or notes what the consumer
+    /// reported instead; false: a transport error (logged).
+    fn take<'c>(
+        &mut self,
+        next: std::result::Result<Delivered<'c>, KafkaError>,
+        batch: &mut Vec<Delivered<'c>>,
+        arrived: &mut Option<Instant>,
+    ) -> bool {
+        match next {
+            Ok(message) => {
+                arrived.get_or_insert_with(Instant::now);
+                self.clock.saw(message.partition(), None);
+                batch.push(message);
+                true
+            }
+            Err(KafkaError::PartitionEOF(partition)) => {
+                self.clock.at_end(partition);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.config.topic, error = %e, "Kafka consumer");
+                false
+            }
         }
     }
 
