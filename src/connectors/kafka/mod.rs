@@ -1077,9 +1077,10 @@ impl Reader {
             // decoded there (copying them out cost ~3 % of a view over
             // large messages).
             let consumer = self.consumer.clone();
-            let queue = ConsumerQueue::of(&consumer);
+            let mut queue = ConsumerQueue::of(&consumer);
             let mut batch: Vec<Delivered<'_>> = Vec::with_capacity(MAX_BATCH);
-            let mut drained = Vec::with_capacity(MAX_BATCH);
+            // Reused by each drain of this batch.
+            let mut drained = Vec::new();
             // When the batch's first message arrived (for freshness).
             let mut arrived = None;
             let deadline = tokio::time::Instant::now() + BATCH_WAIT;
@@ -1091,7 +1092,7 @@ impl Reader {
                 // without a timer (a timer per message was a tenth of the
                 // reader's time); then wait for more until the deadline.
                 let room = MAX_BATCH - batch.len();
-                let all_taken = match queue.as_ref().map(|q| q.drain(&mut drained, room)) {
+                let all_taken = match queue.as_mut().map(|q| q.drain(&mut drained, room)) {
                     Some(1..) => {
                         // Every message is kept, also after an error.
                         let mut all_taken = true;

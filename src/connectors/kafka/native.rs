@@ -48,6 +48,9 @@ use rdkafka::types::RDKafkaErrorCode;
 /// into which every assigned partition's fetched messages go).
 pub(super) struct ConsumerQueue<'c> {
     queue: NonNull<rdsys::rd_kafka_queue_t>,
+    /// Where librdkafka writes a drain's message pointers; empty between
+    /// drains (each pointer is wrapped in a `DrainedMessage` at once).
+    taken: Vec<*mut rdsys::rd_kafka_message_t>,
     consumer: PhantomData<&'c ()>,
 }
 
@@ -65,6 +68,7 @@ impl<'c> ConsumerQueue<'c> {
         let queue = unsafe { rdsys::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
         Some(Self {
             queue: NonNull::new(queue)?,
+            taken: Vec::new(),
             consumer: PhantomData,
         })
     }
@@ -73,21 +77,31 @@ impl<'c> ConsumerQueue<'c> {
     /// waiting; returns how many were taken. librdkafka reports errors for
     /// partitions (such as reaching a partition's end) as messages too:
     /// those come as errors.
-    pub fn drain(&self, into: &mut Vec<Result<Delivered<'c>, KafkaError>>, room: usize) -> usize {
+    pub fn drain(
+        &mut self,
+        into: &mut Vec<Result<Delivered<'c>, KafkaError>>,
+        room: usize,
+    ) -> usize {
         if room == 0 {
             return 0;
         }
-        let mut taken: Vec<*mut rdsys::rd_kafka_message_t> = Vec::with_capacity(room);
+        self.taken.clear();
+        self.taken.reserve(room);
         // SAFETY: `taken` has room for `room` pointers; librdkafka writes at
         // most that many and returns how many (or -1 on error, when the
         // queue is forwarded elsewhere, which a consumer queue is not).
         let count = unsafe {
-            rdsys::rd_kafka_consume_batch_queue(self.queue.as_ptr(), 0, taken.as_mut_ptr(), room)
+            rdsys::rd_kafka_consume_batch_queue(
+                self.queue.as_ptr(),
+                0,
+                self.taken.as_mut_ptr(),
+                room,
+            )
         };
         let count = usize::try_from(count).unwrap_or(0).min(room);
         // SAFETY: librdkafka initialised the first `count` pointers.
-        unsafe { taken.set_len(count) };
-        into.extend(taken.into_iter().filter_map(|message| {
+        unsafe { self.taken.set_len(count) };
+        into.extend(self.taken.drain(..).filter_map(|message| {
             let message = DrainedMessage {
                 message: NonNull::new(message)?,
                 consumer: PhantomData,
