@@ -527,6 +527,32 @@ mod tests {
                     let value = match (next(6), key) {
                         (0, _) => VALUES[next(VALUES.len())].to_string(),
                         (_, "b") => ["true", "false"][next(2)].to_string(),
+                        // Long strings, with escapes anywhere (before, in
+                        // and across the 16 bytes the string search takes
+                        // at a time).
+                        (_, "s") if next(3) == 0 => {
+                            const PIECES: &[&str] = &[
+                                "a",
+                                "bc",
+                                r"\\",
+                                r#"\""#,
+                                r"\n",
+                                r"\u00e9",
+                                "\u{e9}",
+                                "xyz0123456789",
+                            ];
+                            let pieces = next(70);
+                            let mut string = String::from("\"");
+                            for _ in 0..pieces {
+                                // Now and then a bad escape.
+                                string.push_str(match next(300) {
+                                    0 => r"\q",
+                                    _ => PIECES[next(PIECES.len())],
+                                });
+                            }
+                            string.push('"');
+                            string
+                        }
                         (_, "s") => format!("\"s{}\"", next(100)),
                         (_, "ts" | "tz") => format!(
                             "\"2024-01-0{}T00:00:0{}.{}\"",
