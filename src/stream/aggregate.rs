@@ -26,7 +26,8 @@ use super::{ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
-use crate::state::{Changed, KeyMap};
+use crate::state::windowed::{ByWindow, NO_WINDOW};
+use crate::state::Changed;
 
 /// One aggregate call: how to fold it, its argument and optional FILTER.
 pub struct AggregateCall {
@@ -136,8 +137,8 @@ impl CallInputs {
 type GroupOutput = Option<Vec<ScalarValue>>;
 
 struct Group {
-    /// The group's key, shared with the map, the window index, the dirty
-    /// set and a batch's touched list (no copy per place).
+    /// The group's key, shared with the map, the dirty set and a batch's
+    /// touched list (no copy per place).
     key: Arc<[u8]>,
     rows: i64,
     accumulators: Vec<AccumulatorState>,
@@ -160,24 +161,21 @@ pub struct WindowedGroups {
     pub watermarked: bool,
 }
 
-/// Groups by the end of their window, so that closed windows are found
-/// without scanning all state.
-#[derive(Default)]
-struct WindowIndex {
-    by_end: BTreeMap<i64, Vec<Arc<[u8]>>>,
-}
-
 pub struct AggregateOperator {
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     calls: Vec<AggregateCall>,
     /// Row encoding of group keys; `None` for an aggregate without GROUP BY.
     key_codec: Option<RowConverter>,
-    groups: KeyMap<Arc<[u8]>, Group>,
+    /// Groups by the end of their window (all under [`NO_WINDOW`] when the
+    /// aggregate is not windowed), so that a closed window's groups go
+    /// together.
+    groups: ByWindow<Group>,
     schema: SchemaRef,
     errors: RowErrorPolicy,
-    window: Option<(WindowedGroups, WindowIndex)>,
-    /// Groups changed (or removed) since the last checkpoint.
-    dirty: Changed<Arc<[u8]>>,
+    window: Option<WindowedGroups>,
+    /// Groups changed (or removed) since the last checkpoint, with their
+    /// window end.
+    dirty: Changed<(i64, Arc<[u8]>)>,
     /// Counts input batches (see `Group::changed_in`).
     batch: u64,
 }
@@ -187,7 +185,7 @@ impl AggregateOperator {
     /// watermark passes its end (plus the allowed lateness), and with
     /// `emit_on_close` the window's rows are emitted only then, once.
     pub fn with_window(mut self, window: WindowedGroups) -> Self {
-        self.window = Some((window, WindowIndex::default()));
+        self.window = Some(window);
         self
     }
     pub fn try_new(
@@ -208,7 +206,7 @@ impl AggregateOperator {
             group_exprs,
             calls,
             key_codec,
-            groups: KeyMap::default(),
+            groups: ByWindow::default(),
             schema,
             errors: RowErrorPolicy::default(),
             window: None,
@@ -277,11 +275,11 @@ impl Operator for AggregateOperator {
         let groups: Vec<String> = self.group_exprs.iter().map(|e| e.to_string()).collect();
         let calls: Vec<&str> = self.calls.iter().map(|c| c.display.as_str()).collect();
         let (kind, state) = match &self.window {
-            Some((w, _)) if !w.watermarked => (
+            Some(w) if !w.watermarked => (
                 "UpdatingAggregate",
                 "state unbounded: no watermark on the window's time column",
             ),
-            Some((w, _)) if w.emit_on_close => {
+            Some(w) if w.emit_on_close => {
                 ("WindowAggregate(emit on close)", "state freed by watermark")
             }
             Some(_) => ("UpdatingAggregate", "state freed by watermark"),
@@ -303,21 +301,21 @@ impl Operator for AggregateOperator {
         _input: usize,
         watermark: i64,
     ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
-        let Some((window, index)) = &mut self.window else {
+        let Some(window) = self.window else {
             return Ok((vec![], Some(watermark)));
         };
-        let closed_up_to = watermark - window.allowed_lateness;
-        let still_open = index.by_end.split_off(&(closed_up_to + 1));
-        let closed = std::mem::replace(&mut index.by_end, still_open);
-        let emit = window.emit_on_close;
+        let closed = self
+            .groups
+            .take_closed(watermark.saturating_sub(window.allowed_lateness));
+        let held = self.groups.len();
         let mut finished: Vec<Group> = Vec::new();
-        for key in closed.into_values().flatten() {
-            if let Some(group) = self.groups.remove(&key) {
-                if emit && group.rows > 0 {
+        for (end, groups) in closed {
+            for (key, group) in groups {
+                if window.emit_on_close && group.rows > 0 {
                     finished.push(group);
                 }
+                self.dirty.note(held, || (end, key));
             }
-            self.dirty.note(self.groups.len(), || key);
         }
         if finished.is_empty() {
             return Ok((vec![], Some(watermark)));
@@ -342,8 +340,8 @@ impl Operator for AggregateOperator {
         let key: Arc<[u8]> = Arc::from(&[][..]);
         let group = Self::new_group(&self.calls, key.clone());
         let values = self.outputs(&group)?;
-        self.groups.insert(key.clone(), group);
-        self.dirty.note(self.groups.len(), || key);
+        self.groups.window_mut(NO_WINDOW).insert(key.clone(), group);
+        self.dirty.note(1, || (NO_WINDOW, key));
         Ok(vec![self.build_output(vec![(&[], values, 1)])?])
     }
 
@@ -360,9 +358,9 @@ impl Operator for AggregateOperator {
             Some(codec) => Some(codec.convert_columns(&key_columns)?),
             None => None,
         };
-        // Window ends (µs) of the rows, to index new groups by when they close.
+        // Window ends (µs) of the rows: their groups are kept by it.
         let window_ends = match &self.window {
-            Some((window, _)) => Some(
+            Some(window) => Some(
                 cast(
                     &key_columns[window.end_key],
                     &DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -372,48 +370,60 @@ impl Operator for AggregateOperator {
             ),
             None => None,
         };
+        let window_of = |row: usize| match &window_ends {
+            Some(ends) if ends.is_valid(row) => ends.value(row),
+            _ => NO_WINDOW,
+        };
 
         // Fold every change; remember each touched group's output before
-        // (`None`: the group is new).
+        // (`None`: the group is new). Rows come in runs of one window (a
+        // batch of one, unwindowed): its groups are found once per run.
         self.batch += 1;
         let batch_number = self.batch;
-        let mut touched: Vec<(Arc<[u8]>, GroupOutput)> = Vec::new();
-        for row in 0..batch.num_rows() {
-            let key: &[u8] = keys.as_ref().map(|k| k.row(row).data()).unwrap_or(&[]);
-            let (group, created) = match self.groups.get_mut(key) {
-                Some(group) => (group, false),
-                None => {
-                    let key: Arc<[u8]> = Arc::from(key);
-                    if let (Some((_, index)), Some(ends)) = (&mut self.window, &window_ends) {
-                        let closing = index.by_end.entry(ends.value(row)).or_default();
-                        closing.push(key.clone());
+        let mut touched: Vec<(i64, Arc<[u8]>, GroupOutput)> = Vec::new();
+        let mut run_start = 0;
+        while run_start < batch.num_rows() {
+            let window = window_of(run_start);
+            let run_end = (run_start + 1..batch.num_rows())
+                .find(|&row| window_of(row) != window)
+                .unwrap_or(batch.num_rows());
+            let groups = self.groups.window_mut(window);
+            for row in run_start..run_end {
+                let key: &[u8] = keys.as_ref().map(|k| k.row(row).data()).unwrap_or(&[]);
+                let (group, created) = match groups.get_mut(key) {
+                    Some(group) => (group, false),
+                    None => {
+                        let key: Arc<[u8]> = Arc::from(key);
+                        let group = Self::new_group(&self.calls, key.clone());
+                        (groups.entry(key).or_insert(group), true)
                     }
-                    let group = Self::new_group(&self.calls, key.clone());
-                    (self.groups.entry(key).or_insert(group), true)
-                }
-            };
-            if group.changed_in != batch_number {
-                group.changed_in = batch_number;
-                let before = match created {
-                    true => None,
-                    false => Some(AggregateCall::values(&self.calls, &group.accumulators)?),
                 };
-                touched.push((group.key.clone(), before));
+                if group.changed_in != batch_number {
+                    group.changed_in = batch_number;
+                    let before = match created {
+                        true => None,
+                        false => Some(AggregateCall::values(&self.calls, &group.accumulators)?),
+                    };
+                    touched.push((window, group.key.clone(), before));
+                }
+                let weight = batch.weights.value(row);
+                group.rows += weight;
+                inputs.fold(&self.calls, &mut group.accumulators, row, weight)?;
             }
-            let weight = batch.weights.value(row);
-            group.rows += weight;
-            inputs.fold(&self.calls, &mut group.accumulators, row, weight)?;
+            run_start = run_end;
         }
 
         self.dirty.note_all(
             self.groups.len(),
-            touched.iter().map(|(key, _)| key.clone()),
+            touched
+                .iter()
+                .map(|(window, key, _)| (*window, key.clone())),
         );
-        if self.window.as_ref().is_some_and(|(w, _)| w.emit_on_close) {
+        if self.window.as_ref().is_some_and(|w| w.emit_on_close) {
             // Nothing is emitted before the window closes; empty groups go.
-            for (key, _) in &touched {
-                if self.groups.get(key).is_some_and(|g| g.rows == 0) {
-                    self.groups.remove(key);
+            for (window, key, _) in &touched {
+                if self.groups.get(*window, key).is_some_and(|g| g.rows == 0) {
+                    self.groups.remove(*window, key);
                 }
             }
             return Ok(vec![]);
@@ -422,11 +432,11 @@ impl Operator for AggregateOperator {
         let global = self.key_codec.is_none();
         let mut changes: Vec<(&[u8], Vec<ScalarValue>, i64)> = Vec::new();
         let mut after: Vec<GroupOutput> = Vec::with_capacity(touched.len());
-        let mut emptied: Vec<&[u8]> = Vec::new();
-        for (key, _) in &touched {
+        let mut emptied: Vec<(i64, &[u8])> = Vec::new();
+        for (window, key, _) in &touched {
             let group = self
                 .groups
-                .get(key)
+                .get(*window, key)
                 .ok_or_else(|| crate::internal!("group vanished"))?;
             if group.rows < 0 {
                 return Err(crate::internal!(
@@ -435,7 +445,7 @@ impl Operator for AggregateOperator {
                 ));
             }
             if group.rows == 0 && !global {
-                emptied.push(key);
+                emptied.push((*window, key));
             }
             after.push(if group.rows > 0 || global {
                 Some(self.outputs(group)?)
@@ -443,7 +453,7 @@ impl Operator for AggregateOperator {
                 None
             });
         }
-        for ((key, old), new) in touched.iter().zip(after) {
+        for ((_, key, old), new) in touched.iter().zip(after) {
             if *old == new {
                 continue;
             }
@@ -459,8 +469,8 @@ impl Operator for AggregateOperator {
         } else {
             vec![self.build_output(changes)?]
         };
-        for key in emptied {
-            self.groups.remove(key);
+        for (window, key) in emptied {
+            self.groups.remove(window, key);
         }
         Ok(output)
     }
@@ -493,14 +503,53 @@ impl Operator for AggregateOperator {
                 state.encode(out);
             }
         };
-        delta.put_changed(&self.groups, &mut self.dirty, encode);
+        let groups = &self.groups;
+        let put = |delta: &mut StateDelta, key: &[u8], group: &Group| {
+            delta.put_with(
+                |out| {
+                    out.raw(key);
+                },
+                |out| encode(group, out),
+            );
+        };
+        delta.put_changed_with(
+            &mut self.dirty,
+            |delta| {
+                for (_, key, group) in groups.iter() {
+                    put(delta, key, group);
+                }
+            },
+            |delta, (window, key)| match groups.get(*window, key) {
+                Some(group) => put(delta, key, group),
+                None => delta.delete(key),
+            },
+        );
         Ok(())
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
         self.groups.clear();
         self.dirty = Changed::default();
-        for (key, value) in &entries {
+        // Each group's window end, read back from its key (in bulk).
+        let windows: Vec<i64> = match (&self.window, &self.key_codec) {
+            (Some(window), Some(codec)) if !entries.is_empty() => {
+                let parser = codec.parser();
+                let keys = codec.convert_rows(entries.keys().map(|k| parser.parse(k)))?;
+                let ends = cast(
+                    &keys[window.end_key],
+                    &DataType::Timestamp(TimeUnit::Microsecond, None),
+                )?;
+                let ends = ends.as_primitive::<TimestampMicrosecondType>();
+                (0..ends.len())
+                    .map(|row| match ends.is_valid(row) {
+                        true => ends.value(row),
+                        false => NO_WINDOW,
+                    })
+                    .collect()
+            }
+            _ => vec![NO_WINDOW; entries.len()],
+        };
+        for ((key, value), window) in entries.iter().zip(windows) {
             let mut d = Decoder::new(value);
             let rows = d.i64()?;
             let count = d.u64()? as usize;
@@ -520,31 +569,163 @@ impl Operator for AggregateOperator {
                 accumulators,
                 changed_in: 0,
             };
-            self.groups.insert(key, group);
-        }
-        // Re-index windowed groups by the end of their window.
-        if let (Some((window, index)), Some(codec)) = (&mut self.window, &self.key_codec) {
-            index.by_end.clear();
-            if !entries.is_empty() {
-                let parser = codec.parser();
-                let keys = codec.convert_rows(entries.keys().map(|k| parser.parse(k)))?;
-                let ends = cast(
-                    &keys[window.end_key],
-                    &DataType::Timestamp(TimeUnit::Microsecond, None),
-                )?;
-                let ends = ends.as_primitive::<TimestampMicrosecondType>();
-                for (row, key) in entries.keys().enumerate() {
-                    if let Some(group) = self.groups.get(key.as_slice()) {
-                        let closing = index.by_end.entry(ends.value(row)).or_default();
-                        closing.push(group.key.clone());
-                    }
-                }
-            }
+            self.groups.window_mut(window).insert(key, group);
         }
         Ok(())
     }
 
     fn last_error(&self) -> Option<String> {
         self.errors.last_error.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::accumulator::AggregateKind;
+    use crate::stream::testing::Checkpoints;
+    use datafusion::arrow::array::TimestampMicrosecondArray;
+    use datafusion::arrow::datatypes::{Field, Int64Type, Schema};
+    use datafusion::physical_expr::expressions::Column;
+
+    /// `(k, window end, sum(v))` and weight of each output row.
+    type Output = BTreeMap<(i64, i64, i64), i64>;
+
+    fn windowed_sum(emit_on_close: bool) -> AggregateOperator {
+        let timestamp = DataType::Timestamp(TimeUnit::Microsecond, None);
+        let output = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("w", timestamp, false),
+            Field::new("total", DataType::Int64, true),
+        ]));
+        let sum = AggregateCall {
+            folder: AggregateFolder::try_new(
+                AggregateKind::Sum,
+                &DataType::Int64,
+                DataType::Int64,
+                &[],
+                None,
+            )
+            .unwrap(),
+            argument: Arc::new(Column::new("v", 2)),
+            filter: None,
+            display: "sum(v)".into(),
+        };
+        let groups: Vec<Arc<dyn PhysicalExpr>> =
+            vec![Arc::new(Column::new("k", 0)), Arc::new(Column::new("w", 1))];
+        AggregateOperator::try_new(groups, vec![sum], output)
+            .unwrap()
+            .with_window(WindowedGroups {
+                end_key: 1,
+                allowed_lateness: 0,
+                emit_on_close,
+                watermarked: true,
+            })
+    }
+
+    /// Changes of `(k, window end, v)` rows.
+    fn changes(rows: &[((i64, i64, i64), i64)]) -> ChangeBatch {
+        let timestamp = DataType::Timestamp(TimeUnit::Microsecond, None);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("w", timestamp, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0 .0))),
+                Arc::new(TimestampMicrosecondArray::from_iter_values(
+                    rows.iter().map(|r| r.0 .1),
+                )),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0 .2))),
+            ],
+        )
+        .unwrap();
+        ChangeBatch::new(
+            batch,
+            Int64Array::from_iter_values(rows.iter().map(|r| r.1)),
+        )
+        .unwrap()
+    }
+
+    fn output(batches: Vec<ChangeBatch>) -> Output {
+        let mut out = Output::new();
+        for batch in batches {
+            let int = |i: usize| {
+                cast(batch.rows.column(i), &DataType::Int64)
+                    .unwrap()
+                    .as_primitive::<Int64Type>()
+                    .clone()
+            };
+            let (k, w, total) = (int(0), int(1), int(2));
+            for row in 0..batch.num_rows() {
+                let weight = batch.weights.value(row);
+                *out.entry((k.value(row), w.value(row), total.value(row)))
+                    .or_default() += weight;
+            }
+        }
+        out.retain(|_, weight| *weight != 0);
+        out
+    }
+
+    /// Groups of two windows, one emptied by a retraction; a capture after
+    /// each batch (deltas that add up to the state), then a restore from
+    /// them: the restored operator closes the same windows and answers the
+    /// same.
+    #[test]
+    fn a_windowed_aggregate_closes_its_windows_also_after_a_restore() {
+        for emit_on_close in [false, true] {
+            let mut aggregate = windowed_sum(emit_on_close);
+            let mut checkpoints = Checkpoints::default();
+            let batches = [
+                vec![((1, 10, 1), 1), ((1, 20, 2), 1), ((2, 10, 3), 1)],
+                vec![((1, 10, 4), 1), ((2, 10, 3), -1), ((4, 20, 1), 1)],
+                vec![((4, 20, 1), -1)],
+            ];
+            let mut emitted = Output::new();
+            for (i, batch) in batches.iter().enumerate() {
+                for (row, weight) in output(aggregate.process(0, changes(batch)).unwrap()) {
+                    *emitted.entry(row).or_default() += weight;
+                }
+                checkpoints.capture(&mut aggregate, &format!("after batch {i}"));
+            }
+            emitted.retain(|_, weight| *weight != 0);
+            let expected = match emit_on_close {
+                true => Output::new(),
+                false => Output::from([((1, 10, 5), 1), ((1, 20, 2), 1)]),
+            };
+            assert_eq!(emitted, expected, "emit on close: {emit_on_close}");
+            assert_eq!(aggregate.state_keys(), 2, "the emptied groups are gone");
+
+            let mut whole = StateDelta::new(true);
+            aggregate.checkpoint(&mut whole).unwrap();
+            let mut restored = windowed_sum(emit_on_close);
+            restored.restore(whole.into_map()).unwrap();
+            assert_eq!(restored.state_keys(), 2);
+
+            for aggregate in [&mut aggregate, &mut restored] {
+                let (closed, _) = aggregate.on_watermark(0, 15).unwrap();
+                let expected = match emit_on_close {
+                    true => Output::from([((1, 10, 5), 1)]),
+                    false => Output::new(),
+                };
+                assert_eq!(output(closed), expected, "window 10 closes");
+                assert_eq!(aggregate.state_keys(), 1);
+                let added = output(aggregate.process(0, changes(&[((3, 20, 7), 1)])).unwrap());
+                let expected = match emit_on_close {
+                    true => Output::new(),
+                    false => Output::from([((3, 20, 7), 1)]),
+                };
+                assert_eq!(added, expected);
+                let (closed, _) = aggregate.on_watermark(0, 25).unwrap();
+                let expected = match emit_on_close {
+                    true => Output::from([((1, 20, 2), 1), ((3, 20, 7), 1)]),
+                    false => Output::new(),
+                };
+                assert_eq!(output(closed), expected, "window 20 closes");
+                assert_eq!(aggregate.state_keys(), 0);
+            }
+        }
     }
 }

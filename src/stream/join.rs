@@ -65,6 +65,7 @@ use super::{encode_keys, ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
+use crate::state::windowed::{ByWindow, WindowKeys, NO_WINDOW};
 use crate::state::RowCodec;
 use crate::state::{Changed, KeyMap};
 
@@ -186,69 +187,48 @@ impl Bucket {
     }
 }
 
-/// Rows by join key.
-type RowsByKey = KeyMap<Arc<[u8]>, Bucket>;
-
-/// The window end under which rows outside any window are kept: all rows of
-/// a join without a window key, and rows whose window end is NULL. Never
-/// closed.
-const NO_WINDOW: i64 = i64::MAX;
-
-/// A side's kept rows by window end, then by join key. A window join's key
-/// holds its window's end, so a key's rows share it; keeping each window's
-/// keys in a map of their own lets a closed window go as one map (removing
-/// its keys one at a time from a single map cost a hash probe and a cache
-/// miss per key: ~6 % of Nexmark q8's CPU).
+/// A side's kept rows by window end, then by join key ([`ByWindow`]): a
+/// window join's key holds its window's end, so a key's rows share it, and
+/// a closed window goes as one map. Rows of a join without a window key,
+/// and rows whose window end is NULL, are kept under [`NO_WINDOW`].
 #[derive(Default)]
 struct WindowedRows {
-    windows: BTreeMap<i64, RowsByKey>,
+    windows: ByWindow<Bucket>,
 }
 
 impl WindowedRows {
     fn get(&self, window: i64, key: &[u8]) -> Option<&Bucket> {
-        self.windows.get(&window)?.get(key)
+        self.windows.get(window, key)
     }
 
     fn get_mut(&mut self, window: i64, key: &[u8]) -> Option<&mut Bucket> {
-        self.windows.get_mut(&window)?.get_mut(key)
+        self.windows.get_mut(window, key)
     }
 
     /// Key `key`'s rows, made empty if it has none.
     fn bucket(&mut self, window: i64, key: &Arc<[u8]>) -> &mut Bucket {
         self.windows
-            .entry(window)
-            .or_default()
-            .entry(key.clone())
-            .or_default()
+            .get_or_insert_with(window, key, Bucket::default)
     }
 
     /// Forgets key `key` if it has no rows left.
     fn drop_if_empty(&mut self, window: i64, key: &[u8]) {
-        let Some(keys) = self.windows.get_mut(&window) else {
-            return;
-        };
-        if keys.get(key).is_some_and(|bucket| bucket.is_empty()) {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.windows.remove(&window);
-            }
+        if self.get(window, key).is_some_and(Bucket::is_empty) {
+            self.windows.remove(window, key);
         }
     }
 
     /// Takes the windows ending at or before `end` (never [`NO_WINDOW`]).
-    fn take_closed(&mut self, end: i64) -> BTreeMap<i64, RowsByKey> {
-        let open = self.windows.split_off(&end.saturating_add(1));
-        std::mem::replace(&mut self.windows, open)
+    fn take_closed(&mut self, end: i64) -> BTreeMap<i64, WindowKeys<Bucket>> {
+        self.windows.take_closed(end)
     }
 
     /// Every kept row: window end, key, row, entry.
     fn iter(&self) -> impl Iterator<Item = (i64, &Arc<[u8]>, &Arc<[u8]>, &Entry)> {
-        self.windows.iter().flat_map(|(&window, keys)| {
-            keys.iter().flat_map(move |(key, bucket)| {
-                bucket
-                    .iter()
-                    .map(move |(row, entry)| (window, key, row, entry))
-            })
+        self.windows.iter().flat_map(|(window, key, bucket)| {
+            bucket
+                .iter()
+                .map(move |(row, entry)| (window, key, row, entry))
         })
     }
 
