@@ -183,12 +183,17 @@ pub fn with_windows(
     ends: Vec<i64>,
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
-    let index_array = UInt32Array::from(indices.to_vec());
-    let mut columns: Vec<ArrayRef> = rows
-        .columns()
-        .iter()
-        .map(|c| take(c, &index_array, None))
-        .collect::<Result<_, _>>()?;
+    let mut columns: Vec<ArrayRef> = if is_every_row(indices, rows.num_rows()) {
+        // Each row in one window (a tumble, no late rows): the columns as
+        // they are, not copies.
+        rows.columns().to_vec()
+    } else {
+        let index_array = UInt32Array::from(indices.to_vec());
+        rows.columns()
+            .iter()
+            .map(|c| take(c, &index_array, None))
+            .collect::<Result<_, _>>()?
+    };
     let window_type = schema.field(schema.fields().len() - 1).data_type().clone();
     let zone = match &window_type {
         DataType::Timestamp(_, zone) => zone.clone(),
@@ -207,6 +212,15 @@ pub fn with_windows(
         columns,
         &options,
     )?)
+}
+
+/// Whether `indices` are `0..rows`, each row once and in order.
+fn is_every_row(indices: &[u32], rows: usize) -> bool {
+    indices.len() == rows
+        && indices
+            .iter()
+            .enumerate()
+            .all(|(i, &row)| row as usize == i)
 }
 
 /// Streaming window assignment with late-change dropping.
@@ -299,11 +313,14 @@ impl Operator for WindowAssignOperator {
             },
         )?;
         self.late.record(late);
-        let weights: Vec<i64> = indices
-            .iter()
-            .map(|&i| batch.weights.value(i as usize))
-            .collect();
-        let out = ChangeBatch::new(rows, weights.into())?;
+        let weights = match is_every_row(&indices, batch.num_rows()) {
+            true => batch.weights.clone(),
+            false => indices
+                .iter()
+                .map(|&i| batch.weights.value(i as usize))
+                .collect(),
+        };
+        let out = ChangeBatch::new(rows, weights)?;
         Ok(if out.is_empty() { vec![] } else { vec![out] })
     }
 
