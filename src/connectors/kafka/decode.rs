@@ -492,7 +492,19 @@ mod tests {
                 match next(40) {
                     0 => return b"".to_vec(),
                     1 => return b"not json".to_vec(),
-                    2 => return b"{\"id\": 1, \"s\": \"\xff\"}".to_vec(),
+                    // Not UTF-8: in a short string, in a long one (past
+                    // the 16 bytes the string search takes at a time), in a
+                    // key, outside any string.
+                    2 => {
+                        const NOT_UTF8: &[&[u8]] = &[
+                            b"{\"id\": 1, \"s\": \"\xff\"}",
+                            b"{\"id\": 1, \"s\": \"abcdefghijklmnopqrstuvwxyz\xffabcdefghijklmnopqrstuvwxyz\"}",
+                            b"{\"id\": 1, \"s\": \"abcdefghijklmnopqrstuvwxyz\xc3abcdefghijklmnopqrstuvwxyz\"}",
+                            b"{\"id\": 1, \"\xe9\": 2}",
+                            b"{\"id\": 1 \xff}",
+                        ];
+                        return NOT_UTF8[next(NOT_UTF8.len())].to_vec();
+                    }
                     3 => text.push_str("  "),
                     4 => text.push('['),
                     _ => {}

@@ -276,7 +276,9 @@ impl JsonDecoder {
             .iter()
             .map(|field| {
                 let name = field.name().as_bytes();
-                let plain = !name.iter().any(|&b| b == b'"' || b == b'\\');
+                // Only ASCII names: a payload whose bytes the scan saw are
+                // all ASCII is valid UTF-8 without another pass.
+                let plain = name.is_ascii() && !name.iter().any(|&b| b == b'"' || b == b'\\');
                 Some(Column {
                     name: name.into(),
                     plain_key: plain.then(|| [name, b"\""].concat().into()),
@@ -313,10 +315,21 @@ impl JsonDecoder {
         for (index, payload) in payloads.iter().enumerate() {
             spans.fill(None);
             unescaped.clear();
-            let checked = std::str::from_utf8(payload)
-                .map_err(|_| Bad::from("Encountered non-UTF-8 data"))
-                .and_then(|text| {
-                    self.scan(text, &mut spans)?;
+            let checked = self
+                .scan(payload, &mut spans)
+                .and_then(|all_ascii| {
+                    let text = match all_ascii {
+                        true => {
+                            debug_assert!(std::str::from_utf8(payload).is_ok());
+                            // SAFETY: the scan accepted the payload and saw
+                            // every byte of it (the string search flags a
+                            // chunk with a byte >= 0x80, all else is matched
+                            // against ASCII syntax), none above 0x7F: ASCII
+                            // is valid UTF-8.
+                            unsafe { std::str::from_utf8_unchecked(payload) }
+                        }
+                        false => std::str::from_utf8(payload).map_err(|_| not_utf8())?,
+                    };
                     for (i, column) in self.columns.iter().enumerate() {
                         values[i] = self.value(
                             column,
@@ -328,6 +341,11 @@ impl JsonDecoder {
                         )?;
                     }
                     Ok(text)
+                })
+                // Not UTF-8 is the reason given first, as arrow-json does.
+                .map_err(|bad| match std::str::from_utf8(payload) {
+                    Ok(_) => bad,
+                    Err(_) => not_utf8(),
                 });
             match checked {
                 Ok(text) => {
@@ -359,12 +377,13 @@ impl JsonDecoder {
     }
 
     /// Notes in `spans` where each declared field's value lies; checks the
-    /// payload is one JSON object and nothing else.
-    fn scan(&self, text: &str, spans: &mut [Option<Span>]) -> Result<(), Bad> {
-        let payload = text.as_bytes();
+    /// payload is one JSON object and nothing else. `Ok(true)`: every byte
+    /// of it is ASCII (and so it is UTF-8); `Ok(false)`: maybe not.
+    fn scan(&self, payload: &[u8], spans: &mut [Option<Span>]) -> Result<bool, Bad> {
         let mut scanner = Scanner {
             bytes: payload,
             pos: 0,
+            non_ascii: false,
         };
         scanner.skip_whitespace();
         match scanner.peek() {
@@ -395,7 +414,9 @@ impl JsonDecoder {
                     let span = scanner.value()?;
                     let key = if escaped {
                         key_text.clear();
-                        unescape(&text[start..end], &mut key_text)?;
+                        let raw =
+                            std::str::from_utf8(&payload[start..end]).map_err(|_| not_utf8())?;
+                        unescape(raw, &mut key_text)?;
                         key_text.as_bytes()
                     } else {
                         &payload[start..end]
@@ -411,7 +432,7 @@ impl JsonDecoder {
         }
         scanner.skip_whitespace();
         match scanner.peek() {
-            None => Ok(()),
+            None => Ok(!scanner.non_ascii),
             Some(_) => Err("trailing data after the JSON object".into()),
         }
     }
@@ -700,6 +721,8 @@ impl From<&str> for Bad {
 struct Scanner<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Whether a string search passed a byte above 0x7F (or may have).
+    non_ascii: bool,
 }
 
 impl Scanner<'_> {
@@ -750,7 +773,7 @@ impl Scanner<'_> {
         let start = self.pos;
         let mut escaped = false;
         loop {
-            let Some(at) = quote_or_backslash(&self.bytes[self.pos..]) else {
+            let Some(at) = quote_or_backslash(&self.bytes[self.pos..], &mut self.non_ascii) else {
                 return Err("unexpected end of the message whilst parsing string".into());
             };
             self.pos += at + 1;
@@ -902,7 +925,8 @@ impl Scanner<'_> {
     }
 }
 
-/// The index of the first `"` or `\\` in `bytes`.
+/// The index of the first `"` or `\\` in `bytes`; sets `non_ascii` if a
+/// byte above 0x7F may come before it (some after it may count too).
 ///
 /// Strings end, and escapes begin, at these bytes. Nexmark's `extra` has a
 /// `\\` every 40 bytes or so, so most searches are short: on x86_64 the
@@ -911,7 +935,7 @@ impl Scanner<'_> {
 /// search itself on such pieces); elsewhere the first 16 bytes are
 /// compared eight at a time, then `memchr2` takes the rest.
 #[inline]
-fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+fn quote_or_backslash(bytes: &[u8], non_ascii: &mut bool) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     {
         let mut offset = 0;
@@ -919,19 +943,22 @@ fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
             let chunk: [u8; 16] = chunk.try_into().unwrap_or_default();
             // SAFETY: SSE2 is part of the x86_64 baseline: every x86_64 CPU
             // has it (the function only needs `target_feature` to be callable).
-            let found = unsafe { sse2::quotes_or_backslashes(&chunk) };
+            let (found, high) = unsafe { sse2::quotes_or_backslashes(&chunk) };
+            *non_ascii |= high != 0;
             if found != 0 {
                 return Some(offset + found.trailing_zeros() as usize);
             }
             offset += 16;
         }
-        bytes[offset..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\')
-            .map(|at| offset + at)
+        let tail = &bytes[offset..];
+        let at = tail.iter().position(|&b| b == b'"' || b == b'\\');
+        *non_ascii |= !tail[..at.unwrap_or(tail.len())].is_ascii();
+        at.map(|at| offset + at)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        // Not tracked here: the decoder checks UTF-8 itself.
+        *non_ascii = true;
         const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
         const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
         const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
@@ -959,18 +986,24 @@ mod sse2 {
         _mm_cmpeq_epi8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_set_epi64x,
     };
 
-    /// Bit `i` set when byte `i` of `chunk` is `"` or `\\`.
+    /// Bit `i` of the first set when byte `i` of `chunk` is `"` or `\\`, of
+    /// the second when it is above 0x7F.
     #[target_feature(enable = "sse2")]
     #[inline]
-    pub(super) fn quotes_or_backslashes(chunk: &[u8; 16]) -> u32 {
+    pub(super) fn quotes_or_backslashes(chunk: &[u8; 16]) -> (u32, u32) {
         // Two words from a reference: the compiler makes one unaligned load.
         let low = i64::from_le_bytes(chunk[..8].try_into().unwrap_or_default());
         let high = i64::from_le_bytes(chunk[8..].try_into().unwrap_or_default());
         let bytes = _mm_set_epi64x(high, low);
         let quotes = _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'"' as i8));
         let backslashes = _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'\\' as i8));
-        _mm_movemask_epi8(_mm_or_si128(quotes, backslashes)) as u32
+        let found = _mm_movemask_epi8(_mm_or_si128(quotes, backslashes)) as u32;
+        (found, _mm_movemask_epi8(bytes) as u32)
     }
+}
+
+fn not_utf8() -> Bad {
+    Bad::from("Encountered non-UTF-8 data")
 }
 
 fn surrogate_pair(high: u16, low: u16) -> Result<char, Bad> {
@@ -992,6 +1025,7 @@ fn unescape(raw: &str, out: &mut String) -> Result<(), Bad> {
     let mut scanner = Scanner {
         bytes: raw.as_bytes(),
         pos: 0,
+        non_ascii: false,
     };
     loop {
         // Backslashes are ASCII: the pieces between them are whole text.
