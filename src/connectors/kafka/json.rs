@@ -837,8 +837,10 @@ impl Scanner<'_> {
     }
 
     /// A value, after optional whitespace; objects and lists are skipped
-    /// (checked, not kept).
-    #[inline]
+    /// (checked, not kept). Always inlined, for the same reason as
+    /// [`JsonDecoder::value`] (its `Result<Span, Bad>` was copied back in
+    /// overlapping pieces that stalled the load after it).
+    #[inline(always)]
     fn value(&mut self) -> Result<Span, Bad> {
         self.skip_whitespace();
         let start = self.pos;
