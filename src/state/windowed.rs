@@ -16,10 +16,23 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use datafusion::arrow::array::{ArrayRef, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
+
 use super::KeyMap;
+use crate::error::Result;
 
 /// The window end of state outside any window. Never closed.
 pub const NO_WINDOW: i64 = i64::MAX;
+
+/// The window end (µs) of each row of a `window_end` column (of any
+/// timestamp type); [`NO_WINDOW`] where it is NULL.
+pub fn window_ends(column: &ArrayRef) -> Result<Vec<i64>> {
+    let ends = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    let ends = ends.as_primitive::<TimestampMicrosecondType>();
+    Ok(ends.iter().map(|end| end.unwrap_or(NO_WINDOW)).collect())
+}
 
 /// One window's state: by encoded key.
 pub type WindowKeys<V> = KeyMap<Arc<[u8]>, V>;

@@ -14,8 +14,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::physical_plan::PhysicalExpr;
@@ -26,7 +25,7 @@ use super::{ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
-use crate::state::windowed::{ByWindow, NO_WINDOW};
+use crate::state::windowed::{window_ends, ByWindow, NO_WINDOW};
 use crate::state::Changed;
 
 /// One aggregate call: how to fold it, its argument and optional FILTER.
@@ -359,20 +358,9 @@ impl Operator for AggregateOperator {
             None => None,
         };
         // Window ends (µs) of the rows: their groups are kept by it.
-        let window_ends = match &self.window {
-            Some(window) => Some(
-                cast(
-                    &key_columns[window.end_key],
-                    &DataType::Timestamp(TimeUnit::Microsecond, None),
-                )?
-                .as_primitive::<TimestampMicrosecondType>()
-                .clone(),
-            ),
-            None => None,
-        };
-        let window_of = |row: usize| match &window_ends {
-            Some(ends) if ends.is_valid(row) => ends.value(row),
-            _ => NO_WINDOW,
+        let windows = match &self.window {
+            Some(window) => window_ends(&key_columns[window.end_key])?,
+            None => vec![NO_WINDOW; batch.num_rows()],
         };
 
         // Fold every change; remember each touched group's output before
@@ -383,10 +371,11 @@ impl Operator for AggregateOperator {
         let mut touched: Vec<(i64, Arc<[u8]>, GroupOutput)> = Vec::new();
         let mut run_start = 0;
         while run_start < batch.num_rows() {
-            let window = window_of(run_start);
-            let run_end = (run_start + 1..batch.num_rows())
-                .find(|&row| window_of(row) != window)
-                .unwrap_or(batch.num_rows());
+            let window = windows[run_start];
+            let run_end = windows[run_start..]
+                .iter()
+                .position(|&other| other != window)
+                .map_or(windows.len(), |length| run_start + length);
             let groups = self.groups.window_mut(window);
             for row in run_start..run_end {
                 let key: &[u8] = keys.as_ref().map(|k| k.row(row).data()).unwrap_or(&[]);
@@ -503,27 +492,7 @@ impl Operator for AggregateOperator {
                 state.encode(out);
             }
         };
-        let groups = &self.groups;
-        let put = |delta: &mut StateDelta, key: &[u8], group: &Group| {
-            delta.put_with(
-                |out| {
-                    out.raw(key);
-                },
-                |out| encode(group, out),
-            );
-        };
-        delta.put_changed_with(
-            &mut self.dirty,
-            |delta| {
-                for (_, key, group) in groups.iter() {
-                    put(delta, key, group);
-                }
-            },
-            |delta, (window, key)| match groups.get(*window, key) {
-                Some(group) => put(delta, key, group),
-                None => delta.delete(key),
-            },
-        );
+        delta.put_changed_by_window(&self.groups, &mut self.dirty, encode);
         Ok(())
     }
 
@@ -535,17 +504,7 @@ impl Operator for AggregateOperator {
             (Some(window), Some(codec)) if !entries.is_empty() => {
                 let parser = codec.parser();
                 let keys = codec.convert_rows(entries.keys().map(|k| parser.parse(k)))?;
-                let ends = cast(
-                    &keys[window.end_key],
-                    &DataType::Timestamp(TimeUnit::Microsecond, None),
-                )?;
-                let ends = ends.as_primitive::<TimestampMicrosecondType>();
-                (0..ends.len())
-                    .map(|row| match ends.is_valid(row) {
-                        true => ends.value(row),
-                        false => NO_WINDOW,
-                    })
-                    .collect()
+                window_ends(&keys[window.end_key])?
             }
             _ => vec![NO_WINDOW; entries.len()],
         };
@@ -585,7 +544,8 @@ mod tests {
     use crate::stream::accumulator::AggregateKind;
     use crate::stream::testing::Checkpoints;
     use datafusion::arrow::array::TimestampMicrosecondArray;
-    use datafusion::arrow::datatypes::{Field, Int64Type, Schema};
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::{Field, Int64Type, Schema, TimeUnit};
     use datafusion::physical_expr::expressions::Column;
 
     /// `(k, window end, sum(v))` and weight of each output row.

@@ -65,7 +65,7 @@ use super::{encode_keys, ChangeBatch, Operator, RowErrorPolicy};
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
-use crate::state::windowed::{ByWindow, WindowKeys, NO_WINDOW};
+use crate::state::windowed::{window_ends, ByWindow, WindowKeys, NO_WINDOW};
 use crate::state::RowCodec;
 use crate::state::{Changed, KeyMap};
 
@@ -710,8 +710,7 @@ impl JoinOperator {
         let Some(window) = self.window_key else {
             return Ok(vec![NO_WINDOW; rows]);
         };
-        let ends = micros(&keys[window.key_position])?;
-        Ok(ends.iter().map(|end| end.unwrap_or(NO_WINDOW)).collect())
+        window_ends(&keys[window.key_position])
     }
 }
 
