@@ -40,9 +40,10 @@ use datafusion::common::JoinType;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
 
+use eddy::common::ChangeBatch;
+use eddy::connectors::format::MessageEncoding;
 use eddy::connectors::kafka::decode::PayloadDecoder;
 use eddy::connectors::nexmark::NexmarkConfig;
-use eddy::sql::sink::MessageEncoding;
 use eddy::state::checkpoint::StateDelta;
 use eddy::state::{RowCodec, RowSet};
 use eddy::stream::accumulator::{AggregateFolder, AggregateKind};
@@ -54,7 +55,7 @@ use eddy::stream::session_aggregate::{
 };
 use eddy::stream::shard::ShardedOperator;
 use eddy::stream::window::{windowed_schema, WindowAssignOperator, WindowSpec};
-use eddy::stream::{ChangeBatch, Operator};
+use eddy::stream::Operator;
 
 /// Rows per batch: the Kafka source's largest batch.
 const ROWS: usize = 4096;

@@ -8,33 +8,40 @@
 //! operators.
 //!
 //! ```text
-//!  psql ──pgwire──▶ server ──▶ sql::execute::Engine ──▶ DataFusion (queries, planning)
-//!                                   │   CREATE MATERIALIZED VIEW
-//!                                   ▼
+//!  psql ──pgwire──▶ server ──▶ engine::Engine ──▶ DataFusion (queries, planning)
+//!                     sql (parse) ─┘   │   CREATE MATERIALIZED VIEW
+//!                                      ▼
 //!                      plan::lower (LogicalPlan ─▶ StreamGraph of stream::Operator)
-//!                                   │
+//!                                      │
 //!  INSERT/UPDATE/DELETE ─▶ connectors::table ─▶ ChangeBatch ─▶ runtime (one worker,
-//!                                   bounded queue) ─▶ view state (state::RowSet)
-//!                                   │  every epoch: all views published at once
-//!                                   ▼
-//!                      SELECT reads one consistent epoch (catalog::snapshot)
+//!  Kafka, generators ──▶ connectors (readers) ─┘      bounded queue) ─▶ view state
+//!                                      │  every epoch: all views published at once
+//!                                      ▼
+//!                      SELECT reads one consistent epoch (catalog::Catalog::snapshot)
 //! ```
 //!
-//! - [`stream`]: the changelog ([`stream::ChangeBatch`]: rows + signed weights)
-//!   and the incremental operators (project, filter, union, updating aggregate,
-//!   window and session assignment, temporal filter, joins, top-N and window
-//!   functions).
+//! The modules stand in layers, each using only those below it (enforced
+//! by `tests/layering.rs`; docs/ARCHITECTURE.md has the map):
+//!
+//! - [`server`]: pgwire and HTTP;
+//! - [`engine`]: the coordinator, one file per statement family;
+//! - [`sql`]: parsing and SQL-level rewriting;
 //! - [`plan`]: lowers DataFusion's optimized logical plan into a
-//!   [`stream::graph::StreamGraph`]; refuses, naming the construct, what it
-//!   cannot maintain incrementally.
-//! - [`runtime`]: runs all graphs on one worker fed by a bounded channel;
-//!   publishes view state per epoch; `FLUSH` is a barrier through it.
-//! - [`state`]: multisets of row-encoded rows with O(1) snapshots.
-//! - [`catalog`]: names, schemas, dependencies; per-query snapshots.
+//!   [`stream::graph::StreamGraph`], one rule per operator kind; refuses,
+//!   naming the construct, what it cannot maintain incrementally;
+//! - [`catalog`]: names, schemas, dependencies; per-query snapshots;
 //! - [`connectors`]: tables, the Kafka source and sink, the Postgres sink,
-//!   the datagen and nexmark sources.
-//! - [`sql`]: statement parsing and execution; [`server`]: pgwire.
-//! - [`bench`]: the Nexmark harness of `eddy bench nexmark` and
+//!   the datagen and nexmark sources;
+//! - [`runtime`]: runs all graphs on one worker fed by a bounded channel;
+//!   publishes view state per epoch; checkpoints are barriers through it;
+//! - [`stream`]: the incremental operators (project, filter, union,
+//!   updating aggregate, window and session assignment, temporal filter,
+//!   joins, top-N and window functions);
+//! - [`state`]: multisets of row-encoded rows with O(1) snapshots, keyed
+//!   state, checkpoint files;
+//! - [`common`]: the changelog ([`common::ChangeBatch`]: rows + signed
+//!   weights), relation ids, SQL and Postgres types;
+//! - [`mod@bench`]: the Nexmark harness of `eddy bench nexmark` and
 //!   `cargo bench --bench nexmark`.
 //!
 //! Operator state lives in memory and is checkpointed (`state::checkpoint`);
@@ -43,9 +50,10 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod common;
 pub mod connectors;
+pub mod engine;
 pub mod error;
-pub mod pg_types;
 pub mod plan;
 pub mod runtime;
 pub mod server;
@@ -101,7 +109,7 @@ pub struct Server {
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     http_task: Option<tokio::task::JoinHandle<()>>,
-    engine: Arc<sql::execute::Engine>,
+    engine: Arc<engine::Engine>,
 }
 
 impl Server {
@@ -145,8 +153,7 @@ impl Server {
         checkpoints.continue_numbering().await?;
         let runtime = runtime::RuntimeHandle::start()?;
         let engine = Arc::new(
-            sql::execute::Engine::with_checkpoints(runtime, checkpoints.clone())
-                .with_workers(workers),
+            engine::Engine::with_checkpoints(runtime, checkpoints.clone()).with_workers(workers),
         );
         if let Some((manifest, restored)) = recovered {
             engine.recover(manifest, restored).await?;
@@ -224,9 +231,9 @@ impl Server {
 
 /// Samples the health into the engine's monitor once a second (rates and
 /// the web page's charts); ends when the engine is gone.
-fn spawn_health_sampler(engine: std::sync::Weak<sql::execute::Engine>) {
+fn spawn_health_sampler(engine: std::sync::Weak<engine::Engine>) {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(server::monitor::SAMPLE_INTERVAL);
+        let mut ticks = tokio::time::interval(engine::health::SAMPLE_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
@@ -242,7 +249,7 @@ fn spawn_health_sampler(engine: std::sync::Weak<sql::execute::Engine>) {
 
 /// Takes a checkpoint every `checkpoint_interval` while something changed
 /// since the last one; ends when the engine is gone.
-fn spawn_periodic_checkpoints(engine: std::sync::Weak<sql::execute::Engine>) {
+fn spawn_periodic_checkpoints(engine: std::sync::Weak<engine::Engine>) {
     tokio::spawn(async move {
         loop {
             let interval = match engine.upgrade() {

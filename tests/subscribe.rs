@@ -117,7 +117,7 @@ async fn a_slow_subscriber_is_dropped_with_an_error() {
     .await;
     // One epoch per statement, more than a subscriber may be behind.
     let writer = server.connect().await;
-    let epochs = eddy::sql::execute::SUBSCRIPTION_QUEUE_EPOCHS + 20;
+    let epochs = eddy::engine::SUBSCRIPTION_QUEUE_EPOCHS + 20;
     for i in 0..epochs {
         execute(&writer, &format!("INSERT INTO t VALUES ({i}, 1)")).await;
     }

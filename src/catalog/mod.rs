@@ -6,10 +6,11 @@
 //! the two together into the relations one query sees: tables as they are
 //! now, and every view as of the same completed epoch.
 //!
-//! Relation ids are never reused, so a change in flight for a dropped table
-//! can never reach a new table of the same name.
+//! Relation ids ([`RelationId`]) are never reused.
 
+pub mod information_schema;
 pub mod lookup;
+pub mod pg_catalog;
 mod provider;
 pub mod window;
 
@@ -19,15 +20,14 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use datafusion::arrow::datatypes::SchemaRef;
 
-pub use provider::{all_nullable, RelationProvider};
+pub use provider::RelationProvider;
 
+use crate::common::ChangeBatch;
+use crate::common::RelationId;
 use crate::connectors::table::TableData;
 use crate::error::{EddyError, Result};
 use crate::runtime::PublishedEpoch;
 use crate::state::{RowCodec, RowSet};
-use crate::stream::ChangeBatch;
-
-pub type RelationId = u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelationKind {
@@ -119,8 +119,8 @@ pub struct SinkEntry {
     pub view: RelationId,
     pub view_name: String,
     pub target: String,
-    pub mode: crate::connectors::postgres::SinkMode,
-    pub status: Arc<crate::connectors::postgres::SinkStatus>,
+    pub mode: crate::runtime::sink::SinkMode,
+    pub status: Arc<crate::runtime::sink::SinkStatus>,
 }
 
 /// A source: rows that come from a connector (`datagen`, `nexmark`). Each view

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
@@ -13,7 +13,9 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::{RelationId, RelationKind};
+use super::RelationKind;
+use crate::common::types::all_nullable;
+use crate::common::RelationId;
 use crate::state::RowSet;
 
 #[derive(Debug)]
@@ -29,17 +31,6 @@ pub struct RelationProvider {
     /// enforced by the table on write (with Postgres' error), not by
     /// DataFusion while it evaluates an INSERT.
     schema: SchemaRef,
-}
-
-/// `schema` with every column nullable. NOT NULL is enforced by tables on
-/// write, with Postgres' error, not by DataFusion while it evaluates.
-pub fn all_nullable(schema: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    Arc::new(Schema::new(fields))
 }
 
 impl RelationProvider {

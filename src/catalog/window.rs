@@ -25,8 +25,8 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::RelationProvider;
+use crate::common::time::scalar_interval_micros;
 use crate::error::EddyError;
-use crate::sql::types::scalar_interval_micros;
 use crate::stream::session::assign_sessions;
 use crate::stream::window::{assign, windowed_schema, WindowSpec};
 

@@ -107,7 +107,7 @@ impl DatagenConfig {
         }
         let start_time = match options.get("datagen.start.time") {
             None => 1_704_067_200_000_000, // 2024-01-01 00:00:00
-            Some(text) => crate::sql::types::parse_timestamp_micros(text)
+            Some(text) => crate::common::time::parse_timestamp_micros(text)
                 .map_err(|e| option_error(format!("datagen.start.time: {e}")))?,
         };
         let mut columns = Vec::with_capacity(schema.fields().len());
@@ -155,7 +155,7 @@ impl DatagenConfig {
                 (DataType::Boolean, None | Some("random")) => ColumnGenerator::RandomBool,
                 (DataType::Timestamp(_, _), None | Some("event_time")) => {
                     let disorder = match get("max.disorder") {
-                        Some(text) => crate::sql::types::interval_micros(text)?,
+                        Some(text) => crate::common::time::interval_micros(text)?,
                         None => 0,
                     };
                     ColumnGenerator::EventTime {

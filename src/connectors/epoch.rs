@@ -11,9 +11,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
+use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::RowCodec;
-use crate::stream::ChangeBatch;
 
 /// A row of one of the epoch's change batches: `(batch, row)`.
 pub type RowRef = (usize, usize);

@@ -14,6 +14,7 @@
 
 pub mod datagen;
 pub mod epoch;
+pub mod format;
 pub mod kafka;
 pub mod nexmark;
 pub mod postgres;
@@ -26,11 +27,11 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
-use crate::catalog::RelationId;
+use crate::common::ChangeBatch;
+use crate::common::RelationId;
 use crate::error::Result;
 use crate::runtime::RuntimeHandle;
 use crate::state::checkpoint::ReaderPosition;
-use crate::stream::ChangeBatch;
 use table::TableWatermark;
 
 /// The connector of a `CREATE SOURCE`.

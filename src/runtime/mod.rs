@@ -27,6 +27,7 @@
 //! committed.
 
 pub mod checkpoint;
+pub mod sink;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -35,16 +36,15 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::catalog::RelationId;
-use crate::connectors::postgres::{SinkEpoch, SinkStatus};
+use crate::common::ChangeBatch;
+use crate::common::RelationId;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::{
     Capture, CaptureRequest, CheckpointMeta, ReaderPosition, RestoredState, StateDelta,
 };
-use crate::state::codec::{Decoder, Encoder};
 use crate::state::{Changed, RowCodec, RowSet};
 use crate::stream::graph::{GraphStats, StreamGraph};
-use crate::stream::ChangeBatch;
+use sink::{SinkEpoch, SinkStatus};
 
 /// Commands queued to the worker (bounded). Small on purpose: a source
 /// command carries a batch of up to thousands of rows, and a checkpoint
@@ -760,7 +760,7 @@ impl Worker {
                 self.epoch = self.epoch.max(epoch);
                 let _ = reply.send(());
             }
-            Command::Tick => self.tick(crate::stream::temporal::now_micros()),
+            Command::Tick => self.tick(crate::common::time::now_micros()),
             Command::FailReaders { relation, error } => {
                 for view_id in self.readers.get(&relation).cloned().unwrap_or_default() {
                     if let Some(view) = self.views.get_mut(&view_id) {
@@ -957,7 +957,7 @@ impl Worker {
             ));
             let mut delta = StateDelta::new(true);
             for (position, (epoch, _)) in durable.unacked.iter().enumerate() {
-                encode_sink_epoch(&durable.codec, position as u64, epoch, &mut delta)?;
+                epoch.checkpoint(&durable.codec, position as u64, &mut delta)?;
             }
             states.insert(format!("sink/{}", durable.name), delta);
         }
@@ -1196,78 +1196,6 @@ fn decode_multiplicity(bytes: &[u8]) -> Result<i64> {
         .try_into()
         .map_err(|_| EddyError::Checkpoint("a row multiplicity is not 8 bytes".into()))?;
     Ok(i64::from_le_bytes(bytes))
-}
-
-/// One unacknowledged sink epoch as entries `(position, index) -> epoch,
-/// kind, weight, row`; index 0 marks the epoch itself, so that an empty
-/// epoch is replayed too.
-fn encode_sink_epoch(
-    codec: &RowCodec,
-    position: u64,
-    epoch: &SinkEpoch,
-    delta: &mut StateDelta,
-) -> Result<()> {
-    let key = |index: u64| {
-        let mut key = position.to_be_bytes().to_vec();
-        key.extend_from_slice(&index.to_be_bytes());
-        key
-    };
-    let mut marker = Encoder::new();
-    marker.u64(epoch.epoch).u8(0);
-    delta.put(key(0), marker.finish());
-    let mut index = 0u64;
-    for change in &epoch.changes {
-        let rows = codec.encode(&change.rows)?;
-        for (row, weight) in rows.iter().zip(change.weights.values().iter()) {
-            index += 1;
-            let mut value = Encoder::new();
-            value.u64(epoch.epoch).u8(1).i64(*weight).bytes(row);
-            delta.put(key(index), value.finish());
-        }
-    }
-    Ok(())
-}
-
-/// Reads back the unacknowledged epochs of a sink on a view of `schema`.
-pub fn decode_sink_epochs(
-    schema: SchemaRef,
-    entries: BTreeMap<Vec<u8>, Vec<u8>>,
-) -> Result<Vec<SinkEpoch>> {
-    let codec = RowCodec::try_new(schema)?;
-    // (epoch, its rows as (encoded row, weight))
-    type EpochRows = (u64, Vec<(Vec<u8>, i64)>);
-    let mut epochs: Vec<EpochRows> = Vec::new();
-    for (key, value) in entries {
-        let mut d = Decoder::new(&value);
-        let epoch = d.u64()?;
-        let is_row = d.u8()? == 1;
-        if !is_row || key.get(8..) == Some(&0u64.to_be_bytes()[..]) {
-            epochs.push((epoch, Vec::new()));
-        }
-        if is_row {
-            let weight = d.i64()?;
-            let row = d.bytes()?.to_vec();
-            match epochs.last_mut() {
-                Some((_, rows)) => rows.push((row, weight)),
-                None => return Err(EddyError::Checkpoint("sink epoch without marker".into())),
-            }
-        }
-    }
-    epochs
-        .into_iter()
-        .map(|(epoch, rows)| {
-            let changes = if rows.is_empty() {
-                vec![]
-            } else {
-                let batch = codec.decode(rows.iter().map(|(r, _)| r.as_slice()))?;
-                let weights = datafusion::arrow::array::Int64Array::from(
-                    rows.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
-                );
-                vec![ChangeBatch::new(batch, weights)?]
-            };
-            Ok(SinkEpoch { epoch, changes })
-        })
-        .collect()
 }
 
 /// Runs `work`, turning a panic (a bug in an operator) into an internal

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::sql::execute::Engine;
+use crate::engine::Engine;
 
 /// A request must arrive within this long, and its head be at most this big.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,8 +66,12 @@ async fn handle(engine: &Engine, stream: TcpStream) -> std::io::Result<()> {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => match engine.metrics().await {
-            Ok(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+        ("GET" | "HEAD", "/metrics") => match engine.health().await {
+            Ok(health) => (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                super::metrics::render(&health),
+            ),
             Err(e) => (
                 "503 Service Unavailable",
                 "text/plain; charset=utf-8",

@@ -9,8 +9,8 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use super::monitor::{Health, SourceHealth};
 use crate::catalog::SinkEntry;
+use crate::engine::health::{Health, SourceHealth};
 use crate::runtime::checkpoint::CheckpointStats;
 use crate::runtime::{ViewStatus, FRESHNESS_BUCKETS};
 use crate::stream::graph::OperatorStatus;

@@ -7,7 +7,6 @@
 
 pub mod http;
 pub mod metrics;
-pub mod monitor;
 mod params;
 pub mod web;
 
@@ -30,11 +29,11 @@ use pgwire::messages::PgWireBackendMessage;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
+use crate::engine::{Description, Engine, Session, StatementResult};
 use crate::error::EddyError;
-use crate::sql::execute::{Description, Engine, Session, StatementResult};
 use crate::sql::{parse_statement, split_statements, EddyStatement};
 
-use crate::pg_types::{pg_type, Cell};
+use crate::common::pg_types::{pg_type, Cell};
 
 /// Accepts connections on `listener` until `shutdown` resolves.
 pub async fn serve(
@@ -168,7 +167,7 @@ fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Respo
 /// is done.
 async fn report_backfill<C>(
     client: &mut C,
-    mut watch: crate::sql::jobs::BackfillWatch,
+    mut watch: crate::engine::jobs::BackfillWatch,
 ) -> PgWireResult<()>
 where
     C: Sink<PgWireBackendMessage> + Unpin,
@@ -189,7 +188,7 @@ where
 /// the view was dropped). A client that went away ends it with an I/O error.
 async fn stream_subscription<C>(
     client: &mut C,
-    mut subscription: crate::sql::execute::Subscription,
+    mut subscription: crate::engine::subscribe::Subscription,
 ) -> PgWireResult<ErrorInfo>
 where
     C: Sink<PgWireBackendMessage> + Unpin,

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use super::monitor::{operator_key, sink_key, source_key, view_key, Health, Monitor};
+use crate::engine::health::{operator_key, sink_key, source_key, view_key, Health, Monitor};
 
 /// The page, served as is.
 pub const PAGE: &str = include_str!("web/index.html");

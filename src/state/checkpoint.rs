@@ -64,7 +64,7 @@ fn raw(out: &mut Encoder, bytes: &[u8]) {
 ///
 /// The entries are kept as the data file encodes them (`bytes(key) 1
 /// bytes(value)`, or `bytes(key) 0` for a delete), in chunks of about
-/// [`CHUNK_BYTES`]: capturing a state table costs no allocation per entry,
+/// `CHUNK_BYTES`: capturing a state table costs no allocation per entry,
 /// a large one never doubles a buffer as it grows, and writing hands the
 /// chunks to storage without copying them. A delta read back from a file
 /// is a slice of it.

@@ -7,7 +7,7 @@
 //! while the runtime goes on changing the next. That is how every SELECT sees
 //! one consistent snapshot without copying.
 //!
-//! A view's set also keeps a [`row_log::RowLog`]: while its changes are
+//! A view's set also keeps a `row_log::RowLog`: while its changes are
 //! plain insertions it appends their batches there, unencoded, and folds
 //! them into the map at the first change that is not.
 //!
@@ -27,8 +27,8 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
+use crate::common::ChangeBatch;
 use crate::error::Result;
-use crate::stream::ChangeBatch;
 use checkpoint::StateDelta;
 use row_log::RowLog;
 
@@ -343,7 +343,7 @@ impl RowSet {
 
     /// All rows, each repeated by its multiplicity: the keyed rows in row
     /// order, then the logged ones in arrival order. In batches of at most
-    /// [`SCAN_BATCH_ROWS`] keyed rows and the log's own batches (one batch
+    /// `SCAN_BATCH_ROWS` keyed rows and the log's own batches (one batch
     /// of a large set could hold more string bytes than Arrow's 32-bit
     /// offsets can address).
     pub fn to_batches(&self) -> Result<Vec<RecordBatch>> {

@@ -21,7 +21,8 @@ use datafusion::physical_plan::PhysicalExpr;
 
 use super::accumulator::{AccumulatorState, AggregateFolder, PreparedInput};
 use super::shard::KeyedOperator;
-use super::{ChangeBatch, Operator, RowErrorPolicy};
+use super::{Operator, RowErrorPolicy};
+use crate::common::ChangeBatch;
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};

@@ -4,14 +4,17 @@
 //! Nodes are stored in topological order (every node after its inputs), so the
 //! root is the last node. Each node has a stable id derived from what it does
 //! and the ids of its inputs: the same query planned again gets the same ids,
-//! which is what lets a later `ALTER MATERIALIZED VIEW` keep the state of the
-//! operators it did not change. An id depends on the operator and its inputs,
-//! never on what consumes it.
+//! which is how a restore finds each operator's checkpointed state, also
+//! after an upgrade moved other operators (and what will let an ALTER
+//! MATERIALIZED VIEW, not built yet, keep the state of the operators it did
+//! not change). An id depends on the operator and its inputs, never on what
+//! consumes it.
 
 use std::collections::BTreeMap;
 
-use super::{ChangeBatch, Operator, OperatorStats};
-use crate::catalog::RelationId;
+use super::{Operator, OperatorStats};
+use crate::common::ChangeBatch;
+use crate::common::RelationId;
 use crate::error::Result;
 use crate::state::checkpoint::{CaptureRequest, RestoredState, StateDelta};
 

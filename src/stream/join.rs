@@ -61,7 +61,8 @@ use datafusion::physical_plan::PhysicalExpr;
 
 use super::shard::KeyedOperator;
 use super::watermark::MergedWatermark;
-use super::{encode_keys, ChangeBatch, Operator, RowErrorPolicy};
+use super::{encode_keys, Operator, RowErrorPolicy};
+use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};

@@ -33,7 +33,8 @@ use datafusion::physical_expr::window::WindowExpr;
 use datafusion::physical_expr::PhysicalSortExpr;
 use datafusion::physical_plan::PhysicalExpr;
 
-use super::{encode_keys, ChangeBatch, Operator, RowErrorPolicy};
+use super::{encode_keys, Operator, RowErrorPolicy};
+use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_plan::PhysicalExpr;
 
-use super::{ChangeBatch, Operator, RowErrorPolicy};
+use super::{Operator, RowErrorPolicy};
+use crate::common::ChangeBatch;
 use crate::error::Result;
 
 pub struct ProjectOperator {

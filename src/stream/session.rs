@@ -27,7 +27,8 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::window::{describe_micros, times, with_windows, LateCounter};
-use super::{ChangeBatch, Operator};
+use super::Operator;
+use crate::common::ChangeBatch;
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};

@@ -31,7 +31,8 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::PhysicalExpr;
 
-use super::{ChangeBatch, Operator, RowErrorPolicy};
+use super::{Operator, RowErrorPolicy};
+use crate::common::ChangeBatch;
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 

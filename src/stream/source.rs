@@ -3,8 +3,9 @@
 
 use datafusion::arrow::array::RecordBatch;
 
-use super::{ChangeBatch, Operator};
-use crate::catalog::RelationId;
+use super::Operator;
+use crate::common::ChangeBatch;
+use crate::common::RelationId;
 use crate::error::Result;
 
 /// Receives the changelog of one relation, projected to the columns the

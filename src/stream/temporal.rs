@@ -16,19 +16,13 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use datafusion::physical_plan::PhysicalExpr;
 
-use super::{ChangeBatch, Operator};
+use super::Operator;
+use crate::common::time::now_micros;
+use crate::common::ChangeBatch;
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
 use crate::state::RowCodec;
 use crate::state::{Changed, KeyMap};
-
-/// Microseconds since the Unix epoch, now.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
 
 pub struct TemporalFilterOperator {
     time: Arc<dyn PhysicalExpr>,

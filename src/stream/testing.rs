@@ -63,7 +63,7 @@ pub(crate) fn random(seed: u64) -> impl FnMut(u64) -> u64 {
 pub(crate) fn int_pairs(
     schema: &datafusion::arrow::datatypes::SchemaRef,
     changes: &[((i64, i64), i64)],
-) -> super::ChangeBatch {
+) -> crate::common::ChangeBatch {
     use datafusion::arrow::array::{Int64Array, RecordBatch};
     use std::sync::Arc;
     let column = |f: fn(&((i64, i64), i64)) -> i64| {
@@ -71,7 +71,7 @@ pub(crate) fn int_pairs(
     };
     let rows = RecordBatch::try_new(schema.clone(), vec![column(|c| c.0 .0), column(|c| c.0 .1)])
         .expect("rows");
-    super::ChangeBatch::new(
+    crate::common::ChangeBatch::new(
         rows,
         Int64Array::from_iter_values(changes.iter().map(|c| c.1)),
     )

@@ -6,7 +6,8 @@
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::watermark::MergedWatermark;
-use super::{ChangeBatch, Operator};
+use super::Operator;
+use crate::common::ChangeBatch;
 use crate::error::Result;
 
 pub struct UnionOperator {

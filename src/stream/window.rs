@@ -23,7 +23,8 @@ use datafusion::arrow::datatypes::{
     DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
 };
 
-use super::{ChangeBatch, Operator};
+use super::Operator;
+use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 
 /// How rows are assigned to windows (all lengths in microseconds).

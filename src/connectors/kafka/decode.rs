@@ -5,7 +5,7 @@
 //! `ENCODE AVRO (schema = '...')` or `(schema.file = 'path')`; each becomes
 //! a JSON object (timestamps normalized to µs) and goes the JSON way.
 //!
-//! JSON goes through eddy's one-pass decoder ([`super::json`]), which can
+//! JSON goes through eddy's one-pass decoder (`json.rs`), which can
 //! build just the columns a reader asks for, when it takes every column's
 //! type; otherwise through arrow-json (and CSV through arrow-csv), all
 //! columns built: a batch of payloads is decoded in one go (the fast path).
@@ -22,10 +22,10 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 
-use super::json::JsonDecoder;
-use crate::catalog::all_nullable;
+use super::json::{Decoded, JsonDecoder};
+use crate::common::types::all_nullable;
+use crate::connectors::format::MessageEncoding;
 use crate::error::{EddyError, Result};
-use crate::sql::sink::MessageEncoding;
 
 /// How payloads are decoded.
 #[derive(Debug, Clone)]
@@ -39,15 +39,6 @@ pub struct PayloadDecoder {
     delimiter: u8,
     /// JSON (and Avro) when every column's type is one it builds.
     json: Option<Arc<JsonDecoder>>,
-}
-
-/// Decoded rows, and the payloads that could not be decoded.
-pub struct Decoded {
-    pub rows: RecordBatch,
-    /// For each row, the index of its payload.
-    pub payload_of_row: Vec<usize>,
-    /// `(payload index, reason)`.
-    pub bad: Vec<(usize, String)>,
 }
 
 impl PayloadDecoder {
@@ -126,7 +117,7 @@ impl PayloadDecoder {
 
     /// Decodes `payloads`, one row each. `build` marks the columns the
     /// caller reads (`None`: all); the others may come out as placeholders
-    /// (see [`JsonDecoder`]). Which payloads are bad does not depend on it.
+    /// (see `json.rs`). Which payloads are bad does not depend on it.
     pub fn decode(&self, payloads: &[&[u8]], build: Option<&[bool]>) -> Result<Decoded> {
         if let Some(schema) = &self.avro {
             // Avro datums to JSON objects, then the JSON way.

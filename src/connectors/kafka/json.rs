@@ -42,8 +42,16 @@ use datafusion::arrow::datatypes::{
 };
 use num_traits::NumCast;
 
-use super::decode::Decoded;
 use crate::error::Result;
+
+/// Decoded rows, and the payloads that could not be decoded.
+pub struct Decoded {
+    pub rows: RecordBatch,
+    /// For each row, the index of its payload.
+    pub payload_of_row: Vec<usize>,
+    /// `(payload index, reason)`.
+    pub bad: Vec<(usize, String)>,
+}
 
 /// The column types this decoder builds (the types of eddy's SQL types that
 /// JSON carries as numbers, strings and booleans).

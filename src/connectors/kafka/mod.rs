@@ -46,14 +46,14 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::catalog::RelationId;
+use crate::common::ChangeBatch;
+use crate::common::RelationId;
+use crate::connectors::format::{FormatSpec, KafkaMetadata, MessageFormat, SourceClauses};
 use crate::connectors::table::{ProcessingTime, TableWatermark};
 use crate::error::{EddyError, Result};
 use crate::runtime::RuntimeHandle;
-use crate::sql::sink::{FormatSpec, KafkaMetadata, MessageFormat, SourceClauses};
 use crate::state::checkpoint::ReaderPosition;
 use crate::state::RowCodec;
-use crate::stream::ChangeBatch;
 use decode::PayloadDecoder;
 use native::{ClientEvents, ConsumerQueue, Delivered};
 
@@ -95,7 +95,7 @@ pub struct SourceError {
     pub reason: String,
 }
 
-/// The bad messages of one source (the last [`ERRORS_KEPT`]), and how many.
+/// The bad messages of one source (the last `ERRORS_KEPT`), and how many.
 #[derive(Debug, Default)]
 pub struct SourceErrors {
     recent: Mutex<VecDeque<SourceError>>,
@@ -470,7 +470,9 @@ impl KafkaSourceConfig {
             }
             _ => {}
         }
-        if format != MessageFormat::Plain && encoding != crate::sql::sink::MessageEncoding::Json {
+        if format != MessageFormat::Plain
+            && encoding != crate::connectors::format::MessageEncoding::Json
+        {
             return Err(crate::not_supported!("FORMAT {format:?} needs ENCODE JSON"));
         }
         let payload_schema = Arc::new(Schema::new(declared.clone()));

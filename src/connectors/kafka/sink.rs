@@ -37,11 +37,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use crate::common::ChangeBatch;
 use crate::connectors::epoch::{appended_rows, key_fates, take_rows, KeyFate};
-use crate::connectors::postgres::{SinkEpoch, SinkMode, SinkStatus};
+use crate::connectors::format::{FormatSpec, MessageEncoding, MessageFormat};
 use crate::error::{EddyError, Result};
-use crate::sql::sink::{FormatSpec, MessageEncoding, MessageFormat};
-use crate::stream::ChangeBatch;
+use crate::runtime::sink::{SinkEpoch, SinkMode, SinkStatus};
 
 const BACKOFF_START_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 5_000;

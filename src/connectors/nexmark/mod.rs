@@ -203,7 +203,7 @@ impl NexmarkConfig {
         let seed = number("nexmark.seed")?.unwrap_or(0) as i64;
         let base_time_ms = match options.get("nexmark.base.time") {
             None => 1_704_067_200_000, // 2024-01-01 00:00:00
-            Some(text) => crate::sql::types::parse_timestamp_micros(text)? / 1000,
+            Some(text) => crate::common::time::parse_timestamp_micros(text)? / 1000,
         };
         Ok(Self {
             table,

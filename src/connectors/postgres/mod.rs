@@ -1,7 +1,7 @@
 //! The Postgres sink: keeps a table in a real PostgreSQL equal to a
 //! materialized view.
 //!
-//! The runtime hands the sink one [`SinkEpoch`] per published epoch: the
+//! The runtime hands the sink one [`SinkEpoch`](crate::runtime::sink::SinkEpoch) per completed checkpoint: the
 //! view's changes in that epoch. The sink coalesces them per key (the last
 //! state of a key wins; a key inserted and deleted within the epoch writes
 //! nothing), then, in **one transaction**:
@@ -22,4 +22,4 @@
 
 mod sink;
 
-pub use sink::{spawn_sink, validate_target, PostgresSinkConfig, SinkEpoch, SinkMode, SinkStatus};
+pub use sink::{spawn_sink, validate_target, PostgresSinkConfig};

@@ -1,41 +1,28 @@
 //! The Postgres sink task, its configuration and its status.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use futures::pin_mut;
 use postgres_types::ToSql;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::{Client, NoTls};
 
+use crate::common::pg_types::{pg_type, pg_type_sql, Cell};
+use crate::common::ChangeBatch;
 use crate::connectors::epoch::{appended_rows, key_fates, take_rows, RowRef};
 use crate::error::{EddyError, Result};
-use crate::pg_types::{pg_type, pg_type_sql, Cell};
+use crate::runtime::sink::{SinkEpoch, SinkMode, SinkStatus};
 use crate::state::RowCodec;
-use crate::stream::ChangeBatch;
 
 /// The table that records, per sink, the last epoch written.
 const PROGRESS_TABLE: &str = "eddy_sink_progress";
 const BACKOFF_START_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 5_000;
-
-/// A view's changes in one epoch, for one sink.
-#[derive(Debug, Clone)]
-pub struct SinkEpoch {
-    pub epoch: u64,
-    pub changes: Vec<ChangeBatch>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SinkMode {
-    Upsert,
-    AppendOnly,
-}
 
 /// `WITH (...)` options of a Postgres sink, checked.
 #[derive(Debug, Clone)]
@@ -192,132 +179,6 @@ impl PostgresSinkConfig {
 
 fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
-}
-
-/// What the sink reports; shared with SHOW SINKS and FLUSH.
-#[derive(Debug)]
-pub struct SinkStatus {
-    state: Mutex<SinkState>,
-    last_failure: Mutex<Option<String>>,
-    progress: watch::Sender<Progress>,
-    dropped: AtomicBool,
-}
-
-#[derive(Debug, Clone, Default)]
-struct SinkState {
-    retrying: Option<String>,
-    rows_written: u64,
-    /// Errors the sink retried after.
-    retries: u64,
-    /// When the last epoch was committed (Unix ms).
-    committed_unix_ms: Option<i64>,
-}
-
-/// The last epoch the sink has made durable, and whether it has failed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub committed_epoch: u64,
-    pub failed: bool,
-}
-
-impl SinkStatus {
-    pub fn new(start_epoch: u64) -> Arc<Self> {
-        let (progress, _) = watch::channel(Progress {
-            committed_epoch: start_epoch,
-            failed: false,
-        });
-        Arc::new(Self {
-            state: Mutex::default(),
-            last_failure: Mutex::default(),
-            progress,
-            dropped: AtomicBool::new(false),
-        })
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, SinkState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `running`, `retrying: <reason>` or `failed: <reason>`.
-    pub fn describe(&self) -> String {
-        if let Some(error) = self.failure() {
-            return format!("failed: {error}");
-        }
-        match &self.state().retrying {
-            Some(reason) => format!("retrying: {reason}"),
-            None => "running".into(),
-        }
-    }
-
-    pub fn failure(&self) -> Option<String> {
-        self.last_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn committed_epoch(&self) -> u64 {
-        self.progress.borrow().committed_epoch
-    }
-
-    pub fn rows_written(&self) -> u64 {
-        self.state().rows_written
-    }
-
-    /// Waits until `epoch` is durable in Postgres, or the sink has failed.
-    pub async fn wait_for(&self, epoch: u64) {
-        let mut progress = self.progress.subscribe();
-        let _ = progress
-            .wait_for(|p| p.failed || p.committed_epoch >= epoch)
-            .await;
-    }
-
-    /// Tells the task to stop retrying and discard what it holds.
-    pub fn mark_dropped(&self) {
-        self.dropped.store(true, Ordering::SeqCst);
-    }
-
-    pub(crate) fn is_dropped(&self) -> bool {
-        self.dropped.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn has_failed(&self) -> bool {
-        self.progress.borrow().failed
-    }
-
-    /// Errors the sink retried after.
-    pub fn retries(&self) -> u64 {
-        self.state().retries
-    }
-
-    /// When the sink last committed an epoch (Unix ms).
-    pub fn committed_unix_ms(&self) -> Option<i64> {
-        self.state().committed_unix_ms
-    }
-
-    pub(crate) fn retrying(&self, reason: Option<String>) {
-        let mut state = self.state();
-        if reason.is_some() {
-            state.retries += 1;
-        }
-        state.retrying = reason;
-    }
-
-    pub(crate) fn fail(&self, error: String) {
-        tracing::error!(error = %error, "sink failed");
-        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
-        self.state().retrying = None;
-        self.progress.send_modify(|p| p.failed = true);
-    }
-
-    pub(crate) fn committed(&self, epoch: u64, rows: u64) {
-        let mut state = self.state();
-        state.retrying = None;
-        state.rows_written += rows;
-        state.committed_unix_ms = Some(chrono::Utc::now().timestamp_millis());
-        drop(state);
-        self.progress.send_modify(|p| p.committed_epoch = epoch);
-    }
 }
 
 async fn connect(config: &PostgresSinkConfig) -> Result<Client, tokio_postgres::Error> {
@@ -652,7 +513,7 @@ pub fn spawn_sink(
     tokio::spawn(async move {
         let mut client: Option<Client> = None;
         while let Some(SinkEpoch { epoch, changes }) = epochs.recv().await {
-            if status.progress.borrow().failed || status.dropped.load(Ordering::SeqCst) {
+            if status.has_failed() || status.is_dropped() {
                 continue; // keep draining so the runtime never waits on us
             }
             let write = match coalesce(&config, &changes) {
@@ -668,7 +529,7 @@ pub fn spawn_sink(
             }
             let mut backoff_ms = BACKOFF_START_MS;
             loop {
-                if status.dropped.load(Ordering::SeqCst) {
+                if status.is_dropped() {
                     break;
                 }
                 let result = match client.as_mut() {

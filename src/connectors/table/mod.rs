@@ -12,10 +12,10 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
+use crate::common::types::is_json_field;
+use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
-use crate::sql::types::is_json_field;
 use crate::state::{RowCodec, RowSet};
-use crate::stream::ChangeBatch;
 
 /// A table's rows and, with a primary key, the index that enforces it.
 #[derive(Debug, Clone)]
@@ -256,7 +256,7 @@ impl ProcessingTime {
     /// The current processing time (µs since the epoch), never less than a
     /// time this clock returned before.
     pub fn now(&self) -> i64 {
-        let wall = crate::stream::temporal::now_micros();
+        let wall = crate::common::time::now_micros();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         *last = (*last).max(wall);
         *last

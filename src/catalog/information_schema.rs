@@ -16,8 +16,8 @@ use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::datasource::MemTable;
 
 use crate::catalog::Relation;
+use crate::common::pg_types::pg_type;
 use crate::error::Result;
-use crate::pg_types::pg_type;
 
 const CATALOG: &str = "eddy";
 

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 
-use super::system::{some, Columns};
-use crate::catalog::{Catalog, Relation, RelationId};
+use super::columns::{some, Columns};
+use crate::catalog::{Catalog, Relation};
+use crate::common::RelationId;
 use crate::connectors::kafka::{Backfill, KafkaSourceConfig};
 use crate::connectors::SourceConnector;
 use crate::error::Result;

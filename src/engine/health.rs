@@ -1,8 +1,9 @@
 //! eddy's health in one place. [`Health`] is gathered in one go (the
 //! runtime's view status, the catalog's sources and sinks, the checkpoint
-//! figures) and shown three ways: Prometheus text ([`super::metrics`]), the
-//! `eddy_catalog.*_stats` system tables ([`crate::sql::system`]) and the
-//! JSON behind the web page ([`super::web`]), so all three agree.
+//! figures) and shown three ways: Prometheus text
+//! ([`crate::server::metrics`]), the `eddy_catalog.*_stats` system tables
+//! (`engine/system.rs`) and the JSON behind the web page
+//! ([`crate::server::web`]), so all three agree.
 //!
 //! [`Monitor`] samples the health once a second and keeps the last five
 //! minutes of counters: rates (rows/s, messages/s) are the difference over
@@ -247,6 +248,25 @@ impl Monitor {
                 (w[1].0, rate)
             })
             .collect()
+    }
+}
+
+impl super::Engine {
+    /// Everything eddy knows about its health now.
+    pub async fn health(&self) -> Result<Health> {
+        Health::gather(&self.runtime, &self.catalog, self.checkpoints.stats()).await
+    }
+
+    /// The health history (rates, the web page's charts).
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
+    /// Takes one sample of the health into the monitor.
+    pub async fn sample_health(&self) -> Result<()> {
+        let health = self.health().await?;
+        self.monitor.record(&health);
+        Ok(())
     }
 }
 

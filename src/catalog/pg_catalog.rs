@@ -38,8 +38,8 @@ use datafusion::logical_expr::{
 };
 
 use crate::catalog::Relation;
+use crate::common::pg_types::pg_type;
 use crate::error::Result;
-use crate::pg_types::pg_type;
 
 const PG_CATALOG_OID: i64 = 11;
 const PUBLIC_OID: i64 = 2200;

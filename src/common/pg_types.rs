@@ -24,7 +24,7 @@ use pgwire::types::format::FormatOptions as PgFormatOptions;
 use pgwire::types::ToSqlText;
 use postgres_types::{IsNull, ToSql, Type};
 
-use crate::sql::types::PG_TYPE_METADATA_KEY;
+use crate::common::types::PG_TYPE_METADATA_KEY;
 
 /// The SQL spelling of a column's Postgres type, for CREATE TABLE.
 pub fn pg_type_sql(field: &Field) -> String {

@@ -1,19 +1,30 @@
-//! Parsing `CREATE SINK`, eddy's own statement:
+//! Parsing the statements that name a connector, eddy's own:
 //!
 //! ```sql
+//! CREATE SOURCE name (columns, WATERMARK FOR ...) [INCLUDE ...]
+//! WITH (connector = 'kafka', topic = '...', properties.bootstrap.server = '...', ...)
+//! [FORMAT PLAIN | UPSERT | DEBEZIUM ENCODE JSON | CSV | AVRO [(options)]]
+//!
 //! CREATE SINK name FROM view | AS SELECT ...
 //! WITH (connector = 'postgres', url = '...', table = '...', key.with.dots = 'value', ...)
+//! [FORMAT ... ENCODE ...]
 //! ```
+//!
+//! Option names may hold dots, which sqlparser's `WITH (...)` does not
+//! take, so the clauses after the column list are read here.
 
 use std::collections::BTreeMap;
 
-use datafusion::sql::sqlparser::ast::Query;
+use datafusion::sql::sqlparser::ast::{self, Query};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-use super::relation_name;
+use super::{parse_statement, relation_name, EddyStatement, TimeColumns};
+use crate::connectors::format::{
+    FormatSpec, KafkaMetadata, MessageEncoding, MessageFormat, SourceClauses,
+};
 use crate::error::{EddyError, Result};
 
 /// What a sink reads.
@@ -32,51 +43,6 @@ pub struct CreateSink {
     /// `FORMAT ... ENCODE ...`, if given.
     pub format: Option<FormatSpec>,
     pub if_not_exists: bool,
-}
-
-/// `FORMAT PLAIN | UPSERT | DEBEZIUM`: how messages map to changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageFormat {
-    /// Every message is an inserted row.
-    Plain,
-    /// The key identifies the row; a null value deletes it.
-    Upsert,
-    /// `{"before": ..., "after": ...}` change events.
-    Debezium,
-}
-
-/// `ENCODE JSON | CSV | AVRO`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageEncoding {
-    Json,
-    Csv,
-    Avro,
-}
-
-/// `FORMAT <format> ENCODE <encoding> [(options)]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FormatSpec {
-    pub format: MessageFormat,
-    pub encoding: MessageEncoding,
-    pub encode_options: BTreeMap<String, String>,
-}
-
-/// Kafka metadata a source can expose as columns: `INCLUDE partition
-/// [AS name]`, and likewise `offset`, `timestamp`, `key`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KafkaMetadata {
-    Partition,
-    Offset,
-    Timestamp,
-    Key,
-}
-
-/// What follows a CREATE SOURCE's column list.
-#[derive(Debug, Clone, Default)]
-pub struct SourceClauses {
-    pub includes: Vec<(KafkaMetadata, String)>,
-    pub options: BTreeMap<String, String>,
-    pub format: Option<FormatSpec>,
 }
 
 /// `[INCLUDE what [AS name] ...] WITH (options) [FORMAT ... ENCODE ...]`.
@@ -288,6 +254,79 @@ fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>> {
         }
         parser.expect_token(&Token::Comma).map_err(syntax)?;
     }
+}
+
+/// `CREATE SOURCE name (columns, WATERMARK ...) WITH (options)`: the column
+/// list is read as CREATE TABLE's; the options (names with dots) by eddy.
+pub(super) fn parse_create_source(sql: &str) -> Result<EddyStatement> {
+    let body = sql.trim_start();
+    let after_create = body[6..].trim_start(); // "CREATE"
+    let rest = &after_create[6..]; // "SOURCE"
+
+    // The column list, if any, ends at the ')' matching the first '(' before
+    // INCLUDE or WITH; a source without one (nexmark) takes its connector's
+    // columns.
+    let open = rest.find('(').filter(|&open| {
+        !rest[..open]
+            .split_whitespace()
+            .any(|word| word.eq_ignore_ascii_case("WITH") || word.eq_ignore_ascii_case("INCLUDE"))
+    });
+    let Some(open) = open else {
+        let upper = rest.to_uppercase();
+        let with = [" INCLUDE ", " WITH"]
+            .iter()
+            .filter_map(|w| upper.find(w))
+            .min()
+            .ok_or_else(|| {
+                EddyError::Syntax("CREATE SOURCE needs WITH (connector = ...)".into())
+            })?;
+        let (table, time) = source_columns(&format!("{} ()", rest[..with].trim()))?;
+        return source_statement(table, time, &rest[with..]);
+    };
+    let mut depth = 0;
+    let mut close = None;
+    let mut in_quote = false;
+    for (i, c) in rest.char_indices().skip(open) {
+        match c {
+            '\'' => in_quote = !in_quote,
+            '(' if !in_quote => depth += 1,
+            ')' if !in_quote => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(i);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let close =
+        close.ok_or_else(|| EddyError::Syntax("unbalanced parentheses in CREATE SOURCE".into()))?;
+    let (table, time) = source_columns(&rest[..=close])?;
+    source_statement(table, time, &rest[close + 1..])
+}
+
+/// `name (columns)` of a CREATE SOURCE, read as CREATE TABLE's.
+fn source_columns(name_and_columns: &str) -> Result<(Box<ast::CreateTable>, Box<TimeColumns>)> {
+    match parse_statement(&format!("CREATE TABLE {name_and_columns}"))? {
+        EddyStatement::CreateTable(table, time) => Ok((table, time)),
+        _ => Err(crate::internal!(
+            "CREATE SOURCE columns did not parse as a table"
+        )),
+    }
+}
+
+fn source_statement(
+    table: Box<ast::CreateTable>,
+    time: Box<TimeColumns>,
+    clauses_sql: &str,
+) -> Result<EddyStatement> {
+    let clauses = Box::new(parse_source_clauses(clauses_sql.trim())?);
+    Ok(EddyStatement::CreateSource {
+        table,
+        time,
+        clauses,
+    })
 }
 
 #[cfg(test)]

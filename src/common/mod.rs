@@ -1,0 +1,23 @@
+//! The floor every other module stands on: the types they all share and
+//! nothing that knows about any of them.
+//!
+//! - [`changelog`]: [`ChangeBatch`], the rows + signed weights that flow
+//!   between sources, operators, views and sinks;
+//! - [`types`]: SQL column types and their Arrow representation;
+//! - [`pg_types`]: Arrow values as Postgres values (wire protocol and COPY);
+//! - [`time`]: timestamp and interval literals as microseconds.
+//!
+//! Invariant: `common` imports nothing from the rest of eddy but
+//! [`crate::error`].
+
+pub mod changelog;
+pub mod pg_types;
+pub mod time;
+pub mod types;
+
+pub use changelog::ChangeBatch;
+
+/// A table's, view's, source's (or a source reader's) id. Ids are never
+/// reused, so a change in flight for a dropped relation can never reach a
+/// new one of the same name.
+pub type RelationId = u64;

@@ -1,0 +1,168 @@
+//! Checkpoints and recovery. A checkpoint is a barrier through the runtime
+//! taken with the catalog as of the same moment (under the DDL lock); FLUSH
+//! is a checkpoint that also waits for the sinks. Recovery replays the
+//! checkpointed catalog's DDL with a [`Restoring`] context: each object is
+//! restored from its checkpointed state instead of backfilled, and source
+//! readers start only once every object is back.
+
+use std::collections::BTreeMap;
+
+use super::session::Session;
+use super::{Engine, StatementResult};
+use crate::connectors::{ReaderSpec, SourceConnector};
+use crate::error::{EddyError, Result};
+use crate::state::checkpoint::{Manifest, ReaderPosition, RestoredState};
+
+/// A recovery in progress: the checkpoint being restored, and the source
+/// readers to start when every object is back.
+pub(super) struct Restoring {
+    pub(super) state: RestoredState,
+    pub(super) deferred_readers: Vec<(SourceConnector, ReaderSpec)>,
+}
+
+impl Engine {
+    /// Takes a checkpoint now: a barrier through the runtime (with the
+    /// catalog as of the same moment), the state written, then the durable
+    /// sinks told they may commit its epoch.
+    pub async fn checkpoint(&self) -> Result<Manifest> {
+        let run = self.checkpoints.begin().await?;
+        let request = run.request();
+        let (capture, catalog) = {
+            let _ddl = self.ddl_lock.lock().await;
+            (self.runtime.capture(request).await, self.catalog.ddl_log())
+        };
+        let manifest = run.complete(capture, catalog).await?;
+        self.runtime.checkpoint_done(manifest.epoch).await?;
+        Ok(manifest)
+    }
+
+    /// Takes a checkpoint and keeps it as the named snapshot (a savepoint:
+    /// never garbage-collected; `eddy --from-snapshot <name>` starts from it).
+    pub async fn snapshot(&self, name: &str) -> Result<Manifest> {
+        let manifest = self.checkpoint().await?;
+        self.checkpoints
+            .store()
+            .save_snapshot(name, &manifest)
+            .await?;
+        Ok(manifest)
+    }
+
+    /// Rebuilds everything a checkpoint holds: replays its catalog, each
+    /// object restored from its checkpointed state instead of backfilled,
+    /// source readers resumed where the checkpoint had them.
+    pub async fn recover(&self, manifest: Manifest, restored: RestoredState) -> Result<()> {
+        let started = std::time::Instant::now();
+        let epoch = restored.epoch;
+        *self.restoring_state() = Some(Restoring {
+            state: restored,
+            deferred_readers: Vec::new(),
+        });
+        let mut session = Session::default();
+        for ddl in &manifest.catalog {
+            let result = match crate::sql::parse_statement(ddl) {
+                Ok(statement) => self.execute_sql(&mut session, ddl, statement, vec![]).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                *self.restoring_state() = None;
+                return Err(EddyError::Checkpoint(format!(
+                    "checkpoint {} cannot be restored: `{ddl}` failed: {e}",
+                    manifest.id
+                )));
+            }
+        }
+        let restoring = self.restoring_state().take();
+        self.runtime.resume_epoch(epoch).await?;
+        for (connector, spec) in restoring.map(|r| r.deferred_readers).unwrap_or_default() {
+            connector.spawn_reader(spec);
+        }
+        tracing::info!(
+            checkpoint = manifest.id,
+            epoch,
+            objects = manifest.catalog.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "recovered from checkpoint"
+        );
+        self.checkpoints.resume_after(manifest).await;
+        Ok(())
+    }
+
+    pub(super) fn restoring_state(&self) -> std::sync::MutexGuard<'_, Option<Restoring>> {
+        self.restoring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn is_restoring(&self) -> bool {
+        self.restoring_state().is_some()
+    }
+
+    /// Takes the checkpointed entries of state table `name`, when restoring.
+    pub(super) fn take_restored(&self, name: &str) -> Option<BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.restoring_state().as_mut()?.state.states.remove(name)
+    }
+
+    pub(super) fn restored_watermark(&self, name: &str) -> Option<i64> {
+        self.restoring_state()
+            .as_ref()?
+            .state
+            .meta
+            .watermarks
+            .get(name)
+            .copied()
+    }
+
+    pub(super) fn restored_position(&self, reader: &str) -> Option<ReaderPosition> {
+        self.restoring_state()
+            .as_ref()?
+            .state
+            .meta
+            .readers
+            .get(reader)
+            .cloned()
+    }
+
+    /// Takes everything checkpointed under `view/<name>/`.
+    pub(super) fn take_restored_view(&self, name: &str) -> Option<RestoredState> {
+        let mut guard = self.restoring_state();
+        let restoring = &mut guard.as_mut()?.state;
+        let prefix = format!("view/{name}/");
+        if !restoring.states.contains_key(&format!("{prefix}rows")) {
+            return None;
+        }
+        let keys: Vec<String> = restoring
+            .states
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let mut view = RestoredState::default();
+        for key in keys {
+            if let Some(entries) = restoring.states.remove(&key) {
+                view.states.insert(key, entries);
+            }
+        }
+        Some(view)
+    }
+
+    /// `FLUSH`: a checkpoint (every change before it is visible, durable,
+    /// and handed to the sinks), then a wait for every sink that has not
+    /// failed to commit it.
+    pub(super) async fn flush(&self) -> Result<StatementResult> {
+        let manifest = self.checkpoint().await?;
+        for sink in self.catalog.list_sinks() {
+            sink.status.wait_for(manifest.epoch).await;
+        }
+        Ok(StatementResult::Command("FLUSH".into()))
+    }
+
+    /// `CHECKPOINT`.
+    pub(super) async fn checkpoint_statement(&self) -> Result<StatementResult> {
+        self.checkpoint().await?;
+        Ok(StatementResult::Command("CHECKPOINT".into()))
+    }
+
+    /// `CREATE SNAPSHOT name`.
+    pub(super) async fn snapshot_statement(&self, name: &str) -> Result<StatementResult> {
+        self.snapshot(name).await?;
+        Ok(StatementResult::Command("CREATE SNAPSHOT".into()))
+    }
+}

@@ -1,0 +1,344 @@
+//! The engine: the coordinator at the heart of eddy. Every statement a
+//! session sends ends here, already parsed by [`crate::sql`]; the engine
+//! executes it against the catalog, the tables and the runtime.
+//!
+//! One file per statement family, each an `impl Engine` block:
+//!
+//! | file | statements |
+//! |---|---|
+//! | `query.rs` | SELECT, and the DataFusion session every read plans in |
+//! | `tables.rs` | CREATE TABLE, INSERT / UPDATE / DELETE |
+//! | `sources.rs` | CREATE SOURCE |
+//! | `views.rs` | CREATE / EXPLAIN CREATE MATERIALIZED VIEW |
+//! | `sinks.rs` | CREATE SINK, DROP SINK |
+//! | `drop.rs` | DROP TABLE / MATERIALIZED VIEW / SOURCE |
+//! | `subscribe.rs` | SUBSCRIBE |
+//! | `cursors.rs` | DECLARE / FETCH / CLOSE subscription cursors |
+//! | `checkpoint.rs` | FLUSH, CHECKPOINT, CREATE SNAPSHOT; recovery |
+//! | `session.rs` | SET, SHOW variable, BEGIN / COMMIT / ROLLBACK |
+//! | `show.rs` | SHOW TABLES / SOURCES / MATERIALIZED VIEWS / SINKS / JOBS |
+//!
+//! beside `health.rs` (the figures `/metrics`, the web page and the
+//! `eddy_catalog` tables of `system.rs` show), `jobs.rs` (backfill progress)
+//! and `columns.rs` (batches built a column at a time).
+//!
+//! Invariants: DDL is serialized by one lock, so name and dependency checks
+//! hold until the change is made; DDL is acknowledged only after a
+//! checkpoint made it durable; a write holds its table's write lock from
+//! evaluating the change until the runtime has it, so changes reach views
+//! in the order they were applied.
+
+mod checkpoint;
+mod columns;
+mod cursors;
+mod drop;
+pub mod health;
+pub mod jobs;
+mod query;
+mod session;
+mod show;
+mod sinks;
+mod sources;
+pub mod subscribe;
+mod system;
+mod tables;
+mod views;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::prelude::SessionConfig;
+
+use crate::catalog::{Catalog, RelationKind};
+use crate::error::{EddyError, Result};
+use crate::runtime::checkpoint::Checkpointer;
+use crate::runtime::RuntimeHandle;
+use crate::sql::EddyStatement;
+use crate::state::checkpoint::CheckpointStore;
+use checkpoint::Restoring;
+use health::Monitor;
+use jobs::BackfillWatch;
+pub use session::Session;
+pub use subscribe::{Subscription, SUBSCRIPTION_QUEUE_EPOCHS};
+
+/// The result of one statement.
+#[derive(Debug)]
+pub enum StatementResult {
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
+    /// A command tag such as `INSERT 0 3` or `CREATE TABLE`.
+    Command(String),
+    /// BEGIN: the session is now in a transaction block.
+    TransactionStart(String),
+    /// COMMIT / ROLLBACK: the block ended.
+    TransactionEnd(String),
+    /// SUBSCRIBE: rows of `schema` (the view's columns, `op`, `epoch`) as
+    /// changes happen, until the client goes or falls behind.
+    Subscription(Subscription),
+    /// CREATE MATERIALIZED VIEW over Kafka sources: report the backfill's
+    /// progress to the client (as NOTICEs) until it is done, then `then`.
+    Backfilling {
+        watch: BackfillWatch,
+        then: Box<StatementResult>,
+    },
+}
+
+/// What a prepared statement will take and return.
+#[derive(Debug, Clone)]
+pub struct Description {
+    pub parameters: Vec<Option<DataType>>,
+    pub result: Option<SchemaRef>,
+}
+
+/// The coordinator: shared by every session, it owns the catalog and the
+/// handle to the runtime, and executes statements against them.
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    runtime: RuntimeHandle,
+    base_state: SessionState,
+    /// Serializes DDL so that name checks and dependency checks hold.
+    ddl_lock: tokio::sync::Mutex<()>,
+    checkpoints: Arc<Checkpointer>,
+    /// The last minutes of health figures (rates, charts).
+    monitor: Arc<Monitor>,
+    /// While recovering: the checkpoint the replayed DDL restores from.
+    restoring: std::sync::Mutex<Option<Restoring>>,
+    /// Keyed operators of new views are split across this many threads.
+    workers: usize,
+}
+
+impl Engine {
+    /// An engine whose checkpoints go to memory only (tests, benchmarks).
+    pub fn new(runtime: RuntimeHandle) -> Self {
+        Self::with_checkpoints(
+            runtime,
+            Arc::new(Checkpointer::new(
+                CheckpointStore::in_memory(),
+                crate::runtime::checkpoint::DEFAULT_CHECKPOINT_INTERVAL,
+            )),
+        )
+    }
+
+    pub fn with_checkpoints(runtime: RuntimeHandle, checkpoints: Arc<Checkpointer>) -> Self {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema("eddy", "public")
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(false);
+        let base_state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        Self {
+            catalog: Arc::new(Catalog::new()),
+            runtime,
+            base_state,
+            ddl_lock: tokio::sync::Mutex::new(()),
+            checkpoints,
+            monitor: Arc::default(),
+            restoring: std::sync::Mutex::new(None),
+            workers: 1,
+        }
+    }
+
+    /// Splits the keyed operators of views planned from now on across
+    /// `workers` threads (at least one).
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    pub fn checkpoints(&self) -> &Arc<Checkpointer> {
+        &self.checkpoints
+    }
+
+    pub fn runtime(&self) -> &RuntimeHandle {
+        &self.runtime
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Records the statement that created a table, source, view or sink in
+    /// the catalog's DDL log (what checkpoints replay), once it exists.
+    fn record_ddl(&self, statement: &EddyStatement, sql: &str) {
+        let (sink, name) = match statement {
+            EddyStatement::CreateTable(create, _) => {
+                match crate::sql::relation_name(&create.name) {
+                    Ok(name) => (false, name),
+                    Err(_) => return,
+                }
+            }
+            EddyStatement::CreateSource { table, .. } => {
+                match crate::sql::relation_name(&table.name) {
+                    Ok(name) => (false, name),
+                    Err(_) => return,
+                }
+            }
+            EddyStatement::CreateView(view) => (false, view.name.clone()),
+            EddyStatement::CreateSink(sink) => (true, sink.name.clone()),
+            _ => return,
+        };
+        let exists = if sink {
+            self.catalog.sink(&name).is_some()
+        } else {
+            self.catalog.get(&name).is_some()
+        };
+        if exists {
+            self.catalog.record_ddl(sink, &name, sql);
+        }
+    }
+
+    /// Executes one statement whose text is `sql`: DDL is recorded in the
+    /// catalog and made durable by a checkpoint before it returns.
+    pub async fn execute_sql(
+        &self,
+        session: &mut Session,
+        sql: &str,
+        statement: EddyStatement,
+        params: Vec<ScalarValue>,
+    ) -> Result<StatementResult> {
+        let is_ddl = matches!(
+            statement,
+            EddyStatement::CreateTable(..)
+                | EddyStatement::CreateSource { .. }
+                | EddyStatement::CreateView(_)
+                | EddyStatement::CreateSink(_)
+                | EddyStatement::Drop { .. }
+                | EddyStatement::DropSink { .. }
+        );
+        let recorded = is_ddl.then(|| statement.clone());
+        let result = self.execute(session, statement, params).await?;
+        if let Some(statement) = recorded {
+            self.record_ddl(&statement, sql);
+            if !self.is_restoring() {
+                self.checkpoint().await.map_err(|e| {
+                    EddyError::Checkpoint(format!(
+                        "the statement took effect but is not durable yet (a later checkpoint \
+                         will make it so): {e}"
+                    ))
+                })?;
+            }
+            if let EddyStatement::CreateView(view) = &statement {
+                if let (false, Some(watch)) =
+                    (session.background_ddl(), self.backfill_watch(&view.name))
+                {
+                    return Ok(StatementResult::Backfilling {
+                        watch,
+                        then: Box::new(result),
+                    });
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// Parameter and result types of a statement, for the extended protocol.
+    pub async fn describe(
+        &self,
+        session: &Session,
+        statement: &EddyStatement,
+    ) -> Result<Description> {
+        let none = |result: Option<SchemaRef>| Description {
+            parameters: vec![],
+            result,
+        };
+        Ok(match statement {
+            EddyStatement::Query(query)
+            | EddyStatement::Write {
+                statement: query, ..
+            } => {
+                let plan = self.plan(&self.query_state()?, query).await?;
+                let types = plan.get_parameter_types()?;
+                let mut parameters = vec![None; types.len()];
+                for (name, field) in types {
+                    let index: usize = name.trim_start_matches('$').parse().unwrap_or(0);
+                    if (1..=parameters.len()).contains(&index) {
+                        parameters[index - 1] = field;
+                    }
+                }
+                let result = matches!(statement, EddyStatement::Query(_))
+                    .then(|| Arc::new(plan.schema().as_arrow().clone()));
+                Description { parameters, result }
+            }
+            EddyStatement::ShowTables => none(Some(show::names_schema())),
+            EddyStatement::ShowViews => none(Some(system::views_batch(&[])?.schema())),
+            EddyStatement::ShowSinks => none(Some(self.sinks_batch()?.schema())),
+            EddyStatement::ShowJobs => none(Some(jobs::jobs_batch(&self.catalog)?.schema())),
+            EddyStatement::Fetch { cursor, .. } => {
+                none(Some(Self::cursor_schema(&session.cursors, cursor)?))
+            }
+            EddyStatement::ExplainCreateView(_) => none(Some(views::explain_schema())),
+            EddyStatement::ShowVariable(name) => none(Some(session::show_variable_schema(name))),
+            _ => none(None),
+        })
+    }
+
+    /// Executes one statement with positional parameters `$1, $2, ...`.
+    pub async fn execute(
+        &self,
+        session: &mut Session,
+        statement: EddyStatement,
+        params: Vec<ScalarValue>,
+    ) -> Result<StatementResult> {
+        use EddyStatement as S;
+        match statement {
+            S::Query(query) => self.query(&query, params).await,
+            S::Write {
+                table,
+                kind,
+                statement,
+            } => {
+                session.note_write();
+                self.write(&table, kind, &statement, params).await
+            }
+            S::CreateTable(create, time) => self.create_table(*create, &time).await,
+            S::CreateSource {
+                table,
+                time,
+                clauses,
+            } => self.create_source(*table, &time, *clauses).await,
+            S::CreateView(view) => self.create_view(*view).await,
+            S::ExplainCreateView(view) => self.explain_view(&view).await,
+            S::CreateSink(sink) => self.create_sink(*sink).await,
+            S::Drop {
+                kind,
+                names,
+                if_exists,
+                cascade,
+            } => self.drop(kind, &names, if_exists, cascade).await,
+            S::DropSink { names, if_exists } => self.drop_sinks(&names, if_exists).await,
+            S::Subscribe { view, snapshot } => self.subscribe_statement(&view, snapshot).await,
+            S::DeclareCursor {
+                name,
+                view,
+                snapshot,
+            } => {
+                self.declare_cursor(&mut session.cursors, name, &view, snapshot)
+                    .await
+            }
+            S::Fetch {
+                cursor,
+                count,
+                timeout_ms,
+            } => Self::fetch(&mut session.cursors, &cursor, count, timeout_ms).await,
+            S::Close(name) => Self::close_cursor(&mut session.cursors, name),
+            S::Flush => self.flush().await,
+            S::Checkpoint => self.checkpoint_statement().await,
+            S::CreateSnapshot(name) => self.snapshot_statement(&name).await,
+            S::Transaction(step) => Self::transaction(session, step),
+            S::Set { name, value } => self.set(session, name, value),
+            S::ShowVariable(name) => self.show_variable(session, &name),
+            S::ShowTables => self.show_names(RelationKind::Table),
+            S::ShowSources => self.show_names(RelationKind::Source),
+            S::ShowViews => self.show_views().await,
+            S::ShowSinks => self.show_sinks(),
+            S::ShowJobs => self.show_jobs(),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! A connection's own state: its settings (`SET` / `SHOW`), its
+//! transaction block (BEGIN ... COMMIT), its subscription cursors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use super::cursors::Cursors;
+use super::show::rows;
+use super::{Engine, StatementResult};
+use crate::error::{EddyError, Result};
+use crate::sql::TransactionStep;
+
+/// Per-connection state: settings (`SET` / `SHOW`), the transaction block,
+/// subscription cursors.
+#[derive(Debug)]
+pub struct Session {
+    settings: BTreeMap<String, String>,
+    /// Inside BEGIN ... COMMIT: whether a statement of the block wrote.
+    transaction: Option<bool>,
+    pub(super) cursors: Cursors,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        let settings = [
+            ("server_version", "15.0"),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("datestyle", "ISO, MDY"),
+            ("timezone", "UTC"),
+            ("search_path", "public"),
+            ("standard_conforming_strings", "on"),
+            ("integer_datetimes", "on"),
+            ("transaction isolation level", "read committed"),
+            ("transaction_isolation", "read committed"),
+            ("background_ddl", "false"),
+        ];
+        Self {
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            transaction: None,
+            cursors: Cursors::default(),
+        }
+    }
+}
+
+impl Session {
+    /// A statement of the session wrote (a later ROLLBACK cannot undo it).
+    pub(super) fn note_write(&mut self) {
+        if let Some(wrote) = self.transaction.as_mut() {
+            *wrote = true;
+        }
+    }
+
+    /// Whether DDL returns at once instead of waiting for its backfill
+    /// (`SET background_ddl = true`).
+    pub(super) fn background_ddl(&self) -> bool {
+        // SET checks the value and stores it as `true` / `false`.
+        self.settings
+            .get("background_ddl")
+            .is_some_and(|v| v == "true")
+    }
+}
+
+pub(super) fn show_variable_schema(name: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]))
+}
+
+impl Engine {
+    /// BEGIN / COMMIT / ROLLBACK. eddy applies every statement when it runs,
+    /// so a block is a bracket: reads in it see the latest epoch each, and
+    /// COMMIT has nothing left to do. ROLLBACK of a block that wrote cannot
+    /// undo the writes, and says so (0A000) instead of pretending.
+    pub(super) fn transaction(
+        session: &mut Session,
+        step: TransactionStep,
+    ) -> Result<StatementResult> {
+        match step {
+            TransactionStep::Begin => {
+                session.transaction.get_or_insert(false);
+                Ok(StatementResult::TransactionStart("BEGIN".into()))
+            }
+            TransactionStep::Commit => {
+                session.transaction = None;
+                Ok(StatementResult::TransactionEnd("COMMIT".into()))
+            }
+            TransactionStep::Rollback => match session.transaction.take() {
+                Some(true) => Err(crate::not_supported!(
+                    "ROLLBACK cannot undo the writes of this transaction block: eddy applies \
+                     each statement when it runs (the block has ended)"
+                )),
+                _ => Ok(StatementResult::TransactionEnd("ROLLBACK".into())),
+            },
+            // Savepoints bracket like blocks: fine until there is a write to
+            // undo.
+            TransactionStep::Savepoint => Ok(StatementResult::Command("SAVEPOINT".into())),
+            TransactionStep::Release => Ok(StatementResult::Command("RELEASE".into())),
+            TransactionStep::RollbackToSavepoint => match session.transaction {
+                Some(true) => Err(crate::not_supported!(
+                    "ROLLBACK TO SAVEPOINT cannot undo writes: eddy applies each statement when it runs"
+                )),
+                _ => Ok(StatementResult::Command("ROLLBACK".into())),
+            },
+        }
+    }
+
+    /// `SET name = value`: eddy's own settings are checked (and
+    /// `checkpoint_interval` is the server's); others are remembered for
+    /// SHOW, as clients and drivers expect.
+    pub(super) fn set(
+        &self,
+        session: &mut Session,
+        name: String,
+        value: String,
+    ) -> Result<StatementResult> {
+        match name.as_str() {
+            "background_ddl" => {
+                let on = match value.trim_matches('\'').to_ascii_lowercase().as_str() {
+                    "true" | "on" | "1" | "yes" => true,
+                    "false" | "off" | "0" | "no" => false,
+                    other => {
+                        return Err(EddyError::InvalidParameter(format!(
+                            "background_ddl takes a boolean (true or false), not \"{other}\""
+                        )))
+                    }
+                };
+                session.settings.insert(name, on.to_string());
+            }
+            "checkpoint_interval" => {
+                let micros = crate::common::time::interval_micros(value.trim_matches('\''))?;
+                if micros < 0 {
+                    return Err(EddyError::InvalidParameter(
+                        "checkpoint_interval cannot be negative".into(),
+                    ));
+                }
+                self.checkpoints
+                    .set_interval(std::time::Duration::from_micros(micros as u64));
+            }
+            "" => {}
+            _ => {
+                session.settings.insert(name, value);
+            }
+        }
+        Ok(StatementResult::Command("SET".into()))
+    }
+
+    /// `SHOW name`.
+    pub(super) fn show_variable(&self, session: &Session, name: &str) -> Result<StatementResult> {
+        let interval = (name == "checkpoint_interval")
+            .then(|| format!("{}ms", self.checkpoints.interval().as_millis()));
+        let value = interval
+            .or_else(|| session.settings.get(name).cloned())
+            .ok_or_else(|| EddyError::Planning {
+                sqlstate: "42704",
+                message: format!("unrecognized configuration parameter \"{name}\""),
+            })?;
+        let batch = RecordBatch::try_new(
+            show_variable_schema(name),
+            vec![Arc::new(StringArray::from(vec![value])) as ArrayRef],
+        )?;
+        Ok(rows(batch))
+    }
+}

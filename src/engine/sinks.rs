@@ -1,0 +1,267 @@
+//! Sinks: `CREATE SINK` checks its target before anything starts, then
+//! attaches a sink task (Postgres or Kafka) to a view — a named one, or one
+//! of its own for `CREATE SINK ... AS SELECT` — and `DROP SINK` stops it.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+
+use super::{Engine, StatementResult};
+use crate::catalog::{Relation, SinkEntry, ViewEntry};
+use crate::connectors::kafka;
+use crate::connectors::kafka::sink::KafkaSinkConfig;
+use crate::connectors::postgres::{self, PostgresSinkConfig};
+use crate::error::{EddyError, Result};
+use crate::runtime::sink::{SinkEpoch, SinkMode, SinkStatus};
+use crate::runtime::DURABLE_SINK_QUEUE_EPOCHS;
+use crate::sql::connector::{CreateSink, SinkInput};
+use crate::sql::CreateView;
+
+/// `WATERMARK FOR ts AS ts [- INTERVAL '...']` checked against the columns.
+/// A checked sink of either kind.
+enum SinkConfig {
+    Postgres(Box<PostgresSinkConfig>),
+    Kafka(KafkaSinkConfig),
+}
+
+impl SinkConfig {
+    /// Checks at CREATE SINK that the target answers (and, for Postgres,
+    /// that its table fits).
+    /// A `fresh` sink starts its progress over; a restored one keeps it.
+    async fn validate_target(&self, fresh: bool) -> Result<()> {
+        match self {
+            Self::Postgres(config) => postgres::validate_target(config, fresh).await,
+            Self::Kafka(config) => kafka::sink::validate_target(config).await,
+        }
+    }
+
+    fn target(&self) -> String {
+        match self {
+            Self::Postgres(config) => format!("{}.{}", config.table.0, config.table.1),
+            Self::Kafka(config) => config.target(),
+        }
+    }
+
+    fn mode(&self) -> SinkMode {
+        match self {
+            Self::Postgres(config) => config.mode,
+            Self::Kafka(config) => config.mode(),
+        }
+    }
+
+    fn spawn(
+        self,
+        epochs: tokio::sync::mpsc::Receiver<SinkEpoch>,
+        status: Arc<SinkStatus>,
+        fresh: bool,
+    ) {
+        match self {
+            Self::Postgres(config) => postgres::spawn_sink(*config, epochs, status),
+            Self::Kafka(config) => kafka::sink::spawn_sink(config, epochs, status, fresh),
+        }
+    }
+}
+
+impl Engine {
+    pub(super) async fn create_sink(&self, create: CreateSink) -> Result<StatementResult> {
+        let _ddl = self.ddl_lock.lock().await;
+        if self.catalog.sink(&create.name).is_some() {
+            if create.if_not_exists {
+                return Ok(StatementResult::Command("CREATE SINK".into()));
+            }
+            return Err(EddyError::DuplicateRelation(format!(
+                "sink \"{}\" already exists",
+                create.name
+            )));
+        }
+        let kafka = match create
+            .options
+            .get("connector")
+            .map(|c| c.to_lowercase())
+            .as_deref()
+        {
+            Some("postgres") if create.format.is_some() => {
+                return Err(crate::not_supported!(
+                    "FORMAT ... ENCODE ... is for Kafka sinks; a Postgres sink writes rows"
+                ))
+            }
+            Some("postgres") => false,
+            Some("kafka") => true,
+            Some(other) => {
+                return Err(crate::not_supported!(
+                    "sink connector '{other}' is not supported; use 'postgres' or 'kafka'"
+                ))
+            }
+            None => {
+                return Err(EddyError::InvalidParameter(
+                    "CREATE SINK needs WITH (connector = 'postgres' or 'kafka', ...)".into(),
+                ))
+            }
+        };
+        // The view the sink reads: a named one, or one of its own. Either
+        // way, the target is checked before anything starts.
+        let config_for = |schema: &SchemaRef, key: &Option<Vec<usize>>, append_only: bool| {
+            if kafka {
+                return Ok::<_, EddyError>(SinkConfig::Kafka(KafkaSinkConfig::from_options(
+                    &create.name,
+                    &create.options,
+                    create.format.as_ref(),
+                    schema.clone(),
+                    key.clone(),
+                    append_only,
+                )?));
+            }
+            let config = PostgresSinkConfig::from_options(
+                &create.name,
+                &create.options,
+                schema.clone(),
+                key.clone(),
+            )?;
+            Self::check_sink_mode(&config, append_only)?;
+            Ok(SinkConfig::Postgres(Box::new(config)))
+        };
+        let (view, config, owned) = match &create.input {
+            SinkInput::View(name) => match self.catalog.require(name)? {
+                Relation::View(v) if v.owner_sink.is_none() => {
+                    let config = config_for(&v.schema, &v.key, v.append_only)?;
+                    self.check_sink_target(&config, &create.name).await?;
+                    (v, config, false)
+                }
+                _ => {
+                    return Err(EddyError::WrongObjectType(format!(
+                        "\"{name}\" is not a materialized view; sinks read materialized views \
+                         (or use CREATE SINK ... AS SELECT)"
+                    )))
+                }
+            },
+            SinkInput::Query(query) => {
+                let definition = CreateView {
+                    name: format!("__sink_{}", create.name),
+                    columns: vec![],
+                    query: query.clone(),
+                    if_not_exists: false,
+                    definition: query.to_string(),
+                    emit_on_window_close: false,
+                    allowed_lateness_micros: 0,
+                    idle_timeout_micros: None,
+                    allow_cross_join: false,
+                };
+                let (planned, _) = self.plan_view(&definition).await?;
+                let config = config_for(&planned.schema, &planned.key, planned.append_only)?;
+                self.check_sink_target(&config, &create.name).await?;
+                let view = self
+                    .start_view(definition, planned, Some(create.name.clone()))
+                    .await?;
+                (view, config, true)
+            }
+        };
+        let result = self.attach_sink(&create.name, config, &view).await;
+        if result.is_err() && owned {
+            self.runtime.drop_view(view.id).await?;
+            self.catalog.remove(&view.name);
+        }
+        result
+    }
+
+    fn check_sink_mode(config: &PostgresSinkConfig, append_only: bool) -> Result<()> {
+        if config.mode == SinkMode::AppendOnly && !append_only {
+            return Err(EddyError::NotSupported(format!(
+                "sink {} is append-only but its input updates and deletes rows (aggregates, tables that \
+                 allow UPDATE/DELETE); use type = 'upsert' with a primary_key",
+                config.sink_name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a sink's target at CREATE SINK. When recovering, a target that
+    /// is away (Postgres restarting, a broker down) must not keep eddy from
+    /// starting: the sink retries on its own, so the error is only logged.
+    async fn check_sink_target(&self, config: &SinkConfig, name: &str) -> Result<()> {
+        let restoring = self.is_restoring();
+        match config.validate_target(!restoring).await {
+            Err(e) if restoring => {
+                tracing::warn!(sink = name, error = %e, "sink target unavailable at recovery; the sink will retry");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Starts a checked sink on `view` and registers it.
+    async fn attach_sink(
+        &self,
+        name: &str,
+        config: SinkConfig,
+        view: &Arc<ViewEntry>,
+    ) -> Result<StatementResult> {
+        let id = self.catalog.allocate_id();
+        let status = SinkStatus::new(0);
+        let (sender, receiver) = tokio::sync::mpsc::channel(DURABLE_SINK_QUEUE_EPOCHS);
+        let (target, mode) = (config.target(), config.mode());
+        let restored = self
+            .take_restored(&format!("sink/{name}"))
+            .map(|entries| SinkEpoch::restore_all(view.schema.clone(), entries))
+            .transpose()?;
+        config.spawn(receiver, status.clone(), restored.is_none());
+        self.runtime
+            .create_durable_sink(
+                id,
+                name.to_string(),
+                view.id,
+                sender,
+                status.clone(),
+                restored,
+            )
+            .await?;
+        self.catalog.insert_sink(Arc::new(SinkEntry {
+            id,
+            name: name.to_string(),
+            view: view.id,
+            view_name: view.name.clone(),
+            target,
+            mode,
+            status,
+        }))?;
+        Ok(StatementResult::Command("CREATE SINK".into()))
+    }
+
+    pub(super) async fn drop_sinks(
+        &self,
+        names: &[String],
+        if_exists: bool,
+    ) -> Result<StatementResult> {
+        let _ddl = self.ddl_lock.lock().await;
+        // Check them all before dropping any.
+        let mut sinks = Vec::with_capacity(names.len());
+        for name in names {
+            match self.catalog.sink(name) {
+                Some(sink) => sinks.push(sink),
+                None if if_exists => {}
+                None => {
+                    return Err(EddyError::UndefinedRelation(format!(
+                        "sink \"{name}\" does not exist"
+                    )))
+                }
+            }
+        }
+        for sink in sinks {
+            self.remove_sink(&sink).await?;
+        }
+        Ok(StatementResult::Command("DROP SINK".into()))
+    }
+
+    /// Stops a sink, and drops the view it owns if it has one.
+    pub(super) async fn remove_sink(&self, sink: &SinkEntry) -> Result<()> {
+        sink.status.mark_dropped();
+        self.runtime.drop_sink(sink.id).await?;
+        self.catalog.remove_sink(&sink.name);
+        if let Some(Relation::View(view)) = self.catalog.by_id(sink.view) {
+            if view.owner_sink.as_deref() == Some(sink.name.as_str()) {
+                self.runtime.drop_view(view.id).await?;
+                self.catalog.remove(&view.name);
+            }
+        }
+        Ok(())
+    }
+}

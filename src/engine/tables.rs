@@ -1,0 +1,464 @@
+//! Tables: `CREATE TABLE` (columns, primary key, watermark, PROCTIME()) and
+//! DML. A write is planned and evaluated by DataFusion against the table
+//! as it is under the table's write lock, applied to the table's rows, and
+//! handed to the runtime as a change before the lock is released, so
+//! changes reach every view in the order they were applied.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, WriteOp};
+use datafusion::sql::sqlparser::ast::{self, Statement};
+
+use super::query::{collect_batch, collect_rows, conform};
+use super::{Engine, StatementResult};
+use crate::catalog::{Relation, TableEntry};
+use crate::common::types::column_field;
+use crate::common::ChangeBatch;
+use crate::connectors::table::{ProcessingTime, TableData, TableWatermark};
+use crate::error::{EddyError, Result};
+use crate::sql::{normalize_ident, TimeColumns, WatermarkClause, WriteKind};
+
+/// The name, Arrow fields and primary-key column indices of a CREATE TABLE
+/// (also used for the column list of CREATE SOURCE).
+pub(super) fn table_columns(create: &ast::CreateTable) -> Result<(String, Vec<Field>, Vec<usize>)> {
+    let name = crate::sql::relation_name(&create.name)?;
+    let mut primary_key: Vec<String> = Vec::new();
+    let mut not_null: Vec<bool> = Vec::new();
+    for column in &create.columns {
+        let mut required = false;
+        for option in &column.options {
+            match &option.option {
+                ast::ColumnOption::NotNull => required = true,
+                ast::ColumnOption::Null => {}
+                ast::ColumnOption::PrimaryKey(_) => {
+                    required = true;
+                    primary_key.push(normalize_ident(&column.name));
+                }
+                other => {
+                    return Err(crate::not_supported!(
+                        "column option {other} is not supported yet"
+                    ))
+                }
+            }
+        }
+        not_null.push(required);
+    }
+    for constraint in &create.constraints {
+        match constraint {
+            ast::TableConstraint::PrimaryKey(pk) => {
+                if !primary_key.is_empty() {
+                    return Err(EddyError::Planning {
+                        sqlstate: "42P16",
+                        message: format!(
+                            "multiple primary keys for table \"{name}\" are not allowed"
+                        ),
+                    });
+                }
+                for column in &pk.columns {
+                    match &column.column.expr {
+                        ast::Expr::Identifier(ident) => primary_key.push(normalize_ident(ident)),
+                        other => {
+                            return Err(crate::not_supported!("primary key on expression {other}"))
+                        }
+                    }
+                }
+            }
+            other => {
+                return Err(crate::not_supported!(
+                    "table constraint {other} is not supported yet"
+                ))
+            }
+        }
+    }
+    let mut fields = Vec::with_capacity(create.columns.len());
+    for (column, required) in create.columns.iter().zip(&not_null) {
+        let column_name = normalize_ident(&column.name);
+        if fields.iter().any(|f: &Field| f.name() == &column_name) {
+            return Err(EddyError::Planning {
+                sqlstate: "42701",
+                message: format!("column \"{column_name}\" specified more than once"),
+            });
+        }
+        let in_key = primary_key.contains(&column_name);
+        fields.push(column_field(
+            &column_name,
+            &column.data_type,
+            !(*required || in_key),
+        )?);
+    }
+    let mut key_indices = Vec::with_capacity(primary_key.len());
+    for key in &primary_key {
+        let index = fields.iter().position(|f| f.name() == key).ok_or_else(|| {
+            EddyError::UndefinedColumn(format!("column \"{key}\" named in key does not exist"))
+        })?;
+        key_indices.push(index);
+    }
+    Ok((name, fields, key_indices))
+}
+
+/// A write to a table with a PROCTIME() column: INSERT without a column
+/// list names the other columns (the stamp fills that one); naming it in
+/// INSERT or UPDATE is refused.
+pub(super) fn leave_out_processing_time(
+    statement: &Statement,
+    schema: &SchemaRef,
+    column: usize,
+) -> Result<Statement> {
+    let name = schema.field(column).name();
+    let refuse = || {
+        Err(EddyError::Planning {
+            sqlstate: "428C9",
+            message: format!(
+                "column \"{name}\" is PROCTIME(): it is set to the time each row is written"
+            ),
+        })
+    };
+    let is_it = |object: &ast::ObjectName| {
+        object
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .is_some_and(|ident| &normalize_ident(ident) == name)
+    };
+    let mut statement = statement.clone();
+    match &mut statement {
+        Statement::Insert(insert) if insert.columns.is_empty() => {
+            insert.columns = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != column)
+                .map(|(_, f)| ast::ObjectName::from(vec![ast::Ident::with_quote('"', f.name())]))
+                .collect();
+        }
+        Statement::Insert(insert) if insert.columns.iter().any(is_it) => return refuse(),
+        Statement::Update(update)
+            if update.assignments.iter().any(|a| match &a.target {
+                ast::AssignmentTarget::ColumnName(object) => is_it(object),
+                ast::AssignmentTarget::Tuple(objects) => objects.iter().any(is_it),
+            }) =>
+        {
+            return refuse()
+        }
+        _ => {}
+    }
+    Ok(statement)
+}
+
+/// The watermark and processing-time column a column list declares. A
+/// `PROCTIME()` column without a WATERMARK clause gets the watermark: it
+/// follows the processing time.
+pub(super) fn time_columns(
+    time: &TimeColumns,
+    schema: &SchemaRef,
+) -> Result<(Option<TableWatermark>, Option<ProcessingTime>)> {
+    let proctime = time
+        .proctime
+        .as_ref()
+        .map(|column| {
+            schema
+                .index_of(column)
+                .map(ProcessingTime::new)
+                .map_err(|_| crate::internal!("PROCTIME() column {column} vanished"))
+        })
+        .transpose()?;
+    let watermark = match (&time.watermark, &proctime) {
+        (Some(clause), _) => Some(table_watermark(clause, schema.fields())?),
+        (None, Some(clock)) => Some(TableWatermark::new(clock.column, 0)),
+        (None, None) => None,
+    };
+    Ok((watermark, proctime))
+}
+
+/// Moves the watermark of a table whose watermark follows a PROCTIME()
+/// column while no rows arrive, so processing-time windows close on time.
+/// It takes the write lock, so its watermark is ordered with the writes.
+pub(super) fn spawn_processing_time_watermark(
+    table: std::sync::Weak<TableEntry>,
+    runtime: crate::runtime::RuntimeHandle,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(crate::connectors::PROCESSING_TIME_HEARTBEAT).await;
+            let Some(table) = table.upgrade() else {
+                break; // dropped
+            };
+            let (Some(clock), Some(watermark)) = (&table.proctime, &table.watermark) else {
+                break;
+            };
+            let _write = table.write_lock.lock().await;
+            if let Some(moved) = watermark.advance_to(clock.now()) {
+                let empty = ChangeBatch::inserts(RecordBatch::new_empty(table.schema.clone()));
+                if runtime
+                    .send_changes(table.id, empty, Some(moved))
+                    .await
+                    .is_err()
+                {
+                    break; // shutting down
+                }
+            }
+        }
+    });
+}
+
+pub(super) fn table_watermark(
+    clause: &WatermarkClause,
+    fields: &[FieldRef],
+) -> Result<crate::connectors::table::TableWatermark> {
+    let column = fields
+        .iter()
+        .position(|f| f.name() == &clause.column)
+        .ok_or_else(|| {
+            EddyError::UndefinedColumn(format!(
+                "watermark column \"{}\" does not exist",
+                clause.column
+            ))
+        })?;
+    if !matches!(fields[column].data_type(), DataType::Timestamp(_, _)) {
+        return Err(EddyError::TypeMismatch(format!(
+            "watermark column \"{}\" must be a timestamp, not {}",
+            clause.column,
+            fields[column].data_type()
+        )));
+    }
+    let is_column = |e: &ast::Expr| matches!(e, ast::Expr::Identifier(i) if normalize_ident(i) == clause.column);
+    let delay = match &clause.expression {
+        e if is_column(e) => 0,
+        ast::Expr::BinaryOp { left, op: ast::BinaryOperator::Minus, right } if is_column(left) => match right.as_ref() {
+            ast::Expr::Interval(interval) => {
+                let value = interval.value.to_string();
+                let value = value.trim_matches('\'');
+                let text = match &interval.leading_field {
+                    Some(unit) => format!("{value} {unit}"),
+                    None => value.to_string(),
+                };
+                crate::common::time::interval_micros(&text)?
+            }
+            other => {
+                return Err(EddyError::TypeMismatch(format!(
+                    "the watermark delay must be an interval such as INTERVAL '5' SECOND, not {other}"
+                )))
+            }
+        },
+        other => {
+            return Err(crate::not_supported!(
+                "watermark expression {other}: use WATERMARK FOR {0} AS {0} - INTERVAL '...' (or AS {0})",
+                clause.column
+            ))
+        }
+    };
+    if delay < 0 {
+        return Err(EddyError::InvalidParameter(
+            "the watermark delay must not be negative".into(),
+        ));
+    }
+    Ok(crate::connectors::table::TableWatermark::new(column, delay))
+}
+
+/// `CREATE TABLE ... WITH (append_only = true)`.
+pub(super) fn table_append_only(options: &ast::CreateTableOptions) -> Result<bool> {
+    let ast::CreateTableOptions::With(options) = options else {
+        return match options {
+            ast::CreateTableOptions::None => Ok(false),
+            other => Err(crate::not_supported!("table options {other}")),
+        };
+    };
+    let mut append_only = false;
+    for option in options {
+        match option {
+            ast::SqlOption::KeyValue { key, value }
+                if key.value.eq_ignore_ascii_case("append_only") =>
+            {
+                append_only = match value.to_string().trim_matches('\'').to_lowercase().as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(EddyError::InvalidParameter(format!(
+                            "append_only must be true or false, not {other}"
+                        )))
+                    }
+                };
+            }
+            other => return Err(crate::not_supported!("table option {other}")),
+        }
+    }
+    Ok(append_only)
+}
+
+impl Engine {
+    pub(super) async fn create_table(
+        &self,
+        create: ast::CreateTable,
+        time: &TimeColumns,
+    ) -> Result<StatementResult> {
+        let (name, fields, key_indices) = table_columns(&create)?;
+        let append_only = table_append_only(&create.table_options)?;
+        let schema = Arc::new(Schema::new(fields));
+        let (watermark, proctime) = time_columns(time, &schema)?;
+        let _ddl = self.ddl_lock.lock().await;
+        if self.catalog.get(&name).is_some() && create.if_not_exists {
+            return Ok(StatementResult::Command("CREATE TABLE".into()));
+        }
+        let mut data = TableData::try_new(&name, schema.clone(), key_indices)?;
+        let restored = self.take_restored(&format!("table/{name}"));
+        if let Some(entries) = &restored {
+            let codec = data.rows.codec().clone();
+            let mut rows: Vec<&[u8]> = Vec::new();
+            for (row, n) in entries {
+                let n = i64::from_le_bytes(n.as_slice().try_into().map_err(|_| {
+                    EddyError::Checkpoint(format!("table {name}: bad row multiplicity"))
+                })?);
+                rows.extend(std::iter::repeat_n(row.as_slice(), n.max(0) as usize));
+            }
+            if !rows.is_empty() {
+                let batch = codec.decode(rows.into_iter())?;
+                data = data.insert(batch)?.0;
+            }
+        }
+        let restored_watermark = self.restored_watermark(&format!("table/{name}"));
+        let clock_drives_watermark = matches!(
+            (&proctime, &watermark),
+            (Some(p), Some(w)) if p.column == w.column
+        );
+        let table = Arc::new(TableEntry {
+            id: self.catalog.allocate_id(),
+            name,
+            schema,
+            data: std::sync::Mutex::new(data),
+            write_lock: tokio::sync::Mutex::new(()),
+            append_only,
+            watermark,
+            proctime,
+        });
+        if let (Some(w), Some(watermark)) = (restored_watermark, &table.watermark) {
+            watermark.resume_at(w);
+        }
+        let rows = table.data().rows.clone();
+        self.runtime
+            .register_table(
+                table.id,
+                table.name.clone(),
+                rows,
+                restored_watermark,
+                restored.is_some(),
+            )
+            .await?;
+        self.catalog.insert(Relation::Table(table.clone()))?;
+        if clock_drives_watermark {
+            spawn_processing_time_watermark(Arc::downgrade(&table), self.runtime.clone());
+        }
+        Ok(StatementResult::Command("CREATE TABLE".into()))
+    }
+
+    pub(super) async fn write(
+        &self,
+        table_name: &str,
+        kind: WriteKind,
+        statement: &Statement,
+        params: Vec<ScalarValue>,
+    ) -> Result<StatementResult> {
+        let table = match self.catalog.require(table_name)? {
+            Relation::Table(t) => t,
+            Relation::Source(s) => {
+                return Err(EddyError::WrongObjectType(format!(
+                    "cannot change source \"{}\": its rows come from its connector",
+                    s.name
+                )))
+            }
+            Relation::View(v) => {
+                return Err(EddyError::WrongObjectType(format!(
+                    "cannot change materialized view \"{}\"",
+                    v.name
+                )))
+            }
+        };
+        if table.append_only && kind != WriteKind::Insert {
+            return Err(crate::not_supported!(
+                "table \"{}\" is append-only (WITH (append_only = true)): only INSERT is allowed",
+                table.name
+            ));
+        }
+        let statement = match &table.proctime {
+            Some(clock) => leave_out_processing_time(statement, &table.schema, clock.column)?,
+            None => statement.clone(),
+        };
+        // Plan and evaluate against the table as it is under the write lock.
+        let _write = table.write_lock.lock().await;
+        let state = self.query_state()?;
+        let mut plan = self.plan(&state, &statement).await?;
+        if !params.is_empty() {
+            plan = plan.with_param_values(ParamValues::from(params))?;
+        }
+        let LogicalPlan::Dml(dml) = plan else {
+            return Err(crate::internal!("{kind:?} did not plan as DML"));
+        };
+        let schema = table.schema.clone();
+        let width = schema.fields().len();
+        let (tag, change) = match (kind, &dml.op) {
+            (WriteKind::Insert, WriteOp::Insert(_)) => {
+                let mut new = collect_rows(&state, (*dml.input).clone(), &schema).await?;
+                if let Some(clock) = &table.proctime {
+                    new = clock.stamp(&new, &schema, clock.now())?;
+                }
+                let count = new.num_rows();
+                let change = table.write(|data| data.insert(new))?;
+                (format!("INSERT 0 {count}"), change)
+            }
+            (WriteKind::Delete, WriteOp::Delete) => {
+                let old = collect_rows(&state, (*dml.input).clone(), &schema).await?;
+                let count = old.num_rows();
+                let change = table.write(|data| data.delete(old))?;
+                (format!("DELETE {count}"), change)
+            }
+            (WriteKind::Update, WriteOp::Update) => {
+                let LogicalPlan::Projection(projection) = dml.input.as_ref() else {
+                    return Err(crate::internal!("UPDATE did not plan as a projection"));
+                };
+                // Evaluate the old and the new row side by side.
+                let source = projection.input.as_ref().clone();
+                let mut exprs: Vec<Expr> = source
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .take(width)
+                    .map(Expr::Column)
+                    .collect();
+                exprs.extend(
+                    projection
+                        .expr
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| e.clone().unalias().alias(format!("__eddy_new_{i}"))),
+                );
+                let both = LogicalPlanBuilder::from(source).project(exprs)?.build()?;
+                let batch = collect_batch(&state, both).await?;
+                let old = conform(&batch.project(&(0..width).collect::<Vec<_>>())?, &schema)?;
+                let mut new = conform(
+                    &batch.project(&(width..2 * width).collect::<Vec<_>>())?,
+                    &schema,
+                )?;
+                if let Some(clock) = &table.proctime {
+                    new = clock.stamp(&new, &schema, clock.now())?;
+                }
+                let count = old.num_rows();
+                let change = table.write(|data| data.update(old, new))?;
+                (format!("UPDATE {count}"), change)
+            }
+            (kind, op) => return Err(crate::internal!("{kind:?} planned as {op}")),
+        };
+        let watermark = table
+            .watermark
+            .as_ref()
+            .map(|w| w.observe(&change))
+            .transpose()?
+            .flatten();
+        let rows = table.data().rows.clone();
+        self.runtime
+            .send_table_changes(table.id, change, watermark, rows)
+            .await?;
+        Ok(StatementResult::Command(tag))
+    }
+}
