@@ -49,9 +49,9 @@ use eddy::state::{RowCodec, RowSet};
 use eddy::stream::accumulator::{AggregateFolder, AggregateKind};
 use eddy::stream::aggregate::{AggregateCall, AggregateOperator, WindowedGroups};
 use eddy::stream::join::{JoinOperator, JoinSide};
-use eddy::stream::session::SessionWindowOperator;
+use eddy::stream::session::{SessionSpec, SessionWindowOperator};
 use eddy::stream::session_aggregate::{
-    SessionAggregateOperator, SessionClosing, SessionGroupColumn, SessionSpec,
+    SessionAggregateOperator, SessionClosing, SessionGroupColumn,
 };
 use eddy::stream::shard::ShardedOperator;
 use eddy::stream::window::{windowed_schema, WindowAssignOperator, WindowSpec};
@@ -349,9 +349,11 @@ fn session(c: &mut Criterion) {
     let pair = || -> Vec<Box<dyn Operator>> {
         let session = SessionWindowOperator::try_new(
             input.clone(),
-            time,
-            vec![bidder],
-            gap,
+            SessionSpec {
+                time_column: time,
+                key_columns: vec![bidder],
+                gap,
+            },
             0,
             windowed.clone(),
             true,

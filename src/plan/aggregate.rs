@@ -21,8 +21,9 @@ use crate::error::{EddyError, Result};
 use crate::stream::accumulator::{AggregateFolder, AggregateKind};
 use crate::stream::aggregate::{AggregateCall, AggregateOperator, WindowedGroups};
 use crate::stream::graph::NodeIndex;
+use crate::stream::session::SessionSpec;
 use crate::stream::session_aggregate::{
-    SessionAggregateOperator, SessionClosing, SessionGroupColumn, SessionSpec,
+    SessionAggregateOperator, SessionClosing, SessionGroupColumn,
 };
 use crate::stream::shard::sharded;
 

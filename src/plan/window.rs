@@ -15,7 +15,7 @@ use crate::catalog::window::{WindowedRelationProvider, Windowing};
 use crate::error::Result;
 use crate::stream::graph::NodeIndex;
 use crate::stream::project::ProjectOperator;
-use crate::stream::session::SessionWindowOperator;
+use crate::stream::session::{SessionSpec, SessionWindowOperator};
 use crate::stream::source::ScanOperator;
 use crate::stream::window::WindowAssignOperator;
 
@@ -50,9 +50,11 @@ impl Lowering<'_> {
             )),
             Windowing::Session { gap, key_columns } => Box::new(SessionWindowOperator::try_new(
                 relation.rows().schema().clone(),
-                windowed.time_column,
-                key_columns.clone(),
-                *gap,
+                SessionSpec {
+                    time_column: windowed.time_column,
+                    key_columns: key_columns.clone(),
+                    gap: *gap,
+                },
                 self.time.allowed_lateness_micros,
                 schema.clone(),
                 watermarked,

@@ -21,7 +21,7 @@ use datafusion::physical_plan::PhysicalExpr;
 
 use super::accumulator::{AccumulatorState, AggregateFolder, PreparedInput};
 use super::shard::KeyedOperator;
-use super::{Operator, RowErrorPolicy};
+use super::{Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
@@ -171,7 +171,7 @@ pub struct AggregateOperator {
     /// together.
     groups: ByWindow<Group>,
     schema: SchemaRef,
-    errors: RowErrorPolicy,
+    counters: OperatorCounters,
     window: Option<WindowedGroups>,
     /// Groups changed (or removed) since the last checkpoint, with their
     /// window end.
@@ -208,7 +208,7 @@ impl AggregateOperator {
             key_codec,
             groups: ByWindow::default(),
             schema,
-            errors: RowErrorPolicy::default(),
+            counters: OperatorCounters::default(),
             window: None,
             dirty: Changed::default(),
             batch: 0,
@@ -296,6 +296,10 @@ impl Operator for AggregateOperator {
         )
     }
 
+    fn counters(&self) -> OperatorCounters {
+        self.counters.clone()
+    }
+
     fn on_watermark(
         &mut self,
         _input: usize,
@@ -350,7 +354,7 @@ impl Operator for AggregateOperator {
         // failing any of them is skipped from all.
         let mut exprs = self.group_exprs.clone();
         exprs.extend(AggregateCall::exprs(&self.calls));
-        let (batch, columns) = self.errors.evaluate(&exprs, &batch)?;
+        let (batch, columns) = self.counters.evaluate(&exprs, &batch)?;
         let mut columns = columns.into_iter();
         let key_columns: Vec<ArrayRef> = columns.by_ref().take(self.group_exprs.len()).collect();
         let inputs = CallInputs::prepare(&self.calls, &mut columns)?;
@@ -467,22 +471,14 @@ impl Operator for AggregateOperator {
 
     /// Groups plus the values kept by min/max/count(DISTINCT); walks all
     /// state, so it is only computed when someone asks for the figures.
-    fn state_keys(&self) -> u64 {
+    fn state_keys(&self) -> Option<u64> {
         let values: u64 = self
             .groups
             .values()
             .flat_map(|g| g.accumulators.iter())
             .map(AggregateFolder::state_keys)
             .sum();
-        self.groups.len() as u64 + values
-    }
-
-    fn rows_failed(&self) -> u64 {
-        self.errors.rows_failed
-    }
-
-    fn is_stateful(&self) -> bool {
-        true
+        Some(self.groups.len() as u64 + values)
     }
 
     /// Key: the group key; value: the group's row count and accumulators.
@@ -532,10 +528,6 @@ impl Operator for AggregateOperator {
             self.groups.window_mut(window).insert(key, group);
         }
         Ok(())
-    }
-
-    fn last_error(&self) -> Option<String> {
-        self.errors.last_error.clone()
     }
 }
 
@@ -657,13 +649,17 @@ mod tests {
                 false => Output::from([((1, 10, 5), 1), ((1, 20, 2), 1)]),
             };
             assert_eq!(emitted, expected, "emit on close: {emit_on_close}");
-            assert_eq!(aggregate.state_keys(), 2, "the emptied groups are gone");
+            assert_eq!(
+                aggregate.state_keys().unwrap(),
+                2,
+                "the emptied groups are gone"
+            );
 
             let mut whole = StateDelta::new(true);
             aggregate.checkpoint(&mut whole).unwrap();
             let mut restored = windowed_sum(emit_on_close);
             restored.restore(whole.into_map()).unwrap();
-            assert_eq!(restored.state_keys(), 2);
+            assert_eq!(restored.state_keys().unwrap(), 2);
 
             for aggregate in [&mut aggregate, &mut restored] {
                 let (closed, _) = aggregate.on_watermark(0, 15).unwrap();
@@ -672,7 +668,7 @@ mod tests {
                     false => Output::new(),
                 };
                 assert_eq!(output(closed), expected, "window 10 closes");
-                assert_eq!(aggregate.state_keys(), 1);
+                assert_eq!(aggregate.state_keys().unwrap(), 1);
                 let added = output(aggregate.process(0, changes(&[((3, 20, 7), 1)])).unwrap());
                 let expected = match emit_on_close {
                     true => Output::new(),
@@ -685,7 +681,7 @@ mod tests {
                     false => Output::new(),
                 };
                 assert_eq!(output(closed), expected, "window 20 closes");
-                assert_eq!(aggregate.state_keys(), 0);
+                assert_eq!(aggregate.state_keys().unwrap(), 0);
             }
         }
     }

@@ -7,20 +7,20 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, BooleanArray};
 use datafusion::physical_plan::PhysicalExpr;
 
-use super::{Operator, RowErrorPolicy};
+use super::{Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::Result;
 
 pub struct FilterOperator {
     predicate: Arc<dyn PhysicalExpr>,
-    errors: RowErrorPolicy,
+    counters: OperatorCounters,
 }
 
 impl FilterOperator {
     pub fn new(predicate: Arc<dyn PhysicalExpr>) -> Self {
         Self {
             predicate,
-            errors: RowErrorPolicy::default(),
+            counters: OperatorCounters::default(),
         }
     }
 }
@@ -30,9 +30,13 @@ impl Operator for FilterOperator {
         format!("Filter: {}", self.predicate)
     }
 
+    fn counters(&self) -> OperatorCounters {
+        self.counters.clone()
+    }
+
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
         let (kept, columns) = self
-            .errors
+            .counters
             .evaluate(std::slice::from_ref(&self.predicate), &batch)?;
         let mask = columns[0]
             .as_any()
@@ -40,13 +44,5 @@ impl Operator for FilterOperator {
             .ok_or_else(|| crate::internal!("filter predicate is not boolean"))?;
         let out = kept.filter(mask)?;
         Ok(if out.is_empty() { vec![] } else { vec![out] })
-    }
-
-    fn rows_failed(&self) -> u64 {
-        self.errors.rows_failed
-    }
-
-    fn last_error(&self) -> Option<String> {
-        self.errors.last_error.clone()
     }
 }

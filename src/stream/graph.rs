@@ -22,6 +22,9 @@ pub type NodeIndex = usize;
 
 struct GraphNode {
     id: u64,
+    /// Whether the operator keeps state (asked once, when it is added and
+    /// still empty: [`Operator::state_keys`] counts what it holds).
+    stateful: bool,
     /// The id the operator this one replaced had (`Operator::replaces`).
     replaced_id: Option<u64>,
     op: Box<dyn Operator>,
@@ -96,6 +99,7 @@ impl StreamGraph {
         }
         self.nodes.push(GraphNode {
             id,
+            stateful: op.state_keys().is_some(),
             replaced_id,
             op,
             inputs,
@@ -321,12 +325,13 @@ impl StreamGraph {
             .iter()
             .rev()
             .map(|n| {
+                let counters = n.op.counters();
                 let stats = OperatorStats {
                     rows_in: n.rows_in,
                     rows_out: n.rows_out,
-                    rows_failed: n.op.rows_failed(),
-                    state_keys: n.op.state_keys(),
-                    late_rows: n.op.late_rows(),
+                    rows_failed: counters.rows_failed,
+                    state_keys: n.op.state_keys().unwrap_or(0),
+                    late_rows: counters.late_rows,
                 };
                 OperatorStatus {
                     id: n.id,
@@ -348,12 +353,7 @@ impl StreamGraph {
         request: &CaptureRequest,
         out: &mut BTreeMap<String, StateDelta>,
     ) -> Result<()> {
-        for (position, node) in self
-            .nodes
-            .iter_mut()
-            .filter(|n| n.op.is_stateful())
-            .enumerate()
-        {
+        for (position, node) in self.nodes.iter_mut().filter(|n| n.stateful).enumerate() {
             let name = format!("{prefix}/op/{position:03}-{:016x}", node.id);
             let mut delta = StateDelta::new(request.wants_full(&name));
             node.op.checkpoint(&mut delta)?;
@@ -375,13 +375,8 @@ impl StreamGraph {
             .keys()
             .filter(|k| k.starts_with(&operators))
             .count();
-        let stateful = self.nodes.iter().filter(|n| n.op.is_stateful()).count();
-        for (position, node) in self
-            .nodes
-            .iter_mut()
-            .filter(|n| n.op.is_stateful())
-            .enumerate()
-        {
+        let stateful = self.nodes.iter().filter(|n| n.stateful).count();
+        for (position, node) in self.nodes.iter_mut().filter(|n| n.stateful).enumerate() {
             let own = state_named_by_id(&restored.states, &operators, node.id);
             let replaced = node
                 .replaced_id
@@ -421,7 +416,10 @@ impl StreamGraph {
 
     /// The most recent evaluation error of any operator.
     pub fn last_error(&self) -> Option<String> {
-        self.nodes.iter().rev().find_map(|n| n.op.last_error())
+        self.nodes
+            .iter()
+            .rev()
+            .find_map(|n| n.op.counters().last_error)
     }
 }
 

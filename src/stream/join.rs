@@ -61,7 +61,7 @@ use datafusion::physical_plan::PhysicalExpr;
 
 use super::shard::KeyedOperator;
 use super::watermark::MergedWatermark;
-use super::{encode_keys, Operator, RowErrorPolicy};
+use super::{encode_keys, Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
@@ -282,7 +282,6 @@ struct SideState {
     time: SideTime,
     /// Kept rows by expiry (µs), when `time.expiry` is set.
     by_expiry: BTreeMap<i64, Vec<KeyedRow>>,
-    late_rows: u64,
     codec: RowCodec,
     lone: Lone,
     rows: WindowedRows,
@@ -388,7 +387,7 @@ pub struct JoinOperator {
     /// The side read `FOR SYSTEM_TIME AS OF PROCTIME()`, if any.
     lookup: Option<usize>,
     watermark: MergedWatermark,
-    errors: RowErrorPolicy,
+    counters: OperatorCounters,
     description: String,
 }
 
@@ -445,7 +444,6 @@ impl JoinOperator {
                 keys: side.keys,
                 time: SideTime::default(),
                 by_expiry: BTreeMap::new(),
-                late_rows: 0,
                 codec: RowCodec::try_new(side.schema)?,
                 lone,
                 rows: WindowedRows::default(),
@@ -467,7 +465,7 @@ impl JoinOperator {
             lookup: None,
             not_in: None,
             watermark: MergedWatermark::new(2, idle_timeout),
-            errors: RowErrorPolicy::default(),
+            counters: OperatorCounters::default(),
             description,
         })
     }
@@ -558,8 +556,7 @@ impl JoinOperator {
                     match evaluate(&pairs.slice(row, 1)) {
                         Ok(one) => mask.push(one[0]),
                         Err(e) => {
-                            self.errors.rows_failed += 1;
-                            self.errors.last_error = Some(e.to_string());
+                            self.counters.row_failed(&e);
                             mask.push(false);
                         }
                     }
@@ -662,7 +659,9 @@ impl JoinOperator {
         if late == 0 {
             return Ok(batch);
         }
-        self.sides[side].late_rows += late as u64;
+        // Counted, not logged: a join drops late rows as a matter of course
+        // (the rows they would have matched are gone).
+        self.counters.late_rows += late as u64;
         batch.filter(&on_time)
     }
 
@@ -761,11 +760,15 @@ impl Operator for JoinOperator {
         format!("{} ({state})", self.description)
     }
 
+    fn counters(&self) -> OperatorCounters {
+        self.counters.clone()
+    }
+
     fn process(&mut self, input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
         self.watermark.on_data(input);
         let (this, other) = (input, 1 - input);
         let batch = self.drop_late(this, batch)?;
-        let (batch, key_columns) = self.errors.evaluate(&self.sides[this].keys, &batch)?;
+        let (batch, key_columns) = self.counters.evaluate(&self.sides[this].keys, &batch)?;
         if batch.is_empty() {
             return Ok(vec![]);
         }
@@ -1069,24 +1072,8 @@ impl Operator for JoinOperator {
         Ok((vec![], self.watermark.on_tick(now)))
     }
 
-    fn state_keys(&self) -> u64 {
-        self.sides.iter().map(|s| s.kept).sum()
-    }
-
-    fn late_rows(&self) -> u64 {
-        self.sides.iter().map(|s| s.late_rows).sum()
-    }
-
-    fn rows_failed(&self) -> u64 {
-        self.errors.rows_failed
-    }
-
-    fn last_error(&self) -> Option<String> {
-        self.errors.last_error.clone()
-    }
-
-    fn is_stateful(&self) -> bool {
-        true
+    fn state_keys(&self) -> Option<u64> {
+        Some(self.sides.iter().map(|s| s.kept).sum())
     }
 
     /// State entries: `[side][key length][key][row length][row] →
@@ -1452,26 +1439,34 @@ mod tests {
             pairs(out),
             Multiset::from([((100, 200), 1), ((100, 202), 1), ((102, 201), 1)])
         );
-        assert_eq!(join.state_keys(), 6);
+        assert_eq!(join.state_keys().unwrap(), 6);
 
         let mut whole = StateDelta::new(true);
         join.checkpoint(&mut whole).unwrap();
         let mut restored = make();
         restored.restore(whole.into_map()).unwrap();
-        assert_eq!(restored.state_keys(), 6);
+        assert_eq!(restored.state_keys().unwrap(), 6);
 
         for join in [&mut join, &mut restored] {
             join.on_watermark(0, 15).unwrap();
             join.on_watermark(1, 15).unwrap();
-            assert_eq!(join.state_keys(), 2, "window 10 closed on both sides");
+            assert_eq!(
+                join.state_keys().unwrap(),
+                2,
+                "window 10 closed on both sides"
+            );
             let out = join
                 .process(1, rows(&rs, &[(1, 20, 203), (2, 10, 204)]))
                 .unwrap();
             assert_eq!(pairs(out), Multiset::from([((102, 203), 1)]));
-            assert_eq!(join.state_keys(), 4, "a row of a closed window is kept");
+            assert_eq!(
+                join.state_keys().unwrap(),
+                4,
+                "a row of a closed window is kept"
+            );
             join.on_watermark(0, 25).unwrap();
             join.on_watermark(1, 25).unwrap();
-            assert_eq!(join.state_keys(), 0);
+            assert_eq!(join.state_keys().unwrap(), 0);
         }
     }
 

@@ -30,6 +30,7 @@ pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::row::RowConverter;
@@ -91,31 +92,17 @@ pub trait Operator: Send {
         Ok((vec![], None))
     }
 
-    /// Changes dropped because they arrived after their window closed.
-    fn late_rows(&self) -> u64 {
-        0
+    /// What the operator counted: rows skipped and changes dropped late.
+    fn counters(&self) -> OperatorCounters {
+        OperatorCounters::default()
     }
 
-    /// Keys held as state (0 for stateless operators).
-    fn state_keys(&self) -> u64 {
-        0
-    }
-
-    /// Rows this operator skipped because an expression failed on them.
-    fn rows_failed(&self) -> u64 {
-        0
-    }
-
-    /// The last evaluation error, if any, for status displays.
-    fn last_error(&self) -> Option<String> {
+    /// Keys held as state (groups, rows, sessions), or `None` for an
+    /// operator that keeps no state: checkpoints capture and restore only
+    /// operators that do. (Watermarks are not state: recovery passes each
+    /// input's checkpointed watermark in again.)
+    fn state_keys(&self) -> Option<u64> {
         None
-    }
-
-    /// Whether this operator keeps keyed state that checkpoints must hold.
-    /// (Watermarks are not part of it: recovery passes each input's
-    /// checkpointed watermark in again.)
-    fn is_stateful(&self) -> bool {
-        false
     }
 
     /// Adds the state changed since the last call to `delta` (all of it
@@ -146,20 +133,35 @@ pub trait Operator: Send {
     }
 }
 
-/// Evaluates expressions over a batch; when a batch fails (division by zero,
-/// a failed cast, ...) it retries row by row so that only the failing rows are
-/// skipped. Expressions are deterministic (volatile functions are refused at
-/// CREATE time), so a row that fails on insert also fails on retraction: the
-/// skipped rows never leave a half-retracted result behind.
-#[derive(Debug, Default)]
-pub struct RowErrorPolicy {
+/// Late drops are logged at most this often per operator.
+const LATE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What an operator counts as it works, beyond the rows in and out that
+/// the graph counts: rows it skipped because an expression failed on them
+/// (and the last such error), and changes it dropped because they arrived
+/// after their window closed. Every operator that can skip or drop rows
+/// holds one and returns it from [`Operator::counters`].
+#[derive(Debug, Clone, Default)]
+pub struct OperatorCounters {
+    /// Rows skipped because evaluating an expression on them failed.
     pub rows_failed: u64,
+    /// The last evaluation error, for status displays.
     pub last_error: Option<String>,
+    /// Changes dropped because they arrived after their window closed.
+    pub late_rows: u64,
+    last_late_log: Option<Instant>,
 }
 
-impl RowErrorPolicy {
-    /// Evaluates `exprs` over `batch.rows`; returns the batch restricted to the
-    /// rows that evaluated, and the evaluated columns for them.
+impl OperatorCounters {
+    /// Evaluates `exprs` over `batch.rows`; returns the batch restricted to
+    /// the rows that evaluated, and the evaluated columns for them.
+    ///
+    /// When a batch fails (division by zero, a failed cast, ...) it retries
+    /// row by row so that only the failing rows are skipped (and counted).
+    /// Expressions are deterministic (volatile functions are refused at
+    /// CREATE time), so a row that fails on insert also fails on
+    /// retraction: the skipped rows never leave a half-retracted result
+    /// behind.
     pub fn evaluate(
         &mut self,
         exprs: &[Arc<dyn PhysicalExpr>],
@@ -173,10 +175,7 @@ impl RowErrorPolicy {
                     let single = batch.rows.slice(row, 1);
                     match evaluate_all(exprs, &single) {
                         Ok(_) => good_rows.push(row as u32),
-                        Err(e) => {
-                            self.rows_failed += 1;
-                            self.last_error = Some(e.to_string());
-                        }
+                        Err(e) => self.row_failed(&e),
                     }
                 }
                 if good_rows.len() == batch.num_rows() {
@@ -193,6 +192,41 @@ impl RowErrorPolicy {
                 let columns = evaluate_all(exprs, &kept.rows)?;
                 Ok((kept, columns))
             }
+        }
+    }
+
+    /// Counts one row skipped because evaluating it failed with `error`.
+    pub fn row_failed(&mut self, error: &dyn std::fmt::Display) {
+        self.rows_failed += 1;
+        self.last_error = Some(error.to_string());
+    }
+
+    /// Counts `late` changes dropped for arriving after their window
+    /// closed, and logs them (at most every `LATE_LOG_INTERVAL`).
+    pub fn record_late(&mut self, late: u64) {
+        if late == 0 {
+            return;
+        }
+        self.late_rows += late;
+        if self
+            .last_late_log
+            .is_none_or(|t| t.elapsed() >= LATE_LOG_INTERVAL)
+        {
+            self.last_late_log = Some(Instant::now());
+            tracing::warn!(
+                late_rows_total = self.late_rows,
+                "dropped changes that arrived after their window closed"
+            );
+        }
+    }
+
+    /// Adds another instance's counts (the shards of one operator); the
+    /// first last error stays.
+    pub fn add(&mut self, other: &OperatorCounters) {
+        self.rows_failed += other.rows_failed;
+        self.late_rows += other.late_rows;
+        if self.last_error.is_none() {
+            self.last_error.clone_from(&other.last_error);
         }
     }
 }

@@ -33,7 +33,7 @@ use datafusion::physical_expr::window::WindowExpr;
 use datafusion::physical_expr::PhysicalSortExpr;
 use datafusion::physical_plan::PhysicalExpr;
 
-use super::{encode_keys, Operator, RowErrorPolicy};
+use super::{encode_keys, Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
@@ -103,7 +103,7 @@ pub struct OverOperator {
     keep_first: Option<usize>,
     /// Partitions changed since the last checkpoint.
     dirty: Changed<Arc<[u8]>>,
-    errors: RowErrorPolicy,
+    counters: OperatorCounters,
     description: String,
 }
 
@@ -195,7 +195,7 @@ impl OverOperator {
             partitions: KeyMap::default(),
             keep_first: None,
             dirty: Changed::default(),
-            errors: RowErrorPolicy::default(),
+            counters: OperatorCounters::default(),
             description,
         })
     }
@@ -323,10 +323,14 @@ impl Operator for OverOperator {
         }
     }
 
+    fn counters(&self) -> OperatorCounters {
+        self.counters.clone()
+    }
+
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
         let mut exprs = self.partition_by.clone();
         exprs.extend(self.order_by.iter().map(|e| e.expr.clone()));
-        let (batch, columns) = self.errors.evaluate(&exprs, &batch)?;
+        let (batch, columns) = self.counters.evaluate(&exprs, &batch)?;
         if batch.is_empty() {
             return Ok(vec![]);
         }
@@ -404,20 +408,8 @@ impl Operator for OverOperator {
         Ok(vec![ChangeBatch::new(rows, weights)?])
     }
 
-    fn state_keys(&self) -> u64 {
-        self.partitions.values().map(|p| p.rows.len() as u64).sum()
-    }
-
-    fn rows_failed(&self) -> u64 {
-        self.errors.rows_failed
-    }
-
-    fn last_error(&self) -> Option<String> {
-        self.errors.last_error.clone()
-    }
-
-    fn is_stateful(&self) -> bool {
-        true
+    fn state_keys(&self) -> Option<u64> {
+        Some(self.partitions.values().map(|p| p.rows.len() as u64).sum())
     }
 
     /// One entry per partition: its rows (sort key, row, multiplicity),

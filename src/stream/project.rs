@@ -7,14 +7,14 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_plan::PhysicalExpr;
 
-use super::{Operator, RowErrorPolicy};
+use super::{Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::Result;
 
 pub struct ProjectOperator {
     exprs: Vec<Arc<dyn PhysicalExpr>>,
     schema: SchemaRef,
-    errors: RowErrorPolicy,
+    counters: OperatorCounters,
 }
 
 impl ProjectOperator {
@@ -22,7 +22,7 @@ impl ProjectOperator {
         Self {
             exprs,
             schema,
-            errors: RowErrorPolicy::default(),
+            counters: OperatorCounters::default(),
         }
     }
 }
@@ -38,16 +38,12 @@ impl Operator for ProjectOperator {
         format!("Project: {}", exprs.join(", "))
     }
 
+    fn counters(&self) -> OperatorCounters {
+        self.counters.clone()
+    }
+
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
-        let (kept, columns) = self.errors.evaluate(&self.exprs, &batch)?;
+        let (kept, columns) = self.counters.evaluate(&self.exprs, &batch)?;
         Ok(vec![kept.with_columns(self.schema.clone(), columns)?])
-    }
-
-    fn rows_failed(&self) -> u64 {
-        self.errors.rows_failed
-    }
-
-    fn last_error(&self) -> Option<String> {
-        self.errors.last_error.clone()
     }
 }

@@ -26,8 +26,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 
-use super::window::{describe_micros, times, with_windows, LateCounter};
+use super::window::{describe_micros, times, with_windows, WindowClock};
 use super::Operator;
+use super::OperatorCounters;
 use crate::common::ChangeBatch;
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
@@ -87,21 +88,26 @@ pub fn assign_sessions(
     with_windows(rows, &indices, starts, ends, schema)
 }
 
+/// `SESSION(relation, time_column, gap, key_column ...)` over the input.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    pub time_column: usize,
+    pub key_columns: Vec<usize>,
+    /// µs.
+    pub gap: i64,
+}
+
 /// `gap 10s on ts per [k]`: a session window for EXPLAIN.
-pub(crate) fn describe_session(
-    input_schema: &SchemaRef,
-    time_column: usize,
-    key_columns: &[usize],
-    gap: i64,
-) -> String {
-    let keys: Vec<&str> = key_columns
+pub(crate) fn describe_session(input_schema: &SchemaRef, spec: &SessionSpec) -> String {
+    let keys: Vec<&str> = spec
+        .key_columns
         .iter()
         .map(|&c| input_schema.field(c).name().as_str())
         .collect();
     format!(
         "gap {} on {} per [{}]",
-        describe_micros(gap),
-        input_schema.field(time_column).name(),
+        describe_micros(spec.gap),
+        input_schema.field(spec.time_column).name(),
         keys.join(", ")
     )
 }
@@ -110,9 +116,7 @@ pub(crate) fn describe_session(
 /// aggregate finds its state by, having replaced it).
 pub(crate) fn describe_session_window(
     input_schema: &SchemaRef,
-    time_column: usize,
-    key_columns: &[usize],
-    gap: i64,
+    spec: &SessionSpec,
     watermarked: bool,
 ) -> String {
     let state = if watermarked {
@@ -122,7 +126,7 @@ pub(crate) fn describe_session_window(
     };
     format!(
         "SessionWindow: {} ({state})",
-        describe_session(input_schema, time_column, key_columns, gap)
+        describe_session(input_schema, spec)
     )
 }
 
@@ -138,6 +142,25 @@ pub(crate) fn decode_key_rows(value: &[u8]) -> Result<Vec<TimedRow>> {
         rows.push((time, row, d.i64()?));
     }
     Ok(rows)
+}
+
+/// Frees what closed sessions hold, key by key: `free` drops a key's closed
+/// sessions (a prefix of its state, sessions being disjoint and ordered)
+/// and says whether it dropped any and whether the key is left empty.
+/// Changed keys are noted in `dirty`; emptied keys go.
+pub(crate) fn free_closed_sessions<V>(
+    keys: &mut KeyMap<Arc<[u8]>, V>,
+    dirty: &mut Changed<Arc<[u8]>>,
+    mut free: impl FnMut(&mut V) -> (bool, bool),
+) {
+    let held = keys.len();
+    keys.retain(|key, state| {
+        let (freed, empty) = free(state);
+        if freed {
+            dirty.note(held, || key.clone());
+        }
+        !empty
+    });
 }
 
 /// Encodes the session keys (`key_columns` of rows of `schema`).
@@ -156,10 +179,7 @@ type ChangesByKey = KeyMap<Arc<[u8]>, Vec<TimedRow>>;
 
 /// Streaming session assignment.
 pub struct SessionWindowOperator {
-    time_column: usize,
-    key_columns: Vec<usize>,
-    gap: i64,
-    allowed_lateness: i64,
+    spec: SessionSpec,
     /// The output schema: the input's columns, then the window columns.
     schema: SchemaRef,
     /// Encodes whole input rows.
@@ -169,8 +189,8 @@ pub struct SessionWindowOperator {
     keys: KeyMap<Arc<[u8]>, KeyRows>,
     /// Keys changed since the last checkpoint.
     dirty: Changed<Arc<[u8]>>,
-    watermark: Option<i64>,
-    late: LateCounter,
+    clock: WindowClock,
+    counters: OperatorCounters,
     /// Whether a watermark reaches the time column (for EXPLAIN).
     watermarked: bool,
 }
@@ -178,26 +198,21 @@ pub struct SessionWindowOperator {
 impl SessionWindowOperator {
     pub fn try_new(
         input_schema: SchemaRef,
-        time_column: usize,
-        key_columns: Vec<usize>,
-        gap: i64,
+        spec: SessionSpec,
         allowed_lateness: i64,
         schema: SchemaRef,
         watermarked: bool,
     ) -> Result<Self> {
         Ok(Self {
             watermarked,
-            key_codec: key_codec(&input_schema, &key_columns)?,
+            key_codec: key_codec(&input_schema, &spec.key_columns)?,
             codec: RowCodec::try_new(input_schema)?,
-            time_column,
-            key_columns,
-            gap,
-            allowed_lateness,
+            spec,
             schema,
             keys: KeyMap::default(),
             dirty: Changed::default(),
-            watermark: None,
-            late: LateCounter::default(),
+            clock: WindowClock::new(allowed_lateness),
+            counters: OperatorCounters::default(),
         })
     }
 
@@ -213,30 +228,24 @@ impl SessionWindowOperator {
         }
         out
     }
-
-    fn closed_before(&self) -> Option<i64> {
-        self.watermark.map(|w| w - self.allowed_lateness)
-    }
 }
 
 impl Operator for SessionWindowOperator {
     fn describe(&self) -> String {
-        describe_session_window(
-            self.codec.schema(),
-            self.time_column,
-            &self.key_columns,
-            self.gap,
-            self.watermarked,
-        )
+        describe_session_window(self.codec.schema(), &self.spec, self.watermarked)
+    }
+
+    fn counters(&self) -> OperatorCounters {
+        self.counters.clone()
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
-        let times = times(&batch.rows, self.time_column)?;
+        let times = times(&batch.rows, self.spec.time_column)?;
         let keys = self
             .key_codec
-            .encode(&batch.rows.project(&self.key_columns)?)?;
+            .encode(&batch.rows.project(&self.spec.key_columns)?)?;
         let rows = self.codec.encode(&batch.rows)?;
-        let closed_before = self.closed_before();
+        let closed_before = self.clock.closed_up_to();
         // The changes of each key, applied after its old windows are known.
         let mut changed = ChangesByKey::default();
         let mut late = 0;
@@ -255,13 +264,13 @@ impl Operator for SessionWindowOperator {
                 batch.weights.value(row),
             ));
         }
-        self.late.record(late);
+        self.counters.record_late(late);
         // (start, end, row) -> weight of the output change.
         let mut diff: BTreeMap<(i64, i64, Arc<[u8]>), i64> = BTreeMap::new();
         for (key, changes) in changed {
             self.dirty.note(self.keys.len() + 1, || key.clone());
             let stored = self.keys.entry(key.clone()).or_default();
-            for (start, end, row, weight) in Self::windows_of(stored, self.gap) {
+            for (start, end, row, weight) in Self::windows_of(stored, self.spec.gap) {
                 *diff.entry((start, end, row)).or_default() -= weight;
             }
             for (t, row, weight) in changes {
@@ -275,7 +284,7 @@ impl Operator for SessionWindowOperator {
                     ));
                 }
             }
-            for (start, end, row, weight) in Self::windows_of(stored, self.gap) {
+            for (start, end, row, weight) in Self::windows_of(stored, self.spec.gap) {
                 *diff.entry((start, end, row)).or_default() += weight;
             }
             if stored.is_empty() {
@@ -300,14 +309,12 @@ impl Operator for SessionWindowOperator {
         _input: usize,
         watermark: i64,
     ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
-        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
-        if let Some(closed) = self.closed_before() {
+        let passed_on = self.clock.advance(watermark);
+        if let Some(closed) = self.clock.closed_up_to() {
             // Closed sessions are a prefix of each key's rows: free them,
             // earliest first, stopping at the first open one.
-            let gap = self.gap;
-            let held = self.keys.len();
-            let dirty = &mut self.dirty;
-            self.keys.retain(|key, rows| {
+            let gap = self.spec.gap;
+            free_closed_sessions(&mut self.keys, &mut self.dirty, |rows| {
                 let before = rows.len();
                 while let Some(((first, _), _)) = rows.first_key_value() {
                     let mut end = first + gap;
@@ -326,25 +333,14 @@ impl Operator for SessionWindowOperator {
                         rows.pop_first();
                     }
                 }
-                if rows.len() != before {
-                    dirty.note(held, || key.clone());
-                }
-                !rows.is_empty()
+                (rows.len() != before, rows.is_empty())
             });
         }
-        Ok((vec![], self.watermark))
+        Ok((vec![], passed_on))
     }
 
-    fn late_rows(&self) -> u64 {
-        self.late.rows
-    }
-
-    fn state_keys(&self) -> u64 {
-        self.keys.values().map(|rows| rows.len() as u64).sum()
-    }
-
-    fn is_stateful(&self) -> bool {
-        true
+    fn state_keys(&self) -> Option<u64> {
+        Some(self.keys.values().map(|rows| rows.len() as u64).sum())
     }
 
     /// Key: the session key; value: its rows as `(time, row, multiplicity)`.

@@ -41,10 +41,12 @@ use datafusion::physical_plan::PhysicalExpr;
 
 use super::accumulator::{AccumulatorState, AggregateFolder};
 use super::aggregate::{AggregateCall, CallInputs};
-use super::session::{decode_key_rows, describe_session, describe_session_window};
+use super::session::{
+    decode_key_rows, describe_session, describe_session_window, free_closed_sessions, SessionSpec,
+};
 use super::shard::KeyedOperator;
-use super::window::{times, LateCounter};
-use super::{Operator, RowErrorPolicy};
+use super::window::{times, WindowClock};
+use super::{Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
@@ -58,15 +60,6 @@ pub enum SessionGroupColumn {
     Key(usize),
     WindowStart,
     WindowEnd,
-}
-
-/// `SESSION(relation, time_column, gap, key_column ...)` over the input.
-#[derive(Debug, Clone)]
-pub struct SessionSpec {
-    pub time_column: usize,
-    pub key_columns: Vec<usize>,
-    /// µs.
-    pub gap: i64,
 }
 
 /// When sessions close and what is emitted.
@@ -141,14 +134,13 @@ pub struct SessionAggregateOperator {
     keys: KeyMap<Arc<[u8]>, KeySessions>,
     /// Keys changed since the last checkpoint.
     dirty: Changed<Arc<[u8]>>,
-    watermark: Option<i64>,
+    clock: WindowClock,
     /// No open session ends before this, so an earlier watermark closes
     /// nothing and needs no scan.
     earliest_end: i64,
     /// Counts batches, to tell sessions a batch already changed.
     batch: u64,
-    late: LateCounter,
-    errors: RowErrorPolicy,
+    counters: OperatorCounters,
 }
 
 impl SessionAggregateOperator {
@@ -174,22 +166,17 @@ impl SessionAggregateOperator {
             schema,
             keys: KeyMap::default(),
             dirty: Changed::default(),
-            watermark: None,
+            clock: WindowClock::new(closing.allowed_lateness),
             earliest_end: i64::MAX,
             batch: 0,
-            late: LateCounter::default(),
-            errors: RowErrorPolicy::default(),
+            counters: OperatorCounters::default(),
         })
-    }
-
-    fn closed_up_to(&self) -> Option<i64> {
-        self.watermark.map(|w| w - self.closing.allowed_lateness)
     }
 
     /// Folds `batch` into the sessions.
     fn fold(&mut self, batch: &ChangeBatch) -> Result<Folded> {
         let (batch, columns) = self
-            .errors
+            .counters
             .evaluate(&AggregateCall::exprs(&self.calls), batch)?;
         let inputs = CallInputs::prepare(&self.calls, &mut columns.into_iter())?;
         let times = times(&batch.rows, self.spec.time_column)?;
@@ -197,7 +184,7 @@ impl SessionAggregateOperator {
             .key_codec
             .encode_rows(&batch.rows.project(&self.spec.key_columns)?)?;
         self.batch += 1;
-        let closed_up_to = self.closed_up_to();
+        let closed_up_to = self.clock.closed_up_to();
         let mut before: Vec<SessionRow> = Vec::new();
         let mut touched: Vec<Arc<[u8]>> = Vec::new();
         let mut late = 0;
@@ -248,7 +235,7 @@ impl SessionAggregateOperator {
             inputs.fold(&self.calls, &mut session.accumulators, row, weight)?;
             self.earliest_end = self.earliest_end.min(session.end);
         }
-        self.late.record(late);
+        self.counters.record_late(late);
         self.dirty
             .note_all(self.keys.len(), touched.iter().cloned());
         Ok(Folded { before, touched })
@@ -395,6 +382,10 @@ impl Operator for SessionAggregateOperator {
         )
     }
 
+    fn counters(&self) -> OperatorCounters {
+        self.counters.clone()
+    }
+
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
         let Folded { before, touched } = self.fold(&batch)?;
         if self.closing.emit_on_close {
@@ -438,20 +429,18 @@ impl Operator for SessionAggregateOperator {
         _input: usize,
         watermark: i64,
     ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
-        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
-        let Some(closed_up_to) = self.closed_up_to() else {
-            return Ok((vec![], self.watermark));
+        let passed_on = self.clock.advance(watermark);
+        let Some(closed_up_to) = self.clock.closed_up_to() else {
+            return Ok((vec![], passed_on));
         };
         if self.earliest_end > closed_up_to {
-            return Ok((vec![], self.watermark));
+            return Ok((vec![], passed_on));
         }
         // Closed sessions are a prefix of each key's sessions.
         let emit = self.closing.emit_on_close;
-        let held = self.keys.len();
         let mut closed: Vec<(Arc<[u8]>, i64, Session)> = Vec::new();
         let mut earliest_end = i64::MAX;
-        let dirty = &mut self.dirty;
-        self.keys.retain(|key, entry| {
+        free_closed_sessions(&mut self.keys, &mut self.dirty, |entry| {
             let sessions = &mut entry.sessions;
             let mut freed = false;
             while let Some(first) = sessions.first_entry() {
@@ -462,17 +451,14 @@ impl Operator for SessionAggregateOperator {
                 let (start, session) = first.remove_entry();
                 freed = true;
                 if emit && session.rows > 0 {
-                    closed.push((key.clone(), start, session));
+                    closed.push((entry.key.clone(), start, session));
                 }
             }
-            if freed {
-                dirty.note(held, || key.clone());
-            }
-            !sessions.is_empty()
+            (freed, sessions.is_empty())
         });
         self.earliest_end = earliest_end;
         if closed.is_empty() {
-            return Ok((vec![], self.watermark));
+            return Ok((vec![], passed_on));
         }
         let changes = closed
             .into_iter()
@@ -481,17 +467,13 @@ impl Operator for SessionAggregateOperator {
                 Ok(((key, start, session.end, values), 1))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok((vec![self.build_output(changes)?], self.watermark))
-    }
-
-    fn late_rows(&self) -> u64 {
-        self.late.rows
+        Ok((vec![self.build_output(changes)?], passed_on))
     }
 
     /// Open sessions plus the values kept by min/max/count(DISTINCT).
-    fn state_keys(&self) -> u64 {
+    fn state_keys(&self) -> Option<u64> {
         let sessions = self.keys.values().flat_map(|k| k.sessions.values());
-        sessions
+        let keys = sessions
             .map(|s| {
                 1 + s
                     .accumulators
@@ -499,19 +481,8 @@ impl Operator for SessionAggregateOperator {
                     .map(AggregateFolder::state_keys)
                     .sum::<u64>()
             })
-            .sum()
-    }
-
-    fn rows_failed(&self) -> u64 {
-        self.errors.rows_failed
-    }
-
-    fn last_error(&self) -> Option<String> {
-        self.errors.last_error.clone()
-    }
-
-    fn is_stateful(&self) -> bool {
-        true
+            .sum();
+        Some(keys)
     }
 
     /// Key: the session key; value: its open sessions as `(start, end, rows,
@@ -573,9 +544,7 @@ impl Operator for SessionAggregateOperator {
     fn replaces(&self) -> Option<String> {
         Some(describe_session_window(
             self.row_codec.schema(),
-            self.spec.time_column,
-            &self.spec.key_columns,
-            self.spec.gap,
+            &self.spec,
             self.closing.watermarked,
         ))
     }
@@ -605,12 +574,7 @@ impl Operator for SessionAggregateOperator {
 impl SessionAggregateOperator {
     /// `gap 10s on ts per [k]`, as the `SessionWindow` describes itself.
     fn session(&self) -> String {
-        describe_session(
-            self.row_codec.schema(),
-            self.spec.time_column,
-            &self.spec.key_columns,
-            self.spec.gap,
-        )
+        describe_session(self.row_codec.schema(), &self.spec)
     }
 }
 
@@ -710,9 +674,11 @@ mod tests {
         fn new(keyed: bool, emit_on_close: bool) -> Self {
             let session = SessionWindowOperator::try_new(
                 input_schema(),
-                2,
-                key_columns(keyed),
-                GAP,
+                SessionSpec {
+                    time_column: 2,
+                    key_columns: key_columns(keyed),
+                    gap: GAP,
+                },
                 LATENESS,
                 windowed_schema(),
                 true,
@@ -880,8 +846,8 @@ mod tests {
                 "{deltas} deltas, {whole} whole"
             );
         }
-        assert!(pair.0.late_rows() > 0, "the input has late rows");
-        assert_eq!(pair.0.late_rows(), one.late_rows());
+        assert!(pair.0.counters().late_rows > 0, "the input has late rows");
+        assert_eq!(pair.0.counters().late_rows, one.counters().late_rows);
         assert!(!expected.is_empty());
 
         // Restored from its own state, from the pair's SessionWindow state,

@@ -31,7 +31,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::PhysicalExpr;
 
-use super::{Operator, RowErrorPolicy};
+use super::{Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
@@ -88,7 +88,7 @@ pub struct ShardedOperator {
     key_of_state: fn(&[u8]) -> Result<&[u8]>,
     /// Rows whose key failed to evaluate are skipped here (each shard would
     /// have skipped them).
-    errors: RowErrorPolicy,
+    counters: OperatorCounters,
     /// Each shard's last watermark passed on; the operator passes on their
     /// minimum.
     shard_watermarks: Vec<Option<i64>>,
@@ -183,7 +183,7 @@ impl ShardedOperator {
         let key_codec = RowConverter::new(key_types.into_iter().map(SortField::new).collect())?;
         let description = first.describe();
         let replaces = first.replaces();
-        let stateful = first.is_stateful();
+        let stateful = first.state_keys().is_some();
         let remote = shards
             .enumerate()
             .map(|(i, shard)| ShardThread::spawn(Box::new(shard), i + 1))
@@ -197,7 +197,7 @@ impl ShardedOperator {
             keys,
             key_codec,
             key_of_state: T::key_of_state,
-            errors: RowErrorPolicy::default(),
+            counters: OperatorCounters::default(),
             shard_watermarks: vec![None; count],
             forwarded: None,
         })
@@ -324,7 +324,7 @@ impl Operator for ShardedOperator {
             .keys
             .get(input)
             .ok_or_else(|| crate::internal!("no input {input}"))?;
-        let (batch, key_columns) = self.errors.evaluate(keys, &batch)?;
+        let (batch, key_columns) = self.counters.evaluate(keys, &batch)?;
         let rows = batch.num_rows();
         let keys = self.key_codec.convert_columns(&key_columns)?;
         let mut indices: Vec<Vec<u32>> = vec![Vec::new(); self.shards()];
@@ -364,27 +364,17 @@ impl Operator for ShardedOperator {
         self.each_shard(move |shard| shard.on_tick(now))
     }
 
-    fn late_rows(&self) -> u64 {
-        self.gather(|s| s.late_rows()).into_iter().sum()
+    fn counters(&self) -> OperatorCounters {
+        let mut counters = self.counters.clone();
+        for shard in self.gather(|s| s.counters()) {
+            counters.add(&shard);
+        }
+        counters
     }
 
-    fn state_keys(&self) -> u64 {
-        self.gather(|s| s.state_keys()).into_iter().sum()
-    }
-
-    fn rows_failed(&self) -> u64 {
-        self.errors.rows_failed + self.gather(|s| s.rows_failed()).into_iter().sum::<u64>()
-    }
-
-    fn last_error(&self) -> Option<String> {
-        self.errors
-            .last_error
-            .clone()
-            .or_else(|| self.gather(|s| s.last_error()).into_iter().flatten().next())
-    }
-
-    fn is_stateful(&self) -> bool {
+    fn state_keys(&self) -> Option<u64> {
         self.stateful
+            .then(|| self.gather(|s| s.state_keys()).into_iter().flatten().sum())
     }
 
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {

@@ -140,12 +140,8 @@ impl Operator for TemporalFilterOperator {
         Ok((vec![expired], None))
     }
 
-    fn state_keys(&self) -> u64 {
-        self.live_rows
-    }
-
-    fn is_stateful(&self) -> bool {
-        true
+    fn state_keys(&self) -> Option<u64> {
+        Some(self.live_rows)
     }
 
     /// Key: the row's time (8 bytes) then the row; value: its net weight.
@@ -245,7 +241,7 @@ mod tests {
             }
             checkpoints.capture(&mut filter, &format!("after step {step}"));
         }
-        assert_eq!(filter.state_keys(), live.len() as u64);
+        assert_eq!(filter.state_keys().unwrap(), live.len() as u64);
         let Checkpoints { deltas, whole, .. } = checkpoints;
         assert!(deltas > 100 && whole >= 3, "{deltas} deltas, {whole} whole");
     }

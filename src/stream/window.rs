@@ -13,7 +13,6 @@
 //! was late on insertion is late on retraction too.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, RecordBatch, TimestampMicrosecondArray, UInt32Array,
@@ -23,7 +22,7 @@ use datafusion::arrow::datatypes::{
     DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
 };
 
-use super::Operator;
+use super::{Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 
@@ -224,15 +223,52 @@ fn is_every_row(indices: &[u32], rows: usize) -> bool {
             .all(|(i, &row)| row as usize == i)
 }
 
+/// Where a windowing operator stands in event time: the highest watermark
+/// of its input and the lateness it allows after it. A window (or session)
+/// that ends at or before [`WindowClock::closed_up_to`] is closed, and a
+/// change that would fall in it is late. Shared by window assignment and
+/// both session operators, so they agree on what is late.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowClock {
+    allowed_lateness: i64,
+    watermark: Option<i64>,
+}
+
+impl WindowClock {
+    pub fn new(allowed_lateness: i64) -> Self {
+        Self {
+            allowed_lateness,
+            watermark: None,
+        }
+    }
+
+    /// Takes in an input watermark; returns the watermark to pass on (the
+    /// highest seen: watermarks never go back).
+    pub fn advance(&mut self, watermark: i64) -> Option<i64> {
+        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
+        self.watermark
+    }
+
+    /// The highest watermark seen, if any.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// Windows ending at or before this are closed (`None`: no watermark
+    /// yet, nothing is closed).
+    pub fn closed_up_to(&self) -> Option<i64> {
+        self.watermark.map(|w| w - self.allowed_lateness)
+    }
+}
+
 /// Streaming window assignment with late-change dropping.
 pub struct WindowAssignOperator {
     time_column: usize,
     time_column_name: String,
     spec: WindowSpec,
     schema: SchemaRef,
-    allowed_lateness: i64,
-    watermark: Option<i64>,
-    late: LateCounter,
+    clock: WindowClock,
+    counters: OperatorCounters,
 }
 
 impl WindowAssignOperator {
@@ -248,38 +284,8 @@ impl WindowAssignOperator {
             time_column_name,
             spec,
             schema,
-            allowed_lateness,
-            watermark: None,
-            late: LateCounter::default(),
-        }
-    }
-}
-
-/// Late drops are logged at most this often per operator.
-const LATE_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Counts changes dropped for arriving late, and logs them at a rate limit.
-#[derive(Debug, Default)]
-pub struct LateCounter {
-    pub rows: u64,
-    last_log: Option<Instant>,
-}
-
-impl LateCounter {
-    pub fn record(&mut self, late: u64) {
-        if late == 0 {
-            return;
-        }
-        self.rows += late;
-        if self
-            .last_log
-            .is_none_or(|t| t.elapsed() >= LATE_LOG_INTERVAL)
-        {
-            self.last_log = Some(Instant::now());
-            tracing::warn!(
-                late_rows_total = self.rows,
-                "dropped changes that arrived after their window closed"
-            );
+            clock: WindowClock::new(allowed_lateness),
+            counters: OperatorCounters::default(),
         }
     }
 }
@@ -293,8 +299,12 @@ impl Operator for WindowAssignOperator {
         )
     }
 
+    fn counters(&self) -> OperatorCounters {
+        self.counters.clone()
+    }
+
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
-        let closed_before = self.watermark.map(|w| w - self.allowed_lateness);
+        let closed_before = self.clock.closed_up_to();
         // Count late changes, not (change, window) pairs: a HOP row falls
         // in several windows, visited one after another.
         let mut late = 0u64;
@@ -313,7 +323,7 @@ impl Operator for WindowAssignOperator {
                 on_time
             },
         )?;
-        self.late.record(late);
+        self.counters.record_late(late);
         let weights = match is_every_row(&indices, batch.num_rows()) {
             true => batch.weights.clone(),
             false => indices
@@ -330,12 +340,7 @@ impl Operator for WindowAssignOperator {
         _input: usize,
         watermark: i64,
     ) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
-        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
-        Ok((vec![], self.watermark))
-    }
-
-    fn late_rows(&self) -> u64 {
-        self.late.rows
+        Ok((vec![], self.clock.advance(watermark)))
     }
 }
 
