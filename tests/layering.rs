@@ -184,36 +184,25 @@ fn without_test_items(code: &str) -> String {
 /// Every `crate::a::b` path in `code`, and every `use crate::{a::x, b}`
 /// group, as the module path after `crate::` (as many segments as given).
 fn crate_paths(code: &str) -> Vec<Vec<String>> {
-    let mut paths = Vec::new();
-    let mut rest = code;
-    while let Some(at) = rest.find("crate::") {
-        let before = rest[..at].chars().last();
-        rest = &rest[at + "crate::".len()..];
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-            continue; // `eddy_crate::`, not ours
-        }
-        if let Some(group) = rest.strip_prefix('{') {
-            let end = matching_brace(group);
-            for item in split_top_level(&group[..end]) {
-                paths.push(segments(item));
-            }
-            rest = &group[end..];
-        } else {
-            paths.push(segments(rest));
-        }
-    }
-    paths
+    paths_under(code, "crate::")
 }
 
 /// Every `super::a::b` path in `code` (also inside `use super::{...}`).
 fn super_paths(code: &str) -> Vec<Vec<String>> {
+    paths_under(code, "super::")
+}
+
+/// The paths that follow `root` (`crate::` or `super::`) in `code`, one per
+/// item of a `{...}` group; `root` inside a longer word or path
+/// (`my_crate::`, `super::super::`) does not count.
+fn paths_under(code: &str, root: &str) -> Vec<Vec<String>> {
     let mut paths = Vec::new();
     let mut rest = code;
-    while let Some(at) = rest.find("super::") {
+    while let Some(at) = rest.find(root) {
         let before = rest[..at].chars().last();
-        rest = &rest[at + "super::".len()..];
+        rest = &rest[at + root.len()..];
         if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
-            continue; // `super::super::` or a longer word
+            continue;
         }
         if let Some(group) = rest.strip_prefix('{') {
             let end = matching_brace(group);
@@ -260,10 +249,11 @@ fn split_top_level(text: &str) -> Vec<&str> {
 }
 
 /// `a::b::C` → `["a", "b", "C"]` (stops at anything that is not a path).
+/// A group after the segments (`a::{b, c}`) names items in the module
+/// they reach, which is all that matters here.
 fn segments(text: &str) -> Vec<String> {
-    let text = text.trim_start();
     let mut out = Vec::new();
-    let mut rest = text;
+    let mut rest = text.trim_start();
     loop {
         let end = rest
             .find(|c: char| !(c.is_alphanumeric() || c == '_'))
@@ -274,12 +264,7 @@ fn segments(text: &str) -> Vec<String> {
         out.push(rest[..end].to_string());
         match rest[end..].strip_prefix("::") {
             Some(next) if !next.starts_with('{') => rest = next,
-            Some(next) => {
-                // a::{b, c}: the module is `a`; the group names items in it.
-                let _ = next;
-                break;
-            }
-            None => break,
+            _ => break,
         }
     }
     out

@@ -249,11 +249,6 @@ impl WindowClock {
         self.watermark
     }
 
-    /// The highest watermark seen, if any.
-    pub fn watermark(&self) -> Option<i64> {
-        self.watermark
-    }
-
     /// Windows ending at or before this are closed (`None`: no watermark
     /// yet, nothing is closed).
     pub fn closed_up_to(&self) -> Option<i64> {
