@@ -44,6 +44,7 @@ use eddy::common::ChangeBatch;
 use eddy::connectors::format::MessageEncoding;
 use eddy::connectors::kafka::decode::PayloadDecoder;
 use eddy::connectors::nexmark::NexmarkConfig;
+use eddy::connectors::policy::ConnectorPolicy;
 use eddy::state::checkpoint::StateDelta;
 use eddy::state::{RowCodec, RowSet};
 use eddy::stream::accumulator::{AggregateFolder, AggregateKind};
@@ -150,8 +151,13 @@ fn changelog(c: &mut Criterion) {
         .take(ROWS)
         .collect();
     let schema = rows.schema();
-    let decoder = PayloadDecoder::try_new(MessageEncoding::Json, schema.clone(), &BTreeMap::new())
-        .expect("decoder");
+    let decoder = PayloadDecoder::try_new(
+        MessageEncoding::Json,
+        schema.clone(),
+        &BTreeMap::new(),
+        &ConnectorPolicy::default(),
+    )
+    .expect("decoder");
     let arrow_json = decoder.clone().with_arrow_json();
     // q1's columns: auction, bidder, price, date_time.
     let q1_columns: Vec<bool> = schema

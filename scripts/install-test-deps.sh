@@ -7,7 +7,9 @@
 #  - Python 3 with a venv holding SQLAlchemy and psycopg from PyPI, to test
 #    eddy with the client libraries BI tools and notebooks use, and
 #    Selenium, to drive headless Chromium (chromium and chromium-driver from
-#    Debian) over eddy's web page.
+#    Debian) over eddy's web page;
+#  - openssl, to make the test CA and certificates of the TLS tests, and
+#    curl, to test the web page over HTTPS.
 # Safe to run again: each step checks first.
 set -euo pipefail
 
@@ -33,6 +35,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-test-deps: installing ${missing[*]}"
   sudo_cmd=""

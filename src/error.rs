@@ -57,6 +57,31 @@ pub enum EddyError {
     /// A protocol-level problem such as a bad parameter (08P01 / 22023).
     #[error("{0}")]
     InvalidParameter(String),
+    /// The role may not do this: a missing privilege, or a file or host
+    /// the operator did not allow (42501).
+    #[error("{0}")]
+    InsufficientPrivilege(String),
+    /// A statement stopped by a cancel request, its statement_timeout or
+    /// its client going away (57014).
+    #[error("{0}")]
+    QueryCanceled(String),
+    /// A statement nested too deep for the server to plan (54001, "statement
+    /// too complex").
+    #[error("{0}")]
+    StatementTooComplex(String),
+    /// A value, message or result larger than the server takes (54000).
+    #[error("{0}")]
+    ProgramLimitExceeded(String),
+    /// A query over its share of memory (53200).
+    #[error("{0}")]
+    OutOfMemory(String),
+    /// A client that may not connect: unknown role, no LOGIN, TLS required
+    /// (28000).
+    #[error("{0}")]
+    InvalidAuthorization(String),
+    /// An external system (a sink's Postgres) could not be reached (08001).
+    #[error("{0}")]
+    ConnectionFailure(String),
     /// The server is shutting down or a background task is gone (57P01).
     #[error("{0}")]
     Shutdown(String),
@@ -93,6 +118,13 @@ impl EddyError {
             EddyError::OutOfRange(_) => "22003",
             EddyError::NotSupported(_) | EddyError::NotIncremental(_) => "0A000",
             EddyError::InvalidParameter(_) => "22023",
+            EddyError::InsufficientPrivilege(_) => "42501",
+            EddyError::QueryCanceled(_) => "57014",
+            EddyError::StatementTooComplex(_) => "54001",
+            EddyError::ProgramLimitExceeded(_) => "54000",
+            EddyError::OutOfMemory(_) => "53200",
+            EddyError::InvalidAuthorization(_) => "28000",
+            EddyError::ConnectionFailure(_) => "08001",
             EddyError::Shutdown(_) => "57P01",
             EddyError::Checkpoint(_) => "58030",
             EddyError::Internal(_) => "XX000",
@@ -173,6 +205,9 @@ impl From<DataFusionError> for EddyError {
                 }
             }
             DataFusionError::SQL(parse, _) => EddyError::Syntax(parse.to_string()),
+            DataFusionError::ResourcesExhausted(m) => EddyError::OutOfMemory(format!(
+                "out of memory for this query ({m}); queries share --query-memory-limit"
+            )),
             DataFusionError::NotImplemented(m) => EddyError::NotSupported(m.clone()),
             DataFusionError::SchemaError(schema_error, _) => {
                 let m = schema_error.to_string();

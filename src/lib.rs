@@ -85,6 +85,26 @@ pub struct ServerOptions {
     /// folding the keys that hash to it. Default 1: on a small machine the
     /// source readers already take the other cores (see docs/operations.md).
     pub workers: usize,
+    /// What connector options may reach on this machine (files, hosts).
+    pub connector_policy: connectors::policy::ConnectorPolicy,
+    /// How clients authenticate; `None`: `trust` when every listen address
+    /// is loopback, `password` otherwise.
+    pub auth: Option<server::AuthMode>,
+    /// Listen beyond loopback with `trust` anyway.
+    pub insecure: bool,
+    /// The bootstrap superuser's password (from `EDDY_PASSWORD` or
+    /// `--password-file`), set at start.
+    pub superuser_password: Option<String>,
+    /// The TLS certificate chain and key (PEM), for both protocols.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Limits every connection works within (the auth mode is taken from
+    /// `auth` above).
+    pub access: server::Access,
+    /// The key file that seals secrets; `None`: beside a local checkpoint
+    /// directory (`<dir>.secrets.key`), else a key for this process only.
+    pub secrets_key_file: Option<std::path::PathBuf>,
+    /// The memory all ad hoc queries share (over it: 53200).
+    pub query_memory_bytes: usize,
 }
 
 impl ServerOptions {
@@ -96,6 +116,14 @@ impl ServerOptions {
             checkpoint_interval: runtime::checkpoint::DEFAULT_CHECKPOINT_INTERVAL,
             from_snapshot: None,
             workers: 1,
+            connector_policy: connectors::policy::ConnectorPolicy::default(),
+            auth: None,
+            insecure: false,
+            superuser_password: None,
+            tls: None,
+            access: server::Access::default(),
+            secrets_key_file: None,
+            query_memory_bytes: engine::DEFAULT_QUERY_MEMORY_BYTES,
         }
     }
 }
@@ -137,7 +165,47 @@ impl Server {
             checkpoint_interval,
             from_snapshot,
             workers,
+            connector_policy,
+            auth,
+            insecure,
+            superuser_password,
+            tls,
+            mut access,
+            secrets_key_file,
+            query_memory_bytes,
         } = options;
+        let loopback = listen.ip().is_loopback();
+        access.auth = auth.unwrap_or(if loopback {
+            server::AuthMode::Trust
+        } else {
+            server::AuthMode::Password
+        });
+        if access.auth == server::AuthMode::Trust && !loopback && !insecure {
+            return Err(EddyError::InvalidParameter(format!(
+                "eddy will not listen on {listen} with --auth trust: anyone who can reach that \
+                 address could connect as any role; use --auth scram (the default there), \
+                 or add --insecure to accept it"
+            )));
+        }
+        if access.require_tls && tls.is_none() {
+            return Err(EddyError::InvalidParameter(
+                "--require-tls needs a certificate: --tls-cert and --tls-key".into(),
+            ));
+        }
+        let tls = tls
+            .map(|(cert, key)| server::tls_acceptor(&cert, &key))
+            .transpose()?;
+        let secret_box = match secrets_key_file.or_else(|| {
+            checkpoint_location
+                .as_ref()
+                .filter(|l| !l.contains("://"))
+                .map(|l| {
+                    std::path::PathBuf::from(format!("{}.secrets.key", l.trim_end_matches('/')))
+                })
+        }) {
+            Some(path) => catalog::secrets::SecretBox::from_key_file(&path)?,
+            None => catalog::secrets::SecretBox::ephemeral()?,
+        };
         let store = match &checkpoint_location {
             Some(location) => state::checkpoint::CheckpointStore::open(location)?,
             None => state::checkpoint::CheckpointStore::in_memory(),
@@ -153,10 +221,29 @@ impl Server {
         checkpoints.continue_numbering().await?;
         let runtime = runtime::RuntimeHandle::start()?;
         let engine = Arc::new(
-            engine::Engine::with_checkpoints(runtime, checkpoints.clone()).with_workers(workers),
+            engine::Engine::with_checkpoints(runtime, checkpoints.clone())
+                .with_workers(workers)
+                .with_connector_policy(connector_policy)
+                .with_secret_box(secret_box)
+                .with_query_memory(query_memory_bytes),
         );
         if let Some((manifest, restored)) = recovered {
             engine.recover(manifest, restored).await?;
+        }
+        if let Some(password) = &superuser_password {
+            engine.set_superuser_password(password)?;
+            engine.checkpoint().await?;
+        }
+        let superuser = engine
+            .catalog()
+            .role(catalog::roles::BOOTSTRAP_SUPERUSER)
+            .ok_or_else(|| internal!("the bootstrap superuser is gone"))?;
+        if access.auth == server::AuthMode::Password && superuser.password.is_none() {
+            return Err(EddyError::InvalidParameter(format!(
+                "--auth scram needs a password for the superuser {}: set EDDY_PASSWORD or \
+                 --password-file",
+                catalog::roles::BOOTSTRAP_SUPERUSER
+            )));
         }
         spawn_periodic_checkpoints(Arc::downgrade(&engine));
         spawn_health_sampler(Arc::downgrade(&engine));
@@ -184,15 +271,28 @@ impl Server {
             .map_err(|e| internal!("no local address: {e}"))?;
         let (shutdown, stopped) = tokio::sync::watch::channel(false);
         let stopped_http = stopped.clone();
-        let task = tokio::spawn(server::serve(engine.clone(), listener, async move {
-            let mut stopped = stopped;
-            let _ = stopped.wait_for(|s| *s).await;
-        }));
+        let http_access = server::http::HttpAccess {
+            tls: tls.clone(),
+            // Beyond loopback the page and /metrics need a role's password.
+            password: !http_addr.is_some_and(|a| a.ip().is_loopback()) && http_addr.is_some(),
+        };
+        let task = tokio::spawn(server::serve(
+            engine.clone(),
+            listener,
+            access,
+            tls,
+            stopped,
+        ));
         let http_task = http.map(|listener| {
-            tokio::spawn(server::http::serve(engine.clone(), listener, async move {
-                let mut stopped = stopped_http;
-                let _ = stopped.wait_for(|s| *s).await;
-            }))
+            tokio::spawn(server::http::serve(
+                engine.clone(),
+                listener,
+                http_access,
+                async move {
+                    let mut stopped = stopped_http;
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
         });
         Ok(Server {
             local_addr,

@@ -100,6 +100,76 @@ struct ServeArgs {
     /// is split across, by key hash (default 1).
     #[arg(long, env = "EDDY_WORKERS")]
     workers: Option<usize>,
+    /// A directory whose files connector options may name (Kafka TLS and
+    /// keytab files, Avro schema files); repeat it (or separate with
+    /// commas) for several. Default: none, no option may name a file.
+    #[arg(long = "allow-path", env = "EDDY_ALLOW_PATH", value_delimiter = ',')]
+    allow_path: Vec<PathBuf>,
+    /// The hosts sources and sinks may connect to, comma-separated: names,
+    /// `*.suffix`, addresses or CIDR blocks, each with an optional `:port`
+    /// (e.g. `kafka.internal:9092,10.0.0.0/8`). Default: any host.
+    #[arg(
+        long = "allow-connect",
+        env = "EDDY_ALLOW_CONNECT",
+        value_delimiter = ','
+    )]
+    allow_connect: Vec<String>,
+    /// How clients authenticate: `trust` (any client naming a role that may
+    /// log in) or `scram` (SCRAM-SHA-256 passwords; `password` says the
+    /// same). Default: trust when listening on loopback only, scram otherwise.
+    #[arg(long, env = "EDDY_AUTH")]
+    auth: Option<eddy::server::AuthMode>,
+    /// Accept --auth trust on an address beyond loopback.
+    #[arg(long)]
+    insecure: bool,
+    /// A file holding the superuser eddy's password (its first line); also
+    /// EDDY_PASSWORD. Set at every start.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// A PEM certificate chain: TLS for the Postgres protocol and HTTP.
+    #[arg(long, env = "EDDY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, env = "EDDY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Refuse clients that do not use TLS.
+    #[arg(long)]
+    require_tls: bool,
+    /// Sessions at once (more are refused with 53300).
+    #[arg(long, env = "EDDY_MAX_CONNECTIONS", default_value_t = 100)]
+    max_connections: usize,
+    /// The largest message a client may send, e.g. `64MB`, `1GB`.
+    #[arg(long, env = "EDDY_MAX_MESSAGE_SIZE", default_value = "64MB", value_parser = parse_size)]
+    max_message_size: usize,
+    /// End sessions idle this long, e.g. `10m` (default 0: never).
+    #[arg(long, env = "EDDY_IDLE_SESSION_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    idle_session_timeout: std::time::Duration,
+    /// The memory all ad hoc queries share, e.g. `2GB` (a query beyond it
+    /// spills to disk where it can, else fails with 53200).
+    #[arg(long, env = "EDDY_QUERY_MEMORY_LIMIT", default_value = "2GB", value_parser = parse_size)]
+    query_memory_limit: usize,
+}
+
+/// `64MB`, `512KB`, `1GB`, `1048576` (bytes).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim().to_ascii_uppercase();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("expected a size such as 64MB, got {text:?}"))?;
+    let scale = match unit.trim().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?}: use KB, MB or GB")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("size {text} is too large"))
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -136,7 +206,11 @@ fn main() -> std::process::ExitCode {
         None => cli.serve,
         Some(Command::Bench(BenchCommand::Nexmark(args))) => return bench_nexmark(args),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(eddy::common::DEEP_STACK_BYTES)
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -191,6 +265,16 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
             args.data_dir.display()
         ))
     })?;
+    // The data (checkpoints with their catalog, the secrets key) is the
+    // server's alone.
+    private_directory(&args.data_dir)?;
+    if let Some(url) = args
+        .checkpoint_url
+        .as_deref()
+        .filter(|u| !u.contains("://"))
+    {
+        private_directory(std::path::Path::new(url))?;
+    }
     let checkpoints = args.checkpoint_url.clone().unwrap_or_else(|| {
         args.data_dir
             .join("checkpoints")
@@ -205,6 +289,29 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
     if let Some(workers) = args.workers {
         options.workers = workers;
     }
+    let allow_connect = if args.allow_connect.is_empty() {
+        None
+    } else {
+        Some(
+            args.allow_connect
+                .iter()
+                .map(|entry| entry.parse())
+                .collect::<eddy::Result<Vec<_>>>()?,
+        )
+    };
+    options.connector_policy =
+        eddy::connectors::policy::ConnectorPolicy::new(&args.allow_path, allow_connect)?;
+    options.auth = args.auth;
+    options.insecure = args.insecure;
+    options.superuser_password = superuser_password(&args)?;
+    options.tls = args.tls_cert.clone().zip(args.tls_key.clone());
+    options.access.require_tls = args.require_tls;
+    options.access.max_connections = args.max_connections.max(1);
+    options.access.max_message_bytes = args.max_message_size.max(1024);
+    options.access.idle_session_timeout =
+        (!args.idle_session_timeout.is_zero()).then_some(args.idle_session_timeout);
+    options.secrets_key_file = Some(args.data_dir.join("secrets.key"));
+    options.query_memory_bytes = args.query_memory_limit;
     let server = eddy::Server::start_with_options(options).await?;
     if let Some(http) = server.http_addr {
         tracing::info!("metrics at http://{http}/metrics");
@@ -225,6 +332,37 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())
+}
+
+/// Makes `dir` (if needed) and lets only eddy's user into it (0700).
+fn private_directory(dir: &std::path::Path) -> eddy::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |e: std::io::Error| {
+        eddy::EddyError::InvalidParameter(format!("directory {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)
+}
+
+/// The superuser's password: `--password-file`'s first line, else
+/// `EDDY_PASSWORD`.
+fn superuser_password(args: &ServeArgs) -> eddy::Result<Option<String>> {
+    if let Some(path) = &args.password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            eddy::EddyError::InvalidParameter(format!("--password-file {}: {e}", path.display()))
+        })?;
+        let password = text.lines().next().unwrap_or("").to_string();
+        if password.is_empty() {
+            return Err(eddy::EddyError::InvalidParameter(format!(
+                "--password-file {}: the first line is empty",
+                path.display()
+            )));
+        }
+        return Ok(Some(password));
+    }
+    Ok(std::env::var("EDDY_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty()))
 }
 
 async fn shutdown_signal() {

@@ -9,13 +9,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::kafka::{bootstrap, consume_all, create_topic, fresh_topic, produce};
+use common::process::EddyProcess;
 use common::{connect_postgres, postgres_rows, postgres_url, query_text, sorted_rows};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const EVENTS: i64 = 300_000;
 /// How many times eddy is killed while catching up.
@@ -32,91 +31,6 @@ impl Lcg {
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % below
-    }
-}
-
-struct Eddy {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Eddy {
-    fn spawn(dir: &PathBuf) -> Eddy {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        std::fs::create_dir_all(dir).expect("data dir");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("eddy.log"))
-            .expect("log file");
-        let log_too = log.try_clone().expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--data-dir", &dir.to_string_lossy()])
-            .args(["--no-http", "--checkpoint-interval", "100ms"])
-            .env("RUST_LOG", "info")
-            .stdout(log_too)
-            .stderr(log)
-            .spawn()
-            .expect("eddy binary starts");
-        Eddy {
-            child,
-            port,
-            dir: dir.clone(),
-        }
-    }
-
-    /// Connects once the server answers (after its recovery).
-    async fn connect(&mut self) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let attempt = tokio_postgres::connect(
-                &format!("host=127.0.0.1 port={} user=eddy dbname=eddy", self.port),
-                NoTls,
-            )
-            .await;
-            if let Ok((client, connection)) = attempt {
-                tokio::spawn(connection);
-                return client;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "eddy exited with {status}; see {}/eddy.log",
-                    self.dir.display()
-                );
-            }
-            assert!(Instant::now() < deadline, "eddy did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL"); // std's kill is SIGKILL on unix
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM: a clean stop with a final checkpoint.
-    fn terminate(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().ok().flatten().is_none() {
-            assert!(Instant::now() < deadline, "eddy did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// A failing test (a panic) does not leave eddy running.
-impl Drop for Eddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -238,7 +152,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
     let crashed_pg = format!("crash_pg_{suffix}");
     let crashed_out = fresh_topic("crash_out");
     create_topic(&crashed_out, 1).await;
-    let mut eddy = Eddy::spawn(&crashed_dir);
+    let mut eddy = EddyProcess::spawn(&crashed_dir, &[], &[]);
     let mut client = eddy.connect().await;
     common::execute(&client, &setup_sql(&input, &crashed_pg, &crashed_out)).await;
     for chunk in 0..KILLS {
@@ -266,7 +180,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
             tokio::time::sleep(Duration::from_millis(random.next(400))).await;
             eddy.kill();
         }
-        eddy = Eddy::spawn(&crashed_dir);
+        eddy = EddyProcess::spawn(&crashed_dir, &[], &[]);
         client = eddy.connect().await;
         // Restarted: every object is back, with the table's flushed rows.
         let notes = sorted_rows(&client, "SELECT * FROM notes").await;
@@ -291,7 +205,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
         all
     };
     eddy.kill();
-    eddy = Eddy::spawn(&crashed_dir);
+    eddy = EddyProcess::spawn(&crashed_dir, &[], &[]);
     let client = eddy.connect().await;
     for (sql, before) in VIEWS.iter().zip(&at_rest) {
         assert_eq!(
@@ -301,7 +215,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
         );
     }
     eddy.terminate();
-    let mut eddy = Eddy::spawn(&crashed_dir);
+    let mut eddy = EddyProcess::spawn(&crashed_dir, &[], &[]);
     let crashed = eddy.connect().await;
     caught_up(&crashed).await;
 
@@ -309,7 +223,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
     let reference_pg = format!("ref_pg_{suffix}");
     let reference_out = fresh_topic("crash_ref_out");
     create_topic(&reference_out, 1).await;
-    let mut reference = Eddy::spawn(&root.join("reference"));
+    let mut reference = EddyProcess::spawn(&root.join("reference"), &[], &[]);
     let uninterrupted = reference.connect().await;
     common::execute(
         &uninterrupted,

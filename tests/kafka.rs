@@ -647,9 +647,17 @@ async fn avro_source_with_an_inline_schema_and_a_schema_file() {
             .map_err(|(e, _)| e)
             .expect("delivered");
     }
-    let schema_file = std::env::temp_dir().join(format!("{topic}.avsc"));
+    // Schema files are read only inside a directory the server allows.
+    let schemas = std::env::temp_dir().join(format!("{topic}-schemas"));
+    std::fs::create_dir_all(&schemas).unwrap();
+    let schema_file = schemas.join(format!("{topic}.avsc"));
     std::fs::write(&schema_file, schema_text).unwrap();
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|options| {
+        options.connector_policy =
+            eddy::connectors::policy::ConnectorPolicy::new(std::slice::from_ref(&schemas), None)
+                .expect("a policy");
+    })
+    .await;
     let eddy = server.connect().await;
     let kafka = bootstrap();
     let inline = schema_text.replace('\'', "''");

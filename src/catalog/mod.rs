@@ -12,6 +12,8 @@ pub mod information_schema;
 pub mod lookup;
 pub mod pg_catalog;
 mod provider;
+pub mod roles;
+pub mod secrets;
 pub mod window;
 
 use std::collections::BTreeMap;
@@ -28,6 +30,7 @@ use crate::connectors::table::TableData;
 use crate::error::{EddyError, Result};
 use crate::runtime::PublishedEpoch;
 use crate::state::{RowCodec, RowSet};
+pub use roles::{Privilege, Role, Roles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelationKind {
@@ -193,11 +196,43 @@ impl Relation {
 pub struct Catalog {
     relations: RwLock<BTreeMap<String, Relation>>,
     sinks: Mutex<BTreeMap<String, Arc<SinkEntry>>>,
+    roles: RwLock<Roles>,
+    /// Secret values by name (in memory only; see `secrets.rs`).
+    secrets: RwLock<BTreeMap<String, String>>,
     next_id: AtomicU64,
-    /// The statement that created each object, in creation order: what a
-    /// checkpoint records as the catalog. Keyed `relation:<name>` or
-    /// `sink:<name>`.
-    ddl: Mutex<Vec<(String, String)>>,
+    /// The statement that makes each object as it is now, in creation
+    /// order: what a checkpoint records as the catalog (see [`DdlKey`]).
+    ddl: Mutex<Vec<(DdlKey, String)>>,
+}
+
+/// What an entry of the DDL log makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DdlKey {
+    /// A table, source or view: its CREATE, as first written (a later
+    /// `IF NOT EXISTS` changes nothing).
+    Relation(String),
+    /// A sink: its CREATE SINK, as first written.
+    Sink(String),
+    /// A role: a CREATE ROLE of it as it is now (replaced in place when it
+    /// changes, so that grants recorded after it stay after it).
+    Role(String),
+    /// What role `.1` may do on relation `.0`: one GRANT, replaced in
+    /// place when it changes.
+    Grant(String, String),
+    /// A secret: its CREATE SECRET with the value sealed, replaced in
+    /// place when it changes.
+    Secret(String),
+}
+
+impl DdlKey {
+    /// Whether a new statement for the key replaces the one recorded (the
+    /// object changed), rather than being ignored (recorded already).
+    fn replaces(&self) -> bool {
+        matches!(
+            self,
+            DdlKey::Role(_) | DdlKey::Grant(..) | DdlKey::Secret(_)
+        )
+    }
 }
 
 impl Catalog {
@@ -205,30 +240,144 @@ impl Catalog {
         Self {
             relations: RwLock::default(),
             sinks: Mutex::default(),
+            roles: RwLock::default(),
+            secrets: RwLock::default(),
             next_id: AtomicU64::new(1),
             ddl: Mutex::default(),
         }
     }
 
-    fn ddl(&self) -> std::sync::MutexGuard<'_, Vec<(String, String)>> {
+    fn ddl(&self) -> std::sync::MutexGuard<'_, Vec<(DdlKey, String)>> {
         self.ddl
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records the statement that created relation (or sink) `name`; the
-    /// first statement stays (a later `IF NOT EXISTS` changes nothing).
-    pub fn record_ddl(&self, sink: bool, name: &str, statement: &str) {
-        let key = ddl_key(sink, name);
+    /// Records the statement that makes the object `key` names (see
+    /// [`DdlKey`] for which replace an earlier one).
+    pub fn record_ddl(&self, key: DdlKey, statement: &str) {
         let mut ddl = self.ddl();
-        if !ddl.iter().any(|(k, _)| *k == key) {
-            ddl.push((key, statement.trim().to_string()));
+        let statement = statement.trim().to_string();
+        match ddl.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, recorded)) if key.replaces() => *recorded = statement,
+            Some(_) => {}
+            None => ddl.push((key, statement)),
         }
+    }
+
+    fn forget_ddl(&self, keep: impl Fn(&DdlKey) -> bool) {
+        self.ddl().retain(|(k, _)| keep(k));
+    }
+
+    /// The value of secret `name`.
+    pub fn secret(&self, name: &str) -> Option<String> {
+        self.secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The names of the secrets.
+    pub fn secret_names(&self) -> Vec<String> {
+        self.secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Sets secret `name` to `value`, recording `statement` (the CREATE
+    /// SECRET with the value sealed) in the DDL log.
+    pub fn set_secret(&self, name: &str, value: String, statement: &str) {
+        self.secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), value);
+        self.record_ddl(DdlKey::Secret(name.to_string()), statement);
+    }
+
+    /// Forgets secret `name`; whether there was one.
+    pub fn remove_secret(&self, name: &str) -> bool {
+        let removed = self
+            .secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .is_some();
+        self.forget_ddl(|k| !matches!(k, DdlKey::Secret(n) if n == name));
+        removed
+    }
+
+    /// The role called `name`, as it is now.
+    pub fn role(&self, name: &str) -> Option<Role> {
+        self.roles().get(name).cloned()
+    }
+
+    /// Every role and grant, as they are now.
+    pub fn roles(&self) -> std::sync::RwLockReadGuard<'_, Roles> {
+        self.roles.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes roles or grants; the DDL log follows: a role changed or
+    /// created is recorded as its CREATE ROLE, a dropped one forgotten, and
+    /// every grant on the relations `touched` recorded as it now stands.
+    pub fn change_roles<T>(
+        &self,
+        change: impl FnOnce(&mut Roles) -> Result<T>,
+        touched_roles: &[String],
+        touched_relations: &[(RelationId, String)],
+    ) -> Result<T> {
+        let mut roles = self.roles.write().unwrap_or_else(|p| p.into_inner());
+        let outcome = change(&mut roles)?;
+        for name in touched_roles {
+            match roles.get(name) {
+                Some(role) => {
+                    self.record_ddl(DdlKey::Role(name.clone()), &role.defining_statement())
+                }
+                None => self.forget_ddl(|k| !matches!(k, DdlKey::Role(n) if n == name)),
+            }
+        }
+        for (id, relation) in touched_relations {
+            let granted = roles.grants_on(*id);
+            self.forget_ddl(|k| {
+                !matches!(k, DdlKey::Grant(r, role) if r == relation
+                    && !granted.iter().any(|(g, _)| g == role))
+            });
+            for (role, privileges) in granted {
+                let list: Vec<&str> = privileges.iter().map(|p| p.keyword()).collect();
+                self.record_ddl(
+                    DdlKey::Grant(relation.clone(), role.clone()),
+                    &format!(
+                        "GRANT {} ON {} TO {}",
+                        list.join(", "),
+                        roles::quote_ident(relation),
+                        roles::quote_ident(&role)
+                    ),
+                );
+            }
+        }
+        Ok(outcome)
     }
 
     /// The statements that create every object, in creation order.
     pub fn ddl_log(&self) -> Vec<String> {
         self.ddl().iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// The recorded CREATE statements of relations and sinks, as
+    /// `(name, statement)`.
+    pub fn object_statements(&self) -> Vec<(String, String)> {
+        self.ddl()
+            .iter()
+            .filter_map(|(key, statement)| match key {
+                DdlKey::Relation(name) | DdlKey::Sink(name) => {
+                    Some((name.clone(), statement.clone()))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     fn sinks(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<SinkEntry>>> {
@@ -259,8 +408,7 @@ impl Catalog {
 
     pub fn remove_sink(&self, name: &str) {
         self.sinks().remove(name);
-        let key = ddl_key(true, name);
-        self.ddl().retain(|(k, _)| *k != key);
+        self.forget_ddl(|k| !matches!(k, DdlKey::Sink(n) if n == name));
     }
 
     /// Sinks that read view `id`.
@@ -321,10 +469,18 @@ impl Catalog {
         Ok(())
     }
 
+    /// Drops relation `name`, with the grants on it.
     pub fn remove(&self, name: &str) {
-        self.write().remove(name);
-        let key = ddl_key(false, name);
-        self.ddl().retain(|(k, _)| *k != key);
+        if let Some(relation) = self.write().remove(name) {
+            self.roles
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget_relation(relation.id());
+        }
+        self.forget_ddl(|k| match k {
+            DdlKey::Relation(n) | DdlKey::Grant(n, _) => n != name,
+            _ => true,
+        });
     }
 
     /// Views that read `id` directly, oldest first.
@@ -372,13 +528,5 @@ impl Catalog {
                 ))
             })
             .collect()
-    }
-}
-
-fn ddl_key(sink: bool, name: &str) -> String {
-    if sink {
-        format!("sink:{name}")
-    } else {
-        format!("relation:{name}")
     }
 }

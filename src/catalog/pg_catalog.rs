@@ -5,8 +5,9 @@
 //! Tables: `pg_namespace`, `pg_class` (tables `r`, materialized views `m`,
 //! primary keys as btree indexes `i` named `<table>_pkey`), `pg_attribute`,
 //! `pg_type`, `pg_collation`, `pg_database`, `pg_am`, `pg_index` and
-//! `pg_constraint` (the primary keys), and empty `pg_attrdef`,
-//! `pg_description`, `pg_proc`, `pg_policy`, `pg_roles`,
+//! `pg_constraint` (the primary keys), `pg_roles` (eddy's roles, for
+//! `\du`), `pg_class.relacl` (the grants, for `\dp`), and empty
+//! `pg_attrdef`, `pg_description`, `pg_proc`, `pg_policy`, `pg_auth_members`,
 //! `pg_statistic_ext`, `pg_publication*`, `pg_inherits`, `pg_trigger`,
 //! `pg_rewrite`. Functions: `pg_get_userbyid`, `pg_table_is_visible`,
 //! `pg_get_indexdef`, `pg_get_constraintdef`, `pg_get_expr`,
@@ -25,7 +26,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    new_null_array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray,
+    new_null_array, ArrayRef, BooleanArray, Int64Array, ListBuilder, RecordBatch, StringArray,
+    StringBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
@@ -37,6 +39,7 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
+use crate::catalog::roles::{Roles, BOOTSTRAP_SUPERUSER};
 use crate::catalog::Relation;
 use crate::common::pg_types::pg_type;
 use crate::error::Result;
@@ -207,8 +210,96 @@ pub struct PgCatalog {
     definitions: Arc<BTreeMap<i64, String>>,
 }
 
-/// The `pg_catalog` for `relations`.
-pub fn pg_catalog(relations: &[Relation]) -> Result<PgCatalog> {
+/// The OID of role `name`: the bootstrap superuser's is Postgres's 10;
+/// others are a stable hash of the name (eddy keeps no role OIDs), above
+/// the relation OIDs.
+fn role_oid(name: &str) -> i64 {
+    if name == BOOTSTRAP_SUPERUSER {
+        return OWNER_OID;
+    }
+    // FNV-1a: stable across runs and builds, unlike std's hasher.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (1 << 30) + (hash % (1 << 30)) as i64
+}
+
+/// `relation`'s `aclitem[]` as text (`grantee=privileges/grantor`, the
+/// owner first with every privilege), or NULL (the default: only the
+/// owner) when nothing is granted on it.
+fn access_list(roles: &Roles, relation: &Relation) -> Option<Vec<String>> {
+    let grants = roles.grants_on(relation.id());
+    if grants.is_empty() {
+        return None;
+    }
+    // In PostgreSQL's order: `a`ppend, `r`ead, `w`rite, `d`elete.
+    let letters = |privileges: &mut dyn Iterator<Item = crate::catalog::roles::Privilege>| {
+        let mut letters: Vec<char> = privileges.map(|p| p.acl_letter()).collect();
+        letters.sort_by_key(|l| "arwd".find(*l));
+        letters.into_iter().collect::<String>()
+    };
+    let owner = BOOTSTRAP_SUPERUSER;
+    let all = letters(&mut crate::catalog::roles::Privilege::ALL.into_iter());
+    let mut items = vec![format!("{owner}={all}/{owner}")];
+    items.extend(grants.into_iter().map(|(role, privileges)| {
+        format!("{role}={}/{owner}", letters(&mut privileges.into_iter()))
+    }));
+    Some(items)
+}
+
+/// A `text[]` column.
+fn text_lists(values: impl IntoIterator<Item = Option<Vec<String>>>) -> ArrayRef {
+    let mut builder = ListBuilder::new(StringBuilder::new());
+    for value in values {
+        match value {
+            Some(items) => {
+                for item in items {
+                    builder.values().append_value(item);
+                }
+                builder.append(true);
+            }
+            None => builder.append(false),
+        }
+    }
+    Arc::new(builder.finish())
+}
+
+/// `pg_roles`: every role, as `\du` reads it.
+fn pg_roles(roles: &Roles) -> Result<Arc<MemTable>> {
+    let listed: Vec<_> = roles.list().collect();
+    let n = listed.len();
+    let flags = |f: &dyn Fn(&crate::catalog::roles::Role) -> bool| -> ArrayRef {
+        Arc::new(BooleanArray::from_iter(listed.iter().map(|r| Some(f(r)))))
+    };
+    table(vec![
+        ("oid", ints(listed.iter().map(|r| role_oid(&r.name)))),
+        ("rolname", strings(listed.iter().map(|r| r.name.as_str()))),
+        ("rolsuper", flags(&|r| r.superuser)),
+        ("rolinherit", flags(&|_| true)),
+        ("rolcreaterole", flags(&|r| r.superuser)),
+        ("rolcreatedb", flags(&|_| false)),
+        ("rolcanlogin", flags(&|r| r.login)),
+        ("rolreplication", flags(&|_| false)),
+        ("rolbypassrls", flags(&|r| r.superuser)),
+        ("rolconnlimit", ints(listed.iter().map(|_| -1))),
+        // Postgres shows this mask, never the verifier.
+        ("rolpassword", strings(listed.iter().map(|_| "********"))),
+        (
+            "rolvaliduntil",
+            new_null_array(
+                &DataType::Timestamp(
+                    datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                    Some("+00:00".into()),
+                ),
+                n,
+            ),
+        ),
+        ("rolconfig", new_null_array(&text_list(), n)),
+    ])
+}
+
+/// The `pg_catalog` for `relations` and `roles`.
+pub fn pg_catalog(relations: &[Relation], roles: &Roles) -> Result<PgCatalog> {
     let listed: Vec<&Relation> = relations.iter().filter(|r| r.listed_to_clients()).collect();
     let oid = |r: &Relation| FIRST_RELATION_OID + r.id() as i64;
     let schema = Arc::new(MemorySchemaProvider::new());
@@ -224,6 +315,7 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<PgCatalog> {
             ("nspowner", ints(NAMESPACES.iter().map(|_| OWNER_OID))),
         ])?,
     )?;
+    register("pg_roles", pg_roles(roles)?)?;
     // Each primary key is an index relation (`<table>_pkey`, btree) with a
     // pg_index row and a constraint, as Postgres shows them.
     let keys = primary_keys(&listed);
@@ -286,7 +378,15 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<PgCatalog> {
             ("relallvisible", zeros(n)),
             ("relreplident", strings(classes.iter().map(|_| "d"))),
             ("reloptions", new_null_array(&text_list(), n)),
-            ("relacl", new_null_array(&text_list(), n)),
+            (
+                "relacl",
+                text_lists(
+                    listed
+                        .iter()
+                        .map(|r| access_list(roles, r))
+                        .chain(keys.iter().map(|_| None)),
+                ),
+            ),
             ("relpartbound", new_null_array(&DataType::Utf8, n)),
         ])?,
     )?;
@@ -407,6 +507,8 @@ pub fn pg_catalog(relations: &[Relation]) -> Result<PgCatalog> {
             ),
             ("attidentity", strings(columns.iter().map(|_| ""))),
             ("attgenerated", strings(columns.iter().map(|_| ""))),
+            // Privileges are per relation, never per column.
+            ("attacl", new_null_array(&text_list(), columns.len())),
         ])?,
     )?;
     register(
@@ -734,10 +836,12 @@ fn regclass_oid(name: &str, catalog: &crate::catalog::Catalog) -> Option<i64> {
 /// Rewrites what DataFusion cannot plan but Postgres clients send:
 /// `'name'::regclass` becomes the relation's OID (an unknown name is
 /// Postgres' error 42P01), `expr::regclass` the OID as a number, and the bare
-/// words `current_catalog`, `current_user`, `session_user` their values.
+/// words `current_catalog`, `current_user`, `session_user` their values
+/// (the last two: the session's role, `user`).
 pub fn rewrite_regclass(
     statement: &mut datafusion::sql::sqlparser::ast::Statement,
     catalog: &crate::catalog::Catalog,
+    user: &str,
 ) -> Result<()> {
     use datafusion::sql::sqlparser::ast::{self, visit_expressions_mut, Expr};
     use std::ops::ControlFlow;
@@ -768,7 +872,20 @@ pub fn rewrite_regclass(
         if let Expr::Function(function) = expr {
             if function.name.to_string().eq_ignore_ascii_case("array") {
                 if let ast::FunctionArguments::Subquery(query) = &function.args {
-                    if let Some(aggregated) = array_of_subquery(query) {
+                    // Over a catalog table eddy keeps empty: no elements
+                    // (a NULL array, which clients show as they show `{}`).
+                    if provably_empty_query(query).is_some() {
+                        *expr = Expr::Cast {
+                            kind: ast::CastKind::Cast,
+                            expr: Box::new(Expr::value(ast::Value::Null)),
+                            data_type: ast::DataType::Array(ast::ArrayElemTypeDef::SquareBracket(
+                                Box::new(ast::DataType::Text),
+                                None,
+                            )),
+                            array: false,
+                            format: None,
+                        };
+                    } else if let Some(aggregated) = array_of_subquery(query) {
                         *expr = aggregated;
                         rewrite_catalog_subquery(expr);
                     }
@@ -806,10 +923,14 @@ pub fn rewrite_regclass(
             _ => None,
         };
         if let Some(word) = bare_word {
-            if let "current_catalog" | "current_user" | "session_user" =
-                word.to_lowercase().as_str()
-            {
-                *expr = Expr::value(ast::Value::SingleQuotedString("eddy".into()));
+            match word.to_lowercase().as_str() {
+                "current_catalog" => {
+                    *expr = Expr::value(ast::Value::SingleQuotedString("eddy".into()))
+                }
+                "current_user" | "session_user" | "current_role" => {
+                    *expr = Expr::value(ast::Value::SingleQuotedString(user.to_string()))
+                }
+                _ => {}
             }
             return ControlFlow::Continue(());
         }
@@ -937,7 +1058,7 @@ impl Column {
 }
 
 /// The catalog tables eddy keeps empty, with the columns clients read:
-/// eddy has no row security, roles beyond its one user, enums, sequences,
+/// eddy has no row security, role membership, enums, sequences,
 /// extended statistics, publications, inheritance, triggers or rules.
 const EMPTY_TABLES: [(&str, &[(&str, Column)]); 11] = {
     use Column::{Bool, Float, Int, IntList, Text};
@@ -955,7 +1076,16 @@ const EMPTY_TABLES: [(&str, &[(&str, Column)]); 11] = {
                 ("polwithcheck", Text),
             ],
         ),
-        ("pg_roles", &[("oid", Int), ("rolname", Text)]),
+        (
+            "pg_auth_members",
+            &[
+                ("oid", Int),
+                ("roleid", Int),
+                ("member", Int),
+                ("grantor", Int),
+                ("admin_option", Bool),
+            ],
+        ),
         (
             "pg_enum",
             &[
@@ -1219,6 +1349,7 @@ fn rewrite_catalog_subquery(expr: &mut datafusion::sql::sqlparser::ast::Expr) {
             }
         }
     }
+    inner.insert(String::new());
     let qualifiers = |e: &Expr| {
         let mut found = vec![];
         let _ = visit_expressions(e, |e| {
@@ -1227,6 +1358,11 @@ fn rewrite_catalog_subquery(expr: &mut datafusion::sql::sqlparser::ast::Expr) {
                 if parts.len() >= 2 {
                     found.push(parts[parts.len() - 2].value.to_lowercase());
                 }
+            }
+            // A bare column is the innermost scope's (as these queries use
+            // it): "" stands for the subquery's own tables.
+            if let Expr::Identifier(_) = e {
+                found.push(String::new());
             }
             ControlFlow::<()>::Continue(())
         });

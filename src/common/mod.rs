@@ -21,3 +21,11 @@ pub use changelog::ChangeBatch;
 /// reused, so a change in flight for a dropped relation can never reach a
 /// new one of the same name.
 pub type RelationId = u64;
+
+/// The stack of every thread that plans statements or evaluates their
+/// expressions (the server's async workers, the runtime thread, shard
+/// threads). Trees of expressions recurse once per level in places eddy
+/// does not control (sqlparser's `Clone` and `Drop`, expression
+/// evaluation); `sql::limits` keeps statements many times below what this
+/// takes. Only the pages a thread touches are ever committed.
+pub const DEEP_STACK_BYTES: usize = 64 << 20;

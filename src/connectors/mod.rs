@@ -17,6 +17,7 @@ pub mod epoch;
 pub mod format;
 pub mod kafka;
 pub mod nexmark;
+pub mod policy;
 pub mod postgres;
 pub mod table;
 

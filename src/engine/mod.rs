@@ -28,11 +28,14 @@
 //! evaluating the change until the runtime has it, so changes reach views
 //! in the order they were applied.
 
+mod access;
 mod checkpoint;
 mod columns;
 mod cursors;
 mod drop;
+mod guarded_functions;
 pub mod health;
+pub mod interrupt;
 pub mod jobs;
 mod query;
 mod session;
@@ -52,7 +55,9 @@ use datafusion::common::ScalarValue;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::prelude::SessionConfig;
 
-use crate::catalog::{Catalog, RelationKind};
+use crate::catalog::secrets::SecretBox;
+use crate::catalog::{Catalog, DdlKey, RelationKind};
+use crate::connectors::policy::ConnectorPolicy;
 use crate::error::{EddyError, Result};
 use crate::runtime::checkpoint::Checkpointer;
 use crate::runtime::RuntimeHandle;
@@ -65,11 +70,17 @@ pub use session::Session;
 pub use subscribe::{Subscription, SUBSCRIPTION_QUEUE_EPOCHS};
 
 /// The result of one statement.
-#[derive(Debug)]
 pub enum StatementResult {
     Rows {
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
+    },
+    /// A query's rows as it produces them (never built whole), stopped by
+    /// `guard` (cancel, timeout, the client going away) between batches.
+    Stream {
+        schema: SchemaRef,
+        stream: datafusion::execution::SendableRecordBatchStream,
+        guard: interrupt::StatementGuard,
     },
     /// A command tag such as `INSERT 0 3` or `CREATE TABLE`.
     Command(String),
@@ -87,6 +98,9 @@ pub enum StatementResult {
         then: Box<StatementResult>,
     },
 }
+
+/// The memory ad hoc queries share, unless told otherwise.
+pub const DEFAULT_QUERY_MEMORY_BYTES: usize = 2 << 30;
 
 /// What a prepared statement will take and return.
 #[derive(Debug, Clone)]
@@ -110,6 +124,10 @@ pub struct Engine {
     restoring: std::sync::Mutex<Option<Restoring>>,
     /// Keyed operators of new views are split across this many threads.
     workers: usize,
+    /// What connector options may reach (files, hosts).
+    policy: ConnectorPolicy,
+    /// Seals secrets for the DDL log (see `catalog::secrets`).
+    secret_box: Arc<SecretBox>,
 }
 
 impl Engine {
@@ -125,14 +143,7 @@ impl Engine {
     }
 
     pub fn with_checkpoints(runtime: RuntimeHandle, checkpoints: Arc<Checkpointer>) -> Self {
-        let config = SessionConfig::new()
-            .with_default_catalog_and_schema("eddy", "public")
-            .with_create_default_catalog_and_schema(false)
-            .with_information_schema(false);
-        let base_state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features()
-            .build();
+        let base_state = Self::base_state(DEFAULT_QUERY_MEMORY_BYTES);
         Self {
             catalog: Arc::new(Catalog::new()),
             runtime,
@@ -142,13 +153,53 @@ impl Engine {
             monitor: Arc::default(),
             restoring: std::sync::Mutex::new(None),
             workers: 1,
+            policy: ConnectorPolicy::default(),
+            secret_box: Arc::new(SecretBox::ephemeral().expect("the system's random numbers")),
         }
+    }
+
+    /// The DataFusion session every query starts from: eddy's catalog
+    /// names, and a memory pool of `query_memory_bytes` that all ad hoc
+    /// queries share (a query over it spills where it can, else fails with
+    /// 53200; the server and the views go on).
+    fn base_state(query_memory_bytes: usize) -> SessionState {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema("eddy", "public")
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(false);
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_limit(query_memory_bytes, 1.0)
+            .build_arc()
+            .expect("a memory-limited runtime environment");
+        SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .build()
+    }
+
+    /// Lets ad hoc queries use at most `bytes` of memory together.
+    pub fn with_query_memory(mut self, bytes: usize) -> Self {
+        self.base_state = Self::base_state(bytes);
+        self
     }
 
     /// Splits the keyed operators of views planned from now on across
     /// `workers` threads (at least one).
     pub fn with_workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
+        self
+    }
+
+    /// Seals secrets with `secret_box` (its key outlives the process).
+    pub fn with_secret_box(mut self, secret_box: SecretBox) -> Self {
+        self.secret_box = Arc::new(secret_box);
+        self
+    }
+
+    /// Checks connector options against `policy` from now on.
+    pub fn with_connector_policy(mut self, policy: ConnectorPolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -166,32 +217,53 @@ impl Engine {
 
     /// Records the statement that created a table, source, view or sink in
     /// the catalog's DDL log (what checkpoints replay), once it exists.
-    fn record_ddl(&self, statement: &EddyStatement, sql: &str) {
+    fn record_ddl(&self, statement: &EddyStatement, sql: &str) -> Result<()> {
         let (sink, name) = match statement {
             EddyStatement::CreateTable(create, _) => {
                 match crate::sql::relation_name(&create.name) {
                     Ok(name) => (false, name),
-                    Err(_) => return,
+                    Err(_) => return Ok(()),
                 }
             }
             EddyStatement::CreateSource { table, .. } => {
                 match crate::sql::relation_name(&table.name) {
                     Ok(name) => (false, name),
-                    Err(_) => return,
+                    Err(_) => return Ok(()),
                 }
             }
             EddyStatement::CreateView(view) => (false, view.name.clone()),
             EddyStatement::CreateSink(sink) => (true, sink.name.clone()),
-            _ => return,
+            _ => return Ok(()),
         };
         let exists = if sink {
             self.catalog.sink(&name).is_some()
         } else {
             self.catalog.get(&name).is_some()
         };
-        if exists {
-            self.catalog.record_ddl(sink, &name, sql);
+        if !exists {
+            return Ok(());
         }
+        // Secrets written in the clear go into sealed secrets; the log keeps
+        // references to them.
+        let (sql, secrets) = match statement {
+            EddyStatement::CreateSink(_) | EddyStatement::CreateSource { .. } => {
+                crate::sql::connector::seal_option_literals(sql, &name)?
+            }
+            _ => (sql.to_string(), vec![]),
+        };
+        for (secret, value) in secrets {
+            self.create_secret(&secret, &value, false, false, true)
+                .or_else(|_| self.create_secret(&secret, &value, false, false, false))?;
+        }
+        self.catalog.record_ddl(
+            if sink {
+                DdlKey::Sink(name)
+            } else {
+                DdlKey::Relation(name)
+            },
+            &sql,
+        );
+        Ok(())
     }
 
     /// Executes one statement whose text is `sql`: DDL is recorded in the
@@ -211,11 +283,17 @@ impl Engine {
                 | EddyStatement::CreateSink(_)
                 | EddyStatement::Drop { .. }
                 | EddyStatement::DropSink { .. }
+                | EddyStatement::CreateRole { .. }
+                | EddyStatement::AlterRole { .. }
+                | EddyStatement::DropRole { .. }
+                | EddyStatement::Grant { .. }
+                | EddyStatement::CreateSecret { .. }
+                | EddyStatement::DropSecret { .. }
         );
         let recorded = is_ddl.then(|| statement.clone());
         let result = self.execute(session, statement, params).await?;
         if let Some(statement) = recorded {
-            self.record_ddl(&statement, sql);
+            self.record_ddl(&statement, sql)?;
             if !self.is_restoring() {
                 self.checkpoint().await.map_err(|e| {
                     EddyError::Checkpoint(format!(
@@ -253,7 +331,9 @@ impl Engine {
             | EddyStatement::Write {
                 statement: query, ..
             } => {
-                let plan = self.plan(&self.query_state()?, query).await?;
+                let plan = self
+                    .plan(&self.query_state()?, query, session.user())
+                    .await?;
                 let types = plan.get_parameter_types()?;
                 let mut parameters = vec![None; types.len()];
                 for (name, field) in types {
@@ -287,15 +367,16 @@ impl Engine {
         params: Vec<ScalarValue>,
     ) -> Result<StatementResult> {
         use EddyStatement as S;
+        self.authorize(session, &statement)?;
         match statement {
-            S::Query(query) => self.query(&query, params).await,
+            S::Query(query) => self.query(session, &query, params).await,
             S::Write {
                 table,
                 kind,
                 statement,
             } => {
                 session.note_write();
-                self.write(&table, kind, &statement, params).await
+                self.write(session, &table, kind, &statement, params).await
             }
             S::CreateTable(create, time) => self.create_table(*create, &time).await,
             S::CreateSource {
@@ -339,6 +420,27 @@ impl Engine {
             S::ShowViews => self.show_views().await,
             S::ShowSinks => self.show_sinks(),
             S::ShowJobs => self.show_jobs(),
+            S::CreateRole {
+                name,
+                options,
+                if_not_exists,
+            } => self.create_role(&name, &options, if_not_exists),
+            S::AlterRole { name, options } => self.alter_role(&name, &options),
+            S::DropRole { names, if_exists } => self.drop_roles(&names, if_exists),
+            S::Grant {
+                privileges,
+                on,
+                roles,
+                grant,
+            } => self.grant(&privileges, &on, &roles, grant),
+            S::CreateSecret {
+                name,
+                value,
+                sealed,
+                if_not_exists,
+                replace,
+            } => self.create_secret(&name, &value.0, sealed, if_not_exists, replace),
+            S::DropSecret { name, if_exists } => self.drop_secret(&name, if_exists),
         }
     }
 }

@@ -21,11 +21,12 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 
+use super::session::Session;
 use super::system::SystemSchema;
 use super::{Engine, StatementResult};
 use crate::catalog::window::{WindowFunction, WindowKind};
 use crate::common::types::all_nullable;
-use crate::error::Result;
+use crate::error::{EddyError, Result};
 
 /// Runs `plan` and returns its rows as one batch shaped like `schema`.
 pub(super) async fn collect_rows(
@@ -92,7 +93,7 @@ impl Engine {
             "information_schema",
             crate::catalog::information_schema::information_schema(&listed)?,
         )?;
-        let pg_catalog = crate::catalog::pg_catalog::pg_catalog(&listed)?;
+        let pg_catalog = crate::catalog::pg_catalog::pg_catalog(&listed, &self.catalog.roles())?;
         catalog.register_schema("pg_catalog", pg_catalog.schema.clone())?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog("eddy".into(), catalog as Arc<dyn CatalogProvider>);
@@ -102,6 +103,7 @@ impl Engine {
         // now() and friends read the statement's start time.
         state.mark_start_execution();
         pg_catalog.register_functions(&mut state)?;
+        super::guarded_functions::register(&mut state)?;
         // DataFusion looks table functions up by the name as written.
         for (name, kind) in [
             ("tumble", WindowKind::Tumble),
@@ -121,43 +123,62 @@ impl Engine {
         Ok(state)
     }
 
+    /// Plans `statement` for a session of role `user` (`current_user`).
     pub(super) async fn plan(
         &self,
         state: &SessionState,
         statement: &Statement,
+        user: &str,
     ) -> Result<LogicalPlan> {
         let mut statement = statement.clone();
-        crate::catalog::pg_catalog::rewrite_regclass(&mut statement, &self.catalog)?;
+        crate::catalog::pg_catalog::rewrite_regclass(&mut statement, &self.catalog, user)?;
         Ok(state
             .statement_to_plan(DFStatement::Statement(Box::new(statement)))
             .await?)
     }
 
+    /// A query: planned, checked against the role's privileges and run,
+    /// its rows streamed; all of it stops on cancel, timeout or the
+    /// client's going away.
     pub(super) async fn query(
         &self,
+        session: &Session,
         statement: &Statement,
         params: Vec<ScalarValue>,
     ) -> Result<StatementResult> {
+        let guard = session.statement_guard();
         let run = async {
             let state = self.query_state()?;
-            let mut plan = self.plan(&state, statement).await?;
+            let mut plan = self.plan(&state, statement, session.user()).await?;
+            self.authorize_plan(session, &plan, None)?;
             if !params.is_empty() {
                 plan = plan.with_param_values(ParamValues::from(params))?;
             }
             let schema = Arc::new(plan.schema().as_arrow().clone());
-            let batches = DataFrame::new(state, plan).collect().await?;
-            Ok(StatementResult::Rows { schema, batches })
+            let stream = DataFrame::new(state, plan).execute_stream().await?;
+            Ok(StatementResult::Stream {
+                schema,
+                stream,
+                guard: guard.clone(),
+            })
         };
-        match run.await {
+        match guard.run(run).await {
             // A catalog query DataFusion cannot plan, over catalog tables
             // eddy keeps empty: its answer is no rows.
-            Err(e) => match crate::catalog::pg_catalog::provably_empty(statement) {
-                Some(schema) => Ok(StatementResult::Rows {
-                    schema,
-                    batches: vec![],
-                }),
-                None => Err(e),
-            },
+            Err(e)
+                if !matches!(
+                    e,
+                    EddyError::QueryCanceled(_) | EddyError::InsufficientPrivilege(_)
+                ) =>
+            {
+                match crate::catalog::pg_catalog::provably_empty(statement) {
+                    Some(schema) => Ok(StatementResult::Rows {
+                        schema,
+                        batches: vec![],
+                    }),
+                    None => Err(e),
+                }
+            }
             result => result,
         }
     }

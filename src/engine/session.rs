@@ -1,5 +1,7 @@
-//! A connection's own state: its settings (`SET` / `SHOW`), its
-//! transaction block (BEGIN ... COMMIT), its subscription cursors.
+//! A connection's own state: the role it authenticated as, its settings
+//! (`SET` / `SHOW`, `statement_timeout` among them), its transaction block
+//! (BEGIN ... COMMIT), its subscription cursors, and the interrupt that
+//! stops its running statement.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,24 +9,40 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use std::time::Duration;
+
 use super::cursors::Cursors;
+use super::interrupt::{Interrupt, StatementGuard};
 use super::show::rows;
 use super::{Engine, StatementResult};
+use crate::catalog::roles::BOOTSTRAP_SUPERUSER;
 use crate::error::{EddyError, Result};
 use crate::sql::TransactionStep;
 
-/// Per-connection state: settings (`SET` / `SHOW`), the transaction block,
-/// subscription cursors.
+/// Per-connection state (see the module docs).
 #[derive(Debug)]
 pub struct Session {
+    /// The role the client authenticated as (`current_user`).
+    user: String,
     settings: BTreeMap<String, String>,
     /// Inside BEGIN ... COMMIT: whether a statement of the block wrote.
     transaction: Option<bool>,
     pub(super) cursors: Cursors,
+    interrupt: Arc<Interrupt>,
+    /// `SET statement_timeout`: statements stop (57014) after this long.
+    statement_timeout: Option<Duration>,
 }
 
+/// The bootstrap superuser's session (recovery, tests, benchmarks).
 impl Default for Session {
     fn default() -> Self {
+        Self::new(BOOTSTRAP_SUPERUSER.to_string(), Arc::default())
+    }
+}
+
+impl Session {
+    /// A session of role `user`, stopped through `interrupt`.
+    pub fn new(user: String, interrupt: Arc<Interrupt>) -> Self {
         let settings = [
             ("server_version", "15.0"),
             ("server_encoding", "UTF8"),
@@ -39,17 +57,28 @@ impl Default for Session {
             ("background_ddl", "false"),
         ];
         Self {
+            user,
             settings: settings
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             transaction: None,
             cursors: Cursors::default(),
+            interrupt,
+            statement_timeout: None,
         }
     }
-}
 
-impl Session {
+    /// The role the session runs as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The limits of a statement starting now (cancel requests, the
+    /// statement timeout, the client going away).
+    pub fn statement_guard(&self) -> StatementGuard {
+        StatementGuard::new(&self.interrupt, self.statement_timeout)
+    }
     /// A statement of the session wrote (a later ROLLBACK cannot undo it).
     pub(super) fn note_write(&mut self) {
         if let Some(wrote) = self.transaction.as_mut() {
@@ -141,6 +170,10 @@ impl Engine {
                 self.checkpoints
                     .set_interval(std::time::Duration::from_micros(micros as u64));
             }
+            "statement_timeout" => {
+                session.statement_timeout = parse_timeout(&value)?;
+                session.settings.insert(name, value);
+            }
             "" => {}
             _ => {
                 session.settings.insert(name, value);
@@ -165,4 +198,31 @@ impl Engine {
         )?;
         Ok(rows(batch))
     }
+}
+
+/// A `statement_timeout` value: milliseconds, or a number with a unit
+/// (`'1s'`, `'500ms'`, `'2min'`); 0 turns it off.
+fn parse_timeout(value: &str) -> Result<Option<Duration>> {
+    let text = value.trim().trim_matches('\'').trim().to_ascii_lowercase();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| {
+        EddyError::InvalidParameter(format!(
+            "invalid value for parameter \"statement_timeout\": \"{value}\""
+        ))
+    })?;
+    let millis = match unit.trim() {
+        "" | "ms" => number,
+        "s" => number * 1e3,
+        "min" => number * 60e3,
+        "h" => number * 3600e3,
+        other => {
+            return Err(EddyError::InvalidParameter(format!(
+                "invalid unit \"{other}\" for parameter \"statement_timeout\": use ms, s, min or h"
+            )))
+        }
+    };
+    Ok((millis > 0.0).then(|| Duration::from_secs_f64(millis / 1e3)))
 }

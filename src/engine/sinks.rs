@@ -17,7 +17,6 @@ use crate::runtime::DURABLE_SINK_QUEUE_EPOCHS;
 use crate::sql::connector::{CreateSink, SinkInput};
 use crate::sql::CreateView;
 
-/// `WATERMARK FOR ts AS ts [- INTERVAL '...']` checked against the columns.
 /// A checked sink of either kind.
 enum SinkConfig {
     Postgres(Box<PostgresSinkConfig>),
@@ -32,6 +31,15 @@ impl SinkConfig {
         match self {
             Self::Postgres(config) => postgres::validate_target(config, fresh).await,
             Self::Kafka(config) => kafka::sink::validate_target(config).await,
+        }
+    }
+
+    /// The hosts and ports the sink connects to (a Unix socket counts as
+    /// `localhost`).
+    fn peers(&self) -> Vec<(String, u16)> {
+        match self {
+            Self::Postgres(config) => config.peers(),
+            Self::Kafka(config) => config.brokers(),
         }
     }
 
@@ -98,22 +106,24 @@ impl Engine {
                 ))
             }
         };
+        let options = self.resolve_secrets(&create.options)?;
         // The view the sink reads: a named one, or one of its own. Either
         // way, the target is checked before anything starts.
         let config_for = |schema: &SchemaRef, key: &Option<Vec<usize>>, append_only: bool| {
             if kafka {
                 return Ok::<_, EddyError>(SinkConfig::Kafka(KafkaSinkConfig::from_options(
                     &create.name,
-                    &create.options,
+                    &options,
                     create.format.as_ref(),
                     schema.clone(),
                     key.clone(),
                     append_only,
+                    &self.policy,
                 )?));
             }
             let config = PostgresSinkConfig::from_options(
                 &create.name,
-                &create.options,
+                &options,
                 schema.clone(),
                 key.clone(),
             )?;
@@ -178,6 +188,11 @@ impl Engine {
     /// is away (Postgres restarting, a broker down) must not keep eddy from
     /// starting: the sink retries on its own, so the error is only logged.
     async fn check_sink_target(&self, config: &SinkConfig, name: &str) -> Result<()> {
+        for (host, port) in config.peers() {
+            self.policy
+                .check_connect(&format!("sink {name}"), &host, port)
+                .await?;
+        }
         let restoring = self.is_restoring();
         match config.validate_target(!restoring).await {
             Err(e) if restoring => {

@@ -22,6 +22,10 @@ impl Engine {
         time: &TimeColumns,
         clauses: SourceClauses,
     ) -> Result<StatementResult> {
+        let clauses = SourceClauses {
+            options: self.resolve_secrets(&clauses.options)?,
+            ..clauses
+        };
         let options = &clauses.options;
         let (name, mut fields, key) = table_columns(&table)?;
         let connector_name = options.get("connector").map(|c| c.to_lowercase());
@@ -48,42 +52,48 @@ impl Engine {
             None => None,
         };
         let declared_others = !fields.is_empty();
-        let connector =
-            match connector_name.as_deref() {
-                Some("datagen") => {
-                    if fields.is_empty() {
-                        return Err(EddyError::InvalidParameter(
-                            "a datagen source needs a column list".into(),
-                        ));
-                    }
-                    SourceConnector::Datagen(datagen::DatagenConfig::from_options(
-                        Arc::new(Schema::new(fields)),
-                        options,
-                    )?)
+        let connector = match connector_name.as_deref() {
+            Some("datagen") => {
+                if fields.is_empty() {
+                    return Err(EddyError::InvalidParameter(
+                        "a datagen source needs a column list".into(),
+                    ));
                 }
-                Some("nexmark") => SourceConnector::Nexmark(nexmark::NexmarkConfig::from_options(
-                    &name, &fields, options,
-                )?),
-                Some("kafka") => {
-                    if time.proctime.is_some() && !key.is_empty() {
-                        return Err(crate::not_supported!(
-                            "a PROCTIME() column on a source with a PRIMARY KEY"
-                        ));
-                    }
-                    SourceConnector::Kafka(Arc::new(kafka::KafkaSourceConfig::from_clauses(
-                        fields, &key, &clauses,
-                    )?))
-                }
-                Some(other) => {
+                SourceConnector::Datagen(datagen::DatagenConfig::from_options(
+                    Arc::new(Schema::new(fields)),
+                    options,
+                )?)
+            }
+            Some("nexmark") => SourceConnector::Nexmark(nexmark::NexmarkConfig::from_options(
+                &name, &fields, options,
+            )?),
+            Some("kafka") => {
+                if time.proctime.is_some() && !key.is_empty() {
                     return Err(crate::not_supported!(
+                        "a PROCTIME() column on a source with a PRIMARY KEY"
+                    ));
+                }
+                let config =
+                    kafka::KafkaSourceConfig::from_clauses(fields, &key, &clauses, &self.policy)?;
+                for (host, port) in config.brokers() {
+                    self.policy
+                        .check_connect(&format!("source {name}"), &host, port)
+                        .await?;
+                }
+                SourceConnector::Kafka(Arc::new(config))
+            }
+            Some(other) => {
+                return Err(crate::not_supported!(
                 "source connector '{other}' is not supported; use 'kafka', 'datagen' or 'nexmark'"
             ))
-                }
-                None => return Err(EddyError::InvalidParameter(
+            }
+            None => {
+                return Err(EddyError::InvalidParameter(
                     "CREATE SOURCE needs WITH (connector = 'kafka', 'datagen' or 'nexmark', ...)"
                         .into(),
-                )),
-            };
+                ))
+            }
+        };
         let mut schema = connector.schema();
         if let Some((position, field)) = proctime_field {
             // Where it was declared; after the connector's own columns when

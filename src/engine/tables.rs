@@ -13,8 +13,9 @@ use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, WriteOp};
 use datafusion::sql::sqlparser::ast::{self, Statement};
 
 use super::query::{collect_batch, collect_rows, conform};
+use super::session::Session;
 use super::{Engine, StatementResult};
-use crate::catalog::{Relation, TableEntry};
+use crate::catalog::{Privilege, Relation, TableEntry};
 use crate::common::types::column_field;
 use crate::common::ChangeBatch;
 use crate::connectors::table::{ProcessingTime, TableData, TableWatermark};
@@ -353,8 +354,12 @@ impl Engine {
         Ok(StatementResult::Command("CREATE TABLE".into()))
     }
 
+    /// INSERT, UPDATE or DELETE: the rows to write are evaluated (which a
+    /// cancel or timeout may stop), then the change is applied and handed
+    /// to the runtime (which nothing stops half way).
     pub(super) async fn write(
         &self,
+        session: &Session,
         table_name: &str,
         kind: WriteKind,
         statement: &Statement,
@@ -388,7 +393,14 @@ impl Engine {
         // Plan and evaluate against the table as it is under the write lock.
         let _write = table.write_lock.lock().await;
         let state = self.query_state()?;
-        let mut plan = self.plan(&state, &statement).await?;
+        let mut plan = self.plan(&state, &statement, session.user()).await?;
+        let privilege = match kind {
+            WriteKind::Insert => Privilege::Insert,
+            WriteKind::Update => Privilege::Update,
+            WriteKind::Delete => Privilege::Delete,
+        };
+        self.authorize_plan(session, &plan, Some((table_name, privilege)))?;
+        let guard = session.statement_guard();
         if !params.is_empty() {
             plan = plan.with_param_values(ParamValues::from(params))?;
         }
@@ -399,7 +411,9 @@ impl Engine {
         let width = schema.fields().len();
         let (tag, change) = match (kind, &dml.op) {
             (WriteKind::Insert, WriteOp::Insert(_)) => {
-                let mut new = collect_rows(&state, (*dml.input).clone(), &schema).await?;
+                let mut new = guard
+                    .run(collect_rows(&state, (*dml.input).clone(), &schema))
+                    .await?;
                 if let Some(clock) = &table.proctime {
                     new = clock.stamp(&new, &schema, clock.now())?;
                 }
@@ -408,7 +422,9 @@ impl Engine {
                 (format!("INSERT 0 {count}"), change)
             }
             (WriteKind::Delete, WriteOp::Delete) => {
-                let old = collect_rows(&state, (*dml.input).clone(), &schema).await?;
+                let old = guard
+                    .run(collect_rows(&state, (*dml.input).clone(), &schema))
+                    .await?;
                 let count = old.num_rows();
                 let change = table.write(|data| data.delete(old))?;
                 (format!("DELETE {count}"), change)
@@ -434,7 +450,7 @@ impl Engine {
                         .map(|(i, e)| e.clone().unalias().alias(format!("__eddy_new_{i}"))),
                 );
                 let both = LogicalPlanBuilder::from(source).project(exprs)?.build()?;
-                let batch = collect_batch(&state, both).await?;
+                let batch = guard.run(collect_batch(&state, both)).await?;
                 let old = conform(&batch.project(&(0..width).collect::<Vec<_>>())?, &schema)?;
                 let mut new = conform(
                     &batch.project(&(width..2 * width).collect::<Vec<_>>())?,

@@ -50,7 +50,11 @@ impl Engine {
             .optimizer
             .enable_physical_uncorrelated_scalar_subquery = false;
         let logical = self
-            .plan(&state, &Statement::Query(view.query.clone()))
+            .plan(
+                &state,
+                &Statement::Query(view.query.clone()),
+                crate::catalog::roles::BOOTSTRAP_SUPERUSER,
+            )
             .await?;
         if !logical.get_parameter_types()?.is_empty() {
             return Err(crate::not_supported!(

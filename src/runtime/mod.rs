@@ -274,6 +274,7 @@ impl RuntimeHandle {
         };
         std::thread::Builder::new()
             .name("eddy-runtime".into())
+            .stack_size(crate::common::DEEP_STACK_BYTES)
             .spawn(move || worker.run(receiver))
             .map_err(|e| crate::internal!("cannot start the runtime thread: {e}"))?;
         // Ticks for processing time; a weak sender, so that the ticker ends

@@ -1,74 +1,80 @@
-//! The Postgres wire protocol server (pgwire): simple and extended query
-//! protocol, one task per connection, all sessions sharing one [`Engine`].
+//! The Postgres wire protocol server and the HTTP endpoint, all sessions
+//! sharing one [`Engine`].
 //!
-//! A failing statement sends an ErrorResponse with the statement's SQLSTATE
-//! and leaves the connection usable; a client that disconnects mid-query only
-//! ends its own task.
+//! - `connection.rs`: one connection from its first byte to its last
+//!   (negotiation, TLS, the checked message stream, the message loop);
+//! - `guard.rs`: every client message checked before it is decoded;
+//! - `auth.rs`: trust or SCRAM-SHA-256 against the catalog's roles;
+//! - `handler.rs`: pgwire's handlers, simple and extended query protocol;
+//! - `tls.rs`: the certificate, for this protocol and for HTTP;
+//! - [`http`], [`metrics`], [`web`]: `/metrics` and the web page.
+//!
+//! Limits ([`Access`]) keep any one client from exhausting the server:
+//! a connection count (53300 beyond it; the accept loop backs off when the
+//! process runs out of file descriptors, and says so once a minute), a
+//! message size, an idle-session timeout, and the statement limits the
+//! engine keeps (timeouts, cancel requests, memory).
 
+mod auth;
+mod connection;
+mod guard;
+mod handler;
 pub mod http;
 pub mod metrics;
 mod params;
+mod tls;
 pub mod web;
 
-use std::fmt::Debug;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
-use futures::{stream, Sink};
-use pgwire::api::auth::noop::NoopStartupHandler;
-use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag};
-use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::PgWireBackendMessage;
-use tokio::net::TcpListener;
-use tokio::sync::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
-use crate::engine::{Description, Engine, Session, StatementResult};
-use crate::error::EddyError;
-use crate::sql::{parse_statement, split_statements, EddyStatement};
+pub use auth::AuthMode;
+pub use tls::acceptor as tls_acceptor;
 
-use crate::common::pg_types::{pg_type, Cell};
+use crate::engine::interrupt::Interrupt;
+use crate::engine::Engine;
 
-/// Accepts connections on `listener` until `shutdown` resolves.
-pub async fn serve(
-    engine: Arc<Engine>,
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
-    let handlers = Arc::new(Handlers {
-        handler: Arc::new(EddyHandler {
-            engine: engine.clone(),
-            parser: Arc::new(EddyParser { engine }),
-        }),
-    });
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (socket, peer) = match accepted {
-                    Ok(connection) => connection,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let handlers = handlers.clone();
-                tokio::spawn(async move {
-                    tracing::debug!(%peer, "client connected");
-                    if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = &mut shutdown => return Ok(()),
+/// Who may connect, and the limits every connection works within.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub auth: AuthMode,
+    /// Refuse clients that do not start TLS.
+    pub require_tls: bool,
+    /// Sessions at once (PostgreSQL's `max_connections`).
+    pub max_connections: usize,
+    /// The largest message a client may send.
+    pub max_message_bytes: usize,
+    /// End sessions idle this long (`None`: never).
+    pub idle_session_timeout: Option<Duration>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Self {
+            auth: AuthMode::Trust,
+            require_tls: false,
+            max_connections: 100,
+            max_message_bytes: 64 << 20,
+            idle_session_timeout: None,
         }
     }
+}
+
+/// What every connection shares.
+struct ServerContext {
+    handlers: handler::Handlers,
+    tls: Option<TlsAcceptor>,
+    access: Access,
+    connections: Connections,
+    /// Turns true when the server stops.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener.
@@ -76,349 +82,200 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-struct Handlers {
-    handler: Arc<EddyHandler>,
-}
-
-impl PgWireServerHandlers for Handlers {
-    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.handler.clone()
-    }
-
-    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        self.handler.clone()
-    }
-
-    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
-        self.handler.clone()
-    }
-}
-
-struct EddyHandler {
+/// Accepts connections on `listener` until `shutdown` turns true; each
+/// open session ends then too (57P01).
+pub async fn serve(
     engine: Arc<Engine>,
-    parser: Arc<EddyParser>,
-}
-
-impl NoopStartupHandler for EddyHandler {}
-
-fn session_of<C: ClientInfo>(client: &C) -> Arc<Mutex<Session>> {
-    client
-        .session_extensions()
-        .get_or_insert_with(|| Mutex::new(Session::default()))
-}
-
-fn to_pgwire(error: EddyError) -> PgWireError {
-    let mut info = ErrorInfo::new("ERROR".into(), error.sqlstate().into(), error.to_string());
-    info.detail = error.detail().map(str::to_string);
-    info.hint = error.hint().map(str::to_string);
-    if matches!(error, EddyError::Internal(_)) {
-        tracing::error!(error = %error, "internal error");
-    }
-    PgWireError::UserError(Box::new(info))
-}
-
-fn field_infos(schema: &SchemaRef, format: &Format) -> Vec<FieldInfo> {
-    schema
-        .fields()
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            FieldInfo::new(
-                f.name().clone(),
-                None,
-                None,
-                pg_type(f),
-                format.format_for(i),
-            )
-        })
-        .collect()
-}
-
-fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Response> {
-    match result {
-        StatementResult::Command(tag) => Ok(Response::Execution(Tag::new(&tag))),
-        StatementResult::TransactionStart(tag) => Ok(Response::TransactionStart(Tag::new(&tag))),
-        StatementResult::TransactionEnd(tag) => Ok(Response::TransactionEnd(Tag::new(&tag))),
-        StatementResult::Rows { schema, batches } => {
-            let fields = Arc::new(field_infos(&schema, format));
-            let mut encoder = DataRowEncoder::new(fields.clone());
-            let mut rows = Vec::new();
-            for batch in &batches {
-                for row in 0..batch.num_rows() {
-                    for column in batch.columns() {
-                        encoder.encode_field(&Cell { array: column, row })?;
-                    }
-                    rows.push(Ok(encoder.take_row()));
-                }
-            }
-            Ok(Response::Query(QueryResponse::new(
-                fields,
-                stream::iter(rows),
-            )))
-        }
-        StatementResult::Backfilling { then, .. } => into_response(*then, format),
-        StatementResult::Subscription(_) => Err(to_pgwire(crate::not_supported!(
-            "SUBSCRIBE over the extended query protocol; send it as a simple query"
-        ))),
-    }
-}
-
-/// Sends the client a NOTICE per progress report of a backfill, until it
-/// is done.
-async fn report_backfill<C>(
-    client: &mut C,
-    mut watch: crate::engine::jobs::BackfillWatch,
-) -> PgWireResult<()>
-where
-    C: Sink<PgWireBackendMessage> + Unpin,
-    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-{
-    use futures::SinkExt;
-    while let Some(report) = watch.next_report().await {
-        let notice = ErrorInfo::new("NOTICE".into(), "00000".into(), report);
-        client
-            .send(PgWireBackendMessage::NoticeResponse(notice.into()))
-            .await?;
-    }
-    Ok(())
-}
-
-/// Sends a SUBSCRIBE's rows to `client` as each epoch arrives, flushing
-/// after each; returns the error that ended it (the client fell behind, or
-/// the view was dropped). A client that went away ends it with an I/O error.
-async fn stream_subscription<C>(
-    client: &mut C,
-    mut subscription: crate::engine::subscribe::Subscription,
-) -> PgWireResult<ErrorInfo>
-where
-    C: Sink<PgWireBackendMessage> + Unpin,
-    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-{
-    use futures::SinkExt;
-    let fields = field_infos(&subscription.schema, &Format::UnifiedText);
-    let description =
-        pgwire::messages::data::RowDescription::new(fields.iter().map(Into::into).collect());
-    client
-        .send(PgWireBackendMessage::RowDescription(description))
-        .await?;
-    let fields = Arc::new(fields);
+    listener: TcpListener,
+    access: Access,
+    tls: Option<TlsAcceptor>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let context = Arc::new(ServerContext {
+        handlers: handler::Handlers::new(engine, access.auth),
+        tls,
+        connections: Connections::new(access.max_connections),
+        access,
+        shutdown: shutdown.clone(),
+    });
+    let mut stopping = shutdown;
+    let mut accept_errors = RateLimitedLog::new(Duration::from_secs(60));
+    let mut backoff = Duration::ZERO;
     loop {
-        match subscription.next_batch().await {
-            Some(Ok(batch)) => {
-                let mut encoder = DataRowEncoder::new(fields.clone());
-                for row in 0..batch.num_rows() {
-                    for column in batch.columns() {
-                        encoder.encode_field(&Cell { array: column, row })?;
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.wait_for(|stop| *stop) => return Ok(()),
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                backoff = Duration::ZERO;
+                match context.connections.admit() {
+                    Some(slot) => {
+                        let context = context.clone();
+                        tokio::spawn(async move {
+                            connection::run(socket, peer, context).await;
+                            drop(slot);
+                        });
                     }
-                    client
-                        .feed(PgWireBackendMessage::DataRow(encoder.take_row()))
-                        .await?;
+                    None => context.connections.refuse(socket),
                 }
-                client.flush().await?;
             }
-            Some(Err(e)) => {
-                let PgWireError::UserError(info) = to_pgwire(e) else {
-                    unreachable!()
-                };
-                return Ok(*info);
-            }
-            None => {
-                let PgWireError::UserError(info) = to_pgwire(crate::error::EddyError::Shutdown(
-                    "subscription ended".into(),
-                )) else {
-                    unreachable!()
-                };
-                return Ok(*info);
+            Err(e) => {
+                // Out of file descriptors (or another passing failure): wait
+                // before trying again rather than spin, and say so rarely.
+                accept_errors.warn(&format!("cannot accept connections: {e}"));
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tokio::time::sleep(backoff).await;
             }
         }
     }
 }
 
-#[async_trait]
-impl SimpleQueryHandler for EddyHandler {
-    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
-    where
-        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: PortalStore,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        let session = session_of(client);
-        let mut session = session.lock().await;
-        let mut responses = Vec::new();
-        for sql in split_statements(query) {
-            let outcome = match parse_statement(sql) {
-                Ok(statement) => {
-                    self.engine
-                        .execute_sql(&mut session, sql, statement, vec![])
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(StatementResult::Subscription(subscription)) => {
-                    // Streamed straight to the client, flushed per epoch.
-                    let info = stream_subscription(client, subscription).await?;
-                    responses.push(Response::Error(Box::new(info)));
-                    break;
-                }
-                Ok(StatementResult::Backfilling { watch, then }) => {
-                    report_backfill(client, watch).await?;
-                    responses.push(into_response(*then, &Format::UnifiedText)?);
-                }
-                Ok(result) => responses.push(into_response(result, &Format::UnifiedText)?),
-                Err(e) => {
-                    // Like Postgres: the first error ends the query string.
-                    let PgWireError::UserError(info) = to_pgwire(e) else {
-                        unreachable!()
-                    };
-                    responses.push(Response::Error(info));
-                    break;
-                }
-            }
+/// Logs a repeated warning at most once per interval, with how many times
+/// it happened since.
+struct RateLimitedLog {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            suppressed: 0,
         }
-        Ok(responses)
+    }
+
+    fn warn(&mut self, message: &str) {
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(repeated = self.suppressed, "{message}");
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
     }
 }
 
-/// A parsed statement with what it takes and returns.
-#[derive(Debug, Clone)]
-pub struct PreparedStatement {
-    sql: String,
-    statement: EddyStatement,
-    description: Description,
+/// Sessions by process id: the cancel key each was given, and its
+/// interrupt.
+type CancelKeys = Arc<Mutex<HashMap<i32, (Vec<u8>, Weak<Interrupt>)>>>;
+
+/// The open sessions: how many (within the limit), and by process id, to
+/// find the one a cancel request names.
+struct Connections {
+    max: usize,
+    open: Arc<AtomicUsize>,
+    /// Refusals being sent at once (a flood beyond it is just closed).
+    refusing: Arc<AtomicUsize>,
+    by_pid: CancelKeys,
 }
 
-struct EddyParser {
-    engine: Arc<Engine>,
+/// Concurrent "too many connections" answers at most.
+const MAX_REFUSALS_AT_ONCE: usize = 64;
+
+/// A place among the open connections, given back on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
-#[async_trait]
-impl QueryParser for EddyParser {
-    type Statement = PreparedStatement;
+/// A session findable by its cancel key until dropped.
+struct Registration {
+    pid: i32,
+    by_pid: CancelKeys,
+}
 
-    async fn parse_sql<C>(
-        &self,
-        client: &C,
-        sql: &str,
-        _types: &[Option<Type>],
-    ) -> PgWireResult<Option<PreparedStatement>>
-    where
-        C: ClientInfo + Unpin + Send + Sync,
-    {
-        let statements = split_statements(sql);
-        let sql = match statements.as_slice() {
-            [] => return Ok(None),
-            [one] => *one,
-            _ => {
-                return Err(to_pgwire(EddyError::Syntax(
-                    "cannot insert multiple commands into a prepared statement".into(),
-                )))
-            }
-        };
-        let statement = parse_statement(sql).map_err(to_pgwire)?;
-        let description = {
-            let session = session_of(client);
-            let session = session.lock().await;
-            self.engine
-                .describe(&session, &statement)
-                .await
-                .map_err(to_pgwire)?
-        };
-        Ok(Some(PreparedStatement {
-            sql: sql.to_string(),
-            statement,
-            description,
-        }))
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.by_pid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.pid);
+    }
+}
+
+impl Connections {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+            refusing: Arc::default(),
+            by_pid: Arc::default(),
+        }
     }
 
-    fn get_parameter_types(&self, stmt: &PreparedStatement) -> PgWireResult<Vec<Type>> {
-        Ok(stmt
-            .description
-            .parameters
-            .iter()
-            .map(|t| match t {
-                Some(data_type) => pg_type(&Field::new("", data_type.clone(), true)),
-                None => Type::TEXT,
+    /// A slot for a new connection, if there is room.
+    fn admit(&self) -> Option<Slot> {
+        let admitted = self
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
+                (open < self.max).then_some(open + 1)
             })
-            .collect())
+            .is_ok();
+        admitted.then(|| Slot(self.open.clone()))
     }
 
-    fn get_result_schema(
-        &self,
-        stmt: &PreparedStatement,
-        format: Option<&Format>,
-    ) -> PgWireResult<Vec<FieldInfo>> {
-        Ok(match &stmt.description.result {
-            Some(schema) => field_infos(schema, format.unwrap_or(&Format::UnifiedText)),
-            None => vec![],
-        })
+    /// Tells a connection over the limit so (after its first packet, as
+    /// PostgreSQL does), unless too many are being told already.
+    fn refuse(&self, mut socket: TcpStream) {
+        if self.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSALS_AT_ONCE {
+            self.refusing.fetch_sub(1, Ordering::SeqCst);
+            return; // dropped: closed
+        }
+        let refusing = self.refusing.clone();
+        tokio::spawn(async move {
+            let answer = async {
+                // An SSL request is declined; the startup packet after it
+                // (or first) gets the error.
+                let mut head = [0u8; 8];
+                socket.read_exact(&mut head).await?;
+                if head == [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f] {
+                    socket.write_all(b"N").await?;
+                }
+                let refusal = connection::too_many_clients();
+                socket.write_all(&refusal).await?;
+                socket.shutdown().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
+            refusing.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Makes a session findable by the cancel key it was given.
+    fn register(&self, pid: i32, secret: Vec<u8>, interrupt: Arc<Interrupt>) -> Registration {
+        self.by_pid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pid, (secret, Arc::downgrade(&interrupt)));
+        Registration {
+            pid,
+            by_pid: self.by_pid.clone(),
+        }
+    }
+
+    /// A cancel request: interrupts the statement of the session with this
+    /// key, if the key is right (else nothing, silently, as PostgreSQL).
+    fn cancel(&self, pid: i32, secret: &[u8]) {
+        let target = self
+            .by_pid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pid)
+            .filter(|(key, _)| constant_time_eq(key, secret))
+            .and_then(|(_, interrupt)| interrupt.upgrade());
+        if let Some(interrupt) = target {
+            interrupt.cancel();
+        }
     }
 }
 
-#[async_trait]
-impl ExtendedQueryHandler for EddyHandler {
-    type Statement = PreparedStatement;
-    type QueryParser = EddyParser;
-
-    fn query_parser(&self) -> Arc<EddyParser> {
-        self.parser.clone()
-    }
-
-    async fn do_query<C>(
-        &self,
-        client: &mut C,
-        portal: &Portal<PreparedStatement>,
-        _max_rows: usize,
-    ) -> PgWireResult<Response>
-    where
-        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: PortalStore<Statement = PreparedStatement>,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        let stored = &portal.statement;
-        let prepared = &stored.statement;
-        let mut values = Vec::with_capacity(portal.parameter_len());
-        for (i, raw) in portal.parameters.iter().enumerate() {
-            let inferred: Option<&DataType> = prepared
-                .description
-                .parameters
-                .get(i)
-                .and_then(|t| t.as_ref());
-            let declared = stored.parameter_types.get(i).cloned().flatten();
-            let wire_type = declared.unwrap_or_else(|| match inferred {
-                Some(t) => pg_type(&Field::new("", t.clone(), true)),
-                None => Type::TEXT,
-            });
-            let value = params::decode_parameter(
-                raw.as_ref(),
-                &wire_type,
-                portal.parameter_format.format_for(i),
-                inferred,
-            )
-            .map_err(to_pgwire)?;
-            values.push(value);
-        }
-        let session = session_of(client);
-        let mut session = session.lock().await;
-        let result = self
-            .engine
-            .execute_sql(
-                &mut session,
-                &prepared.sql,
-                prepared.statement.clone(),
-                values,
-            )
-            .await
-            .map_err(to_pgwire)?;
-        let result = match result {
-            StatementResult::Backfilling { watch, then } => {
-                report_backfill(client, watch).await?;
-                *then
-            }
-            result => result,
-        };
-        into_response(result, &portal.result_column_format)
-    }
+/// Compares secrets without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }

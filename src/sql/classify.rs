@@ -19,6 +19,9 @@ pub(super) fn classify(statement: Statement, sql: &str) -> Result<EddyStatement>
             EddyStatement::Query(Box::new(statement))
         }
         Statement::CreateTable(create) => {
+            if create.external {
+                return Err(external_table_refused());
+            }
             if create.query.is_some() {
                 return Err(crate::not_supported!(
                     "CREATE TABLE ... AS SELECT is not supported; use CREATE MATERIALIZED VIEW"
@@ -123,6 +126,25 @@ pub(super) fn classify(statement: Statement, sql: &str) -> Result<EddyStatement>
                 statement: Box::new(statement),
             }
         }
+        Statement::Drop {
+            object_type: ObjectType::Role,
+            if_exists,
+            names,
+            ..
+        } => super::access::drop_role(&names, if_exists)?,
+        Statement::AlterRole { name, operation } => super::access::alter_role(&name, operation)?,
+        Statement::Grant(grant) => super::access::grant(
+            &grant.privileges,
+            grant.objects.as_ref(),
+            &grant.grantees,
+            true,
+        )?,
+        Statement::Revoke(revoke) => super::access::grant(
+            &revoke.privileges,
+            revoke.objects.as_ref(),
+            &revoke.grantees,
+            false,
+        )?,
         Statement::Drop {
             object_type,
             if_exists,
@@ -250,4 +272,13 @@ pub(super) fn table_factor_name(factor: &ast::TableFactor) -> Result<String> {
         ast::TableFactor::Table { name, .. } => relation_name(name),
         other => Err(crate::not_supported!("writing to {other} is not supported")),
     }
+}
+
+/// `CREATE EXTERNAL TABLE` (any form, whether sqlparser knows its file
+/// format or not) is refused: it would name a file on the server.
+pub(super) fn external_table_refused() -> EddyError {
+    crate::not_supported!(
+        "CREATE EXTERNAL TABLE is not supported: eddy reads data only through sources \
+         (CREATE SOURCE), and no file on the server is reachable from SQL"
+    )
 }

@@ -239,6 +239,10 @@ fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>> {
         let value = match parser.next_token().token {
             Token::SingleQuotedString(s) => s,
             Token::Number(n, _) => n,
+            Token::Word(w) if w.keyword == Keyword::SECRET => {
+                let name = super::normalize_ident(&parser.parse_identifier().map_err(syntax)?);
+                format!("{}{name}", super::SECRET_REFERENCE)
+            }
             Token::Word(w) => w.value,
             other => {
                 return Err(EddyError::Syntax(format!(
@@ -329,6 +333,120 @@ fn source_statement(
     })
 }
 
+/// Connector options whose values are secrets when written in the clear.
+const SENSITIVE_OPTIONS: [&str; 6] = [
+    "password",
+    "properties.sasl.password",
+    "properties.ssl.key.password",
+    "properties.ssl.keystore.password",
+    "properties.ssl.key.pem",
+    "properties.sasl.oauthbearer.config",
+];
+
+/// A CREATE SOURCE or CREATE SINK as the DDL log keeps it: every secret
+/// written in the clear among its `WITH` options (a password, a key, the
+/// password in a `url`) replaced by a reference to a secret named after
+/// the object and the option, returned with its value to be created
+/// first. The rest of the text is kept as written.
+pub fn seal_option_literals(sql: &str, object: &str) -> Result<(String, Vec<(String, String)>)> {
+    use datafusion::sql::sqlparser::tokenizer::Tokenizer;
+    let mut tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| EddyError::Syntax(e.to_string()))?;
+    let significant = |tokens: &[Token], from: usize| {
+        (from..tokens.len()).find(|&i| !matches!(tokens[i], Token::Whitespace(_)))
+    };
+    // The `(` that opens the WITH options.
+    let Some(with) = tokens
+        .iter()
+        .position(|t| matches!(t, Token::Word(w) if w.keyword == Keyword::WITH))
+    else {
+        return Ok((sql.to_string(), vec![]));
+    };
+    let Some(open) = significant(&tokens, with + 1).filter(|&i| tokens[i] == Token::LParen) else {
+        return Ok((sql.to_string(), vec![]));
+    };
+    let mut secrets = Vec::new();
+    let mut url_password: Option<String> = None;
+    let mut has_password_option = false;
+    let mut changed = false;
+    let mut at = open + 1;
+    let mut close = None;
+    while let Some(start) = significant(&tokens, at) {
+        if tokens[start] == Token::RParen {
+            close = Some(start);
+            break;
+        }
+        // name (word . word ...) = value
+        let mut name = String::new();
+        let mut i = start;
+        loop {
+            match &tokens[i] {
+                Token::Word(w) => name.push_str(&w.value.to_lowercase()),
+                _ => return Ok((sql.to_string(), vec![])),
+            }
+            match significant(&tokens, i + 1) {
+                Some(next) if tokens[next] == Token::Period => {
+                    name.push('.');
+                    i = significant(&tokens, next + 1).unwrap_or(tokens.len() - 1);
+                }
+                _ => break,
+            }
+        }
+        let Some(eq) = significant(&tokens, i + 1).filter(|&e| tokens[e] == Token::Eq) else {
+            return Ok((sql.to_string(), vec![]));
+        };
+        let Some(value) = significant(&tokens, eq + 1) else {
+            break;
+        };
+        if name == "password" {
+            has_password_option = true;
+        }
+        if let Token::SingleQuotedString(text) = &tokens[value] {
+            if SENSITIVE_OPTIONS.contains(&name.as_str()) {
+                let secret = format!("__{object}_{}", name.replace('.', "_"));
+                secrets.push((secret.clone(), text.clone()));
+                tokens[value] = Token::make_word(&format!("SECRET {secret}"), None);
+                changed = true;
+            } else if name == "url" {
+                if let Some((bare, password)) = split_url_password(text) {
+                    url_password = Some(password);
+                    tokens[value] = Token::SingleQuotedString(bare);
+                    changed = true;
+                }
+            }
+        }
+        at = match significant(&tokens, value + 1) {
+            Some(next) if tokens[next] == Token::Comma => next + 1,
+            Some(next) => next,
+            None => break,
+        };
+    }
+    if let (Some(password), Some(close)) = (url_password, close) {
+        let secret = format!("__{object}_password");
+        if !has_password_option {
+            tokens.insert(
+                close,
+                Token::make_word(&format!(", password = SECRET {secret}"), None),
+            );
+            secrets.push((secret, password));
+        }
+    }
+    if !changed {
+        return Ok((sql.to_string(), secrets));
+    }
+    Ok((super::rewrite::render_tokens(&tokens), secrets))
+}
+
+/// `scheme://user:password@host...` without the password, and the
+/// password; `None` when the URL has none.
+fn split_url_password(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (userinfo, host) = rest.split_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    Some((format!("{scheme}://{user}@{host}"), password.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,5 +467,48 @@ mod tests {
         assert!(matches!(sink.input, SinkInput::Query(_)));
         assert!(parse_create_sink("CREATE SINK s WITH (connector = 'postgres')").is_err());
         assert!(parse_create_sink("CREATE SINK s FROM v WITH (a = 1, a = 2)").is_err());
+    }
+
+    #[test]
+    fn clear_secrets_become_references_in_the_recorded_statement() {
+        let sql = "CREATE SINK s FROM v WITH (connector = 'postgres', \
+                   url = 'postgres://ann:pa''ss@db:5432/x', table = 't', \
+                   properties.sasl.password = 'k')";
+        let (sealed, secrets) = seal_option_literals(sql, "s").unwrap();
+        assert!(
+            !sealed.contains("pa'ss") && !sealed.contains("'k'"),
+            "{sealed}"
+        );
+        assert!(
+            sealed.contains("url = 'postgres://ann@db:5432/x'"),
+            "{sealed}"
+        );
+        assert!(
+            sealed.contains("properties.sasl.password = SECRET __s_properties_sasl_password"),
+            "{sealed}"
+        );
+        assert!(
+            sealed.contains(", password = SECRET __s_password)"),
+            "{sealed}"
+        );
+        assert_eq!(
+            secrets,
+            vec![
+                ("__s_properties_sasl_password".to_string(), "k".to_string()),
+                ("__s_password".to_string(), "pa'ss".to_string())
+            ]
+        );
+        // It parses, with the references in place of the values.
+        let parsed = parse_create_sink(&sealed).unwrap();
+        assert_eq!(
+            super::super::secret_reference(&parsed.options["password"]),
+            Some("__s_password")
+        );
+        // Nothing to seal: the text as it was.
+        let plain = "CREATE SINK s FROM v WITH (connector = 'kafka', topic = 't')";
+        assert_eq!(
+            seal_option_literals(plain, "s").unwrap(),
+            (plain.to_string(), vec![])
+        );
     }
 }

@@ -8,9 +8,11 @@
 //! classified (`classify.rs`). The result, an [`EddyStatement`], is what
 //! [`crate::engine::Engine`] executes.
 
+mod access;
 mod classify;
 pub mod connector;
 mod cursor;
+pub mod limits;
 mod rewrite;
 mod split;
 
@@ -104,6 +106,99 @@ pub enum EddyStatement {
     },
     /// `CLOSE c` / `CLOSE ALL` (`None`).
     Close(Option<String>),
+    /// `CREATE ROLE name [WITH] options` (and `CREATE USER`, which logs in
+    /// unless told NOLOGIN).
+    CreateRole {
+        name: String,
+        options: RoleOptions,
+        if_not_exists: bool,
+    },
+    /// `ALTER ROLE name [WITH] options` (and `ALTER USER`).
+    AlterRole {
+        name: String,
+        options: RoleOptions,
+    },
+    /// `DROP ROLE [IF EXISTS] name, ...` (and `DROP USER`).
+    DropRole {
+        names: Vec<String>,
+        if_exists: bool,
+    },
+    /// `GRANT privileges ON relations TO roles`, or (`grant: false`) the
+    /// REVOKE of them.
+    Grant {
+        privileges: Vec<crate::catalog::Privilege>,
+        on: GrantTarget,
+        roles: Vec<String>,
+        grant: bool,
+    },
+    /// `CREATE SECRET [IF NOT EXISTS] name AS 'value'`, or (`replace`)
+    /// `ALTER SECRET name AS 'value'`.
+    CreateSecret {
+        name: String,
+        value: SecretText,
+        /// `AS ENCRYPTED '...'`: the value as the DDL log keeps it, sealed
+        /// (see `catalog::secrets`).
+        sealed: bool,
+        if_not_exists: bool,
+        replace: bool,
+    },
+    /// `DROP SECRET [IF EXISTS] name`.
+    DropSecret {
+        name: String,
+        if_exists: bool,
+    },
+}
+
+/// What `CREATE ROLE` / `ALTER ROLE` set (`None`: left as it is, or the
+/// default).
+#[derive(Clone, Default)]
+pub struct RoleOptions {
+    pub superuser: Option<bool>,
+    pub login: Option<bool>,
+    /// `PASSWORD 'text'` (`Some(Some(..))`) or `PASSWORD NULL`
+    /// (`Some(None)`); the text may be a SCRAM verifier already.
+    pub password: Option<Option<SecretText>>,
+}
+
+impl std::fmt::Debug for RoleOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleOptions")
+            .field("superuser", &self.superuser)
+            .field("login", &self.login)
+            .field("password", &self.password.as_ref().map(|p| p.is_some()))
+            .finish()
+    }
+}
+
+/// Text that must never be shown (a password, a secret's value): its
+/// `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How a connector option's value refers to a secret (`password = SECRET
+/// name`): this prefix, then the secret's name. No quoted value can hold it
+/// (the wire protocol refuses a NUL in a statement).
+pub const SECRET_REFERENCE: &str = "\u{0}secret:";
+
+/// The secret an option value refers to, if it is a reference.
+pub fn secret_reference(value: &str) -> Option<&str> {
+    value.strip_prefix(SECRET_REFERENCE)
+}
+
+/// What a GRANT or REVOKE is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantTarget {
+    /// Named tables, views or sources.
+    Relations(Vec<String>),
+    /// `ALL TABLES IN SCHEMA public` (tables, views and sources, as in
+    /// PostgreSQL tables and views).
+    AllInSchema,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +262,7 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
     match words.as_slice() {
         ["FLUSH"] => return Ok(EddyStatement::Flush),
         ["CHECKPOINT"] => return Ok(EddyStatement::Checkpoint),
+        ["CREATE", "EXTERNAL", ..] => return Err(classify::external_table_refused()),
         ["CREATE", "SNAPSHOT", ..] => {
             let rest = sql.trim().trim_end_matches(';');
             let name = rest
@@ -200,6 +296,9 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
                 )),
             };
         }
+        ["CREATE", "SECRET", ..] | ["ALTER", "SECRET", ..] | ["DROP", "SECRET", ..] => {
+            return access::parse_secret(sql)
+        }
         ["CREATE", "SOURCE", ..] => return connector::parse_create_source(sql),
         ["DROP", "SOURCE", ..] => {
             let (names, if_exists, cascade) = connector::parse_drop(sql, "SOURCE")?;
@@ -231,6 +330,12 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         }
         _ => {}
     }
+    // `CREATE USER` is `CREATE ROLE ... LOGIN`, and so on.
+    let (sql, creates_user) = match access::user_as_role(sql, &words) {
+        Some((role_sql, create)) => (std::borrow::Cow::Owned(role_sql), create),
+        None => (std::borrow::Cow::Borrowed(sql), false),
+    };
+    let sql = sql.as_ref();
     // eddy's clauses that sqlparser does not know are taken out first.
     let (sql, time) = match words.as_slice() {
         ["CREATE", "TABLE", ..] => {
@@ -251,6 +356,7 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
     let sql = rewrite_flink_windows(&sql)?;
     let sql = rewrite_lookup_joins(&sql)?;
     let sql = sql.as_str();
+    limits::check_complexity(sql)?;
     let mut parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
         EddyError::Syntax(
             e.to_string()
@@ -264,7 +370,10 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
             parsed.len()
         )));
     }
-    let statement = classify(parsed.remove(0), sql)?;
+    let statement = match parsed.remove(0) {
+        Statement::CreateRole(create) => access::create_role(create, creates_user)?,
+        statement => classify(statement, sql)?,
+    };
     match (statement, time, emit_on_window_close) {
         (EddyStatement::CreateTable(create, _), time, false) => Ok(EddyStatement::CreateTable(
             create,

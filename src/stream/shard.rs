@@ -113,6 +113,7 @@ impl ShardThread {
         let (answer, done) = mpsc::channel::<Done>();
         let thread = std::thread::Builder::new()
             .name(format!("eddy-shard-{index}"))
+            .stack_size(crate::common::DEEP_STACK_BYTES)
             .spawn(move || {
                 for job in incoming {
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

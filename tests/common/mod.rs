@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod process;
 
 /// The checkout the tests run from. Cargo sets `CARGO_MANIFEST_DIR` when it
 /// runs a test; the compile-time value can name another clone when clones
@@ -23,8 +24,14 @@ impl TestServer {
     /// so that the end-to-end tests cover the split operators; the SQL
     /// logic tests run with the default of one.
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`TestServer::start`] with more options set by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut eddy::ServerOptions)) -> Self {
         let mut options = eddy::ServerOptions::new("127.0.0.1:0".parse().expect("address"));
         options.workers = 2;
+        configure(&mut options);
         let server = eddy::Server::start_with_options(options)
             .await
             .expect("eddy starts");

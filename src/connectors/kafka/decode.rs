@@ -25,6 +25,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use super::json::{Decoded, JsonDecoder};
 use crate::common::types::all_nullable;
 use crate::connectors::format::MessageEncoding;
+use crate::connectors::policy::ConnectorPolicy;
 use crate::error::{EddyError, Result};
 
 /// How payloads are decoded.
@@ -42,10 +43,13 @@ pub struct PayloadDecoder {
 }
 
 impl PayloadDecoder {
+    /// A decoder of `encoding` into `schema`; `ENCODE AVRO (schema.file =
+    /// ...)` reads the file only where `policy` allows.
     pub fn try_new(
         encoding: MessageEncoding,
         schema: SchemaRef,
         options: &BTreeMap<String, String>,
+        policy: &ConnectorPolicy,
     ) -> Result<Self> {
         let known: &[&str] = match encoding {
             MessageEncoding::Json => &[],
@@ -75,9 +79,15 @@ impl PayloadDecoder {
             MessageEncoding::Avro => {
                 let text = match (options.get("schema"), options.get("schema.file")) {
                     (Some(text), None) => text.clone(),
-                    (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                        EddyError::InvalidParameter(format!("cannot read Avro schema {path}: {e}"))
-                    })?,
+                    (None, Some(path)) => {
+                        let path = policy.check_file("schema.file", path)?;
+                        std::fs::read_to_string(&path).map_err(|e| {
+                            EddyError::InvalidParameter(format!(
+                                "cannot read Avro schema {}: {e}",
+                                path.display()
+                            ))
+                        })?
+                    }
                     _ => {
                         return Err(EddyError::InvalidParameter(
                             "ENCODE AVRO needs (schema = '<Avro schema JSON>') or (schema.file = 'path')"
@@ -344,8 +354,13 @@ mod tests {
 
     #[test]
     fn json_bad_messages_are_picked_out() {
-        let decoder =
-            PayloadDecoder::try_new(MessageEncoding::Json, schema(), &BTreeMap::new()).unwrap();
+        let decoder = PayloadDecoder::try_new(
+            MessageEncoding::Json,
+            schema(),
+            &BTreeMap::new(),
+            &ConnectorPolicy::default(),
+        )
+        .unwrap();
         let payloads: Vec<&[u8]> = vec![
             br#"{"id": 1, "name": "a", "ts": "2024-01-01 00:00:01"}"#,
             br#"{"id": "x"}"#,
@@ -585,8 +600,13 @@ mod tests {
 
     #[test]
     fn one_pass_json_agrees_with_arrow_json() {
-        let one_pass =
-            PayloadDecoder::try_new(MessageEncoding::Json, all_types(), &BTreeMap::new()).unwrap();
+        let one_pass = PayloadDecoder::try_new(
+            MessageEncoding::Json,
+            all_types(),
+            &BTreeMap::new(),
+            &ConnectorPolicy::default(),
+        )
+        .unwrap();
         assert!(one_pass.json.is_some(), "takes every column type");
         let arrow = one_pass.clone().with_arrow_json();
         let mut accepted = 0;
@@ -633,8 +653,13 @@ mod tests {
 
     #[test]
     fn columns_not_built_are_placeholders_of_their_type() {
-        let decoder =
-            PayloadDecoder::try_new(MessageEncoding::Json, all_types(), &BTreeMap::new()).unwrap();
+        let decoder = PayloadDecoder::try_new(
+            MessageEncoding::Json,
+            all_types(),
+            &BTreeMap::new(),
+            &ConnectorPolicy::default(),
+        )
+        .unwrap();
         let payloads: Vec<&[u8]> = vec![br#"{"id": 7, "s": "x", "ts": "2024-01-01T00:00:00"}"#];
         let build = [false; 10];
         let decoded = decoder.decode(&payloads, Some(&build)).unwrap();
@@ -654,7 +679,13 @@ mod tests {
             {"name": "name", "type": ["null", "string"]},
             {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}"#;
         let options = BTreeMap::from([("schema".to_string(), schema_text.to_string())]);
-        let decoder = PayloadDecoder::try_new(MessageEncoding::Avro, schema(), &options).unwrap();
+        let decoder = PayloadDecoder::try_new(
+            MessageEncoding::Avro,
+            schema(),
+            &options,
+            &ConnectorPolicy::default(),
+        )
+        .unwrap();
         let avro = apache_avro::Schema::parse_str(schema_text).unwrap();
         let mut record = apache_avro::types::Record::new(&avro).unwrap();
         record.put("id", 7i64);
@@ -678,15 +709,25 @@ mod tests {
             .downcast_ref::<datafusion::arrow::array::TimestampMicrosecondArray>()
             .unwrap();
         assert_eq!(ts.value(0), 1_000_000, "millis become µs");
-        assert!(
-            PayloadDecoder::try_new(MessageEncoding::Avro, schema(), &BTreeMap::new()).is_err()
-        );
+        assert!(PayloadDecoder::try_new(
+            MessageEncoding::Avro,
+            schema(),
+            &BTreeMap::new(),
+            &ConnectorPolicy::default()
+        )
+        .is_err());
     }
 
     #[test]
     fn csv_with_a_delimiter() {
         let options = BTreeMap::from([("delimiter".to_string(), ";".to_string())]);
-        let decoder = PayloadDecoder::try_new(MessageEncoding::Csv, schema(), &options).unwrap();
+        let decoder = PayloadDecoder::try_new(
+            MessageEncoding::Csv,
+            schema(),
+            &options,
+            &ConnectorPolicy::default(),
+        )
+        .unwrap();
         let payloads: Vec<&[u8]> = vec![b"1;a;2024-01-01 00:00:01", b"oops;b;", b"3;;"];
         let decoded = decoder.decode(&payloads, None).unwrap();
         assert_eq!(decoded.payload_of_row, vec![0, 2]);

@@ -25,6 +25,7 @@
 //! reached its end (or never had messages) does not hold the others back
 //! (when every partition is at its end, those that had messages decide).
 
+mod client;
 pub mod decode;
 mod json;
 mod native;
@@ -49,6 +50,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::common::ChangeBatch;
 use crate::common::RelationId;
 use crate::connectors::format::{FormatSpec, KafkaMetadata, MessageFormat, SourceClauses};
+use crate::connectors::policy::ConnectorPolicy;
 use crate::connectors::table::{ProcessingTime, TableWatermark};
 use crate::error::{EddyError, Result};
 use crate::runtime::RuntimeHandle;
@@ -373,6 +375,11 @@ const KNOWN_OPTIONS: &str = "topic, properties.bootstrap.server, properties.<lib
                              scan.startup.mode, scan.startup.timestamp.millis, on_error";
 
 impl KafkaSourceConfig {
+    /// The brokers it connects to first (`host`, `port`).
+    pub fn brokers(&self) -> Vec<(String, u16)> {
+        client::bootstrap_hosts(&self.client)
+    }
+
     /// Whether the topic's messages only add rows (FORMAT PLAIN): UPSERT and
     /// DEBEZIUM messages update and delete them.
     pub fn is_append_only(&self) -> bool {
@@ -385,9 +392,10 @@ impl KafkaSourceConfig {
         declared: Vec<Field>,
         key: &[usize],
         clauses: &SourceClauses,
+        policy: &ConnectorPolicy,
     ) -> Result<Self> {
         let options = &clauses.options;
-        let client = client_settings(
+        let client = client::client_settings(
             options,
             &[
                 "topic",
@@ -396,6 +404,7 @@ impl KafkaSourceConfig {
                 "on_error",
             ],
             &format!("a Kafka source; known: {KNOWN_OPTIONS}"),
+            policy,
         )?;
         if !client.contains_key("bootstrap.servers") {
             return Err(EddyError::InvalidParameter(
@@ -476,7 +485,7 @@ impl KafkaSourceConfig {
             return Err(crate::not_supported!("FORMAT {format:?} needs ENCODE JSON"));
         }
         let payload_schema = Arc::new(Schema::new(declared.clone()));
-        let decoder = PayloadDecoder::try_new(encoding, payload_schema, &encode_options)?;
+        let decoder = PayloadDecoder::try_new(encoding, payload_schema, &encode_options, policy)?;
         let mut fields = declared;
         let mut metadata = Vec::new();
         for (kind, name) in &clauses.includes {
@@ -604,29 +613,6 @@ impl rdkafka::ClientContext for ReaderContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for ReaderContext {}
-
-/// The librdkafka settings among a Kafka source's or sink's options
-/// (`properties.*`; `properties.bootstrap.server` as `bootstrap.servers`).
-/// Options in `own` are the caller's; any other is an error naming `what`.
-pub(crate) fn client_settings(
-    options: &BTreeMap<String, String>,
-    own: &[&str],
-    what: &str,
-) -> Result<BTreeMap<String, String>> {
-    let mut client = BTreeMap::new();
-    for (name, value) in options {
-        let setting = match name.as_str() {
-            "connector" => continue,
-            name if own.contains(&name) => continue,
-            "properties.bootstrap.server" | "properties.bootstrap.servers" => "bootstrap.servers",
-            other => other.strip_prefix("properties.").ok_or_else(|| {
-                EddyError::InvalidParameter(format!("unknown option {other} for {what}"))
-            })?,
-        };
-        client.insert(setting.to_string(), value.clone());
-    }
-    Ok(client)
-}
 
 fn kafka_error(e: KafkaError) -> EddyError {
     EddyError::InvalidParameter(format!("Kafka: {e}"))

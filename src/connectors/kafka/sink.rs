@@ -40,6 +40,7 @@ use tokio::sync::mpsc;
 use crate::common::ChangeBatch;
 use crate::connectors::epoch::{appended_rows, key_fates, take_rows, KeyFate};
 use crate::connectors::format::{FormatSpec, MessageEncoding, MessageFormat};
+use crate::connectors::policy::ConnectorPolicy;
 use crate::error::{EddyError, Result};
 use crate::runtime::sink::{SinkEpoch, SinkMode, SinkStatus};
 
@@ -60,6 +61,11 @@ pub struct KafkaSinkConfig {
 }
 
 impl KafkaSinkConfig {
+    /// The brokers it connects to first (`host`, `port`).
+    pub fn brokers(&self) -> Vec<(String, u16)> {
+        super::client::bootstrap_hosts(&self.client)
+    }
+
     /// Reads the options for a sink on a view of `schema` whose key is
     /// `view_key` and which only inserts when `append_only`.
     pub fn from_options(
@@ -69,12 +75,14 @@ impl KafkaSinkConfig {
         schema: SchemaRef,
         view_key: Option<Vec<usize>>,
         append_only: bool,
+        policy: &ConnectorPolicy,
     ) -> Result<Self> {
-        let client = super::client_settings(
+        let client = super::client::client_settings(
             options,
             &["topic", "primary_key"],
             "a Kafka sink; known: topic, properties.bootstrap.server, \
              properties.<librdkafka setting>, primary_key",
+            policy,
         )?;
         let declared_key = options
             .get("primary_key")

@@ -102,7 +102,14 @@ impl PostgresSinkConfig {
         if connection.get_user().is_none() {
             connection.user("postgres");
         }
-        connection.connect_timeout(Duration::from_secs(10));
+        // Every outbound connection is bounded: connecting, and (through
+        // TCP keepalives and the kernel's user timeout) a peer that stops
+        // answering mid-write.
+        connection
+            .connect_timeout(Duration::from_secs(10))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .tcp_user_timeout(Duration::from_secs(60));
         let table = options
             .get("table")
             .ok_or_else(|| option_error("a postgres sink needs table = '[schema.]table'".into()))?;
@@ -164,6 +171,24 @@ impl PostgresSinkConfig {
         })
     }
 
+    /// The hosts and ports it connects to (a Unix socket counts as
+    /// `localhost`).
+    pub fn peers(&self) -> Vec<(String, u16)> {
+        let ports = self.connection.get_ports();
+        self.connection
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                match host {
+                    tokio_postgres::config::Host::Tcp(name) => (name.clone(), port),
+                    tokio_postgres::config::Host::Unix(_) => ("localhost".to_string(), port),
+                }
+            })
+            .collect()
+    }
+
     fn qualified_table(&self) -> String {
         format!("{}.{}", quote(&self.table.0), quote(&self.table.1))
     }
@@ -204,7 +229,7 @@ fn pg_error(context: &str, e: &tokio_postgres::Error) -> String {
 /// committed). Runs at CREATE SINK, so mistakes are reported there.
 pub async fn validate_target(config: &PostgresSinkConfig, fresh: bool) -> Result<()> {
     let client = connect(config).await.map_err(|e| {
-        EddyError::InvalidParameter(pg_error(
+        EddyError::ConnectionFailure(pg_error(
             &format!("cannot connect to Postgres for sink {}", config.sink_name),
             &e,
         ))
