@@ -639,6 +639,21 @@ fn read_manifests(dir: &Path) -> String {
     text
 }
 
+/// What a client program printed (stdout, then stderr).
+async fn client_output(program: &str, args: &[&str]) -> String {
+    let program = program.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || Command::new(&program).args(&args).output())
+        .await
+        .unwrap()
+        .expect("the client program runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// Runs psql `command` as eddy; `tls`: the CA to verify against.
 async fn psql(port: u16, password: &str, tls: Option<&Path>, command: &str) -> String {
     let mut conninfo = format!("host=127.0.0.1 port={port} user=eddy dbname=eddy");
@@ -773,43 +788,19 @@ async fn tls_with_psql_jdbc_and_psycopg_and_plaintext_refused_when_required() {
             std::env::var("HOME").unwrap_or_default()
         )
     });
-    let source = format!("{}/tests/jdbc/JdbcTls.java", common::project_dir());
-    let (p, c) = (port.to_string(), ca.to_string_lossy().into_owned());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("java")
-            .args(["-cp", &jar, &source, &p, &c, "tls pw"])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("java");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(text.contains("jdbc tls ok"), "{text}");
     let venv = std::env::var("EDDY_PYTHON_VENV").unwrap_or_else(|_| {
         format!(
             "{}/.cache/eddy/python-venv",
             std::env::var("HOME").unwrap_or_default()
         )
     });
-    let script = format!("{}/tests/python/tls_connect.py", common::project_dir());
     let (p, c) = (port.to_string(), ca.to_string_lossy().into_owned());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(format!("{venv}/bin/python"))
-            .args([&script, &p, &c, "tls pw"])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let jdbc = format!("{}/tests/jdbc/JdbcTls.java", common::project_dir());
+    let text = client_output("java", &["-cp", &jar, &jdbc, &p, &c, "tls pw"]).await;
+    assert!(text.contains("jdbc tls ok"), "{text}");
+    let psycopg = format!("{}/tests/python/tls_connect.py", common::project_dir());
+    let python = format!("{venv}/bin/python");
+    let text = client_output(&python, &[&psycopg, &p, &c, "tls pw"]).await;
     assert!(text.contains("psycopg tls ok"), "{text}");
     eddy.terminate();
 
