@@ -85,6 +85,14 @@ pub enum EddyError {
     /// The server is shutting down or a background task is gone (57P01).
     #[error("{0}")]
     Shutdown(String),
+    /// A write the write-ahead log could not make durable because its disk
+    /// is full (53100); nothing of the write took effect.
+    #[error("{0}")]
+    DiskFull(String),
+    /// A write the write-ahead log could not make durable for another I/O
+    /// reason (58030); nothing of the write took effect.
+    #[error("{0}")]
+    LogWrite(String),
     /// Checkpoint storage failed, or a checkpoint is missing, truncated,
     /// corrupted or of an unknown format version (58030: I/O error).
     #[error("checkpoint: {0}")]
@@ -126,7 +134,8 @@ impl EddyError {
             EddyError::InvalidAuthorization(_) => "28000",
             EddyError::ConnectionFailure(_) => "08001",
             EddyError::Shutdown(_) => "57P01",
-            EddyError::Checkpoint(_) => "58030",
+            EddyError::DiskFull(_) => "53100",
+            EddyError::LogWrite(_) | EddyError::Checkpoint(_) => "58030",
             EddyError::Internal(_) => "XX000",
             EddyError::Planning { sqlstate, .. } => sqlstate,
         }

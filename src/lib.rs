@@ -105,6 +105,11 @@ pub struct ServerOptions {
     pub secrets_key_file: Option<std::path::PathBuf>,
     /// The memory all ad hoc queries share (over it: 53200).
     pub query_memory_bytes: usize,
+    /// The write-ahead log's directory; `None`: beside a local checkpoint
+    /// directory (`<dir>.wal`), else no log (with checkpoints in memory or
+    /// in an object store and no `wal_dir`, writes are durable only at the
+    /// next checkpoint).
+    pub wal_dir: Option<std::path::PathBuf>,
 }
 
 impl ServerOptions {
@@ -124,6 +129,7 @@ impl ServerOptions {
             access: server::Access::default(),
             secrets_key_file: None,
             query_memory_bytes: engine::DEFAULT_QUERY_MEMORY_BYTES,
+            wal_dir: None,
         }
     }
 }
@@ -173,6 +179,7 @@ impl Server {
             mut access,
             secrets_key_file,
             query_memory_bytes,
+            wal_dir,
         } = options;
         let loopback = listen.ip().is_loopback();
         access.auth = auth.unwrap_or(if loopback {
@@ -219,16 +226,55 @@ impl Server {
             checkpoint_interval,
         ));
         checkpoints.continue_numbering().await?;
+        let wal_dir = wal_dir.or_else(|| {
+            checkpoint_location
+                .as_ref()
+                .filter(|l| !l.contains("://"))
+                .map(|l| std::path::PathBuf::from(format!("{}.wal", l.trim_end_matches('/'))))
+        });
+        // LSNs must stay above every position a checkpoint names, even if
+        // the log's files are gone.
+        let floor = recovered
+            .as_ref()
+            .and_then(|(m, _)| m.meta.table_lsns.values().max().copied())
+            .unwrap_or(0);
+        let (wal, mut wal_records) = match &wal_dir {
+            Some(dir) => {
+                let (wal, records) = state::wal::WriteAheadLog::open(dir, floor)?;
+                (Some(wal), records)
+            }
+            None => (None, Vec::new()),
+        };
+        if let (Some(wal), Some(name)) = (&wal, &from_snapshot) {
+            // A snapshot is a point to go back to: the writes logged after
+            // it belong to the abandoned present.
+            if !wal_records.is_empty() {
+                tracing::warn!(
+                    snapshot = %name,
+                    records = wal_records.len(),
+                    "starting from a snapshot: the write-ahead log's records are discarded"
+                );
+            }
+            wal_records.clear();
+            wal.retain(Box::new(|_, _| false)).await?;
+        }
         let runtime = runtime::RuntimeHandle::start()?;
-        let engine = Arc::new(
-            engine::Engine::with_checkpoints(runtime, checkpoints.clone())
-                .with_workers(workers)
-                .with_connector_policy(connector_policy)
-                .with_secret_box(secret_box)
-                .with_query_memory(query_memory_bytes),
-        );
-        if let Some((manifest, restored)) = recovered {
-            engine.recover(manifest, restored).await?;
+        let mut engine = engine::Engine::with_checkpoints(runtime, checkpoints.clone())
+            .with_workers(workers)
+            .with_connector_policy(connector_policy)
+            .with_secret_box(secret_box)
+            .with_query_memory(query_memory_bytes);
+        if let Some(wal) = wal {
+            engine = engine.with_wal(wal);
+        }
+        let engine = Arc::new(engine);
+        match recovered {
+            Some((manifest, restored)) => engine.recover(manifest, restored, wal_records).await?,
+            None if !wal_records.is_empty() => tracing::warn!(
+                records = wal_records.len(),
+                "the write-ahead log holds records but there is no checkpoint to apply them to"
+            ),
+            None => {}
         }
         if let Some(password) = &superuser_password {
             engine.set_superuser_password(password)?;

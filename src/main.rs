@@ -311,6 +311,7 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
     options.access.idle_session_timeout =
         (!args.idle_session_timeout.is_zero()).then_some(args.idle_session_timeout);
     options.secrets_key_file = Some(args.data_dir.join("secrets.key"));
+    options.wal_dir = Some(args.data_dir.join("wal"));
     options.query_memory_bytes = args.query_memory_limit;
     let server = eddy::Server::start_with_options(options).await?;
     if let Some(http) = server.http_addr {

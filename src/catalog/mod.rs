@@ -24,7 +24,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 pub use provider::RelationProvider;
 
-use crate::common::ChangeBatch;
 use crate::common::RelationId;
 use crate::connectors::table::TableData;
 use crate::error::{EddyError, Result};
@@ -60,8 +59,9 @@ pub struct TableEntry {
     /// Serializes writers of this table from computing a change until it is
     /// handed to the runtime, so changes reach the runtime in the order they
     /// were applied here. CREATE MATERIALIZED VIEW holds it while it takes the
-    /// backfill snapshot.
-    pub write_lock: tokio::sync::Mutex<()>,
+    /// backfill snapshot. (An `Arc` so that a write's durable part can own
+    /// it in a task of its own.)
+    pub write_lock: Arc<tokio::sync::Mutex<()>>,
     /// Only INSERT is allowed (`WITH (append_only = true)`), so views over
     /// it can feed append-only sinks.
     pub append_only: bool,
@@ -80,16 +80,9 @@ impl TableEntry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Computes a write against the current rows and installs the result,
-    /// in one critical section; returns the change. On error nothing changes.
-    pub fn write(
-        &self,
-        compute: impl FnOnce(&TableData) -> Result<(TableData, ChangeBatch)>,
-    ) -> Result<ChangeBatch> {
-        let mut data = self.data();
-        let (next, change) = compute(&data)?;
-        *data = next;
-        Ok(change)
+    /// Replaces the rows by `next` (computed from them under the write lock).
+    pub fn install(&self, next: TableData) {
+        *self.data() = next;
     }
 }
 

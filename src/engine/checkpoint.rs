@@ -12,6 +12,10 @@ use super::{Engine, StatementResult};
 use crate::connectors::{ReaderSpec, SourceConnector};
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::{Manifest, ReaderPosition, RestoredState};
+use crate::state::wal::WalRecord;
+
+/// The write-ahead log is trimmed at most this often.
+const WAL_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A recovery in progress: the checkpoint being restored, and the source
 /// readers to start when every object is back.
@@ -33,7 +37,42 @@ impl Engine {
         };
         let manifest = run.complete(capture, catalog).await?;
         self.runtime.checkpoint_done(manifest.epoch).await?;
+        self.trim_wal().await;
         Ok(manifest)
+    }
+
+    /// Deletes the write-ahead log segments every retained checkpoint
+    /// holds (at most every [`WAL_TRIM_INTERVAL`]; a failure only waits
+    /// for the next time: the log is kept whole meanwhile).
+    async fn trim_wal(&self) {
+        let Some(wal) = &self.wal else {
+            return;
+        };
+        {
+            let mut last = self.wal_trimmed.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < WAL_TRIM_INTERVAL) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let positions = match self.checkpoints.store().retained_table_lsns().await {
+            Ok(positions) => positions,
+            Err(e) => {
+                tracing::warn!(error = %e, "write-ahead log not trimmed: cannot read the retained checkpoints");
+                return;
+            }
+        };
+        // A record is needed while a checkpoint that holds its table holds
+        // an older position of it.
+        let needed = Box::new(move |relation: &str, lsn: u64| {
+            let name = format!("table/{relation}");
+            positions
+                .iter()
+                .any(|tables| tables.get(&name).is_some_and(|&covered| lsn > covered))
+        });
+        if let Err(e) = wal.retain(needed).await {
+            tracing::warn!(error = %e, "write-ahead log not trimmed");
+        }
     }
 
     /// Takes a checkpoint and keeps it as the named snapshot (a savepoint:
@@ -50,7 +89,12 @@ impl Engine {
     /// Rebuilds everything a checkpoint holds: replays its catalog, each
     /// object restored from its checkpointed state instead of backfilled,
     /// source readers resumed where the checkpoint had them.
-    pub async fn recover(&self, manifest: Manifest, restored: RestoredState) -> Result<()> {
+    pub async fn recover(
+        &self,
+        manifest: Manifest,
+        restored: RestoredState,
+        wal_records: Vec<WalRecord>,
+    ) -> Result<()> {
         let started = std::time::Instant::now();
         let epoch = restored.epoch;
         *self.restoring_state() = Some(Restoring {
@@ -73,6 +117,11 @@ impl Engine {
         }
         let restoring = self.restoring_state().take();
         self.runtime.resume_epoch(epoch).await?;
+        // The writes acknowledged after the checkpoint, before any source
+        // reader starts (tables and views as they were at the crash).
+        let replayed = self
+            .replay_wal(wal_records, &manifest.meta.table_lsns)
+            .await?;
         for (connector, spec) in restoring.map(|r| r.deferred_readers).unwrap_or_default() {
             connector.spawn_reader(spec);
         }
@@ -80,6 +129,7 @@ impl Engine {
             checkpoint = manifest.id,
             epoch,
             objects = manifest.catalog.len(),
+            replayed_writes = replayed,
             ms = started.elapsed().as_secs_f64() * 1e3,
             "recovered from checkpoint"
         );
@@ -106,6 +156,17 @@ impl Engine {
             .state
             .meta
             .watermarks
+            .get(name)
+            .copied()
+    }
+
+    /// A restored table's write-ahead log position.
+    pub(super) fn restored_table_lsn(&self, name: &str) -> Option<u64> {
+        self.restoring_state()
+            .as_ref()?
+            .state
+            .meta
+            .table_lsns
             .get(name)
             .copied()
     }

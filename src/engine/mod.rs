@@ -63,6 +63,7 @@ use crate::runtime::checkpoint::Checkpointer;
 use crate::runtime::RuntimeHandle;
 use crate::sql::EddyStatement;
 use crate::state::checkpoint::CheckpointStore;
+use crate::state::wal::WriteAheadLog;
 use checkpoint::Restoring;
 use health::Monitor;
 use jobs::BackfillWatch;
@@ -128,6 +129,11 @@ pub struct Engine {
     policy: ConnectorPolicy,
     /// Seals secrets for the DDL log (see `catalog::secrets`).
     secret_box: Arc<SecretBox>,
+    /// Where table writes are made durable before they are acknowledged
+    /// (`None`: checkpoints in memory, nothing is durable anyway).
+    wal: Option<WriteAheadLog>,
+    /// When the write-ahead log was last trimmed.
+    wal_trimmed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Engine {
@@ -155,7 +161,15 @@ impl Engine {
             workers: 1,
             policy: ConnectorPolicy::default(),
             secret_box: Arc::new(SecretBox::ephemeral().expect("the system's random numbers")),
+            wal: None,
+            wal_trimmed: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Logs table writes to `wal` before acknowledging them.
+    pub fn with_wal(mut self, wal: WriteAheadLog) -> Self {
+        self.wal = Some(wal);
+        self
     }
 
     /// The DataFusion session every query starts from: eddy's catalog

@@ -31,6 +31,9 @@ pub struct Session {
     interrupt: Arc<Interrupt>,
     /// `SET statement_timeout`: statements stop (57014) after this long.
     statement_timeout: Option<Duration>,
+    /// `SET synchronous_commit = off`: a table write is acknowledged once
+    /// written to the write-ahead log, without waiting for its sync.
+    synchronous_commit: bool,
 }
 
 /// The bootstrap superuser's session (recovery, tests, benchmarks).
@@ -55,6 +58,7 @@ impl Session {
             ("transaction isolation level", "read committed"),
             ("transaction_isolation", "read committed"),
             ("background_ddl", "false"),
+            ("synchronous_commit", "on"),
         ];
         Self {
             user,
@@ -66,7 +70,13 @@ impl Session {
             cursors: Cursors::default(),
             interrupt,
             statement_timeout: None,
+            synchronous_commit: true,
         }
+    }
+
+    /// Whether a write waits for the write-ahead log's sync.
+    pub fn synchronous_commit(&self) -> bool {
+        self.synchronous_commit
     }
 
     /// The role the session runs as.
@@ -169,6 +179,21 @@ impl Engine {
                 }
                 self.checkpoints
                     .set_interval(std::time::Duration::from_micros(micros as u64));
+            }
+            "synchronous_commit" => {
+                // PostgreSQL's values: every one but `off` waits for the
+                // sync (eddy has no replicas to wait for).
+                let value = value.trim_matches('\'').to_ascii_lowercase();
+                session.synchronous_commit = match value.as_str() {
+                    "off" | "false" | "0" | "no" => false,
+                    "on" | "true" | "1" | "yes" | "local" | "remote_write" | "remote_apply" => true,
+                    other => {
+                        return Err(EddyError::InvalidParameter(format!(
+                            "invalid value for parameter \"synchronous_commit\": \"{other}\""
+                        )))
+                    }
+                };
+                session.settings.insert(name, value);
             }
             "statement_timeout" => {
                 session.statement_timeout = parse_timeout(&value)?;

@@ -20,7 +20,9 @@ use crate::common::types::column_field;
 use crate::common::ChangeBatch;
 use crate::connectors::table::{ProcessingTime, TableData, TableWatermark};
 use crate::error::{EddyError, Result};
+use crate::runtime::RuntimeHandle;
 use crate::sql::{normalize_ident, TimeColumns, WatermarkClause, WriteKind};
+use crate::state::wal::{WalRecord, WriteAheadLog};
 
 /// The name, Arrow fields and primary-key column indices of a CREATE TABLE
 /// (also used for the column list of CREATE SOURCE).
@@ -329,7 +331,7 @@ impl Engine {
             name,
             schema,
             data: std::sync::Mutex::new(data),
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
             append_only,
             watermark,
             proctime,
@@ -337,6 +339,13 @@ impl Engine {
         if let (Some(w), Some(watermark)) = (restored_watermark, &table.watermark) {
             watermark.resume_at(w);
         }
+        // A restored table resumes at its checkpointed log position; a new
+        // one starts at the log's end (older records of its name were
+        // another table's).
+        let lsn = self
+            .restored_table_lsn(&format!("table/{}", table.name))
+            .or_else(|| self.wal.as_ref().map(|wal| wal.last_lsn()))
+            .unwrap_or(0);
         let rows = table.data().rows.clone();
         self.runtime
             .register_table(
@@ -345,6 +354,7 @@ impl Engine {
                 rows,
                 restored_watermark,
                 restored.is_some(),
+                lsn,
             )
             .await?;
         self.catalog.insert(Relation::Table(table.clone()))?;
@@ -391,7 +401,7 @@ impl Engine {
             None => statement.clone(),
         };
         // Plan and evaluate against the table as it is under the write lock.
-        let _write = table.write_lock.lock().await;
+        let write_lock = table.write_lock.clone().lock_owned().await;
         let state = self.query_state()?;
         let mut plan = self.plan(&state, &statement, session.user()).await?;
         let privilege = match kind {
@@ -409,7 +419,7 @@ impl Engine {
         };
         let schema = table.schema.clone();
         let width = schema.fields().len();
-        let (tag, change) = match (kind, &dml.op) {
+        let (tag, (next, change)) = match (kind, &dml.op) {
             (WriteKind::Insert, WriteOp::Insert(_)) => {
                 let mut new = guard
                     .run(collect_rows(&state, (*dml.input).clone(), &schema))
@@ -418,16 +428,14 @@ impl Engine {
                     new = clock.stamp(&new, &schema, clock.now())?;
                 }
                 let count = new.num_rows();
-                let change = table.write(|data| data.insert(new))?;
-                (format!("INSERT 0 {count}"), change)
+                (format!("INSERT 0 {count}"), table.data().insert(new)?)
             }
             (WriteKind::Delete, WriteOp::Delete) => {
                 let old = guard
                     .run(collect_rows(&state, (*dml.input).clone(), &schema))
                     .await?;
                 let count = old.num_rows();
-                let change = table.write(|data| data.delete(old))?;
-                (format!("DELETE {count}"), change)
+                (format!("DELETE {count}"), table.data().delete(old)?)
             }
             (WriteKind::Update, WriteOp::Update) => {
                 let LogicalPlan::Projection(projection) = dml.input.as_ref() else {
@@ -460,21 +468,116 @@ impl Engine {
                     new = clock.stamp(&new, &schema, clock.now())?;
                 }
                 let count = old.num_rows();
-                let change = table.write(|data| data.update(old, new))?;
-                (format!("UPDATE {count}"), change)
+                (format!("UPDATE {count}"), table.data().update(old, new)?)
             }
             (kind, op) => return Err(crate::internal!("{kind:?} planned as {op}")),
         };
-        let watermark = table
-            .watermark
-            .as_ref()
-            .map(|w| w.observe(&change))
-            .transpose()?
-            .flatten();
-        let rows = table.data().rows.clone();
-        self.runtime
-            .send_table_changes(table.id, change, watermark, rows)
-            .await?;
+        // From here on the write is no longer the client's to stop: once in
+        // the log it must take effect, so it runs to the end in a task of
+        // its own (holding the write lock) even if the statement is dropped.
+        let durable = tokio::spawn(apply_write(
+            table,
+            next,
+            change,
+            self.wal.clone(),
+            session.synchronous_commit(),
+            self.runtime.clone(),
+            write_lock,
+        ));
+        durable
+            .await
+            .map_err(|e| crate::internal!("a table write's task failed: {e}"))??;
         Ok(StatementResult::Command(tag))
     }
+
+    /// Recovery: applies the write-ahead log's records of each table that
+    /// are newer than the checkpoint's position for it, in log order, as
+    /// if they were written again (views see them as changes). Returns how
+    /// many were applied.
+    pub(super) async fn replay_wal(
+        &self,
+        records: Vec<WalRecord>,
+        positions: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<usize> {
+        let mut applied = 0;
+        let mut unknown = std::collections::BTreeMap::<String, usize>::new();
+        for record in records {
+            let covered = positions.get(&format!("table/{}", record.relation));
+            let table = match (covered, self.catalog.get(&record.relation)) {
+                (Some(&covered), _) if record.lsn <= covered => continue,
+                (Some(_), Some(Relation::Table(table))) => table,
+                _ => {
+                    // Its table is not in the checkpoint (its CREATE was
+                    // never checkpointed): nothing to apply it to.
+                    *unknown.entry(record.relation).or_default() += 1;
+                    continue;
+                }
+            };
+            let _write = table.write_lock.lock().await;
+            let (next, change) = {
+                let data = table.data();
+                let change = data.decode_change(&record.payload).map_err(|e| {
+                    EddyError::Checkpoint(format!(
+                        "write-ahead log record {} of table {}: {e}",
+                        record.lsn, record.relation
+                    ))
+                })?;
+                (data.apply(&change)?, change)
+            };
+            take_effect(&table, next, change, &self.runtime, Some(record.lsn)).await?;
+            applied += 1;
+        }
+        for (relation, records) in unknown {
+            tracing::warn!(
+                table = %relation,
+                records,
+                "write-ahead log: records of a table no checkpoint holds were not replayed"
+            );
+        }
+        Ok(applied)
+    }
+}
+
+/// The durable part of a table write, under the table's write lock: the
+/// change logged (and synced, unless `synchronous_commit` is off), then
+/// installed and handed to the runtime. If logging fails nothing changes.
+async fn apply_write(
+    table: Arc<TableEntry>,
+    next: TableData,
+    change: ChangeBatch,
+    wal: Option<WriteAheadLog>,
+    sync: bool,
+    runtime: RuntimeHandle,
+    _write_lock: tokio::sync::OwnedMutexGuard<()>,
+) -> Result<()> {
+    let lsn = match &wal {
+        Some(wal) => {
+            let payload = next.encode_change(&change)?;
+            Some(wal.append(&table.name, payload, sync).await?)
+        }
+        None => None,
+    };
+    take_effect(&table, next, change, &runtime, lsn).await
+}
+
+/// A logged change takes effect: the table's rows replaced, its watermark
+/// moved, and the change handed to the runtime with its log record.
+async fn take_effect(
+    table: &TableEntry,
+    next: TableData,
+    change: ChangeBatch,
+    runtime: &RuntimeHandle,
+    lsn: Option<u64>,
+) -> Result<()> {
+    table.install(next);
+    let watermark = table
+        .watermark
+        .as_ref()
+        .map(|w| w.observe(&change))
+        .transpose()?
+        .flatten();
+    let rows = table.data().rows.clone();
+    runtime
+        .send_table_changes(table.id, change, watermark, rows, lsn)
+        .await
 }

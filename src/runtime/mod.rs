@@ -182,6 +182,9 @@ enum Command {
         watermark: Option<i64>,
         /// Restored from a checkpoint: its rows are checkpointed already.
         restored: bool,
+        /// Its write-ahead log position: the checkpointed one, or for a
+        /// new table the log's end (older records are another table's).
+        lsn: u64,
         reply: oneshot::Sender<()>,
     },
     ForgetTable {
@@ -218,8 +221,8 @@ enum Command {
         batch: ChangeBatch,
         /// The relation's event-time watermark after this change, if it moved.
         watermark: Option<i64>,
-        /// A table's rows after this change.
-        table_rows: Option<RowSet>,
+        /// A table's rows after this change (and its log position).
+        table_rows: Option<TableRows>,
         /// A source reader's position after this change.
         position: Option<SourcePosition>,
         /// When the change arrived at eddy (for freshness).
@@ -331,20 +334,30 @@ impl RuntimeHandle {
         batch: ChangeBatch,
         watermark: Option<i64>,
     ) -> Result<()> {
-        self.send_change(relation, batch, watermark, None, None, Instant::now())
+        self.send_change(relation, batch, watermark, None, Instant::now())
             .await
     }
 
-    /// Queues a change of table `relation` whose rows are now `rows`.
+    /// Queues a change of table `relation` whose rows are now `rows`;
+    /// `lsn`: its write-ahead log record (what the next checkpoint records
+    /// as the table's position).
     pub async fn send_table_changes(
         &self,
         relation: RelationId,
         batch: ChangeBatch,
         watermark: Option<i64>,
         rows: RowSet,
+        lsn: Option<u64>,
     ) -> Result<()> {
-        self.send_change(relation, batch, watermark, Some(rows), None, Instant::now())
-            .await
+        self.send(Command::Changes {
+            relation,
+            batch,
+            watermark,
+            table_rows: Some(TableRows { rows, lsn }),
+            position: None,
+            arrived: Instant::now(),
+        })
+        .await
     }
 
     /// Queues a change from a source reader that has now read up to
@@ -358,7 +371,7 @@ impl RuntimeHandle {
         position: SourcePosition,
         arrived: Instant,
     ) -> Result<()> {
-        self.send_change(relation, batch, watermark, None, Some(position), arrived)
+        self.send_change(relation, batch, watermark, Some(position), arrived)
             .await
     }
 
@@ -367,7 +380,6 @@ impl RuntimeHandle {
         relation: RelationId,
         batch: ChangeBatch,
         watermark: Option<i64>,
-        table_rows: Option<RowSet>,
         position: Option<SourcePosition>,
         arrived: Instant,
     ) -> Result<()> {
@@ -378,7 +390,7 @@ impl RuntimeHandle {
             relation,
             batch,
             watermark,
-            table_rows,
+            table_rows: None,
             position,
             arrived,
         })
@@ -394,6 +406,7 @@ impl RuntimeHandle {
         rows: RowSet,
         watermark: Option<i64>,
         restored: bool,
+        lsn: u64,
     ) -> Result<()> {
         self.request(|reply| Command::RegisterTable {
             id,
@@ -401,6 +414,7 @@ impl RuntimeHandle {
             rows,
             watermark,
             restored,
+            lsn,
             reply,
         })
         .await
@@ -551,6 +565,14 @@ struct TrackedTable {
     name: String,
     rows: RowSet,
     touched: Touched,
+    /// The write-ahead log record of the last change applied.
+    lsn: u64,
+}
+
+/// A table's rows after a change, and the change's write-ahead log record.
+pub(crate) struct TableRows {
+    rows: RowSet,
+    lsn: Option<u64>,
 }
 
 /// What flows between relations inside the runtime.
@@ -633,8 +655,11 @@ impl Worker {
                 position,
                 arrived,
             } => {
-                if let Some(rows) = table_rows {
+                if let Some(TableRows { rows, lsn }) = table_rows {
                     if let Some(table) = self.tables.get_mut(&relation) {
+                        if let Some(lsn) = lsn {
+                            table.lsn = lsn;
+                        }
                         match rows.codec().encode(&batch.rows) {
                             Ok(encoded) => table.touched.note_all(rows.distinct_rows(), encoded),
                             // Cannot happen for rows of the table's own
@@ -730,6 +755,7 @@ impl Worker {
                 rows,
                 watermark,
                 restored,
+                lsn,
                 reply,
             } => {
                 let touched = if restored {
@@ -743,6 +769,7 @@ impl Worker {
                         name,
                         rows,
                         touched,
+                        lsn,
                     },
                 );
                 if let Some(watermark) = watermark {
@@ -911,6 +938,7 @@ impl Worker {
             let name = format!("table/{}", table.name);
             let delta = rows_delta(&table.rows, &mut table.touched, request.wants_full(&name));
             states.insert(name.clone(), delta);
+            meta.table_lsns.insert(name.clone(), table.lsn);
             if let Some(&w) = self.watermarks.get(id) {
                 meta.watermarks.insert(name, w);
             }

@@ -41,8 +41,9 @@ use super::codec::{crc32, Decoder, Encoder};
 use crate::error::{EddyError, Result};
 
 /// The version of the checkpoint format this eddy writes. It reads every
-/// version up to this one and refuses newer ones by name.
-pub const STATE_FORMAT_VERSION: u32 = 1;
+/// version up to this one and refuses newer ones by name. 2: manifests end
+/// with each table's write-ahead log position.
+pub const STATE_FORMAT_VERSION: u32 = 2;
 
 const DATA_MAGIC: &[u8; 8] = b"EDDYDATA";
 const MANIFEST_MAGIC: &[u8; 8] = b"EDDYMANI";
@@ -306,6 +307,10 @@ pub struct CheckpointMeta {
     pub watermarks: BTreeMap<String, i64>,
     /// Position per source reader (`<view>/<source>`).
     pub readers: BTreeMap<String, ReaderPosition>,
+    /// Per table (by its checkpoint name): the LSN of the last
+    /// write-ahead log record the checkpoint holds; recovery replays the
+    /// table's newer records.
+    pub table_lsns: BTreeMap<String, u64>,
 }
 
 /// What the runtime captured for one checkpoint.
@@ -655,6 +660,24 @@ impl CheckpointStore {
         let bytes = self.get(relative).await?;
         let payload = open_envelope(MANIFEST_MAGIC, &bytes, relative)?;
         decode_manifest(payload).map_err(|e| EddyError::Checkpoint(format!("{relative}: {e}")))
+    }
+
+    /// The tables' write-ahead log positions in each checkpoint a recovery
+    /// may start from (the retained ones), newest first.
+    pub async fn retained_table_lsns(&self) -> Result<Vec<BTreeMap<String, u64>>> {
+        let mut positions = Vec::new();
+        for id in self
+            .manifest_ids("checkpoints")
+            .await?
+            .into_iter()
+            .take(RETAINED_CHECKPOINTS)
+        {
+            let manifest = self
+                .read_manifest(&format!("checkpoints/{id:020}.manifest"))
+                .await?;
+            positions.push(manifest.meta.table_lsns);
+        }
+        Ok(positions)
     }
 
     /// Deletes manifests beyond the retained ones and data files that no
@@ -1064,6 +1087,10 @@ fn encode_manifest(m: &Manifest) -> Vec<u8> {
             }
         }
     }
+    e.u64(m.meta.table_lsns.len() as u64);
+    for (name, lsn) in &m.meta.table_lsns {
+        e.bytes(name.as_bytes()).u64(*lsn);
+    }
     e.finish()
 }
 
@@ -1133,6 +1160,13 @@ fn decode_manifest(payload: &[u8]) -> Result<Manifest> {
             }
         };
         meta.readers.insert(name, position);
+    }
+    // Version 1 manifests end here.
+    if !d.is_empty() {
+        for _ in 0..d.u64()? {
+            let name = string(d.bytes()?)?;
+            meta.table_lsns.insert(name, d.u64()?);
+        }
     }
     Ok(Manifest {
         id,

@@ -18,6 +18,7 @@
 pub mod checkpoint;
 pub mod codec;
 mod row_log;
+pub mod wal;
 pub mod windowed;
 
 use std::sync::Arc;

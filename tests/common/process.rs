@@ -25,7 +25,8 @@ pub fn free_port() -> u16 {
 impl EddyProcess {
     /// Starts eddy on a free port with its data in `dir`, logging to
     /// `dir/eddy.log`, with `args` added (the defaults: no HTTP unless
-    /// `--http-listen` is among them, checkpoints every 100 ms) and `env`
+    /// `--http-listen` is among them, checkpoints every 100 ms unless
+    /// `--checkpoint-interval` is) and `env`
     /// set.
     pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> EddyProcess {
         let port = free_port();
@@ -51,7 +52,6 @@ impl EddyProcess {
         command
             .args(["--listen", listen])
             .args(["--data-dir", &dir.to_string_lossy()])
-            .args(["--checkpoint-interval", "100ms"])
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("EDDY_PASSWORD")
@@ -59,6 +59,9 @@ impl EddyProcess {
             .stderr(log);
         for (name, value) in env {
             command.env(name, value);
+        }
+        if !args.contains(&"--checkpoint-interval") {
+            command.args(["--checkpoint-interval", "100ms"]);
         }
         if !args.contains(&"--http-listen") {
             command.arg("--no-http");

@@ -4,10 +4,12 @@
 //! `TableData` plus the [`ChangeBatch`] that describes it; the caller installs
 //! the new data and hands the change to the runtime. A write that violates a
 //! constraint (NOT NULL, PRIMARY KEY) fails as a whole and changes nothing.
+//! The change is also what the write-ahead log keeps ([`TableData::encode_change`])
+//! and what recovery applies again ([`TableData::apply`]).
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -15,6 +17,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use crate::common::types::is_json_field;
 use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
+use crate::state::codec::{Decoder, Encoder};
 use crate::state::{RowCodec, RowSet};
 
 /// A table's rows and, with a primary key, the index that enforces it.
@@ -90,6 +93,49 @@ impl TableData {
             .collect();
         let rows = concat_batches(self.schema(), [&old, &new])?;
         Ok((next, ChangeBatch::new(rows, Int64Array::from(weights))?))
+    }
+
+    /// The table after a change computed earlier by [`Self::insert`],
+    /// [`Self::delete`] or [`Self::update`] (replayed from the write-ahead
+    /// log): its retractions removed, then its insertions added.
+    pub fn apply(&self, change: &ChangeBatch) -> Result<TableData> {
+        if change.weights.values().iter().any(|w| w.abs() != 1) {
+            return Err(crate::internal!(
+                "a table change with a weight other than 1 or -1"
+            ));
+        }
+        let retracted = BooleanArray::from_unary(&change.weights, |w| w < 0);
+        let inserted = BooleanArray::from_unary(&change.weights, |w| w > 0);
+        let mut next = self.clone();
+        next.remove_rows(&change.filter(&retracted)?.rows)?;
+        next.add_rows(&change.filter(&inserted)?.rows)?;
+        Ok(next)
+    }
+
+    /// A change of this table as the write-ahead log keeps it: the row
+    /// count, then per row its weight and its `arrow-row` encoding.
+    pub fn encode_change(&self, change: &ChangeBatch) -> Result<Vec<u8>> {
+        let rows = self.rows.codec().encode(&change.rows)?;
+        let mut out = Encoder::new();
+        out.u64(rows.len() as u64);
+        for (row, weight) in rows.iter().zip(change.weights.values()) {
+            out.i64(*weight).bytes(row);
+        }
+        Ok(out.finish())
+    }
+
+    /// The change [`Self::encode_change`] wrote.
+    pub fn decode_change(&self, bytes: &[u8]) -> Result<ChangeBatch> {
+        let mut input = Decoder::new(bytes);
+        let count = input.u64()? as usize;
+        let mut weights = Vec::with_capacity(count.min(1 << 20));
+        let mut rows = Vec::with_capacity(count.min(1 << 20));
+        for _ in 0..count {
+            weights.push(input.i64()?);
+            rows.push(input.bytes()?);
+        }
+        let batch = self.rows.codec().decode(rows.into_iter())?;
+        ChangeBatch::new(batch, Int64Array::from(weights))
     }
 
     fn check_values(&self, rows: &RecordBatch) -> Result<()> {
