@@ -29,6 +29,7 @@
 //! in the order they were applied.
 
 mod access;
+mod checked_arithmetic;
 mod checkpoint;
 mod columns;
 mod cursors;
@@ -189,6 +190,7 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_analyzer_rule(Arc::new(checked_arithmetic::CheckIntegerOverflow::default()))
             .build()
     }
 

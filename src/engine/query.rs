@@ -104,6 +104,7 @@ impl Engine {
         state.mark_start_execution();
         pg_catalog.register_functions(&mut state)?;
         super::guarded_functions::register(&mut state)?;
+        super::checked_arithmetic::register(&mut state)?;
         // DataFusion looks table functions up by the name as written.
         for (name, kind) in [
             ("tumble", WindowKind::Tumble),

@@ -135,7 +135,9 @@ pub enum PreparedInput {
 #[derive(Debug, Clone)]
 pub enum AccumulatorState {
     Count(i64),
-    IntSum { sum: i64, count: i64 },
+    /// Wider than any input so that a sum is exact until it is read:
+    /// reading one outside BIGINT is an error (22003), never a wrapped value.
+    IntSum { sum: i128, count: i64 },
     FloatSum { sum: f64, count: i64 },
     DecimalSum { sum: i128, count: i64 },
     Values(BTreeMap<Box<[u8]>, i64>),
@@ -283,7 +285,7 @@ impl AggregateFolder {
             }
             (AccumulatorState::IntSum { sum, count }, PreparedInput::Int(values)) => {
                 if values.is_valid(row) {
-                    *sum = sum.wrapping_add(values.value(row).wrapping_mul(weight));
+                    *sum += i128::from(values.value(row)) * i128::from(weight);
                     *count += weight;
                 }
             }
@@ -346,7 +348,7 @@ impl AggregateFolder {
             | AccumulatorState::DecimalSum { count: 0, .. } => ScalarValue::Null,
             AccumulatorState::IntSum { sum, count } => match self.kind {
                 AggregateKind::Avg => ScalarValue::Float64(Some(*sum as f64 / *count as f64)),
-                _ => ScalarValue::Int64(Some(*sum)),
+                _ => ScalarValue::Int64(Some(bigint(*sum)?)),
             },
             AccumulatorState::FloatSum { sum, count } => match self.kind {
                 AggregateKind::Avg => ScalarValue::Float64(Some(sum / *count as f64)),
@@ -455,12 +457,13 @@ impl AggregateFolder {
         Ok(match (self.kind, values.data_type()) {
             (AggregateKind::SumDistinct, t) if t.is_integer() => {
                 let ints = cast(values, &DataType::Int64)?;
-                ScalarValue::Int64(Some(
+                ScalarValue::Int64(Some(bigint(
                     ints.as_primitive::<Int64Type>()
                         .values()
                         .iter()
-                        .fold(0i64, |a, b| a.wrapping_add(*b)),
-                ))
+                        .map(|v| i128::from(*v))
+                        .sum(),
+                )?))
             }
             (AggregateKind::SumDistinct, DataType::Decimal128(_, scale)) => {
                 ScalarValue::Decimal128(Some(decimal_sum()), 38, *scale)
@@ -520,6 +523,11 @@ impl AggregateFolder {
     }
 }
 
+/// An exact integer sum as BIGINT, or 22003 when it does not fit.
+fn bigint(sum: i128) -> Result<i64> {
+    i64::try_from(sum).map_err(|_| EddyError::OutOfRange("bigint out of range".into()))
+}
+
 impl AccumulatorState {
     /// Folds `other`'s inputs into this state, as if they had been folded
     /// here (both states of the same aggregate).
@@ -530,7 +538,7 @@ impl AccumulatorState {
                 AccumulatorState::IntSum { sum, count },
                 AccumulatorState::IntSum { sum: s, count: c },
             ) => {
-                *sum = sum.wrapping_add(s);
+                *sum += s;
                 *count += c;
             }
             (
@@ -579,7 +587,7 @@ impl AccumulatorState {
                 out.u8(0).i64(*n);
             }
             AccumulatorState::IntSum { sum, count } => {
-                out.u8(1).i64(*sum).i64(*count);
+                out.u8(6).i128(*sum).i64(*count);
             }
             AccumulatorState::FloatSum { sum, count } => {
                 out.u8(2).f64(*sum).i64(*count);
@@ -603,8 +611,13 @@ impl AccumulatorState {
     pub fn decode(d: &mut crate::state::codec::Decoder<'_>) -> Result<Self> {
         Ok(match d.u8()? {
             0 => AccumulatorState::Count(d.i64()?),
+            // Before sums were exact: an i64 (wrapped if it overflowed).
             1 => AccumulatorState::IntSum {
-                sum: d.i64()?,
+                sum: i128::from(d.i64()?),
+                count: d.i64()?,
+            },
+            6 => AccumulatorState::IntSum {
+                sum: d.i128()?,
                 count: d.i64()?,
             },
             2 => AccumulatorState::FloatSum {

@@ -23,7 +23,7 @@ use super::accumulator::{AccumulatorState, AggregateFolder, PreparedInput};
 use super::shard::KeyedOperator;
 use super::{Operator, OperatorCounters};
 use crate::common::ChangeBatch;
-use crate::error::Result;
+use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::windowed::{window_ends, ByWindow, NO_WINDOW};
@@ -65,6 +65,27 @@ impl AggregateCall {
             .zip(accumulators)
             .map(|(call, state)| call.folder.value(state))
             .collect()
+    }
+
+    /// Each call's value, or `None` when one is out of its type's range
+    /// (22003, e.g. a BIGINT sum past 2^63): such a group has no row in the
+    /// view until its value fits again, and `counters` (when given) count
+    /// it as a failed row.
+    pub(crate) fn values_in_range(
+        calls: &[AggregateCall],
+        accumulators: &[AccumulatorState],
+        counters: Option<&mut OperatorCounters>,
+    ) -> Result<Option<Vec<ScalarValue>>> {
+        match Self::values(calls, accumulators) {
+            Ok(values) => Ok(Some(values)),
+            Err(error @ EddyError::OutOfRange(_)) => {
+                if let Some(counters) = counters {
+                    counters.row_failed(&error);
+                }
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// The output columns of the calls for `rows` of values (each as
@@ -224,9 +245,6 @@ impl AggregateOperator {
         }
     }
 
-    fn outputs(&self, group: &Group) -> Result<Vec<ScalarValue>> {
-        AggregateCall::values(&self.calls, &group.accumulators)
-    }
 
     /// Builds a changelog from `(group key, aggregate values, weight)` rows.
     fn build_output(&self, changes: Vec<(&[u8], Vec<ScalarValue>, i64)>) -> Result<ChangeBatch> {
@@ -324,15 +342,20 @@ impl Operator for AggregateOperator {
         if finished.is_empty() {
             return Ok((vec![], Some(watermark)));
         }
-        let values = finished
-            .iter()
-            .map(|g| self.outputs(g))
-            .collect::<Result<Vec<_>>>()?;
-        let changes = finished
-            .iter()
-            .zip(values)
-            .map(|(g, v)| (g.key.as_ref(), v, 1))
-            .collect();
+        let mut changes = Vec::with_capacity(finished.len());
+        for group in &finished {
+            let values = AggregateCall::values_in_range(
+                &self.calls,
+                &group.accumulators,
+                Some(&mut self.counters),
+            )?;
+            if let Some(values) = values {
+                changes.push((group.key.as_ref(), values, 1));
+            }
+        }
+        if changes.is_empty() {
+            return Ok((vec![], Some(watermark)));
+        }
         Ok((vec![self.build_output(changes)?], Some(watermark)))
     }
 
@@ -343,7 +366,7 @@ impl Operator for AggregateOperator {
         // Without GROUP BY there is always exactly one output row.
         let key: Arc<[u8]> = Arc::from(&[][..]);
         let group = Self::new_group(&self.calls, key.clone());
-        let values = self.outputs(&group)?;
+        let values = AggregateCall::values(&self.calls, &group.accumulators)?;
         self.groups.window_mut(NO_WINDOW).insert(key.clone(), group);
         self.dirty.note(1, || (NO_WINDOW, key));
         Ok(vec![self.build_output(vec![(&[], values, 1)])?])
@@ -396,7 +419,10 @@ impl Operator for AggregateOperator {
                     group.changed_in = batch_number;
                     let before = match created {
                         true => None,
-                        false => Some(AggregateCall::values(&self.calls, &group.accumulators)?),
+                        // Counted when it was the group's new value.
+                        false => {
+                            AggregateCall::values_in_range(&self.calls, &group.accumulators, None)?
+                        }
                     };
                     touched.push((window, group.key.clone(), before));
                 }
@@ -442,7 +468,11 @@ impl Operator for AggregateOperator {
                 emptied.push((*window, key));
             }
             after.push(if group.rows > 0 || global {
-                Some(self.outputs(group)?)
+                AggregateCall::values_in_range(
+                    &self.calls,
+                    &group.accumulators,
+                    Some(&mut self.counters),
+                )?
             } else {
                 None
             });
