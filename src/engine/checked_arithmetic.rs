@@ -18,7 +18,7 @@ use datafusion::arrow::array::{ArrayRef, AsArray, Datum};
 use datafusion::arrow::compute::kernels::numeric;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DataFusionError, Result as DFResult, ScalarValue};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::execution::session_state::SessionState;
@@ -178,30 +178,43 @@ impl CheckIntegerOverflow {
     }
 
     /// `expr` with its integer arithmetic checked; `schema` types its
-    /// columns.
+    /// columns. An aggregate's FILTER is left as it is: its text is part of
+    /// the aggregate's output name (DataFusion prints it with `Display`,
+    /// where a function cannot pass for an operator).
     fn rewrite(&self, expr: Expr, schema: &DFSchema) -> DFResult<Transformed<Expr>> {
-        expr.transform_up(|expr| {
-            let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &expr else {
-                return Ok(Transformed::no(expr));
-            };
-            let Some(checked) = Checked::of(*op) else {
-                return Ok(Transformed::no(expr));
-            };
-            let integer = |e: &Expr| {
-                e.get_type(schema)
-                    .is_ok_and(|t| t.is_integer() && !matches!(t, DataType::UInt64))
-            };
-            if !(integer(left) && integer(right)) {
-                return Ok(Transformed::no(expr));
+        expr.transform_down(|expr| match expr {
+            Expr::AggregateFunction(mut aggregate) => {
+                let mut changed = false;
+                let args = std::mem::take(&mut aggregate.params.args);
+                for arg in args {
+                    let rewritten = self.rewrite(arg, schema)?;
+                    changed |= rewritten.transformed;
+                    aggregate.params.args.push(rewritten.data);
+                }
+                Ok(Transformed::new(
+                    Expr::AggregateFunction(aggregate),
+                    changed,
+                    TreeNodeRecursion::Jump,
+                ))
             }
-            let same_type = left.get_type(schema).ok() == right.get_type(schema).ok();
-            if !same_type {
-                return Ok(Transformed::no(expr));
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let checked = Checked::of(op).filter(|_| {
+                    let integer = |e: &Expr| {
+                        e.get_type(schema)
+                            .ok()
+                            .filter(|t| t.is_integer() && !matches!(t, DataType::UInt64))
+                    };
+                    matches!((integer(&left), integer(&right)), (Some(l), Some(r)) if l == r)
+                });
+                Ok(match checked {
+                    Some(checked) => Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+                        self.function(checked),
+                        vec![*left, *right],
+                    ))),
+                    None => Transformed::no(Expr::BinaryExpr(BinaryExpr { left, op, right })),
+                })
             }
-            Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
-                self.function(checked),
-                vec![*left.clone(), *right.clone()],
-            ))))
+            other => Ok(Transformed::no(other)),
         })
     }
 }
