@@ -22,7 +22,9 @@ fn test_dir(name: &str) -> PathBuf {
 }
 
 async fn count(client: &Client, sql: &str) -> i64 {
-    query_text(client, sql).await[0][0].parse().expect("a count")
+    query_text(client, sql).await[0][0]
+        .parse()
+        .expect("a count")
 }
 
 /// Single-row INSERTs from `clients` concurrent sessions, `per_client`
@@ -72,11 +74,17 @@ async fn acknowledged_writes_survive_kill_9_without_a_checkpoint() {
     let mut eddy = EddyProcess::spawn(&dir, &["--checkpoint-interval", "0"], &[]);
     let client = eddy.connect().await;
     assert_eq!(count(&client, "SELECT count(*) FROM t").await, 2000 + 9000);
-    assert_eq!(count(&client, "SELECT count(*) FROM t WHERE g = 100").await, 500);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM t WHERE g = 100").await,
+        500
+    );
     // The view saw the replayed writes as changes.
     execute(&client, "FLUSH").await;
     assert_eq!(count(&client, "SELECT sum(n) FROM per_g").await, 11000);
-    assert_eq!(count(&client, "SELECT n FROM per_g WHERE g = 100").await, 500);
+    assert_eq!(
+        count(&client, "SELECT n FROM per_g WHERE g = 100").await,
+        500
+    );
     assert!(
         eddy.log().contains("replayed_writes"),
         "recovery reports the replayed writes:\n{}",
@@ -93,7 +101,10 @@ async fn acknowledged_writes_survive_kill_9_without_a_checkpoint() {
     eddy.kill();
     let mut eddy = EddyProcess::spawn(&dir, &["--checkpoint-interval", "0"], &[]);
     let client = eddy.connect().await;
-    assert_eq!(count(&client, "SELECT count(*) FROM t").await, 11000 + 200 + 2);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM t").await,
+        11000 + 200 + 2
+    );
     execute(&client, "FLUSH").await;
     assert_eq!(count(&client, "SELECT sum(n) FROM per_g").await, 11202);
     eddy.terminate();

@@ -370,13 +370,21 @@ async fn a_permanent_error_fails_only_the_sink() {
     .await;
     execute(&eddy, "FLUSH").await;
     pg.batch_execute("DROP TABLE sink_doomed").await.unwrap();
-    // FLUSH returns: a failed sink is not waited for.
-    execute(&eddy, "INSERT INTO t VALUES (1, 5), (2, 2); FLUSH").await;
+    // FLUSH returns at once, and says which sink did not write and why.
+    execute(&eddy, "INSERT INTO t VALUES (1, 5), (2, 2)").await;
+    let flush = eddy.simple_query("FLUSH").await.expect_err("a sink failed");
+    let message = common::describe(&flush);
+    assert!(
+        message.contains("sink doomed failed") && message.contains("does not exist"),
+        "{message}"
+    );
+    assert_eq!(flush.code().map(|c| c.code()), Some("55000"));
     let sinks = query_text(&eddy, "SHOW SINKS").await;
     assert!(sinks[0][4].starts_with("failed:"), "{sinks:?}");
     assert!(sinks[0][4].contains("does not exist"), "{sinks:?}");
     // The server and the view go on.
-    execute(&eddy, "INSERT INTO t VALUES (2, 3); FLUSH").await;
+    execute(&eddy, "INSERT INTO t VALUES (2, 3)").await;
+    let _ = eddy.simple_query("FLUSH").await;
     assert_eq!(
         sorted_rows(&eddy, "SELECT k, s FROM v").await,
         vec![vec!["1", "6"], vec!["2", "5"]]

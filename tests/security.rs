@@ -1208,8 +1208,14 @@ async fn user_mistakes_never_answer_internal_error() {
     for (sql, code) in [
         ("SELECT 1 / 0", "22012"),
         ("SELECT 9223372036854775807 + 1", "22003"),
-        ("SELECT a * 4 FROM (VALUES (9223372036854775807)) AS v(a)", "22003"),
-        ("SELECT sum(a) FROM (VALUES (9223372036854775807), (1)) AS v(a)", "22003"),
+        (
+            "SELECT a * 4 FROM (VALUES (9223372036854775807)) AS v(a)",
+            "22003",
+        ),
+        (
+            "SELECT sum(a) FROM (VALUES (9223372036854775807), (1)) AS v(a)",
+            "22003",
+        ),
         ("SELECT 'abc'::int", "22P02"),
         ("SELECT DATE '2020-13-45'", "22P02"),
         ("INSERT INTO k VALUES (1, 'y')", "23505"),

@@ -80,6 +80,18 @@ async fn subscribe_streams_changes_in_order() {
             .await
             .unwrap(),
     );
+    // The row description comes once the subscription is in place; only
+    // then is a change sure to reach it.
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), changes.next())
+            .await
+            .expect("a row description within 20 s")
+            .expect("the stream goes on")
+            .expect("no error");
+        if matches!(message, SimpleQueryMessage::RowDescription(_)) {
+            break;
+        }
+    }
     execute(&writer, "INSERT INTO accounts VALUES (3, 'cid', 1); FLUSH").await;
     assert_eq!(&next_row(&mut changes).await[..3], ["cid", "1", "insert"]);
 

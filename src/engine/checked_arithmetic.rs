@@ -20,9 +20,9 @@ use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DataFusionError, Result as DFResult, ScalarValue};
-use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::AggregateOrderSensitivity;
 use datafusion::logical_expr::{
@@ -207,10 +207,9 @@ impl CheckIntegerOverflow {
                     matches!((integer(&left), integer(&right)), (Some(l), Some(r)) if l == r)
                 });
                 Ok(match checked {
-                    Some(checked) => Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
-                        self.function(checked),
-                        vec![*left, *right],
-                    ))),
+                    Some(checked) => Transformed::yes(Expr::ScalarFunction(
+                        ScalarFunction::new_udf(self.function(checked), vec![*left, *right]),
+                    )),
                     None => Transformed::no(Expr::BinaryExpr(BinaryExpr { left, op, right })),
                 })
             }

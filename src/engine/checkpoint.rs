@@ -14,6 +14,9 @@ use crate::error::{EddyError, Result};
 use crate::state::checkpoint::{Manifest, ReaderPosition, RestoredState};
 use crate::state::wal::WalRecord;
 
+/// FLUSH waits at most this long for the sinks to write its checkpoint.
+const FLUSH_SINK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The write-ahead log is trimmed at most this often.
 const WAL_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -209,8 +212,32 @@ impl Engine {
     /// failed to commit it.
     pub(super) async fn flush(&self) -> Result<StatementResult> {
         let manifest = self.checkpoint().await?;
+        let deadline = tokio::time::Instant::now() + FLUSH_SINK_WAIT;
+        let mut behind = Vec::new();
         for sink in self.catalog.list_sinks() {
-            sink.status.wait_for(manifest.epoch).await;
+            let written = tokio::time::timeout_at(deadline, sink.status.wait_for(manifest.epoch))
+                .await
+                .is_ok();
+            if let Some(failure) = sink.status.failure() {
+                behind.push(format!("sink {} failed: {failure}", sink.name));
+            } else if !written {
+                behind.push(format!(
+                    "sink {} has not written it within {} s ({})",
+                    sink.name,
+                    FLUSH_SINK_WAIT.as_secs(),
+                    sink.status.describe()
+                ));
+            }
+        }
+        if !behind.is_empty() {
+            return Err(EddyError::Planning {
+                sqlstate: "55000",
+                message: format!(
+                    "FLUSH: every change is visible and checkpointed (epoch {}), but {}",
+                    manifest.epoch,
+                    behind.join("; ")
+                ),
+            });
         }
         Ok(StatementResult::Command("FLUSH".into()))
     }

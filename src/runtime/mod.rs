@@ -271,6 +271,7 @@ impl RuntimeHandle {
             watermarks: HashMap::new(),
             readers: HashMap::new(),
             epoch: 0,
+            released_through: 0,
             dirty: false,
             arrival: None,
             published: published.clone(),
@@ -614,6 +615,9 @@ struct Worker {
     /// created later.
     watermarks: HashMap<RelationId, i64>,
     epoch: u64,
+    /// Durable sinks may have every epoch up to this one (the last
+    /// completed checkpoint's).
+    released_through: u64,
     /// Whether anything changed since the last published epoch.
     dirty: bool,
     /// When the change being propagated arrived (`None`: not from a write
@@ -786,6 +790,8 @@ impl Worker {
             Command::CheckpointDone { epoch } => self.release_to_sinks(epoch),
             Command::ResumeEpoch { epoch, reply } => {
                 self.epoch = self.epoch.max(epoch);
+                // The restored sinks' backlogs are in that checkpoint.
+                self.released_through = self.released_through.max(epoch);
                 let _ = reply.send(());
             }
             Command::Tick => self.tick(crate::common::time::now_micros()),
@@ -997,9 +1003,14 @@ impl Worker {
         })
     }
 
-    /// Hands durable sinks the epochs captured by checkpoints up to `epoch`
-    /// (waiting when a sink is behind: backpressure).
+    /// Hands durable sinks the epochs captured by checkpoints up to `epoch`,
+    /// as many as their channels take. A sink that is behind (its target
+    /// slow, away or silent) keeps the rest here, in its checkpointed
+    /// backlog, and gets them at a later tick or checkpoint: a sink never
+    /// holds the runtime, so writes, DDL and checkpoints go on.
     fn release_to_sinks(&mut self, epoch: u64) {
+        self.released_through = self.released_through.max(epoch);
+        let epoch = self.released_through;
         let mut gone = Vec::new();
         for (id, sink) in &mut self.sinks {
             let Some(durable) = &mut sink.durable else {
@@ -1009,10 +1020,13 @@ impl Worker {
                 if *sent || captured.epoch > epoch {
                     continue;
                 }
-                *sent = true;
-                if sink.epochs.blocking_send(captured.clone()).is_err() {
-                    gone.push(*id);
-                    break;
+                match sink.epochs.try_send(captured.clone()) {
+                    Ok(()) => *sent = true,
+                    Err(mpsc::error::TrySendError::Full(_)) => break,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        gone.push(*id);
+                        break;
+                    }
                 }
             }
         }
@@ -1099,6 +1113,8 @@ impl Worker {
     /// changes (rows leaving temporal filters, watermarks released by idle
     /// inputs).
     fn tick(&mut self, now: i64) {
+        // Sinks that were behind take what they can now.
+        self.release_to_sinks(self.released_through);
         let mut events = VecDeque::new();
         let views: Vec<RelationId> = self.views.keys().copied().collect();
         for view_id in views {

@@ -123,9 +123,16 @@ struct SinkState {
     rows_written: u64,
     /// Errors the sink retried after.
     retries: u64,
+    /// When the sink began writing the epoch it has not committed yet.
+    writing_since: Option<std::time::Instant>,
     /// When the last epoch was committed (Unix ms).
     committed_unix_ms: Option<i64>,
 }
+
+/// A sink that has been writing one epoch this long without committing it
+/// shows as `stalled` (whatever it is waiting for: a retry, or a target
+/// that accepted the connection and never answers).
+pub const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The last epoch the sink has made durable, and whether it has failed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -152,14 +159,36 @@ impl SinkStatus {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `running`, `retrying: <reason>` or `failed: <reason>`.
+    /// `running`, `retrying: <reason>`, `stalled: ...` (no epoch written
+    /// for [`STALLED_AFTER`]) or `failed: <reason>`.
     pub fn describe(&self) -> String {
         if let Some(error) = self.failure() {
             return format!("failed: {error}");
         }
-        match &self.state().retrying {
-            Some(reason) => format!("retrying: {reason}"),
-            None => "running".into(),
+        let state = self.state();
+        let stalled = state
+            .writing_since
+            .map(|since| since.elapsed())
+            .filter(|waited| *waited >= STALLED_AFTER);
+        match (stalled, &state.retrying) {
+            (Some(waited), Some(reason)) => format!(
+                "stalled: no epoch written for {} s; retrying: {reason}",
+                waited.as_secs()
+            ),
+            (Some(waited), None) => format!(
+                "stalled: no epoch written for {} s; the target has not answered",
+                waited.as_secs()
+            ),
+            (None, Some(reason)) => format!("retrying: {reason}"),
+            (None, None) => "running".into(),
+        }
+    }
+
+    /// The sink starts writing an epoch (see [`Self::describe`]).
+    pub(crate) fn writing(&self) {
+        let mut state = self.state();
+        if state.writing_since.is_none() {
+            state.writing_since = Some(std::time::Instant::now());
         }
     }
 
@@ -220,13 +249,17 @@ impl SinkStatus {
     pub(crate) fn fail(&self, error: String) {
         tracing::error!(error = %error, "sink failed");
         *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
-        self.state().retrying = None;
+        let mut state = self.state();
+        state.retrying = None;
+        state.writing_since = None;
+        drop(state);
         self.progress.send_modify(|p| p.failed = true);
     }
 
     pub(crate) fn committed(&self, epoch: u64, rows: u64) {
         let mut state = self.state();
         state.retrying = None;
+        state.writing_since = None;
         state.rows_written += rows;
         state.committed_unix_ms = Some(chrono::Utc::now().timestamp_millis());
         drop(state);

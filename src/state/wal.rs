@@ -123,15 +123,18 @@ impl WriteAheadLog {
             records.extend(read);
         }
         records.sort_by_key(|r| r.lsn);
-        let last_lsn = records.last().map_or(0, |r| r.lsn).max(
-            segments
-                .iter()
-                .filter_map(|s| first_lsn_of(&s.path))
-                .max()
-                .unwrap_or(0)
-                .saturating_sub(1),
-        )
-        .max(floor);
+        let last_lsn = records
+            .last()
+            .map_or(0, |r| r.lsn)
+            .max(
+                segments
+                    .iter()
+                    .filter_map(|s| first_lsn_of(&s.path))
+                    .max()
+                    .unwrap_or(0)
+                    .saturating_sub(1),
+            )
+            .max(floor);
         let last_lsn = Arc::new(AtomicU64::new(last_lsn));
         let mut writer = Writer {
             dir: dir.to_path_buf(),
@@ -266,8 +269,8 @@ fn parse_record(bytes: &[u8]) -> Option<(WalRecord, usize)> {
     if bytes.len() < total || crc32(&bytes[8..total]) != crc {
         return None;
     }
-    let relation = String::from_utf8(bytes[RECORD_HEADER..RECORD_HEADER + relation_len].to_vec())
-        .ok()?;
+    let relation =
+        String::from_utf8(bytes[RECORD_HEADER..RECORD_HEADER + relation_len].to_vec()).ok()?;
     let payload = bytes[RECORD_HEADER + relation_len..total].to_vec();
     Some((
         WalRecord {
@@ -311,7 +314,9 @@ impl Segment {
     }
 
     fn needed(&self, needed: &Needed) -> bool {
-        self.newest.iter().any(|(relation, &lsn)| needed(relation, lsn))
+        self.newest
+            .iter()
+            .any(|(relation, &lsn)| needed(relation, lsn))
     }
 }
 
@@ -545,7 +550,9 @@ mod tests {
         for i in 0..200u32 {
             let wal = wal.clone();
             tasks.push(tokio::spawn(async move {
-                wal.append("t", i.to_le_bytes().to_vec(), true).await.unwrap()
+                wal.append("t", i.to_le_bytes().to_vec(), true)
+                    .await
+                    .unwrap()
             }));
         }
         let mut lsns = Vec::new();

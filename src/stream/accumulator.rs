@@ -137,11 +137,23 @@ pub enum AccumulatorState {
     Count(i64),
     /// Wider than any input so that a sum is exact until it is read:
     /// reading one outside BIGINT is an error (22003), never a wrapped value.
-    IntSum { sum: i128, count: i64 },
-    FloatSum { sum: f64, count: i64 },
-    DecimalSum { sum: i128, count: i64 },
+    IntSum {
+        sum: i128,
+        count: i64,
+    },
+    FloatSum {
+        sum: f64,
+        count: i64,
+    },
+    DecimalSum {
+        sum: i128,
+        count: i64,
+    },
     Values(BTreeMap<Box<[u8]>, i64>),
-    Bools { trues: i64, falses: i64 },
+    Bools {
+        trues: i64,
+        falses: i64,
+    },
 }
 
 impl AggregateFolder {

@@ -245,7 +245,6 @@ impl AggregateOperator {
         }
     }
 
-
     /// Builds a changelog from `(group key, aggregate values, weight)` rows.
     fn build_output(&self, changes: Vec<(&[u8], Vec<ScalarValue>, i64)>) -> Result<ChangeBatch> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());

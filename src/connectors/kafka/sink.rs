@@ -504,6 +504,7 @@ pub fn spawn_sink(
             };
             let mut backoff_ms = BACKOFF_START_MS;
             let epoch_text = epoch.to_string();
+            status.writing();
             loop {
                 if status.is_dropped() {
                     break;

@@ -23,6 +23,10 @@ use crate::state::RowCodec;
 const PROGRESS_TABLE: &str = "eddy_sink_progress";
 const BACKOFF_START_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 5_000;
+/// One epoch's transaction must be answered within this long; beyond it
+/// the connection is dropped (Postgres rolls the transaction back) and the
+/// epoch retried, so a target that stops answering cannot hold the sink.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `WITH (...)` options of a Postgres sink, checked.
 #[derive(Debug, Clone)]
@@ -553,12 +557,32 @@ pub fn spawn_sink(
                 continue;
             }
             let mut backoff_ms = BACKOFF_START_MS;
+            status.writing();
             loop {
                 if status.is_dropped() {
                     break;
                 }
                 let result = match client.as_mut() {
-                    Some(c) => write_epoch(c, &config, epoch, &write).await,
+                    Some(c) => {
+                        // A peer that holds the connection and never answers
+                        // (a frozen server) costs a retry, not the sink.
+                        let writing = write_epoch(c, &config, epoch, &write);
+                        match tokio::time::timeout(WRITE_TIMEOUT, writing).await {
+                            Ok(result) => result,
+                            Err(_) => {
+                                let reason = format!(
+                                    "Postgres did not answer within {} s",
+                                    WRITE_TIMEOUT.as_secs()
+                                );
+                                tracing::warn!(sink = %config.sink_name, epoch, "{reason}");
+                                status.retrying(Some(reason));
+                                client = None; // closing it rolls the transaction back
+                                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                                backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+                                continue;
+                            }
+                        }
+                    }
                     None => match connect(&config).await {
                         Ok(c) => {
                             client = Some(c);
