@@ -20,10 +20,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 mod common;
-use common::{env_number, first_value, run};
+use common::{connect, env_number, first_value, fresh_dir, run};
 
 struct Eddy {
     server: eddy::Server,
@@ -39,23 +39,8 @@ async fn start(dir: &Path, interval: Duration) -> (Eddy, Duration) {
         .await
         .expect("eddy starts");
     let took = started.elapsed();
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=eddy dbname=eddy",
-            server.local_addr.port()
-        ),
-        NoTls,
-    )
-    .await
-    .expect("connects");
-    tokio::spawn(connection);
+    let client = connect(&server).await;
     (Eddy { server, client }, took)
-}
-
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("eddy-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 /// Takes a checkpoint; returns its duration and bytes written.

@@ -15,13 +15,12 @@
 //!
 //! Each is measured twice, alternating; the best of two counts.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 mod common;
-use common::{env_number, run};
+use common::{connect, env_number, fresh_dir, run};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -42,27 +41,12 @@ impl Mode {
 
 const CLIENTS: u64 = 8;
 
-async fn connect(server: &eddy::Server, mode: Mode) -> Client {
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=eddy dbname=eddy",
-            server.local_addr.port()
-        ),
-        NoTls,
-    )
-    .await
-    .expect("connects");
-    tokio::spawn(connection);
+async fn connect_in(server: &eddy::Server, mode: Mode) -> Client {
+    let client = connect(server).await;
     if mode == Mode::LogAsync {
         run(&client, "SET synchronous_commit = off").await;
     }
     client
-}
-
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("eddy-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 /// (single-row INSERTs per second from 8 clients, rows per second in
@@ -78,7 +62,7 @@ async fn measure(mode: Mode, round: usize, single: u64, batches: u64) -> (f64, f
     let server = eddy::Server::start_with_options(options)
         .await
         .expect("eddy starts");
-    let client = connect(&server, mode).await;
+    let client = connect_in(&server, mode).await;
     run(
         &client,
         "CREATE TABLE t (k BIGINT PRIMARY KEY, g BIGINT, v BIGINT);
@@ -89,7 +73,7 @@ async fn measure(mode: Mode, round: usize, single: u64, batches: u64) -> (f64, f
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
-        let client = connect(&server, mode).await;
+        let client = connect_in(&server, mode).await;
         tasks.push(tokio::spawn(async move {
             for i in 0..single {
                 let k = c * single + i;

@@ -132,29 +132,26 @@ fn backend_messages(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
-/// The SQLSTATEs of the ErrorResponses in `bytes`.
-fn error_codes(bytes: &[u8]) -> Vec<String> {
+/// Field `field` (`b'C'`: the SQLSTATE, `b'M'`: the message) of each
+/// ErrorResponse in `bytes`.
+fn error_fields(bytes: &[u8], field: u8) -> Vec<String> {
     backend_messages(bytes)
         .into_iter()
         .filter(|(kind, _)| *kind == b'E')
         .filter_map(|(_, body)| {
             body.split(|b| *b == 0)
-                .find(|field| field.first() == Some(&b'C'))
-                .map(|field| String::from_utf8_lossy(&field[1..]).into_owned())
+                .find(|f| f.first() == Some(&field))
+                .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
         })
         .collect()
 }
 
+fn error_codes(bytes: &[u8]) -> Vec<String> {
+    error_fields(bytes, b'C')
+}
+
 fn error_messages(bytes: &[u8]) -> Vec<String> {
-    backend_messages(bytes)
-        .into_iter()
-        .filter(|(kind, _)| *kind == b'E')
-        .filter_map(|(_, body)| {
-            body.split(|b| *b == 0)
-                .find(|field| field.first() == Some(&b'M'))
-                .map(|field| String::from_utf8_lossy(&field[1..]).into_owned())
-        })
-        .collect()
+    error_fields(bytes, b'M')
 }
 
 fn panics_in(log: &str) -> usize {

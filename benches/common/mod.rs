@@ -33,3 +33,25 @@ pub async fn first_value(client: &Client, sql: &str) -> Option<String> {
         _ => None,
     })
 }
+
+/// A client of role `eddy` of the in-process server `server`.
+pub async fn connect(server: &eddy::Server) -> Client {
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=eddy dbname=eddy",
+            server.local_addr.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connects");
+    tokio::spawn(connection);
+    client
+}
+
+/// An empty directory `eddy-bench-<name>-<pid>` under the system temp dir.
+pub fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("eddy-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
