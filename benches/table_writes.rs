@@ -97,7 +97,7 @@ async fn measure(mode: Mode, round: usize, single: u64, batches: u64) -> (f64, f
         run(
             &client,
             &format!(
-                "INSERT INTO t SELECT v, v % 100, v FROM generate_series({from}, {}) AS s(v)",
+                "INSERT INTO t SELECT v, v % 100, v * 3 FROM generate_series({from}, {}) AS s(v)",
                 from + rows_per_batch - 1
             ),
         )
