@@ -24,7 +24,8 @@
 //! (`CheckpointDone`), as one epoch; epochs a sink has not acknowledged are
 //! part of every checkpoint until it does, so a crash between a checkpoint
 //! and a sink's commit replays them, and the sink skips what it already
-//! committed.
+//! committed. A sink that is behind never blocks the runtime: what its
+//! channel does not take waits in that backlog.
 
 pub mod checkpoint;
 pub mod sink;
@@ -50,9 +51,10 @@ use sink::{SinkEpoch, SinkStatus};
 /// command carries a batch of up to thousands of rows, and a checkpoint
 /// barrier (also FLUSH and DDL) waits behind everything queued before it.
 const COMMAND_QUEUE_CAPACITY: usize = 32;
-/// Checkpoint epochs queued to one durable sink before the runtime waits
-/// for it (backpressure): a sink that cannot commit holds back everything
-/// within a few checkpoints, and what it has not committed stays bounded.
+/// Checkpoint epochs queued to one durable sink's task at once; beyond
+/// them the epochs wait in the runtime's backlog for the sink
+/// (`release_to_sinks`), so a sink that cannot commit never holds the
+/// runtime back.
 pub const DURABLE_SINK_QUEUE_EPOCHS: usize = 2;
 /// How often processing time advances for operators (temporal filters).
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
