@@ -202,14 +202,14 @@ impl Server {
         let tls = tls
             .map(|(cert, key)| server::tls_acceptor(&cert, &key))
             .transpose()?;
-        let secret_box = match secrets_key_file.or_else(|| {
+        // Files a local checkpoint directory `dir` has beside it: `dir<suffix>`.
+        let beside_checkpoints = |suffix: &str| {
             checkpoint_location
                 .as_ref()
                 .filter(|l| !l.contains("://"))
-                .map(|l| {
-                    std::path::PathBuf::from(format!("{}.secrets.key", l.trim_end_matches('/')))
-                })
-        }) {
+                .map(|l| std::path::PathBuf::from(format!("{}{suffix}", l.trim_end_matches('/'))))
+        };
+        let secret_box = match secrets_key_file.or_else(|| beside_checkpoints(".secrets.key")) {
             Some(path) => catalog::secrets::SecretBox::from_key_file(&path)?,
             None => catalog::secrets::SecretBox::ephemeral()?,
         };
@@ -226,12 +226,7 @@ impl Server {
             checkpoint_interval,
         ));
         checkpoints.continue_numbering().await?;
-        let wal_dir = wal_dir.or_else(|| {
-            checkpoint_location
-                .as_ref()
-                .filter(|l| !l.contains("://"))
-                .map(|l| std::path::PathBuf::from(format!("{}.wal", l.trim_end_matches('/'))))
-        });
+        let wal_dir = wal_dir.or_else(|| beside_checkpoints(".wal"));
         // LSNs must stay above every position a checkpoint names, even if
         // the log's files are gone.
         let floor = recovered
@@ -320,7 +315,7 @@ impl Server {
         let http_access = server::http::HttpAccess {
             tls: tls.clone(),
             // Beyond loopback the page and /metrics need a role's password.
-            password: !http_addr.is_some_and(|a| a.ip().is_loopback()) && http_addr.is_some(),
+            password: http_addr.is_some_and(|a| !a.ip().is_loopback()),
         };
         let task = tokio::spawn(server::serve(
             engine.clone(),

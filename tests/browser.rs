@@ -39,12 +39,7 @@ async fn the_web_page_shows_live_views_in_a_browser() {
         )
         .await
         .expect("schema");
-    let venv = std::env::var("EDDY_PYTHON_VENV").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/eddy/python-venv",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
+    let venv = common::python_venv();
     let script = format!("{}/tests/browser/web_page.py", common::project_dir());
     let mut args = vec![script, format!("http://{http}"), pg_port.to_string()];
     if let Ok(path) = std::env::var("EDDY_SCREENSHOT") {

@@ -11,10 +11,7 @@ use common::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jdbc_prepared_statements_and_views() {
-    let jar = std::env::var("EDDY_PGJDBC_JAR").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/eddy/jdbc/postgresql-42.7.14.jar")
-    });
+    let jar = common::pgjdbc_jar();
     assert!(
         std::path::Path::new(&jar).exists(),
         "the PostgreSQL JDBC driver is missing at {jar}: run scripts/install-test-deps.sh"

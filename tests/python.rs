@@ -21,12 +21,7 @@ async fn sqlalchemy_inspects_and_queries_eddy() {
          FLUSH",
     )
     .await;
-    let venv = std::env::var("EDDY_PYTHON_VENV").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/eddy/python-venv",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
+    let venv = common::python_venv();
     let script = format!("{}/tests/python/inspect_eddy.py", common::project_dir());
     let port = server.port().to_string();
     let output = tokio::task::spawn_blocking(move || {

@@ -779,18 +779,8 @@ async fn tls_with_psql_jdbc_and_psycopg_and_plaintext_refused_when_required() {
         .expect_err("refused");
     assert_eq!(sqlstate(&plain), "28000");
     // JDBC and psycopg, verify-full against the test CA.
-    let jar = std::env::var("EDDY_PGJDBC_JAR").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/eddy/jdbc/postgresql-42.7.14.jar",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    let venv = std::env::var("EDDY_PYTHON_VENV").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/eddy/python-venv",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
+    let jar = common::pgjdbc_jar();
+    let venv = common::python_venv();
     let (p, c) = (port.to_string(), ca.to_string_lossy().into_owned());
     let jdbc = format!("{}/tests/jdbc/JdbcTls.java", common::project_dir());
     let text = client_output("java", &["-cp", &jar, &jdbc, &p, &c, "tls pw"]).await;

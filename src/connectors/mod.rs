@@ -250,3 +250,12 @@ fn spawn_generator(generator: Generator, spec: ReaderSpec) {
         tracing::debug!(relation, position, "source reader finished");
     });
 }
+
+/// Connector options as the parser hands them over, for tests.
+#[cfg(test)]
+pub(crate) fn test_options(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

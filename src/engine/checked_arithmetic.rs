@@ -222,15 +222,17 @@ impl AnalyzerRule for CheckIntegerOverflow {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DFResult<LogicalPlan> {
         plan.transform_up_with_subqueries(|node| {
             // Expressions read the node's inputs (a scan's, its table).
+            // (A shared schema is only cloned as an `Arc`; a join's inputs
+            // are merged into a new one.)
             let schema = match node.inputs().as_slice() {
-                [] => node.schema().as_ref().clone(),
-                [input] => input.schema().as_ref().clone(),
+                [] => node.schema().clone(),
+                [input] => input.schema().clone(),
                 inputs => {
                     let mut merged = inputs[0].schema().as_ref().clone();
                     for input in &inputs[1..] {
                         merged.merge(input.schema());
                     }
-                    merged
+                    Arc::new(merged)
                 }
             };
             node.map_expressions(|expr| self.rewrite(expr, &schema))

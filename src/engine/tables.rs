@@ -551,11 +551,13 @@ async fn apply_write(
     _write_lock: tokio::sync::OwnedMutexGuard<()>,
 ) -> Result<()> {
     let lsn = match &wal {
-        Some(wal) => {
+        // A write that changed nothing (an UPDATE matching no row) has
+        // nothing to make durable.
+        Some(wal) if !change.is_empty() => {
             let payload = next.encode_change(&change)?;
             Some(wal.append(&table.name, payload, sync).await?)
         }
-        None => None,
+        _ => None,
     };
     take_effect(&table, next, change, &runtime, lsn).await
 }

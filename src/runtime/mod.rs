@@ -337,7 +337,7 @@ impl RuntimeHandle {
         batch: ChangeBatch,
         watermark: Option<i64>,
     ) -> Result<()> {
-        self.send_change(relation, batch, watermark, None, Instant::now())
+        self.send_change(relation, batch, watermark, None, None, Instant::now())
             .await
     }
 
@@ -352,15 +352,9 @@ impl RuntimeHandle {
         rows: RowSet,
         lsn: Option<u64>,
     ) -> Result<()> {
-        self.send(Command::Changes {
-            relation,
-            batch,
-            watermark,
-            table_rows: Some(TableRows { rows, lsn }),
-            position: None,
-            arrived: Instant::now(),
-        })
-        .await
+        let table_rows = Some(TableRows { rows, lsn });
+        self.send_change(relation, batch, watermark, table_rows, None, Instant::now())
+            .await
     }
 
     /// Queues a change from a source reader that has now read up to
@@ -374,7 +368,7 @@ impl RuntimeHandle {
         position: SourcePosition,
         arrived: Instant,
     ) -> Result<()> {
-        self.send_change(relation, batch, watermark, Some(position), arrived)
+        self.send_change(relation, batch, watermark, None, Some(position), arrived)
             .await
     }
 
@@ -383,6 +377,7 @@ impl RuntimeHandle {
         relation: RelationId,
         batch: ChangeBatch,
         watermark: Option<i64>,
+        table_rows: Option<TableRows>,
         position: Option<SourcePosition>,
         arrived: Instant,
     ) -> Result<()> {
@@ -393,7 +388,7 @@ impl RuntimeHandle {
             relation,
             batch,
             watermark,
-            table_rows: None,
+            table_rows,
             position,
             arrived,
         })

@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, Rea
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Framed;
+use tokio_util::either::Either;
 
 use super::guard::{self, FirstPacket, MessageGuard, Violation};
 use super::handler::PreparedStatement;
@@ -53,51 +54,8 @@ const READ_AHEAD_BYTES: usize = 1 << 20;
 /// Messages the reader may hold at once.
 const READ_AHEAD_MESSAGES: usize = 64;
 
-/// The stream under the protocol: TCP, or TLS over it.
-pub(super) enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+/// The stream under the protocol: TCP (`Left`), or TLS over it (`Right`).
+pub(super) type Stream = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// A checked message, holding its share of the read-ahead budget until
 /// the session has taken it.
@@ -223,7 +181,7 @@ async fn negotiate(
     socket: TcpStream,
     context: &ServerContext,
 ) -> Result<Negotiated, (Stream, Refusal)> {
-    let mut stream = Stream::Plain(socket);
+    let mut stream: Stream = Either::Left(socket);
     let mut secure = false;
     let mut buf = BytesMut::with_capacity(1024);
     loop {
@@ -247,14 +205,14 @@ async fn negotiate(
                 ))
             }
             FirstPacket::SslRequest => match (&context.tls, stream) {
-                (Some(acceptor), Stream::Plain(socket)) if buf.is_empty() => {
+                (Some(acceptor), Either::Left(socket)) if buf.is_empty() => {
                     let mut socket = socket;
                     if socket.write_all(b"S").await.is_err() {
                         return Ok(Negotiated::Done);
                     }
                     match acceptor.accept(socket).await {
                         Ok(tls) => {
-                            stream = Stream::Tls(Box::new(tls));
+                            stream = Either::Right(Box::new(tls));
                             secure = true;
                         }
                         Err(e) => {

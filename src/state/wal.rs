@@ -188,10 +188,6 @@ impl WriteAheadLog {
     pub fn last_lsn(&self) -> u64 {
         self.last_lsn.load(Ordering::Acquire)
     }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 fn stopped() -> EddyError {

@@ -13,6 +13,24 @@ pub fn project_dir() -> String {
     std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
 }
 
+/// The PostgreSQL JDBC driver scripts/install-test-deps.sh fetches
+/// (`EDDY_PGJDBC_JAR`).
+pub fn pgjdbc_jar() -> String {
+    std::env::var("EDDY_PGJDBC_JAR").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/eddy/jdbc/postgresql-42.7.14.jar")
+    })
+}
+
+/// The Python venv scripts/install-test-deps.sh makes
+/// (`EDDY_PYTHON_VENV`).
+pub fn python_venv() -> String {
+    std::env::var("EDDY_PYTHON_VENV").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/eddy/python-venv")
+    })
+}
+
 use tokio_postgres::{Client, NoTls};
 
 pub struct TestServer {

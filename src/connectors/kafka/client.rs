@@ -245,12 +245,7 @@ pub fn bootstrap_hosts(client: &BTreeMap<String, String>) -> Vec<(String, u16)> 
 mod tests {
     use super::*;
 
-    fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::connectors::test_options as options;
 
     #[test]
     fn only_safe_settings_pass() {

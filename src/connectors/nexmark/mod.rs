@@ -332,12 +332,7 @@ impl NexmarkConfig {
 mod tests {
     use super::*;
 
-    fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::connectors::test_options as options;
 
     #[test]
     fn streams_split_the_events_in_the_standard_proportions() {

@@ -422,6 +422,13 @@ async fn copy_rows(
     Ok(())
 }
 
+/// Why an epoch was not written: Postgres' error (retried if transient,
+/// else the sink fails), or a reason to retry of eddy's own.
+enum Retry {
+    Error(tokio_postgres::Error),
+    Because(String),
+}
+
 /// Applies one epoch in one transaction; returns false if Postgres had
 /// already recorded it (a replay).
 async fn write_epoch(
@@ -563,24 +570,16 @@ pub fn spawn_sink(
                     break;
                 }
                 let result = match client.as_mut() {
+                    // A peer that holds the connection and never answers (a
+                    // frozen server) costs a retry, not the sink.
                     Some(c) => {
-                        // A peer that holds the connection and never answers
-                        // (a frozen server) costs a retry, not the sink.
                         let writing = write_epoch(c, &config, epoch, &write);
                         match tokio::time::timeout(WRITE_TIMEOUT, writing).await {
-                            Ok(result) => result,
-                            Err(_) => {
-                                let reason = format!(
-                                    "Postgres did not answer within {} s",
-                                    WRITE_TIMEOUT.as_secs()
-                                );
-                                tracing::warn!(sink = %config.sink_name, epoch, "{reason}");
-                                status.retrying(Some(reason));
-                                client = None; // closing it rolls the transaction back
-                                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                                backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
-                                continue;
-                            }
+                            Ok(result) => result.map_err(Retry::Error),
+                            Err(_) => Err(Retry::Because(format!(
+                                "Postgres did not answer within {} s",
+                                WRITE_TIMEOUT.as_secs()
+                            ))),
                         }
                     }
                     None => match connect(&config).await {
@@ -588,30 +587,31 @@ pub fn spawn_sink(
                             client = Some(c);
                             continue;
                         }
-                        Err(e) => Err(e),
+                        Err(e) => Err(Retry::Error(e)),
                     },
                 };
-                match result {
+                let reason = match result {
                     Ok(_) => {
                         status.committed(epoch, write.rows());
                         break;
                     }
-                    Err(e) if is_transient(&e) => {
-                        let reason = pg_error("Postgres unavailable", &e);
-                        tracing::warn!(sink = %config.sink_name, epoch, retry_in_ms = backoff_ms, "{reason}");
-                        status.retrying(Some(reason));
-                        client = None;
-                        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+                    Err(Retry::Because(reason)) => reason,
+                    Err(Retry::Error(e)) if is_transient(&e) => {
+                        pg_error("Postgres unavailable", &e)
                     }
-                    Err(e) => {
+                    Err(Retry::Error(e)) => {
                         status.fail(pg_error(
                             &format!("writing epoch {epoch} to {}", config.qualified_table()),
                             &e,
                         ));
                         break;
                     }
-                }
+                };
+                tracing::warn!(sink = %config.sink_name, epoch, retry_in_ms = backoff_ms, "{reason}");
+                status.retrying(Some(reason));
+                client = None; // closing it rolls an open transaction back
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
             }
         }
         tracing::info!(sink = %config.sink_name, "postgres sink stopped");
