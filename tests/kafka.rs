@@ -611,6 +611,82 @@ async fn sinks_write_what_the_views_hold() {
     server.stop().await;
 }
 
+/// A message larger than the producer takes is skipped and listed
+/// (`on_error = 'skip'`, the default) or fails the sink (`'fail'`); the
+/// rest of the epoch is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_follow_the_sinks_policy() {
+    let (skipping, failing) = (fresh_topic("sink-big-skip"), fresh_topic("sink-big-fail"));
+    for topic in [&skipping, &failing] {
+        create_topic(topic, 1).await;
+    }
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    let kafka = bootstrap();
+    execute(
+        &eddy,
+        &format!(
+            "CREATE TABLE notes (id INT, body TEXT) WITH (append_only = true);
+             CREATE MATERIALIZED VIEW all_notes AS SELECT id, body FROM notes;
+             CREATE SINK notes_skip FROM all_notes
+               WITH (connector = 'kafka', topic = '{skipping}', properties.bootstrap.server = '{kafka}',
+                     properties.message.max.bytes = '2000')
+               FORMAT PLAIN ENCODE JSON;
+             CREATE SINK notes_fail FROM all_notes
+               WITH (connector = 'kafka', topic = '{failing}', properties.bootstrap.server = '{kafka}',
+                     properties.message.max.bytes = '2000', on_error = 'fail')
+               FORMAT PLAIN ENCODE JSON;
+             INSERT INTO notes VALUES (1, 'short'), (2, repeat('x', 5000)), (3, 'also short')"
+        ),
+    )
+    .await;
+    let flush = eddy
+        .simple_query("FLUSH")
+        .await
+        .expect_err("notes_fail failed");
+    let message = common::describe(&flush);
+    assert!(
+        message.contains("sink notes_fail failed") && message.contains("message.max.bytes (2000)"),
+        "{message}"
+    );
+    let mut values: Vec<String> = consume_all(&skipping, 2)
+        .await
+        .into_iter()
+        .map(|(_, v)| v.expect("a value"))
+        .collect();
+    values.sort();
+    assert_eq!(
+        values,
+        [
+            r#"{"id":1,"body":"short"}"#,
+            r#"{"id":3,"body":"also short"}"#
+        ]
+    );
+    let errors = query_text(
+        &eddy,
+        "SELECT sink, key, reason FROM eddy_catalog.sink_errors",
+    )
+    .await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0][0], "notes_skip");
+    assert!(
+        errors[0][1].starts_with(r#"{"id":2,"body":"xxx"#),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0][2].contains("larger than message.max.bytes"),
+        "{errors:?}"
+    );
+    let sinks = query_text(
+        &eddy,
+        "SELECT name, status, rows_written::TEXT, rows_skipped::TEXT FROM eddy_catalog.sinks ORDER BY name",
+    )
+    .await;
+    assert!(sinks[0][1].starts_with("failed:"), "{sinks:?}");
+    assert_eq!(sinks[1], ["notes_skip", "running", "2", "1"]);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avro_source_with_an_inline_schema_and_a_schema_file() {
     use apache_avro::types::{Record, Value};

@@ -1,7 +1,8 @@
 //! The Postgres sink against a real PostgreSQL (scripts/postgres.sh): the
 //! target table equals the view after FLUSH through inserts, updates and
 //! deletes; types round-trip; targets are checked at CREATE SINK; recorded
-//! epochs are never applied twice; a permanent error fails only the sink.
+//! epochs are never applied twice; a permanent error fails only the sink;
+//! rows the target refuses are skipped and listed (or fail the sink).
 
 mod common;
 
@@ -390,6 +391,123 @@ async fn a_permanent_error_fails_only_the_sink() {
         vec![vec!["1", "6"], vec!["2", "5"]]
     );
     execute(&eddy, "DROP SINK doomed").await;
+    server.stop().await;
+}
+
+/// A target whose columns refuse some of the view's values: a NUL in text
+/// (22021), a string longer than varchar(5) (22001), a number beyond
+/// numeric(6,2) (22003) and a CHECK (23514).
+const PICKY_TARGET: &str =
+    "(k INT PRIMARY KEY, name VARCHAR(5), amount NUMERIC(6,2) CHECK (amount >= 0))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_target_refuses_are_skipped_and_listed() {
+    let pg = connect_postgres().await;
+    pg.batch_execute("DELETE FROM eddy_sink_errors WHERE sink IN ('picky', 'strict')")
+        .await
+        .ok(); // it may not exist yet
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS sink_picky, sink_picky_strict;
+         CREATE TABLE sink_picky {PICKY_TARGET}; CREATE TABLE sink_picky_strict {PICKY_TARGET}"
+    ))
+    .await
+    .unwrap();
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    execute(
+        &eddy,
+        "CREATE TABLE t (k INT PRIMARY KEY, name TEXT, amount NUMERIC(12,2));
+        INSERT INTO t SELECT k, 'n' || k, k * 1.5 FROM generate_series(1, 200) AS g(k);
+        CREATE MATERIALIZED VIEW v AS SELECT * FROM t",
+    )
+    .await;
+    // Bad rows in the first epoch too: CREATE SINK starts with the view's rows.
+    eddy.execute(
+        "INSERT INTO t VALUES (1000, $1, 1), (1001, 'much too long', 1), (1002, 'big', 123456.78), (1003, 'neg', -5)",
+        &[&"a\0b"],
+    )
+    .await
+    .unwrap();
+    execute(
+        &eddy,
+        &format!(
+            "CREATE SINK picky FROM v WITH ({});
+             CREATE SINK strict FROM v WITH ({})",
+            sink_options("sink_picky", ", primary_key = 'k'"),
+            sink_options(
+                "sink_picky_strict",
+                ", primary_key = 'k', on_error = 'fail'"
+            )
+        ),
+    )
+    .await;
+    let flush = eddy.simple_query("FLUSH").await.expect_err("strict failed");
+    let message = common::describe(&flush);
+    assert!(
+        message.contains("sink strict failed") && message.contains("on_error = 'fail'"),
+        "{message}"
+    );
+    assert!(!message.contains("sink picky"), "{message}");
+    // Every good row arrived; the four bad ones are listed with their key
+    // and the reason, in eddy and (durably) in the target's database.
+    let count = "SELECT count(*)::TEXT FROM sink_picky";
+    assert_eq!(postgres_rows(&pg, count).await, vec![vec!["200"]]);
+    let listed = "SELECT key, reason FROM eddy_sink_errors WHERE sink = 'picky' ORDER BY key";
+    let listed = postgres_rows(&pg, listed).await;
+    let keys: Vec<&str> = listed.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            r#"{"k":1000}"#,
+            r#"{"k":1001}"#,
+            r#"{"k":1002}"#,
+            r#"{"k":1003}"#
+        ]
+    );
+    for (row, code) in listed.iter().zip(["22021", "22001", "22003", "23514"]) {
+        assert!(row[1].contains(code), "{row:?}");
+    }
+    let in_eddy = sorted_rows(&eddy, "SELECT sink, key FROM eddy_catalog.sink_errors").await;
+    assert_eq!(in_eddy.len(), 4, "{in_eddy:?}");
+    assert!(in_eddy.iter().all(|r| r[0] == "picky"));
+    let sinks = query_text(
+        &eddy,
+        "SELECT name, status, rows_skipped::TEXT FROM eddy_catalog.sinks ORDER BY name",
+    )
+    .await;
+    assert_eq!(sinks[0], ["picky", "running", "4"]);
+    assert!(sinks[1][1].starts_with("failed:"), "{sinks:?}");
+
+    // The sink goes on: a fixed row arrives, a deleted one goes, new bad
+    // ones are skipped in later epochs too.
+    execute(
+        &eddy,
+        "UPDATE t SET name = 'fixed' WHERE k = 1001; DELETE FROM t WHERE k <= 10;
+         INSERT INTO t VALUES (2000, 'waytoolong', 1), (2001, 'ok', 2)",
+    )
+    .await;
+    let _ = eddy.simple_query("FLUSH").await;
+    assert_eq!(postgres_rows(&pg, count).await, vec![vec!["192"]]);
+    assert_eq!(
+        postgres_rows(
+            &pg,
+            "SELECT name FROM sink_picky WHERE k IN (1001, 2001) ORDER BY k"
+        )
+        .await,
+        vec![vec!["fixed"], vec!["ok"]]
+    );
+    let skipped = query_text(
+        &eddy,
+        "SELECT rows_skipped::TEXT FROM eddy_catalog.sinks WHERE name = 'picky'",
+    )
+    .await;
+    assert_eq!(skipped, vec![vec!["5"]]);
+    // The strict sink wrote nothing of the epoch it failed on.
+    assert_eq!(
+        postgres_rows(&pg, "SELECT count(*)::TEXT FROM sink_picky_strict").await,
+        vec![vec!["0"]]
+    );
+    execute(&eddy, "DROP SINK picky, strict").await;
     server.stop().await;
 }
 

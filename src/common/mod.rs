@@ -5,13 +5,15 @@
 //!   between sources, operators, views and sinks;
 //! - [`types`]: SQL column types and their Arrow representation;
 //! - [`pg_types`]: Arrow values as Postgres values (wire protocol and COPY);
-//! - [`time`]: timestamp and interval literals as microseconds.
+//! - [`time`]: timestamp and interval literals as microseconds;
+//! - [`recent`]: a bounded list of recent errors with their total count.
 //!
 //! Invariant: `common` imports nothing from the rest of eddy but
 //! [`crate::error`].
 
 pub mod changelog;
 pub mod pg_types;
+pub mod recent;
 pub mod time;
 pub mod types;
 

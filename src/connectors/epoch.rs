@@ -82,3 +82,19 @@ pub fn take_rows(changes: &[ChangeBatch], rows: &[RowRef]) -> Result<Option<Reco
         &batches, rows,
     )?))
 }
+
+/// Each row of `rows` as a JSON object (NULL columns left out).
+pub fn json_rows(rows: Option<&RecordBatch>) -> Result<Vec<String>> {
+    let Some(rows) = rows else {
+        return Ok(vec![]);
+    };
+    if rows.num_rows() == 0 {
+        return Ok(vec![]);
+    }
+    let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+    writer.write(rows)?;
+    writer.finish()?;
+    let text = String::from_utf8(writer.into_inner())
+        .map_err(|e| crate::internal!("JSON writer produced invalid UTF-8: {e}"))?;
+    Ok(text.lines().map(str::to_string).collect())
+}

@@ -35,6 +35,30 @@ use crate::runtime::RuntimeHandle;
 use crate::state::checkpoint::ReaderPosition;
 use table::TableWatermark;
 
+/// What a source does with a message it cannot read, and a sink with a
+/// row its target refuses: `skip` it (counted and listed in
+/// `eddy_catalog.source_errors` / `sink_errors`, the default) or `fail`
+/// (the views reading the source, or the sink, stop with the error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    #[default]
+    Skip,
+    Fail,
+}
+
+impl OnError {
+    /// The `on_error` option.
+    pub fn from_options(options: &std::collections::BTreeMap<String, String>) -> Result<Self> {
+        match options.get("on_error").map(|m| m.to_lowercase()).as_deref() {
+            None | Some("skip") => Ok(Self::Skip),
+            Some("fail") => Ok(Self::Fail),
+            Some(other) => Err(crate::error::EddyError::InvalidParameter(format!(
+                "on_error = '{other}' is not skip or fail"
+            ))),
+        }
+    }
+}
+
 /// The connector of a `CREATE SOURCE`.
 #[derive(Debug, Clone)]
 pub enum SourceConnector {

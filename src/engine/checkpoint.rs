@@ -214,7 +214,16 @@ impl Engine {
         let manifest = self.checkpoint().await?;
         let deadline = tokio::time::Instant::now() + FLUSH_SINK_WAIT;
         let mut behind = Vec::new();
+        let mut notices = Vec::new();
         for sink in self.catalog.list_sinks() {
+            let skipped = sink.status.rejected().total();
+            if skipped > 0 {
+                notices.push(format!(
+                    "sink {} has skipped {skipped} row(s) its target refused (on_error = 'skip'); \
+                     see eddy_catalog.sink_errors",
+                    sink.name
+                ));
+            }
             let written = tokio::time::timeout_at(deadline, sink.status.wait_for(manifest.epoch))
                 .await
                 .is_ok();
@@ -239,7 +248,14 @@ impl Engine {
                 ),
             });
         }
-        Ok(StatementResult::Command("FLUSH".into()))
+        let flushed = StatementResult::Command("FLUSH".into());
+        if notices.is_empty() {
+            return Ok(flushed);
+        }
+        Ok(StatementResult::Noticed {
+            notices,
+            then: Box::new(flushed),
+        })
     }
 
     /// `CHECKPOINT`.

@@ -99,6 +99,11 @@ pub enum StatementResult {
         watch: BackfillWatch,
         then: Box<StatementResult>,
     },
+    /// `then`, after telling the client `notices` (NOTICEs).
+    Noticed {
+        notices: Vec<String>,
+        then: Box<StatementResult>,
+    },
 }
 
 /// The memory ad hoc queries share, unless told otherwise.

@@ -6,6 +6,9 @@
 //!   show a view is maintained incrementally;
 //! - `sinks`: each sink's target, status, progress and lag (= SHOW SINKS);
 //! - `sink_stats`: each sink's throughput, retries and last commit;
+//! - `sink_errors`: the rows sinks skipped because their target refused
+//!   them (`on_error = 'skip'`; the last 1000 per sink since eddy started,
+//!   all of them in the target's `eddy_sink_errors` for a Postgres sink);
 //! - `sources`: each source's connector and how many bad messages its
 //!   readers skipped;
 //! - `source_stats`: each source's throughput, lag and watermark;
@@ -36,12 +39,13 @@ use crate::runtime::checkpoint::CheckpointStats;
 use crate::runtime::sink::SinkMode;
 use crate::runtime::{RuntimeHandle, ViewStatus};
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 12] = [
     "checkpoints",
     "jobs",
     "materialized_views",
     "mv_stats",
     "operator_stats",
+    "sink_errors",
     "sink_stats",
     "sinks",
     "source_errors",
@@ -280,6 +284,30 @@ pub fn sinks_batch(sinks: &[Arc<SinkEntry>], epoch: u64) -> DFResult<RecordBatch
             "rows_written",
             sinks.iter().map(|s| s.status.rows_written()),
         )
+        .uint(
+            "rows_skipped",
+            sinks.iter().map(|s| s.status.rejected().total()),
+        )
+        .batch()
+}
+
+/// The rows of `eddy_catalog.sink_errors`.
+fn sink_errors_batch(sinks: &[Arc<SinkEntry>]) -> DFResult<RecordBatch> {
+    let rows: Vec<_> = sinks
+        .iter()
+        .flat_map(|s| {
+            s.status
+                .rejected()
+                .recent()
+                .into_iter()
+                .map(move |r| (&s.name, r))
+        })
+        .collect();
+    Columns::default()
+        .text("sink", some(rows.iter().map(|(s, _)| s)))
+        .uint("epoch", rows.iter().map(|(_, r)| r.epoch))
+        .text("key", some(rows.iter().map(|(_, r)| &r.key)))
+        .text("reason", some(rows.iter().map(|(_, r)| &r.reason)))
         .batch()
 }
 
@@ -396,6 +424,7 @@ impl SchemaProvider for SystemSchema {
         let batch = match name {
             "sources" => sources_batch(&self.catalog)?,
             "source_errors" => source_errors_batch(&self.catalog)?,
+            "sink_errors" => sink_errors_batch(&self.catalog.list_sinks())?,
             "checkpoints" => checkpoints_batch(&self.checkpoints)?,
             "jobs" => super::jobs::jobs_batch(&self.catalog)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?,

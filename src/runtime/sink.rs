@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::watch;
 
+use crate::common::recent::RecentLog;
 use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
@@ -115,6 +116,19 @@ pub struct SinkStatus {
     last_failure: Mutex<Option<String>>,
     progress: watch::Sender<Progress>,
     dropped: AtomicBool,
+    /// Rows the target refused that the sink skipped (`on_error = 'skip'`).
+    rejected: RecentLog<RejectedRow>,
+}
+
+/// A row a sink skipped because its target refused it, as
+/// `eddy_catalog.sink_errors` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRow {
+    pub epoch: u64,
+    /// The row's key columns as JSON (all columns for a keyless sink).
+    pub key: String,
+    /// What the target said (with its SQLSTATE where it has one).
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -152,6 +166,7 @@ impl SinkStatus {
             last_failure: Mutex::default(),
             progress,
             dropped: AtomicBool::new(false),
+            rejected: RecentLog::default(),
         })
     }
 
@@ -254,6 +269,20 @@ impl SinkStatus {
         state.writing_since = None;
         drop(state);
         self.progress.send_modify(|p| p.failed = true);
+    }
+
+    /// The rows skipped so far (the last 1000), and how many in all.
+    pub fn rejected(&self) -> &RecentLog<RejectedRow> {
+        &self.rejected
+    }
+
+    /// The sink committed `epoch` without the rows in `skipped`.
+    pub(crate) fn committed_skipping(&self, epoch: u64, rows: u64, skipped: Vec<RejectedRow>) {
+        for row in skipped {
+            tracing::warn!(epoch = row.epoch, key = %row.key, reason = %row.reason, "sink skipped a row");
+            self.rejected.record(row);
+        }
+        self.committed(epoch, rows);
     }
 
     pub(crate) fn committed(&self, epoch: u64, rows: u64) {

@@ -139,7 +139,9 @@ fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Respo
                 rows_of(stream, guard, fields),
             )))
         }
-        StatementResult::Backfilling { then, .. } => into_response(*then, format),
+        StatementResult::Backfilling { then, .. } | StatementResult::Noticed { then, .. } => {
+            into_response(*then, format)
+        }
         StatementResult::Subscription(_) => Err(to_pgwire(crate::not_supported!(
             "SUBSCRIBE over the extended query protocol; send it as a simple query"
         ))),
@@ -204,9 +206,21 @@ where
     C: Sink<PgWireBackendMessage> + Unpin,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
-    use futures::SinkExt;
     while let Some(report) = watch.next_report().await {
-        let notice = ErrorInfo::new("NOTICE".into(), "00000".into(), report);
+        send_notices(client, vec![report]).await?;
+    }
+    Ok(())
+}
+
+/// Sends the client each of `notices` as a NOTICE.
+async fn send_notices<C>(client: &mut C, notices: Vec<String>) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    use futures::SinkExt;
+    for notice in notices {
+        let notice = ErrorInfo::new("NOTICE".into(), "00000".into(), notice);
         client
             .send(PgWireBackendMessage::NoticeResponse(notice.into()))
             .await?;
@@ -295,6 +309,10 @@ impl SimpleQueryHandler for EddyHandler {
                 }
                 Ok(StatementResult::Backfilling { watch, then }) => {
                     report_backfill(client, watch).await?;
+                    responses.push(into_response(*then, &Format::UnifiedText)?);
+                }
+                Ok(StatementResult::Noticed { notices, then }) => {
+                    send_notices(client, notices).await?;
                     responses.push(into_response(*then, &Format::UnifiedText)?);
                 }
                 Ok(result) => responses.push(into_response(result, &Format::UnifiedText)?),
@@ -446,6 +464,10 @@ impl ExtendedQueryHandler for EddyHandler {
         let result = match result {
             StatementResult::Backfilling { watch, then } => {
                 report_backfill(client, watch).await?;
+                *then
+            }
+            StatementResult::Noticed { notices, then } => {
+                send_notices(client, notices).await?;
                 *then
             }
             result => result,

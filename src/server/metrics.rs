@@ -214,6 +214,14 @@ pub fn render(health: &Health) -> String {
     );
     family(
         &mut out,
+        "eddy_sink_rows_skipped_total",
+        "counter",
+        "Rows a sink skipped because its target refused them (on_error = 'skip').",
+        sinks,
+        |s| (sink(s), s.status.rejected().total() as f64),
+    );
+    family(
+        &mut out,
         "eddy_sink_committed_epoch",
         "gauge",
         "The last epoch a sink made durable.",

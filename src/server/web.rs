@@ -97,6 +97,7 @@ pub fn status_json(health: &Health, monitor: &Monitor) -> Value {
                 "target": s.target,
                 "status": s.status.describe(),
                 "rows_written": s.status.rows_written(),
+                "rows_skipped": s.status.rejected().total(),
                 "rows_per_second": monitor.rate(&sink_key(&s.name, "rows")),
                 "retries": s.status.retries(),
                 "committed_epoch": s.status.committed_epoch(),

@@ -31,7 +31,7 @@ mod json;
 mod native;
 pub mod sink;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,6 +52,7 @@ use crate::common::RelationId;
 use crate::connectors::format::{FormatSpec, KafkaMetadata, MessageFormat, SourceClauses};
 use crate::connectors::policy::ConnectorPolicy;
 use crate::connectors::table::{ProcessingTime, TableWatermark};
+use crate::connectors::OnError;
 use crate::error::{EddyError, Result};
 use crate::runtime::RuntimeHandle;
 use crate::state::checkpoint::ReaderPosition;
@@ -69,8 +70,6 @@ const STATISTICS_INTERVAL_MS: &str = "1000";
 /// How often a reader looks for partitions added to its topic.
 const PARTITION_CHECK: Duration = Duration::from_secs(5);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bad messages remembered per source for `eddy_catalog.source_errors`.
-const ERRORS_KEPT: usize = 1000;
 
 /// Where a reader starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,13 +78,6 @@ pub enum Startup {
     Latest,
     /// The first message at or after this time (ms since the epoch).
     Timestamp(i64),
-}
-
-/// What to do with a message that does not decode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    Skip,
-    Fail,
 }
 
 /// A bad message, as `eddy_catalog.source_errors` shows it.
@@ -97,36 +89,8 @@ pub struct SourceError {
     pub reason: String,
 }
 
-/// The bad messages of one source (the last `ERRORS_KEPT`), and how many.
-#[derive(Debug, Default)]
-pub struct SourceErrors {
-    recent: Mutex<VecDeque<SourceError>>,
-    total: AtomicU64,
-}
-
-impl SourceErrors {
-    fn record(&self, error: SourceError) {
-        self.total.fetch_add(1, Ordering::Relaxed);
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.len() == ERRORS_KEPT {
-            recent.pop_front();
-        }
-        recent.push_back(error);
-    }
-
-    pub fn recent(&self) -> Vec<SourceError> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-}
+/// The bad messages of one source (the last 1000), and how many.
+pub type SourceErrors = crate::common::recent::RecentLog<SourceError>;
 
 /// What the readers of one source have read.
 #[derive(Debug, Default)]
@@ -442,15 +406,7 @@ impl KafkaSourceConfig {
                 )))
             }
         };
-        let on_error = match options.get("on_error").map(|m| m.to_lowercase()).as_deref() {
-            None | Some("skip") => OnError::Skip,
-            Some("fail") => OnError::Fail,
-            Some(other) => {
-                return Err(EddyError::InvalidParameter(format!(
-                    "on_error = '{other}' is not skip or fail"
-                )))
-            }
-        };
+        let on_error = OnError::from_options(options)?;
         let spec = clauses.format.clone().ok_or_else(|| {
             EddyError::InvalidParameter(
                 "a Kafka source needs FORMAT PLAIN | UPSERT | DEBEZIUM ENCODE JSON | CSV".into(),

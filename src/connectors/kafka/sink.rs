@@ -27,7 +27,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -38,15 +37,21 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::common::ChangeBatch;
-use crate::connectors::epoch::{appended_rows, key_fates, take_rows, KeyFate};
+use crate::connectors::epoch::{appended_rows, json_rows, key_fates, take_rows, KeyFate};
 use crate::connectors::format::{FormatSpec, MessageEncoding, MessageFormat};
 use crate::connectors::policy::ConnectorPolicy;
+use crate::connectors::OnError;
 use crate::error::{EddyError, Result};
-use crate::runtime::sink::{SinkEpoch, SinkMode, SinkStatus};
+use crate::runtime::sink::{RejectedRow, SinkEpoch, SinkMode, SinkStatus};
 
 const BACKOFF_START_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 5_000;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+/// What the `eddy-sink` and `eddy-epoch` headers add to a message, at most
+/// (names, a sink name up to 63 bytes, an epoch, framing).
+const HEADER_BYTES: usize = 128;
 
 /// A checked Kafka sink configuration.
 #[derive(Debug, Clone)]
@@ -58,6 +63,10 @@ pub struct KafkaSinkConfig {
     /// Key columns of the view (UPSERT; DEBEZIUM when the view has a key).
     key: Vec<usize>,
     schema: SchemaRef,
+    /// What to do with a message larger than the producer takes.
+    on_error: OnError,
+    /// librdkafka's `message.max.bytes`: a larger message is refused.
+    max_message_bytes: usize,
 }
 
 impl KafkaSinkConfig {
@@ -79,11 +88,19 @@ impl KafkaSinkConfig {
     ) -> Result<Self> {
         let client = super::client::client_settings(
             options,
-            &["topic", "primary_key"],
+            &["topic", "primary_key", "on_error"],
             "a Kafka sink; known: topic, properties.bootstrap.server, \
-             properties.<librdkafka setting>, primary_key",
+             properties.<librdkafka setting>, primary_key, on_error",
             policy,
         )?;
+        let max_message_bytes = match client.get("message.max.bytes") {
+            None => DEFAULT_MAX_MESSAGE_BYTES,
+            Some(value) => value.parse().map_err(|_| {
+                EddyError::InvalidParameter(format!(
+                    "properties.message.max.bytes = '{value}' is not a number of bytes"
+                ))
+            })?,
+        };
         let declared_key = options
             .get("primary_key")
             .map(|columns| {
@@ -141,6 +158,8 @@ impl KafkaSinkConfig {
             format: format.format,
             key,
             schema,
+            on_error: OnError::from_options(options)?,
+            max_message_bytes,
         })
     }
 
@@ -284,7 +303,7 @@ impl KafkaSinkConfig {
 
     /// The messages `(key, value)` of one epoch; a `None` value is a
     /// tombstone.
-    fn messages(&self, changes: &[ChangeBatch]) -> Result<Vec<(Option<String>, Option<String>)>> {
+    fn messages(&self, changes: &[ChangeBatch]) -> Result<Vec<KeyValue>> {
         match self.format {
             MessageFormat::Plain => {
                 let rows = take_rows(changes, &appended_rows(changes)?)?;
@@ -358,6 +377,56 @@ impl KafkaSinkConfig {
     }
 }
 
+/// A message `(key, value)`; a `None` value is a tombstone.
+type KeyValue = (Option<String>, Option<String>);
+
+impl KafkaSinkConfig {
+    /// Takes out of `messages` those larger than the producer takes (which
+    /// no retry would ever send), as the rows skipped; under `on_error =
+    /// 'fail'` the first one is the error instead.
+    fn take_oversized(
+        &self,
+        epoch: u64,
+        messages: &mut Vec<KeyValue>,
+    ) -> std::result::Result<Vec<RejectedRow>, String> {
+        let size = |(key, value): &KeyValue| {
+            key.as_ref().map_or(0, String::len)
+                + value.as_ref().map_or(0, String::len)
+                + HEADER_BYTES
+        };
+        if messages.iter().all(|m| size(m) <= self.max_message_bytes) {
+            return Ok(vec![]);
+        }
+        let mut skipped = Vec::new();
+        let mut refused = None;
+        messages.retain(|message| {
+            let bytes = size(message);
+            if bytes <= self.max_message_bytes {
+                return true;
+            }
+            let reason = format!(
+                "a message of {bytes} bytes is larger than message.max.bytes ({})",
+                self.max_message_bytes
+            );
+            let key = match message {
+                (Some(key), _) => key.clone(),
+                (None, value) => {
+                    let value = value.as_deref().unwrap_or_default();
+                    let start: String = value.chars().take(200).collect();
+                    format!("{start}...")
+                }
+            };
+            refused.get_or_insert_with(|| reason.clone());
+            skipped.push(RejectedRow { epoch, key, reason });
+            false
+        });
+        match (self.on_error, refused) {
+            (OnError::Fail, Some(reason)) => Err(format!("{reason} (on_error = 'fail')")),
+            _ => Ok(skipped),
+        }
+    }
+}
+
 /// `{"before": ..., "after": ..., "op": ...}`.
 fn debezium_event(before: Option<&str>, after: Option<&str>) -> String {
     let op = match (before, after) {
@@ -370,22 +439,6 @@ fn debezium_event(before: Option<&str>, after: Option<&str>) -> String {
         before.unwrap_or("null"),
         after.unwrap_or("null")
     )
-}
-
-/// Each row of `rows` as a JSON object (NULL columns left out).
-fn json_rows(rows: Option<&RecordBatch>) -> Result<Vec<String>> {
-    let Some(rows) = rows else {
-        return Ok(vec![]);
-    };
-    if rows.num_rows() == 0 {
-        return Ok(vec![]);
-    }
-    let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
-    writer.write(rows)?;
-    writer.finish()?;
-    let text = String::from_utf8(writer.into_inner())
-        .map_err(|e| crate::internal!("JSON writer produced invalid UTF-8: {e}"))?;
-    Ok(text.lines().map(str::to_string).collect())
 }
 
 /// Checks at CREATE SINK that the broker answers.
@@ -495,10 +548,17 @@ pub fn spawn_sink(
                 status.committed(epoch, 0); // written before a restart
                 continue;
             }
-            let messages = match config.messages(&changes) {
+            let mut messages = match config.messages(&changes) {
                 Ok(messages) => messages,
                 Err(e) => {
                     status.fail(format!("sink {}: {e}", config.sink_name));
+                    continue;
+                }
+            };
+            let skipped = match config.take_oversized(epoch, &mut messages) {
+                Ok(skipped) => skipped,
+                Err(reason) => {
+                    status.fail(format!("sink {} epoch {epoch}: {reason}", config.sink_name));
                     continue;
                 }
             };
@@ -510,13 +570,13 @@ pub fn spawn_sink(
                     break;
                 }
                 if messages.is_empty() {
-                    status.committed(epoch, 0);
+                    status.committed_skipping(epoch, 0, skipped);
                     break;
                 }
                 let result = write_transaction(&producer, &config, &epoch_text, &messages).await;
                 match result {
                     Ok(()) => {
-                        status.committed(epoch, messages.len() as u64);
+                        status.committed_skipping(epoch, messages.len() as u64, skipped);
                         break;
                     }
                     Err(e) => {
@@ -543,7 +603,7 @@ async fn write_transaction(
     producer: &Arc<FutureProducer>,
     config: &KafkaSinkConfig,
     epoch: &str,
-    messages: &[(Option<String>, Option<String>)],
+    messages: &[KeyValue],
 ) -> std::result::Result<(), KafkaError> {
     producer.begin_transaction()?;
     let sends = messages.iter().map(|(key, value)| {

@@ -14,13 +14,17 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::common::pg_types::{pg_type, pg_type_sql, Cell};
 use crate::common::ChangeBatch;
-use crate::connectors::epoch::{appended_rows, key_fates, take_rows, RowRef};
+use crate::connectors::epoch::{appended_rows, json_rows, key_fates, take_rows, RowRef};
+use crate::connectors::OnError;
 use crate::error::{EddyError, Result};
-use crate::runtime::sink::{SinkEpoch, SinkMode, SinkStatus};
+use crate::runtime::sink::{RejectedRow, SinkEpoch, SinkMode, SinkStatus};
 use crate::state::RowCodec;
 
 /// The table that records, per sink, the last epoch written.
 const PROGRESS_TABLE: &str = "eddy_sink_progress";
+/// The table that lists, per sink, the rows it skipped (`on_error =
+/// 'skip'`), written in the same transaction as the epoch.
+const ERRORS_TABLE: &str = "eddy_sink_errors";
 const BACKOFF_START_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 5_000;
 /// One epoch's transaction must be answered within this long; beyond it
@@ -40,6 +44,9 @@ pub struct PostgresSinkConfig {
     /// Key column indices in the view's schema (upsert mode).
     pub key: Vec<usize>,
     pub schema: SchemaRef,
+    /// What to do with a row Postgres refuses (a NUL in text, a value out
+    /// of the target column's range, a constraint).
+    pub on_error: OnError,
 }
 
 fn option_error(message: String) -> EddyError {
@@ -55,7 +62,7 @@ impl PostgresSinkConfig {
         schema: SchemaRef,
         derived_key: Option<Vec<usize>>,
     ) -> Result<Self> {
-        const KNOWN: [&str; 11] = [
+        const KNOWN: [&str; 12] = [
             "connector",
             "url",
             "host",
@@ -67,6 +74,7 @@ impl PostgresSinkConfig {
             "primary_key",
             "type",
             "create_table",
+            "on_error",
         ];
         if let Some(unknown) = options.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(option_error(format!(
@@ -172,6 +180,7 @@ impl PostgresSinkConfig {
             create_table,
             key,
             schema,
+            on_error: OnError::from_options(options)?,
         })
     }
 
@@ -267,17 +276,25 @@ pub async fn validate_target(config: &PostgresSinkConfig, fresh: bool) -> Result
             .map_err(user_error)?;
     }
     check_columns(&client, config).await?;
-    if let Err(e) = client
-        .batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (sink TEXT PRIMARY KEY, epoch BIGINT NOT NULL, \
+    for definition in [
+        format!(
+            "{PROGRESS_TABLE} (sink TEXT PRIMARY KEY, epoch BIGINT NOT NULL, \
              updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        ))
-        .await
-    {
-        // Two sinks creating it at once: one wins, the other sees it exist.
-        let raced = matches!(e.code().map(|c| c.code()), Some("23505" | "42P07"));
-        if !raced {
-            return Err(user_error(e));
+        ),
+        format!(
+            "{ERRORS_TABLE} (sink TEXT NOT NULL, epoch BIGINT NOT NULL, key TEXT NOT NULL, \
+             reason TEXT NOT NULL, skipped_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        ),
+    ] {
+        if let Err(e) = client
+            .batch_execute(&format!("CREATE TABLE IF NOT EXISTS {definition}"))
+            .await
+        {
+            // Two sinks creating it at once: one wins, the other sees it exist.
+            let raced = matches!(e.code().map(|c| c.code()), Some("23505" | "42P07"));
+            if !raced {
+                return Err(user_error(e));
+            }
         }
     }
     if fresh {
@@ -429,50 +446,39 @@ enum Retry {
     Because(String),
 }
 
-/// Applies one epoch in one transaction; returns false if Postgres had
-/// already recorded it (a replay).
-async fn write_epoch(
-    client: &mut Client,
-    config: &PostgresSinkConfig,
-    epoch: u64,
-    write: &EpochWrite,
-) -> Result<bool, tokio_postgres::Error> {
-    let transaction = client.transaction().await?;
-    let recorded: Option<i64> = transaction
-        .query_opt(
-            &format!("SELECT epoch FROM {PROGRESS_TABLE} WHERE sink = $1 FOR UPDATE"),
-            &[&config.sink_name],
-        )
-        .await?
-        .map(|row| row.get(0));
-    if recorded.is_some_and(|recorded| recorded as u64 >= epoch) {
-        return Ok(false);
-    }
-    let table = config.qualified_table();
-    if let Some(upserts) = &write.upserts {
-        transaction
-            .batch_execute(&format!(
-                "CREATE TEMP TABLE IF NOT EXISTS eddy_stage_upserts (LIKE {table}) ON COMMIT DELETE ROWS"
-            ))
-            .await?;
-        copy_rows(&transaction, "eddy_stage_upserts", upserts).await?;
-        let columns = config.columns().join(", ");
-        let statement = match config.mode {
+/// Where one kind of row goes: COPYed into a staging table, then moved
+/// into the target by one statement.
+struct Stage {
+    table: &'static str,
+    create: String,
+    apply: String,
+    /// The columns of the staged rows that identify a skipped row (all of
+    /// them for a keyless sink).
+    key: Vec<usize>,
+    /// How a skipped row's reason starts ("" for rows written, "delete: ").
+    what: &'static str,
+}
+
+impl PostgresSinkConfig {
+    fn upsert_stage(&self) -> Stage {
+        let table = self.qualified_table();
+        let columns = self.columns().join(", ");
+        let apply = match self.mode {
             SinkMode::AppendOnly => {
                 format!("INSERT INTO {table} ({columns}) SELECT {columns} FROM eddy_stage_upserts")
             }
             SinkMode::Upsert => {
-                let key: Vec<String> = config
+                let key: Vec<String> = self
                     .key
                     .iter()
-                    .map(|&i| quote(config.schema.field(i).name()))
+                    .map(|&i| quote(self.schema.field(i).name()))
                     .collect();
-                let updates: Vec<String> = config
+                let updates: Vec<String> = self
                     .schema
                     .fields()
                     .iter()
                     .enumerate()
-                    .filter(|(i, _)| !config.key.contains(i))
+                    .filter(|(i, _)| !self.key.contains(i))
                     .map(|(_, f)| format!("{0} = EXCLUDED.{0}", quote(f.name())))
                     .collect();
                 let action = if updates.is_empty() {
@@ -486,28 +492,167 @@ async fn write_epoch(
                 )
             }
         };
-        transaction.batch_execute(&statement).await?;
+        Stage {
+            table: "eddy_stage_upserts",
+            create: format!(
+                "CREATE TEMP TABLE IF NOT EXISTS eddy_stage_upserts (LIKE {table}) ON COMMIT DELETE ROWS"
+            ),
+            apply,
+            key: match self.mode {
+                SinkMode::AppendOnly => (0..self.schema.fields().len()).collect(),
+                SinkMode::Upsert => self.key.clone(),
+            },
+            what: "",
+        }
     }
-    if let Some(deletes) = &write.deletes {
-        let key: Vec<String> = deletes
-            .schema()
-            .fields()
+
+    fn delete_stage(&self) -> Stage {
+        let table = self.qualified_table();
+        let key: Vec<String> = self
+            .key
             .iter()
-            .map(|f| quote(f.name()))
+            .map(|&i| quote(self.schema.field(i).name()))
             .collect();
-        transaction
-            .batch_execute(&format!(
+        let matches: Vec<String> = key.iter().map(|k| format!("t.{k} = d.{k}")).collect();
+        Stage {
+            table: "eddy_stage_deletes",
+            create: format!(
                 "CREATE TEMP TABLE IF NOT EXISTS eddy_stage_deletes ON COMMIT DELETE ROWS AS SELECT {} FROM {table} WITH NO DATA",
                 key.join(", ")
-            ))
-            .await?;
-        copy_rows(&transaction, "eddy_stage_deletes", deletes).await?;
-        let matches: Vec<String> = key.iter().map(|k| format!("t.{k} = d.{k}")).collect();
-        transaction
-            .batch_execute(&format!(
+            ),
+            apply: format!(
                 "DELETE FROM {table} t USING eddy_stage_deletes d WHERE {}",
                 matches.join(" AND ")
-            ))
+            ),
+            key: (0..self.key.len()).collect(),
+            what: "delete: ",
+        }
+    }
+}
+
+/// Whether Postgres refused the rows themselves (a data exception such as
+/// a NUL in text or a value out of range, or a constraint), rather than
+/// the connection or the server.
+fn is_row_error(error: &tokio_postgres::Error) -> bool {
+    error
+        .code()
+        .is_some_and(|code| matches!(&code.code()[..2], "22" | "23"))
+}
+
+/// Stages `rows` and applies them.
+async fn apply_rows(
+    transaction: &tokio_postgres::Transaction<'_>,
+    stage: &Stage,
+    rows: &RecordBatch,
+) -> Result<(), tokio_postgres::Error> {
+    copy_rows(transaction, stage.table, rows).await?;
+    transaction.batch_execute(&stage.apply).await
+}
+
+/// Applies `rows` leaving out each row Postgres refuses: halves of a
+/// refused chunk are tried again, each under a savepoint, down to single
+/// rows, which go to `skipped` (a handful of bad rows costs a few dozen
+/// round trips, not one per row).
+async fn apply_rows_skipping(
+    transaction: &tokio_postgres::Transaction<'_>,
+    stage: &Stage,
+    rows: &RecordBatch,
+    epoch: u64,
+    skipped: &mut Vec<RejectedRow>,
+) -> Result<(), tokio_postgres::Error> {
+    let mut pending = vec![(0, rows.num_rows())];
+    while let Some((offset, len)) = pending.pop() {
+        let chunk = rows.slice(offset, len);
+        transaction.batch_execute("SAVEPOINT eddy_rows").await?;
+        let applied = async {
+            apply_rows(transaction, stage, &chunk).await?;
+            transaction
+                .batch_execute(&format!("TRUNCATE {}", stage.table))
+                .await
+        }
+        .await;
+        match applied {
+            Ok(()) => {
+                transaction
+                    .batch_execute("RELEASE SAVEPOINT eddy_rows")
+                    .await?
+            }
+            Err(e) if is_row_error(&e) => {
+                transaction
+                    .batch_execute("ROLLBACK TO SAVEPOINT eddy_rows; RELEASE SAVEPOINT eddy_rows")
+                    .await?;
+                if len > 1 {
+                    let half = len / 2;
+                    pending.push((offset + half, len - half));
+                    pending.push((offset, half));
+                    continue;
+                }
+                let key = chunk
+                    .project(&stage.key)
+                    .ok()
+                    .and_then(|key| json_rows(Some(&key)).ok())
+                    .and_then(|mut rows| rows.pop())
+                    .unwrap_or_default();
+                skipped.push(RejectedRow {
+                    epoch,
+                    key,
+                    reason: format!("{}{}", stage.what, pg_error("Postgres refused the row", &e)),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Applies one epoch in one transaction. Returns `None` if Postgres had
+/// already recorded it (a replay), else the rows skipped: with
+/// `skipping`, each row Postgres refuses is left out and listed in
+/// [`ERRORS_TABLE`] in the same transaction; without, the first refusal
+/// fails the whole epoch.
+async fn write_epoch(
+    client: &mut Client,
+    config: &PostgresSinkConfig,
+    epoch: u64,
+    write: &EpochWrite,
+    skipping: bool,
+) -> Result<Option<Vec<RejectedRow>>, tokio_postgres::Error> {
+    let transaction = client.transaction().await?;
+    let recorded: Option<i64> = transaction
+        .query_opt(
+            &format!("SELECT epoch FROM {PROGRESS_TABLE} WHERE sink = $1 FOR UPDATE"),
+            &[&config.sink_name],
+        )
+        .await?
+        .map(|row| row.get(0));
+    if recorded.is_some_and(|recorded| recorded as u64 >= epoch) {
+        return Ok(None);
+    }
+    let mut skipped = Vec::new();
+    let stages = [
+        (&write.upserts, config.upsert_stage()),
+        (&write.deletes, config.delete_stage()),
+    ];
+    for (rows, stage) in stages {
+        let Some(rows) = rows else { continue };
+        transaction.batch_execute(&stage.create).await?;
+        if skipping {
+            apply_rows_skipping(&transaction, &stage, rows, epoch, &mut skipped).await?;
+        } else {
+            apply_rows(&transaction, &stage, rows).await?;
+        }
+    }
+    if !skipped.is_empty() {
+        let keys: Vec<&str> = skipped.iter().map(|r| r.key.as_str()).collect();
+        let reasons: Vec<&str> = skipped.iter().map(|r| r.reason.as_str()).collect();
+        transaction
+            .execute(
+                &format!(
+                    "INSERT INTO {ERRORS_TABLE} (sink, epoch, key, reason) \
+                     SELECT $1, $2, k, r FROM unnest($3::text[], $4::text[]) AS s(k, r)"
+                ),
+                &[&config.sink_name, &(epoch as i64), &keys, &reasons],
+            )
             .await?;
     }
     transaction
@@ -520,7 +665,7 @@ async fn write_epoch(
         )
         .await?;
     transaction.commit().await?;
-    Ok(true)
+    Ok(Some(skipped))
 }
 
 /// Whether retrying can help: lost connections, a server starting or
@@ -564,6 +709,8 @@ pub fn spawn_sink(
                 continue;
             }
             let mut backoff_ms = BACKOFF_START_MS;
+            // Row by row only once the whole epoch was refused for a row.
+            let mut skipping = false;
             status.writing();
             loop {
                 if status.is_dropped() {
@@ -573,7 +720,7 @@ pub fn spawn_sink(
                     // A peer that holds the connection and never answers (a
                     // frozen server) costs a retry, not the sink.
                     Some(c) => {
-                        let writing = write_epoch(c, &config, epoch, &write);
+                        let writing = write_epoch(c, &config, epoch, &write, skipping);
                         match tokio::time::timeout(WRITE_TIMEOUT, writing).await {
                             Ok(result) => result.map_err(Retry::Error),
                             Err(_) => Err(Retry::Because(format!(
@@ -591,18 +738,37 @@ pub fn spawn_sink(
                     },
                 };
                 let reason = match result {
-                    Ok(_) => {
-                        status.committed(epoch, write.rows());
+                    Ok(None) => {
+                        status.committed(epoch, 0); // committed before a restart
+                        break;
+                    }
+                    Ok(Some(skipped)) => {
+                        let written = write.rows().saturating_sub(skipped.len() as u64);
+                        status.committed_skipping(epoch, written, skipped);
                         break;
                     }
                     Err(Retry::Because(reason)) => reason,
                     Err(Retry::Error(e)) if is_transient(&e) => {
                         pg_error("Postgres unavailable", &e)
                     }
+                    Err(Retry::Error(e))
+                        if is_row_error(&e) && config.on_error == OnError::Skip && !skipping =>
+                    {
+                        skipping = true;
+                        continue;
+                    }
                     Err(Retry::Error(e)) => {
-                        status.fail(pg_error(
-                            &format!("writing epoch {epoch} to {}", config.qualified_table()),
-                            &e,
+                        let policy = if is_row_error(&e) {
+                            " (on_error = 'fail')"
+                        } else {
+                            ""
+                        };
+                        status.fail(format!(
+                            "{}{policy}",
+                            pg_error(
+                                &format!("writing epoch {epoch} to {}", config.qualified_table()),
+                                &e,
+                            )
                         ));
                         break;
                     }
