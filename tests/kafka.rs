@@ -69,10 +69,11 @@ async fn json_source_with_metadata_and_bad_messages() {
     )
     .await;
     eventually(&eddy, "SELECT * FROM totals", vec![vec!["3", "60"]]).await;
-    // Each view's reader reports the bad messages it skipped.
+    // The bad messages are listed once, whichever view's reader met them
+    // first.
     let errors = sorted_rows(
         &eddy,
-        "SELECT view, partition, \"offset\", reason FROM eddy_catalog.source_errors WHERE view = 'everyone'",
+        "SELECT view, partition, \"offset\", reason FROM eddy_catalog.source_errors",
     )
     .await;
     let places: Vec<(String, String)> = errors
@@ -94,7 +95,8 @@ async fn json_source_with_metadata_and_bad_messages() {
         "{errors:?}"
     );
     assert!(errors[3][3].contains("empty message"), "{errors:?}");
-    // Two views read the source: each reader counts the four bad messages.
+    // Two views read the source: the source counts the four bad messages
+    // once; each view's reader skipped two per partition.
     let sources = query_text(
         &eddy,
         "SELECT name, connector, bad_messages FROM eddy_catalog.sources",
@@ -105,8 +107,22 @@ async fn json_source_with_metadata_and_bad_messages() {
         vec![vec![
             "people".to_string(),
             format!("kafka topic {topic}"),
-            "8".to_string()
+            "4".to_string()
         ]]
+    );
+    let per_view = sorted_rows(
+        &eddy,
+        "SELECT view, partition, bad_messages FROM eddy_catalog.source_partitions",
+    )
+    .await;
+    assert_eq!(
+        per_view,
+        vec![
+            vec!["everyone", "0", "2"],
+            vec!["everyone", "1", "2"],
+            vec!["totals", "0", "2"],
+            vec!["totals", "1", "2"],
+        ]
     );
     server.stop().await;
 }
@@ -175,19 +191,30 @@ async fn views_build_only_the_columns_they_read() {
         ],
     )
     .await;
-    // The bad amount is bad for every view, whether it reads amount or not.
-    let bad = sorted_rows(
+    // The bad amount is bad for every view, whether it reads amount or not
+    // (listed and counted once for the source).
+    let bad = sorted_rows(&eddy, "SELECT \"offset\" FROM eddy_catalog.source_errors").await;
+    assert_eq!(bad, vec![vec!["2"]]);
+    let per_view = sorted_rows(
         &eddy,
-        "SELECT view, \"offset\" FROM eddy_catalog.source_errors",
+        "SELECT view, bad_messages FROM eddy_catalog.source_partitions",
     )
     .await;
     assert_eq!(
-        bad,
+        per_view,
         ["by_city", "everything", "notes", "per_10s"]
             .iter()
-            .map(|view| vec![view.to_string(), "2".to_string()])
+            .map(|view| vec![view.to_string(), "1".to_string()])
             .collect::<Vec<_>>()
     );
+    // The watermark follows ts (read from its place in the payload, which
+    // the PROCTIME() column before it does not shift) in every reader.
+    eventually(
+        &eddy,
+        "SELECT watermark FROM eddy_catalog.source_stats WHERE name = 'orders'",
+        vec![vec!["2024-01-01 00:00:11"]],
+    )
+    .await;
     server.stop().await;
 }
 
@@ -381,6 +408,141 @@ async fn windows_over_a_partitioned_topic() {
     .await;
     eventually(&eddy, "SELECT count(*) FROM all_ticks", vec![vec!["601"]]).await;
     server.stop().await;
+}
+
+/// Values that would be silently wrong are bad messages with a reason: a
+/// fraction into BIGINT, a missing event time, an event time far in the
+/// future (which would otherwise drag the watermark along and make every
+/// later message late). Each is counted once per source however many
+/// views read it, and the count survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_values_and_bad_clocks_are_counted_once() {
+    let topic = fresh_topic("bad-clock");
+    create_topic(&topic, 1).await;
+    let mut payloads: Vec<(i32, String)> = (0..100)
+        .map(|i| {
+            (
+                0,
+                format!(
+                    r#"{{"id": {i}, "ts": "2024-01-01 00:{:02}:{:02}"}}"#,
+                    i / 60,
+                    i % 60
+                ),
+            )
+        })
+        .collect();
+    payloads.insert(
+        10,
+        (0, r#"{"id": 7.5, "ts": "2024-01-01 00:00:10"}"#.into()),
+    );
+    payloads.insert(20, (0, r#"{"id": 1000}"#.into()));
+    payloads.insert(30, (0, r#"{"id": 1001, "ts": null}"#.into()));
+    payloads.insert(
+        40,
+        (0, r#"{"id": 1002, "ts": "2100-01-01 00:00:00"}"#.into()),
+    );
+    produce_values(&topic, &payloads).await;
+    let data_dir = std::env::temp_dir().join(format!("eddy-{topic}"));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let location = data_dir.to_string_lossy().to_string();
+    let start = || {
+        let location = location.clone();
+        TestServer::start_with(move |options| options.checkpoint_location = Some(location))
+    };
+    let server = start().await;
+    let eddy = server.connect().await;
+    execute(
+        &eddy,
+        &format!(
+            "CREATE SOURCE ticks (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}')
+             FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW all_ticks AS SELECT * FROM ticks;
+             CREATE MATERIALIZED VIEW per_10s AS
+               SELECT window_start, count(*) AS n FROM TUMBLE(ticks, ts, INTERVAL '10' SECOND)
+               GROUP BY window_start, window_end",
+            bootstrap()
+        ),
+    )
+    .await;
+    eventually(&eddy, "SELECT count(*) FROM all_ticks", vec![vec!["100"]]).await;
+    eventually(&eddy, "SELECT sum(n) FROM per_10s", vec![vec!["100"]]).await;
+    // Nothing was late: the message from 2100 did not move the watermark.
+    let late = query_text(
+        &eddy,
+        "SELECT late_rows FROM eddy_catalog.materialized_views WHERE name = 'per_10s'",
+    )
+    .await;
+    assert_eq!(late, vec![vec!["0"]]);
+    // Four bad messages, counted once for the source, once per view beside.
+    let count = "SELECT bad_messages FROM eddy_catalog.sources WHERE name = 'ticks'";
+    assert_eq!(query_text(&eddy, count).await, vec![vec!["4"]]);
+    let per_view = sorted_rows(
+        &eddy,
+        "SELECT view, bad_messages FROM eddy_catalog.source_partitions WHERE source = 'ticks'",
+    )
+    .await;
+    assert_eq!(per_view, vec![vec!["all_ticks", "4"], vec!["per_10s", "4"]]);
+    let reasons = query_text(
+        &eddy,
+        "SELECT \"offset\", reason FROM eddy_catalog.source_errors ORDER BY \"offset\"",
+    )
+    .await;
+    let offsets: Vec<&str> = reasons.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(offsets, ["10", "20", "30", "40"], "{reasons:?}");
+    assert!(reasons[0][1].contains("7.5"), "{reasons:?}");
+    assert!(reasons[1][1].contains("missing event time"), "{reasons:?}");
+    assert!(reasons[2][1].contains("missing event time"), "{reasons:?}");
+    assert!(
+        reasons[3][1].contains("2100-01-01") && reasons[3][1].contains("watermark.max_future"),
+        "{reasons:?}"
+    );
+    // A view created later reads them again without counting them again.
+    execute(
+        &eddy,
+        "CREATE MATERIALIZED VIEW late_comer AS SELECT count(*) AS n FROM ticks",
+    )
+    .await;
+    eventually(&eddy, "SELECT n FROM late_comer", vec![vec!["100"]]).await;
+    assert_eq!(query_text(&eddy, count).await, vec![vec!["4"]]);
+    execute(&eddy, "CHECKPOINT").await;
+    server.stop().await;
+
+    // After a restart the count is still there, and one more bad message
+    // adds one.
+    let server = start().await;
+    let eddy = server.connect().await;
+    assert_eq!(query_text(&eddy, count).await, vec![vec!["4"]]);
+    produce_values(&topic, &[(0, "not json".to_string())]).await;
+    eventually(&eddy, count, vec![vec!["5"]]).await;
+
+    // The option is checked; 'off' takes any time.
+    let error = eddy
+        .batch_execute(&format!(
+            "CREATE SOURCE s (ts TIMESTAMP, WATERMARK FOR ts AS ts)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}',
+                   watermark.max_future = 'soon')
+             FORMAT PLAIN ENCODE JSON",
+            bootstrap()
+        ))
+        .await
+        .expect_err("refused");
+    assert!(common::describe(&error).contains("watermark.max_future = 'soon'"));
+    execute(
+        &eddy,
+        &format!(
+            "CREATE SOURCE anytime (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}',
+                   watermark.max_future = 'off')
+             FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW far AS SELECT count(*) AS n FROM anytime WHERE ts > '2099-01-01'",
+            bootstrap()
+        ),
+    )
+    .await;
+    eventually(&eddy, "SELECT n FROM far", vec![vec!["1"]]).await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

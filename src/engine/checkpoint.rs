@@ -36,12 +36,31 @@ impl Engine {
         let request = run.request();
         let (capture, catalog) = {
             let _ddl = self.ddl_lock.lock().await;
-            (self.runtime.capture(request).await, self.catalog.ddl_log())
+            let mut capture = self.runtime.capture(request).await;
+            if let Ok(capture) = &mut capture {
+                self.capture_source_counts(capture);
+            }
+            (capture, self.catalog.ddl_log())
         };
         let manifest = run.complete(capture, catalog).await?;
         self.runtime.checkpoint_done(manifest.epoch).await?;
         self.trim_wal().await;
         Ok(manifest)
+    }
+
+    /// Each Kafka source's bad-message count (`source/<name>/errors`), so
+    /// that it survives a restart.
+    fn capture_source_counts(&self, capture: &mut crate::state::checkpoint::Capture) {
+        for relation in self.catalog.list() {
+            if let crate::catalog::Relation::Source(source) = relation {
+                if let SourceConnector::Kafka(config) = &source.connector {
+                    capture.states.insert(
+                        format!("source/{}/errors", source.name),
+                        config.errors.capture(),
+                    );
+                }
+            }
+        }
     }
 
     /// Deletes the write-ahead log segments every retained checkpoint

@@ -330,6 +330,7 @@ mod tests {
             low_offset: Some(0),
             high_offset: high,
             event_time: None,
+            bad_messages: 0,
         };
         health.sources[0].partitions = vec![
             (("v".into(), 0), progress(Some(40), Some(100))),

@@ -75,6 +75,9 @@ impl Engine {
                 }
                 let config =
                     kafka::KafkaSourceConfig::from_clauses(fields, &key, &clauses, &self.policy)?;
+                if let Some(counts) = self.take_restored(&format!("source/{name}/errors")) {
+                    config.errors.restore(counts)?;
+                }
                 for (host, port) in config.brokers() {
                     self.policy
                         .check_connect(&format!("source {name}"), &host, port)

@@ -138,6 +138,10 @@ fn source_partitions_batch(health: &Health) -> DFResult<RecordBatch> {
         .int("high_offset", rows.iter().map(|(_, (_, p))| p.high_offset))
         .int("lag_messages", rows.iter().map(|(_, (_, p))| p.lag()))
         .timestamp("event_time", rows.iter().map(|(_, (_, p))| p.event_time))
+        .uint(
+            "bad_messages",
+            rows.iter().map(|(_, (_, p))| p.bad_messages),
+        )
         .batch()
 }
 

@@ -314,7 +314,7 @@ fn render_sources(out: &mut String, sources: &[SourceHealth]) {
         out,
         "eddy_source_malformed_messages_total",
         "counter",
-        "Kafka messages skipped because they did not decode.",
+        "Kafka messages skipped as bad (each counted once per source; kept across restarts).",
         &counted,
         |(s, _, _)| (source(s), s.bad_messages as f64),
     );

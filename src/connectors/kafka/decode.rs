@@ -12,15 +12,18 @@
 //! When that fails, each payload is decoded alone to find the bad ones; the
 //! good ones become the batch. Decoding uses an all-nullable schema so that
 //! a missing field decodes; a NOT NULL column that came out null is then a
-//! bad message ("missing required field").
+//! bad message ("missing required field"). arrow-json truncates a number
+//! with a fraction into an integer column; eddy does not (PostgreSQL would
+//! not either), so integer columns are decoded a second time as floats to
+//! find such numbers and make their messages bad too.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 
 use super::json::{Decoded, JsonDecoder};
 use crate::common::types::all_nullable;
@@ -176,8 +179,14 @@ impl PayloadDecoder {
             // one): find it below like any bad one.
             _ => self.decode_one_by_one(payloads)?,
         };
-        // NOT NULL columns that came out null: the field was missing.
         let mut keep = vec![true; rows.num_rows()];
+        if self.encoding == MessageEncoding::Json {
+            for (row, reason) in self.fractions_in_integer_columns(payloads, &payload_of_row) {
+                keep[row] = false;
+                bad.push((payload_of_row[row], reason));
+            }
+        }
+        // NOT NULL columns that came out null: the field was missing.
         for (column, field) in self.schema.fields().iter().enumerate() {
             if field.is_nullable() {
                 continue;
@@ -213,6 +222,60 @@ impl PayloadDecoder {
             payload_of_row,
             bad,
         })
+    }
+
+    /// The rows (of the decoded `payload_of_row`) whose number in an
+    /// integer column has a fraction, with the reason.
+    fn fractions_in_integer_columns(
+        &self,
+        payloads: &[&[u8]],
+        payload_of_row: &[usize],
+    ) -> Vec<(usize, String)> {
+        let integers: Vec<_> = self
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| f.data_type().is_integer())
+            .map(|f| Field::new(f.name(), DataType::Float64, true))
+            .collect();
+        if integers.is_empty() || payload_of_row.is_empty() {
+            return vec![];
+        }
+        let shadow = Arc::new(Schema::new(integers));
+        let decoded = (|| -> Result<RecordBatch> {
+            let mut decoder = datafusion::arrow::json::ReaderBuilder::new(shadow.clone())
+                .with_batch_size(payload_of_row.len())
+                .build_decoder()?;
+            for &payload in payload_of_row {
+                decoder.decode(payloads[payload])?;
+                decoder.decode(b"\n")?;
+            }
+            Ok(decoder
+                .flush()?
+                .unwrap_or_else(|| RecordBatch::new_empty(shadow.clone())))
+        })();
+        // Every row decoded once already; if this differs, leave it be.
+        let Ok(floats) = decoded else { return vec![] };
+        if floats.num_rows() != payload_of_row.len() {
+            return vec![];
+        }
+        let mut found = Vec::new();
+        for (field, column) in shadow.fields().iter().zip(floats.columns()) {
+            let column = column.as_primitive::<Float64Type>();
+            for row in 0..column.len() {
+                let value = column.value(row);
+                if column.is_valid(row)
+                    && value.fract() != 0.0
+                    && !found.iter().any(|(r, _)| *r == row)
+                {
+                    found.push((
+                        row,
+                        format!("{value} is not an integer, for \"{}\"", field.name()),
+                    ));
+                }
+            }
+        }
+        found
     }
 
     #[allow(clippy::type_complexity)]
@@ -374,6 +437,38 @@ mod tests {
         let bad: Vec<usize> = decoded.bad.iter().map(|b| b.0).collect();
         assert_eq!(bad, vec![1, 2, 3]);
         assert!(decoded.bad[2].1.contains("missing required field \"id\""));
+    }
+
+    /// A number with a fraction is not an integer, whichever decoder reads
+    /// it (arrow-json alone would truncate 7.5 to 7); whole ones are.
+    #[test]
+    fn fractions_do_not_fill_integer_columns() {
+        let one_pass = PayloadDecoder::try_new(
+            MessageEncoding::Json,
+            schema(),
+            &BTreeMap::new(),
+            &ConnectorPolicy::default(),
+        )
+        .unwrap();
+        let payloads: Vec<&[u8]> = vec![
+            br#"{"id": 7.5}"#,
+            br#"{"id": 7.0}"#,
+            br#"{"id": 1e3}"#,
+            br#"{"id": -0.25}"#,
+            br#"{"id": 9}"#,
+        ];
+        for decoder in [one_pass.clone(), one_pass.with_arrow_json()] {
+            let decoded = decoder.decode(&payloads, None).unwrap();
+            assert_eq!(decoded.payload_of_row, vec![1, 2, 4]);
+            let ids = decoded
+                .rows
+                .column(0)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            assert_eq!(ids.values().to_vec(), vec![7, 1000, 9]);
+            let bad: Vec<usize> = decoded.bad.iter().map(|b| b.0).collect();
+            assert_eq!(bad, vec![0, 3], "{:?}", decoded.bad);
+            assert!(decoded.bad[0].1.contains("7.5"), "{:?}", decoded.bad);
+        }
     }
 
     /// Every column type the one-pass JSON decoder builds, NOT NULL too.

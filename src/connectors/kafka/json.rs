@@ -20,7 +20,8 @@
 //!   generated payloads); this includes arrow-json's leniencies: commas
 //!   between fields may be missing or doubled, a number is any run of
 //!   `0-9 + - . e E` until its column parses it, a numeric string fills a
-//!   numeric column, a fractional number fills an integer column (truncated),
+//!   numeric column, a number with an exponent fills an integer column
+//!   when it is whole (a fraction is a bad message: see decode.rs),
 //!   the last of repeated fields wins (the earlier ones are not checked).
 //! - A row is appended to the columns only once all its fields checked out;
 //!   a bad payload leaves nothing behind.
@@ -651,14 +652,15 @@ fn type_name(column_type: &ColumnType) -> &'static str {
     }
 }
 
-/// A JSON number in a numeric column, as arrow-json reads it: an integer
-/// column takes an integer, else a float that fits (truncated).
+/// A JSON number in a numeric column: an integer column takes an integer,
+/// else a whole float that fits (`1e3`, `2.0`), never one with a fraction.
 fn parse_number(column_type: &ColumnType, bytes: &[u8]) -> Option<Value> {
     fn int<T: lexical_core::FromLexical + NumCast + Into<i64>>(bytes: &[u8]) -> Option<Value> {
         let value = match lexical_core::parse::<T>(bytes) {
             Ok(v) => v,
             Err(_) => lexical_core::parse::<f64>(bytes)
                 .ok()
+                .filter(|f| f.fract() == 0.0)
                 .and_then(NumCast::from)?,
         };
         Some(Value::Int(value.into()))

@@ -89,8 +89,91 @@ pub struct SourceError {
     pub reason: String,
 }
 
-/// The bad messages of one source (the last 1000), and how many.
-pub type SourceErrors = crate::common::recent::RecentLog<SourceError>;
+/// The bad messages of one source: each counted once, however many views
+/// read it (the last 1000 listed), and the count kept across restarts.
+///
+/// Every reader of a source takes the same messages for bad (the decoder's
+/// invariant), and reads each partition in offset order. So the first
+/// reader past a bad message counts it, and a later one skips every bad
+/// message at or below the highest offset counted in its partition:
+/// everything up to there was counted by whoever got there first.
+#[derive(Debug, Default)]
+pub struct SourceErrors {
+    log: crate::common::recent::RecentLog<SourceError>,
+    /// Per partition, the highest offset of a bad message counted.
+    counted_through: Mutex<BTreeMap<i32, i64>>,
+}
+
+/// The key of the total in [`SourceErrors::capture`]'s entries (partition
+/// keys are four bytes).
+const TOTAL_KEY: &[u8] = b"total";
+
+impl SourceErrors {
+    /// Counts and lists `error` unless a reader counted it already.
+    fn record(&self, error: SourceError) {
+        let mut counted = self
+            .counted_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if counted
+            .get(&error.partition)
+            .is_some_and(|&through| error.offset <= through)
+        {
+            return;
+        }
+        counted.insert(error.partition, error.offset);
+        // Under the lock: a capture sees the count and the offsets agree.
+        self.log.record(error);
+    }
+
+    /// The last bad messages (up to 1000), oldest first.
+    pub fn recent(&self) -> Vec<SourceError> {
+        self.log.recent()
+    }
+
+    /// Bad messages in all (since the source was created).
+    pub fn total(&self) -> u64 {
+        self.log.total()
+    }
+
+    /// The count and where it stands, for a checkpoint. After a restart,
+    /// readers go back to their checkpointed offsets; what they read again
+    /// up to these offsets was counted already.
+    pub fn capture(&self) -> crate::state::checkpoint::StateDelta {
+        let counted = self
+            .counted_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut delta = crate::state::checkpoint::StateDelta::new(true);
+        delta.put(TOTAL_KEY.to_vec(), self.log.total().to_be_bytes().to_vec());
+        for (partition, offset) in counted.iter() {
+            delta.put(
+                partition.to_be_bytes().to_vec(),
+                offset.to_be_bytes().to_vec(),
+            );
+        }
+        delta
+    }
+
+    /// Takes back what [`Self::capture`] wrote.
+    pub fn restore(&self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+        let mut counted = self
+            .counted_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let corrupt = || EddyError::Checkpoint("bad source error counts".into());
+        for (key, value) in entries {
+            let value: [u8; 8] = value.try_into().map_err(|_| corrupt())?;
+            if key == TOTAL_KEY {
+                self.log.add_to_total(u64::from_be_bytes(value));
+            } else {
+                let partition: [u8; 4] = key.try_into().map_err(|_| corrupt())?;
+                counted.insert(i32::from_be_bytes(partition), i64::from_be_bytes(value));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// What the readers of one source have read.
 #[derive(Debug, Default)]
@@ -178,6 +261,9 @@ pub struct PartitionProgress {
     pub high_offset: Option<i64>,
     /// The newest event time read from the partition (µs).
     pub event_time: Option<i64>,
+    /// Bad messages this reader skipped in the partition (since eddy
+    /// started; the source's total, counted once, survives restarts).
+    pub bad_messages: u64,
 }
 
 impl PartitionProgress {
@@ -330,13 +416,23 @@ pub struct KafkaSourceConfig {
     schema: SchemaRef,
     metadata: Vec<KafkaMetadata>,
     on_error: OnError,
+    /// A message whose event time is further than this ahead of the clock
+    /// is bad (`None`: any time is taken). Only with a WATERMARK.
+    max_future_micros: Option<i64>,
     pub errors: Arc<SourceErrors>,
     pub counters: SourceCounters,
     pub progress: Arc<ReadProgress>,
 }
 
 const KNOWN_OPTIONS: &str = "topic, properties.bootstrap.server, properties.<librdkafka setting>, \
-                             scan.startup.mode, scan.startup.timestamp.millis, on_error";
+                             scan.startup.mode, scan.startup.timestamp.millis, on_error, \
+                             watermark.max_future";
+
+/// How far ahead of the clock an event may be stamped by default: clocks
+/// of producers drift by seconds, not days, and one message stamped in
+/// 2100 would otherwise move the watermark there and make every later
+/// message late.
+const DEFAULT_MAX_FUTURE_MICROS: i64 = 24 * 3600 * 1_000_000;
 
 impl KafkaSourceConfig {
     /// The brokers it connects to first (`host`, `port`).
@@ -366,6 +462,7 @@ impl KafkaSourceConfig {
                 "scan.startup.mode",
                 "scan.startup.timestamp.millis",
                 "on_error",
+                "watermark.max_future",
             ],
             &format!("a Kafka source; known: {KNOWN_OPTIONS}"),
             policy,
@@ -407,6 +504,19 @@ impl KafkaSourceConfig {
             }
         };
         let on_error = OnError::from_options(options)?;
+        let max_future_micros = match options.get("watermark.max_future") {
+            None => Some(DEFAULT_MAX_FUTURE_MICROS),
+            Some(off) if off.eq_ignore_ascii_case("off") => None,
+            Some(text) => match crate::common::time::interval_micros(text) {
+                Ok(micros) if micros >= 0 => Some(micros),
+                _ => {
+                    return Err(EddyError::InvalidParameter(format!(
+                        "watermark.max_future = '{text}' is not an interval such as '1 day' \
+                         (or 'off')"
+                    )))
+                }
+            },
+        };
         let spec = clauses.format.clone().ok_or_else(|| {
             EddyError::InvalidParameter(
                 "a Kafka source needs FORMAT PLAIN | UPSERT | DEBEZIUM ENCODE JSON | CSV".into(),
@@ -468,6 +578,7 @@ impl KafkaSourceConfig {
             schema: Arc::new(Schema::new(fields)),
             metadata,
             on_error,
+            max_future_micros,
             errors: Arc::new(SourceErrors::default()),
             counters: SourceCounters::default(),
             progress: Arc::default(),
@@ -868,15 +979,21 @@ impl Reader {
                 *built = true;
             }
         }
-        if let Some(built) = self
-            .watermark
-            .as_ref()
-            .and_then(|w| build.get_mut(w.column))
-        {
+        if let Some(built) = self.event_time_column().and_then(|c| build.get_mut(c)) {
             *built = true;
         }
         self.build = (!build.iter().all(|b| *b)).then_some(build);
         self
+    }
+
+    /// Where the watermark's column is among the decoded columns (the
+    /// reader's schema has a PROCTIME() column they lack, stamped later).
+    fn event_time_column(&self) -> Option<usize> {
+        let column = self.watermark.as_ref()?.column;
+        match &self.proctime {
+            Some(p) if p.column < column => Some(column - 1),
+            _ => Some(column),
+        }
     }
 
     /// Resumes at checkpointed offsets. An UPSERT source re-reads its
@@ -1155,7 +1272,10 @@ impl Reader {
             .map(|i| batch.payload(i).map_or(0, |p| p.len()) as u64)
             .sum();
         self.config.counters.read(batch.len() as u64, bytes);
-        let (change, bad) = self.changes(batch)?;
+        let (change, mut bad) = self.changes(batch)?;
+        // In message order: within a partition, offset order (which the
+        // source's count relies on, see SourceErrors).
+        bad.sort_by_key(|(index, _)| *index);
         for (index, reason) in bad {
             let error = SourceError {
                 view: self.view.clone(),
@@ -1169,6 +1289,9 @@ impl Reader {
                     self.config.topic, error.partition, error.offset, error.reason
                 )));
             }
+            self.config
+                .progress
+                .update(&self.view, error.partition, |p| p.bad_messages += 1);
             self.config.errors.record(error);
         }
         Ok(change)
@@ -1229,10 +1352,12 @@ impl Reader {
             .iter()
             .map(|&p| pieces[p].2)
             .collect();
+        let (rows, message_of_row, weights) =
+            self.without_bad_event_times(rows, message_of_row, weights, &mut bad)?;
         // The newest event time per partition, from the inserted rows.
-        if let Some(watermark) = &self.watermark {
+        if let Some(column) = self.event_time_column() {
             let times = cast(
-                rows.column(watermark.column),
+                rows.column(column),
                 &DataType::Timestamp(TimeUnit::Microsecond, None),
             )?;
             let times = times
@@ -1259,6 +1384,76 @@ impl Reader {
             None => change,
         };
         Ok((change, bad))
+    }
+
+    /// With a WATERMARK, a message whose event time is missing (it could
+    /// never be placed in event time) or further ahead of the clock than
+    /// `watermark.max_future` (it would drag the watermark along and make
+    /// every later message late) is bad: its rows are taken out and it is
+    /// added to `bad`.
+    fn without_bad_event_times(
+        &self,
+        rows: RecordBatch,
+        message_of_row: Vec<usize>,
+        weights: Vec<i64>,
+        bad: &mut Vec<(usize, String)>,
+    ) -> Result<(RecordBatch, Vec<usize>, Vec<i64>)> {
+        let (Some(watermark), Some(column)) = (&self.watermark, self.event_time_column()) else {
+            return Ok((rows, message_of_row, weights));
+        };
+        let times = cast(
+            rows.column(column),
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let times = times
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .ok_or_else(|| crate::internal!("watermark column is not a timestamp"))?;
+        let column = self.schema.field(watermark.column).name();
+        let latest = self
+            .config
+            .max_future_micros
+            .map(|ahead| crate::common::time::now_micros().saturating_add(ahead));
+        let mut bad_messages = Vec::new();
+        for (row, &message) in message_of_row.iter().enumerate() {
+            let reason = if times.is_null(row) {
+                format!("missing event time: \"{column}\" (the WATERMARK column) is null or absent")
+            } else if latest.is_some_and(|latest| times.value(row) > latest) {
+                let shown = chrono::DateTime::from_timestamp_micros(times.value(row))
+                    .map_or_else(|| times.value(row).to_string(), |t| t.to_rfc3339());
+                format!(
+                    "event time {shown} in \"{column}\" is further ahead of the clock than \
+                     watermark.max_future allows"
+                )
+            } else {
+                continue;
+            };
+            if bad_messages.last() != Some(&message) {
+                bad_messages.push(message);
+                bad.push((message, reason));
+            }
+        }
+        if bad_messages.is_empty() {
+            return Ok((rows, message_of_row, weights));
+        }
+        // Every row of a bad message goes (a Debezium update is two).
+        let bad_messages: std::collections::HashSet<usize> = bad_messages.into_iter().collect();
+        let keep: Vec<bool> = message_of_row
+            .iter()
+            .map(|m| !bad_messages.contains(m))
+            .collect();
+        let rows = datafusion::arrow::compute::filter_record_batch(
+            &rows,
+            &datafusion::arrow::array::BooleanArray::from(keep.clone()),
+        )?;
+        fn kept<T>(values: Vec<T>, keep: &[bool]) -> Vec<T> {
+            values
+                .into_iter()
+                .zip(keep)
+                .filter_map(|(v, k)| k.then_some(v))
+                .collect()
+        }
+        Ok((rows, kept(message_of_row, &keep), kept(weights, &keep)))
     }
 
     /// FORMAT UPSERT: each new row replaces its message key's row, each
