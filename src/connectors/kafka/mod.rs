@@ -145,12 +145,9 @@ impl SourceErrors {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let mut delta = crate::state::checkpoint::StateDelta::new(true);
-        delta.put(TOTAL_KEY.to_vec(), self.log.total().to_be_bytes().to_vec());
+        delta.put(TOTAL_KEY, self.log.total().to_be_bytes());
         for (partition, offset) in counted.iter() {
-            delta.put(
-                partition.to_be_bytes().to_vec(),
-                offset.to_be_bytes().to_vec(),
-            );
+            delta.put(partition.to_be_bytes(), offset.to_be_bytes());
         }
         delta
     }
