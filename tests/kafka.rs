@@ -545,6 +545,113 @@ async fn bad_values_and_bad_clocks_are_counted_once() {
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
+/// Whether a row is late depends on the messages before it in its
+/// partition, not on how many eddy read at once: one view reads the topic
+/// live (a few messages at a time, as they are produced), another reads
+/// the same messages as a backlog (thousands at a time); both drop the
+/// same rows, the ones a message-by-message watermark makes late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_rows_do_not_depend_on_read_speed() {
+    const BASE_MS: i64 = 1_704_067_200_000; // 2024-01-01 00:00:00
+    const DELAY_MS: i64 = 1_000;
+    const WINDOW_MS: i64 = 1_000;
+    let topic = fresh_topic("lateness");
+    create_topic(&topic, 1).await;
+    // Every fifth message is up to 3.6 s behind the others.
+    let times: Vec<i64> = (0..1500i64)
+        .map(|i| {
+            let behind = if i % 5 == 0 { (i * 7919 % 37) * 100 } else { 0 };
+            BASE_MS + i * 100 - behind
+        })
+        .collect();
+    // The oracle: the watermark before each message follows the newest
+    // time before it; a row whose window ended by then is late.
+    let mut newest: Option<i64> = None;
+    let mut on_time: std::collections::BTreeMap<i64, i64> = Default::default();
+    let mut late = 0;
+    for &t in &times {
+        let window_start = t.div_euclid(WINDOW_MS) * WINDOW_MS;
+        if newest.is_some_and(|n| window_start + WINDOW_MS <= n - DELAY_MS) {
+            late += 1;
+        } else {
+            *on_time.entry(window_start).or_default() += 1;
+        }
+        newest = Some(newest.map_or(t, |n| n.max(t)));
+    }
+    assert!(late > 50, "the data has late rows: {late}");
+    let server = TestServer::start().await;
+    let eddy = server.connect().await;
+    let view = |name: &str| {
+        format!(
+            "CREATE MATERIALIZED VIEW {name} AS
+               SELECT window_start, count(*) AS n FROM TUMBLE(ticks, ts, INTERVAL '1' SECOND)
+               GROUP BY window_start, window_end"
+        )
+    };
+    execute(
+        &eddy,
+        &format!(
+            "CREATE SOURCE ticks (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}')
+             FORMAT PLAIN ENCODE JSON;
+             {}",
+            bootstrap(),
+            view("live")
+        ),
+    )
+    .await;
+    let payloads: Vec<(i32, String)> = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (0, format!(r#"{{"id": {i}, "ts": {}}}"#, t * 1000)))
+        .collect();
+    for chunk in payloads.chunks(5) {
+        produce_values(&topic, chunk).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    execute(&eddy, &view("backlog")).await;
+    let expected: Vec<Vec<String>> = {
+        let mut rows: Vec<Vec<String>> = on_time
+            .iter()
+            .map(|(start, n)| {
+                let start = chrono::DateTime::from_timestamp_millis(*start).unwrap();
+                vec![start.format("%Y-%m-%d %H:%M:%S").to_string(), n.to_string()]
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let late_rows = |name: &'static str| {
+        format!("SELECT late_rows FROM eddy_catalog.materialized_views WHERE name = '{name}'")
+    };
+    for name in ["live", "backlog"] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = sorted_rows(&eddy, &format!("SELECT * FROM {name}")).await;
+            if rows == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {} windows, {} rows vs {} expected; late: {:?} vs {late}",
+                rows.len(),
+                rows.iter()
+                    .map(|r| r[1].parse::<i64>().unwrap())
+                    .sum::<i64>(),
+                times.len() - late,
+                query_text(&eddy, &late_rows(name)).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            query_text(&eddy, &late_rows(name)).await,
+            vec![vec![late.to_string()]],
+            "{name}"
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_error_fail_stops_the_view() {
     let topic = fresh_topic("strict");

@@ -57,8 +57,6 @@ pub fn producer() -> FutureProducer {
         .expect("producer")
 }
 
-/// Produces `(partition, key, payload)` messages, in order, and waits for
-/// all of them to be delivered.
 /// Produces `(partition, payload)` messages without keys, in order.
 pub async fn produce_values(topic: &str, messages: &[(i32, String)]) {
     let messages: Vec<(i32, Option<&str>, Option<&str>)> = messages
@@ -68,6 +66,8 @@ pub async fn produce_values(topic: &str, messages: &[(i32, String)]) {
     produce(topic, &messages).await;
 }
 
+/// Produces `(partition, key, payload)` messages, in order, and waits for
+/// all of them to be delivered.
 pub async fn produce(topic: &str, messages: &[(i32, Option<&str>, Option<&str>)]) {
     let producer = producer();
     // join_all polls the sends in order, so each partition gets its

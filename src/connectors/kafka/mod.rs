@@ -901,6 +901,16 @@ impl Messages {
     }
 }
 
+/// Part of a batch's change: the rows of its messages before a cut, the
+/// offsets after them (per partition), and the watermark to pass on after
+/// them (`None` for the batch's last part, whose watermark is the one
+/// after the whole batch).
+struct Segment {
+    change: ChangeBatch,
+    position: BTreeMap<i32, i64>,
+    watermark: Option<i64>,
+}
+
 struct Reader {
     config: Arc<KafkaSourceConfig>,
     /// Shared with each batch being read: the batch's messages borrow it
@@ -1178,7 +1188,7 @@ impl Reader {
             for message in &batch {
                 position.insert(message.partition(), message.offset() + 1);
             }
-            let change = if self.resume.is_some() {
+            let mut segments = if self.resume.is_some() {
                 let (mut replayed, mut live) = (Messages::default(), Messages::default());
                 for (index, message) in batch.iter().enumerate() {
                     match self.already_delivered(message.partition(), message.offset()) {
@@ -1189,13 +1199,34 @@ impl Reader {
                 if !replayed.list.is_empty() {
                     // Rebuilds the UPSERT key map; the changes are in the
                     // checkpointed state already.
-                    let _ = self.changes(&replayed)?;
+                    let _ = self.changes(&replayed, false)?;
                 }
                 self.accept(&live)?
             } else {
                 self.accept(&batch[..])?
             };
             drop(batch);
+            // Segments cut where the watermark moves (see advance_clock)
+            // go first, each with its watermark; the last goes below.
+            let change = segments
+                .pop()
+                .ok_or_else(|| crate::internal!("a batch's change without its last part"))?
+                .change;
+            for Segment {
+                change,
+                position,
+                watermark,
+            } in segments
+            {
+                if let Some(watermark) = watermark {
+                    self.config.progress.set_watermark(&self.view, watermark);
+                }
+                let position = self.position(position);
+                let arrived = arrived.unwrap_or_else(Instant::now);
+                runtime
+                    .send_source_changes(self.relation, change, watermark, position, arrived)
+                    .await?;
+            }
             for (&partition, &next) in &position {
                 let time = self.clock.time(partition);
                 self.config.progress.update(&self.view, partition, |p| {
@@ -1213,14 +1244,7 @@ impl Reader {
             if change.is_empty() && moved.is_none() && position.is_empty() {
                 continue;
             }
-            let event_times = position
-                .keys()
-                .filter_map(|p| Some((*p, self.clock.time(*p)?)))
-                .collect();
-            let position = ReaderPosition::Kafka {
-                next_offsets: position,
-                event_times,
-            };
+            let position = self.position(position);
             runtime
                 .send_source_changes(
                     self.relation,
@@ -1233,6 +1257,19 @@ impl Reader {
             // After queueing: what the backfill has read is in the runtime's
             // queue, ahead of anything asked of the runtime from now on.
             self.config.progress.backfill_read(&self.view);
+        }
+    }
+
+    /// The checkpointed position after the messages whose next offsets
+    /// (per partition) are `next_offsets`.
+    fn position(&self, next_offsets: BTreeMap<i32, i64>) -> ReaderPosition {
+        let event_times = next_offsets
+            .keys()
+            .filter_map(|p| Some((*p, self.clock.time(*p)?)))
+            .collect();
+        ReaderPosition::Kafka {
+            next_offsets,
+            event_times,
         }
     }
 
@@ -1262,14 +1299,14 @@ impl Reader {
         }
     }
 
-    /// The change a batch of messages makes; its bad messages are recorded
-    /// (or, under `on_error = 'fail'`, the error).
-    fn accept<B: ReceivedBatch + ?Sized>(&mut self, batch: &B) -> Result<ChangeBatch> {
+    /// The change a batch of messages makes, in segments; its bad messages
+    /// are recorded (or, under `on_error = 'fail'`, the error).
+    fn accept<B: ReceivedBatch + ?Sized>(&mut self, batch: &B) -> Result<Vec<Segment>> {
         let bytes = (0..batch.len())
             .map(|i| batch.payload(i).map_or(0, |p| p.len()) as u64)
             .sum();
         self.config.counters.read(batch.len() as u64, bytes);
-        let (change, mut bad) = self.changes(batch)?;
+        let (segments, mut bad) = self.changes(batch, true)?;
         // In message order: within a partition, offset order (which the
         // source's count relies on, see SourceErrors).
         bad.sort_by_key(|(index, _)| *index);
@@ -1291,15 +1328,17 @@ impl Reader {
                 .update(&self.view, error.partition, |p| p.bad_messages += 1);
             self.config.errors.record(error);
         }
-        Ok(change)
+        Ok(segments)
     }
 
-    /// The change a batch of messages makes, and its bad messages
+    /// The change a batch of messages makes, in segments (see
+    /// [`Self::advance_clock`]; one unless `cut`), and its bad messages
     /// `(index, reason)`.
     fn changes<B: ReceivedBatch + ?Sized>(
         &mut self,
         batch: &B,
-    ) -> Result<(ChangeBatch, Vec<(usize, String)>)> {
+        cut: bool,
+    ) -> Result<(Vec<Segment>, Vec<(usize, String)>)> {
         // The payloads to decode: (message index, payload, weight).
         // Borrowed from the messages, except Debezium's before/after parts.
         let mut pieces: Vec<(usize, std::borrow::Cow<'_, [u8]>, i64)> =
@@ -1351,36 +1390,108 @@ impl Reader {
             .collect();
         let (rows, message_of_row, weights) =
             self.without_bad_event_times(rows, message_of_row, weights, &mut bad)?;
-        // The newest event time per partition, from the inserted rows.
-        if let Some(column) = self.event_time_column() {
-            let times = cast(
-                rows.column(column),
-                &DataType::Timestamp(TimeUnit::Microsecond, None),
-            )?;
-            let times = times
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .ok_or_else(|| crate::internal!("watermark column is not a timestamp"))?;
-            for (row, &message) in message_of_row.iter().enumerate() {
-                if weights[row] > 0 && times.is_valid(row) {
-                    self.clock
-                        .saw(batch.partition(message), Some(times.value(row)));
+        let cuts = self.advance_clock(&rows, &message_of_row, &weights, batch, cut)?;
+        // Rows (and UPSERT deletions) are in message order: each segment
+        // is the rows of the messages before its cut.
+        let mut segments = Vec::with_capacity(cuts.len() + 1);
+        let mut first_row = 0;
+        let mut first_message = 0;
+        let ends = cuts
+            .iter()
+            .map(|&(message, watermark)| (message, Some(watermark)))
+            .chain([(batch.len(), None)]);
+        for (end_message, watermark) in ends {
+            let end_row = first_row
+                + message_of_row[first_row..].partition_point(|&message| message < end_message);
+            let segment_rows = rows.slice(first_row, end_row - first_row);
+            let segment_messages = &message_of_row[first_row..end_row];
+            let change = if self.config.format == MessageFormat::Upsert {
+                let segment_deletions: Vec<usize> = deletions
+                    .iter()
+                    .copied()
+                    .filter(|m| (first_message..end_message).contains(m))
+                    .collect();
+                self.upsert_change(&segment_rows, segment_messages, &segment_deletions, batch)?
+            } else {
+                ChangeBatch::new(segment_rows, weights[first_row..end_row].to_vec().into())?
+            };
+            let change = match &self.proctime {
+                Some(clock) => {
+                    let stamped = clock.stamp(&change.rows, &self.schema, clock.now())?;
+                    ChangeBatch::new(stamped, change.weights.clone())?
+                }
+                None => change,
+            };
+            let mut position = BTreeMap::new();
+            for message in first_message..end_message {
+                position.insert(batch.partition(message), batch.offset(message) + 1);
+            }
+            segments.push(Segment {
+                change,
+                position,
+                watermark,
+            });
+            (first_row, first_message) = (end_row, end_message);
+        }
+        Ok((segments, bad))
+    }
+
+    /// Notes each inserted row's event time in its partition's clock, in
+    /// message order. Where the watermark would have moved before a row
+    /// that is behind it (so the row may be late), returns a cut there:
+    /// `(message index, watermark)`; the messages before the cut go to the
+    /// view with that watermark after them, before the rest. So whether a
+    /// row is late depends on the messages read before it, not on how many
+    /// arrived together: a backlog read 4,096 messages at a time and a
+    /// live topic read one message at a time give the same late rows (for
+    /// one partition exactly; with several, on the order the partitions'
+    /// messages were read in). Rows not behind the watermark are late by
+    /// neither rule, so in-order data is never cut.
+    fn advance_clock<B: ReceivedBatch + ?Sized>(
+        &mut self,
+        rows: &RecordBatch,
+        message_of_row: &[usize],
+        weights: &[i64],
+        batch: &B,
+        cut: bool,
+    ) -> Result<Vec<(usize, i64)>> {
+        let (Some(watermark), Some(column)) = (&self.watermark, self.event_time_column()) else {
+            return Ok(vec![]);
+        };
+        let times = cast(
+            rows.column(column),
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let times = times
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .ok_or_else(|| crate::internal!("watermark column is not a timestamp"))?;
+        let mut cuts = Vec::new();
+        for (row, &message) in message_of_row.iter().enumerate() {
+            if weights[row] <= 0 || !times.is_valid(row) {
+                continue;
+            }
+            let time = times.value(row);
+            let partition = batch.partition(message);
+            // Behind its own partition's newest time by more than the
+            // delay (cheap: in-order rows stop here), then behind the
+            // merged watermark.
+            let behind = self
+                .clock
+                .time(partition)
+                .is_some_and(|newest| time < newest - watermark.delay_micros);
+            if cut && behind && message > cuts.last().map_or(0, |&(m, _)| m) {
+                if let Some(newest) = self.clock.merged() {
+                    let candidate = newest - watermark.delay_micros;
+                    if time < candidate && watermark.current().is_none_or(|w| w < candidate) {
+                        watermark.advance_to(newest);
+                        cuts.push((message, candidate));
+                    }
                 }
             }
+            self.clock.saw(partition, Some(time));
         }
-        let change = if self.config.format == MessageFormat::Upsert {
-            self.upsert_change(&rows, &message_of_row, &deletions, batch)?
-        } else {
-            ChangeBatch::new(rows, weights.into())?
-        };
-        let change = match &self.proctime {
-            Some(clock) => {
-                let stamped = clock.stamp(&change.rows, &self.schema, clock.now())?;
-                ChangeBatch::new(stamped, change.weights.clone())?
-            }
-            None => change,
-        };
-        Ok((change, bad))
+        Ok(cuts)
     }
 
     /// With a WATERMARK, a message whose event time is missing (it could
