@@ -905,6 +905,9 @@ impl Messages {
 /// offsets after them (per partition), and the watermark to pass on after
 /// them (`None` for the batch's last part, whose watermark is the one
 /// after the whole batch).
+/// A bad message of a batch: `(index in the batch, reason)`.
+type BadMessage = (usize, String);
+
 struct Segment {
     change: ChangeBatch,
     position: BTreeMap<i32, i64>,
@@ -1338,7 +1341,7 @@ impl Reader {
         &mut self,
         batch: &B,
         cut: bool,
-    ) -> Result<(Vec<Segment>, Vec<(usize, String)>)> {
+    ) -> Result<(Vec<Segment>, Vec<BadMessage>)> {
         // The payloads to decode: (message index, payload, weight).
         // Borrowed from the messages, except Debezium's before/after parts.
         let mut pieces: Vec<(usize, std::borrow::Cow<'_, [u8]>, i64)> =
