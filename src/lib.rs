@@ -110,6 +110,9 @@ pub struct ServerOptions {
     /// in an object store and no `wal_dir`, writes are durable only at the
     /// next checkpoint).
     pub wal_dir: Option<std::path::PathBuf>,
+    /// How much a durable sink may keep waiting for its target before it
+    /// fails (see `runtime::sink::SinkBacklog`).
+    pub sink_backlog_limit_bytes: usize,
 }
 
 impl ServerOptions {
@@ -130,6 +133,7 @@ impl ServerOptions {
             secrets_key_file: None,
             query_memory_bytes: engine::DEFAULT_QUERY_MEMORY_BYTES,
             wal_dir: None,
+            sink_backlog_limit_bytes: runtime::sink::SINK_BACKLOG_LIMIT_BYTES,
         }
     }
 }
@@ -180,6 +184,7 @@ impl Server {
             secrets_key_file,
             query_memory_bytes,
             wal_dir,
+            sink_backlog_limit_bytes,
         } = options;
         let loopback = listen.ip().is_loopback();
         access.auth = auth.unwrap_or(if loopback {
@@ -258,7 +263,8 @@ impl Server {
             .with_workers(workers)
             .with_connector_policy(connector_policy)
             .with_secret_box(secret_box)
-            .with_query_memory(query_memory_bytes);
+            .with_query_memory(query_memory_bytes)
+            .with_sink_backlog_limit(sink_backlog_limit_bytes);
         if let Some(wal) = wal {
             engine = engine.with_wal(wal);
         }

@@ -148,6 +148,10 @@ struct ServeArgs {
     /// spills to disk where it can, else fails with 53200).
     #[arg(long, env = "EDDY_QUERY_MEMORY_LIMIT", default_value = "2GB", value_parser = parse_size)]
     query_memory_limit: usize,
+    /// How much a sink may keep waiting for a target that takes nothing,
+    /// e.g. `512MB`; beyond it the sink fails (DROP and CREATE it again).
+    #[arg(long, env = "EDDY_SINK_BACKLOG_LIMIT", default_value = "512MB", value_parser = parse_size)]
+    sink_backlog_limit: usize,
 }
 
 /// `64MB`, `512KB`, `1GB`, `1048576` (bytes).
@@ -313,6 +317,7 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
     options.secrets_key_file = Some(args.data_dir.join("secrets.key"));
     options.wal_dir = Some(args.data_dir.join("wal"));
     options.query_memory_bytes = args.query_memory_limit;
+    options.sink_backlog_limit_bytes = args.sink_backlog_limit;
     let server = eddy::Server::start_with_options(options).await?;
     if let Some(http) = server.http_addr {
         tracing::info!("metrics at http://{http}/metrics");

@@ -1,78 +1,21 @@
 //! A sink whose target stops answering delays only that sink: writes to
-//! tables, DDL, CHECKPOINT, FLUSH (which names the sink) and SIGTERM all
-//! answer in bounded time; once the target answers again the sink catches
-//! up, exactly once.
+//! tables, DDL (CREATE SINK to the silent target too: 08001 after 30 s),
+//! CHECKPOINT, FLUSH (which names the sink) and SIGTERM all answer in
+//! bounded time; once the target answers again the sink catches up,
+//! exactly once. A target silent for long enough fails its sink instead of
+//! growing its backlog without bound.
 //!
-//! The target is the real PostgreSQL (scripts/postgres.sh) behind a TCP
-//! proxy in this test that can freeze: connections stay open, nothing is
-//! forwarded (a SIGSTOPped server, a hung network path).
+//! The target is the real PostgreSQL (scripts/postgres.sh) behind a
+//! freezing proxy (`common::proxy`). Each test names its sinks apart: the
+//! target's `eddy_sink_progress` is keyed by sink name.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::process::EddyProcess;
-use common::{connect_postgres, execute, postgres_rows, postgres_url, query_text};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A loopback proxy to `target` that forwards until frozen.
-struct FreezableProxy {
-    port: u16,
-    frozen: Arc<AtomicBool>,
-}
-
-impl FreezableProxy {
-    async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let frozen = Arc::new(AtomicBool::new(false));
-        let flag = frozen.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let target = target.clone();
-                let flag = flag.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::spawn(pump(client_read, server_write, flag.clone()));
-                    pump(server_read, client_write, flag).await;
-                });
-            }
-        });
-        Self { port, frozen }
-    }
-
-    fn freeze(&self, frozen: bool) {
-        self.frozen.store(frozen, Ordering::SeqCst);
-    }
-}
-
-/// Copies `from` to `to`, holding the bytes while the flag is set.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<AtomicBool>,
-) {
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        while frozen.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if to.write_all(&buffer[..n]).await.is_err() {
-            return;
-        }
-    }
-}
+use common::proxy::FreezableProxy;
+use common::{connect_postgres, execute, postgres_rows, query_text};
 
 /// `sql` answers (OK or error) within `bound`; returns the error if any.
 async fn answers_within(
@@ -94,15 +37,7 @@ async fn a_frozen_target_delays_only_its_sink() {
     pg.batch_execute("DROP TABLE IF EXISTS sink_stall")
         .await
         .unwrap();
-    let target = postgres_url();
-    let host_port = target
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("host:port in the test Postgres URL")
-        .to_string();
-    let proxy = FreezableProxy::start(host_port.clone()).await;
-    let through_proxy = target.replacen(&host_port, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (proxy, through_proxy) = FreezableProxy::to_test_postgres().await;
 
     let dir = std::env::temp_dir().join(format!("eddy-sink-stall-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -136,6 +71,24 @@ async fn a_frozen_target_delays_only_its_sink() {
             .await
             .is_none()
     );
+    // A new sink to the silent target: refused once the check times out.
+    let started = Instant::now();
+    let refused = answers_within(
+        &client,
+        &format!(
+            "CREATE SINK s2 FROM v WITH (connector = 'postgres', url = '{through_proxy}',
+                 table = 'sink_stall_2', primary_key = 'k', create_table = 'true')"
+        ),
+        Duration::from_secs(40),
+    )
+    .await
+    .expect("CREATE SINK to a silent target fails");
+    assert_eq!(refused.code().map(|c| c.code()), Some("08001"));
+    assert!(common::describe(&refused).contains("did not answer within 30 s"));
+    eprintln!(
+        "CREATE SINK to a silent target answered in {:?}",
+        started.elapsed()
+    );
     let flush = answers_within(&client, "FLUSH", bound)
         .await
         .expect("FLUSH names the sink that did not write");
@@ -168,4 +121,107 @@ async fn a_frozen_target_delays_only_its_sink() {
     eddy.terminate();
     eprintln!("SIGTERM with a frozen sink took {:?}", started.elapsed());
     proxy.freeze(false);
+}
+
+/// A target that takes nothing for long enough that the sink's backlog
+/// passes `--sink-backlog-limit` fails the sink instead of growing eddy's
+/// memory and checkpoints without bound; the backlog is dropped, so the
+/// sink stays failed (also across a restart: writing later epochs would
+/// leave a gap) until it is created again, which starts over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_past_its_limit_fails_the_sink_for_good() {
+    let pg = connect_postgres().await;
+    pg.batch_execute("DROP TABLE IF EXISTS sink_overflow")
+        .await
+        .unwrap();
+    let (proxy, through_proxy) = FreezableProxy::to_test_postgres().await;
+    let dir = std::env::temp_dir().join(format!("eddy-sink-overflow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let args = [
+        "--checkpoint-interval",
+        "200ms",
+        "--sink-backlog-limit",
+        "1MB",
+    ];
+    let mut eddy = EddyProcess::spawn(&dir, &args, &[]);
+    let client = eddy.connect().await;
+    let create_sink = format!(
+        "CREATE SINK overflowing FROM v WITH (connector = 'postgres', url = '{through_proxy}',
+             table = 'sink_overflow', primary_key = 'k', create_table = 'true')"
+    );
+    execute(
+        &client,
+        &format!(
+            "CREATE TABLE t (k INT PRIMARY KEY, body TEXT);
+             CREATE MATERIALIZED VIEW v AS SELECT k, body FROM t;
+             {create_sink};
+             INSERT INTO t VALUES (0, 'first');
+             FLUSH"
+        ),
+    )
+    .await;
+    proxy.freeze(true);
+    // About 3 MB of rows in several epochs (checkpoints every 200 ms) wait
+    // for the frozen target.
+    for chunk in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        execute(
+            &client,
+            &format!(
+                "INSERT INTO t SELECT k, repeat('x', 1000) FROM generate_series({}, {}) AS g(k)",
+                chunk * 500 + 1,
+                chunk * 500 + 500
+            ),
+        )
+        .await;
+    }
+    let status = "SELECT status FROM eddy_catalog.sinks WHERE name = 'overflowing'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let status = query_text(&client, status).await[0][0].clone();
+        if status.starts_with("failed:") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the sink did not fail: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        failed.contains("more than the 1 MB") && failed.contains("CREATE SINK again"),
+        "{failed}"
+    );
+    // The rest goes on.
+    execute(&client, "INSERT INTO t VALUES (5000, 'later'); CHECKPOINT").await;
+
+    // Failed for good, also after a restart and with the target back.
+    drop(client);
+    eddy.terminate();
+    proxy.freeze(false);
+    let mut eddy = EddyProcess::spawn(&dir, &args, &[]);
+    let client = eddy.connect().await;
+    let status = query_text(&client, status).await[0][0].clone();
+    assert!(
+        status.starts_with("failed:") && status.contains("CREATE SINK again"),
+        "{status}"
+    );
+    let flush = client
+        .simple_query("FLUSH")
+        .await
+        .expect_err("the sink failed");
+    assert!(common::describe(&flush).contains("sink overflowing failed"));
+    let count = "SELECT count(*)::TEXT FROM sink_overflow";
+    assert_eq!(postgres_rows(&pg, count).await, vec![vec!["1".to_string()]]);
+
+    // Created again, it starts over from the view: everything arrives.
+    execute(
+        &client,
+        &format!("DROP SINK overflowing; {create_sink}; FLUSH"),
+    )
+    .await;
+    assert_eq!(
+        postgres_rows(&pg, count).await,
+        vec![vec!["3002".to_string()]]
+    );
+    drop(client);
+    eddy.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
 }

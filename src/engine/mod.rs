@@ -133,6 +133,8 @@ pub struct Engine {
     workers: usize,
     /// What connector options may reach (files, hosts).
     policy: ConnectorPolicy,
+    /// A durable sink's backlog beyond this fails the sink.
+    sink_backlog_limit_bytes: usize,
     /// Seals secrets for the DDL log (see `catalog::secrets`).
     secret_box: Arc<SecretBox>,
     /// Where table writes are made durable before they are acknowledged
@@ -166,6 +168,7 @@ impl Engine {
             restoring: std::sync::Mutex::new(None),
             workers: 1,
             policy: ConnectorPolicy::default(),
+            sink_backlog_limit_bytes: crate::runtime::sink::SINK_BACKLOG_LIMIT_BYTES,
             secret_box: Arc::new(SecretBox::ephemeral().expect("the system's random numbers")),
             wal: None,
             wal_trimmed: std::sync::Mutex::new(None),
@@ -202,6 +205,12 @@ impl Engine {
     /// Lets ad hoc queries use at most `bytes` of memory together.
     pub fn with_query_memory(mut self, bytes: usize) -> Self {
         self.base_state = Self::base_state(bytes);
+        self
+    }
+
+    /// Fails a durable sink whose waiting epochs pass `bytes`.
+    pub fn with_sink_backlog_limit(mut self, bytes: usize) -> Self {
+        self.sink_backlog_limit_bytes = bytes;
         self
     }
 

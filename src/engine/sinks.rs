@@ -12,10 +12,13 @@ use crate::connectors::kafka;
 use crate::connectors::kafka::sink::KafkaSinkConfig;
 use crate::connectors::postgres::{self, PostgresSinkConfig};
 use crate::error::{EddyError, Result};
-use crate::runtime::sink::{SinkEpoch, SinkMode, SinkStatus};
+use crate::runtime::sink::{RestoredBacklog, SinkEpoch, SinkMode, SinkStatus};
 use crate::runtime::DURABLE_SINK_QUEUE_EPOCHS;
 use crate::sql::connector::{CreateSink, SinkInput};
 use crate::sql::CreateView;
+
+/// How long CREATE SINK waits for its target to answer the checks.
+const TARGET_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A checked sink of either kind.
 enum SinkConfig {
@@ -25,12 +28,20 @@ enum SinkConfig {
 
 impl SinkConfig {
     /// Checks at CREATE SINK that the target answers (and, for Postgres,
-    /// that its table fits).
-    /// A `fresh` sink starts its progress over; a restored one keeps it.
-    async fn validate_target(&self, fresh: bool) -> Result<()> {
+    /// that its table fits). Changes nothing a running sink relies on.
+    async fn validate_target(&self) -> Result<()> {
         match self {
-            Self::Postgres(config) => postgres::validate_target(config, fresh).await,
+            Self::Postgres(config) => postgres::validate_target(config).await,
             Self::Kafka(config) => kafka::sink::validate_target(config).await,
+        }
+    }
+
+    /// A new sink starts from its first epoch whatever an old sink of its
+    /// name left in the target (Postgres keeps progress per sink name).
+    async fn start_over(&self) -> Result<()> {
+        match self {
+            Self::Postgres(config) => postgres::reset_progress(config).await,
+            Self::Kafka(_) => Ok(()),
         }
     }
 
@@ -71,17 +82,68 @@ impl SinkConfig {
 }
 
 impl Engine {
+    /// `CREATE SINK`. The target is checked before the DDL lock is taken
+    /// (it may take up to [`TARGET_CHECK_TIMEOUT`], and checkpoints and
+    /// other DDL must not wait for it); under the lock the input is
+    /// resolved again and the sink attached.
     pub(super) async fn create_sink(&self, create: CreateSink) -> Result<StatementResult> {
-        let _ddl = self.ddl_lock.lock().await;
-        if self.catalog.sink(&create.name).is_some() {
-            if create.if_not_exists {
-                return Ok(StatementResult::Command("CREATE SINK".into()));
-            }
-            return Err(EddyError::DuplicateRelation(format!(
+        let exists = || match self.catalog.sink(&create.name) {
+            None => Ok(false),
+            Some(_) if create.if_not_exists => Ok(true),
+            Some(_) => Err(EddyError::DuplicateRelation(format!(
                 "sink \"{}\" already exists",
                 create.name
-            )));
+            ))),
+        };
+        if exists()? {
+            return Ok(StatementResult::Command("CREATE SINK".into()));
         }
+        let config = self.sink_config(&create).await?;
+        self.check_sink_target(&config, &create.name).await?;
+        let _ddl = self.ddl_lock.lock().await;
+        if exists()? {
+            return Ok(StatementResult::Command("CREATE SINK".into()));
+        }
+        // Under the lock, once the name is ours (a sink of this name that
+        // runs must keep its progress); the target answered just now.
+        if !self.is_restoring() {
+            match tokio::time::timeout(TARGET_CHECK_TIMEOUT, config.start_over()).await {
+                Ok(reset) => reset?,
+                Err(_) => {
+                    return Err(EddyError::ConnectionFailure(format!(
+                        "the target of sink {} did not answer within {} s",
+                        create.name,
+                        TARGET_CHECK_TIMEOUT.as_secs()
+                    )))
+                }
+            }
+        }
+        let (view, config, owned) = self.sink_config_and_view(&create, true).await?;
+        let view = view.ok_or_else(|| crate::internal!("sink input not started"))?;
+        let result = self.attach_sink(&create.name, config, &view).await;
+        if result.is_err() && owned {
+            self.runtime.drop_view(view.id).await?;
+            self.catalog.remove(&view.name);
+        }
+        result
+    }
+
+    /// The checked configuration of the sink `create` makes, for its
+    /// input as it is now (nothing started).
+    async fn sink_config(&self, create: &CreateSink) -> Result<SinkConfig> {
+        let (_, config, _) = self.sink_config_and_view(create, false).await?;
+        Ok(config)
+    }
+
+    /// The sink's configuration, the view it reads and whether the sink
+    /// owns it: a named view, or, for `CREATE SINK ... AS SELECT`, one of
+    /// its own, started when `start` (under the DDL lock; otherwise only
+    /// planned, and no view is returned).
+    async fn sink_config_and_view(
+        &self,
+        create: &CreateSink,
+        start: bool,
+    ) -> Result<(Option<Arc<ViewEntry>>, SinkConfig, bool)> {
         let kafka = match create
             .options
             .get("connector")
@@ -130,12 +192,11 @@ impl Engine {
             Self::check_sink_mode(&config, append_only)?;
             Ok(SinkConfig::Postgres(Box::new(config)))
         };
-        let (view, config, owned) = match &create.input {
+        match &create.input {
             SinkInput::View(name) => match self.catalog.require(name)? {
                 Relation::View(v) if v.owner_sink.is_none() => {
                     let config = config_for(&v.schema, &v.key, v.append_only)?;
-                    self.check_sink_target(&config, &create.name).await?;
-                    (v, config, false)
+                    Ok((Some(v), config, false))
                 }
                 _ => {
                     return Err(EddyError::WrongObjectType(format!(
@@ -158,19 +219,15 @@ impl Engine {
                 };
                 let (planned, _) = self.plan_view(&definition).await?;
                 let config = config_for(&planned.schema, &planned.key, planned.append_only)?;
-                self.check_sink_target(&config, &create.name).await?;
+                if !start {
+                    return Ok((None, config, true));
+                }
                 let view = self
                     .start_view(definition, planned, Some(create.name.clone()))
                     .await?;
-                (view, config, true)
+                Ok((Some(view), config, true))
             }
-        };
-        let result = self.attach_sink(&create.name, config, &view).await;
-        if result.is_err() && owned {
-            self.runtime.drop_view(view.id).await?;
-            self.catalog.remove(&view.name);
         }
-        result
     }
 
     fn check_sink_mode(config: &PostgresSinkConfig, append_only: bool) -> Result<()> {
@@ -184,22 +241,27 @@ impl Engine {
         Ok(())
     }
 
-    /// Checks a sink's target at CREATE SINK. When recovering, a target that
-    /// is away (Postgres restarting, a broker down) must not keep eddy from
-    /// starting: the sink retries on its own, so the error is only logged.
+    /// Checks a sink's target at CREATE SINK (within [`TARGET_CHECK_TIMEOUT`]:
+    /// a target that accepts connections and never answers is an error,
+    /// not a hang). When recovering, the target is not waited for at all: a
+    /// target that is away or silent (Postgres restarting, a broker down, a
+    /// frozen host) must not keep eddy from starting, and the restored sink
+    /// connects and retries on its own.
     async fn check_sink_target(&self, config: &SinkConfig, name: &str) -> Result<()> {
         for (host, port) in config.peers() {
             self.policy
                 .check_connect(&format!("sink {name}"), &host, port)
                 .await?;
         }
-        let restoring = self.is_restoring();
-        match config.validate_target(!restoring).await {
-            Err(e) if restoring => {
-                tracing::warn!(sink = name, error = %e, "sink target unavailable at recovery; the sink will retry");
-                Ok(())
-            }
-            other => other,
+        if self.is_restoring() {
+            return Ok(());
+        }
+        match tokio::time::timeout(TARGET_CHECK_TIMEOUT, config.validate_target()).await {
+            Ok(checked) => checked,
+            Err(_) => Err(EddyError::ConnectionFailure(format!(
+                "the target of sink {name} did not answer within {} s",
+                TARGET_CHECK_TIMEOUT.as_secs()
+            ))),
         }
     }
 
@@ -218,6 +280,9 @@ impl Engine {
             .take_restored(&format!("sink/{name}"))
             .map(|entries| SinkEpoch::restore_all(view.schema.clone(), entries))
             .transpose()?;
+        if let Some(RestoredBacklog::GivenUp(reason)) = &restored {
+            status.fail(reason.clone());
+        }
         config.spawn(receiver, status.clone(), restored.is_none());
         self.runtime
             .create_durable_sink(
@@ -227,6 +292,7 @@ impl Engine {
                 sender,
                 status.clone(),
                 restored,
+                self.sink_backlog_limit_bytes,
             )
             .await?;
         self.catalog.insert_sink(Arc::new(SinkEntry {

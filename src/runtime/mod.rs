@@ -45,7 +45,7 @@ use crate::state::checkpoint::{
 };
 use crate::state::{Changed, RowCodec, RowSet};
 use crate::stream::graph::{GraphStats, StreamGraph};
-use sink::{SinkEpoch, SinkStatus};
+use sink::{RestoredBacklog, SinkBacklog, SinkEpoch, SinkStatus};
 
 /// Commands queued to the worker (bounded). Small on purpose: a source
 /// command carries a batch of up to thousands of rows, and a checkpoint
@@ -171,9 +171,10 @@ enum Command {
         /// completed checkpoint. `None`: a SUBSCRIBE client, sent every
         /// epoch with changes and dropped (its channel closed) when it falls
         /// behind, instead of holding the runtime back.
-        durable: Option<(String, Arc<SinkStatus>)>,
-        /// Restored: epochs it had not acknowledged at the checkpoint.
-        unacked: Vec<SinkEpoch>,
+        durable: Option<(String, Arc<SinkStatus>, usize)>,
+        /// Restored: the epochs it had not acknowledged at the checkpoint
+        /// (or that it had given them up).
+        restored: Option<RestoredBacklog>,
         reply: oneshot::Sender<Result<()>>,
     },
     /// A table exists (or was restored): its rows, for checkpoints.
@@ -468,7 +469,8 @@ impl RuntimeHandle {
         view: RelationId,
         epochs: mpsc::Sender<SinkEpoch>,
         status: Arc<SinkStatus>,
-        restored: Option<Vec<SinkEpoch>>,
+        restored: Option<RestoredBacklog>,
+        backlog_limit_bytes: usize,
     ) -> Result<()> {
         let snapshot = restored.is_none();
         self.request(|reply| Command::CreateSink {
@@ -476,8 +478,8 @@ impl RuntimeHandle {
             view,
             epochs,
             snapshot,
-            durable: Some((name, status)),
-            unacked: restored.unwrap_or_default(),
+            durable: Some((name, status, backlog_limit_bytes)),
+            restored,
             reply,
         })
         .await?
@@ -499,7 +501,7 @@ impl RuntimeHandle {
             epochs,
             snapshot,
             durable: None,
-            unacked: vec![],
+            restored: None,
             reply,
         })
         .await?
@@ -594,9 +596,8 @@ struct DurableSink {
     name: String,
     status: Arc<SinkStatus>,
     codec: Arc<RowCodec>,
-    /// Captured in a checkpoint, not yet acknowledged by the sink; the
-    /// flag says whether it has been handed to the sink.
-    unacked: VecDeque<(SinkEpoch, bool)>,
+    /// Captured in a checkpoint, not yet acknowledged by the sink.
+    backlog: SinkBacklog,
 }
 
 struct Worker {
@@ -714,7 +715,7 @@ impl Worker {
                 epochs,
                 snapshot: with_snapshot,
                 durable,
-                unacked,
+                restored,
                 reply,
             } => {
                 let result = match self.views.get(&view) {
@@ -724,11 +725,11 @@ impl Worker {
                         } else {
                             vec![snapshot]
                         };
-                        let durable = durable.map(|(name, status)| DurableSink {
+                        let durable = durable.map(|(name, status, limit)| DurableSink {
                             name,
                             status,
                             codec: running.state.codec().clone(),
-                            unacked: unacked.into_iter().map(|e| (e, false)).collect(),
+                            backlog: SinkBacklog::new(restored, limit),
                         });
                         self.sinks.insert(
                             id,
@@ -975,23 +976,28 @@ impl Worker {
             let Some(durable) = &mut sink.durable else {
                 continue;
             };
-            let acknowledged = durable.status.committed_epoch();
             durable
-                .unacked
-                .retain(|(e, sent)| !(*sent && e.epoch <= acknowledged));
+                .backlog
+                .acknowledged(durable.status.committed_epoch());
             let changes = std::mem::take(&mut sink.pending);
-            durable.unacked.push_back((
-                SinkEpoch {
-                    epoch: self.epoch,
-                    changes,
-                },
-                false,
-            ));
-            let mut delta = StateDelta::new(true);
-            for (position, (epoch, _)) in durable.unacked.iter().enumerate() {
-                epoch.checkpoint(&durable.codec, position as u64, &mut delta)?;
+            let captured = SinkEpoch {
+                epoch: self.epoch,
+                changes,
+            };
+            if let Err(reason) = durable.backlog.push(captured) {
+                if durable.status.failure().as_deref() != Some(reason.as_str()) {
+                    let reason = match durable.status.failure() {
+                        Some(first) => format!("{first}; then {reason}"),
+                        None => reason,
+                    };
+                    durable.status.fail(reason);
+                }
             }
-            states.insert(format!("sink/{}", durable.name), delta);
+            let name = format!("sink/{}", durable.name);
+            let delta = durable
+                .backlog
+                .capture(&durable.codec, request.wants_full(&name))?;
+            states.insert(name, delta);
         }
         Ok(Capture {
             epoch: self.epoch,
@@ -1013,10 +1019,7 @@ impl Worker {
             let Some(durable) = &mut sink.durable else {
                 continue;
             };
-            for (captured, sent) in durable.unacked.iter_mut() {
-                if *sent || captured.epoch > epoch {
-                    continue;
-                }
+            for (captured, sent) in durable.backlog.unsent_through(epoch) {
                 match sink.epochs.try_send(captured.clone()) {
                     Ok(()) => *sent = true,
                     Err(mpsc::error::TrySendError::Full(_)) => break,

@@ -30,13 +30,15 @@ pub struct SinkEpoch {
 impl SinkEpoch {
     /// Writes this (unacknowledged) epoch into a checkpoint as entries
     /// `(position, index) -> epoch, kind, weight, row`; index 0 marks the
-    /// epoch itself, so that an empty epoch is replayed too.
+    /// epoch itself, so that an empty epoch is replayed too. Returns how
+    /// many entries it wrote. (The position is the epoch number; older
+    /// checkpoints numbered the backlog from 0, which reads the same.)
     pub(super) fn checkpoint(
         &self,
         codec: &RowCodec,
         position: u64,
         delta: &mut StateDelta,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let key = |index: u64| {
             let mut key = position.to_be_bytes().to_vec();
             key.extend_from_slice(&index.to_be_bytes());
@@ -55,15 +57,20 @@ impl SinkEpoch {
                 delta.put(key(index), value.finish());
             }
         }
-        Ok(())
+        Ok(index + 1)
     }
 
     /// Reads back a sink's unacknowledged epochs (of a view of `schema`)
-    /// from its checkpointed entries.
+    /// from its checkpointed entries, or why its backlog was given up.
     pub fn restore_all(
         schema: SchemaRef,
-        entries: BTreeMap<Vec<u8>, Vec<u8>>,
-    ) -> Result<Vec<SinkEpoch>> {
+        mut entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> Result<RestoredBacklog> {
+        if let Some(reason) = entries.remove(&overflow_key()) {
+            return Ok(RestoredBacklog::GivenUp(
+                String::from_utf8_lossy(&reason).into_owned(),
+            ));
+        }
         let codec = RowCodec::try_new(schema)?;
         // (epoch, its rows as (encoded row, weight))
         type EpochRows = (u64, Vec<(Vec<u8>, i64)>);
@@ -84,7 +91,7 @@ impl SinkEpoch {
                 }
             }
         }
-        epochs
+        let epochs = epochs
             .into_iter()
             .map(|(epoch, rows)| {
                 let changes = if rows.is_empty() {
@@ -98,7 +105,189 @@ impl SinkEpoch {
                 };
                 Ok(SinkEpoch { epoch, changes })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(RestoredBacklog::Epochs(epochs))
+    }
+
+    /// The memory its rows take.
+    fn bytes(&self) -> usize {
+        self.changes
+            .iter()
+            .map(|c| c.rows.get_array_memory_size() + c.weights.len() * 8)
+            .sum()
+    }
+}
+
+/// A sink's backlog as a checkpoint held it.
+#[derive(Debug)]
+pub enum RestoredBacklog {
+    /// The epochs the sink had not acknowledged.
+    Epochs(Vec<SinkEpoch>),
+    /// The backlog outgrew its bound and was dropped; the sink stays
+    /// failed with this reason (writing later epochs would leave a gap).
+    GivenUp(String),
+}
+
+/// A durable sink's backlog may hold this much (its rows in memory; the
+/// checkpoints hold the same). A target that takes nothing for long enough
+/// to pass it fails the sink instead of growing eddy's memory and
+/// checkpoints without bound.
+pub const SINK_BACKLOG_LIMIT_BYTES: usize = 512 << 20;
+
+/// The checkpoint key that marks a backlog given up (after every epoch's).
+fn overflow_key() -> Vec<u8> {
+    let mut key = u64::MAX.to_be_bytes().to_vec();
+    key.extend_from_slice(&0u64.to_be_bytes());
+    key
+}
+
+/// A durable sink's epochs captured by checkpoints and not yet
+/// acknowledged, oldest first, bounded by [`SINK_BACKLOG_LIMIT_BYTES`].
+///
+/// Checkpointed incrementally: each epoch's entries are keyed by its epoch
+/// number, written by the first checkpoint after it was captured, and
+/// deleted by the first one after the sink acknowledged it (a backlog that
+/// waits is not rewritten every second).
+#[derive(Debug)]
+pub(super) struct SinkBacklog {
+    epochs: std::collections::VecDeque<BacklogEpoch>,
+    bytes: usize,
+    limit: usize,
+    /// `(epoch, entries)` of acknowledged epochs some checkpoint holds.
+    to_delete: Vec<(u64, u64)>,
+    /// Write the whole backlog next time (a restored backlog may have been
+    /// keyed otherwise).
+    full_next: bool,
+    given_up: Option<String>,
+}
+
+#[derive(Debug)]
+struct BacklogEpoch {
+    epoch: SinkEpoch,
+    /// Handed to the sink task.
+    sent: bool,
+    /// Entries a checkpoint holds (`None`: none holds it yet).
+    checkpointed: Option<u64>,
+    bytes: usize,
+}
+
+impl SinkBacklog {
+    pub(super) fn new(restored: Option<RestoredBacklog>, limit: usize) -> Self {
+        let mut backlog = Self {
+            epochs: Default::default(),
+            bytes: 0,
+            limit,
+            to_delete: vec![],
+            full_next: true,
+            given_up: None,
+        };
+        match restored {
+            None => {}
+            Some(RestoredBacklog::GivenUp(reason)) => backlog.given_up = Some(reason),
+            Some(RestoredBacklog::Epochs(epochs)) => {
+                for epoch in epochs {
+                    // Past the limit already: given up, as it would be.
+                    let _ = backlog.push(epoch);
+                }
+            }
+        }
+        backlog
+    }
+
+    /// Drops the epochs the sink made durable (up to `committed`).
+    pub(super) fn acknowledged(&mut self, committed: u64) {
+        while let Some(first) = self.epochs.front() {
+            if !(first.sent && first.epoch.epoch <= committed) {
+                break;
+            }
+            let done = self.epochs.pop_front().expect("a first epoch");
+            self.bytes -= done.bytes;
+            if let Some(entries) = done.checkpointed {
+                self.to_delete.push((done.epoch.epoch, entries));
+            }
+        }
+    }
+
+    /// Adds a captured epoch. Past the limit the whole backlog is dropped
+    /// and `Err` says why (the sink must fail: it can never write
+    /// everything in order again).
+    pub(super) fn push(&mut self, epoch: SinkEpoch) -> std::result::Result<(), String> {
+        if let Some(reason) = &self.given_up {
+            return Err(reason.clone());
+        }
+        let bytes = epoch.bytes();
+        self.bytes += bytes;
+        self.epochs.push_back(BacklogEpoch {
+            epoch,
+            sent: false,
+            checkpointed: None,
+            bytes,
+        });
+        // The oldest epoch (the one being written, or next) is not counted:
+        // one epoch larger than the limit, such as a new sink's first (the
+        // view's rows), is written like any other.
+        let waiting = self.bytes - self.epochs.front().map_or(0, |e| e.bytes);
+        if waiting <= self.limit {
+            return Ok(());
+        }
+        let reason = format!(
+            "its target took nothing while {} epochs ({} MB) waited behind the one it is \
+             writing, more than the {} MB a sink may keep; they were dropped, so the sink cannot \
+             go on exactly-once: DROP SINK and CREATE SINK again to start over from the view",
+            self.epochs.len() - 1,
+            waiting >> 20,
+            self.limit >> 20
+        );
+        self.epochs.clear();
+        self.bytes = 0;
+        self.to_delete.clear();
+        self.full_next = true;
+        self.given_up = Some(reason.clone());
+        Err(reason)
+    }
+
+    /// The epochs not handed to the sink yet, up to `through`.
+    pub(super) fn unsent_through(
+        &mut self,
+        through: u64,
+    ) -> impl Iterator<Item = (&SinkEpoch, &mut bool)> {
+        self.epochs
+            .iter_mut()
+            .filter(|e| !e.sent)
+            .take_while(move |e| e.epoch.epoch <= through)
+            .map(|e| (&e.epoch, &mut e.sent))
+    }
+
+    /// The backlog's entries for a checkpoint: what changed since the last
+    /// one, or everything when `full`.
+    pub(super) fn capture(&mut self, codec: &RowCodec, full: bool) -> Result<StateDelta> {
+        let full = full || std::mem::take(&mut self.full_next);
+        let mut delta = StateDelta::new(full);
+        if let Some(reason) = &self.given_up {
+            if full {
+                delta.put(overflow_key(), reason.as_bytes());
+            }
+            return Ok(delta);
+        }
+        if !full {
+            for (epoch, entries) in self.to_delete.drain(..) {
+                for index in 0..entries {
+                    let mut key = epoch.to_be_bytes().to_vec();
+                    key.extend_from_slice(&index.to_be_bytes());
+                    delta.delete(key);
+                }
+            }
+        }
+        self.to_delete.clear();
+        for epoch in &mut self.epochs {
+            if full || epoch.checkpointed.is_none() {
+                let entries = epoch
+                    .epoch
+                    .checkpoint(codec, epoch.epoch.epoch, &mut delta)?;
+                epoch.checkpointed = Some(entries);
+            }
+        }
+        Ok(delta)
     }
 }
 
@@ -293,5 +482,115 @@ impl SinkStatus {
         state.committed_unix_ms = Some(chrono::Utc::now().timestamp_millis());
         drop(state);
         self.progress.send_modify(|p| p.committed_epoch = epoch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+        ]))
+    }
+
+    fn epoch(epoch: u64, rows: usize) -> SinkEpoch {
+        let batch = datafusion::arrow::array::RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|_| "x".repeat(100)),
+                )),
+            ],
+        )
+        .unwrap();
+        let weights = Int64Array::from(vec![1; rows]);
+        SinkEpoch {
+            epoch,
+            changes: vec![ChangeBatch::new(batch, weights).unwrap()],
+        }
+    }
+
+    /// Applies `delta` to `state` as a checkpoint chain would.
+    fn apply(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, delta: StateDelta) {
+        let full = delta.full;
+        let entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = delta
+            .entries()
+            .map(|e| e.map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))))
+            .collect::<Result<_>>()
+            .unwrap();
+        if full {
+            state.clear();
+        }
+        for (key, value) in entries {
+            match value {
+                Some(value) => state.insert(key, value),
+                None => state.remove(&key),
+            };
+        }
+    }
+
+    fn epochs_of(state: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u64> {
+        match SinkEpoch::restore_all(schema(), state.clone()).unwrap() {
+            RestoredBacklog::Epochs(epochs) => epochs.iter().map(|e| e.epoch).collect(),
+            RestoredBacklog::GivenUp(reason) => panic!("given up: {reason}"),
+        }
+    }
+
+    #[test]
+    fn checkpoints_hold_exactly_the_unacknowledged_epochs() {
+        let codec = RowCodec::try_new(schema()).unwrap();
+        let mut backlog = SinkBacklog::new(None, usize::MAX);
+        let mut state = BTreeMap::new();
+        for e in 1..=3 {
+            backlog.push(epoch(e, 3)).unwrap();
+        }
+        apply(&mut state, backlog.capture(&codec, false).unwrap());
+        assert_eq!(epochs_of(&state), vec![1, 2, 3]);
+        // Two are handed over and acknowledged; one more comes.
+        for (_, sent) in backlog.unsent_through(2) {
+            *sent = true;
+        }
+        backlog.acknowledged(2);
+        backlog.push(epoch(4, 0)).unwrap();
+        let delta = backlog.capture(&codec, false).unwrap();
+        assert!(!delta.full, "incremental once written whole");
+        apply(&mut state, delta);
+        assert_eq!(epochs_of(&state), vec![3, 4]);
+        let restored = SinkEpoch::restore_all(schema(), state.clone()).unwrap();
+        let RestoredBacklog::Epochs(restored) = restored else {
+            panic!("epochs")
+        };
+        assert_eq!(restored[0].changes[0].num_rows(), 3);
+        assert!(
+            restored[1].changes.is_empty(),
+            "an empty epoch comes back too"
+        );
+    }
+
+    #[test]
+    fn past_the_limit_the_backlog_is_given_up_for_good() {
+        let codec = RowCodec::try_new(schema()).unwrap();
+        let one = epoch(1, 100).bytes();
+        let mut backlog = SinkBacklog::new(None, one * 2);
+        let mut state = BTreeMap::new();
+        // The first, being written, does not count: even one far larger.
+        backlog.push(epoch(1, 1000)).unwrap();
+        backlog.push(epoch(2, 100)).unwrap();
+        backlog.push(epoch(3, 100)).unwrap();
+        apply(&mut state, backlog.capture(&codec, false).unwrap());
+        let reason = backlog.push(epoch(4, 100)).unwrap_err();
+        assert!(reason.contains("CREATE SINK again"), "{reason}");
+        assert!(backlog.push(epoch(5, 1)).is_err(), "stays given up");
+        apply(&mut state, backlog.capture(&codec, false).unwrap());
+        match SinkEpoch::restore_all(schema(), state).unwrap() {
+            RestoredBacklog::GivenUp(restored) => assert_eq!(restored, reason),
+            RestoredBacklog::Epochs(epochs) => panic!("{} epochs came back", epochs.len()),
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod kafka;
 pub mod process;
+pub mod proxy;
 
 /// The checkout the tests run from. Cargo sets `CARGO_MANIFEST_DIR` when it
 /// runs a test; the compile-time value can name another clone when clones

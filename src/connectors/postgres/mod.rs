@@ -22,4 +22,4 @@
 
 mod sink;
 
-pub use sink::{spawn_sink, validate_target, PostgresSinkConfig};
+pub use sink::{reset_progress, spawn_sink, validate_target, PostgresSinkConfig};

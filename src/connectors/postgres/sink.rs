@@ -229,6 +229,34 @@ async fn connect(config: &PostgresSinkConfig) -> Result<Client, tokio_postgres::
     Ok(client)
 }
 
+/// A connection for the sink task, with eddy's tables in place.
+async fn connect_ready(config: &PostgresSinkConfig) -> Result<Client, tokio_postgres::Error> {
+    let client = connect(config).await?;
+    ensure_tables(&client).await?;
+    Ok(client)
+}
+
+/// Starts a new sink's progress over: it writes from its first epoch,
+/// whatever an old sink of its name committed. Runs at CREATE SINK once
+/// the name is taken (a restored sink keeps its progress, to skip what it
+/// already committed).
+pub async fn reset_progress(config: &PostgresSinkConfig) -> Result<()> {
+    let client = connect(config).await.map_err(|e| {
+        EddyError::ConnectionFailure(pg_error(
+            &format!("cannot connect to Postgres for sink {}", config.sink_name),
+            &e,
+        ))
+    })?;
+    client
+        .execute(
+            &format!("DELETE FROM {PROGRESS_TABLE} WHERE sink = $1"),
+            &[&config.sink_name],
+        )
+        .await
+        .map_err(|e| EddyError::InvalidParameter(pg_error("Postgres", &e)))?;
+    Ok(())
+}
+
 fn pg_error(context: &str, e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{context}: {} ({})", db.message(), db.code().code()),
@@ -236,11 +264,10 @@ fn pg_error(context: &str, e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Checks (or creates) the target table and the progress table, and, for a
-/// `fresh` sink, resets its progress: a new sink starts at its first epoch
-/// (a sink restored from a checkpoint keeps it, to skip what it already
-/// committed). Runs at CREATE SINK, so mistakes are reported there.
-pub async fn validate_target(config: &PostgresSinkConfig, fresh: bool) -> Result<()> {
+/// Checks (or creates) the target table and eddy's tables. Runs at CREATE
+/// SINK, so mistakes are reported there (a sink restored from a checkpoint
+/// is not checked again).
+pub async fn validate_target(config: &PostgresSinkConfig) -> Result<()> {
     let client = connect(config).await.map_err(|e| {
         EddyError::ConnectionFailure(pg_error(
             &format!("cannot connect to Postgres for sink {}", config.sink_name),
@@ -276,6 +303,15 @@ pub async fn validate_target(config: &PostgresSinkConfig, fresh: bool) -> Result
             .map_err(user_error)?;
     }
     check_columns(&client, config).await?;
+    ensure_tables(&client).await.map_err(user_error)?;
+    Ok(())
+}
+
+/// Creates eddy's own tables in the target's database if missing: the
+/// sinks' progress and the rows they skipped. At CREATE SINK and at every
+/// connection of a sink (a sink restored from an older eddy's checkpoint
+/// may not have the second).
+async fn ensure_tables(client: &Client) -> Result<(), tokio_postgres::Error> {
     for definition in [
         format!(
             "{PROGRESS_TABLE} (sink TEXT PRIMARY KEY, epoch BIGINT NOT NULL, \
@@ -293,18 +329,9 @@ pub async fn validate_target(config: &PostgresSinkConfig, fresh: bool) -> Result
             // Two sinks creating it at once: one wins, the other sees it exist.
             let raced = matches!(e.code().map(|c| c.code()), Some("23505" | "42P07"));
             if !raced {
-                return Err(user_error(e));
+                return Err(e);
             }
         }
-    }
-    if fresh {
-        client
-            .execute(
-                &format!("DELETE FROM {PROGRESS_TABLE} WHERE sink = $1"),
-                &[&config.sink_name],
-            )
-            .await
-            .map_err(user_error)?;
     }
     Ok(())
 }
@@ -729,12 +756,19 @@ pub fn spawn_sink(
                             ))),
                         }
                     }
-                    None => match connect(&config).await {
-                        Ok(c) => {
+                    // Connecting is bounded too: a peer that accepts and
+                    // never finishes the handshake costs a retry.
+                    None => match tokio::time::timeout(WRITE_TIMEOUT, connect_ready(&config)).await
+                    {
+                        Ok(Ok(c)) => {
                             client = Some(c);
                             continue;
                         }
-                        Err(e) => Err(Retry::Error(e)),
+                        Ok(Err(e)) => Err(Retry::Error(e)),
+                        Err(_) => Err(Retry::Because(format!(
+                            "Postgres did not answer the connection within {} s",
+                            WRITE_TIMEOUT.as_secs()
+                        ))),
                     },
                 };
                 let reason = match result {
