@@ -13,7 +13,7 @@ use crate::connectors::kafka::sink::KafkaSinkConfig;
 use crate::connectors::postgres::{self, PostgresSinkConfig};
 use crate::error::{EddyError, Result};
 use crate::runtime::sink::{RestoredBacklog, SinkEpoch, SinkMode, SinkStatus};
-use crate::runtime::DURABLE_SINK_QUEUE_EPOCHS;
+use crate::runtime::{DurableSinkSpec, DURABLE_SINK_QUEUE_EPOCHS};
 use crate::sql::connector::{CreateSink, SinkInput};
 use crate::sql::CreateView;
 
@@ -198,12 +198,10 @@ impl Engine {
                     let config = config_for(&v.schema, &v.key, v.append_only)?;
                     Ok((Some(v), config, false))
                 }
-                _ => {
-                    return Err(EddyError::WrongObjectType(format!(
-                        "\"{name}\" is not a materialized view; sinks read materialized views \
-                         (or use CREATE SINK ... AS SELECT)"
-                    )))
-                }
+                _ => Err(EddyError::WrongObjectType(format!(
+                    "\"{name}\" is not a materialized view; sinks read materialized views \
+                     (or use CREATE SINK ... AS SELECT)"
+                ))),
             },
             SinkInput::Query(query) => {
                 let definition = CreateView {
@@ -285,15 +283,15 @@ impl Engine {
         }
         config.spawn(receiver, status.clone(), restored.is_none());
         self.runtime
-            .create_durable_sink(
+            .create_durable_sink(DurableSinkSpec {
                 id,
-                name.to_string(),
-                view.id,
-                sender,
-                status.clone(),
+                name: name.to_string(),
+                view: view.id,
+                epochs: sender,
+                status: status.clone(),
                 restored,
-                self.sink_backlog_limit_bytes,
-            )
+                backlog_limit_bytes: self.sink_backlog_limit_bytes,
+            })
             .await?;
         self.catalog.insert_sink(Arc::new(SinkEntry {
             id,

@@ -459,19 +459,19 @@ impl RuntimeHandle {
         self.request(|reply| Command::DropView { id, reply }).await
     }
 
-    /// Starts a durable sink `name` on `view`: it gets one [`SinkEpoch`] per
+    /// Starts a durable sink on its view: it gets one [`SinkEpoch`] per
     /// completed checkpoint. A new sink starts with the view's rows; a
     /// restored one with the epochs it had not acknowledged.
-    pub async fn create_durable_sink(
-        &self,
-        id: u64,
-        name: String,
-        view: RelationId,
-        epochs: mpsc::Sender<SinkEpoch>,
-        status: Arc<SinkStatus>,
-        restored: Option<RestoredBacklog>,
-        backlog_limit_bytes: usize,
-    ) -> Result<()> {
+    pub async fn create_durable_sink(&self, sink: DurableSinkSpec) -> Result<()> {
+        let DurableSinkSpec {
+            id,
+            name,
+            view,
+            epochs,
+            status,
+            restored,
+            backlog_limit_bytes,
+        } = sink;
         let snapshot = restored.is_none();
         self.request(|reply| Command::CreateSink {
             id,
@@ -589,6 +589,21 @@ struct RunningSink {
     epochs: mpsc::Sender<SinkEpoch>,
     /// `None`: a SUBSCRIBE client, never waited for (dropped when behind).
     durable: Option<DurableSink>,
+}
+
+/// What [`RuntimeHandle::create_durable_sink`] starts.
+pub struct DurableSinkSpec {
+    pub id: u64,
+    pub name: String,
+    /// The view it reads.
+    pub view: RelationId,
+    /// Where its epochs go (the sink task).
+    pub epochs: mpsc::Sender<SinkEpoch>,
+    pub status: Arc<SinkStatus>,
+    /// From a checkpoint; `None`: a new sink.
+    pub restored: Option<RestoredBacklog>,
+    /// Its backlog beyond this fails it.
+    pub backlog_limit_bytes: usize,
 }
 
 /// A sink that commits once per checkpoint.
