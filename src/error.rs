@@ -177,7 +177,7 @@ impl From<ArrowError> for EddyError {
     fn from(e: ArrowError) -> Self {
         match e {
             ArrowError::DivideByZero => EddyError::DivisionByZero("division by zero".into()),
-            ArrowError::CastError(m) | ArrowError::ParseError(m) => EddyError::InvalidValue(m),
+            ArrowError::CastError(m) | ArrowError::ParseError(m) => cast_error(m),
             ArrowError::ComputeError(m) if m.contains("overflow") => EddyError::OutOfRange(m),
             ArrowError::ArithmeticOverflow(m) => EddyError::OutOfRange(m),
             other => EddyError::Internal(other.to_string()),
@@ -205,9 +205,12 @@ impl From<DataFusionError> for EddyError {
                         EddyError::DivisionByZero("division by zero".into())
                     }
                     ArrowError::CastError(_) | ArrowError::ParseError(_) => {
-                        EddyError::InvalidValue(strip_prefix(&arrow_message))
+                        cast_error(strip_prefix(&arrow_message))
                     }
                     ArrowError::ArithmeticOverflow(_) => {
+                        EddyError::OutOfRange(strip_prefix(&arrow_message))
+                    }
+                    ArrowError::ComputeError(m) if m.contains("overflow") => {
                         EddyError::OutOfRange(strip_prefix(&arrow_message))
                     }
                     _ => EddyError::Internal(arrow_message),
@@ -252,6 +255,29 @@ impl From<DataFusionError> for EddyError {
                 }
             }
         }
+    }
+}
+
+/// A value that does not fit its target type: a number out of the
+/// type's range is 22003 (`smallint out of range`, as PostgreSQL says it),
+/// anything else 22P02. Arrow says both as "Can't cast value 70000 to type
+/// Int16".
+fn cast_error(message: String) -> EddyError {
+    let out_of_range = message
+        .split_once("Can't cast value ")
+        .and_then(|(_, rest)| rest.split_once(" to type "))
+        .and_then(|(value, target)| {
+            value.trim().parse::<f64>().ok()?;
+            match target.trim() {
+                "Int8" | "Int16" | "UInt8" => Some("smallint"),
+                "Int32" | "UInt16" => Some("integer"),
+                "Int64" | "UInt32" | "UInt64" => Some("bigint"),
+                _ => None,
+            }
+        });
+    match out_of_range {
+        Some(type_name) => EddyError::OutOfRange(format!("{type_name} out of range")),
+        None => EddyError::InvalidValue(message),
     }
 }
 

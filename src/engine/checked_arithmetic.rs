@@ -19,16 +19,16 @@ use datafusion::arrow::compute::kernels::numeric;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{DFSchema, DataFusionError, Result as DFResult, ScalarValue};
+use datafusion::common::{Column, DFSchema, DataFusionError, Result as DFResult, ScalarValue};
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::AggregateOrderSensitivity;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, BinaryExpr, ColumnarValue, Expr, ExprSchemable,
-    GroupsAccumulator, LogicalPlan, Operator, ReversedUDAF, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, SetMonotonicity, Signature, Volatility,
+    Accumulator, Aggregate, AggregateUDF, AggregateUDFImpl, BinaryExpr, ColumnarValue, Expr,
+    ExprSchemable, GroupsAccumulator, LogicalPlan, Operator, Projection, ReversedUDAF,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, SetMonotonicity, Signature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
 
@@ -178,9 +178,8 @@ impl CheckIntegerOverflow {
     }
 
     /// `expr` with its integer arithmetic checked; `schema` types its
-    /// columns. An aggregate's FILTER is left as it is: its text is part of
-    /// the aggregate's output name (DataFusion prints it with `Display`,
-    /// where a function cannot pass for an operator).
+    /// columns. (An aggregate's FILTER too, which renames the aggregate:
+    /// see [`keep_aggregate_names`].)
     fn rewrite(&self, expr: Expr, schema: &DFSchema) -> DFResult<Transformed<Expr>> {
         expr.transform_down(|expr| match expr {
             Expr::AggregateFunction(mut aggregate) => {
@@ -190,6 +189,11 @@ impl CheckIntegerOverflow {
                     let rewritten = self.rewrite(arg, schema)?;
                     changed |= rewritten.transformed;
                     aggregate.params.args.push(rewritten.data);
+                }
+                if let Some(filter) = aggregate.params.filter.take() {
+                    let rewritten = self.rewrite(*filter, schema)?;
+                    changed |= rewritten.transformed;
+                    aggregate.params.filter = Some(Box::new(rewritten.data));
                 }
                 Ok(Transformed::new(
                     Expr::AggregateFunction(aggregate),
@@ -218,6 +222,38 @@ impl CheckIntegerOverflow {
     }
 }
 
+/// An aggregate whose expressions were rewritten, with the output names
+/// it had. A checked FILTER changes an aggregate's name (DataFusion prints
+/// the FILTER with `Display`, where a function cannot pass for an
+/// operator); the plan above refers to the old name, so a projection puts
+/// it back.
+fn keep_aggregate_names(aggregate: Aggregate) -> DFResult<LogicalPlan> {
+    let names = aggregate.schema.clone();
+    let rebuilt = Aggregate::try_new(aggregate.input, aggregate.group_expr, aggregate.aggr_expr)?;
+    let same = rebuilt.schema.fields().len() == names.fields().len()
+        && rebuilt
+            .schema
+            .iter()
+            .zip(names.iter())
+            .all(|((_, new), (_, old))| new.name() == old.name());
+    if same {
+        return Ok(LogicalPlan::Aggregate(rebuilt));
+    }
+    let renamed = rebuilt
+        .schema
+        .iter()
+        .zip(names.iter())
+        .map(|((qualifier, new), (old_qualifier, old))| {
+            Expr::Column(Column::new(qualifier.cloned(), new.name()))
+                .alias_qualified(old_qualifier.cloned(), old.name())
+        })
+        .collect();
+    Ok(LogicalPlan::Projection(Projection::try_new(
+        renamed,
+        Arc::new(LogicalPlan::Aggregate(rebuilt)),
+    )?))
+}
+
 impl AnalyzerRule for CheckIntegerOverflow {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DFResult<LogicalPlan> {
         plan.transform_up_with_subqueries(|node| {
@@ -235,7 +271,13 @@ impl AnalyzerRule for CheckIntegerOverflow {
                     Arc::new(merged)
                 }
             };
-            node.map_expressions(|expr| self.rewrite(expr, &schema))
+            let rewritten = node.map_expressions(|expr| self.rewrite(expr, &schema))?;
+            match rewritten.data {
+                LogicalPlan::Aggregate(aggregate) if rewritten.transformed => {
+                    keep_aggregate_names(aggregate).map(Transformed::yes)
+                }
+                plan => Ok(Transformed::new_transformed(plan, rewritten.transformed)),
+            }
         })
         .map(|transformed| transformed.data)
     }
