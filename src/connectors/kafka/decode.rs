@@ -415,15 +415,19 @@ mod tests {
         ])
     }
 
-    #[test]
-    fn json_bad_messages_are_picked_out() {
-        let decoder = PayloadDecoder::try_new(
+    fn json_decoder(schema: SchemaRef) -> PayloadDecoder {
+        PayloadDecoder::try_new(
             MessageEncoding::Json,
-            schema(),
+            schema,
             &BTreeMap::new(),
             &ConnectorPolicy::default(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn json_bad_messages_are_picked_out() {
+        let decoder = json_decoder(schema());
         let payloads: Vec<&[u8]> = vec![
             br#"{"id": 1, "name": "a", "ts": "2024-01-01 00:00:01"}"#,
             br#"{"id": "x"}"#,
@@ -443,13 +447,7 @@ mod tests {
     /// it (arrow-json alone would truncate 7.5 to 7); whole ones are.
     #[test]
     fn fractions_do_not_fill_integer_columns() {
-        let one_pass = PayloadDecoder::try_new(
-            MessageEncoding::Json,
-            schema(),
-            &BTreeMap::new(),
-            &ConnectorPolicy::default(),
-        )
-        .unwrap();
+        let one_pass = json_decoder(schema());
         let payloads: Vec<&[u8]> = vec![
             br#"{"id": 7.5}"#,
             br#"{"id": 7.0}"#,
@@ -695,13 +693,7 @@ mod tests {
 
     #[test]
     fn one_pass_json_agrees_with_arrow_json() {
-        let one_pass = PayloadDecoder::try_new(
-            MessageEncoding::Json,
-            all_types(),
-            &BTreeMap::new(),
-            &ConnectorPolicy::default(),
-        )
-        .unwrap();
+        let one_pass = json_decoder(all_types());
         assert!(one_pass.json.is_some(), "takes every column type");
         let arrow = one_pass.clone().with_arrow_json();
         let mut accepted = 0;
@@ -748,13 +740,7 @@ mod tests {
 
     #[test]
     fn columns_not_built_are_placeholders_of_their_type() {
-        let decoder = PayloadDecoder::try_new(
-            MessageEncoding::Json,
-            all_types(),
-            &BTreeMap::new(),
-            &ConnectorPolicy::default(),
-        )
-        .unwrap();
+        let decoder = json_decoder(all_types());
         let payloads: Vec<&[u8]> = vec![br#"{"id": 7, "s": "x", "ts": "2024-01-01T00:00:00"}"#];
         let build = [false; 10];
         let decoded = decoder.decode(&payloads, Some(&build)).unwrap();

@@ -996,6 +996,24 @@ impl Reader {
         self
     }
 
+    /// The event times (µs) of decoded `rows`, when the reader has a
+    /// watermark.
+    fn event_times(&self, rows: &RecordBatch) -> Result<Option<TimestampMicrosecondArray>> {
+        let Some(column) = self.event_time_column() else {
+            return Ok(None);
+        };
+        let times = cast(
+            rows.column(column),
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        times
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| crate::internal!("watermark column is not a timestamp"))
+    }
+
     /// Where the watermark's column is among the decoded columns (the
     /// reader's schema has a PROCTIME() column they lack, stamped later).
     fn event_time_column(&self) -> Option<usize> {
@@ -1458,17 +1476,9 @@ impl Reader {
         batch: &B,
         cut: bool,
     ) -> Result<Vec<(usize, i64)>> {
-        let (Some(watermark), Some(column)) = (&self.watermark, self.event_time_column()) else {
+        let (Some(times), Some(watermark)) = (self.event_times(rows)?, &self.watermark) else {
             return Ok(vec![]);
         };
-        let times = cast(
-            rows.column(column),
-            &DataType::Timestamp(TimeUnit::Microsecond, None),
-        )?;
-        let times = times
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .ok_or_else(|| crate::internal!("watermark column is not a timestamp"))?;
         let mut cuts = Vec::new();
         for (row, &message) in message_of_row.iter().enumerate() {
             if weights[row] <= 0 || !times.is_valid(row) {
@@ -1509,17 +1519,9 @@ impl Reader {
         weights: Vec<i64>,
         bad: &mut Vec<(usize, String)>,
     ) -> Result<(RecordBatch, Vec<usize>, Vec<i64>)> {
-        let (Some(watermark), Some(column)) = (&self.watermark, self.event_time_column()) else {
+        let (Some(times), Some(watermark)) = (self.event_times(&rows)?, &self.watermark) else {
             return Ok((rows, message_of_row, weights));
         };
-        let times = cast(
-            rows.column(column),
-            &DataType::Timestamp(TimeUnit::Microsecond, None),
-        )?;
-        let times = times
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .ok_or_else(|| crate::internal!("watermark column is not a timestamp"))?;
         let column = self.schema.field(watermark.column).name();
         let latest = self
             .config

@@ -229,6 +229,16 @@ async fn connect(config: &PostgresSinkConfig) -> Result<Client, tokio_postgres::
     Ok(client)
 }
 
+/// A connection for CREATE SINK: failing to connect is 08001.
+async fn connect_for_statement(config: &PostgresSinkConfig) -> Result<Client> {
+    connect(config).await.map_err(|e| {
+        EddyError::ConnectionFailure(pg_error(
+            &format!("cannot connect to Postgres for sink {}", config.sink_name),
+            &e,
+        ))
+    })
+}
+
 /// A connection for the sink task, with eddy's tables in place.
 async fn connect_ready(config: &PostgresSinkConfig) -> Result<Client, tokio_postgres::Error> {
     let client = connect(config).await?;
@@ -241,12 +251,7 @@ async fn connect_ready(config: &PostgresSinkConfig) -> Result<Client, tokio_post
 /// the name is taken (a restored sink keeps its progress, to skip what it
 /// already committed).
 pub async fn reset_progress(config: &PostgresSinkConfig) -> Result<()> {
-    let client = connect(config).await.map_err(|e| {
-        EddyError::ConnectionFailure(pg_error(
-            &format!("cannot connect to Postgres for sink {}", config.sink_name),
-            &e,
-        ))
-    })?;
+    let client = connect_for_statement(config).await?;
     client
         .execute(
             &format!("DELETE FROM {PROGRESS_TABLE} WHERE sink = $1"),
@@ -268,12 +273,7 @@ fn pg_error(context: &str, e: &tokio_postgres::Error) -> String {
 /// SINK, so mistakes are reported there (a sink restored from a checkpoint
 /// is not checked again).
 pub async fn validate_target(config: &PostgresSinkConfig) -> Result<()> {
-    let client = connect(config).await.map_err(|e| {
-        EddyError::ConnectionFailure(pg_error(
-            &format!("cannot connect to Postgres for sink {}", config.sink_name),
-            &e,
-        ))
-    })?;
+    let client = connect_for_statement(config).await?;
     let user_error =
         |e: tokio_postgres::Error| EddyError::InvalidParameter(pg_error("Postgres", &e));
     if config.create_table {
