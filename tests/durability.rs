@@ -229,9 +229,27 @@ async fn a_full_disk_fails_writes_and_loses_nothing_acknowledged() {
     assert!(refused > 0, "a full disk refused no write");
     let acknowledged = 100 + (20 - refused);
     assert_eq!(count(&client, "SELECT count(*) FROM t").await, acknowledged);
-    // Space again: writes resume.
+    // A table created now cannot be made durable: CREATE TABLE says so, and
+    // the table takes no write (a crash would forget it, and the writes).
+    let created = client
+        .simple_query("CREATE TABLE later (k BIGINT)")
+        .await
+        .expect_err("no checkpoint can hold it");
+    let message = common::describe(&created);
+    assert!(
+        message.contains("not durable yet") && message.contains("takes no writes"),
+        "{message}"
+    );
+    let write = client
+        .simple_query("INSERT INTO later VALUES (1)")
+        .await
+        .expect_err("refused");
+    assert_eq!(write.code().map(|c| c.code()), Some("55000"), "{write:?}");
+    // Space again: writes resume, into the new table too once a checkpoint
+    // holds it.
     std::fs::remove_file(mount.join("filler")).unwrap();
     execute(&client, "INSERT INTO t VALUES (5000, 2)").await;
+    execute(&client, "CHECKPOINT; INSERT INTO later VALUES (1)").await;
     eddy.kill();
     let mut eddy = EddyProcess::spawn(&data, &["--checkpoint-interval", "0"], &[]);
     let client = eddy.connect().await;
@@ -239,5 +257,6 @@ async fn a_full_disk_fails_writes_and_loses_nothing_acknowledged() {
         count(&client, "SELECT count(*) FROM t").await,
         acknowledged + 1
     );
+    assert_eq!(count(&client, "SELECT count(*) FROM later").await, 1);
     eddy.terminate();
 }

@@ -70,6 +70,11 @@ pub struct TableEntry {
     pub watermark: Option<crate::connectors::table::TableWatermark>,
     /// The `column AS PROCTIME()`, stamped on every written row.
     pub proctime: Option<crate::connectors::table::ProcessingTime>,
+    /// A checkpoint holds the table (its CREATE TABLE is durable). Until
+    /// then it takes no writes: a write acknowledged to a table that a
+    /// crash would forget would be lost (the write-ahead log replays
+    /// writes into the tables a checkpoint holds).
+    pub durable: std::sync::atomic::AtomicBool,
 }
 
 impl TableEntry {

@@ -34,18 +34,40 @@ impl Engine {
     pub async fn checkpoint(&self) -> Result<Manifest> {
         let run = self.checkpoints.begin().await?;
         let request = run.request();
-        let (capture, catalog) = {
+        let (capture, catalog, new_tables) = {
             let _ddl = self.ddl_lock.lock().await;
             let mut capture = self.runtime.capture(request).await;
             if let Ok(capture) = &mut capture {
                 self.capture_source_counts(capture);
             }
-            (capture, self.catalog.ddl_log())
+            (capture, self.catalog.ddl_log(), self.tables_not_durable())
         };
         let manifest = run.complete(capture, catalog).await?;
+        // The checkpoint holds them now: they take writes.
+        for table in new_tables {
+            table
+                .durable
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         self.runtime.checkpoint_done(manifest.epoch).await?;
         self.trim_wal().await;
         Ok(manifest)
+    }
+
+    /// The tables no checkpoint holds yet.
+    fn tables_not_durable(&self) -> Vec<std::sync::Arc<crate::catalog::TableEntry>> {
+        self.catalog
+            .list()
+            .into_iter()
+            .filter_map(|relation| match relation {
+                crate::catalog::Relation::Table(table)
+                    if !table.durable.load(std::sync::atomic::Ordering::Acquire) =>
+                {
+                    Some(table)
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Each Kafka source's bad-message count (`source/<name>/errors`), so

@@ -326,9 +326,15 @@ impl Engine {
             self.record_ddl(&statement, sql)?;
             if !self.is_restoring() {
                 self.checkpoint().await.map_err(|e| {
+                    let tables = match &statement {
+                        EddyStatement::CreateTable(..) => {
+                            "; the table takes no writes until a checkpoint succeeds"
+                        }
+                        _ => "",
+                    };
                     EddyError::Checkpoint(format!(
                         "the statement took effect but is not durable yet (a later checkpoint \
-                         will make it so): {e}"
+                         will make it so){tables}: {e}"
                     ))
                 })?;
             }

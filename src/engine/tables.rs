@@ -335,6 +335,9 @@ impl Engine {
             append_only,
             watermark,
             proctime,
+            // Restored: a checkpoint holds it. New: once the checkpoint
+            // after its CREATE TABLE completes (Engine::checkpoint).
+            durable: std::sync::atomic::AtomicBool::new(restored.is_some()),
         });
         if let (Some(w), Some(watermark)) = (restored_watermark, &table.watermark) {
             watermark.resume_at(w);
@@ -390,6 +393,17 @@ impl Engine {
                 )))
             }
         };
+        if !table.durable.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(EddyError::Planning {
+                sqlstate: "55000",
+                message: format!(
+                    "table \"{}\" takes no writes yet: no checkpoint holds it (the one after \
+                     its CREATE TABLE failed), so a crash would forget it and the writes; \
+                     writes resume once a checkpoint succeeds (CHECKPOINT tries one now)",
+                    table.name
+                ),
+            });
+        }
         if table.append_only && kind != WriteKind::Insert {
             return Err(crate::not_supported!(
                 "table \"{}\" is append-only (WITH (append_only = true)): only INSERT is allowed",
