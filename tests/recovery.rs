@@ -187,6 +187,53 @@ async fn checkpoint_writes_a_small_delta(eddy: &Eddy, setup: &str, change: &str,
     );
 }
 
+/// The figures users read about a view (rows failed, rows late, each
+/// operator's rows in and out) are kept across a restart, not reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_views_counters_survive_a_restart() {
+    let dir = fresh_dir("counters");
+    let eddy = start(&dir, None).await;
+    execute(
+        &eddy.client,
+        "CREATE TABLE readings (k INT, d INT, ts TIMESTAMP,
+                                WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+         CREATE MATERIALIZED VIEW ratios AS SELECT k, 100 / d AS r FROM readings;
+         CREATE MATERIALIZED VIEW per_second AS
+           SELECT window_start, count(*) AS n FROM TUMBLE(readings, ts, INTERVAL '1' SECOND)
+           GROUP BY window_start, window_end;
+         INSERT INTO readings VALUES (1, 0, '2024-01-01 00:00:10'), (2, 5, '2024-01-01 00:00:10');
+         INSERT INTO readings VALUES (3, 0, '2024-01-01 00:00:01');
+         FLUSH",
+    )
+    .await;
+    let figures = "SELECT name, failed_rows, late_rows FROM eddy_catalog.materialized_views";
+    let operators = "SELECT view, operator_id, rows_in, rows_out, rows_failed, late_rows \
+                     FROM eddy_catalog.operator_stats";
+    let before = sorted_rows(&eddy.client, figures).await;
+    assert_eq!(
+        before,
+        vec![vec!["per_second", "0", "1"], vec!["ratios", "2", "0"]]
+    );
+    let operators_before = sorted_rows(&eddy.client, operators).await;
+    eddy.server.stop().await;
+
+    let eddy = start(&dir, None).await;
+    assert_eq!(sorted_rows(&eddy.client, figures).await, before);
+    assert_eq!(sorted_rows(&eddy.client, operators).await, operators_before);
+    // And they go on counting from there.
+    execute(
+        &eddy.client,
+        "INSERT INTO readings VALUES (4, 0, '2024-01-01 00:00:02'); FLUSH",
+    )
+    .await;
+    assert_eq!(
+        sorted_rows(&eddy.client, figures).await,
+        vec![vec!["per_second", "0", "2"], vec!["ratios", "3", "0"]]
+    );
+    eddy.server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_are_incremental() {
     let dir = fresh_dir("incremental");

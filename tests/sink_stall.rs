@@ -192,13 +192,17 @@ async fn a_backlog_past_its_limit_fails_the_sink_for_good() {
     // The rest goes on.
     execute(&client, "INSERT INTO t VALUES (5000, 'later'); CHECKPOINT").await;
 
-    // Failed for good, also after a restart and with the target back.
+    // Failed for good, also after a restart and with the target back; its
+    // figures are kept.
+    let written = "SELECT rows_written FROM eddy_catalog.sinks WHERE name = 'overflowing'";
+    assert_eq!(query_text(&client, written).await, vec![vec!["1"]]);
     drop(client);
     eddy.terminate();
     proxy.freeze(false);
     let mut eddy = EddyProcess::spawn(&dir, &args, &[]);
     let client = eddy.connect().await;
     let status = query_text(&client, status).await[0][0].clone();
+    assert_eq!(query_text(&client, written).await, vec![vec!["1"]]);
     assert!(
         status.starts_with("failed:") && status.contains("CREATE SINK again"),
         "{status}"

@@ -281,6 +281,9 @@ impl Engine {
         if let Some(RestoredBacklog::GivenUp(reason)) = &restored {
             status.fail(reason.clone());
         }
+        if let Some(counts) = self.take_restored(&format!("sink/{name}/counters")) {
+            status.restore_counts(counts)?;
+        }
         config.spawn(receiver, status.clone(), restored.is_none());
         self.runtime
             .create_durable_sink(DurableSinkSpec {

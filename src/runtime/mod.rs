@@ -1013,6 +1013,10 @@ impl Worker {
                 .backlog
                 .capture(&durable.codec, request.wants_full(&name))?;
             states.insert(name, delta);
+            states.insert(
+                format!("sink/{}/counters", durable.name),
+                durable.status.capture_counts(),
+            );
         }
         Ok(Capture {
             epoch: self.epoch,

@@ -460,6 +460,26 @@ impl SinkStatus {
         self.progress.send_modify(|p| p.failed = true);
     }
 
+    /// The figures users read (rows written, rows skipped), for a
+    /// checkpoint: they survive a restart.
+    pub(crate) fn capture_counts(&self) -> StateDelta {
+        let mut delta = StateDelta::new(true);
+        let mut value = Encoder::new();
+        value.u64(self.rows_written()).u64(self.rejected.total());
+        delta.put(b"counts", value.finish());
+        delta
+    }
+
+    /// Takes back what [`Self::capture_counts`] wrote.
+    pub fn restore_counts(&self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+        if let Some(value) = entries.get(&b"counts"[..]) {
+            let mut d = Decoder::new(value);
+            self.state().rows_written += d.u64()?;
+            self.rejected.add_to_total(d.u64()?);
+        }
+        Ok(())
+    }
+
     /// The rows skipped so far (the last 1000), and how many in all.
     pub fn rejected(&self) -> &RecentLog<RejectedRow> {
         &self.rejected

@@ -17,6 +17,7 @@ use crate::common::ChangeBatch;
 use crate::common::RelationId;
 use crate::error::Result;
 use crate::state::checkpoint::{CaptureRequest, RestoredState, StateDelta};
+use crate::state::codec::Decoder;
 
 pub type NodeIndex = usize;
 
@@ -33,6 +34,11 @@ struct GraphNode {
     parent: Option<(NodeIndex, usize)>,
     rows_in: u64,
     rows_out: u64,
+    /// Rows the operator failed and dropped as late before eddy last
+    /// started (restored from the checkpoint; its own counters start at
+    /// zero).
+    failed_before: u64,
+    late_before: u64,
     /// The last watermark this node passed on (µs), if any.
     watermark: Option<i64>,
 }
@@ -106,6 +112,8 @@ impl StreamGraph {
             parent: None,
             rows_in: 0,
             rows_out: 0,
+            failed_before: 0,
+            late_before: 0,
             watermark: None,
         });
         index
@@ -329,9 +337,9 @@ impl StreamGraph {
                 let stats = OperatorStats {
                     rows_in: n.rows_in,
                     rows_out: n.rows_out,
-                    rows_failed: counters.rows_failed,
+                    rows_failed: n.failed_before + counters.rows_failed,
                     state_keys: n.op.state_keys().unwrap_or(0),
-                    late_rows: counters.late_rows,
+                    late_rows: n.late_before + counters.late_rows,
                 };
                 OperatorStatus {
                     id: n.id,
@@ -359,6 +367,40 @@ impl StreamGraph {
             node.op.checkpoint(&mut delta)?;
             out.insert(name, delta);
         }
+        // The figures users read (rows in and out, failed, late) survive a
+        // restart: a few numbers per operator, written whole each time.
+        let mut counters = StateDelta::new(true);
+        for node in &self.nodes {
+            let op = node.op.counters();
+            counters.put_with(
+                |k| {
+                    k.u64(node.id);
+                },
+                |v| {
+                    v.u64(node.rows_in)
+                        .u64(node.rows_out)
+                        .u64(node.failed_before + op.rows_failed)
+                        .u64(node.late_before + op.late_rows);
+                },
+            );
+        }
+        out.insert(format!("{prefix}/counters"), counters);
+        Ok(())
+    }
+
+    /// Takes back the figures [`Self::checkpoint`] wrote, by operator id
+    /// (an operator new since then starts at zero).
+    fn restore_counters(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+        for (key, value) in entries {
+            let id = Decoder::new(&key).u64()?;
+            let mut value = Decoder::new(&value);
+            if let Some(node) = self.nodes.iter_mut().find(|n| n.id == id) {
+                node.rows_in = value.u64()?;
+                node.rows_out = value.u64()?;
+                node.failed_before = value.u64()?;
+                node.late_before = value.u64()?;
+            }
+        }
         Ok(())
     }
 
@@ -369,6 +411,10 @@ impl StreamGraph {
     /// stateful operators, the one at its position (an eddy whose operator
     /// descriptions changed gives the same plan other ids).
     pub fn restore(&mut self, prefix: &str, restored: &mut RestoredState) -> Result<()> {
+        // Checkpoints from before the figures were kept have none: zeros.
+        if let Some(counters) = restored.states.remove(&format!("{prefix}/counters")) {
+            self.restore_counters(counters)?;
+        }
         let operators = format!("{prefix}/op/");
         let checkpointed = restored
             .states
