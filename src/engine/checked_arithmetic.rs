@@ -9,14 +9,14 @@
 //! the error (constant expressions already at planning, by DataFusion's
 //! constant folding); in a materialized view the failing row is skipped and
 //! counted as a row error, like a division by zero
-//! (`stream::OperatorCounters::evaluate`). `sum` over BIGINT is checked the
-//! same way ([`register`]).
+//! (`stream::OperatorCounters::evaluate`). `sum` over BIGINT and NUMERIC is
+//! checked the same way ([`register`]).
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, Datum};
 use datafusion::arrow::compute::kernels::numeric;
-use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
+use datafusion::arrow::datatypes::{i256, DataType, Decimal128Type, FieldRef, Int64Type};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, DataFusionError, Result as DFResult, ScalarValue};
@@ -287,18 +287,24 @@ impl AnalyzerRule for CheckIntegerOverflow {
     }
 }
 
-/// `sum` over BIGINT that raises 22003 when the sum leaves BIGINT
-/// (DataFusion's wraps). Everything else (other types, DISTINCT, window
-/// frames) is DataFusion's `sum`; materialized views fold sums in
-/// `stream::accumulator`, which is exact the same way.
+/// `sum` over BIGINT and over NUMERIC that raises 22003 when the sum
+/// leaves BIGINT or its precision (DataFusion's wraps). Everything else
+/// (other types, DISTINCT, window frames) is DataFusion's `sum`;
+/// materialized views fold sums in `stream::accumulator`, which is exact
+/// the same way.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct CheckedSum {
     inner: datafusion::functions_aggregate::sum::Sum,
 }
 
-/// Whether `args` are those of a plain BIGINT sum (the checked case).
-fn bigint_sum(args: &AccumulatorArgs) -> bool {
-    !args.is_distinct && args.return_field.data_type() == &DataType::Int64
+/// Whether `args` are those of a plain BIGINT or NUMERIC sum (the
+/// checked cases).
+fn checked_sum(args: &AccumulatorArgs) -> bool {
+    !args.is_distinct
+        && matches!(
+            args.return_field.data_type(),
+            DataType::Int64 | DataType::Decimal128(..)
+        )
 }
 
 impl AggregateUDFImpl for CheckedSum {
@@ -315,10 +321,15 @@ impl AggregateUDFImpl for CheckedSum {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> DFResult<Box<dyn Accumulator>> {
-        if bigint_sum(&args) {
-            Ok(Box::new(CheckedBigintSum::default()))
-        } else {
-            self.inner.accumulator(args)
+        match args.return_field.data_type() {
+            _ if !checked_sum(&args) => self.inner.accumulator(args),
+            DataType::Decimal128(precision, scale) => Ok(Box::new(CheckedDecimalSum {
+                sum: i256::ZERO,
+                seen: false,
+                precision: *precision,
+                scale: *scale,
+            })),
+            _ => Ok(Box::new(CheckedBigintSum::default())),
         }
     }
 
@@ -327,7 +338,7 @@ impl AggregateUDFImpl for CheckedSum {
     }
 
     fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
-        !bigint_sum(&args) && self.inner.groups_accumulator_supported(args)
+        !checked_sum(&args) && self.inner.groups_accumulator_supported(args)
     }
 
     fn create_groups_accumulator(
@@ -392,6 +403,54 @@ impl Accumulator for CheckedBigintSum {
                     "bigint out of range".into(),
                 )))
             })
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self)
+    }
+}
+
+/// An exact NUMERIC sum (in 256 bits), read in the sum's precision or
+/// 22003 (PostgreSQL's "numeric field overflow").
+#[derive(Debug)]
+struct CheckedDecimalSum {
+    sum: i256,
+    seen: bool,
+    precision: u8,
+    scale: i8,
+}
+
+impl Accumulator for CheckedDecimalSum {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DFResult<()> {
+        let values = values[0].as_primitive::<Decimal128Type>();
+        for value in values.iter().flatten() {
+            self.sum = self.sum.wrapping_add(i256::from_i128(value));
+            self.seen = true;
+        }
+        Ok(())
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DFResult<()> {
+        self.update_batch(states)
+    }
+
+    fn state(&mut self) -> DFResult<Vec<ScalarValue>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    fn evaluate(&mut self) -> DFResult<ScalarValue> {
+        if !self.seen {
+            return Ok(ScalarValue::Decimal128(None, self.precision, self.scale));
+        }
+        let limit = i256::from_i128(10i128.pow(u32::from(self.precision.min(38))));
+        match self.sum.to_i128() {
+            Some(sum) if self.sum < limit && self.sum > limit.wrapping_neg() => Ok(
+                ScalarValue::Decimal128(Some(sum), self.precision, self.scale),
+            ),
+            _ => Err(DataFusionError::External(Box::new(EddyError::OutOfRange(
+                "numeric field overflow".into(),
+            )))),
+        }
     }
 
     fn size(&self) -> usize {

@@ -26,7 +26,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array,
 };
 use datafusion::arrow::compute::{cast, SortOptions};
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
+use datafusion::arrow::datatypes::{i256, DataType, Decimal128Type, Float64Type, Int64Type};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
 
@@ -145,8 +145,10 @@ pub enum AccumulatorState {
         sum: f64,
         count: i64,
     },
+    /// Exact in 256 bits (38-digit values summed do not fit 128); read as
+    /// the output's precision or 22003.
     DecimalSum {
-        sum: i128,
+        sum: i256,
         count: i64,
     },
     Values(BTreeMap<Box<[u8]>, i64>),
@@ -227,9 +229,10 @@ impl AggregateFolder {
             (AggregateKind::Count, _) => AccumulatorState::Count(0),
             (_, Some(NumericDomain::Int)) => AccumulatorState::IntSum { sum: 0, count: 0 },
             (_, Some(NumericDomain::Float)) => AccumulatorState::FloatSum { sum: 0.0, count: 0 },
-            (_, Some(NumericDomain::Decimal { .. })) => {
-                AccumulatorState::DecimalSum { sum: 0, count: 0 }
-            }
+            (_, Some(NumericDomain::Decimal { .. })) => AccumulatorState::DecimalSum {
+                sum: i256::ZERO,
+                count: 0,
+            },
             (AggregateKind::BoolAnd | AggregateKind::BoolOr, _) => AccumulatorState::Bools {
                 trues: 0,
                 falses: 0,
@@ -315,7 +318,9 @@ impl AggregateFolder {
             }
             (AccumulatorState::DecimalSum { sum, count }, PreparedInput::Decimal(values)) => {
                 if values.is_valid(row) {
-                    *sum = sum.wrapping_add(values.value(row).wrapping_mul(i128::from(weight)));
+                    let value = i256::from_i128(values.value(row));
+                    *sum =
+                        sum.wrapping_add(value.wrapping_mul(i256::from_i128(i128::from(weight))));
                     *count += weight;
                 }
             }
@@ -372,8 +377,7 @@ impl AggregateFolder {
                 };
                 match self.kind {
                     AggregateKind::Avg => self.decimal_average(*sum, *count, scale)?,
-                    // Widest precision here; cast to the plan's type below.
-                    _ => ScalarValue::Decimal128(Some(*sum), 38, scale),
+                    _ => self.decimal_sum(*sum, scale)?,
                 }
             }
             AccumulatorState::Values(multiset) => match self.kind {
@@ -437,16 +441,36 @@ impl AggregateFolder {
 
     /// A decimal average in the plan's output scale, truncated like
     /// DataFusion's: `sum * 10^(output scale - input scale) / count`.
-    fn decimal_average(&self, sum: i128, count: i64, scale: i8) -> Result<ScalarValue> {
+    fn decimal_average(&self, sum: i256, count: i64, scale: i8) -> Result<ScalarValue> {
         let DataType::Decimal128(out_precision, out_scale) = self.output_type else {
             return Err(crate::internal!(
                 "decimal avg with output type {}",
                 self.output_type
             ));
         };
-        let shift = 10i128.pow((out_scale - scale).max(0) as u32);
-        let avg = sum.wrapping_mul(shift) / i128::from(count);
-        Ok(ScalarValue::Decimal128(Some(avg), out_precision, out_scale))
+        let shift = i256::from_i128(10i128.pow((out_scale - scale).max(0) as u32));
+        let avg = sum
+            .wrapping_mul(shift)
+            .wrapping_div(i256::from_i128(i128::from(count)));
+        Ok(ScalarValue::Decimal128(
+            Some(decimal(avg, out_precision)?),
+            out_precision,
+            out_scale,
+        ))
+    }
+
+    /// A decimal sum in the output's precision (38 digits when the output
+    /// is not a decimal), or 22003 when it does not fit.
+    fn decimal_sum(&self, sum: i256, scale: i8) -> Result<ScalarValue> {
+        let precision = match self.output_type {
+            DataType::Decimal128(precision, _) => precision,
+            _ => 38,
+        };
+        Ok(ScalarValue::Decimal128(
+            Some(decimal(sum, precision)?),
+            precision,
+            scale,
+        ))
     }
 
     /// sum or avg over the distinct values of a group.
@@ -460,7 +484,9 @@ impl AggregateFolder {
         let values = &values[0];
         let decimal_sum = || {
             let decimals = values.as_primitive::<Decimal128Type>().values();
-            decimals.iter().fold(0i128, |a, b| a.wrapping_add(*b))
+            decimals
+                .iter()
+                .fold(i256::ZERO, |a, b| a.wrapping_add(i256::from_i128(*b)))
         };
         let as_f64 = || -> Result<Vec<f64>> {
             let floats = cast(values, &DataType::Float64)?;
@@ -478,7 +504,7 @@ impl AggregateFolder {
                 )?))
             }
             (AggregateKind::SumDistinct, DataType::Decimal128(_, scale)) => {
-                ScalarValue::Decimal128(Some(decimal_sum()), 38, *scale)
+                self.decimal_sum(decimal_sum(), *scale)?
             }
             (AggregateKind::SumDistinct, _) => ScalarValue::Float64(Some(as_f64()?.iter().sum())),
             (AggregateKind::AvgDistinct, DataType::Decimal128(_, scale)) => {
@@ -538,6 +564,17 @@ impl AggregateFolder {
 /// An exact integer sum as BIGINT, or 22003 when it does not fit.
 fn bigint(sum: i128) -> Result<i64> {
     i64::try_from(sum).map_err(|_| EddyError::OutOfRange("bigint out of range".into()))
+}
+
+/// An exact decimal value with at most `precision` digits, or 22003
+/// (PostgreSQL's "numeric field overflow").
+fn decimal(value: i256, precision: u8) -> Result<i128> {
+    let limit = i256::from_i128(10i128.pow(u32::from(precision.min(38))));
+    let overflow = || EddyError::OutOfRange("numeric field overflow".into());
+    if value >= limit || value <= limit.wrapping_neg() {
+        return Err(overflow());
+    }
+    value.to_i128().ok_or_else(overflow)
 }
 
 impl AccumulatorState {
@@ -605,7 +642,7 @@ impl AccumulatorState {
                 out.u8(2).f64(*sum).i64(*count);
             }
             AccumulatorState::DecimalSum { sum, count } => {
-                out.u8(3).i128(*sum).i64(*count);
+                out.u8(7).bytes(&sum.to_le_bytes()).i64(*count);
             }
             AccumulatorState::Values(values) => {
                 out.u8(4).u64(values.len() as u64);
@@ -636,8 +673,18 @@ impl AccumulatorState {
                 sum: d.f64()?,
                 count: d.i64()?,
             },
+            // Before decimal sums were exact: 128 bits (wrapped).
             3 => AccumulatorState::DecimalSum {
-                sum: d.i128()?,
+                sum: i256::from_i128(d.i128()?),
+                count: d.i64()?,
+            },
+            7 => AccumulatorState::DecimalSum {
+                sum: {
+                    let bytes: [u8; 32] = d.bytes()?.try_into().map_err(|_| {
+                        EddyError::Checkpoint("a decimal sum of the wrong size".into())
+                    })?;
+                    i256::from_le_bytes(bytes)
+                },
                 count: d.i64()?,
             },
             4 => {
