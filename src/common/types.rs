@@ -19,17 +19,89 @@ pub const PG_TYPE_METADATA_KEY: &str = "eddy.pg_type";
 /// Timestamps are kept in microseconds, Postgres' precision.
 pub const TIMESTAMP_UNIT: TimeUnit = TimeUnit::Microsecond;
 
+/// Field metadata key of a `varchar(n)` / `char(n)` column's declared type
+/// (`character varying(n)`): values of more than `n` characters are
+/// refused on write and bad messages in a source (22001 `value too long
+/// for type character varying(n)`).
+pub const MAX_CHARS_METADATA_KEY: &str = "eddy.max_chars";
+
 /// The Arrow field for a column declared with `sql_type`.
 pub fn column_field(name: &str, sql_type: &ast::DataType, nullable: bool) -> Result<Field> {
     let (data_type, pg_type) = arrow_type(sql_type)?;
-    let field = Field::new(name, data_type, nullable);
-    Ok(match pg_type {
-        Some(pg_type) => field.with_metadata(HashMap::from([(
-            PG_TYPE_METADATA_KEY.to_string(),
-            pg_type.to_string(),
-        )])),
-        None => field,
-    })
+    let mut metadata = HashMap::new();
+    if let Some(pg_type) = pg_type {
+        metadata.insert(PG_TYPE_METADATA_KEY.to_string(), pg_type.to_string());
+    }
+    if let Some((limit, name)) = declared_length(sql_type) {
+        metadata.insert(
+            MAX_CHARS_METADATA_KEY.to_string(),
+            format!("{name}({limit})"),
+        );
+    }
+    Ok(Field::new(name, data_type, nullable).with_metadata(metadata))
+}
+
+/// `varchar(n)`, `char(n)` and their spellings: `n` and the type's name as
+/// PostgreSQL says it. (A bare `char` is not limited here, though
+/// PostgreSQL takes it as `char(1)`.)
+fn declared_length(sql_type: &ast::DataType) -> Option<(u64, &'static str)> {
+    use ast::DataType as S;
+    let (length, name) = match sql_type {
+        S::Varchar(Some(l)) | S::CharacterVarying(Some(l)) | S::CharVarying(Some(l)) => {
+            (l, "character varying")
+        }
+        S::Char(Some(l)) | S::Character(Some(l)) => (l, "character"),
+        _ => return None,
+    };
+    match length {
+        ast::CharacterLength::IntegerLength { length, .. } => Some((*length, name)),
+        ast::CharacterLength::Max => None,
+    }
+}
+
+/// The most characters a value of `field` may hold, if declared.
+pub fn max_chars(field: &Field) -> Option<usize> {
+    let declared = field.metadata().get(MAX_CHARS_METADATA_KEY)?;
+    let (_, limit) = declared.strip_suffix(')')?.split_once('(')?;
+    limit.parse().ok()
+}
+
+/// Why a value of `field` longer than its declared length is refused.
+pub fn too_long_reason(field: &Field) -> String {
+    let declared = field
+        .metadata()
+        .get(MAX_CHARS_METADATA_KEY)
+        .map_or("character varying", String::as_str);
+    format!(
+        "value too long for type {declared} in column \"{}\"",
+        field.name()
+    )
+}
+
+/// The first value of the text column `values` (of `field`) longer than
+/// the field's declared length, if any.
+pub fn check_length(field: &Field, values: &dyn datafusion::arrow::array::Array) -> Result<()> {
+    let Some(limit) = max_chars(field) else {
+        return Ok(());
+    };
+    let Some(strings) = values
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StringArray>()
+    else {
+        return Ok(());
+    };
+    // Bytes bound characters from above: most values need no count.
+    match strings
+        .iter()
+        .flatten()
+        .find(|v| v.len() > limit && v.chars().count() > limit)
+    {
+        Some(_) => Err(EddyError::Planning {
+            sqlstate: "22001",
+            message: too_long_reason(field),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Whether values of `field` must be valid JSON.

@@ -186,6 +186,28 @@ impl PayloadDecoder {
                 bad.push((payload_of_row[row], reason));
             }
         }
+        // varchar(n) columns with a longer value.
+        for (column, field) in self.schema.fields().iter().enumerate() {
+            let Some(limit) = crate::common::types::max_chars(field) else {
+                continue;
+            };
+            let Some(strings) = rows.column(column).as_string_opt::<i32>() else {
+                continue;
+            };
+            for (row, kept) in keep.iter_mut().enumerate() {
+                let long = strings.is_valid(row) && {
+                    let value = strings.value(row);
+                    value.len() > limit && value.chars().count() > limit
+                };
+                if *kept && long {
+                    *kept = false;
+                    bad.push((
+                        payload_of_row[row],
+                        crate::common::types::too_long_reason(field),
+                    ));
+                }
+            }
+        }
         // NOT NULL columns that came out null: the field was missing.
         for (column, field) in self.schema.fields().iter().enumerate() {
             if field.is_nullable() {
@@ -466,6 +488,44 @@ mod tests {
             let bad: Vec<usize> = decoded.bad.iter().map(|b| b.0).collect();
             assert_eq!(bad, vec![0, 3], "{:?}", decoded.bad);
             assert!(decoded.bad[0].1.contains("7.5"), "{:?}", decoded.bad);
+        }
+    }
+
+    /// A string longer than its varchar(n) column is a bad message, by
+    /// characters (not bytes), whichever decoder reads it and whether the
+    /// column is built or not.
+    #[test]
+    fn strings_longer_than_their_column_are_bad() {
+        use datafusion::sql::sqlparser::ast;
+        let varchar = ast::DataType::Varchar(Some(ast::CharacterLength::IntegerLength {
+            length: 3,
+            unit: None,
+        }));
+        let schema = schema_of(vec![
+            Field::new("id", DataType::Int64, false),
+            crate::common::types::column_field("code", &varchar, true).unwrap(),
+        ]);
+        let one_pass = json_decoder(schema.clone());
+        assert!(one_pass.json.is_some());
+        let payloads: Vec<&[u8]> = vec![
+            br#"{"id": 1, "code": "abc"}"#,
+            br#"{"id": 2, "code": "abcd"}"#,
+            br#"{"id": 3, "code": "\u00e9\u00e9\u00e9"}"#,
+            "{\"id\": 4, \"code\": \"\u{e9}\u{e9}\u{e9}\u{e9}\"}".as_bytes(),
+            br#"{"id": 5}"#,
+        ];
+        for (decoder, build) in [
+            (one_pass.clone(), None),
+            (one_pass.clone(), Some(&[true, false][..])),
+            (one_pass.with_arrow_json(), None),
+        ] {
+            let decoded = decoder.decode(&payloads, build).unwrap();
+            assert_eq!(decoded.payload_of_row, vec![0, 2, 4], "{:?}", decoded.bad);
+            assert!(
+                decoded.bad[0].1.contains("character varying(3)"),
+                "{:?}",
+                decoded.bad
+            );
         }
     }
 

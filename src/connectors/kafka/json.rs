@@ -129,6 +129,8 @@ struct Column {
     column_type: ColumnType,
     /// NOT NULL: a missing or null field makes the payload bad.
     required: bool,
+    /// `varchar(n)`: a longer string makes the payload bad (why, then).
+    max_chars: Option<(usize, String)>,
 }
 
 /// Decodes payloads that are each one JSON object into rows of a schema.
@@ -293,6 +295,8 @@ impl JsonDecoder {
                     plain_key: plain.then(|| [name, b"\""].concat().into()),
                     column_type: ColumnType::of(field.data_type())?,
                     required: !field.is_nullable(),
+                    max_chars: crate::common::types::max_chars(field)
+                        .map(|limit| (limit, crate::common::types::too_long_reason(field))),
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -506,6 +510,19 @@ impl JsonDecoder {
         match (&column.column_type, span.kind) {
             (ColumnType::Boolean, Kind::True) => Ok(Value::Boolean(true)),
             (ColumnType::Boolean, Kind::False) => Ok(Value::Boolean(false)),
+            // varchar(n): the length is checked whether built or not (an
+            // escaped string not built is unescaped for it, in the batch's
+            // scratch text).
+            (ColumnType::Utf8, Kind::String { escaped }) if column.max_chars.is_some() => {
+                let value = text(escaped)?;
+                let s = value.text(payload, unescaped);
+                if let Some((limit, reason)) = &column.max_chars {
+                    if s.len() > *limit && s.chars().count() > *limit {
+                        return Err(Bad::from(reason.clone()));
+                    }
+                }
+                Ok(if built { value } else { Value::Null })
+            }
             // Not built: the escapes were checked by the scan.
             (ColumnType::Utf8, Kind::String { .. }) if !built => Ok(Value::Null),
             (ColumnType::Utf8, Kind::String { escaped }) => text(escaped),

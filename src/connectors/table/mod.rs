@@ -147,6 +147,7 @@ impl TableData {
                     self.table_name
                 )));
             }
+            crate::common::types::check_length(field, column.as_ref())?;
             if is_json_field(field) {
                 let strings = column
                     .as_string_opt::<i32>()
