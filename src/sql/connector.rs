@@ -356,14 +356,18 @@ pub fn seal_option_literals(sql: &str, object: &str) -> Result<(String, Vec<(Str
     let significant = |tokens: &[Token], from: usize| {
         (from..tokens.len()).find(|&i| !matches!(tokens[i], Token::Whitespace(_)))
     };
-    // The `(` that opens the WITH options.
-    let Some(with) = tokens
+    // The `(` that opens the WITH options: the last `WITH (` (a CREATE
+    // SINK ... AS query may begin with `WITH name AS (...)`, a common table
+    // expression, whose WITH is followed by a name).
+    let Some(open) = tokens
         .iter()
-        .position(|t| matches!(t, Token::Word(w) if w.keyword == Keyword::WITH))
+        .enumerate()
+        .filter(|(_, t)| matches!(t, Token::Word(w) if w.keyword == Keyword::WITH))
+        .filter_map(|(with, _)| {
+            significant(&tokens, with + 1).filter(|&i| tokens[i] == Token::LParen)
+        })
+        .next_back()
     else {
-        return Ok((sql.to_string(), vec![]));
-    };
-    let Some(open) = significant(&tokens, with + 1).filter(|&i| tokens[i] == Token::LParen) else {
         return Ok((sql.to_string(), vec![]));
     };
     let mut secrets = Vec::new();
@@ -503,6 +507,15 @@ mod tests {
         assert_eq!(
             super::super::secret_reference(&parsed.options["password"]),
             Some("__s_password")
+        );
+        // Behind a query with a common table expression too.
+        let with_cte = "CREATE SINK s AS WITH recent AS (SELECT 1 AS a) SELECT a FROM recent \
+                        WITH (connector = 'postgres', url = 'postgres://ann:hush@db/x', table = 't')";
+        let (sealed, secrets) = seal_option_literals(with_cte, "s").unwrap();
+        assert!(!sealed.contains("hush"), "{sealed}");
+        assert_eq!(
+            secrets,
+            vec![("__s_password".to_string(), "hush".to_string())]
         );
         // Nothing to seal: the text as it was.
         let plain = "CREATE SINK s FROM v WITH (connector = 'kafka', topic = 't')";
