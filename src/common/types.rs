@@ -188,3 +188,19 @@ pub fn all_nullable(schema: &Schema) -> SchemaRef {
         .collect();
     Arc::new(Schema::new(fields))
 }
+
+/// An exact decimal value (unscaled, in 256 bits) with at most `precision`
+/// digits, or 22003 (PostgreSQL's "numeric field overflow"): what a sum of
+/// NUMERIC reads as, never a wrapped value.
+pub fn decimal_in_precision(
+    value: datafusion::arrow::datatypes::i256,
+    precision: u8,
+) -> Result<i128> {
+    use datafusion::arrow::datatypes::i256;
+    let limit = i256::from_i128(10i128.pow(u32::from(precision.min(38))));
+    let overflow = || EddyError::OutOfRange("numeric field overflow".into());
+    if value >= limit || value <= limit.wrapping_neg() {
+        return Err(overflow());
+    }
+    value.to_i128().ok_or_else(overflow)
+}

@@ -321,16 +321,14 @@ impl AggregateUDFImpl for CheckedSum {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> DFResult<Box<dyn Accumulator>> {
-        match args.return_field.data_type() {
-            _ if !checked_sum(&args) => self.inner.accumulator(args),
-            DataType::Decimal128(precision, scale) => Ok(Box::new(CheckedDecimalSum {
-                sum: i256::ZERO,
-                seen: false,
-                precision: *precision,
-                scale: *scale,
-            })),
-            _ => Ok(Box::new(CheckedBigintSum::default())),
+        if !checked_sum(&args) {
+            return self.inner.accumulator(args);
         }
+        Ok(Box::new(ExactSum {
+            sum: i256::ZERO,
+            seen: false,
+            output: args.return_field.data_type().clone(),
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> DFResult<Vec<FieldRef>> {
@@ -367,65 +365,32 @@ impl AggregateUDFImpl for CheckedSum {
     // `sum(a + c)` to `sum(a) + c * count(a)` with unchecked arithmetic.
 }
 
-/// An exact BIGINT sum (in i128), read as BIGINT or 22003.
-#[derive(Debug, Default)]
-struct CheckedBigintSum {
-    sum: i128,
-    seen: bool,
-}
-
-impl Accumulator for CheckedBigintSum {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> DFResult<()> {
-        let values = values[0].as_primitive::<Int64Type>();
-        for value in values.iter().flatten() {
-            self.sum += i128::from(value);
-            self.seen = true;
-        }
-        Ok(())
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> DFResult<()> {
-        self.update_batch(states)
-    }
-
-    fn state(&mut self) -> DFResult<Vec<ScalarValue>> {
-        Ok(vec![self.evaluate()?])
-    }
-
-    fn evaluate(&mut self) -> DFResult<ScalarValue> {
-        if !self.seen {
-            return Ok(ScalarValue::Int64(None));
-        }
-        i64::try_from(self.sum)
-            .map(|sum| ScalarValue::Int64(Some(sum)))
-            .map_err(|_| {
-                DataFusionError::External(Box::new(EddyError::OutOfRange(
-                    "bigint out of range".into(),
-                )))
-            })
-    }
-
-    fn size(&self) -> usize {
-        std::mem::size_of_val(self)
-    }
-}
-
-/// An exact NUMERIC sum (in 256 bits), read in the sum's precision or
-/// 22003 (PostgreSQL's "numeric field overflow").
+/// An exact BIGINT or NUMERIC sum (in 256 bits), read as the sum's type:
+/// BIGINT, or NUMERIC of the sum's precision, else 22003.
 #[derive(Debug)]
-struct CheckedDecimalSum {
+struct ExactSum {
     sum: i256,
     seen: bool,
-    precision: u8,
-    scale: i8,
+    output: DataType,
 }
 
-impl Accumulator for CheckedDecimalSum {
+impl Accumulator for ExactSum {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DFResult<()> {
-        let values = values[0].as_primitive::<Decimal128Type>();
-        for value in values.iter().flatten() {
+        let mut add = |value: i128| {
             self.sum = self.sum.wrapping_add(i256::from_i128(value));
             self.seen = true;
+        };
+        match values[0].data_type() {
+            DataType::Decimal128(..) => values[0]
+                .as_primitive::<Decimal128Type>()
+                .iter()
+                .flatten()
+                .for_each(add),
+            _ => values[0]
+                .as_primitive::<Int64Type>()
+                .iter()
+                .flatten()
+                .for_each(|v| add(i128::from(v))),
         }
         Ok(())
     }
@@ -439,18 +404,22 @@ impl Accumulator for CheckedDecimalSum {
     }
 
     fn evaluate(&mut self) -> DFResult<ScalarValue> {
-        if !self.seen {
-            return Ok(ScalarValue::Decimal128(None, self.precision, self.scale));
-        }
-        let limit = i256::from_i128(10i128.pow(u32::from(self.precision.min(38))));
-        match self.sum.to_i128() {
-            Some(sum) if self.sum < limit && self.sum > limit.wrapping_neg() => Ok(
-                ScalarValue::Decimal128(Some(sum), self.precision, self.scale),
-            ),
-            _ => Err(DataFusionError::External(Box::new(EddyError::OutOfRange(
-                "numeric field overflow".into(),
-            )))),
-        }
+        let sum = self.seen.then_some(self.sum);
+        let value = match self.output {
+            DataType::Decimal128(precision, scale) => sum
+                .map(|sum| crate::common::types::decimal_in_precision(sum, precision))
+                .transpose()
+                .map(|sum| ScalarValue::Decimal128(sum, precision, scale)),
+            _ => sum
+                .map(|sum| {
+                    sum.to_i128()
+                        .and_then(|sum| i64::try_from(sum).ok())
+                        .ok_or_else(|| EddyError::OutOfRange("bigint out of range".into()))
+                })
+                .transpose()
+                .map(ScalarValue::Int64),
+        };
+        value.map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
     fn size(&self) -> usize {

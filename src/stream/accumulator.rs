@@ -30,6 +30,7 @@ use datafusion::arrow::datatypes::{i256, DataType, Decimal128Type, Float64Type, 
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
 
+use crate::common::types::decimal_in_precision;
 use crate::error::{EddyError, Result};
 
 /// Which aggregate function, as eddy maintains it.
@@ -453,7 +454,7 @@ impl AggregateFolder {
             .wrapping_mul(shift)
             .wrapping_div(i256::from_i128(i128::from(count)));
         Ok(ScalarValue::Decimal128(
-            Some(decimal(avg, out_precision)?),
+            Some(decimal_in_precision(avg, out_precision)?),
             out_precision,
             out_scale,
         ))
@@ -467,7 +468,7 @@ impl AggregateFolder {
             _ => 38,
         };
         Ok(ScalarValue::Decimal128(
-            Some(decimal(sum, precision)?),
+            Some(decimal_in_precision(sum, precision)?),
             precision,
             scale,
         ))
@@ -564,17 +565,6 @@ impl AggregateFolder {
 /// An exact integer sum as BIGINT, or 22003 when it does not fit.
 fn bigint(sum: i128) -> Result<i64> {
     i64::try_from(sum).map_err(|_| EddyError::OutOfRange("bigint out of range".into()))
-}
-
-/// An exact decimal value with at most `precision` digits, or 22003
-/// (PostgreSQL's "numeric field overflow").
-fn decimal(value: i256, precision: u8) -> Result<i128> {
-    let limit = i256::from_i128(10i128.pow(u32::from(precision.min(38))));
-    let overflow = || EddyError::OutOfRange("numeric field overflow".into());
-    if value >= limit || value <= limit.wrapping_neg() {
-        return Err(overflow());
-    }
-    value.to_i128().ok_or_else(overflow)
 }
 
 impl AccumulatorState {
