@@ -511,6 +511,59 @@ async fn rows_the_target_refuses_are_skipped_and_listed() {
     server.stop().await;
 }
 
+/// Two eddys with a sink of the same name into one database: the one
+/// created later takes the name over, and the first one's sink fails with
+/// a message saying so at its next write, instead of silently skipping its
+/// epochs (the progress row is per sink name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_name_taken_over_by_another_eddy_fails_loudly() {
+    let pg = connect_postgres().await;
+    pg.batch_execute("DROP TABLE IF EXISTS sink_twin_a, sink_twin_b")
+        .await
+        .unwrap();
+    let first = TestServer::start().await;
+    let second = TestServer::start().await;
+    let (a, b) = (first.connect().await, second.connect().await);
+    for (eddy, table) in [(&a, "sink_twin_a"), (&b, "sink_twin_b")] {
+        execute(
+            eddy,
+            &format!(
+                "CREATE TABLE t (k INT PRIMARY KEY, v INT);
+                 INSERT INTO t VALUES (1, 1), (2, 2);
+                 CREATE MATERIALIZED VIEW v AS SELECT k, v FROM t;
+                 CREATE SINK twin FROM v WITH ({});
+                 FLUSH",
+                sink_options(table, ", primary_key = 'k', create_table = 'true'")
+            ),
+        )
+        .await;
+    }
+    // The second has everything; the first's next write finds the name
+    // taken and fails, naming the cause.
+    execute(&b, "INSERT INTO t VALUES (3, 3); FLUSH").await;
+    let count = |table: &str| format!("SELECT count(*)::TEXT FROM {table}");
+    assert_eq!(
+        postgres_rows(&pg, &count("sink_twin_b")).await,
+        vec![vec!["3"]]
+    );
+    execute(&a, "INSERT INTO t VALUES (4, 4)").await;
+    let flush = a
+        .simple_query("FLUSH")
+        .await
+        .expect_err("the name was taken over");
+    let message = common::describe(&flush);
+    assert!(
+        message.contains("another sink named twin writes into this database"),
+        "{message}"
+    );
+    assert_eq!(
+        postgres_rows(&pg, &count("sink_twin_a")).await,
+        vec![vec!["2"]]
+    );
+    first.stop().await;
+    second.stop().await;
+}
+
 /// One random scenario: changes to a table, a view, and its sink.
 async fn oracle_case(case: usize, changes: Vec<(u8, i32, i32)>) -> Result<(), TestCaseError> {
     let pg = connect_postgres().await;

@@ -307,6 +307,11 @@ pub struct SinkStatus {
     dropped: AtomicBool,
     /// Rows the target refused that the sink skipped (`on_error = 'skip'`).
     rejected: RecentLog<RejectedRow>,
+    /// This sink's mark in its target (a Postgres sink's progress row):
+    /// made at CREATE SINK, kept in the checkpoints, so that another eddy
+    /// writing a sink of the same name into the same place is noticed
+    /// instead of silently skipping this one's epochs.
+    writer: Mutex<String>,
 }
 
 /// A row a sink skipped because its target refused it, as
@@ -330,6 +335,18 @@ struct SinkState {
     writing_since: Option<std::time::Instant>,
     /// When the last epoch was committed (Unix ms).
     committed_unix_ms: Option<i64>,
+}
+
+/// A fresh random mark for a new sink (16 hex digits).
+fn new_writer_mark() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    // The system's random source does not fail on the platforms eddy runs
+    // on; a clock-based mark is still unique enough if it ever did.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        bytes = (chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A sink that has been writing one epoch this long without committing it
@@ -356,6 +373,7 @@ impl SinkStatus {
             progress,
             dropped: AtomicBool::new(false),
             rejected: RecentLog::default(),
+            writer: Mutex::new(new_writer_mark()),
         })
     }
 
@@ -467,7 +485,16 @@ impl SinkStatus {
         let mut value = Encoder::new();
         value.u64(self.rows_written()).u64(self.rejected.total());
         delta.put(b"counts", value.finish());
+        delta.put(b"writer", self.writer().as_bytes());
         delta
+    }
+
+    /// This sink's mark in its target (see the field).
+    pub fn writer(&self) -> String {
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Takes back what [`Self::capture_counts`] wrote.
@@ -476,6 +503,10 @@ impl SinkStatus {
             let mut d = Decoder::new(value);
             self.state().rows_written += d.u64()?;
             self.rejected.add_to_total(d.u64()?);
+        }
+        if let Some(writer) = entries.get(&b"writer"[..]) {
+            *self.writer.lock().unwrap_or_else(|p| p.into_inner()) =
+                String::from_utf8_lossy(writer).into_owned();
         }
         Ok(())
     }

@@ -315,7 +315,7 @@ async fn ensure_tables(client: &Client) -> Result<(), tokio_postgres::Error> {
     for definition in [
         format!(
             "{PROGRESS_TABLE} (sink TEXT PRIMARY KEY, epoch BIGINT NOT NULL, \
-             updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+             updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), writer TEXT)"
         ),
         format!(
             "{ERRORS_TABLE} (sink TEXT NOT NULL, epoch BIGINT NOT NULL, key TEXT NOT NULL, \
@@ -333,7 +333,12 @@ async fn ensure_tables(client: &Client) -> Result<(), tokio_postgres::Error> {
             }
         }
     }
-    Ok(())
+    // Progress tables made before writers were marked.
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS writer TEXT"
+        ))
+        .await
 }
 
 /// The target's columns must match the view's, by name and type; upsert
@@ -632,28 +637,42 @@ async fn apply_rows_skipping(
     Ok(())
 }
 
-/// Applies one epoch in one transaction. Returns `None` if Postgres had
-/// already recorded it (a replay), else the rows skipped: with
-/// `skipping`, each row Postgres refuses is left out and listed in
+/// What writing an epoch came to.
+enum Written {
+    /// Postgres had recorded it already (a replay after a restart).
+    AlreadyRecorded,
+    /// Written, without these rows (refused, `on_error = 'skip'`).
+    Skipping(Vec<RejectedRow>),
+    /// Another sink of this name writes into this database: its progress
+    /// row carries another writer's mark. Nothing was written.
+    ForeignWriter(String),
+}
+
+/// Applies one epoch in one transaction, as the sink marked `writer`:
+/// with `skipping`, each row Postgres refuses is left out and listed in
 /// [`ERRORS_TABLE`] in the same transaction; without, the first refusal
 /// fails the whole epoch.
 async fn write_epoch(
     client: &mut Client,
     config: &PostgresSinkConfig,
+    writer: &str,
     epoch: u64,
     write: &EpochWrite,
     skipping: bool,
-) -> Result<Option<Vec<RejectedRow>>, tokio_postgres::Error> {
+) -> Result<Written, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
-    let recorded: Option<i64> = transaction
+    let recorded: Option<(i64, Option<String>)> = transaction
         .query_opt(
-            &format!("SELECT epoch FROM {PROGRESS_TABLE} WHERE sink = $1 FOR UPDATE"),
+            &format!("SELECT epoch, writer FROM {PROGRESS_TABLE} WHERE sink = $1 FOR UPDATE"),
             &[&config.sink_name],
         )
         .await?
-        .map(|row| row.get(0));
-    if recorded.is_some_and(|recorded| recorded as u64 >= epoch) {
-        return Ok(None);
+        .map(|row| (row.get(0), row.get(1)));
+    match recorded {
+        // A row from before writers were marked is this sink's own.
+        Some((_, Some(other))) if other != writer => return Ok(Written::ForeignWriter(other)),
+        Some((recorded, _)) if recorded as u64 >= epoch => return Ok(Written::AlreadyRecorded),
+        _ => {}
     }
     let mut skipped = Vec::new();
     let stages = [
@@ -685,14 +704,15 @@ async fn write_epoch(
     transaction
         .execute(
             &format!(
-                "INSERT INTO {PROGRESS_TABLE} (sink, epoch) VALUES ($1, $2) \
-                 ON CONFLICT (sink) DO UPDATE SET epoch = EXCLUDED.epoch, updated_at = now()"
+                "INSERT INTO {PROGRESS_TABLE} (sink, epoch, writer) VALUES ($1, $2, $3) \
+                 ON CONFLICT (sink) DO UPDATE SET epoch = EXCLUDED.epoch, \
+                 writer = EXCLUDED.writer, updated_at = now()"
             ),
-            &[&config.sink_name, &(epoch as i64)],
+            &[&config.sink_name, &(epoch as i64), &writer],
         )
         .await?;
     transaction.commit().await?;
-    Ok(Some(skipped))
+    Ok(Written::Skipping(skipped))
 }
 
 /// Whether retrying can help: lost connections, a server starting or
@@ -719,6 +739,7 @@ pub fn spawn_sink(
     status: Arc<SinkStatus>,
 ) {
     tokio::spawn(async move {
+        let writer = status.writer();
         let mut client: Option<Client> = None;
         while let Some(SinkEpoch { epoch, changes }) = epochs.recv().await {
             if status.has_failed() || status.is_dropped() {
@@ -747,7 +768,7 @@ pub fn spawn_sink(
                     // A peer that holds the connection and never answers (a
                     // frozen server) costs a retry, not the sink.
                     Some(c) => {
-                        let writing = write_epoch(c, &config, epoch, &write, skipping);
+                        let writing = write_epoch(c, &config, &writer, epoch, &write, skipping);
                         match tokio::time::timeout(WRITE_TIMEOUT, writing).await {
                             Ok(result) => result.map_err(Retry::Error),
                             Err(_) => Err(Retry::Because(format!(
@@ -772,13 +793,22 @@ pub fn spawn_sink(
                     },
                 };
                 let reason = match result {
-                    Ok(None) => {
+                    Ok(Written::AlreadyRecorded) => {
                         status.committed(epoch, 0); // committed before a restart
                         break;
                     }
-                    Ok(Some(skipped)) => {
+                    Ok(Written::Skipping(skipped)) => {
                         let written = write.rows().saturating_sub(skipped.len() as u64);
                         status.committed_skipping(epoch, written, skipped);
+                        break;
+                    }
+                    Ok(Written::ForeignWriter(other)) => {
+                        status.fail(format!(
+                            "another sink named {} writes into this database ({PROGRESS_TABLE} \
+                             shows writer {other}, this sink is {writer}): another eddy, or a sink \
+                             of this name created again elsewhere; give one of them another name",
+                            config.sink_name
+                        ));
                         break;
                     }
                     Err(Retry::Because(reason)) => reason,
