@@ -78,8 +78,14 @@ pub fn too_long_reason(field: &Field) -> String {
     )
 }
 
-/// The first value of the text column `values` (of `field`) longer than
-/// the field's declared length, if any.
+/// Whether `value` has more than `limit` characters. (Bytes bound the
+/// characters from above: most values need no count.)
+pub fn longer_than(value: &str, limit: usize) -> bool {
+    value.len() > limit && value.chars().count() > limit
+}
+
+/// 22001 if a value of the text column `values` (of `field`) is longer
+/// than the field's declared length.
 pub fn check_length(field: &Field, values: &dyn datafusion::arrow::array::Array) -> Result<()> {
     let Some(limit) = max_chars(field) else {
         return Ok(());
@@ -90,12 +96,7 @@ pub fn check_length(field: &Field, values: &dyn datafusion::arrow::array::Array)
     else {
         return Ok(());
     };
-    // Bytes bound characters from above: most values need no count.
-    match strings
-        .iter()
-        .flatten()
-        .find(|v| v.len() > limit && v.chars().count() > limit)
-    {
+    match strings.iter().flatten().find(|v| longer_than(v, limit)) {
         Some(_) => Err(EddyError::Planning {
             sqlstate: "22001",
             message: too_long_reason(field),

@@ -20,6 +20,22 @@ use crate::sql::CreateView;
 /// How long CREATE SINK waits for its target to answer the checks.
 const TARGET_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// `work` on sink `name`'s target, or 08001 when the target has not
+/// answered within [`TARGET_CHECK_TIMEOUT`].
+async fn within_target_timeout(
+    name: &str,
+    work: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    tokio::time::timeout(TARGET_CHECK_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(EddyError::ConnectionFailure(format!(
+                "the target of sink {name} did not answer within {} s",
+                TARGET_CHECK_TIMEOUT.as_secs()
+            )))
+        })
+}
+
 /// A checked sink of either kind.
 enum SinkConfig {
     Postgres(Box<PostgresSinkConfig>),
@@ -107,16 +123,7 @@ impl Engine {
         // Under the lock, once the name is ours (a sink of this name that
         // runs must keep its progress); the target answered just now.
         if !self.is_restoring() {
-            match tokio::time::timeout(TARGET_CHECK_TIMEOUT, config.start_over()).await {
-                Ok(reset) => reset?,
-                Err(_) => {
-                    return Err(EddyError::ConnectionFailure(format!(
-                        "the target of sink {} did not answer within {} s",
-                        create.name,
-                        TARGET_CHECK_TIMEOUT.as_secs()
-                    )))
-                }
-            }
+            within_target_timeout(&create.name, config.start_over()).await?;
         }
         let (view, config, owned) = self.sink_config_and_view(&create, true).await?;
         let view = view.ok_or_else(|| crate::internal!("sink input not started"))?;
@@ -254,13 +261,7 @@ impl Engine {
         if self.is_restoring() {
             return Ok(());
         }
-        match tokio::time::timeout(TARGET_CHECK_TIMEOUT, config.validate_target()).await {
-            Ok(checked) => checked,
-            Err(_) => Err(EddyError::ConnectionFailure(format!(
-                "the target of sink {name} did not answer within {} s",
-                TARGET_CHECK_TIMEOUT.as_secs()
-            ))),
-        }
+        within_target_timeout(name, config.validate_target()).await
     }
 
     /// Starts a checked sink on `view` and registers it.

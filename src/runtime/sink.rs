@@ -29,21 +29,12 @@ pub struct SinkEpoch {
 
 impl SinkEpoch {
     /// Writes this (unacknowledged) epoch into a checkpoint as entries
-    /// `(position, index) -> epoch, kind, weight, row`; index 0 marks the
-    /// epoch itself, so that an empty epoch is replayed too. Returns how
-    /// many entries it wrote. (The position is the epoch number; older
-    /// checkpoints numbered the backlog from 0, which reads the same.)
-    pub(super) fn checkpoint(
-        &self,
-        codec: &RowCodec,
-        position: u64,
-        delta: &mut StateDelta,
-    ) -> Result<u64> {
-        let key = |index: u64| {
-            let mut key = position.to_be_bytes().to_vec();
-            key.extend_from_slice(&index.to_be_bytes());
-            key
-        };
+    /// [`entry_key`]`(epoch, index) -> epoch, kind, weight, row`; index 0
+    /// marks the epoch itself, so that an empty epoch is replayed too.
+    /// Returns how many entries it wrote. (Older checkpoints numbered the
+    /// backlog from 0 instead of by epoch, which reads the same.)
+    pub(super) fn checkpoint(&self, codec: &RowCodec, delta: &mut StateDelta) -> Result<u64> {
+        let key = |index: u64| entry_key(self.epoch, index);
         let mut marker = Encoder::new();
         marker.u64(self.epoch).u8(0);
         delta.put(key(0), marker.finish());
@@ -134,11 +125,16 @@ pub enum RestoredBacklog {
 /// checkpoints without bound.
 pub const SINK_BACKLOG_LIMIT_BYTES: usize = 512 << 20;
 
+/// The checkpoint key of entry `index` of a backlog epoch (in epoch order).
+fn entry_key(epoch: u64, index: u64) -> Vec<u8> {
+    let mut key = epoch.to_be_bytes().to_vec();
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
 /// The checkpoint key that marks a backlog given up (after every epoch's).
 fn overflow_key() -> Vec<u8> {
-    let mut key = u64::MAX.to_be_bytes().to_vec();
-    key.extend_from_slice(&0u64.to_be_bytes());
-    key
+    entry_key(u64::MAX, 0)
 }
 
 /// A durable sink's epochs captured by checkpoints and not yet
@@ -272,18 +268,14 @@ impl SinkBacklog {
         if !full {
             for (epoch, entries) in self.to_delete.drain(..) {
                 for index in 0..entries {
-                    let mut key = epoch.to_be_bytes().to_vec();
-                    key.extend_from_slice(&index.to_be_bytes());
-                    delta.delete(key);
+                    delta.delete(entry_key(epoch, index));
                 }
             }
         }
         self.to_delete.clear();
         for epoch in &mut self.epochs {
             if full || epoch.checkpointed.is_none() {
-                let entries = epoch
-                    .epoch
-                    .checkpoint(codec, epoch.epoch.epoch, &mut delta)?;
+                let entries = epoch.epoch.checkpoint(codec, &mut delta)?;
                 epoch.checkpointed = Some(entries);
             }
         }

@@ -195,10 +195,8 @@ impl PayloadDecoder {
                 continue;
             };
             for (row, kept) in keep.iter_mut().enumerate() {
-                let long = strings.is_valid(row) && {
-                    let value = strings.value(row);
-                    value.len() > limit && value.chars().count() > limit
-                };
+                let long = strings.is_valid(row)
+                    && crate::common::types::longer_than(strings.value(row), limit);
                 if *kept && long {
                     *kept = false;
                     bad.push((
@@ -281,23 +279,20 @@ impl PayloadDecoder {
         if floats.num_rows() != payload_of_row.len() {
             return vec![];
         }
-        let mut found = Vec::new();
+        // The first such column of each row gives its reason.
+        let mut found = BTreeMap::new();
         for (field, column) in shadow.fields().iter().zip(floats.columns()) {
             let column = column.as_primitive::<Float64Type>();
             for row in 0..column.len() {
                 let value = column.value(row);
-                if column.is_valid(row)
-                    && value.fract() != 0.0
-                    && !found.iter().any(|(r, _)| *r == row)
-                {
-                    found.push((
-                        row,
-                        format!("{value} is not an integer, for \"{}\"", field.name()),
-                    ));
+                if column.is_valid(row) && value.fract() != 0.0 {
+                    found.entry(row).or_insert_with(|| {
+                        format!("{value} is not an integer, for \"{}\"", field.name())
+                    });
                 }
             }
         }
-        found
+        found.into_iter().collect()
     }
 
     #[allow(clippy::type_complexity)]

@@ -517,7 +517,7 @@ impl JsonDecoder {
                 let value = text(escaped)?;
                 let s = value.text(payload, unescaped);
                 if let Some((limit, reason)) = &column.max_chars {
-                    if s.len() > *limit && s.chars().count() > *limit {
+                    if crate::common::types::longer_than(s, *limit) {
                         return Err(Bad::from(reason.clone()));
                     }
                 }

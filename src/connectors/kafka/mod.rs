@@ -901,13 +901,22 @@ impl Messages {
     }
 }
 
+/// A bad message of a batch: `(index in the batch, reason)`.
+type BadMessage = (usize, String);
+
+/// The values whose `keep` is true.
+fn kept<T>(values: Vec<T>, keep: &[bool]) -> Vec<T> {
+    values
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(v, k)| k.then_some(v))
+        .collect()
+}
+
 /// Part of a batch's change: the rows of its messages before a cut, the
 /// offsets after them (per partition), and the watermark to pass on after
 /// them (`None` for the batch's last part, whose watermark is the one
 /// after the whole batch).
-/// A bad message of a batch: `(index in the batch, reason)`.
-type BadMessage = (usize, String);
-
 struct Segment {
     change: ChangeBatch,
     position: BTreeMap<i32, i64>,
@@ -1409,9 +1418,31 @@ impl Reader {
             .iter()
             .map(|&p| pieces[p].2)
             .collect();
-        let (rows, message_of_row, weights) =
-            self.without_bad_event_times(rows, message_of_row, weights, &mut bad)?;
-        let cuts = self.advance_clock(&rows, &message_of_row, &weights, batch, cut)?;
+        // The event times are cast once, for both the checks and the clock.
+        let (rows, message_of_row, weights, times) = match self.event_times(&rows)? {
+            None => (rows, message_of_row, weights, None),
+            Some(times) => {
+                match self.bad_event_times(&times, &message_of_row, &mut bad) {
+                    None => (rows, message_of_row, weights, Some(times)),
+                    // Every row of a bad message goes (a Debezium update is two).
+                    Some(keep) => {
+                        let mask = datafusion::arrow::array::BooleanArray::from(keep.clone());
+                        let times: TimestampMicrosecondArray =
+                            kept(times.iter().collect(), &keep).into_iter().collect();
+                        (
+                            datafusion::arrow::compute::filter_record_batch(&rows, &mask)?,
+                            kept(message_of_row, &keep),
+                            kept(weights, &keep),
+                            Some(times),
+                        )
+                    }
+                }
+            }
+        };
+        let cuts = match &times {
+            Some(times) => self.advance_clock(times, &message_of_row, &weights, batch, cut),
+            None => vec![],
+        };
         // Rows (and UPSERT deletions) are in message order: each segment
         // is the rows of the messages before its cut.
         let mut segments = Vec::with_capacity(cuts.len() + 1);
@@ -1470,14 +1501,14 @@ impl Reader {
     /// neither rule, so in-order data is never cut.
     fn advance_clock<B: ReceivedBatch + ?Sized>(
         &mut self,
-        rows: &RecordBatch,
+        times: &TimestampMicrosecondArray,
         message_of_row: &[usize],
         weights: &[i64],
         batch: &B,
         cut: bool,
-    ) -> Result<Vec<(usize, i64)>> {
-        let (Some(times), Some(watermark)) = (self.event_times(rows)?, &self.watermark) else {
-            return Ok(vec![]);
+    ) -> Vec<(usize, i64)> {
+        let Some(watermark) = &self.watermark else {
+            return vec![];
         };
         let mut cuts = Vec::new();
         for (row, &message) in message_of_row.iter().enumerate() {
@@ -1504,25 +1535,24 @@ impl Reader {
             }
             self.clock.saw(partition, Some(time));
         }
-        Ok(cuts)
+        cuts
     }
 
     /// With a WATERMARK, a message whose event time is missing (it could
     /// never be placed in event time) or further ahead of the clock than
     /// `watermark.max_future` (it would drag the watermark along and make
-    /// every later message late) is bad: its rows are taken out and it is
-    /// added to `bad`.
-    fn without_bad_event_times(
+    /// every later message late) is bad: it is added to `bad`, and the
+    /// rows to keep are returned (`None`: all of them).
+    fn bad_event_times(
         &self,
-        rows: RecordBatch,
-        message_of_row: Vec<usize>,
-        weights: Vec<i64>,
-        bad: &mut Vec<(usize, String)>,
-    ) -> Result<(RecordBatch, Vec<usize>, Vec<i64>)> {
-        let (Some(times), Some(watermark)) = (self.event_times(&rows)?, &self.watermark) else {
-            return Ok((rows, message_of_row, weights));
-        };
-        let column = self.schema.field(watermark.column).name();
+        times: &TimestampMicrosecondArray,
+        message_of_row: &[usize],
+        bad: &mut Vec<BadMessage>,
+    ) -> Option<Vec<bool>> {
+        let column = self
+            .watermark
+            .as_ref()
+            .map_or("", |w| self.schema.field(w.column).name().as_str());
         let latest = self
             .config
             .max_future_micros
@@ -1547,26 +1577,15 @@ impl Reader {
             }
         }
         if bad_messages.is_empty() {
-            return Ok((rows, message_of_row, weights));
+            return None;
         }
-        // Every row of a bad message goes (a Debezium update is two).
         let bad_messages: std::collections::HashSet<usize> = bad_messages.into_iter().collect();
-        let keep: Vec<bool> = message_of_row
-            .iter()
-            .map(|m| !bad_messages.contains(m))
-            .collect();
-        let rows = datafusion::arrow::compute::filter_record_batch(
-            &rows,
-            &datafusion::arrow::array::BooleanArray::from(keep.clone()),
-        )?;
-        fn kept<T>(values: Vec<T>, keep: &[bool]) -> Vec<T> {
-            values
-                .into_iter()
-                .zip(keep)
-                .filter_map(|(v, k)| k.then_some(v))
-                .collect()
-        }
-        Ok((rows, kept(message_of_row, &keep), kept(weights, &keep)))
+        Some(
+            message_of_row
+                .iter()
+                .map(|m| !bad_messages.contains(m))
+                .collect(),
+        )
     }
 
     /// FORMAT UPSERT: each new row replaces its message key's row, each

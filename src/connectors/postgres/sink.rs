@@ -333,12 +333,25 @@ async fn ensure_tables(client: &Client) -> Result<(), tokio_postgres::Error> {
             }
         }
     }
-    // Progress tables made before writers were marked.
-    client
-        .batch_execute(&format!(
-            "ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS writer TEXT"
-        ))
-        .await
+    // Progress tables made before writers were marked. (Only then: an
+    // ALTER TABLE locks the table against every sink's epoch, even when
+    // there is nothing to add, and this runs at every connection.)
+    let marked = client
+        .query_opt(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
+             AND attname = 'writer' AND NOT attisdropped",
+            &[&PROGRESS_TABLE],
+        )
+        .await?
+        .is_some();
+    if !marked {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS writer TEXT"
+            ))
+            .await?;
+    }
+    Ok(())
 }
 
 /// The target's columns must match the view's, by name and type; upsert
@@ -641,8 +654,9 @@ async fn apply_rows_skipping(
 enum Written {
     /// Postgres had recorded it already (a replay after a restart).
     AlreadyRecorded,
-    /// Written, without these rows (refused, `on_error = 'skip'`).
-    Skipping(Vec<RejectedRow>),
+    /// Written and recorded, without these rows (refused, `on_error =
+    /// 'skip'`; none otherwise).
+    Committed(Vec<RejectedRow>),
     /// Another sink of this name writes into this database: its progress
     /// row carries another writer's mark. Nothing was written.
     ForeignWriter(String),
@@ -712,7 +726,22 @@ async fn write_epoch(
         )
         .await?;
     transaction.commit().await?;
-    Ok(Written::Skipping(skipped))
+    Ok(Written::Committed(skipped))
+}
+
+/// `work`'s outcome, or a reason to retry when Postgres has not answered
+/// it within [`WRITE_TIMEOUT`].
+async fn within_write_timeout<T>(
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, Retry> {
+    match tokio::time::timeout(WRITE_TIMEOUT, work).await {
+        Ok(result) => result.map_err(Retry::Error),
+        Err(_) => Err(Retry::Because(format!(
+            "Postgres did not answer {what} within {} s",
+            WRITE_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// Whether retrying can help: lost connections, a server starting or
@@ -764,40 +793,30 @@ pub fn spawn_sink(
                 if status.is_dropped() {
                     break;
                 }
+                // A peer that holds the connection and never answers (a
+                // frozen server), writing or connecting, costs a retry, not
+                // the sink.
                 let result = match client.as_mut() {
-                    // A peer that holds the connection and never answers (a
-                    // frozen server) costs a retry, not the sink.
                     Some(c) => {
                         let writing = write_epoch(c, &config, &writer, epoch, &write, skipping);
-                        match tokio::time::timeout(WRITE_TIMEOUT, writing).await {
-                            Ok(result) => result.map_err(Retry::Error),
-                            Err(_) => Err(Retry::Because(format!(
-                                "Postgres did not answer within {} s",
-                                WRITE_TIMEOUT.as_secs()
-                            ))),
+                        within_write_timeout("the epoch's transaction", writing).await
+                    }
+                    None => {
+                        match within_write_timeout("the connection", connect_ready(&config)).await {
+                            Ok(c) => {
+                                client = Some(c);
+                                continue;
+                            }
+                            Err(retry) => Err(retry),
                         }
                     }
-                    // Connecting is bounded too: a peer that accepts and
-                    // never finishes the handshake costs a retry.
-                    None => match tokio::time::timeout(WRITE_TIMEOUT, connect_ready(&config)).await
-                    {
-                        Ok(Ok(c)) => {
-                            client = Some(c);
-                            continue;
-                        }
-                        Ok(Err(e)) => Err(Retry::Error(e)),
-                        Err(_) => Err(Retry::Because(format!(
-                            "Postgres did not answer the connection within {} s",
-                            WRITE_TIMEOUT.as_secs()
-                        ))),
-                    },
                 };
                 let reason = match result {
                     Ok(Written::AlreadyRecorded) => {
                         status.committed(epoch, 0); // committed before a restart
                         break;
                     }
-                    Ok(Written::Skipping(skipped)) => {
+                    Ok(Written::Committed(skipped)) => {
                         let written = write.rows().saturating_sub(skipped.len() as u64);
                         status.committed_skipping(epoch, written, skipped);
                         break;
