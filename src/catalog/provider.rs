@@ -1,5 +1,5 @@
 //! DataFusion's view of one relation at one moment: a `TableProvider` over an
-//! immutable [`RowSet`] snapshot.
+//! immutable [`RowSet`] snapshot, read batch by batch as a query pulls.
 
 use std::sync::Arc;
 
@@ -7,10 +7,12 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::RelationKind;
@@ -18,7 +20,7 @@ use crate::common::types::all_nullable;
 use crate::common::RelationId;
 use crate::state::RowSet;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RelationProvider {
     pub id: RelationId,
     pub name: String,
@@ -62,10 +64,14 @@ impl RelationProvider {
         &self.rows
     }
 
-    /// The rows as batches in the provider's schema, for a query. A source
-    /// has no rows to read here: it is read through a view, and saying so
-    /// beats answering with nothing.
+    /// The rows as batches in the provider's schema, for a query.
     pub fn current_batches(&self) -> DFResult<Vec<RecordBatch>> {
+        self.scan_rows(SNAPSHOT_BATCH_ROWS)?.collect()
+    }
+
+    /// A source has no rows to read here: it is read through a view, and
+    /// saying so beats answering with nothing.
+    fn check_readable(&self) -> DFResult<()> {
         if self.kind == RelationKind::Source {
             return Err(DataFusionError::External(Box::new(
                 crate::error::EddyError::NotSupported(format!(
@@ -75,19 +81,54 @@ impl RelationProvider {
                 )),
             )));
         }
-        let stored = self
-            .rows
-            .to_batches()
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        stored
-            .into_iter()
-            .map(|batch| {
-                Ok(RecordBatch::try_new(
-                    self.schema.clone(),
-                    batch.columns().to_vec(),
-                )?)
-            })
-            .collect()
+        Ok(())
+    }
+
+    /// The rows of this snapshot read lazily, `batch_rows` keyed rows at a
+    /// time, in the provider's schema.
+    fn scan_rows(
+        &self,
+        batch_rows: usize,
+    ) -> DFResult<impl Iterator<Item = DFResult<RecordBatch>> + Send + 'static> {
+        self.check_readable()?;
+        let schema = self.schema.clone();
+        Ok(self.rows.clone().scan(batch_rows).map(move |batch| {
+            let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)))?;
+            Ok(RecordBatch::try_new(
+                schema.clone(),
+                batch.columns().to_vec(),
+            )?)
+        }))
+    }
+}
+
+/// Keyed rows per batch when a relation is read whole (a windowed read).
+const SNAPSHOT_BATCH_ROWS: usize = 65_536;
+
+/// One relation's snapshot as a DataFusion partition: each execution reads
+/// it batch by batch as the query pulls (`LIMIT` stops the reading), so a
+/// SELECT over a large view holds one decoded batch of it at a time.
+#[derive(Debug)]
+struct SnapshotPartition {
+    relation: RelationProvider,
+}
+
+impl PartitionStream for SnapshotPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.relation.schema
+    }
+
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batch_rows = ctx.session_config().batch_size();
+        let rows = self.relation.scan_rows(batch_rows);
+        let batches: Box<dyn Iterator<Item = DFResult<RecordBatch>> + Send> = match rows {
+            Ok(rows) => Box::new(rows),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        };
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.relation.schema.clone(),
+            futures::stream::iter(batches),
+        ))
     }
 }
 
@@ -109,11 +150,21 @@ impl TableProvider for RelationProvider {
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
-        _limit: Option<usize>,
+        limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let batches = self.current_batches()?;
-        let exec =
-            MemorySourceConfig::try_new_exec(&[batches], self.schema(), projection.cloned())?;
-        Ok(exec)
+        // Refused here, at planning, rather than when the query runs.
+        self.check_readable()?;
+        let partition = SnapshotPartition {
+            relation: self.clone(),
+        };
+        let exec = StreamingTableExec::try_new(
+            self.schema(),
+            vec![Arc::new(partition)],
+            projection,
+            [],
+            false,
+            limit,
+        )?;
+        Ok(Arc::new(exec))
     }
 }

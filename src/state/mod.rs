@@ -348,17 +348,21 @@ impl RowSet {
     /// of a large set could hold more string bytes than Arrow's 32-bit
     /// offsets can address).
     pub fn to_batches(&self) -> Result<Vec<RecordBatch>> {
-        let rows = self
-            .rows
-            .iter()
-            .flat_map(|(row, n)| std::iter::repeat_n(row.as_ref(), *n as usize));
-        let mut batches = Vec::new();
-        let mut rows = rows.peekable();
-        while rows.peek().is_some() {
-            batches.push(self.codec.decode(rows.by_ref().take(SCAN_BATCH_ROWS))?);
+        self.clone().scan(SCAN_BATCH_ROWS).collect()
+    }
+
+    /// Reads this set's rows as [`Self::to_batches`] orders them, one batch
+    /// of at most `batch_rows` keyed rows at a time, decoding each only when
+    /// it is asked for: a query over a large view holds one batch of it,
+    /// not a decoded copy of the whole. The set is a snapshot (cloning is
+    /// O(1)), so the scan sees no later change.
+    pub fn scan(self, batch_rows: usize) -> RowSetScan {
+        RowSetScan {
+            set: self,
+            batch_rows: batch_rows.max(1),
+            position: ScanPosition::Start,
+            next_logged: 0,
         }
-        batches.extend(self.log.batches().cloned());
-        Ok(batches)
     }
 
     /// The whole set as a changelog of insertions (for backfill).
@@ -382,6 +386,83 @@ impl RowSet {
         }
         let batches = std::iter::once(&keyed).chain(self.log.batches());
         Ok(concat_batches(self.codec.schema(), batches)?)
+    }
+}
+
+/// Where a [`RowSetScan`] is among the keyed rows.
+#[derive(Debug)]
+enum ScanPosition {
+    Start,
+    /// `copies_left` more copies of `row` are due, then the rows after it.
+    After {
+        row: Arc<[u8]>,
+        copies_left: i64,
+    },
+    /// Every keyed row is read.
+    Done,
+}
+
+/// A snapshot of a [`RowSet`] read batch by batch ([`RowSet::scan`]).
+#[derive(Debug)]
+pub struct RowSetScan {
+    set: RowSet,
+    batch_rows: usize,
+    position: ScanPosition,
+    /// The next logged batch, once the keyed rows are read.
+    next_logged: usize,
+}
+
+impl RowSetScan {
+    /// The next keyed rows (with repeats), at most `batch_rows`; none when
+    /// every keyed row is read.
+    fn next_keyed(&mut self) -> Vec<Arc<[u8]>> {
+        use std::ops::Bound;
+        let mut rows = Vec::new();
+        let (mut entries, mut pending) = match &self.position {
+            ScanPosition::Done => return rows,
+            ScanPosition::Start => (self.set.rows.range::<_, [u8]>(..), None),
+            ScanPosition::After { row, copies_left } => (
+                self.set
+                    .rows
+                    .range::<_, [u8]>((Bound::Excluded(row.as_ref()), Bound::Unbounded)),
+                Some((row.clone(), *copies_left)),
+            ),
+        };
+        loop {
+            if let Some((row, copies)) = pending.take() {
+                // A row repeated past the batch's end goes on in the next.
+                let taken = copies.min((self.batch_rows - rows.len()) as i64);
+                rows.extend(std::iter::repeat_n(row.clone(), taken as usize));
+                if rows.len() == self.batch_rows {
+                    self.position = ScanPosition::After {
+                        row,
+                        copies_left: copies - taken,
+                    };
+                    return rows;
+                }
+            }
+            match entries.next() {
+                Some((row, copies)) => pending = Some((row.clone(), *copies)),
+                None => {
+                    self.position = ScanPosition::Done;
+                    return rows;
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for RowSetScan {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let keyed = self.next_keyed();
+        if !keyed.is_empty() {
+            return Some(self.set.codec.decode(keyed.iter().map(|r| r.as_ref())));
+        }
+        let logged = self.set.log.batch(self.next_logged)?.clone();
+        self.next_logged += 1;
+        Some(Ok(logged))
     }
 }
 
@@ -575,5 +656,47 @@ mod tests {
         assert!(cleared.full && cleared.is_empty());
         replay(&mut table, &cleared);
         assert!(table.is_empty());
+    }
+
+    /// A scan reads every row with its repeats, in the order of
+    /// `to_batches`, whatever the batch size: a row repeated past a
+    /// batch's end goes on in the next, logged rows come last, and a scan
+    /// sees its snapshot, not later changes.
+    #[test]
+    fn scan_reads_a_snapshot_batch_by_batch() {
+        let values = |batches: Vec<RecordBatch>| -> Vec<i64> {
+            batches
+                .iter()
+                .flat_map(|b| {
+                    let column = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                    column.values().to_vec()
+                })
+                .collect()
+        };
+        let mut rows = view_set();
+        rows.apply(&changes(&[10, 11], &[1, 1])).unwrap();
+        rows.apply(&changes(&[3, 1, 2, 3], &[1, 5, 1, -1])).unwrap();
+        rows.apply(&changes(&[20, 21, 22], &[1, 1, 1])).unwrap();
+        let snapshot = rows.clone();
+        rows.apply(&changes(&[1, 4], &[-5, 1])).unwrap();
+        let expected = vec![1, 1, 1, 1, 1, 2, 10, 11, 20, 21, 22];
+        assert_eq!(values(snapshot.to_batches().unwrap()), expected);
+        for batch_rows in [1, 2, 3, 5, 6, 100] {
+            let batches: Vec<RecordBatch> = snapshot
+                .clone()
+                .scan(batch_rows)
+                .collect::<Result<_>>()
+                .unwrap();
+            assert!(batches.iter().all(|b| b.num_rows() <= batch_rows.max(3)));
+            assert_eq!(values(batches), expected, "batches of {batch_rows}");
+        }
+        assert_eq!(rows.clone().scan(4).count(), 2);
+        assert_eq!(set().scan(4).count(), 0);
+        // Rows only logged come in their batches.
+        let mut logged = view_set();
+        logged.apply(&changes(&[8, 7], &[1, 1])).unwrap();
+        logged.apply(&changes(&[9], &[1])).unwrap();
+        let batches: Vec<RecordBatch> = logged.scan(1).collect::<Result<_>>().unwrap();
+        assert_eq!(values(batches), vec![8, 7, 9]);
     }
 }

@@ -87,6 +87,11 @@ impl RowLog {
         self.batches.iter()
     }
 
+    /// The `index`th batch in arrival order.
+    pub fn batch(&self, index: usize) -> Option<&RecordBatch> {
+        self.batches.get(index)
+    }
+
     /// Empties the log, returning its batches.
     pub fn take(&mut self) -> Vec<RecordBatch> {
         self.cleared |= self.saved > 0;
