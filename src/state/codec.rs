@@ -44,6 +44,17 @@ impl Encoder {
         self.u64(v.to_bits())
     }
 
+    /// An unsigned integer in 1 to 10 bytes (LEB128: 7 bits a byte, low
+    /// bits first), for the many small lengths of sorted runs.
+    pub fn varint(&mut self, mut v: u64) -> &mut Self {
+        while v >= 0x80 {
+            self.bytes.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.bytes.push(v as u8);
+        self
+    }
+
     /// A length-prefixed byte string.
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
         self.u64(v.len() as u64);
@@ -140,6 +151,26 @@ impl<'a> Decoder<'a> {
         Ok(f64::from_bits(self.u64()?))
     }
 
+    pub fn varint(&mut self) -> Result<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(EddyError::Checkpoint(format!(
+            "a variable-length integer at offset {} runs past 64 bits",
+            self.position
+        )))
+    }
+
+    /// Bytes as they are, `n` of them.
+    pub fn raw(&mut self, n: usize) -> Result<&'a [u8]> {
+        self.take(n)
+    }
+
     pub fn bytes(&mut self) -> Result<&'a [u8]> {
         let len = self.u64()?;
         let len = usize::try_from(len)
@@ -163,6 +194,9 @@ mod tests {
     fn round_trip_and_truncation() {
         let mut e = Encoder::new();
         e.u8(7).u64(42).i64(-3).bytes(b"abc").f64(1.5).i128(-9);
+        for v in [0, 1, 127, 128, 300, u64::MAX] {
+            e.varint(v);
+        }
         let bytes = e.finish();
         let mut d = Decoder::new(&bytes);
         assert_eq!(d.u8().unwrap(), 7);
@@ -171,7 +205,11 @@ mod tests {
         assert_eq!(d.bytes().unwrap(), b"abc");
         assert_eq!(d.f64().unwrap(), 1.5);
         assert_eq!(d.i128().unwrap(), -9);
+        for v in [0, 1, 127, 128, 300, u64::MAX] {
+            assert_eq!(d.varint().unwrap(), v);
+        }
         assert!(d.is_empty());
+        assert!(Decoder::new(&[0xff; 11]).varint().is_err());
         let mut short = Decoder::new(&bytes[..10]);
         short.u8().unwrap();
         assert!(short.u64().is_ok());

@@ -18,6 +18,8 @@
 pub mod checkpoint;
 pub mod codec;
 mod row_log;
+pub mod run;
+pub mod table;
 pub mod wal;
 pub mod windowed;
 
