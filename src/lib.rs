@@ -220,7 +220,7 @@ impl Server {
         };
         let store = match &checkpoint_location {
             Some(location) => state::checkpoint::CheckpointStore::open(location)?,
-            None => state::checkpoint::CheckpointStore::in_memory(),
+            None => state::checkpoint::CheckpointStore::in_memory()?,
         };
         let recovered = match &from_snapshot {
             Some(name) => Some(store.load_snapshot(name).await?),

@@ -150,7 +150,8 @@ impl Engine {
         Self::with_checkpoints(
             runtime,
             Arc::new(Checkpointer::new(
-                CheckpointStore::in_memory(),
+                // Tests and benchmarks: a temporary directory is there.
+                CheckpointStore::in_memory().expect("a temporary directory for checkpoints"),
                 crate::runtime::checkpoint::DEFAULT_CHECKPOINT_INTERVAL,
             )),
         )

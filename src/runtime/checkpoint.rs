@@ -38,8 +38,9 @@ pub struct CheckpointStats {
     pub completed: u64,
     pub failed: u64,
     pub history: VecDeque<CheckpointRecord>,
-    /// Bytes of each state table (base and deltas) in the last completed
-    /// checkpoint, by state table name (`view/<v>/op/<pos>-<id>`, ...).
+    /// Key and value bytes of each state table in the last completed
+    /// checkpoint's runs (every version a recovery reads), by state table
+    /// name (`view/<v>/op/<pos>-<id>`, ...).
     pub state_table_bytes: std::collections::BTreeMap<String, u64>,
 }
 
@@ -249,11 +250,7 @@ impl CheckpointRun<'_> {
                     .stats
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .state_table_bytes = manifest
-                    .chains
-                    .iter()
-                    .map(|(name, chain)| (name.clone(), chain.base_bytes + chain.delta_bytes))
-                    .collect();
+                    .state_table_bytes = manifest.state_table_bytes();
                 self.progress.previous = Some(manifest.clone());
                 Ok(manifest)
             }

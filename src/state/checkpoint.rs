@@ -9,25 +9,33 @@
 //! Layout under the store's root:
 //!
 //! ```text
-//! state/<id>.data            the state written by checkpoint <id>
-//! checkpoints/<id>.manifest  names the data files a complete checkpoint needs
-//! snapshots/<name>/...       a named snapshot: its own manifest and files
+//! runs/<id>.run              sorted runs holding every state table
+//! checkpoints/<id>.manifest  names the runs a complete checkpoint needs
+//! snapshots/<name>/...       a named snapshot: its own manifest and runs
+//! state/<id>.data            state of format-2 checkpoints (read only)
 //! ```
+//!
+//! State tables live in one keyspace of sorted runs ([`super::run`]): a
+//! table's keys are prefixed with its id (4 bytes, big-endian), which the
+//! manifest maps to its name. A checkpoint writes one run with every
+//! table's changes since the previous one (a table captured whole, or
+//! dropped, also gets a range tombstone over its prefix), then merges runs
+//! as [`pick_merge`] says (so a checkpoint costs what changed, and an entry
+//! is rewritten O(log n) times, never all state at every checkpoint).
 //!
 //! Invariants:
 //! - A checkpoint is complete only once its manifest exists; the manifest is
-//!   written last, after every data file it names, in one `put` (the local
-//!   store writes a temporary file and renames it).
-//! - Checkpoints are incremental: a data file holds, per state table, either
-//!   all of it or only the entries changed since the previous checkpoint. A
-//!   manifest names, per state table, the chain of data files to read, the
-//!   first one full. A chain that has grown as large as its base is
-//!   rewritten whole (compaction), so recovery reads at most about twice the
-//!   state.
-//! - Every file carries a magic number, the format version and a CRC-32 of
-//!   its contents; recovery refuses a file that does not check out, and
-//!   falls back to the previous complete checkpoint.
-//! - Data files are deleted only when no retained manifest names them.
+//!   written last, after every run it names, in one `put` (the local store
+//!   writes a temporary file and renames it).
+//! - Runs are written once and never changed; a checkpoint uploads only
+//!   runs no earlier checkpoint named. With a local store the runs are
+//!   written in place; with a remote one they are written to a local cache
+//!   first, uploaded, and downloaded again when a recovery needs them.
+//! - Every file carries a magic number, the format version and CRC-32s;
+//!   recovery refuses a file that does not check out, and falls back to the
+//!   previous complete checkpoint.
+//! - Runs and data files are deleted only when no retained manifest names
+//!   them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -38,22 +46,26 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::codec::{crc32, Decoder, Encoder};
+use super::run::{Run, RunWriter};
+use super::table::{merge_runs, pick_merge, prefix_end, StateTable};
 use crate::error::{EddyError, Result};
 
 /// The version of the checkpoint format this eddy writes. It reads every
 /// version up to this one and refuses newer ones by name. 2: manifests end
-/// with each table's write-ahead log position.
-pub const STATE_FORMAT_VERSION: u32 = 2;
+/// with each table's write-ahead log position. 3: state tables in sorted
+/// runs (format-2 data files are still read; the first checkpoint after
+/// an upgrade writes every table whole).
+pub const STATE_FORMAT_VERSION: u32 = 3;
 
 const DATA_MAGIC: &[u8; 8] = b"EDDYDATA";
 const MANIFEST_MAGIC: &[u8; 8] = b"EDDYMANI";
 /// Complete checkpoints kept; older ones are deleted with the files only
 /// they name.
 const RETAINED_CHECKPOINTS: usize = 3;
-/// A chain this long is rewritten whole.
-const MAX_CHAIN: usize = 16;
-/// Chains whose deltas stay under this many bytes are never compacted.
-const MIN_COMPACTION_BYTES: u64 = 256 * 1024;
+/// Runs a checkpoint keeps at most: beyond them it merges them all.
+const MAX_RUNS: usize = 12;
+/// The bytes of a state table's id at the start of each of its keys.
+const TABLE_PREFIX_BYTES: usize = 4;
 
 /// Writes `bytes` as they are (for [`StateDelta::put_with`]).
 fn raw(out: &mut Encoder, bytes: &[u8]) {
@@ -144,12 +156,6 @@ impl StateDelta {
         self.len == 0
     }
 
-    /// The encoded size of the entries.
-    fn encoded_len(&self) -> u64 {
-        let chunks: usize = self.chunks.iter().map(|c| c.len()).sum();
-        (chunks + self.current.len()) as u64
-    }
-
     /// Adds the entries of `other` after these.
     pub fn append(&mut self, mut other: StateDelta) {
         self.cut();
@@ -181,12 +187,6 @@ impl StateDelta {
             };
         }
         map
-    }
-
-    /// The encoded entries, to be written as they are.
-    fn into_chunks(mut self) -> Vec<Bytes> {
-        self.cut();
-        self.chunks
     }
 
     /// Writes a state table's changes since its last capture: `all` of it
@@ -330,18 +330,17 @@ pub struct CaptureRequest {
     pub all_full: bool,
     /// State tables the previous checkpoint has (others are new: whole).
     pub known: BTreeSet<String>,
-    /// State tables whose chains are due for compaction.
-    pub compact: BTreeSet<String>,
 }
 
 impl CaptureRequest {
     /// Whether state table `name` is to be captured whole.
     pub fn wants_full(&self, name: &str) -> bool {
-        self.all_full || !self.known.contains(name) || self.compact.contains(name)
+        self.all_full || !self.known.contains(name)
     }
 }
 
-/// The data files one state table is read from, oldest (full) first.
+/// The data files one state table is read from, oldest (full) first
+/// (format 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     pub files: Vec<u64>,
@@ -349,12 +348,39 @@ pub struct Chain {
     pub delta_bytes: u64,
 }
 
-/// A data file named by a manifest.
+/// A data file named by a manifest (format 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataFile {
     pub path: String,
     pub bytes: u64,
     pub crc32: u32,
+}
+
+/// A run named by a manifest, with what it holds of each state table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRef {
+    pub id: u64,
+    /// Relative to the store's root (`runs/...`, `snapshots/<name>/...`).
+    pub path: String,
+    pub bytes: u64,
+    /// `(table id, entries, key and value bytes)`, by table id.
+    pub tables: Vec<(u32, u64, u64)>,
+}
+
+impl RunRef {
+    fn of(run: &Run, path: String) -> Self {
+        let tables = run
+            .group_stats()
+            .iter()
+            .filter_map(|g| Some((table_of_prefix(&g.prefix)?, g.entries, g.bytes)))
+            .collect();
+        Self {
+            id: run.id(),
+            path,
+            bytes: run.file_bytes(),
+            tables,
+        }
+    }
 }
 
 /// The record of one complete checkpoint.
@@ -365,34 +391,54 @@ pub struct Manifest {
     pub created_unix_ms: u64,
     /// The DDL of every object, in creation order.
     pub catalog: Vec<String>,
+    /// Format 2: each state table's chain of data files.
     pub chains: BTreeMap<String, Chain>,
     pub files: BTreeMap<u64, DataFile>,
     pub meta: CheckpointMeta,
-    /// Bytes this checkpoint wrote (its data file and manifest).
+    /// Bytes this checkpoint wrote (its runs and manifest).
     pub bytes_written: u64,
+    /// Every state table's id: its keys in the runs start with it.
+    pub tables: BTreeMap<String, u32>,
+    /// The id the next new state table gets (ids are not reused).
+    pub next_table_id: u32,
+    /// The runs holding every state table, oldest first.
+    pub runs: Vec<RunRef>,
 }
 
 impl Manifest {
-    /// The request for the checkpoint after this one.
+    /// The request for the checkpoint after this one. A format-2
+    /// checkpoint's tables are in no run: all are captured whole.
     pub fn next_request(&self) -> CaptureRequest {
-        let compact = self
-            .chains
-            .iter()
-            .filter(|(_, c)| {
-                c.files.len() >= MAX_CHAIN || c.delta_bytes > c.base_bytes.max(MIN_COMPACTION_BYTES)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
         CaptureRequest {
             all_full: false,
-            known: self.chains.keys().cloned().collect(),
-            compact,
+            known: self.tables.keys().cloned().collect(),
         }
     }
 
     /// Bytes of state a recovery from this checkpoint reads.
     pub fn state_bytes(&self) -> u64 {
-        self.files.values().map(|f| f.bytes).sum()
+        let runs: u64 = self.runs.iter().map(|r| r.bytes).sum();
+        runs + self.files.values().map(|f| f.bytes).sum::<u64>()
+    }
+
+    /// Key and value bytes of each state table across the runs (every
+    /// version a recovery reads), by name.
+    pub fn state_table_bytes(&self) -> BTreeMap<String, u64> {
+        let mut by_id: HashMap<u32, u64> = HashMap::new();
+        for run in &self.runs {
+            for (table, _, bytes) in &run.tables {
+                *by_id.entry(*table).or_default() += bytes;
+            }
+        }
+        let chains = self
+            .chains
+            .iter()
+            .map(|(name, chain)| (name.clone(), chain.base_bytes + chain.delta_bytes));
+        self.tables
+            .iter()
+            .map(|(name, id)| (name.clone(), by_id.get(id).copied().unwrap_or(0)))
+            .chain(chains)
+            .collect()
     }
 }
 
@@ -413,12 +459,52 @@ impl RestoredState {
     }
 }
 
+/// The key prefix of state table `id`.
+fn table_prefix(id: u32) -> [u8; TABLE_PREFIX_BYTES] {
+    id.to_be_bytes()
+}
+
+/// The table id a run's group prefix stands for.
+fn table_of_prefix(prefix: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(prefix.try_into().ok()?))
+}
+
+/// A directory removed when the last handle to it goes (the local run
+/// cache of an in-memory or remote store).
+#[derive(Debug)]
+struct TemporaryDir(std::path::PathBuf);
+
+impl Drop for TemporaryDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, private temporary directory.
+fn temporary_dir(what: &str) -> Result<Arc<TemporaryDir>> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("eddy-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| EddyError::Checkpoint(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(Arc::new(TemporaryDir(dir)))
+}
+
 /// Checkpoint storage: a local directory or an object store URL.
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     root: Path,
     location: String,
+    /// Where store paths are files here: the store's own directory when it
+    /// is local, else a cache that runs are written to before upload and
+    /// downloaded to for reading.
+    local_root: std::path::PathBuf,
+    /// Whether `local_root` is the store itself (nothing to upload).
+    local: bool,
+    /// Keeps a temporary cache directory while the store is in use.
+    _cache: Option<Arc<TemporaryDir>>,
 }
 
 impl CheckpointStore {
@@ -438,6 +524,9 @@ impl CheckpointStore {
                 store: Arc::new(store),
                 root: Path::default(),
                 location: dir.to_string(),
+                local_root: std::path::PathBuf::from(dir),
+                local: true,
+                _cache: None,
             });
         }
         let url = url::Url::parse(location)
@@ -456,20 +545,31 @@ impl CheckpointStore {
                  `--features cloud`)"
             ))
         })?;
+        Self::remote(Arc::from(store), root, location.to_string())
+    }
+
+    /// A store whose files are not local: runs go through a temporary
+    /// local cache.
+    fn remote(store: Arc<dyn ObjectStore>, root: Path, location: String) -> Result<Self> {
+        let cache = temporary_dir("run-cache")?;
         Ok(Self {
-            store: Arc::from(store),
+            store,
             root,
-            location: location.to_string(),
+            location,
+            local_root: cache.0.clone(),
+            local: false,
+            _cache: Some(cache),
         })
     }
 
-    /// An in-memory store (for tests and `--no-checkpoints` runs).
-    pub fn in_memory() -> Self {
-        Self {
-            store: Arc::new(object_store::memory::InMemory::new()),
-            root: Path::default(),
-            location: "memory".into(),
-        }
+    /// An in-memory store (for tests and `--no-checkpoints` runs); its runs
+    /// are cached in a temporary directory, as a remote store's are.
+    pub fn in_memory() -> Result<Self> {
+        Self::remote(
+            Arc::new(object_store::memory::InMemory::new()),
+            Path::default(),
+            "memory".into(),
+        )
     }
 
     pub fn location(&self) -> &str {
@@ -529,8 +629,64 @@ impl CheckpointStore {
             .collect())
     }
 
-    /// Writes checkpoint `id` from `capture` on top of `previous`, then the
-    /// manifest (last), then deletes what no retained checkpoint needs.
+    /// The local file of store path `relative`.
+    fn local_path(&self, relative: &str) -> std::path::PathBuf {
+        self.local_root.join(relative)
+    }
+
+    /// Opens run `run`, downloading it to the local cache first when the
+    /// store is remote and the cache lacks it.
+    async fn open_run(&self, run: &RunRef) -> Result<Arc<Run>> {
+        let path = self.local_path(&run.path);
+        if !self.local && !path.exists() {
+            let bytes = self.get(&run.path).await?;
+            let partial = path.with_extension("download");
+            let (target, written) = (path.clone(), partial.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Some(dir) = written.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(&written, &bytes)?;
+                std::fs::rename(&written, &target)
+            })
+            .await
+            .map_err(|e| crate::internal!("downloading a run: {e}"))?
+            .map_err(|e| {
+                EddyError::Checkpoint(format!(
+                    "caching {} at {}: {e}",
+                    run.path,
+                    partial.display()
+                ))
+            })?;
+        }
+        let id = run.id;
+        let opened = tokio::task::spawn_blocking(move || Run::open(id, &path))
+            .await
+            .map_err(|e| crate::internal!("opening a run: {e}"))??;
+        if opened.file_bytes() != run.bytes {
+            return Err(EddyError::Checkpoint(format!(
+                "{} is damaged: {} bytes, the manifest says {}",
+                run.path,
+                opened.file_bytes(),
+                run.bytes
+            )));
+        }
+        Ok(Arc::new(opened))
+    }
+
+    /// Runs blocking file work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| crate::internal!("checkpoint file work stopped: {e}"))?
+    }
+
+    /// Writes checkpoint `id` from `capture` on top of `previous`: one run
+    /// of every change, a merge when [`pick_merge`] asks for one, the
+    /// uploads a remote store needs, then the manifest (last), then deletes
+    /// what no retained checkpoint needs.
     pub async fn write(
         &self,
         id: u64,
@@ -543,76 +699,81 @@ impl CheckpointStore {
             states,
             meta,
         } = capture;
-        // Which state tables go into the data file (an unchanged one keeps
-        // its chain), and how many bytes each section takes: the file's
-        // length comes first in it, and is known before anything is encoded.
-        let mut chains = BTreeMap::new();
+        let (mut tables, mut next_table_id, mut runs) = match previous {
+            Some(m) => (m.tables.clone(), m.next_table_id, m.runs.clone()),
+            None => (BTreeMap::new(), 0, Vec::new()),
+        };
+        // Tables gone since the previous checkpoint: a tombstone each.
+        let dropped: Vec<u32> = tables
+            .iter()
+            .filter(|(name, _)| !states.contains_key(*name))
+            .map(|(_, id)| *id)
+            .collect();
+        tables.retain(|name, _| states.contains_key(name));
         let mut sections = Vec::new();
-        let mut payload_len = 8u64; // the section count
         for (name, delta) in states {
-            let previous_chain = previous.and_then(|m| m.chains.get(&name));
-            let no_base = || {
-                crate::internal!(
-                    "state {name} has no previous checkpoint but was captured as a delta"
-                )
-            };
-            if !delta.full && delta.is_empty() {
-                chains.insert(name.clone(), previous_chain.ok_or_else(no_base)?.clone());
-                continue;
-            }
-            let written = section_len(&name, &delta);
-            payload_len += written;
-            let chain = match (delta.full, previous_chain) {
-                (true, _) => Chain {
-                    files: vec![id],
-                    base_bytes: written,
-                    delta_bytes: 0,
-                },
-                (false, Some(chain)) => {
-                    let mut chain = chain.clone();
-                    chain.files.push(id);
-                    chain.delta_bytes += written;
-                    chain
+            let table = match tables.get(&name) {
+                Some(table) => *table,
+                None if delta.full => {
+                    let table = next_table_id;
+                    next_table_id = next_table_id.checked_add(1).ok_or_else(|| {
+                        crate::internal!("state table ids ran out (2^32 tables created)")
+                    })?;
+                    tables.insert(name, table);
+                    table
                 }
-                (false, None) => return Err(no_base()),
+                None => {
+                    return Err(crate::internal!(
+                        "state {name} has no previous checkpoint but was captured as a delta"
+                    ))
+                }
             };
-            chains.insert(name.clone(), chain);
-            sections.push((name, delta));
+            if delta.full || !delta.is_empty() {
+                sections.push((table, delta));
+            }
         }
-        let data_path = format!("state/{id:020}.data");
-        let mut files = BTreeMap::new();
+        sections.sort_by_key(|(table, _)| *table);
+
         let mut bytes_written = 0;
-        if !sections.is_empty() {
-            let mut data = ChunkedEnvelope::new(DATA_MAGIC, payload_len);
-            data.encoder().u64(sections.len() as u64);
-            for (name, delta) in sections {
-                // Each entry is freed once encoded.
-                encode_section(&mut data, &name, delta);
-            }
-            let (chunks, file) = data.finish()?;
-            bytes_written += file.bytes;
-            files.insert(
-                id,
-                DataFile {
-                    path: data_path.clone(),
-                    ..file
-                },
-            );
-            self.put_chunks(&data_path, chunks).await?;
+        let mut written_here = BTreeSet::new();
+        let run_path = |seq: u64| {
+            let run_id = (id << 16) | seq;
+            (run_id, format!("runs/{run_id:020}.run"))
+        };
+        let (run_id, path) = run_path(0);
+        let local = self.local_path(&path);
+        let run = Self::blocking(move || write_changes(&local, run_id, sections, dropped)).await?;
+        if let Some(run) = run {
+            bytes_written += run.file_bytes();
+            written_here.insert(path.clone());
+            runs.push(RunRef::of(&run, path));
         }
-        // Files of earlier checkpoints that the chains still read.
-        let needed: BTreeSet<u64> = chains.values().flat_map(|c| c.files.clone()).collect();
-        if let Some(previous) = previous {
-            for file in &needed {
-                if let Some(f) = previous.files.get(file) {
-                    files.insert(*file, f.clone());
-                }
+        // One merge at most per checkpoint (each one bounds the next).
+        let sizes: Vec<u64> = runs.iter().map(|r| r.bytes).collect();
+        if let Some(first) = pick_merge(&sizes, MAX_RUNS) {
+            let mut group = Vec::with_capacity(runs.len() - first);
+            for run in &runs[first..] {
+                group.push(self.open_run(run).await?);
             }
+            let (merged_id, path) = run_path(1);
+            let local = self.local_path(&path);
+            let merged = Self::blocking(move || {
+                let writer = RunWriter::create(&local)?.group_stats_by(TABLE_PREFIX_BYTES);
+                merge_runs(&group, first == 0, writer, merged_id)
+            })
+            .await?;
+            bytes_written += merged.file_bytes();
+            written_here.insert(path.clone());
+            runs.truncate(first);
+            runs.push(RunRef::of(&merged, path));
         }
-        if let Some(missing) = needed.iter().find(|f| !files.contains_key(f)) {
-            return Err(crate::internal!(
-                "checkpoint {id} needs data file {missing} that no manifest names"
-            ));
+        if !self.local {
+            for run in runs.iter().filter(|r| written_here.contains(&r.path)) {
+                let bytes = tokio::fs::read(self.local_path(&run.path))
+                    .await
+                    .map_err(|e| EddyError::Checkpoint(format!("reading {}: {e}", run.path)))?;
+                self.put(&run.path, bytes).await?;
+            }
         }
         let mut manifest = Manifest {
             id,
@@ -622,10 +783,13 @@ impl CheckpointStore {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             catalog,
-            chains,
-            files,
+            chains: BTreeMap::new(),
+            files: BTreeMap::new(),
             meta,
             bytes_written,
+            tables,
+            next_table_id,
+            runs,
         };
         let encoded = envelope(MANIFEST_MAGIC, &encode_manifest(&manifest));
         manifest.bytes_written += encoded.len() as u64;
@@ -658,8 +822,9 @@ impl CheckpointStore {
 
     async fn read_manifest(&self, relative: &str) -> Result<Manifest> {
         let bytes = self.get(relative).await?;
-        let payload = open_envelope(MANIFEST_MAGIC, &bytes, relative)?;
-        decode_manifest(payload).map_err(|e| EddyError::Checkpoint(format!("{relative}: {e}")))
+        let (version, payload) = open_envelope(MANIFEST_MAGIC, &bytes, relative)?;
+        decode_manifest(payload, version)
+            .map_err(|e| EddyError::Checkpoint(format!("{relative}: {e}")))
     }
 
     /// The tables' write-ahead log positions in each checkpoint a recovery
@@ -680,8 +845,9 @@ impl CheckpointStore {
         Ok(positions)
     }
 
-    /// Deletes manifests beyond the retained ones and data files that no
-    /// retained manifest names.
+    /// Deletes manifests beyond the retained ones, and data files and runs
+    /// that no retained manifest names (in the store and in a remote
+    /// store's local cache).
     async fn collect_garbage(&self) -> Result<()> {
         let ids = self.manifest_ids("checkpoints").await?;
         let mut needed = BTreeSet::new();
@@ -689,7 +855,10 @@ impl CheckpointStore {
             let path = format!("checkpoints/{id:020}.manifest");
             if i < RETAINED_CHECKPOINTS {
                 match self.read_manifest(&path).await {
-                    Ok(m) => needed.extend(m.files.values().map(|f| f.path.clone())),
+                    Ok(m) => {
+                        needed.extend(m.files.values().map(|f| f.path.clone()));
+                        needed.extend(m.runs.iter().map(|r| r.path.clone()));
+                    }
                     // Unreadable: it cannot be recovered from; keep its
                     // neighbours' files and leave it for inspection.
                     Err(_) => return Ok(()),
@@ -698,9 +867,22 @@ impl CheckpointStore {
                 self.delete(&path).await?;
             }
         }
-        for path in self.list("state").await? {
-            if !needed.contains(&path) {
-                self.delete(&path).await?;
+        for dir in ["state", "runs"] {
+            for path in self.list(dir).await? {
+                if !needed.contains(&path) {
+                    self.delete(&path).await?;
+                }
+            }
+        }
+        if !self.local {
+            let cached = self.local_path("runs");
+            if let Ok(listing) = std::fs::read_dir(&cached) {
+                for entry in listing.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !needed.contains(&format!("runs/{name}")) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
             }
         }
         Ok(())
@@ -751,6 +933,46 @@ impl CheckpointStore {
 
     /// Reads every state table of `manifest`.
     pub async fn load(&self, manifest: &Manifest) -> Result<RestoredState> {
+        let mut states = self.load_chains(manifest).await?;
+        let mut runs = Vec::with_capacity(manifest.runs.len());
+        for run in &manifest.runs {
+            runs.push(self.open_run(run).await?);
+        }
+        let tables = manifest.tables.clone();
+        let from_runs = Self::blocking(move || {
+            // Read-only: nothing is written through this table.
+            let reader = StateTable::read_only(runs);
+            let mut states = HashMap::new();
+            for (name, id) in tables {
+                let prefix = table_prefix(id);
+                let entries: BTreeMap<Vec<u8>, Vec<u8>> = reader
+                    .prefix(&prefix)?
+                    .into_iter()
+                    .map(|(mut key, value)| {
+                        key.drain(..TABLE_PREFIX_BYTES);
+                        (key, value)
+                    })
+                    .collect();
+                states.insert(name, entries);
+            }
+            Ok(states)
+        })
+        .await?;
+        states.extend(from_runs);
+        Ok(RestoredState {
+            id: manifest.id,
+            epoch: manifest.epoch,
+            catalog: manifest.catalog.clone(),
+            states,
+            meta: manifest.meta.clone(),
+        })
+    }
+
+    /// Reads the state tables a format-2 manifest keeps in data files.
+    async fn load_chains(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<HashMap<String, BTreeMap<Vec<u8>, Vec<u8>>>> {
         let mut sections: BTreeMap<u64, HashMap<String, StateDelta>> = BTreeMap::new();
         for (id, file) in &manifest.files {
             let bytes = self.get(&file.path).await?;
@@ -762,7 +984,7 @@ impl CheckpointStore {
                     file.bytes
                 )));
             }
-            let payload = open_envelope(DATA_MAGIC, &bytes, &file.path)?;
+            let (_, payload) = open_envelope(DATA_MAGIC, &bytes, &file.path)?;
             let payload = bytes.slice_ref(payload);
             let decoded = decode_sections(&payload)
                 .map_err(|e| EddyError::Checkpoint(format!("{}: {e}", file.path)))?;
@@ -793,13 +1015,7 @@ impl CheckpointStore {
             }
             states.insert(name.clone(), entries);
         }
-        Ok(RestoredState {
-            id: manifest.id,
-            epoch: manifest.epoch,
-            catalog: manifest.catalog.clone(),
-            states,
-            meta: manifest.meta.clone(),
-        })
+        Ok(states)
     }
 
     /// Copies checkpoint `manifest` to a named snapshot (a savepoint) that
@@ -807,12 +1023,21 @@ impl CheckpointStore {
     pub async fn save_snapshot(&self, name: &str, manifest: &Manifest) -> Result<()> {
         check_snapshot_name(name)?;
         let mut copy = manifest.clone();
+        let in_snapshot = |path: &str| {
+            let file_name = path.rsplit('/').next().unwrap_or(path);
+            format!("snapshots/{name}/{file_name}")
+        };
         for file in copy.files.values_mut() {
             let bytes = self.get(&file.path).await?;
-            let file_name = file.path.rsplit('/').next().unwrap_or(&file.path);
-            let path = format!("snapshots/{name}/{file_name}");
+            let path = in_snapshot(&file.path);
             self.put(&path, bytes.to_vec()).await?;
             file.path = path;
+        }
+        for run in &mut copy.runs {
+            let bytes = self.get(&run.path).await?;
+            let path = in_snapshot(&run.path);
+            self.put(&path, bytes.to_vec()).await?;
+            run.path = path;
         }
         let encoded = envelope(MANIFEST_MAGIC, &encode_manifest(&copy));
         self.put(&format!("snapshots/{name}/snapshot.manifest"), encoded)
@@ -855,16 +1080,21 @@ fn is_version_error(e: &EddyError) -> bool {
 
 /// `magic | version | length | payload | crc32(payload)`.
 fn envelope(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
+    envelope_of_version(magic, STATE_FORMAT_VERSION, payload)
+}
+
+fn envelope_of_version(magic: &[u8; 8], version: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 24);
     out.extend_from_slice(magic);
-    out.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(payload);
     out.extend_from_slice(&crc32(payload).to_le_bytes());
     out
 }
 
-fn open_envelope<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result<&'a [u8]> {
+/// The format version and payload of a file [`envelope`] wrote.
+fn open_envelope<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result<(u32, &'a [u8])> {
     let damaged = |why: &str| EddyError::Checkpoint(format!("{what} is damaged: {why}"));
     if bytes.len() < 24 || &bytes[..8] != magic {
         return Err(damaged(
@@ -891,24 +1121,49 @@ fn open_envelope<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result<&'a
     if crc32(payload) != stored {
         return Err(damaged("checksum mismatch"));
     }
-    Ok(payload)
+    Ok((version, payload))
 }
 
-/// The bytes [`encode_section`] writes for `delta`.
-fn section_len(name: &str, delta: &StateDelta) -> u64 {
-    (8 + name.len() + 1 + 8) as u64 + delta.encoded_len()
-}
-
-/// Encodes one state table's section: its header, then its entries' chunks
-/// as they are.
-fn encode_section(out: &mut ChunkedEnvelope, name: &str, delta: StateDelta) {
-    out.encoder()
-        .bytes(name.as_bytes())
-        .u8(u8::from(delta.full))
-        .u64(delta.len());
-    for chunk in delta.into_chunks() {
-        out.append(chunk);
+/// Writes one checkpoint's changes as run `run_id` at `path`: for each
+/// state table (by id), a tombstone over its keys when it was captured
+/// whole, then its entries sorted by key (the last of a key winning); a
+/// tombstone for each dropped table. `None` when there is nothing to say.
+fn write_changes(
+    path: &std::path::Path,
+    run_id: u64,
+    sections: Vec<(u32, StateDelta)>,
+    dropped: Vec<u32>,
+) -> Result<Option<Run>> {
+    let mut writer = RunWriter::create(path)?.group_stats_by(TABLE_PREFIX_BYTES);
+    let whole = sections.iter().filter(|(_, d)| d.full).map(|(t, _)| *t);
+    for table in whole.chain(dropped) {
+        let prefix = table_prefix(table);
+        let end = prefix_end(&prefix).ok_or_else(|| crate::internal!("table id {table}"))?;
+        writer.delete_range(&prefix, &end);
     }
+    let mut key = Vec::new();
+    for (table, delta) in sections {
+        let mut entries = delta.entries().collect::<Result<Vec<_>>>()?;
+        // Stable: of equal keys the last captured stays last.
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        let prefix = table_prefix(table);
+        for (i, (k, value)) in entries.iter().enumerate() {
+            let superseded = entries.get(i + 1).is_some_and(|(next, _)| next == k);
+            // A delete in a whole capture hides nothing its tombstone
+            // does not.
+            if superseded || (delta.full && value.is_none()) {
+                continue;
+            }
+            key.clear();
+            key.extend_from_slice(&prefix);
+            key.extend_from_slice(k);
+            writer.add(&key, *value)?;
+        }
+    }
+    if writer.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(writer.finish(run_id)?))
 }
 
 /// One entry as [`StateDelta`] encodes it.
@@ -921,91 +1176,8 @@ fn decode_entry<'a>(d: &mut Decoder<'a>) -> Result<(&'a [u8], Option<&'a [u8]>)>
     Ok((key, value))
 }
 
-/// A file in the [`envelope`] format built in chunks as its payload is
-/// encoded: no copy of the whole file and no doubling as a buffer grows,
-/// so writing a large checkpoint needs its encoded size in memory once
-/// (while the captured entries it encodes are freed as it goes). The
-/// payload's length, which the header holds, is declared up front and
-/// checked at the end.
-struct ChunkedEnvelope {
-    chunks: Vec<Bytes>,
-    current: Encoder,
-    /// Header bytes at the start of `current` (not payload).
-    header: usize,
-    declared_len: u64,
-    payload_len: u64,
-    payload_crc: crc32fast::Hasher,
-    file_crc: crc32fast::Hasher,
-}
-
 /// The size at which a chunk is cut.
 const CHUNK_BYTES: usize = 4 << 20;
-
-impl ChunkedEnvelope {
-    fn new(magic: &[u8; 8], payload_len: u64) -> Self {
-        let mut current = Encoder::new();
-        current.bytes.extend_from_slice(magic);
-        current.u32(STATE_FORMAT_VERSION).u64(payload_len);
-        Self {
-            chunks: Vec::new(),
-            header: current.bytes.len(),
-            current,
-            declared_len: payload_len,
-            payload_len: 0,
-            payload_crc: crc32fast::Hasher::new(),
-            file_crc: crc32fast::Hasher::new(),
-        }
-    }
-
-    /// Where the payload is appended.
-    fn encoder(&mut self) -> &mut Encoder {
-        &mut self.current
-    }
-
-    /// Appends an encoded chunk of the payload without copying it.
-    fn append(&mut self, chunk: Bytes) {
-        self.cut();
-        self.payload_crc.update(&chunk);
-        self.file_crc.update(&chunk);
-        self.payload_len += chunk.len() as u64;
-        self.chunks.push(chunk);
-    }
-
-    fn cut(&mut self) {
-        if self.current.bytes.is_empty() {
-            return;
-        }
-        let bytes = std::mem::take(&mut self.current.bytes);
-        let payload = &bytes[self.header..];
-        self.payload_crc.update(payload);
-        self.payload_len += payload.len() as u64;
-        self.file_crc.update(&bytes);
-        self.header = 0;
-        self.chunks.push(Bytes::from(bytes));
-    }
-
-    /// The file's chunks, and its size and CRC as a manifest names them
-    /// (its path left empty).
-    fn finish(mut self) -> Result<(Vec<Bytes>, DataFile)> {
-        self.cut();
-        if self.payload_len != self.declared_len {
-            return Err(crate::internal!(
-                "a checkpoint file's payload is {} bytes, but {} were declared",
-                self.payload_len,
-                self.declared_len
-            ));
-        }
-        let trailer = self.payload_crc.finalize().to_le_bytes();
-        self.file_crc.update(&trailer);
-        self.chunks.push(Bytes::copy_from_slice(&trailer));
-        let file = DataFile {
-            path: String::new(),
-            bytes: self.chunks.iter().map(|c| c.len() as u64).sum(),
-            crc32: self.file_crc.finalize(),
-        };
-        Ok((self.chunks, file))
-    }
-}
 
 /// The sections of a data file; each delta's entries are a slice of
 /// `payload`, checked here.
@@ -1091,10 +1263,27 @@ fn encode_manifest(m: &Manifest) -> Vec<u8> {
     for (name, lsn) in &m.meta.table_lsns {
         e.bytes(name.as_bytes()).u64(*lsn);
     }
+    // Format 3.
+    e.u64(m.tables.len() as u64);
+    for (name, id) in &m.tables {
+        e.bytes(name.as_bytes()).u32(*id);
+    }
+    e.u32(m.next_table_id);
+    e.u64(m.runs.len() as u64);
+    for run in &m.runs {
+        e.u64(run.id)
+            .bytes(run.path.as_bytes())
+            .u64(run.bytes)
+            .u64(run.tables.len() as u64);
+        for (table, entries, bytes) in &run.tables {
+            e.u32(*table).u64(*entries).u64(*bytes);
+        }
+    }
     e.finish()
 }
 
-fn decode_manifest(payload: &[u8]) -> Result<Manifest> {
+/// A manifest of format `version`.
+fn decode_manifest(payload: &[u8], version: u32) -> Result<Manifest> {
     let mut d = Decoder::new(payload);
     let id = d.u64()?;
     let epoch = d.u64()?;
@@ -1162,10 +1351,34 @@ fn decode_manifest(payload: &[u8]) -> Result<Manifest> {
         meta.readers.insert(name, position);
     }
     // Version 1 manifests end here.
-    if !d.is_empty() {
+    if version >= 2 && !d.is_empty() {
         for _ in 0..d.u64()? {
             let name = string(d.bytes()?)?;
             meta.table_lsns.insert(name, d.u64()?);
+        }
+    }
+    let mut tables = BTreeMap::new();
+    let mut next_table_id = 0;
+    let mut runs = Vec::new();
+    if version >= 3 {
+        for _ in 0..d.u64()? {
+            let name = string(d.bytes()?)?;
+            tables.insert(name, d.u32()?);
+        }
+        next_table_id = d.u32()?;
+        for _ in 0..d.u64()? {
+            let id = d.u64()?;
+            let path = string(d.bytes()?)?;
+            let bytes = d.u64()?;
+            let counted = (0..d.u64()?)
+                .map(|_| Ok((d.u32()?, d.u64()?, d.u64()?)))
+                .collect::<Result<Vec<_>>>()?;
+            runs.push(RunRef {
+                id,
+                path,
+                bytes,
+                tables: counted,
+            });
         }
     }
     Ok(Manifest {
@@ -1177,6 +1390,9 @@ fn decode_manifest(payload: &[u8]) -> Result<Manifest> {
         files,
         meta,
         bytes_written,
+        tables,
+        next_table_id,
+        runs,
     })
 }
 
@@ -1206,9 +1422,13 @@ mod tests {
         delta
     }
 
+    fn restored_keys(restored: &mut RestoredState, name: &str) -> Vec<Vec<u8>> {
+        restored.take(name).into_keys().collect()
+    }
+
     #[tokio::test]
-    async fn incremental_chains_restore_the_latest_state() {
-        let store = CheckpointStore::in_memory();
+    async fn incremental_checkpoints_restore_the_latest_state() {
+        let store = CheckpointStore::in_memory().unwrap();
         let first = store
             .write(
                 1,
@@ -1221,6 +1441,9 @@ mod tests {
             )
             .await
             .unwrap();
+        assert_eq!(first.runs.len(), 1);
+        // Two entries of a 4-byte table id, a 2-byte key and a 2-byte value.
+        assert_eq!(first.state_table_bytes()["a"], 16);
         let second = store
             .write(
                 2,
@@ -1233,8 +1456,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(second.chains["a"].files, vec![1, 2]);
-        // Unchanged state keeps its chain and writes nothing.
+        // Unchanged state writes no run.
         let third = store
             .write(
                 3,
@@ -1244,104 +1466,98 @@ mod tests {
             )
             .await
             .unwrap();
-        assert!(third.files.keys().eq([1u64, 2].iter()));
+        assert_eq!(third.runs, second.runs);
         let (manifest, mut restored) = store.latest().await.unwrap().unwrap();
         assert_eq!(manifest.id, 3);
         assert_eq!(restored.epoch, 30);
-        let a = restored.take("a");
-        let keys: Vec<&[u8]> = a.keys().map(|k| k.as_slice()).collect();
-        assert_eq!(keys, vec![b"k2".as_slice(), b"k3".as_slice()]);
-    }
-
-    /// A data file larger than a chunk (several sections, deletes, a full
-    /// and a delta section) is written in pieces: on disk it is byte for
-    /// byte the one-buffer format (so files of either kind read back), and
-    /// it restores.
-    #[tokio::test]
-    async fn a_file_of_many_chunks_has_the_one_buffer_format() {
-        let dir = std::env::temp_dir().join(format!("eddy-chunks-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = CheckpointStore::open(dir.to_str().unwrap()).unwrap();
-        let big: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..40_000u32)
-            .map(|i| {
-                let value = (i % 7 != 0).then(|| vec![(i % 251) as u8; 200 + (i % 50) as usize]);
-                (i.to_be_bytes().to_vec(), value)
-            })
-            .collect();
-        let first = store
-            .write(
-                1,
-                None,
-                capture(1, vec![("small", delta(true, &[("k", Some("v"))]))]),
-                vec![],
-            )
-            .await
-            .unwrap();
-        let big_delta = delta(true, &big);
-        let small = [(&b"k"[..], None), (&b"k2"[..], Some(&b"v2"[..]))];
-        let states = vec![("big", big_delta.clone()), ("small", delta(false, &small))];
-        // The expected file, encoded in one buffer.
-        let mut payload = Encoder::new();
-        payload.u64(states.len() as u64);
-        type Entries<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
-        let sections: [(&str, bool, Entries); 2] = [
-            (
-                "big",
-                true,
-                big.iter().map(|(k, v)| (&k[..], v.as_deref())).collect(),
-            ),
-            ("small", false, small.to_vec()),
-        ];
-        for (name, full, entries) in &sections {
-            payload
-                .bytes(name.as_bytes())
-                .u8(u8::from(*full))
-                .u64(entries.len() as u64);
-            for (key, value) in entries {
-                payload.bytes(key);
-                match value {
-                    Some(value) => payload.u8(1).bytes(value),
-                    None => payload.u8(0),
-                };
-            }
-        }
-        let expected = envelope(DATA_MAGIC, &payload.bytes);
-        assert!(expected.len() > 2 * CHUNK_BYTES);
-
-        let second = store
-            .write(2, Some(&first), capture(2, states), vec![])
-            .await
-            .unwrap();
-        let on_disk = std::fs::read(dir.join("state").join(format!("{:020}.data", 2))).unwrap();
-        assert!(
-            on_disk == expected,
-            "the chunked file differs from the one-buffer format"
-        );
-        assert_eq!(second.files[&2].bytes, expected.len() as u64);
-        assert_eq!(second.files[&2].crc32, crc32(&expected));
         assert_eq!(
-            second.chains["big"].base_bytes,
-            section_len("big", &big_delta)
+            restored_keys(&mut restored, "a"),
+            vec![b"k2".to_vec(), b"k3".to_vec()]
         );
-        assert!(
-            big_delta.chunks.len() >= 2,
-            "the delta spans several chunks"
-        );
+    }
 
-        let (_, mut restored) = store.latest().await.unwrap().unwrap();
-        let big_back = restored.take("big");
-        let kept: Vec<_> = big.iter().filter(|(_, v)| v.is_some()).collect();
-        assert_eq!(big_back.len(), kept.len());
-        for (key, value) in kept {
-            assert_eq!(Some(&big_back[key.as_slice()]), value.as_ref());
+    /// Many checkpoints of several tables (whole and incremental captures,
+    /// deletes, a table dropped and one added) agree with a model after
+    /// each one, through merges; runs stay few; a remote store's runs are
+    /// downloaded again when its local cache lost them.
+    #[tokio::test]
+    async fn checkpoints_merge_runs_and_agree_with_a_model() {
+        let store = CheckpointStore::in_memory().unwrap();
+        let mut model: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+        let mut previous: Option<Manifest> = None;
+        for id in 1..=40u64 {
+            let mut states = Vec::new();
+            for table in ["big", "small", "late"] {
+                let exists = match table {
+                    "late" => id >= 20,
+                    "small" => id < 30,
+                    _ => true,
+                };
+                if !exists {
+                    model.remove(table);
+                    continue;
+                }
+                let known = previous
+                    .as_ref()
+                    .is_some_and(|m| m.tables.contains_key(table));
+                // Whole now and then, as after a failed checkpoint.
+                let full = !known || id % 17 == 0;
+                let entries = model.entry(table.to_string()).or_default();
+                if full {
+                    entries.clear();
+                }
+                let mut changes = Vec::new();
+                let count = if table == "big" { 3000 } else { 20 };
+                for i in 0..count {
+                    let k = ((id * 7919 + i * 31) % 5000).to_be_bytes().to_vec();
+                    if (i + id) % 5 == 0 {
+                        entries.remove(&k);
+                        changes.push((k, None));
+                    } else {
+                        let v = format!("{table}-{id}-{i}").into_bytes();
+                        entries.insert(k.clone(), v.clone());
+                        changes.push((k, Some(v)));
+                    }
+                }
+                if full {
+                    // A whole capture writes what is there.
+                    changes = entries
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Some(v.clone())))
+                        .collect();
+                }
+                states.push((table, delta(full, &changes)));
+            }
+            let manifest = store
+                .write(id, previous.as_ref(), capture(id, states), vec![])
+                .await
+                .unwrap();
+            assert!(
+                manifest.runs.len() <= MAX_RUNS,
+                "{} runs",
+                manifest.runs.len()
+            );
+            if id % 10 == 0 {
+                if id == 30 {
+                    // The cache lost everything: the store still has it.
+                    let _ = std::fs::remove_dir_all(store.local_path("runs"));
+                }
+                let (_, mut restored) = store.latest().await.unwrap().unwrap();
+                let mut back: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+                for name in manifest.tables.keys() {
+                    back.insert(name.clone(), restored.take(name));
+                }
+                assert_eq!(back, model, "after checkpoint {id}");
+            }
+            previous = Some(manifest);
         }
-        let small = restored.take("small");
-        assert_eq!(small.keys().collect::<Vec<_>>(), vec![&b"k2".to_vec()]);
-        let _ = std::fs::remove_dir_all(&dir);
+        let last = previous.unwrap();
+        assert!(!last.tables.contains_key("small"));
+        assert!(last.state_table_bytes()["big"] > 0);
     }
 
     #[tokio::test]
-    async fn a_damaged_file_falls_back_to_the_previous_checkpoint() {
+    async fn a_damaged_run_falls_back_to_the_previous_checkpoint() {
         let dir = std::env::temp_dir().join(format!("eddy-ckpt-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = CheckpointStore::open(dir.to_str().unwrap()).unwrap();
@@ -1354,7 +1570,7 @@ mod tests {
             )
             .await
             .unwrap();
-        store
+        let second = store
             .write(
                 2,
                 Some(&first),
@@ -1363,11 +1579,15 @@ mod tests {
             )
             .await
             .unwrap();
-        // Flip one byte of checkpoint 2's data file.
-        let path = dir.join("state").join(format!("{:020}.data", 2));
+        // Flip one byte of a block of a run only checkpoint 2 names.
+        let run = second
+            .runs
+            .iter()
+            .find(|r| !first.runs.contains(r))
+            .unwrap();
+        let path = dir.join(&run.path);
         let mut bytes = std::fs::read(&path).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0xff;
+        bytes[14] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
         let (manifest, mut restored) = store.latest().await.unwrap().unwrap();
         assert_eq!(manifest.id, 1);
@@ -1379,6 +1599,104 @@ mod tests {
         let error = store.latest().await.unwrap_err().to_string();
         assert!(error.contains("truncated"), "{error}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A format-2 checkpoint (a data file of sections and a manifest of
+    /// chains, as eddy wrote before runs) restores, and the first
+    /// checkpoint after it captures every table whole into a run.
+    #[tokio::test]
+    async fn a_format_2_checkpoint_restores_and_upgrades() {
+        let store = CheckpointStore::in_memory().unwrap();
+        let mut payload = Encoder::new();
+        payload.u64(1).bytes(b"t").u8(1).u64(2);
+        payload.bytes(b"k1").u8(1).bytes(b"v1");
+        payload.bytes(b"k2").u8(1).bytes(b"v2");
+        let data = envelope_of_version(DATA_MAGIC, 2, &payload.bytes);
+        let file = DataFile {
+            path: format!("state/{:020}.data", 7),
+            bytes: data.len() as u64,
+            crc32: crc32(&data),
+        };
+        store.put(&file.path, data).await.unwrap();
+        let old = Manifest {
+            id: 7,
+            epoch: 70,
+            created_unix_ms: 0,
+            catalog: vec!["CREATE TABLE t (x INT)".into()],
+            chains: BTreeMap::from([(
+                "t".to_string(),
+                Chain {
+                    files: vec![7],
+                    base_bytes: 1,
+                    delta_bytes: 0,
+                },
+            )]),
+            files: BTreeMap::from([(7, file)]),
+            meta: CheckpointMeta::default(),
+            bytes_written: 0,
+            tables: BTreeMap::new(),
+            next_table_id: 0,
+            runs: Vec::new(),
+        };
+        let encoded = envelope_of_version(MANIFEST_MAGIC, 2, &encode_manifest(&old));
+        store
+            .put(&format!("checkpoints/{:020}.manifest", 7), encoded)
+            .await
+            .unwrap();
+        let (manifest, mut restored) = store.latest().await.unwrap().unwrap();
+        assert_eq!((manifest.id, restored.epoch), (7, 70));
+        assert_eq!(manifest.catalog, old.catalog);
+        assert_eq!(
+            restored_keys(&mut restored, "t"),
+            vec![b"k1".to_vec(), b"k2".to_vec()]
+        );
+        assert!(manifest.next_request().wants_full("t"));
+        let next = store
+            .write(
+                8,
+                Some(&manifest),
+                capture(80, vec![("t", delta(true, &[("k1", Some("v1"))]))]),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(next.chains.is_empty() && next.runs.len() == 1);
+        let (_, mut restored) = store.latest().await.unwrap().unwrap();
+        assert_eq!(restored_keys(&mut restored, "t"), vec![b"k1".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_keeps_its_runs() {
+        let store = CheckpointStore::in_memory().unwrap();
+        let first = store
+            .write(
+                1,
+                None,
+                capture(1, vec![("s", delta(true, &[("k", Some("1"))]))]),
+                vec![],
+            )
+            .await
+            .unwrap();
+        store.save_snapshot("before", &first).await.unwrap();
+        let mut previous = first;
+        // Later checkpoints delete the runs only the first one named.
+        for id in 2..=6 {
+            previous = store
+                .write(
+                    id,
+                    Some(&previous),
+                    capture(id, vec![("s", delta(true, &[("k", Some(id.to_string()))]))]),
+                    vec![],
+                )
+                .await
+                .unwrap();
+        }
+        let (manifest, mut restored) = store.load_snapshot("before").await.unwrap();
+        assert!(manifest
+            .runs
+            .iter()
+            .all(|r| r.path.starts_with("snapshots/before/")));
+        assert_eq!(restored.take("s")[b"k".as_slice()], b"1".to_vec());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! meta    entries u64 | index: count, (bytes(first key), offset, len)*
 //!         | bloom: hashes u32, bytes(bits)
 //!         | tombstones: count, (bytes(start), bytes(end))*
+//!         | groups: count, (bytes(key prefix), entries u64, bytes u64)*
 //! footer  meta offset u64 | meta len u64 | crc32(meta) u32 | "EDDYRUN\0"
 //! ```
 //!
@@ -85,6 +86,16 @@ pub struct Run {
     bloom: Bloom,
     /// Sorted by start and not overlapping (merged when written).
     tombstones: Vec<(Vec<u8>, Vec<u8>)>,
+    groups: Vec<GroupStats>,
+}
+
+/// The entries of a run whose keys start with one prefix (a state table's
+/// id, in a checkpoint's runs): how many, and their key and value bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStats {
+    pub prefix: Vec<u8>,
+    pub entries: u64,
+    pub bytes: u64,
 }
 
 impl Run {
@@ -148,6 +159,15 @@ impl Run {
         let tombstones = (0..d.u64()?)
             .map(|_| Ok((d.bytes()?.to_vec(), d.bytes()?.to_vec())))
             .collect::<Result<Vec<_>>>()?;
+        let groups = (0..d.u64()?)
+            .map(|_| {
+                Ok(GroupStats {
+                    prefix: d.bytes()?.to_vec(),
+                    entries: d.u64()?,
+                    bytes: d.u64()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             id,
             path: path.to_path_buf(),
@@ -157,6 +177,7 @@ impl Run {
             index,
             bloom: Bloom { bits, hashes },
             tombstones,
+            groups,
         })
     }
 
@@ -181,6 +202,12 @@ impl Run {
     /// The run's range tombstones, sorted and not overlapping.
     pub fn tombstones(&self) -> &[(Vec<u8>, Vec<u8>)] {
         &self.tombstones
+    }
+
+    /// Entries and bytes by key prefix, when the writer counted them
+    /// ([`RunWriter::group_stats_by`]), in key order.
+    pub fn group_stats(&self) -> &[GroupStats] {
+        &self.groups
     }
 
     /// Whether a range tombstone of this run covers `key`.
@@ -440,13 +467,20 @@ pub struct RunWriter {
     hashes: Vec<u64>,
     entries: u64,
     tombstones: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Count entries by the first this many bytes of their keys (0: not).
+    group_prefix_len: usize,
+    groups: Vec<GroupStats>,
     renamed: bool,
 }
 
 impl RunWriter {
-    /// Starts run file `path` (written as `path.tmp` until finished).
+    /// Starts run file `path` (written as `path.tmp` until finished),
+    /// creating its directory if need be.
     pub fn create(path: &Path) -> Result<Self> {
         let temporary = path.with_extension("run.tmp");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
+        }
         let file = File::create(&temporary).map_err(|e| write_error(&temporary, e))?;
         let mut out = BufWriter::with_capacity(1 << 16, file);
         out.write_all(RUN_MAGIC)
@@ -464,8 +498,17 @@ impl RunWriter {
             hashes: Vec::new(),
             entries: 0,
             tombstones: Vec::new(),
+            group_prefix_len: 0,
+            groups: Vec::new(),
             renamed: false,
         })
+    }
+
+    /// Counts entries and bytes by the first `prefix_len` bytes of their
+    /// keys, kept in the run's meta ([`Run::group_stats`]).
+    pub fn group_stats_by(mut self, prefix_len: usize) -> Self {
+        self.group_prefix_len = prefix_len;
+        self
     }
 
     /// Adds `key` with `value` (`None`: a delete). Keys must increase.
@@ -495,6 +538,21 @@ impl RunWriter {
         }
         self.hashes.push(key_hash(key));
         self.entries += 1;
+        if self.group_prefix_len > 0 {
+            let prefix = &key[..self.group_prefix_len.min(key.len())];
+            let bytes = (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+            match self.groups.last_mut() {
+                Some(group) if group.prefix == prefix => {
+                    group.entries += 1;
+                    group.bytes += bytes;
+                }
+                _ => self.groups.push(GroupStats {
+                    prefix: prefix.to_vec(),
+                    entries: 1,
+                    bytes,
+                }),
+            }
+        }
         match &mut self.previous_key {
             Some(previous) => {
                 previous.clear();
@@ -562,6 +620,12 @@ impl RunWriter {
         meta.u64(tombstones.len() as u64);
         for (start, end) in &tombstones {
             meta.bytes(start).bytes(end);
+        }
+        meta.u64(self.groups.len() as u64);
+        for group in &self.groups {
+            meta.bytes(&group.prefix)
+                .u64(group.entries)
+                .u64(group.bytes);
         }
         let meta = meta.finish();
         let mut footer = Encoder::new();
@@ -680,7 +744,7 @@ mod tests {
     fn a_run_answers_lookups_and_ranges() {
         let dir = dir("lookups");
         let path = dir.join("1.run");
-        let mut writer = RunWriter::create(&path).unwrap();
+        let mut writer = RunWriter::create(&path).unwrap().group_stats_by(7);
         for i in 0..5000 {
             let value = (i % 3 != 0).then(|| format!("value {i}").into_bytes());
             writer.add(&key(i * 2), value.as_deref()).unwrap();
@@ -690,6 +754,13 @@ mod tests {
         assert!(writer.add(&key(0), Some(b"late")).is_err());
         let run = Arc::new(writer.finish(1).unwrap());
         assert_eq!(run.entries(), 5000);
+        // Keys "window-0000/..." share their first 7 bytes.
+        let groups = run.group_stats();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            (groups[0].prefix.as_slice(), groups[0].entries),
+            (&b"window-"[..], 5000)
+        );
         assert!(run.index.len() > 10, "several blocks");
         assert_eq!(run.get(&key(4)).unwrap(), Lookup::Put(b"value 2".to_vec()));
         assert_eq!(run.get(&key(6)).unwrap(), Lookup::Deleted);

@@ -91,7 +91,7 @@ impl RunStore {
     }
 
     /// Starts a new run; returns its id and writer.
-    fn create(&self) -> Result<(u64, RunWriter)> {
+    pub fn create(&self) -> Result<(u64, RunWriter)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         Ok((id, RunWriter::create(&self.path(id))?))
     }
@@ -128,7 +128,8 @@ pub struct TableStats {
 /// One keyed state table; see the module docs.
 #[derive(Debug)]
 pub struct StateTable {
-    store: Arc<RunStore>,
+    /// Where flushes and merges write (`None`: read only).
+    store: Option<Arc<RunStore>>,
     memory: BTreeMap<Vec<u8>, Slot>,
     memory_bytes: usize,
     /// Keys that became dirty since the last flush (each once).
@@ -152,13 +153,29 @@ impl StateTable {
     /// An empty table writing its runs to `store`.
     pub fn new(store: Arc<RunStore>) -> Self {
         Self {
-            store,
+            store: Some(store),
             memory: BTreeMap::new(),
             memory_bytes: 0,
             dirty: Vec::new(),
             range_deletes: Vec::new(),
             runs: Vec::new(),
             complete: true,
+            clock_hand: None,
+            stats: TableStats::default(),
+        }
+    }
+
+    /// Reads `runs` (oldest first) and writes nothing: flushes, evictions
+    /// and merges are refused.
+    pub fn read_only(runs: Vec<Arc<Run>>) -> Self {
+        Self {
+            store: None,
+            memory: BTreeMap::new(),
+            memory_bytes: 0,
+            dirty: Vec::new(),
+            range_deletes: Vec::new(),
+            complete: runs.is_empty(),
+            runs,
             clock_hand: None,
             stats: TableStats::default(),
         }
@@ -172,6 +189,12 @@ impl StateTable {
             runs,
             ..Self::new(store)
         }
+    }
+
+    fn store(&self) -> Result<&Arc<RunStore>> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| crate::internal!("a read-only state table cannot write runs"))
     }
 
     /// Bytes held in memory (keys, values, per-slot overhead).
@@ -351,7 +374,7 @@ impl StateTable {
         if self.is_clean() {
             return Ok(None);
         }
-        let (id, mut writer) = self.store.create()?;
+        let (id, mut writer) = self.store()?.create()?;
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         // A key deleted (or range-deleted) and put again is listed twice.
@@ -457,64 +480,73 @@ impl StateTable {
     /// stay): a run is rewritten each time the data merged into it doubles.
     /// Returns whether it merged.
     pub fn compact(&mut self, max_runs: usize) -> Result<bool> {
-        let mut first = self.runs.len();
-        let mut newer_bytes = 0u64;
-        while first > 0 {
-            let candidate = self.runs[first - 1].file_bytes();
-            if first < self.runs.len() && newer_bytes < candidate {
-                break;
-            }
-            newer_bytes += candidate;
-            first -= 1;
-        }
-        if first + 1 > max_runs.max(1) {
-            first = 0;
-        }
-        if self.runs.len() - first < 2 {
+        let sizes: Vec<u64> = self.runs.iter().map(|r| r.file_bytes()).collect();
+        let Some(first) = pick_merge(&sizes, max_runs) else {
             return Ok(false);
-        }
-        let merged = self.merge(first)?;
+        };
+        let (id, writer) = self.store()?.create()?;
+        let merged = Arc::new(merge_runs(&self.runs[first..], first == 0, writer, id)?);
         self.runs.truncate(first);
         self.runs.push(merged);
         self.stats.runs_merged += 1;
         Ok(true)
     }
+}
 
-    /// Writes runs `first..` as one run. Merging down to the oldest run
-    /// drops deletes (nothing older is left to hide).
-    fn merge(&self, first: usize) -> Result<Arc<Run>> {
-        let group = &self.runs[first..];
-        let bottom = first == 0;
-        let sources = group
-            .iter()
-            .rev()
-            .map(|run| Source::new(Box::new(run.range(Bound::Unbounded, Bound::Unbounded))))
-            .collect::<Result<Vec<_>>>()?;
-        let (id, mut writer) = self.store.create()?;
-        let mut merge = Merge { sources };
-        while let Some((key, decider, value)) = merge.next_key()? {
-            // Hidden by a range delete of a newer run of the group. (It
-            // stays hidden from runs older than the group by the group's
-            // tombstones, kept below.)
-            let hidden = group.iter().rev().take(decider).any(|r| r.covers(&key));
-            match (hidden, value) {
-                (true, _) => {}
-                (false, Some(value)) => writer.add(&key, Some(&value))?,
-                (false, None) if !bottom => writer.add(&key, None)?,
-                (false, None) => {}
-            }
+/// Which runs to merge, given their sizes (oldest first): the newest ones
+/// while together they are at least as large as the next older one (so a
+/// run is rewritten each time the data merged into it doubles), or all of
+/// them when more than `max_runs` would stay. Returns the first of the
+/// runs to merge (the group goes to the newest), or `None`.
+pub fn pick_merge(sizes: &[u64], max_runs: usize) -> Option<usize> {
+    let mut first = sizes.len();
+    let mut newer_bytes = 0u64;
+    while first > 0 {
+        let candidate = sizes[first - 1];
+        if first < sizes.len() && newer_bytes < candidate {
+            break;
         }
-        if !bottom {
-            let tombstones = group
-                .iter()
-                .flat_map(|r| r.tombstones().iter().cloned())
-                .collect();
-            for (start, end) in merge_ranges(tombstones) {
-                writer.delete_range(&start, &end);
-            }
-        }
-        Ok(Arc::new(writer.finish(id)?))
+        newer_bytes += candidate;
+        first -= 1;
     }
+    if first + 1 > max_runs.max(1) {
+        first = 0;
+    }
+    (sizes.len() - first >= 2).then_some(first)
+}
+
+/// Writes `group` (consecutive runs, oldest first) as one run through
+/// `writer`. A group that starts with the oldest run (`bottom`) drops
+/// deletes: nothing older is left for them to hide.
+pub fn merge_runs(group: &[Arc<Run>], bottom: bool, mut writer: RunWriter, id: u64) -> Result<Run> {
+    let sources = group
+        .iter()
+        .rev()
+        .map(|run| Source::new(Box::new(run.range(Bound::Unbounded, Bound::Unbounded))))
+        .collect::<Result<Vec<_>>>()?;
+    let mut merge = Merge { sources };
+    while let Some((key, decider, value)) = merge.next_key()? {
+        // Hidden by a range delete of a newer run of the group. (It stays
+        // hidden from runs older than the group by the group's tombstones,
+        // kept below.)
+        let hidden = group.iter().rev().take(decider).any(|r| r.covers(&key));
+        match (hidden, value) {
+            (true, _) => {}
+            (false, Some(value)) => writer.add(&key, Some(&value))?,
+            (false, None) if !bottom => writer.add(&key, None)?,
+            (false, None) => {}
+        }
+    }
+    if !bottom {
+        let tombstones = group
+            .iter()
+            .flat_map(|r| r.tombstones().iter().cloned())
+            .collect();
+        for (start, end) in merge_ranges(tombstones) {
+            writer.delete_range(&start, &end);
+        }
+    }
+    writer.finish(id)
 }
 
 /// The first key after every key starting with `prefix` (`None`: no such
