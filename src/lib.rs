@@ -105,6 +105,12 @@ pub struct ServerOptions {
     pub secrets_key_file: Option<std::path::PathBuf>,
     /// The memory all ad hoc queries share (over it: 53200).
     pub query_memory_bytes: usize,
+    /// The memory operators' keyed state may hold before it spills to
+    /// disk (`None`: no limit); see `state::memory`.
+    pub memory_limit_bytes: Option<usize>,
+    /// Where spilled state goes (emptied at start); `None`: a directory
+    /// under the system's temporary directory.
+    pub spill_dir: Option<std::path::PathBuf>,
     /// The write-ahead log's directory; `None`: beside a local checkpoint
     /// directory (`<dir>.wal`), else no log (with checkpoints in memory or
     /// in an object store and no `wal_dir`, writes are durable only at the
@@ -132,6 +138,8 @@ impl ServerOptions {
             access: server::Access::default(),
             secrets_key_file: None,
             query_memory_bytes: engine::DEFAULT_QUERY_MEMORY_BYTES,
+            memory_limit_bytes: None,
+            spill_dir: None,
             wal_dir: None,
             sink_backlog_limit_bytes: runtime::sink::SINK_BACKLOG_LIMIT_BYTES,
         }
@@ -183,9 +191,14 @@ impl Server {
             mut access,
             secrets_key_file,
             query_memory_bytes,
+            memory_limit_bytes,
+            spill_dir,
             wal_dir,
             sink_backlog_limit_bytes,
         } = options;
+        if let Some(dir) = &spill_dir {
+            state::memory::set_scratch_root(dir)?;
+        }
         let loopback = listen.ip().is_loopback();
         access.auth = auth.unwrap_or(if loopback {
             server::AuthMode::Trust
@@ -258,7 +271,7 @@ impl Server {
             wal_records.clear();
             wal.retain(Box::new(|_, _| false)).await?;
         }
-        let runtime = runtime::RuntimeHandle::start()?;
+        let runtime = runtime::RuntimeHandle::start_with_memory_limit(memory_limit_bytes)?;
         let mut engine = engine::Engine::with_checkpoints(runtime, checkpoints.clone())
             .with_workers(workers)
             .with_connector_policy(connector_policy)

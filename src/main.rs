@@ -68,6 +68,10 @@ struct NexmarkArgs {
     /// from one to two (threads each keyed operator is split across).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     workers: Vec<usize>,
+    /// The memory limit for operators' state in each query's process, e.g.
+    /// `1GiB` (default: none); state beyond it spills to disk.
+    #[arg(long, value_parser = parse_size)]
+    memory_limit: Option<usize>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -144,10 +148,16 @@ struct ServeArgs {
     /// End sessions idle this long, e.g. `10m` (default 0: never).
     #[arg(long, env = "EDDY_IDLE_SESSION_TIMEOUT", default_value = "0", value_parser = parse_duration)]
     idle_session_timeout: std::time::Duration,
+    /// The memory operators' keyed state may hold, e.g. `1GiB`, before the
+    /// coldest of it moves to disk under the data directory (default: half
+    /// of the machine's memory).
+    #[arg(long, env = "EDDY_MEMORY_LIMIT", value_parser = parse_size)]
+    memory_limit: Option<usize>,
     /// The memory all ad hoc queries share, e.g. `2GB` (a query beyond it
-    /// spills to disk where it can, else fails with 53200).
-    #[arg(long, env = "EDDY_QUERY_MEMORY_LIMIT", default_value = "2GB", value_parser = parse_size)]
-    query_memory_limit: usize,
+    /// spills to disk where it can, else fails with 53200; default: a
+    /// quarter of the memory limit).
+    #[arg(long, env = "EDDY_QUERY_MEMORY_LIMIT", value_parser = parse_size)]
+    query_memory_limit: Option<usize>,
     /// How much a sink may keep waiting for a target that takes nothing,
     /// e.g. `512MB`; beyond it the sink fails (DROP and CREATE it again).
     #[arg(long, env = "EDDY_SINK_BACKLOG_LIMIT", default_value = "512MB", value_parser = parse_size)]
@@ -253,6 +263,7 @@ fn bench_nexmark(args: NexmarkArgs) -> std::process::ExitCode {
     options.baseline = !args.no_baseline;
     options.checkpoint_interval = args.checkpoint_interval;
     options.workers = args.workers;
+    options.memory_limit = args.memory_limit;
     match eddy::bench::nexmark::run(&options) {
         Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -316,7 +327,16 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
         (!args.idle_session_timeout.is_zero()).then_some(args.idle_session_timeout);
     options.secrets_key_file = Some(args.data_dir.join("secrets.key"));
     options.wal_dir = Some(args.data_dir.join("wal"));
-    options.query_memory_bytes = args.query_memory_limit;
+    let (memory_limit, limit_source) = match args.memory_limit {
+        Some(bytes) => (bytes, "--memory-limit"),
+        None => (
+            eddy::state::memory::default_limit_bytes() as usize,
+            "half of the machine's memory; set it with --memory-limit",
+        ),
+    };
+    options.memory_limit_bytes = Some(memory_limit);
+    options.spill_dir = Some(args.data_dir.join("spill"));
+    options.query_memory_bytes = args.query_memory_limit.unwrap_or(memory_limit / 4);
     options.sink_backlog_limit_bytes = args.sink_backlog_limit;
     let server = eddy::Server::start_with_options(options).await?;
     if let Some(http) = server.http_addr {
@@ -333,6 +353,12 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
         checkpoints = %checkpoints,
         interval_ms = args.checkpoint_interval.as_millis() as u64,
         "checkpointing"
+    );
+    tracing::info!(
+        state_mb = memory_limit >> 20,
+        queries_mb = args.query_memory_limit.unwrap_or(memory_limit / 4) >> 20,
+        "memory limit ({limit_source}): state beyond it spills to {}",
+        args.data_dir.join("spill").display()
     );
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -55,7 +55,19 @@ const CLOSED: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nexmark_queries_match_the_batch_oracle() {
-    let server = TestServer::start().await;
+    run_against_the_oracle(None).await;
+}
+
+/// The same with a memory limit of 256 KiB for all views together: the
+/// aggregates' state goes to disk every epoch and comes back as changes
+/// need it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nexmark_queries_match_the_batch_oracle_with_state_spilled() {
+    run_against_the_oracle(Some(256 << 10)).await;
+}
+
+async fn run_against_the_oracle(memory_limit: Option<usize>) {
+    let server = TestServer::start_with(|options| options.memory_limit_bytes = memory_limit).await;
     let eddy = server.connect().await;
     for table in ["person", "auction", "bid"] {
         execute(&eddy, &shared::source_sql(table, EVENTS, EVENT_RATE)).await;
@@ -103,6 +115,14 @@ async fn nexmark_queries_match_the_batch_oracle() {
             }
             Err(mismatch) => panic!("no convergence: {mismatch} (before: {last_mismatch})"),
         }
+    }
+    if memory_limit.is_some() {
+        let spilled = query_text(
+            &eddy,
+            "SELECT count(*) FROM eddy_catalog.operator_stats WHERE spilled_keys > 0",
+        )
+        .await;
+        assert_ne!(spilled[0][0], "0", "no operator's state went to disk");
     }
     server.stop().await;
 }

@@ -169,8 +169,11 @@ fn sorted(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
     rows
 }
 
-async fn check(scenario: Scenario) -> Result<(), TestCaseError> {
-    let server = TestServer::start().await;
+/// Runs `scenario` on a server whose operators keep at most
+/// `memory_limit` bytes of state in memory (`Some(1)`: all of it goes to
+/// disk after every epoch).
+async fn check(scenario: Scenario, memory_limit: Option<usize>) -> Result<(), TestCaseError> {
+    let server = TestServer::start_with(|options| options.memory_limit_bytes = memory_limit).await;
     let client = server.connect().await;
     execute(
         &client,
@@ -218,6 +221,23 @@ async fn check(scenario: Scenario) -> Result<(), TestCaseError> {
         .await,
     );
     prop_assert_eq!(stacked, stacked_batch, "stacked view over v0");
+    if memory_limit.is_some() {
+        // v0 groups: with rows, its groups went to disk.
+        let groups = query_text(&client, "SELECT count(*) FROM v0").await;
+        let spilled = query_text(
+            &client,
+            "SELECT coalesce(sum(spilled_keys), 0) FROM eddy_catalog.operator_stats \
+             WHERE view = 'v0'",
+        )
+        .await;
+        if groups[0][0] != "0" {
+            prop_assert!(
+                spilled[0][0] != "0",
+                "v0 has {} groups, none on disk",
+                groups[0][0]
+            );
+        }
+    }
     drop(client);
     server.stop().await;
     Ok(())
@@ -229,6 +249,19 @@ proptest! {
     #[test]
     fn views_equal_batch_queries(scenario in scenario()) {
         let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-        runtime.block_on(check(scenario))?;
+        runtime.block_on(check(scenario, None))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 200, ..ProptestConfig::default() })]
+
+    /// The same with a memory limit of one byte: every epoch, the state of
+    /// every operator that can spill goes to disk, and comes back as
+    /// changes need it.
+    #[test]
+    fn views_equal_batch_queries_with_state_spilled(scenario in scenario()) {
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        runtime.block_on(check(scenario, Some(1)))?;
     }
 }

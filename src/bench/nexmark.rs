@@ -61,6 +61,8 @@ const CHILD_KAFKA_BOOTSTRAP: &str = "EDDY_NEXMARK_KAFKA_BOOTSTRAP";
 const CHILD_NO_BASELINE: &str = "EDDY_NEXMARK_NO_BASELINE";
 const CHILD_CHECKPOINT_MS: &str = "EDDY_NEXMARK_CHECKPOINT_MS";
 const CHILD_WORKERS: &str = "EDDY_NEXMARK_WORKERS";
+/// The child's `--memory-limit` in bytes (absent: none).
+const CHILD_MEMORY_LIMIT: &str = "EDDY_NEXMARK_MEMORY_LIMIT";
 
 /// Events per second of event time: 1M events cover about 17 minutes.
 pub const EVENT_RATE: u64 = 1_000;
@@ -274,6 +276,8 @@ pub struct Options {
     /// Each query runs once per worker count here (threads a keyed operator
     /// is split across); `[1, 2]` reports the scaling.
     pub workers: Vec<usize>,
+    /// The memory limit for state (`--memory-limit`); `None`: none.
+    pub memory_limit: Option<usize>,
 }
 
 impl Options {
@@ -287,6 +291,7 @@ impl Options {
             baseline: true,
             checkpoint_interval: Duration::ZERO,
             workers: vec![1],
+            memory_limit: None,
         }
     }
 }
@@ -482,6 +487,9 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
             CHILD_CHECKPOINT_MS,
             options.checkpoint_interval.as_millis().to_string(),
         );
+        if let Some(bytes) = options.memory_limit {
+            child.env(CHILD_MEMORY_LIMIT, bytes.to_string());
+        }
         if let Some((run_name, bootstrap)) = &kafka_run {
             child
                 .env(CHILD_KAFKA_RUN, run_name)
@@ -721,6 +729,10 @@ async fn start_server(
     let mut options = crate::ServerOptions::new(([127, 0, 0, 1], 0).into());
     options.checkpoint_interval = checkpoint_interval;
     options.workers = workers;
+    // (Read here rather than passed down: only a child has it.)
+    options.memory_limit_bytes = std::env::var(CHILD_MEMORY_LIMIT)
+        .ok()
+        .and_then(|bytes| bytes.parse().ok());
     if !checkpoint_interval.is_zero() {
         // Periodic checkpoints go to disk, as a server's do: the in-memory
         // store would count its retained checkpoints in the RSS.

@@ -352,6 +352,38 @@ fn operators_batch(
             rows.iter()
                 .map(|(v, o)| checkpoints.operator_state_bytes(v, o.id).map(|b| b as i64)),
         )
+        .int(
+            "state_bytes_per_key",
+            rows.iter().map(|(v, o)| {
+                let bytes = checkpoints.operator_state_bytes(v, o.id)?;
+                bytes.checked_div(o.stats.state_keys).map(|b| b as i64)
+            }),
+        )
+        .int(
+            "memory_bytes",
+            rows.iter()
+                .map(|(_, o)| o.spill.map(|s| s.memory_bytes as i64)),
+        )
+        .int(
+            "spilled_keys",
+            rows.iter()
+                .map(|(_, o)| o.spill.map(|s| s.cold_keys as i64)),
+        )
+        .int(
+            "spilled_bytes",
+            rows.iter()
+                .map(|(_, o)| o.spill.map(|s| s.disk_bytes as i64)),
+        )
+        .int(
+            "disk_reads",
+            rows.iter()
+                .map(|(_, o)| o.spill.map(|s| s.disk_reads as i64)),
+        )
+        .int(
+            "disk_hits",
+            rows.iter()
+                .map(|(_, o)| o.spill.map(|s| s.disk_hits as i64)),
+        )
         .timestamp("watermark", rows.iter().map(|(_, o)| o.watermark))
         .batch()
 }

@@ -262,8 +262,14 @@ impl std::fmt::Debug for RuntimeHandle {
 }
 
 impl RuntimeHandle {
-    /// Starts the worker thread.
+    /// Starts the worker thread, with no memory limit for state.
     pub fn start() -> Result<Self> {
+        Self::start_with_memory_limit(None)
+    }
+
+    /// Starts the worker thread; beyond `memory_limit` bytes of state in
+    /// memory, operators spill (`state::memory`).
+    pub fn start_with_memory_limit(memory_limit: Option<usize>) -> Result<Self> {
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE_CAPACITY);
         let published = Arc::new(RwLock::new(Arc::new(PublishedEpoch::default())));
         let worker = Worker {
@@ -278,6 +284,7 @@ impl RuntimeHandle {
             dirty: false,
             arrival: None,
             published: published.clone(),
+            memory_limit,
         };
         std::thread::Builder::new()
             .name("eddy-runtime".into())
@@ -637,6 +644,8 @@ struct Worker {
     /// or a source, e.g. processing time moving on).
     arrival: Option<Instant>,
     published: Arc<RwLock<Arc<PublishedEpoch>>>,
+    /// Bytes of spillable state to keep in memory at most.
+    memory_limit: Option<usize>,
 }
 
 impl Worker {
@@ -657,6 +666,7 @@ impl Worker {
                 }
             }
             self.publish();
+            self.keep_within_memory_limit();
             epoch_opened = Instant::now();
         }
         tracing::info!("runtime stopped");
@@ -1123,6 +1133,40 @@ impl Worker {
             Err(e) => {
                 tracing::error!(view = %view.name, error = %e, "materialized view stopped");
                 view.failed = Some(e.to_string());
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Over `--memory-limit`, has each spillable operator move state to
+    /// disk down to its share (`state::memory::shares`). An operator that
+    /// cannot (its disk failed) stops its view, as a failed change does.
+    fn keep_within_memory_limit(&mut self) {
+        let Some(limit) = self.memory_limit else {
+            return;
+        };
+        let held: Vec<(RelationId, u64, usize)> = self
+            .views
+            .iter()
+            .filter(|(_, view)| view.failed.is_none())
+            .flat_map(|(id, view)| {
+                view.graph
+                    .spill_stats()
+                    .into_iter()
+                    .map(move |(op, stats)| (*id, op, stats.memory_bytes))
+            })
+            .collect();
+        let bytes: Vec<usize> = held.iter().map(|(_, _, bytes)| *bytes).collect();
+        let Some(shares) = crate::state::memory::shares(limit, &bytes) else {
+            return;
+        };
+        for ((view_id, op, _), share) in held.into_iter().zip(shares) {
+            let Some(view) = self.views.get_mut(&view_id) else {
+                continue;
+            };
+            if let Err(e) = view.graph.shrink(op, share) {
+                tracing::error!(view = %view.name, error = %e, "materialized view stopped: spilling its state failed");
+                view.failed = Some(format!("spilling state to disk failed: {e}"));
                 self.dirty = true;
             }
         }

@@ -183,6 +183,50 @@ pub fn render(health: &Health) -> String {
         &operator_bytes,
         |(o, bytes)| (operator(o), *bytes as f64),
     );
+    let spilling: Vec<(&(&str, &OperatorStatus), crate::state::windowed::SpillStats)> = operators
+        .iter()
+        .filter_map(|o| Some((o, o.1.spill?)))
+        .collect();
+    family(
+        &mut out,
+        "eddy_operator_memory_bytes",
+        "gauge",
+        "Bytes of an operator's spillable state held in memory (an estimate).",
+        &spilling,
+        |(o, s)| (operator(o), s.memory_bytes as f64),
+    );
+    family(
+        &mut out,
+        "eddy_operator_spilled_keys",
+        "gauge",
+        "Keys of an operator's state moved to disk under the memory limit.",
+        &spilling,
+        |(o, s)| (operator(o), s.cold_keys as f64),
+    );
+    family(
+        &mut out,
+        "eddy_operator_spilled_bytes",
+        "gauge",
+        "Bytes of the files holding an operator's state moved to disk.",
+        &spilling,
+        |(o, s)| (operator(o), s.disk_bytes as f64),
+    );
+    family(
+        &mut out,
+        "eddy_operator_disk_reads_total",
+        "counter",
+        "Lookups of an operator's state that missed memory and went to disk.",
+        &spilling,
+        |(o, s)| (operator(o), s.disk_reads as f64),
+    );
+    family(
+        &mut out,
+        "eddy_operator_disk_hits_total",
+        "counter",
+        "Lookups that went to disk and found the key there (the rest were new keys).",
+        &spilling,
+        |(o, s)| (operator(o), s.disk_hits as f64),
+    );
     family(
         &mut out,
         "eddy_operator_late_rows_total",

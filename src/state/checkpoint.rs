@@ -236,28 +236,6 @@ impl StateDelta {
         );
     }
 
-    /// [`StateDelta::put_changed`] for a state table kept by window end;
-    /// a changed key carries its window end.
-    pub fn put_changed_by_window<V>(
-        &mut self,
-        state: &super::windowed::ByWindow<V>,
-        changed: &mut super::Changed<(i64, std::sync::Arc<[u8]>)>,
-        encode: impl Fn(&V, &mut Encoder),
-    ) {
-        self.put_changed_with(
-            changed,
-            |delta| {
-                for (_, key, value) in state.iter() {
-                    delta.put_encoded(key, value, &encode);
-                }
-            },
-            |delta, (window, key)| match state.get(*window, key) {
-                Some(value) => delta.put_encoded(key, value, &encode),
-                None => delta.delete(key),
-            },
-        );
-    }
-
     /// Puts `key` as it is, with `value` encoded in place.
     fn put_encoded<V>(&mut self, key: &[u8], value: &V, encode: &impl Fn(&V, &mut Encoder)) {
         self.put_with(|out| raw(out, key), |out| encode(value, out));

@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod codec;
+pub mod memory;
 mod row_log;
 pub mod run;
 pub mod table;

@@ -470,6 +470,8 @@ pub struct RunWriter {
     /// Count entries by the first this many bytes of their keys (0: not).
     group_prefix_len: usize,
     groups: Vec<GroupStats>,
+    /// Sync the file before naming it (not for scratch runs).
+    sync: bool,
     renamed: bool,
 }
 
@@ -500,8 +502,16 @@ impl RunWriter {
             tombstones: Vec::new(),
             group_prefix_len: 0,
             groups: Vec::new(),
+            sync: true,
             renamed: false,
         })
+    }
+
+    /// Names the file without syncing it first: for runs that need not
+    /// survive a crash (spilled state).
+    pub fn unsynced(mut self) -> Self {
+        self.sync = false;
+        self
     }
 
     /// Counts entries and bytes by the first `prefix_len` bytes of their
@@ -642,8 +652,10 @@ impl RunWriter {
         let file = out
             .into_inner()
             .map_err(|e| write_error(&self.temporary, e.into_error()))?;
-        file.sync_data()
-            .map_err(|e| write_error(&self.temporary, e))?;
+        if self.sync {
+            file.sync_data()
+                .map_err(|e| write_error(&self.temporary, e))?;
+        }
         drop(file);
         std::fs::rename(&self.temporary, &self.path).map_err(|e| write_error(&self.path, e))?;
         self.renamed = true;

@@ -50,6 +50,17 @@ pub const SLOT_OVERHEAD_BYTES: usize = 96;
 pub struct RunStore {
     dir: PathBuf,
     next_id: AtomicU64,
+    /// A scratch store: runs are not synced, and the directory goes with
+    /// the store.
+    scratch: bool,
+}
+
+impl Drop for RunStore {
+    fn drop(&mut self) {
+        if self.scratch {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 impl RunStore {
@@ -78,6 +89,25 @@ impl RunStore {
         Ok(Arc::new(Self {
             dir: dir.to_path_buf(),
             next_id: AtomicU64::new(last + 1),
+            scratch: false,
+        }))
+    }
+
+    /// A store for runs that need not survive the process (spilled state):
+    /// `dir` is made empty, runs are written without syncing, and the
+    /// directory is removed with the store.
+    pub fn scratch(dir: &Path) -> Result<Arc<Self>> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| {
+            EddyError::Checkpoint(format!(
+                "cannot create spill directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(Arc::new(Self {
+            dir: dir.to_path_buf(),
+            next_id: AtomicU64::new(1),
+            scratch: true,
         }))
     }
 
@@ -93,7 +123,15 @@ impl RunStore {
     /// Starts a new run; returns its id and writer.
     pub fn create(&self) -> Result<(u64, RunWriter)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok((id, RunWriter::create(&self.path(id))?))
+        let writer = RunWriter::create(&self.path(id))?;
+        Ok((
+            id,
+            if self.scratch {
+                writer.unsynced()
+            } else {
+                writer
+            },
+        ))
     }
 
     /// Opens run `id` (one a checkpoint named).
@@ -314,6 +352,29 @@ impl StateTable {
         Ok(slot.value.as_deref())
     }
 
+    /// The value of `key` without keeping it in memory (for reading state
+    /// that is not to be changed).
+    pub fn peek(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(slot) = self.memory.get(key) {
+            return Ok(slot.value.clone());
+        }
+        if self.complete || covered(&self.range_deletes, key) {
+            return Ok(None);
+        }
+        self.read_runs(key)
+    }
+
+    /// Removes `key` and returns its value (an entry moving back to
+    /// memory elsewhere).
+    pub fn take(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.stats.gets += 1;
+        let value = self.peek(key)?;
+        if value.is_some() {
+            self.delete(key);
+        }
+        Ok(value)
+    }
+
     /// What the runs say about `key`, newest first.
     fn read_runs(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         for run in self.runs.iter().rev() {
@@ -493,20 +554,23 @@ impl StateTable {
     }
 }
 
-/// Which runs to merge, given their sizes (oldest first): the newest ones
-/// while together they are at least as large as the next older one (so a
-/// run is rewritten each time the data merged into it doubles), or all of
-/// them when more than `max_runs` would stay. Returns the first of the
-/// runs to merge (the group goes to the newest), or `None`.
+/// Which runs to merge, given their sizes (oldest first): the newest run
+/// and the older ones before it while each is of a size alike the group's
+/// so far (from a quarter of it to twice it), so that merges join runs of
+/// similar sizes: an entry is rewritten about once each time the data
+/// around it doubles, and a large run is not rewritten to take in a few
+/// small ones. All of them when more than `max_runs` would stay. Returns
+/// the first of the runs to merge (the group goes to the newest), or
+/// `None`.
 pub fn pick_merge(sizes: &[u64], max_runs: usize) -> Option<usize> {
-    let mut first = sizes.len();
-    let mut newer_bytes = 0u64;
-    while first > 0 {
-        let candidate = sizes[first - 1];
-        if first < sizes.len() && newer_bytes < candidate {
+    let (&newest, older) = sizes.split_last()?;
+    let mut group = newest;
+    let mut first = sizes.len() - 1;
+    for &size in older.iter().rev() {
+        if size > group.saturating_mul(2) || size.saturating_mul(4) < group {
             break;
         }
-        newer_bytes += candidate;
+        group += size;
         first -= 1;
     }
     if first + 1 > max_runs.max(1) {
@@ -803,6 +867,30 @@ mod tests {
         let kept = distinct.iter().filter(|&&k| k >= 2500).count() as u64;
         assert_eq!(table.runs()[0].entries(), kept);
         assert!(table.stats().evicted > 0 && table.stats().runs_merged > 0);
+    }
+
+    #[test]
+    fn merges_join_runs_of_similar_sizes() {
+        assert_eq!(pick_merge(&[], 8), None);
+        assert_eq!(pick_merge(&[10], 8), None);
+        assert_eq!(pick_merge(&[10, 10], 8), Some(0));
+        // A large run is not rewritten to take in small ones, nor a new
+        // small one merged into a large one.
+        assert_eq!(pick_merge(&[1, 1000], 8), None);
+        assert_eq!(pick_merge(&[1000, 1], 8), None);
+        assert_eq!(pick_merge(&[1000, 10, 10, 10], 8), Some(1));
+        // Too many runs: all of them.
+        assert_eq!(pick_merge(&[1000, 1, 100_000], 2), Some(0));
+        // Steady checkpoints keep the runs few.
+        let mut runs: Vec<u64> = Vec::new();
+        for _ in 0..1000 {
+            runs.push(10);
+            while let Some(first) = pick_merge(&runs, 12) {
+                let merged = runs.drain(first..).sum();
+                runs.push(merged);
+            }
+            assert!(runs.len() <= 12, "{runs:?}");
+        }
     }
 
     #[test]

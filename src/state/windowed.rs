@@ -10,18 +10,99 @@
 //! window key, or a NULL window end) lives under [`NO_WINDOW`], which is
 //! never closed.
 //!
-//! Invariant: a key is held under at most one window end (the end is part
-//! of the key of every windowed operator, so its bytes imply it).
+//! State that does not fit in memory ([`super::memory`]) spills: values
+//! of a [`SpillValue`] type can be moved to a *cold* [`StateTable`] (sorted
+//! runs in a scratch directory) by [`ByWindow::evict`], keyed by window end
+//! then key, so that a closed window's cold keys are one range. A cold key
+//! is moved back to memory by [`ByWindow::load`] before it is read or
+//! changed; [`ByWindow::take_closed`] and the checkpoint capture read cold
+//! keys where they are.
+//!
+//! Invariants:
+//! - a key is held under at most one window end (the end is part of the
+//!   key of every windowed operator, so its bytes imply it);
+//! - a key is in memory or cold, never both.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
 
-use super::KeyMap;
+use super::checkpoint::StateDelta;
+use super::codec::Encoder;
+use super::table::StateTable;
+use super::{Changed, KeyMap};
 use crate::error::Result;
+
+/// What a value costs in memory beyond its own bytes: its key's `Arc`, the
+/// hash table's slot and the allocator's rounding.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Entries sampled to estimate the bytes of an average one.
+const SIZE_SAMPLE: usize = 64;
+
+/// A value that can be written to disk and read back (operator state that
+/// spills).
+pub trait SpillValue: Sized {
+    /// Writes the value as checkpoints store it.
+    fn encode(&self, out: &mut Encoder);
+    /// Reads back what [`SpillValue::encode`] wrote, for key `key`.
+    fn decode(key: &Arc<[u8]>, bytes: &[u8]) -> Result<Self>;
+    /// Bytes the value holds in memory (an estimate: it steers spilling).
+    fn memory_bytes(&self) -> usize;
+}
+
+/// The cold key of `key` in window `window`: the window end, ordered as
+/// signed numbers, then the key.
+fn cold_key(window: i64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&((window as u64) ^ (1 << 63)).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// The window end and key of a cold key.
+fn split_cold_key(cold: &[u8]) -> Result<(i64, &[u8])> {
+    if cold.len() < 8 {
+        return Err(crate::internal!("a spilled key of {} bytes", cold.len()));
+    }
+    let window = u64::from_be_bytes(cold[..8].try_into().expect("8 bytes")) ^ (1 << 63);
+    Ok((window as i64, &cold[8..]))
+}
+
+/// Keys spilled to disk.
+#[derive(Debug)]
+struct Cold {
+    table: StateTable,
+    /// How many keys are cold.
+    keys: usize,
+}
+
+/// What a spillable state holds, in memory and on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpillStats {
+    /// Estimated bytes in memory.
+    pub memory_bytes: usize,
+    /// Keys on disk, and the bytes of their runs.
+    pub cold_keys: u64,
+    pub disk_bytes: u64,
+    /// Lookups that went to disk, and those that found the key there.
+    pub disk_reads: u64,
+    pub disk_hits: u64,
+}
+
+impl SpillStats {
+    /// Adds another part's figures (the shards of one operator).
+    pub fn add(&mut self, other: &SpillStats) {
+        self.memory_bytes += other.memory_bytes;
+        self.cold_keys += other.cold_keys;
+        self.disk_bytes += other.disk_bytes;
+        self.disk_reads += other.disk_reads;
+        self.disk_hits += other.disk_hits;
+    }
+}
 
 /// The window end of state outside any window. Never closed.
 pub const NO_WINDOW: i64 = i64::MAX;
@@ -45,6 +126,11 @@ pub struct ByWindow<V> {
     /// this large (windows of a stream hold alike numbers of keys), so
     /// that it does not grow by rehashing from nothing.
     capacity_hint: usize,
+    /// Keys spilled to disk (`None` until the first eviction).
+    cold: Option<Cold>,
+    /// Lookups that went to disk, and those that found the key there.
+    disk_reads: u64,
+    disk_hits: u64,
 }
 
 impl<V> Default for ByWindow<V> {
@@ -52,6 +138,9 @@ impl<V> Default for ByWindow<V> {
         Self {
             windows: BTreeMap::new(),
             capacity_hint: 0,
+            cold: None,
+            disk_reads: 0,
+            disk_hits: 0,
         }
     }
 }
@@ -109,28 +198,198 @@ impl<V> ByWindow<V> {
         closed
     }
 
-    /// The number of keys held (a sum over the open windows).
+    /// The number of keys held, in memory and cold.
     pub fn len(&self) -> usize {
-        self.windows.values().map(|keys| keys.len()).sum()
+        let cold = self.cold.as_ref().map_or(0, |c| c.keys);
+        self.windows.values().map(|keys| keys.len()).sum::<usize>() + cold
     }
 
     pub fn is_empty(&self) -> bool {
-        self.windows.values().all(|keys| keys.is_empty())
+        self.len() == 0
     }
 
-    /// Every key: its window end, the key, its value.
+    /// Every key in memory: its window end, the key, its value (cold keys
+    /// are not among them).
     pub fn iter(&self) -> impl Iterator<Item = (i64, &Arc<[u8]>, &V)> {
         self.windows
             .iter()
             .flat_map(|(&window, keys)| keys.iter().map(move |(key, value)| (window, key, value)))
     }
 
+    /// The values in memory.
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.windows.values().flat_map(|keys| keys.values())
     }
 
     pub fn clear(&mut self) {
         self.windows.clear();
+        self.cold = None;
+    }
+}
+
+impl<V: SpillValue> ByWindow<V> {
+    /// Moves key `key` of window `window` back to memory if it is cold;
+    /// returns whether it was. Call before reading or changing a key that
+    /// is not in memory.
+    pub fn load(&mut self, window: i64, key: &[u8]) -> Result<bool> {
+        let Some(cold) = &mut self.cold else {
+            return Ok(false);
+        };
+        self.disk_reads += 1;
+        let Some(bytes) = cold.table.take(&cold_key(window, key))? else {
+            return Ok(false);
+        };
+        cold.keys = cold.keys.saturating_sub(1);
+        self.disk_hits += 1;
+        let key: Arc<[u8]> = Arc::from(key);
+        let value = V::decode(&key, &bytes)?;
+        self.window_mut(window).insert(key, value);
+        Ok(true)
+    }
+
+    /// Whether any key is cold (lookups that miss memory must [`Self::load`]).
+    pub fn has_cold(&self) -> bool {
+        self.cold.as_ref().is_some_and(|c| c.keys > 0)
+    }
+
+    /// Takes the windows ending at or before `end` (never [`NO_WINDOW`]),
+    /// their cold keys read back.
+    pub fn take_closed_loading(&mut self, end: i64) -> Result<BTreeMap<i64, WindowKeys<V>>> {
+        let mut closed = self.take_closed(end);
+        let Some(cold) = &mut self.cold else {
+            return Ok(closed);
+        };
+        let first = cold_key(i64::MIN, &[]);
+        let past = cold_key(end.saturating_add(1), &[]);
+        let entries = cold
+            .table
+            .range(Bound::Included(&first), Bound::Excluded(&past))?;
+        for (cold_key, bytes) in &entries {
+            let (window, key) = split_cold_key(cold_key)?;
+            let key: Arc<[u8]> = Arc::from(key);
+            let value = V::decode(&key, bytes)?;
+            closed.entry(window).or_default().insert(key, value);
+        }
+        cold.keys = cold.keys.saturating_sub(entries.len());
+        cold.table.delete_range(&first, &past);
+        Ok(closed)
+    }
+
+    /// Estimated bytes in memory: the keys held times the average of a
+    /// sample of them.
+    pub fn memory_bytes(&self) -> usize {
+        let held: usize = self.windows.values().map(|keys| keys.len()).sum();
+        if held == 0 {
+            return 0;
+        }
+        let sample: Vec<usize> = self
+            .windows
+            .values()
+            .rev()
+            .flat_map(|keys| keys.iter())
+            .take(SIZE_SAMPLE)
+            .map(|(key, value)| key.len() + value.memory_bytes() + ENTRY_OVERHEAD_BYTES)
+            .collect();
+        held * sample.iter().sum::<usize>() / sample.len().max(1)
+    }
+
+    /// What is held in memory and on disk.
+    pub fn spill_stats(&self) -> SpillStats {
+        SpillStats {
+            memory_bytes: self.memory_bytes(),
+            cold_keys: self.cold.as_ref().map_or(0, |c| c.keys as u64),
+            disk_bytes: self.cold.as_ref().map_or(0, |c| c.table.disk_bytes()),
+            disk_reads: self.disk_reads,
+            disk_hits: self.disk_hits,
+        }
+    }
+
+    /// Moves keys to disk until about `target_bytes` stay in memory: keys
+    /// of the oldest windows first, in each window in the hash map's order
+    /// (no recency is tracked).
+    pub fn evict(&mut self, target_bytes: usize) -> Result<()> {
+        let held = self.memory_bytes();
+        if held <= target_bytes {
+            return Ok(());
+        }
+        let keys: usize = self.windows.values().map(|keys| keys.len()).sum();
+        let per_key = (held / keys.max(1)).max(1);
+        let mut to_move = (held - target_bytes).div_ceil(per_key);
+        if self.cold.is_none() {
+            self.cold = Some(Cold {
+                table: StateTable::new(super::memory::scratch_store()?),
+                keys: 0,
+            });
+        }
+        let cold = self.cold.as_mut().expect("made above");
+        let mut out = Encoder::new();
+        for (&window, keys) in self.windows.iter_mut() {
+            if to_move == 0 {
+                break;
+            }
+            keys.retain(|key, value| {
+                if to_move == 0 {
+                    return true;
+                }
+                out.bytes.clear();
+                value.encode(&mut out);
+                cold.table.put(&cold_key(window, key), &out.bytes);
+                to_move -= 1;
+                cold.keys += 1;
+                false
+            });
+        }
+        self.windows.retain(|_, keys| !keys.is_empty());
+        // Written out as a run, and merged now and then: the cold table's
+        // memory holds nothing but what changed since.
+        cold.table.evict(0)?;
+        cold.table.compact(8)?;
+        Ok(())
+    }
+
+    /// Adds the state changed since the last capture to `delta` (all of it
+    /// when the delta is full): values in memory encoded, cold ones as they
+    /// are on disk, a changed key held nowhere as a delete. `changed`
+    /// starts over.
+    pub fn capture(
+        &self,
+        delta: &mut StateDelta,
+        changed: &mut Changed<(i64, Arc<[u8]>)>,
+    ) -> Result<()> {
+        let changed = changed.take();
+        delta.full |= changed.is_all();
+        let encode = |delta: &mut StateDelta, key: &[u8], value: &V| {
+            delta.put_with(
+                |k| {
+                    k.raw(key);
+                },
+                |v| value.encode(v),
+            );
+        };
+        if delta.full {
+            for (_, key, value) in self.iter() {
+                encode(delta, key, value);
+            }
+            if let Some(cold) = &self.cold {
+                for (cold_key, bytes) in cold.table.range(Bound::Unbounded, Bound::Unbounded)? {
+                    delta.put(split_cold_key(&cold_key)?.1, bytes);
+                }
+            }
+            return Ok(());
+        }
+        for (window, key) in changed.keys() {
+            match self.get(*window, key) {
+                Some(value) => encode(delta, key, value),
+                None => match &self.cold {
+                    Some(cold) => match cold.table.peek(&cold_key(*window, key))? {
+                        Some(bytes) => delta.put(key, bytes),
+                        None => delta.delete(key),
+                    },
+                    None => delta.delete(key),
+                },
+            }
+        }
+        Ok(())
     }
 }
 

@@ -554,6 +554,17 @@ impl AggregateFolder {
     }
 
     /// Keys held as state, for the state-size figures.
+    /// Bytes `state` holds in memory (an estimate: it steers spilling).
+    pub fn memory_bytes(state: &AccumulatorState) -> usize {
+        match state {
+            // A B-tree entry: the boxed value, its count and node overhead.
+            AccumulatorState::Values(multiset) => {
+                multiset.keys().map(|value| value.len() + 48).sum::<usize>()
+            }
+            _ => 0,
+        }
+    }
+
     pub fn state_keys(state: &AccumulatorState) -> u64 {
         match state {
             AccumulatorState::Values(multiset) => multiset.len() as u64,

@@ -26,7 +26,7 @@ use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
-use crate::state::windowed::{window_ends, ByWindow, NO_WINDOW};
+use crate::state::windowed::{window_ends, ByWindow, SpillStats, SpillValue, NO_WINDOW};
 use crate::state::Changed;
 
 /// One aggregate call: how to fold it, its argument and optional FILTER.
@@ -166,6 +166,41 @@ struct Group {
     /// The batch that last changed it (`AggregateOperator::batch`): its
     /// output before that batch is remembered once.
     changed_in: u64,
+}
+
+impl SpillValue for Group {
+    /// The group's row count and accumulators (as checkpoints store it).
+    fn encode(&self, out: &mut Encoder) {
+        out.i64(self.rows).u64(self.accumulators.len() as u64);
+        for state in &self.accumulators {
+            state.encode(out);
+        }
+    }
+
+    fn decode(key: &Arc<[u8]>, bytes: &[u8]) -> Result<Self> {
+        let mut d = Decoder::new(bytes);
+        let rows = d.i64()?;
+        let count = d.u64()? as usize;
+        // (A damaged count fails on the bytes, not on allocating for it.)
+        let accumulators = (0..count.min(bytes.len()))
+            .map(|_| AccumulatorState::decode(&mut d))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Group {
+            key: key.clone(),
+            rows,
+            accumulators,
+            changed_in: 0,
+        })
+    }
+
+    fn memory_bytes(&self) -> usize {
+        let accumulators: usize = self
+            .accumulators
+            .iter()
+            .map(|state| std::mem::size_of_val(state) + AggregateFolder::memory_bytes(state))
+            .sum();
+        std::mem::size_of::<Group>() + accumulators
+    }
 }
 
 /// How a windowed aggregate (GROUP BY ..., window_end) uses the watermark.
@@ -327,7 +362,7 @@ impl Operator for AggregateOperator {
         };
         let closed = self
             .groups
-            .take_closed(watermark.saturating_sub(window.allowed_lateness));
+            .take_closed_loading(watermark.saturating_sub(window.allowed_lateness))?;
         let held = self.groups.len();
         let mut finished: Vec<Group> = Vec::new();
         for (end, groups) in closed {
@@ -403,6 +438,15 @@ impl Operator for AggregateOperator {
                 .iter()
                 .position(|&other| other != window)
                 .map_or(windows.len(), |length| run_start + length);
+            if self.groups.has_cold() {
+                // Cold groups this run touches come back to memory first.
+                for row in run_start..run_end {
+                    let key: &[u8] = keys.as_ref().map(|k| k.row(row).data()).unwrap_or(&[]);
+                    if self.groups.get(window, key).is_none() {
+                        self.groups.load(window, key)?;
+                    }
+                }
+            }
             let groups = self.groups.window_mut(window);
             for row in run_start..run_end {
                 let key: &[u8] = keys.as_ref().map(|k| k.row(row).data()).unwrap_or(&[]);
@@ -510,16 +554,18 @@ impl Operator for AggregateOperator {
         Some(self.groups.len() as u64 + values)
     }
 
-    /// Key: the group key; value: the group's row count and accumulators.
+    /// Key: the group key; value: the group's row count and accumulators
+    /// ([`SpillValue`] for `Group`).
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
-        let encode = |group: &Group, out: &mut Encoder| {
-            out.i64(group.rows).u64(group.accumulators.len() as u64);
-            for state in &group.accumulators {
-                state.encode(out);
-            }
-        };
-        delta.put_changed_by_window(&self.groups, &mut self.dirty, encode);
-        Ok(())
+        self.groups.capture(delta, &mut self.dirty)
+    }
+
+    fn spill_stats(&self) -> Option<SpillStats> {
+        Some(self.groups.spill_stats())
+    }
+
+    fn shrink(&mut self, target_bytes: usize) -> Result<()> {
+        self.groups.evict(target_bytes)
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
@@ -535,25 +581,15 @@ impl Operator for AggregateOperator {
             _ => vec![NO_WINDOW; entries.len()],
         };
         for ((key, value), window) in entries.iter().zip(windows) {
-            let mut d = Decoder::new(value);
-            let rows = d.i64()?;
-            let count = d.u64()? as usize;
-            if count != self.calls.len() {
+            let key: Arc<[u8]> = key.as_slice().into();
+            let group = Group::decode(&key, value)?;
+            if group.accumulators.len() != self.calls.len() {
                 return Err(crate::error::EddyError::Checkpoint(format!(
-                    "aggregate state has {count} accumulators, the plan {}",
+                    "aggregate state has {} accumulators, the plan {}",
+                    group.accumulators.len(),
                     self.calls.len()
                 )));
             }
-            let accumulators = (0..count)
-                .map(|_| AccumulatorState::decode(&mut d))
-                .collect::<Result<Vec<_>>>()?;
-            let key: Arc<[u8]> = key.as_slice().into();
-            let group = Group {
-                key: key.clone(),
-                rows,
-                accumulators,
-                changed_in: 0,
-            };
             self.groups.window_mut(window).insert(key, group);
         }
         Ok(())
@@ -649,6 +685,60 @@ mod tests {
         }
         out.retain(|_, weight| *weight != 0);
         out
+    }
+
+    /// An aggregate whose groups all go to disk after every batch answers
+    /// as one that keeps them in memory: the same changes out, the same
+    /// windows closed, the same checkpoints (its captures checked against
+    /// its whole state), and its state restores.
+    #[test]
+    fn an_aggregate_spilled_to_disk_answers_as_one_in_memory() {
+        for emit_on_close in [false, true] {
+            let mut plain = windowed_sum(emit_on_close);
+            let mut spilling = windowed_sum(emit_on_close);
+            let mut checkpoints = Checkpoints::default();
+            let mut next = crate::stream::testing::random(7);
+            let mut held: Vec<(i64, i64, i64)> = Vec::new();
+            let mut watermark = 0;
+            for round in 0..60 {
+                let mut batch = Vec::new();
+                for _ in 0..40 {
+                    if !held.is_empty() && next(3) == 0 {
+                        let row = held.swap_remove(next(held.len() as u64) as usize);
+                        batch.push((row, -1));
+                    } else {
+                        let window = watermark + 10 * (1 + next(4) as i64);
+                        let row = (next(25) as i64, window, next(100) as i64);
+                        held.push(row);
+                        batch.push((row, 1));
+                    }
+                }
+                let a = output(plain.process(0, changes(&batch)).unwrap());
+                let b = output(spilling.process(0, changes(&batch)).unwrap());
+                assert_eq!(a, b, "round {round}");
+                spilling.shrink(0).unwrap();
+                let stats = spilling.spill_stats().unwrap();
+                assert_eq!(stats.memory_bytes, 0, "everything went to disk");
+                if round % 5 == 4 {
+                    watermark += 10;
+                    held.retain(|row| row.1 > watermark);
+                    let (a, _) = plain.on_watermark(0, watermark).unwrap();
+                    let (b, _) = spilling.on_watermark(0, watermark).unwrap();
+                    assert_eq!(output(a), output(b), "closing {watermark}");
+                }
+                checkpoints.capture(&mut spilling, &format!("round {round}"));
+                assert_eq!(plain.state_keys(), spilling.state_keys());
+            }
+            let stats = spilling.spill_stats().unwrap();
+            assert!(stats.disk_hits > 0 && stats.cold_keys > 0, "{stats:?}");
+            let mut whole = StateDelta::new(true);
+            spilling.checkpoint(&mut whole).unwrap();
+            let mut restored = windowed_sum(emit_on_close);
+            restored.restore(whole.into_map()).unwrap();
+            let (a, _) = plain.on_watermark(0, i64::MAX - 1).unwrap();
+            let (b, _) = restored.on_watermark(0, i64::MAX - 1).unwrap();
+            assert_eq!(output(a), output(b));
+        }
     }
 
     /// Groups of two windows, one emptied by a retraction; a capture after

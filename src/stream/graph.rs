@@ -18,6 +18,7 @@ use crate::common::RelationId;
 use crate::error::Result;
 use crate::state::checkpoint::{CaptureRequest, RestoredState, StateDelta};
 use crate::state::codec::Decoder;
+use crate::state::windowed::SpillStats;
 
 pub type NodeIndex = usize;
 
@@ -54,6 +55,9 @@ pub struct OperatorStatus {
     pub stats: OperatorStats,
     /// The last event-time watermark the operator passed on (µs).
     pub watermark: Option<i64>,
+    /// What its spillable state holds in memory and on disk (`None`: its
+    /// state, if any, cannot spill).
+    pub spill: Option<SpillStats>,
 }
 
 /// Per-operator figures, root first.
@@ -347,9 +351,26 @@ impl StreamGraph {
                     description: n.op.describe(),
                     stats,
                     watermark: n.watermark,
+                    spill: n.op.spill_stats(),
                 }
             })
             .collect()
+    }
+
+    /// What each spillable operator holds, by operator id.
+    pub fn spill_stats(&self) -> Vec<(u64, SpillStats)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| Some((n.id, n.op.spill_stats()?)))
+            .collect()
+    }
+
+    /// Has operator `id` keep about `target_bytes` in memory.
+    pub fn shrink(&mut self, id: u64, target_bytes: usize) -> Result<()> {
+        match self.nodes.iter_mut().find(|n| n.id == id) {
+            Some(node) => node.op.shrink(target_bytes),
+            None => Ok(()),
+        }
     }
 
     /// Captures the state of every stateful operator as

@@ -39,6 +39,7 @@ use datafusion::physical_plan::PhysicalExpr;
 use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
+use crate::state::windowed::SpillStats;
 
 /// What an operator reports about its work, for `eddy_catalog.operator_stats`
 /// and for the test that shows maintenance is incremental.
@@ -103,6 +104,18 @@ pub trait Operator: Send {
     /// input's checkpointed watermark in again.)
     fn state_keys(&self) -> Option<u64> {
         None
+    }
+
+    /// What the operator's spillable state holds in memory and on disk, or
+    /// `None` when it cannot spill (its state, if any, stays in memory).
+    fn spill_stats(&self) -> Option<SpillStats> {
+        None
+    }
+
+    /// Moves state to disk until about `target_bytes` stay in memory (the
+    /// memory limit's share of this operator; see `state::memory`).
+    fn shrink(&mut self, _target_bytes: usize) -> Result<()> {
+        Ok(())
     }
 
     /// Adds the state changed since the last call to `delta` (all of it

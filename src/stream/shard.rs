@@ -35,6 +35,7 @@ use super::{Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::Result;
 use crate::state::checkpoint::StateDelta;
+use crate::state::windowed::SpillStats;
 
 /// An operator whose state is keyed by a row-encoded key of its input rows,
 /// so that it can be split into shards.
@@ -376,6 +377,26 @@ impl Operator for ShardedOperator {
     fn state_keys(&self) -> Option<u64> {
         self.stateful
             .then(|| self.gather(|s| s.state_keys()).into_iter().flatten().sum())
+    }
+
+    fn spill_stats(&self) -> Option<SpillStats> {
+        let shards = self.gather(|s| s.spill_stats());
+        shards.iter().any(Option::is_some).then(|| {
+            let mut total = SpillStats::default();
+            for shard in shards.iter().flatten() {
+                total.add(shard);
+            }
+            total
+        })
+    }
+
+    /// Each shard to an equal part of the target.
+    fn shrink(&mut self, target_bytes: usize) -> Result<()> {
+        let parts = vec![target_bytes / self.shards(); self.shards()];
+        for shrunk in self.run(parts, |shard, target| shard.shrink(target))? {
+            shrunk?;
+        }
+        Ok(())
     }
 
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
