@@ -247,6 +247,36 @@ impl<V: SpillValue> ByWindow<V> {
         Ok(true)
     }
 
+    /// The value of cold key `key` of window `window`, read without moving
+    /// it to memory.
+    pub fn peek_cold(&self, window: i64, key: &[u8]) -> Result<Option<V>> {
+        let Some(cold) = &self.cold else {
+            return Ok(None);
+        };
+        match cold.table.peek(&cold_key(window, key))? {
+            Some(bytes) => Ok(Some(V::decode(&Arc::from(key), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every cold key with its window end and value, read without moving
+    /// them to memory (a whole capture).
+    pub fn cold_entries(&self) -> Result<Vec<(i64, Arc<[u8]>, V)>> {
+        let Some(cold) = &self.cold else {
+            return Ok(Vec::new());
+        };
+        cold.table
+            .range(Bound::Unbounded, Bound::Unbounded)?
+            .into_iter()
+            .map(|(cold_key, bytes)| {
+                let (window, key) = split_cold_key(&cold_key)?;
+                let key: Arc<[u8]> = Arc::from(key);
+                let value = V::decode(&key, &bytes)?;
+                Ok((window, key, value))
+            })
+            .collect()
+    }
+
     /// Whether any key is cold (lookups that miss memory must [`Self::load`]).
     pub fn has_cold(&self) -> bool {
         self.cold.as_ref().is_some_and(|c| c.keys > 0)

@@ -66,7 +66,9 @@ use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
-use crate::state::windowed::{window_ends, ByWindow, WindowKeys, NO_WINDOW};
+use crate::state::windowed::{
+    window_ends, ByWindow, SpillStats, SpillValue, WindowKeys, NO_WINDOW,
+};
 use crate::state::RowCodec;
 use crate::state::{Changed, KeyMap};
 
@@ -100,7 +102,7 @@ type KeyedRow = (i64, Arc<[u8]>, Arc<[u8]>);
 /// id, a windowed aggregate's group): it is kept inline, without a hash map
 /// of its own (an allocation per key, and a hash of the row per lookup).
 /// `Many` is never empty: its last row's removal makes the bucket `Empty`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 enum Bucket {
     #[default]
     Empty,
@@ -188,6 +190,37 @@ impl Bucket {
     }
 }
 
+impl SpillValue for Bucket {
+    /// The rows with their multiplicities and match counts.
+    fn encode(&self, out: &mut Encoder) {
+        out.u64(self.len() as u64);
+        for (row, entry) in self.iter() {
+            out.bytes(row).i64(entry.multiplicity).i64(entry.matches);
+        }
+    }
+
+    fn decode(_key: &Arc<[u8]>, bytes: &[u8]) -> Result<Self> {
+        let mut d = Decoder::new(bytes);
+        let mut bucket = Bucket::Empty;
+        for _ in 0..d.u64()? {
+            let row: Arc<[u8]> = Arc::from(d.bytes()?);
+            let entry = Entry {
+                multiplicity: d.i64()?,
+                matches: d.i64()?,
+            };
+            bucket.insert(row, entry);
+        }
+        Ok(bucket)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        // A row's bytes, its `Arc` header and entry, and (for many rows)
+        // the hash table's slot.
+        let rows: usize = self.iter().map(|(row, _)| row.len() + 48).sum();
+        std::mem::size_of::<Bucket>() + rows
+    }
+}
+
 /// A side's kept rows by window end, then by join key ([`ByWindow`]): a
 /// window join's key holds its window's end, so a key's rows share it, and
 /// a closed window goes as one map. Rows of a join without a window key,
@@ -219,9 +252,33 @@ impl WindowedRows {
         }
     }
 
-    /// Takes the windows ending at or before `end` (never [`NO_WINDOW`]).
-    fn take_closed(&mut self, end: i64) -> BTreeMap<i64, WindowKeys<Bucket>> {
-        self.windows.take_closed(end)
+    /// Takes the windows ending at or before `end` (never [`NO_WINDOW`]),
+    /// with their keys on disk.
+    fn take_closed(&mut self, end: i64) -> Result<BTreeMap<i64, WindowKeys<Bucket>>> {
+        self.windows.take_closed_loading(end)
+    }
+
+    /// Brings key `key`'s rows back to memory if they went to disk.
+    fn load(&mut self, window: i64, key: &[u8]) -> Result<()> {
+        if self.windows.has_cold() && self.windows.get(window, key).is_none() {
+            self.windows.load(window, key)?;
+        }
+        Ok(())
+    }
+
+    /// Key `key`'s rows, wherever they are (for a capture).
+    fn bucket_anywhere(
+        &self,
+        window: i64,
+        key: &[u8],
+    ) -> Result<Option<std::borrow::Cow<'_, Bucket>>> {
+        if let Some(bucket) = self.windows.get(window, key) {
+            return Ok(Some(std::borrow::Cow::Borrowed(bucket)));
+        }
+        Ok(self
+            .windows
+            .peek_cold(window, key)?
+            .map(std::borrow::Cow::Owned))
     }
 
     /// Every kept row: window end, key, row, entry.
@@ -468,6 +525,11 @@ impl JoinOperator {
             counters: OperatorCounters::default(),
             description,
         })
+    }
+
+    /// Whether the sides' rows may go to disk (see `spill_stats`).
+    fn spillable(&self) -> bool {
+        self.not_in.is_none() && self.sides.iter().all(|side| side.time.expiry.is_none())
     }
 
     /// Makes a left anti join null-aware (`NOT IN`): see the module docs.
@@ -779,6 +841,12 @@ impl Operator for JoinOperator {
             .map(|i| self.nulls_equal || key_columns.iter().all(|c| c.is_valid(i)))
             .collect();
         let windows = self.windows(&key_columns, batch.num_rows())?;
+        // Keys whose rows went to disk come back first, on both sides.
+        for side in &mut self.sides {
+            for (key, window) in keys.iter().zip(&windows) {
+                side.rows.load(*window, key)?;
+            }
+        }
 
         if self.lookup == Some(this) {
             for i in (0..batch.num_rows()).filter(|&i| matchable[i]) {
@@ -1044,7 +1112,7 @@ impl Operator for JoinOperator {
             // A window ending at or before this can change no more.
             let closed_before = merged.saturating_sub(window.allowed_lateness_micros);
             for side in &mut self.sides {
-                let closed = side.rows.take_closed(closed_before);
+                let closed = side.rows.take_closed(closed_before)?;
                 let rows: usize = closed
                     .values()
                     .flat_map(|keys| keys.values())
@@ -1080,6 +1148,33 @@ impl Operator for JoinOperator {
     /// (multiplicity, matches)`. A side whose changes since the last
     /// checkpoint are half its rows (a windowed join's rows come and go) is
     /// written whole, and with it the whole table (one holds both sides).
+    /// Both sides' rows, unless they cannot spill: an interval join's rows
+    /// are indexed by expiry and a `NOT IN` join's left rows are all read
+    /// when the right side empties (both stay in memory for now).
+    fn spill_stats(&self) -> Option<SpillStats> {
+        if !self.spillable() {
+            return None;
+        }
+        let mut stats = self.sides[0].rows.windows.spill_stats();
+        stats.add(&self.sides[1].rows.windows.spill_stats());
+        Some(stats)
+    }
+
+    /// Each side to its part of the target, as it holds its part of the
+    /// memory.
+    fn shrink(&mut self, target_bytes: usize) -> Result<()> {
+        if !self.spillable() {
+            return Ok(());
+        }
+        let held = self.sides.each_ref().map(|s| s.rows.windows.memory_bytes());
+        let total: usize = held.iter().sum();
+        for (side, held) in self.sides.iter_mut().zip(held) {
+            let share = (target_bytes as u128 * held as u128 / total.max(1) as u128) as usize;
+            side.rows.windows.evict(share)?;
+        }
+        Ok(())
+    }
+
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
         if self.sides.iter().any(|side| side.dirty.is_all()) {
             delta.full = true;
@@ -1088,20 +1183,47 @@ impl Operator for JoinOperator {
             // Encoded in place in the delta: no allocation per entry.
             let side_index = index as u8;
             let rows = &side.rows;
+            // A disk read failing in either closure.
+            let failed = std::cell::RefCell::new(None);
             delta.put_changed_with(
                 &mut side.dirty,
                 |delta| {
                     for (_, key, row, entry) in rows.iter() {
                         delta.put_with(state_key(side_index, key, row), state_value(*entry));
                     }
-                },
-                |delta, (window, key, row)| match rows.get(*window, key).and_then(|b| b.get(row)) {
-                    Some(entry) => {
-                        delta.put_with(state_key(side_index, key, row), state_value(*entry))
+                    match rows.windows.cold_entries() {
+                        Ok(cold) => {
+                            for (_, key, bucket) in cold {
+                                for (row, entry) in bucket.iter() {
+                                    delta.put_with(
+                                        state_key(side_index, &key, row),
+                                        state_value(*entry),
+                                    );
+                                }
+                            }
+                        }
+                        Err(e) => *failed.borrow_mut() = Some(e),
                     }
-                    None => delta.delete_with(state_key(side_index, key, row)),
+                },
+                |delta, (window, key, row)| {
+                    let entry = match rows.bucket_anywhere(*window, key) {
+                        Ok(bucket) => bucket.and_then(|b| b.get(row).copied()),
+                        Err(e) => {
+                            *failed.borrow_mut() = Some(e);
+                            return;
+                        }
+                    };
+                    match entry {
+                        Some(entry) => {
+                            delta.put_with(state_key(side_index, key, row), state_value(entry))
+                        }
+                        None => delta.delete_with(state_key(side_index, key, row)),
+                    }
                 },
             );
+            if let Some(e) = failed.into_inner() {
+                return Err(e);
+            }
         }
         // NOT IN: one entry `[2]` with the right side's counts and the left
         // rows with a NULL key.
@@ -1338,10 +1460,14 @@ mod tests {
             )
             .unwrap()
         };
-        let sharded = super::super::shard::ShardedOperator::try_new(vec![make(), make(), make()]);
-        let joins: [Box<dyn Operator>; 2] = [Box::new(make()), Box::new(sharded.unwrap())];
-        for join in joins {
-            random_changes_match_nested_loops(join, &ls, &rs);
+        // In memory, and with every row moved to disk after every change.
+        for spill in [false, true] {
+            let sharded =
+                super::super::shard::ShardedOperator::try_new(vec![make(), make(), make()]);
+            let joins: [Box<dyn Operator>; 2] = [Box::new(make()), Box::new(sharded.unwrap())];
+            for join in joins {
+                random_changes_match_nested_loops(join, &ls, &rs, spill);
+            }
         }
     }
 
@@ -1474,6 +1600,7 @@ mod tests {
         mut join: Box<dyn Operator>,
         ls: &SchemaRef,
         rs: &SchemaRef,
+        spill: bool,
     ) {
         let (mut left, mut right) = (Multiset::new(), Multiset::new());
         let mut view = Multiset::new();
@@ -1521,6 +1648,14 @@ mod tests {
                 join.process(side, batch(schema, &changes)).unwrap(),
             );
             assert_eq!(view, reference(&left, &right));
+            if spill {
+                join.shrink(0).unwrap();
+                assert_eq!(join.spill_stats().unwrap().memory_bytes, 0);
+            }
+        }
+        if spill {
+            let stats = join.spill_stats().unwrap();
+            assert!(stats.disk_hits > 0 && stats.cold_keys > 0, "{stats:?}");
         }
         let Checkpoints { deltas, whole, .. } = checkpoints;
         assert!(deltas > 10 && whole > 10, "{deltas} deltas, {whole} whole");
