@@ -115,6 +115,9 @@ pub fn window_ends(column: &ArrayRef) -> Result<Vec<i64>> {
     Ok(ends.iter().map(|end| end.unwrap_or(NO_WINDOW)).collect())
 }
 
+/// A key with its window end and value.
+pub type WindowEntry<V> = (i64, Arc<[u8]>, V);
+
 /// One window's state: by encoded key.
 pub type WindowKeys<V> = KeyMap<Arc<[u8]>, V>;
 
@@ -261,7 +264,7 @@ impl<V: SpillValue> ByWindow<V> {
 
     /// Every cold key with its window end and value, read without moving
     /// them to memory (a whole capture).
-    pub fn cold_entries(&self) -> Result<Vec<(i64, Arc<[u8]>, V)>> {
+    pub fn cold_entries(&self) -> Result<Vec<WindowEntry<V>>> {
         let Some(cold) = &self.cold else {
             return Ok(Vec::new());
         };
