@@ -6,6 +6,10 @@
 //! Postgres sink's target also stops answering (a frozen proxy) for half of
 //! the run, kills included, and answers again later.
 //!
+//! The interrupted run keeps its state spilled: a memory limit of one byte
+//! moves every aggregate's groups to disk after every epoch, so recovery
+//! and the checkpoints it starts from work with state on disk too.
+//!
 //! Real processes (the `eddy` binary), a real Kafka broker and a real
 //! PostgreSQL (scripts/kafka.sh and scripts/postgres.sh start them).
 
@@ -23,6 +27,8 @@ const EVENTS: i64 = 300_000;
 /// How many times eddy is killed while catching up.
 const KILLS: i64 = 6;
 const KEYS: i64 = 40;
+/// The interrupted run's arguments: state spilled to disk.
+const SPILLED: &[&str] = &["--memory-limit", "1"];
 
 /// A small deterministic generator for kill timings (the seed is printed).
 struct Lcg(u64);
@@ -155,7 +161,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
     let crashed_out = fresh_topic("crash_out");
     create_topic(&crashed_out, 1).await;
     let (proxy, through_proxy) = FreezableProxy::to_test_postgres().await;
-    let mut eddy = EddyProcess::spawn(&crashed_dir, &[], &[]);
+    let mut eddy = EddyProcess::spawn(&crashed_dir, SPILLED, &[]);
     let mut client = eddy.connect().await;
     common::execute(
         &client,
@@ -192,7 +198,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
             tokio::time::sleep(Duration::from_millis(random.next(400))).await;
             eddy.kill();
         }
-        eddy = EddyProcess::spawn(&crashed_dir, &[], &[]);
+        eddy = EddyProcess::spawn(&crashed_dir, SPILLED, &[]);
         client = eddy.connect().await;
         // Restarted: every object is back, with the table's flushed rows.
         let notes = sorted_rows(&client, "SELECT * FROM notes").await;
@@ -217,7 +223,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
         all
     };
     eddy.kill();
-    eddy = EddyProcess::spawn(&crashed_dir, &[], &[]);
+    eddy = EddyProcess::spawn(&crashed_dir, SPILLED, &[]);
     let client = eddy.connect().await;
     for (sql, before) in VIEWS.iter().zip(&at_rest) {
         assert_eq!(
@@ -227,9 +233,15 @@ async fn kill_9_loses_nothing_and_doubles_nothing() {
         );
     }
     eddy.terminate();
-    let mut eddy = EddyProcess::spawn(&crashed_dir, &[], &[]);
+    let mut eddy = EddyProcess::spawn(&crashed_dir, SPILLED, &[]);
     let crashed = eddy.connect().await;
     caught_up(&crashed).await;
+    let spilled = query_text(
+        &crashed,
+        "SELECT count(*) FROM eddy_catalog.operator_stats WHERE spilled_keys > 0",
+    )
+    .await;
+    assert_ne!(spilled[0][0], "0", "the interrupted run's state is on disk");
 
     // The uninterrupted run over the same input.
     let reference_pg = format!("ref_pg_{suffix}");
