@@ -328,6 +328,12 @@ fn operators_batch(
         rows.iter()
             .map(move |(v, o)| monitor.rate(&operator_key(v, o.id, what)))
     };
+    // A figure of operators that can spill; NULL for the others.
+    let spill = |figure: &dyn Fn(&crate::state::windowed::SpillStats) -> u64| {
+        rows.iter()
+            .map(|(_, o)| o.spill.as_ref().map(|s| figure(s) as i64))
+            .collect::<Vec<_>>()
+    };
     Columns::default()
         .text("view", some(rows.iter().map(|(v, _)| v)))
         .text(
@@ -359,31 +365,11 @@ fn operators_batch(
                 bytes.checked_div(o.stats.state_keys).map(|b| b as i64)
             }),
         )
-        .int(
-            "memory_bytes",
-            rows.iter()
-                .map(|(_, o)| o.spill.map(|s| s.memory_bytes as i64)),
-        )
-        .int(
-            "spilled_keys",
-            rows.iter()
-                .map(|(_, o)| o.spill.map(|s| s.cold_keys as i64)),
-        )
-        .int(
-            "spilled_bytes",
-            rows.iter()
-                .map(|(_, o)| o.spill.map(|s| s.disk_bytes as i64)),
-        )
-        .int(
-            "disk_reads",
-            rows.iter()
-                .map(|(_, o)| o.spill.map(|s| s.disk_reads as i64)),
-        )
-        .int(
-            "disk_hits",
-            rows.iter()
-                .map(|(_, o)| o.spill.map(|s| s.disk_hits as i64)),
-        )
+        .int("memory_bytes", spill(&|s| s.memory_bytes as u64))
+        .int("spilled_keys", spill(&|s| s.cold_keys))
+        .int("spilled_bytes", spill(&|s| s.disk_bytes))
+        .int("disk_reads", spill(&|s| s.disk_reads))
+        .int("disk_hits", spill(&|s| s.disk_hits))
         .timestamp("watermark", rows.iter().map(|(_, o)| o.watermark))
         .batch()
 }

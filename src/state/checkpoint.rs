@@ -1400,6 +1400,19 @@ mod tests {
         delta
     }
 
+    /// Writes checkpoint `id` (of epoch `id`, no catalog) of `states`.
+    async fn write_states(
+        store: &CheckpointStore,
+        id: u64,
+        previous: Option<&Manifest>,
+        states: Vec<(&str, StateDelta)>,
+    ) -> Manifest {
+        store
+            .write(id, previous, capture(id, states), vec![])
+            .await
+            .unwrap()
+    }
+
     fn restored_keys(restored: &mut RestoredState, name: &str) -> Vec<Vec<u8>> {
         restored.take(name).into_keys().collect()
     }
@@ -1539,24 +1552,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("eddy-ckpt-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = CheckpointStore::open(dir.to_str().unwrap()).unwrap();
-        let first = store
-            .write(
-                1,
-                None,
-                capture(1, vec![("s", delta(true, &[("k", Some("1"))]))]),
-                vec![],
-            )
-            .await
-            .unwrap();
-        let second = store
-            .write(
-                2,
-                Some(&first),
-                capture(2, vec![("s", delta(false, &[("k", Some("2"))]))]),
-                vec![],
-            )
-            .await
-            .unwrap();
+        let first = write_states(
+            &store,
+            1,
+            None,
+            vec![("s", delta(true, &[("k", Some("1"))]))],
+        )
+        .await;
+        let states = vec![("s", delta(false, &[("k", Some("2"))]))];
+        let second = write_states(&store, 2, Some(&first), states).await;
         // Flip one byte of a block of a run only checkpoint 2 names.
         let run = second
             .runs
@@ -1629,15 +1633,8 @@ mod tests {
             vec![b"k1".to_vec(), b"k2".to_vec()]
         );
         assert!(manifest.next_request().wants_full("t"));
-        let next = store
-            .write(
-                8,
-                Some(&manifest),
-                capture(80, vec![("t", delta(true, &[("k1", Some("v1"))]))]),
-                vec![],
-            )
-            .await
-            .unwrap();
+        let states = vec![("t", delta(true, &[("k1", Some("v1"))]))];
+        let next = write_states(&store, 8, Some(&manifest), states).await;
         assert!(next.chains.is_empty() && next.runs.len() == 1);
         let (_, mut restored) = store.latest().await.unwrap().unwrap();
         assert_eq!(restored_keys(&mut restored, "t"), vec![b"k1".to_vec()]);
@@ -1646,28 +1643,19 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_keeps_its_runs() {
         let store = CheckpointStore::in_memory().unwrap();
-        let first = store
-            .write(
-                1,
-                None,
-                capture(1, vec![("s", delta(true, &[("k", Some("1"))]))]),
-                vec![],
-            )
-            .await
-            .unwrap();
+        let first = write_states(
+            &store,
+            1,
+            None,
+            vec![("s", delta(true, &[("k", Some("1"))]))],
+        )
+        .await;
         store.save_snapshot("before", &first).await.unwrap();
         let mut previous = first;
         // Later checkpoints delete the runs only the first one named.
         for id in 2..=6 {
-            previous = store
-                .write(
-                    id,
-                    Some(&previous),
-                    capture(id, vec![("s", delta(true, &[("k", Some(id.to_string()))]))]),
-                    vec![],
-                )
-                .await
-                .unwrap();
+            let states = vec![("s", delta(true, &[("k", Some(id.to_string()))]))];
+            previous = write_states(&store, id, Some(&previous), states).await;
         }
         let (manifest, mut restored) = store.load_snapshot("before").await.unwrap();
         assert!(manifest

@@ -221,8 +221,9 @@ impl Run {
             if let Some(block) = self.block_for(key) {
                 let entries = self.read_block(block)?;
                 let mut cursor = BlockCursor::new(&entries);
-                while let Some((k, value)) = cursor.next_entry()? {
-                    match k.as_slice().cmp(key) {
+                // Keys compared in the cursor's buffer: no copy per entry.
+                while let Some(value) = cursor.advance()? {
+                    match cursor.key.as_slice().cmp(key) {
                         Ordering::Less => continue,
                         Ordering::Equal => {
                             return Ok(value.map_or(Lookup::Deleted, |v| Lookup::Put(v.to_vec())))
@@ -381,6 +382,13 @@ impl<'a> BlockCursor<'a> {
 
     /// The next key (owned: it is rebuilt from the previous one) and value.
     fn next_entry(&mut self) -> Result<Option<BlockEntry<'a>>> {
+        Ok(self.advance()?.map(|value| (self.key.clone(), value)))
+    }
+
+    /// Moves to the next entry: its key in `self.key`, its value returned
+    /// (`Some(None)`: a delete; `None`: the block ended).
+    #[allow(clippy::option_option)]
+    fn advance(&mut self) -> Result<Option<Option<&'a [u8]>>> {
         if self.position >= self.bytes.len() {
             return Ok(None);
         }
@@ -401,7 +409,7 @@ impl<'a> BlockCursor<'a> {
             n => Some(d.raw((n - 1) as usize)?),
         };
         self.position += d.position();
-        Ok(Some((self.key.clone(), value)))
+        Ok(Some(value))
     }
 }
 

@@ -40,6 +40,9 @@ use crate::error::Result;
 /// What a value costs in memory beyond its own bytes: its key's `Arc`, the
 /// hash table's slot and the allocator's rounding.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Runs a cold table keeps at most (lookups consult each one's Bloom
+/// filter; merging more often rewrites more).
+const COLD_RUNS: usize = 16;
 /// Entries sampled to estimate the bytes of an average one.
 const SIZE_SAMPLE: usize = 64;
 
@@ -376,7 +379,7 @@ impl<V: SpillValue> ByWindow<V> {
         // Written out as a run, and merged now and then: the cold table's
         // memory holds nothing but what changed since.
         cold.table.evict(0)?;
-        cold.table.compact(8)?;
+        cold.table.compact(COLD_RUNS)?;
         Ok(())
     }
 

@@ -102,7 +102,7 @@ type KeyedRow = (i64, Arc<[u8]>, Arc<[u8]>);
 /// id, a windowed aggregate's group): it is kept inline, without a hash map
 /// of its own (an allocation per key, and a hash of the row per lookup).
 /// `Many` is never empty: its last row's removal makes the bucket `Empty`.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 enum Bucket {
     #[default]
     Empty,
@@ -264,21 +264,6 @@ impl WindowedRows {
             self.windows.load(window, key)?;
         }
         Ok(())
-    }
-
-    /// Key `key`'s rows, wherever they are (for a capture).
-    fn bucket_anywhere(
-        &self,
-        window: i64,
-        key: &[u8],
-    ) -> Result<Option<std::borrow::Cow<'_, Bucket>>> {
-        if let Some(bucket) = self.windows.get(window, key) {
-            return Ok(Some(std::borrow::Cow::Borrowed(bucket)));
-        }
-        Ok(self
-            .windows
-            .peek_cold(window, key)?
-            .map(std::borrow::Cow::Owned))
     }
 
     /// Every kept row: window end, key, row, entry.
@@ -1185,6 +1170,8 @@ impl Operator for JoinOperator {
             let rows = &side.rows;
             // A disk read failing in either closure.
             let failed = std::cell::RefCell::new(None);
+            // Changed rows whose key is on disk: read after, each key once.
+            let cold = std::cell::RefCell::new(BTreeMap::<(i64, Arc<[u8]>), Vec<Arc<[u8]>>>::new());
             delta.put_changed_with(
                 &mut side.dirty,
                 |delta| {
@@ -1205,24 +1192,33 @@ impl Operator for JoinOperator {
                         Err(e) => *failed.borrow_mut() = Some(e),
                     }
                 },
-                |delta, (window, key, row)| {
-                    let entry = match rows.bucket_anywhere(*window, key) {
-                        Ok(bucket) => bucket.and_then(|b| b.get(row).copied()),
-                        Err(e) => {
-                            *failed.borrow_mut() = Some(e);
-                            return;
-                        }
-                    };
-                    match entry {
+                |delta, (window, key, row)| match rows.get(*window, key) {
+                    Some(bucket) => match bucket.get(row) {
                         Some(entry) => {
-                            delta.put_with(state_key(side_index, key, row), state_value(entry))
+                            delta.put_with(state_key(side_index, key, row), state_value(*entry))
                         }
                         None => delta.delete_with(state_key(side_index, key, row)),
-                    }
+                    },
+                    None => cold
+                        .borrow_mut()
+                        .entry((*window, key.clone()))
+                        .or_default()
+                        .push(row.clone()),
                 },
             );
             if let Some(e) = failed.into_inner() {
                 return Err(e);
+            }
+            for ((window, key), changed) in cold.into_inner() {
+                let bucket = rows.windows.peek_cold(window, &key)?;
+                for row in changed {
+                    match bucket.as_ref().and_then(|b| b.get(&row)) {
+                        Some(entry) => {
+                            delta.put_with(state_key(side_index, &key, &row), state_value(*entry))
+                        }
+                        None => delta.delete_with(state_key(side_index, &key, &row)),
+                    }
+                }
             }
         }
         // NOT IN: one entry `[2]` with the right side's counts and the left
