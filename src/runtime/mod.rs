@@ -1170,6 +1170,7 @@ impl Worker {
                 self.dirty = true;
             }
         }
+        crate::state::memory::return_freed_memory();
     }
 
     /// Lets every view see processing time `now`, and propagates what that

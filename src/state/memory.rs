@@ -54,6 +54,23 @@ pub fn scratch_store() -> Result<Arc<RunStore>> {
     RunStore::scratch(&root.join(format!("{n:08}")))
 }
 
+/// Hands memory freed by spilling back to the system. glibc's allocator
+/// keeps freed pages for reuse, so without this the process's resident
+/// size would not fall when state moves to disk.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+        }
+        // SAFETY: malloc_trim only releases free memory of the allocator's
+        // own arenas; it takes no pointers and is thread-safe.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 /// The machine's memory: the smaller of physical memory and the cgroup's
 /// limit, when they can be read.
 pub fn machine_bytes() -> Option<u64> {

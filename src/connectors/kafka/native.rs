@@ -1,5 +1,6 @@
-//! librdkafka calls that rdkafka does not wrap, for the Kafka reader: the
-//! only place in eddy with `unsafe`.
+//! librdkafka calls that rdkafka does not wrap, for the Kafka reader: one
+//! of the two places in eddy with `unsafe` (the other is glibc's
+//! `malloc_trim` in `state::memory`).
 //!
 //! rdkafka hands out one message per poll, and each poll reads the clock
 //! four times (the poll's timeout, librdkafka's poll-interval bookkeeping
