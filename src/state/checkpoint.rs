@@ -19,9 +19,12 @@
 //! table's keys are prefixed with its id (4 bytes, big-endian), which the
 //! manifest maps to its name. A checkpoint writes one run with every
 //! table's changes since the previous one (a table captured whole, or
-//! dropped, also gets a range tombstone over its prefix), then merges runs
-//! as [`pick_merge`] says (so a checkpoint costs what changed, and an entry
-//! is rewritten O(log n) times, never all state at every checkpoint).
+//! dropped, also gets a range tombstone over its prefix). Merges run in the
+//! background, one at a time, as [`pick_merge`] says: a later checkpoint
+//! puts the merged run in place of its inputs (past `MAX_RUNS` it waits
+//! for the merge, or merges itself). So a checkpoint costs what changed,
+//! and an entry is rewritten O(log n) times, never all state at every
+//! checkpoint.
 //!
 //! Invariants:
 //! - A checkpoint is complete only once its manifest exists; the manifest is
@@ -483,6 +486,18 @@ pub struct CheckpointStore {
     local: bool,
     /// Keeps a temporary cache directory while the store is in use.
     _cache: Option<Arc<TemporaryDir>>,
+    /// The merge running in the background, if any.
+    merge: Arc<std::sync::Mutex<Option<PendingMerge>>>,
+}
+
+/// A merge of runs running in the background: once done, its run takes
+/// the place of `inputs` (consecutive runs of the checkpoint it started
+/// from) in the next checkpoint.
+#[derive(Debug)]
+struct PendingMerge {
+    inputs: Vec<String>,
+    path: String,
+    task: tokio::task::JoinHandle<Result<Run>>,
 }
 
 impl CheckpointStore {
@@ -505,6 +520,7 @@ impl CheckpointStore {
                 local_root: std::path::PathBuf::from(dir),
                 local: true,
                 _cache: None,
+                merge: Arc::default(),
             });
         }
         let url = url::Url::parse(location)
@@ -537,6 +553,7 @@ impl CheckpointStore {
             local_root: cache.0.clone(),
             local: false,
             _cache: Some(cache),
+            merge: Arc::default(),
         })
     }
 
@@ -726,25 +743,21 @@ impl CheckpointStore {
             written_here.insert(path.clone());
             runs.push(RunRef::of(&run, path));
         }
-        // One merge at most per checkpoint (each one bounds the next).
-        let sizes: Vec<u64> = runs.iter().map(|r| r.bytes).collect();
-        if let Some(first) = pick_merge(&sizes, MAX_RUNS) {
-            let mut group = Vec::with_capacity(runs.len() - first);
-            for run in &runs[first..] {
-                group.push(self.open_run(run).await?);
-            }
-            let (merged_id, path) = run_path(1);
-            let local = self.local_path(&path);
-            let merged = Self::blocking(move || {
-                let writer = RunWriter::create(&local)?.group_stats_by(TABLE_PREFIX_BYTES);
-                merge_runs(&group, first == 0, writer, merged_id)
-            })
-            .await?;
-            bytes_written += merged.file_bytes();
-            written_here.insert(path.clone());
-            runs.truncate(first);
-            runs.push(RunRef::of(&merged, path));
+        // A merge done in the background takes its inputs' place; past
+        // `MAX_RUNS` the checkpoint waits for it, or merges itself.
+        let over = runs.len() > MAX_RUNS;
+        if let Some(merged) = self.finished_merge(&runs, over).await {
+            bytes_written += merged.bytes;
+            written_here.insert(merged.path.clone());
+            adopt(&mut runs, merged);
         }
+        if runs.len() > MAX_RUNS {
+            let merged = self.merge_now(&runs, 0, run_path(1)).await?;
+            bytes_written += merged.bytes;
+            written_here.insert(merged.path.clone());
+            adopt(&mut runs, merged);
+        }
+        self.start_merge(&runs, run_path(2)).await?;
         if !self.local {
             for run in runs.iter().filter(|r| written_here.contains(&r.path)) {
                 let bytes = tokio::fs::read(self.local_path(&run.path))
@@ -778,6 +791,104 @@ impl CheckpointStore {
             tracing::warn!(error = %e, "checkpoint garbage collection failed; will retry");
         }
         Ok(manifest)
+    }
+
+    /// The run of the background merge, once it is done (or, with
+    /// `wait`, once it is): `None` when none ran, it failed (logged; the
+    /// next one tries again), or its inputs are no longer all there.
+    async fn finished_merge(&self, runs: &[RunRef], wait: bool) -> Option<MergedRun> {
+        let pending = {
+            let mut slot = self.merge.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some(p) if wait || p.task.is_finished() => slot.take(),
+                _ => None,
+            }
+        }?;
+        let run = match pending.task.await {
+            Ok(Ok(run)) => run,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "merging checkpoint runs failed; will try again");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "merging checkpoint runs stopped; will try again");
+                return None;
+            }
+        };
+        if !self.local_path(&pending.path).exists() {
+            // Its file went (a cache emptied under eddy): merge again later.
+            return None;
+        }
+        let paths: Vec<&str> = runs.iter().map(|r| r.path.as_str()).collect();
+        let inputs: Vec<&str> = pending.inputs.iter().map(String::as_str).collect();
+        let first = paths.windows(inputs.len()).position(|w| w == inputs)?;
+        Some(MergedRun {
+            first,
+            inputs: inputs.len(),
+            bytes: run.file_bytes(),
+            path: pending.path.clone(),
+            run: RunRef::of(&run, pending.path),
+        })
+    }
+
+    /// Merges `runs[first..]` now, as `(id, path)`.
+    async fn merge_now(
+        &self,
+        runs: &[RunRef],
+        first: usize,
+        (merged_id, path): (u64, String),
+    ) -> Result<MergedRun> {
+        let group = self.open_group(&runs[first..]).await?;
+        let local = self.local_path(&path);
+        let merged = Self::blocking(move || {
+            let writer = RunWriter::create(&local)?.group_stats_by(TABLE_PREFIX_BYTES);
+            merge_runs(&group, first == 0, writer, merged_id)
+        })
+        .await?;
+        Ok(MergedRun {
+            first,
+            inputs: runs.len() - first,
+            bytes: merged.file_bytes(),
+            path: path.clone(),
+            run: RunRef::of(&merged, path),
+        })
+    }
+
+    /// Starts merging the runs [`pick_merge`] picks, in the background, as
+    /// `(id, path)`, unless a merge is running.
+    async fn start_merge(&self, runs: &[RunRef], (merged_id, path): (u64, String)) -> Result<()> {
+        if self
+            .merge
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return Ok(());
+        }
+        let sizes: Vec<u64> = runs.iter().map(|r| r.bytes).collect();
+        let Some(first) = pick_merge(&sizes, MAX_RUNS) else {
+            return Ok(());
+        };
+        let group = self.open_group(&runs[first..]).await?;
+        let local = self.local_path(&path);
+        let task = tokio::task::spawn_blocking(move || {
+            let writer = RunWriter::create(&local)?.group_stats_by(TABLE_PREFIX_BYTES);
+            merge_runs(&group, first == 0, writer, merged_id)
+        });
+        *self.merge.lock().unwrap_or_else(|p| p.into_inner()) = Some(PendingMerge {
+            inputs: runs[first..].iter().map(|r| r.path.clone()).collect(),
+            path,
+            task,
+        });
+        Ok(())
+    }
+
+    async fn open_group(&self, runs: &[RunRef]) -> Result<Vec<Arc<Run>>> {
+        let mut group = Vec::with_capacity(runs.len());
+        for run in runs {
+            group.push(self.open_run(run).await?);
+        }
+        Ok(group)
     }
 
     /// The ids of the manifests present, newest first.
@@ -844,6 +955,12 @@ impl CheckpointStore {
             } else {
                 self.delete(&path).await?;
             }
+        }
+        // A merge running writes a run no manifest names yet.
+        if let Some(pending) = &*self.merge.lock().unwrap_or_else(|p| p.into_inner()) {
+            let temporary = RunWriter::temporary_path(std::path::Path::new(&pending.path));
+            needed.insert(pending.path.clone());
+            needed.insert(temporary.to_string_lossy().into_owned());
         }
         for dir in ["state", "runs"] {
             for path in self.list(dir).await? {
@@ -1100,6 +1217,21 @@ fn open_envelope<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result<(u3
         return Err(damaged("checksum mismatch"));
     }
     Ok((version, payload))
+}
+
+/// A merged run and the runs it replaces: `inputs` runs from `first`.
+#[derive(Debug)]
+struct MergedRun {
+    first: usize,
+    inputs: usize,
+    bytes: u64,
+    path: String,
+    run: RunRef,
+}
+
+/// Puts `merged` in its inputs' place.
+fn adopt(runs: &mut Vec<RunRef>, merged: MergedRun) {
+    runs.splice(merged.first..merged.first + merged.inputs, [merged.run]);
 }
 
 /// Writes one checkpoint's changes as run `run_id` at `path`: for each
@@ -1457,7 +1589,12 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(third.runs, second.runs);
+        // (It may take in a merge the second one started.)
+        assert!(
+            !third.runs.iter().any(|r| r.id == 3 << 16),
+            "{:?}",
+            third.runs
+        );
         let (manifest, mut restored) = store.latest().await.unwrap().unwrap();
         assert_eq!(manifest.id, 3);
         assert_eq!(restored.epoch, 30);
@@ -1476,6 +1613,8 @@ mod tests {
         let store = CheckpointStore::in_memory().unwrap();
         let mut model: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
         let mut previous: Option<Manifest> = None;
+        // Whether a merge run in the background was taken in.
+        let mut adopted = false;
         for id in 1..=40u64 {
             let mut states = Vec::new();
             for table in ["big", "small", "late"] {
@@ -1519,15 +1658,13 @@ mod tests {
                 }
                 states.push((table, delta(full, &changes)));
             }
-            let manifest = store
-                .write(id, previous.as_ref(), capture(id, states), vec![])
-                .await
-                .unwrap();
+            let manifest = write_states(&store, id, previous.as_ref(), states).await;
             assert!(
                 manifest.runs.len() <= MAX_RUNS,
                 "{} runs",
                 manifest.runs.len()
             );
+            adopted |= manifest.runs.iter().any(|r| r.id & 0xffff == 2);
             if id % 10 == 0 {
                 if id == 30 {
                     // The cache lost everything: the store still has it.
@@ -1542,6 +1679,7 @@ mod tests {
             }
             previous = Some(manifest);
         }
+        assert!(adopted, "no background merge was taken in");
         let last = previous.unwrap();
         assert!(!last.tables.contains_key("small"));
         assert!(last.state_table_bytes()["big"] > 0);

@@ -487,7 +487,7 @@ impl RunWriter {
     /// Starts run file `path` (written as `path.tmp` until finished),
     /// creating its directory if need be.
     pub fn create(path: &Path) -> Result<Self> {
-        let temporary = path.with_extension("run.tmp");
+        let temporary = Self::temporary_path(path);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
         }
@@ -520,6 +520,11 @@ impl RunWriter {
     pub fn unsynced(mut self) -> Self {
         self.sync = false;
         self
+    }
+
+    /// Where run `path` is written until it is finished.
+    pub fn temporary_path(path: &Path) -> PathBuf {
+        path.with_extension("run.tmp")
     }
 
     /// Counts entries and bytes by the first `prefix_len` bytes of their

@@ -194,8 +194,10 @@ impl<V> ByWindow<V> {
         removed
     }
 
-    /// Takes the windows ending at or before `end` (never [`NO_WINDOW`]).
-    pub fn take_closed(&mut self, end: i64) -> BTreeMap<i64, WindowKeys<V>> {
+    /// Takes the windows ending at or before `end` (never [`NO_WINDOW`])
+    /// that are in memory ([`ByWindow::take_closed_loading`] takes their
+    /// cold keys too).
+    fn take_closed(&mut self, end: i64) -> BTreeMap<i64, WindowKeys<V>> {
         let open = self.windows.split_off(&end.saturating_add(1));
         let closed = std::mem::replace(&mut self.windows, open);
         if let Some(largest) = closed.values().map(|keys| keys.len()).max() {
