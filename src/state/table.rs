@@ -436,15 +436,34 @@ impl StateTable {
             return Ok(None);
         }
         let (id, mut writer) = self.store()?.create()?;
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        // A key deleted (or range-deleted) and put again is listed twice.
-        dirty.dedup();
-        let written = dirty.iter().try_for_each(|key| match self.memory.get(key) {
-            Some(slot) => writer.add(key, slot.value.as_deref()),
-            // Dirty, then gone in a range delete: the tombstone says so.
-            None => Ok(()),
-        });
+        let dirty = std::mem::take(&mut self.dirty);
+        // Most of memory changed (a table filled since the last flush): one
+        // walk in key order beats sorting the changed keys and looking each
+        // one up.
+        let walk = dirty.len() * 4 >= self.memory.len();
+        let sorted = if walk {
+            Vec::new()
+        } else {
+            let mut sorted = dirty.clone();
+            sorted.sort_unstable();
+            // A key deleted (or range-deleted) and put again is listed twice.
+            sorted.dedup();
+            sorted
+        };
+        let written = if walk {
+            self.memory
+                .iter()
+                .filter(|(_, slot)| slot.dirty)
+                .try_for_each(|(key, slot)| writer.add(key, slot.value.as_deref()))
+        } else {
+            sorted
+                .iter()
+                .try_for_each(|key| match self.memory.get(key) {
+                    Some(slot) => writer.add(key, slot.value.as_deref()),
+                    // Dirty, then gone in a range delete: the tombstone says so.
+                    None => Ok(()),
+                })
+        };
         let range_deletes = std::mem::take(&mut self.range_deletes);
         for (start, end) in &range_deletes {
             writer.delete_range(start, end);
@@ -458,17 +477,33 @@ impl StateTable {
                 return Err(e);
             }
         };
-        for key in &dirty {
-            let tombstone = match self.memory.get_mut(key.as_slice()) {
-                Some(slot) => {
-                    slot.dirty = false;
-                    slot.value.is_none()
+        if walk {
+            for slot in self.memory.values_mut() {
+                slot.dirty = false;
+            }
+            // The run holds the deletes now.
+            let mut freed = 0;
+            self.memory.retain(|key, slot| {
+                let keep = slot.value.is_some();
+                if !keep {
+                    freed += slot_bytes(key, None);
                 }
-                None => false,
-            };
-            if tombstone {
-                // The run holds the delete now.
-                self.drop_slot(key);
+                keep
+            });
+            self.memory_bytes -= freed;
+        } else {
+            for key in &sorted {
+                let tombstone = match self.memory.get_mut(key.as_slice()) {
+                    Some(slot) => {
+                        slot.dirty = false;
+                        slot.value.is_none()
+                    }
+                    None => false,
+                };
+                if tombstone {
+                    // The run holds the delete now.
+                    self.drop_slot(key);
+                }
             }
         }
         self.runs.push(run.clone());
