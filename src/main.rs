@@ -336,7 +336,8 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
     };
     options.memory_limit_bytes = Some(memory_limit);
     options.spill_dir = Some(args.data_dir.join("spill"));
-    options.query_memory_bytes = args.query_memory_limit.unwrap_or(memory_limit / 4);
+    let query_memory_limit = args.query_memory_limit.unwrap_or(memory_limit / 4);
+    options.query_memory_bytes = query_memory_limit;
     options.sink_backlog_limit_bytes = args.sink_backlog_limit;
     let server = eddy::Server::start_with_options(options).await?;
     if let Some(http) = server.http_addr {
@@ -356,7 +357,7 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
     );
     tracing::info!(
         state_mb = memory_limit >> 20,
-        queries_mb = args.query_memory_limit.unwrap_or(memory_limit / 4) >> 20,
+        queries_mb = query_memory_limit >> 20,
         "memory limit ({limit_source}): state beyond it spills to {}",
         args.data_dir.join("spill").display()
     );

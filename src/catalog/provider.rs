@@ -66,7 +66,7 @@ impl RelationProvider {
 
     /// The rows as batches in the provider's schema, for a query.
     pub fn current_batches(&self) -> DFResult<Vec<RecordBatch>> {
-        self.scan_rows(SNAPSHOT_BATCH_ROWS)?.collect()
+        self.scan_rows(crate::state::SCAN_BATCH_ROWS)?.collect()
     }
 
     /// A source has no rows to read here: it is read through a view, and
@@ -101,9 +101,6 @@ impl RelationProvider {
         }))
     }
 }
-
-/// Keyed rows per batch when a relation is read whole (a windowed read).
-const SNAPSHOT_BATCH_ROWS: usize = 65_536;
 
 /// One relation's snapshot as a DataFusion partition: each execution reads
 /// it batch by batch as the query pulls (`LIMIT` stops the reading), so a

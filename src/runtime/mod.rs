@@ -546,6 +546,12 @@ struct RunningView {
 }
 
 impl RunningView {
+    /// Stops the view on `error` (it keeps its rows and says why).
+    fn stop(&mut self, error: String) {
+        tracing::error!(view = %self.name, %error, "materialized view stopped");
+        self.failed = Some(error);
+    }
+
     /// A view running from `state`, with `touched` rows to checkpoint.
     fn new(
         name: String,
@@ -821,8 +827,7 @@ impl Worker {
             Command::FailReaders { relation, error } => {
                 for view_id in self.readers.get(&relation).cloned().unwrap_or_default() {
                     if let Some(view) = self.views.get_mut(&view_id) {
-                        tracing::error!(view = %view.name, %error, "materialized view stopped");
-                        view.failed = Some(error.clone());
+                        view.stop(error.clone());
                         self.dirty = true;
                     }
                 }
@@ -1131,8 +1136,7 @@ impl Worker {
                 }
             }
             Err(e) => {
-                tracing::error!(view = %view.name, error = %e, "materialized view stopped");
-                view.failed = Some(e.to_string());
+                view.stop(e.to_string());
                 self.dirty = true;
             }
         }
@@ -1165,8 +1169,7 @@ impl Worker {
                 continue;
             };
             if let Err(e) = view.graph.shrink(op, share) {
-                tracing::error!(view = %view.name, error = %e, "materialized view stopped: spilling its state failed");
-                view.failed = Some(format!("spilling state to disk failed: {e}"));
+                view.stop(format!("spilling state to disk failed: {e}"));
                 self.dirty = true;
             }
         }

@@ -202,14 +202,34 @@ impl StateDelta {
         all: impl FnOnce(&mut Self),
         mut each: impl FnMut(&mut Self, &K),
     ) {
+        let written: std::result::Result<(), std::convert::Infallible> = self.try_put_changed_with(
+            changed,
+            |delta| {
+                all(delta);
+                Ok(())
+            },
+            |delta, key| {
+                each(delta, key);
+                Ok(())
+            },
+        );
+        let Ok(()) = written;
+    }
+
+    /// [`StateDelta::put_changed_with`] for state read with I/O that can
+    /// fail (state spilled to disk): the first error stops the capture.
+    pub fn try_put_changed_with<K: Eq + std::hash::Hash, E>(
+        &mut self,
+        changed: &mut super::Changed<K>,
+        all: impl FnOnce(&mut Self) -> std::result::Result<(), E>,
+        mut each: impl FnMut(&mut Self, &K) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let changed = changed.take();
         self.full |= changed.is_all();
         if self.full {
-            all(self);
+            all(self)
         } else {
-            for key in changed.keys() {
-                each(self, key);
-            }
+            changed.keys().iter().try_for_each(|key| each(self, key))
         }
     }
 
@@ -635,29 +655,24 @@ impl CheckpointStore {
         let path = self.local_path(&run.path);
         if !self.local && !path.exists() {
             let bytes = self.get(&run.path).await?;
-            let partial = path.with_extension("download");
-            let (target, written) = (path.clone(), partial.clone());
-            tokio::task::spawn_blocking(move || {
-                if let Some(dir) = written.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                std::fs::write(&written, &bytes)?;
-                std::fs::rename(&written, &target)
+            let (target, what) = (path.clone(), run.path.clone());
+            Self::blocking(move || {
+                let partial = target.with_extension("download");
+                let cached = (|| {
+                    if let Some(dir) = partial.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    std::fs::write(&partial, &bytes)?;
+                    std::fs::rename(&partial, &target)
+                })();
+                cached.map_err(|e| {
+                    EddyError::Checkpoint(format!("caching {what} at {}: {e}", partial.display()))
+                })
             })
-            .await
-            .map_err(|e| crate::internal!("downloading a run: {e}"))?
-            .map_err(|e| {
-                EddyError::Checkpoint(format!(
-                    "caching {} at {}: {e}",
-                    run.path,
-                    partial.display()
-                ))
-            })?;
+            .await?;
         }
         let id = run.id;
-        let opened = tokio::task::spawn_blocking(move || Run::open(id, &path))
-            .await
-            .map_err(|e| crate::internal!("opening a run: {e}"))??;
+        let opened = Self::blocking(move || Run::open(id, &path)).await?;
         if opened.file_bytes() != run.bytes {
             return Err(EddyError::Checkpoint(format!(
                 "{} is damaged: {} bytes, the manifest says {}",
@@ -679,7 +694,8 @@ impl CheckpointStore {
     }
 
     /// Writes checkpoint `id` from `capture` on top of `previous`: one run
-    /// of every change, a merge when [`pick_merge`] asks for one, the
+    /// of every change, the run of a finished background merge in place of
+    /// its inputs (and a new merge started when [`pick_merge`] asks), the
     /// uploads a remote store needs, then the manifest (last), then deletes
     /// what no retained checkpoint needs.
     pub async fn write(
@@ -746,16 +762,12 @@ impl CheckpointStore {
         // A merge done in the background takes its inputs' place; past
         // `MAX_RUNS` the checkpoint waits for it, or merges itself.
         let over = runs.len() > MAX_RUNS;
-        if let Some(merged) = self.finished_merge(&runs, over).await {
-            bytes_written += merged.bytes;
-            written_here.insert(merged.path.clone());
-            adopt(&mut runs, merged);
+        if let Some(done) = self.finished_merge(&runs, over).await {
+            adopt(&mut runs, done, &mut written_here, &mut bytes_written);
         }
         if runs.len() > MAX_RUNS {
-            let merged = self.merge_now(&runs, 0, run_path(1)).await?;
-            bytes_written += merged.bytes;
-            written_here.insert(merged.path.clone());
-            adopt(&mut runs, merged);
+            let done = self.merge_now(&runs, 0, run_path(1)).await?;
+            adopt(&mut runs, done, &mut written_here, &mut bytes_written);
         }
         self.start_merge(&runs, run_path(2)).await?;
         if !self.local {
@@ -825,8 +837,6 @@ impl CheckpointStore {
         Some(MergedRun {
             first,
             inputs: inputs.len(),
-            bytes: run.file_bytes(),
-            path: pending.path.clone(),
             run: RunRef::of(&run, pending.path),
         })
     }
@@ -840,16 +850,11 @@ impl CheckpointStore {
     ) -> Result<MergedRun> {
         let group = self.open_group(&runs[first..]).await?;
         let local = self.local_path(&path);
-        let merged = Self::blocking(move || {
-            let writer = RunWriter::create(&local)?.group_stats_by(TABLE_PREFIX_BYTES);
-            merge_runs(&group, first == 0, writer, merged_id)
-        })
-        .await?;
+        let merged =
+            Self::blocking(move || merge_into(&local, &group, first == 0, merged_id)).await?;
         Ok(MergedRun {
             first,
             inputs: runs.len() - first,
-            bytes: merged.file_bytes(),
-            path: path.clone(),
             run: RunRef::of(&merged, path),
         })
     }
@@ -871,10 +876,8 @@ impl CheckpointStore {
         };
         let group = self.open_group(&runs[first..]).await?;
         let local = self.local_path(&path);
-        let task = tokio::task::spawn_blocking(move || {
-            let writer = RunWriter::create(&local)?.group_stats_by(TABLE_PREFIX_BYTES);
-            merge_runs(&group, first == 0, writer, merged_id)
-        });
+        let task =
+            tokio::task::spawn_blocking(move || merge_into(&local, &group, first == 0, merged_id));
         *self.merge.lock().unwrap_or_else(|p| p.into_inner()) = Some(PendingMerge {
             inputs: runs[first..].iter().map(|r| r.path.clone()).collect(),
             path,
@@ -1224,13 +1227,30 @@ fn open_envelope<'a>(magic: &[u8; 8], bytes: &'a [u8], what: &str) -> Result<(u3
 struct MergedRun {
     first: usize,
     inputs: usize,
-    bytes: u64,
-    path: String,
     run: RunRef,
 }
 
-/// Puts `merged` in its inputs' place.
-fn adopt(runs: &mut Vec<RunRef>, merged: MergedRun) {
+/// A writer of a checkpoint run at `path`: it counts entries and bytes by
+/// table.
+fn checkpoint_run_writer(path: &std::path::Path) -> Result<RunWriter> {
+    Ok(RunWriter::create(path)?.group_stats_by(TABLE_PREFIX_BYTES))
+}
+
+/// Merges `group` (consecutive runs, `bottom`: from the oldest) into run
+/// `id` at `path`.
+fn merge_into(path: &std::path::Path, group: &[Arc<Run>], bottom: bool, id: u64) -> Result<Run> {
+    merge_runs(group, bottom, checkpoint_run_writer(path)?, id)
+}
+
+/// Puts `merged` in its inputs' place, as a run this checkpoint writes.
+fn adopt(
+    runs: &mut Vec<RunRef>,
+    merged: MergedRun,
+    written_here: &mut BTreeSet<String>,
+    bytes_written: &mut u64,
+) {
+    *bytes_written += merged.run.bytes;
+    written_here.insert(merged.run.path.clone());
     runs.splice(merged.first..merged.first + merged.inputs, [merged.run]);
 }
 
@@ -1244,7 +1264,7 @@ fn write_changes(
     sections: Vec<(u32, StateDelta)>,
     dropped: Vec<u32>,
 ) -> Result<Option<Run>> {
-    let mut writer = RunWriter::create(path)?.group_stats_by(TABLE_PREFIX_BYTES);
+    let mut writer = checkpoint_run_writer(path)?;
     let whole = sections.iter().filter(|(_, d)| d.full).map(|(t, _)| *t);
     for table in whole.chain(dropped) {
         let prefix = table_prefix(table);

@@ -175,8 +175,9 @@ impl RowCodec {
     }
 }
 
-/// The most keyed rows [`RowSet::to_batches`] puts in one batch.
-const SCAN_BATCH_ROWS: usize = 65_536;
+/// The most keyed rows [`RowSet::to_batches`] puts in one batch (and a
+/// relation read whole for a query).
+pub const SCAN_BATCH_ROWS: usize = 65_536;
 
 /// A multiset of rows with cheap snapshots: keyed rows (encoded, with
 /// their multiplicities) and, for a view, a log of inserted batches.

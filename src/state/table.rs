@@ -190,24 +190,25 @@ fn slot_bytes(key: &[u8], value: Option<&[u8]>) -> usize {
 impl StateTable {
     /// An empty table writing its runs to `store`.
     pub fn new(store: Arc<RunStore>) -> Self {
-        Self {
-            store: Some(store),
-            memory: BTreeMap::new(),
-            memory_bytes: 0,
-            dirty: Vec::new(),
-            range_deletes: Vec::new(),
-            runs: Vec::new(),
-            complete: true,
-            clock_hand: None,
-            stats: TableStats::default(),
-        }
+        Self::over(Some(store), Vec::new())
     }
 
     /// Reads `runs` (oldest first) and writes nothing: flushes, evictions
     /// and merges are refused.
     pub fn read_only(runs: Vec<Arc<Run>>) -> Self {
+        Self::over(None, runs)
+    }
+
+    /// A table as a checkpoint left it: its runs, oldest first, read on
+    /// demand (nothing is loaded here).
+    pub fn open(store: Arc<RunStore>, runs: Vec<Arc<Run>>) -> Self {
+        Self::over(Some(store), runs)
+    }
+
+    /// Nothing in memory over `runs`.
+    fn over(store: Option<Arc<RunStore>>, runs: Vec<Arc<Run>>) -> Self {
         Self {
-            store: None,
+            store,
             memory: BTreeMap::new(),
             memory_bytes: 0,
             dirty: Vec::new(),
@@ -216,16 +217,6 @@ impl StateTable {
             runs,
             clock_hand: None,
             stats: TableStats::default(),
-        }
-    }
-
-    /// A table as a checkpoint left it: its runs, oldest first, read on
-    /// demand (nothing is loaded here).
-    pub fn open(store: Arc<RunStore>, runs: Vec<Arc<Run>>) -> Self {
-        Self {
-            complete: runs.is_empty(),
-            runs,
-            ..Self::new(store)
         }
     }
 
@@ -436,33 +427,27 @@ impl StateTable {
             return Ok(None);
         }
         let (id, mut writer) = self.store()?.create()?;
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.dirty);
         // Most of memory changed (a table filled since the last flush): one
         // walk in key order beats sorting the changed keys and looking each
         // one up.
         let walk = dirty.len() * 4 >= self.memory.len();
-        let sorted = if walk {
-            Vec::new()
-        } else {
-            let mut sorted = dirty.clone();
-            sorted.sort_unstable();
+        if !walk {
+            dirty.sort_unstable();
             // A key deleted (or range-deleted) and put again is listed twice.
-            sorted.dedup();
-            sorted
-        };
+            dirty.dedup();
+        }
         let written = if walk {
             self.memory
                 .iter()
                 .filter(|(_, slot)| slot.dirty)
                 .try_for_each(|(key, slot)| writer.add(key, slot.value.as_deref()))
         } else {
-            sorted
-                .iter()
-                .try_for_each(|key| match self.memory.get(key) {
-                    Some(slot) => writer.add(key, slot.value.as_deref()),
-                    // Dirty, then gone in a range delete: the tombstone says so.
-                    None => Ok(()),
-                })
+            dirty.iter().try_for_each(|key| match self.memory.get(key) {
+                Some(slot) => writer.add(key, slot.value.as_deref()),
+                // Dirty, then gone in a range delete: the tombstone says so.
+                None => Ok(()),
+            })
         };
         let range_deletes = std::mem::take(&mut self.range_deletes);
         for (start, end) in &range_deletes {
@@ -492,7 +477,7 @@ impl StateTable {
             });
             self.memory_bytes -= freed;
         } else {
-            for key in &sorted {
+            for key in &dirty {
                 let tombstone = match self.memory.get_mut(key.as_slice()) {
                     Some(slot) => {
                         slot.dirty = false;

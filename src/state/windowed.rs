@@ -75,6 +75,14 @@ fn split_cold_key(cold: &[u8]) -> Result<(i64, &[u8])> {
     Ok((window as i64, &cold[8..]))
 }
 
+/// A cold entry read back: its window end, key and value.
+fn decode_cold<V: SpillValue>(cold_key: &[u8], bytes: &[u8]) -> Result<WindowEntry<V>> {
+    let (window, key) = split_cold_key(cold_key)?;
+    let key: Arc<[u8]> = Arc::from(key);
+    let value = V::decode(&key, bytes)?;
+    Ok((window, key, value))
+}
+
 /// Keys spilled to disk.
 #[derive(Debug)]
 struct Cold {
@@ -237,9 +245,12 @@ impl<V> ByWindow<V> {
 
 impl<V: SpillValue> ByWindow<V> {
     /// Moves key `key` of window `window` back to memory if it is cold;
-    /// returns whether it was. Call before reading or changing a key that
-    /// is not in memory.
+    /// returns whether it was. Call before reading or changing a key (a
+    /// key in memory, or state with nothing cold, costs a lookup).
     pub fn load(&mut self, window: i64, key: &[u8]) -> Result<bool> {
+        if !self.has_cold() || self.get(window, key).is_some() {
+            return Ok(false);
+        }
         let Some(cold) = &mut self.cold else {
             return Ok(false);
         };
@@ -258,11 +269,16 @@ impl<V: SpillValue> ByWindow<V> {
     /// The value of cold key `key` of window `window`, read without moving
     /// it to memory.
     pub fn peek_cold(&self, window: i64, key: &[u8]) -> Result<Option<V>> {
-        let Some(cold) = &self.cold else {
-            return Ok(None);
-        };
-        match cold.table.peek(&cold_key(window, key))? {
+        match self.peek_cold_bytes(window, key)? {
             Some(bytes) => Ok(Some(V::decode(&Arc::from(key), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// What [`Self::peek_cold`] decodes: the value as it is on disk.
+    fn peek_cold_bytes(&self, window: i64, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match &self.cold {
+            Some(cold) => cold.table.peek(&cold_key(window, key)),
             None => Ok(None),
         }
     }
@@ -275,13 +291,8 @@ impl<V: SpillValue> ByWindow<V> {
         };
         cold.table
             .range(Bound::Unbounded, Bound::Unbounded)?
-            .into_iter()
-            .map(|(cold_key, bytes)| {
-                let (window, key) = split_cold_key(&cold_key)?;
-                let key: Arc<[u8]> = Arc::from(key);
-                let value = V::decode(&key, &bytes)?;
-                Ok((window, key, value))
-            })
+            .iter()
+            .map(|(cold_key, bytes)| decode_cold(cold_key, bytes))
             .collect()
     }
 
@@ -303,9 +314,7 @@ impl<V: SpillValue> ByWindow<V> {
             .table
             .range(Bound::Included(&first), Bound::Excluded(&past))?;
         for (cold_key, bytes) in &entries {
-            let (window, key) = split_cold_key(cold_key)?;
-            let key: Arc<[u8]> = Arc::from(key);
-            let value = V::decode(&key, bytes)?;
+            let (window, key, value) = decode_cold(cold_key, bytes)?;
             closed.entry(window).or_default().insert(key, value);
         }
         cold.keys = cold.keys.saturating_sub(entries.len());
@@ -394,8 +403,6 @@ impl<V: SpillValue> ByWindow<V> {
         delta: &mut StateDelta,
         changed: &mut Changed<(i64, Arc<[u8]>)>,
     ) -> Result<()> {
-        let changed = changed.take();
-        delta.full |= changed.is_all();
         let encode = |delta: &mut StateDelta, key: &[u8], value: &V| {
             delta.put_with(
                 |k| {
@@ -404,30 +411,30 @@ impl<V: SpillValue> ByWindow<V> {
                 |v| value.encode(v),
             );
         };
-        if delta.full {
-            for (_, key, value) in self.iter() {
-                encode(delta, key, value);
-            }
-            if let Some(cold) = &self.cold {
-                for (cold_key, bytes) in cold.table.range(Bound::Unbounded, Bound::Unbounded)? {
-                    delta.put(split_cold_key(&cold_key)?.1, bytes);
+        delta.try_put_changed_with(
+            changed,
+            |delta| {
+                for (_, key, value) in self.iter() {
+                    encode(delta, key, value);
                 }
-            }
-            return Ok(());
-        }
-        for (window, key) in changed.keys() {
-            match self.get(*window, key) {
-                Some(value) => encode(delta, key, value),
-                None => match &self.cold {
-                    Some(cold) => match cold.table.peek(&cold_key(*window, key))? {
+                if let Some(cold) = &self.cold {
+                    for (cold_key, bytes) in cold.table.range(Bound::Unbounded, Bound::Unbounded)? {
+                        delta.put(split_cold_key(&cold_key)?.1, bytes);
+                    }
+                }
+                Ok(())
+            },
+            |delta, (window, key)| {
+                match self.get(*window, key) {
+                    Some(value) => encode(delta, key, value),
+                    None => match self.peek_cold_bytes(*window, key)? {
                         Some(bytes) => delta.put(key, bytes),
                         None => delta.delete(key),
                     },
-                    None => delta.delete(key),
-                },
-            }
-        }
-        Ok(())
+                }
+                Ok(())
+            },
+        )
     }
 }
 

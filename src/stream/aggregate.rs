@@ -442,9 +442,7 @@ impl Operator for AggregateOperator {
                 // Cold groups this run touches come back to memory first.
                 for row in run_start..run_end {
                     let key: &[u8] = keys.as_ref().map(|k| k.row(row).data()).unwrap_or(&[]);
-                    if self.groups.get(window, key).is_none() {
-                        self.groups.load(window, key)?;
-                    }
+                    self.groups.load(window, key)?;
                 }
             }
             let groups = self.groups.window_mut(window);

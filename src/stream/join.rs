@@ -260,10 +260,7 @@ impl WindowedRows {
 
     /// Brings key `key`'s rows back to memory if they went to disk.
     fn load(&mut self, window: i64, key: &[u8]) -> Result<()> {
-        if self.windows.has_cold() && self.windows.get(window, key).is_none() {
-            self.windows.load(window, key)?;
-        }
-        Ok(())
+        self.windows.load(window, key).map(drop)
     }
 
     /// Every kept row: window end, key, row, entry.
@@ -827,7 +824,7 @@ impl Operator for JoinOperator {
             .collect();
         let windows = self.windows(&key_columns, batch.num_rows())?;
         // Keys whose rows went to disk come back first, on both sides.
-        for side in &mut self.sides {
+        for side in self.sides.iter_mut().filter(|s| s.rows.windows.has_cold()) {
             for (key, window) in keys.iter().zip(&windows) {
                 side.rows.load(*window, key)?;
             }
@@ -1168,48 +1165,38 @@ impl Operator for JoinOperator {
             // Encoded in place in the delta: no allocation per entry.
             let side_index = index as u8;
             let rows = &side.rows;
-            // A disk read failing in either closure.
-            let failed = std::cell::RefCell::new(None);
             // Changed rows whose key is on disk: read after, each key once.
-            let cold = std::cell::RefCell::new(BTreeMap::<(i64, Arc<[u8]>), Vec<Arc<[u8]>>>::new());
-            delta.put_changed_with(
+            let mut cold = BTreeMap::<(i64, Arc<[u8]>), Vec<Arc<[u8]>>>::new();
+            delta.try_put_changed_with(
                 &mut side.dirty,
                 |delta| {
                     for (_, key, row, entry) in rows.iter() {
                         delta.put_with(state_key(side_index, key, row), state_value(*entry));
                     }
-                    match rows.windows.cold_entries() {
-                        Ok(cold) => {
-                            for (_, key, bucket) in cold {
-                                for (row, entry) in bucket.iter() {
-                                    delta.put_with(
-                                        state_key(side_index, &key, row),
-                                        state_value(*entry),
-                                    );
-                                }
-                            }
+                    for (_, key, bucket) in rows.windows.cold_entries()? {
+                        for (row, entry) in bucket.iter() {
+                            delta.put_with(state_key(side_index, &key, row), state_value(*entry));
                         }
-                        Err(e) => *failed.borrow_mut() = Some(e),
                     }
+                    Ok::<_, EddyError>(())
                 },
-                |delta, (window, key, row)| match rows.get(*window, key) {
-                    Some(bucket) => match bucket.get(row) {
-                        Some(entry) => {
-                            delta.put_with(state_key(side_index, key, row), state_value(*entry))
-                        }
-                        None => delta.delete_with(state_key(side_index, key, row)),
-                    },
-                    None => cold
-                        .borrow_mut()
-                        .entry((*window, key.clone()))
-                        .or_default()
-                        .push(row.clone()),
+                |delta, (window, key, row)| {
+                    match rows.get(*window, key) {
+                        Some(bucket) => match bucket.get(row) {
+                            Some(entry) => {
+                                delta.put_with(state_key(side_index, key, row), state_value(*entry))
+                            }
+                            None => delta.delete_with(state_key(side_index, key, row)),
+                        },
+                        None => cold
+                            .entry((*window, key.clone()))
+                            .or_default()
+                            .push(row.clone()),
+                    }
+                    Ok(())
                 },
-            );
-            if let Some(e) = failed.into_inner() {
-                return Err(e);
-            }
-            for ((window, key), changed) in cold.into_inner() {
+            )?;
+            for ((window, key), changed) in cold {
                 let bucket = rows.windows.peek_cold(window, &key)?;
                 for row in changed {
                     match bucket.as_ref().and_then(|b| b.get(&row)) {
