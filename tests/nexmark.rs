@@ -59,8 +59,8 @@ async fn nexmark_queries_match_the_batch_oracle() {
 }
 
 /// The same with a memory limit of 256 KiB for all views together: the
-/// aggregates' state goes to disk every epoch and comes back as changes
-/// need it.
+/// aggregates' and joins' state and the views' logged rows go to disk
+/// every epoch and come back as changes and queries need them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nexmark_queries_match_the_batch_oracle_with_state_spilled() {
     run_against_the_oracle(Some(256 << 10)).await;
@@ -123,6 +123,15 @@ async fn run_against_the_oracle(memory_limit: Option<usize>) {
         )
         .await;
         assert_ne!(spilled[0][0], "0", "no operator's state went to disk");
+        // The copies of the streams keep their rows as logged batches,
+        // which go to disk too (and were read back by the comparison).
+        let spilled = query_text(
+            &eddy,
+            "SELECT count(*) FROM eddy_catalog.materialized_views
+             WHERE name = 'bid_all' AND spilled_bytes > 0",
+        )
+        .await;
+        assert_eq!(spilled[0][0], "1", "bid_all's rows stayed in memory");
     }
     server.stop().await;
 }

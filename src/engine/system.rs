@@ -249,6 +249,14 @@ fn checkpoints_batch(stats: &CheckpointStats) -> DFResult<RecordBatch> {
 
 /// The rows of `SHOW MATERIALIZED VIEWS` and `eddy_catalog.materialized_views`.
 pub fn views_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
+    let batch = view_memory_batch(views)?;
+    Ok(batch.project(&(0..batch.num_columns() - 2).collect::<Vec<_>>())?)
+}
+
+/// The rows of `eddy_catalog.materialized_views`: those of `SHOW
+/// MATERIALIZED VIEWS` and the bytes of each view's rows in memory and on
+/// disk.
+fn view_memory_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
     Columns::default()
         .text("name", some(views.iter().map(|v| &v.name)))
         .uint("rows", views.iter().map(|v| v.rows))
@@ -256,6 +264,8 @@ pub fn views_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
         .uint("late_rows", views.iter().map(|v| v.late_rows))
         .text("status", some(views.iter().map(ViewStatus::status)))
         .text("last_error", views.iter().map(|v| v.last_error.as_ref()))
+        .uint("memory_bytes", views.iter().map(|v| v.memory_bytes as u64))
+        .uint("spilled_bytes", views.iter().map(|v| v.spilled_bytes))
         .batch()
 }
 
@@ -451,7 +461,7 @@ impl SchemaProvider for SystemSchema {
             "jobs" => super::jobs::jobs_batch(&self.catalog)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?,
             "sinks" => sinks_batch(&self.catalog.list_sinks(), self.runtime.published().epoch)?,
-            "materialized_views" => views_batch(&self.health().await?.views)?,
+            "materialized_views" => view_memory_batch(&self.health().await?.views)?,
             "operator_stats" => operators_batch(
                 &self.health().await?.views,
                 &self.checkpoints,

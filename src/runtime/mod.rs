@@ -112,6 +112,10 @@ pub struct ViewStatus {
     /// Set when the view stopped because of an internal error.
     pub failed: Option<String>,
     pub operators: GraphStats,
+    /// Estimated bytes of the view's rows held in memory.
+    pub memory_bytes: usize,
+    /// Bytes of the view's rows spilled to disk under the memory limit.
+    pub spilled_bytes: u64,
     /// The view's event-time watermark (µs), if it has one.
     pub watermark: Option<i64>,
     /// How long changes took from arriving to being readable in the view.
@@ -1142,22 +1146,25 @@ impl Worker {
         }
     }
 
-    /// Over `--memory-limit`, has each spillable operator move state to
-    /// disk down to its share (`state::memory::shares`). An operator that
-    /// cannot (its disk failed) stops its view, as a failed change does.
+    /// Over `--memory-limit`, has each spillable operator and each view's
+    /// rows move state to disk down to their share
+    /// (`state::memory::shares`). One that cannot (its disk failed) stops
+    /// its view, as a failed change does.
     fn keep_within_memory_limit(&mut self) {
         let Some(limit) = self.memory_limit else {
             return;
         };
-        let held: Vec<(RelationId, u64, usize)> = self
+        // Every spillable operator of every view, and each view's rows
+        // (`None`).
+        let held: Vec<(RelationId, Option<u64>, usize)> = self
             .views
             .iter()
             .filter(|(_, view)| view.failed.is_none())
             .flat_map(|(id, view)| {
-                view.graph
-                    .spill_stats()
-                    .into_iter()
-                    .map(move |(op, stats)| (*id, op, stats.memory_bytes))
+                let operators = view.graph.spill_stats().into_iter();
+                operators
+                    .map(move |(op, stats)| (*id, Some(op), stats.memory_bytes))
+                    .chain([(*id, None, view.state.memory_bytes())])
             })
             .collect();
         let bytes: Vec<usize> = held.iter().map(|(_, _, bytes)| *bytes).collect();
@@ -1168,7 +1175,11 @@ impl Worker {
             let Some(view) = self.views.get_mut(&view_id) else {
                 continue;
             };
-            if let Err(e) = view.graph.shrink(op, share) {
+            let shrunk = match op {
+                Some(op) => view.graph.shrink(op, share),
+                None => view.state.spill(share),
+            };
+            if let Err(e) = shrunk {
                 view.stop(format!("spilling state to disk failed: {e}"));
                 self.dirty = true;
             }
@@ -1272,6 +1283,8 @@ impl Worker {
                     last_error: v.graph.last_error(),
                     failed: v.failed.clone(),
                     operators,
+                    memory_bytes: v.state.memory_bytes(),
+                    spilled_bytes: v.state.spilled_bytes(),
                     watermark: self.watermarks.get(id).copied(),
                     freshness: v.freshness.clone(),
                 }

@@ -102,6 +102,22 @@ pub fn render(health: &Health) -> String {
     );
     family(
         &mut out,
+        "eddy_view_memory_bytes",
+        "gauge",
+        "Bytes of a view's rows held in memory (an estimate).",
+        views,
+        |v| (view(v), v.memory_bytes as f64),
+    );
+    family(
+        &mut out,
+        "eddy_view_spilled_bytes",
+        "gauge",
+        "Bytes of a view's rows moved to disk under the memory limit.",
+        views,
+        |v| (view(v), v.spilled_bytes as f64),
+    );
+    family(
+        &mut out,
         "eddy_view_failed_rows_total",
         "counter",
         "Rows a view skipped because an expression failed on them.",

@@ -42,16 +42,95 @@ pub fn set_scratch_root(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A fresh scratch directory for one state table's spilled entries,
-/// removed with the store.
-pub fn scratch_store() -> Result<Arc<RunStore>> {
+/// A fresh path under the scratch root (the process's temporary
+/// directory when none was set).
+fn scratch_path(suffix: &str) -> PathBuf {
     let root = SCRATCH_ROOT
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("eddy-spill-{}", std::process::id())));
     let n = NEXT_SCRATCH.fetch_add(1, Ordering::Relaxed);
-    RunStore::scratch(&root.join(format!("{n:08}")))
+    root.join(format!("{n:08}{suffix}"))
+}
+
+/// A fresh scratch directory for one state table's spilled entries,
+/// removed with the store.
+pub fn scratch_store() -> Result<Arc<RunStore>> {
+    RunStore::scratch(&scratch_path(""))
+}
+
+/// A scratch file, written once by [`ScratchFile::create`] and then read
+/// at any offset (from any thread); removed when dropped, so the last
+/// snapshot holding a piece of it removes it. It holds no open file
+/// between reads (a log spilled a piece at a time has many).
+#[derive(Debug)]
+pub struct ScratchFile {
+    path: PathBuf,
+}
+
+impl ScratchFile {
+    /// A new file holding `pieces` one after another; returns it and
+    /// each piece's `(offset, length)`.
+    pub fn create<B: AsRef<[u8]>>(
+        pieces: impl IntoIterator<Item = Result<B>>,
+    ) -> Result<(Arc<Self>, Vec<(u64, u64)>)> {
+        use std::io::Write;
+        let path = scratch_path(".spill");
+        let failed = |path: &Path, e: std::io::Error| {
+            EddyError::Checkpoint(format!("cannot write spill file {}: {e}", path.display()))
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| failed(&path, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| failed(&path, e))?;
+        // Owned from here: an error below removes the file.
+        let scratch = Self { path };
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut spans = Vec::new();
+        let mut offset = 0u64;
+        for piece in pieces {
+            let piece = piece?;
+            let piece = piece.as_ref();
+            writer
+                .write_all(piece)
+                .map_err(|e| failed(&scratch.path, e))?;
+            spans.push((offset, piece.len() as u64));
+            offset += piece.len() as u64;
+        }
+        writer.flush().map_err(|e| failed(&scratch.path, e))?;
+        drop(writer);
+        Ok((Arc::new(scratch), spans))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `length` bytes at `offset`.
+    pub fn read(&self, offset: u64, length: u64) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0; length as usize];
+        let file = std::fs::File::open(&self.path);
+        file.and_then(|f| f.read_exact_at(&mut bytes, offset))
+            .map_err(|e| {
+                EddyError::Checkpoint(format!(
+                    "cannot read spill file {} at {offset}: {e}",
+                    self.path.display()
+                ))
+            })?;
+        Ok(bytes)
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Hands memory freed by spilling back to the system. glibc's allocator

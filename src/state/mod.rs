@@ -192,7 +192,13 @@ pub struct RowSet {
     appending: bool,
     /// Total multiplicity, i.e. the number of rows a scan returns.
     len: u64,
+    /// Estimated bytes of the keyed rows in memory.
+    keyed_bytes: usize,
 }
+
+/// Bytes a keyed row costs beside its encoding: the map entry (pointer,
+/// length, multiplicity) and the shared allocation's counts.
+const KEYED_ROW_OVERHEAD: usize = 48;
 
 impl RowSet {
     /// A set that keys every row (a table's).
@@ -203,6 +209,7 @@ impl RowSet {
             log: RowLog::default(),
             appending: false,
             len: 0,
+            keyed_bytes: 0,
         }
     }
 
@@ -269,8 +276,10 @@ impl RowSet {
             // Most inserted rows are new: one walk down the tree inserts
             // them (a search first was half of a pass-through view's time);
             // a row already there walks again with its sum.
-            if let Some(current) = self.rows.insert(row.clone(), weight) {
-                self.rows.insert(row, current + weight);
+            let bytes = row.len() + KEYED_ROW_OVERHEAD;
+            match self.rows.insert(row.clone(), weight) {
+                Some(current) => drop(self.rows.insert(row, current + weight)),
+                None => self.keyed_bytes += bytes,
             }
         } else if weight < 0 {
             // Likewise most retracted rows go: one walk removes them; a row
@@ -288,6 +297,8 @@ impl RowSet {
             }
             if next > 0 {
                 self.rows.insert(row, next);
+            } else if current > 0 {
+                self.keyed_bytes -= row.len() + KEYED_ROW_OVERHEAD;
             }
         }
         self.len = (self.len as i64 + weight) as u64;
@@ -318,8 +329,9 @@ impl RowSet {
         let mut next = self.clone();
         next.appending = false;
         let mut touched = Vec::new();
-        for batch in next.log.take() {
-            for row in next.codec.encode(&batch)? {
+        let logged = next.log.take();
+        for batch in logged.batches(self.codec.schema()) {
+            for row in next.codec.encode(&batch?)? {
                 next.add_encoded(row.clone(), 1)?;
                 touched.push(row);
             }
@@ -333,6 +345,24 @@ impl RowSet {
         *self = next;
         touched.extend(encoded);
         Ok(touched)
+    }
+
+    /// Estimated bytes this set holds in memory: its keyed rows and the
+    /// logged batches not spilled.
+    pub fn memory_bytes(&self) -> usize {
+        self.keyed_bytes + self.log.memory_bytes()
+    }
+
+    /// Bytes of logged batches spilled to disk.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.log.spilled_bytes()
+    }
+
+    /// Moves logged batches to disk until the set holds about
+    /// `target_bytes` in memory. Keyed rows stay in memory.
+    pub fn spill(&mut self, target_bytes: usize) -> Result<()> {
+        let log_target = target_bytes.saturating_sub(self.keyed_bytes);
+        self.log.spill(log_target, self.codec.schema())
     }
 
     /// Every distinct keyed row with its multiplicity, in row order.
@@ -388,8 +418,11 @@ impl RowSet {
         if self.log.is_empty() {
             return Ok(keyed);
         }
-        let batches = std::iter::once(&keyed).chain(self.log.batches());
-        Ok(concat_batches(self.codec.schema(), batches)?)
+        let mut batches = vec![keyed];
+        for batch in self.log.batches(self.codec.schema()) {
+            batches.push(batch?);
+        }
+        Ok(concat_batches(self.codec.schema(), &batches)?)
     }
 }
 
@@ -464,9 +497,12 @@ impl Iterator for RowSetScan {
         if !keyed.is_empty() {
             return Some(self.set.codec.decode(keyed.iter().map(|r| r.as_ref())));
         }
-        let logged = self.set.log.batch(self.next_logged)?.clone();
+        let logged = self
+            .set
+            .log
+            .batch(self.next_logged, self.set.codec.schema())?;
         self.next_logged += 1;
-        Some(Ok(logged))
+        Some(logged)
     }
 }
 
@@ -587,8 +623,13 @@ mod tests {
         for value in 0..1500 {
             rows.apply(&changes(&[value], &[1])).unwrap();
         }
-        let sizes =
-            |rows: &RowSet| -> Vec<usize> { rows.log.batches().map(|b| b.num_rows()).collect() };
+        let sizes = |rows: &RowSet| -> Vec<usize> {
+            let schema = rows.schema().clone();
+            rows.log
+                .batches(&schema)
+                .map(|b| b.unwrap().num_rows())
+                .collect()
+        };
         assert_eq!(sizes(&rows), vec![1024, 476]);
         let arrival: Vec<(i64, i64)> = (0..1500).map(|v| (v, 1)).collect();
         assert_eq!(multiplicities(&rows), arrival);
@@ -660,6 +701,59 @@ mod tests {
         assert!(cleared.full && cleared.is_empty());
         replay(&mut table, &cleared);
         assert!(table.is_empty());
+    }
+
+    /// Under the memory limit a view's log moves its older batches to a
+    /// scratch file: scans, whole reads, captures, restores and the fold
+    /// read the same rows as before, memory falls to about the newest
+    /// batch, and the file goes with the last snapshot holding it.
+    #[test]
+    fn view_set_log_spills_to_disk_with_the_same_rows() {
+        let mut rows = view_set();
+        for start in (0..6000).step_by(1500) {
+            let values: Vec<i64> = (start..start + 1500).collect();
+            rows.apply(&changes(&values, &vec![1; 1500])).unwrap();
+        }
+        let before = multiplicities(&rows);
+        let held = rows.memory_bytes();
+        let mut table = BTreeMap::new();
+        replay(&mut table, &rows.capture_log(false).unwrap());
+        rows.apply(&changes(&[6000, 6001], &[1, 1])).unwrap();
+
+        rows.spill(0).unwrap();
+        let files = rows.log.spill_files();
+        assert_eq!(files.len(), 1);
+        assert!(files[0].exists());
+        assert!(
+            rows.memory_bytes() < held / 2,
+            "{} of {held}",
+            rows.memory_bytes()
+        );
+        assert!(rows.spilled_bytes() > 0);
+        let mut all = before.clone();
+        all.extend([(6000, 1), (6001, 1)]);
+        assert_eq!(multiplicities(&rows), all);
+        let scanned: usize = rows.clone().scan(700).map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(scanned, 6002);
+        // Spilled unsaved batches are read back for the capture.
+        replay(&mut table, &rows.capture_log(false).unwrap());
+        let back = RowSet::restore(set().codec().clone(), vec![], table.clone()).unwrap();
+        assert_eq!(multiplicities(&back), all);
+        // Spilling again writes only what is still in memory (the saved
+        // pair), to a second file; the newest batch stays.
+        rows.apply(&changes(&[6002], &[1])).unwrap();
+        rows.spill(0).unwrap();
+        assert_eq!(rows.log.spill_files().len(), 2);
+        assert_eq!(multiplicities(&rows).last(), Some(&(6002, 1)));
+
+        let snapshot = rows.clone();
+        rows.apply(&changes(&[0, 5999], &[-1, -1])).unwrap();
+        assert_eq!((rows.len(), rows.distinct_rows()), (6001, 6001));
+        assert_eq!(rows.spilled_bytes(), 0, "the fold read the log back");
+        assert!(files[0].exists(), "a snapshot still reads the file");
+        assert_eq!(snapshot.len(), 6003);
+        drop(snapshot);
+        assert!(!files[0].exists());
     }
 
     /// A scan reads every row with its repeats, in the order of
