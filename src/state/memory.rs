@@ -60,6 +60,9 @@ pub fn scratch_store() -> Result<Arc<RunStore>> {
     RunStore::scratch(&scratch_path(""))
 }
 
+/// Where a piece of a [`ScratchFile`] is: `(offset, length)` in bytes.
+pub type Span = (u64, u64);
+
 /// A scratch file, written once by [`ScratchFile::create`] and then read
 /// at any offset (from any thread); removed when dropped, so the last
 /// snapshot holding a piece of it removes it. It holds no open file
@@ -71,10 +74,10 @@ pub struct ScratchFile {
 
 impl ScratchFile {
     /// A new file holding `pieces` one after another; returns it and
-    /// each piece's `(offset, length)`.
+    /// where each piece is.
     pub fn create<B: AsRef<[u8]>>(
         pieces: impl IntoIterator<Item = Result<B>>,
-    ) -> Result<(Arc<Self>, Vec<(u64, u64)>)> {
+    ) -> Result<(Arc<Self>, Vec<Span>)> {
         use std::io::Write;
         let path = scratch_path(".spill");
         let failed = |path: &Path, e: std::io::Error| {
