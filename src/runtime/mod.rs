@@ -667,6 +667,7 @@ impl Worker {
             // been open too long.
             loop {
                 if epoch_opened.elapsed() >= Duration::from_millis(EPOCH_MAX_MS) {
+                    self.keep_within_memory_limit();
                     self.publish();
                     epoch_opened = Instant::now();
                 }
@@ -675,8 +676,10 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            self.publish();
+            // Spilled first, so that the epoch readers hold is the spilled
+            // state (else they would keep the memory spilling freed).
             self.keep_within_memory_limit();
+            self.publish();
             epoch_opened = Instant::now();
         }
         tracing::info!("runtime stopped");
@@ -1171,20 +1174,44 @@ impl Worker {
         let Some(shares) = crate::state::memory::shares(limit, &bytes) else {
             return;
         };
+        // Rows spilled with no epoch to publish: readers get them as the
+        // same epoch.
+        let mut respill_published = false;
         for ((view_id, op, _), share) in held.into_iter().zip(shares) {
             let Some(view) = self.views.get_mut(&view_id) else {
                 continue;
             };
             let shrunk = match op {
                 Some(op) => view.graph.shrink(op, share),
-                None => view.state.spill(share),
+                None => {
+                    respill_published |= !self.dirty;
+                    view.state.spill(share)
+                }
             };
             if let Err(e) = shrunk {
                 view.stop(format!("spilling state to disk failed: {e}"));
                 self.dirty = true;
             }
         }
+        if respill_published && !self.dirty {
+            self.republish();
+        }
         crate::state::memory::return_freed_memory();
+    }
+
+    /// Replaces the published epoch's views with the runtime's, which hold
+    /// the same rows (nothing changed since it was published).
+    fn republish(&mut self) {
+        let mut published = self.published.write().unwrap_or_else(|p| p.into_inner());
+        let views = self
+            .views
+            .iter()
+            .map(|(id, v)| (*id, v.state.clone()))
+            .collect();
+        *published = Arc::new(PublishedEpoch {
+            epoch: published.epoch,
+            views,
+        });
     }
 
     /// Lets every view see processing time `now`, and propagates what that
