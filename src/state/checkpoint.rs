@@ -84,13 +84,37 @@ fn raw(out: &mut Encoder, bytes: &[u8]) {
 /// a large one never doubles a buffer as it grows, and writing hands the
 /// chunks to storage without copying them. A delta read back from a file
 /// is a slice of it.
+///
+/// A delta that outgrows [`DELTA_MEMORY_BYTES`] (a large table captured
+/// whole) sorts what it holds into a run in a scratch directory and goes
+/// on in memory: capturing and writing it hold at most that much of it
+/// (per table), and [`StateDelta::for_each_sorted`] merges the runs.
 #[derive(Debug, Default, Clone)]
 pub struct StateDelta {
     pub full: bool,
     chunks: Vec<Bytes>,
     current: Vec<u8>,
     len: u64,
+    /// Bytes of `chunks`.
+    chunk_bytes: usize,
+    /// Entries sorted into runs (each without repeated keys), oldest
+    /// first; all of them were captured before the entries in memory.
+    spilled: Vec<Arc<Run>>,
+    /// The scratch directories of `spilled`, removed with the last clone.
+    spill_stores: Vec<Arc<super::table::RunStore>>,
+    /// Spilling failed once: the rest stays in memory.
+    spill_failed: bool,
+    /// [`DELTA_MEMORY_BYTES`] unless a test says otherwise.
+    #[cfg(test)]
+    spill_at: Option<usize>,
 }
+
+/// A delta's entry: a key and its value (`None`: deleted).
+type DeltaEntry<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// What a [`StateDelta`] holds in memory before it sorts it into a run on
+/// disk.
+const DELTA_MEMORY_BYTES: usize = 64 << 20;
 
 impl StateDelta {
     /// An empty delta to be filled with all entries (`full`) or with the
@@ -135,7 +159,11 @@ impl StateDelta {
         }
         self.current = out.bytes;
         self.len += 1;
-        if self.current.len() >= CHUNK_BYTES {
+        #[cfg(test)]
+        let chunk_bytes = self.spill_at.map_or(CHUNK_BYTES, |at| at.min(CHUNK_BYTES));
+        #[cfg(not(test))]
+        let chunk_bytes = CHUNK_BYTES;
+        if self.current.len() >= chunk_bytes {
             self.cut();
         }
     }
@@ -146,8 +174,47 @@ impl StateDelta {
             // The buffer doubled past the chunk size: keep what it holds,
             // not twice that, while the checkpoint is written.
             full.shrink_to_fit();
+            self.chunk_bytes += full.len();
             self.chunks.push(Bytes::from(full));
         }
+        #[cfg(test)]
+        let spill_at = self.spill_at.unwrap_or(DELTA_MEMORY_BYTES);
+        #[cfg(not(test))]
+        let spill_at = DELTA_MEMORY_BYTES;
+        if self.chunk_bytes >= spill_at && !self.spill_failed {
+            if let Err(e) = self.spill() {
+                // Kept in memory instead: correct, only larger.
+                tracing::warn!(error = %e, "cannot move a checkpoint's state to disk; it stays in memory");
+                self.spill_failed = true;
+            }
+        }
+    }
+
+    /// Sorts the entries in memory into a run in a scratch directory (the
+    /// last of a key winning) and empties memory.
+    fn spill(&mut self) -> Result<()> {
+        let store = super::memory::scratch_store()?;
+        let (id, mut writer) = store.create()?;
+        let entries = self.sorted_memory_entries()?;
+        for (i, (key, value)) in entries.iter().enumerate() {
+            if !superseded(&entries, i) {
+                writer.add(key, *value)?;
+            }
+        }
+        let run = writer.finish(id)?;
+        self.spilled.push(Arc::new(run));
+        self.spill_stores.push(store);
+        self.chunks.clear();
+        self.chunk_bytes = 0;
+        Ok(())
+    }
+
+    /// The entries in memory sorted by key; of equal keys the last
+    /// captured stays last (a stable sort).
+    fn sorted_memory_entries(&self) -> Result<Vec<DeltaEntry<'_>>> {
+        let mut entries = self.memory_entries().collect::<Result<Vec<_>>>()?;
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        Ok(entries)
     }
 
     /// The number of entries.
@@ -159,16 +226,66 @@ impl StateDelta {
         self.len == 0
     }
 
-    /// Adds the entries of `other` after these.
+    /// Adds the entries of `other`, whose keys are not among these (a
+    /// shard's).
     pub fn append(&mut self, mut other: StateDelta) {
         self.cut();
         other.cut();
         self.chunks.append(&mut other.chunks);
+        self.chunk_bytes += other.chunk_bytes;
+        self.spilled.append(&mut other.spilled);
+        self.spill_stores.append(&mut other.spill_stores);
         self.len += other.len;
     }
 
-    /// The entries in order: `(key, Some(value))` or `(key, None)`.
+    /// Whether some entries went to disk ([`Self::entries`] does not read
+    /// them).
+    pub fn spilled(&self) -> bool {
+        !self.spilled.is_empty()
+    }
+
+    /// The entries in capture order: `(key, Some(value))` or `(key,
+    /// None)`. Only for a delta that did not spill (a file's, a test's):
+    /// else the first item is an error; see [`Self::for_each_sorted`].
     pub fn entries(&self) -> impl Iterator<Item = Result<(&[u8], Option<&[u8]>)>> {
+        let spilled = self.spilled().then(|| {
+            Err(crate::internal!(
+                "a checkpoint delta moved to disk read as if in memory"
+            ))
+        });
+        spilled.into_iter().chain(self.memory_entries())
+    }
+
+    /// Calls `f` with each key once, in key order, and its last captured
+    /// value (`None`: deleted), on disk or in memory.
+    pub fn for_each_sorted(
+        &self,
+        mut f: impl FnMut(&[u8], Option<&[u8]>) -> Result<()>,
+    ) -> Result<()> {
+        let entries = self.sorted_memory_entries()?;
+        let in_memory = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !superseded(&entries, *i))
+            .map(|(_, entry)| *entry);
+        if self.spilled.is_empty() {
+            return in_memory
+                .into_iter()
+                .try_for_each(|(key, value)| f(key, value));
+        }
+        // Newest first: memory, then the runs from the newest.
+        let memory = in_memory.map(|(k, v)| Ok((k.to_vec(), v.map(<[u8]>::to_vec))));
+        let mut sources: Vec<super::table::Entries> = vec![Box::new(memory)];
+        for run in self.spilled.iter().rev() {
+            sources.push(Box::new(
+                run.range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+            ));
+        }
+        super::table::merge_newest_first(sources, |key, value| f(key, value))
+    }
+
+    /// The entries held in memory, in capture order.
+    fn memory_entries(&self) -> impl Iterator<Item = Result<(&[u8], Option<&[u8]>)>> {
         self.chunks
             .iter()
             .map(|c| c.as_ref())
@@ -183,12 +300,13 @@ impl StateDelta {
     #[cfg(test)]
     pub fn into_map(self) -> BTreeMap<Vec<u8>, Vec<u8>> {
         let mut map = BTreeMap::new();
-        for entry in self.entries() {
-            match entry.expect("entries this process encoded") {
-                (key, Some(value)) => map.insert(key.to_vec(), value.to_vec()),
-                (key, None) => map.remove(key),
-            };
-        }
+        self.for_each_sorted(|key, value| {
+            if let Some(value) = value {
+                map.insert(key.to_vec(), value.to_vec());
+            }
+            Ok(())
+        })
+        .expect("entries this process encoded");
         map
     }
 
@@ -1273,27 +1391,30 @@ fn write_changes(
     }
     let mut key = Vec::new();
     for (table, delta) in sections {
-        let mut entries = delta.entries().collect::<Result<Vec<_>>>()?;
-        // Stable: of equal keys the last captured stays last.
-        entries.sort_by(|a, b| a.0.cmp(b.0));
         let prefix = table_prefix(table);
-        for (i, (k, value)) in entries.iter().enumerate() {
-            let superseded = entries.get(i + 1).is_some_and(|(next, _)| next == k);
+        delta.for_each_sorted(|k, value| {
             // A delete in a whole capture hides nothing its tombstone
             // does not.
-            if superseded || (delta.full && value.is_none()) {
-                continue;
+            if delta.full && value.is_none() {
+                return Ok(());
             }
             key.clear();
             key.extend_from_slice(&prefix);
             key.extend_from_slice(k);
-            writer.add(&key, *value)?;
-        }
+            writer.add(&key, value)
+        })?;
     }
     if writer.is_empty() {
         return Ok(None);
     }
     Ok(Some(writer.finish(run_id)?))
+}
+
+/// Whether entry `i` of key-sorted `entries` has a later one of its key.
+fn superseded(entries: &[DeltaEntry], i: usize) -> bool {
+    entries
+        .get(i + 1)
+        .is_some_and(|(next, _)| *next == entries[i].0)
 }
 
 /// One entry as [`StateDelta`] encodes it.
@@ -1326,8 +1447,8 @@ fn decode_sections(payload: &Bytes) -> Result<HashMap<String, StateDelta>> {
         let delta = StateDelta {
             full,
             chunks: vec![payload.slice(start..d.position())],
-            current: Vec::new(),
             len,
+            ..StateDelta::default()
         };
         sections.insert(name, delta);
     }
@@ -1567,6 +1688,64 @@ mod tests {
 
     fn restored_keys(restored: &mut RestoredState, name: &str) -> Vec<Vec<u8>> {
         restored.take(name).into_keys().collect()
+    }
+
+    /// A delta past its memory share sorts what it holds into runs on
+    /// disk; read back (and written to a checkpoint) it is the last value
+    /// of each key as captured, deletes included, and the scratch files go
+    /// with it.
+    #[tokio::test]
+    async fn a_delta_larger_than_memory_spills_sorted_runs_with_the_same_entries() {
+        let mut spilled = StateDelta {
+            spill_at: Some(256),
+            ..StateDelta::new(false)
+        };
+        let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        let mut seed = 3u64;
+        for i in 0..3000u64 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let key = format!("key{:03}", (seed >> 33) % 400).into_bytes();
+            if (seed >> 20) % 5 == 0 {
+                spilled.delete(&key);
+                model.insert(key, None);
+            } else {
+                let value = format!("value {i}").into_bytes();
+                spilled.put(&key, &value);
+                model.insert(key, Some(value));
+            }
+        }
+        assert!(spilled.spilled.len() > 10, "{} runs", spilled.spilled.len());
+        assert!(spilled.entries().next().unwrap().is_err());
+        let dirs: Vec<_> = spilled
+            .spill_stores
+            .iter()
+            .map(|s| s.dir().to_path_buf())
+            .collect();
+        let mut read = BTreeMap::new();
+        spilled
+            .for_each_sorted(|key, value| {
+                assert!(read
+                    .insert(key.to_vec(), value.map(<[u8]>::to_vec))
+                    .is_none());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(read, model);
+
+        let store = CheckpointStore::in_memory().unwrap();
+        let base: Vec<(Vec<u8>, Option<&str>)> =
+            model.keys().map(|k| (k.clone(), Some("old"))).collect();
+        let first = write_states(&store, 1, None, vec![("t", delta(true, &base))]).await;
+        write_states(&store, 2, Some(&first), vec![("t", spilled)]).await;
+        let (_, mut restored) = store.latest().await.unwrap().unwrap();
+        let live: BTreeMap<Vec<u8>, Vec<u8>> = model
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        assert_eq!(restored.take("t"), live);
+        assert!(dirs.iter().all(|d| !d.exists()), "scratch runs removed");
     }
 
     #[tokio::test]

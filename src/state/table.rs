@@ -380,6 +380,38 @@ impl StateTable {
 
     /// The live entries with keys in `[start, end)`, in key order.
     pub fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.range_up_to(start, end, usize::MAX)
+    }
+
+    /// Calls `f` with the live entries in `[start, end)` in key order,
+    /// reading at most `piece` of them into memory at a time.
+    pub fn for_each_in(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        piece: usize,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let piece = piece.max(1);
+        let mut entries = self.range_up_to(start, end, piece)?;
+        loop {
+            for (key, value) in &entries {
+                f(key, value)?;
+            }
+            let Some((last, _)) = entries.last().filter(|_| entries.len() == piece) else {
+                return Ok(());
+            };
+            entries = self.range_up_to(Bound::Excluded(last), end, piece)?;
+        }
+    }
+
+    /// The first `limit` live entries of [`Self::range`].
+    fn range_up_to(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let memory = self
             .memory
             .range::<[u8], _>((start, end))
@@ -407,6 +439,9 @@ impl StateTable {
                         .any(|r| r.covers(&key)));
             if !hidden {
                 out.push((key, value));
+                if out.len() == limit {
+                    break;
+                }
             }
         }
         Ok(out)
@@ -646,7 +681,26 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-type Entries<'a> = Box<dyn Iterator<Item = Result<RunEntry>> + 'a>;
+/// Sorted entries (deletes as `None`) read one at a time.
+pub type Entries<'a> = Box<dyn Iterator<Item = Result<RunEntry>> + 'a>;
+
+/// Calls `f` with each key of `sources` (each sorted, without repeated
+/// keys; newest first) once, in key order, with the newest source's value
+/// (`None`: deleted there).
+pub fn merge_newest_first(
+    sources: Vec<Entries>,
+    mut f: impl FnMut(&[u8], Option<&[u8]>) -> Result<()>,
+) -> Result<()> {
+    let sources = sources
+        .into_iter()
+        .map(Source::new)
+        .collect::<Result<Vec<_>>>()?;
+    let mut merge = Merge { sources };
+    while let Some((key, _, value)) = merge.next_key()? {
+        f(&key, value.as_deref())?;
+    }
+    Ok(())
+}
 
 /// One sorted input of a merge, with its next entry read ahead.
 struct Source<'a> {
@@ -797,10 +851,20 @@ mod tests {
                         .range(Bound::Included(&start), Bound::Excluded(&end))
                         .unwrap();
                     let expected: Vec<_> = model
-                        .range(start..end)
+                        .range(start.clone()..end.clone())
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
                     assert_eq!(got, expected, "range {a}..{b}");
+                    // The same a few entries at a time.
+                    let mut pieces = Vec::new();
+                    let bounds = (Bound::Included(&start[..]), Bound::Excluded(&end[..]));
+                    table
+                        .for_each_in(bounds.0, bounds.1, 1 + (a as usize) % 3, |k, v| {
+                            pieces.push((k.to_vec(), v.to_vec()));
+                            Ok(())
+                        })
+                        .unwrap();
+                    assert_eq!(pieces, expected, "range {a}..{b} in pieces");
                 }
                 Op::Prefix(p) => {
                     let got = table.prefix(&[p]).unwrap();

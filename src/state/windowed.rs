@@ -43,6 +43,8 @@ const ENTRY_OVERHEAD_BYTES: usize = 64;
 /// Runs a cold table keeps at most (lookups consult each one's Bloom
 /// filter; merging more often rewrites more).
 const COLD_RUNS: usize = 16;
+/// Cold entries a whole capture reads into memory at a time.
+const COLD_PIECE: usize = 4096;
 /// Entries sampled to estimate the bytes of an average one.
 const SIZE_SAMPLE: usize = 64;
 
@@ -283,17 +285,21 @@ impl<V: SpillValue> ByWindow<V> {
         }
     }
 
-    /// Every cold key with its window end and value, read without moving
-    /// them to memory (a whole capture).
-    pub fn cold_entries(&self) -> Result<Vec<WindowEntry<V>>> {
-        let Some(cold) = &self.cold else {
-            return Ok(Vec::new());
-        };
-        cold.table
-            .range(Bound::Unbounded, Bound::Unbounded)?
-            .iter()
-            .map(|(cold_key, bytes)| decode_cold(cold_key, bytes))
-            .collect()
+    /// Calls `f` with every cold key's window end, key and value, read
+    /// without moving them to memory, a piece at a time (a whole capture).
+    pub fn for_each_cold(&self, mut f: impl FnMut(WindowEntry<V>) -> Result<()>) -> Result<()> {
+        self.for_each_cold_bytes(|cold_key, bytes| f(decode_cold(cold_key, bytes)?))
+    }
+
+    /// [`Self::for_each_cold`] with the cold table's keys and values as
+    /// they are on disk.
+    fn for_each_cold_bytes(&self, f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        match &self.cold {
+            Some(cold) => cold
+                .table
+                .for_each_in(Bound::Unbounded, Bound::Unbounded, COLD_PIECE, f),
+            None => Ok(()),
+        }
     }
 
     /// Whether any key is cold (lookups that miss memory must [`Self::load`]).
@@ -417,12 +423,10 @@ impl<V: SpillValue> ByWindow<V> {
                 for (_, key, value) in self.iter() {
                     encode(delta, key, value);
                 }
-                if let Some(cold) = &self.cold {
-                    for (cold_key, bytes) in cold.table.range(Bound::Unbounded, Bound::Unbounded)? {
-                        delta.put(split_cold_key(&cold_key)?.1, bytes);
-                    }
-                }
-                Ok(())
+                self.for_each_cold_bytes(|cold_key, bytes| {
+                    delta.put(split_cold_key(cold_key)?.1, bytes);
+                    Ok(())
+                })
             },
             |delta, (window, key)| {
                 match self.get(*window, key) {

@@ -1209,12 +1209,12 @@ impl Operator for JoinOperator {
                     for (_, key, row, entry) in rows.iter() {
                         delta.put_with(state_key(side_index, key, row), state_value(*entry));
                     }
-                    for (_, key, bucket) in rows.windows.cold_entries()? {
+                    rows.windows.for_each_cold(|(_, key, bucket)| {
                         for (row, entry) in bucket.iter() {
                             delta.put_with(state_key(side_index, &key, row), state_value(*entry));
                         }
-                    }
-                    Ok::<_, EddyError>(())
+                        Ok(())
+                    })
                 },
                 |delta, (window, key, row)| {
                     match rows.get(*window, key) {
