@@ -111,6 +111,12 @@ impl<K: Eq + std::hash::Hash> Changed<K> {
         }
     }
 
+    /// Bytes the noted keys' set holds (its slots; the keys' own bytes
+    /// are shared with the state they name).
+    pub fn memory_bytes(&self) -> usize {
+        self.keys.capacity() * (std::mem::size_of::<K>() + 1)
+    }
+
     /// What changed since the last capture; from now on, nothing.
     pub fn take(&mut self) -> Self {
         std::mem::take(self)

@@ -43,6 +43,8 @@ const ENTRY_OVERHEAD_BYTES: usize = 64;
 /// Runs a cold table keeps at most (lookups consult each one's Bloom
 /// filter; merging more often rewrites more).
 const COLD_RUNS: usize = 16;
+/// Bytes of evicted entries the cold table holds before it writes them.
+const EVICT_PIECE_BYTES: usize = 16 << 20;
 /// Cold entries a whole capture reads into memory at a time.
 const COLD_PIECE: usize = 4096;
 /// Entries sampled to estimate the bytes of an average one.
@@ -376,21 +378,32 @@ impl<V: SpillValue> ByWindow<V> {
         }
         let cold = self.cold.as_mut().expect("made above");
         let mut out = Encoder::new();
+        // Written out a piece at a time: the cold table's memory never
+        // holds much of what moves.
+        let mut unflushed = 0;
         for (&window, keys) in self.windows.iter_mut() {
             if to_move == 0 {
                 break;
             }
-            keys.retain(|key, value| {
-                if to_move == 0 {
-                    return true;
-                }
+            let chosen: Vec<Arc<[u8]>> = keys.keys().take(to_move).cloned().collect();
+            for key in chosen {
+                let value = keys.remove(&key).expect("a key just listed");
                 out.bytes.clear();
                 value.encode(&mut out);
-                cold.table.put(&cold_key(window, key), &out.bytes);
+                drop(value);
+                cold.table.put(&cold_key(window, &key), &out.bytes);
+                unflushed += key.len() + out.bytes.len();
                 to_move -= 1;
                 cold.keys += 1;
-                false
-            });
+                if unflushed >= EVICT_PIECE_BYTES {
+                    cold.table.evict(0)?;
+                    unflushed = 0;
+                }
+            }
+            // A map emptied to a quarter gives its slots back.
+            if keys.len() <= keys.capacity() / 4 {
+                keys.shrink_to_fit();
+            }
         }
         self.windows.retain(|_, keys| !keys.is_empty());
         // Written out as a run, and merged now and then: the cold table's

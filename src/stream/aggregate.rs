@@ -558,12 +558,17 @@ impl Operator for AggregateOperator {
         self.groups.capture(delta, &mut self.dirty)
     }
 
+    /// The groups, and the set of those changed since the last checkpoint
+    /// (which stays in memory).
     fn spill_stats(&self) -> Option<SpillStats> {
-        Some(self.groups.spill_stats())
+        let mut stats = self.groups.spill_stats();
+        stats.memory_bytes += self.dirty.memory_bytes();
+        Some(stats)
     }
 
     fn shrink(&mut self, target_bytes: usize) -> Result<()> {
-        self.groups.evict(target_bytes)
+        self.groups
+            .evict(target_bytes.saturating_sub(self.dirty.memory_bytes()))
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
@@ -716,7 +721,13 @@ mod tests {
                 assert_eq!(a, b, "round {round}");
                 spilling.shrink(0).unwrap();
                 let stats = spilling.spill_stats().unwrap();
-                assert_eq!(stats.memory_bytes, 0, "everything went to disk");
+                assert_eq!(
+                    spilling.groups.memory_bytes(),
+                    0,
+                    "every group went to disk"
+                );
+                // What stays: the set of groups changed since the checkpoint.
+                assert_eq!(stats.memory_bytes, spilling.dirty.memory_bytes());
                 if round % 5 == 4 {
                     watermark += 10;
                     held.retain(|row| row.1 > watermark);
