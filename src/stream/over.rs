@@ -17,6 +17,10 @@
 //! except under a ROW_NUMBER or LIMIT top-N over an append-only input: no
 //! row leaves, so a row pushed out of the first `offset + limit` never
 //! comes back, and only those are kept.
+//! Partitions spill under the memory limit (`state::windowed::ByWindow`,
+//! all under [`NO_WINDOW`]): a cold partition is loaded before a change
+//! touches it.
+//!
 //! Recomputing a top-N partition reads only its first `offset + limit` rows
 //! (more with ties under RANK); a window function reads the whole partition,
 //! so its cost per change grows with the partition (a window without
@@ -38,6 +42,7 @@ use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
+use crate::state::windowed::{ByWindow, SpillStats, SpillValue, NO_WINDOW};
 use crate::state::RowCodec;
 use crate::state::{Changed, KeyMap, KeySet};
 
@@ -76,6 +81,53 @@ struct Partition {
     emitted: Vec<(Arc<[u8]>, i64)>,
 }
 
+impl SpillValue for Partition {
+    /// Its rows (sort key, row, multiplicity), then what it emitted (row,
+    /// number).
+    fn encode(&self, out: &mut Encoder) {
+        out.u64(self.rows.len() as u64);
+        for ((key, row), multiplicity) in &self.rows {
+            out.bytes(key).bytes(row).i64(*multiplicity);
+        }
+        out.u64(self.emitted.len() as u64);
+        for (row, number) in &self.emitted {
+            out.bytes(row).i64(*number);
+        }
+    }
+
+    fn decode(_key: &Arc<[u8]>, bytes: &[u8]) -> Result<Self> {
+        let mut d = Decoder::new(bytes);
+        let mut partition = Partition::default();
+        for _ in 0..d.u64()? {
+            let sort_key: Arc<[u8]> = Arc::from(d.bytes()?);
+            let row: Arc<[u8]> = Arc::from(d.bytes()?);
+            partition.rows.insert((sort_key, row), d.i64()?);
+        }
+        for _ in 0..d.u64()? {
+            let row: Arc<[u8]> = Arc::from(d.bytes()?);
+            partition.emitted.push((row, d.i64()?));
+        }
+        if !d.is_empty() {
+            return Err(EddyError::Checkpoint(
+                "top-N state has trailing bytes".into(),
+            ));
+        }
+        Ok(partition)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        // Each kept row: its two `Arc`s' bytes and counts, and the tree's
+        // entry (with its nodes' slack); an emitted row shares its `Arc`.
+        let rows: usize = self
+            .rows
+            .keys()
+            .map(|(key, row)| key.len() + row.len() + 2 * 32 + 64)
+            .sum();
+        let emitted = self.emitted.capacity() * std::mem::size_of::<(Arc<[u8]>, i64)>();
+        std::mem::size_of::<Partition>() + rows + emitted
+    }
+}
+
 /// What a partition shows.
 enum Shown {
     TopN {
@@ -98,11 +150,12 @@ pub struct OverOperator {
     order_converter: RowConverter,
     input_codec: RowCodec,
     output_schema: SchemaRef,
-    partitions: KeyMap<Arc<[u8]>, Partition>,
+    /// By partition key, all under [`NO_WINDOW`].
+    partitions: ByWindow<Partition>,
     /// Keep only this many first rows per partition (append-only input).
     keep_first: Option<usize>,
     /// Partitions changed since the last checkpoint.
-    dirty: Changed<Arc<[u8]>>,
+    dirty: Changed<(i64, Arc<[u8]>)>,
     counters: OperatorCounters,
     description: String,
 }
@@ -192,7 +245,7 @@ impl OverOperator {
             order_converter: RowConverter::new(order_fields)?,
             input_codec: RowCodec::try_new(input_schema)?,
             output_schema,
-            partitions: KeyMap::default(),
+            partitions: ByWindow::default(),
             keep_first: None,
             dirty: Changed::default(),
             counters: OperatorCounters::default(),
@@ -342,9 +395,17 @@ impl Operator for OverOperator {
         )?;
         let order_keys = encode_keys(&self.order_converter, order_columns, batch.num_rows())?;
         let rows = self.input_codec.encode(&batch.rows)?;
+        // Partitions that went to disk come back first.
+        if self.partitions.has_cold() {
+            for key in &partitions {
+                self.partitions.load(NO_WINDOW, key)?;
+            }
+        }
         let mut touched: KeySet<Arc<[u8]>> = KeySet::default();
         for (i, weight) in batch.weights.values().iter().enumerate() {
-            let partition = self.partitions.entry(partitions[i].clone()).or_default();
+            let partition =
+                self.partitions
+                    .get_or_insert_with(NO_WINDOW, &partitions[i], Partition::default);
             let slot = (order_keys[i].clone(), rows[i].clone());
             let multiplicity = partition.rows.entry(slot.clone()).or_insert(0);
             *multiplicity += weight;
@@ -353,19 +414,21 @@ impl Operator for OverOperator {
             }
             touched.insert(partitions[i].clone());
         }
-        self.dirty
-            .note_all(self.partitions.len(), touched.iter().cloned());
+        self.dirty.note_all(
+            self.partitions.len(),
+            touched.iter().map(|key| (NO_WINDOW, key.clone())),
+        );
 
         // (row, number) → weight of the change.
         let mut changes: KeyMap<(Arc<[u8]>, i64), i64> = KeyMap::default();
         for key in touched {
-            let Some(partition) = self.partitions.get(&key) else {
+            let Some(partition) = self.partitions.get(NO_WINDOW, &key) else {
                 continue;
             };
             let shown = self.show(&partition.rows)?;
             let partition = self
                 .partitions
-                .get_mut(&key)
+                .get_mut(NO_WINDOW, &key)
                 .ok_or_else(|| crate::internal!("top-N partition vanished"))?;
             for (row, number) in std::mem::take(&mut partition.emitted) {
                 *changes.entry((row, number)).or_insert(0) -= 1;
@@ -377,7 +440,7 @@ impl Operator for OverOperator {
                 keep_first(&mut partition.rows, keep);
             }
             if partition.rows.is_empty() {
-                self.partitions.remove(&key);
+                self.partitions.remove(NO_WINDOW, &key);
             } else {
                 partition.emitted = shown;
             }
@@ -408,48 +471,37 @@ impl Operator for OverOperator {
         Ok(vec![ChangeBatch::new(rows, weights)?])
     }
 
+    /// Rows of the partitions in memory (those on disk are not counted).
     fn state_keys(&self) -> Option<u64> {
         Some(self.partitions.values().map(|p| p.rows.len() as u64).sum())
     }
 
-    /// One entry per partition: its rows (sort key, row, multiplicity),
-    /// then what it emitted (row, number).
+    /// One entry per partition ([`SpillValue`] for `Partition`).
     fn checkpoint(&mut self, delta: &mut StateDelta) -> Result<()> {
-        let encode = |partition: &Partition, out: &mut Encoder| {
-            out.u64(partition.rows.len() as u64);
-            for ((key, row), multiplicity) in &partition.rows {
-                out.bytes(key).bytes(row).i64(*multiplicity);
-            }
-            out.u64(partition.emitted.len() as u64);
-            for (row, number) in &partition.emitted {
-                out.bytes(row).i64(*number);
-            }
-        };
-        delta.put_changed(&self.partitions, &mut self.dirty, encode);
-        Ok(())
+        self.partitions.capture(delta, &mut self.dirty)
+    }
+
+    /// The partitions, and the set of those changed since the last
+    /// checkpoint (which stays in memory).
+    fn spill_stats(&self) -> Option<SpillStats> {
+        let mut stats = self.partitions.spill_stats();
+        stats.memory_bytes += self.dirty.memory_bytes();
+        Some(stats)
+    }
+
+    fn shrink(&mut self, target_bytes: usize) -> Result<()> {
+        self.partitions
+            .evict(target_bytes.saturating_sub(self.dirty.memory_bytes()))
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
         self.partitions.clear();
         self.dirty = Changed::default();
+        let partitions = self.partitions.window_mut(NO_WINDOW);
         for (key, value) in entries {
-            let mut d = Decoder::new(&value);
-            let mut partition = Partition::default();
-            for _ in 0..d.u64()? {
-                let sort_key: Arc<[u8]> = Arc::from(d.bytes()?);
-                let row: Arc<[u8]> = Arc::from(d.bytes()?);
-                partition.rows.insert((sort_key, row), d.i64()?);
-            }
-            for _ in 0..d.u64()? {
-                let row: Arc<[u8]> = Arc::from(d.bytes()?);
-                partition.emitted.push((row, d.i64()?));
-            }
-            if !d.is_empty() {
-                return Err(EddyError::Checkpoint(
-                    "top-N state has trailing bytes".into(),
-                ));
-            }
-            self.partitions.insert(Arc::from(key), partition);
+            let key: Arc<[u8]> = Arc::from(key);
+            let partition = Partition::decode(&key, &value)?;
+            partitions.insert(key, partition);
         }
         Ok(())
     }
@@ -551,5 +603,85 @@ mod tests {
         }
         let Checkpoints { deltas, whole, .. } = checkpoints;
         assert!(deltas > 200 && whole > 5, "{deltas} deltas, {whole} whole");
+    }
+
+    /// A top-3 spilled to disk after every change (and restored from a
+    /// whole capture midway) emits what one in memory emits, under
+    /// insertions and retractions.
+    #[test]
+    fn a_top_n_spilled_to_disk_answers_as_one_in_memory() {
+        use crate::stream::testing::{int_pairs, random};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::arrow::util::display::array_value_to_string;
+        use datafusion::physical_expr::expressions::Column;
+        let field = |name: &str| Field::new(name, DataType::Int64, false);
+        let input = Arc::new(Schema::new(vec![field("k"), field("v")]));
+        let output = Arc::new(Schema::new(vec![field("k"), field("v"), field("n")]));
+        let column = |name: &str, i| Arc::new(Column::new(name, i)) as Arc<dyn PhysicalExpr>;
+        let make = || {
+            OverOperator::top_n(
+                vec![column("k", 0)],
+                vec![PhysicalSortExpr::new_default(column("v", 1))],
+                Numbering::Rank,
+                0,
+                3,
+                input.clone(),
+                output.clone(),
+                "top 3".into(),
+            )
+            .unwrap()
+        };
+        let consolidate = |into: &mut BTreeMap<String, i64>, batches: Vec<ChangeBatch>| {
+            for b in batches {
+                for i in 0..b.num_rows() {
+                    let row: Vec<String> = (0..b.rows.num_columns())
+                        .map(|c| array_value_to_string(b.rows.column(c), i).unwrap())
+                        .collect();
+                    *into.entry(row.join(",")).or_insert(0) += b.weights.value(i);
+                }
+            }
+            into.retain(|_, n| *n != 0);
+        };
+        let (mut memory, mut spilled) = (make(), make());
+        let (mut expected, mut got) = (BTreeMap::new(), BTreeMap::new());
+        let mut next = random(5);
+        let mut live: Vec<(i64, i64)> = Vec::new();
+        let mut most_cold = 0;
+        for step in 0..300 {
+            let mut changes = Vec::new();
+            for _ in 0..1 + next(4) {
+                if !live.is_empty() && next(3) == 0 {
+                    let row = live.swap_remove(next(live.len() as u64) as usize);
+                    changes.push((row, -1));
+                } else {
+                    let row = (next(40) as i64, next(50) as i64);
+                    live.push(row);
+                    changes.push((row, 1));
+                }
+            }
+            consolidate(
+                &mut expected,
+                memory.process(0, int_pairs(&input, &changes)).unwrap(),
+            );
+            consolidate(
+                &mut got,
+                spilled.process(0, int_pairs(&input, &changes)).unwrap(),
+            );
+            assert_eq!(got, expected, "after step {step}");
+            if step == 150 {
+                let mut whole = StateDelta::new(true);
+                spilled.checkpoint(&mut whole).unwrap();
+                spilled = make();
+                spilled.restore(whole.into_map()).unwrap();
+            }
+            spilled.shrink(0).unwrap();
+            assert_eq!(
+                spilled.partitions.memory_bytes(),
+                0,
+                "every partition on disk"
+            );
+            most_cold = most_cold.max(spilled.spill_stats().unwrap().cold_keys);
+        }
+        assert!(most_cold > 20, "{most_cold} partitions went to disk");
     }
 }
