@@ -134,7 +134,46 @@ pub fn window_ends(column: &ArrayRef) -> Result<Vec<i64>> {
 pub type WindowEntry<V> = (i64, Arc<[u8]>, V);
 
 /// One window's state: by encoded key.
-pub type WindowKeys<V> = KeyMap<Arc<[u8]>, V>;
+pub type WindowKeys<V> = KeyMap<Arc<[u8]>, Held<V>>;
+
+/// A value in memory and its second-chance bit: set whenever the value is
+/// read or changed through it, cleared as an eviction passes it over, so
+/// that an eviction moves keys untouched since the last one first (hot
+/// keys stay in memory).
+#[derive(Debug)]
+pub struct Held<V> {
+    value: V,
+    recent: std::cell::Cell<bool>,
+}
+
+impl<V> Held<V> {
+    pub fn new(value: V) -> Self {
+        Self {
+            value,
+            recent: std::cell::Cell::new(true),
+        }
+    }
+
+    pub fn into_inner(self) -> V {
+        self.value
+    }
+}
+
+impl<V> std::ops::Deref for Held<V> {
+    type Target = V;
+
+    fn deref(&self) -> &V {
+        self.recent.set(true);
+        &self.value
+    }
+}
+
+impl<V> std::ops::DerefMut for Held<V> {
+    fn deref_mut(&mut self) -> &mut V {
+        self.recent.set(true);
+        &mut self.value
+    }
+}
 
 /// State by window end, then by encoded key.
 #[derive(Debug)]
@@ -165,11 +204,11 @@ impl<V> Default for ByWindow<V> {
 
 impl<V> ByWindow<V> {
     pub fn get(&self, window: i64, key: &[u8]) -> Option<&V> {
-        self.windows.get(&window)?.get(key)
+        Some(self.windows.get(&window)?.get(key)?)
     }
 
     pub fn get_mut(&mut self, window: i64, key: &[u8]) -> Option<&mut V> {
-        self.windows.get_mut(&window)?.get_mut(key)
+        Some(self.windows.get_mut(&window)?.get_mut(key)?)
     }
 
     /// The keys of window `window` (none at first), for a run of lookups
@@ -192,7 +231,7 @@ impl<V> ByWindow<V> {
     ) -> &mut V {
         self.window_mut(window)
             .entry(key.clone())
-            .or_insert_with(make)
+            .or_insert_with(|| Held::new(make()))
     }
 
     /// Removes `key` from window `window`; the window goes with its last
@@ -203,7 +242,7 @@ impl<V> ByWindow<V> {
         if keys.is_empty() {
             self.windows.remove(&window);
         }
-        removed
+        removed.map(Held::into_inner)
     }
 
     /// Takes the windows ending at or before `end` (never [`NO_WINDOW`])
@@ -231,14 +270,17 @@ impl<V> ByWindow<V> {
     /// Every key in memory: its window end, the key, its value (cold keys
     /// are not among them).
     pub fn iter(&self) -> impl Iterator<Item = (i64, &Arc<[u8]>, &V)> {
-        self.windows
-            .iter()
-            .flat_map(|(&window, keys)| keys.iter().map(move |(key, value)| (window, key, value)))
+        self.windows.iter().flat_map(|(&window, keys)| {
+            keys.iter()
+                .map(move |(key, held)| (window, key, &held.value))
+        })
     }
 
     /// The values in memory.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.windows.values().flat_map(|keys| keys.values())
+        self.windows
+            .values()
+            .flat_map(|keys| keys.values().map(|held| &held.value))
     }
 
     pub fn clear(&mut self) {
@@ -266,7 +308,7 @@ impl<V: SpillValue> ByWindow<V> {
         self.disk_hits += 1;
         let key: Arc<[u8]> = Arc::from(key);
         let value = V::decode(&key, &bytes)?;
-        self.window_mut(window).insert(key, value);
+        self.window_mut(window).insert(key, Held::new(value));
         Ok(true)
     }
 
@@ -323,7 +365,10 @@ impl<V: SpillValue> ByWindow<V> {
             .range(Bound::Included(&first), Bound::Excluded(&past))?;
         for (cold_key, bytes) in &entries {
             let (window, key, value) = decode_cold(cold_key, bytes)?;
-            closed.entry(window).or_default().insert(key, value);
+            closed
+                .entry(window)
+                .or_default()
+                .insert(key, Held::new(value));
         }
         cold.keys = cold.keys.saturating_sub(entries.len());
         cold.table.delete_range(&first, &past);
@@ -343,7 +388,7 @@ impl<V: SpillValue> ByWindow<V> {
             .rev()
             .flat_map(|keys| keys.iter())
             .take(SIZE_SAMPLE)
-            .map(|(key, value)| key.len() + value.memory_bytes() + ENTRY_OVERHEAD_BYTES)
+            .map(|(key, held)| key.len() + held.value.memory_bytes() + ENTRY_OVERHEAD_BYTES)
             .collect();
         held * sample.iter().sum::<usize>() / sample.len().max(1)
     }
@@ -360,8 +405,8 @@ impl<V: SpillValue> ByWindow<V> {
     }
 
     /// Moves keys to disk until about `target_bytes` stay in memory: keys
-    /// of the oldest windows first, in each window in the hash map's order
-    /// (no recency is tracked).
+    /// not read or changed since the last eviction first ([`Held`]), of
+    /// the oldest windows first; then others, in the same order.
     pub fn evict(&mut self, target_bytes: usize) -> Result<()> {
         let held = self.memory_bytes();
         if held <= target_bytes {
@@ -381,28 +426,37 @@ impl<V: SpillValue> ByWindow<V> {
         // Written out a piece at a time: the cold table's memory never
         // holds much of what moves.
         let mut unflushed = 0;
-        for (&window, keys) in self.windows.iter_mut() {
-            if to_move == 0 {
-                break;
-            }
-            let chosen: Vec<Arc<[u8]>> = keys.keys().take(to_move).cloned().collect();
-            for key in chosen {
-                let value = keys.remove(&key).expect("a key just listed");
-                out.bytes.clear();
-                value.encode(&mut out);
-                drop(value);
-                cold.table.put(&cold_key(window, &key), &out.bytes);
-                unflushed += key.len() + out.bytes.len();
-                to_move -= 1;
-                cold.keys += 1;
-                if unflushed >= EVICT_PIECE_BYTES {
-                    cold.table.evict(0)?;
-                    unflushed = 0;
+        // First keys untouched since the last eviction (clearing the bits
+        // of those passed over), oldest windows first; then any.
+        for any in [false, true] {
+            for (&window, keys) in self.windows.iter_mut() {
+                if to_move == 0 {
+                    break;
                 }
-            }
-            // A map emptied to a quarter gives its slots back.
-            if keys.len() <= keys.capacity() / 4 {
-                keys.shrink_to_fit();
+                let chosen: Vec<Arc<[u8]>> = keys
+                    .iter()
+                    .filter(|(_, held)| any || !held.recent.replace(false))
+                    .map(|(key, _)| key.clone())
+                    .take(to_move)
+                    .collect();
+                for key in chosen {
+                    let held = keys.remove(&key).expect("a key just listed");
+                    out.bytes.clear();
+                    held.value.encode(&mut out);
+                    drop(held);
+                    cold.table.put(&cold_key(window, &key), &out.bytes);
+                    unflushed += key.len() + out.bytes.len();
+                    to_move -= 1;
+                    cold.keys += 1;
+                    if unflushed >= EVICT_PIECE_BYTES {
+                        cold.table.evict(0)?;
+                        unflushed = 0;
+                    }
+                }
+                // A map emptied to a quarter gives its slots back.
+                if keys.len() <= keys.capacity() / 4 {
+                    keys.shrink_to_fit();
+                }
             }
         }
         self.windows.retain(|_, keys| !keys.is_empty());
@@ -469,7 +523,7 @@ mod tests {
         *state.get_or_insert_with(10, &key(b"a"), || 0) += 1;
         *state.get_or_insert_with(10, &key(b"a"), || 0) += 1;
         *state.get_or_insert_with(20, &key(b"a"), || 0) += 5;
-        state.window_mut(20).insert(key(b"b"), 7);
+        state.window_mut(20).insert(key(b"b"), Held::new(7));
         *state.get_or_insert_with(NO_WINDOW, &key(b"c"), || 0) += 9;
         assert_eq!(state.len(), 4);
         assert_eq!(state.get(10, b"a"), Some(&2));
@@ -494,5 +548,52 @@ mod tests {
         assert_eq!(all, vec![(NO_WINDOW, b"c".to_vec(), 9)]);
         state.clear();
         assert!(state.is_empty());
+    }
+
+    impl SpillValue for i64 {
+        fn encode(&self, out: &mut Encoder) {
+            out.i64(*self);
+        }
+
+        fn decode(_key: &Arc<[u8]>, bytes: &[u8]) -> Result<Self> {
+            super::super::codec::Decoder::new(bytes).i64()
+        }
+
+        fn memory_bytes(&self) -> usize {
+            8
+        }
+    }
+
+    /// An eviction moves keys untouched since the previous one first: keys
+    /// read or changed in between (or loaded back) stay in memory.
+    #[test]
+    fn eviction_keeps_keys_touched_since_the_last_one() {
+        let mut state: ByWindow<i64> = ByWindow::default();
+        let keys: Vec<Arc<[u8]>> = (0..100u32).map(|k| key(&k.to_be_bytes())).collect();
+        for (value, k) in keys.iter().enumerate() {
+            *state.get_or_insert_with(NO_WINDOW, k, || 0) += value as i64;
+        }
+        let per_key = state.memory_bytes() / 100;
+        state.evict(per_key * 50).unwrap();
+        assert_eq!(state.spill_stats().cold_keys, 50);
+        // Twenty keys are used: read, changed, or loaded back from disk.
+        let hot = &keys[..20];
+        for (i, k) in hot.iter().enumerate() {
+            state.load(NO_WINDOW, k).unwrap();
+            match i % 2 {
+                0 => *state.get_mut(NO_WINDOW, k).unwrap() += 1,
+                _ => assert!(state.get(NO_WINDOW, k).is_some()),
+            }
+        }
+        state.evict(per_key * 20).unwrap();
+        for k in hot {
+            assert!(
+                state.windows[&NO_WINDOW].contains_key(k),
+                "a used key went to disk"
+            );
+        }
+        let in_memory = state.windows[&NO_WINDOW].len();
+        assert!(in_memory <= 21, "{in_memory} keys in memory");
+        assert_eq!(state.len(), 100);
     }
 }

@@ -26,7 +26,7 @@ use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
-use crate::state::windowed::{window_ends, ByWindow, SpillStats, SpillValue, NO_WINDOW};
+use crate::state::windowed::{window_ends, ByWindow, Held, SpillStats, SpillValue, NO_WINDOW};
 use crate::state::Changed;
 
 /// One aggregate call: how to fold it, its argument and optional FILTER.
@@ -368,7 +368,7 @@ impl Operator for AggregateOperator {
         for (end, groups) in closed {
             for (key, group) in groups {
                 if window.emit_on_close && group.rows > 0 {
-                    finished.push(group);
+                    finished.push(group.into_inner());
                 }
                 self.dirty.note(held, || (end, key));
             }
@@ -401,7 +401,9 @@ impl Operator for AggregateOperator {
         let key: Arc<[u8]> = Arc::from(&[][..]);
         let group = Self::new_group(&self.calls, key.clone());
         let values = AggregateCall::values(&self.calls, &group.accumulators)?;
-        self.groups.window_mut(NO_WINDOW).insert(key.clone(), group);
+        self.groups
+            .window_mut(NO_WINDOW)
+            .insert(key.clone(), Held::new(group));
         self.dirty.note(1, || (NO_WINDOW, key));
         Ok(vec![self.build_output(vec![(&[], values, 1)])?])
     }
@@ -453,7 +455,7 @@ impl Operator for AggregateOperator {
                     None => {
                         let key: Arc<[u8]> = Arc::from(key);
                         let group = Self::new_group(&self.calls, key.clone());
-                        (groups.entry(key).or_insert(group), true)
+                        (groups.entry(key).or_insert(Held::new(group)), true)
                     }
                 };
                 if group.changed_in != batch_number {
@@ -593,7 +595,7 @@ impl Operator for AggregateOperator {
                     self.calls.len()
                 )));
             }
-            self.groups.window_mut(window).insert(key, group);
+            self.groups.window_mut(window).insert(key, Held::new(group));
         }
         Ok(())
     }

@@ -1151,7 +1151,7 @@ impl Operator for JoinOperator {
                 let rows: usize = closed
                     .values()
                     .flat_map(|keys| keys.values())
-                    .map(Bucket::len)
+                    .map(|bucket| bucket.len())
                     .sum();
                 side.kept -= rows as u64;
                 // Mostly a no-op: a window join's rows come and go, so its
@@ -1161,6 +1161,7 @@ impl Operator for JoinOperator {
                     closed.into_iter().flat_map(|(window, keys)| {
                         keys.into_iter().flat_map(move |(key, bucket)| {
                             bucket
+                                .into_inner()
                                 .into_rows()
                                 .map(move |row| (window, key.clone(), row))
                         })

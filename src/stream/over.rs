@@ -42,7 +42,7 @@ use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
 use crate::state::checkpoint::StateDelta;
 use crate::state::codec::{Decoder, Encoder};
-use crate::state::windowed::{ByWindow, SpillStats, SpillValue, NO_WINDOW};
+use crate::state::windowed::{ByWindow, Held, SpillStats, SpillValue, NO_WINDOW};
 use crate::state::RowCodec;
 use crate::state::{Changed, KeyMap, KeySet};
 
@@ -501,7 +501,7 @@ impl Operator for OverOperator {
         for (key, value) in entries {
             let key: Arc<[u8]> = Arc::from(key);
             let partition = Partition::decode(&key, &value)?;
-            partitions.insert(key, partition);
+            partitions.insert(key, Held::new(partition));
         }
         Ok(())
     }
