@@ -105,8 +105,9 @@ pub struct ServerOptions {
     pub secrets_key_file: Option<std::path::PathBuf>,
     /// The memory all ad hoc queries share (over it: 53200).
     pub query_memory_bytes: usize,
-    /// The memory operators' keyed state may hold before it spills to
-    /// disk (`None`: no limit); see `state::memory`.
+    /// The memory eddy aims to stay within (`None`: no limit): state may
+    /// hold [`state::memory::state_share`] of it before it spills to disk;
+    /// see `state::memory`.
     pub memory_limit_bytes: Option<usize>,
     /// Where spilled state goes (emptied at start); `None`: a directory
     /// under the system's temporary directory.
@@ -271,7 +272,8 @@ impl Server {
             wal_records.clear();
             wal.retain(Box::new(|_, _| false)).await?;
         }
-        let runtime = runtime::RuntimeHandle::start_with_memory_limit(memory_limit_bytes)?;
+        let state_limit = memory_limit_bytes.map(state::memory::state_share);
+        let runtime = runtime::RuntimeHandle::start_with_memory_limit(state_limit)?;
         let mut engine = engine::Engine::with_checkpoints(runtime, checkpoints.clone())
             .with_workers(workers)
             .with_connector_policy(connector_policy)

@@ -148,9 +148,9 @@ struct ServeArgs {
     /// End sessions idle this long, e.g. `10m` (default 0: never).
     #[arg(long, env = "EDDY_IDLE_SESSION_TIMEOUT", default_value = "0", value_parser = parse_duration)]
     idle_session_timeout: std::time::Duration,
-    /// The memory operators' keyed state may hold, e.g. `1GiB`, before the
-    /// coldest of it moves to disk under the data directory (default: half
-    /// of the machine's memory).
+    /// The memory eddy aims to stay within, e.g. `1GiB` (default: half of
+    /// the machine's memory). State holds at most half of it; the coldest
+    /// state beyond that moves to disk under the data directory.
     #[arg(long, env = "EDDY_MEMORY_LIMIT", value_parser = parse_size)]
     memory_limit: Option<usize>,
     /// The memory all ad hoc queries share, e.g. `2GB` (a query beyond it
@@ -356,9 +356,10 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
         "checkpointing"
     );
     tracing::info!(
-        state_mb = memory_limit >> 20,
+        limit_mb = memory_limit >> 20,
+        state_mb = eddy::state::memory::state_share(memory_limit) >> 20,
         queries_mb = query_memory_limit >> 20,
-        "memory limit ({limit_source}): state beyond it spills to {}",
+        "memory limit ({limit_source}): state beyond its share spills to {}",
         args.data_dir.join("spill").display()
     );
     shutdown_signal().await;

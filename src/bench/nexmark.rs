@@ -312,6 +312,9 @@ pub struct Measured {
     pub state_bytes: u64,
     pub state_keys: u64,
     pub view_rows: u64,
+    /// Bytes on disk under `--memory-limit` when the last event was
+    /// read: the operators' spilled keys and the view's spilled rows.
+    pub spilled_bytes: u64,
     pub batch_cpu_seconds: f64,
     pub batch_rows: u64,
 }
@@ -337,6 +340,7 @@ impl Measured {
             "state_bytes": self.state_bytes,
             "state_keys": self.state_keys,
             "view_rows": self.view_rows,
+            "spilled_bytes": self.spilled_bytes,
             "batch_cpu_seconds": self.batch_cpu_seconds,
             "batch_rows": self.batch_rows,
         })
@@ -366,6 +370,7 @@ impl Measured {
             state_bytes: field("state_bytes")? as u64,
             state_keys: field("state_keys")? as u64,
             view_rows: field("view_rows")? as u64,
+            spilled_bytes: field("spilled_bytes")? as u64,
             batch_cpu_seconds: field("batch_cpu_seconds")?,
             batch_rows: field("batch_rows")? as u64,
         })
@@ -452,7 +457,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         "Nexmark on eddy: {events} events per query from the {source}, {cores} cores, commit {commit}"
     );
     println!(
-        "{:>4} {:>2} {:>10} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9} {:>7} {:>9} {:>9}",
+        "{:>4} {:>2} {:>10} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9} {:>7} {:>8} {:>9} {:>9}",
         "",
         "w",
         "k ev/CPU-s",
@@ -467,6 +472,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
         "end MB",
         "state MB",
         "B/key",
+        "spill MB",
         "fresh ms",
         "flush ms"
     );
@@ -522,7 +528,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
             }
         };
         println!(
-            "{:>4} {:>2} {:>10.0} {:>9.0} {:>6.2} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>7.0} {:>9.1} {:>7} {:>9.0} {:>9.0}",
+            "{:>4} {:>2} {:>10.0} {:>9.0} {:>6.2} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>7.0} {:>9.1} {:>7} {:>8.0} {:>9.0} {:>9.0}",
             m.query,
             m.workers,
             m.k_events_per_cpu_second(),
@@ -537,6 +543,7 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
             m.rss_bytes as f64 / 1e6,
             m.state_bytes as f64 / 1e6,
             m.state_bytes.checked_div(m.state_keys).map_or("-".into(), |b| b.to_string()),
+            m.spilled_bytes as f64 / 1e6,
             m.freshness_ms,
             m.flush_ms,
         );
@@ -562,7 +569,8 @@ pub fn run(options: &Options) -> BenchResult<Vec<Measured>> {
          Flink 2.2.1 on this machine size; publ.: Flink's published per-core figure; target: \
          twice the higher of the two; RSS MB: peak RSS; end MB: RSS when the last event \
          was read; state MB: the operators' state a recovery reads (the last checkpoint's \
-         base and deltas); B/key: operator state bytes per state key; w: worker \
+         base and deltas); B/key: operator state bytes per state key; spill MB: state on disk under \
+         --memory-limit when the last event was read; w: worker \
          threads each keyed operator is split across"
     );
     Ok(measured)
@@ -856,6 +864,16 @@ async fn measure(
     let (cpu, wall) = (cpu_seconds() - cpu_start, wall_start.elapsed());
     let peak_rss = peak_rss_bytes();
     let rss = rss_bytes();
+    let spilled_bytes = number(
+        &client,
+        &format!(
+            "SELECT (SELECT coalesce(sum(spilled_bytes), 0) FROM eddy_catalog.operator_stats
+                     WHERE view = '{query_name}')
+                  + (SELECT coalesce(sum(spilled_bytes), 0) FROM eddy_catalog.materialized_views
+                     WHERE name = '{query_name}')"
+        ),
+    )
+    .await?;
     // The last epoch is published within 100 ms of the runtime going idle.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let freshness_ms = number(
@@ -895,6 +913,7 @@ async fn measure(
         state_bytes: state_bytes as u64,
         state_keys: state_keys as u64,
         view_rows: view_rows as u64,
+        spilled_bytes: spilled_bytes as u64,
         batch_cpu_seconds: 0.0,
         batch_rows: 0,
     };
@@ -941,6 +960,7 @@ mod tests {
             state_bytes: 4_096,
             state_keys: 17,
             view_rows: 25,
+            spilled_bytes: 1 << 20,
             batch_cpu_seconds: 0.5,
             batch_rows: 25,
         };
@@ -949,6 +969,7 @@ mod tests {
         assert_eq!(back.events_read, 920_000);
         assert_eq!(back.peak_rss_bytes, 123_456_789);
         assert_eq!(back.state_keys, 17);
+        assert_eq!(back.spilled_bytes, 1 << 20);
         assert!((back.k_events_per_cpu_second() - 920.0 / 3.5).abs() < 1e-9);
     }
 

@@ -393,6 +393,23 @@ impl<V: SpillValue> ByWindow<V> {
         held * sample.iter().sum::<usize>() / sample.len().max(1)
     }
 
+    /// [`Self::spill_stats`], counting in memory also `changed` (the keys
+    /// changed since the last capture, which stay there).
+    pub fn spill_stats_beside<K: Eq + std::hash::Hash>(&self, changed: &Changed<K>) -> SpillStats {
+        let mut stats = self.spill_stats();
+        stats.memory_bytes += changed.memory_bytes();
+        stats
+    }
+
+    /// [`Self::evict`] to what `target_bytes` leaves beside `changed`.
+    pub fn evict_beside<K: Eq + std::hash::Hash>(
+        &mut self,
+        target_bytes: usize,
+        changed: &Changed<K>,
+    ) -> Result<()> {
+        self.evict(target_bytes.saturating_sub(changed.memory_bytes()))
+    }
+
     /// What is held in memory and on disk.
     pub fn spill_stats(&self) -> SpillStats {
         SpillStats {

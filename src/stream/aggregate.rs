@@ -563,14 +563,11 @@ impl Operator for AggregateOperator {
     /// The groups, and the set of those changed since the last checkpoint
     /// (which stays in memory).
     fn spill_stats(&self) -> Option<SpillStats> {
-        let mut stats = self.groups.spill_stats();
-        stats.memory_bytes += self.dirty.memory_bytes();
-        Some(stats)
+        Some(self.groups.spill_stats_beside(&self.dirty))
     }
 
     fn shrink(&mut self, target_bytes: usize) -> Result<()> {
-        self.groups
-            .evict(target_bytes.saturating_sub(self.dirty.memory_bytes()))
+        self.groups.evict_beside(target_bytes, &self.dirty)
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {

@@ -1770,10 +1770,7 @@ mod tests {
                 }
             }
             if step == 150 {
-                let mut whole = StateDelta::new(true);
-                spilled.checkpoint(&mut whole).unwrap();
-                spilled = make();
-                spilled.restore(whole.into_map()).unwrap();
+                spilled = crate::stream::testing::restored(&mut spilled, make());
             }
             spilled.shrink(0).unwrap();
             let stats = spilled.spill_stats().unwrap();

@@ -484,14 +484,11 @@ impl Operator for OverOperator {
     /// The partitions, and the set of those changed since the last
     /// checkpoint (which stays in memory).
     fn spill_stats(&self) -> Option<SpillStats> {
-        let mut stats = self.partitions.spill_stats();
-        stats.memory_bytes += self.dirty.memory_bytes();
-        Some(stats)
+        Some(self.partitions.spill_stats_beside(&self.dirty))
     }
 
     fn shrink(&mut self, target_bytes: usize) -> Result<()> {
-        self.partitions
-            .evict(target_bytes.saturating_sub(self.dirty.memory_bytes()))
+        self.partitions.evict_beside(target_bytes, &self.dirty)
     }
 
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
@@ -669,10 +666,7 @@ mod tests {
             );
             assert_eq!(got, expected, "after step {step}");
             if step == 150 {
-                let mut whole = StateDelta::new(true);
-                spilled.checkpoint(&mut whole).unwrap();
-                spilled = make();
-                spilled.restore(whole.into_map()).unwrap();
+                spilled = crate::stream::testing::restored(&mut spilled, make());
             }
             spilled.shrink(0).unwrap();
             assert_eq!(

@@ -48,6 +48,15 @@ impl Checkpoints {
     }
 }
 
+/// `fresh` with the state of a whole capture of `operator` (what a
+/// recovery does).
+pub(crate) fn restored<O: Operator>(operator: &mut O, mut fresh: O) -> O {
+    let mut whole = StateDelta::new(true);
+    operator.checkpoint(&mut whole).expect("checkpoint");
+    fresh.restore(whole.into_map()).expect("restore");
+    fresh
+}
+
 /// A repeatable stream of numbers below the bound asked for (xorshift).
 pub(crate) fn random(seed: u64) -> impl FnMut(u64) -> u64 {
     let mut state = seed.max(1);
