@@ -84,9 +84,12 @@ impl EddyProcess {
     pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
+            // A connection to a port nothing listens on yet can connect to
+            // itself (Linux's simultaneous open, when the ephemeral port the
+            // kernel picks is that one); that is not eddy.
+            let connected = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await;
+            if connected
+                .is_ok_and(|stream| stream.local_addr().ok().map(|a| a.port()) != Some(self.port))
             {
                 return;
             }
