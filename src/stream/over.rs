@@ -154,6 +154,8 @@ pub struct OverOperator {
     partitions: ByWindow<Partition>,
     /// Keep only this many first rows per partition (append-only input).
     keep_first: Option<usize>,
+    /// Distinct rows kept over all partitions, in memory and on disk.
+    kept_rows: u64,
     /// Partitions changed since the last checkpoint.
     dirty: Changed<(i64, Arc<[u8]>)>,
     counters: OperatorCounters,
@@ -247,6 +249,7 @@ impl OverOperator {
             output_schema,
             partitions: ByWindow::default(),
             keep_first: None,
+            kept_rows: 0,
             dirty: Changed::default(),
             counters: OperatorCounters::default(),
             description,
@@ -407,11 +410,13 @@ impl Operator for OverOperator {
                 self.partitions
                     .get_or_insert_with(NO_WINDOW, &partitions[i], Partition::default);
             let slot = (order_keys[i].clone(), rows[i].clone());
+            let before = partition.rows.len();
             let multiplicity = partition.rows.entry(slot.clone()).or_insert(0);
             *multiplicity += weight;
             if *multiplicity == 0 {
                 partition.rows.remove(&slot);
             }
+            self.kept_rows = (self.kept_rows + partition.rows.len() as u64) - before as u64;
             touched.insert(partitions[i].clone());
         }
         self.dirty.note_all(
@@ -437,7 +442,9 @@ impl Operator for OverOperator {
                 *changes.entry((row.clone(), *number)).or_insert(0) += 1;
             }
             if let Some(keep) = self.keep_first {
+                let before = partition.rows.len();
                 keep_first(&mut partition.rows, keep);
+                self.kept_rows -= (before - partition.rows.len()) as u64;
             }
             if partition.rows.is_empty() {
                 self.partitions.remove(NO_WINDOW, &key);
@@ -471,9 +478,9 @@ impl Operator for OverOperator {
         Ok(vec![ChangeBatch::new(rows, weights)?])
     }
 
-    /// Rows of the partitions in memory (those on disk are not counted).
+    /// Distinct rows kept, in memory and on disk.
     fn state_keys(&self) -> Option<u64> {
-        Some(self.partitions.values().map(|p| p.rows.len() as u64).sum())
+        Some(self.kept_rows)
     }
 
     /// One entry per partition ([`SpillValue`] for `Partition`).
@@ -494,10 +501,12 @@ impl Operator for OverOperator {
     fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
         self.partitions.clear();
         self.dirty = Changed::default();
+        self.kept_rows = 0;
         let partitions = self.partitions.window_mut(NO_WINDOW);
         for (key, value) in entries {
             let key: Arc<[u8]> = Arc::from(key);
             let partition = Partition::decode(&key, &value)?;
+            self.kept_rows += partition.rows.len() as u64;
             partitions.insert(key, Held::new(partition));
         }
         Ok(())
@@ -665,6 +674,11 @@ mod tests {
                 spilled.process(0, int_pairs(&input, &changes)).unwrap(),
             );
             assert_eq!(got, expected, "after step {step}");
+            assert_eq!(
+                spilled.state_keys(),
+                memory.state_keys(),
+                "after step {step}"
+            );
             if step == 150 {
                 spilled = crate::stream::testing::restored(&mut spilled, make());
             }
