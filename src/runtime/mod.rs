@@ -1174,9 +1174,7 @@ impl Worker {
         let Some(shares) = crate::state::memory::shares(limit, &bytes) else {
             return;
         };
-        // Rows spilled with no epoch to publish: readers get them as the
-        // same epoch.
-        let mut respill_published = false;
+        let mut rows_spilled = false;
         for ((view_id, op, _), share) in held.into_iter().zip(shares) {
             let Some(view) = self.views.get_mut(&view_id) else {
                 continue;
@@ -1184,7 +1182,7 @@ impl Worker {
             let shrunk = match op {
                 Some(op) => view.graph.shrink(op, share),
                 None => {
-                    respill_published |= !self.dirty;
+                    rows_spilled = true;
                     view.state.spill(share)
                 }
             };
@@ -1193,7 +1191,9 @@ impl Worker {
                 self.dirty = true;
             }
         }
-        if respill_published && !self.dirty {
+        // Rows spilled with no epoch to publish: readers get them as the
+        // same epoch.
+        if rows_spilled && !self.dirty {
             self.republish();
         }
         crate::state::memory::return_freed_memory();
@@ -1202,16 +1202,20 @@ impl Worker {
     /// Replaces the published epoch's views with the runtime's, which hold
     /// the same rows (nothing changed since it was published).
     fn republish(&mut self) {
+        let views = self.published_views();
         let mut published = self.published.write().unwrap_or_else(|p| p.into_inner());
-        let views = self
-            .views
-            .iter()
-            .map(|(id, v)| (*id, v.state.clone()))
-            .collect();
         *published = Arc::new(PublishedEpoch {
             epoch: published.epoch,
             views,
         });
+    }
+
+    /// Every view's rows as readers are to see them (O(1) snapshots).
+    fn published_views(&self) -> HashMap<RelationId, RowSet> {
+        self.views
+            .iter()
+            .map(|(id, v)| (*id, v.state.clone()))
+            .collect()
     }
 
     /// Lets every view see processing time `now`, and propagates what that
@@ -1251,11 +1255,7 @@ impl Worker {
             return;
         }
         self.epoch += 1;
-        let views = self
-            .views
-            .iter()
-            .map(|(id, v)| (*id, v.state.clone()))
-            .collect();
+        let views = self.published_views();
         let now = Instant::now();
         for view in self.views.values_mut() {
             if let Some(arrived) = view.unpublished_since.take() {

@@ -195,11 +195,8 @@ impl StateDelta {
     fn spill(&mut self) -> Result<()> {
         let store = super::memory::scratch_store()?;
         let (id, mut writer) = store.create()?;
-        let entries = self.sorted_memory_entries()?;
-        for (i, (key, value)) in entries.iter().enumerate() {
-            if !superseded(&entries, i) {
-                writer.add(key, *value)?;
-            }
+        for (key, value) in self.sorted_memory_entries()? {
+            writer.add(key, value)?;
         }
         let run = writer.finish(id)?;
         self.spilled.push(Arc::new(run));
@@ -209,12 +206,19 @@ impl StateDelta {
         Ok(())
     }
 
-    /// The entries in memory sorted by key; of equal keys the last
-    /// captured stays last (a stable sort).
+    /// The entries in memory sorted by key, each key once with the value
+    /// captured last.
     fn sorted_memory_entries(&self) -> Result<Vec<DeltaEntry<'_>>> {
         let mut entries = self.memory_entries().collect::<Result<Vec<_>>>()?;
+        // Stable: of equal keys the one captured last sorts last (kept).
         entries.sort_by(|a, b| a.0.cmp(b.0));
-        Ok(entries)
+        let last_of_each: Vec<DeltaEntry> = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !superseded(&entries, *i))
+            .map(|(_, entry)| *entry)
+            .collect();
+        Ok(last_of_each)
     }
 
     /// The number of entries.
@@ -262,12 +266,7 @@ impl StateDelta {
         &self,
         mut f: impl FnMut(&[u8], Option<&[u8]>) -> Result<()>,
     ) -> Result<()> {
-        let entries = self.sorted_memory_entries()?;
-        let in_memory = entries
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !superseded(&entries, *i))
-            .map(|(_, entry)| *entry);
+        let in_memory = self.sorted_memory_entries()?.into_iter();
         if self.spilled.is_empty() {
             return in_memory
                 .into_iter()
