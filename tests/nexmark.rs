@@ -60,14 +60,26 @@ async fn nexmark_queries_match_the_batch_oracle() {
 
 /// The same with a memory limit of 256 KiB for all views together: the
 /// aggregates' and joins' state and the views' logged rows go to disk
-/// every epoch and come back as changes and queries need them.
+/// every epoch and come back as changes and queries need them. Then a
+/// restart from the checkpoint under the same limit: the state spills as
+/// it is restored, and every view still matches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nexmark_queries_match_the_batch_oracle_with_state_spilled() {
     run_against_the_oracle(Some(256 << 10)).await;
 }
 
 async fn run_against_the_oracle(memory_limit: Option<usize>) {
-    let server = TestServer::start_with(|options| options.memory_limit_bytes = memory_limit).await;
+    let checkpoints = std::env::temp_dir().join(format!(
+        "eddy-nexmark-oracle-{}-{}",
+        std::process::id(),
+        memory_limit.unwrap_or(0)
+    ));
+    let _ = std::fs::remove_dir_all(&checkpoints);
+    let configure = |options: &mut eddy::ServerOptions| {
+        options.memory_limit_bytes = memory_limit;
+        options.checkpoint_location = Some(checkpoints.to_string_lossy().into_owned());
+    };
+    let server = TestServer::start_with(configure).await;
     let eddy = server.connect().await;
     for table in ["person", "auction", "bid"] {
         execute(&eddy, &shared::source_sql(table, EVENTS, EVENT_RATE)).await;
@@ -104,18 +116,7 @@ async fn run_against_the_oracle(memory_limit: Option<usize>) {
     assert_eq!(fused[0][0], "2", "q11 plans one session aggregate");
 
     // Every view reads its own copy of the streams; wait until all are done.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut last_mismatch = String::new();
-    loop {
-        match compare(&eddy, &views).await {
-            Ok(()) => break,
-            Err(mismatch) if Instant::now() < deadline => {
-                last_mismatch = mismatch;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(mismatch) => panic!("no convergence: {mismatch} (before: {last_mismatch})"),
-        }
-    }
+    converge(&eddy, &views).await;
     if memory_limit.is_some() {
         let spilled = query_text(
             &eddy,
@@ -132,8 +133,43 @@ async fn run_against_the_oracle(memory_limit: Option<usize>) {
         )
         .await;
         assert_eq!(spilled[0][0], "1", "bid_all's rows stayed in memory");
+
+        // A restart restores every view from the checkpoint, spilling as it
+        // reads (the limit is far below the state), with the same answers.
+        execute(&eddy, "CHECKPOINT").await;
+        drop(eddy);
+        server.stop().await;
+        let server = TestServer::start_with(configure).await;
+        let eddy = server.connect().await;
+        let spilled = query_text(
+            &eddy,
+            "SELECT count(*) FROM eddy_catalog.operator_stats WHERE spilled_keys > 0",
+        )
+        .await;
+        assert_ne!(spilled[0][0], "0", "the restore held all state in memory");
+        converge(&eddy, &views).await;
+        drop(eddy);
+        server.stop().await;
+    } else {
+        server.stop().await;
     }
-    server.stop().await;
+    let _ = std::fs::remove_dir_all(&checkpoints);
+}
+
+/// Waits until every view matches its batch answer (panics after 300 s).
+async fn converge(eddy: &tokio_postgres::Client, views: &[(String, String)]) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last_mismatch = String::new();
+    loop {
+        match compare(eddy, views).await {
+            Ok(()) => return,
+            Err(mismatch) if Instant::now() < deadline => {
+                last_mismatch = mismatch;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(mismatch) => panic!("no convergence: {mismatch} (before: {last_mismatch})"),
+        }
+    }
 }
 
 /// Compares every query's view with the batch answer over the copies.

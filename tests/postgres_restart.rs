@@ -140,7 +140,9 @@ async fn postgres_down_holds_only_its_sink() {
     .expect("CHECKPOINT and DDL answer");
     let sinks = query_text(&eddy, "SELECT status, lag_epochs FROM eddy_catalog.sinks").await;
     println!("all {statements} writes acknowledged with PostgreSQL down; sink {sinks:?}");
-    assert!(sinks[0][0].starts_with("retrying"), "{sinks:?}");
+    // On a slow machine the writes outlast the stall threshold, and the
+    // status leads with "stalled: no epoch written for N s; retrying: ...".
+    assert!(sinks[0][0].contains("retrying"), "{sinks:?}");
 
     tokio::task::spawn_blocking(|| postgres_script("start"))
         .await

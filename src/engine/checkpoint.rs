@@ -5,13 +5,11 @@
 //! restored from its checkpointed state instead of backfilled, and source
 //! readers start only once every object is back.
 
-use std::collections::BTreeMap;
-
 use super::session::Session;
 use super::{Engine, StatementResult};
 use crate::connectors::{ReaderSpec, SourceConnector};
 use crate::error::{EddyError, Result};
-use crate::state::checkpoint::{Manifest, ReaderPosition, RestoredState};
+use crate::state::checkpoint::{Manifest, ReaderPosition, RestoredState, RestoredTable};
 use crate::state::wal::WalRecord;
 
 /// FLUSH waits at most this long for the sinks to write its checkpoint.
@@ -189,9 +187,10 @@ impl Engine {
         self.restoring_state().is_some()
     }
 
-    /// Takes the checkpointed entries of state table `name`, when restoring.
-    pub(super) fn take_restored(&self, name: &str) -> Option<BTreeMap<Vec<u8>, Vec<u8>>> {
-        self.restoring_state().as_mut()?.state.states.remove(name)
+    /// Takes checkpointed state table `name`, when restoring (read when
+    /// its entries are asked for).
+    pub(super) fn take_restored(&self, name: &str) -> Option<RestoredTable> {
+        self.restoring_state().as_mut()?.state.remove(name)
     }
 
     pub(super) fn restored_watermark(&self, name: &str) -> Option<i64> {
@@ -230,19 +229,18 @@ impl Engine {
         let mut guard = self.restoring_state();
         let restoring = &mut guard.as_mut()?.state;
         let prefix = format!("view/{name}/");
-        if !restoring.states.contains_key(&format!("{prefix}rows")) {
+        if !restoring.contains(&format!("{prefix}rows")) {
             return None;
         }
         let keys: Vec<String> = restoring
-            .states
-            .keys()
+            .names()
             .filter(|k| k.starts_with(&prefix))
             .cloned()
             .collect();
         let mut view = RestoredState::default();
         for key in keys {
-            if let Some(entries) = restoring.states.remove(&key) {
-                view.states.insert(key, entries);
+            if let Some(table) = restoring.remove(&key) {
+                view.insert(key, table);
             }
         }
         Some(view)

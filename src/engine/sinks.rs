@@ -277,13 +277,13 @@ impl Engine {
         let (target, mode) = (config.target(), config.mode());
         let restored = self
             .take_restored(&format!("sink/{name}"))
-            .map(|entries| SinkEpoch::restore_all(view.schema.clone(), entries))
+            .map(|table| SinkEpoch::restore_all(view.schema.clone(), table.into_map()?))
             .transpose()?;
         if let Some(RestoredBacklog::GivenUp(reason)) = &restored {
             status.fail(reason.clone());
         }
         if let Some(counts) = self.take_restored(&format!("sink/{name}/counters")) {
-            status.restore_counts(counts)?;
+            status.restore_counts(counts.into_map()?)?;
         }
         config.spawn(receiver, status.clone(), restored.is_none());
         self.runtime

@@ -76,7 +76,7 @@ impl Engine {
                 let config =
                     kafka::KafkaSourceConfig::from_clauses(fields, &key, &clauses, &self.policy)?;
                 if let Some(counts) = self.take_restored(&format!("source/{name}/errors")) {
-                    config.errors.restore(counts)?;
+                    config.errors.restore(counts.into_map()?)?;
                 }
                 for (host, port) in config.brokers() {
                     self.policy

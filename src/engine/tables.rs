@@ -307,19 +307,24 @@ impl Engine {
         }
         let mut data = TableData::try_new(&name, schema.clone(), key_indices)?;
         let restored = self.take_restored(&format!("table/{name}"));
-        if let Some(entries) = &restored {
+        let was_restored = restored.is_some();
+        if let Some(table) = restored {
             let codec = data.rows.codec().clone();
-            let mut rows: Vec<&[u8]> = Vec::new();
-            for (row, n) in entries {
-                let n = i64::from_le_bytes(n.as_slice().try_into().map_err(|_| {
-                    EddyError::Checkpoint(format!("table {name}: bad row multiplicity"))
-                })?);
-                rows.extend(std::iter::repeat_n(row.as_slice(), n.max(0) as usize));
-            }
-            if !rows.is_empty() {
-                let batch = codec.decode(rows.into_iter())?;
-                data = data.insert(batch)?.0;
-            }
+            // A piece of rows at a time: never the whole table decoded twice.
+            table.for_each_piece(|entries| {
+                let mut rows: Vec<&[u8]> = Vec::new();
+                for (row, n) in &entries {
+                    let n = i64::from_le_bytes(n.as_slice().try_into().map_err(|_| {
+                        EddyError::Checkpoint(format!("table {name}: bad row multiplicity"))
+                    })?);
+                    rows.extend(std::iter::repeat_n(row.as_slice(), n.max(0) as usize));
+                }
+                if !rows.is_empty() {
+                    let batch = codec.decode(rows.into_iter())?;
+                    data = data.insert(batch)?.0;
+                }
+                Ok(())
+            })?;
         }
         let restored_watermark = self.restored_watermark(&format!("table/{name}"));
         let clock_drives_watermark = matches!(
@@ -337,7 +342,7 @@ impl Engine {
             proctime,
             // Restored: a checkpoint holds it. New: once the checkpoint
             // after its CREATE TABLE completes (Engine::checkpoint).
-            durable: std::sync::atomic::AtomicBool::new(restored.is_some()),
+            durable: std::sync::atomic::AtomicBool::new(was_restored),
         });
         if let (Some(w), Some(watermark)) = (restored_watermark, &table.watermark) {
             watermark.resume_at(w);
@@ -356,7 +361,7 @@ impl Engine {
                 table.name.clone(),
                 rows,
                 restored_watermark,
-                restored.is_some(),
+                was_restored,
                 lsn,
             )
             .await?;

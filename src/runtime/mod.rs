@@ -932,14 +932,23 @@ impl Worker {
         } = restore;
         self.positions.extend(reader_positions);
         let prefix = format!("view/{name}");
-        graph.restore(&prefix, &mut state)?;
+        // What this view may hold as it restores: what the limit leaves
+        // beside the views restored before it (which were kept within
+        // their shares after each).
+        let budget = self
+            .memory_limit
+            .map(|limit| limit.saturating_sub(self.held_state_bytes()).max(limit / 8));
+        graph.restore(&prefix, &mut state, budget)?;
         let keyed = state
             .take(&format!("{prefix}/rows"))
+            .into_map()?
             .into_iter()
             .map(|(row, multiplicity)| Ok((row, decode_multiplicity(&multiplicity)?)))
             .collect::<Result<Vec<_>>>()?;
         // Checkpoints from before the log have no log table: none logged.
-        let log = state.take(&format!("{prefix}/log"));
+        let log = state
+            .take(&format!("{prefix}/log"))
+            .with_memory_budget(budget.map(|b| b / 2));
         let mut rows = RowSet::restore(codec, keyed, log)?;
         for (reader, watermark) in reader_watermarks {
             self.watermarks.insert(reader, watermark);
@@ -966,6 +975,8 @@ impl Worker {
         self.views
             .insert(id, RunningView::new(name, graph, rows, touched, readers));
         self.dirty = true;
+        // Within its share before the next view restores.
+        self.keep_within_memory_limit();
         Ok(())
     }
 
@@ -1157,19 +1168,7 @@ impl Worker {
         let Some(limit) = self.memory_limit else {
             return;
         };
-        // Every spillable operator of every view, and each view's rows
-        // (`None`).
-        let held: Vec<(RelationId, Option<u64>, usize)> = self
-            .views
-            .iter()
-            .filter(|(_, view)| view.failed.is_none())
-            .flat_map(|(id, view)| {
-                let operators = view.graph.spill_stats().into_iter();
-                operators
-                    .map(move |(op, stats)| (*id, Some(op), stats.memory_bytes))
-                    .chain([(*id, None, view.state.memory_bytes())])
-            })
-            .collect();
+        let held = self.state_held();
         let bytes: Vec<usize> = held.iter().map(|(_, _, bytes)| *bytes).collect();
         let Some(shares) = crate::state::memory::shares(limit, &bytes) else {
             return;
@@ -1197,6 +1196,26 @@ impl Worker {
             self.republish();
         }
         crate::state::memory::return_freed_memory();
+    }
+
+    /// The state in memory of every spillable operator of every running
+    /// view, and of each view's rows (`None`): view, operator, bytes.
+    fn state_held(&self) -> Vec<(RelationId, Option<u64>, usize)> {
+        self.views
+            .iter()
+            .filter(|(_, view)| view.failed.is_none())
+            .flat_map(|(id, view)| {
+                let operators = view.graph.spill_stats().into_iter();
+                operators
+                    .map(move |(op, stats)| (*id, Some(op), stats.memory_bytes))
+                    .chain([(*id, None, view.state.memory_bytes())])
+            })
+            .collect()
+    }
+
+    /// The bytes of [`Self::state_held`].
+    fn held_state_bytes(&self) -> usize {
+        self.state_held().iter().map(|(_, _, bytes)| bytes).sum()
     }
 
     /// Replaces the published epoch's views with the runtime's, which hold

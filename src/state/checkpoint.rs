@@ -41,6 +41,7 @@
 //!   them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -561,19 +562,165 @@ impl Manifest {
 }
 
 /// A checkpoint read back: the catalog, every state table, the facts.
+///
+/// The state tables are not read here: each is read when it is taken
+/// ([`RestoredTable`]), so a recovery holds one table's entries at a time
+/// (and an operator that restores a piece at a time, less).
 #[derive(Debug, Default)]
 pub struct RestoredState {
     pub id: u64,
     pub epoch: u64,
     pub catalog: Vec<String>,
-    pub states: HashMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
+    tables: HashMap<String, RestoredTable>,
     pub meta: CheckpointMeta,
 }
 
 impl RestoredState {
-    /// Takes the entries of state table `name` (empty if it has none).
-    pub fn take(&mut self, name: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        self.states.remove(name).unwrap_or_default()
+    /// Takes state table `name` (empty if it has none).
+    pub fn take(&mut self, name: &str) -> RestoredTable {
+        self.tables.remove(name).unwrap_or_default()
+    }
+
+    /// Takes state table `name` if there is one.
+    pub fn remove(&mut self, name: &str) -> Option<RestoredTable> {
+        self.tables.remove(name)
+    }
+
+    /// Reads state table `name` whole (small tables: counters, a sink's
+    /// progress).
+    pub fn take_entries(&mut self, name: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.take(name).into_map()
+    }
+
+    pub fn insert(&mut self, name: String, table: RestoredTable) {
+        self.tables.insert(name, table);
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tables.contains_key(name)
+    }
+
+    /// The names of the state tables not taken yet.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tables.keys()
+    }
+}
+
+/// Entries a restore reads into memory at a time.
+pub const RESTORE_PIECE: usize = 8192;
+
+/// One state table of a restored checkpoint: its entries in key order,
+/// read from the checkpoint's runs when they are asked for, a piece at a
+/// time ([`RestoredTable::for_each_piece`]) or whole
+/// ([`RestoredTable::into_map`]).
+///
+/// An operator whose state can spill restores a piece at a time and,
+/// once it holds more than [`RestoredTable::memory_budget`], spills
+/// between pieces: a recovery stays within the memory limit however
+/// large the checkpoint.
+#[derive(Debug)]
+pub struct RestoredTable {
+    source: TableSource,
+    /// The bytes of state its restorer may hold in memory before it
+    /// spills (`None`: no limit). Set by the runtime, which knows the
+    /// memory limit and what else is held.
+    pub memory_budget: Option<usize>,
+    /// Entries read into memory at a time.
+    piece: usize,
+}
+
+impl Default for RestoredTable {
+    fn default() -> Self {
+        Self {
+            source: TableSource::Empty,
+            memory_budget: None,
+            piece: RESTORE_PIECE,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+enum TableSource {
+    #[default]
+    Empty,
+    /// Entries already in memory (a format-2 checkpoint, tests).
+    Entries(BTreeMap<Vec<u8>, Vec<u8>>),
+    /// The table's keys (after its id prefix) in a checkpoint's runs.
+    Runs {
+        reader: Arc<StateTable>,
+        prefix: [u8; TABLE_PREFIX_BYTES],
+    },
+}
+
+impl From<BTreeMap<Vec<u8>, Vec<u8>>> for RestoredTable {
+    fn from(entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Self {
+        Self {
+            source: TableSource::Entries(entries),
+            ..Self::default()
+        }
+    }
+}
+
+impl RestoredTable {
+    /// Calls `f` with the entries in key order, a piece at a time (the
+    /// keys without the checkpoint's table prefix).
+    pub fn for_each_piece(
+        self,
+        mut f: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>,
+    ) -> Result<()> {
+        let piece = self.piece.max(1);
+        match self.source {
+            TableSource::Empty => Ok(()),
+            TableSource::Entries(entries) => {
+                let mut entries = entries.into_iter().peekable();
+                while entries.peek().is_some() {
+                    f(entries.by_ref().take(piece).collect())?;
+                }
+                Ok(())
+            }
+            TableSource::Runs { reader, prefix } => {
+                let end = prefix_end(&prefix);
+                let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                let mut out = Vec::with_capacity(piece);
+                reader.for_each_in(Bound::Included(&prefix), end, piece, |key, value| {
+                    out.push((key[TABLE_PREFIX_BYTES..].to_vec(), value.to_vec()));
+                    if out.len() == piece {
+                        f(std::mem::replace(&mut out, Vec::with_capacity(piece)))?;
+                    }
+                    Ok(())
+                })?;
+                if !out.is_empty() {
+                    f(out)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every entry, read into memory.
+    pub fn into_map(self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        if let TableSource::Entries(entries) = self.source {
+            return Ok(entries);
+        }
+        let mut map = BTreeMap::new();
+        self.for_each_piece(|piece| {
+            map.extend(piece);
+            Ok(())
+        })?;
+        Ok(map)
+    }
+
+    /// The same table with `budget` bytes to restore into.
+    pub fn with_memory_budget(mut self, budget: Option<usize>) -> Self {
+        self.memory_budget = budget;
+        self
+    }
+
+    /// The same table read `piece` entries at a time (tests make pieces
+    /// small to restore across many).
+    pub fn with_piece(mut self, piece: usize) -> Self {
+        self.piece = piece;
+        self
     }
 }
 
@@ -1146,39 +1293,43 @@ impl CheckpointStore {
         }
     }
 
-    /// Reads every state table of `manifest`.
+    /// Opens every state table of `manifest`: format-2 tables are read,
+    /// runs are opened and their blocks' checksums verified (one pass over
+    /// the files, holding nothing), their entries read when a table is
+    /// taken.
     pub async fn load(&self, manifest: &Manifest) -> Result<RestoredState> {
-        let mut states = self.load_chains(manifest).await?;
+        let mut tables: HashMap<String, RestoredTable> = self
+            .load_chains(manifest)
+            .await?
+            .into_iter()
+            .map(|(name, entries)| (name, RestoredTable::from(entries)))
+            .collect();
         let mut runs = Vec::with_capacity(manifest.runs.len());
         for run in &manifest.runs {
             runs.push(self.open_run(run).await?);
         }
-        let tables = manifest.tables.clone();
-        let from_runs = Self::blocking(move || {
-            // Read-only: nothing is written through this table.
-            let reader = StateTable::read_only(runs);
-            let mut states = HashMap::new();
-            for (name, id) in tables {
-                let prefix = table_prefix(id);
-                let entries: BTreeMap<Vec<u8>, Vec<u8>> = reader
-                    .prefix(&prefix)?
-                    .into_iter()
-                    .map(|(mut key, value)| {
-                        key.drain(..TABLE_PREFIX_BYTES);
-                        (key, value)
-                    })
-                    .collect();
-                states.insert(name, entries);
-            }
-            Ok(states)
-        })
-        .await?;
-        states.extend(from_runs);
+        let verified = runs.clone();
+        Self::blocking(move || verified.iter().try_for_each(|run| run.verify())).await?;
+        // Read-only: nothing is written through this table.
+        let reader = Arc::new(StateTable::read_only(runs));
+        for (name, id) in &manifest.tables {
+            let source = TableSource::Runs {
+                reader: Arc::clone(&reader),
+                prefix: table_prefix(*id),
+            };
+            tables.insert(
+                name.clone(),
+                RestoredTable {
+                    source,
+                    ..RestoredTable::default()
+                },
+            );
+        }
         Ok(RestoredState {
             id: manifest.id,
             epoch: manifest.epoch,
             catalog: manifest.catalog.clone(),
-            states,
+            tables,
             meta: manifest.meta.clone(),
         })
     }
@@ -1686,7 +1837,7 @@ mod tests {
     }
 
     fn restored_keys(restored: &mut RestoredState, name: &str) -> Vec<Vec<u8>> {
-        restored.take(name).into_keys().collect()
+        restored.take_entries(name).unwrap().into_keys().collect()
     }
 
     /// A delta past its memory share sorts what it holds into runs on
@@ -1743,7 +1894,7 @@ mod tests {
             .into_iter()
             .filter_map(|(k, v)| Some((k, v?)))
             .collect();
-        assert_eq!(restored.take("t"), live);
+        assert_eq!(restored.take_entries("t").unwrap(), live);
         assert!(dirs.iter().all(|d| !d.exists()), "scratch runs removed");
     }
 
@@ -1871,7 +2022,17 @@ mod tests {
                 let (_, mut restored) = store.latest().await.unwrap().unwrap();
                 let mut back: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
                 for name in manifest.tables.keys() {
-                    back.insert(name.clone(), restored.take(name));
+                    // Read as a restore reads it: a piece at a time.
+                    let mut entries = BTreeMap::new();
+                    let table = restored.take(name).with_piece(7);
+                    table
+                        .for_each_piece(|piece| {
+                            assert!((1..=7).contains(&piece.len()));
+                            entries.extend(piece);
+                            Ok(())
+                        })
+                        .unwrap();
+                    back.insert(name.clone(), entries);
                 }
                 assert_eq!(back, model, "after checkpoint {id}");
             }
@@ -1909,7 +2070,10 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let (manifest, mut restored) = store.latest().await.unwrap().unwrap();
         assert_eq!(manifest.id, 1);
-        assert_eq!(restored.take("s")[b"k".as_slice()], b"1".to_vec());
+        assert_eq!(
+            restored.take_entries("s").unwrap()[b"k".as_slice()],
+            b"1".to_vec()
+        );
         // A truncated manifest is skipped the same way.
         let manifest_path = dir.join("checkpoints").join(format!("{:020}.manifest", 1));
         let bytes = std::fs::read(&manifest_path).unwrap();
@@ -1998,7 +2162,10 @@ mod tests {
             .runs
             .iter()
             .all(|r| r.path.starts_with("snapshots/before/")));
-        assert_eq!(restored.take("s")[b"k".as_slice()], b"1".to_vec());
+        assert_eq!(
+            restored.take_entries("s").unwrap()[b"k".as_slice()],
+            b"1".to_vec()
+        );
     }
 
     #[test]

@@ -233,11 +233,12 @@ impl RowSet {
     }
 
     /// A view's set as checkpointed: keyed rows `row -> multiplicity` and
-    /// the log's state table.
+    /// the log's state table (spilled as it is read past its memory
+    /// budget).
     pub fn restore(
         codec: Arc<RowCodec>,
         keyed: impl IntoIterator<Item = (Vec<u8>, i64)>,
-        log: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+        log: checkpoint::RestoredTable,
     ) -> Result<Self> {
         let mut set = Self::appending(codec);
         for (row, multiplicity) in keyed {
@@ -656,7 +657,7 @@ mod tests {
                 .encoded_entries()
                 .map(|(row, n)| (row.to_vec(), n))
                 .collect::<Vec<_>>();
-            RowSet::restore(set().codec().clone(), keyed, table.clone()).unwrap()
+            RowSet::restore(set().codec().clone(), keyed, table.clone().into()).unwrap()
         };
         let mut rows = view_set();
         let mut table = BTreeMap::new();
@@ -700,7 +701,7 @@ mod tests {
         // A gap in the chain is refused, not read as a shorter log.
         let mut gapped = table.clone();
         gapped.remove(0u64.to_be_bytes().as_slice());
-        assert!(RowSet::restore(set().codec().clone(), vec![], gapped).is_err());
+        assert!(RowSet::restore(set().codec().clone(), vec![], gapped.into()).is_err());
 
         back.apply(&changes(&[6], &[-1])).unwrap();
         let cleared = back.capture_log(false).unwrap();
@@ -743,7 +744,16 @@ mod tests {
         assert_eq!(scanned, 6002);
         // Spilled unsaved batches are read back for the capture.
         replay(&mut table, &rows.capture_log(false).unwrap());
-        let back = RowSet::restore(set().codec().clone(), vec![], table.clone()).unwrap();
+        let back = RowSet::restore(set().codec().clone(), vec![], table.clone().into()).unwrap();
+        assert_eq!(multiplicities(&back), all);
+        // A restore with no memory to spare spills as it reads, an entry
+        // at a time, and reads back the same rows.
+        let budgeted = checkpoint::RestoredTable::from(table.clone())
+            .with_memory_budget(Some(0))
+            .with_piece(1);
+        let back = RowSet::restore(set().codec().clone(), vec![], budgeted).unwrap();
+        assert!(back.spilled_bytes() > 0);
+        assert!(back.memory_bytes() < held / 2);
         assert_eq!(multiplicities(&back), all);
         // Spilling again writes only what is still in memory (the saved
         // pair), to a second file; the newest batch stays.

@@ -37,7 +37,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 
-use super::checkpoint::StateDelta;
+use super::checkpoint::{RestoredTable, StateDelta};
 use super::memory::ScratchFile;
 use crate::error::{EddyError, Result};
 
@@ -274,32 +274,43 @@ impl RowLog {
         Ok(delta)
     }
 
-    /// The log as checkpointed: `entries` are its state table.
-    pub fn restore(
-        schema: &SchemaRef,
-        entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
-    ) -> Result<Self> {
+    /// The log as checkpointed: `entries` are its state table. Past the
+    /// table's memory budget, the oldest batches read go to a scratch file
+    /// as the rest is read.
+    pub fn restore(schema: &SchemaRef, entries: RestoredTable) -> Result<Self> {
         let mut log = Self::default();
-        for (key, value) in entries {
-            let first: [u8; 8] = key
-                .as_slice()
-                .try_into()
-                .map_err(|_| EddyError::Checkpoint("a row log key is not a batch index".into()))?;
-            if u64::from_be_bytes(first) != log.batches.len() as u64 {
-                return Err(EddyError::Checkpoint(format!(
-                    "row log entry {} follows {} batches: the log has a gap",
-                    u64::from_be_bytes(first),
-                    log.batches.len()
-                )));
+        let budget = entries.memory_budget;
+        entries.for_each_piece(|piece| {
+            for (key, value) in piece {
+                log.restore_entry(schema, &key, &value)?;
+                if let Some(budget) = budget.filter(|&b| log.memory_bytes > b) {
+                    log.spill(budget / 2, schema)?;
+                }
             }
-            // As saved, not merged: entries' keys count these batches.
-            for batch in read_ipc(schema, &value)? {
-                log.rows += batch.num_rows() as u64;
-                log.memory_bytes += batch.get_array_memory_size();
-                log.batches.push_back(Logged::Memory(batch));
-            }
-        }
+            Ok(())
+        })?;
         log.saved = log.batches.len();
         Ok(log)
+    }
+
+    /// Appends a checkpoint entry's batches (`key`: the index of its first).
+    fn restore_entry(&mut self, schema: &SchemaRef, key: &[u8], value: &[u8]) -> Result<()> {
+        let first: [u8; 8] = key
+            .try_into()
+            .map_err(|_| EddyError::Checkpoint("a row log key is not a batch index".into()))?;
+        if u64::from_be_bytes(first) != self.batches.len() as u64 {
+            return Err(EddyError::Checkpoint(format!(
+                "row log entry {} follows {} batches: the log has a gap",
+                u64::from_be_bytes(first),
+                self.batches.len()
+            )));
+        }
+        // As saved, not merged: entries' keys count these batches.
+        for batch in read_ipc(schema, value)? {
+            self.rows += batch.num_rows() as u64;
+            self.memory_bytes += batch.get_array_memory_size();
+            self.batches.push_back(Logged::Memory(batch));
+        }
+        Ok(())
     }
 }

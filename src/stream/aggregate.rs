@@ -9,7 +9,6 @@
 //! removed (its output retracted), except the single group of an aggregate
 //! without GROUP BY, which always has a row, as in batch SQL.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
@@ -21,10 +20,10 @@ use datafusion::physical_plan::PhysicalExpr;
 
 use super::accumulator::{AccumulatorState, AggregateFolder, PreparedInput};
 use super::shard::KeyedOperator;
-use super::{Operator, OperatorCounters};
+use super::{restore_in_pieces, Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
-use crate::state::checkpoint::StateDelta;
+use crate::state::checkpoint::{RestoredTable, StateDelta};
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::windowed::{window_ends, ByWindow, Held, SpillStats, SpillValue, NO_WINDOW};
 use crate::state::Changed;
@@ -570,14 +569,22 @@ impl Operator for AggregateOperator {
         self.groups.evict_beside(target_bytes, &self.dirty)
     }
 
-    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+    fn restore(&mut self, entries: RestoredTable) -> Result<()> {
         self.groups.clear();
         self.dirty = Changed::default();
+        restore_in_pieces(self, entries, Self::restore_piece)
+    }
+}
+
+impl AggregateOperator {
+    /// Restores a piece of the checkpointed groups (each an entry of its
+    /// own).
+    fn restore_piece(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
         // Each group's window end, read back from its key (in bulk).
         let windows: Vec<i64> = match (&self.window, &self.key_codec) {
             (Some(window), Some(codec)) if !entries.is_empty() => {
                 let parser = codec.parser();
-                let keys = codec.convert_rows(entries.keys().map(|k| parser.parse(k)))?;
+                let keys = codec.convert_rows(entries.iter().map(|(k, _)| parser.parse(k)))?;
                 window_ends(&keys[window.end_key])?
             }
             _ => vec![NO_WINDOW; entries.len()],
@@ -607,6 +614,7 @@ mod tests {
     use datafusion::arrow::compute::cast;
     use datafusion::arrow::datatypes::{Field, Int64Type, Schema, TimeUnit};
     use datafusion::physical_expr::expressions::Column;
+    use std::collections::BTreeMap;
 
     /// `(k, window end, sum(v))` and weight of each output row.
     type Output = BTreeMap<(i64, i64, i64), i64>;
@@ -739,10 +747,13 @@ mod tests {
             }
             let stats = spilling.spill_stats().unwrap();
             assert!(stats.disk_hits > 0 && stats.cold_keys > 0, "{stats:?}");
-            let mut whole = StateDelta::new(true);
-            spilling.checkpoint(&mut whole).unwrap();
-            let mut restored = windowed_sum(emit_on_close);
-            restored.restore(whole.into_map()).unwrap();
+            let mut restored =
+                crate::stream::testing::restored(&mut spilling, windowed_sum(emit_on_close));
+            assert!(
+                restored.spill_stats().unwrap().cold_keys > 0,
+                "spilled as it restored"
+            );
+            assert_eq!(plain.state_keys(), restored.state_keys());
             let (a, _) = plain.on_watermark(0, i64::MAX - 1).unwrap();
             let (b, _) = restored.on_watermark(0, i64::MAX - 1).unwrap();
             assert_eq!(output(a), output(b));
@@ -785,7 +796,7 @@ mod tests {
             let mut whole = StateDelta::new(true);
             aggregate.checkpoint(&mut whole).unwrap();
             let mut restored = windowed_sum(emit_on_close);
-            restored.restore(whole.into_map()).unwrap();
+            restored.restore(whole.into_map().into()).unwrap();
             assert_eq!(restored.state_keys().unwrap(), 2);
 
             for aggregate in [&mut aggregate, &mut restored] {

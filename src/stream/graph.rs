@@ -431,26 +431,33 @@ impl StreamGraph {
     /// (`Operator::replaces`), or else, when the checkpoint has as many
     /// stateful operators, the one at its position (an eddy whose operator
     /// descriptions changed gives the same plan other ids).
-    pub fn restore(&mut self, prefix: &str, restored: &mut RestoredState) -> Result<()> {
+    ///
+    /// Each operator may hold `memory_budget` bytes of state as it restores
+    /// (one at a time); past that, one that can spill does.
+    pub fn restore(
+        &mut self,
+        prefix: &str,
+        restored: &mut RestoredState,
+        memory_budget: Option<usize>,
+    ) -> Result<()> {
         // Checkpoints from before the figures were kept have none: zeros.
-        if let Some(counters) = restored.states.remove(&format!("{prefix}/counters")) {
-            self.restore_counters(counters)?;
+        if let Some(counters) = restored.remove(&format!("{prefix}/counters")) {
+            self.restore_counters(counters.into_map()?)?;
         }
         let operators = format!("{prefix}/op/");
         let checkpointed = restored
-            .states
-            .keys()
+            .names()
             .filter(|k| k.starts_with(&operators))
             .count();
         let stateful = self.nodes.iter().filter(|n| n.stateful).count();
         for (position, node) in self.nodes.iter_mut().filter(|n| n.stateful).enumerate() {
-            let own = state_named_by_id(&restored.states, &operators, node.id);
+            let own = state_named_by_id(restored.names(), &operators, node.id);
             let replaced = node
                 .replaced_id
                 .filter(|_| own.is_none())
-                .and_then(|id| state_named_by_id(&restored.states, &operators, id));
+                .and_then(|id| state_named_by_id(restored.names(), &operators, id));
             if let Some(name) = replaced {
-                let entries = restored.states.remove(&name).unwrap_or_default();
+                let entries = restored.take(&name).with_memory_budget(memory_budget);
                 node.op.restore_replaced(entries)?;
                 continue;
             }
@@ -459,15 +466,14 @@ impl StreamGraph {
                 (checkpointed == stateful)
                     .then(|| {
                         restored
-                            .states
-                            .keys()
+                            .names()
                             .find(|k| k.starts_with(&by_position))
                             .cloned()
                     })
                     .flatten()
             });
             let entries = name
-                .and_then(|name| restored.states.remove(&name))
+                .and_then(|name| restored.remove(&name))
                 .ok_or_else(|| {
                     crate::error::EddyError::Checkpoint(format!(
                         "the checkpoint has no state for operator {:016x} ({}) of {prefix}: \
@@ -476,7 +482,7 @@ impl StreamGraph {
                         node.op.describe()
                     ))
                 })?;
-            node.op.restore(entries)?;
+            node.op.restore(entries.with_memory_budget(memory_budget))?;
         }
         Ok(())
     }
@@ -492,14 +498,13 @@ impl StreamGraph {
 
 /// The name of the state table under `operators` (`<prefix>/op/`) of the
 /// operator with stable id `id`, at whatever position.
-fn state_named_by_id<V>(
-    states: &std::collections::HashMap<String, V>,
+fn state_named_by_id<'a>(
+    mut names: impl Iterator<Item = &'a String>,
     operators: &str,
     id: u64,
 ) -> Option<String> {
     let suffix = format!("-{id:016x}");
-    states
-        .keys()
+    names
         .find(|k| k.starts_with(operators) && k.ends_with(&suffix))
         .cloned()
 }

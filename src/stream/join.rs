@@ -61,10 +61,10 @@ use datafusion::physical_plan::PhysicalExpr;
 
 use super::shard::KeyedOperator;
 use super::watermark::MergedWatermark;
-use super::{encode_keys, Operator, OperatorCounters};
+use super::{encode_keys, restore_in_pieces, Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
-use crate::state::checkpoint::StateDelta;
+use crate::state::checkpoint::{RestoredTable, StateDelta};
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::windowed::{
     window_ends, ByWindow, SpillStats, SpillValue, WindowKeys, NO_WINDOW,
@@ -1283,7 +1283,7 @@ impl Operator for JoinOperator {
         Ok(())
     }
 
-    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+    fn restore(&mut self, entries: RestoredTable) -> Result<()> {
         for side in &mut self.sides {
             side.rows.clear();
             side.dirty = Changed::default();
@@ -1293,6 +1293,15 @@ impl Operator for JoinOperator {
         if let Some(not_in) = &mut self.not_in {
             *not_in = NotIn::default();
         }
+        restore_in_pieces(self, entries, Self::restore_piece)
+    }
+}
+
+impl JoinOperator {
+    /// Restores a piece of the checkpointed entries (in key order: a key's
+    /// rows may continue from the previous piece, whose spill may have
+    /// moved them to disk).
+    fn restore_piece(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
         // Each side's rows: key, row, entry.
         let mut restored: [Vec<RestoredRow>; 2] = Default::default();
         for (state_key, value) in entries {
@@ -1358,6 +1367,7 @@ impl Operator for JoinOperator {
                         .or_default()
                         .push((window, key.clone()));
                 }
+                side.rows.load(window, &key)?;
                 side.rows.bucket(window, &key).insert(row, entry);
                 side.kept += 1;
             }
@@ -1611,7 +1621,7 @@ mod tests {
         let mut whole = StateDelta::new(true);
         join.checkpoint(&mut whole).unwrap();
         let mut restored = make();
-        restored.restore(whole.into_map()).unwrap();
+        restored.restore(whole.into_map().into()).unwrap();
         assert_eq!(restored.state_keys().unwrap(), 6);
 
         for join in [&mut join, &mut restored] {

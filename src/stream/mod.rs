@@ -28,7 +28,6 @@ pub mod union;
 pub mod watermark;
 pub mod window;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +37,7 @@ use datafusion::physical_plan::PhysicalExpr;
 
 use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
-use crate::state::checkpoint::StateDelta;
+use crate::state::checkpoint::{RestoredTable, StateDelta};
 use crate::state::windowed::SpillStats;
 
 /// What an operator reports about its work, for `eddy_catalog.operator_stats`
@@ -127,7 +126,9 @@ pub trait Operator: Send {
     }
 
     /// Replaces the state with checkpointed entries (instead of `start`).
-    fn restore(&mut self, _entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+    /// An operator whose state spills reads them a piece at a time and
+    /// spills past the table's memory budget.
+    fn restore(&mut self, _entries: RestoredTable) -> Result<()> {
         Ok(())
     }
 
@@ -141,9 +142,31 @@ pub trait Operator: Send {
 
     /// Replaces the state with the checkpointed entries of the operator
     /// [`Operator::replaces`] names.
-    fn restore_replaced(&mut self, _entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+    fn restore_replaced(&mut self, _entries: RestoredTable) -> Result<()> {
         Err(crate::internal!("{} replaces no operator", self.describe()))
     }
+}
+
+/// Restores `entries` into `operator` a piece at a time with
+/// `restore_piece`; whenever the operator then holds more than the table's
+/// memory budget, it spills to three quarters of it (so a recovery's
+/// memory stays within the limit however large the checkpoint).
+pub(crate) fn restore_in_pieces<O: Operator>(
+    operator: &mut O,
+    entries: RestoredTable,
+    mut restore_piece: impl FnMut(&mut O, Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>,
+) -> Result<()> {
+    let budget = entries.memory_budget;
+    entries.for_each_piece(|piece| {
+        restore_piece(operator, piece)?;
+        if let Some(budget) = budget {
+            let held = operator.spill_stats().map_or(0, |s| s.memory_bytes);
+            if held > budget {
+                operator.shrink(budget / 4 * 3)?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Late drops are logged at most this often per operator.

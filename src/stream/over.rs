@@ -37,10 +37,10 @@ use datafusion::physical_expr::window::WindowExpr;
 use datafusion::physical_expr::PhysicalSortExpr;
 use datafusion::physical_plan::PhysicalExpr;
 
-use super::{encode_keys, Operator, OperatorCounters};
+use super::{encode_keys, restore_in_pieces, Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::{EddyError, Result};
-use crate::state::checkpoint::StateDelta;
+use crate::state::checkpoint::{RestoredTable, StateDelta};
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::windowed::{ByWindow, Held, SpillStats, SpillValue, NO_WINDOW};
 use crate::state::RowCodec;
@@ -498,10 +498,18 @@ impl Operator for OverOperator {
         self.partitions.evict_beside(target_bytes, &self.dirty)
     }
 
-    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+    fn restore(&mut self, entries: RestoredTable) -> Result<()> {
         self.partitions.clear();
         self.dirty = Changed::default();
         self.kept_rows = 0;
+        restore_in_pieces(self, entries, Self::restore_piece)
+    }
+}
+
+impl OverOperator {
+    /// Restores a piece of the checkpointed partitions (each an entry of
+    /// its own).
+    fn restore_piece(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
         let partitions = self.partitions.window_mut(NO_WINDOW);
         for (key, value) in entries {
             let key: Arc<[u8]> = Arc::from(key);

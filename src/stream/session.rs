@@ -31,7 +31,7 @@ use super::Operator;
 use super::OperatorCounters;
 use crate::common::ChangeBatch;
 use crate::error::Result;
-use crate::state::checkpoint::StateDelta;
+use crate::state::checkpoint::{RestoredTable, StateDelta};
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::RowCodec;
 use crate::state::{Changed, KeyMap};
@@ -355,7 +355,8 @@ impl Operator for SessionWindowOperator {
         Ok(())
     }
 
-    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+    fn restore(&mut self, entries: RestoredTable) -> Result<()> {
+        let entries = entries.into_map()?;
         self.keys.clear();
         self.dirty = Changed::default();
         for (key, value) in entries {

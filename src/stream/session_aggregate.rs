@@ -49,7 +49,7 @@ use super::window::{times, WindowClock};
 use super::{Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::Result;
-use crate::state::checkpoint::StateDelta;
+use crate::state::checkpoint::{RestoredTable, StateDelta};
 use crate::state::codec::{Decoder, Encoder};
 use crate::state::{Changed, KeyMap, RowCodec};
 
@@ -504,7 +504,8 @@ impl Operator for SessionAggregateOperator {
         Ok(())
     }
 
-    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+    fn restore(&mut self, entries: RestoredTable) -> Result<()> {
+        let entries = entries.into_map()?;
         self.keys.clear();
         self.dirty = Changed::default();
         self.earliest_end = i64::MAX;
@@ -552,8 +553,9 @@ impl Operator for SessionAggregateOperator {
     /// The `SessionWindow`'s state holds the rows of the open sessions:
     /// folding them again gives these sessions' accumulators (what the
     /// pair's aggregate held for them).
-    fn restore_replaced(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
-        self.restore(BTreeMap::new())?;
+    fn restore_replaced(&mut self, entries: RestoredTable) -> Result<()> {
+        let entries = entries.into_map()?;
+        self.restore(RestoredTable::default())?;
         let mut rows = Vec::new();
         for value in entries.values() {
             rows.extend(decode_key_rows(value)?);
@@ -810,8 +812,8 @@ mod tests {
         }
     }
 
-    fn entries(delta: StateDelta) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        delta.into_map()
+    fn entries(delta: StateDelta) -> RestoredTable {
+        delta.into_map().into()
     }
 
     fn equals_the_pair(keyed: bool, emit_on_close: bool) {
@@ -927,13 +929,13 @@ mod tests {
         assert_eq!(operators, 2, "the pair's two stateful operators");
         let mut restored = RestoredState::default();
         for (name, delta) in tables {
-            restored.states.insert(name, entries(delta));
+            restored.insert(name, entries(delta));
         }
 
         let mut new = StreamGraph::new();
         let leaf = new.add_scan(7, scan());
         new.add(Box::new(fused(true, false)), vec![leaf]);
-        new.restore("v", &mut restored).unwrap();
+        new.restore("v", &mut restored, None).unwrap();
         let mut actual = expected.clone();
         if let Some(w) = watermark {
             apply(&mut actual, new.push_watermark(7, w).unwrap().0);

@@ -34,7 +34,7 @@ use datafusion::physical_plan::PhysicalExpr;
 use super::{Operator, OperatorCounters};
 use crate::common::ChangeBatch;
 use crate::error::Result;
-use crate::state::checkpoint::StateDelta;
+use crate::state::checkpoint::{RestoredTable, StateDelta};
 use crate::state::windowed::SpillStats;
 
 /// An operator whose state is keyed by a row-encoded key of its input rows,
@@ -214,16 +214,23 @@ impl ShardedOperator {
     }
 
     /// Checkpointed entries split by the shard that owns each key.
-    fn route_state(
-        &self,
-        entries: BTreeMap<Vec<u8>, Vec<u8>>,
-    ) -> Result<Vec<BTreeMap<Vec<u8>, Vec<u8>>>> {
+    ///
+    /// The parts are read into memory (each shard then restores within its
+    /// part of the budget): sharded state restores whole for now.
+    fn route_state(&self, entries: RestoredTable) -> Result<Vec<RestoredTable>> {
+        let budget = entries.memory_budget.map(|b| b / self.shards());
         let mut parts = vec![BTreeMap::new(); self.shards()];
-        for (key, value) in entries {
-            let shard = self.shard_of((self.key_of_state)(&key)?);
-            parts[shard].insert(key, value);
-        }
-        Ok(parts)
+        entries.for_each_piece(|piece| {
+            for (key, value) in piece {
+                let shard = self.shard_of((self.key_of_state)(&key)?);
+                parts[shard].insert(key, value);
+            }
+            Ok(())
+        })?;
+        Ok(parts
+            .into_iter()
+            .map(|part| RestoredTable::from(part).with_memory_budget(budget))
+            .collect())
     }
 
     /// Runs `work` on every shard with its part at once (shard 0 on this
@@ -422,7 +429,7 @@ impl Operator for ShardedOperator {
         Ok(())
     }
 
-    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+    fn restore(&mut self, entries: RestoredTable) -> Result<()> {
         let parts = self.route_state(entries)?;
         for restored in self.run(parts, |shard, part| shard.restore(part))? {
             restored?;
@@ -436,7 +443,7 @@ impl Operator for ShardedOperator {
 
     /// The replaced operator keyed its state the same way (its shards would
     /// have been these).
-    fn restore_replaced(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+    fn restore_replaced(&mut self, entries: RestoredTable) -> Result<()> {
         let parts = self.route_state(entries)?;
         for restored in self.run(parts, |shard, part| shard.restore_replaced(part))? {
             restored?;
@@ -560,9 +567,9 @@ mod tests {
         three.checkpoint(&mut delta).unwrap();
         let entries = delta.into_map();
         let mut two = sharded(2);
-        two.restore(entries.clone()).unwrap();
+        two.restore(entries.clone().into()).unwrap();
         let mut single = aggregate();
-        single.restore(entries).unwrap();
+        single.restore(entries.into()).unwrap();
         let mut from_single = expected.clone();
         for batch in changes(11, 30, &mut live) {
             fold(&mut expected, one.process(0, batch.clone()).unwrap());

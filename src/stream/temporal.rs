@@ -20,7 +20,7 @@ use super::Operator;
 use crate::common::time::now_micros;
 use crate::common::ChangeBatch;
 use crate::error::Result;
-use crate::state::checkpoint::StateDelta;
+use crate::state::checkpoint::{RestoredTable, StateDelta};
 use crate::state::RowCodec;
 use crate::state::{Changed, KeyMap};
 
@@ -169,7 +169,8 @@ impl Operator for TemporalFilterOperator {
         Ok(())
     }
 
-    fn restore(&mut self, entries: BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()> {
+    fn restore(&mut self, entries: RestoredTable) -> Result<()> {
+        let entries = entries.into_map()?;
         self.live.clear();
         self.dirty = Changed::default();
         self.live_rows = 0;

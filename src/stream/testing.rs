@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::Operator;
-use crate::state::checkpoint::StateDelta;
+use crate::state::checkpoint::{RestoredTable, StateDelta};
 
 /// What an operator's checkpoints hold: its captures applied in order, as
 /// recovery would read their chain (a whole capture starts it over).
@@ -48,12 +48,17 @@ impl Checkpoints {
     }
 }
 
-/// `fresh` with the state of a whole capture of `operator` (what a
-/// recovery does).
+/// `fresh` with the state of a whole capture of `operator`, restored two
+/// entries at a time with no memory to spare: what a recovery under a
+/// tight limit does (it spills between pieces, and a key's entries may
+/// span pieces).
 pub(crate) fn restored<O: Operator>(operator: &mut O, mut fresh: O) -> O {
     let mut whole = StateDelta::new(true);
     operator.checkpoint(&mut whole).expect("checkpoint");
-    fresh.restore(whole.into_map()).expect("restore");
+    let table = RestoredTable::from(whole.into_map())
+        .with_memory_budget(Some(0))
+        .with_piece(2);
+    fresh.restore(table).expect("restore");
     fresh
 }
 
