@@ -87,6 +87,16 @@ pub struct Run {
     /// Sorted by start and not overlapping (merged when written).
     tombstones: Vec<(Vec<u8>, Vec<u8>)>,
     groups: Vec<GroupStats>,
+    /// A scratch run's file goes with the run ([`RunWriter::scratch`]).
+    remove_on_drop: bool,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// The entries of a run whose keys start with one prefix (a state table's
@@ -178,6 +188,7 @@ impl Run {
             bloom: Bloom { bits, hashes },
             tombstones,
             groups,
+            remove_on_drop: false,
         })
     }
 
@@ -521,9 +532,10 @@ impl RunWriter {
         })
     }
 
-    /// Names the file without syncing it first: for runs that need not
-    /// survive a crash (spilled state).
-    pub fn unsynced(mut self) -> Self {
+    /// A scratch run (spilled state): its file is named without syncing
+    /// it first (it need not survive a crash) and removed when the last
+    /// handle to the run goes (a merge that replaced it, a table dropped).
+    pub fn scratch(mut self) -> Self {
         self.sync = false;
         self
     }
@@ -678,7 +690,10 @@ impl RunWriter {
         drop(file);
         std::fs::rename(&self.temporary, &self.path).map_err(|e| write_error(&self.path, e))?;
         self.renamed = true;
-        Run::open(id, &self.path)
+        let mut run = Run::open(id, &self.path)?;
+        // Unsynced means scratch: see `Self::scratch`.
+        run.remove_on_drop = !self.sync;
+        Ok(run)
     }
 }
 

@@ -127,7 +127,7 @@ impl RunStore {
         Ok((
             id,
             if self.scratch {
-                writer.unsynced()
+                writer.scratch()
             } else {
                 writer
             },
@@ -951,6 +951,39 @@ mod tests {
         let kept = distinct.iter().filter(|&&k| k >= 2500).count() as u64;
         assert_eq!(table.runs()[0].entries(), kept);
         assert!(table.stats().evicted > 0 && table.stats().runs_merged > 0);
+    }
+
+    /// A scratch table's disk holds only the runs it reads: a merge
+    /// removes the files of the runs it replaced (spilled state that
+    /// kept every merged run grew its directory to twice the state).
+    #[test]
+    fn a_scratch_table_removes_the_runs_a_merge_replaced() {
+        let dir = std::env::temp_dir().join(format!("eddy-table-scratch-{}", std::process::id()));
+        let mut table = StateTable::new(RunStore::scratch(&dir).unwrap());
+        let files = || {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension() == Some("run".as_ref()))
+                .count()
+        };
+        for round in 0..30u32 {
+            for i in 0..200u32 {
+                table.put(&(round * 200 + i).to_be_bytes(), b"value");
+            }
+            table.evict(0).unwrap();
+            table.compact(4).unwrap();
+            assert_eq!(files(), table.runs().len(), "after round {round}");
+        }
+        assert!(table.stats().runs_merged > 0);
+        assert_eq!(
+            table
+                .range(Bound::Unbounded, Bound::Unbounded)
+                .unwrap()
+                .len(),
+            6000
+        );
+        drop(table);
+        assert!(!dir.exists(), "the directory goes with the table");
     }
 
     #[test]

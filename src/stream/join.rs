@@ -1367,7 +1367,11 @@ impl JoinOperator {
                         .or_default()
                         .push((window, key.clone()));
                 }
-                side.rows.load(window, &key)?;
+                // Keys are contiguous in key order: only a piece's first
+                // key can have rows restored (and spilled) before it.
+                if i == 0 {
+                    side.rows.load(window, &key)?;
+                }
                 side.rows.bucket(window, &key).insert(row, entry);
                 side.kept += 1;
             }
