@@ -51,7 +51,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::codec::{crc32, Decoder, Encoder};
 use super::run::{Run, RunWriter};
-use super::table::{merge_runs, pick_merge, prefix_end, StateTable};
+use super::table::{merge_runs, pick_merge, prefix_end, StateTable, PIECE_BYTES};
 use crate::error::{EddyError, Result};
 
 /// The version of the checkpoint format this eddy writes. It reads every
@@ -606,7 +606,8 @@ impl RestoredState {
     }
 }
 
-/// Entries a restore reads into memory at a time.
+/// Entries a restore reads into memory at a time (fewer when they hold
+/// [`PIECE_BYTES`]).
 pub const RESTORE_PIECE: usize = 8192;
 
 /// One state table of a restored checkpoint: its entries in key order,
@@ -681,11 +682,13 @@ impl RestoredTable {
             TableSource::Runs { reader, prefix } => {
                 let end = prefix_end(&prefix);
                 let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                let mut out = Vec::with_capacity(piece);
+                let (mut out, mut bytes) = (Vec::new(), 0);
                 reader.for_each_in(Bound::Included(&prefix), end, piece, |key, value| {
+                    bytes += key.len() + value.len();
                     out.push((key[TABLE_PREFIX_BYTES..].to_vec(), value.to_vec()));
-                    if out.len() == piece {
-                        f(std::mem::replace(&mut out, Vec::with_capacity(piece)))?;
+                    if out.len() == piece || bytes >= PIECE_BYTES {
+                        f(std::mem::take(&mut out))?;
+                        bytes = 0;
                     }
                     Ok(())
                 })?;
@@ -1834,6 +1837,29 @@ mod tests {
             .write(id, previous, capture(id, states), vec![])
             .await
             .unwrap()
+    }
+
+    /// A restore reads large entries (a view's logged rows: a MiB each) a
+    /// few at a time, however many entries a piece may hold.
+    #[tokio::test]
+    async fn a_restored_table_of_large_entries_is_read_in_pieces_of_bytes() {
+        let store = CheckpointStore::in_memory().unwrap();
+        let value = vec![7u8; 1 << 20];
+        let entries: Vec<(Vec<u8>, Option<&[u8]>)> = (0..20u64)
+            .map(|i| (i.to_be_bytes().to_vec(), Some(value.as_slice())))
+            .collect();
+        write_states(&store, 1, None, vec![("log", delta(true, &entries))]).await;
+        let (_, mut restored) = store.latest().await.unwrap().unwrap();
+        let mut pieces = Vec::new();
+        restored
+            .take("log")
+            .for_each_piece(|piece| {
+                pieces.push(piece.len());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(pieces.iter().sum::<usize>(), 20);
+        assert!(pieces.iter().all(|&n| n <= 8), "{pieces:?}");
     }
 
     fn restored_keys(restored: &mut RestoredState, name: &str) -> Vec<Vec<u8>> {

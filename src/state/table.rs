@@ -44,6 +44,10 @@ use crate::error::{EddyError, Result};
 /// Memory a slot costs beyond its key and value bytes: the map's node
 /// share, two vector headers and the allocator's rounding.
 pub const SLOT_OVERHEAD_BYTES: usize = 96;
+/// The bytes of entries a piecewise read ([`StateTable::for_each_in`])
+/// holds at a time, whatever the count asked for (a view's logged rows
+/// are entries of a MiB each).
+pub const PIECE_BYTES: usize = 8 << 20;
 
 /// Where state tables write their runs, and the numbers runs are named by.
 #[derive(Debug)]
@@ -380,11 +384,12 @@ impl StateTable {
 
     /// The live entries with keys in `[start, end)`, in key order.
     pub fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.range_up_to(start, end, usize::MAX)
+        Ok(self.range_up_to(start, end, usize::MAX)?.0)
     }
 
     /// Calls `f` with the live entries in `[start, end)` in key order,
-    /// reading at most `piece` of them into memory at a time.
+    /// reading at most `piece` of them (and about [`PIECE_BYTES`]) into
+    /// memory at a time.
     pub fn for_each_in(
         &self,
         start: Bound<&[u8]>,
@@ -393,25 +398,26 @@ impl StateTable {
         mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
         let piece = piece.max(1);
-        let mut entries = self.range_up_to(start, end, piece)?;
+        let (mut entries, mut more) = self.range_up_to(start, end, piece)?;
         loop {
             for (key, value) in &entries {
                 f(key, value)?;
             }
-            let Some((last, _)) = entries.last().filter(|_| entries.len() == piece) else {
+            let Some((last, _)) = entries.last().filter(|_| more) else {
                 return Ok(());
             };
-            entries = self.range_up_to(Bound::Excluded(last), end, piece)?;
+            (entries, more) = self.range_up_to(Bound::Excluded(last), end, piece)?;
         }
     }
 
-    /// The first `limit` live entries of [`Self::range`].
+    /// The first `limit` live entries of [`Self::range`], fewer once they
+    /// hold [`PIECE_BYTES`]; and whether it stopped before the end.
     fn range_up_to(
         &self,
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
         let memory = self
             .memory
             .range::<[u8], _>((start, end))
@@ -425,6 +431,7 @@ impl StateTable {
         }
         let mut merge = Merge { sources };
         let mut out = Vec::new();
+        let mut bytes = 0;
         while let Some((key, decider, value)) = merge.next_key()? {
             let Some(value) = value else { continue };
             // Source 0 is memory; source d > 0 is the d-th newest run, and
@@ -438,13 +445,14 @@ impl StateTable {
                         .take(decider - 1)
                         .any(|r| r.covers(&key)));
             if !hidden {
+                bytes += key.len() + value.len();
                 out.push((key, value));
-                if out.len() == limit {
-                    break;
+                if out.len() == limit || (limit != usize::MAX && bytes >= PIECE_BYTES) {
+                    return Ok((out, true));
                 }
             }
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     /// The live entries whose keys start with `prefix`, in key order.
