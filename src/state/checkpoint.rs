@@ -51,7 +51,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::codec::{crc32, Decoder, Encoder};
 use super::run::{Run, RunWriter};
-use super::table::{merge_runs, pick_merge, prefix_end, StateTable, PIECE_BYTES};
+use super::table::{merge_runs, pick_merge, prefix_end, StateTable};
 use crate::error::{EddyError, Result};
 
 /// The version of the checkpoint format this eddy writes. It reads every
@@ -607,7 +607,7 @@ impl RestoredState {
 }
 
 /// Entries a restore reads into memory at a time (fewer when they hold
-/// [`PIECE_BYTES`]).
+/// [`super::table::PIECE_BYTES`]).
 pub const RESTORE_PIECE: usize = 8192;
 
 /// One state table of a restored checkpoint: its entries in key order,
@@ -682,20 +682,12 @@ impl RestoredTable {
             TableSource::Runs { reader, prefix } => {
                 let end = prefix_end(&prefix);
                 let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                let (mut out, mut bytes) = (Vec::new(), 0);
-                reader.for_each_in(Bound::Included(&prefix), end, piece, |key, value| {
-                    bytes += key.len() + value.len();
-                    out.push((key[TABLE_PREFIX_BYTES..].to_vec(), value.to_vec()));
-                    if out.len() == piece || bytes >= PIECE_BYTES {
-                        f(std::mem::take(&mut out))?;
-                        bytes = 0;
+                reader.for_each_piece_in(Bound::Included(&prefix), end, piece, |mut entries| {
+                    for (key, _) in &mut entries {
+                        key.drain(..TABLE_PREFIX_BYTES);
                     }
-                    Ok(())
-                })?;
-                if !out.is_empty() {
-                    f(out)?;
-                }
-                Ok(())
+                    f(entries)
+                })
             }
         }
     }

@@ -397,16 +397,31 @@ impl StateTable {
         piece: usize,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
+        self.for_each_piece_in(start, end, piece, |entries| {
+            entries.iter().try_for_each(|(key, value)| f(key, value))
+        })
+    }
+
+    /// [`Self::for_each_in`] handing over each piece as read (owned, for a
+    /// caller that keeps the entries).
+    pub fn for_each_piece_in(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        piece: usize,
+        mut f: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>,
+    ) -> Result<()> {
         let piece = piece.max(1);
         let (mut entries, mut more) = self.range_up_to(start, end, piece)?;
         loop {
-            for (key, value) in &entries {
-                f(key, value)?;
+            let last = entries.last().filter(|_| more).map(|(key, _)| key.clone());
+            if !entries.is_empty() {
+                f(entries)?;
             }
-            let Some((last, _)) = entries.last().filter(|_| more) else {
+            let Some(last) = last else {
                 return Ok(());
             };
-            (entries, more) = self.range_up_to(Bound::Excluded(last), end, piece)?;
+            (entries, more) = self.range_up_to(Bound::Excluded(&last), end, piece)?;
         }
     }
 
