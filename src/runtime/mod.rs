@@ -946,9 +946,16 @@ impl Worker {
             .map(|(row, multiplicity)| Ok((row, decode_multiplicity(&multiplicity)?)))
             .collect::<Result<Vec<_>>>()?;
         // Checkpoints from before the log have no log table: none logged.
+        // Its rows get what the operators left of the budget (an eighth
+        // of it at least, as a view gets of the limit).
+        let operators: usize = graph
+            .spill_stats()
+            .iter()
+            .map(|(_, s)| s.memory_bytes)
+            .sum();
         let log = state
             .take(&format!("{prefix}/log"))
-            .with_memory_budget(budget.map(|b| b / 2));
+            .with_memory_budget(budget.map(|b| b.saturating_sub(operators).max(b / 8)));
         let mut rows = RowSet::restore(codec, keyed, log)?;
         for (reader, watermark) in reader_watermarks {
             self.watermarks.insert(reader, watermark);
