@@ -73,6 +73,10 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// Where the HTTP endpoint listens, if anywhere.
     pub http_listen: Option<SocketAddr>,
+    /// The HTTP address is a default, not the operator's choice: if it is
+    /// taken, say so and run without the endpoint instead of failing (the
+    /// Postgres port is what a user came for).
+    pub http_listen_optional: bool,
     /// Where checkpoints go: a directory or an object store URL; `None`:
     /// memory only (nothing survives a restart).
     pub checkpoint_location: Option<String>,
@@ -127,6 +131,7 @@ impl ServerOptions {
         Self {
             listen,
             http_listen: None,
+            http_listen_optional: false,
             checkpoint_location: None,
             checkpoint_interval: runtime::checkpoint::DEFAULT_CHECKPOINT_INTERVAL,
             from_snapshot: None,
@@ -180,6 +185,7 @@ impl Server {
         let ServerOptions {
             listen,
             http_listen,
+            http_listen_optional,
             checkpoint_location,
             checkpoint_interval,
             from_snapshot,
@@ -319,11 +325,17 @@ impl Server {
             .local_addr()
             .map_err(|e| internal!("no local address: {e}"))?;
         let http = match http_listen {
-            Some(addr) => Some(
-                server::http::bind(addr)
-                    .await
-                    .map_err(|e| cannot_listen(addr, e))?,
-            ),
+            Some(addr) => match server::http::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(e) if http_listen_optional => {
+                    tracing::warn!(
+                        "no web page or /metrics: cannot listen on {addr}: {e}; choose another \
+                         address with --http-listen or turn the endpoint off with --no-http"
+                    );
+                    None
+                }
+                Err(e) => return Err(cannot_listen(addr, e)),
+            },
             None => None,
         };
         let http_addr = http

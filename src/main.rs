@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// The web page's and /metrics' address when `--http-listen` is not given.
+const DEFAULT_HTTP_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6544);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "eddy",
@@ -82,9 +86,11 @@ struct ServeArgs {
     /// Directory for eddy's data.
     #[arg(long, env = "EDDY_DATA_DIR", default_value = "./eddy-data")]
     data_dir: PathBuf,
-    /// Address for the HTTP endpoint (web page at /, Prometheus metrics at /metrics).
-    #[arg(long, env = "EDDY_HTTP_LISTEN", default_value = "127.0.0.1:6544")]
-    http_listen: SocketAddr,
+    /// Address for the HTTP endpoint (web page at /, Prometheus metrics at
+    /// /metrics). Default 127.0.0.1:6544; if that default is taken eddy runs
+    /// without the endpoint (an address given here must be free).
+    #[arg(long, env = "EDDY_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
     /// Do not serve the HTTP endpoint.
     #[arg(long)]
     no_http: bool,
@@ -209,10 +215,14 @@ fn main() -> std::process::ExitCode {
     if eddy::bench::nexmark::run_child_if_asked() {
         return std::process::ExitCode::SUCCESS;
     }
+    // Colours only on a terminal: a log written to a file (or a journal)
+    // gets plain text, not escape codes.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(colours)
         .init();
     let cli = Cli::parse();
     let args = match cli.command {
@@ -297,7 +307,8 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
             .into_owned()
     });
     let mut options = eddy::ServerOptions::new(args.listen);
-    options.http_listen = (!args.no_http).then_some(args.http_listen);
+    options.http_listen = (!args.no_http).then(|| args.http_listen.unwrap_or(DEFAULT_HTTP_LISTEN));
+    options.http_listen_optional = args.http_listen.is_none();
     options.checkpoint_location = Some(checkpoints.clone());
     options.checkpoint_interval = args.checkpoint_interval;
     options.from_snapshot = args.from_snapshot.clone();
@@ -341,7 +352,7 @@ async fn serve(args: ServeArgs) -> eddy::Result<()> {
     options.sink_backlog_limit_bytes = args.sink_backlog_limit;
     let server = eddy::Server::start_with_options(options).await?;
     if let Some(http) = server.http_addr {
-        tracing::info!("metrics at http://{http}/metrics");
+        tracing::info!("web page at http://{http}/, Prometheus metrics at http://{http}/metrics");
     }
     tracing::info!(
         listen = %server.local_addr,

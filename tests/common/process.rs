@@ -41,6 +41,25 @@ impl EddyProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> EddyProcess {
+        let no_http = !args.contains(&"--http-listen");
+        Self::spawn_with(dir, listen, port, args, env, no_http)
+    }
+
+    /// Starts eddy on a free port as a user would, with its default web
+    /// address (127.0.0.1:6544) unless `args` say otherwise.
+    pub fn spawn_default_http(dir: &Path, args: &[&str]) -> EddyProcess {
+        let port = free_port();
+        Self::spawn_with(dir, &format!("127.0.0.1:{port}"), port, args, &[], false)
+    }
+
+    fn spawn_with(
+        dir: &Path,
+        listen: &str,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+        no_http: bool,
+    ) -> EddyProcess {
         std::fs::create_dir_all(dir).expect("data dir");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -63,7 +82,7 @@ impl EddyProcess {
         if !args.contains(&"--checkpoint-interval") {
             command.args(["--checkpoint-interval", "100ms"]);
         }
-        if !args.contains(&"--http-listen") {
+        if no_http {
             command.arg("--no-http");
         }
         let child = command.spawn().expect("eddy binary starts");
