@@ -20,6 +20,10 @@ pub enum EddyError {
     /// A column that does not exist (42703).
     #[error("{0}")]
     UndefinedColumn(String),
+    /// An object outside eddy that a statement names and that does not
+    /// exist, such as a source's Kafka topic (42704).
+    #[error("{0}")]
+    UndefinedObject(String),
     /// CREATE of a name that is taken (42P07).
     #[error("{0}")]
     DuplicateRelation(String),
@@ -115,6 +119,7 @@ impl EddyError {
             EddyError::Syntax(_) => "42601",
             EddyError::UndefinedRelation(_) => "42P01",
             EddyError::UndefinedColumn(_) => "42703",
+            EddyError::UndefinedObject(_) => "42704",
             EddyError::DuplicateRelation(_) => "42P07",
             EddyError::WrongObjectType(_) => "42809",
             EddyError::UniqueViolation { .. } => "23505",

@@ -1,16 +1,22 @@
 //! A Kafka source keeps reading across a broker restart: nothing skipped,
-//! nothing read twice. (Its own test binary: restarting the broker must not
-//! disturb the other Kafka tests, and cargo runs test binaries one by one.)
+//! nothing read twice; while the broker is away the view's status and SHOW
+//! JOBS say so, and the log says it once when the broker goes and once
+//! when it is back (not per reconnect). (Its own test binary: stopping the
+//! broker must not disturb the other Kafka tests, and cargo runs test
+//! binaries one by one.)
 
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::execute;
 use common::kafka::{bootstrap, create_topic, eventually, fresh_topic, produce};
-use common::{execute, TestServer};
+use common::process::EddyProcess;
+use tokio_postgres::Client;
 
-fn restart_broker() {
+/// `scripts/kafka.sh <action>` for the test broker.
+fn broker(action: &'static str) {
     let root = common::project_dir();
     let port = bootstrap()
         .rsplit(':')
@@ -18,11 +24,29 @@ fn restart_broker() {
         .expect("host:port")
         .to_string();
     let status = Command::new(format!("{root}/scripts/kafka.sh"))
-        .arg("restart")
+        .arg(action)
         .env("EDDY_KAFKA_PORT", port)
         .status()
         .expect("scripts/kafka.sh runs");
-    assert!(status.success(), "scripts/kafka.sh restart failed");
+    assert!(status.success(), "scripts/kafka.sh {action} failed");
+}
+
+/// Polls `sql`'s first value until it starts with `prefix` (at most 60 s).
+async fn status_becomes(client: &Client, sql: &str, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = common::query_text(client, sql).await;
+        if let Some(value) = rows.first().and_then(|r| r.first()) {
+            if value.starts_with(prefix) {
+                return value.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: still {rows:?}, expected {prefix}..."
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,8 +71,10 @@ async fn source_survives_a_broker_restart() {
         .collect();
     produce(&topic, &messages).await;
 
-    let server = TestServer::start().await;
-    let eddy = server.connect().await;
+    let dir = std::env::temp_dir().join(format!("eddy-kafka-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut process = EddyProcess::spawn(&dir, &[], &[]);
+    let eddy = process.connect().await;
     execute(
         &eddy,
         &format!(
@@ -68,10 +94,36 @@ async fn source_survives_a_broker_restart() {
     )
     .await;
 
-    tokio::task::spawn_blocking(restart_broker)
+    tokio::task::spawn_blocking(|| broker("stop"))
         .await
-        .expect("restart");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+        .expect("stop");
+    let view_status = "SELECT status FROM eddy_catalog.materialized_views WHERE name = 'seen'";
+    let waiting =
+        status_becomes(&eddy, view_status, "waiting: source ids cannot reach Kafka").await;
+    assert!(waiting.contains("Connection refused"), "{waiting}");
+    // Some reconnects later, still one line.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let said = |log: &str, what: &str| {
+        log.lines()
+            .filter(|l| l.contains("view seen") && l.contains(what))
+            .count()
+    };
+    assert_eq!(
+        said(&process.log(), "retrying until it answers"),
+        1,
+        "{}",
+        process.log()
+    );
+    tokio::task::spawn_blocking(|| broker("start"))
+        .await
+        .expect("start");
+    status_becomes(&eddy, view_status, "running").await;
+    assert_eq!(
+        said(&process.log(), "Kafka reachable again"),
+        1,
+        "{}",
+        process.log()
+    );
 
     let second = batch(500, 1000);
     let messages = send(&second);
@@ -86,5 +138,5 @@ async fn source_survives_a_broker_restart() {
         vec![vec!["1000", "1000", "0", "999"]],
     )
     .await;
-    server.stop().await;
+    process.terminate();
 }

@@ -183,3 +183,69 @@ async fn metrics_move_as_changes_flow() {
     assert_eq!(get(http, "/nope").await.0, "HTTP/1.1 404 Not Found");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinks_own_view_and_generated_sources_show_as_the_docs_say() {
+    let server = eddy::Server::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let http = server.http_addr.expect("the HTTP endpoint listens");
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=eddy", server.local_addr.port()),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let table = fresh_topic("own_view").replace('-', "_");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (k INT PRIMARY KEY, v INT);
+             CREATE SINK s AS SELECT k, v FROM t WHERE v > 0 WITH (connector = 'postgres', url = '{}', \
+             table = '{table}', primary_key = 'k', create_table = 'true');
+             CREATE SOURCE gen (n BIGINT) WITH (connector = 'datagen', datagen.max.rows = '50', \
+             datagen.rows.per.second = '1000');
+             CREATE MATERIALIZED VIEW gen_count AS SELECT count(*) AS c FROM gen;
+             INSERT INTO t VALUES (1, 1);
+             FLUSH",
+            common::postgres_url()
+        ))
+        .await
+        .unwrap();
+    // Generated rows are counted like Kafka messages.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = common::query_text(
+            &client,
+            "SELECT messages FROM eddy_catalog.source_stats WHERE name = 'gen'",
+        )
+        .await;
+        if rows == vec![vec!["50".to_string()]] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "source_stats: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The sink's own view is the sink's: not a view anywhere.
+    let (_, metrics) = get(http, "/metrics").await;
+    let (_, status) = get(http, "/api/status").await;
+    let mv_stats = common::query_text(&client, "SELECT name FROM eddy_catalog.mv_stats").await;
+    for (what, text) in [
+        ("/metrics", metrics),
+        ("/api/status", status),
+        ("mv_stats", format!("{mv_stats:?}")),
+    ] {
+        assert!(
+            !text.contains("__sink"),
+            "{what} shows the sink's own view:\n{text}"
+        );
+    }
+    assert!(
+        common::query_text(&client, "SELECT name FROM eddy_catalog.sinks").await
+            == vec![vec!["s".to_string()]]
+    );
+    server.stop().await;
+}

@@ -207,7 +207,7 @@ async fn targets_are_checked_at_create_sink() {
         message.contains("append-only but its input updates"),
         "{message}"
     );
-    let (code, _) = error_of(create(
+    let (code, message) = error_of(create(
         "s6",
         "counts",
         "connector = 'postgres', url = 'postgres://postgres@127.0.0.1:1/x', table = 't'"
@@ -215,6 +215,8 @@ async fn targets_are_checked_at_create_sink() {
     ))
     .await;
     assert_eq!(code, "08001", "an unreachable Postgres");
+    // The cause, not only tokio-postgres' "error connecting to server".
+    assert!(message.contains("Connection refused"), "{message}");
     let (code, message) = error_of(create(
         "s7",
         "counts",

@@ -216,11 +216,14 @@ async fn connector_options_reach_no_file_no_code_and_no_disallowed_host() {
     );
     let escape = format!("{}/../../etc/passwd", allowed.display());
     refused(&client, &avro(&escape), "42501").await;
+    // An allowed schema file passes the file check: what stops the source
+    // then is the broker nobody runs on port 9 (checked at CREATE SOURCE).
     let inside = allowed.join("bid.avsc");
-    client
-        .simple_query(&avro(&inside.to_string_lossy()))
-        .await
-        .unwrap_or_else(|e| panic!("an allowed schema file: {e:?}"));
+    let unreachable = refused(&client, &avro(&inside.to_string_lossy()), "08001").await;
+    assert!(
+        unreachable.contains("cannot reach the Kafka broker at 127.0.0.1:9"),
+        "{unreachable}"
+    );
     // Hosts outside --allow-connect, for sources and sinks.
     refused(
         &client,

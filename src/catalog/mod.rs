@@ -124,6 +124,18 @@ pub struct SinkEntry {
     pub status: Arc<crate::runtime::sink::SinkStatus>,
 }
 
+impl SinkEntry {
+    /// What the sink reads, as users see it: its view, or `(query)` for
+    /// `CREATE SINK ... AS SELECT` (whose own view is not shown anywhere).
+    pub fn reads(&self) -> String {
+        if self.view_name.starts_with("__sink_") {
+            "(query)".into()
+        } else {
+            self.view_name.clone()
+        }
+    }
+}
+
 /// A source: rows that come from a connector (`datagen`, `nexmark`). Each view
 /// that reads it runs its own reader from the start.
 #[derive(Debug)]

@@ -21,7 +21,7 @@ pub mod policy;
 pub mod postgres;
 pub mod table;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,30 @@ impl OnError {
                 "on_error = '{other}' is not skip or fail"
             ))),
         }
+    }
+}
+
+/// What the readers of one source have read (all its readers together):
+/// messages (generated rows for datagen and nexmark) and their bytes (Kafka
+/// payloads; generated rows have none).
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl SourceCounters {
+    pub fn read(&self, messages: u64, bytes: u64) {
+        self.messages.fetch_add(messages, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -100,6 +124,15 @@ pub struct ReaderSpec {
 }
 
 impl SourceConnector {
+    /// What the source's readers have read.
+    pub fn counters(&self) -> &SourceCounters {
+        match self {
+            Self::Datagen(config) => &config.counters,
+            Self::Nexmark(config) => &config.counters,
+            Self::Kafka(config) => &config.counters,
+        }
+    }
+
     /// The columns the connector produces.
     pub fn schema(&self) -> SchemaRef {
         match self {
@@ -133,6 +166,14 @@ impl Generator {
         match self {
             Self::Datagen(config) => Some(config.rows_per_second()),
             Self::Nexmark(config) => config.emit_rate(),
+        }
+    }
+
+    /// What the source's readers have generated.
+    fn counters(&self) -> &SourceCounters {
+        match self {
+            Self::Datagen(config) => &config.counters,
+            Self::Nexmark(config) => &config.counters,
         }
     }
 
@@ -253,6 +294,7 @@ fn spawn_generator(generator: Generator, spec: ReaderSpec) {
             });
             match result {
                 Ok((change, moved)) => {
+                    generator.counters().read(change.num_rows() as u64, 0);
                     let next = ReaderPosition::Generator {
                         next: position + count,
                     };

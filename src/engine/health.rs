@@ -71,6 +71,27 @@ impl SourceHealth {
     }
 }
 
+/// Marks the views whose Kafka readers cannot reach their brokers now
+/// (their status says `waiting: source ... cannot reach Kafka: ...`).
+pub fn note_waiting_inputs(catalog: &Catalog, views: &mut [ViewStatus]) {
+    for relation in catalog.list() {
+        let Relation::Source(source) = relation else {
+            continue;
+        };
+        let SourceConnector::Kafka(config) = &source.connector else {
+            continue;
+        };
+        for (view, reason) in config.progress.troubles() {
+            if let Some(status) = views.iter_mut().find(|v| v.name == view) {
+                status.waiting = Some(format!(
+                    "source {} cannot reach Kafka: {reason}",
+                    source.name
+                ));
+            }
+        }
+    }
+}
+
 impl Health {
     /// The health now: the runtime's status (after every change queued
     /// before), the catalog's sources and sinks, and `checkpoints`.
@@ -79,7 +100,13 @@ impl Health {
         catalog: &Catalog,
         checkpoints: CheckpointStats,
     ) -> Result<Self> {
-        let (epoch, views) = runtime.status().await?;
+        let (epoch, mut views) = runtime.status().await?;
+        // A sink's own view (`CREATE SINK ... AS SELECT`) is the sink's
+        // part: shown as the sink, not as a view of its own.
+        views.retain(
+            |v| !matches!(catalog.get(&v.name), Some(Relation::View(e)) if e.owner_sink.is_some()),
+        );
+        note_waiting_inputs(catalog, &mut views);
         Ok(Self {
             unix_ms: chrono::Utc::now().timestamp_millis(),
             epoch,
@@ -116,7 +143,8 @@ impl Health {
                         _ => "nexmark",
                     },
                     topic: None,
-                    messages: None,
+                    // Generated rows; they have no payload bytes.
+                    messages: Some(other.counters().messages()),
                     bytes: None,
                     bad_messages: 0,
                     partitions: vec![],

@@ -131,10 +131,14 @@ impl BackfillWatch {
             .filter_map(|(_, b)| b.as_ref())
             .map(|b| b.read)
             .sum();
-        let errors: Vec<String> = backfills
+        let mut errors: Vec<String> = backfills
             .iter()
             .filter_map(|(source, b)| Some(format!("{source}: {}", b.as_ref()?.error.as_ref()?)))
             .collect();
+        errors.extend(self.sources.iter().filter_map(|(source, config)| {
+            let why = config.progress.trouble(&self.view)?;
+            Some(format!("{source} cannot reach Kafka: {why}"))
+        }));
         let elapsed = self.started.elapsed().as_secs_f64();
         if errors.is_empty() {
             format!(
@@ -160,9 +164,16 @@ fn percent(backfill: &Backfill) -> f64 {
 }
 
 /// The rows of `SHOW JOBS` and `eddy_catalog.jobs`: every reader's
-/// backfill, running first.
+/// backfill, running first. A reader that cannot reach its brokers shows
+/// `waiting: <why>` (with no backfill yet, it has not learnt what to read).
 pub fn jobs_batch(catalog: &Catalog) -> Result<RecordBatch> {
-    let mut jobs: Vec<(String, String, Backfill)> = vec![];
+    struct Job {
+        view: String,
+        source: String,
+        backfill: Option<Backfill>,
+        trouble: Option<String>,
+    }
+    let mut jobs: Vec<Job> = vec![];
     for relation in catalog.list() {
         let Relation::Source(source) = relation else {
             continue;
@@ -170,34 +181,70 @@ pub fn jobs_batch(catalog: &Catalog) -> Result<RecordBatch> {
         let SourceConnector::Kafka(config) = &source.connector else {
             continue;
         };
+        let mut troubles: std::collections::BTreeMap<String, String> =
+            config.progress.troubles().into_iter().collect();
         for (view, backfill) in config.progress.backfills() {
-            jobs.push((view, source.name.clone(), backfill));
+            let trouble = troubles.remove(&view);
+            jobs.push(Job {
+                view,
+                source: source.name.clone(),
+                backfill: Some(backfill),
+                trouble,
+            });
         }
+        jobs.extend(troubles.into_iter().map(|(view, trouble)| Job {
+            view,
+            source: source.name.clone(),
+            backfill: None,
+            trouble: Some(trouble),
+        }));
     }
-    jobs.sort_by_key(|(view, source, b)| (b.is_done(), view.clone(), source.clone()));
+    let done = |j: &Job| j.backfill.as_ref().is_some_and(Backfill::is_done);
+    jobs.sort_by_key(|j| (done(j), j.view.clone(), j.source.clone()));
     let now = chrono::Utc::now().timestamp_millis();
     Ok(Columns::default()
-        .text("view", some(jobs.iter().map(|j| &j.0)))
+        .text("view", some(jobs.iter().map(|j| &j.view)))
         .text(
             "job",
-            some(jobs.iter().map(|j| format!("backfill from {}", j.1))),
+            some(jobs.iter().map(|j| format!("backfill from {}", j.source))),
         )
         .text(
             "status",
-            some(jobs.iter().map(|(_, _, b)| match (&b.error, b.is_done()) {
-                (Some(e), _) => format!("stopped: {e}"),
-                (None, true) => "done".to_string(),
-                (None, false) => "running".to_string(),
+            some(jobs.iter().map(|j| {
+                let error = j.backfill.as_ref().and_then(|b| b.error.as_ref());
+                match (error, &j.trouble, done(j)) {
+                    (Some(e), _, _) => format!("stopped: {e}"),
+                    (None, Some(why), false) => format!("waiting: cannot reach Kafka: {why}"),
+                    (None, _, true) => "done".to_string(),
+                    (None, None, false) => "running".to_string(),
+                }
             })),
         )
-        .float("progress", jobs.iter().map(|(_, _, b)| Some(percent(b))))
-        .int("messages_read", jobs.iter().map(|j| Some(j.2.read)))
-        .int("messages_total", jobs.iter().map(|j| Some(j.2.total())))
-        .timestamp_ms("started_at", jobs.iter().map(|j| Some(j.2.started_unix_ms)))
+        .float(
+            "progress",
+            jobs.iter().map(|j| j.backfill.as_ref().map(percent)),
+        )
+        .int(
+            "messages_read",
+            jobs.iter()
+                .map(|j| Some(j.backfill.as_ref().map_or(0, |b| b.read))),
+        )
+        .int(
+            "messages_total",
+            jobs.iter()
+                .map(|j| j.backfill.as_ref().map(Backfill::total)),
+        )
+        .timestamp_ms(
+            "started_at",
+            jobs.iter()
+                .map(|j| j.backfill.as_ref().map(|b| b.started_unix_ms)),
+        )
         .int(
             "elapsed_ms",
-            jobs.iter()
-                .map(|(_, _, b)| Some(b.finished_after_ms.unwrap_or(now - b.started_unix_ms))),
+            jobs.iter().map(|j| {
+                let b = j.backfill.as_ref()?;
+                Some(b.finished_after_ms.unwrap_or(now - b.started_unix_ms))
+            }),
         )
         .batch()?)
 }

@@ -52,6 +52,7 @@ impl Engine {
         views.retain(|v| {
             matches!(self.catalog.get(&v.name), Some(Relation::View(e)) if e.owner_sink.is_none())
         });
+        super::health::note_waiting_inputs(&self.catalog, &mut views);
         Ok(rows(views_batch(&views)?))
     }
 

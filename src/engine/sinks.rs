@@ -282,6 +282,9 @@ impl Engine {
         if let Some(RestoredBacklog::GivenUp(reason)) = &restored {
             status.fail(reason.clone());
         }
+        if restored.is_none() {
+            status.created_at(self.runtime.published().epoch);
+        }
         if let Some(counts) = self.take_restored(&format!("sink/{name}/counters")) {
             status.restore_counts(counts.into_map()?)?;
         }

@@ -29,6 +29,16 @@ impl Engine {
         let options = &clauses.options;
         let (name, mut fields, key) = table_columns(&table)?;
         let connector_name = options.get("connector").map(|c| c.to_lowercase());
+        // An unknown connector is the mistake to name, before anything its
+        // other clauses say.
+        if let Some(other) = connector_name
+            .as_deref()
+            .filter(|c| !["kafka", "datagen", "nexmark"].contains(c))
+        {
+            return Err(crate::not_supported!(
+                "source connector '{other}' is not supported; use 'kafka', 'datagen' or 'nexmark'"
+            ));
+        }
         if connector_name.as_deref() != Some("kafka") {
             if !key.is_empty() {
                 return Err(crate::not_supported!("sources have no primary key"));
@@ -83,13 +93,19 @@ impl Engine {
                         .check_connect(&format!("source {name}"), &host, port)
                         .await?;
                 }
-                SourceConnector::Kafka(Arc::new(config))
+                let config = Arc::new(config);
+                // A recovery does not wait for the brokers: one that is
+                // away must not keep eddy from starting (the readers wait
+                // for it and say so).
+                if !self.is_restoring() {
+                    let checked = config.clone();
+                    tokio::task::spawn_blocking(move || checked.check_topic())
+                        .await
+                        .map_err(|e| crate::internal!("Kafka topic check: {e}"))??;
+                }
+                SourceConnector::Kafka(config)
             }
-            Some(other) => {
-                return Err(crate::not_supported!(
-                "source connector '{other}' is not supported; use 'kafka', 'datagen' or 'nexmark'"
-            ))
-            }
+            Some(other) => return Err(crate::internal!("connector '{other}' passed the check")),
             None => {
                 return Err(EddyError::InvalidParameter(
                     "CREATE SOURCE needs WITH (connector = 'kafka', 'datagen' or 'nexmark', ...)"

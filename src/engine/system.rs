@@ -150,7 +150,7 @@ fn sink_stats_batch(health: &Health, monitor: &Monitor) -> DFResult<RecordBatch>
     let sinks = &health.sinks;
     Columns::default()
         .text("name", some(sinks.iter().map(|s| &s.name)))
-        .text("from", some(sinks.iter().map(|s| sink_source(s))))
+        .text("from", some(sinks.iter().map(|s| s.reads())))
         .uint(
             "rows_written",
             sinks.iter().map(|s| s.status.rows_written()),
@@ -168,9 +168,7 @@ fn sink_stats_batch(health: &Health, monitor: &Monitor) -> DFResult<RecordBatch>
         )
         .uint(
             "lag_epochs",
-            sinks
-                .iter()
-                .map(|s| health.epoch.saturating_sub(s.status.committed_epoch())),
+            sinks.iter().map(|s| s.status.lag_epochs(health.epoch)),
         )
         .timestamp(
             "last_commit_at",
@@ -180,15 +178,6 @@ fn sink_stats_batch(health: &Health, monitor: &Monitor) -> DFResult<RecordBatch>
         )
         .text("status", some(sinks.iter().map(|s| s.status.describe())))
         .batch()
-}
-
-/// What a sink reads: its view, or `(query)` for `CREATE SINK ... AS SELECT`.
-fn sink_source(sink: &SinkEntry) -> String {
-    if sink.view_name.starts_with("__sink_") {
-        "(query)".into()
-    } else {
-        sink.view_name.clone()
-    }
 }
 
 #[derive(Debug)]
@@ -274,7 +263,7 @@ fn view_memory_batch(views: &[ViewStatus]) -> DFResult<RecordBatch> {
 pub fn sinks_batch(sinks: &[Arc<SinkEntry>], epoch: u64) -> DFResult<RecordBatch> {
     Columns::default()
         .text("name", some(sinks.iter().map(|s| &s.name)))
-        .text("from", some(sinks.iter().map(|s| sink_source(s))))
+        .text("from", some(sinks.iter().map(|s| s.reads())))
         .text("target", some(sinks.iter().map(|s| &s.target)))
         .text(
             "type",
@@ -290,9 +279,7 @@ pub fn sinks_batch(sinks: &[Arc<SinkEntry>], epoch: u64) -> DFResult<RecordBatch
         )
         .uint(
             "lag_epochs",
-            sinks
-                .iter()
-                .map(|s| epoch.saturating_sub(s.status.committed_epoch())),
+            sinks.iter().map(|s| s.status.lag_epochs(epoch)),
         )
         .uint(
             "rows_written",

@@ -111,6 +111,9 @@ pub struct ViewStatus {
     pub last_error: Option<String>,
     /// Set when the view stopped because of an internal error.
     pub failed: Option<String>,
+    /// Why an input of the view cannot deliver now (a source's brokers are
+    /// unreachable); the engine sets it, the runtime does not know.
+    pub waiting: Option<String>,
     pub operators: GraphStats,
     /// Estimated bytes of the view's rows held in memory.
     pub memory_bytes: usize,
@@ -123,11 +126,13 @@ pub struct ViewStatus {
 }
 
 impl ViewStatus {
-    /// `running`, or `failed: <why>` once the view stopped.
+    /// `running`, `waiting: <why>` while an input cannot deliver, or
+    /// `failed: <why>` once the view stopped.
     pub fn status(&self) -> String {
-        match &self.failed {
-            Some(e) => format!("failed: {e}"),
-            None => "running".to_string(),
+        match (&self.failed, &self.waiting) {
+            (Some(e), _) => format!("failed: {e}"),
+            (None, Some(why)) => format!("waiting: {why}"),
+            (None, None) => "running".to_string(),
         }
     }
 }
@@ -1335,6 +1340,7 @@ impl Worker {
                     late_rows: operators.iter().map(|o| o.stats.late_rows).sum(),
                     last_error: v.graph.last_error(),
                     failed: v.failed.clone(),
+                    waiting: None,
                     operators,
                     memory_bytes: v.state.memory_bytes(),
                     spilled_bytes: v.state.spilled_bytes(),

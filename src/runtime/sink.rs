@@ -304,6 +304,9 @@ pub struct SinkStatus {
     /// writing a sink of the same name into the same place is noticed
     /// instead of silently skipping this one's epochs.
     writer: Mutex<String>,
+    /// The epoch a new sink was created at: its lag counts from there, not
+    /// from epoch 0, until its first commit.
+    created_epoch: std::sync::atomic::AtomicU64,
 }
 
 /// A row a sink skipped because its target refused it, as
@@ -366,7 +369,22 @@ impl SinkStatus {
             dropped: AtomicBool::new(false),
             rejected: RecentLog::default(),
             writer: Mutex::new(new_writer_mark()),
+            created_epoch: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A new sink starts at `epoch` (see [`Self::lag_epochs`]).
+    pub fn created_at(&self, epoch: u64) {
+        self.created_epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// Epochs published after the last one this sink committed (or after
+    /// the one it was created at, before its first commit).
+    pub fn lag_epochs(&self, published_epoch: u64) -> u64 {
+        let since = self
+            .committed_epoch()
+            .max(self.created_epoch.load(Ordering::Relaxed));
+        published_epoch.saturating_sub(since)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SinkState> {
@@ -452,12 +470,22 @@ impl SinkStatus {
         self.state().committed_unix_ms
     }
 
-    pub(crate) fn retrying(&self, reason: Option<String>) {
+    /// The sink retries because of `reason` (`None`: it stopped retrying).
+    /// Returns whether this is a change of state (it was not retrying
+    /// before, or now stops): callers log those, not every retry.
+    pub(crate) fn retrying(&self, reason: Option<String>) -> bool {
         let mut state = self.state();
         if reason.is_some() {
             state.retries += 1;
         }
+        let changed = state.retrying.is_some() != reason.is_some();
         state.retrying = reason;
+        changed
+    }
+
+    /// Whether the sink is retrying now.
+    pub(crate) fn is_retrying(&self) -> bool {
+        self.state().retrying.is_some()
     }
 
     pub(crate) fn fail(&self, error: String) {
@@ -533,6 +561,30 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn a_new_sinks_lag_counts_from_its_creation() {
+        let status = SinkStatus::new(0);
+        status.created_at(1075);
+        assert_eq!(status.lag_epochs(1075), 0);
+        assert_eq!(status.lag_epochs(1077), 2);
+        status.committed(1077, 3);
+        assert_eq!(status.lag_epochs(1080), 3);
+        // A restored sink (no creation epoch) lags from what it committed.
+        assert_eq!(SinkStatus::new(0).lag_epochs(5), 5);
+    }
+
+    #[test]
+    fn retrying_is_a_change_of_state_once() {
+        let status = SinkStatus::new(0);
+        assert!(status.retrying(Some("refused".into())));
+        assert!(!status.retrying(Some("refused again".into())));
+        assert_eq!(status.retries(), 2);
+        assert!(status.is_retrying());
+        status.committed(1, 1);
+        assert!(!status.is_retrying());
+        assert!(status.retrying(Some("refused".into())));
+    }
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![

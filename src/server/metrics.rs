@@ -263,7 +263,7 @@ pub fn render(health: &Health) -> String {
         &operator_watermarks,
         |(o, w)| (operator(o), seconds(*w)),
     );
-    let sink = |s: &Arc<SinkEntry>| vec![("sink", s.name.clone()), ("view", s.view_name.clone())];
+    let sink = |s: &Arc<SinkEntry>| vec![("sink", s.name.clone()), ("view", s.reads())];
     family(
         &mut out,
         "eddy_sink_rows_written_total",
@@ -294,12 +294,7 @@ pub fn render(health: &Health) -> String {
         "gauge",
         "Epochs published but not yet written by a sink.",
         sinks,
-        |s| {
-            (
-                sink(s),
-                epoch.saturating_sub(s.status.committed_epoch()) as f64,
-            )
-        },
+        |s| (sink(s), s.status.lag_epochs(epoch) as f64),
     );
     family(
         &mut out,

@@ -93,7 +93,7 @@ pub fn status_json(health: &Health, monitor: &Monitor) -> Value {
         .map(|s| {
             json!({
                 "name": s.name,
-                "from": s.view_name,
+                "from": s.reads(),
                 "target": s.target,
                 "status": s.status.describe(),
                 "rows_written": s.status.rows_written(),
@@ -101,7 +101,7 @@ pub fn status_json(health: &Health, monitor: &Monitor) -> Value {
                 "rows_per_second": monitor.rate(&sink_key(&s.name, "rows")),
                 "retries": s.status.retries(),
                 "committed_epoch": s.status.committed_epoch(),
-                "lag_epochs": health.epoch.saturating_sub(s.status.committed_epoch()),
+                "lag_epochs": s.status.lag_epochs(health.epoch),
             })
         })
         .collect();

@@ -46,6 +46,18 @@ pub struct PayloadDecoder {
 }
 
 impl PayloadDecoder {
+    /// The declared columns a JSON payload's fields fill (`None` for other
+    /// encodings).
+    pub fn json_columns(&self) -> Option<Vec<String>> {
+        (self.encoding == MessageEncoding::Json).then(|| {
+            self.schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+    }
+
     /// A decoder of `encoding` into `schema`; `ENCODE AVRO (schema.file =
     /// ...)` reads the file only where `policy` allows.
     pub fn try_new(

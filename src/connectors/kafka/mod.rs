@@ -27,12 +27,13 @@
 
 mod client;
 pub mod decode;
+mod field_check;
 mod json;
 mod native;
 pub mod sink;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,8 @@ const STATISTICS_INTERVAL_MS: &str = "1000";
 /// How often a reader looks for partitions added to its topic.
 const PARTITION_CHECK: Duration = Duration::from_secs(5);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long CREATE SOURCE waits for the brokers to describe the topic.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a reader starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +105,9 @@ pub struct SourceErrors {
     log: crate::common::recent::RecentLog<SourceError>,
     /// Per partition, the highest offset of a bad message counted.
     counted_through: Mutex<BTreeMap<i32, i64>>,
+    /// Declared JSON columns that matched no field of a reader's first
+    /// messages (see `field_check`): listed, not counted as bad messages.
+    fields: Mutex<Option<SourceError>>,
 }
 
 /// The key of the total in [`SourceErrors::capture`]'s entries (partition
@@ -126,9 +132,31 @@ impl SourceErrors {
         self.log.record(error);
     }
 
-    /// The last bad messages (up to 1000), oldest first.
+    /// The last bad messages (up to 1000), oldest first, then the
+    /// columns that match no field, if a reader found some.
     pub fn recent(&self) -> Vec<SourceError> {
-        self.log.recent()
+        let mut recent = self.log.recent();
+        recent.extend(self.fields_lock().clone());
+        recent
+    }
+
+    fn fields_lock(&self) -> std::sync::MutexGuard<'_, Option<SourceError>> {
+        self.fields.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lists `error` (declared columns matching no field) unless a reader
+    /// did already; true when it is new.
+    fn note_fields(&self, error: SourceError) -> bool {
+        let mut fields = self.fields_lock();
+        let new = fields.is_none();
+        fields.get_or_insert(error);
+        new
+    }
+
+    /// Whether a reader reported unmatched columns already (later readers
+    /// need not look).
+    fn fields_checked(&self) -> bool {
+        self.fields_lock().is_some()
     }
 
     /// Bad messages in all (since the source was created).
@@ -172,28 +200,6 @@ impl SourceErrors {
     }
 }
 
-/// What the readers of one source have read.
-#[derive(Debug, Default)]
-pub struct SourceCounters {
-    messages: AtomicU64,
-    bytes: AtomicU64,
-}
-
-impl SourceCounters {
-    fn read(&self, messages: u64, bytes: u64) {
-        self.messages.fetch_add(messages, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    pub fn messages(&self) -> u64 {
-        self.messages.load(Ordering::Relaxed)
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-}
-
 /// Where each reader of a source is, per partition: what it has read, what
 /// the broker holds (from librdkafka's statistics, about once a second) and
 /// the newest event time it saw; and each reader's watermark. Read by the
@@ -211,6 +217,8 @@ struct ReadState {
     watermarks: BTreeMap<String, i64>,
     /// view -> the reader's backfill.
     backfills: BTreeMap<String, Backfill>,
+    /// view -> why its reader cannot reach the brokers now.
+    troubles: BTreeMap<String, String>,
 }
 
 /// A reader's backfill: reading what the topic held when the reader
@@ -288,6 +296,30 @@ impl ReadProgress {
                 .entry((view.to_string(), partition))
                 .or_default(),
         );
+    }
+
+    /// The reader of `view` cannot reach its brokers because of `reason`
+    /// (`None`: it can again).
+    fn set_trouble(&self, view: &str, reason: Option<String>) {
+        let mut state = self.lock();
+        match reason {
+            Some(reason) => state.troubles.insert(view.to_string(), reason),
+            None => state.troubles.remove(view),
+        };
+    }
+
+    /// Why the reader of `view` cannot reach its brokers now, if it cannot.
+    pub fn trouble(&self, view: &str) -> Option<String> {
+        self.lock().troubles.get(view).cloned()
+    }
+
+    /// Every reader that cannot reach its brokers now: (view, why).
+    pub fn troubles(&self) -> Vec<(String, String)> {
+        self.lock()
+            .troubles
+            .iter()
+            .map(|(v, r)| (v.clone(), r.clone()))
+            .collect()
     }
 
     fn set_watermark(&self, view: &str, watermark: i64) {
@@ -417,7 +449,7 @@ pub struct KafkaSourceConfig {
     /// is bad (`None`: any time is taken). Only with a WATERMARK.
     max_future_micros: Option<i64>,
     pub errors: Arc<SourceErrors>,
-    pub counters: SourceCounters,
+    pub counters: crate::connectors::SourceCounters,
     pub progress: Arc<ReadProgress>,
 }
 
@@ -577,7 +609,7 @@ impl KafkaSourceConfig {
             on_error,
             max_future_micros,
             errors: Arc::new(SourceErrors::default()),
-            counters: SourceCounters::default(),
+            counters: Default::default(),
             progress: Arc::default(),
         };
         // librdkafka checks its settings when a client is made: a bad
@@ -589,6 +621,73 @@ impl KafkaSourceConfig {
     /// The declared columns, then the metadata columns.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// Asks the brokers about the topic (blocking, at most
+    /// [`CHECK_TIMEOUT`]), so that CREATE SOURCE answers a wrong address or
+    /// a missing topic at once instead of a view waiting on it silently:
+    /// 08001 with librdkafka's reason when no broker answers, 42704 when
+    /// the topic does not exist.
+    pub fn check_topic(&self) -> Result<()> {
+        let servers = self
+            .client
+            .get("bootstrap.servers")
+            .map_or("", String::as_str);
+        let mut config = ClientConfig::new();
+        // A producer's metadata request would create the topic on a broker
+        // that allows it (librdkafka's producer default); a reader's does
+        // not, and the check must answer as the reader will find it.
+        config.set("allow.auto.create.topics", "false");
+        for (name, value) in &self.client {
+            config.set(name, value);
+        }
+        let context = ReaderContext {
+            answers_itself: true,
+            ..ReaderContext::labelled(format!("CREATE SOURCE check of topic {}", self.topic))
+        };
+        // A plain client (a producer's) serves its errors, with librdkafka's
+        // reasons, to the context when polled; a consumer hands out codes.
+        use rdkafka::producer::Producer;
+        let client: rdkafka::producer::BaseProducer<ReaderContext> =
+            config.create_with_context(context).map_err(kafka_error)?;
+        let metadata = client
+            .client()
+            .fetch_metadata(Some(&self.topic), CHECK_TIMEOUT)
+            .map_err(|e| {
+                // librdkafka's last client error says why (connection
+                // refused, name not resolved, ...); the fetch only timed out.
+                client.poll(Duration::from_millis(100));
+                let why = client.context().last_trouble();
+                EddyError::ConnectionFailure(format!(
+                    "cannot reach the Kafka broker at {servers} within {} s: {}",
+                    CHECK_TIMEOUT.as_secs(),
+                    why.unwrap_or_else(|| e.to_string())
+                ))
+            })?;
+        let missing = || {
+            EddyError::UndefinedObject(format!(
+                "Kafka topic \"{}\" does not exist on the broker at {servers}; create it first \
+                 (kafka-topics.sh --create --topic {} ...)",
+                self.topic, self.topic
+            ))
+        };
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .ok_or_else(missing)?;
+        match topic.error() {
+            Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+                Err(missing())
+            }
+            Some(error) => Err(EddyError::InvalidParameter(format!(
+                "Kafka topic \"{}\" on {servers}: {}",
+                self.topic,
+                rdkafka::types::RDKafkaErrorCode::from(error)
+            ))),
+            None if topic.partitions().is_empty() => Err(missing()),
+            None => Ok(()),
+        }
     }
 
     /// A consumer for the reader of `relation`; with `view`, it reports
@@ -626,30 +725,154 @@ impl KafkaSourceConfig {
         }
         let context = ReaderContext {
             progress: view.map(|view| (self.progress.clone(), view.to_string())),
+            label: match view {
+                Some(view) => format!("topic {}, view {view}", self.topic),
+                None => format!("topic {}", self.topic),
+            },
+            trouble: Mutex::default(),
+            answers_itself: false,
         };
         config.create_with_context(context).map_err(kafka_error)
     }
 }
 
-/// A reader's librdkafka client context: logs client errors like rdkafka's
-/// default, except reaching the end of a partition, which librdkafka
+/// eddy's librdkafka client context (readers, sinks, checks): reports
+/// client errors once per change of state, not once per retry (a broker
+/// that is down makes librdkafka report an error for every reconnect, ~20
+/// a second); leaves out reaching the end of a partition, which librdkafka
 /// reports as an error but is an ordinary event for a reader; and takes the
 /// partitions' offsets from librdkafka's statistics.
 #[derive(Default)]
 pub struct ReaderContext {
-    /// Where to report the offsets, and for which view's reader.
+    /// Where to report the offsets and the brokers' state, and for which
+    /// view's reader.
     progress: Option<(Arc<ReadProgress>, String)>,
+    /// Whose client this is, for the log ("source s, view v", "sink k").
+    label: String,
+    /// What the client reported while its brokers are unreachable.
+    trouble: Mutex<Trouble>,
+    /// A client that does not retry (the CREATE SOURCE check, whose error
+    /// answers the statement): its troubles are not logged as warnings.
+    answers_itself: bool,
+}
+
+/// A client's trouble reaching its brokers, and what the log said of it.
+#[derive(Debug, Default)]
+struct Trouble {
+    /// The last error reported since a broker last answered.
+    reason: Option<String>,
+    /// When a trouble was last logged as a warning.
+    warned_at: Option<Instant>,
+    /// Whether this trouble was logged (so its end is too).
+    said: bool,
+}
+
+/// A client whose trouble comes and goes (an error every few seconds with
+/// the broker up between them) warns at most this often.
+const WARN_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+
+impl ReaderContext {
+    /// A context for the client of `label`.
+    pub fn labelled(label: impl Into<String>) -> Self {
+        Self {
+            label: label.into(),
+            ..Self::default()
+        }
+    }
+
+    fn trouble(&self) -> std::sync::MutexGuard<'_, Trouble> {
+        self.trouble.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The client reports `reason`: a warning when it is the first since a
+    /// broker last answered, at debug level after that.
+    fn report(&self, reason: String) {
+        self.note(reason, true);
+    }
+
+    /// A summary (librdkafka's "1/1 brokers are down", a failed metadata
+    /// fetch) that says less than the connection error it follows: kept
+    /// only while nothing more precise is known.
+    fn report_summary(&self, reason: String) {
+        self.note(reason, false);
+    }
+
+    fn note(&self, reason: String, precise: bool) {
+        let mut trouble = self.trouble();
+        let first = trouble.reason.is_none();
+        if !first && !precise {
+            tracing::debug!(client = %self.label, "Kafka: {reason}");
+            return;
+        }
+        let quiet = trouble
+            .warned_at
+            .is_some_and(|at| at.elapsed() < WARN_AT_MOST_EVERY);
+        if first && !quiet && !self.answers_itself {
+            tracing::warn!(client = %self.label, "Kafka: {reason}; retrying until it answers");
+            trouble.warned_at = Some(Instant::now());
+            trouble.said = true;
+        } else {
+            tracing::debug!(client = %self.label, "Kafka: {reason}");
+        }
+        trouble.reason = Some(reason.clone());
+        drop(trouble);
+        if let Some((progress, view)) = &self.progress {
+            progress.set_trouble(view, Some(reason));
+        }
+    }
+
+    /// A broker answered again.
+    fn reachable(&self) {
+        let mut trouble = self.trouble();
+        if trouble.reason.take().is_none() {
+            return;
+        }
+        if std::mem::take(&mut trouble.said) {
+            tracing::info!(client = %self.label, "Kafka reachable again");
+        }
+        drop(trouble);
+        if let Some((progress, view)) = &self.progress {
+            progress.set_trouble(view, None);
+        }
+    }
+
+    /// What the client reported since a broker last answered.
+    fn last_trouble(&self) -> Option<String> {
+        self.trouble().reason.clone()
+    }
 }
 
 impl rdkafka::ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
-            return;
+        match error.rdkafka_error_code() {
+            Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {}
+            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) => {
+                self.report_summary(reason.to_string())
+            }
+            _ => self.report(reason.to_string()),
         }
-        tracing::error!("librdkafka: {error}: {reason}");
+    }
+
+    /// librdkafka's own log lines repeat what [`Self::error`] reports (and
+    /// more, per reconnect): only its severe ones reach eddy's log.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel::*;
+        match level {
+            Emerg | Alert | Critical => {
+                tracing::error!(client = %self.label, "librdkafka {fac}: {log_message}")
+            }
+            _ => tracing::debug!(client = %self.label, "librdkafka {fac}: {log_message}"),
+        }
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
+        if statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP")
+        {
+            self.reachable();
+        }
         let Some((progress, view)) = &self.progress else {
             return;
         };
@@ -677,6 +900,13 @@ impl rdkafka::ClientContext for ReaderContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
+/// Only for the CREATE SOURCE check's client, which sends nothing.
+impl rdkafka::producer::ProducerContext for ReaderContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
 
 fn kafka_error(e: KafkaError) -> EddyError {
     EddyError::InvalidParameter(format!("Kafka: {e}"))
@@ -946,6 +1176,9 @@ struct Reader {
     /// The payload columns to build (`None`: all): those the view reads,
     /// and the watermark's.
     build: Option<Vec<bool>>,
+    /// JSON: the field names of the first messages, until the source's
+    /// declared columns are known to match some (see `field_check`).
+    field_check: Option<field_check::FieldCheck>,
 }
 
 impl Reader {
@@ -961,7 +1194,6 @@ impl Reader {
         let codec = RowCodec::try_new(config.schema())?;
         let events = ClientEvents::split_off(consumer.clone());
         Ok(Self {
-            config,
             consumer,
             events,
             schema,
@@ -975,6 +1207,15 @@ impl Reader {
             codec,
             resume: None,
             build: None,
+            field_check: match config.format {
+                MessageFormat::Debezium => None,
+                _ if config.errors.fields_checked() => None,
+                _ => config
+                    .decoder
+                    .json_columns()
+                    .map(field_check::FieldCheck::new),
+            },
+            config,
         })
     }
 
@@ -1159,16 +1400,15 @@ impl Reader {
             }
             if last_check.is_none_or(|t| t.elapsed() >= PARTITION_CHECK) {
                 last_check = Some(Instant::now());
-                if let Err(e) = self.assign_new_partitions() {
-                    // The broker may be away or the topic not there yet.
-                    tracing::warn!(topic = %self.config.topic, error = %e, "Kafka metadata");
-                    if self.config.progress.backfill(&self.view).is_none() {
-                        self.config.progress.start_backfill(
-                            &self.view,
-                            BTreeMap::new(),
-                            Some(format!("cannot read the topic's partitions: {e}")),
-                        );
-                    }
+                match self.assign_new_partitions() {
+                    // The broker may be away or the topic gone: the job and
+                    // the view show it (logged once, by the context) and
+                    // the reader starts once the partitions are known.
+                    Err(e) => self
+                        .consumer
+                        .context()
+                        .report_summary(format!("cannot read the topic's partitions: {e}")),
+                    Ok(()) => self.consumer.context().reachable(),
                 }
             }
             // The batch's messages stay in librdkafka's buffers and are
@@ -1323,7 +1563,8 @@ impl Reader {
                 true
             }
             Err(e) => {
-                tracing::warn!(topic = %self.config.topic, error = %e, "Kafka consumer");
+                // Logged once per change of state, not per message.
+                self.consumer.context().report(e.to_string());
                 false
             }
         }
@@ -1336,6 +1577,7 @@ impl Reader {
             .map(|i| batch.payload(i).map_or(0, |p| p.len()) as u64)
             .sum();
         self.config.counters.read(batch.len() as u64, bytes);
+        self.check_fields(batch);
         let (segments, mut bad) = self.changes(batch, true)?;
         // In message order: within a partition, offset order (which the
         // source's count relies on, see SourceErrors).
@@ -1359,6 +1601,34 @@ impl Reader {
             self.config.errors.record(error);
         }
         Ok(segments)
+    }
+
+    /// Samples the batch's field names until the declared columns are
+    /// known to match; reports those that matched nothing once per source.
+    fn check_fields<B: ReceivedBatch + ?Sized>(&mut self, batch: &B) {
+        let Some(check) = &mut self.field_check else {
+            return;
+        };
+        for index in 0..batch.len() {
+            if let Some(payload) = batch.payload(index) {
+                check.observe(payload);
+            }
+        }
+        if !check.is_complete() {
+            return;
+        }
+        if let (Some(reason), Some(last)) = (check.report(), batch.len().checked_sub(1)) {
+            let error = SourceError {
+                view: self.view.clone(),
+                partition: batch.partition(last),
+                offset: batch.offset(last),
+                reason: reason.clone(),
+            };
+            if self.config.errors.note_fields(error) {
+                tracing::warn!(topic = %self.config.topic, view = %self.view, "{reason}");
+            }
+        }
+        self.field_check = None;
     }
 
     /// The change a batch of messages makes, in segments (see

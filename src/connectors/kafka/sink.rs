@@ -32,7 +32,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
+
+/// A sink's producer, with eddy's client context (errors logged once per
+/// change of state).
+type FutureProducer = rdkafka::producer::FutureProducer<super::ReaderContext>;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -182,11 +186,15 @@ impl KafkaSinkConfig {
         config
     }
 
+    fn context(&self) -> super::ReaderContext {
+        super::ReaderContext::labelled(format!("sink {}", self.sink_name))
+    }
+
     fn producer(&self) -> Result<FutureProducer> {
         let mut config = self.client_config();
         config.set("message.timeout.ms", "30000");
         config
-            .create()
+            .create_with_context(self.context())
             .map_err(|e| EddyError::InvalidParameter(format!("Kafka sink {}: {e}", self.sink_name)))
     }
 
@@ -198,7 +206,7 @@ impl KafkaSinkConfig {
             .set("transactional.id", format!("eddy-sink-{}", self.sink_name))
             .set("transaction.timeout.ms", "60000");
         config
-            .create()
+            .create_with_context(self.context())
             .map_err(|e| EddyError::InvalidParameter(format!("Kafka sink {}: {e}", self.sink_name)))
     }
 
@@ -212,9 +220,8 @@ impl KafkaSinkConfig {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true");
-        let consumer: BaseConsumer<super::ReaderContext> = config
-            .create_with_context(super::ReaderContext::default())
-            .map_err(|e| {
+        let consumer: BaseConsumer<super::ReaderContext> =
+            config.create_with_context(self.context()).map_err(|e| {
                 EddyError::InvalidParameter(format!("Kafka sink {}: {e}", self.sink_name))
             })?;
         let metadata = consumer
@@ -525,8 +532,9 @@ pub fn spawn_sink(
                 }
                 Ok(Err(e)) => {
                     let reason = format!("Kafka unavailable: {e}");
-                    tracing::warn!(sink = %config.sink_name, retry_in_ms = backoff_ms, "{reason}");
-                    status.retrying(Some(reason));
+                    if status.retrying(Some(reason.clone())) {
+                        tracing::warn!(sink = %config.sink_name, "{reason}; retrying with backoff");
+                    }
                     tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                     backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
                 }
@@ -538,7 +546,9 @@ pub fn spawn_sink(
             }
         }
         let (producer, committed) = started.expect("started");
-        status.retrying(None);
+        if status.retrying(None) {
+            tracing::info!(sink = %config.sink_name, "Kafka reachable again");
+        }
         let producer = Arc::new(producer);
         while let Some(SinkEpoch { epoch, changes }) = epochs.recv().await {
             if status.has_failed() || status.is_dropped() {
@@ -576,6 +586,9 @@ pub fn spawn_sink(
                 let result = write_transaction(&producer, &config, &epoch_text, &messages).await;
                 match result {
                     Ok(()) => {
+                        if status.is_retrying() {
+                            tracing::info!(sink = %config.sink_name, epoch, "writing again");
+                        }
                         status.committed_skipping(epoch, messages.len() as u64, skipped);
                         break;
                     }
@@ -586,8 +599,9 @@ pub fn spawn_sink(
                         })
                         .await;
                         let reason = format!("Kafka unavailable: {e}");
-                        tracing::warn!(sink = %config.sink_name, epoch, retry_in_ms = backoff_ms, "{reason}");
-                        status.retrying(Some(reason));
+                        if status.retrying(Some(reason.clone())) {
+                            tracing::warn!(sink = %config.sink_name, epoch, "{reason}; retrying with backoff");
+                        }
                         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                         backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
                     }

@@ -226,6 +226,12 @@ async fn connect(config: &PostgresSinkConfig) -> Result<Client, tokio_postgres::
             tracing::debug!(error = %e, "postgres sink connection ended");
         }
     });
+    // The staging tables are made with IF NOT EXISTS every epoch, and each
+    // NOTICE that they exist would be a log line a second (tokio-postgres
+    // logs notices); warnings and errors still arrive.
+    client
+        .batch_execute("SET client_min_messages = warning")
+        .await?;
     Ok(client)
 }
 
@@ -262,10 +268,22 @@ pub async fn reset_progress(config: &PostgresSinkConfig) -> Result<()> {
     Ok(())
 }
 
+/// `context: <what Postgres said> (<SQLSTATE>)`, or for an error of the
+/// connection, tokio-postgres's words with their causes ("error connecting
+/// to server: Connection refused (os error 111)"): its own message alone
+/// does not say why.
 fn pg_error(context: &str, e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{context}: {} ({})", db.message(), db.code().code()),
-        None => format!("{context}: {e}"),
+        None => {
+            let mut text = format!("{context}: {e}");
+            let mut cause = std::error::Error::source(e);
+            while let Some(inner) = cause {
+                text.push_str(&format!(": {inner}"));
+                cause = inner.source();
+            }
+            text
+        }
     }
 }
 
@@ -817,6 +835,9 @@ pub fn spawn_sink(
                         break;
                     }
                     Ok(Written::Committed(skipped)) => {
+                        if status.is_retrying() {
+                            tracing::info!(sink = %config.sink_name, epoch, "writing again");
+                        }
                         let written = write.rows().saturating_sub(skipped.len() as u64);
                         status.committed_skipping(epoch, written, skipped);
                         break;
@@ -856,8 +877,9 @@ pub fn spawn_sink(
                         break;
                     }
                 };
-                tracing::warn!(sink = %config.sink_name, epoch, retry_in_ms = backoff_ms, "{reason}");
-                status.retrying(Some(reason));
+                if status.retrying(Some(reason.clone())) {
+                    tracing::warn!(sink = %config.sink_name, epoch, "{reason}; retrying with backoff (SHOW SINKS shows the latest reason)");
+                }
                 client = None; // closing it rolls an open transaction back
                 tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                 backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
