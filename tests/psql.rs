@@ -6,35 +6,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::TestServer;
-
-/// Runs the real psql against eddy on `port` with `args` (after the
-/// connection options); its output.
-async fn psql(port: u16, args: Vec<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new("psql")
-            .args([
-                "-X",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "eddy",
-                "-d",
-                "eddy",
-            ])
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .env("PGCONNECT_TIMEOUT", "10")
-            .output()
-    })
-    .await
-    .expect("psql task")
-    .expect("psql is installed (scripts/install-test-deps.sh installs it)")
-}
+use common::{psql, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_session_runs_in_psql() {

@@ -139,3 +139,29 @@ pub async fn sorted_rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
     rows.sort();
     rows
 }
+
+/// Runs the real psql against eddy on `port` with `args` (after the
+/// connection options); its output.
+pub async fn psql(port: u16, args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "eddy",
+                "-d",
+                "eddy",
+            ])
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+    })
+    .await
+    .expect("psql task")
+    .expect("psql is installed (scripts/install-test-deps.sh installs it)")
+}
