@@ -204,7 +204,7 @@ async fn a_sinks_own_view_and_generated_sources_show_as_the_docs_say() {
     client
         .batch_execute(&format!(
             "CREATE TABLE t (k INT PRIMARY KEY, v INT);
-             CREATE SINK s AS SELECT k, v FROM t WHERE v > 0 WITH (connector = 'postgres', url = '{}', \
+             CREATE SINK s AS SELECT k, v FROM t WITH (connector = 'postgres', url = '{}', \
              table = '{table}', primary_key = 'k', create_table = 'true');
              CREATE SOURCE gen (n BIGINT) WITH (connector = 'datagen', datagen.max.rows = '50', \
              datagen.rows.per.second = '1000');

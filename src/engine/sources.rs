@@ -28,6 +28,11 @@ impl Engine {
         };
         let options = &clauses.options;
         let (name, mut fields, key) = table_columns(&table)?;
+        // Before the connector is checked (a Kafka source asks its brokers):
+        // an existing source is all IF NOT EXISTS needs to know.
+        if table.if_not_exists && self.catalog.get(&name).is_some() {
+            return Ok(StatementResult::Command("CREATE SOURCE".into()));
+        }
         let connector_name = options.get("connector").map(|c| c.to_lowercase());
         // An unknown connector is the mistake to name, before anything its
         // other clauses say.

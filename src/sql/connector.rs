@@ -150,7 +150,45 @@ pub fn parse_create_sink(sql: &str) -> Result<CreateSink> {
             &parser.parse_object_name(false).map_err(syntax)?,
         )?)
     } else if parser.parse_keyword(Keyword::AS) {
-        SinkInput::Query(parser.parse_query().map_err(syntax)?)
+        // The query ends where the sink's `WITH (` starts (the last one at
+        // the top level). Parsed on its own: in one stream, a query's last
+        // table would take `WITH (...)` for table hints and the sink's
+        // options would be missing ("Expected: WITH, found: EOF").
+        let mut tokens = vec![];
+        loop {
+            let token = parser.next_token();
+            if token.token == Token::EOF {
+                break;
+            }
+            tokens.push(token);
+        }
+        let mut depth = 0i32;
+        let mut options_at = None;
+        for (i, token) in tokens.iter().enumerate() {
+            match &token.token {
+                Token::LParen => depth += 1,
+                Token::RParen => depth -= 1,
+                Token::Word(w)
+                    if depth == 0
+                        && w.keyword == Keyword::WITH
+                        && tokens.get(i + 1).is_some_and(|t| t.token == Token::LParen) =>
+                {
+                    options_at = Some(i)
+                }
+                _ => {}
+            }
+        }
+        let options_at = options_at.ok_or_else(|| {
+            EddyError::Syntax(format!(
+                "CREATE SINK {name} needs WITH (connector = ..., ...) after its query"
+            ))
+        })?;
+        let rest = tokens.split_off(options_at);
+        let mut query = Parser::new(&dialect).with_tokens_with_locations(tokens);
+        let input = SinkInput::Query(query.parse_query().map_err(syntax)?);
+        expect_end(&mut query, "in the sink's query")?;
+        parser = Parser::new(&dialect).with_tokens_with_locations(rest);
+        input
     } else {
         return Err(EddyError::Syntax(format!(
             "expected FROM <materialized view> or AS SELECT ... after CREATE SINK {name}"
@@ -469,6 +507,20 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(sink.input, SinkInput::Query(_)));
+        // A query that ends in a table: its WITH (...) is the sink's
+        // options, not table hints; a CTE's WITH stays the query's.
+        for sql in [
+            "CREATE SINK s AS SELECT a FROM t WITH (connector = 'postgres', table = 'x')",
+            "CREATE SINK s AS WITH w AS (SELECT a FROM t) SELECT a FROM w WITH (connector = 'postgres', table = 'x')",
+        ] {
+            let sink = parse_create_sink(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let SinkInput::Query(query) = &sink.input else {
+                panic!("{sql}: not a query")
+            };
+            assert!(!query.to_string().contains("connector"), "{query}");
+            assert_eq!(sink.options["table"], "x");
+        }
+        assert!(parse_create_sink("CREATE SINK s AS SELECT a FROM t").is_err());
         assert!(parse_create_sink("CREATE SINK s WITH (connector = 'postgres')").is_err());
         assert!(parse_create_sink("CREATE SINK s FROM v WITH (a = 1, a = 2)").is_err());
     }

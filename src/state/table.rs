@@ -41,6 +41,9 @@ use std::sync::Arc;
 use super::run::{covered, merge_ranges, Lookup, Run, RunEntry, RunRange, RunWriter};
 use crate::error::{EddyError, Result};
 
+/// Entries (key, value) read in key order, a piece at a time.
+pub type Piece = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Memory a slot costs beyond its key and value bytes: the map's node
 /// share, two vector headers and the allocator's rounding.
 pub const SLOT_OVERHEAD_BYTES: usize = 96;
@@ -432,7 +435,7 @@ impl StateTable {
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+    ) -> Result<(Piece, bool)> {
         let memory = self
             .memory
             .range::<[u8], _>((start, end))
