@@ -1,6 +1,7 @@
 //! The wire protocol as clients use it: the extended protocol with bound
 //! parameters and binary results (tokio-postgres), declared parameter types
-//! (as JDBC sends them), several clients at once, and clients that go away.
+//! (as JDBC sends them), several clients at once, clients that go away, and
+//! a pool's DEALLOCATE / DISCARD ALL between its clients.
 
 mod common;
 
@@ -288,6 +289,50 @@ async fn clients_that_go_away_do_not_disturb_others() {
     assert_eq!(
         query_text(&other, "SELECT sum(x) FROM t").await,
         vec![vec!["500500".to_string()]]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_and_discard_all_forget_prepared_statements() {
+    let server = TestServer::start().await;
+    let client = server.connect().await;
+    execute(
+        &client,
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
+    )
+    .await;
+    let count = "SELECT count(*) FROM t";
+    for reset in ["DEALLOCATE ALL", "DISCARD ALL"] {
+        let statement = client.prepare(count).await.unwrap();
+        let n: i64 = client.query_one(&statement, &[]).await.unwrap().get(0);
+        assert_eq!(n, 1);
+        client.batch_execute(reset).await.unwrap();
+        let error = client
+            .query_one(&statement, &[])
+            .await
+            .expect_err("the statement is gone");
+        assert_eq!(
+            error.code(),
+            Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME),
+            "{reset}: {error:?}"
+        );
+    }
+    // A name that is not prepared (tokio-postgres does not tell its
+    // statements' names; session.rs's unit test deallocates by name).
+    let error = client
+        .batch_execute("DEALLOCATE never_prepared")
+        .await
+        .expect_err("not prepared");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME),
+        "{error:?}"
+    );
+    // The connection goes on.
+    assert_eq!(
+        query_text(&client, count).await,
+        vec![vec!["1".to_string()]]
     );
     server.stop().await;
 }

@@ -170,3 +170,71 @@ async fn a_slow_subscriber_is_dropped_with_an_error() {
     assert_eq!(seen, epochs);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_streams_over_the_extended_protocol_until_canceled() {
+    let server = TestServer::start().await;
+    let writer = server.connect().await;
+    execute(
+        &writer,
+        "CREATE TABLE accounts (id INT PRIMARY KEY, owner TEXT, balance INT);
+         CREATE MATERIALIZED VIEW totals AS SELECT owner, sum(balance) AS total FROM accounts GROUP BY owner;
+         INSERT INTO accounts VALUES (1, 'ann', 10);
+         FLUSH",
+    )
+    .await;
+    let subscriber = server.connect().await;
+    // Parse, Describe, Bind, Execute: what drivers' streaming APIs send
+    // (psycopg's cursor.stream, JDBC).
+    let statement = subscriber.prepare("SUBSCRIBE totals").await.unwrap();
+    let columns: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(columns, ["owner", "total", "op", "epoch"]);
+    let rows = subscriber
+        .query_raw(&statement, Vec::<String>::new())
+        .await
+        .unwrap();
+    let mut rows = Box::pin(rows);
+    async fn next(
+        rows: &mut std::pin::Pin<Box<tokio_postgres::RowStream>>,
+    ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+        tokio::time::timeout(Duration::from_secs(20), rows.next())
+            .await
+            .expect("a row within 20 s")
+            .expect("the stream goes on")
+    }
+    let row = next(&mut rows).await.expect("the snapshot row");
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, String>(2)
+        ),
+        ("ann".to_string(), 10, "insert".to_string())
+    );
+    // Each epoch is flushed as it happens, not when the statement ends.
+    execute(&writer, "INSERT INTO accounts VALUES (2, 'bob', 5); FLUSH").await;
+    let row = next(&mut rows).await.expect("the insert");
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(2)),
+        ("bob".to_string(), "insert".to_string())
+    );
+    // A cancel request ends it with 57014, and the connection goes on.
+    subscriber
+        .cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let error = next(&mut rows).await.expect_err("canceled");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{error:?}"
+    );
+    let n: i64 = subscriber
+        .query_one("SELECT count(*) FROM totals", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    server.stop().await;
+}

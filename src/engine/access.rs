@@ -66,6 +66,8 @@ impl Engine {
             | S::Fetch { .. }
             | S::Close(_)
             | S::Transaction(_)
+            | S::Deallocate(_)
+            | S::Discard { .. }
             | S::ShowVariable(_)
             | S::ShowTables
             | S::ShowSources

@@ -104,6 +104,13 @@ pub enum StatementResult {
         notices: Vec<String>,
         then: Box<StatementResult>,
     },
+    /// DEALLOCATE / DISCARD ALL: the protocol's prepared statements named
+    /// `statements` are gone (the handler removes them from the
+    /// connection), answered with `tag`.
+    Deallocated {
+        statements: Vec<String>,
+        tag: String,
+    },
 }
 
 /// The memory ad hoc queries share, unless told otherwise.
@@ -391,6 +398,7 @@ impl Engine {
                 none(Some(Self::cursor_schema(&session.cursors, cursor)?))
             }
             EddyStatement::ExplainCreateView(_) => none(Some(views::explain_schema())),
+            EddyStatement::Subscribe { view, .. } => none(Some(self.subscription_schema(view)?)),
             EddyStatement::ShowVariable(name) => none(Some(session::show_variable_schema(name))),
             _ => none(None),
         })
@@ -431,7 +439,9 @@ impl Engine {
                 cascade,
             } => self.drop(kind, &names, if_exists, cascade).await,
             S::DropSink { names, if_exists } => self.drop_sinks(&names, if_exists).await,
-            S::Subscribe { view, snapshot } => self.subscribe_statement(&view, snapshot).await,
+            S::Subscribe { view, snapshot } => {
+                self.subscribe_statement(session, &view, snapshot).await
+            }
             S::DeclareCursor {
                 name,
                 view,
@@ -450,6 +460,8 @@ impl Engine {
             S::Checkpoint => self.checkpoint_statement().await,
             S::CreateSnapshot(name) => self.snapshot_statement(&name).await,
             S::Transaction(step) => Self::transaction(session, step),
+            S::Deallocate(name) => session.deallocate(name),
+            S::Discard { all, tag } => session.discard(all, tag),
             S::Set { name, value } => self.set(session, name, value),
             S::ShowVariable(name) => self.show_variable(session, &name),
             S::ShowTables => self.show_names(RelationKind::Table),

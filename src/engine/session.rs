@@ -34,6 +34,9 @@ pub struct Session {
     /// `SET synchronous_commit = off`: a table write is acknowledged once
     /// written to the write-ahead log, without waiting for its sync.
     synchronous_commit: bool,
+    /// The names of the protocol's prepared statements (Parse with a name),
+    /// for DEALLOCATE.
+    prepared: std::collections::BTreeSet<String>,
 }
 
 /// The bootstrap superuser's session (recovery, tests, benchmarks).
@@ -46,6 +49,20 @@ impl Default for Session {
 impl Session {
     /// A session of role `user`, stopped through `interrupt`.
     pub fn new(user: String, interrupt: Arc<Interrupt>) -> Self {
+        Self {
+            user,
+            settings: Self::default_settings(),
+            transaction: None,
+            cursors: Cursors::default(),
+            interrupt,
+            statement_timeout: None,
+            synchronous_commit: true,
+            prepared: Default::default(),
+        }
+    }
+
+    /// The settings a session starts with (and `DISCARD ALL` goes back to).
+    fn default_settings() -> BTreeMap<String, String> {
         let settings = [
             ("server_version", "15.0"),
             ("server_encoding", "UTF8"),
@@ -60,18 +77,64 @@ impl Session {
             ("background_ddl", "false"),
             ("synchronous_commit", "on"),
         ];
-        Self {
-            user,
-            settings: settings
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            transaction: None,
-            cursors: Cursors::default(),
-            interrupt,
-            statement_timeout: None,
-            synchronous_commit: true,
+        settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The client prepared a statement named `name` (Parse).
+    pub fn prepared(&mut self, name: &str) {
+        self.prepared.insert(name.to_string());
+    }
+
+    /// The client closed the statement named `name` (Close).
+    pub fn deallocated(&mut self, name: &str) {
+        self.prepared.remove(name);
+    }
+
+    /// `DEALLOCATE name` (26000 if there is none) or `DEALLOCATE ALL`.
+    pub(super) fn deallocate(&mut self, name: Option<String>) -> Result<StatementResult> {
+        let (statements, tag) = match name {
+            None => (
+                std::mem::take(&mut self.prepared).into_iter().collect(),
+                "DEALLOCATE ALL",
+            ),
+            Some(name) if self.prepared.remove(&name) => (vec![name], "DEALLOCATE"),
+            Some(name) => {
+                return Err(EddyError::Planning {
+                    sqlstate: "26000",
+                    message: format!("prepared statement \"{name}\" does not exist"),
+                })
+            }
+        };
+        Ok(StatementResult::Deallocated {
+            statements,
+            tag: tag.into(),
+        })
+    }
+
+    /// `DISCARD ALL` (what connection pools send between clients): closes
+    /// the cursors, resets the settings and deallocates the prepared
+    /// statements, as PostgreSQL does; not inside a transaction block
+    /// (25001). eddy keeps no plans, sequences or temporary tables, so the
+    /// other kinds have nothing to discard.
+    pub(super) fn discard(&mut self, all: bool, tag: String) -> Result<StatementResult> {
+        if !all {
+            return Ok(StatementResult::Command(tag));
         }
+        if self.transaction.is_some() {
+            return Err(EddyError::Planning {
+                sqlstate: "25001",
+                message: "DISCARD ALL cannot run inside a transaction block".into(),
+            });
+        }
+        self.cursors = Cursors::default();
+        self.settings = Self::default_settings();
+        self.statement_timeout = None;
+        self.synchronous_commit = true;
+        let statements = std::mem::take(&mut self.prepared).into_iter().collect();
+        Ok(StatementResult::Deallocated { statements, tag })
     }
 
     /// Whether a write waits for the write-ahead log's sync.
@@ -88,6 +151,12 @@ impl Session {
     /// statement timeout, the client going away).
     pub fn statement_guard(&self) -> StatementGuard {
         StatementGuard::new(&self.interrupt, self.statement_timeout)
+    }
+
+    /// The limits of a statement that runs until the client stops it (a
+    /// SUBSCRIBE): cancel requests and the client going away, no timeout.
+    pub fn endless_statement_guard(&self) -> StatementGuard {
+        StatementGuard::new(&self.interrupt, None)
     }
     /// A statement of the session wrote (a later ROLLBACK cannot undo it).
     pub(super) fn note_write(&mut self) {
@@ -250,4 +319,54 @@ fn parse_timeout(value: &str) -> Result<Option<Duration>> {
         }
     };
     Ok((millis > 0.0).then(|| Duration::from_secs_f64(millis / 1e3)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deallocated(result: Result<StatementResult>) -> (Vec<String>, String) {
+        match result.unwrap() {
+            StatementResult::Deallocated { statements, tag } => (statements, tag),
+            _ => panic!("not a DEALLOCATE result"),
+        }
+    }
+
+    #[test]
+    fn deallocate_forgets_by_name_or_all_and_close_forgets_too() {
+        let mut session = Session::default();
+        for name in ["a", "b", "c"] {
+            session.prepared(name);
+        }
+        session.deallocated("c"); // the client closed it
+        let (gone, tag) = deallocated(session.deallocate(Some("a".into())));
+        assert_eq!((gone, tag.as_str()), (vec!["a".to_string()], "DEALLOCATE"));
+        let e = session.deallocate(Some("a".into())).err().expect("gone");
+        assert_eq!(e.sqlstate(), "26000");
+        assert!(session.deallocate(Some("c".into())).is_err());
+        let (gone, tag) = deallocated(session.deallocate(None));
+        assert_eq!(
+            (gone, tag.as_str()),
+            (vec!["b".to_string()], "DEALLOCATE ALL")
+        );
+    }
+
+    #[test]
+    fn discard_all_resets_the_session_outside_a_block() {
+        let mut session = Session::default();
+        session.prepared("p");
+        session.settings.insert("search_path".into(), "x".into());
+        session.statement_timeout = Some(Duration::from_secs(1));
+        session.transaction = Some(false);
+        let e = session
+            .discard(true, "DISCARD ALL".into())
+            .err()
+            .expect("in a block");
+        assert_eq!(e.sqlstate(), "25001");
+        session.transaction = None;
+        let (gone, _) = deallocated(session.discard(true, "DISCARD ALL".into()));
+        assert_eq!(gone, vec!["p".to_string()]);
+        assert_eq!(session.settings["search_path"], "public");
+        assert_eq!(session.statement_timeout, None);
+    }
 }

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use super::interrupt::StatementGuard;
+use super::session::Session;
 use super::{Engine, StatementResult};
-use crate::catalog::Relation;
+use crate::catalog::{Relation, ViewEntry};
 use crate::error::{EddyError, Result};
 use crate::runtime::sink::SinkEpoch;
 use crate::runtime::RuntimeHandle;
@@ -19,6 +21,9 @@ use crate::runtime::RuntimeHandle;
 pub struct Subscription {
     pub schema: SchemaRef,
     epochs: tokio::sync::mpsc::Receiver<SinkEpoch>,
+    /// A SUBSCRIBE statement's cancel requests and disconnection (a
+    /// cursor's subscription has none: each FETCH is its own statement).
+    stop: Option<StatementGuard>,
     /// Ends the runtime side when the client is gone.
     _guard: SubscriptionGuard,
 }
@@ -45,11 +50,18 @@ impl Subscription {
     /// The next epoch's changes as one batch (`op` is `insert` or `delete`;
     /// a row inserted twice appears twice); `None` when the subscription
     /// ended, `Err` when it fell behind.
+    /// A cancel request or the client going away ends it with 57014.
     pub async fn next_batch(&mut self) -> Option<Result<RecordBatch>> {
-        let Some(epoch) = self.epochs.recv().await else {
-            return Some(Err(fell_behind()));
+        let Self { epochs, stop, .. } = self;
+        let next = match stop {
+            Some(guard) => guard.run(async { Ok(epochs.recv().await) }).await,
+            None => Ok(epochs.recv().await),
         };
-        Some(self.rows_of(epoch))
+        match next {
+            Ok(Some(epoch)) => Some(self.rows_of(epoch)),
+            Ok(None) => Some(Err(fell_behind())),
+            Err(stopped) => Some(Err(stopped)),
+        }
     }
 
     /// The next epoch's changes if they have arrived (`None`: not yet).
@@ -105,6 +117,26 @@ pub const SUBSCRIPTION_QUEUE_EPOCHS: usize = 256;
 impl Engine {
     /// `SUBSCRIBE view`: the view's changes, streamed.
     pub(super) async fn subscribe(&self, name: &str, snapshot: bool) -> Result<Subscription> {
+        let (view, schema) = self.subscribed_view(name)?;
+        let id = self.catalog.allocate_id();
+        let (sender, receiver) = tokio::sync::mpsc::channel(SUBSCRIPTION_QUEUE_EPOCHS);
+        self.runtime
+            .subscribe(id, view.id, sender, snapshot)
+            .await?;
+        Ok(Subscription {
+            schema,
+            epochs: receiver,
+            stop: None,
+            _guard: SubscriptionGuard {
+                id,
+                runtime: self.runtime.clone(),
+            },
+        })
+    }
+
+    /// The view `SUBSCRIBE name` reads, and the rows it sends: the view's
+    /// columns, then `op` and `epoch`.
+    fn subscribed_view(&self, name: &str) -> Result<(Arc<ViewEntry>, SchemaRef)> {
         let view = match self.catalog.require(name)? {
             Relation::View(v) if v.owner_sink.is_none() => v,
             _ => {
@@ -121,29 +153,25 @@ impl Engine {
             .collect();
         fields.push(Field::new("op", DataType::Utf8, false));
         fields.push(Field::new("epoch", DataType::Int64, false));
-        let id = self.catalog.allocate_id();
-        let (sender, receiver) = tokio::sync::mpsc::channel(SUBSCRIPTION_QUEUE_EPOCHS);
-        self.runtime
-            .subscribe(id, view.id, sender, snapshot)
-            .await?;
-        Ok(Subscription {
-            schema: Arc::new(Schema::new(fields)),
-            epochs: receiver,
-            _guard: SubscriptionGuard {
-                id,
-                runtime: self.runtime.clone(),
-            },
-        })
+        Ok((view, Arc::new(Schema::new(fields))))
     }
 
-    /// `SUBSCRIBE [TO] view`.
+    /// The rows `SUBSCRIBE name` sends (for a client that describes the
+    /// statement before running it: the extended protocol).
+    pub(super) fn subscription_schema(&self, name: &str) -> Result<SchemaRef> {
+        Ok(self.subscribed_view(name)?.1)
+    }
+
+    /// `SUBSCRIBE [TO] view`: runs until the client cancels it or goes
+    /// away.
     pub(super) async fn subscribe_statement(
         &self,
+        session: &Session,
         view: &str,
         snapshot: bool,
     ) -> Result<StatementResult> {
-        Ok(StatementResult::Subscription(
-            self.subscribe(view, snapshot).await?,
-        ))
+        let mut subscription = self.subscribe(view, snapshot).await?;
+        subscription.stop = Some(session.endless_statement_guard());
+        Ok(StatementResult::Subscription(subscription))
     }
 }

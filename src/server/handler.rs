@@ -15,11 +15,14 @@ use futures::{stream, Sink, StreamExt};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag};
-use pgwire::api::stmt::QueryParser;
+use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, Type, METADATA_USER};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
+use pgwire::messages::extendedquery::{
+    Close, CloseComplete, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
+};
 use pgwire::messages::PgWireBackendMessage;
 use tokio::sync::Mutex;
 
@@ -109,6 +112,9 @@ fn field_infos(schema: &SchemaRef, format: &Format) -> Vec<FieldInfo> {
 fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Response> {
     match result {
         StatementResult::Command(tag) => Ok(Response::Execution(Tag::new(&tag))),
+        // The caller removed the statements from the connection (see
+        // `forget_statements`).
+        StatementResult::Deallocated { tag, .. } => Ok(Response::Execution(Tag::new(&tag))),
         StatementResult::TransactionStart(tag) => Ok(Response::TransactionStart(Tag::new(&tag))),
         StatementResult::TransactionEnd(tag) => Ok(Response::TransactionEnd(Tag::new(&tag))),
         StatementResult::Rows { schema, batches } => {
@@ -142,8 +148,8 @@ fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Respo
         StatementResult::Backfilling { then, .. } | StatementResult::Noticed { then, .. } => {
             into_response(*then, format)
         }
-        StatementResult::Subscription(_) => Err(to_pgwire(crate::not_supported!(
-            "SUBSCRIBE over the extended query protocol; send it as a simple query"
+        StatementResult::Subscription(_) => Err(to_pgwire(crate::internal!(
+            "a SUBSCRIBE is streamed by the handler, not answered as one response"
         ))),
     }
 }
@@ -196,6 +202,17 @@ fn rows_of(
     })
 }
 
+/// DEALLOCATE / DISCARD ALL: the connection's prepared statements named
+/// `statements` go.
+fn forget_statements<C: ClientPortalStore>(client: &C, statements: &[String])
+where
+    C::PortalStore: PortalStore,
+{
+    for name in statements {
+        client.portal_store().rm_statement(name);
+    }
+}
+
 /// Sends the client a NOTICE per progress report of a backfill, until it
 /// is done.
 async fn report_backfill<C>(
@@ -229,23 +246,30 @@ where
 }
 
 /// Sends a SUBSCRIBE's rows to `client` as each epoch arrives, flushing
-/// after each; returns the error that ended it (the client fell behind, or
-/// the view was dropped). A client that went away ends it with an I/O error.
+/// after each; returns the error that ended it (the client fell behind,
+/// canceled it, or the view was dropped). A client that went away ends it
+/// with an I/O error. Over the simple protocol the rows' description comes
+/// first (`describe`); over the extended one the client had it from
+/// Describe, in the formats its Bind asked for (`format`).
 async fn stream_subscription<C>(
     client: &mut C,
     mut subscription: crate::engine::subscribe::Subscription,
+    format: &Format,
+    describe: bool,
 ) -> PgWireResult<ErrorInfo>
 where
     C: Sink<PgWireBackendMessage> + Unpin,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     use futures::SinkExt;
-    let fields = field_infos(&subscription.schema, &Format::UnifiedText);
-    let description =
-        pgwire::messages::data::RowDescription::new(fields.iter().map(Into::into).collect());
-    client
-        .send(PgWireBackendMessage::RowDescription(description))
-        .await?;
+    let fields = field_infos(&subscription.schema, format);
+    if describe {
+        let description =
+            pgwire::messages::data::RowDescription::new(fields.iter().map(Into::into).collect());
+        client
+            .send(PgWireBackendMessage::RowDescription(description))
+            .await?;
+    }
     let fields = Arc::new(fields);
     loop {
         match subscription.next_batch().await {
@@ -303,7 +327,9 @@ impl SimpleQueryHandler for EddyHandler {
             match outcome {
                 Ok(StatementResult::Subscription(subscription)) => {
                     // Streamed straight to the client, flushed per epoch.
-                    let info = stream_subscription(client, subscription).await?;
+                    let info =
+                        stream_subscription(client, subscription, &Format::UnifiedText, true)
+                            .await?;
                     responses.push(Response::Error(Box::new(info)));
                     break;
                 }
@@ -314,6 +340,10 @@ impl SimpleQueryHandler for EddyHandler {
                 Ok(StatementResult::Noticed { notices, then }) => {
                     send_notices(client, notices).await?;
                     responses.push(into_response(*then, &Format::UnifiedText)?);
+                }
+                Ok(StatementResult::Deallocated { statements, tag }) => {
+                    forget_statements(client, &statements);
+                    responses.push(Response::Execution(Tag::new(&tag)));
                 }
                 Ok(result) => responses.push(into_response(result, &Format::UnifiedText)?),
                 Err(e) => {
@@ -462,6 +492,14 @@ impl ExtendedQueryHandler for EddyHandler {
             .await
             .map_err(to_pgwire)?;
         let result = match result {
+            StatementResult::Subscription(subscription) => {
+                // Streamed straight to the client, flushed per epoch (a
+                // QueryResponse's rows would wait in the connection's
+                // buffer), until it cancels or goes away.
+                let format = &portal.result_column_format;
+                let info = stream_subscription(client, subscription, format, false).await?;
+                return Ok(Response::Error(Box::new(info)));
+            }
             StatementResult::Backfilling { watch, then } => {
                 report_backfill(client, watch).await?;
                 *then
@@ -470,8 +508,63 @@ impl ExtendedQueryHandler for EddyHandler {
                 send_notices(client, notices).await?;
                 *then
             }
+            StatementResult::Deallocated { statements, tag } => {
+                forget_statements(client, &statements);
+                StatementResult::Command(tag)
+            }
             result => result,
         };
         into_response(result, &portal.result_column_format)
+    }
+
+    /// Parse, as pgwire does it, noting a named statement's name in the
+    /// session for DEALLOCATE.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PreparedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        let named = message.name.clone().filter(|n| !n.is_empty());
+        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+            Some(statement) => client.portal_store().put_statement(Arc::new(statement)),
+            None => client
+                .portal_store()
+                .put_empty_statement(named.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME)),
+        }
+        if let Some(name) = &named {
+            session_of(client).lock().await.prepared(name);
+        }
+        client
+            .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        Ok(())
+    }
+
+    /// Close, as pgwire does it; a closed statement is no longer one
+    /// DEALLOCATE can name.
+    async fn on_close<C>(&self, client: &mut C, message: Close) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PreparedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => {
+                client.portal_store().rm_statement(name);
+                session_of(client).lock().await.deallocated(name);
+            }
+            TARGET_TYPE_BYTE_PORTAL => client.portal_store().rm_portal(name),
+            _ => {}
+        }
+        client
+            .send(PgWireBackendMessage::CloseComplete(CloseComplete::new()))
+            .await?;
+        Ok(())
     }
 }

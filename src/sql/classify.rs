@@ -199,6 +199,15 @@ pub(super) fn classify(statement: Statement, sql: &str) -> Result<EddyStatement>
         } => EddyStatement::Transaction(TransactionStep::RollbackToSavepoint),
         Statement::Savepoint { .. } => EddyStatement::Transaction(TransactionStep::Savepoint),
         Statement::ReleaseSavepoint { .. } => EddyStatement::Transaction(TransactionStep::Release),
+        Statement::Deallocate { name, .. } => EddyStatement::Deallocate(
+            // Unquoted ALL is every statement; "all" quoted is a name.
+            (name.quote_style.is_some() || !name.value.eq_ignore_ascii_case("all"))
+                .then(|| normalize_ident(&name)),
+        ),
+        Statement::Discard { object_type } => EddyStatement::Discard {
+            all: matches!(object_type, ast::DiscardObject::ALL),
+            tag: format!("DISCARD {object_type}"),
+        },
         other => {
             let text = other.to_string();
             let words: Vec<&str> = text.split_whitespace().take(2).collect();

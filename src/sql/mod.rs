@@ -79,6 +79,14 @@ pub enum EddyStatement {
     ShowVariable(String),
     /// BEGIN / COMMIT / ROLLBACK.
     Transaction(TransactionStep),
+    /// `DEALLOCATE [PREPARE] name | ALL` (`None`: all): the session's
+    /// prepared statements, as connection pools reset them between clients.
+    Deallocate(Option<String>),
+    /// `DISCARD ALL | PLANS | SEQUENCES | TEMP`: `all` resets the session.
+    Discard {
+        all: bool,
+        tag: String,
+    },
     /// `CHECKPOINT`: take a checkpoint now.
     Checkpoint,
     /// `CREATE SNAPSHOT name`: a checkpoint kept under a name (a savepoint).
