@@ -23,6 +23,25 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
+/// An eddy with its HTTP endpoint, the endpoint's address and a client.
+async fn server_with_http() -> (eddy::Server, std::net::SocketAddr, tokio_postgres::Client) {
+    let server = eddy::Server::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let http = server.http_addr.expect("the HTTP endpoint listens");
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=eddy", server.local_addr.port()),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    (server, http, client)
+}
+
 /// Parses the exposition text: every sample line is `name{labels} value`,
 /// and every family has HELP and TYPE. Returns sample → value.
 fn parse(text: &str) -> BTreeMap<String, f64> {
@@ -75,20 +94,7 @@ async fn metrics_move_as_changes_flow() {
         ],
     )
     .await;
-    let server = eddy::Server::start_with(
-        "127.0.0.1:0".parse().unwrap(),
-        Some("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
-    let http = server.http_addr.expect("the HTTP endpoint listens");
-    let (client, connection) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={} user=eddy", server.local_addr.port()),
-        NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let (server, http, client) = server_with_http().await;
     client
         .batch_execute(&format!(
             "CREATE TABLE t (k INT, v INT);
@@ -186,20 +192,7 @@ async fn metrics_move_as_changes_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sinks_own_view_and_generated_sources_show_as_the_docs_say() {
-    let server = eddy::Server::start_with(
-        "127.0.0.1:0".parse().unwrap(),
-        Some("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
-    let http = server.http_addr.expect("the HTTP endpoint listens");
-    let (client, connection) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={} user=eddy", server.local_addr.port()),
-        NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let (server, http, client) = server_with_http().await;
     let table = fresh_topic("own_view").replace('-', "_");
     client
         .batch_execute(&format!(

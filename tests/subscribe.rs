@@ -10,6 +10,12 @@ use common::{execute, TestServer};
 use futures::StreamExt;
 use tokio_postgres::SimpleQueryMessage;
 
+/// Accounts and their owners' totals, with ann's first account.
+const ACCOUNTS: &str = "CREATE TABLE accounts (id INT PRIMARY KEY, owner TEXT, balance INT);
+     CREATE MATERIALIZED VIEW totals AS SELECT owner, sum(balance) AS total FROM accounts GROUP BY owner;
+     INSERT INTO accounts VALUES (1, 'ann', 10);
+     FLUSH";
+
 /// The next data row of a SUBSCRIBE stream, as text.
 async fn next_row(
     stream: &mut std::pin::Pin<Box<tokio_postgres::SimpleQueryStream>>,
@@ -33,14 +39,7 @@ async fn subscribe_streams_changes_in_order() {
     let server = TestServer::start().await;
     let eddy = server.connect().await;
     let writer = server.connect().await;
-    execute(
-        &eddy,
-        "CREATE TABLE accounts (id INT PRIMARY KEY, owner TEXT, balance INT);
-         CREATE MATERIALIZED VIEW totals AS SELECT owner, sum(balance) AS total FROM accounts GROUP BY owner;
-         INSERT INTO accounts VALUES (1, 'ann', 10);
-         FLUSH",
-    )
-    .await;
+    execute(&eddy, ACCOUNTS).await;
     let subscriber = server.connect().await;
     let mut stream = Box::pin(
         subscriber
@@ -175,14 +174,7 @@ async fn a_slow_subscriber_is_dropped_with_an_error() {
 async fn subscribe_streams_over_the_extended_protocol_until_canceled() {
     let server = TestServer::start().await;
     let writer = server.connect().await;
-    execute(
-        &writer,
-        "CREATE TABLE accounts (id INT PRIMARY KEY, owner TEXT, balance INT);
-         CREATE MATERIALIZED VIEW totals AS SELECT owner, sum(balance) AS total FROM accounts GROUP BY owner;
-         INSERT INTO accounts VALUES (1, 'ann', 10);
-         FLUSH",
-    )
-    .await;
+    execute(&writer, ACCOUNTS).await;
     let subscriber = server.connect().await;
     // Parse, Describe, Bind, Execute: what drivers' streaming APIs send
     // (psycopg's cursor.stream, JDBC).

@@ -440,7 +440,8 @@ impl Engine {
             } => self.drop(kind, &names, if_exists, cascade).await,
             S::DropSink { names, if_exists } => self.drop_sinks(&names, if_exists).await,
             S::Subscribe { view, snapshot } => {
-                self.subscribe_statement(session, &view, snapshot).await
+                let stop = session.endless_statement_guard();
+                self.subscribe_statement(stop, &view, snapshot).await
             }
             S::DeclareCursor {
                 name,

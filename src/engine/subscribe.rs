@@ -9,7 +9,6 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::interrupt::StatementGuard;
-use super::session::Session;
 use super::{Engine, StatementResult};
 use crate::catalog::{Relation, ViewEntry};
 use crate::error::{EddyError, Result};
@@ -162,16 +161,16 @@ impl Engine {
         Ok(self.subscribed_view(name)?.1)
     }
 
-    /// `SUBSCRIBE [TO] view`: runs until the client cancels it or goes
-    /// away.
+    /// `SUBSCRIBE [TO] view`: runs until `stop` says the client canceled
+    /// it or went away.
     pub(super) async fn subscribe_statement(
         &self,
-        session: &Session,
+        stop: StatementGuard,
         view: &str,
         snapshot: bool,
     ) -> Result<StatementResult> {
         let mut subscription = self.subscribe(view, snapshot).await?;
-        subscription.stop = Some(session.endless_statement_guard());
+        subscription.stop = Some(stop);
         Ok(StatementResult::Subscription(subscription))
     }
 }
