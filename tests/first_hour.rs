@@ -27,20 +27,6 @@ async fn error_of(client: &Client, sql: &str) -> String {
     }
 }
 
-/// Polls `sql`'s first value until `accept` takes it (at most 60 s).
-async fn wait_for(client: &Client, sql: &str, accept: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let rows = common::query_text(client, sql).await;
-        let value = rows.first().and_then(|r| r.first()).cloned();
-        if let Some(value) = value.filter(|v| accept(v)) {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{sql}: still {rows:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_default_web_port_is_said_and_eddy_starts_without_the_page() {
     // Whoever holds 6544 (this test, or anything else on the machine), it
@@ -177,9 +163,10 @@ async fn json_columns_that_match_no_field_are_reported_with_the_fields() {
         ),
     )
     .await;
-    let reason = wait_for(
+    let reason = common::first_value_until(
         &client,
         "SELECT reason FROM eddy_catalog.source_errors WHERE source = 'events'",
+        "a row",
         |_| true,
     )
     .await;

@@ -8,7 +8,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::execute;
 use common::kafka::{bootstrap, create_topic, eventually, fresh_topic, produce};
@@ -33,20 +33,8 @@ fn broker(action: &'static str) {
 
 /// Polls `sql`'s first value until it starts with `prefix` (at most 60 s).
 async fn status_becomes(client: &Client, sql: &str, prefix: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let rows = common::query_text(client, sql).await;
-        if let Some(value) = rows.first().and_then(|r| r.first()) {
-            if value.starts_with(prefix) {
-                return value.clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{sql}: still {rows:?}, expected {prefix}..."
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let expected = format!("{prefix}...");
+    common::first_value_until(client, sql, &expected, |v| v.starts_with(prefix)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

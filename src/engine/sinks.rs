@@ -272,7 +272,7 @@ impl Engine {
         view: &Arc<ViewEntry>,
     ) -> Result<StatementResult> {
         let id = self.catalog.allocate_id();
-        let status = SinkStatus::new(0);
+        let status = SinkStatus::new(name);
         let (sender, receiver) = tokio::sync::mpsc::channel(DURABLE_SINK_QUEUE_EPOCHS);
         let (target, mode) = (config.target(), config.mode());
         let restored = self

@@ -293,6 +293,8 @@ pub enum SinkMode {
 /// What the sink reports; shared with SHOW SINKS and FLUSH.
 #[derive(Debug)]
 pub struct SinkStatus {
+    /// The sink's name, for the log.
+    name: String,
     state: Mutex<SinkState>,
     last_failure: Mutex<Option<String>>,
     progress: watch::Sender<Progress>,
@@ -357,12 +359,11 @@ pub struct Progress {
 }
 
 impl SinkStatus {
-    pub fn new(start_epoch: u64) -> Arc<Self> {
-        let (progress, _) = watch::channel(Progress {
-            committed_epoch: start_epoch,
-            failed: false,
-        });
+    /// The status of sink `name` (which its log lines name).
+    pub fn new(name: &str) -> Arc<Self> {
+        let (progress, _) = watch::channel(Progress::default());
         Arc::new(Self {
+            name: name.to_string(),
             state: Mutex::default(),
             last_failure: Mutex::default(),
             progress,
@@ -471,25 +472,35 @@ impl SinkStatus {
     }
 
     /// The sink retries because of `reason` (`None`: it stopped retrying).
-    /// Returns whether this is a change of state (it was not retrying
-    /// before, or now stops): callers log those, not every retry.
+    /// The log says so once when it starts retrying and once when it stops
+    /// (here, or when it commits), not at every retry; returns whether this
+    /// was such a change of state.
     pub(crate) fn retrying(&self, reason: Option<String>) -> bool {
         let mut state = self.state();
         if reason.is_some() {
             state.retries += 1;
         }
         let changed = state.retrying.is_some() != reason.is_some();
+        match (&reason, changed) {
+            (Some(reason), true) => tracing::warn!(
+                sink = %self.name,
+                "{reason}; retrying with backoff (SHOW SINKS shows the latest reason)"
+            ),
+            (None, true) => tracing::info!(sink = %self.name, "writing again"),
+            _ => {}
+        }
         state.retrying = reason;
         changed
     }
 
     /// Whether the sink is retrying now.
-    pub(crate) fn is_retrying(&self) -> bool {
+    #[cfg(test)]
+    fn is_retrying(&self) -> bool {
         self.state().retrying.is_some()
     }
 
     pub(crate) fn fail(&self, error: String) {
-        tracing::error!(error = %error, "sink failed");
+        tracing::error!(sink = %self.name, error = %error, "sink failed");
         *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
         let mut state = self.state();
         state.retrying = None;
@@ -547,7 +558,9 @@ impl SinkStatus {
 
     pub(crate) fn committed(&self, epoch: u64, rows: u64) {
         let mut state = self.state();
-        state.retrying = None;
+        if state.retrying.take().is_some() {
+            tracing::info!(sink = %self.name, epoch, "writing again");
+        }
         state.writing_since = None;
         state.rows_written += rows;
         state.committed_unix_ms = Some(chrono::Utc::now().timestamp_millis());
@@ -564,19 +577,19 @@ mod tests {
 
     #[test]
     fn a_new_sinks_lag_counts_from_its_creation() {
-        let status = SinkStatus::new(0);
+        let status = SinkStatus::new("s");
         status.created_at(1075);
         assert_eq!(status.lag_epochs(1075), 0);
         assert_eq!(status.lag_epochs(1077), 2);
         status.committed(1077, 3);
         assert_eq!(status.lag_epochs(1080), 3);
         // A restored sink (no creation epoch) lags from what it committed.
-        assert_eq!(SinkStatus::new(0).lag_epochs(5), 5);
+        assert_eq!(SinkStatus::new("s").lag_epochs(5), 5);
     }
 
     #[test]
     fn retrying_is_a_change_of_state_once() {
-        let status = SinkStatus::new(0);
+        let status = SinkStatus::new("s");
         assert!(status.retrying(Some("refused".into())));
         assert!(!status.retrying(Some("refused again".into())));
         assert_eq!(status.retries(), 2);

@@ -165,3 +165,26 @@ pub async fn psql(port: u16, args: Vec<String>) -> std::process::Output {
     .expect("psql task")
     .expect("psql is installed (scripts/install-test-deps.sh installs it)")
 }
+
+/// Polls `sql`'s first value until `accept` takes it (at most 60 s);
+/// panics with the last rows and `expected` otherwise.
+pub async fn first_value_until(
+    client: &Client,
+    sql: &str,
+    expected: &str,
+    accept: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let rows = query_text(client, sql).await;
+        let value = rows.first().and_then(|r| r.first()).cloned();
+        if let Some(value) = value.filter(|v| accept(v)) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql}: still {rows:?}, expected {expected}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

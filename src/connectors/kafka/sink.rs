@@ -532,9 +532,7 @@ pub fn spawn_sink(
                 }
                 Ok(Err(e)) => {
                     let reason = format!("Kafka unavailable: {e}");
-                    if status.retrying(Some(reason.clone())) {
-                        tracing::warn!(sink = %config.sink_name, "{reason}; retrying with backoff");
-                    }
+                    status.retrying(Some(reason));
                     tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                     backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
                 }
@@ -546,9 +544,7 @@ pub fn spawn_sink(
             }
         }
         let (producer, committed) = started.expect("started");
-        if status.retrying(None) {
-            tracing::info!(sink = %config.sink_name, "Kafka reachable again");
-        }
+        status.retrying(None);
         let producer = Arc::new(producer);
         while let Some(SinkEpoch { epoch, changes }) = epochs.recv().await {
             if status.has_failed() || status.is_dropped() {
@@ -586,9 +582,6 @@ pub fn spawn_sink(
                 let result = write_transaction(&producer, &config, &epoch_text, &messages).await;
                 match result {
                     Ok(()) => {
-                        if status.is_retrying() {
-                            tracing::info!(sink = %config.sink_name, epoch, "writing again");
-                        }
                         status.committed_skipping(epoch, messages.len() as u64, skipped);
                         break;
                     }
@@ -599,9 +592,7 @@ pub fn spawn_sink(
                         })
                         .await;
                         let reason = format!("Kafka unavailable: {e}");
-                        if status.retrying(Some(reason.clone())) {
-                            tracing::warn!(sink = %config.sink_name, epoch, "{reason}; retrying with backoff");
-                        }
+                        status.retrying(Some(reason));
                         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                         backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
                     }

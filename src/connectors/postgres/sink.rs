@@ -835,9 +835,6 @@ pub fn spawn_sink(
                         break;
                     }
                     Ok(Written::Committed(skipped)) => {
-                        if status.is_retrying() {
-                            tracing::info!(sink = %config.sink_name, epoch, "writing again");
-                        }
                         let written = write.rows().saturating_sub(skipped.len() as u64);
                         status.committed_skipping(epoch, written, skipped);
                         break;
@@ -877,9 +874,7 @@ pub fn spawn_sink(
                         break;
                     }
                 };
-                if status.retrying(Some(reason.clone())) {
-                    tracing::warn!(sink = %config.sink_name, epoch, "{reason}; retrying with backoff (SHOW SINKS shows the latest reason)");
-                }
+                status.retrying(Some(reason));
                 client = None; // closing it rolls an open transaction back
                 tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                 backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
