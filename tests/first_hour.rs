@@ -136,16 +136,19 @@ async fn source_mistakes_answer_at_create_with_the_cause() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_columns_that_match_no_field_are_reported_with_the_fields() {
-    let topic = fresh_topic("camel-case");
+async fn nested_json_is_read_and_columns_that_match_no_field_are_reported() {
+    let topic = fresh_topic("nested-json");
     create_topic(&topic, 1).await;
+    // camelCase fields (matched ignoring case), a nested object (a jsonb
+    // column), and a field declared at the top that is nested (reported).
     let messages: Vec<(i32, String)> = (0..120)
         .map(|i| {
             (
                 0,
                 format!(
-                    r#"{{"id": {i}, "dateTime": "2024-01-01 00:00:{:02}"}}"#,
-                    i % 60
+                    r#"{{"id": {i}, "dateTime": "2024-01-01 00:00:{:02}", "data": {{"price": {}, "tags": ["a"]}}}}"#,
+                    i % 60,
+                    i % 3
                 ),
             )
         })
@@ -156,9 +159,13 @@ async fn json_columns_that_match_no_field_are_reported_with_the_fields() {
     common::execute(
         &client,
         &format!(
-            "CREATE SOURCE events (id BIGINT, dateTime TIMESTAMP) WITH (connector = 'kafka', \
-             topic = '{topic}', properties.bootstrap.server = '{}') FORMAT PLAIN ENCODE JSON;
-             CREATE MATERIALIZED VIEW per_time AS SELECT datetime, count(*) AS n FROM events GROUP BY datetime",
+            "CREATE SOURCE events (id BIGINT, dateTime TIMESTAMP, price BIGINT, data JSONB) \
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}') \
+             FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW per_price AS
+             SELECT (data ->> 'price')::bigint AS price, count(*) AS n, count(datetime) AS timed,
+                    count(price) AS top_level
+             FROM events WHERE data @> '{{\"tags\": [\"a\"]}}' GROUP BY data ->> 'price'",
             bootstrap()
         ),
     )
@@ -171,11 +178,19 @@ async fn json_columns_that_match_no_field_are_reported_with_the_fields() {
     )
     .await;
     assert!(
-        reason.contains("declared column datetime matched no field")
-            && reason.contains("fields dateTime, id")
-            && reason.contains("\"dateTime\""),
+        reason.contains("declared column price matched no field")
+            && reason.contains("fields data, dateTime, id"),
         "{reason}"
     );
+    let per_price = common::first_value_until(
+        &client,
+        "SELECT string_agg(price || ':' || n || ':' || timed || ':' || top_level, ' ' ORDER BY price) \
+         FROM per_price",
+        "every message",
+        |v| v == "0:40:40:0 1:40:40:0 2:40:40:0",
+    )
+    .await;
+    assert_eq!(per_price, "0:40:40:0 1:40:40:0 2:40:40:0");
     // Listed, not counted as bad messages: the messages were taken.
     let counts = common::query_text(&client, "SELECT bad_messages FROM eddy_catalog.sources").await;
     assert_eq!(counts, vec![vec!["0".to_string()]]);

@@ -1,7 +1,8 @@
 //! The wire protocol as clients use it: the extended protocol with bound
 //! parameters and binary results (tokio-postgres), declared parameter types
-//! (as JDBC sends them), several clients at once, clients that go away, and
-//! a pool's DEALLOCATE / DISCARD ALL between its clients.
+//! (as JDBC sends them), several clients at once, clients that go away,
+//! a pool's DEALLOCATE / DISCARD ALL between its clients, and the names
+//! and types of result columns (PostgreSQL's, RETURNING's included).
 
 mod common;
 
@@ -332,6 +333,93 @@ async fn deallocate_and_discard_all_forget_prepared_statements() {
     // The connection goes on.
     assert_eq!(
         query_text(&client, count).await,
+        vec![vec!["1".to_string()]]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_names_types_and_returning_as_postgres_gives_them() {
+    let server = TestServer::start().await;
+    let client = server.connect().await;
+    execute(
+        &client,
+        "CREATE TABLE bid (auction BIGINT PRIMARY KEY, price BIGINT, extra JSONB);
+         INSERT INTO bid VALUES (1, 10, '{\"a\": {\"b\": 2}}')",
+    )
+    .await;
+    // Described (extended protocol) as PostgreSQL names and types them.
+    let statement = client
+        .prepare(
+            "SELECT count(*), max(price), auction, auction, 1, 2 AS x, extra -> 'a', \
+             extra #>> '{a,b}', INTERVAL '1 day' * 2 FROM bid GROUP BY auction, extra",
+        )
+        .await
+        .expect("prepare");
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "count", "max", "auction", "auction", "?column?", "x", "?column?", "?column?",
+            "?column?"
+        ]
+    );
+    let types: Vec<&Type> = statement.columns().iter().map(|c| c.type_()).collect();
+    assert_eq!(
+        types,
+        [
+            &Type::INT8,
+            &Type::INT8,
+            &Type::INT8,
+            &Type::INT8,
+            &Type::INT8,
+            &Type::INT8,
+            &Type::JSONB,
+            &Type::TEXT,
+            &Type::INTERVAL
+        ]
+    );
+    let row = client.query_one(&statement, &[]).await.expect("query");
+    assert_eq!(row.get::<_, i64>(0), 1);
+    assert_eq!(row.get::<_, String>(7), "2");
+    // The simple protocol names them alike.
+    let messages = client
+        .simple_query("SELECT auction, auction, count(*) FROM bid GROUP BY auction")
+        .await
+        .expect("simple query");
+    let names: Vec<String> = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some(row.columns().iter().map(|c| c.name().to_string()).collect())
+            }
+            _ => None,
+        })
+        .expect("a row");
+    assert_eq!(names, ["auction", "auction", "count"]);
+    // RETURNING: described, bound, and its rows returned.
+    let insert = client
+        .prepare("INSERT INTO bid VALUES ($1, $2, NULL) RETURNING auction, price * 2")
+        .await
+        .expect("prepare RETURNING");
+    let names: Vec<&str> = insert.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["auction", "?column?"]);
+    let rows = client
+        .query(&insert, &[&2i64, &21i64])
+        .await
+        .expect("insert returning");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>(1), 42);
+    let deleted = client
+        .query(
+            "DELETE FROM bid WHERE auction = $1 RETURNING price",
+            &[&2i64],
+        )
+        .await
+        .expect("delete returning");
+    assert_eq!(deleted[0].get::<_, i64>(0), 21);
+    assert_eq!(
+        query_text(&client, "SELECT count(*) FROM bid").await,
         vec![vec!["1".to_string()]]
     );
     server.stop().await;

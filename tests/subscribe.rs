@@ -1,6 +1,7 @@
 //! SUBSCRIBE streams a view's changes to a client: the snapshot first, then
 //! inserts and deletes (an update is a delete and an insert) with their
-//! epoch, in order.
+//! epoch, in order; over the simple and extended protocols, and as
+//! `COPY (SUBSCRIBE ...) TO STDOUT`.
 
 mod common;
 
@@ -228,5 +229,60 @@ async fn subscribe_streams_over_the_extended_protocol_until_canceled() {
         .unwrap()
         .get(0);
     assert_eq!(n, 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_of_subscribe_streams_copy_text_until_canceled() {
+    let server = TestServer::start().await;
+    let writer = server.connect().await;
+    execute(&writer, ACCOUNTS).await;
+    let subscriber = server.connect().await;
+    // What Materialize documents for streaming changes over COPY.
+    let copy = subscriber
+        .copy_out("COPY (SUBSCRIBE totals) TO STDOUT")
+        .await
+        .expect("COPY OUT starts");
+    let mut copy = Box::pin(copy);
+    async fn next_line(
+        copy: &mut std::pin::Pin<Box<tokio_postgres::CopyOutStream>>,
+    ) -> Result<String, tokio_postgres::Error> {
+        let data = tokio::time::timeout(Duration::from_secs(20), copy.next())
+            .await
+            .expect("data within 20 s")
+            .expect("the copy goes on")?;
+        Ok(String::from_utf8(data.to_vec()).expect("text"))
+    }
+    let first = next_line(&mut copy).await.expect("the snapshot");
+    assert!(first.starts_with("ann\t10\tinsert\t"), "{first:?}");
+    assert!(first.ends_with('\n'), "{first:?}");
+    execute(
+        &writer,
+        "INSERT INTO accounts VALUES (2, 'tab\there', 5); FLUSH",
+    )
+    .await;
+    let second = next_line(&mut copy).await.expect("the insert");
+    assert!(second.starts_with("tab\\there\t5\tinsert\t"), "{second:?}");
+    subscriber
+        .cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let error = next_line(&mut copy).await.expect_err("canceled");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{error:?}"
+    );
+    // Other targets and formats are refused by name.
+    let refused = writer
+        .batch_execute("COPY (SUBSCRIBE totals) TO '/tmp/x'")
+        .await
+        .expect_err("only STDOUT");
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+        "{refused:?}"
+    );
     server.stop().await;
 }

@@ -4,6 +4,7 @@
 //! - [`changelog`]: [`ChangeBatch`], the rows + signed weights that flow
 //!   between sources, operators, views and sinks;
 //! - [`types`]: SQL column types and their Arrow representation;
+//! - [`jsonb`]: jsonb values written as PostgreSQL writes them;
 //! - [`pg_types`]: Arrow values as Postgres values (wire protocol and COPY);
 //! - [`time`]: timestamp and interval literals as microseconds;
 //! - [`recent`]: a bounded list of recent errors with their total count.
@@ -12,6 +13,7 @@
 //! [`crate::error`].
 
 pub mod changelog;
+pub mod jsonb;
 pub mod pg_types;
 pub mod recent;
 pub mod time;

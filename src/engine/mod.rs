@@ -38,7 +38,10 @@ mod guarded_functions;
 pub mod health;
 pub mod interrupt;
 pub mod jobs;
+mod jsonb;
+mod postgres_operators;
 mod query;
+mod returning;
 mod session;
 mod show;
 mod sinks;
@@ -54,6 +57,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::SessionConfig;
 
 use crate::catalog::secrets::SecretBox;
@@ -86,6 +90,12 @@ pub enum StatementResult {
     },
     /// A command tag such as `INSERT 0 3` or `CREATE TABLE`.
     Command(String),
+    /// A write's RETURNING rows, then its command tag.
+    Returned {
+        tag: String,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
     /// BEGIN: the session is now in a transaction block.
     TransactionStart(String),
     /// COMMIT / ROLLBACK: the block ended.
@@ -202,12 +212,17 @@ impl Engine {
             .with_memory_limit(query_memory_bytes, 1.0)
             .build_arc()
             .expect("a memory-limited runtime environment");
-        SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
             .with_analyzer_rule(Arc::new(checked_arithmetic::CheckIntegerOverflow::default()))
-            .build()
+            .with_type_planner(Arc::new(postgres_operators::PostgresTypes))
+            .build();
+        state
+            .register_expr_planner(Arc::new(postgres_operators::PostgresOperators))
+            .expect("registering an expression planner cannot fail");
+        state
     }
 
     /// Lets ad hoc queries use at most `bytes` of memory together.
@@ -375,8 +390,10 @@ impl Engine {
             | EddyStatement::Write {
                 statement: query, ..
             } => {
-                let plan = self
-                    .plan(&self.query_state()?, query, session.user())
+                let mut query = query.as_ref().clone();
+                let returning = returning::take_returning(&mut query);
+                let (plan, names) = self
+                    .plan(&self.query_state()?, &query, session.user())
                     .await?;
                 let types = plan.get_parameter_types()?;
                 let mut parameters = vec![None; types.len()];
@@ -386,8 +403,15 @@ impl Engine {
                         parameters[index - 1] = field;
                     }
                 }
-                let result = matches!(statement, EddyStatement::Query(_))
-                    .then(|| Arc::new(plan.schema().as_arrow().clone()));
+                let result = match (statement, returning) {
+                    (EddyStatement::Query(_), _) => {
+                        Some(names.apply(&Arc::new(plan.schema().as_arrow().clone())))
+                    }
+                    (EddyStatement::Write { table, .. }, Some(returning)) => {
+                        Some(self.returning_schema(table, &returning).await?)
+                    }
+                    _ => None,
+                };
                 Description { parameters, result }
             }
             EddyStatement::ShowTables => none(Some(show::names_schema())),
@@ -398,6 +422,8 @@ impl Engine {
                 none(Some(Self::cursor_schema(&session.cursors, cursor)?))
             }
             EddyStatement::ExplainCreateView(_) => none(Some(views::explain_schema())),
+            // COPY's columns come with its CopyOutResponse, not a description.
+            EddyStatement::Subscribe { copy: true, .. } => none(None),
             EddyStatement::Subscribe { view, .. } => none(Some(self.subscription_schema(view)?)),
             EddyStatement::ShowVariable(name) => none(Some(session::show_variable_schema(name))),
             _ => none(None),
@@ -439,9 +465,13 @@ impl Engine {
                 cascade,
             } => self.drop(kind, &names, if_exists, cascade).await,
             S::DropSink { names, if_exists } => self.drop_sinks(&names, if_exists).await,
-            S::Subscribe { view, snapshot } => {
+            S::Subscribe {
+                view,
+                snapshot,
+                copy,
+            } => {
                 let stop = session.endless_statement_guard();
-                self.subscribe_statement(stop, &view, snapshot).await
+                self.subscribe_statement(stop, &view, snapshot, copy).await
             }
             S::DeclareCursor {
                 name,

@@ -27,6 +27,7 @@ use super::{Engine, StatementResult};
 use crate::catalog::window::{WindowFunction, WindowKind};
 use crate::common::types::all_nullable;
 use crate::error::{EddyError, Result};
+use crate::sql::output_names::{name_like_postgres, OutputNames};
 
 /// Runs `plan` and returns its rows as one batch shaped like `schema`.
 pub(super) async fn collect_rows(
@@ -62,6 +63,15 @@ pub(super) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordB
             &options,
         )?),
     }
+}
+
+/// eddy's functions in place of DataFusion's (guarded against huge
+/// results, checked for overflow) and PostgreSQL's operators' functions.
+pub(super) fn register_functions(state: &mut SessionState) -> Result<()> {
+    super::guarded_functions::register(state)?;
+    super::checked_arithmetic::register(state)?;
+    super::postgres_operators::register(state)?;
+    Ok(())
 }
 
 impl Engine {
@@ -103,8 +113,7 @@ impl Engine {
         // now() and friends read the statement's start time.
         state.mark_start_execution();
         pg_catalog.register_functions(&mut state)?;
-        super::guarded_functions::register(&mut state)?;
-        super::checked_arithmetic::register(&mut state)?;
+        register_functions(&mut state)?;
         // DataFusion looks table functions up by the name as written.
         for (name, kind) in [
             ("tumble", WindowKind::Tumble),
@@ -124,18 +133,22 @@ impl Engine {
         Ok(state)
     }
 
-    /// Plans `statement` for a session of role `user` (`current_user`).
+    /// Plans `statement` for a session of role `user` (`current_user`),
+    /// with PostgreSQL's output column names: the plan's schema names
+    /// repeated columns apart, the returned names show them alike.
     pub(super) async fn plan(
         &self,
         state: &SessionState,
         statement: &Statement,
         user: &str,
-    ) -> Result<LogicalPlan> {
+    ) -> Result<(LogicalPlan, OutputNames)> {
         let mut statement = statement.clone();
         crate::catalog::pg_catalog::rewrite_regclass(&mut statement, &self.catalog, user)?;
-        Ok(state
+        let names = name_like_postgres(&mut statement);
+        let plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(statement)))
-            .await?)
+            .await?;
+        Ok((plan, names))
     }
 
     /// A query: planned, checked against the role's privileges and run,
@@ -150,12 +163,12 @@ impl Engine {
         let guard = session.statement_guard();
         let run = async {
             let state = self.query_state()?;
-            let mut plan = self.plan(&state, statement, session.user()).await?;
+            let (mut plan, names) = self.plan(&state, statement, session.user()).await?;
             self.authorize_plan(session, &plan, None)?;
             if !params.is_empty() {
                 plan = plan.with_param_values(ParamValues::from(params))?;
             }
-            let schema = Arc::new(plan.schema().as_arrow().clone());
+            let schema = names.apply(&Arc::new(plan.schema().as_arrow().clone()));
             let stream = DataFrame::new(state, plan).execute_stream().await?;
             Ok(StatementResult::Stream {
                 schema,

@@ -19,6 +19,8 @@ use crate::runtime::RuntimeHandle;
 #[derive(Debug)]
 pub struct Subscription {
     pub schema: SchemaRef,
+    /// `COPY (SUBSCRIBE ...) TO STDOUT`: sent as COPY text data.
+    pub as_copy: bool,
     epochs: tokio::sync::mpsc::Receiver<SinkEpoch>,
     /// A SUBSCRIBE statement's cancel requests and disconnection (a
     /// cursor's subscription has none: each FETCH is its own statement).
@@ -124,6 +126,7 @@ impl Engine {
             .await?;
         Ok(Subscription {
             schema,
+            as_copy: false,
             epochs: receiver,
             stop: None,
             _guard: SubscriptionGuard {
@@ -168,9 +171,11 @@ impl Engine {
         stop: StatementGuard,
         view: &str,
         snapshot: bool,
+        copy: bool,
     ) -> Result<StatementResult> {
         let mut subscription = self.subscribe(view, snapshot).await?;
         subscription.stop = Some(stop);
+        subscription.as_copy = copy;
         Ok(StatementResult::Subscription(subscription))
     }
 }

@@ -13,6 +13,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, WriteOp};
 use datafusion::sql::sqlparser::ast::{self, Statement};
 
 use super::query::{collect_batch, collect_rows, conform};
+use super::returning::take_returning;
 use super::session::Session;
 use super::{Engine, StatementResult};
 use crate::catalog::{Privilege, Relation, TableEntry};
@@ -415,14 +416,15 @@ impl Engine {
                 table.name
             ));
         }
-        let statement = match &table.proctime {
+        let mut statement = match &table.proctime {
             Some(clock) => leave_out_processing_time(statement, &table.schema, clock.column)?,
             None => statement.clone(),
         };
+        let returning = take_returning(&mut statement);
         // Plan and evaluate against the table as it is under the write lock.
         let write_lock = table.write_lock.clone().lock_owned().await;
         let state = self.query_state()?;
-        let mut plan = self.plan(&state, &statement, session.user()).await?;
+        let (mut plan, _) = self.plan(&state, &statement, session.user()).await?;
         let privilege = match kind {
             WriteKind::Insert => Privilege::Insert,
             WriteKind::Update => Privilege::Update,
@@ -438,6 +440,8 @@ impl Engine {
         };
         let schema = table.schema.clone();
         let width = schema.fields().len();
+        // The rows a RETURNING list reads.
+        let written: RecordBatch;
         let (tag, (next, change)) = match (kind, &dml.op) {
             (WriteKind::Insert, WriteOp::Insert(_)) => {
                 let mut new = guard
@@ -447,6 +451,7 @@ impl Engine {
                     new = clock.stamp(&new, &schema, clock.now())?;
                 }
                 let count = new.num_rows();
+                written = new.clone();
                 (format!("INSERT 0 {count}"), table.data().insert(new)?)
             }
             (WriteKind::Delete, WriteOp::Delete) => {
@@ -454,6 +459,7 @@ impl Engine {
                     .run(collect_rows(&state, (*dml.input).clone(), &schema))
                     .await?;
                 let count = old.num_rows();
+                written = old.clone();
                 (format!("DELETE {count}"), table.data().delete(old)?)
             }
             (WriteKind::Update, WriteOp::Update) => {
@@ -487,9 +493,18 @@ impl Engine {
                     new = clock.stamp(&new, &schema, clock.now())?;
                 }
                 let count = old.num_rows();
+                written = new.clone();
                 (format!("UPDATE {count}"), table.data().update(old, new)?)
             }
             (kind, op) => return Err(crate::internal!("{kind:?} planned as {op}")),
+        };
+        let returned = match &returning {
+            Some(returning) => Some(
+                guard
+                    .run(self.returning_rows(&table.name, returning, written))
+                    .await?,
+            ),
+            None => None,
         };
         // From here on the write is no longer the client's to stop: once in
         // the log it must take effect, so it runs to the end in a task of
@@ -506,7 +521,14 @@ impl Engine {
         durable
             .await
             .map_err(|e| crate::internal!("a table write's task failed: {e}"))??;
-        Ok(StatementResult::Command(tag))
+        Ok(match returned {
+            Some((schema, batches)) => StatementResult::Returned {
+                tag,
+                schema,
+                batches,
+            },
+            None => StatementResult::Command(tag),
+        })
     }
 
     /// Recovery: applies the write-ahead log's records of each table that

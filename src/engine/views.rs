@@ -49,7 +49,7 @@ impl Engine {
             .options_mut()
             .optimizer
             .enable_physical_uncorrelated_scalar_subquery = false;
-        let logical = self
+        let (logical, names) = self
             .plan(
                 &state,
                 &Statement::Query(view.query.clone()),
@@ -103,9 +103,8 @@ impl Engine {
             }
         }
         let graph = lowered.graph;
-        let mut fields: Vec<Field> = logical
-            .schema()
-            .as_arrow()
+        let mut fields: Vec<Field> = names
+            .apply(&Arc::new(logical.schema().as_arrow().clone()))
             .fields()
             .iter()
             .map(|f| f.as_ref().clone())

@@ -10,6 +10,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use futures::{stream, Sink, StreamExt};
 use pgwire::api::portal::{Format, Portal};
@@ -109,6 +110,26 @@ fn field_infos(schema: &SchemaRef, format: &Format) -> Vec<FieldInfo> {
         .collect()
 }
 
+/// Rows built whole, as one response.
+fn rows_response(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    format: &Format,
+) -> PgWireResult<QueryResponse> {
+    let fields = Arc::new(field_infos(schema, format));
+    let mut encoder = DataRowEncoder::new(fields.clone());
+    let mut rows = Vec::new();
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            for column in batch.columns() {
+                encoder.encode_field(&Cell { array: column, row })?;
+            }
+            rows.push(Ok(encoder.take_row()));
+        }
+    }
+    Ok(QueryResponse::new(fields, stream::iter(rows)))
+}
+
 fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Response> {
     match result {
         StatementResult::Command(tag) => Ok(Response::Execution(Tag::new(&tag))),
@@ -118,21 +139,16 @@ fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Respo
         StatementResult::TransactionStart(tag) => Ok(Response::TransactionStart(Tag::new(&tag))),
         StatementResult::TransactionEnd(tag) => Ok(Response::TransactionEnd(Tag::new(&tag))),
         StatementResult::Rows { schema, batches } => {
-            let fields = Arc::new(field_infos(&schema, format));
-            let mut encoder = DataRowEncoder::new(fields.clone());
-            let mut rows = Vec::new();
-            for batch in &batches {
-                for row in 0..batch.num_rows() {
-                    for column in batch.columns() {
-                        encoder.encode_field(&Cell { array: column, row })?;
-                    }
-                    rows.push(Ok(encoder.take_row()));
-                }
-            }
-            Ok(Response::Query(QueryResponse::new(
-                fields,
-                stream::iter(rows),
-            )))
+            Ok(Response::Query(rows_response(&schema, &batches, format)?))
+        }
+        StatementResult::Returned {
+            tag,
+            schema,
+            batches,
+        } => {
+            let mut response = rows_response(&schema, &batches, format)?;
+            response.set_command_tag(&tag);
+            Ok(Response::Query(response))
         }
         StatementResult::Stream {
             schema,
@@ -262,6 +278,9 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     use futures::SinkExt;
+    if subscription.as_copy {
+        return stream_subscription_as_copy(client, subscription).await;
+    }
     let fields = field_infos(&subscription.schema, format);
     if describe {
         let description =
@@ -299,6 +318,84 @@ where
                 };
                 return Ok(*info);
             }
+        }
+    }
+}
+
+/// `COPY (SUBSCRIBE ...) TO STDOUT`: a CopyOutResponse, then each row as
+/// COPY text data (tab-separated, `\N` for NULL, backslash escapes),
+/// flushed per epoch, until the subscription ends; returns the error that
+/// ended it, as [`stream_subscription`] does.
+async fn stream_subscription_as_copy<C>(
+    client: &mut C,
+    mut subscription: crate::engine::subscribe::Subscription,
+) -> PgWireResult<ErrorInfo>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    use futures::SinkExt;
+    use pgwire::messages::copy::{CopyData, CopyOutResponse};
+    let columns = subscription.schema.fields().len();
+    client
+        .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
+            0,
+            columns as i16,
+            vec![0; columns],
+        )))
+        .await?;
+    loop {
+        match subscription.next_batch().await {
+            Some(Ok(batch)) => {
+                for row in 0..batch.num_rows() {
+                    let mut line = String::new();
+                    for (i, column) in batch.columns().iter().enumerate() {
+                        if i > 0 {
+                            line.push('\t');
+                        }
+                        if column.is_null(row) {
+                            line.push_str("\\N");
+                            continue;
+                        }
+                        let text = crate::common::pg_types::text_value(column, row)
+                            .map_err(PgWireError::ApiError)?;
+                        copy_text_escape(&text, &mut line);
+                    }
+                    line.push('\n');
+                    client
+                        .feed(PgWireBackendMessage::CopyData(CopyData::new(line.into())))
+                        .await?;
+                }
+                client.flush().await?;
+            }
+            Some(Err(e)) => {
+                let PgWireError::UserError(info) = to_pgwire(e) else {
+                    unreachable!()
+                };
+                return Ok(*info);
+            }
+            None => {
+                let PgWireError::UserError(info) = to_pgwire(crate::error::EddyError::Shutdown(
+                    "subscription ended".into(),
+                )) else {
+                    unreachable!()
+                };
+                return Ok(*info);
+            }
+        }
+    }
+}
+
+/// A value in COPY's text format: backslash, tab, newline and carriage
+/// return escaped.
+fn copy_text_escape(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
         }
     }
 }

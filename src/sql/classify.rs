@@ -63,11 +63,6 @@ pub(super) fn classify(statement: Statement, sql: &str) -> Result<EddyStatement>
                     "INSERT ... ON CONFLICT is not supported yet"
                 ));
             }
-            if insert.returning.is_some() {
-                return Err(crate::not_supported!(
-                    "INSERT ... RETURNING is not supported yet"
-                ));
-            }
             let table = match &insert.table {
                 ast::TableObject::TableName(name) => relation_name(name)?,
                 other => {
@@ -88,11 +83,6 @@ pub(super) fn classify(statement: Statement, sql: &str) -> Result<EddyStatement>
                     "UPDATE ... FROM is not supported yet"
                 ));
             }
-            if update.returning.is_some() {
-                return Err(crate::not_supported!(
-                    "UPDATE ... RETURNING is not supported yet"
-                ));
-            }
             let table = table_factor_name(&update.table.relation)?;
             EddyStatement::Write {
                 table,
@@ -104,11 +94,6 @@ pub(super) fn classify(statement: Statement, sql: &str) -> Result<EddyStatement>
             if delete.using.is_some() {
                 return Err(crate::not_supported!(
                     "DELETE ... USING is not supported yet"
-                ));
-            }
-            if delete.returning.is_some() {
-                return Err(crate::not_supported!(
-                    "DELETE ... RETURNING is not supported yet"
                 ));
             }
             let tables = match &delete.from {

@@ -40,7 +40,77 @@ pub(super) fn parse_subscribe(sql: &str) -> Result<EddyStatement> {
             }
         }
     }
-    Ok(EddyStatement::Subscribe { view, snapshot })
+    Ok(EddyStatement::Subscribe {
+        view,
+        snapshot,
+        copy: false,
+    })
+}
+
+/// Whether `sql` is `COPY (SUBSCRIBE ...) ...`.
+pub(super) fn is_copy_of_subscribe(sql: &str) -> bool {
+    let rest = sql.trim_start()[4..].trim_start();
+    rest.strip_prefix('(').is_some_and(|inner| {
+        inner
+            .trim_start()
+            .get(..9)
+            .is_some_and(|w| w.eq_ignore_ascii_case("SUBSCRIBE"))
+    })
+}
+
+/// `COPY (SUBSCRIBE [TO] view [WITH (...)]) TO STDOUT [WITH (FORMAT
+/// text)]`, as Materialize users write it: the subscription's rows as COPY
+/// text data.
+pub(super) fn parse_copy_subscribe(sql: &str) -> Result<EddyStatement> {
+    let rest = sql.trim().trim_end_matches(';').trim_end();
+    let rest = rest[4..].trim_start();
+    let inner_and_after = &rest[1..];
+    // The SUBSCRIBE ends at the parenthesis that closes the one it opened.
+    let mut depth = 1usize;
+    let close = inner_and_after
+        .char_indices()
+        .find(|&(_, c)| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            depth == 0
+        })
+        .map(|(i, _)| i)
+        .ok_or_else(|| EddyError::Syntax("COPY (SUBSCRIBE ...: missing )".into()))?;
+    let target: Vec<String> = inner_and_after[close + 1..]
+        .split_whitespace()
+        .map(str::to_uppercase)
+        .collect();
+    let format_text = |options: &[String]| {
+        let options = options.join(" ").replace(' ', "");
+        matches!(
+            options.as_str(),
+            "" | "WITH(FORMATTEXT)" | "(FORMATTEXT)" | "WITH(FORMAT'TEXT')" | "(FORMAT'TEXT')"
+        )
+    };
+    match target.as_slice() {
+        [to, stdout, options @ ..] if to == "TO" && stdout == "STDOUT" && format_text(options) => {}
+        [to, stdout, ..] if to == "TO" && stdout == "STDOUT" => {
+            return Err(crate::not_supported!(
+                "COPY (SUBSCRIBE ...) TO STDOUT supports FORMAT text only"
+            ))
+        }
+        _ => {
+            return Err(crate::not_supported!(
+                "COPY (SUBSCRIBE ...) goes TO STDOUT only"
+            ))
+        }
+    }
+    match parse_subscribe(&inner_and_after[..close])? {
+        EddyStatement::Subscribe { view, snapshot, .. } => Ok(EddyStatement::Subscribe {
+            view,
+            snapshot,
+            copy: true,
+        }),
+        _ => Err(crate::internal!("SUBSCRIBE did not parse as one")),
+    }
 }
 
 /// A cursor's name as written: folded to lower case unless quoted.
@@ -78,7 +148,7 @@ pub(super) fn parse_declare(sql: &str) -> Result<EddyStatement> {
         }
     };
     match parse_subscribe(&format!("SUBSCRIBE {}", rest.join(" ")))? {
-        EddyStatement::Subscribe { view, snapshot } => Ok(EddyStatement::DeclareCursor {
+        EddyStatement::Subscribe { view, snapshot, .. } => Ok(EddyStatement::DeclareCursor {
             name: cursor_name(name),
             view,
             snapshot,

@@ -13,6 +13,7 @@ mod classify;
 pub mod connector;
 mod cursor;
 pub mod limits;
+pub mod output_names;
 mod rewrite;
 mod split;
 
@@ -23,10 +24,10 @@ use datafusion::sql::sqlparser::parser::Parser;
 use crate::catalog::RelationKind;
 use crate::error::{EddyError, Result};
 use classify::classify;
-use cursor::{cursor_name, parse_declare, parse_fetch, parse_subscribe};
+use cursor::{cursor_name, parse_copy_subscribe, parse_declare, parse_fetch, parse_subscribe};
 use rewrite::{
     extract_proctime, extract_watermark, rewrite_flink_windows, rewrite_lookup_joins,
-    strip_emit_on_window_close,
+    strip_append_only, strip_emit_on_window_close,
 };
 use split::leading_words;
 pub use split::split_statements;
@@ -95,6 +96,8 @@ pub enum EddyStatement {
     Subscribe {
         view: String,
         snapshot: bool,
+        /// `COPY (SUBSCRIBE ...) TO STDOUT`: the rows as COPY data.
+        copy: bool,
     },
     /// `DECLARE c SUBSCRIPTION CURSOR FOR view [WITH (snapshot = ...)]`
     /// (also `DECLARE c CURSOR FOR SUBSCRIBE [TO] view ...`): a SUBSCRIBE
@@ -288,6 +291,7 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         ["SHOW", "SOURCES", ..] => return Ok(EddyStatement::ShowSources),
         ["SHOW", "JOBS"] => return Ok(EddyStatement::ShowJobs),
         ["SUBSCRIBE", ..] => return parse_subscribe(sql),
+        ["COPY", ..] if cursor::is_copy_of_subscribe(sql) => return parse_copy_subscribe(sql),
         ["DECLARE", ..] => return parse_declare(sql),
         ["FETCH", ..] | ["MOVE", ..] => return parse_fetch(sql),
         ["CLOSE", ..] => {
@@ -345,9 +349,12 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
     };
     let sql = sql.as_ref();
     // eddy's clauses that sqlparser does not know are taken out first.
+    let mut declared_append_only = false;
     let (sql, time) = match words.as_slice() {
         ["CREATE", "TABLE", ..] => {
-            let (sql, proctime) = extract_proctime(sql)?;
+            let (sql, append_only) = strip_append_only(sql)?;
+            declared_append_only = append_only;
+            let (sql, proctime) = extract_proctime(&sql)?;
             let (sql, watermark) = extract_watermark(&sql)?;
             let time = TimeColumns {
                 watermark,
@@ -383,10 +390,15 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         statement => classify(statement, sql)?,
     };
     match (statement, time, emit_on_window_close) {
-        (EddyStatement::CreateTable(create, _), time, false) => Ok(EddyStatement::CreateTable(
-            create,
-            Box::new(time.unwrap_or_default()),
-        )),
+        (EddyStatement::CreateTable(mut create, _), time, false) => {
+            if declared_append_only {
+                mark_append_only(&mut create);
+            }
+            Ok(EddyStatement::CreateTable(
+                create,
+                Box::new(time.unwrap_or_default()),
+            ))
+        }
         (EddyStatement::CreateView(mut view), None, emit) => {
             view.emit_on_window_close = emit;
             Ok(EddyStatement::CreateView(view))
@@ -400,6 +412,23 @@ pub fn parse_statement(sql: &str) -> Result<EddyStatement> {
         )),
         (statement, _, _) => Ok(statement),
     }
+}
+
+/// Adds `append_only = true` to a CREATE TABLE's WITH options (what
+/// `APPEND ONLY` means).
+fn mark_append_only(create: &mut ast::CreateTable) {
+    let option = ast::SqlOption::KeyValue {
+        key: ast::Ident::new("append_only"),
+        value: ast::Expr::value(ast::Value::Boolean(true)),
+    };
+    create.table_options =
+        match std::mem::replace(&mut create.table_options, ast::CreateTableOptions::None) {
+            ast::CreateTableOptions::With(mut options) => {
+                options.push(option);
+                ast::CreateTableOptions::With(options)
+            }
+            _ => ast::CreateTableOptions::With(vec![option]),
+        };
 }
 
 /// A Postgres identifier: unquoted names fold to lower case.

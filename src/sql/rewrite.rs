@@ -173,6 +173,48 @@ pub(super) fn render_tokens(tokens: &[datafusion::sql::sqlparser::tokenizer::Tok
         .collect()
 }
 
+/// Removes RisingWave's `APPEND ONLY` after a CREATE TABLE's column list
+/// (outside parentheses); says whether it was there. The table is then
+/// append-only, as with `WITH (append_only = true)`.
+pub(super) fn strip_append_only(sql: &str) -> Result<(String, bool)> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if !sql.to_uppercase().contains("APPEND") {
+        return Ok((sql.to_string(), false));
+    }
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| EddyError::Syntax(e.to_string()))?;
+    let is_word = |t: &Token, w: &str| matches!(t, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w));
+    let mut depth = 0usize;
+    let mut found = None;
+    for (i, token) in tokens.iter().enumerate() {
+        match token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            t if depth == 0 && is_word(t, "APPEND") => {
+                let next = tokens[i + 1..]
+                    .iter()
+                    .position(|t| !matches!(t, Token::Whitespace(_)))
+                    .map(|offset| i + 1 + offset);
+                if let Some(next) = next.filter(|&n| is_word(&tokens[n], "ONLY")) {
+                    found = Some((i, next));
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some((append, only)) = found else {
+        return Ok((sql.to_string(), false));
+    };
+    let rest: Vec<Token> = tokens[..append]
+        .iter()
+        .chain(&tokens[only + 1..])
+        .cloned()
+        .collect();
+    Ok((render_tokens(&rest), true))
+}
+
 /// Removes a trailing `EMIT ON WINDOW CLOSE` (before an optional `;`).
 pub(super) fn strip_emit_on_window_close(sql: &str) -> (String, bool) {
     let trimmed = sql.trim_end().trim_end_matches(';').trim_end();

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringBuilder};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 
@@ -334,25 +334,7 @@ impl PayloadDecoder {
 
     fn decode_all(&self, payloads: &[&[u8]]) -> Result<RecordBatch> {
         let rows = match self.encoding {
-            MessageEncoding::Json => {
-                let mut decoder =
-                    datafusion::arrow::json::ReaderBuilder::new(self.decode_schema.clone())
-                        .with_batch_size(payloads.len().max(1))
-                        .build_decoder()?;
-                for payload in payloads {
-                    // Each payload must be exactly one value.
-                    let consumed = decoder.decode(payload)?;
-                    if consumed != payload.len() {
-                        return Err(EddyError::InvalidValue(
-                            "trailing data after the JSON value".into(),
-                        ));
-                    }
-                    decoder.decode(b"\n")?;
-                }
-                decoder
-                    .flush()?
-                    .unwrap_or_else(|| RecordBatch::new_empty(self.decode_schema.clone()))
-            }
+            MessageEncoding::Json => self.decode_json(payloads)?,
             MessageEncoding::Csv => {
                 let mut text = Vec::with_capacity(payloads.iter().map(|p| p.len() + 1).sum());
                 for payload in payloads {
@@ -379,6 +361,138 @@ impl PayloadDecoder {
         };
         Ok(rows)
     }
+}
+
+impl PayloadDecoder {
+    /// JSON payloads through arrow-json, except for jsonb columns: arrow-json
+    /// reads no object or list into a text column, so those are read with
+    /// serde_json, in jsonb form (as the one-pass decoder does).
+    fn decode_json(&self, payloads: &[&[u8]]) -> Result<RecordBatch> {
+        let fields = self.decode_schema.fields();
+        let (jsonb, others): (Vec<usize>, Vec<usize>) =
+            (0..fields.len()).partition(|&i| crate::common::types::is_json_field(&fields[i]));
+        let arrow_schema = Arc::new(self.decode_schema.project(&others)?);
+        let mut decoder = datafusion::arrow::json::ReaderBuilder::new(arrow_schema.clone())
+            .with_batch_size(payloads.len().max(1))
+            .build_decoder()?;
+        for payload in payloads {
+            let renamed = self.keys_in_declared_case(payload);
+            let payload: &[u8] = renamed.as_deref().unwrap_or(payload);
+            // Each payload must be exactly one value.
+            let consumed = decoder.decode(payload)?;
+            if consumed != payload.len() {
+                return Err(EddyError::InvalidValue(
+                    "trailing data after the JSON value".into(),
+                ));
+            }
+            decoder.decode(b"\n")?;
+        }
+        let decoded = decoder
+            .flush()?
+            .unwrap_or_else(|| RecordBatch::new_empty(arrow_schema.clone()));
+        if jsonb.is_empty() {
+            return Ok(decoded);
+        }
+        let mut builders: Vec<StringBuilder> = jsonb.iter().map(|_| StringBuilder::new()).collect();
+        for payload in payloads {
+            let object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(payload)
+                    .map_err(|e| EddyError::InvalidValue(format!("not a JSON object: {e}")))?;
+            for (builder, &column) in builders.iter_mut().zip(&jsonb) {
+                let name = fields[column].name();
+                let value = object.get(name).or_else(|| {
+                    let mut keys = object.iter();
+                    keys.find_map(|(k, v)| k.eq_ignore_ascii_case(name).then_some(v))
+                });
+                match value {
+                    None | Some(serde_json::Value::Null) => builder.append_null(),
+                    Some(value) => builder.append_value(crate::common::jsonb::render(value)),
+                }
+            }
+        }
+        let mut jsonb_columns = jsonb.iter().zip(builders);
+        let mut other_columns = decoded.columns().iter();
+        let columns = (0..fields.len())
+            .map(|i| match jsonb.contains(&i) {
+                true => {
+                    let (_, mut builder) = jsonb_columns.next().expect("one builder per column");
+                    Arc::new(builder.finish()) as datafusion::arrow::array::ArrayRef
+                }
+                false => other_columns
+                    .next()
+                    .expect("one decoded column each")
+                    .clone(),
+            })
+            .collect();
+        Ok(RecordBatch::try_new(self.decode_schema.clone(), columns)?)
+    }
+
+    /// `payload` with each top-level field whose name matches a declared
+    /// column only ignoring ASCII case renamed to the column's name, where
+    /// no field has the column's exact name (what the one-pass decoder
+    /// does); `None` when there is nothing to rename. The names are found
+    /// by a scan of strings and brackets, not a parse, so that payloads
+    /// arrow-json takes leniently (missing commas) are renamed too; ASCII
+    /// case folding keeps a name's length, so it is renamed in place.
+    fn keys_in_declared_case(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        let keys = top_level_keys(payload);
+        let fields = self.decode_schema.fields();
+        let mut renamed: Option<Vec<u8>> = None;
+        for field in fields.iter() {
+            let name = field.name();
+            if keys.iter().any(|(_, key)| key == name) {
+                continue;
+            }
+            for ((start, end), key) in &keys {
+                // A name written with escapes cannot be renamed in place.
+                let plain = end - start == key.len();
+                if plain && key.eq_ignore_ascii_case(name) {
+                    renamed.get_or_insert_with(|| payload.to_vec())[*start..*end]
+                        .copy_from_slice(name.as_bytes());
+                }
+            }
+        }
+        renamed
+    }
+}
+
+/// The names of a JSON object's top-level fields (strings at depth 1
+/// followed by a colon), unescaped, with their byte ranges between the
+/// quotes.
+fn top_level_keys(payload: &[u8]) -> Vec<((usize, usize), String)> {
+    let mut keys = Vec::new();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < payload.len() {
+        match payload[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                let start = i + 1;
+                let mut end = start;
+                while end < payload.len() && payload[end] != b'"' {
+                    end += if payload[end] == b'\\' { 2 } else { 1 };
+                }
+                if end >= payload.len() {
+                    break;
+                }
+                let after = payload[end + 1..].iter().find(|b| !b.is_ascii_whitespace());
+                let key = match payload[start..end].contains(&b'\\') {
+                    true => serde_json::from_slice::<String>(&payload[start - 1..end + 1]).ok(),
+                    false => std::str::from_utf8(&payload[start..end])
+                        .ok()
+                        .map(String::from),
+                };
+                if let Some(key) = key.filter(|_| depth == 1 && after == Some(&b':')) {
+                    keys.push(((start, end), key));
+                }
+                i = end;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    keys
 }
 
 /// One Avro datum as a JSON object; timestamps become µs since the epoch.

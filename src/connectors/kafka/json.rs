@@ -38,8 +38,8 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::kernels::cast_utils::{string_to_datetime, Parser};
 use datafusion::arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type,
-    Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    ArrowPrimitiveType, DataType, Date32Type, Field, Float32Type, Float64Type, Int16Type,
+    Int32Type, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
 };
 use num_traits::NumCast;
 
@@ -65,6 +65,9 @@ enum ColumnType {
     Float32,
     Float64,
     Utf8,
+    /// jsonb: any JSON value, kept as text in jsonb form
+    /// (`common::jsonb`).
+    Jsonb,
     Date32,
     /// Microseconds; a string without an offset is read in `zone` (UTC
     /// when the column has none). `naive_utc`: that is UTC, so the common
@@ -93,8 +96,9 @@ fn reads_naive_as_utc(zone: &Option<Tz>) -> bool {
 }
 
 impl ColumnType {
-    fn of(data_type: &DataType) -> Option<Self> {
-        Some(match data_type {
+    fn of(field: &Field) -> Option<Self> {
+        Some(match field.data_type() {
+            DataType::Utf8 if crate::common::types::is_json_field(field) => Self::Jsonb,
             DataType::Boolean => Self::Boolean,
             DataType::Int16 => Self::Int16,
             DataType::Int32 => Self::Int32,
@@ -151,7 +155,7 @@ enum Kind {
     True,
     False,
     Null,
-    /// An object or a list (no declared column takes one).
+    /// An object or a list (only a jsonb column takes one).
     Nested,
 }
 
@@ -214,7 +218,9 @@ impl Builder {
             ColumnType::Int64 => Self::Int64(PrimitiveBuilder::with_capacity(capacity)),
             ColumnType::Float32 => Self::Float32(PrimitiveBuilder::with_capacity(capacity)),
             ColumnType::Float64 => Self::Float64(PrimitiveBuilder::with_capacity(capacity)),
-            ColumnType::Utf8 => Self::Utf8(StringBuilder::with_capacity(capacity, capacity * 16)),
+            ColumnType::Utf8 | ColumnType::Jsonb => {
+                Self::Utf8(StringBuilder::with_capacity(capacity, capacity * 16))
+            }
             ColumnType::Date32 => Self::Date32(PrimitiveBuilder::with_capacity(capacity)),
             ColumnType::Timestamp { .. } => {
                 Self::Timestamp(PrimitiveBuilder::with_capacity(capacity))
@@ -293,7 +299,7 @@ impl JsonDecoder {
                 Some(Column {
                     name: name.into(),
                     plain_key: plain.then(|| [name, b"\""].concat().into()),
-                    column_type: ColumnType::of(field.data_type())?,
+                    column_type: ColumnType::of(field)?,
                     required: !field.is_nullable(),
                     max_chars: crate::common::types::max_chars(field)
                         .map(|limit| (limit, crate::common::types::too_long_reason(field))),
@@ -408,6 +414,10 @@ impl JsonDecoder {
         // column after the last one matched first.
         let mut guess = 0;
         let mut key_text = String::new();
+        // Fields whose names match a column's only ignoring ASCII case:
+        // they fill the columns no field matched exactly (as RisingWave
+        // reads JSON), the last such field winning.
+        let mut differing_in_case: Vec<(usize, Span)> = Vec::new();
         loop {
             scanner.skip_whitespace_and_commas();
             match scanner.next("parsing object")? {
@@ -437,6 +447,8 @@ impl JsonDecoder {
                     if let Some(column) = self.column_named(key, guess) {
                         spans[column] = Some(span);
                         guess = column + 1;
+                    } else if let Some(column) = self.column_named_ignoring_case(key) {
+                        differing_in_case.push((column, span));
                     }
                 }
                 b'}' => break,
@@ -444,10 +456,22 @@ impl JsonDecoder {
             }
         }
         scanner.skip_whitespace();
-        match scanner.peek() {
-            None => Ok(!scanner.non_ascii),
-            Some(_) => Err("trailing data after the JSON object".into()),
+        if scanner.peek().is_some() {
+            return Err("trailing data after the JSON object".into());
         }
+        // Applied last first, each to a column nothing filled yet.
+        for (column, span) in differing_in_case.into_iter().rev() {
+            if spans[column].is_none() {
+                spans[column] = Some(span);
+            }
+        }
+        Ok(!scanner.non_ascii)
+    }
+
+    fn column_named_ignoring_case(&self, key: &[u8]) -> Option<usize> {
+        self.columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(key))
     }
 
     fn column_named(&self, key: &[u8], guess: usize) -> Option<usize> {
@@ -508,6 +532,27 @@ impl JsonDecoder {
             ))
         };
         match (&column.column_type, span.kind) {
+            // Any value, checked as JSON (the scan is lenient about commas)
+            // whether built or not, kept in jsonb form.
+            (ColumnType::Jsonb, kind) => {
+                let json = match kind {
+                    // The quotes around a string are part of its JSON.
+                    Kind::String { .. } => &payload[span.start - 1..span.end + 1],
+                    _ => raw,
+                };
+                let normalized = crate::common::jsonb::normalize(json).map_err(|e| {
+                    Bad::from(format!(
+                        "invalid JSON for \"{}\": {e}",
+                        String::from_utf8_lossy(&column.name)
+                    ))
+                })?;
+                if !built {
+                    return Ok(Value::Null);
+                }
+                let start = unescaped.len();
+                unescaped.push_str(&normalized);
+                Ok(Value::Unescaped(start, unescaped.len()))
+            }
             (ColumnType::Boolean, Kind::True) => Ok(Value::Boolean(true)),
             (ColumnType::Boolean, Kind::False) => Ok(Value::Boolean(false)),
             // varchar(n): the length is checked whether built or not (an
@@ -664,6 +709,7 @@ fn type_name(column_type: &ColumnType) -> &'static str {
         ColumnType::Float32 => "a real",
         ColumnType::Float64 => "a double precision",
         ColumnType::Utf8 => "a string",
+        ColumnType::Jsonb => "JSON",
         ColumnType::Date32 => "a date",
         ColumnType::Timestamp { .. } => "a timestamp",
     }
