@@ -1218,3 +1218,109 @@ async fn backfills_report_progress() {
     assert!(noticed.try_recv().is_err(), "no NOTICE in the background");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_over_a_source_reads_what_the_topic_holds() {
+    let (plain, upserts, empty) = (
+        fresh_topic("select-plain"),
+        fresh_topic("select-upsert"),
+        fresh_topic("select-empty"),
+    );
+    create_topic(&plain, 2).await;
+    create_topic(&upserts, 1).await;
+    create_topic(&empty, 1).await;
+    produce(
+        &plain,
+        &[
+            (0, None, Some(r#"{"id": 1, "name": "ann"}"#)),
+            (1, None, Some(r#"{"id": 2, "name": "bob"}"#)),
+            (0, None, Some("not json")),
+            (1, None, Some(r#"{"id": 3, "name": "cid"}"#)),
+        ],
+    )
+    .await;
+    produce(
+        &upserts,
+        &[
+            (0, Some("1"), Some(r#"{"id": 1, "city": "Oslo"}"#)),
+            (0, Some("2"), Some(r#"{"id": 2, "city": "Rome"}"#)),
+            (0, Some("1"), Some(r#"{"id": 1, "city": "Bergen"}"#)),
+            (0, Some("3"), Some(r#"{"id": 3, "city": "Lima"}"#)),
+            (0, Some("2"), None),
+        ],
+    )
+    .await;
+    let server = TestServer::start().await;
+    let client = server.connect().await;
+    let with = |topic: &str| {
+        format!(
+            "WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}', \
+             scan.startup.mode = 'earliest')",
+            bootstrap()
+        )
+    };
+    execute(
+        &client,
+        &format!(
+            "CREATE SOURCE people (id BIGINT, name TEXT) INCLUDE partition {} FORMAT PLAIN ENCODE JSON;
+             CREATE SOURCE cities (id BIGINT PRIMARY KEY, city TEXT) {} FORMAT UPSERT ENCODE JSON;
+             CREATE SOURCE nothing (id BIGINT) {} FORMAT PLAIN ENCODE JSON;
+             CREATE SOURCE ticks (n BIGINT) WITH (connector = 'datagen', datagen.rows.per.second = '1')",
+            with(&plain),
+            with(&upserts),
+            with(&empty)
+        ),
+    )
+    .await;
+    // Every partition to its end, bad messages skipped, as a view reads it.
+    assert_eq!(
+        query_text(
+            &client,
+            "SELECT id, name, kafka_partition FROM people ORDER BY id"
+        )
+        .await,
+        vec![
+            vec!["1", "ann", "0"],
+            vec!["2", "bob", "1"],
+            vec!["3", "cid", "1"],
+        ]
+    );
+    assert_eq!(
+        query_text(&client, "SELECT count(*) FROM people LIMIT 2").await,
+        vec![vec!["3"]]
+    );
+    assert_eq!(
+        query_text(&client, "SELECT * FROM (SELECT id FROM people LIMIT 2) x")
+            .await
+            .len(),
+        2
+    );
+    // FORMAT UPSERT: the current row of each key.
+    assert_eq!(
+        query_text(&client, "SELECT id, city FROM cities ORDER BY id").await,
+        vec![vec!["1", "Bergen"], vec!["3", "Lima"]]
+    );
+    assert!(query_text(&client, "SELECT * FROM nothing")
+        .await
+        .is_empty());
+    // Nothing was counted: a SELECT is not a reader.
+    assert_eq!(
+        query_text(
+            &client,
+            "SELECT bad_messages FROM eddy_catalog.sources WHERE name = 'people'"
+        )
+        .await,
+        vec![vec!["0"]]
+    );
+    // A generator holds nothing to read.
+    let error = client
+        .simple_query("SELECT * FROM ticks")
+        .await
+        .expect_err("a generator is read by views");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+        "{error:?}"
+    );
+    server.stop().await;
+}

@@ -47,6 +47,12 @@ const VIEW_QUERIES: &[&str] = &[
     "SELECT DISTINCT ON (k) k, v, s FROM u ORDER BY k, v, s, d",
     "SELECT k FROM t WHERE v > {c} UNION SELECT k FROM u",
     "SELECT k, v FROM t WHERE k NOT IN (SELECT k FROM u WHERE v > {c})",
+    // Nested JSON: rows as jsonb documents, read back with ->, ->>, #>>, @>.
+    "SELECT x ->> 's' AS js, sum((x #>> '{n,v}')::int) AS sv, count(x -> 'n' -> 'k') AS nk, \
+     count(*) FILTER (WHERE x @> '{\"n\": {\"k\": {c}}}') AS kc \
+     FROM (SELECT ('{\"s\": ' || coalesce('\"' || s || '\"', 'null') || ', \"n\": {\"k\": ' \
+     || coalesce(k::text, 'null') || ', \"v\": ' || coalesce(v::text, 'null') || '}}')::jsonb AS x \
+     FROM t) q GROUP BY x ->> 's'",
 ];
 
 /// A view over the first view (created with it), to exercise view-on-view.

@@ -1,8 +1,9 @@
 //! The real psql client against eddy: the README's quick-start session
 //! (`examples/quickstart.sql`) runs with `psql -f` and prints exactly
 //! `examples/quickstart.out`; psql's list meta-commands (`\dt`, `\dm`,
-//! `\dv`, `\d`, `\dn`, `\l`, `\df`) answer from eddy's catalog. psql comes
-//! from scripts/install-test-deps.sh.
+//! `\dv`, `\d`, `\dn`, `\l`, `\df`) answer from eddy's catalog; RETURNING
+//! prints its rows and then the command tag. psql comes from
+//! scripts/install-test-deps.sh.
 
 mod common;
 
@@ -76,6 +77,41 @@ async fn list_meta_commands_answer() {
         let wanted: String = expected.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
             squeezed.contains(&wanted),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_prints_its_rows_then_the_command_tag() {
+    let server = TestServer::start().await;
+    let commands = [
+        "CREATE TABLE t (id INT PRIMARY KEY, n INT)",
+        "INSERT INTO t VALUES (1, 2), (2, 3) RETURNING id, n * 10",
+        "UPDATE t SET n = n + 1 WHERE id = 2 RETURNING n",
+        "DELETE FROM t WHERE id = 1 RETURNING *",
+    ];
+    let output = psql(
+        server.port(),
+        commands
+            .iter()
+            .flat_map(|c| ["-c".to_string(), c.to_string()])
+            .collect(),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "psql failed: {stderr}\n{stdout}");
+    assert!(stderr.trim().is_empty(), "{stderr}");
+    let squeezed: String = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    for expected in [
+        "id | ?column? ----+---------- 1 | 20 2 | 30 (2 rows) INSERT 0 2",
+        "n --- 4 (1 row) UPDATE 1",
+        "id | n ----+--- 1 | 2 (1 row) DELETE 1",
+    ] {
+        assert!(
+            squeezed.contains(expected),
             "missing {expected:?} in:\n{stdout}"
         );
     }

@@ -513,6 +513,10 @@ impl Catalog {
         self.list()
             .into_iter()
             .filter_map(|relation| {
+                let source_read = match &relation {
+                    Relation::Source(s) => s.connector.snapshot_read(s.schema.clone(), s.proctime),
+                    _ => None,
+                };
                 let (rows, watermark_column) = match &relation {
                     Relation::Table(t) => (
                         t.data
@@ -523,19 +527,22 @@ impl Catalog {
                         t.watermark.as_ref().map(|w| w.column),
                     ),
                     Relation::View(v) => (epoch.views.get(&v.id)?.clone(), None),
-                    // Planned over, never scanned (the provider refuses).
+                    // Planned over; an ad hoc scan reads the connector.
                     Relation::Source(s) => (
                         RowSet::new(Arc::new(RowCodec::try_new(s.schema.clone()).ok()?)),
                         s.watermark.map(|(column, _)| column),
                     ),
                 };
-                Some(RelationProvider::new(
-                    relation.id(),
-                    relation.name().to_string(),
-                    relation.kind(),
-                    rows,
-                    watermark_column,
-                ))
+                Some(
+                    RelationProvider::new(
+                        relation.id(),
+                        relation.name().to_string(),
+                        relation.kind(),
+                        rows,
+                        watermark_column,
+                    )
+                    .reading_source_with(source_read),
+                )
             })
             .collect()
     }

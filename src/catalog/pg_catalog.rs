@@ -833,6 +833,47 @@ fn regclass_oid(name: &str, catalog: &crate::catalog::Catalog) -> Option<i64> {
     }
 }
 
+/// `$n::regclass` with the bound value of `$n` written in: the name
+/// becomes a literal, which [`rewrite_regclass`] resolves (drivers bind
+/// catalog names as parameters: SQLAlchemy's `CAST(%(p)s AS REGCLASS)`).
+pub fn inline_regclass_parameters(
+    statement: &mut datafusion::sql::sqlparser::ast::Statement,
+    params: &[datafusion::common::ScalarValue],
+) {
+    use datafusion::common::ScalarValue;
+    use datafusion::sql::sqlparser::ast::{self, visit_expressions_mut, Expr};
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Cast {
+            data_type: ast::DataType::Regclass,
+            expr: inner,
+            ..
+        } = expr
+        {
+            if let Expr::Value(value) = inner.as_mut() {
+                let index = match &value.value {
+                    ast::Value::Placeholder(p) => {
+                        p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+                    }
+                    _ => None,
+                };
+                let bound =
+                    index
+                        .and_then(|n| params.get(n.wrapping_sub(1)))
+                        .and_then(|v| match v {
+                            ScalarValue::Utf8(Some(s))
+                            | ScalarValue::LargeUtf8(Some(s))
+                            | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
+                            _ => None,
+                        });
+                if let Some(name) = bound {
+                    value.value = ast::Value::SingleQuotedString(name);
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
 /// Rewrites what DataFusion cannot plan but Postgres clients send:
 /// `'name'::regclass` becomes the relation's OID (an unknown name is
 /// Postgres' error 42P01), `expr::regclass` the OID as a number, and the bare

@@ -33,6 +33,8 @@ pub struct RelationProvider {
     /// enforced by the table on write (with Postgres' error), not by
     /// DataFusion while it evaluates an INSERT.
     schema: SchemaRef,
+    /// A source's: how an ad hoc SELECT reads it.
+    source_read: Option<crate::connectors::SourceRead>,
 }
 
 impl RelationProvider {
@@ -51,7 +53,14 @@ impl RelationProvider {
             rows,
             watermark_column,
             schema,
+            source_read: None,
         }
+    }
+
+    /// A source's provider, scanned by reading the source once.
+    pub fn reading_source_with(mut self, read: Option<crate::connectors::SourceRead>) -> Self {
+        self.source_read = read;
+        self
     }
 
     /// Whether watermarks can reach `column`: it has one, or the relation is
@@ -69,10 +78,11 @@ impl RelationProvider {
         self.scan_rows(crate::state::SCAN_BATCH_ROWS)?.collect()
     }
 
-    /// A source has no rows to read here: it is read through a view, and
-    /// saying so beats answering with nothing.
+    /// A source without a snapshot read (a generator) has no rows to read
+    /// here: it is read through a view, and saying so beats answering with
+    /// nothing.
     fn check_readable(&self) -> DFResult<()> {
-        if self.kind == RelationKind::Source {
+        if self.kind == RelationKind::Source && self.source_read.is_none() {
             return Err(DataFusionError::External(Box::new(
                 crate::error::EddyError::NotSupported(format!(
                     "source \"{0}\" can only be read by a materialized view \
@@ -129,6 +139,34 @@ impl PartitionStream for SnapshotPartition {
     }
 }
 
+/// A source read once for a query (see `connectors::kafka::snapshot`).
+#[derive(Debug)]
+struct SourcePartition {
+    schema: SchemaRef,
+    read: crate::connectors::SourceRead,
+    limit: Option<usize>,
+}
+
+impl PartitionStream for SourcePartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (read, schema, limit) = (self.read.clone(), self.schema.clone(), self.limit);
+        let batch = async move {
+            let batch = (read.0)(limit)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            Ok(RecordBatch::try_new(schema, batch.columns().to_vec())?)
+        };
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::once(batch),
+        ))
+    }
+}
+
 #[async_trait]
 impl TableProvider for RelationProvider {
     fn schema(&self) -> SchemaRef {
@@ -151,12 +189,19 @@ impl TableProvider for RelationProvider {
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         // Refused here, at planning, rather than when the query runs.
         self.check_readable()?;
-        let partition = SnapshotPartition {
-            relation: self.clone(),
+        let partition: Arc<dyn PartitionStream> = match &self.source_read {
+            Some(read) => Arc::new(SourcePartition {
+                schema: self.schema.clone(),
+                read: read.clone(),
+                limit,
+            }),
+            None => Arc::new(SnapshotPartition {
+                relation: self.clone(),
+            }),
         };
         let exec = StreamingTableExec::try_new(
             self.schema(),
-            vec![Arc::new(partition)],
+            vec![partition],
             projection,
             [],
             false,

@@ -91,7 +91,49 @@ pub enum SourceConnector {
     Kafka(Arc<kafka::KafkaSourceConfig>),
 }
 
+/// How an ad hoc SELECT reads a source: the rows it holds now, read once,
+/// at most the given number.
+#[derive(Clone)]
+pub struct SourceRead(
+    #[allow(clippy::type_complexity)]
+    pub  Arc<
+        dyn Fn(
+                Option<usize>,
+            ) -> futures::future::BoxFuture<
+                'static,
+                crate::error::Result<datafusion::arrow::array::RecordBatch>,
+            > + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for SourceRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceRead")
+    }
+}
+
 impl SourceConnector {
+    /// How an ad hoc SELECT reads the source (Kafka: what the topic holds
+    /// now, see `kafka::snapshot`); `None` for generators, which hold
+    /// nothing until read.
+    pub fn snapshot_read(
+        &self,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        proctime: Option<usize>,
+    ) -> Option<SourceRead> {
+        match self {
+            SourceConnector::Kafka(config) => {
+                let config = config.clone();
+                Some(SourceRead(Arc::new(move |limit| {
+                    let (config, schema) = (config.clone(), schema.clone());
+                    Box::pin(async move { config.read_snapshot(schema, proctime, limit).await })
+                })))
+            }
+            SourceConnector::Datagen(_) | SourceConnector::Nexmark(_) => None,
+        }
+    }
+
     /// Whether the source only ever adds rows.
     pub fn is_append_only(&self) -> bool {
         match self {

@@ -13,7 +13,9 @@
 //! | `a @> b` | `jsonb_contains(a, b)` (`<@` swapped)    | boolean          |
 //! | `j ? k`  | `jsonb_exists(j, k)`                     | boolean          |
 //!
-//! plus `jsonb_typeof` and `jsonb_array_length`. `k` is a text key or an
+//! plus `jsonb_typeof`, `jsonb_array_length` and `jsonb_build_object(key,
+//! value, ...)` (numbers and booleans as JSON's, jsonb as itself, NULL as
+//! null, anything else as its text). `k` is a text key or an
 //! integer array index (negative counts from the end); a path's steps are
 //! keys, or indexes written as text. A missing key or index, or a step into
 //! a scalar, is NULL. Text that is not JSON is 22P02. jsonb results are
@@ -130,7 +132,103 @@ pub fn register(state: &mut SessionState) -> DFResult<()> {
             .with_aliases([function.json_name()]);
         state.register_udf(Arc::new(udf))?;
     }
+    state.register_udf(Arc::new(ScalarUDF::new_from_impl(BuildObject {
+        signature: Signature::variadic_any(Volatility::Immutable),
+    })))?;
     Ok(())
+}
+
+/// `jsonb_build_object(key, value, ...)` (also `json_build_object`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BuildObject {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for BuildObject {
+    fn name(&self) -> &str {
+        "jsonb_build_object"
+    }
+
+    fn aliases(&self) -> &[String] {
+        static ALIASES: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["json_build_object".to_string()]);
+        &ALIASES
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DFResult<FieldRef> {
+        if args.arg_fields.len() % 2 != 0 {
+            return Err(datafusion::error::DataFusionError::External(Box::new(
+                EddyError::InvalidParameter(
+                    "argument list must have even number of elements (json_build_object takes \
+                     keys and values)"
+                        .into(),
+                ),
+            )));
+        }
+        Ok(Arc::new(jsonb_field(self.name())))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let all_scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<DFResult<Vec<ArrayRef>>>()?;
+        let mut out = StringBuilder::new();
+        for row in 0..rows {
+            let mut object = serde_json::Map::new();
+            for (pair, fields) in arrays.chunks(2).zip(args.arg_fields.chunks(2)) {
+                if pair[0].is_null(row) {
+                    return Err(datafusion::error::DataFusionError::External(Box::new(
+                        EddyError::InvalidParameter("null value not allowed for object key".into()),
+                    )));
+                }
+                let key = json_of(&pair[0], row, &fields[0])?;
+                let key = match key {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                object.insert(key, json_of(&pair[1], row, &fields[1])?);
+            }
+            out.append_value(render(&Value::Object(object)));
+        }
+        let result: ArrayRef = Arc::new(out.finish());
+        Ok(if all_scalar {
+            ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&result, 0)?)
+        } else {
+            ColumnarValue::Array(result)
+        })
+    }
+}
+
+/// One value as JSON: numbers and booleans as themselves, jsonb parsed,
+/// NULL as null, anything else as its PostgreSQL text.
+fn json_of(array: &ArrayRef, row: usize, field: &Field) -> DFResult<Value> {
+    // A NULL literal's array has no null mask: its type says it.
+    if array.is_null(row) || array.data_type() == &DataType::Null {
+        return Ok(Value::Null);
+    }
+    let text = crate::common::pg_types::text_value(array, row)
+        .map_err(datafusion::error::DataFusionError::External)?;
+    Ok(match array.data_type() {
+        DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
+        t if t.is_numeric() => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        DataType::Utf8 if crate::common::types::is_json_field(field) => parse(&text)?,
+        _ => Value::String(text),
+    })
 }
 
 /// The Arrow field of a jsonb value.

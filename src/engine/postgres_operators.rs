@@ -10,7 +10,9 @@
 //!   holding JSON (see [`super::jsonb`]); a `#>` path is an array literal
 //!   (`'{a,b}'`) or `ARRAY['a', 'b']`.
 //! - the `json`/`jsonb` types in casts (`'{"a": 1}'::jsonb`): text tagged
-//!   jsonb, so clients see jsonb.
+//!   jsonb, so clients see jsonb; `timestamp`/`timestamptz` in casts and
+//!   literals: microseconds, as eddy stores them (to the year 294276, not
+//!   DataFusion's nanoseconds' 2262).
 //!
 //! Both planners see the operands' types, so an operator keeps
 //! DataFusion's meaning for the types DataFusion has one for (`@>` of two
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, IntervalMonthDayNanoArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
-    DataType, FieldRef, Float64Type, Int64Type, IntervalMonthDayNano, IntervalUnit,
+    DataType, Field, FieldRef, Float64Type, Int64Type, IntervalMonthDayNano, IntervalUnit,
 };
 use datafusion::common::{DFSchema, Result as DFResult, ScalarValue};
 use datafusion::execution::session_state::SessionState;
@@ -32,9 +34,10 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, ExprSchemable, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     TypeSignature, Volatility,
 };
-use datafusion::sql::sqlparser::ast::{self, BinaryOperator};
+use datafusion::sql::sqlparser::ast::{self, BinaryOperator, TimezoneInfo};
 
 use super::jsonb::JsonbFunction;
+use crate::common::types::TIMESTAMP_UNIT;
 use crate::error::EddyError;
 
 /// Plans PostgreSQL's interval and jsonb operators.
@@ -51,6 +54,10 @@ pub fn register(state: &mut SessionState) -> DFResult<()> {
     super::jsonb::register(state)?;
     for divide in [false, true] {
         state.register_udf(interval_udf(divide))?;
+    }
+    // Materialize's name for the time a temporal filter compares with.
+    if let Some(now) = state.scalar_functions().get("now").cloned() {
+        state.register_udf(Arc::new(now.as_ref().clone().with_aliases(["mz_now"])))?;
     }
     Ok(())
 }
@@ -222,6 +229,27 @@ fn parse_text_array(text: &str) -> DFResult<Vec<String>> {
 
 impl TypePlanner for PostgresTypes {
     fn plan_type_field(&self, sql_type: &ast::DataType) -> DFResult<Option<FieldRef>> {
+        // Timestamps in a cast or literal are microseconds, as eddy stores
+        // them (DataFusion's nanoseconds end in 2262; PostgreSQL's
+        // microseconds reach the year 294276).
+        let timestamp = match sql_type {
+            ast::DataType::Timestamp(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => {
+                Some(None)
+            }
+            ast::DataType::Timestamp(_, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => {
+                Some(Some("+00:00"))
+            }
+            ast::DataType::Custom(name, _)
+                if name.to_string().eq_ignore_ascii_case("timestamptz") =>
+            {
+                Some(Some("+00:00"))
+            }
+            _ => None,
+        };
+        if let Some(zone) = timestamp {
+            let data_type = DataType::Timestamp(TIMESTAMP_UNIT, zone.map(Into::into));
+            return Ok(Some(Arc::new(Field::new("", data_type, true))));
+        }
         let is_json = match sql_type {
             ast::DataType::JSON | ast::DataType::JSONB => true,
             ast::DataType::Custom(name, _) => {
@@ -230,7 +258,11 @@ impl TypePlanner for PostgresTypes {
             }
             _ => false,
         };
-        Ok(is_json.then(|| Arc::new(super::jsonb::jsonb_field(""))))
+        // Not nullable: a cast to a field that carries metadata is as
+        // nullable as its operand in DataFusion's logical plan, but also
+        // nullable if the field is in its physical one (an aggregate over
+        // such a cast then fails its schema check).
+        Ok(is_json.then(|| Arc::new(super::jsonb::jsonb_field("").with_nullable(false))))
     }
 }
 

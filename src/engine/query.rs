@@ -163,7 +163,9 @@ impl Engine {
         let guard = session.statement_guard();
         let run = async {
             let state = self.query_state()?;
-            let (mut plan, names) = self.plan(&state, statement, session.user()).await?;
+            let mut statement = statement.clone();
+            crate::catalog::pg_catalog::inline_regclass_parameters(&mut statement, &params);
+            let (mut plan, names) = self.plan(&state, &statement, session.user()).await?;
             self.authorize_plan(session, &plan, None)?;
             if !params.is_empty() {
                 plan = plan.with_param_values(ParamValues::from(params))?;

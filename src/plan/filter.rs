@@ -13,8 +13,8 @@ use crate::stream::temporal::TemporalFilterOperator;
 
 impl Lowering<'_> {
     /// A WHERE clause: its plain conjuncts as one `Filter`, each temporal
-    /// bound (`ts > now() - INTERVAL ...`, marked by [`super::prepare`]) as a
-    /// `TemporalFilter` above it.
+    /// bound (`ts > now() - INTERVAL ...`, `ts <= now() + INTERVAL ...`,
+    /// marked by [`super::prepare`]) as a `TemporalFilter` above it.
     pub(super) fn filter(&mut self, filter: &Filter) -> Result<NodeIndex> {
         self.note_rank_limits(filter);
         let mut node = self.node(&filter.input)?;
@@ -28,12 +28,12 @@ impl Lowering<'_> {
                 .add(Box::new(FilterOperator::new(predicate)), vec![node]);
         }
         for marker in temporal {
-            let Some((column, micros, inclusive)) = temporal_marker_args(marker) else {
+            let Some((column, offset, inclusive, side)) = temporal_marker_args(marker) else {
                 continue;
             };
             let time = physical_expr(column, filter.input.schema())?;
             let schema = arrow_schema(filter.input.schema());
-            let op = TemporalFilterOperator::try_new(time, micros, inclusive, schema)?;
+            let op = TemporalFilterOperator::try_new(time, side, offset, inclusive, schema)?;
             node = self.graph.add(Box::new(op), vec![node]);
         }
         Ok(node)

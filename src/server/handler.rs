@@ -147,7 +147,11 @@ fn into_response(result: StatementResult, format: &Format) -> PgWireResult<Respo
             batches,
         } => {
             let mut response = rows_response(&schema, &batches, format)?;
-            response.set_command_tag(&tag);
+            // pgwire appends the number of rows sent, which RETURNING
+            // makes the number of rows written: `INSERT 0 3` is sent as
+            // `INSERT 0` and its 3 rows.
+            let tag = tag.rsplit_once(' ').map_or(tag.as_str(), |(verb, _)| verb);
+            response.set_command_tag(tag);
             Ok(Response::Query(response))
         }
         StatementResult::Stream {

@@ -1,12 +1,22 @@
 //! Temporal filters: `WHERE ts > now() - INTERVAL '5' MINUTE` in a view
 //! keeps exactly the rows of the last five minutes, retracting each row as it
-//! ages out, so a "last N minutes" view never grows without bound.
+//! ages out, so a "last N minutes" view never grows without bound; `WHERE
+//! ts <= now() + INTERVAL '1' HOUR` shows a row from an hour before its
+//! time on (rows about the future appear as their time comes). `ts BETWEEN
+//! now() - ... AND now() + ...` is one of each, one after the other.
 //!
-//! The operator passes a change through when its row is still inside the
+//! A lower bound passes a change through when its row is still inside the
 //! window and keeps it (keyed by its time) until processing time moves past
-//! `ts + interval`; then, on a runtime tick, it retracts it. A change whose
-//! row has already aged out is dropped: its insertion was (or would have
-//! been) retracted already. State is the rows inside the window.
+//! it; then, on a runtime tick, it retracts it. A change whose row has
+//! already aged out is dropped: its insertion was (or would have been)
+//! retracted already. State is the rows inside the window.
+//!
+//! An upper bound passes a change through when its row's time has come and
+//! keeps the others (keyed by their time) until it comes; then, on a
+//! runtime tick, it inserts them. State is the rows still to come.
+//!
+//! Either way the rows kept whose time a tick settles are a prefix of the
+//! time-ordered state.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,13 +34,24 @@ use crate::state::checkpoint::{RestoredTable, StateDelta};
 use crate::state::RowCodec;
 use crate::state::{Changed, KeyMap};
 
+/// Which side of `now()` a temporal filter bounds its rows' time on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemporalSide {
+    /// `ts > now() + offset`: rows leave as time passes.
+    Lower,
+    /// `ts < now() + offset`: rows arrive as time passes.
+    Upper,
+}
+
 pub struct TemporalFilterOperator {
     time: Arc<dyn PhysicalExpr>,
-    interval_micros: i64,
-    /// `>=` rather than `>`.
+    side: TemporalSide,
+    offset_micros: i64,
+    /// `>=` / `<=` rather than `>` / `<`.
     inclusive: bool,
     codec: RowCodec,
-    /// time -> row -> net weight, for rows still inside the window.
+    /// time -> row -> net weight: rows inside the window (lower bound) or
+    /// still to come (upper bound).
     live: BTreeMap<i64, KeyMap<Arc<[u8]>, i64>>,
     live_rows: u64,
     /// `(time, row)` entries changed since the last checkpoint.
@@ -40,13 +61,15 @@ pub struct TemporalFilterOperator {
 impl TemporalFilterOperator {
     pub fn try_new(
         time: Arc<dyn PhysicalExpr>,
-        interval_micros: i64,
+        side: TemporalSide,
+        offset_micros: i64,
         inclusive: bool,
         schema: SchemaRef,
     ) -> Result<Self> {
         Ok(Self {
             time,
-            interval_micros,
+            side,
+            offset_micros,
             inclusive,
             codec: RowCodec::try_new(schema)?,
             live: BTreeMap::new(),
@@ -55,24 +78,56 @@ impl TemporalFilterOperator {
         })
     }
 
-    /// Whether a row at `time` is still inside the window at `now`.
-    fn inside(&self, time: i64, now: i64) -> bool {
-        let end = time + self.interval_micros;
-        if self.inclusive {
-            end >= now
-        } else {
-            end > now
+    /// Whether a row at `time` passes the bound at `now`.
+    fn passes(&self, time: i64, now: i64) -> bool {
+        let bound = now as i128 + self.offset_micros as i128;
+        let time = time as i128;
+        match (self.side, self.inclusive) {
+            (TemporalSide::Lower, true) => time >= bound,
+            (TemporalSide::Lower, false) => time > bound,
+            (TemporalSide::Upper, true) => time <= bound,
+            (TemporalSide::Upper, false) => time < bound,
         }
+    }
+
+    /// Whether a row at `time` stays in the state at `now`: a lower
+    /// bound keeps the rows that pass, an upper one those that do not yet.
+    fn kept(&self, time: i64, now: i64) -> bool {
+        self.passes(time, now) == (self.side == TemporalSide::Lower)
+    }
+
+    /// Keeps `weight` more of the encoded `row` at `time`.
+    fn keep(&mut self, time: i64, row: Arc<[u8]>, weight: i64) {
+        let rows = self.live.entry(time).or_default();
+        let net = rows.entry(row.clone()).or_insert(0);
+        *net += weight;
+        if *net == 0 {
+            rows.remove(&row);
+        }
+        self.live_rows = (self.live_rows as i64 + weight) as u64;
+        // Rows held counted by weight: near enough to the entries.
+        self.dirty.note(self.live_rows as usize, || (time, row));
     }
 }
 
 impl Operator for TemporalFilterOperator {
     fn describe(&self) -> String {
-        let op = if self.inclusive { ">=" } else { ">" };
-        format!(
-            "TemporalFilter: {} {op} now() - {}µs (state freed as time passes)",
-            self.time, self.interval_micros
-        )
+        let op = match (self.side, self.inclusive) {
+            (TemporalSide::Lower, true) => ">=",
+            (TemporalSide::Lower, false) => ">",
+            (TemporalSide::Upper, true) => "<=",
+            (TemporalSide::Upper, false) => "<",
+        };
+        let offset = match self.offset_micros {
+            o if o < 0 => format!(" - {}µs", -(o as i128)),
+            0 => String::new(),
+            o => format!(" + {o}µs"),
+        };
+        let state = match self.side {
+            TemporalSide::Lower => "state freed as time passes",
+            TemporalSide::Upper => "rows held until their time comes",
+        };
+        format!("TemporalFilter: {} {op} now(){offset} ({state})", self.time)
     }
 
     fn process(&mut self, _input: usize, batch: ChangeBatch) -> Result<Vec<ChangeBatch>> {
@@ -88,44 +143,48 @@ impl Operator for TemporalFilterOperator {
         let times = cast(&times, &DataType::Timestamp(TimeUnit::Microsecond, zone))?;
         let times = times.as_primitive::<TimestampMicrosecondType>();
         let encoded = self.codec.encode(&batch.rows)?;
-        let mut kept = Vec::with_capacity(batch.num_rows());
+        let mut passed = Vec::with_capacity(batch.num_rows());
         for (row, encoded) in encoded.into_iter().enumerate() {
-            if times.is_null(row) || !self.inside(times.value(row), now) {
+            if times.is_null(row) {
                 continue;
             }
-            kept.push(row as u32);
-            let weight = batch.weights.value(row);
-            let rows = self.live.entry(times.value(row)).or_default();
-            let net = rows.entry(encoded.clone()).or_insert(0);
-            *net += weight;
-            if *net == 0 {
-                rows.remove(&encoded);
+            let time = times.value(row);
+            let passes = self.passes(time, now);
+            if passes {
+                passed.push(row as u32);
             }
-            self.live_rows = (self.live_rows as i64 + weight) as u64;
-            // Rows held counted by weight: near enough to the entries.
-            self.dirty
-                .note(self.live_rows as usize, || (times.value(row), encoded));
+            // A lower bound keeps what passes (to retract it later; a row
+            // past it is gone for good), an upper bound what does not pass
+            // yet (to insert it later).
+            if self.kept(time, now) {
+                self.keep(time, encoded, batch.weights.value(row));
+            }
         }
-        let out = batch.take(&kept)?;
+        let out = batch.take(&passed)?;
         Ok(if out.is_empty() { vec![] } else { vec![out] })
     }
 
     fn on_tick(&mut self, now: i64) -> Result<(Vec<ChangeBatch>, Option<i64>)> {
-        let first_inside = self.live.keys().find(|&&t| self.inside(t, now)).copied();
-        let expired = match first_inside {
+        // Retracted by a lower bound, inserted by an upper one.
+        let sign = match self.side {
+            TemporalSide::Lower => -1,
+            TemporalSide::Upper => 1,
+        };
+        let first_kept = self.live.keys().find(|&&t| self.kept(t, now)).copied();
+        let settled = match first_kept {
             Some(t) => {
                 let inside = self.live.split_off(&t);
                 std::mem::replace(&mut self.live, inside)
             }
             None => std::mem::take(&mut self.live),
         };
-        for (time, rows) in &expired {
+        for (time, rows) in &settled {
             self.dirty.note_all(
                 self.live_rows as usize,
                 rows.keys().map(|row| (*time, row.clone())),
             );
         }
-        let rows: Vec<(Arc<[u8]>, i64)> = expired
+        let rows: Vec<(Arc<[u8]>, i64)> = settled
             .into_values()
             .flat_map(|m| m.into_iter())
             .filter(|(_, w)| *w != 0)
@@ -134,10 +193,10 @@ impl Operator for TemporalFilterOperator {
             return Ok((vec![], None));
         }
         let batch = self.codec.decode(rows.iter().map(|(r, _)| r.as_ref()))?;
-        let weights: Vec<i64> = rows.iter().map(|(_, w)| -w).collect();
-        self.live_rows = (self.live_rows as i64 + weights.iter().sum::<i64>()) as u64;
-        let expired = ChangeBatch::new(batch, Int64Array::from(weights))?;
-        Ok((vec![expired], None))
+        let weights: Vec<i64> = rows.iter().map(|(_, w)| sign * w).collect();
+        self.live_rows = (self.live_rows as i64 - rows.iter().map(|(_, w)| w).sum::<i64>()) as u64;
+        let settled = ChangeBatch::new(batch, Int64Array::from(weights))?;
+        Ok((vec![settled], None))
     }
 
     fn state_keys(&self) -> Option<u64> {
@@ -213,8 +272,14 @@ mod tests {
         // The time column as a timestamp (the filter casts it to one).
         let time = Arc::new(Column::new("t", 1)) as Arc<dyn PhysicalExpr>;
         const INTERVAL: i64 = 10_000_000;
-        let mut filter =
-            TemporalFilterOperator::try_new(time, INTERVAL, false, schema.clone()).unwrap();
+        let mut filter = TemporalFilterOperator::try_new(
+            time,
+            TemporalSide::Lower,
+            -INTERVAL,
+            false,
+            schema.clone(),
+        )
+        .unwrap();
         // Times an hour ahead: inside the window whatever the clock reads.
         let start = now_micros() + 3_600_000_000;
         let mut next = random(5);
@@ -245,5 +310,42 @@ mod tests {
         assert_eq!(filter.state_keys().unwrap(), live.len() as u64);
         let Checkpoints { deltas, whole, .. } = checkpoints;
         assert!(deltas > 100 && whole >= 3, "{deltas} deltas, {whole} whole");
+    }
+
+    /// `t <= now()`: a row about the future is held, then inserted by the
+    /// tick at its time; changes to rows whose time has come pass at once.
+    #[test]
+    fn an_upper_bound_holds_rows_until_their_time() {
+        let field = |name: &str, t| Field::new(name, t, false);
+        let schema = Arc::new(Schema::new(vec![
+            field("k", DataType::Int64),
+            field("t", DataType::Int64),
+        ]));
+        let time = Arc::new(Column::new("t", 1)) as Arc<dyn PhysicalExpr>;
+        let mut filter =
+            TemporalFilterOperator::try_new(time, TemporalSide::Upper, 0, true, schema.clone())
+                .unwrap();
+        let now = now_micros();
+        let later = now + 3_600_000_000;
+        let out = filter
+            .process(0, int_pairs(&schema, &[((1, now - 1), 1), ((2, later), 1)]))
+            .unwrap();
+        assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+        assert_eq!(filter.state_keys(), Some(1));
+        // Not yet: nothing to insert.
+        assert!(filter.on_tick(later - 1).unwrap().0.is_empty());
+        let (released, _) = filter.on_tick(later).unwrap();
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].num_rows(), 1);
+        assert_eq!(released[0].weights.value(0), 1);
+        assert_eq!(filter.state_keys(), Some(0));
+        // A row held and retracted before its time never shows.
+        filter
+            .process(0, int_pairs(&schema, &[((3, later + 5), 1)]))
+            .unwrap();
+        filter
+            .process(0, int_pairs(&schema, &[((3, later + 5), -1)]))
+            .unwrap();
+        assert!(filter.on_tick(later + 10).unwrap().0.is_empty());
     }
 }

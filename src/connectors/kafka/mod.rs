@@ -31,6 +31,7 @@ mod field_check;
 mod json;
 mod native;
 pub mod sink;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
