@@ -177,41 +177,33 @@ impl ScalarUDFImpl for BuildObject {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
-        let rows = args.number_rows;
-        let all_scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let arrays = args
-            .args
-            .iter()
-            .map(|a| a.to_array(rows))
-            .collect::<DFResult<Vec<ArrayRef>>>()?;
-        let mut out = StringBuilder::new();
-        for row in 0..rows {
-            let mut object = serde_json::Map::new();
-            for (pair, fields) in arrays.chunks(2).zip(args.arg_fields.chunks(2)) {
-                if pair[0].is_null(row) {
-                    return Err(datafusion::error::DataFusionError::External(Box::new(
-                        EddyError::InvalidParameter("null value not allowed for object key".into()),
-                    )));
-                }
-                let key = json_of(&pair[0], row, &fields[0])?;
-                let key = match key {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                object.insert(key, json_of(&pair[1], row, &fields[1])?);
-            }
-            out.append_value(render(&Value::Object(object)));
-        }
-        let result: ArrayRef = Arc::new(out.finish());
-        Ok(if all_scalar {
-            ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&result, 0)?)
-        } else {
-            ColumnarValue::Array(result)
+        on_arrays(&args, |arrays, rows| {
+            build_objects(arrays, rows, &args.arg_fields)
         })
     }
+}
+
+/// One JSON object per row from key/value argument pairs.
+fn build_objects(arrays: &[ArrayRef], rows: usize, fields: &[FieldRef]) -> DFResult<ArrayRef> {
+    let mut out = StringBuilder::new();
+    for row in 0..rows {
+        let mut object = serde_json::Map::new();
+        for (pair, fields) in arrays.chunks(2).zip(fields.chunks(2)) {
+            if pair[0].is_null(row) {
+                return Err(datafusion::error::DataFusionError::External(Box::new(
+                    EddyError::InvalidParameter("null value not allowed for object key".into()),
+                )));
+            }
+            let key = json_of(&pair[0], row, &fields[0])?;
+            let key = match key {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            object.insert(key, json_of(&pair[1], row, &fields[1])?);
+        }
+        out.append_value(render(&Value::Object(object)));
+    }
+    Ok(Arc::new(out.finish()))
 }
 
 /// One value as JSON: numbers and booleans as themselves, jsonb parsed,
@@ -229,6 +221,32 @@ fn json_of(array: &ArrayRef, row: usize, field: &Field) -> DFResult<Value> {
         DataType::Utf8 if crate::common::types::is_json_field(field) => parse(&text)?,
         _ => Value::String(text),
     })
+}
+
+/// Evaluates a function over its arguments as arrays (`compute` gets them
+/// and the row count); the result is a scalar when every argument was.
+pub(super) fn on_arrays(
+    args: &ScalarFunctionArgs,
+    compute: impl FnOnce(&[ArrayRef], usize) -> DFResult<ArrayRef>,
+) -> DFResult<ColumnarValue> {
+    let rows = args.number_rows;
+    let arrays = args
+        .args
+        .iter()
+        .map(|a| a.to_array(rows))
+        .collect::<DFResult<Vec<ArrayRef>>>()?;
+    let result = compute(&arrays, rows)?;
+    if args
+        .args
+        .iter()
+        .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+    {
+        Ok(ColumnarValue::Scalar(
+            datafusion::common::ScalarValue::try_from_array(&result, 0)?,
+        ))
+    } else {
+        Ok(ColumnarValue::Array(result))
+    }
 }
 
 /// The Arrow field of a jsonb value.
@@ -318,24 +336,7 @@ impl ScalarUDFImpl for Jsonb {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
-        let rows = args.number_rows;
-        let all_scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let arrays = args
-            .args
-            .iter()
-            .map(|a| a.to_array(rows))
-            .collect::<DFResult<Vec<ArrayRef>>>()?;
-        let result = evaluate(self.function, &arrays, rows)?;
-        if all_scalar {
-            Ok(ColumnarValue::Scalar(
-                datafusion::common::ScalarValue::try_from_array(&result, 0)?,
-            ))
-        } else {
-            Ok(ColumnarValue::Array(result))
-        }
+        on_arrays(&args, |arrays, rows| evaluate(self.function, arrays, rows))
     }
 }
 

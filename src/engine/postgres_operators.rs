@@ -319,15 +319,17 @@ impl ScalarUDFImpl for IntervalScale {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
-        let rows = args.number_rows;
-        let all_scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let spans = args.args[0].to_array(rows)?;
+        super::jsonb::on_arrays(&args, |arrays, rows| {
+            self.scale_rows(&arrays[0], &arrays[1], rows)
+        })
+    }
+}
+
+impl IntervalScale {
+    fn scale_rows(&self, spans: &ArrayRef, factors: &ArrayRef, rows: usize) -> DFResult<ArrayRef> {
+        let spans = cast(spans, &DataType::Interval(IntervalUnit::MonthDayNano))?;
         let spans = cast(&spans, &DataType::Interval(IntervalUnit::MonthDayNano))?;
         let spans = spans.as_primitive::<datafusion::arrow::datatypes::IntervalMonthDayNanoType>();
-        let factors = args.args[1].to_array(rows)?;
         let mut out = Vec::with_capacity(rows);
         for row in 0..rows {
             if spans.is_null(row) || factors.is_null(row) {
@@ -353,12 +355,7 @@ impl ScalarUDFImpl for IntervalScale {
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
             out.push(Some(result));
         }
-        let array: ArrayRef = Arc::new(IntervalMonthDayNanoArray::from(out));
-        Ok(if all_scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
-        } else {
-            ColumnarValue::Array(array)
-        })
+        Ok(Arc::new(IntervalMonthDayNanoArray::from(out)))
     }
 }
 

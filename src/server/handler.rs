@@ -308,21 +308,21 @@ where
                 }
                 client.flush().await?;
             }
-            Some(Err(e)) => {
-                let PgWireError::UserError(info) = to_pgwire(e) else {
-                    unreachable!()
-                };
-                return Ok(*info);
-            }
+            Some(Err(e)) => return Ok(subscription_end(e)),
             None => {
-                let PgWireError::UserError(info) = to_pgwire(crate::error::EddyError::Shutdown(
+                return Ok(subscription_end(crate::error::EddyError::Shutdown(
                     "subscription ended".into(),
-                )) else {
-                    unreachable!()
-                };
-                return Ok(*info);
+                )))
             }
         }
+    }
+}
+
+/// The error a subscription ended with, as the client is told it.
+fn subscription_end(error: crate::error::EddyError) -> ErrorInfo {
+    match to_pgwire(error) {
+        PgWireError::UserError(info) => *info,
+        other => ErrorInfo::new("ERROR".into(), "XX000".into(), other.to_string()),
     }
 }
 
@@ -372,19 +372,11 @@ where
                 }
                 client.flush().await?;
             }
-            Some(Err(e)) => {
-                let PgWireError::UserError(info) = to_pgwire(e) else {
-                    unreachable!()
-                };
-                return Ok(*info);
-            }
+            Some(Err(e)) => return Ok(subscription_end(e)),
             None => {
-                let PgWireError::UserError(info) = to_pgwire(crate::error::EddyError::Shutdown(
+                return Ok(subscription_end(crate::error::EddyError::Shutdown(
                     "subscription ended".into(),
-                )) else {
-                    unreachable!()
-                };
-                return Ok(*info);
+                )))
             }
         }
     }
