@@ -89,6 +89,19 @@ impl ExprPlanner for PostgresOperators {
     ) -> DFResult<PlannerResult<RawBinaryExpr>> {
         use BinaryOperator as B;
         let RawBinaryExpr { op, left, right } = expr;
+        // jsonb's `||` (merge) and `-` (delete) are not built: refused by
+        // name rather than computed as text (`||` would concatenate).
+        if matches!(op, B::StringConcat | B::Minus) {
+            let is_jsonb = |e: &Expr| {
+                e.to_field(schema)
+                    .is_ok_and(|(_, f)| crate::common::types::is_json_field(&f))
+            };
+            if is_jsonb(&left) || is_jsonb(&right) {
+                return Err(datafusion::error::DataFusionError::External(Box::new(
+                    crate::not_supported!("the jsonb operator {op} is not supported yet"),
+                )));
+            }
+        }
         let handled = matches!(
             op,
             B::Multiply
