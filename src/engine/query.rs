@@ -67,7 +67,7 @@ pub(super) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordB
 
 /// eddy's functions in place of DataFusion's (guarded against huge
 /// results, checked for overflow) and PostgreSQL's operators' functions.
-pub(super) fn register_functions(state: &mut SessionState) -> Result<()> {
+fn register_functions(state: &mut SessionState) -> Result<()> {
     super::guarded_functions::register(state)?;
     super::checked_arithmetic::register(state)?;
     super::postgres_operators::register(state)?;
@@ -105,15 +105,8 @@ impl Engine {
         )?;
         let pg_catalog = crate::catalog::pg_catalog::pg_catalog(&listed, &self.catalog.roles())?;
         catalog.register_schema("pg_catalog", pg_catalog.schema.clone())?;
-        let catalogs = Arc::new(MemoryCatalogProviderList::new());
-        catalogs.register_catalog("eddy".into(), catalog as Arc<dyn CatalogProvider>);
-        let mut state = SessionStateBuilder::new_from_existing(self.base_state.clone())
-            .with_catalog_list(catalogs as Arc<dyn CatalogProviderList>)
-            .build();
-        // now() and friends read the statement's start time.
-        state.mark_start_execution();
+        let mut state = self.session_over(catalog)?;
         pg_catalog.register_functions(&mut state)?;
-        register_functions(&mut state)?;
         // DataFusion looks table functions up by the name as written.
         for (name, kind) in [
             ("tumble", WindowKind::Tumble),
@@ -130,6 +123,20 @@ impl Engine {
                 relations.clone(),
             )),
         );
+        Ok(state)
+    }
+
+    /// A session whose catalog `eddy` is `catalog`, with eddy's functions,
+    /// its clock set to now (`now()` and friends read the statement's start
+    /// time).
+    pub(super) fn session_over(&self, catalog: Arc<MemoryCatalogProvider>) -> Result<SessionState> {
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        catalogs.register_catalog("eddy".into(), catalog as Arc<dyn CatalogProvider>);
+        let mut state = SessionStateBuilder::new_from_existing(self.base_state.clone())
+            .with_catalog_list(catalogs as Arc<dyn CatalogProviderList>)
+            .build();
+        state.mark_start_execution();
+        register_functions(&mut state)?;
         Ok(state)
     }
 

@@ -12,11 +12,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{
-    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
-    MemorySchemaProvider, SchemaProvider,
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
 use datafusion::datasource::MemTable;
-use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
     FromTable, Ident, SelectItem, Statement, TableFactor, TableWithJoins,
@@ -24,7 +22,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
-use super::query::{collect_batch, register_functions};
+use super::query::collect_batch;
 use super::Engine;
 use crate::error::{EddyError, Result};
 use crate::sql::normalize_ident;
@@ -97,13 +95,7 @@ impl Engine {
         public.register_table(table.to_string(), written)?;
         let catalog = Arc::new(MemoryCatalogProvider::new());
         catalog.register_schema("public", public as Arc<dyn SchemaProvider>)?;
-        let catalogs = Arc::new(MemoryCatalogProviderList::new());
-        catalogs.register_catalog("eddy".into(), catalog as Arc<dyn CatalogProvider>);
-        let mut state = SessionStateBuilder::new_from_existing(self.base_state.clone())
-            .with_catalog_list(catalogs as Arc<dyn CatalogProviderList>)
-            .build();
-        state.mark_start_execution();
-        register_functions(&mut state)?;
+        let state = self.session_over(catalog)?;
         let quoted = |name: &str| Ident::with_quote('"', name).to_string();
         let items: Vec<String> = returning.items.iter().map(|i| i.to_string()).collect();
         let sql = format!(

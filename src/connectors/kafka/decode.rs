@@ -375,9 +375,18 @@ impl PayloadDecoder {
         let mut decoder = datafusion::arrow::json::ReaderBuilder::new(arrow_schema.clone())
             .with_batch_size(payloads.len().max(1))
             .build_decoder()?;
-        for payload in payloads {
-            let renamed = self.keys_in_declared_case(payload);
-            let payload: &[u8] = renamed.as_deref().unwrap_or(payload);
+        // Fields differing from a column's name only in case, renamed once
+        // for both readings below.
+        let renamed: Vec<Option<Vec<u8>>> = payloads
+            .iter()
+            .map(|payload| self.keys_in_declared_case(payload))
+            .collect();
+        let payloads: Vec<&[u8]> = payloads
+            .iter()
+            .zip(&renamed)
+            .map(|(payload, renamed)| renamed.as_deref().unwrap_or(payload))
+            .collect();
+        for payload in &payloads {
             // Each payload must be exactly one value.
             let consumed = decoder.decode(payload)?;
             if consumed != payload.len() {
@@ -394,17 +403,12 @@ impl PayloadDecoder {
             return Ok(decoded);
         }
         let mut builders: Vec<StringBuilder> = jsonb.iter().map(|_| StringBuilder::new()).collect();
-        for payload in payloads {
+        for payload in &payloads {
             let object: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_slice(payload)
                     .map_err(|e| EddyError::InvalidValue(format!("not a JSON object: {e}")))?;
             for (builder, &column) in builders.iter_mut().zip(&jsonb) {
-                let name = fields[column].name();
-                let value = object.get(name).or_else(|| {
-                    let mut keys = object.iter();
-                    keys.find_map(|(k, v)| k.eq_ignore_ascii_case(name).then_some(v))
-                });
-                match value {
+                match object.get(fields[column].name()) {
                     None | Some(serde_json::Value::Null) => builder.append_null(),
                     Some(value) => builder.append_value(crate::common::jsonb::render(value)),
                 }
